@@ -1,0 +1,85 @@
+//! Routing a request to one typed handler per operation.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{PluginError, Request, Response};
+
+/// Routes a [`Request`] to the handler registered for its operation.
+///
+/// Build it with [`Request::dispatch`], register handlers with
+/// [`Dispatch::json`] (typed JSON in and out) or [`Dispatch::raw`], and end with
+/// [`Dispatch::finish`], which answers operations nobody registered with
+/// [`PluginError::Unsupported`].
+///
+/// ```no_run
+/// # use capsule_guest::{PluginError, Request, Response};
+/// # use serde::{Deserialize, Serialize};
+/// #[derive(Deserialize)]
+/// struct AddIn { a: i64, b: i64 }
+///
+/// fn handle(request: Request) -> Result<Response, PluginError> {
+///     request
+///         .dispatch()
+///         .json("add", |input: AddIn| Ok(input.a + input.b))
+///         .raw("echo", |request| Ok(Response::bytes(request.payload)))
+///         .finish()
+/// }
+/// ```
+pub struct Dispatch {
+    state: State,
+}
+
+enum State {
+    Pending(Request),
+    Done(Result<Response, PluginError>),
+}
+
+impl Dispatch {
+    pub(crate) fn new(request: Request) -> Self {
+        Dispatch {
+            state: State::Pending(request),
+        }
+    }
+
+    /// Handles `operation` with a function from a JSON-decoded input to a
+    /// JSON-encoded output. A payload that does not decode as `In` is answered
+    /// with [`PluginError::InvalidInput`] without calling `handler`.
+    pub fn json<In, Out>(
+        self,
+        operation: &str,
+        handler: impl FnOnce(In) -> Result<Out, PluginError>,
+    ) -> Self
+    where
+        In: DeserializeOwned,
+        Out: Serialize,
+    {
+        self.raw(operation, |request| {
+            let input = request.json::<In>()?;
+            Response::json(&handler(input)?)
+        })
+    }
+
+    /// Handles `operation` with a function over the whole request.
+    pub fn raw(
+        self,
+        operation: &str,
+        handler: impl FnOnce(Request) -> Result<Response, PluginError>,
+    ) -> Self {
+        match self.state {
+            State::Pending(request) if request.operation == operation => Dispatch {
+                state: State::Done(handler(request)),
+            },
+            state => Dispatch { state },
+        }
+    }
+
+    /// The response of the handler that matched, or
+    /// [`PluginError::Unsupported`] naming the operation if none did.
+    pub fn finish(self) -> Result<Response, PluginError> {
+        match self.state {
+            State::Done(result) => result,
+            State::Pending(request) => Err(PluginError::unsupported_operation(&request.operation)),
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! The plugin's persistent key-value namespace.
+//!
+//! Keys are strings, values bytes; the JSON helpers store serde values. Every
+//! call fails with [`ServiceError::Denied`] unless the operator granted a
+//! namespace, and with [`ServiceError::QuotaExceeded`] past the grant's quotas.
+//!
+//! ```no_run
+//! let visits = capsule_guest::kv::increment("visits", 1)?;
+//! capsule_guest::kv::set_json("last", &visits)?;
+//! # Ok::<(), capsule_guest::PluginError>(())
+//! ```
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::bindings::capsule::plugin::kv as raw;
+use crate::{PluginError, ServiceError};
+
+/// The bytes stored under `key`, if any.
+pub fn get(key: &str) -> Result<Option<Vec<u8>>, ServiceError> {
+    raw::get(key)
+}
+
+/// Stores `value` under `key`.
+pub fn set(key: &str, value: &[u8]) -> Result<(), ServiceError> {
+    raw::set(key, value)
+}
+
+/// Removes `key`; returns whether it existed.
+pub fn delete(key: &str) -> Result<bool, ServiceError> {
+    raw::delete(key)
+}
+
+/// Keys starting with `prefix`, in order.
+pub fn list_keys(prefix: &str) -> Result<Vec<String>, ServiceError> {
+    raw::list_keys(prefix)
+}
+
+/// Atomically adds `delta` to the integer under `key` (missing counts as 0)
+/// and returns the new value. Concurrent increments never lose updates.
+pub fn increment(key: &str, delta: i64) -> Result<i64, ServiceError> {
+    raw::increment(key, delta)
+}
+
+/// The JSON value stored under `key`, if any.
+pub fn get_json<T: DeserializeOwned>(key: &str) -> Result<Option<T>, PluginError> {
+    match get(key)? {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|err| {
+            PluginError::failed(format!("kv key `{key}` holds invalid JSON: {err}"))
+        }),
+    }
+}
+
+/// Stores `value` as JSON under `key`.
+pub fn set_json<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<(), PluginError> {
+    let bytes = serde_json::to_vec(value)
+        .map_err(|err| PluginError::failed(format!("could not serialise kv value: {err}")))?;
+    Ok(set(key, &bytes)?)
+}

@@ -1,0 +1,48 @@
+//! Exit codes, one per class of outcome, so scripts can tell a refused
+//! plugin from a failing one from one the sandbox stopped.
+
+use std::process::ExitCode;
+
+use capsule_host::ErrorKind;
+
+/// The call succeeded.
+pub const OK: u8 = 0;
+/// The host itself failed.
+pub const HOST: u8 = 1;
+/// Bad arguments or configuration (clap also exits with 2 on usage errors).
+pub const USAGE: u8 = 2;
+/// The plugin was refused at load: unreadable, malformed, unsigned, badly
+/// signed, untrusted, incompatible, or asking for what it was not granted.
+pub const LOAD_REFUSED: u8 = 3;
+/// The plugin ran and returned its own error.
+pub const PLUGIN_ERROR: u8 = 4;
+/// The sandbox stopped the plugin at a limit (fuel, time, memory, stack,
+/// output, input, busy).
+pub const LIMIT: u8 = 5;
+/// The plugin trapped (a panic or another fault) or is unknown.
+pub const TRAP: u8 = 6;
+
+/// The exit code for a failure of `kind`.
+pub fn code_for(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::Config => USAGE,
+        ErrorKind::Io
+        | ErrorKind::Malformed
+        | ErrorKind::Unsigned
+        | ErrorKind::BadSignature
+        | ErrorKind::UntrustedKey
+        | ErrorKind::IncompatibleContract
+        | ErrorKind::MissingGrant
+        | ErrorKind::Compile
+        | ErrorKind::InitFailed => LOAD_REFUSED,
+        ErrorKind::PluginError => PLUGIN_ERROR,
+        ErrorKind::Trap | ErrorKind::UnknownPlugin => TRAP,
+        kind if kind.is_limit() => LIMIT,
+        _ => HOST,
+    }
+}
+
+/// Shorthand for `ExitCode::from(code)`.
+pub fn code(code: u8) -> ExitCode {
+    ExitCode::from(code)
+}

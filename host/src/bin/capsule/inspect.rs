@@ -1,0 +1,76 @@
+//! `capsule inspect`: what a component is, without compiling or running it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use capsule_host::artifact::{Interface, inspect as inspect_component};
+use clap::Args;
+use serde_json::json;
+
+use crate::exit;
+
+/// Arguments of `capsule inspect`.
+#[derive(Args)]
+pub struct InspectArgs {
+    /// The plugin component (`.wasm`).
+    plugin: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `capsule inspect` and returns the process exit code.
+pub fn inspect(args: InspectArgs) -> ExitCode {
+    let bytes = match std::fs::read(&args.plugin) {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            eprintln!("error [io]: cannot read {}: {err}", args.plugin.display());
+            return exit::code(exit::LOAD_REFUSED);
+        }
+    };
+    let summary = match inspect_component(&bytes) {
+        Ok(summary) => summary,
+        Err(err) => {
+            eprintln!("error [malformed]: {}: {err}", args.plugin.display());
+            return exit::code(exit::LOAD_REFUSED);
+        }
+    };
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "path": args.plugin.display().to_string(),
+                "size": bytes.len(),
+                "contract_version": summary.contract_version(),
+                "imports": summary.imports,
+                "exports": summary.exports,
+                "custom_sections": summary.custom_sections,
+            })
+        );
+    } else {
+        println!("{}", args.plugin.display());
+        println!("  size:      {} bytes", bytes.len());
+        println!(
+            "  contract:  {}",
+            summary
+                .contract_version()
+                .map_or("none".to_owned(), |v| format!(
+                    "{}@{v}",
+                    capsule_host::CONTRACT_PACKAGE
+                ))
+        );
+        print_list("imports", &summary.imports);
+        print_list("exports", &summary.exports);
+    }
+    exit::code(exit::OK)
+}
+
+fn print_list(title: &str, items: &[Interface]) {
+    println!("  {title}:");
+    if items.is_empty() {
+        println!("    (none)");
+    }
+    for item in items {
+        println!("    {}", item.name);
+    }
+}

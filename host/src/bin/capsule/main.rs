@@ -1,0 +1,48 @@
+//! `capsule`: the command-line face of the Capsule host library. Each
+//! subcommand parses its arguments, calls the library and prints.
+
+mod exit;
+mod inspect;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Run untrusted WebAssembly plugins under signatures, grants and limits.
+#[derive(Parser)]
+#[command(name = "capsule", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load a plugin and call it once.
+    Run(run::RunArgs),
+    /// Show what a component is made of, without compiling or running it.
+    Inspect(inspect::InspectArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Inspect(args) => inspect::inspect(args),
+    }
+}
+
+/// Plugin log lines go to stderr at `info` and above; everything else only
+/// at `warn`. `CAPSULE_LOG` (same syntax as `RUST_LOG`) overrides.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAPSULE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,capsule::plugin=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+}

@@ -1,0 +1,235 @@
+//! `capsule run`: load one plugin and call it once.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use capsule_host::units::{parse_duration, parse_size};
+use capsule_host::{
+    CallError, CallStats, ErrorKind, Host, LoadError, LogRecord, PluginSpec, Request,
+};
+use clap::Args;
+use serde_json::{Value, json};
+
+use crate::exit;
+
+/// Arguments of `capsule run`.
+#[derive(Args)]
+pub struct RunArgs {
+    /// The plugin component (`.wasm`).
+    plugin: PathBuf,
+    /// The operation to call.
+    #[arg(long)]
+    op: String,
+    /// The request payload as text.
+    #[arg(long, conflicts_with = "input_file")]
+    input: Option<String>,
+    /// Read the request payload from a file (`-` for stdin).
+    #[arg(long)]
+    input_file: Option<PathBuf>,
+    /// A configuration value for the plugin, as `key=value` (repeatable).
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    config: Vec<(String, String)>,
+    /// Print one JSON object with the result, the error and the call's cost.
+    #[arg(long)]
+    json: bool,
+    /// Fuel per call (`none` for unlimited).
+    #[arg(long, value_parser = parse_fuel)]
+    fuel: Option<Option<u64>>,
+    /// Linear memory limit, e.g. `64MiB`.
+    #[arg(long, value_parser = parse_size)]
+    memory: Option<u64>,
+    /// Wall-clock limit per call, e.g. `500ms` or `2s`.
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Largest response accepted, e.g. `1MiB`.
+    #[arg(long, value_parser = parse_size)]
+    max_output: Option<u64>,
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("`{text}` is not KEY=VALUE")),
+    }
+}
+
+fn parse_fuel(text: &str) -> Result<Option<u64>, String> {
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    text.replace('_', "")
+        .parse::<u64>()
+        .map(Some)
+        .map_err(|_| format!("`{text}` is not a fuel amount (a whole number or `none`)"))
+}
+
+/// Runs `capsule run` and returns the process exit code.
+pub fn run(args: RunArgs) -> ExitCode {
+    let payload = match read_payload(&args) {
+        Ok(payload) => payload,
+        Err(message) => return usage_error(&args, &message),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => return host_error(&args, &format!("cannot start the async runtime: {err}")),
+    };
+    runtime.block_on(call_once(args, payload))
+}
+
+async fn call_once(args: RunArgs, payload: Vec<u8>) -> ExitCode {
+    let host = match Host::builder().build() {
+        Ok(host) => host,
+        Err(err) => return host_error(&args, &err.to_string()),
+    };
+    let mut limits = host.default_limits().clone();
+    if let Some(fuel) = args.fuel {
+        limits.fuel = fuel;
+    }
+    if let Some(memory) = args.memory {
+        limits.memory_bytes = memory;
+    }
+    if let Some(timeout) = args.timeout {
+        limits.timeout = timeout;
+    }
+    if let Some(max_output) = args.max_output {
+        limits.max_response_bytes = usize::try_from(max_output).unwrap_or(usize::MAX);
+    }
+    let mut spec = PluginSpec::from_path(&args.plugin).limits(limits);
+    for (key, value) in &args.config {
+        spec = spec.config(key, value);
+    }
+    let name = match host.load(spec).await {
+        Ok(details) => details.name,
+        Err(err) => return load_error(&args, &err),
+    };
+    match host
+        .call(&name, Request::new(args.op.clone(), payload))
+        .await
+    {
+        Ok(outcome) => {
+            if args.json {
+                print_json(json!({
+                    "ok": true,
+                    "plugin": name,
+                    "output": payload_json(&outcome.response.payload),
+                    "error": Value::Null,
+                    "duration_us": outcome.stats.duration.as_micros() as u64,
+                    "fuel_used": outcome.stats.fuel_used,
+                    "logs": logs_json(&outcome.logs),
+                }));
+            } else {
+                print_payload(&outcome.response.payload);
+            }
+            exit::code(exit::OK)
+        }
+        Err(err) => call_error(&args, &err),
+    }
+}
+
+fn read_payload(args: &RunArgs) -> Result<Vec<u8>, String> {
+    match (&args.input, &args.input_file) {
+        (Some(text), _) => Ok(text.clone().into_bytes()),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut buffer = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buffer)
+                .map_err(|err| format!("cannot read stdin: {err}"))?;
+            Ok(buffer)
+        }
+        (None, Some(path)) => {
+            std::fs::read(path).map_err(|err| format!("cannot read {}: {err}", path.display()))
+        }
+        (None, None) => Ok(Vec::new()),
+    }
+}
+
+/// A JSON payload is embedded as JSON; anything else as a (lossy) string.
+fn payload_json(payload: &[u8]) -> Value {
+    serde_json::from_slice(payload)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into_owned()))
+}
+
+fn logs_json(logs: &[LogRecord]) -> Value {
+    serde_json::to_value(logs).unwrap_or(Value::Null)
+}
+
+fn print_payload(payload: &[u8]) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(payload);
+    if !payload.ends_with(b"\n") {
+        let _ = stdout.write_all(b"\n");
+    }
+}
+
+fn print_json(value: Value) {
+    println!("{value}");
+}
+
+fn report_failure(
+    args: &RunArgs,
+    kind: ErrorKind,
+    plugin: &str,
+    message: &str,
+    stats: Option<&CallStats>,
+    logs: &[LogRecord],
+) -> ExitCode {
+    if args.json {
+        print_json(json!({
+            "ok": false,
+            "plugin": plugin,
+            "output": Value::Null,
+            "error": { "kind": kind, "plugin": plugin, "message": message },
+            "duration_us": stats.map(|s| s.duration.as_micros() as u64),
+            "fuel_used": stats.and_then(|s| s.fuel_used),
+            "logs": logs_json(logs),
+        }));
+    } else {
+        eprintln!("error [{kind}]: {message}");
+    }
+    exit::code(exit::code_for(kind))
+}
+
+fn plugin_name(args: &RunArgs) -> String {
+    PluginSpec::from_path(&args.plugin).name().to_owned()
+}
+
+fn usage_error(args: &RunArgs, message: &str) -> ExitCode {
+    report_failure(
+        args,
+        ErrorKind::Config,
+        &plugin_name(args),
+        message,
+        None,
+        &[],
+    )
+}
+
+fn host_error(args: &RunArgs, message: &str) -> ExitCode {
+    report_failure(
+        args,
+        ErrorKind::Host,
+        &plugin_name(args),
+        message,
+        None,
+        &[],
+    )
+}
+
+fn load_error(args: &RunArgs, err: &LoadError) -> ExitCode {
+    report_failure(args, err.kind(), &err.plugin, &err.to_string(), None, &[])
+}
+
+fn call_error(args: &RunArgs, err: &CallError) -> ExitCode {
+    report_failure(
+        args,
+        err.kind(),
+        &err.plugin,
+        &err.to_string(),
+        Some(&err.stats),
+        &err.logs,
+    )
+}

@@ -1,0 +1,88 @@
+//! The `capsule:plugin` contract as seen from the host: bindings generated from
+//! the repository's `wit/` folder, the contract version, and conveniences on
+//! the generated request/response types.
+
+#[allow(missing_docs)]
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "plugin",
+        // Exports run on wasmtime fibers so deadlines can interrupt them and a
+        // long-running guest yields to other tasks; host services answer
+        // synchronously because none of them blocks on I/O.
+        exports: { default: async },
+    });
+}
+
+pub(crate) use bindings::PluginPre;
+pub(crate) use bindings::capsule::plugin as interfaces;
+
+/// The level of a plugin log line.
+pub use bindings::capsule::plugin::log::Level as LogLevel;
+/// The error value a plugin returns when it refuses or fails a request.
+pub use bindings::capsule::plugin::types::PluginError;
+/// What a plugin reports about itself from `describe`.
+pub use bindings::capsule::plugin::types::PluginInfo;
+/// A request to a plugin: an operation name, a payload and metadata.
+pub use bindings::capsule::plugin::types::Request;
+/// A successful plugin response: a payload and metadata.
+pub use bindings::capsule::plugin::types::Response;
+/// A denial or failure a host service reports to a plugin.
+pub use bindings::capsule::plugin::types::ServiceError;
+
+/// The WIT package name of the contract.
+pub const CONTRACT_PACKAGE: &str = "capsule:plugin";
+
+/// The contract version this host implements.
+pub const CONTRACT_VERSION: &str = "0.1.0";
+
+impl Request {
+    /// A request for `operation` carrying `payload` and no metadata.
+    pub fn new(operation: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
+        Request {
+            operation: operation.into(),
+            payload: payload.into(),
+            metadata: Vec::new(),
+        }
+    }
+
+    /// Adds one metadata entry.
+    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.push((key.into(), value.into()));
+        self
+    }
+
+    /// Bytes this request occupies: payload, operation and metadata.
+    pub fn size(&self) -> usize {
+        self.operation.len() + self.payload.len() + metadata_size(&self.metadata)
+    }
+}
+
+impl Response {
+    /// Bytes this response occupies: payload and metadata.
+    pub fn size(&self) -> usize {
+        self.payload.len() + metadata_size(&self.metadata)
+    }
+
+    /// The payload as UTF-8 text, if it is.
+    pub fn text(&self) -> Option<&str> {
+        std::str::from_utf8(&self.payload).ok()
+    }
+}
+
+impl LogLevel {
+    /// The level's lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+fn metadata_size(metadata: &[(String, String)]) -> usize {
+    metadata.iter().map(|(k, v)| k.len() + v.len()).sum()
+}

@@ -1,0 +1,150 @@
+//! The wasmtime engine every plugin of a host shares: compilation settings,
+//! fuel and epoch interruption, the wasm stack limit, the pooling allocator,
+//! and the one epoch ticker that drives deadlines.
+
+use std::time::Duration;
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::error::chain;
+
+/// Engine-wide settings. Per-plugin limits live in [`crate::Limits`]; these
+/// are the ones wasmtime can only set for the whole engine.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Maximum wasm stack in bytes for every call (wasmtime's
+    /// `max_wasm_stack`). Overflow is reported as `stack_overflow`.
+    pub max_wasm_stack: usize,
+    /// How often the epoch advances. Deadlines are checked at this
+    /// granularity, and long-running guests yield to other tasks this often.
+    pub epoch_tick: Duration,
+    /// Pooling-allocator sizing, or `None` to allocate instances on demand.
+    pub pooling: Option<PoolingOptions>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            max_wasm_stack: 512 * 1024,
+            epoch_tick: Duration::from_millis(5),
+            pooling: Some(PoolingOptions::default()),
+        }
+    }
+}
+
+/// How many instances the pooling allocator reserves room for, across all
+/// plugins of a host, and how large each linear memory may ever be.
+#[derive(Debug, Clone)]
+pub struct PoolingOptions {
+    /// Component instances alive at once across the host.
+    pub total_instances: u32,
+    /// Largest linear memory any plugin may be granted, in bytes.
+    pub max_memory_bytes: u64,
+}
+
+impl Default for PoolingOptions {
+    fn default() -> Self {
+        PoolingOptions {
+            total_instances: 256,
+            max_memory_bytes: 4 << 30,
+        }
+    }
+}
+
+/// How the engine ended up allocating instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllocationMode {
+    /// The pooling allocator, as configured.
+    Pooling,
+    /// On-demand allocation: pooling was not asked for, or the machine could
+    /// not reserve the pool (the reason is kept).
+    OnDemand {
+        /// Why pooling is not in use, if it was asked for.
+        fallback_reason: Option<String>,
+    },
+}
+
+/// Builds the engine, falling back from the pooling allocator to on-demand
+/// allocation (with a warning) when the machine cannot reserve the pool, for
+/// example under a tight `ulimit -v`.
+pub(crate) fn build(options: &EngineOptions) -> wasmtime::Result<(Engine, AllocationMode)> {
+    let mut config = base_config(options);
+    let Some(pooling) = &options.pooling else {
+        let engine = Engine::new(&config)?;
+        return Ok((
+            engine,
+            AllocationMode::OnDemand {
+                fallback_reason: None,
+            },
+        ));
+    };
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(pooling)));
+    match Engine::new(&config) {
+        Ok(engine) => Ok((engine, AllocationMode::Pooling)),
+        Err(err) => {
+            let reason = chain(&err);
+            tracing::warn!(
+                reason = %reason,
+                "cannot reserve the pooling allocator; allocating instances on demand"
+            );
+            let engine = Engine::new(&base_config(options))?;
+            Ok((
+                engine,
+                AllocationMode::OnDemand {
+                    fallback_reason: Some(reason),
+                },
+            ))
+        }
+    }
+}
+
+fn base_config(options: &EngineOptions) -> Config {
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        // The component-model async ABI is not part of the contract and makes
+        // every call several times slower.
+        .concurrency_support(false)
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        .max_wasm_stack(options.max_wasm_stack)
+        // Fibers need room for the wasm stack plus host frames below it.
+        .async_stack_size(options.max_wasm_stack + 1024 * 1024)
+        .cranelift_opt_level(wasmtime::OptLevel::Speed);
+    config
+}
+
+fn pooling_config(options: &PoolingOptions) -> PoolingAllocationConfig {
+    let instances = options.total_instances.max(1);
+    let mut pool = PoolingAllocationConfig::new();
+    // A Rust component is one core module plus a few adapter shims; leave room
+    // for components built by other toolchains too.
+    pool.total_component_instances(instances)
+        .total_core_instances(instances * 8)
+        .total_memories(instances * 2)
+        .total_tables(instances * 4)
+        .total_stacks(instances)
+        .max_memory_size(usize::try_from(options.max_memory_bytes).unwrap_or(usize::MAX));
+    pool
+}
+
+/// Advances the engine's epoch every `tick` on a background thread. The
+/// thread holds only a weak reference and exits once the engine is dropped.
+///
+/// Without this thread no deadline could interrupt guest code, so failing to
+/// start it fails the host.
+pub(crate) fn start_epoch_ticker(engine: &Engine, tick: Duration) -> std::io::Result<()> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("capsule-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(tick);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        })
+        .map(drop)
+}

@@ -1,0 +1,359 @@
+//! Typed failures. Every error names the plugin and the cause, and maps to a
+//! stable [`ErrorKind`] string used in JSON output, metrics and exit codes.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::contract::PluginError;
+use crate::runtime::CallStats;
+use crate::services::log::LogRecord;
+
+/// The stable, machine-readable name of a failure (`"out_of_fuel"`, ...).
+///
+/// These strings appear in `capsule run --json`, in the HTTP API and in
+/// metrics labels; they never change meaning once released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The plugin file could not be read.
+    Io,
+    /// The bytes are not a valid WebAssembly component.
+    Malformed,
+    /// The plugin carries no signature and unsigned plugins are not allowed.
+    Unsigned,
+    /// A signature is present but does not verify.
+    BadSignature,
+    /// The signature verifies, but with a key the host does not trust.
+    UntrustedKey,
+    /// The component targets a contract version this host cannot serve.
+    IncompatibleContract,
+    /// The component imports something no grant provides.
+    MissingGrant,
+    /// Compiling the component failed.
+    Compile,
+    /// The plugin's `init` failed or trapped while loading.
+    InitFailed,
+    /// The host's configuration (policy, limits, grants) is invalid.
+    Config,
+    /// The call ran out of its fuel budget.
+    OutOfFuel,
+    /// The call ran past its wall-clock deadline.
+    Timeout,
+    /// The plugin tried to grow linear memory past its limit.
+    MemoryLimit,
+    /// The plugin overflowed the wasm stack.
+    StackOverflow,
+    /// The plugin trapped (a Rust panic, an out-of-bounds access, ...).
+    Trap,
+    /// The plugin produced more output (response, log, stdout/stderr) than allowed.
+    OutputTooLarge,
+    /// The request was larger than the plugin's input limit.
+    InputTooLarge,
+    /// The plugin returned its own error value.
+    PluginError,
+    /// Every instance was in use and the wait queue was full or timed out.
+    Busy,
+    /// No plugin with that name is loaded.
+    UnknownPlugin,
+    /// The host itself failed (a bug or an exhausted host resource).
+    Host,
+}
+
+impl ErrorKind {
+    /// The kind as its stable snake_case string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Io => "io",
+            ErrorKind::Malformed => "malformed",
+            ErrorKind::Unsigned => "unsigned",
+            ErrorKind::BadSignature => "bad_signature",
+            ErrorKind::UntrustedKey => "untrusted_key",
+            ErrorKind::IncompatibleContract => "incompatible_contract",
+            ErrorKind::MissingGrant => "missing_grant",
+            ErrorKind::Compile => "compile",
+            ErrorKind::InitFailed => "init_failed",
+            ErrorKind::Config => "config",
+            ErrorKind::OutOfFuel => "out_of_fuel",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::MemoryLimit => "memory_limit",
+            ErrorKind::StackOverflow => "stack_overflow",
+            ErrorKind::Trap => "trap",
+            ErrorKind::OutputTooLarge => "output_too_large",
+            ErrorKind::InputTooLarge => "input_too_large",
+            ErrorKind::PluginError => "plugin_error",
+            ErrorKind::Busy => "busy",
+            ErrorKind::UnknownPlugin => "unknown_plugin",
+            ErrorKind::Host => "host",
+        }
+    }
+
+    /// Whether this kind means the sandbox stopped the plugin at one of its
+    /// limits (as opposed to the plugin failing on its own).
+    pub fn is_limit(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::OutOfFuel
+                | ErrorKind::Timeout
+                | ErrorKind::MemoryLimit
+                | ErrorKind::StackOverflow
+                | ErrorKind::OutputTooLarge
+                | ErrorKind::InputTooLarge
+                | ErrorKind::Busy
+        )
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why loading a plugin failed.
+#[derive(Debug, thiserror::Error)]
+#[error("plugin `{plugin}` was not loaded: {cause}")]
+pub struct LoadError {
+    /// The name the plugin was being loaded under.
+    pub plugin: String,
+    /// What went wrong.
+    pub cause: LoadFailure,
+}
+
+impl LoadError {
+    pub(crate) fn new(plugin: impl Into<String>, cause: LoadFailure) -> Self {
+        LoadError {
+            plugin: plugin.into(),
+            cause,
+        }
+    }
+
+    /// The stable kind of this failure.
+    pub fn kind(&self) -> ErrorKind {
+        self.cause.kind()
+    }
+}
+
+/// The cause of a [`LoadError`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadFailure {
+    /// Reading the plugin file failed.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file that could not be read.
+        path: String,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+    /// The bytes are not a WebAssembly component this host can use.
+    #[error("malformed component: {0}")]
+    Malformed(String),
+    /// The component does not speak a contract version this host serves.
+    #[error("incompatible contract: {0}")]
+    IncompatibleContract(String),
+    /// The component imports something that no grant provides.
+    #[error("import `{import}` needs a grant the plugin does not have: {detail}")]
+    MissingGrant {
+        /// The import's name, e.g. `wasi:sockets/tcp@0.2.0`.
+        import: String,
+        /// More about the mismatch.
+        detail: String,
+    },
+    /// Cranelift could not compile the component.
+    #[error("compilation failed: {0}")]
+    Compile(String),
+    /// The plugin failed while being initialised or described.
+    #[error("initialisation failed: {0}")]
+    InitFailed(Box<CallFailure>),
+    /// The plugin's grants or limits are invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+impl LoadFailure {
+    /// The stable kind of this failure.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            LoadFailure::Io { .. } => ErrorKind::Io,
+            LoadFailure::Malformed(_) => ErrorKind::Malformed,
+            LoadFailure::IncompatibleContract(_) => ErrorKind::IncompatibleContract,
+            LoadFailure::MissingGrant { .. } => ErrorKind::MissingGrant,
+            LoadFailure::Compile(_) => ErrorKind::Compile,
+            LoadFailure::InitFailed(cause) => match cause.kind() {
+                // A limit hit during init is still that limit: an operator who
+                // set memory too low for the plugin should read `memory_limit`.
+                kind if kind.is_limit() => kind,
+                _ => ErrorKind::InitFailed,
+            },
+            LoadFailure::Config(_) => ErrorKind::Config,
+        }
+    }
+}
+
+/// Why a call failed, with what the plugin logged before it failed (a panic
+/// message, for example) and what the call had consumed.
+#[derive(Debug, thiserror::Error)]
+#[error("plugin `{plugin}`: {cause}")]
+pub struct CallError {
+    /// The plugin that was called.
+    pub plugin: String,
+    /// What went wrong.
+    pub cause: CallFailure,
+    /// Lines the plugin logged before the failure.
+    pub logs: Vec<LogRecord>,
+    /// What the call consumed before it failed.
+    pub stats: CallStats,
+}
+
+impl CallError {
+    pub(crate) fn new(plugin: impl Into<String>, cause: CallFailure) -> Self {
+        CallError {
+            plugin: plugin.into(),
+            cause,
+            logs: Vec::new(),
+            stats: CallStats::default(),
+        }
+    }
+
+    /// The stable kind of this failure.
+    pub fn kind(&self) -> ErrorKind {
+        self.cause.kind()
+    }
+}
+
+/// Which output a plugin produced too much of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputStream {
+    /// The response payload and metadata.
+    Response,
+    /// Log lines, including captured stdout and stderr.
+    Log,
+}
+
+impl fmt::Display for OutputStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OutputStream::Response => "response",
+            OutputStream::Log => "log output (log calls, stdout and stderr)",
+        })
+    }
+}
+
+/// The cause of a [`CallError`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallFailure {
+    /// The call consumed all the fuel it was given.
+    #[error("ran out of fuel (limit {limit} units)")]
+    OutOfFuel {
+        /// The fuel budget of the call.
+        limit: u64,
+    },
+    /// The call ran past its deadline.
+    #[error("timed out after {limit:?}")]
+    Timeout {
+        /// The wall-clock budget of the call.
+        limit: Duration,
+    },
+    /// The plugin tried to grow its linear memory beyond its limit.
+    #[error("memory limit exceeded: wanted {requested} bytes, limit is {limit} bytes")]
+    MemoryLimit {
+        /// The instance's memory limit in bytes.
+        limit: u64,
+        /// The total size the plugin asked for.
+        requested: u64,
+    },
+    /// The plugin overflowed the wasm stack.
+    #[error("wasm stack overflow")]
+    StackOverflow,
+    /// The plugin trapped.
+    #[error("trapped ({trap}){}", detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
+    Trap {
+        /// The trap code, e.g. `unreachable` for a Rust panic.
+        trap: String,
+        /// The panic message or other context, when the plugin printed one.
+        detail: Option<String>,
+    },
+    /// The plugin produced more output than allowed.
+    #[error("{stream} exceeded its limit of {limit} bytes")]
+    OutputTooLarge {
+        /// Which output overflowed.
+        stream: OutputStream,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The request was larger than allowed.
+    #[error("request of {size} bytes exceeds the limit of {limit} bytes")]
+    InputTooLarge {
+        /// The request's size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The plugin returned an error value.
+    #[error("{}", describe_plugin_error(.0))]
+    Plugin(PluginError),
+    /// No instance became free in time.
+    #[error("busy: all {max_instances} instances in use and {queued} calls already waiting")]
+    Busy {
+        /// The plugin's concurrency limit.
+        max_instances: usize,
+        /// How many calls were waiting when this one gave up.
+        queued: usize,
+    },
+    /// No plugin with this name is loaded.
+    #[error("no such plugin is loaded")]
+    UnknownPlugin,
+    /// The host failed; the message says how.
+    #[error("host error: {0}")]
+    Host(String),
+}
+
+impl CallFailure {
+    /// The stable kind of this failure.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            CallFailure::OutOfFuel { .. } => ErrorKind::OutOfFuel,
+            CallFailure::Timeout { .. } => ErrorKind::Timeout,
+            CallFailure::MemoryLimit { .. } => ErrorKind::MemoryLimit,
+            CallFailure::StackOverflow => ErrorKind::StackOverflow,
+            CallFailure::Trap { .. } => ErrorKind::Trap,
+            CallFailure::OutputTooLarge { .. } => ErrorKind::OutputTooLarge,
+            CallFailure::InputTooLarge { .. } => ErrorKind::InputTooLarge,
+            CallFailure::Plugin(_) => ErrorKind::PluginError,
+            CallFailure::Busy { .. } => ErrorKind::Busy,
+            CallFailure::UnknownPlugin => ErrorKind::UnknownPlugin,
+            CallFailure::Host(_) => ErrorKind::Host,
+        }
+    }
+}
+
+fn describe_plugin_error(err: &PluginError) -> String {
+    match err {
+        PluginError::InvalidInput(msg) => format!("invalid input: {msg}"),
+        PluginError::Unsupported(msg) => format!("unsupported: {msg}"),
+        PluginError::Denied(msg) => format!("denied: {msg}"),
+        PluginError::Failed(msg) => format!("failed: {msg}"),
+    }
+}
+
+/// Renders a wasmtime error and its causes on one line, without the
+/// backtrace that `{:?}` prints when `RUST_BACKTRACE` is set.
+pub(crate) fn chain(err: &wasmtime::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}

@@ -1,0 +1,41 @@
+//! Capsule runs untrusted WebAssembly plugins: each one a component built
+//! against the `capsule:plugin` contract, granted only the host services its
+//! operator allows, and stopped with a typed error when it exceeds its fuel,
+//! memory, stack, time or output limits.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use capsule_host::{Host, PluginSpec, Request};
+//!
+//! let host = Host::builder().build()?;
+//! host.load(PluginSpec::from_path("target/plugins/hello.wasm").config("greeting", "Hi"))
+//!     .await?;
+//! match host.call("hello", Request::new("greet", r#"{"name":"Ada"}"#)).await {
+//!     Ok(outcome) => println!("{}", String::from_utf8_lossy(&outcome.response.payload)),
+//!     Err(err) => eprintln!("{} failed ({}): {}", err.plugin, err.kind(), err.cause),
+//! }
+//! # Ok(()) }
+//! ```
+
+pub mod artifact;
+mod contract;
+pub mod engine;
+mod error;
+mod limits;
+mod runtime;
+pub mod services;
+mod store;
+pub mod units;
+
+pub use contract::{
+    CONTRACT_PACKAGE, CONTRACT_VERSION, LogLevel, PluginError, PluginInfo, Request, Response,
+    ServiceError,
+};
+pub use engine::{AllocationMode, EngineOptions, PoolingOptions};
+pub use error::{CallError, CallFailure, ErrorKind, LoadError, LoadFailure, OutputStream};
+pub use limits::Limits;
+pub use runtime::{
+    CallOutcome, CallStats, Host, HostBuilder, HostError, PluginDetails, PluginSource, PluginSpec,
+};
+pub use services::Grants;
+pub use services::log::{LogRecord, LogSource};

@@ -1,0 +1,193 @@
+//! The host: one engine and linker shared by every plugin, the table of
+//! loaded plugins, and the entry points to load and call them.
+
+mod load;
+mod plugin;
+mod spec;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use wasmtime::Engine;
+use wasmtime::component::Linker;
+
+pub use plugin::{CallOutcome, CallStats, PluginDetails};
+pub use spec::{PluginSource, PluginSpec};
+
+use crate::contract::Request;
+use crate::engine::{self, AllocationMode, EngineOptions};
+use crate::error::{CallError, CallFailure, LoadError, LoadFailure, chain};
+use crate::limits::Limits;
+use crate::services;
+use crate::store::StoreState;
+use plugin::LoadedPlugin;
+
+/// Failure to build a [`Host`].
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// wasmtime rejected the engine configuration.
+    #[error("cannot create the wasmtime engine: {0}")]
+    Engine(String),
+    /// The host services could not be linked.
+    #[error("cannot link host services: {0}")]
+    Link(String),
+    /// The epoch ticker thread could not start.
+    #[error("cannot start the epoch ticker: {0}")]
+    Ticker(#[from] std::io::Error),
+}
+
+/// Configures and builds a [`Host`].
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use capsule_host::{Host, Limits, PluginSpec, Request};
+/// use std::time::Duration;
+///
+/// let host = Host::builder()
+///     .default_limits(Limits { timeout: Duration::from_secs(2), ..Limits::default() })
+///     .build()?;
+/// host.load(PluginSpec::from_path("target/plugins/hello.wasm")).await?;
+/// let outcome = host.call("hello", Request::new("greet", r#"{"name":"Ada"}"#)).await?;
+/// println!("{}", String::from_utf8_lossy(&outcome.response.payload));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct HostBuilder {
+    engine: EngineOptions,
+    default_limits: Limits,
+}
+
+impl HostBuilder {
+    /// Limits for plugins whose spec sets none.
+    pub fn default_limits(mut self, limits: Limits) -> Self {
+        self.default_limits = limits;
+        self
+    }
+
+    /// Engine-wide settings: wasm stack, epoch tick, pooling.
+    pub fn engine_options(mut self, options: EngineOptions) -> Self {
+        self.engine = options;
+        self
+    }
+
+    /// Builds the engine, links the host services and starts the epoch
+    /// ticker.
+    pub fn build(self) -> Result<Host, HostError> {
+        let (engine, allocation) =
+            engine::build(&self.engine).map_err(|err| HostError::Engine(chain(&err)))?;
+        let mut linker = Linker::new(&engine);
+        services::add_to_linker(&mut linker).map_err(|err| HostError::Link(chain(&err)))?;
+        engine::start_epoch_ticker(&engine, self.engine.epoch_tick)?;
+        Ok(Host {
+            inner: Arc::new(HostInner {
+                engine,
+                linker,
+                allocation,
+                default_limits: self.default_limits,
+                plugins: RwLock::new(BTreeMap::new()),
+            }),
+        })
+    }
+}
+
+/// Runs plugins. Cheap to clone; clones share the engine and the plugins.
+#[derive(Clone)]
+pub struct Host {
+    inner: Arc<HostInner>,
+}
+
+struct HostInner {
+    engine: Engine,
+    linker: Linker<StoreState>,
+    allocation: AllocationMode,
+    default_limits: Limits,
+    plugins: RwLock<BTreeMap<String, Arc<LoadedPlugin>>>,
+}
+
+impl Host {
+    /// Starts configuring a host.
+    pub fn builder() -> HostBuilder {
+        HostBuilder::default()
+    }
+
+    /// The limits plugins get unless their spec says otherwise.
+    pub fn default_limits(&self) -> &Limits {
+        &self.inner.default_limits
+    }
+
+    /// Whether instances come from the pooling allocator.
+    pub fn allocation_mode(&self) -> &AllocationMode {
+        &self.inner.allocation
+    }
+
+    /// Loads a plugin: checks, compiles and links it, then runs its `init` and
+    /// `describe` once. Fails with a typed [`LoadError`]; nothing is
+    /// registered unless every step succeeds.
+    pub async fn load(&self, spec: PluginSpec) -> Result<PluginDetails, LoadError> {
+        let name = spec.name().to_owned();
+        if self.plugin(&name).is_some() {
+            return Err(LoadError::new(
+                name,
+                LoadFailure::Config("a plugin with this name is already loaded".into()),
+            ));
+        }
+        let loaded = load::load(
+            &self.inner.engine,
+            &self.inner.linker,
+            &self.inner.default_limits,
+            spec,
+        )
+        .await?;
+        let details = loaded.details.clone();
+        let mut plugins = self.write_plugins();
+        if plugins.contains_key(&name) {
+            return Err(LoadError::new(
+                name,
+                LoadFailure::Config("a plugin with this name was loaded concurrently".into()),
+            ));
+        }
+        plugins.insert(name, loaded);
+        Ok(details)
+    }
+
+    /// Calls a loaded plugin's `handle` with `request`.
+    pub async fn call(&self, plugin: &str, request: Request) -> Result<CallOutcome, CallError> {
+        let Some(loaded) = self.plugin(plugin) else {
+            return Err(CallError::new(plugin, CallFailure::UnknownPlugin));
+        };
+        loaded.call(request).await
+    }
+
+    /// Facts about every loaded plugin, by name.
+    pub fn plugins(&self) -> Vec<PluginDetails> {
+        let plugins = self.inner.plugins.read().unwrap_or_else(|p| p.into_inner());
+        plugins.values().map(|p| p.details.clone()).collect()
+    }
+
+    /// Facts about one loaded plugin.
+    pub fn details(&self, plugin: &str) -> Option<PluginDetails> {
+        self.plugin(plugin).map(|p| p.details.clone())
+    }
+
+    /// Removes a plugin; calls already running finish. Returns whether it was
+    /// loaded.
+    pub fn unload(&self, plugin: &str) -> bool {
+        self.write_plugins().remove(plugin).is_some()
+    }
+
+    fn plugin(&self, name: &str) -> Option<Arc<LoadedPlugin>> {
+        let plugins = self.inner.plugins.read().unwrap_or_else(|p| p.into_inner());
+        plugins.get(name).cloned()
+    }
+
+    fn write_plugins(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<LoadedPlugin>>> {
+        // The table is only ever modified by single inserts and removals, so
+        // a panic elsewhere cannot leave it half-updated.
+        self.inner
+            .plugins
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+}

@@ -1,0 +1,132 @@
+//! What an embedder or the CLI asks the host to load: a plugin's name, where
+//! its bytes come from, its grants and its limits.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::limits::Limits;
+use crate::services::Grants;
+
+/// Where a plugin's component bytes come from.
+#[derive(Debug, Clone)]
+pub enum PluginSource {
+    /// A `.wasm` file on disk.
+    Path(PathBuf),
+    /// Bytes already in memory.
+    Bytes(Arc<[u8]>),
+}
+
+/// A plugin to load: its name, its component, what it may touch and what it
+/// may consume.
+///
+/// ```
+/// use capsule_host::PluginSpec;
+///
+/// let spec = PluginSpec::from_path("target/plugins/hello.wasm")
+///     .config("greeting", "Bonjour");
+/// assert_eq!(spec.name(), "hello");
+/// ```
+#[derive(Debug, Clone)]
+pub struct PluginSpec {
+    pub(crate) name: String,
+    pub(crate) source: PluginSource,
+    pub(crate) grants: Grants,
+    pub(crate) limits: Option<Limits>,
+}
+
+impl PluginSpec {
+    /// A plugin read from `path`, named after the file (`hello.wasm` →
+    /// `hello`).
+    pub fn from_path(path: impl AsRef<Path>) -> Self {
+        let path = path.as_ref();
+        let name = path
+            .file_stem()
+            .map(|stem| stem.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        PluginSpec {
+            name,
+            source: PluginSource::Path(path.to_owned()),
+            grants: Grants::default(),
+            limits: None,
+        }
+    }
+
+    /// A plugin from bytes already in memory.
+    pub fn from_bytes(name: impl Into<String>, bytes: impl Into<Arc<[u8]>>) -> Self {
+        PluginSpec {
+            name: name.into(),
+            source: PluginSource::Bytes(bytes.into()),
+            grants: Grants::default(),
+            limits: None,
+        }
+    }
+
+    /// The name calls will use to reach this plugin.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Where the plugin's bytes come from.
+    pub fn source(&self) -> &PluginSource {
+        &self.source
+    }
+
+    /// Renames the plugin.
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Replaces all grants.
+    pub fn grants(mut self, grants: Grants) -> Self {
+        self.grants = grants;
+        self
+    }
+
+    /// Sets one configuration value the plugin can read.
+    pub fn config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.grants.config.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets this plugin's limits instead of the host's defaults.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+}
+
+/// Checks a plugin name: 1–64 characters of ASCII letters, digits, `-`, `_`
+/// and `.`, starting with a letter or digit. Names appear in URLs, metrics
+/// labels and file names, so nothing else is accepted.
+pub(crate) fn validate_name(name: &str) -> Result<(), String> {
+    let valid_start = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
+    let valid_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if name.len() > 64 || !valid_start || !valid_chars {
+        return Err(format!(
+            "invalid plugin name `{name}`: use 1-64 ASCII letters, digits, `-`, `_` or `.`, \
+             starting with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_restricted() {
+        assert!(validate_name("hello").is_ok());
+        assert!(validate_name("kv-counter_2.v1").is_ok());
+        assert!(validate_name("").is_err());
+        assert!(validate_name("-x").is_err());
+        assert!(validate_name("a/b").is_err());
+        assert!(validate_name(&"x".repeat(65)).is_err());
+    }
+}

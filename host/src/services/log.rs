@@ -1,0 +1,263 @@
+//! The `log` service: levelled plugin logs, bounded per call, tagged with the
+//! plugin's name and forwarded into `tracing` (target `capsule::plugin`).
+//!
+//! The same [`LogSink`] receives the plugin's captured stdout and stderr (see
+//! [`super::wasi`]), so one budget bounds everything a plugin can make the
+//! host buffer as log output during a call.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+use wasmtime::component::{HasData, Linker};
+
+use crate::contract::{LogLevel, ServiceError, interfaces};
+use crate::error::OutputStream;
+use crate::limits::OutputLimitExceeded;
+use crate::store::StoreState;
+
+/// Where a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogSource {
+    /// A call to the `log` import.
+    Log,
+    /// A line the plugin wrote to stdout.
+    Stdout,
+    /// A line the plugin wrote to stderr (panic messages land here).
+    Stderr,
+}
+
+/// One line a plugin logged during a call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogRecord {
+    /// The line's level; stdout counts as `info`, stderr as `warn`.
+    #[serde(serialize_with = "serialize_level")]
+    pub level: LogLevel,
+    /// Where the line came from.
+    pub source: LogSource,
+    /// The text, without a trailing newline.
+    pub message: String,
+}
+
+fn serialize_level<S: serde::Serializer>(level: &LogLevel, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(level.as_str())
+}
+
+/// Bytes of stderr kept to recover a panic message after a trap.
+const STDERR_TAIL_BYTES: usize = 4096;
+
+/// Collects one store's log output under a byte budget that is reset for
+/// every call.
+pub(crate) struct LogSink {
+    plugin: Arc<str>,
+    buffer: Mutex<LogBuffer>,
+}
+
+#[derive(Default)]
+struct LogBuffer {
+    limit: usize,
+    used: usize,
+    records: Vec<LogRecord>,
+    refused: usize,
+    stdout_partial: Vec<u8>,
+    stderr_partial: Vec<u8>,
+    stderr_tail: String,
+}
+
+impl LogSink {
+    pub(crate) fn new(plugin: Arc<str>, limit: usize) -> Self {
+        LogSink {
+            plugin,
+            buffer: Mutex::new(LogBuffer {
+                limit,
+                ..LogBuffer::default()
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LogBuffer> {
+        // A panic while holding this lock cannot leave the buffer in a state
+        // worse than "some lines missing", so a poisoned lock is still usable.
+        self.buffer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Ends a call: flushes unterminated stdout/stderr lines and hands back
+    /// what was logged.
+    pub(crate) fn end_call(&self) -> CallLog {
+        let mut buffer = self.lock();
+        for source in [LogSource::Stdout, LogSource::Stderr] {
+            let partial = std::mem::take(buffer.partial(source));
+            if !partial.is_empty() {
+                let line = String::from_utf8_lossy(&partial).into_owned();
+                buffer.push(&self.plugin, stream_level(source), source, line);
+            }
+        }
+        CallLog {
+            records: std::mem::take(&mut buffer.records),
+            refused: std::mem::take(&mut buffer.refused),
+        }
+    }
+
+    /// The last few kilobytes the plugin wrote to stderr during this call.
+    pub(crate) fn stderr_tail(&self) -> String {
+        let buffer = self.lock();
+        let mut tail = buffer.stderr_tail.clone();
+        tail.push_str(&String::from_utf8_lossy(&buffer.stderr_partial));
+        tail
+    }
+
+    /// Logs one line from the `log` import; refuses it once the budget is
+    /// spent.
+    fn log(&self, level: LogLevel, message: String) -> Result<(), ServiceError> {
+        let mut buffer = self.lock();
+        if buffer.used + message.len() > buffer.limit {
+            buffer.refused += 1;
+            return Err(ServiceError::QuotaExceeded(format!(
+                "log budget of {} bytes per call is spent",
+                buffer.limit
+            )));
+        }
+        buffer.used += message.len();
+        buffer.push(&self.plugin, level, LogSource::Log, message);
+        Ok(())
+    }
+
+    /// Takes bytes the plugin wrote to stdout or stderr. Exceeding the budget
+    /// is an error that traps the plugin: unlike a `log` call, a write to a
+    /// standard stream has no way to report a refusal the plugin would read.
+    pub(crate) fn write_stream(
+        &self,
+        source: LogSource,
+        bytes: &[u8],
+    ) -> Result<(), OutputLimitExceeded> {
+        let mut buffer = self.lock();
+        if buffer.used + bytes.len() > buffer.limit {
+            return Err(OutputLimitExceeded {
+                stream: OutputStream::Log,
+                limit: buffer.limit,
+            });
+        }
+        buffer.used += bytes.len();
+        let mut rest = bytes;
+        while let Some(newline) = rest.iter().position(|&b| b == b'\n') {
+            let partial = buffer.partial(source);
+            partial.extend_from_slice(&rest[..newline]);
+            let line = String::from_utf8_lossy(&std::mem::take(partial)).into_owned();
+            rest = &rest[newline + 1..];
+            if source == LogSource::Stderr {
+                buffer.remember_stderr(&line);
+            }
+            buffer.push(&self.plugin, stream_level(source), source, line);
+        }
+        buffer.partial(source).extend_from_slice(rest);
+        Ok(())
+    }
+}
+
+/// What a plugin logged during one call.
+#[derive(Debug, Default)]
+pub(crate) struct CallLog {
+    pub(crate) records: Vec<LogRecord>,
+    /// `log` calls refused because the budget was spent.
+    pub(crate) refused: usize,
+}
+
+impl LogBuffer {
+    fn partial(&mut self, source: LogSource) -> &mut Vec<u8> {
+        match source {
+            LogSource::Stderr => &mut self.stderr_partial,
+            _ => &mut self.stdout_partial,
+        }
+    }
+
+    fn remember_stderr(&mut self, line: &str) {
+        self.stderr_tail.push_str(line);
+        self.stderr_tail.push('\n');
+        if self.stderr_tail.len() > STDERR_TAIL_BYTES {
+            let mut cut = self.stderr_tail.len() - STDERR_TAIL_BYTES;
+            while !self.stderr_tail.is_char_boundary(cut) {
+                cut += 1;
+            }
+            self.stderr_tail.drain(..cut);
+        }
+    }
+
+    fn push(&mut self, plugin: &str, level: LogLevel, source: LogSource, message: String) {
+        emit(plugin, level, source, &message);
+        self.records.push(LogRecord {
+            level,
+            source,
+            message,
+        });
+    }
+}
+
+fn stream_level(source: LogSource) -> LogLevel {
+    match source {
+        LogSource::Stderr => LogLevel::Warn,
+        _ => LogLevel::Info,
+    }
+}
+
+fn emit(plugin: &str, level: LogLevel, source: LogSource, message: &str) {
+    let source = match source {
+        LogSource::Log => "log",
+        LogSource::Stdout => "stdout",
+        LogSource::Stderr => "stderr",
+    };
+    macro_rules! at {
+        ($level:expr) => {
+            tracing::event!(target: "capsule::plugin", $level, plugin, source, "{message}")
+        };
+    }
+    match level {
+        LogLevel::Trace => at!(tracing::Level::TRACE),
+        LogLevel::Debug => at!(tracing::Level::DEBUG),
+        LogLevel::Info => at!(tracing::Level::INFO),
+        LogLevel::Warn => at!(tracing::Level::WARN),
+        LogLevel::Error => at!(tracing::Level::ERROR),
+    }
+}
+
+/// Whether a plugin may log. Granted by default: logging reveals nothing to
+/// the plugin and is bounded per call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogGrant {
+    /// Whether the `log` import works at all.
+    pub enabled: bool,
+}
+
+impl Default for LogGrant {
+    fn default() -> Self {
+        LogGrant { enabled: true }
+    }
+}
+
+/// Per-store state of the `log` service.
+pub(crate) struct LogState {
+    pub(crate) sink: Arc<LogSink>,
+    pub(crate) enabled: bool,
+}
+
+impl interfaces::log::Host for LogState {
+    fn log(&mut self, level: LogLevel, message: String) -> Result<(), ServiceError> {
+        if !self.enabled {
+            return Err(ServiceError::Denied(
+                "logging was not granted to this plugin".into(),
+            ));
+        }
+        self.sink.log(level, message)
+    }
+}
+
+struct LogService;
+
+impl HasData for LogService {
+    type Data<'a> = &'a mut LogState;
+}
+
+pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+    interfaces::log::add_to_linker::<StoreState, LogService>(linker, |state| &mut state.log)
+}

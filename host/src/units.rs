@@ -1,0 +1,70 @@
+//! Human-friendly sizes (`64MiB`, `512k`) and durations (`500ms`, `2s`), as
+//! written on the command line and in policy files.
+
+use std::time::Duration;
+
+/// Parses a byte size: a plain number of bytes, or a number with a unit.
+/// `KiB`/`MiB`/`GiB` are powers of 1024; `KB`/`MB`/`GB` (and `k`/`m`/`g`)
+/// are powers of 1000.
+///
+/// ```
+/// assert_eq!(capsule_host::units::parse_size("64MiB"), Ok(64 << 20));
+/// assert_eq!(capsule_host::units::parse_size("1000"), Ok(1000));
+/// ```
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() || trimmed.starts_with('-') {
+        return Err(format!("`{text}` is not a size (try `64MiB` or `1048576`)"));
+    }
+    trimmed
+        .parse::<bytesize::ByteSize>()
+        .map(|size| size.as_u64())
+        .map_err(|_| format!("`{text}` is not a size (try `64MiB` or `1048576`)"))
+}
+
+/// Parses a duration such as `500ms`, `2s` or `1m 30s`.
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(capsule_host::units::parse_duration("500ms"), Ok(Duration::from_millis(500)));
+/// ```
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|err| format!("`{text}` is not a duration (try `500ms` or `2s`): {err}"))
+}
+
+/// Formats a byte count the way [`parse_size`] reads it back.
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    for (unit, factor) in UNITS {
+        if bytes >= factor && bytes % factor == 0 {
+            return format!("{}{unit}", bytes / factor);
+        }
+    }
+    bytes.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("64 MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1MB"), Ok(1_000_000));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("").is_err());
+        assert_eq!(format_size(64 << 20), "64MiB");
+        assert_eq!(format_size(1000), "1000");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("soon").is_err());
+    }
+}
