@@ -1,1 +1,74 @@
-fn main() {}
+//! Project automation, run as `cargo xtask <command>`:
+//!
+//! - `build-plugins`: build every crate under `example-plugins/` for
+//!   `wasm32-wasip2` and copy the components to `target/plugins/`;
+//! - `test`: build the plugins, then run every test in the workspace;
+//! - `demo`: build the plugins and the CLI, then run the examples and show
+//!   what they did and what the sandbox stopped;
+//! - `ci`: formatting, lints, then `test`.
+
+mod demo;
+mod discover;
+mod plugins;
+mod shell;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Capsule project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build every example plugin (release) into target/plugins/.
+    BuildPlugins,
+    /// Build the plugins, then run all workspace tests. Extra arguments go to
+    /// `cargo test`.
+    Test {
+        /// Passed through to `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        cargo_args: Vec<String>,
+    },
+    /// Build and run the example plugins, showing what they do and what the
+    /// sandbox stops.
+    Demo,
+    /// Check formatting and lints, then run `test`.
+    Ci,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let workspace = shell::Workspace::locate()?;
+    match cli.command {
+        Command::BuildPlugins => {
+            plugins::build(&workspace)?;
+        }
+        Command::Test { cargo_args } => test(&workspace, &cargo_args)?,
+        Command::Demo => demo::run(&workspace)?,
+        Command::Ci => {
+            workspace.cargo(&["fmt", "--all", "--", "--check"])?;
+            workspace.cargo(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])?;
+            test(&workspace, &[])?;
+        }
+    }
+    Ok(())
+}
+
+fn test(workspace: &shell::Workspace, extra: &[String]) -> Result<()> {
+    let built = plugins::build(workspace)?;
+    let mut args = vec!["test".to_owned(), "--workspace".to_owned()];
+    args.extend(extra.iter().cloned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    workspace.cargo_with_env(&args, &[("CAPSULE_PLUGIN_DIR", built.dir.as_os_str())])
+}

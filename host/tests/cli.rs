@@ -1,0 +1,195 @@
+//! The `capsule` binary as users run it: output, `--json`, exit codes.
+//! Needs the example plugins built by `cargo xtask build-plugins`.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn plugin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("CAPSULE_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"));
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} missing: run `cargo xtask build-plugins`",
+        path.display()
+    );
+    path
+}
+
+fn capsule(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_capsule"))
+        .args(args)
+        .env_remove("CAPSULE_LOG")
+        .output()
+        .expect("capsule runs")
+}
+
+fn json(output: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|err| panic!("not JSON ({err}): {stdout}"))
+}
+
+#[test]
+fn run_prints_the_response_payload() {
+    let hello = plugin("hello");
+    let out = capsule(&[
+        "run",
+        hello.to_str().unwrap(),
+        "--op",
+        "greet",
+        "--input",
+        r#"{"name":"Ada"}"#,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "{\"greeting\":\"Hello, Ada!\"}\n"
+    );
+    // The plugin's log line goes to stderr, tagged with the plugin.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("handling `greet`") && stderr.contains("hello"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn run_json_reports_output_cost_and_logs() {
+    let hello = plugin("hello");
+    let out = capsule(&[
+        "run",
+        hello.to_str().unwrap(),
+        "--op",
+        "greet",
+        "--input",
+        r#"{"name":"Ada"}"#,
+        "--config",
+        "greeting=Hi",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let v = json(&out);
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["output"]["greeting"], "Hi, Ada!");
+    assert!(v["error"].is_null());
+    assert!(v["duration_us"].as_u64().is_some());
+    assert!(v["fuel_used"].as_u64().unwrap() > 0);
+    assert_eq!(v["logs"][0]["message"], "handling `greet`");
+}
+
+#[test]
+fn input_file_is_read() {
+    let hello = plugin("hello");
+    let input = std::env::temp_dir().join(format!("capsule-cli-input-{}.json", std::process::id()));
+    std::fs::write(&input, r#"{"name":"File"}"#).unwrap();
+    let out = capsule(&[
+        "run",
+        hello.to_str().unwrap(),
+        "--op",
+        "greet",
+        "--input-file",
+        input.to_str().unwrap(),
+    ]);
+    std::fs::remove_file(&input).ok();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"greeting":"Hello, File!"}"#
+    );
+}
+
+#[test]
+fn plugin_error_exits_4_with_kind() {
+    let hello = plugin("hello");
+    let out = capsule(&["run", hello.to_str().unwrap(), "--op", "nope", "--json"]);
+    assert_eq!(out.status.code(), Some(4));
+    let v = json(&out);
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["error"]["kind"], "plugin_error");
+    assert_eq!(v["error"]["plugin"], "hello");
+    assert!(v["error"]["message"].as_str().unwrap().contains("nope"));
+}
+
+#[test]
+fn plugin_error_without_json_is_one_line_on_stderr() {
+    let hello = plugin("hello");
+    let out = capsule(&["run", hello.to_str().unwrap(), "--op", "nope"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let error_lines: Vec<_> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(error_lines.len(), 1, "{stderr}");
+    assert!(error_lines[0].contains("[plugin_error]") && error_lines[0].contains("hello"));
+}
+
+#[test]
+fn malformed_plugin_exits_3() {
+    let bad = std::env::temp_dir().join(format!("capsule-cli-bad-{}.wasm", std::process::id()));
+    std::fs::write(&bad, b"definitely not wasm").unwrap();
+    let out = capsule(&["run", bad.to_str().unwrap(), "--op", "greet", "--json"]);
+    std::fs::remove_file(&bad).ok();
+    assert_eq!(out.status.code(), Some(3));
+    let v = json(&out);
+    assert_eq!(v["error"]["kind"], "malformed");
+}
+
+#[test]
+fn missing_file_exits_3_with_io() {
+    let out = capsule(&["run", "/nonexistent/x.wasm", "--op", "greet", "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(json(&out)["error"]["kind"], "io");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let hello = plugin("hello");
+    let out = capsule(&["run", hello.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "missing --op is a usage error");
+    let out = capsule(&[
+        "run",
+        hello.to_str().unwrap(),
+        "--op",
+        "x",
+        "--memory",
+        "lots",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = capsule(&[
+        "run",
+        hello.to_str().unwrap(),
+        "--op",
+        "x",
+        "--input-file",
+        "/nonexistent",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn inspect_shows_contract_imports_and_exports() {
+    let hello = plugin("hello");
+    let out = capsule(&["inspect", hello.to_str().unwrap(), "--json"]);
+    assert!(out.status.success());
+    let v = json(&out);
+    assert_eq!(v["contract_version"], "0.1.0");
+    let exports: Vec<_> = v["exports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(exports, ["capsule:plugin/handler@0.1.0"]);
+    assert!(
+        v["imports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["name"] == "capsule:plugin/log@0.1.0")
+    );
+}

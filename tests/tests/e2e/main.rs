@@ -1,0 +1,24 @@
+//! End-to-end tests: real plugins compiled to wasm components, loaded and
+//! called through the host library.
+//!
+//! Every example plugin must have a module here named after it; the
+//! `foreach_plugin!` check below fails to compile otherwise.
+
+mod hello;
+mod malformed;
+
+use capsule_host::Host;
+
+/// Fails to compile unless a module named after each example plugin exists.
+macro_rules! plugin_has_tests {
+    ($name:ident) => {
+        #[allow(unused_imports)]
+        use crate::$name as _;
+    };
+}
+capsule_tests::foreach_plugin!(plugin_has_tests);
+
+/// A host with default settings.
+pub fn host() -> Host {
+    Host::builder().build().expect("host builds")
+}

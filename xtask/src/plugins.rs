@@ -1,0 +1,91 @@
+//! `cargo xtask build-plugins`: build every example plugin as a wasm32-wasip2
+//! component, once, in the `plugin` profile, and collect them in
+//! `target/plugins/<crate-name>.wasm`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::discover::plugin_crates;
+use crate::shell::{Workspace, run};
+
+/// The target every plugin is built for.
+pub const TARGET: &str = "wasm32-wasip2";
+/// The cargo profile plugins are built in (release, LTO).
+pub const PROFILE: &str = "plugin";
+
+/// What `build` produced.
+pub struct Built {
+    /// `target/plugins`.
+    pub dir: PathBuf,
+}
+
+/// Builds every plugin and copies the components into `target/plugins/`.
+pub fn build(workspace: &Workspace) -> Result<Built> {
+    ensure_target(TARGET)?;
+    check_sdk_wit(workspace)?;
+    let crates = plugin_crates(&workspace.root).context("cannot list example plugins")?;
+    if crates.is_empty() {
+        bail!("no plugin crates found under example-plugins/");
+    }
+    let mut args = vec!["build", "--profile", PROFILE, "--target", TARGET];
+    for plugin in &crates {
+        args.push("-p");
+        args.push(&plugin.name);
+    }
+    workspace.cargo(&args)?;
+
+    let out_dir = workspace.target.join("plugins");
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let built_dir = workspace.target.join(TARGET).join(PROFILE);
+    for plugin in &crates {
+        let artifact = built_dir.join(format!("{}.wasm", plugin.name.replace('-', "_")));
+        let dest = out_dir.join(format!("{}.wasm", plugin.name));
+        std::fs::copy(&artifact, &dest)
+            .with_context(|| format!("cannot copy {} to {}", artifact.display(), dest.display()))?;
+    }
+    eprintln!("built {} plugins into {}", crates.len(), out_dir.display());
+    Ok(Built { dir: out_dir })
+}
+
+/// Installs the rustup target if it is missing (CI starts from a bare
+/// toolchain).
+fn ensure_target(target: &str) -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
+    match installed {
+        Ok(output) if output.status.success() => {
+            let list = String::from_utf8_lossy(&output.stdout);
+            if list.lines().any(|line| line.trim() == target) {
+                return Ok(());
+            }
+            run(Command::new("rustup").args(["target", "add", target]))
+        }
+        // Without rustup the toolchain must already have the target; cargo
+        // will say so clearly if it does not.
+        _ => {
+            eprintln!("rustup not found; assuming the {target} target is installed");
+            Ok(())
+        }
+    }
+}
+
+/// The SDK ships a copy of the contract; it must be identical to `wit/`.
+fn check_sdk_wit(workspace: &Workspace) -> Result<()> {
+    let canonical = workspace.root.join("wit/plugin.wit");
+    let shipped = workspace.root.join("guest-sdk/wit/plugin.wit");
+    let a = std::fs::read(&canonical).with_context(|| format!("read {}", canonical.display()))?;
+    let b = std::fs::read(&shipped).with_context(|| format!("read {}", shipped.display()))?;
+    if a != b {
+        bail!(
+            "{} differs from {}: the SDK must ship the contract it was generated from \
+             (copy wit/plugin.wit over it)",
+            shipped.display(),
+            canonical.display()
+        );
+    }
+    Ok(())
+}
