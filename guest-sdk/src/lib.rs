@@ -127,6 +127,17 @@ pub trait Plugin {
 #[macro_export]
 macro_rules! export_plugin {
     ($plugin:ty) => {
+        /// The plugin's `handle`, referenced so native (non-wasm) builds, which
+        /// export nothing, still see the plugin's code as used.
+        #[cfg(not(target_arch = "wasm32"))]
+        #[doc(hidden)]
+        pub const __CAPSULE_PLUGIN_HANDLE: fn(
+            $crate::Request,
+        ) -> ::core::result::Result<
+            $crate::Response,
+            $crate::PluginError,
+        > = <$plugin as $crate::Plugin>::handle;
+
         const _: () = {
             struct CapsuleExport;
 
@@ -161,6 +172,11 @@ macro_rules! export_plugin {
                 }
             }
 
+            // Only a wasm build exports the component's functions; a native
+            // build (clippy, `cargo build --workspace`) just type-checks them,
+            // since export names like `capsule:plugin/handler@0.1.0#handle`
+            // are not valid native symbols.
+            #[cfg(target_arch = "wasm32")]
             $crate::bindings::__export_capsule_plugin_world!(
                 CapsuleExport with_types_in $crate::bindings
             );

@@ -193,3 +193,80 @@ fn inspect_shows_contract_imports_and_exports() {
             .any(|i| i["name"] == "capsule:plugin/log@0.1.0")
     );
 }
+
+#[test]
+fn spin_loop_times_out_with_timeout_kind_and_exit_5() {
+    let spin = plugin("spin-loop");
+    let started = std::time::Instant::now();
+    let out = capsule(&[
+        "run",
+        spin.to_str().unwrap(),
+        "--op",
+        "run",
+        "--input",
+        "x",
+        "--timeout",
+        "500ms",
+        "--fuel",
+        "none",
+        "--json",
+    ]);
+    let elapsed = started.elapsed();
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(json(&out)["error"]["kind"], "timeout");
+    assert!(
+        elapsed < std::time::Duration::from_secs(5),
+        "took {elapsed:?}"
+    );
+}
+
+#[test]
+fn spin_loop_with_a_fuel_budget_runs_out_of_fuel() {
+    let spin = plugin("spin-loop");
+    let out = capsule(&[
+        "run",
+        spin.to_str().unwrap(),
+        "--op",
+        "run",
+        "--input",
+        "x",
+        "--fuel",
+        "1000000",
+        "--timeout",
+        "30s",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(5));
+    let v = json(&out);
+    assert_eq!(v["error"]["kind"], "out_of_fuel");
+    assert_eq!(v["fuel_used"], 1_000_000);
+}
+
+#[test]
+fn hostile_plugins_get_their_exact_kind_from_the_cli() {
+    for (name, kind, code) in [
+        ("alloc-bomb", "memory_limit", 5),
+        ("deep-recursion", "stack_overflow", 5),
+        ("panic", "trap", 6),
+        ("huge-output", "output_too_large", 5),
+    ] {
+        let path = plugin(name);
+        let out = capsule(&[
+            "run",
+            path.to_str().unwrap(),
+            "--op",
+            "run",
+            "--input",
+            "x",
+            "--memory",
+            "32MiB",
+            "--max-output",
+            "1MiB",
+            "--json",
+        ]);
+        let v = json(&out);
+        assert_eq!(v["error"]["kind"], kind, "{name}: {v}");
+        assert_eq!(v["error"]["plugin"], name);
+        assert_eq!(out.status.code(), Some(code), "{name}");
+    }
+}

@@ -26,10 +26,10 @@ struct Step {
 }
 
 impl Step {
-    fn new(title: &str, args: &[&str], expect: Expect) -> Step {
+    fn new<S: AsRef<str>>(title: &str, args: &[S], expect: Expect) -> Step {
         Step {
             title: title.to_owned(),
-            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            args: args.iter().map(|a| a.as_ref().to_owned()).collect(),
             expect,
         }
     }
@@ -50,6 +50,30 @@ pub fn run(workspace: &Workspace) -> Result<()> {
     let hello = plugin("hello");
     let truncated = truncated_copy(Path::new(&hello), &demo_dir)?;
     let truncated = truncated.display().to_string();
+    let [
+        spin_loop,
+        alloc_bomb,
+        deep_recursion,
+        panic,
+        huge_output,
+        slow_host_calls,
+    ] = [
+        "spin-loop",
+        "alloc-bomb",
+        "deep-recursion",
+        "panic",
+        "huge-output",
+        "slow-host-calls",
+    ]
+    .map(plugin);
+    // Every hostile plugin attacks whatever operation it is asked for.
+    let hostile = |path: &str, limits: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = ["run", path, "--op", "run", "--input", "x", "--json"]
+            .map(str::to_owned)
+            .to_vec();
+        args.extend(limits.iter().map(|a| (*a).to_owned()));
+        args
+    };
 
     let steps = [
         Step::new(
@@ -88,6 +112,41 @@ pub fn run(workspace: &Workspace) -> Result<()> {
             "a truncated component is refused before it is compiled",
             &["run", &truncated, "--op", "greet", "--json"],
             Expect::Refused("malformed"),
+        ),
+        Step::new(
+            "spin-loop never returns: the 500 ms deadline stops it",
+            &hostile(&spin_loop, &["--timeout", "500ms", "--fuel", "none"]),
+            Expect::Refused("timeout"),
+        ),
+        Step::new(
+            "spin-loop again, this time stopped by a fuel budget",
+            &hostile(&spin_loop, &["--fuel", "5000000"]),
+            Expect::Refused("out_of_fuel"),
+        ),
+        Step::new(
+            "alloc-bomb grabs memory without end: stopped at 32 MiB",
+            &hostile(&alloc_bomb, &["--memory", "32MiB"]),
+            Expect::Refused("memory_limit"),
+        ),
+        Step::new(
+            "deep-recursion overflows the wasm stack",
+            &hostile(&deep_recursion, &[]),
+            Expect::Refused("stack_overflow"),
+        ),
+        Step::new(
+            "panic panics: a trap that names the panic",
+            &hostile(&panic, &[]),
+            Expect::Refused("trap"),
+        ),
+        Step::new(
+            "huge-output returns 16 MiB: refused over the 1 MiB output limit",
+            &hostile(&huge_output, &["--max-output", "1MiB"]),
+            Expect::Refused("output_too_large"),
+        ),
+        Step::new(
+            "slow-host-calls sleeps inside a host call: the outer timeout stops it",
+            &hostile(&slow_host_calls, &["--timeout", "500ms"]),
+            Expect::Refused("timeout"),
         ),
     ];
 

@@ -35,8 +35,10 @@ pub struct CallOutcome {
 pub struct CallStats {
     /// Wall-clock time from admission to result, excluding time queued.
     pub duration: Duration,
-    /// Fuel the plugin burned, instantiation and `init` included; `None` when
-    /// the call was cut off before it could be read.
+    /// Fuel the plugin burned, instantiation and `init` included. `None` when
+    /// the plugin trapped or was cut off (other than by running out of fuel,
+    /// which reports the whole budget): wasmtime cannot tell how much fuel an
+    /// interrupted function had burned.
     pub fuel_used: Option<u64>,
     /// `log` calls refused because the per-call log budget was spent.
     pub logs_refused: usize,
@@ -221,14 +223,22 @@ impl LoadedPlugin {
         let (result, fuel) = match tokio::time::timeout(limits.timeout, work).await {
             Ok((Ok(Ok(returned)), fuel)) => (Ok(returned), Some(fuel)),
             Ok((Ok(Err(init_error)), fuel)) => (Err(init_failed(init_error)), Some(fuel)),
-            Ok((Err(err), fuel)) => {
+            Ok((Err(err), _)) => {
                 let stderr = sink.stderr_tail();
                 let context = FailureContext {
                     limits,
                     stderr_tail: Some(&stderr),
                     max_instances: limits.max_instances,
                 };
-                (Err(classify(&err, &context)), Some(fuel))
+                let failure = classify(&err, &context);
+                // Compiled code keeps its fuel counter in a register and does
+                // not write it back when it is interrupted, so after a trap the
+                // store's counter is stale. Only an exhausted budget is exact.
+                let fuel = match failure {
+                    CallFailure::OutOfFuel { limit } => Some(limit),
+                    _ => None,
+                };
+                (Err(failure), fuel)
             }
             Err(_elapsed) => (
                 Err(CallFailure::Timeout {

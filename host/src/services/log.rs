@@ -149,7 +149,10 @@ impl LogSink {
             if source == LogSource::Stderr {
                 buffer.remember_stderr(&line);
             }
-            buffer.push(&self.plugin, stream_level(source), source, line);
+            // Blank lines (a panic message starts with one) carry nothing.
+            if !line.trim().is_empty() {
+                buffer.push(&self.plugin, stream_level(source), source, line);
+            }
         }
         buffer.partial(source).extend_from_slice(rest);
         Ok(())

@@ -4,8 +4,16 @@
 //! Every example plugin must have a module here named after it; the
 //! `foreach_plugin!` check below fails to compile otherwise.
 
+mod alloc_bomb;
+mod deep_recursion;
 mod hello;
+mod huge_output;
+mod limits;
 mod malformed;
+mod panic;
+mod sandbox;
+mod slow_host_calls;
+mod spin_loop;
 
 use capsule_host::Host;
 

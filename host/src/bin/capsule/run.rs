@@ -35,7 +35,7 @@ pub struct RunArgs {
     json: bool,
     /// Fuel per call (`none` for unlimited).
     #[arg(long, value_parser = parse_fuel)]
-    fuel: Option<Option<u64>>,
+    fuel: Option<FuelBudget>,
     /// Linear memory limit, e.g. `64MiB`.
     #[arg(long, value_parser = parse_size)]
     memory: Option<u64>,
@@ -54,13 +54,17 @@ fn parse_key_value(text: &str) -> Result<(String, String), String> {
     }
 }
 
-fn parse_fuel(text: &str) -> Result<Option<u64>, String> {
+/// A fuel budget from the command line: a number of units, or `none`.
+#[derive(Clone, Copy)]
+struct FuelBudget(Option<u64>);
+
+fn parse_fuel(text: &str) -> Result<FuelBudget, String> {
     if text.eq_ignore_ascii_case("none") {
-        return Ok(None);
+        return Ok(FuelBudget(None));
     }
     text.replace('_', "")
         .parse::<u64>()
-        .map(Some)
+        .map(|units| FuelBudget(Some(units)))
         .map_err(|_| format!("`{text}` is not a fuel amount (a whole number or `none`)"))
 }
 
@@ -86,7 +90,7 @@ async fn call_once(args: RunArgs, payload: Vec<u8>) -> ExitCode {
         Err(err) => return host_error(&args, &err.to_string()),
     };
     let mut limits = host.default_limits().clone();
-    if let Some(fuel) = args.fuel {
+    if let Some(FuelBudget(fuel)) = args.fuel {
         limits.fuel = fuel;
     }
     if let Some(memory) = args.memory {

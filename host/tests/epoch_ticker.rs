@@ -1,0 +1,41 @@
+//! The epoch ticker is one thread per engine and stops when the host (and so
+//! the engine) is dropped. Kept in its own test binary so no other host
+//! starts or stops tickers while this counts them.
+
+#![cfg(target_os = "linux")]
+
+use std::time::{Duration, Instant};
+
+use capsule_host::Host;
+
+fn ticker_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .expect("procfs is mounted")
+        .filter_map(Result::ok)
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|name| name.trim() == "capsule-epoch")
+        })
+        .count()
+}
+
+#[test]
+fn one_ticker_per_host_stopped_when_the_host_is_dropped() {
+    assert_eq!(ticker_threads(), 0);
+    let host = Host::builder().build().unwrap();
+    let clone = host.clone();
+    assert_eq!(
+        ticker_threads(),
+        1,
+        "clones share the engine and its ticker"
+    );
+    drop(host);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(ticker_threads(), 1, "a clone still holds the engine");
+    drop(clone);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ticker_threads() > 0 {
+        assert!(Instant::now() < deadline, "the ticker outlived its engine");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
