@@ -151,6 +151,15 @@ pub enum LoadFailure {
     /// The bytes are not a WebAssembly component this host can use.
     #[error("malformed component: {0}")]
     Malformed(String),
+    /// The plugin carries no signature and unsigned plugins are not allowed.
+    #[error("{0}")]
+    Unsigned(String),
+    /// A signature is present but does not verify.
+    #[error("{0}")]
+    BadSignature(String),
+    /// The signatures verify only with keys the host does not trust.
+    #[error("{0}")]
+    UntrustedKey(String),
     /// The component does not speak a contract version this host serves.
     #[error("incompatible contract: {0}")]
     IncompatibleContract(String),
@@ -179,6 +188,9 @@ impl LoadFailure {
         match self {
             LoadFailure::Io { .. } => ErrorKind::Io,
             LoadFailure::Malformed(_) => ErrorKind::Malformed,
+            LoadFailure::Unsigned(_) => ErrorKind::Unsigned,
+            LoadFailure::BadSignature(_) => ErrorKind::BadSignature,
+            LoadFailure::UntrustedKey(_) => ErrorKind::UntrustedKey,
             LoadFailure::IncompatibleContract(_) => ErrorKind::IncompatibleContract,
             LoadFailure::MissingGrant { .. } => ErrorKind::MissingGrant,
             LoadFailure::Compile(_) => ErrorKind::Compile,

@@ -27,6 +27,8 @@ pub mod services;
 mod store;
 pub mod units;
 
+pub use artifact::cache::CacheStats;
+pub use artifact::{KeyId, PublicKey, SecretKey};
 pub use contract::{
     CONTRACT_PACKAGE, CONTRACT_VERSION, LogLevel, PluginError, PluginInfo, Request, Response,
     ServiceError,

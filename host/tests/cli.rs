@@ -6,11 +6,14 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn plugin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("CAPSULE_PLUGIN_DIR")
+fn plugin_dir() -> PathBuf {
+    std::env::var_os("CAPSULE_PLUGIN_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"));
-    let path = dir.join(format!("{name}.wasm"));
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"))
+}
+
+fn plugin(name: &str) -> PathBuf {
+    let path = plugin_dir().join(format!("{name}.wasm"));
     assert!(
         path.is_file(),
         "{} missing: run `cargo xtask build-plugins`",
@@ -19,12 +22,30 @@ fn plugin(name: &str) -> PathBuf {
     path
 }
 
+/// Runs `capsule` trusting the test key that signed the example plugins,
+/// with a compile cache private to this test run.
 fn capsule(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_capsule"))
-        .args(args)
-        .env_remove("CAPSULE_LOG")
+    capsule_command(args)
+        .env("CAPSULE_TRUST", plugin_dir().join("test-key.pub"))
         .output()
         .expect("capsule runs")
+}
+
+fn capsule_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_capsule"));
+    command
+        .args(args)
+        .env_remove("CAPSULE_LOG")
+        .env_remove("CAPSULE_TRUST")
+        .env("CAPSULE_CACHE_DIR", scratch("cache"));
+    command
+}
+
+/// A path under a per-process scratch directory.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("capsule-cli-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
 }
 
 fn json(output: &Output) -> Value {
@@ -130,7 +151,7 @@ fn plugin_error_without_json_is_one_line_on_stderr() {
 
 #[test]
 fn malformed_plugin_exits_3() {
-    let bad = std::env::temp_dir().join(format!("capsule-cli-bad-{}.wasm", std::process::id()));
+    let bad = scratch("bad.wasm");
     std::fs::write(&bad, b"definitely not wasm").unwrap();
     let out = capsule(&["run", bad.to_str().unwrap(), "--op", "greet", "--json"]);
     std::fs::remove_file(&bad).ok();
@@ -269,4 +290,201 @@ fn hostile_plugins_get_their_exact_kind_from_the_cli() {
         assert_eq!(v["error"]["plugin"], name);
         assert_eq!(out.status.code(), Some(code), "{name}");
     }
+}
+
+fn path_str(path: &std::path::Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn keygen_sign_verify_and_inspect_work_together() {
+    let prefix = scratch("author");
+    let out = capsule(&["keygen", "--out", path_str(&prefix)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (secret, public) = (prefix.with_extension("key"), prefix.with_extension("pub"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&secret).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the secret key is private");
+    }
+    let again = capsule(&["keygen", "--out", path_str(&prefix)]);
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "an existing key is never overwritten silently"
+    );
+
+    // Sign an unsigned copy of hello in place.
+    let unsigned = scratch("hello-unsigned.wasm");
+    std::fs::copy(plugin("hello"), &unsigned).unwrap();
+    let copy = scratch("hello-signed.wasm");
+    let out = capsule(&[
+        "sign",
+        path_str(&unsigned),
+        "--key",
+        path_str(&secret),
+        "--output",
+        path_str(&copy),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = capsule(&["verify", path_str(&copy), "--trust", path_str(&public)]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("verified: signed by key id"), "{stdout}");
+
+    // The test key did not sign this copy... but it did sign the original,
+    // so the copy carries both signatures.
+    let out = capsule(&[
+        "verify",
+        path_str(&copy),
+        "--trust",
+        path_str(&plugin_dir().join("test-key.pub")),
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+
+    let v = json(&capsule(&["inspect", path_str(&copy), "--json"]));
+    assert_eq!(v["signatures"].as_array().unwrap().len(), 2);
+    assert_eq!(v["sha256"].as_str().unwrap().len(), 64);
+
+    // Someone else's key is not trusted.
+    let stranger = scratch("stranger");
+    capsule(&["keygen", "--out", path_str(&stranger)]);
+    let out = capsule(&[
+        "verify",
+        path_str(&copy),
+        "--trust",
+        path_str(&stranger.with_extension("pub")),
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[untrusted_key]"));
+}
+
+#[test]
+fn detached_signatures_from_the_cli() {
+    let prefix = scratch("detached-author");
+    capsule(&["keygen", "--out", path_str(&prefix), "--pem"]);
+    let (secret, public) = (prefix.with_extension("key"), prefix.with_extension("pub"));
+    assert!(
+        std::fs::read_to_string(&public)
+            .unwrap()
+            .starts_with("-----BEGIN PUBLIC KEY-----")
+    );
+    let component = scratch("hello-for-detached.wasm");
+    std::fs::copy(plugin("hello"), &component).unwrap();
+    let before = std::fs::read(&component).unwrap();
+    let sig = scratch("hello.sig");
+    let out = capsule(&[
+        "sign",
+        path_str(&component),
+        "--key",
+        path_str(&secret),
+        "--detached",
+        path_str(&sig),
+    ]);
+    assert!(out.status.success());
+    assert_eq!(
+        std::fs::read(&component).unwrap(),
+        before,
+        "--detached alone leaves the component as it was"
+    );
+
+    let out = capsule(&[
+        "verify",
+        path_str(&component),
+        "--trust",
+        path_str(&public),
+        "--signature",
+        path_str(&sig),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = capsule_command(&[
+        "run",
+        path_str(&component),
+        "--op",
+        "greet",
+        "--input",
+        r#"{"name":"Ada"}"#,
+        "--trust",
+        path_str(&public),
+        "--signature",
+        path_str(&sig),
+        "--json",
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(json(&out)["output"]["greeting"], "Hello, Ada!");
+}
+
+#[test]
+fn run_refuses_unsigned_and_tampered_plugins() {
+    let hello = plugin("hello");
+    let bytes = std::fs::read(&hello).unwrap();
+
+    let tampered = scratch("hello-tampered.wasm");
+    let mut flipped = bytes.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    std::fs::write(&tampered, &flipped).unwrap();
+    let out = capsule(&["run", path_str(&tampered), "--op", "greet", "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(json(&out)["error"]["kind"], "bad_signature");
+
+    // Without any trusted key, a signed plugin is signed by a stranger.
+    let out = capsule_command(&["run", path_str(&hello), "--op", "greet", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(json(&out)["error"]["kind"], "untrusted_key");
+
+    // The signature section is the first section; dropping it unsigns.
+    let unsigned = scratch("hello-unsigned-run.wasm");
+    assert_eq!(bytes[8], 0, "the first section is a custom section");
+    let (mut size, mut shift, mut at) = (0usize, 0, 9);
+    loop {
+        let byte = bytes[at];
+        size |= usize::from(byte & 0x7f) << shift;
+        at += 1;
+        shift += 7;
+        if byte & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut stripped = bytes[..8].to_vec();
+    stripped.extend_from_slice(&bytes[at + size..]);
+    std::fs::write(&unsigned, &stripped).unwrap();
+    let out = capsule(&["run", path_str(&unsigned), "--op", "greet", "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(json(&out)["error"]["kind"], "unsigned");
+
+    let out = capsule(&[
+        "run",
+        path_str(&unsigned),
+        "--op",
+        "greet",
+        "--input",
+        r#"{"name":"Ada"}"#,
+        "--allow-unsigned",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("WITHOUT A VALID TRUSTED SIGNATURE"),
+        "the opt-out is loud: {stderr}"
+    );
 }

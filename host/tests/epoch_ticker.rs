@@ -19,23 +19,32 @@ fn ticker_threads() -> usize {
         .count()
 }
 
+/// Waits up to five seconds for the number of ticker threads to become
+/// `expected` (a new thread names itself only once it runs).
+fn wait_for_tickers(expected: usize) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ticker_threads() != expected {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
 #[test]
 fn one_ticker_per_host_stopped_when_the_host_is_dropped() {
     assert_eq!(ticker_threads(), 0);
     let host = Host::builder().build().unwrap();
     let clone = host.clone();
-    assert_eq!(
-        ticker_threads(),
-        1,
-        "clones share the engine and its ticker"
-    );
+    assert!(wait_for_tickers(1), "one ticker starts with the host");
     drop(host);
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(ticker_threads(), 1, "a clone still holds the engine");
     drop(clone);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while ticker_threads() > 0 {
-        assert!(Instant::now() < deadline, "the ticker outlived its engine");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    assert!(wait_for_tickers(0), "the ticker outlived its engine");
+    let second = Host::builder().build().unwrap();
+    assert!(wait_for_tickers(1), "a new host has its own ticker");
+    drop(second);
+    assert!(wait_for_tickers(0));
 }

@@ -37,3 +37,25 @@ pub fn plugin_bytes(name: &str) -> Vec<u8> {
     let path = plugin_path(name);
     std::fs::read(&path).unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()))
 }
+
+/// The public half of the test key `cargo xtask build-plugins` generated and
+/// signed every plugin with.
+pub fn test_key() -> capsule_host::PublicKey {
+    let path = plugin_dir().join("test-key.pub");
+    capsule_host::PublicKey::from_file(&path).unwrap_or_else(|err| {
+        panic!("{err}: run `cargo xtask build-plugins` (or `cargo xtask test`)")
+    })
+}
+
+/// A host that trusts the test key, as the tests' default.
+pub fn host_builder() -> capsule_host::HostBuilder {
+    capsule_host::Host::builder().trust(test_key())
+}
+
+/// A fresh, empty directory under the system temp dir for one test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("capsule-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|err| panic!("{}: {err}", dir.display()));
+    dir
+}

@@ -3,7 +3,7 @@
 //! and what the sandbox stopped. Every step states what it expects, and the
 //! demo fails if any step does something else.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -38,114 +38,116 @@ impl Step {
 /// Runs the demo.
 pub fn run(workspace: &Workspace) -> Result<()> {
     let built = plugins::build(workspace)?;
-    workspace.cargo(&["build", "--package", "capsule-host", "--bin", "capsule"])?;
-    let capsule = workspace
-        .target
-        .join("debug")
-        .join(format!("capsule{}", std::env::consts::EXE_SUFFIX));
+    let capsule = built.capsule.clone();
     let demo_dir = workspace.target.join("demo");
     std::fs::create_dir_all(&demo_dir)?;
 
     let plugin = |name: &str| built.dir.join(format!("{name}.wasm")).display().to_string();
+    let trust = built.test_key.display().to_string();
     let hello = plugin("hello");
-    let truncated = truncated_copy(Path::new(&hello), &demo_dir)?;
-    let truncated = truncated.display().to_string();
-    let [
-        spin_loop,
-        alloc_bomb,
-        deep_recursion,
-        panic,
-        huge_output,
-        slow_host_calls,
-    ] = [
-        "spin-loop",
-        "alloc-bomb",
-        "deep-recursion",
-        "panic",
-        "huge-output",
-        "slow-host-calls",
-    ]
-    .map(plugin);
-    // Every hostile plugin attacks whatever operation it is asked for.
-    let hostile = |path: &str, limits: &[&str]| -> Vec<String> {
-        let mut args: Vec<String> = ["run", path, "--op", "run", "--input", "x", "--json"]
-            .map(str::to_owned)
-            .to_vec();
-        args.extend(limits.iter().map(|a| (*a).to_owned()));
-        args
+    // `capsule run PLUGIN --trust TEST-KEY ARGS...`
+    let run = |path: &str, args: &[&str]| -> Vec<String> {
+        let mut all = vec![
+            "run".to_owned(),
+            path.to_owned(),
+            "--trust".to_owned(),
+            trust.clone(),
+        ];
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        all
     };
+    // Every hostile plugin attacks whatever operation it is asked for.
+    let hostile = |name: &str, limits: &[&str]| -> Vec<String> {
+        let mut args = vec!["--op", "run", "--input", "x", "--json"];
+        args.extend_from_slice(limits);
+        run(&plugin(name), &args)
+    };
+    let samples = SignatureSamples::write(&built, Path::new(&hello), &demo_dir)?;
+    let greet = ["--op", "greet", "--input", r#"{"name":"Ada"}"#];
 
     let steps = [
-        Step::new(
-            "hello greets Ada",
-            &[
-                "run",
-                &hello,
-                "--op",
-                "greet",
-                "--input",
-                r#"{"name":"Ada"}"#,
-            ],
-            Expect::Success,
-        ),
+        Step::new("hello greets Ada", &run(&hello, &greet), Expect::Success),
         Step::new(
             "the operator configures the greeting word",
-            &[
-                "run",
+            &run(
                 &hello,
-                "--op",
-                "greet",
-                "--input",
-                r#"{"name":"Ada"}"#,
-                "--config",
-                "greeting=Bonjour",
-                "--json",
-            ],
+                &[&greet[..], &["--config", "greeting=Bonjour", "--json"]].concat(),
+            ),
             Expect::Success,
         ),
         Step::new(
             "an operation hello does not implement is the plugin's typed error",
-            &["run", &hello, "--op", "nope", "--json"],
+            &run(&hello, &["--op", "nope", "--json"]),
             Expect::Refused("plugin_error"),
         ),
         Step::new(
-            "a truncated component is refused before it is compiled",
-            &["run", &truncated, "--op", "greet", "--json"],
-            Expect::Refused("malformed"),
+            "inspect shows the digest, the signer and the contract, without running anything",
+            &["inspect".to_owned(), hello.clone()],
+            Expect::Success,
+        ),
+        Step::new(
+            "verify checks the signature against the trusted key",
+            &[
+                "verify".to_owned(),
+                hello.clone(),
+                "--trust".to_owned(),
+                trust.clone(),
+            ],
+            Expect::Success,
+        ),
+        Step::new(
+            "an unsigned build of hello is refused before it is compiled",
+            &run(&samples.unsigned, &[&greet[..], &["--json"]].concat()),
+            Expect::Refused("unsigned"),
+        ),
+        Step::new(
+            "a copy of hello with one byte changed is refused",
+            &run(&samples.tampered, &[&greet[..], &["--json"]].concat()),
+            Expect::Refused("bad_signature"),
+        ),
+        Step::new(
+            "hello signed by a key the host does not trust is refused",
+            &run(&samples.untrusted, &[&greet[..], &["--json"]].concat()),
+            Expect::Refused("untrusted_key"),
+        ),
+        Step::new(
+            "a truncated component is refused",
+            &run(&samples.truncated, &[&greet[..], &["--json"]].concat()),
+            Expect::Refused("bad_signature"),
         ),
         Step::new(
             "spin-loop never returns: the 500 ms deadline stops it",
-            &hostile(&spin_loop, &["--timeout", "500ms", "--fuel", "none"]),
+            &hostile("spin-loop", &["--timeout", "500ms", "--fuel", "none"]),
             Expect::Refused("timeout"),
         ),
         Step::new(
             "spin-loop again, this time stopped by a fuel budget",
-            &hostile(&spin_loop, &["--fuel", "5000000"]),
+            &hostile("spin-loop", &["--fuel", "5000000"]),
             Expect::Refused("out_of_fuel"),
         ),
         Step::new(
             "alloc-bomb grabs memory without end: stopped at 32 MiB",
-            &hostile(&alloc_bomb, &["--memory", "32MiB"]),
+            &hostile("alloc-bomb", &["--memory", "32MiB"]),
             Expect::Refused("memory_limit"),
         ),
         Step::new(
             "deep-recursion overflows the wasm stack",
-            &hostile(&deep_recursion, &[]),
+            &hostile("deep-recursion", &[]),
             Expect::Refused("stack_overflow"),
         ),
         Step::new(
             "panic panics: a trap that names the panic",
-            &hostile(&panic, &[]),
+            &hostile("panic", &[]),
             Expect::Refused("trap"),
         ),
         Step::new(
             "huge-output returns 16 MiB: refused over the 1 MiB output limit",
-            &hostile(&huge_output, &["--max-output", "1MiB"]),
+            &hostile("huge-output", &["--max-output", "1MiB"]),
             Expect::Refused("output_too_large"),
         ),
         Step::new(
             "slow-host-calls sleeps inside a host call: the outer timeout stops it",
-            &hostile(&slow_host_calls, &["--timeout", "500ms"]),
+            &hostile("slow-host-calls", &["--timeout", "500ms"]),
             Expect::Refused("timeout"),
         ),
     ];
@@ -206,12 +208,53 @@ fn run_step(capsule: &Path, number: usize, step: &Step) -> Result<()> {
     }
 }
 
-/// Writes the first half of a component, to show how broken input is met.
-fn truncated_copy(original: &Path, dir: &Path) -> Result<PathBuf> {
-    let bytes = std::fs::read(original)?;
-    let path = dir.join("hello-truncated.wasm");
-    std::fs::write(&path, &bytes[..bytes.len() / 2])?;
-    Ok(path)
+/// Copies of hello that the host must refuse, one per way a signature fails.
+struct SignatureSamples {
+    unsigned: String,
+    tampered: String,
+    untrusted: String,
+    truncated: String,
+}
+
+impl SignatureSamples {
+    fn write(built: &plugins::Built, hello: &Path, dir: &Path) -> Result<SignatureSamples> {
+        let signed = std::fs::read(hello)?;
+        let path = |name: &str| dir.join(name);
+
+        // The build output before signing.
+        std::fs::copy(&built.unsigned_hello, path("hello-unsigned.wasm"))?;
+
+        let mut tampered = signed.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 0x01;
+        std::fs::write(path("hello-tampered.wasm"), tampered)?;
+
+        std::fs::write(path("hello-truncated.wasm"), &signed[..signed.len() / 2])?;
+
+        let stranger = path("stranger");
+        crate::shell::run(
+            Command::new(&built.capsule)
+                .args(["keygen", "--force", "--out"])
+                .arg(&stranger),
+        )?;
+        crate::shell::run(
+            Command::new(&built.capsule)
+                .arg("sign")
+                .arg(built.unsigned_hello.as_path())
+                .arg("--key")
+                .arg(stranger.with_extension("key"))
+                .arg("--output")
+                .arg(path("hello-untrusted.wasm")),
+        )?;
+
+        let show = |name: &str| path(name).display().to_string();
+        Ok(SignatureSamples {
+            unsigned: show("hello-unsigned.wasm"),
+            tampered: show("hello-tampered.wasm"),
+            untrusted: show("hello-untrusted.wasm"),
+            truncated: show("hello-truncated.wasm"),
+        })
+    }
 }
 
 fn quote_args(args: &[String]) -> String {

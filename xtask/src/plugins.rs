@@ -19,6 +19,12 @@ pub const PROFILE: &str = "plugin";
 pub struct Built {
     /// `target/plugins`.
     pub dir: PathBuf,
+    /// The `capsule` CLI (debug build) used to sign them.
+    pub capsule: PathBuf,
+    /// The public half of the run's test key, which signed every plugin.
+    pub test_key: PathBuf,
+    /// hello as the compiler produced it, before signing.
+    pub unsigned_hello: PathBuf,
 }
 
 /// Builds every plugin and copies the components into `target/plugins/`.
@@ -40,14 +46,45 @@ pub fn build(workspace: &Workspace) -> Result<Built> {
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
     let built_dir = workspace.target.join(TARGET).join(PROFILE);
+    let mut built = Vec::new();
     for plugin in &crates {
         let artifact = built_dir.join(format!("{}.wasm", plugin.name.replace('-', "_")));
         let dest = out_dir.join(format!("{}.wasm", plugin.name));
         std::fs::copy(&artifact, &dest)
             .with_context(|| format!("cannot copy {} to {}", artifact.display(), dest.display()))?;
+        built.push(dest);
     }
-    eprintln!("built {} plugins into {}", crates.len(), out_dir.display());
-    Ok(Built { dir: out_dir })
+
+    // A fresh test key for every run signs every plugin; tests and the demo
+    // trust its public half. No secret key is ever committed.
+    workspace.cargo(&["build", "--package", "capsule-host", "--bin", "capsule"])?;
+    let capsule = workspace
+        .target
+        .join("debug")
+        .join(format!("capsule{}", std::env::consts::EXE_SUFFIX));
+    let key_prefix = out_dir.join("test-key");
+    run(Command::new(&capsule)
+        .args(["keygen", "--force", "--out"])
+        .arg(&key_prefix))?;
+    let secret = key_prefix.with_extension("key");
+    for plugin in &built {
+        run(Command::new(&capsule)
+            .arg("sign")
+            .arg(plugin)
+            .arg("--key")
+            .arg(&secret))?;
+    }
+    eprintln!(
+        "built and signed {} plugins into {}",
+        built.len(),
+        out_dir.display()
+    );
+    Ok(Built {
+        dir: out_dir,
+        capsule,
+        test_key: key_prefix.with_extension("pub"),
+        unsigned_hello: built_dir.join("hello.wasm"),
+    })
 }
 
 /// Installs the rustup target if it is missing (CI starts from a bare

@@ -137,8 +137,9 @@ pub fn inspect(bytes: &[u8]) -> Result<ComponentSummary, NotAComponent> {
     Ok(summary)
 }
 
-/// Recognises what kind of file `bytes` is from its first eight bytes.
-fn check_header(bytes: &[u8]) -> Result<(), NotAComponent> {
+/// Recognises what kind of file `bytes` is from its first eight bytes, and
+/// refuses anything but a component.
+pub fn check_header(bytes: &[u8]) -> Result<(), NotAComponent> {
     if bytes.is_empty() {
         return Err(NotAComponent("the file is empty".into()));
     }

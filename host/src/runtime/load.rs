@@ -9,7 +9,12 @@ use std::sync::Arc;
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
-use crate::artifact::inspect::{ComponentSummary, Interface, inspect, version_compatible};
+use crate::artifact::cache::CompileCache;
+use crate::artifact::inspect::{
+    ComponentSummary, Interface, check_header, inspect, version_compatible,
+};
+use crate::artifact::signature::{self, SignatureError};
+use crate::artifact::{PublicKey, sha256_hex};
 use crate::contract::{CONTRACT_PACKAGE, CONTRACT_VERSION, PluginInfo, PluginPre};
 use crate::error::{LoadError, LoadFailure, chain};
 use crate::limits::Limits;
@@ -31,47 +36,69 @@ const WASI_PACKAGES: &[&str] = &[
     "wasi:sockets",
 ];
 
+/// What loading needs from the host.
+pub(crate) struct LoadContext<'a> {
+    pub(crate) engine: &'a Engine,
+    pub(crate) linker: &'a Linker<StoreState>,
+    pub(crate) default_limits: &'a Limits,
+    pub(crate) trust: &'a TrustPolicy,
+    pub(crate) cache: Option<&'a CompileCache>,
+}
+
+/// Which signatures the host accepts.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TrustPolicy {
+    pub(crate) keys: Vec<PublicKey>,
+    pub(crate) allow_unsigned: bool,
+    pub(crate) allow_partial: bool,
+}
+
 pub(crate) async fn load(
-    engine: &Engine,
-    linker: &Linker<StoreState>,
-    default_limits: &Limits,
+    context: &LoadContext<'_>,
     spec: PluginSpec,
 ) -> Result<Arc<LoadedPlugin>, LoadError> {
     let PluginSpec {
         name,
         source,
+        signature,
         grants,
         limits,
     } = spec;
     let fail = |cause| LoadError::new(name.clone(), cause);
     validate_name(&name).map_err(|msg| fail(LoadFailure::Config(msg)))?;
-    let limits = limits.unwrap_or_else(|| default_limits.clone());
+    let limits = limits.unwrap_or_else(|| context.default_limits.clone());
 
-    let bytes: Arc<[u8]> = match source {
-        PluginSource::Bytes(bytes) => bytes,
-        PluginSource::Path(path) => {
-            let read = tokio::task::spawn_blocking({
-                let path = path.clone();
-                move || std::fs::read(path)
-            })
-            .await
-            .map_err(|err| fail(LoadFailure::Compile(format!("loader task failed: {err}"))))?;
-            read.map_err(|source| {
-                fail(LoadFailure::Io {
-                    path: path.display().to_string(),
-                    source,
-                })
-            })?
-            .into()
-        }
+    let bytes = read_source(source).await.map_err(fail)?;
+    let detached = match signature {
+        Some(source) => Some(read_source(source).await.map_err(fail)?),
+        None => None,
     };
+    check_header(&bytes).map_err(|err| fail(LoadFailure::Malformed(err.0)))?;
+    // Nothing below this line looks inside the plugin until its signature
+    // has been checked.
+    let signers =
+        check_signature(&name, &bytes, detached.as_deref(), context.trust).map_err(fail)?;
+    let digest = sha256_hex(&bytes);
 
     let summary = inspect(&bytes).map_err(|err| fail(LoadFailure::Malformed(err.0)))?;
     check_contract(&summary).map_err(fail)?;
     check_imports(&summary).map_err(fail)?;
 
-    let component = compile(engine, bytes).await.map_err(fail)?;
-    let instance_pre = linker
+    let (component, from_cache) = match context.cache.and_then(|c| c.load(context.engine, &digest))
+    {
+        Some(component) => (component, true),
+        None => {
+            let component = compile(context.engine, Arc::clone(&bytes))
+                .await
+                .map_err(fail)?;
+            if let Some(cache) = context.cache {
+                cache.store(context.engine, &digest, &component);
+            }
+            (component, false)
+        }
+    };
+    let instance_pre = context
+        .linker
         .instantiate_pre(&component)
         .map_err(|err| fail(LoadFailure::IncompatibleContract(chain(&err))))?;
     let pre = PluginPre::new(instance_pre).map_err(|err| {
@@ -89,6 +116,9 @@ pub(crate) async fn load(
             description: String::new(),
             capabilities: Vec::new(),
         },
+        digest,
+        signers,
+        compiled_from_cache: from_cache,
         contract_version: summary.contract_version().map(str::to_owned),
         component: summary,
         grants,
@@ -96,14 +126,73 @@ pub(crate) async fn load(
     };
     // `describe` runs on a throwaway instance, so the plugin's `init` and
     // `describe` are exercised under its limits before it is registered.
-    let probe = LoadedPlugin::new(engine.clone(), pre.clone(), details.clone());
+    let probe = LoadedPlugin::new(context.engine.clone(), pre.clone(), details.clone());
     let invoked = probe.invoke(Invocation::Describe).await;
     match invoked.result {
         Ok(Returned::Info(info)) => details.info = info,
         Ok(Returned::Handled(_)) => unreachable!("a describe invocation returns plugin info"),
         Err(failure) => return Err(fail(LoadFailure::InitFailed(Box::new(failure)))),
     }
-    Ok(Arc::new(LoadedPlugin::new(engine.clone(), pre, details)))
+    Ok(Arc::new(LoadedPlugin::new(
+        context.engine.clone(),
+        pre,
+        details,
+    )))
+}
+
+async fn read_source(source: PluginSource) -> Result<Arc<[u8]>, LoadFailure> {
+    match source {
+        PluginSource::Bytes(bytes) => Ok(bytes),
+        PluginSource::Path(path) => {
+            let read = tokio::task::spawn_blocking({
+                let path = path.clone();
+                move || std::fs::read(path)
+            })
+            .await
+            .map_err(|err| LoadFailure::Config(format!("loader task failed: {err}")))?;
+            read.map(Arc::from).map_err(|source| LoadFailure::Io {
+                path: path.display().to_string(),
+                source,
+            })
+        }
+    }
+}
+
+/// Enforces the trust policy; returns the trusted signers' key ids. With
+/// `allow_unsigned`, a plugin without a valid trusted signature still loads,
+/// with a warning every time.
+fn check_signature(
+    name: &str,
+    bytes: &[u8],
+    detached: Option<&[u8]>,
+    trust: &TrustPolicy,
+) -> Result<Vec<String>, LoadFailure> {
+    match signature::verify(bytes, detached, &trust.keys, trust.allow_partial) {
+        Ok(verified) => {
+            if verified.partial {
+                tracing::warn!(
+                    plugin = name,
+                    "loading a plugin whose trusted signature covers only part of it"
+                );
+            }
+            Ok(verified.signers.iter().map(|id| id.to_hex()).collect())
+        }
+        Err(err) if trust.allow_unsigned => {
+            tracing::warn!(
+                plugin = name,
+                reason = %err,
+                "LOADING A PLUGIN WITHOUT A VALID TRUSTED SIGNATURE (unsigned plugins are allowed)"
+            );
+            Ok(Vec::new())
+        }
+        Err(err) => Err(match err {
+            SignatureError::Unsigned => LoadFailure::Unsigned(format!(
+                "{err}; sign it with `capsule sign` and trust the key, or allow unsigned plugins"
+            )),
+            SignatureError::Bad(_) => LoadFailure::BadSignature(err.to_string()),
+            SignatureError::UntrustedKey { .. } => LoadFailure::UntrustedKey(err.to_string()),
+        }),
+    }
 }
 
 /// The component must export `capsule:plugin/handler` on this host's

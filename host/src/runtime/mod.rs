@@ -6,6 +6,7 @@ mod plugin;
 mod spec;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use wasmtime::Engine;
@@ -14,12 +15,15 @@ use wasmtime::component::Linker;
 pub use plugin::{CallOutcome, CallStats, PluginDetails};
 pub use spec::{PluginSource, PluginSpec};
 
+use crate::artifact::PublicKey;
+use crate::artifact::cache::{CacheError, CacheStats, CompileCache};
 use crate::contract::Request;
 use crate::engine::{self, AllocationMode, EngineOptions};
 use crate::error::{CallError, CallFailure, LoadError, LoadFailure, chain};
 use crate::limits::Limits;
 use crate::services;
 use crate::store::StoreState;
+use load::{LoadContext, TrustPolicy};
 use plugin::LoadedPlugin;
 
 /// Failure to build a [`Host`].
@@ -34,6 +38,9 @@ pub enum HostError {
     /// The epoch ticker thread could not start.
     #[error("cannot start the epoch ticker: {0}")]
     Ticker(#[from] std::io::Error),
+    /// The compile cache directory is unusable.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
 }
 
 /// Configures and builds a [`Host`].
@@ -55,9 +62,42 @@ pub enum HostError {
 pub struct HostBuilder {
     engine: EngineOptions,
     default_limits: Limits,
+    trust: TrustPolicy,
+    cache_dir: Option<PathBuf>,
 }
 
 impl HostBuilder {
+    /// Trusts `key` to sign plugins. By default a plugin loads only if a
+    /// trusted key signed all of it.
+    pub fn trust(mut self, key: PublicKey) -> Self {
+        if !self.trust.keys.contains(&key) {
+            self.trust.keys.push(key);
+        }
+        self
+    }
+
+    /// Lets plugins without a valid trusted signature load anyway, with a
+    /// warning on every load. Meant for development only.
+    pub fn allow_unsigned(mut self, allow: bool) -> Self {
+        self.trust.allow_unsigned = allow;
+        self
+    }
+
+    /// Accepts trusted signatures that cover only part of a plugin (the
+    /// sections before a `signature_delimiter`). Off by default: unsigned
+    /// sections could change what the plugin does.
+    pub fn allow_partial_signatures(mut self, allow: bool) -> Self {
+        self.trust.allow_partial = allow;
+        self
+    }
+
+    /// Caches compiled plugins in `dir` (created with mode 0700), so a plugin
+    /// loaded again is deserialized instead of recompiled.
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+
     /// Limits for plugins whose spec sets none.
     pub fn default_limits(mut self, limits: Limits) -> Self {
         self.default_limits = limits;
@@ -77,13 +117,23 @@ impl HostBuilder {
             engine::build(&self.engine).map_err(|err| HostError::Engine(chain(&err)))?;
         let mut linker = Linker::new(&engine);
         services::add_to_linker(&mut linker).map_err(|err| HostError::Link(chain(&err)))?;
+        let cache = self
+            .cache_dir
+            .as_deref()
+            .map(CompileCache::open)
+            .transpose()?;
         engine::start_epoch_ticker(&engine, self.engine.epoch_tick)?;
+        if self.trust.allow_unsigned {
+            tracing::warn!("this host loads plugins without a valid trusted signature");
+        }
         Ok(Host {
             inner: Arc::new(HostInner {
                 engine,
                 linker,
                 allocation,
                 default_limits: self.default_limits,
+                trust: self.trust,
+                cache,
                 plugins: RwLock::new(BTreeMap::new()),
             }),
         })
@@ -101,6 +151,8 @@ struct HostInner {
     linker: Linker<StoreState>,
     allocation: AllocationMode,
     default_limits: Limits,
+    trust: TrustPolicy,
+    cache: Option<CompileCache>,
     plugins: RwLock<BTreeMap<String, Arc<LoadedPlugin>>>,
 }
 
@@ -120,6 +172,11 @@ impl Host {
         &self.inner.allocation
     }
 
+    /// How the compile cache has been used, if the host has one.
+    pub fn cache_stats(&self) -> Option<CacheStats> {
+        self.inner.cache.as_ref().map(CompileCache::stats)
+    }
+
     /// Loads a plugin: checks, compiles and links it, then runs its `init` and
     /// `describe` once. Fails with a typed [`LoadError`]; nothing is
     /// registered unless every step succeeds.
@@ -131,13 +188,14 @@ impl Host {
                 LoadFailure::Config("a plugin with this name is already loaded".into()),
             ));
         }
-        let loaded = load::load(
-            &self.inner.engine,
-            &self.inner.linker,
-            &self.inner.default_limits,
-            spec,
-        )
-        .await?;
+        let context = LoadContext {
+            engine: &self.inner.engine,
+            linker: &self.inner.linker,
+            default_limits: &self.inner.default_limits,
+            trust: &self.inner.trust,
+            cache: self.inner.cache.as_ref(),
+        };
+        let loaded = load::load(&context, spec).await?;
         let details = loaded.details.clone();
         let mut plugins = self.write_plugins();
         if plugins.contains_key(&name) {

@@ -52,6 +52,12 @@ pub struct PluginDetails {
     /// What the plugin's `describe` returned.
     #[serde(serialize_with = "serialize_info")]
     pub info: PluginInfo,
+    /// SHA-256 of the component file, as hex.
+    pub digest: String,
+    /// Ids of the trusted keys that signed it (empty if it loaded unsigned).
+    pub signers: Vec<String>,
+    /// Whether the compiled code came from the compile cache.
+    pub compiled_from_cache: bool,
     /// The contract version the component was built against.
     pub contract_version: Option<String>,
     /// The component's top-level imports and exports.

@@ -30,6 +30,7 @@ pub enum PluginSource {
 pub struct PluginSpec {
     pub(crate) name: String,
     pub(crate) source: PluginSource,
+    pub(crate) signature: Option<PluginSource>,
     pub(crate) grants: Grants,
     pub(crate) limits: Option<Limits>,
 }
@@ -46,6 +47,7 @@ impl PluginSpec {
         PluginSpec {
             name,
             source: PluginSource::Path(path.to_owned()),
+            signature: None,
             grants: Grants::default(),
             limits: None,
         }
@@ -56,6 +58,7 @@ impl PluginSpec {
         PluginSpec {
             name: name.into(),
             source: PluginSource::Bytes(bytes.into()),
+            signature: None,
             grants: Grants::default(),
             limits: None,
         }
@@ -69,6 +72,14 @@ impl PluginSpec {
     /// Where the plugin's bytes come from.
     pub fn source(&self) -> &PluginSource {
         &self.source
+    }
+
+    /// Verifies the plugin against a detached signature (the payload of a
+    /// `signature` section, as `capsule sign --detached` writes it) instead of
+    /// one embedded in the component.
+    pub fn detached_signature(mut self, signature: PluginSource) -> Self {
+        self.signature = Some(signature);
+        self
     }
 
     /// Renames the plugin.

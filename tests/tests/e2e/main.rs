@@ -12,6 +12,7 @@ mod limits;
 mod malformed;
 mod panic;
 mod sandbox;
+mod signing;
 mod slow_host_calls;
 mod spin_loop;
 
@@ -26,7 +27,7 @@ macro_rules! plugin_has_tests {
 }
 capsule_tests::foreach_plugin!(plugin_has_tests);
 
-/// A host with default settings.
+/// A host with default settings that trusts the test key.
 pub fn host() -> Host {
-    Host::builder().build().expect("host builds")
+    capsule_tests::host_builder().build().expect("host builds")
 }

@@ -1,6 +1,7 @@
 //! Bytes that are not a usable component are refused with `malformed` (or
 //! `io` when unreadable), before anything is compiled, and the host keeps
-//! serving.
+//! serving. These tests let unsigned plugins load, so what they see is the
+//! structural check, not the signature check (see `signing`).
 
 use capsule_host::{ErrorKind, PluginSpec, Request};
 use capsule_tests::{plugin_bytes, plugin_path, plugins::HELLO};
@@ -8,7 +9,10 @@ use capsule_tests::{plugin_bytes, plugin_path, plugins::HELLO};
 use crate::host;
 
 async fn load_error(name: &str, bytes: Vec<u8>) -> capsule_host::LoadError {
-    host()
+    capsule_tests::host_builder()
+        .allow_unsigned(true)
+        .build()
+        .unwrap()
         .load(PluginSpec::from_bytes(name, bytes))
         .await
         .unwrap_err()
@@ -63,7 +67,7 @@ async fn the_host_keeps_serving_after_refusing_a_plugin() {
     let err = host
         .load(PluginSpec::from_bytes(
             "bad",
-            b"\0asm\x0d\0\x01\0garbage".to_vec(),
+            b"\0asm\x02\0\0\0garbage".to_vec(),
         ))
         .await
         .unwrap_err();

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use capsule_host::artifact::{Interface, inspect as inspect_component};
+use capsule_host::artifact::{Interface, inspect as inspect_component, sha256_hex, signature};
 use clap::Args;
 use serde_json::json;
 
@@ -17,6 +17,9 @@ pub struct InspectArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// A detached signature to list instead of the embedded one.
+    #[arg(long, value_name = "FILE.sig")]
+    signature: Option<PathBuf>,
 }
 
 /// Runs `capsule inspect` and returns the process exit code.
@@ -28,6 +31,28 @@ pub fn inspect(args: InspectArgs) -> ExitCode {
             return exit::code(exit::LOAD_REFUSED);
         }
     };
+    if let Err(err) = capsule_host::artifact::inspect::check_header(&bytes) {
+        eprintln!("error [malformed]: {}: {err}", args.plugin.display());
+        return exit::code(exit::LOAD_REFUSED);
+    }
+    let detached = match &args.signature {
+        Some(path) => match std::fs::read(path) {
+            Ok(bytes) => Some(bytes),
+            Err(err) => {
+                eprintln!("error [io]: cannot read {}: {err}", path.display());
+                return exit::code(exit::LOAD_REFUSED);
+            }
+        },
+        None => None,
+    };
+    let signatures = match signature::list(&bytes, detached.as_deref()) {
+        Ok(signatures) => signatures,
+        Err(err) => {
+            eprintln!("error [bad_signature]: {}: {err}", args.plugin.display());
+            return exit::code(exit::LOAD_REFUSED);
+        }
+    };
+    let digest = sha256_hex(&bytes);
     let summary = match inspect_component(&bytes) {
         Ok(summary) => summary,
         Err(err) => {
@@ -41,6 +66,8 @@ pub fn inspect(args: InspectArgs) -> ExitCode {
             json!({
                 "path": args.plugin.display().to_string(),
                 "size": bytes.len(),
+                "sha256": digest,
+                "signatures": signatures,
                 "contract_version": summary.contract_version(),
                 "imports": summary.imports,
                 "exports": summary.exports,
@@ -50,6 +77,17 @@ pub fn inspect(args: InspectArgs) -> ExitCode {
     } else {
         println!("{}", args.plugin.display());
         println!("  size:      {} bytes", bytes.len());
+        println!("  sha256:    {digest}");
+        if signatures.is_empty() {
+            println!("  signed:    no");
+        }
+        for signature in &signatures {
+            println!(
+                "  signed:    key id {}{}",
+                signature.key_id.as_deref().unwrap_or("(none given)"),
+                if signature.full { "" } else { " (partial)" }
+            );
+        }
         println!(
             "  contract:  {}",
             summary

@@ -3,6 +3,7 @@
 
 mod exit;
 mod inspect;
+mod keys;
 mod run;
 
 use std::process::ExitCode;
@@ -23,6 +24,12 @@ enum Command {
     Run(run::RunArgs),
     /// Show what a component is made of, without compiling or running it.
     Inspect(inspect::InspectArgs),
+    /// Generate an Ed25519 key pair for signing plugins.
+    Keygen(keys::KeygenArgs),
+    /// Sign a plugin (embedded and/or detached signature).
+    Sign(keys::SignArgs),
+    /// Check a plugin's signature against trusted keys.
+    Verify(keys::VerifyArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +38,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run::run(args),
         Command::Inspect(args) => inspect::inspect(args),
+        Command::Keygen(args) => keys::keygen(args),
+        Command::Sign(args) => keys::sign(args),
+        Command::Verify(args) => keys::verify(args),
     }
 }
 

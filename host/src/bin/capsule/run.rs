@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use capsule_host::units::{parse_duration, parse_size};
 use capsule_host::{
-    CallError, CallStats, ErrorKind, Host, LoadError, LogRecord, PluginSpec, Request,
+    CallError, CallStats, ErrorKind, Host, HostError, LoadError, LogRecord, PluginSource,
+    PluginSpec, Request,
 };
 use clap::Args;
 use serde_json::{Value, json};
@@ -45,6 +46,43 @@ pub struct RunArgs {
     /// Largest response accepted, e.g. `1MiB`.
     #[arg(long, value_parser = parse_size)]
     max_output: Option<u64>,
+    /// A public key trusted to sign plugins (repeatable). Also read from
+    /// `CAPSULE_TRUST`, colon-separated.
+    #[arg(
+        long,
+        value_name = "KEY.pub",
+        env = "CAPSULE_TRUST",
+        value_delimiter = ':'
+    )]
+    trust: Vec<PathBuf>,
+    /// Run the plugin even without a valid trusted signature (logged loudly).
+    #[arg(long)]
+    allow_unsigned: bool,
+    /// A detached signature for the plugin.
+    #[arg(long, value_name = "FILE.sig")]
+    signature: Option<PathBuf>,
+    /// Where compiled plugins are cached (default: `$XDG_CACHE_HOME/capsule`
+    /// or `~/.cache/capsule`).
+    #[arg(long, env = "CAPSULE_CACHE_DIR", conflicts_with = "no_cache")]
+    cache_dir: Option<PathBuf>,
+    /// Compile the plugin without reading or writing the cache.
+    #[arg(long)]
+    no_cache: bool,
+}
+
+/// The cache directory to use: the one asked for, else the user's cache
+/// folder, else none.
+fn cache_dir(args: &RunArgs) -> Option<PathBuf> {
+    if args.no_cache {
+        return None;
+    }
+    if let Some(dir) = &args.cache_dir {
+        return Some(dir.clone());
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(base.join("capsule"))
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -85,7 +123,28 @@ pub fn run(args: RunArgs) -> ExitCode {
 }
 
 async fn call_once(args: RunArgs, payload: Vec<u8>) -> ExitCode {
-    let host = match Host::builder().build() {
+    let keys = match crate::keys::load_keys(&args.trust) {
+        Ok(keys) => keys,
+        Err(code) => return code,
+    };
+    let builder = || {
+        keys.iter().fold(
+            Host::builder().allow_unsigned(args.allow_unsigned),
+            |builder, key| builder.trust(key.clone()),
+        )
+    };
+    let built = match cache_dir(&args) {
+        Some(dir) => match builder().cache_dir(dir).build() {
+            // The default cache is a convenience; without it we only compile.
+            Err(err @ HostError::Cache(_)) if args.cache_dir.is_none() => {
+                tracing::warn!("{err}; running without a compile cache");
+                builder().build()
+            }
+            built => built,
+        },
+        None => builder().build(),
+    };
+    let host = match built {
         Ok(host) => host,
         Err(err) => return host_error(&args, &err.to_string()),
     };
@@ -103,6 +162,9 @@ async fn call_once(args: RunArgs, payload: Vec<u8>) -> ExitCode {
         limits.max_response_bytes = usize::try_from(max_output).unwrap_or(usize::MAX);
     }
     let mut spec = PluginSpec::from_path(&args.plugin).limits(limits);
+    if let Some(signature) = &args.signature {
+        spec = spec.detached_signature(PluginSource::Path(signature.clone()));
+    }
     for (key, value) in &args.config {
         spec = spec.config(key, value);
     }
