@@ -8,8 +8,10 @@ mod bindings {
         path: "../wit",
         world: "plugin",
         // Exports run on wasmtime fibers so deadlines can interrupt them and a
-        // long-running guest yields to other tasks; host services answer
-        // synchronously because none of them blocks on I/O.
+        // long-running guest yields to other tasks. The key-value store does
+        // disk I/O, so its functions are async; the other services answer
+        // from memory.
+        imports: { "capsule:plugin/kv": async },
         exports: { default: async },
     });
 }

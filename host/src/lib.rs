@@ -18,10 +18,12 @@
 //! ```
 
 pub mod artifact;
+pub mod check;
 mod contract;
 pub mod engine;
 mod error;
 mod limits;
+pub mod policy;
 mod runtime;
 pub mod services;
 mod store;
@@ -36,8 +38,10 @@ pub use contract::{
 pub use engine::{AllocationMode, EngineOptions, PoolingOptions};
 pub use error::{CallError, CallFailure, ErrorKind, LoadError, LoadFailure, OutputStream};
 pub use limits::Limits;
+pub use policy::{Policy, PolicyError};
 pub use runtime::{
     CallOutcome, CallStats, Host, HostBuilder, HostError, PluginDetails, PluginSource, PluginSpec,
 };
 pub use services::Grants;
+pub use services::events::PublishedEvent;
 pub use services::log::{LogRecord, LogSource};

@@ -1,5 +1,5 @@
 //! The data every wasmtime store carries for one plugin instance, and the
-//! setup that puts a store under its plugin's limits.
+//! setup that puts a store under its plugin's limits and grants.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -7,19 +7,23 @@ use std::time::Instant;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::limits::{DeadlineExceeded, Limits, MemoryLimiter};
 use crate::services::config::ConfigState;
 use crate::services::events::EventsState;
+use crate::services::http::HttpHooks;
 use crate::services::kv::KvState;
 use crate::services::log::{LogSink, LogState};
-use crate::services::{Grants, wasi};
+use crate::services::{PreparedGrants, wasi};
 
 /// Per-store state: one field per host service plus the limiter and the
 /// current call's deadline.
 pub(crate) struct StoreState {
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
+    pub(crate) http: WasiHttpCtx,
+    pub(crate) http_hooks: HttpHooks,
     pub(crate) log: LogState,
     pub(crate) config: ConfigState,
     pub(crate) kv: KvState,
@@ -38,30 +42,56 @@ impl WasiView for StoreState {
     }
 }
 
+impl WasiHttpView for StoreState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_hooks,
+        }
+    }
+}
+
 /// What a new store needs from its plugin.
 pub(crate) struct StoreSetup<'a> {
     pub(crate) engine: &'a Engine,
-    pub(crate) grants: &'a Grants,
-    pub(crate) config: &'a Arc<std::collections::BTreeMap<String, String>>,
+    pub(crate) grants: &'a PreparedGrants,
     pub(crate) limits: &'a Limits,
     pub(crate) sink: &'a Arc<LogSink>,
 }
 
-/// Creates a store for one instance of a plugin, with its memory limiter,
-/// fuel budget and deadline in place.
-pub(crate) fn new_store(setup: &StoreSetup<'_>, deadline: Instant) -> Store<StoreState> {
+/// Creates a store for one instance of a plugin, with its grants, memory
+/// limiter, fuel budget and deadline in place. Fails only if a mounted
+/// directory can no longer be opened.
+pub(crate) fn new_store(
+    setup: &StoreSetup<'_>,
+    deadline: Instant,
+) -> Result<Store<StoreState>, String> {
+    let grants = setup.grants;
     let state = StoreState {
-        wasi: wasi::context(setup.sink),
+        wasi: wasi::context(setup.sink, grants)?,
         table: ResourceTable::new(),
+        http: WasiHttpCtx::new(),
+        http_hooks: HttpHooks {
+            plugin: Arc::clone(&grants.plugin),
+            grant: grants.http.clone(),
+            sent: 0,
+        },
         log: LogState {
             sink: Arc::clone(setup.sink),
-            enabled: setup.grants.log.enabled,
+            enabled: grants.log_enabled,
         },
         config: ConfigState {
-            values: Arc::clone(setup.config),
+            values: Arc::clone(&grants.config),
         },
-        kv: KvState,
-        events: EventsState,
+        kv: KvState {
+            access: grants.kv.clone(),
+        },
+        events: EventsState {
+            grant: Arc::clone(&grants.events),
+            published: Vec::new(),
+            budget: setup.limits.max_response_bytes,
+        },
         limiter: MemoryLimiter::new(setup.limits.memory_bytes),
         deadline,
     };
@@ -78,7 +108,7 @@ pub(crate) fn new_store(setup: &StoreSetup<'_>, deadline: Instant) -> Store<Stor
         }
     });
     store.set_epoch_deadline(1);
-    store
+    Ok(store)
 }
 
 /// Gives the store a full fuel budget for the next call.

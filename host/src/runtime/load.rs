@@ -20,6 +20,8 @@ use crate::error::{LoadError, LoadFailure, chain};
 use crate::limits::Limits;
 use crate::runtime::plugin::{Invocation, LoadedPlugin, PluginDetails, Returned};
 use crate::runtime::spec::{PluginSource, PluginSpec, validate_name};
+use crate::services::PreparedGrants;
+use crate::services::kv::KvStore;
 use crate::store::StoreState;
 
 /// The interfaces of `capsule:plugin` a plugin may import.
@@ -34,6 +36,7 @@ const WASI_PACKAGES: &[&str] = &[
     "wasi:random",
     "wasi:filesystem",
     "wasi:sockets",
+    "wasi:http",
 ];
 
 /// What loading needs from the host.
@@ -43,6 +46,7 @@ pub(crate) struct LoadContext<'a> {
     pub(crate) default_limits: &'a Limits,
     pub(crate) trust: &'a TrustPolicy,
     pub(crate) cache: Option<&'a CompileCache>,
+    pub(crate) kv_store: &'a Arc<KvStore>,
 }
 
 /// Which signatures the host accepts.
@@ -73,16 +77,11 @@ pub(crate) async fn load(
         Some(source) => Some(read_source(source).await.map_err(fail)?),
         None => None,
     };
-    check_header(&bytes).map_err(|err| fail(LoadFailure::Malformed(err.0)))?;
-    // Nothing below this line looks inside the plugin until its signature
-    // has been checked.
-    let signers =
-        check_signature(&name, &bytes, detached.as_deref(), context.trust).map_err(fail)?;
-    let digest = sha256_hex(&bytes);
-
-    let summary = inspect(&bytes).map_err(|err| fail(LoadFailure::Malformed(err.0)))?;
-    check_contract(&summary).map_err(fail)?;
-    check_imports(&summary).map_err(fail)?;
+    let Examined {
+        signers,
+        digest,
+        summary,
+    } = examine(&name, &bytes, detached.as_deref(), context.trust).map_err(fail)?;
 
     let (component, from_cache) = match context.cache.and_then(|c| c.load(context.engine, &digest))
     {
@@ -126,7 +125,17 @@ pub(crate) async fn load(
     };
     // `describe` runs on a throwaway instance, so the plugin's `init` and
     // `describe` are exercised under its limits before it is registered.
-    let probe = LoadedPlugin::new(context.engine.clone(), pre.clone(), details.clone());
+    let grants = Arc::new(PreparedGrants::new(
+        Arc::from(name.as_str()),
+        &details.grants,
+        context.kv_store,
+    ));
+    let probe = LoadedPlugin::new(
+        context.engine.clone(),
+        pre.clone(),
+        details.clone(),
+        Arc::clone(&grants),
+    );
     let invoked = probe.invoke(Invocation::Describe).await;
     match invoked.result {
         Ok(Returned::Info(info)) => details.info = info,
@@ -137,10 +146,42 @@ pub(crate) async fn load(
         context.engine.clone(),
         pre,
         details,
+        grants,
     )))
 }
 
-async fn read_source(source: PluginSource) -> Result<Arc<[u8]>, LoadFailure> {
+/// What can be known about a plugin from its bytes, without compiling it.
+pub(crate) struct Examined {
+    /// Trusted signers' key ids.
+    pub(crate) signers: Vec<String>,
+    /// SHA-256 of the file.
+    pub(crate) digest: String,
+    /// Imports, exports and contract version.
+    pub(crate) summary: ComponentSummary,
+}
+
+/// Every check that needs no compilation, in order: the header, the
+/// signature (before anything looks inside the plugin), the structure, the
+/// contract and the imports.
+pub(crate) fn examine(
+    name: &str,
+    bytes: &[u8],
+    detached: Option<&[u8]>,
+    trust: &TrustPolicy,
+) -> Result<Examined, LoadFailure> {
+    check_header(bytes).map_err(|err| LoadFailure::Malformed(err.0))?;
+    let signers = check_signature(name, bytes, detached, trust)?;
+    let summary = inspect(bytes).map_err(|err| LoadFailure::Malformed(err.0))?;
+    check_contract(&summary)?;
+    check_imports(&summary)?;
+    Ok(Examined {
+        signers,
+        digest: sha256_hex(bytes),
+        summary,
+    })
+}
+
+pub(crate) async fn read_source(source: PluginSource) -> Result<Arc<[u8]>, LoadFailure> {
     match source {
         PluginSource::Bytes(bytes) => Ok(bytes),
         PluginSource::Path(path) => {
@@ -235,18 +276,11 @@ fn check_imports(summary: &ComponentSummary) -> Result<(), LoadFailure> {
         } else if !WASI_PACKAGES.contains(&import.package.as_str()) {
             return Err(LoadFailure::MissingGrant {
                 import: import.name.clone(),
-                detail: grant_hint(import),
+                detail: "Capsule provides no such service, so no grant can allow it".into(),
             });
         }
     }
     Ok(())
-}
-
-fn grant_hint(import: &Interface) -> String {
-    match import.package.as_str() {
-        "wasi:http" => "outgoing HTTP is not available to this plugin".into(),
-        _ => "Capsule provides no such service".into(),
-    }
 }
 
 fn names(interfaces: &[Interface]) -> String {

@@ -1,9 +1,9 @@
 //! The host: one engine and linker shared by every plugin, the table of
 //! loaded plugins, and the entry points to load and call them.
 
-mod load;
+pub(crate) mod load;
 mod plugin;
-mod spec;
+pub(crate) mod spec;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,6 +22,7 @@ use crate::engine::{self, AllocationMode, EngineOptions};
 use crate::error::{CallError, CallFailure, LoadError, LoadFailure, chain};
 use crate::limits::Limits;
 use crate::services;
+use crate::services::kv::{KvError, KvStore};
 use crate::store::StoreState;
 use load::{LoadContext, TrustPolicy};
 use plugin::LoadedPlugin;
@@ -41,6 +42,9 @@ pub enum HostError {
     /// The compile cache directory is unusable.
     #[error(transparent)]
     Cache(#[from] CacheError),
+    /// The key-value store cannot be opened.
+    #[error(transparent)]
+    Kv(#[from] KvError),
 }
 
 /// Configures and builds a [`Host`].
@@ -64,9 +68,17 @@ pub struct HostBuilder {
     default_limits: Limits,
     trust: TrustPolicy,
     cache_dir: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
 }
 
 impl HostBuilder {
+    /// Keeps persistent plugin data (the key-value store, `kv.redb`) in
+    /// `dir`. Without it, key-value data lives only as long as the host.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
     /// Trusts `key` to sign plugins. By default a plugin loads only if a
     /// trusted key signed all of it.
     pub fn trust(mut self, key: PublicKey) -> Self {
@@ -122,6 +134,10 @@ impl HostBuilder {
             .as_deref()
             .map(CompileCache::open)
             .transpose()?;
+        let kv_store = Arc::new(match &self.data_dir {
+            Some(dir) => KvStore::open(&dir.join("kv.redb"))?,
+            None => KvStore::in_memory(),
+        });
         engine::start_epoch_ticker(&engine, self.engine.epoch_tick)?;
         if self.trust.allow_unsigned {
             tracing::warn!("this host loads plugins without a valid trusted signature");
@@ -134,6 +150,8 @@ impl HostBuilder {
                 default_limits: self.default_limits,
                 trust: self.trust,
                 cache,
+                kv_store,
+                persistent_kv: self.data_dir.is_some(),
                 plugins: RwLock::new(BTreeMap::new()),
             }),
         })
@@ -153,6 +171,8 @@ struct HostInner {
     default_limits: Limits,
     trust: TrustPolicy,
     cache: Option<CompileCache>,
+    kv_store: Arc<KvStore>,
+    persistent_kv: bool,
     plugins: RwLock<BTreeMap<String, Arc<LoadedPlugin>>>,
 }
 
@@ -194,7 +214,14 @@ impl Host {
             default_limits: &self.inner.default_limits,
             trust: &self.inner.trust,
             cache: self.inner.cache.as_ref(),
+            kv_store: &self.inner.kv_store,
         };
+        if spec.grants.kv.is_some() && !self.inner.persistent_kv {
+            tracing::warn!(
+                plugin = %name,
+                "the host has no data directory: this plugin's key-value data will not survive a restart"
+            );
+        }
         let loaded = load::load(&context, spec).await?;
         let details = loaded.details.clone();
         let mut plugins = self.write_plugins();

@@ -1,7 +1,6 @@
 //! A loaded plugin and its call path: one store per instance, limits set
 //! before any guest code runs, every failure classified.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -14,18 +13,21 @@ use crate::artifact::ComponentSummary;
 use crate::contract::{PluginError, PluginInfo, PluginPre, Request, Response};
 use crate::error::{CallError, CallFailure, OutputStream};
 use crate::limits::{FailureContext, Limits, classify};
-use crate::services::Grants;
+use crate::services::events::PublishedEvent;
 use crate::services::log::{LogRecord, LogSink};
+use crate::services::{Grants, PreparedGrants};
 use crate::store::{StoreSetup, StoreState, fuel_used, new_store};
 
-/// A successful call: the plugin's response, what it logged, and what the
-/// call cost.
+/// A successful call: the plugin's response, what it logged and published,
+/// and what the call cost.
 #[derive(Debug, Clone)]
 pub struct CallOutcome {
     /// The plugin's response.
     pub response: Response,
     /// Lines the plugin logged during the call (log calls, stdout, stderr).
     pub logs: Vec<LogRecord>,
+    /// Events the plugin published (to topics it was granted) during the call.
+    pub events: Vec<PublishedEvent>,
     /// What the call consumed.
     pub stats: CallStats,
 }
@@ -94,6 +96,7 @@ pub(crate) enum Returned {
 pub(crate) struct Invoked {
     pub(crate) result: Result<Returned, CallFailure>,
     pub(crate) logs: Vec<LogRecord>,
+    pub(crate) events: Vec<PublishedEvent>,
     pub(crate) stats: CallStats,
 }
 
@@ -103,7 +106,7 @@ pub(crate) struct LoadedPlugin {
     pub(crate) details: PluginDetails,
     pub(crate) engine: Engine,
     pub(crate) pre: PluginPre<StoreState>,
-    pub(crate) config: Arc<BTreeMap<String, String>>,
+    pub(crate) grants: Arc<PreparedGrants>,
     slots: Semaphore,
     queued: AtomicUsize,
 }
@@ -113,10 +116,11 @@ impl LoadedPlugin {
         engine: Engine,
         pre: PluginPre<StoreState>,
         details: PluginDetails,
+        grants: Arc<PreparedGrants>,
     ) -> LoadedPlugin {
         LoadedPlugin {
-            name: Arc::from(details.name.as_str()),
-            config: Arc::new(details.grants.config.clone()),
+            name: Arc::clone(&grants.plugin),
+            grants,
             slots: Semaphore::new(details.limits.max_instances.max(1)),
             queued: AtomicUsize::new(0),
             engine,
@@ -152,6 +156,7 @@ impl LoadedPlugin {
                     return Ok(CallOutcome {
                         response,
                         logs: invoked.logs,
+                        events: invoked.events,
                         stats: invoked.stats,
                     });
                 }
@@ -199,12 +204,21 @@ impl LoadedPlugin {
         let started = Instant::now();
         let setup = StoreSetup {
             engine: &self.engine,
-            grants: &self.details.grants,
-            config: &self.config,
+            grants: &self.grants,
             limits,
             sink: &sink,
         };
-        let mut store = new_store(&setup, started + limits.timeout);
+        let mut store = match new_store(&setup, started + limits.timeout) {
+            Ok(store) => store,
+            Err(reason) => {
+                return Invoked {
+                    result: Err(CallFailure::Host(reason)),
+                    logs: Vec::new(),
+                    events: Vec::new(),
+                    stats: CallStats::default(),
+                };
+            }
+        };
         let work = async move {
             let result = async {
                 let plugin = self.pre.instantiate_async(&mut store).await?;
@@ -222,14 +236,18 @@ impl LoadedPlugin {
                 }))
             }
             .await;
-            (result, fuel_used(&store, limits))
+            let fuel = fuel_used(&store, limits);
+            let events = std::mem::take(&mut store.data_mut().events.published);
+            (result, fuel, events)
         };
         // The epoch callback stops guest code at the deadline; this outer
         // timeout also bounds time spent blocked inside host calls.
-        let (result, fuel) = match tokio::time::timeout(limits.timeout, work).await {
-            Ok((Ok(Ok(returned)), fuel)) => (Ok(returned), Some(fuel)),
-            Ok((Ok(Err(init_error)), fuel)) => (Err(init_failed(init_error)), Some(fuel)),
-            Ok((Err(err), _)) => {
+        let (result, fuel, events) = match tokio::time::timeout(limits.timeout, work).await {
+            Ok((Ok(Ok(returned)), fuel, events)) => (Ok(returned), Some(fuel), events),
+            Ok((Ok(Err(init_error)), fuel, _)) => {
+                (Err(init_failed(init_error)), Some(fuel), Vec::new())
+            }
+            Ok((Err(err), _, _)) => {
                 let stderr = sink.stderr_tail();
                 let context = FailureContext {
                     limits,
@@ -244,19 +262,21 @@ impl LoadedPlugin {
                     CallFailure::OutOfFuel { limit } => Some(limit),
                     _ => None,
                 };
-                (Err(failure), fuel)
+                (Err(failure), fuel, Vec::new())
             }
             Err(_elapsed) => (
                 Err(CallFailure::Timeout {
                     limit: limits.timeout,
                 }),
                 None,
+                Vec::new(),
             ),
         };
         let log = sink.end_call();
         Invoked {
             result,
             logs: log.records,
+            events,
             stats: CallStats {
                 duration: started.elapsed(),
                 fuel_used: fuel,

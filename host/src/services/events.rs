@@ -1,19 +1,150 @@
-//! The `events` service. Until the event bus lands publishing answers
-//! `denied`, so plugins that import it link and get a typed refusal.
+//! The `events` service: publishing is allowed only to topics matching a
+//! pattern the operator granted. Accepted events are recorded with the call
+//! (delivery to subscribers is the event bus's job).
+//!
+//! Topics are dot-separated segments of ASCII letters, digits, `-` and `_`
+//! (`orders.created`). Patterns follow NATS: `*` matches exactly one segment,
+//! and a final `>` matches one or more trailing segments (`orders.>`).
 
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Serialize;
 use wasmtime::component::{HasData, Linker};
 
 use crate::contract::{ServiceError, interfaces};
 use crate::store::StoreState;
 
+/// A topic pattern such as `orders.*` or `audit.>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct TopicPattern {
+    segments: Vec<String>,
+}
+
+impl From<TopicPattern> for String {
+    fn from(pattern: TopicPattern) -> String {
+        pattern.to_string()
+    }
+}
+
+impl fmt::Display for TopicPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.segments.join("."))
+    }
+}
+
+fn valid_segment(segment: &str) -> bool {
+    !segment.is_empty()
+        && segment
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Checks a concrete topic name.
+pub fn validate_topic(topic: &str) -> Result<(), String> {
+    if topic.len() > 255 {
+        return Err(format!("topic of {} bytes is longer than 255", topic.len()));
+    }
+    if !topic.split('.').all(valid_segment) {
+        return Err(format!(
+            "`{topic}` is not a topic: use dot-separated segments of letters, digits, `-` and `_`"
+        ));
+    }
+    Ok(())
+}
+
+impl TopicPattern {
+    /// Parses a pattern; `*` stands for one segment, a final `>` for the rest.
+    pub fn parse(pattern: &str) -> Result<TopicPattern, String> {
+        let segments: Vec<String> = pattern.split('.').map(str::to_owned).collect();
+        let last = segments.len() - 1;
+        for (i, segment) in segments.iter().enumerate() {
+            let ok = valid_segment(segment) || segment == "*" || (segment == ">" && i == last);
+            if !ok {
+                return Err(format!(
+                    "`{pattern}` is not a topic pattern: use dot-separated segments of letters, \
+                     digits, `-`, `_`, `*` (one segment) or a final `>` (the rest)"
+                ));
+            }
+        }
+        Ok(TopicPattern { segments })
+    }
+
+    /// Whether `topic` matches this pattern.
+    pub fn matches(&self, topic: &str) -> bool {
+        let mut parts = topic.split('.');
+        for segment in &self.segments {
+            match (segment.as_str(), parts.next()) {
+                (">", Some(_)) => return true,
+                (_, None) => return false,
+                ("*", Some(_)) => {}
+                (literal, Some(part)) if literal == part => {}
+                _ => return false,
+            }
+        }
+        parts.next().is_none()
+    }
+}
+
+/// Which topics a plugin may publish to and receive from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct EventsGrant {
+    /// Patterns of topics the plugin may publish to.
+    pub publish: Vec<TopicPattern>,
+    /// Patterns of topics delivered to the plugin's `on-event`.
+    pub subscribe: Vec<TopicPattern>,
+}
+
+impl EventsGrant {
+    /// Whether the plugin may publish to `topic`.
+    pub fn may_publish(&self, topic: &str) -> bool {
+        self.publish.iter().any(|p| p.matches(topic))
+    }
+
+    /// Whether events on `topic` may be delivered to the plugin.
+    pub fn may_receive(&self, topic: &str) -> bool {
+        self.subscribe.iter().any(|p| p.matches(topic))
+    }
+}
+
+/// An event a plugin published during a call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PublishedEvent {
+    /// The topic.
+    pub topic: String,
+    /// The payload.
+    pub payload: Vec<u8>,
+}
+
+/// Most events one call may publish.
+const MAX_EVENTS_PER_CALL: usize = 256;
+
 /// Per-store state of the `events` service.
-pub(crate) struct EventsState;
+pub(crate) struct EventsState {
+    pub(crate) grant: Arc<EventsGrant>,
+    /// Events published during the current call.
+    pub(crate) published: Vec<PublishedEvent>,
+    /// Payload bytes the current call may still publish.
+    pub(crate) budget: usize,
+}
 
 impl interfaces::events::Host for EventsState {
-    fn publish(&mut self, topic: String, _payload: Vec<u8>) -> Result<(), ServiceError> {
-        Err(ServiceError::Denied(format!(
-            "publishing to `{topic}` was not granted to this plugin"
-        )))
+    fn publish(&mut self, topic: String, payload: Vec<u8>) -> Result<(), ServiceError> {
+        validate_topic(&topic).map_err(ServiceError::Invalid)?;
+        if !self.grant.may_publish(&topic) {
+            return Err(ServiceError::Denied(format!(
+                "publishing to `{topic}` was not granted to this plugin"
+            )));
+        }
+        if self.published.len() >= MAX_EVENTS_PER_CALL || payload.len() > self.budget {
+            return Err(ServiceError::QuotaExceeded(format!(
+                "a call may publish at most {MAX_EVENTS_PER_CALL} events within its output limit"
+            )));
+        }
+        self.budget -= payload.len();
+        self.published.push(PublishedEvent { topic, payload });
+        Ok(())
     }
 }
 
@@ -27,4 +158,32 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result
     interfaces::events::add_to_linker::<StoreState, EventsService>(linker, |state| {
         &mut state.events
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_like_nats() {
+        let p = |s| TopicPattern::parse(s).unwrap();
+        assert!(p("orders.created").matches("orders.created"));
+        assert!(!p("orders.created").matches("orders.created.eu"));
+        assert!(p("orders.*").matches("orders.created"));
+        assert!(!p("orders.*").matches("orders"));
+        assert!(!p("orders.*").matches("orders.created.eu"));
+        assert!(p("orders.>").matches("orders.created.eu"));
+        assert!(!p("orders.>").matches("orders"));
+        assert!(p(">").matches("anything.at.all"));
+        assert!(TopicPattern::parse("orders.>.x").is_err());
+        assert!(TopicPattern::parse("orders..x").is_err());
+        assert!(TopicPattern::parse("ord ers").is_err());
+    }
+
+    #[test]
+    fn topics_are_validated() {
+        assert!(validate_topic("a.b-c.d_e").is_ok());
+        assert!(validate_topic("a.*").is_err());
+        assert!(validate_topic("").is_err());
+    }
 }

@@ -1,5 +1,6 @@
-//! Standard WASI p2 for plugins, granting nothing by default: no preopened
-//! directories, no environment, no arguments, no network, stdin closed.
+//! Standard WASI p2 for plugins, granting only what the plugin's grants say:
+//! preopened directories from `files`, variables from `env`; never arguments,
+//! sockets or name lookups; stdin closed.
 //! Rust guests import `wasi:cli` and `wasi:io` even when they do no I/O, so
 //! WASI is always linked; stdout and stderr are captured into the plugin's
 //! [`LogSink`] under its log budget.
@@ -14,12 +15,15 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 
+use super::PreparedGrants;
 use super::log::{LogSink, LogSource};
 use crate::store::StoreState;
 
 /// Builds the WASI context of one store.
-pub(crate) fn context(sink: &Arc<LogSink>) -> WasiCtx {
+pub(crate) fn context(sink: &Arc<LogSink>, grants: &PreparedGrants) -> Result<WasiCtx, String> {
     let mut builder = WasiCtxBuilder::new();
+    builder.envs(&grants.env);
+    super::files::preopen(&mut builder, &grants.files)?;
     builder
         .stdout(CapturedStream::new(sink, LogSource::Stdout))
         .stderr(CapturedStream::new(sink, LogSource::Stderr))
@@ -28,7 +32,7 @@ pub(crate) fn context(sink: &Arc<LogSink>) -> WasiCtx {
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false);
-    builder.build()
+    Ok(builder.build())
 }
 
 pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {

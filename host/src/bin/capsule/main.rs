@@ -1,6 +1,7 @@
 //! `capsule`: the command-line face of the Capsule host library. Each
 //! subcommand parses its arguments, calls the library and prints.
 
+mod check;
 mod exit;
 mod inspect;
 mod keys;
@@ -22,6 +23,8 @@ struct Cli {
 enum Command {
     /// Load a plugin and call it once.
     Run(run::RunArgs),
+    /// Validate a policy and every plugin in it without running anything.
+    Check(check::CheckArgs),
     /// Show what a component is made of, without compiling or running it.
     Inspect(inspect::InspectArgs),
     /// Generate an Ed25519 key pair for signing plugins.
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
     init_tracing();
     match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Check(args) => check::check(args),
         Command::Inspect(args) => inspect::inspect(args),
         Command::Keygen(args) => keys::keygen(args),
         Command::Sign(args) => keys::sign(args),

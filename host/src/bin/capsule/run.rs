@@ -7,7 +7,7 @@ use std::time::Duration;
 use capsule_host::units::{parse_duration, parse_size};
 use capsule_host::{
     CallError, CallStats, ErrorKind, Host, HostError, LoadError, LogRecord, PluginSource,
-    PluginSpec, Request,
+    PluginSpec, Policy, PublishedEvent, Request,
 };
 use clap::Args;
 use serde_json::{Value, json};
@@ -17,8 +17,9 @@ use crate::exit;
 /// Arguments of `capsule run`.
 #[derive(Args)]
 pub struct RunArgs {
-    /// The plugin component (`.wasm`).
-    plugin: PathBuf,
+    /// The plugin component (`.wasm`), or with `--config FILE.toml` the
+    /// plugin's name in that policy.
+    plugin: String,
     /// The operation to call.
     #[arg(long)]
     op: String,
@@ -28,9 +29,15 @@ pub struct RunArgs {
     /// Read the request payload from a file (`-` for stdin).
     #[arg(long)]
     input_file: Option<PathBuf>,
-    /// A configuration value for the plugin, as `key=value` (repeatable).
-    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
-    config: Vec<(String, String)>,
+    /// A policy file (`capsule.toml`) to take the plugin, its grants and the
+    /// host settings from; or, as `KEY=VALUE`, a configuration value for the
+    /// plugin (repeatable).
+    #[arg(long = "config", value_name = "FILE.toml|KEY=VALUE", value_parser = parse_config_arg)]
+    config: Vec<ConfigArg>,
+    /// A configuration value for the plugin (repeatable); same as
+    /// `--config KEY=VALUE`.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    set: Vec<(String, String)>,
     /// Print one JSON object with the result, the error and the call's cost.
     #[arg(long)]
     json: bool,
@@ -85,6 +92,30 @@ fn cache_dir(args: &RunArgs) -> Option<PathBuf> {
     Some(base.join("capsule"))
 }
 
+/// A `--config` argument: a policy file or one configuration value.
+#[derive(Clone)]
+enum ConfigArg {
+    Policy(PathBuf),
+    Value(String, String),
+}
+
+/// `KEY=VALUE` where KEY is a plain name is a value; anything else (for
+/// example `capsule.toml` or `dir/a=b.toml`) is a policy file.
+fn parse_config_arg(text: &str) -> Result<ConfigArg, String> {
+    match text.split_once('=') {
+        Some((key, value))
+            if !key.is_empty()
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+                && !text.ends_with(".toml") =>
+        {
+            Ok(ConfigArg::Value(key.to_owned(), value.to_owned()))
+        }
+        _ => Ok(ConfigArg::Policy(PathBuf::from(text))),
+    }
+}
+
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
@@ -123,17 +154,44 @@ pub fn run(args: RunArgs) -> ExitCode {
 }
 
 async fn call_once(args: RunArgs, payload: Vec<u8>) -> ExitCode {
+    let policies: Vec<&PathBuf> = args
+        .config
+        .iter()
+        .filter_map(|arg| match arg {
+            ConfigArg::Policy(path) => Some(path),
+            ConfigArg::Value(..) => None,
+        })
+        .collect();
+    let policy = match policies.as_slice() {
+        [] => None,
+        [path] => match Policy::load(path) {
+            Ok(policy) => Some(policy),
+            Err(err) => return usage_error(&args, &err.to_string()),
+        },
+        _ => return usage_error(&args, "give at most one policy file with --config"),
+    };
     let keys = match crate::keys::load_keys(&args.trust) {
         Ok(keys) => keys,
         Err(code) => return code,
     };
     let builder = || {
-        keys.iter().fold(
-            Host::builder().allow_unsigned(args.allow_unsigned),
-            |builder, key| builder.trust(key.clone()),
-        )
+        let base = match &policy {
+            Some(policy) => policy.host_builder(),
+            None => Host::builder(),
+        };
+        let base = if args.allow_unsigned {
+            base.allow_unsigned(true)
+        } else {
+            base
+        };
+        keys.iter()
+            .fold(base, |builder, key| builder.trust(key.clone()))
     };
-    let built = match cache_dir(&args) {
+    let cache = match &policy {
+        Some(policy) if policy.host.cache_dir.is_some() && args.cache_dir.is_none() => None,
+        _ => cache_dir(&args),
+    };
+    let built = match cache {
         Some(dir) => match builder().cache_dir(dir).build() {
             // The default cache is a convenience; without it we only compile.
             Err(err @ HostError::Cache(_)) if args.cache_dir.is_none() => {
@@ -148,7 +206,30 @@ async fn call_once(args: RunArgs, payload: Vec<u8>) -> ExitCode {
         Ok(host) => host,
         Err(err) => return host_error(&args, &err.to_string()),
     };
-    let mut limits = host.default_limits().clone();
+    let (spec, mut limits) = match &policy {
+        Some(policy) => match (
+            policy.plugin_spec(&args.plugin),
+            policy.plugins.get(&args.plugin),
+        ) {
+            (Some(spec), Some(plugin)) => (spec, plugin.limits.clone()),
+            _ => {
+                let known: Vec<&str> = policy.plugins.keys().map(String::as_str).collect();
+                return usage_error(
+                    &args,
+                    &format!(
+                        "{} has no plugin `{}` (it has: {})",
+                        policy.file.display(),
+                        args.plugin,
+                        known.join(", ")
+                    ),
+                );
+            }
+        },
+        None => (
+            PluginSpec::from_path(&args.plugin),
+            host.default_limits().clone(),
+        ),
+    };
     if let Some(FuelBudget(fuel)) = args.fuel {
         limits.fuel = fuel;
     }
@@ -161,11 +242,15 @@ async fn call_once(args: RunArgs, payload: Vec<u8>) -> ExitCode {
     if let Some(max_output) = args.max_output {
         limits.max_response_bytes = usize::try_from(max_output).unwrap_or(usize::MAX);
     }
-    let mut spec = PluginSpec::from_path(&args.plugin).limits(limits);
+    let mut spec = spec.limits(limits);
     if let Some(signature) = &args.signature {
         spec = spec.detached_signature(PluginSource::Path(signature.clone()));
     }
-    for (key, value) in &args.config {
+    let values = args.config.iter().filter_map(|arg| match arg {
+        ConfigArg::Value(key, value) => Some((key, value)),
+        ConfigArg::Policy(_) => None,
+    });
+    for (key, value) in values.chain(args.set.iter().map(|(k, v)| (k, v))) {
         spec = spec.config(key, value);
     }
     let name = match host.load(spec).await {
@@ -186,6 +271,7 @@ async fn call_once(args: RunArgs, payload: Vec<u8>) -> ExitCode {
                     "duration_us": outcome.stats.duration.as_micros() as u64,
                     "fuel_used": outcome.stats.fuel_used,
                     "logs": logs_json(&outcome.logs),
+                    "events": events_json(&outcome.events),
                 }));
             } else {
                 print_payload(&outcome.response.payload);
@@ -220,6 +306,14 @@ fn payload_json(payload: &[u8]) -> Value {
 
 fn logs_json(logs: &[LogRecord]) -> Value {
     serde_json::to_value(logs).unwrap_or(Value::Null)
+}
+
+/// Published events, payloads embedded like `output`.
+fn events_json(events: &[PublishedEvent]) -> Value {
+    events
+        .iter()
+        .map(|event| json!({ "topic": event.topic, "payload": payload_json(&event.payload) }))
+        .collect()
 }
 
 fn print_payload(payload: &[u8]) {

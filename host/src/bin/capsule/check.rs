@@ -1,0 +1,114 @@
+//! `capsule check`: validate a policy and every plugin in it without
+//! compiling or running anything.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use capsule_host::Policy;
+use capsule_host::check::{ImportStatus, PluginCheck, check_policy};
+use clap::Args;
+use serde_json::json;
+
+use crate::exit;
+
+/// Arguments of `capsule check`.
+#[derive(Args)]
+pub struct CheckArgs {
+    /// The policy file.
+    #[arg(long, default_value = "capsule.toml", value_name = "FILE.toml")]
+    config: PathBuf,
+    /// Treat warnings (imports that will be denied, unused grants) as
+    /// failures.
+    #[arg(long)]
+    strict: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `capsule check`: exit 0 when every plugin would load (and, with
+/// `--strict`, nothing was flagged), 2 for an invalid policy, 3 when a
+/// plugin would be refused or `--strict` found warnings.
+pub fn check(args: CheckArgs) -> ExitCode {
+    let policy = match Policy::load(&args.config) {
+        Ok(policy) => policy,
+        Err(err) => {
+            eprintln!("error [config]: {err}");
+            return exit::code(exit::USAGE);
+        }
+    };
+    let checks = check_policy(&policy);
+    let refused = checks.iter().filter(|c| c.refused.is_some()).count();
+    let warnings: usize = checks.iter().map(|c| c.warnings().len()).sum();
+    if args.json {
+        let plugins: Vec<_> = checks
+            .iter()
+            .map(|check| json!({
+                "name": check.name,
+                "path": check.path,
+                "ok": check.refused.is_none(),
+                "refused": check.refused.as_ref().map(|(kind, message)| json!({"kind": kind, "message": message})),
+                "signers": check.signers,
+                "contract_version": check.contract_version,
+                "imports": check.imports,
+                "unused_grants": check.unused_grants,
+                "warnings": check.warnings(),
+            }))
+            .collect();
+        println!(
+            "{}",
+            json!({ "policy": policy.file, "plugins": plugins, "refused": refused, "warnings": warnings })
+        );
+    } else {
+        println!("{}: {} plugins", policy.file.display(), checks.len());
+        for check in &checks {
+            print_check(check);
+        }
+        println!();
+        println!("{refused} refused, {warnings} warnings");
+    }
+    if refused > 0 || (args.strict && warnings > 0) {
+        exit::code(exit::LOAD_REFUSED)
+    } else {
+        exit::code(exit::OK)
+    }
+}
+
+fn print_check(check: &PluginCheck) {
+    println!();
+    println!("{}  ({})", check.name, check.path.display());
+    if let Some((kind, message)) = &check.refused {
+        println!("  REFUSED [{kind}]: {message}");
+        return;
+    }
+    if check.signers.is_empty() {
+        println!("  signature: none trusted (loads only because unsigned plugins are allowed)");
+    } else {
+        println!("  signature: ok, key id {}", check.signers.join(", "));
+    }
+    println!(
+        "  contract:  {}",
+        check.contract_version.as_deref().unwrap_or("unknown")
+    );
+    println!("  imports:");
+    let width = check
+        .imports
+        .iter()
+        .map(|i| i.import.len())
+        .max()
+        .unwrap_or(0);
+    for import in &check.imports {
+        let status = match import.status {
+            ImportStatus::Provided => "provided".to_owned(),
+            ImportStatus::Granted(grant) => format!("granted by `{grant}`"),
+            ImportStatus::NotGranted(grant) => {
+                format!("NOT GRANTED: needs `{grant}`, calls will be denied")
+            }
+            ImportStatus::NeverGranted => "NEVER GRANTED: calls will be denied".to_owned(),
+        };
+        println!("    {:width$}  {status}", import.import);
+    }
+    for grant in &check.unused_grants {
+        println!("  grant `{grant}`: UNUSED, no import of the plugin can use it");
+    }
+}

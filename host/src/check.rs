@@ -1,0 +1,202 @@
+//! `capsule check`: validates a policy and every plugin in it without
+//! compiling or running anything — signature, contract version, and each
+//! import next to the grant that serves it.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::artifact::Interface;
+use crate::error::{ErrorKind, LoadFailure};
+use crate::policy::{PluginPolicy, Policy};
+use crate::runtime::load::{Examined, TrustPolicy, examine};
+use crate::services::Grants;
+
+/// How an import of a plugin is served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "status", content = "grant")]
+pub enum ImportStatus {
+    /// Always available (WASI stdio, clocks, random, the contract's types,
+    /// `config`).
+    Provided,
+    /// Served by this grant.
+    Granted(&'static str),
+    /// Needs this grant, which the plugin lacks: every call will be denied.
+    NotGranted(&'static str),
+    /// Never granted to any plugin (raw sockets): every call will be denied.
+    NeverGranted,
+}
+
+/// One import and how it is served.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImportCheck {
+    /// The import's name.
+    pub import: String,
+    /// How it is served.
+    #[serde(flatten)]
+    pub status: ImportStatus,
+}
+
+/// The result of checking one plugin.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginCheck {
+    /// The plugin's name in the policy.
+    pub name: String,
+    /// Its component file.
+    pub path: PathBuf,
+    /// Why it would be refused at load, if it would be.
+    pub refused: Option<(ErrorKind, String)>,
+    /// Trusted signers' key ids.
+    pub signers: Vec<String>,
+    /// The contract version it targets.
+    pub contract_version: Option<String>,
+    /// Every import and how it is served.
+    pub imports: Vec<ImportCheck>,
+    /// Grants that no import of the plugin can use.
+    pub unused_grants: Vec<String>,
+}
+
+impl PluginCheck {
+    /// Problems that do not stop the plugin from loading: imports that will
+    /// be denied and grants nothing uses.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings: Vec<String> = self
+            .imports
+            .iter()
+            .filter_map(|check| match check.status {
+                ImportStatus::NotGranted(grant) => Some(format!(
+                    "`{}` needs the `{grant}` grant, which this plugin lacks: its calls will be denied",
+                    check.import
+                )),
+                ImportStatus::NeverGranted => Some(format!(
+                    "`{}` is never granted (raw sockets would bypass the HTTP allow-list): its calls will be denied",
+                    check.import
+                )),
+                _ => None,
+            })
+            .collect();
+        warnings.extend(self.unused_grants.iter().map(|grant| {
+            format!("the `{grant}` grant is unused: no import of the plugin can use it")
+        }));
+        warnings
+    }
+}
+
+/// Checks every plugin of a policy.
+pub fn check_policy(policy: &Policy) -> Vec<PluginCheck> {
+    let trust = TrustPolicy {
+        keys: policy
+            .host
+            .trusted_keys
+            .iter()
+            .map(|(_, key)| key.clone())
+            .collect(),
+        allow_unsigned: policy.host.allow_unsigned,
+        allow_partial: policy.host.allow_partial_signatures,
+    };
+    policy
+        .plugins
+        .iter()
+        .map(|(name, plugin)| check_plugin(name, plugin, &trust))
+        .collect()
+}
+
+fn check_plugin(name: &str, plugin: &PluginPolicy, trust: &TrustPolicy) -> PluginCheck {
+    let mut check = PluginCheck {
+        name: name.to_owned(),
+        path: plugin.path.clone(),
+        refused: None,
+        signers: Vec::new(),
+        contract_version: None,
+        imports: Vec::new(),
+        unused_grants: Vec::new(),
+    };
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|source| LoadFailure::Io {
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    let examined = read(&plugin.path).and_then(|bytes| {
+        let detached = plugin.signature.as_ref().map(read).transpose()?;
+        examine(name, &bytes, detached.as_deref(), trust)
+    });
+    let Examined {
+        signers, summary, ..
+    } = match examined {
+        Ok(examined) => examined,
+        Err(failure) => {
+            check.refused = Some((failure.kind(), failure.to_string()));
+            return check;
+        }
+    };
+    check.signers = signers;
+    check.contract_version = summary.contract_version().map(str::to_owned);
+    let mut used = Vec::new();
+    for import in &summary.imports {
+        let status = status_of(import, &plugin.grants);
+        if let ImportStatus::Granted(grant) = status {
+            used.push(grant);
+        }
+        if import.package == "wasi:cli" && import.item == "environment" {
+            used.push("env");
+        }
+        if import.is_contract() && import.item == "config" {
+            used.push("config");
+        }
+        check.imports.push(ImportCheck {
+            import: import.name.clone(),
+            status,
+        });
+    }
+    check.unused_grants = granted(&plugin.grants)
+        .into_iter()
+        .filter(|grant| !used.contains(grant))
+        .map(str::to_owned)
+        .collect();
+    check
+}
+
+/// The grant an import needs, and whether the plugin has it.
+fn status_of(import: &Interface, grants: &Grants) -> ImportStatus {
+    let need = |grant: &'static str, has: bool| {
+        if has {
+            ImportStatus::Granted(grant)
+        } else {
+            ImportStatus::NotGranted(grant)
+        }
+    };
+    match (import.package.as_str(), import.item.as_str()) {
+        ("capsule:plugin", "log") => need("log", grants.log.enabled),
+        ("capsule:plugin", "kv") => need("kv", grants.kv.is_some()),
+        ("capsule:plugin", "events") => need("events.publish", !grants.events.publish.is_empty()),
+        ("wasi:filesystem", _) => need("files", !grants.files.is_empty()),
+        ("wasi:http", _) => need("http", grants.http.is_some()),
+        ("wasi:sockets", _) => ImportStatus::NeverGranted,
+        _ => ImportStatus::Provided,
+    }
+}
+
+/// The grants a plugin holds that an import could use.
+fn granted(grants: &Grants) -> Vec<&'static str> {
+    let mut held = Vec::new();
+    if !grants.config.is_empty() {
+        held.push("config");
+    }
+    if !grants.env.is_empty() {
+        held.push("env");
+    }
+    if grants.kv.is_some() {
+        held.push("kv");
+    }
+    if !grants.events.publish.is_empty() {
+        held.push("events.publish");
+    }
+    if !grants.files.is_empty() {
+        held.push("files");
+    }
+    if grants.http.is_some() {
+        held.push("http");
+    }
+    held
+}

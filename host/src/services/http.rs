@@ -1,0 +1,315 @@
+//! The `http` service: standard `wasi:http` outgoing requests, allowed only to
+//! the origins the operator granted, at most a number of requests per call,
+//! with response bodies bounded. Everything else fails with the WASI error
+//! code `HTTP-request-denied`. Raw `wasi:sockets` stay denied (see
+//! [`super::wasi`]), so the allow-list cannot be bypassed.
+//!
+//! Origins are matched by scheme, host name and port, before any DNS lookup.
+//! A granted host name whose DNS answer points somewhere private is still
+//! reached: grant names you control.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use serde::Serialize;
+use wasmtime::component::Linker;
+use wasmtime_wasi_http::{WasiBody, WasiHttpHooks};
+
+use crate::store::StoreState;
+
+/// An origin a plugin may reach: `https://api.example.com`,
+/// `http://127.0.0.1:8080`, or `https://*.example.org:8443` (any subdomain,
+/// not the bare domain).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct OriginPattern {
+    scheme: String,
+    /// The host, lowercase, without a leading `*.` for wildcards.
+    host: String,
+    wildcard: bool,
+    port: u16,
+}
+
+impl From<OriginPattern> for String {
+    fn from(origin: OriginPattern) -> String {
+        origin.to_string()
+    }
+}
+
+impl fmt::Display for OriginPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let wildcard = if self.wildcard { "*." } else { "" };
+        write!(f, "{}://{wildcard}{}:{}", self.scheme, self.host, self.port)
+    }
+}
+
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "http" => Some(80),
+        "https" => Some(443),
+        _ => None,
+    }
+}
+
+impl OriginPattern {
+    /// Parses `scheme://host[:port]` (no path), where host may start with
+    /// `*.`.
+    pub fn parse(text: &str) -> Result<OriginPattern, String> {
+        let bad =
+            |why: &str| format!("`{text}` is not an origin ({why}); try `https://api.example.com`");
+        let (scheme, rest) = text.split_once("://").ok_or_else(|| bad("no scheme"))?;
+        let scheme = scheme.to_ascii_lowercase();
+        let default =
+            default_port(&scheme).ok_or_else(|| bad("the scheme must be http or https"))?;
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.contains(['/', '?', '#', '@']) {
+            return Err(bad("an origin has no path, query or user"));
+        }
+        let (host, port) = split_host_port(authority).ok_or_else(|| bad("bad port"))?;
+        let port = port.unwrap_or(default);
+        let (wildcard, host) = match host.strip_prefix("*.") {
+            Some(domain) => (true, domain),
+            None => (false, host),
+        };
+        let host = host.to_ascii_lowercase();
+        if host.is_empty() || host.contains('*') {
+            return Err(bad("bad host; `*.` is only allowed as a prefix"));
+        }
+        Ok(OriginPattern {
+            scheme,
+            host,
+            wildcard,
+            port,
+        })
+    }
+
+    /// Whether a request to `scheme://host:port` is allowed by this pattern.
+    pub fn allows(&self, scheme: &str, host: &str, port: u16) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let host_ok = if self.wildcard {
+            host.strip_suffix(self.host.as_str())
+                .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.'))
+        } else {
+            host == self.host
+        };
+        self.scheme.eq_ignore_ascii_case(scheme) && host_ok && self.port == port
+    }
+}
+
+/// Splits `host[:port]`, with IPv6 literals in brackets.
+fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
+    if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        return match after.strip_prefix(':') {
+            Some(port) => Some((host, Some(port.parse().ok()?))),
+            None if after.is_empty() => Some((host, None)),
+            None => None,
+        };
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) => Some((host, Some(port.parse().ok()?))),
+        None => Some((authority, None)),
+    }
+}
+
+/// What a plugin may reach over HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HttpGrant {
+    /// Origins requests may go to.
+    pub allow: Vec<OriginPattern>,
+    /// Requests one call may send.
+    pub max_requests_per_call: u32,
+    /// Largest response body accepted, in bytes.
+    pub max_response_bytes: u64,
+}
+
+impl HttpGrant {
+    /// A grant of `allow` with default quotas: 16 requests per call, 4 MiB
+    /// response bodies.
+    pub fn new(allow: Vec<OriginPattern>) -> Self {
+        HttpGrant {
+            allow,
+            max_requests_per_call: 16,
+            max_response_bytes: 4 << 20,
+        }
+    }
+}
+
+/// The per-store hooks that enforce a plugin's HTTP grant.
+pub(crate) struct HttpHooks {
+    pub(crate) plugin: Arc<str>,
+    pub(crate) grant: Option<Arc<HttpGrant>>,
+    /// Requests sent during the current call.
+    pub(crate) sent: u32,
+}
+
+impl HttpHooks {
+    /// Why `request` may not be sent, if it may not.
+    fn refusal(&mut self, uri: &http::Uri) -> Option<wasmtime_wasi_http::Error> {
+        let Some(grant) = &self.grant else {
+            return Some(wasmtime_wasi_http::Error::HttpRequestDenied);
+        };
+        let scheme = uri.scheme_str().unwrap_or("https");
+        let host = uri.host().unwrap_or_default();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = uri.port_u16().or_else(|| default_port(scheme));
+        let allowed =
+            port.is_some_and(|port| grant.allow.iter().any(|o| o.allows(scheme, host, port)));
+        if !allowed {
+            return Some(wasmtime_wasi_http::Error::HttpRequestDenied);
+        }
+        if self.sent >= grant.max_requests_per_call {
+            return Some(wasmtime_wasi_http::Error::ConnectionLimitReached);
+        }
+        None
+    }
+}
+
+type SendFuture = Box<
+    dyn std::future::Future<
+            Output = Result<
+                (
+                    http::Response<WasiBody>,
+                    Box<
+                        dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>>
+                            + Send,
+                    >,
+                ),
+                wasmtime_wasi_http::Error,
+            >,
+        > + Send,
+>;
+
+impl WasiHttpHooks for HttpHooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> SendFuture {
+        if let Some(error) = self.refusal(request.uri()) {
+            tracing::warn!(
+                plugin = %self.plugin,
+                uri = %request.uri(),
+                error = %error,
+                "refused an outgoing HTTP request"
+            );
+            return Box::new(async move { Err(error) });
+        }
+        self.sent += 1;
+        let limit = self
+            .grant
+            .as_ref()
+            .map_or(0, |grant| grant.max_response_bytes);
+        let inner = WasiHttpHooks::send_request(&mut DefaultHooks, request, options, fut);
+        Box::new(async move {
+            let (response, io) = Box::into_pin(inner).await?;
+            let response = response.map(|body| {
+                http_body_util::BodyExt::boxed_unsync(LimitedBody {
+                    inner: body,
+                    remaining: limit,
+                    limit,
+                })
+            });
+            Ok((response, io))
+        })
+    }
+}
+
+/// wasmtime-wasi-http's own request sending, used once a request passed the
+/// grant.
+struct DefaultHooks;
+
+impl WasiHttpHooks for DefaultHooks {}
+
+/// A response body that fails with `HTTP-response-body-size` past a limit.
+struct LimitedBody {
+    inner: WasiBody,
+    remaining: u64,
+    limit: u64,
+}
+
+impl Body for LimitedBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            let len = data.len() as u64;
+            if len > self.remaining {
+                let limit = self.limit;
+                return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpResponseBodySize(
+                    Some(limit),
+                ))));
+            }
+            self.remaining -= len;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_match_scheme_host_and_port() {
+        let o = OriginPattern::parse("https://api.example.com").unwrap();
+        assert!(o.allows("https", "api.example.com", 443));
+        assert!(o.allows("https", "API.example.com.", 443));
+        assert!(!o.allows("http", "api.example.com", 80));
+        assert!(!o.allows("https", "api.example.com", 8443));
+        assert!(!o.allows("https", "evil.api.example.com", 443));
+        assert!(!o.allows("https", "api.example.com.evil.net", 443));
+
+        let w = OriginPattern::parse("https://*.example.org:8443").unwrap();
+        assert!(w.allows("https", "a.example.org", 8443));
+        assert!(w.allows("https", "a.b.example.org", 8443));
+        assert!(!w.allows("https", "example.org", 8443));
+        assert!(!w.allows("https", "badexample.org", 8443));
+        assert!(!w.allows("https", "a.example.org", 443));
+
+        let local = OriginPattern::parse("http://127.0.0.1:18089").unwrap();
+        assert!(local.allows("http", "127.0.0.1", 18089));
+        assert!(!local.allows("http", "127.0.0.1", 18090));
+        let v6 = OriginPattern::parse("http://[::1]:8080").unwrap();
+        assert!(v6.allows("http", "::1", 8080));
+    }
+
+    #[test]
+    fn bad_origins_are_refused() {
+        for bad in [
+            "api.example.com",
+            "ftp://x.com",
+            "https://x.com/path",
+            "https://x.com:99999",
+            "https://a.*.com",
+            "https://",
+            "https://user@x.com",
+        ] {
+            assert!(OriginPattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
