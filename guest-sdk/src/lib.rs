@@ -36,6 +36,12 @@
 //! operator granted them; otherwise they return [`ServiceError::Denied`],
 //! which converts into [`PluginError::Denied`] with `?`.
 //!
+//! [`http`] is a small blocking HTTP client over standard `wasi:http`
+//! ([`http::get`], [`http::post_json`], [`http::request`]); a destination the
+//! operator did not grant fails with [`http::HttpError::Denied`], which also
+//! becomes [`PluginError::Denied`] with `?`. Files work through `std::fs` on
+//! the directories the operator mounted (WASI preopens).
+//!
 //! The WIT contract this crate was generated from ships in its `wit/` folder
 //! and is available at runtime as [`CONTRACT_WIT`].
 
@@ -48,6 +54,7 @@ mod types;
 
 pub mod config;
 pub mod events;
+pub mod http;
 pub mod kv;
 pub mod log;
 

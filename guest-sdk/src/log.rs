@@ -6,7 +6,7 @@
 //! ```
 //!
 //! The macros never fail: a line the host refuses (over the per-call log
-//! budget, or logging not granted) is dropped. Call [`write`] to see why.
+//! budget, or logging not granted) is dropped. Call [`write()`] to see why.
 
 use crate::ServiceError;
 pub use crate::bindings::capsule::plugin::log::Level;

@@ -488,3 +488,173 @@ fn run_refuses_unsigned_and_tampered_plugins() {
         "the opt-out is loud: {stderr}"
     );
 }
+
+/// Writes a policy into the scratch folder; `{plugins}` and `{key}` are
+/// replaced by the plugin folder and the test key.
+fn policy(name: &str, text: &str) -> PathBuf {
+    let path = scratch(name);
+    let text = text
+        .replace("{plugins}", path_str(&plugin_dir()))
+        .replace("{key}", path_str(&plugin_dir().join("test-key.pub")))
+        .replace("{scratch}", path_str(&scratch("")));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn check_flags_an_import_without_its_grant() {
+    let file = policy(
+        "check-missing-grant.toml",
+        r#"
+[host]
+trusted_keys = ["{key}"]
+
+[plugins.hello]
+path = "{plugins}/hello.wasm"
+
+[plugins.counter]
+path = "{plugins}/kv-counter.wasm"
+http = { allow = ["https://api.example.com"] }
+"#,
+    );
+    let out = capsule_command(&["check", "--config", path_str(&file)])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "warnings alone do not fail: {stdout}"
+    );
+    assert!(stdout.contains("capsule:plugin/kv@0.1.0"), "{stdout}");
+    assert!(stdout.contains("NOT GRANTED: needs `kv`"), "{stdout}");
+    assert!(stdout.contains("grant `http`: UNUSED"), "{stdout}");
+    assert!(stdout.contains("signature: ok"), "{stdout}");
+
+    let strict = capsule_command(&["check", "--config", path_str(&file), "--strict"])
+        .output()
+        .unwrap();
+    assert_eq!(strict.status.code(), Some(3));
+
+    let v = json(
+        &capsule_command(&["check", "--config", path_str(&file), "--json"])
+            .output()
+            .unwrap(),
+    );
+    let counter = v["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "counter")
+        .unwrap();
+    assert_eq!(counter["ok"], true);
+    assert!(counter["warnings"].as_array().unwrap().len() >= 2);
+    let kv = counter["imports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["import"] == "capsule:plugin/kv@0.1.0")
+        .unwrap();
+    assert_eq!(kv["status"], "not_granted");
+}
+
+#[test]
+fn check_refuses_plugins_that_would_not_load() {
+    let unsigned = scratch("check-unsigned.wasm");
+    std::fs::write(&unsigned, b"\0asm\x0d\0\x01\0").unwrap();
+    let file = policy(
+        "check-refused.toml",
+        &format!(
+            "[host]\ntrusted_keys = [\"{{key}}\"]\n[plugins.bad]\npath = \"{}\"\n",
+            path_str(&unsigned)
+        ),
+    );
+    let out = capsule_command(&["check", "--config", path_str(&file)])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("REFUSED [unsigned]"));
+}
+
+#[test]
+fn policy_errors_name_the_file_line_and_key() {
+    let file = policy(
+        "bad-policy.toml",
+        "[host]\ntrusted_keys = [\"{key}\"]\n\n[plugins.hello]\npath = \"{plugins}/hello.wasm\"\nkv_namespace = \"x\"\n",
+    );
+    for args in [
+        vec!["check", "--config", path_str(&file)],
+        vec!["run", "hello", "--config", path_str(&file), "--op", "greet"],
+    ] {
+        let out = capsule_command(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("bad-policy.toml:6:"), "{stderr}");
+        assert!(stderr.contains("kv_namespace"), "{stderr}");
+    }
+}
+
+#[test]
+fn run_by_name_from_a_policy_and_kv_persists_across_runs() {
+    let file = policy(
+        "run-policy.toml",
+        r#"
+[host]
+trusted_keys = ["{key}"]
+data_dir = "{scratch}/policy-data"
+
+[plugins.hello]
+path = "{plugins}/hello.wasm"
+config = { greeting = "Hej" }
+
+[plugins.counter]
+path = "{plugins}/kv-counter.wasm"
+kv = { namespace = "cli-test" }
+"#,
+    );
+    let out = capsule_command(&[
+        "run",
+        "hello",
+        "--config",
+        path_str(&file),
+        "--op",
+        "greet",
+        "--input",
+        r#"{"name":"Ada"}"#,
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"greeting":"Hej, Ada!"}"#
+    );
+
+    let _ = std::fs::remove_dir_all(scratch("policy-data"));
+    for expected in [1, 2] {
+        let out = capsule_command(&[
+            "run",
+            "counter",
+            "--config",
+            path_str(&file),
+            "--op",
+            "increment",
+            "--input",
+            r#"{"key":"k"}"#,
+            "--json",
+        ])
+        .output()
+        .unwrap();
+        assert_eq!(
+            json(&out)["output"]["count"],
+            expected,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let out = capsule_command(&["run", "nobody", "--config", path_str(&file), "--op", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no plugin `nobody`"));
+}

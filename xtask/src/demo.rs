@@ -8,15 +8,19 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::plugins;
 use crate::shell::Workspace;
+use crate::{demo_setup, plugins};
 
 /// What a demo step should end in.
 enum Expect {
     /// Exit 0.
     Success,
+    /// Exit 0 with this text in the output.
+    SuccessWith(&'static str),
     /// A non-zero exit whose `--json` output names this error kind.
     Refused(&'static str),
+    /// As `Refused`, with this text in the output too.
+    RefusedWith(&'static str, &'static str),
 }
 
 struct Step {
@@ -63,6 +67,23 @@ pub fn run(workspace: &Workspace) -> Result<()> {
         run(&plugin(name), &args)
     };
     let samples = SignatureSamples::write(&built, Path::new(&hello), &demo_dir)?;
+    demo_setup::prepare_dirs(&demo_dir)?;
+    demo_setup::start_http_server()?;
+    let policy = workspace
+        .root
+        .join("example-plugins/capsule.toml")
+        .display()
+        .to_string();
+    // `capsule run NAME --config POLICY --op OP --input INPUT --json`
+    let granted = |name: &str, op: &str, input: &str| -> Vec<String> {
+        [
+            "run", name, "--config", &policy, "--op", op, "--input", input, "--json",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let origin = format!("http://127.0.0.1:{}/", demo_setup::DEMO_HTTP_PORT);
+    let other_port = format!("http://127.0.0.1:{}/", demo_setup::DEMO_HTTP_PORT + 1);
     let greet = ["--op", "greet", "--input", r#"{"name":"Ada"}"#];
 
     let steps = [
@@ -114,6 +135,113 @@ pub fn run(workspace: &Workspace) -> Result<()> {
             "a truncated component is refused",
             &run(&samples.truncated, &[&greet[..], &["--json"]].concat()),
             Expect::Refused("bad_signature"),
+        ),
+        Step::new(
+            "capsule check: every plugin of the demo policy, its signature and each import next to its grant",
+            &["check".to_owned(), "--config".to_owned(), policy.clone()],
+            Expect::Success,
+        ),
+        Step::new(
+            "hello under the policy: config says Bonjour",
+            &granted("hello", "greet", r#"{"name":"Ada"}"#),
+            Expect::SuccessWith("Bonjour, Ada!"),
+        ),
+        Step::new(
+            "hello sees exactly the environment it was granted",
+            &granted("hello", "env", ""),
+            Expect::SuccessWith(r#"{"vars":{"LANG":"fr_FR.UTF-8"}}"#),
+        ),
+        Step::new(
+            "hello publishes to a granted topic (the event is recorded with the call)",
+            &granted(
+                "hello",
+                "announce",
+                r#"{"topic":"greetings.fr","name":"Ada"}"#,
+            ),
+            Expect::SuccessWith(r#""topic":"greetings.fr""#),
+        ),
+        Step::new(
+            "hello publishes to a topic it was not granted: denied",
+            &granted(
+                "hello",
+                "announce",
+                r#"{"topic":"admin.shutdown","name":"Ada"}"#,
+            ),
+            Expect::RefusedWith("plugin_error", "denied"),
+        ),
+        Step::new(
+            "kv-counter counts in its namespace…",
+            &granted("kv-counter", "increment", r#"{"key":"visits"}"#),
+            Expect::SuccessWith(r#""count":1"#),
+        ),
+        Step::new(
+            "…and the count survives into the next process",
+            &granted("kv-counter", "increment", r#"{"key":"visits"}"#),
+            Expect::SuccessWith(r#""count":2"#),
+        ),
+        Step::new(
+            "the same component without a kv grant: denied",
+            &granted(
+                "kv-counter-unprivileged",
+                "increment",
+                r#"{"key":"visits"}"#,
+            ),
+            Expect::RefusedWith("plugin_error", "denied"),
+        ),
+        Step::new(
+            "file-reader reads its read-only mount",
+            &granted("file-reader", "read", r#"{"path":"/data/hello.txt"}"#),
+            Expect::SuccessWith("Hello from a read-only mount!"),
+        ),
+        Step::new(
+            "file-reader writes its read-write mount",
+            &granted(
+                "file-reader",
+                "write",
+                r#"{"path":"/scratch/note.txt","content":"written by a plugin"}"#,
+            ),
+            Expect::SuccessWith(r#""bytes":19"#),
+        ),
+        Step::new(
+            "file-reader writing into the read-only mount: denied",
+            &granted(
+                "file-reader",
+                "write",
+                r#"{"path":"/data/hello.txt","content":"overwritten"}"#,
+            ),
+            Expect::Refused("plugin_error"),
+        ),
+        Step::new(
+            "file-reader reading outside its mounts: refused",
+            &granted("file-reader", "read", r#"{"path":"/etc/passwd"}"#),
+            Expect::Refused("plugin_error"),
+        ),
+        Step::new(
+            "fs-escape tries `..`, absolute paths and planted symlinks: nothing escapes",
+            &granted("fs-escape", "run", "{}"),
+            Expect::SuccessWith(r#""escaped_any":false"#),
+        ),
+        Step::new(
+            "http-fetch reaches the one origin it was granted",
+            &granted("http-fetch", "get", &format!(r#"{{"url":"{origin}"}}"#)),
+            Expect::SuccessWith(r#""status":200"#),
+        ),
+        Step::new(
+            "http-fetch to the same host on another port: HTTP-request-denied",
+            &granted("http-fetch", "get", &format!(r#"{{"url":"{other_port}"}}"#)),
+            Expect::RefusedWith("plugin_error", "HttpRequestDenied"),
+        ),
+        Step::new(
+            "forbidden-host tries hosts it was not granted and raw sockets: nothing reached",
+            &granted(
+                "forbidden-host",
+                "run",
+                &format!(
+                    r#"{{"urls":["{other_port}","https://example.com/"],"socket_port":{}}}"#,
+                    demo_setup::DEMO_HTTP_PORT
+                ),
+            ),
+            Expect::SuccessWith(r#""reached_anything":false"#),
         ),
         Step::new(
             "spin-loop never returns: the 500 ms deadline stops it",
@@ -188,13 +316,24 @@ fn run_step(capsule: &Path, number: usize, step: &Step) -> Result<()> {
         println!("   ┆ {line}");
     }
     let code = output.status.code().unwrap_or(-1);
-    match step.expect {
-        Expect::Success if output.status.success() => {
+    let (success, kind, needle) = match step.expect {
+        Expect::Success => (true, None, None),
+        Expect::SuccessWith(needle) => (true, None, Some(needle)),
+        Expect::Refused(kind) => (false, Some(kind), None),
+        Expect::RefusedWith(kind, needle) => (false, Some(kind), Some(needle)),
+    };
+    if let Some(needle) = needle
+        && !stdout.contains(needle)
+    {
+        bail!("expected the output to contain `{needle}`");
+    }
+    match (success, kind) {
+        (true, _) if output.status.success() => {
             println!("   ✓ ok");
             Ok(())
         }
-        Expect::Success => bail!("expected success, got exit code {code}"),
-        Expect::Refused(kind) => {
+        (true, _) => bail!("expected success, got exit code {code}"),
+        (false, Some(kind)) => {
             let wanted = format!(r#""kind":"{kind}""#);
             if output.status.success() {
                 bail!("expected the sandbox to refuse with `{kind}`, but the call succeeded")
@@ -205,6 +344,7 @@ fn run_step(capsule: &Path, number: usize, step: &Step) -> Result<()> {
                 Ok(())
             }
         }
+        (false, None) => unreachable!("every refusal names its kind"),
     }
 }
 

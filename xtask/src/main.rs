@@ -8,6 +8,7 @@
 //! - `ci`: formatting, lints, then `test`.
 
 mod demo;
+mod demo_setup;
 mod discover;
 mod plugins;
 mod shell;

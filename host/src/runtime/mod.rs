@@ -21,6 +21,7 @@ use crate::contract::Request;
 use crate::engine::{self, AllocationMode, EngineOptions};
 use crate::error::{CallError, CallFailure, LoadError, LoadFailure, chain};
 use crate::limits::Limits;
+use crate::policy::Policy;
 use crate::services;
 use crate::services::kv::{KvError, KvStore};
 use crate::store::StoreState;
@@ -233,6 +234,22 @@ impl Host {
         }
         plugins.insert(name, loaded);
         Ok(details)
+    }
+
+    /// Loads every plugin of a policy. A plugin that fails to load does not
+    /// stop the others: the failures are returned, the rest are serving.
+    pub async fn load_policy(&self, policy: &Policy) -> Vec<LoadError> {
+        let mut failures = Vec::new();
+        for name in policy.plugins.keys() {
+            let spec = policy
+                .plugin_spec(name)
+                .expect("every plugin of a policy has a spec");
+            if let Err(err) = self.load(spec).await {
+                tracing::error!(plugin = %name, error = %err, "plugin not loaded");
+                failures.push(err);
+            }
+        }
+        failures
     }
 
     /// Calls a loaded plugin's `handle` with `request`.

@@ -6,8 +6,14 @@
 
 mod alloc_bomb;
 mod deep_recursion;
+mod file_reader;
+mod forbidden_host;
+mod fs_escape;
+mod grants;
 mod hello;
+mod http_fetch;
 mod huge_output;
+mod kv_counter;
 mod limits;
 mod malformed;
 mod panic;

@@ -87,7 +87,8 @@ fn print_check(check: &PluginCheck) {
         println!("  signature: ok, key id {}", check.signers.join(", "));
     }
     println!(
-        "  contract:  {}",
+        "  contract:  {}@{}",
+        capsule_host::CONTRACT_PACKAGE,
         check.contract_version.as_deref().unwrap_or("unknown")
     );
     println!("  imports:");
@@ -97,9 +98,13 @@ fn print_check(check: &PluginCheck) {
         .map(|i| i.import.len())
         .max()
         .unwrap_or(0);
+    let mut provided = Vec::new();
     for import in &check.imports {
         let status = match import.status {
-            ImportStatus::Provided => "provided".to_owned(),
+            ImportStatus::Provided => {
+                provided.push(import.import.as_str());
+                continue;
+            }
             ImportStatus::Granted(grant) => format!("granted by `{grant}`"),
             ImportStatus::NotGranted(grant) => {
                 format!("NOT GRANTED: needs `{grant}`, calls will be denied")
@@ -107,6 +112,19 @@ fn print_check(check: &PluginCheck) {
             ImportStatus::NeverGranted => "NEVER GRANTED: calls will be denied".to_owned(),
         };
         println!("    {:width$}  {status}", import.import);
+    }
+    if !provided.is_empty() {
+        let mut packages: Vec<&str> = provided
+            .iter()
+            .map(|name| name.split('/').next().unwrap_or(name))
+            .collect();
+        packages.sort_unstable();
+        packages.dedup();
+        println!(
+            "    + {} always-provided imports ({})",
+            provided.len(),
+            packages.join(", ")
+        );
     }
     for grant in &check.unused_grants {
         println!("  grant `{grant}`: UNUSED, no import of the plugin can use it");
