@@ -16,11 +16,18 @@ mod bindings {
     });
 }
 
+pub(crate) use bindings::Plugin as PluginBindings;
 pub(crate) use bindings::PluginPre;
 pub(crate) use bindings::capsule::plugin as interfaces;
 
 /// The level of a plugin log line.
 pub use bindings::capsule::plugin::log::Level as LogLevel;
+/// An event delivered to a plugin's `on-event`.
+pub use bindings::capsule::plugin::types::Event;
+/// How a plugin disposed of an event.
+pub use bindings::capsule::plugin::types::EventOutcome;
+/// An event a plugin forwards to another topic.
+pub use bindings::capsule::plugin::types::ForwardedEvent;
 /// The error value a plugin returns when it refuses or fails a request.
 pub use bindings::capsule::plugin::types::PluginError;
 /// What a plugin reports about itself from `describe`.

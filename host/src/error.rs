@@ -58,6 +58,12 @@ pub enum ErrorKind {
     Busy,
     /// No plugin with that name is loaded.
     UnknownPlugin,
+    /// The plugin is paused and refuses calls until resumed.
+    Paused,
+    /// The plugin's circuit breaker is open after repeated failures.
+    CircuitOpen,
+    /// A host middleware refused the call.
+    Rejected,
     /// The host itself failed (a bug or an exhausted host resource).
     Host,
 }
@@ -86,6 +92,9 @@ impl ErrorKind {
             ErrorKind::PluginError => "plugin_error",
             ErrorKind::Busy => "busy",
             ErrorKind::UnknownPlugin => "unknown_plugin",
+            ErrorKind::Paused => "paused",
+            ErrorKind::CircuitOpen => "circuit_open",
+            ErrorKind::Rejected => "rejected",
             ErrorKind::Host => "host",
         }
     }
@@ -320,6 +329,18 @@ pub enum CallFailure {
     /// No plugin with this name is loaded.
     #[error("no such plugin is loaded")]
     UnknownPlugin,
+    /// The plugin is paused.
+    #[error("the plugin is paused")]
+    Paused,
+    /// The circuit breaker is open.
+    #[error("circuit open after repeated failures; retry in {retry_in:?}")]
+    CircuitOpen {
+        /// When a probe call will be let through.
+        retry_in: Duration,
+    },
+    /// A middleware refused the call.
+    #[error("rejected: {0}")]
+    Rejected(String),
     /// The host failed; the message says how.
     #[error("host error: {0}")]
     Host(String),
@@ -339,6 +360,9 @@ impl CallFailure {
             CallFailure::Plugin(_) => ErrorKind::PluginError,
             CallFailure::Busy { .. } => ErrorKind::Busy,
             CallFailure::UnknownPlugin => ErrorKind::UnknownPlugin,
+            CallFailure::Paused => ErrorKind::Paused,
+            CallFailure::CircuitOpen { .. } => ErrorKind::CircuitOpen,
+            CallFailure::Rejected(_) => ErrorKind::Rejected,
             CallFailure::Host(_) => ErrorKind::Host,
         }
     }

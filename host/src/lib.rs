@@ -35,12 +35,15 @@ pub use contract::{
     CONTRACT_PACKAGE, CONTRACT_VERSION, LogLevel, PluginError, PluginInfo, Request, Response,
     ServiceError,
 };
+pub use contract::{Event, EventOutcome, ForwardedEvent};
 pub use engine::{AllocationMode, EngineOptions, PoolingOptions};
 pub use error::{CallError, CallFailure, ErrorKind, LoadError, LoadFailure, OutputStream};
 pub use limits::Limits;
 pub use policy::{Policy, PolicyError};
 pub use runtime::{
-    CallOutcome, CallStats, Host, HostBuilder, HostError, PluginDetails, PluginSource, PluginSpec,
+    BusEvent, BusOptions, CallContext, CallOutcome, CallStats, DeadLetter, Host, HostBuilder,
+    HostError, Middleware, Pipeline, PipelineError, PluginDetails, PluginSource, PluginSpec,
+    PluginState, PluginStatus, REQUEST_ID, RequestId,
 };
 pub use services::Grants;
 pub use services::events::PublishedEvent;

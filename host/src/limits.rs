@@ -32,6 +32,15 @@ pub struct Limits {
     pub max_queued: usize,
     /// How long a queued call waits for an instance before failing as `busy`.
     pub queue_timeout: Duration,
+    /// Calls an instance serves before it is replaced by a fresh one; 1 gives
+    /// every call a fresh instance (the strongest isolation). An instance
+    /// that traps is always discarded at once.
+    pub recycle_after: u32,
+    /// Consecutive failures (traps, timeouts, limits) that open the circuit
+    /// breaker; 0 disables it.
+    pub circuit_failures: u32,
+    /// How long an open circuit refuses calls before a probe may close it.
+    pub circuit_cooldown: Duration,
 }
 
 impl Default for Limits {
@@ -46,6 +55,9 @@ impl Default for Limits {
             max_instances: 16,
             max_queued: 64,
             queue_timeout: Duration::from_secs(5),
+            recycle_after: 1000,
+            circuit_failures: 5,
+            circuit_cooldown: Duration::from_secs(30),
         }
     }
 }

@@ -19,6 +19,10 @@
 //! config = { greeting = "Hi" }
 //! [plugins.counter.limits]
 //! fuel = 1_000_000
+//! recycle_after = 100
+//!
+//! [pipelines.ingest]
+//! stages = ["validate", "transform", "enrich"]
 //! ```
 //!
 //! Relative paths are relative to the policy file's folder. Unknown keys, bad
@@ -37,7 +41,7 @@ use toml::Spanned;
 
 use crate::artifact::PublicKey;
 use crate::limits::Limits;
-use crate::runtime::{HostBuilder, PluginSource, PluginSpec, spec::validate_name};
+use crate::runtime::{BusOptions, HostBuilder, PluginSource, PluginSpec, spec::validate_name};
 use crate::services::Grants;
 use crate::services::events::{EventsGrant, TopicPattern};
 use crate::services::files::{Access, Mount};
@@ -83,6 +87,8 @@ pub struct Policy {
     pub host: HostPolicy,
     /// Plugins by name.
     pub plugins: BTreeMap<String, PluginPolicy>,
+    /// Pipelines by name: the plugins each one chains, in order.
+    pub pipelines: BTreeMap<String, Vec<String>>,
 }
 
 /// The `[host]` section.
@@ -100,6 +106,8 @@ pub struct HostPolicy {
     pub data_dir: Option<PathBuf>,
     /// Limits of plugins that set none of their own.
     pub default_limits: Limits,
+    /// Event bus settings.
+    pub bus: BusOptions,
 }
 
 /// One `[plugins.NAME]` section.
@@ -149,10 +157,35 @@ impl Policy {
             let plugin = located.plugin(name.get_ref(), section, &host.default_limits)?;
             plugins.insert(name.get_ref().clone(), plugin);
         }
+        let mut pipelines = BTreeMap::new();
+        for (name, section) in &raw.pipelines {
+            let key = format!("pipelines.{}", name.get_ref());
+            validate_name(name.get_ref()).map_err(|msg| located.error(name.span(), &key, msg))?;
+            if section.stages.is_empty() {
+                return Err(located.error(
+                    name.span(),
+                    &key,
+                    "a pipeline needs at least one stage",
+                ));
+            }
+            let mut stages = Vec::new();
+            for (i, stage) in section.stages.iter().enumerate() {
+                if !plugins.contains_key(stage.get_ref()) {
+                    return Err(located.error(
+                        stage.span(),
+                        &format!("{key}.stages[{i}]"),
+                        format!("no plugin named `{}` in this policy", stage.get_ref()),
+                    ));
+                }
+                stages.push(stage.get_ref().clone());
+            }
+            pipelines.insert(name.get_ref().clone(), stages);
+        }
         Ok(Policy {
             file: file.to_owned(),
             host,
             plugins,
+            pipelines,
         })
     }
 
@@ -161,6 +194,7 @@ impl Policy {
         let host = &self.host;
         let mut builder = HostBuilder::default()
             .default_limits(host.default_limits.clone())
+            .bus_options(host.bus.clone())
             .allow_unsigned(host.allow_unsigned)
             .allow_partial_signatures(host.allow_partial_signatures);
         for (_, key) in &host.trusted_keys {
@@ -253,6 +287,7 @@ impl Locator<'_> {
             cache_dir: raw.cache_dir.as_ref().map(|d| self.resolve(d)),
             data_dir: raw.data_dir.as_ref().map(|d| self.resolve(d)),
             default_limits: raw.limits.apply(Limits::default()),
+            bus: raw.events.apply(BusOptions::default()),
         })
     }
 
@@ -357,6 +392,42 @@ struct RawPolicy {
     host: RawHost,
     #[serde(default)]
     plugins: BTreeMap<Spanned<String>, RawPlugin>,
+    #[serde(default)]
+    pipelines: BTreeMap<Spanned<String>, RawPipeline>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    stages: Vec<Spanned<String>>,
+}
+
+/// `[host.events]`: the event bus.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBus {
+    queue: Option<usize>,
+    queue_timeout: Option<Time>,
+    max_attempts: Option<u32>,
+    dead_letters: Option<usize>,
+}
+
+impl RawBus {
+    fn apply(&self, mut options: BusOptions) -> BusOptions {
+        if let Some(queue) = self.queue {
+            options.queue = queue.max(1);
+        }
+        if let Some(time) = &self.queue_timeout {
+            options.queue_timeout = time.0;
+        }
+        if let Some(attempts) = self.max_attempts {
+            options.max_attempts = attempts.max(1);
+        }
+        if let Some(kept) = self.dead_letters {
+            options.dead_letters = kept;
+        }
+        options
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -372,6 +443,8 @@ struct RawHost {
     data_dir: Option<String>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    events: RawBus,
 }
 
 #[derive(Deserialize, Default)]
@@ -386,6 +459,9 @@ struct RawLimits {
     max_instances: Option<usize>,
     max_queued: Option<usize>,
     queue_timeout: Option<Time>,
+    recycle_after: Option<u32>,
+    circuit_failures: Option<u32>,
+    circuit_cooldown: Option<Time>,
 }
 
 impl RawLimits {
@@ -417,6 +493,15 @@ impl RawLimits {
         }
         if let Some(time) = &self.queue_timeout {
             limits.queue_timeout = time.0;
+        }
+        if let Some(calls) = self.recycle_after {
+            limits.recycle_after = calls.max(1);
+        }
+        if let Some(failures) = self.circuit_failures {
+            limits.circuit_failures = failures;
+        }
+        if let Some(time) = &self.circuit_cooldown {
+            limits.circuit_cooldown = time.0;
         }
         limits
     }

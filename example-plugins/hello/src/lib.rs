@@ -7,10 +7,15 @@
 //!   is exactly what the operator granted.
 //! - `announce` with `{"topic": "...", "name": "..."}` publishes the greeting
 //!   as an event; topics the operator did not grant are denied.
+//! - `calls` answers `{"calls": N}`: how many calls this instance has served,
+//!   which shows whether the host reuses instances (`recycle_after`).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use capsule_guest::{Plugin, PluginError, Request, Response, config, events, export_plugin, log};
+use capsule_guest::{
+    Plugin, PluginError, PluginInfo, Request, Response, config, events, export_plugin, log,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Deserialize)]
@@ -45,10 +50,26 @@ fn greeting(name: &str) -> Result<String, PluginError> {
     Ok(format!("{word}, {name}!"))
 }
 
+#[derive(Serialize)]
+struct CallsOut {
+    calls: u64,
+}
+
+/// Calls served by this instance; lives as long as the instance does.
+static CALLS: AtomicU64 = AtomicU64::new(0);
+
 struct Hello;
 
 impl Plugin for Hello {
+    fn describe(from_cargo: PluginInfo) -> PluginInfo {
+        PluginInfo {
+            capabilities: vec!["greeting".into()],
+            ..from_cargo
+        }
+    }
+
     fn handle(request: Request) -> Result<Response, PluginError> {
+        let calls = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
         log::info!("handling `{}`", request.operation);
         request
             .dispatch()
@@ -72,6 +93,7 @@ impl Plugin for Hello {
                     published: true,
                 })
             })
+            .raw("calls", |_| Response::json(&CallsOut { calls }))
             .finish()
     }
 }

@@ -107,7 +107,7 @@ pub(crate) async fn load(
         )))
     })?;
 
-    let mut details = PluginDetails {
+    let details = PluginDetails {
         name: name.clone(),
         info: PluginInfo {
             name: String::new(),
@@ -130,24 +130,16 @@ pub(crate) async fn load(
         &details.grants,
         context.kv_store,
     ));
-    let probe = LoadedPlugin::new(
-        context.engine.clone(),
-        pre.clone(),
-        details.clone(),
-        Arc::clone(&grants),
-    );
-    let invoked = probe.invoke(Invocation::Describe).await;
+    // `init` and `describe` run under the plugin's limits before it is
+    // registered; the instance that answered stays warm for the first call.
+    let mut plugin = LoadedPlugin::new(context.engine.clone(), pre, details, grants);
+    let invoked = plugin.run(Invocation::Describe).await;
     match invoked.result {
-        Ok(Returned::Info(info)) => details.info = info,
-        Ok(Returned::Handled(_)) => unreachable!("a describe invocation returns plugin info"),
+        Ok(Returned::Info(info)) => plugin.details.info = info,
+        Ok(_) => unreachable!("a describe invocation returns plugin info"),
         Err(failure) => return Err(fail(LoadFailure::InitFailed(Box::new(failure)))),
     }
-    Ok(Arc::new(LoadedPlugin::new(
-        context.engine.clone(),
-        pre,
-        details,
-        grants,
-    )))
+    Ok(Arc::new(plugin))
 }
 
 /// What can be known about a plugin from its bytes, without compiling it.

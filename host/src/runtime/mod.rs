@@ -1,8 +1,16 @@
 //! The host: one engine and linker shared by every plugin, the table of
 //! loaded plugins, and the entry points to load and call them.
 
+mod breaker;
+mod bus;
+mod call;
+mod delivery;
 pub(crate) mod load;
+mod metrics;
+mod middleware;
+mod pipeline;
 mod plugin;
+mod registry;
 pub(crate) mod spec;
 
 use std::collections::BTreeMap;
@@ -12,21 +20,27 @@ use std::sync::{Arc, RwLock};
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
+pub use bus::{BusEvent, BusOptions, DeadLetter};
+pub use middleware::{CallContext, Middleware, REQUEST_ID, RequestId};
+pub use pipeline::{Pipeline, PipelineError};
 pub use plugin::{CallOutcome, CallStats, PluginDetails};
+pub use registry::{PluginState, PluginStatus};
 pub use spec::{PluginSource, PluginSpec};
 
 use crate::artifact::PublicKey;
 use crate::artifact::cache::{CacheError, CacheStats, CompileCache};
-use crate::contract::Request;
 use crate::engine::{self, AllocationMode, EngineOptions};
-use crate::error::{CallError, CallFailure, LoadError, LoadFailure, chain};
+use crate::error::{LoadError, LoadFailure, chain};
 use crate::limits::Limits;
 use crate::policy::Policy;
 use crate::services;
 use crate::services::kv::{KvError, KvStore};
 use crate::store::StoreState;
+use bus::Bus;
 use load::{LoadContext, TrustPolicy};
+use metrics::Metrics;
 use plugin::LoadedPlugin;
+use registry::Slot;
 
 /// Failure to build a [`Host`].
 #[derive(Debug, thiserror::Error)]
@@ -63,16 +77,42 @@ pub enum HostError {
 /// println!("{}", String::from_utf8_lossy(&outcome.response.payload));
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct HostBuilder {
     engine: EngineOptions,
     default_limits: Limits,
     trust: TrustPolicy,
     cache_dir: Option<PathBuf>,
     data_dir: Option<PathBuf>,
+    bus: BusOptions,
+    middleware: Vec<Arc<dyn Middleware>>,
+}
+
+impl std::fmt::Debug for HostBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostBuilder")
+            .field("engine", &self.engine)
+            .field("default_limits", &self.default_limits)
+            .field("cache_dir", &self.cache_dir)
+            .field("data_dir", &self.data_dir)
+            .field("middleware", &self.middleware.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl HostBuilder {
+    /// Event bus settings: queue sizes, retry attempts, dead letters kept.
+    pub fn bus_options(mut self, options: BusOptions) -> Self {
+        self.bus = options;
+        self
+    }
+
+    /// Adds a middleware that runs around every call, in the order added.
+    pub fn middleware(mut self, middleware: impl Middleware) -> Self {
+        self.middleware.push(Arc::new(middleware));
+        self
+    }
+
     /// Keeps persistent plugin data (the key-value store, `kv.redb`) in
     /// `dir`. Without it, key-value data lives only as long as the host.
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
@@ -154,6 +194,10 @@ impl HostBuilder {
                 kv_store,
                 persistent_kv: self.data_dir.is_some(),
                 plugins: RwLock::new(BTreeMap::new()),
+                pipelines: RwLock::new(BTreeMap::new()),
+                middleware: self.middleware,
+                metrics: Metrics::default(),
+                bus: Bus::new(self.bus),
             }),
         })
     }
@@ -174,7 +218,11 @@ struct HostInner {
     cache: Option<CompileCache>,
     kv_store: Arc<KvStore>,
     persistent_kv: bool,
-    plugins: RwLock<BTreeMap<String, Arc<LoadedPlugin>>>,
+    plugins: RwLock<BTreeMap<String, Arc<Slot>>>,
+    pipelines: RwLock<BTreeMap<String, Pipeline>>,
+    middleware: Vec<Arc<dyn Middleware>>,
+    metrics: Metrics,
+    bus: Bus,
 }
 
 impl Host {
@@ -203,12 +251,35 @@ impl Host {
     /// registered unless every step succeeds.
     pub async fn load(&self, spec: PluginSpec) -> Result<PluginDetails, LoadError> {
         let name = spec.name().to_owned();
-        if self.plugin(&name).is_some() {
+        if self.slot(&name).is_some() {
             return Err(LoadError::new(
                 name,
-                LoadFailure::Config("a plugin with this name is already loaded".into()),
+                LoadFailure::Config(
+                    "a plugin with this name is already loaded; reload it instead".into(),
+                ),
             ));
         }
+        let loaded = self.compile(spec.clone()).await?;
+        let details = loaded.details.clone();
+        let slot = {
+            let mut plugins = self.write_plugins();
+            if plugins.contains_key(&name) {
+                return Err(LoadError::new(
+                    name,
+                    LoadFailure::Config("a plugin with this name was loaded concurrently".into()),
+                ));
+            }
+            let slot = Arc::new(Slot::new(loaded, spec, self.inner.bus.options.queue));
+            plugins.insert(name, Arc::clone(&slot));
+            slot
+        };
+        self.start_delivery(&slot);
+        Ok(details)
+    }
+
+    /// Verifies, compiles, links and describes a plugin without registering
+    /// it.
+    async fn compile(&self, spec: PluginSpec) -> Result<Arc<LoadedPlugin>, LoadError> {
         let context = LoadContext {
             engine: &self.inner.engine,
             linker: &self.inner.linker,
@@ -219,25 +290,16 @@ impl Host {
         };
         if spec.grants.kv.is_some() && !self.inner.persistent_kv {
             tracing::warn!(
-                plugin = %name,
+                plugin = %spec.name(),
                 "the host has no data directory: this plugin's key-value data will not survive a restart"
             );
         }
-        let loaded = load::load(&context, spec).await?;
-        let details = loaded.details.clone();
-        let mut plugins = self.write_plugins();
-        if plugins.contains_key(&name) {
-            return Err(LoadError::new(
-                name,
-                LoadFailure::Config("a plugin with this name was loaded concurrently".into()),
-            ));
-        }
-        plugins.insert(name, loaded);
-        Ok(details)
+        load::load(&context, spec).await
     }
 
-    /// Loads every plugin of a policy. A plugin that fails to load does not
-    /// stop the others: the failures are returned, the rest are serving.
+    /// Loads every plugin and pipeline of a policy. A plugin that fails to
+    /// load does not stop the others: the failures are returned, the rest
+    /// are serving.
     pub async fn load_policy(&self, policy: &Policy) -> Vec<LoadError> {
         let mut failures = Vec::new();
         for name in policy.plugins.keys() {
@@ -249,42 +311,58 @@ impl Host {
                 failures.push(err);
             }
         }
+        for (name, stages) in &policy.pipelines {
+            self.define_pipeline(name, stages.clone());
+        }
         failures
     }
 
-    /// Calls a loaded plugin's `handle` with `request`.
-    pub async fn call(&self, plugin: &str, request: Request) -> Result<CallOutcome, CallError> {
-        let Some(loaded) = self.plugin(plugin) else {
-            return Err(CallError::new(plugin, CallFailure::UnknownPlugin));
-        };
-        loaded.call(request).await
+    /// Defines (or replaces) a pipeline: calling it calls `stages` in order.
+    pub fn define_pipeline(&self, name: &str, stages: Vec<String>) {
+        self.inner
+            .pipelines
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                name.to_owned(),
+                Pipeline {
+                    name: name.to_owned(),
+                    stages,
+                },
+            );
     }
 
-    /// Facts about every loaded plugin, by name.
-    pub fn plugins(&self) -> Vec<PluginDetails> {
-        let plugins = self.inner.plugins.read().unwrap_or_else(|p| p.into_inner());
-        plugins.values().map(|p| p.details.clone()).collect()
+    /// Every defined pipeline.
+    pub fn pipelines(&self) -> Vec<Pipeline> {
+        let pipelines = self
+            .inner
+            .pipelines
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        pipelines.values().cloned().collect()
     }
 
-    /// Facts about one loaded plugin.
-    pub fn details(&self, plugin: &str) -> Option<PluginDetails> {
-        self.plugin(plugin).map(|p| p.details.clone())
+    /// The metrics of every plugin, in Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        let live: Vec<(String, usize)> = self
+            .slots()
+            .iter()
+            .map(|slot| (slot.name.to_string(), slot.current().live_instances()))
+            .collect();
+        self.inner.metrics.render(&live)
     }
 
-    /// Removes a plugin; calls already running finish. Returns whether it was
-    /// loaded.
-    pub fn unload(&self, plugin: &str) -> bool {
-        self.write_plugins().remove(plugin).is_some()
-    }
-
-    fn plugin(&self, name: &str) -> Option<Arc<LoadedPlugin>> {
+    fn slot(&self, name: &str) -> Option<Arc<Slot>> {
         let plugins = self.inner.plugins.read().unwrap_or_else(|p| p.into_inner());
         plugins.get(name).cloned()
     }
 
-    fn write_plugins(
-        &self,
-    ) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<LoadedPlugin>>> {
+    fn slots(&self) -> Vec<Arc<Slot>> {
+        let plugins = self.inner.plugins.read().unwrap_or_else(|p| p.into_inner());
+        plugins.values().cloned().collect()
+    }
+
+    fn write_plugins(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Slot>>> {
         // The table is only ever modified by single inserts and removals, so
         // a panic elsewhere cannot leave it half-updated.
         self.inner

@@ -1,22 +1,26 @@
-//! A loaded plugin and its call path: one store per instance, limits set
-//! before any guest code runs, every failure classified.
+//! One loaded version of a plugin and its call path: instances come from a
+//! pre-instantiated component, run `init` once, serve calls until
+//! `recycle_after` is reached (or at once after any trap), and every call runs
+//! under the plugin's limits with every failure classified.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::{Semaphore, SemaphorePermit};
-use wasmtime::Engine;
+use wasmtime::{Engine, Store};
 
 use crate::artifact::ComponentSummary;
-use crate::contract::{PluginError, PluginInfo, PluginPre, Request, Response};
+use crate::contract::{
+    Event, EventOutcome, PluginBindings, PluginError, PluginInfo, PluginPre, Request, Response,
+};
 use crate::error::{CallError, CallFailure, OutputStream};
 use crate::limits::{FailureContext, Limits, classify};
 use crate::services::events::PublishedEvent;
 use crate::services::log::{LogRecord, LogSink};
 use crate::services::{Grants, PreparedGrants};
-use crate::store::{StoreSetup, StoreState, fuel_used, new_store};
+use crate::store::{StoreSetup, StoreState, fuel_used, new_store, refuel};
 
 /// A successful call: the plugin's response, what it logged and published,
 /// and what the call cost.
@@ -37,13 +41,16 @@ pub struct CallOutcome {
 pub struct CallStats {
     /// Wall-clock time from admission to result, excluding time queued.
     pub duration: Duration,
-    /// Fuel the plugin burned, instantiation and `init` included. `None` when
-    /// the plugin trapped or was cut off (other than by running out of fuel,
-    /// which reports the whole budget): wasmtime cannot tell how much fuel an
-    /// interrupted function had burned.
+    /// Fuel the call burned (a fresh instance's `init` has a budget of its
+    /// own). `None` when the plugin trapped or was cut off (other than by
+    /// running out of fuel, which reports the whole budget): wasmtime cannot
+    /// tell how much fuel an interrupted function had burned.
     pub fuel_used: Option<u64>,
     /// `log` calls refused because the per-call log budget was spent.
     pub logs_refused: usize,
+    /// Whether the call ran on a fresh instance (instantiated and `init`ed
+    /// for it) rather than a warm one from the pool.
+    pub fresh_instance: bool,
 }
 
 /// Public facts about a loaded plugin.
@@ -80,19 +87,21 @@ fn serialize_info<S: serde::Serializer>(info: &PluginInfo, s: S) -> Result<S::Ok
     out.end()
 }
 
-/// One call into a fresh instance: which export to invoke after `init`.
+/// Which export to invoke.
 pub(crate) enum Invocation {
     Describe,
     Handle(Request),
+    Event(Event),
 }
 
 /// What the invoked export returned.
 pub(crate) enum Returned {
     Info(PluginInfo),
     Handled(Result<Response, PluginError>),
+    Event(Result<EventOutcome, PluginError>),
 }
 
-/// The result of [`LoadedPlugin::invoke`], with the log and cost either way.
+/// The result of [`LoadedPlugin::run`], with the log and cost either way.
 pub(crate) struct Invoked {
     pub(crate) result: Result<Returned, CallFailure>,
     pub(crate) logs: Vec<LogRecord>,
@@ -100,7 +109,72 @@ pub(crate) struct Invoked {
     pub(crate) stats: CallStats,
 }
 
-/// A compiled, linked, described plugin ready to serve calls.
+/// One live instance: its store, its exports, its log sink and how many
+/// calls it has served.
+struct Instance {
+    store: Store<StoreState>,
+    bindings: PluginBindings,
+    sink: Arc<LogSink>,
+    calls: u32,
+    _live: LiveGuard,
+}
+
+/// Counts live instances of a plugin version; the count drops with the
+/// instance, however it ends.
+struct LiveGuard(Arc<AtomicUsize>);
+
+impl LiveGuard {
+    fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        LiveGuard(Arc::clone(counter))
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Why a fresh instance could not be made ready.
+enum SetupError {
+    /// The host could not build the store (e.g. a mount vanished).
+    Host(String),
+    /// Instantiation or `init` trapped.
+    Wasm(wasmtime::Error),
+    /// `init` returned an error.
+    Init(PluginError),
+}
+
+impl Instance {
+    /// Resets the per-call state: fuel, deadline, log budget, event list,
+    /// HTTP request count.
+    fn prepare(&mut self, limits: &Limits, deadline: Instant) {
+        refuel(&mut self.store, limits);
+        self.store.set_epoch_deadline(1);
+        let state = self.store.data_mut();
+        state.deadline = deadline;
+        state.events.published.clear();
+        state.events.budget = limits.max_response_bytes;
+        state.http_hooks.sent = 0;
+    }
+
+    async fn invoke(&mut self, invocation: Invocation) -> wasmtime::Result<Returned> {
+        let handler = self.bindings.capsule_plugin_handler();
+        let store = &mut self.store;
+        Ok(match invocation {
+            Invocation::Describe => Returned::Info(handler.call_describe(store).await?),
+            Invocation::Handle(request) => {
+                Returned::Handled(handler.call_handle(store, &request).await?)
+            }
+            Invocation::Event(event) => {
+                Returned::Event(handler.call_on_event(store, &event).await?)
+            }
+        })
+    }
+}
+
+/// A compiled, linked, described plugin version ready to serve calls.
 pub(crate) struct LoadedPlugin {
     pub(crate) name: Arc<str>,
     pub(crate) details: PluginDetails,
@@ -109,6 +183,11 @@ pub(crate) struct LoadedPlugin {
     pub(crate) grants: Arc<PreparedGrants>,
     slots: Semaphore,
     queued: AtomicUsize,
+    idle: Mutex<Vec<Instance>>,
+    live: Arc<AtomicUsize>,
+    /// Set once a newer version replaced this one or the plugin is shutting
+    /// down: instances are no longer kept for reuse.
+    retired: AtomicBool,
 }
 
 impl LoadedPlugin {
@@ -123,17 +202,25 @@ impl LoadedPlugin {
             grants,
             slots: Semaphore::new(details.limits.max_instances.max(1)),
             queued: AtomicUsize::new(0),
+            idle: Mutex::new(Vec::new()),
+            live: Arc::new(AtomicUsize::new(0)),
+            retired: AtomicBool::new(false),
             engine,
             pre,
             details,
         }
     }
 
-    fn limits(&self) -> &Limits {
+    pub(crate) fn limits(&self) -> &Limits {
         &self.details.limits
     }
 
-    /// Serves one request on a fresh instance.
+    /// Instances alive now (idle in the pool or serving a call).
+    pub(crate) fn live_instances(&self) -> usize {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// Serves one request.
     pub(crate) async fn call(&self, request: Request) -> Result<CallOutcome, CallError> {
         let limits = self.limits();
         let size = request.size();
@@ -144,7 +231,7 @@ impl LoadedPlugin {
             }));
         }
         let _slot = self.admit().await.map_err(|cause| self.error(cause))?;
-        let invoked = self.invoke(Invocation::Handle(request)).await;
+        let invoked = self.run(Invocation::Handle(request)).await;
         let failure = match invoked.result {
             Ok(Returned::Handled(Ok(response))) => {
                 if response.size() > limits.max_response_bytes {
@@ -162,7 +249,7 @@ impl LoadedPlugin {
                 }
             }
             Ok(Returned::Handled(Err(plugin_error))) => CallFailure::Plugin(plugin_error),
-            Ok(Returned::Info(_)) => unreachable!("a handle invocation returns a response"),
+            Ok(_) => unreachable!("a handle invocation returns a response"),
             Err(failure) => failure,
         };
         Err(CallError {
@@ -171,6 +258,25 @@ impl LoadedPlugin {
             logs: invoked.logs,
             stats: invoked.stats,
         })
+    }
+
+    /// Delivers one event to `on-event`, under the same limits as a call.
+    pub(crate) async fn deliver(
+        &self,
+        event: Event,
+    ) -> (Result<EventOutcome, CallFailure>, Vec<PublishedEvent>) {
+        let _slot = match self.admit().await {
+            Ok(slot) => slot,
+            Err(failure) => return (Err(failure), Vec::new()),
+        };
+        let invoked = self.run(Invocation::Event(event)).await;
+        let outcome = match invoked.result {
+            Ok(Returned::Event(Ok(outcome))) => Ok(outcome),
+            Ok(Returned::Event(Err(plugin_error))) => Err(CallFailure::Plugin(plugin_error)),
+            Ok(_) => unreachable!("an event invocation returns an outcome"),
+            Err(failure) => Err(failure),
+        };
+        (outcome, invoked.events)
     }
 
     /// Waits for a free instance slot, or fails as `busy` when the queue is
@@ -196,74 +302,97 @@ impl LoadedPlugin {
         }
     }
 
-    /// Instantiates the plugin in a new store, runs `init`, then the
-    /// invocation, all under the plugin's limits.
-    pub(crate) async fn invoke(&self, invocation: Invocation) -> Invoked {
-        let limits = self.limits();
-        let sink = Arc::new(LogSink::new(Arc::clone(&self.name), limits.max_log_bytes));
-        let started = Instant::now();
+    fn take_idle(&self) -> Option<Instance> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    /// Keeps a healthy instance for the next call, unless it has served its
+    /// `recycle_after` calls or this version is retired.
+    fn recycle(&self, instance: Instance) {
+        if instance.calls >= self.limits().recycle_after || self.retired.load(Ordering::Acquire) {
+            return;
+        }
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(instance);
+    }
+
+    /// A new instance: a store under the plugin's limits and grants,
+    /// instantiated from the pre-linked component, with `init` run.
+    async fn instantiate(
+        &self,
+        sink: &Arc<LogSink>,
+        deadline: Instant,
+    ) -> Result<Instance, SetupError> {
         let setup = StoreSetup {
             engine: &self.engine,
             grants: &self.grants,
-            limits,
-            sink: &sink,
+            limits: self.limits(),
+            sink,
         };
-        let mut store = match new_store(&setup, started + limits.timeout) {
-            Ok(store) => store,
-            Err(reason) => {
-                return Invoked {
-                    result: Err(CallFailure::Host(reason)),
-                    logs: Vec::new(),
-                    events: Vec::new(),
-                    stats: CallStats::default(),
-                };
-            }
+        let live = LiveGuard::new(&self.live);
+        let mut store = new_store(&setup, deadline).map_err(SetupError::Host)?;
+        let bindings = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(SetupError::Wasm)?;
+        bindings
+            .capsule_plugin_handler()
+            .call_init(&mut store)
+            .await
+            .map_err(SetupError::Wasm)?
+            .map_err(SetupError::Init)?;
+        Ok(Instance {
+            store,
+            bindings,
+            sink: Arc::clone(sink),
+            calls: 0,
+            _live: live,
+        })
+    }
+
+    /// Runs one invocation on a warm instance, or on a fresh one, under the
+    /// plugin's deadline. A trapped or timed-out instance is dropped.
+    pub(crate) async fn run(&self, invocation: Invocation) -> Invoked {
+        let limits = self.limits();
+        let started = Instant::now();
+        let deadline = started + limits.timeout;
+        let pooled = self.take_idle();
+        let fresh = pooled.is_none();
+        // `describe` at load is not a call; it does not count toward
+        // `recycle_after`.
+        let counts = !matches!(invocation, Invocation::Describe);
+        let sink = match &pooled {
+            Some(instance) => Arc::clone(&instance.sink),
+            None => Arc::new(LogSink::new(Arc::clone(&self.name), limits.max_log_bytes)),
         };
-        let work = async move {
-            let result = async {
-                let plugin = self.pre.instantiate_async(&mut store).await?;
-                let handler = plugin.capsule_plugin_handler();
-                if let Err(err) = handler.call_init(&mut store).await? {
-                    return Ok(Err(err));
-                }
-                Ok(Ok(match invocation {
-                    Invocation::Describe => {
-                        Returned::Info(handler.call_describe(&mut store).await?)
-                    }
-                    Invocation::Handle(request) => {
-                        Returned::Handled(handler.call_handle(&mut store, &request).await?)
-                    }
-                }))
-            }
-            .await;
-            let fuel = fuel_used(&store, limits);
-            let events = std::mem::take(&mut store.data_mut().events.published);
-            (result, fuel, events)
+        sink.begin_call(limits.max_log_bytes);
+        let work = async {
+            let mut instance = match pooled {
+                Some(instance) => instance,
+                None => self.instantiate(&sink, deadline).await?,
+            };
+            instance.prepare(limits, deadline);
+            let result = instance.invoke(invocation).await;
+            Ok::<_, SetupError>((instance, result))
         };
         // The epoch callback stops guest code at the deadline; this outer
-        // timeout also bounds time spent blocked inside host calls.
+        // timeout also bounds time spent blocked inside host calls. Dropping
+        // the future drops the instance with it.
         let (result, fuel, events) = match tokio::time::timeout(limits.timeout, work).await {
-            Ok((Ok(Ok(returned)), fuel, events)) => (Ok(returned), Some(fuel), events),
-            Ok((Ok(Err(init_error)), fuel, _)) => {
-                (Err(init_failed(init_error)), Some(fuel), Vec::new())
+            Ok(Ok((mut instance, Ok(returned)))) => {
+                let fuel = fuel_used(&instance.store, limits);
+                let events = std::mem::take(&mut instance.store.data_mut().events.published);
+                instance.calls += u32::from(counts);
+                self.recycle(instance);
+                (Ok(returned), Some(fuel), events)
             }
-            Ok((Err(err), _, _)) => {
-                let stderr = sink.stderr_tail();
-                let context = FailureContext {
-                    limits,
-                    stderr_tail: Some(&stderr),
-                    max_instances: limits.max_instances,
-                };
-                let failure = classify(&err, &context);
-                // Compiled code keeps its fuel counter in a register and does
-                // not write it back when it is interrupted, so after a trap the
-                // store's counter is stale. Only an exhausted budget is exact.
-                let fuel = match failure {
-                    CallFailure::OutOfFuel { limit } => Some(limit),
-                    _ => None,
-                };
-                (Err(failure), fuel, Vec::new())
-            }
+            Ok(Ok((_trapped, Err(err)))) => (Err(self.classify(&err, &sink)), None, Vec::new()),
+            Ok(Err(SetupError::Wasm(err))) => (Err(self.classify(&err, &sink)), None, Vec::new()),
+            Ok(Err(SetupError::Init(err))) => (Err(init_failed(err)), None, Vec::new()),
+            Ok(Err(SetupError::Host(reason))) => (Err(CallFailure::Host(reason)), None, Vec::new()),
             Err(_elapsed) => (
                 Err(CallFailure::Timeout {
                     limit: limits.timeout,
@@ -271,6 +400,13 @@ impl LoadedPlugin {
                 None,
                 Vec::new(),
             ),
+        };
+        // Compiled code keeps its fuel counter in a register and does not
+        // write it back when interrupted, so after a trap the store's counter
+        // is stale. Only an exhausted budget is exact.
+        let fuel = match &result {
+            Err(CallFailure::OutOfFuel { limit }) => Some(*limit),
+            _ => fuel,
         };
         let log = sink.end_call();
         Invoked {
@@ -281,11 +417,56 @@ impl LoadedPlugin {
                 duration: started.elapsed(),
                 fuel_used: fuel,
                 logs_refused: log.refused,
+                fresh_instance: fresh,
             },
         }
     }
 
-    fn error(&self, cause: CallFailure) -> CallError {
+    fn classify(&self, err: &wasmtime::Error, sink: &LogSink) -> CallFailure {
+        let stderr = sink.stderr_tail();
+        let limits = self.limits();
+        classify(
+            err,
+            &FailureContext {
+                limits,
+                stderr_tail: Some(&stderr),
+                max_instances: limits.max_instances,
+            },
+        )
+    }
+
+    /// Stops keeping instances: idle ones get their `shutdown` export called
+    /// (each bounded by `deadline`) and are dropped; busy ones are dropped
+    /// when their call ends.
+    pub(crate) async fn retire(&self, deadline: Duration) {
+        self.retired.store(true, Ordering::Release);
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
+        for mut instance in idle {
+            let until = Instant::now() + deadline;
+            instance.store.data_mut().deadline = until;
+            instance.store.set_epoch_deadline(1);
+            refuel(&mut instance.store, self.limits());
+            let handler = instance.bindings.capsule_plugin_handler();
+            let shutdown = handler.call_shutdown(&mut instance.store);
+            if let Ok(Err(err)) | Err(err) = tokio::time::timeout(deadline, shutdown)
+                .await
+                .map_err(|_| wasmtime::Error::msg("shutdown timed out"))
+            {
+                tracing::warn!(plugin = %self.name, error = %crate::error::chain(&err), "plugin shutdown failed");
+            }
+        }
+    }
+
+    /// Waits until no call holds an instance slot, or `deadline` passes.
+    pub(crate) async fn drain(&self, deadline: Duration) -> bool {
+        let all = u32::try_from(self.limits().max_instances.max(1)).unwrap_or(u32::MAX);
+        matches!(
+            tokio::time::timeout(deadline, self.slots.acquire_many(all)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    pub(crate) fn error(&self, cause: CallFailure) -> CallError {
         CallError::new(self.name.to_string(), cause)
     }
 }

@@ -83,6 +83,14 @@ impl LogSink {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Starts a new call with a fresh budget of `limit` bytes.
+    pub(crate) fn begin_call(&self, limit: usize) {
+        *self.lock() = LogBuffer {
+            limit,
+            ..LogBuffer::default()
+        };
+    }
+
     /// Ends a call: flushes unterminated stdout/stderr lines and hands back
     /// what was logged.
     pub(crate) fn end_call(&self) -> CallLog {

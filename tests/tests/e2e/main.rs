@@ -17,6 +17,7 @@ mod kv_counter;
 mod limits;
 mod malformed;
 mod panic;
+mod runtime;
 mod sandbox;
 mod signing;
 mod slow_host_calls;

@@ -17,7 +17,8 @@ pub const LOAD_REFUSED: u8 = 3;
 /// The plugin ran and returned its own error.
 pub const PLUGIN_ERROR: u8 = 4;
 /// The sandbox stopped the plugin at a limit (fuel, time, memory, stack,
-/// output, input, busy).
+/// output, input, busy) or the host declined to serve it now (paused,
+/// circuit open, rejected by middleware).
 pub const LIMIT: u8 = 5;
 /// The plugin trapped (a panic or another fault) or is unknown.
 pub const TRAP: u8 = 6;
@@ -37,6 +38,7 @@ pub fn code_for(kind: ErrorKind) -> u8 {
         | ErrorKind::InitFailed => LOAD_REFUSED,
         ErrorKind::PluginError => PLUGIN_ERROR,
         ErrorKind::Trap | ErrorKind::UnknownPlugin => TRAP,
+        ErrorKind::Paused | ErrorKind::CircuitOpen | ErrorKind::Rejected => LIMIT,
         kind if kind.is_limit() => LIMIT,
         _ => HOST,
     }

@@ -5,6 +5,7 @@ mod check;
 mod exit;
 mod inspect;
 mod keys;
+mod new;
 mod run;
 
 use std::process::ExitCode;
@@ -33,6 +34,8 @@ enum Command {
     Sign(keys::SignArgs),
     /// Check a plugin's signature against trusted keys.
     Verify(keys::VerifyArgs),
+    /// Create a new plugin crate that builds outside this repository.
+    New(new::NewArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         Command::Keygen(args) => keys::keygen(args),
         Command::Sign(args) => keys::sign(args),
         Command::Verify(args) => keys::verify(args),
+        Command::New(args) => new::new(args),
     }
 }
 

@@ -1,0 +1,556 @@
+//! `capsule new`: scaffold a plugin crate that builds on its own, outside this
+//! repository, with `cargo build` (wasm32-wasip2) or `cargo component build`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use capsule_host::artifact::inspect::version_compatible;
+use capsule_host::{CONTRACT_PACKAGE, CONTRACT_VERSION};
+use clap::Args;
+
+use crate::exit;
+
+/// The guest SDK of the checkout this binary was built from.
+const DEFAULT_SDK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../guest-sdk");
+
+/// Arguments of `capsule new`.
+#[derive(Args)]
+pub struct NewArgs {
+    /// The plugin's crate name: ASCII letters, digits, `-` and `_`, starting
+    /// with a letter, e.g. `demo-plugin`.
+    name: String,
+    /// The directory to create the plugin in; the crate goes to DIR/NAME,
+    /// which must not exist yet.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    path: PathBuf,
+    /// The guest SDK crate (`capsule-guest`) the plugin depends on, by path.
+    /// Defaults to the SDK of the Capsule checkout this `capsule` was built
+    /// from.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SDK)]
+    sdk: PathBuf,
+}
+
+/// Runs `capsule new`.
+pub fn new(args: NewArgs) -> ExitCode {
+    if let Err(message) = validate_crate_name(&args.name) {
+        return fail(exit::USAGE, "config", &message);
+    }
+    let sdk = match locate_sdk(&args.sdk) {
+        Ok(sdk) => sdk,
+        Err(message) => return fail(exit::USAGE, "config", &message),
+    };
+    if !version_compatible(&sdk.contract_version) {
+        eprintln!(
+            "warning: the SDK at {} targets {CONTRACT_PACKAGE}@{}, but this capsule serves \
+             {CONTRACT_PACKAGE}@{CONTRACT_VERSION}: it will refuse plugins built with it",
+            sdk.dir.display(),
+            sdk.contract_version
+        );
+    }
+    let dest = args.path.join(&args.name);
+    let files = match render(&args.name, &sdk) {
+        Ok(files) => files,
+        Err(message) => return fail(exit::USAGE, "config", &message),
+    };
+    match create(&args.path, &dest, &files) {
+        Ok(()) => {}
+        Err(CreateError::Exists) => {
+            return fail(
+                exit::USAGE,
+                "config",
+                &format!(
+                    "{} already exists; `capsule new` never overwrites anything \
+                     (choose another NAME or --path)",
+                    dest.display()
+                ),
+            );
+        }
+        Err(CreateError::Io(message)) => return fail(exit::HOST, "io", &message),
+    }
+
+    let crate_file = args.name.replace('-', "_");
+    println!(
+        "created plugin `{}` in {} (SDK {}, contract {CONTRACT_PACKAGE}@{})",
+        args.name,
+        dest.display(),
+        sdk.dir.display(),
+        sdk.contract_version
+    );
+    println!();
+    println!("next:");
+    println!("  cd {}", dest.display());
+    println!("  cargo build --release          # or: cargo component build --release");
+    println!("  capsule keygen --out dev");
+    println!(
+        "  capsule sign target/wasm32-wasip2/release/{crate_file}.wasm --key dev.key --output {}.wasm",
+        args.name
+    );
+    println!(
+        "  capsule run {}.wasm --trust dev.pub --op greet --input '{{\"name\":\"Ada\"}}'",
+        args.name
+    );
+    exit::code(exit::OK)
+}
+
+fn fail(code: u8, kind: &str, message: &str) -> ExitCode {
+    eprintln!("error [{kind}]: {message}");
+    exit::code(code)
+}
+
+/// Refuses names cargo would refuse (or that would clash with the plugin's
+/// own dependencies), and names the host would not accept for the plugin.
+fn validate_crate_name(name: &str) -> Result<(), String> {
+    const RULE: &str = "use 1-64 ASCII letters, digits, `-` and `_`, starting with a letter";
+    let Some(first) = name.chars().next() else {
+        return Err(format!("the plugin name is empty: {RULE}"));
+    };
+    if name.len() > 64 {
+        return Err(format!("`{name}` is longer than 64 characters: {RULE}"));
+    }
+    if !first.is_ascii_alphabetic() {
+        return Err(format!(
+            "`{name}` is not a valid crate name: it must start with a letter ({RULE})"
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_')))
+    {
+        return Err(format!(
+            "`{name}` is not a valid crate name: {bad:?} is not allowed ({RULE})"
+        ));
+    }
+    let ident = name.replace('-', "_");
+    if RUST_KEYWORDS.contains(&ident.as_str()) {
+        return Err(format!(
+            "`{name}` is a Rust keyword, which cannot name a crate; choose another name"
+        ));
+    }
+    let lower = ident.to_ascii_lowercase();
+    if ["std", "core", "alloc", "proc_macro", "test"].contains(&lower.as_str()) {
+        return Err(format!(
+            "`{name}` conflicts with a Rust built-in library; choose another name"
+        ));
+    }
+    if ["capsule_guest", "serde"].contains(&lower.as_str()) {
+        return Err(format!(
+            "`{name}` is the name of one of the plugin's dependencies; choose another name"
+        ));
+    }
+    if ["deps", "examples", "build", "incremental"].contains(&lower.as_str()) {
+        return Err(format!(
+            "`{name}` is reserved by cargo for its build folders; choose another name"
+        ));
+    }
+    let windows_reserved = matches!(lower.as_str(), "con" | "prn" | "aux" | "nul")
+        || ((lower.starts_with("com") || lower.starts_with("lpt"))
+            && lower.len() == 4
+            && lower.as_bytes()[3].is_ascii_digit());
+    if windows_reserved {
+        return Err(format!(
+            "`{name}` is a reserved file name on Windows; choose another name"
+        ));
+    }
+    Ok(())
+}
+
+/// Rust's strict and reserved keywords (as cargo refuses them).
+const RUST_KEYWORDS: &[&str] = &[
+    "Self", "abstract", "as", "async", "await", "become", "box", "break", "const", "continue",
+    "crate", "do", "dyn", "else", "enum", "extern", "false", "final", "fn", "for", "gen", "if",
+    "impl", "in", "let", "loop", "macro", "match", "mod", "move", "mut", "override", "priv", "pub",
+    "ref", "return", "self", "static", "struct", "super", "trait", "true", "try", "type", "typeof",
+    "unsafe", "unsized", "use", "virtual", "where", "while", "yield",
+];
+
+/// The guest SDK a scaffold depends on.
+struct Sdk {
+    /// The `capsule-guest` crate's directory, absolute.
+    dir: PathBuf,
+    /// Its shipped WIT folder, absolute.
+    wit: PathBuf,
+    /// The `capsule:plugin` version its WIT declares.
+    contract_version: String,
+}
+
+/// Checks that `path` is the `capsule-guest` crate with its WIT, and makes
+/// it absolute so the scaffold builds from anywhere.
+fn locate_sdk(path: &Path) -> Result<Sdk, String> {
+    let hint = "pass --sdk PATH pointing at the `guest-sdk` folder of a Capsule checkout";
+    let dir = std::fs::canonicalize(path)
+        .map_err(|err| format!("the guest SDK {} is not there ({err}); {hint}", path.display()))?;
+    let manifest = dir.join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest)
+        .map_err(|err| format!("cannot read {} ({err}); {hint}", manifest.display()))?;
+    let is_sdk = text
+        .lines()
+        .any(|line| line.replace(' ', "") == "name=\"capsule-guest\"");
+    if !is_sdk {
+        return Err(format!(
+            "{} is not the `capsule-guest` crate; {hint}",
+            manifest.display()
+        ));
+    }
+    let wit = dir.join("wit");
+    let wit_file = wit.join("plugin.wit");
+    let contract = std::fs::read_to_string(&wit_file)
+        .map_err(|err| format!("cannot read the SDK's contract {} ({err})", wit_file.display()))?;
+    let prefix = format!("package {CONTRACT_PACKAGE}@");
+    let contract_version = contract
+        .lines()
+        .find_map(|line| line.trim().strip_prefix(&prefix))
+        .map(|rest| rest.trim_end_matches(';').trim().to_owned())
+        .ok_or_else(|| {
+            format!(
+                "{} does not declare `package {CONTRACT_PACKAGE}@VERSION;`",
+                wit_file.display()
+            )
+        })?;
+    for (what, path) in [("SDK", &dir), ("WIT", &wit)] {
+        if path.to_str().is_none() {
+            return Err(format!(
+                "the {what} path {} is not UTF-8, which Cargo.toml cannot hold",
+                path.display()
+            ));
+        }
+    }
+    Ok(Sdk {
+        dir,
+        wit,
+        contract_version,
+    })
+}
+
+/// Why the crate could not be created.
+enum CreateError {
+    /// The destination exists; nothing was touched.
+    Exists,
+    /// Creating or writing failed; whatever was created is removed again.
+    Io(String),
+}
+
+/// Creates `dest` (which must not exist) and writes `files` into it. On a
+/// failure after creating `dest`, removes it again.
+fn create(parent: &Path, dest: &Path, files: &[(&str, String)]) -> Result<(), CreateError> {
+    if dest.symlink_metadata().is_ok() {
+        return Err(CreateError::Exists);
+    }
+    std::fs::create_dir_all(parent)
+        .map_err(|err| CreateError::Io(format!("cannot create {}: {err}", parent.display())))?;
+    // `create_dir` (not `_all`) fails if something appeared meanwhile, so an
+    // existing directory is never written into.
+    match std::fs::create_dir(dest) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(CreateError::Exists);
+        }
+        Err(err) => {
+            return Err(CreateError::Io(format!(
+                "cannot create {}: {err}",
+                dest.display()
+            )));
+        }
+    }
+    let written = files.iter().try_for_each(|(relative, contents)| {
+        let path = dest.join(relative);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
+        }
+        std::fs::write(&path, contents)
+            .map_err(|err| format!("cannot write {}: {err}", path.display()))
+    });
+    written.map_err(|message| {
+        let _ = std::fs::remove_dir_all(dest);
+        CreateError::Io(message)
+    })
+}
+
+/// The scaffold's files, relative to its directory.
+fn render(name: &str, sdk: &Sdk) -> Result<Vec<(&'static str, String)>, String> {
+    let sdk_dir = sdk.dir.to_str().ok_or("the SDK path is not UTF-8")?;
+    let wit_dir = sdk.wit.to_str().ok_or("the WIT path is not UTF-8")?;
+    let fill = |template: &str| {
+        template
+            .replace("__NAME__", name)
+            .replace("__CRATE__", &name.replace('-', "_"))
+            .replace("__TYPE__", &type_name(name))
+            .replace("__SDK_TOML__", &toml_string(sdk_dir))
+            .replace("__WIT_TOML__", &toml_string(wit_dir))
+            .replace("__SDK__", sdk_dir)
+            .replace("__CONTRACT__", &sdk.contract_version)
+    };
+    Ok(vec![
+        ("Cargo.toml", fill(CARGO_TOML)),
+        ("src/lib.rs", fill(LIB_RS)),
+        (".cargo/config.toml", fill(CARGO_CONFIG)),
+        (".gitignore", fill(GITIGNORE)),
+        ("README.md", fill(README)),
+    ])
+}
+
+/// The plugin type's name: the crate name in CamelCase, renamed if it would
+/// clash with a name the template imports or defines.
+fn type_name(name: &str) -> String {
+    let camel: String = name
+        .split(['-', '_'])
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let mut chars = part.chars();
+            let first = chars.next().map(|c| c.to_ascii_uppercase());
+            first.into_iter().chain(chars).collect::<String>()
+        })
+        .collect();
+    const TAKEN: &[&str] = &[
+        "Plugin",
+        "PluginError",
+        "Request",
+        "Response",
+        "GreetIn",
+        "GreetOut",
+    ];
+    if TAKEN.contains(&camel.as_str()) {
+        format!("{camel}Handler")
+    } else {
+        camel
+    }
+}
+
+/// `text` as a TOML basic string, quotes included.
+fn toml_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+const CARGO_TOML: &str = r#"[package]
+name = "__NAME__"
+version = "0.1.0"
+edition = "2024"
+description = "A Capsule plugin"
+publish = false
+
+[lib]
+# A plugin is a library compiled to a WebAssembly component.
+crate-type = ["cdylib"]
+
+[dependencies]
+# The Capsule guest SDK, by path: the checkout `capsule new` was run from. To use
+# a published SDK instead, replace this line with a registry or git dependency,
+# for example
+#   capsule-guest = "0.1"
+#   capsule-guest = { git = "https://github.com/capsule-rs/capsule", tag = "v0.1.0" }
+# and change `target` below to a copy of that SDK's `wit/` folder (the SDK also
+# exposes the contract as `capsule_guest::CONTRACT_WIT`).
+capsule-guest = { path = __SDK_TOML__ }
+serde = { version = "1", features = ["derive"] }
+
+# For `cargo component build`: the world this plugin implements, read from the
+# SDK's own copy of the contract (capsule:plugin@__CONTRACT__), so nothing comes
+# from a component registry. cargo-component writes bindings for this world to
+# src/bindings.rs; the plugin uses the SDK's bindings instead, so that file is
+# unused and git-ignored.
+[package.metadata.component]
+target = { path = __WIT_TOML__, world = "plugin" }
+
+[profile.release]
+lto = true
+strip = "debuginfo"
+
+# This crate is a workspace of its own, even inside another project's folder.
+[workspace]
+"#;
+
+const LIB_RS: &str = r#"//! __NAME__: a Capsule plugin.
+//!
+//! - `greet` with `{"name": "Ada"}` answers `{"greeting": "Hello, Ada!"}`. The
+//!   operator can change the greeting word with the config value `greeting`.
+//! - Any other operation is answered with `PluginError::Unsupported`.
+
+use capsule_guest::{Plugin, PluginError, Request, Response, config, export_plugin, log};
+use serde::{Deserialize, Serialize};
+
+/// The input of `greet`.
+#[derive(Deserialize)]
+struct GreetIn {
+    name: String,
+}
+
+/// The output of `greet`.
+#[derive(Serialize)]
+struct GreetOut {
+    greeting: String,
+}
+
+fn greet(input: GreetIn) -> Result<GreetOut, PluginError> {
+    if input.name.trim().is_empty() {
+        return Err(PluginError::invalid_input("`name` must not be empty"));
+    }
+    // `?` turns a denied or failed host service into a `PluginError`.
+    let word = config::get("greeting")?.unwrap_or_else(|| "Hello".to_owned());
+    log::info!("greeting {}", input.name);
+    Ok(GreetOut {
+        greeting: format!("{word}, {}!", input.name),
+    })
+}
+
+struct __TYPE__;
+
+impl Plugin for __TYPE__ {
+    fn handle(request: Request) -> Result<Response, PluginError> {
+        request
+            .dispatch()
+            // JSON in, JSON out; a payload that does not parse as `GreetIn`
+            // is answered with `PluginError::InvalidInput`.
+            .json("greet", greet)
+            .finish()
+    }
+}
+
+export_plugin!(__TYPE__);
+"#;
+
+const CARGO_CONFIG: &str = r#"# `cargo build` builds this plugin as a WebAssembly component (WASI 0.2).
+# Install the target once with `rustup target add wasm32-wasip2`.
+#
+# `cargo component build` uses this target too (the output is a component
+# already). For cargo-component's classic path, a core module turned into a
+# component with the WASI preview 1 adapter, pass `--target wasm32-wasip1`.
+[build]
+target = "wasm32-wasip2"
+"#;
+
+const GITIGNORE: &str = r#"/target
+# Built and signed components, detached signatures and secret signing keys.
+*.wasm
+*.sig
+*.key
+# Written by `cargo component build`; this plugin uses the SDK's bindings.
+/src/bindings.rs
+"#;
+
+const README: &str = r#"# __NAME__
+
+A [Capsule](https://github.com/capsule-rs/capsule) plugin, built against the
+contract `capsule:plugin@__CONTRACT__` with the guest SDK at `__SDK__`.
+
+## Build
+
+With plain cargo (the target is set in `.cargo/config.toml`):
+
+```sh
+rustup target add wasm32-wasip2
+cargo build --release
+# -> target/wasm32-wasip2/release/__CRATE__.wasm
+```
+
+Or with [cargo-component](https://github.com/bytecodealliance/cargo-component)
+(`cargo install cargo-component --locked`), which reads the world from
+`[package.metadata.component]` in `Cargo.toml`:
+
+```sh
+cargo component build --release
+# -> target/wasm32-wasip2/release/__CRATE__.wasm
+cargo component build --release --target wasm32-wasip1
+# -> target/wasm32-wasip1/release/__CRATE__.wasm (core module + WASI adapter)
+```
+
+## Sign and run
+
+Capsule runs only plugins signed by a key it trusts. The `capsule` CLI comes
+from the Capsule repository (`cargo install --path host` in a checkout).
+
+```sh
+capsule keygen --out dev                     # dev.key (secret) and dev.pub
+capsule sign target/wasm32-wasip2/release/__CRATE__.wasm --key dev.key --output __NAME__.wasm
+capsule verify __NAME__.wasm --trust dev.pub
+capsule run __NAME__.wasm --trust dev.pub --op greet --input '{"name":"Ada"}'
+# {"greeting":"Hello, Ada!"}
+capsule run __NAME__.wasm --trust dev.pub --op greet --input '{"name":"Ada"}' \
+    --set greeting=Bonjour --json
+```
+
+`capsule inspect __NAME__.wasm` shows the contract version, imports and
+exports. To run it under a policy with grants and limits, see the Capsule
+author guide (`docs/authoring.md` in the Capsule repository).
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crate_names_follow_cargo() {
+        for good in ["demo-plugin", "x", "my_plugin2", "Greeter"] {
+            assert!(validate_crate_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "2fast",
+            "-x",
+            "_x",
+            "has space",
+            "dot.ted",
+            "ünï",
+            "fn",
+            "self",
+            "std",
+            "test",
+            "capsule-guest",
+            "serde",
+            "deps",
+            "con",
+            "com1",
+            &"a".repeat(65),
+        ] {
+            assert!(validate_crate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn type_names_are_camel_case_and_never_clash() {
+        assert_eq!(type_name("demo-plugin"), "DemoPlugin");
+        assert_eq!(type_name("http2_proxy"), "Http2Proxy");
+        assert_eq!(type_name("plugin"), "PluginHandler");
+        assert_eq!(type_name("request"), "RequestHandler");
+    }
+
+    #[test]
+    fn toml_strings_escape_quotes_and_backslashes() {
+        assert_eq!(toml_string(r#"C:\a "b""#), r#""C:\\a \"b\"""#);
+    }
+
+    #[test]
+    fn rendered_manifest_is_valid_toml_pointing_at_the_sdk() {
+        let sdk = Sdk {
+            dir: PathBuf::from("/opt/capsule \"x\"/guest-sdk"),
+            wit: PathBuf::from("/opt/capsule \"x\"/guest-sdk/wit"),
+            contract_version: "0.1.0".into(),
+        };
+        let files = render("demo-plugin", &sdk).unwrap();
+        let manifest = &files.iter().find(|(path, _)| *path == "Cargo.toml").unwrap().1;
+        let value: toml::Table = manifest.parse().unwrap();
+        assert_eq!(value["package"]["name"].as_str(), Some("demo-plugin"));
+        assert_eq!(
+            value["dependencies"]["capsule-guest"]["path"].as_str(),
+            Some("/opt/capsule \"x\"/guest-sdk")
+        );
+        assert_eq!(
+            value["package"]["metadata"]["component"]["target"]["path"].as_str(),
+            Some("/opt/capsule \"x\"/guest-sdk/wit")
+        );
+        assert!(value["workspace"].as_table().unwrap().is_empty());
+        let lib = &files.iter().find(|(path, _)| *path == "src/lib.rs").unwrap().1;
+        assert!(lib.contains("export_plugin!(DemoPlugin);"), "{lib}");
+        assert!(!files.iter().any(|(_, text)| text.contains("__")), "a placeholder is left");
+    }
+}

@@ -1,0 +1,168 @@
+//! The call path through the host: registry lookup, pause and circuit
+//! checks, middleware, the plugin call itself, metrics, a tracing span, and
+//! publishing the events the call produced. Pipelines chain calls.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tracing::Instrument;
+
+use super::breaker::Admission;
+use super::middleware::CallContext;
+use super::pipeline::PipelineError;
+use super::{CallOutcome, Host};
+use crate::contract::Request;
+use crate::error::{CallError, CallFailure};
+
+impl Host {
+    /// Calls a plugin's `handle` with `request`. Safe to use from many tasks
+    /// at once. Events the plugin published during a successful call are put
+    /// on the bus before this returns.
+    pub async fn call(&self, plugin: &str, request: Request) -> Result<CallOutcome, CallError> {
+        let span = tracing::info_span!(
+            "plugin_call",
+            plugin,
+            operation = %request.operation,
+            outcome = tracing::field::Empty,
+            duration_us = tracing::field::Empty,
+            fuel = tracing::field::Empty,
+            request_id = tracing::field::Empty,
+        );
+        self.call_in_span(plugin, request).instrument(span).await
+    }
+
+    async fn call_in_span(
+        &self,
+        plugin: &str,
+        mut request: Request,
+    ) -> Result<CallOutcome, CallError> {
+        let started = Instant::now();
+        let result = self.call_checked(plugin, &mut request, started).await;
+        let (outcome, fuel) = match &result {
+            Ok(outcome) => ("ok", outcome.stats.fuel_used),
+            Err(err) => (err.kind().as_str(), err.stats.fuel_used),
+        };
+        let elapsed = started.elapsed();
+        let span = tracing::Span::current();
+        span.record("outcome", outcome);
+        span.record("duration_us", elapsed.as_micros() as u64);
+        if let Some(fuel) = fuel {
+            span.record("fuel", fuel);
+        }
+        if !matches!(&result, Err(err) if err.kind() == crate::ErrorKind::UnknownPlugin) {
+            self.inner
+                .metrics
+                .call(plugin, outcome, elapsed.as_secs_f64(), fuel);
+        }
+        match result {
+            Ok(mut outcome) => {
+                for middleware in &self.inner.middleware {
+                    middleware.after(plugin, &request, &mut outcome);
+                }
+                for event in &outcome.events {
+                    self.publish_from(plugin, &event.topic, event.payload.clone())
+                        .await;
+                }
+                Ok(outcome)
+            }
+            Err(err) => {
+                for middleware in &self.inner.middleware {
+                    middleware.on_error(plugin, &request, &err);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn call_checked(
+        &self,
+        plugin: &str,
+        request: &mut Request,
+        started: Instant,
+    ) -> Result<CallOutcome, CallError> {
+        let fail = |cause| CallError::new(plugin, cause);
+        let Some(slot) = self.slot(plugin) else {
+            return Err(fail(CallFailure::UnknownPlugin));
+        };
+        if slot.paused.load(Ordering::Acquire) {
+            return Err(fail(CallFailure::Paused));
+        }
+        for middleware in &self.inner.middleware {
+            let mut context = CallContext {
+                plugin,
+                request,
+                started,
+            };
+            middleware
+                .before(&mut context)
+                .map_err(|reason| fail(CallFailure::Rejected(reason)))?;
+        }
+        let admission = slot.breaker.admit(Instant::now());
+        if let Admission::Refuse(retry_in) = admission {
+            return Err(fail(CallFailure::CircuitOpen { retry_in }));
+        }
+        let current = slot.current();
+        let result = current.call(request.clone()).await;
+        let limits = current.limits();
+        slot.breaker.record(
+            result.as_ref().map(|_| ()).map_err(CallError::kind),
+            limits.circuit_failures,
+            limits.circuit_cooldown,
+            Instant::now(),
+        );
+        result
+    }
+
+    /// Calls a pipeline: each stage's response payload becomes the next
+    /// stage's request payload, with the same operation and the caller's
+    /// metadata. The first failing stage stops it, and the error names it.
+    pub async fn call_pipeline(
+        &self,
+        pipeline: &str,
+        request: Request,
+    ) -> Result<CallOutcome, PipelineError> {
+        let stages = {
+            let pipelines = self
+                .inner
+                .pipelines
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            match pipelines.get(pipeline) {
+                Some(defined) => defined.stages.clone(),
+                None => return Err(PipelineError::Unknown(pipeline.to_owned())),
+            }
+        };
+        let started = Instant::now();
+        let mut request = request;
+        let mut logs = Vec::new();
+        let mut events = Vec::new();
+        let mut fuel: Option<u64> = Some(0);
+        let mut last = None;
+        for (stage, plugin) in stages.iter().enumerate() {
+            let outcome =
+                self.call(plugin, request.clone())
+                    .await
+                    .map_err(|error| PipelineError::Stage {
+                        pipeline: pipeline.to_owned(),
+                        stage,
+                        stages: stages.len(),
+                        error: Box::new(error),
+                    })?;
+            request.payload = outcome.response.payload.clone();
+            fuel = fuel.zip(outcome.stats.fuel_used).map(|(a, b)| a + b);
+            logs.extend(outcome.logs.iter().cloned());
+            events.extend(outcome.events.iter().cloned());
+            last = Some(outcome);
+        }
+        let Some(mut outcome) = last else {
+            return Err(PipelineError::Unknown(format!(
+                "{pipeline} (it has no stages)"
+            )));
+        };
+        outcome.logs = logs;
+        outcome.events = events;
+        outcome.stats.fuel_used = fuel;
+        outcome.stats.duration = started.elapsed();
+        Ok(outcome)
+    }
+}

@@ -1,0 +1,170 @@
+//! Per-plugin metrics in Prometheus text format: calls and errors by kind,
+//! latency and fuel histograms, live instances, reloads, event deliveries.
+//! Every name starts with `capsule_`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginLabel {
+    plugin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    plugin: String,
+    outcome: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 10 µs to ~5 s.
+    Histogram::new(exponential_buckets(0.000_01, 2.5, 15))
+}
+
+fn fuel_histogram() -> Histogram {
+    // 1 000 to ~10^10 units.
+    Histogram::new(exponential_buckets(1_000.0, 4.0, 12))
+}
+
+type HistogramFamily = Family<PluginLabel, Histogram, fn() -> Histogram>;
+
+/// The host's metrics.
+pub(crate) struct Metrics {
+    registry: Registry,
+    calls: Family<OutcomeLabels, Counter>,
+    latency: HistogramFamily,
+    fuel: HistogramFamily,
+    instances: Family<PluginLabel, Gauge>,
+    reloads: Family<OutcomeLabels, Counter>,
+    events: Family<OutcomeLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let calls = Family::<OutcomeLabels, Counter>::default();
+        let latency = HistogramFamily::new_with_constructor(latency_histogram);
+        let fuel = HistogramFamily::new_with_constructor(fuel_histogram);
+        let instances = Family::<PluginLabel, Gauge>::default();
+        let reloads = Family::<OutcomeLabels, Counter>::default();
+        let events = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "capsule_calls",
+            "Plugin calls by outcome (ok, or the error kind)",
+            calls.clone(),
+        );
+        registry.register(
+            "capsule_call_duration_seconds",
+            "Wall-clock time of plugin calls",
+            latency.clone(),
+        );
+        registry.register(
+            "capsule_call_fuel",
+            "Fuel burned by plugin calls that ran to completion (including those returning a plugin error)",
+            fuel.clone(),
+        );
+        registry.register(
+            "capsule_instances",
+            "Live instances per plugin (idle and busy)",
+            instances.clone(),
+        );
+        registry.register(
+            "capsule_reloads",
+            "Plugin reloads by outcome (ok or failed)",
+            reloads.clone(),
+        );
+        registry.register(
+            "capsule_events",
+            "Event deliveries to plugins by outcome",
+            events.clone(),
+        );
+        Metrics {
+            registry,
+            calls,
+            latency,
+            fuel,
+            instances,
+            reloads,
+            events,
+        }
+    }
+}
+
+fn plugin(name: &str) -> PluginLabel {
+    PluginLabel {
+        plugin: name.to_owned(),
+    }
+}
+
+fn outcome(name: &str, outcome: &str) -> OutcomeLabels {
+    OutcomeLabels {
+        plugin: name.to_owned(),
+        outcome: outcome.to_owned(),
+    }
+}
+
+impl Metrics {
+    /// Records one call: `outcome` is `ok` or an error kind.
+    pub(crate) fn call(&self, name: &str, result: &str, seconds: f64, fuel: Option<u64>) {
+        self.calls.get_or_create(&outcome(name, result)).inc();
+        self.latency.get_or_create(&plugin(name)).observe(seconds);
+        if let Some(fuel) = fuel {
+            self.fuel.get_or_create(&plugin(name)).observe(fuel as f64);
+        }
+    }
+
+    /// Records a reload attempt.
+    pub(crate) fn reload(&self, name: &str, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.reloads.get_or_create(&outcome(name, result)).inc();
+    }
+
+    /// Records how an event delivery ended (ack, retry, reject, forward,
+    /// dead_letter, error).
+    pub(crate) fn event(&self, name: &str, result: &str) {
+        self.events.get_or_create(&outcome(name, result)).inc();
+    }
+
+    /// The metrics as Prometheus text, with the live instance counts given.
+    pub(crate) fn render(&self, live: &[(String, usize)]) -> String {
+        for (name, count) in live {
+            self.instances
+                .get_or_create(&plugin(name))
+                .set(i64::try_from(*count).unwrap_or(i64::MAX));
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_histograms_and_gauges() {
+        let metrics = Metrics::default();
+        metrics.call("hello", "ok", 0.001, Some(5_000));
+        metrics.call("hello", "ok", 0.002, Some(5_000));
+        metrics.call("hello", "timeout", 0.5, None);
+        metrics.reload("hello", true);
+        metrics.event("audit", "ack");
+        let text = metrics.render(&[("hello".into(), 3)]);
+        assert!(
+            text.contains(r#"capsule_calls_total{plugin="hello",outcome="ok"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"capsule_calls_total{plugin="hello",outcome="timeout"} 1"#));
+        assert!(text.contains(r#"capsule_call_duration_seconds_count{plugin="hello"} 3"#));
+        assert!(text.contains(r#"capsule_call_fuel_count{plugin="hello"} 2"#));
+        assert!(text.contains(r#"capsule_instances{plugin="hello"} 3"#));
+        assert!(text.contains(r#"capsule_reloads_total{plugin="hello",outcome="ok"} 1"#));
+        assert!(text.contains(r#"capsule_events_total{plugin="audit",outcome="ack"} 1"#));
+    }
+}

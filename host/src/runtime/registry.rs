@@ -1,0 +1,244 @@
+//! The registry of loaded plugins and their lifecycle: find by name or
+//! capability, pause and resume, reload (verify and compile first, swap
+//! atomically, keep the old version on failure), shutdown and unload.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use super::Host;
+use super::breaker::CircuitBreaker;
+use super::bus::Delivery;
+use super::plugin::{LoadedPlugin, PluginDetails};
+use super::spec::PluginSpec;
+use crate::error::{LoadError, LoadFailure};
+
+/// Whether a plugin is serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginState {
+    /// Serving calls.
+    Active,
+    /// Refusing calls with `paused` until resumed.
+    Paused,
+    /// Refusing calls with `circuit_open` after repeated failures.
+    CircuitOpen,
+}
+
+/// A plugin's current version and state.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginStatus {
+    /// The current version's facts (name, `describe` info, digest, signers,
+    /// grants, limits).
+    #[serde(flatten)]
+    pub details: PluginDetails,
+    /// Whether it is serving.
+    pub state: PluginState,
+    /// How many times it was reloaded successfully (0 for the first load).
+    pub generation: u64,
+    /// Live instances of the current version.
+    pub live_instances: usize,
+}
+
+/// A plugin name's place in the registry. It outlives reloads: the current
+/// version changes, the name's state (paused, circuit, event queue) stays.
+pub(crate) struct Slot {
+    pub(crate) name: Arc<str>,
+    current: RwLock<Arc<LoadedPlugin>>,
+    /// What the current version was loaded from, to reload it.
+    spec: Mutex<PluginSpec>,
+    pub(crate) paused: AtomicBool,
+    pub(crate) breaker: CircuitBreaker,
+    generation: AtomicU64,
+    /// Events waiting for delivery to this plugin.
+    pub(crate) queue: mpsc::Sender<Delivery>,
+    /// The receiving end, until the delivery worker takes it.
+    pub(crate) queue_receiver: Mutex<Option<mpsc::Receiver<Delivery>>>,
+}
+
+impl Slot {
+    pub(crate) fn new(plugin: Arc<LoadedPlugin>, spec: PluginSpec, queue: usize) -> Slot {
+        let (sender, receiver) = mpsc::channel(queue.max(1));
+        Slot {
+            name: Arc::clone(&plugin.name),
+            current: RwLock::new(plugin),
+            spec: Mutex::new(spec),
+            paused: AtomicBool::new(false),
+            breaker: CircuitBreaker::default(),
+            generation: AtomicU64::new(0),
+            queue: sender,
+            queue_receiver: Mutex::new(Some(receiver)),
+        }
+    }
+
+    /// The version serving new calls.
+    pub(crate) fn current(&self) -> Arc<LoadedPlugin> {
+        Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn status(&self) -> PluginStatus {
+        let current = self.current();
+        let state = if self.paused.load(Ordering::Acquire) {
+            PluginState::Paused
+        } else if self.breaker.is_open() {
+            PluginState::CircuitOpen
+        } else {
+            PluginState::Active
+        };
+        PluginStatus {
+            details: current.details.clone(),
+            state,
+            generation: self.generation.load(Ordering::Acquire),
+            live_instances: current.live_instances(),
+        }
+    }
+}
+
+/// How long a retired version's idle instances get to run `shutdown`.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(2);
+
+impl Host {
+    /// Facts about every loaded plugin, by name.
+    pub fn plugins(&self) -> Vec<PluginDetails> {
+        self.slots()
+            .iter()
+            .map(|slot| slot.current().details.clone())
+            .collect()
+    }
+
+    /// Facts about one loaded plugin.
+    pub fn details(&self, plugin: &str) -> Option<PluginDetails> {
+        self.slot(plugin).map(|slot| slot.current().details.clone())
+    }
+
+    /// Version, state and instances of one plugin.
+    pub fn status(&self, plugin: &str) -> Option<PluginStatus> {
+        self.slot(plugin).map(|slot| slot.status())
+    }
+
+    /// Version, state and instances of every plugin, by name.
+    pub fn statuses(&self) -> Vec<PluginStatus> {
+        self.slots().iter().map(|slot| slot.status()).collect()
+    }
+
+    /// Plugins whose `describe` lists `capability`.
+    pub fn find_by_capability(&self, capability: &str) -> Vec<PluginDetails> {
+        self.plugins()
+            .into_iter()
+            .filter(|details| details.info.capabilities.iter().any(|c| c == capability))
+            .collect()
+    }
+
+    /// Stops a plugin from taking new calls (they fail with `paused`); calls
+    /// already running finish. Returns whether the plugin exists.
+    pub fn pause(&self, plugin: &str) -> bool {
+        self.set_paused(plugin, true)
+    }
+
+    /// Lets a paused plugin take calls again. Returns whether it exists.
+    pub fn resume(&self, plugin: &str) -> bool {
+        self.set_paused(plugin, false)
+    }
+
+    fn set_paused(&self, plugin: &str, paused: bool) -> bool {
+        match self.slot(plugin) {
+            Some(slot) => {
+                slot.paused.store(paused, Ordering::Release);
+                tracing::info!(plugin, paused, "plugin state changed");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Reloads a plugin from where it was loaded (its file is read again).
+    pub async fn reload(&self, plugin: &str) -> Result<PluginDetails, LoadError> {
+        let Some(slot) = self.slot(plugin) else {
+            return Err(LoadError::new(
+                plugin,
+                LoadFailure::Config("no plugin with this name is loaded".into()),
+            ));
+        };
+        let spec = slot.spec.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        self.reload_with(spec).await
+    }
+
+    /// Replaces a loaded plugin with a new version. The new version is
+    /// verified, compiled and initialised first; only then does it take new
+    /// calls, atomically. Calls in flight finish on the old version. If the
+    /// new version fails to load, the old one keeps serving and the error
+    /// says why.
+    pub async fn reload_with(&self, spec: PluginSpec) -> Result<PluginDetails, LoadError> {
+        let name = spec.name().to_owned();
+        let Some(slot) = self.slot(&name) else {
+            return Err(LoadError::new(
+                name,
+                LoadFailure::Config("no plugin with this name is loaded".into()),
+            ));
+        };
+        let loaded = match self.compile(spec.clone()).await {
+            Ok(loaded) => loaded,
+            Err(err) => {
+                self.inner.metrics.reload(&name, false);
+                tracing::warn!(plugin = %name, error = %err, "reload failed; the old version keeps serving");
+                return Err(err);
+            }
+        };
+        let details = loaded.details.clone();
+        let old = {
+            let mut current = slot.current.write().unwrap_or_else(|p| p.into_inner());
+            std::mem::replace(&mut *current, loaded)
+        };
+        *slot.spec.lock().unwrap_or_else(|p| p.into_inner()) = spec;
+        slot.generation.fetch_add(1, Ordering::AcqRel);
+        self.inner.metrics.reload(&name, true);
+        tracing::info!(
+            plugin = %name,
+            from = %old.details.digest,
+            to = %details.digest,
+            version = %details.info.version,
+            "reloaded"
+        );
+        // The old version's idle instances shut down now; busy ones end with
+        // their calls.
+        tokio::spawn(async move { old.retire(SHUTDOWN_DEADLINE).await });
+        Ok(details)
+    }
+
+    /// Removes a plugin: it takes no new calls, running calls finish, its
+    /// idle instances run `shutdown`. Returns whether it was loaded.
+    pub async fn unload(&self, plugin: &str) -> bool {
+        let removed = self.write_plugins().remove(plugin);
+        match removed {
+            Some(slot) => {
+                slot.current().retire(SHUTDOWN_DEADLINE).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Orderly shutdown: every plugin stops taking calls, calls in flight get
+    /// until `deadline` to finish, then every idle instance runs `shutdown`
+    /// (bounded by the same deadline).
+    pub async fn shutdown(&self, deadline: Duration) {
+        let slots = self.slots();
+        for slot in &slots {
+            slot.paused.store(true, Ordering::Release);
+        }
+        // Every plugin drains against the same wall-clock deadline.
+        let until = std::time::Instant::now() + deadline;
+        for slot in &slots {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if !slot.current().drain(left).await {
+                tracing::warn!(plugin = %slot.name, "calls were still running at the shutdown deadline");
+            }
+        }
+        for slot in &slots {
+            slot.current().retire(deadline).await;
+        }
+    }
+}
