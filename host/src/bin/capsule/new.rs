@@ -79,7 +79,7 @@ pub fn new(args: NewArgs) -> ExitCode {
     println!();
     println!("next:");
     println!("  cd {}", dest.display());
-    println!("  cargo build --release          # or: cargo component build --release");
+    println!("  cargo build --release   # or `cargo component build --release`, see README.md");
     println!("  capsule keygen --out dev");
     println!(
         "  capsule sign target/wasm32-wasip2/release/{crate_file}.wasm --key dev.key --output {}.wasm",
@@ -177,8 +177,12 @@ struct Sdk {
 /// it absolute so the scaffold builds from anywhere.
 fn locate_sdk(path: &Path) -> Result<Sdk, String> {
     let hint = "pass --sdk PATH pointing at the `guest-sdk` folder of a Capsule checkout";
-    let dir = std::fs::canonicalize(path)
-        .map_err(|err| format!("the guest SDK {} is not there ({err}); {hint}", path.display()))?;
+    let dir = std::fs::canonicalize(path).map_err(|err| {
+        format!(
+            "the guest SDK {} is not there ({err}); {hint}",
+            path.display()
+        )
+    })?;
     let manifest = dir.join("Cargo.toml");
     let text = std::fs::read_to_string(&manifest)
         .map_err(|err| format!("cannot read {} ({err}); {hint}", manifest.display()))?;
@@ -193,8 +197,12 @@ fn locate_sdk(path: &Path) -> Result<Sdk, String> {
     }
     let wit = dir.join("wit");
     let wit_file = wit.join("plugin.wit");
-    let contract = std::fs::read_to_string(&wit_file)
-        .map_err(|err| format!("cannot read the SDK's contract {} ({err})", wit_file.display()))?;
+    let contract = std::fs::read_to_string(&wit_file).map_err(|err| {
+        format!(
+            "cannot read the SDK's contract {} ({err})",
+            wit_file.display()
+        )
+    })?;
     let prefix = format!("package {CONTRACT_PACKAGE}@");
     let contract_version = contract
         .lines()
@@ -422,9 +430,8 @@ export_plugin!(__TYPE__);
 const CARGO_CONFIG: &str = r#"# `cargo build` builds this plugin as a WebAssembly component (WASI 0.2).
 # Install the target once with `rustup target add wasm32-wasip2`.
 #
-# `cargo component build` uses this target too (the output is a component
-# already). For cargo-component's classic path, a core module turned into a
-# component with the WASI preview 1 adapter, pass `--target wasm32-wasip1`.
+# `cargo component build` does not use this setting: it builds a wasm32-wasip1
+# core module and turns it into a component with the WASI preview 1 adapter.
 [build]
 target = "wasm32-wasip2"
 "#;
@@ -455,14 +462,17 @@ cargo build --release
 
 Or with [cargo-component](https://github.com/bytecodealliance/cargo-component)
 (`cargo install cargo-component --locked`), which reads the world from
-`[package.metadata.component]` in `Cargo.toml`:
+`[package.metadata.component]` in `Cargo.toml` and builds a wasm32-wasip1 core
+module made a component with the WASI preview 1 adapter:
 
 ```sh
+rustup target add wasm32-wasip1
 cargo component build --release
-# -> target/wasm32-wasip2/release/__CRATE__.wasm
-cargo component build --release --target wasm32-wasip1
-# -> target/wasm32-wasip1/release/__CRATE__.wasm (core module + WASI adapter)
+# -> target/wasm32-wasip1/release/__CRATE__.wasm
 ```
+
+Both components behave the same; sign and run whichever you built (the
+commands below use the `cargo build` one).
 
 ## Sign and run
 
@@ -537,7 +547,11 @@ mod tests {
             contract_version: "0.1.0".into(),
         };
         let files = render("demo-plugin", &sdk).unwrap();
-        let manifest = &files.iter().find(|(path, _)| *path == "Cargo.toml").unwrap().1;
+        let manifest = &files
+            .iter()
+            .find(|(path, _)| *path == "Cargo.toml")
+            .unwrap()
+            .1;
         let value: toml::Table = manifest.parse().unwrap();
         assert_eq!(value["package"]["name"].as_str(), Some("demo-plugin"));
         assert_eq!(
@@ -549,8 +563,15 @@ mod tests {
             Some("/opt/capsule \"x\"/guest-sdk/wit")
         );
         assert!(value["workspace"].as_table().unwrap().is_empty());
-        let lib = &files.iter().find(|(path, _)| *path == "src/lib.rs").unwrap().1;
+        let lib = &files
+            .iter()
+            .find(|(path, _)| *path == "src/lib.rs")
+            .unwrap()
+            .1;
         assert!(lib.contains("export_plugin!(DemoPlugin);"), "{lib}");
-        assert!(!files.iter().any(|(_, text)| text.contains("__")), "a placeholder is left");
+        assert!(
+            !files.iter().any(|(_, text)| text.contains("__")),
+            "a placeholder is left"
+        );
     }
 }
