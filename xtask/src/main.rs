@@ -2,11 +2,15 @@
 //!
 //! - `build-plugins`: build every crate under `example-plugins/` for
 //!   `wasm32-wasip2` and copy the components to `target/plugins/`;
-//! - `test`: build the plugins, then run every test in the workspace;
+//! - `build-component-plugins`: `build-plugins`, then build `hello` with
+//!   `cargo component build` too (installing cargo-component if missing);
+//! - `test`: build the plugins both ways, then run every test in the
+//!   workspace;
 //! - `demo`: build the plugins and the CLI, then run the examples and show
 //!   what they did and what the sandbox stopped;
 //! - `ci`: formatting, lints, then `test`.
 
+mod component;
 mod demo;
 mod demo_setup;
 mod discover;
@@ -27,8 +31,12 @@ struct Cli {
 enum Command {
     /// Build every example plugin (release) into target/plugins/.
     BuildPlugins,
-    /// Build the plugins, then run all workspace tests. Extra arguments go to
-    /// `cargo test`.
+    /// Build the plugins, then `hello` with `cargo component build` into
+    /// target/plugins/hello-cargo-component.wasm (installs cargo-component
+    /// if missing; CAPSULE_SKIP_CARGO_COMPONENT=1 skips it).
+    BuildComponentPlugins,
+    /// Build the plugins (with cargo-component too), then run all workspace
+    /// tests. Extra arguments go to `cargo test`.
     Test {
         /// Passed through to `cargo test`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -47,6 +55,10 @@ fn main() -> Result<()> {
     match cli.command {
         Command::BuildPlugins => {
             plugins::build(&workspace)?;
+        }
+        Command::BuildComponentPlugins => {
+            let built = plugins::build(&workspace)?;
+            component::build(&workspace, &built)?;
         }
         Command::Test { cargo_args } => test(&workspace, &cargo_args)?,
         Command::Demo => demo::run(&workspace)?,
@@ -68,6 +80,7 @@ fn main() -> Result<()> {
 
 fn test(workspace: &shell::Workspace, extra: &[String]) -> Result<()> {
     let built = plugins::build(workspace)?;
+    component::build(workspace, &built)?;
     let mut args = vec!["test".to_owned(), "--workspace".to_owned()];
     args.extend(extra.iter().cloned());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();

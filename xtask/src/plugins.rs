@@ -89,7 +89,7 @@ pub fn build(workspace: &Workspace) -> Result<Built> {
 
 /// Installs the rustup target if it is missing (CI starts from a bare
 /// toolchain).
-fn ensure_target(target: &str) -> Result<()> {
+pub fn ensure_target(target: &str) -> Result<()> {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output();
