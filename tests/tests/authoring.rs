@@ -1,0 +1,586 @@
+//! The plugin author's side, end to end:
+//!
+//! - `hello` built with `cargo component build` (wasm32-wasip1 + the WASI
+//!   adapter) behaves exactly like `hello` built for wasm32-wasip2;
+//! - a crate from `capsule new` builds outside this workspace with
+//!   `cargo build` and with `cargo component build`, and each result, signed
+//!   with the CLI, runs under `capsule run`;
+//! - a plugin built for another contract track is refused with
+//!   `incompatible_contract` naming both versions, and `capsule inspect`
+//!   shows its version.
+//!
+//! Needs `cargo xtask test` (or `cargo xtask build-component-plugins`) first:
+//! it builds the plugins, the CLI (`target/debug/capsule`) and installs
+//! cargo-component. Without cargo-component these tests fail, unless
+//! `CAPSULE_SKIP_CARGO_COMPONENT=1` explicitly skips the ones that need it.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use capsule_host::artifact::signature;
+use capsule_host::{ErrorKind, Host, PluginDetails, PluginSpec, Request, SecretKey};
+use capsule_tests::{
+    host_builder, plugin_bytes, plugin_dir, plugin_path, plugins::HELLO, temp_dir,
+};
+use serde_json::{Value, json};
+
+/// The cargo-component build of `hello` that `cargo xtask test` signs into
+/// `target/plugins/`.
+const HELLO_CARGO_COMPONENT: &str = "hello-cargo-component";
+/// Set to `1` to skip the tests that need cargo-component.
+const SKIP_ENV: &str = "CAPSULE_SKIP_CARGO_COMPONENT";
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+/// The repository root.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The shared target directory, as xtask finds it.
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root().join(dir),
+        None => root().join("target"),
+    }
+}
+
+/// The `capsule` CLI that xtask builds before the tests.
+fn capsule_cli() -> PathBuf {
+    let path = target_dir()
+        .join("debug")
+        .join(format!("capsule{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo xtask test` (or `cargo build -p capsule-host --bin capsule`)",
+        path.display()
+    );
+    path
+}
+
+fn cargo() -> OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+/// Whether the cargo-component tests should run: `false` only when
+/// `CAPSULE_SKIP_CARGO_COMPONENT=1` says so. Without cargo-component and
+/// without that opt-out, fails the test with instructions.
+fn cargo_component_required() -> bool {
+    if std::env::var_os(SKIP_ENV).is_some_and(|value| value == "1") {
+        eprintln!("{SKIP_ENV}=1: skipping a test that needs cargo-component");
+        return false;
+    }
+    let version = Command::new(cargo())
+        .args(["component", "--version"])
+        .output();
+    match version {
+        Ok(output) if output.status.success() => true,
+        _ => panic!(
+            "cargo-component is not installed, so the cargo-component path cannot be tested. \
+             Run the tests with `cargo xtask test`, which installs it, or install it with \
+             `cargo install cargo-component --locked`; set {SKIP_ENV}=1 to skip these tests \
+             on purpose"
+        ),
+    }
+}
+
+/// Runs the CLI with a private compile cache; the environment's trust and
+/// log settings are cleared.
+fn capsule(args: &[&std::ffi::OsStr], cache: &Path) -> Output {
+    Command::new(capsule_cli())
+        .args(args)
+        .env_remove("CAPSULE_TRUST")
+        .env_remove("CAPSULE_LOG")
+        .env("CAPSULE_CACHE_DIR", cache)
+        .output()
+        .expect("capsule runs")
+}
+
+/// `capsule(...)` that must succeed; returns its stdout.
+fn capsule_ok(args: &[&std::ffi::OsStr], cache: &Path) -> String {
+    let output = capsule(args, cache);
+    assert!(
+        output.status.success(),
+        "capsule {:?} failed with {}:\n{}",
+        args,
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Shorthand for building CLI argument lists from strings and paths.
+macro_rules! args {
+    ($($arg:expr),* $(,)?) => {
+        &[$(AsRef::<std::ffi::OsStr>::as_ref(&$arg)),*]
+    };
+}
+
+fn stdout_json(output: &Output) -> Value {
+    let text = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|err| {
+        panic!(
+            "not JSON ({err}): {text}\nstderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+// ---------------------------------------------------------------------------
+// cargo-component and wasip2 builds of `hello` behave the same
+
+/// What one call did, in a form comparable across builds: the payload as
+/// text or the error's kind and cause, and the log lines.
+#[derive(Debug, PartialEq)]
+struct Observed {
+    result: Result<String, (ErrorKind, String)>,
+    logs: Vec<String>,
+}
+
+async fn observe(host: &Host, plugin: &str, request: Request) -> Observed {
+    match host.call(plugin, request).await {
+        Ok(outcome) => Observed {
+            result: Ok(outcome
+                .response
+                .text()
+                .expect("hello answers with text")
+                .to_owned()),
+            logs: outcome.logs.iter().map(|l| l.message.clone()).collect(),
+        },
+        Err(err) => Observed {
+            result: Err((err.kind(), format!("{:?}", err.cause))),
+            logs: err.logs.iter().map(|l| l.message.clone()).collect(),
+        },
+    }
+}
+
+/// Loads `path` as `name` with the given config, then makes the same calls
+/// to it as to every other build.
+async fn exercise(
+    path: PathBuf,
+    name: &str,
+    config: &[(&str, &str)],
+) -> (PluginDetails, Vec<Observed>) {
+    let host = host_builder().build().unwrap();
+    let bytes = std::fs::read(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+    let spec = config
+        .iter()
+        .fold(PluginSpec::from_bytes(name, bytes), |spec, (key, value)| {
+            spec.config(*key, *value)
+        });
+    let details = host.load(spec).await.unwrap_or_else(|err| panic!("{err}"));
+    let mut observed = Vec::new();
+    for request in [
+        Request::new("greet", json!({"name": "Ada"}).to_string()),
+        Request::new("greet", "not json"),
+        Request::new("nope", "{}"),
+        Request::new("env", ""),
+    ] {
+        observed.push(observe(&host, name, request).await);
+    }
+    (details, observed)
+}
+
+#[tokio::test]
+async fn cargo_component_build_of_hello_matches_the_wasip2_build() {
+    if !cargo_component_required() {
+        return;
+    }
+    let component_path = plugin_dir().join(format!("{HELLO_CARGO_COMPONENT}.wasm"));
+    assert!(
+        component_path.is_file(),
+        "{} is missing: `cargo xtask test` (or `cargo xtask build-component-plugins`) builds it \
+         with `cargo component build`",
+        component_path.display()
+    );
+    for config in [&[][..], &[("greeting", "Bonjour")][..]] {
+        let (wasip2_details, wasip2) = exercise(plugin_path(HELLO), "hello", config).await;
+        let (component_details, component) =
+            exercise(component_path.clone(), "hello", config).await;
+        assert_eq!(wasip2, component, "config {config:?}");
+        assert_eq!(
+            format!("{:?}", wasip2_details.info),
+            format!("{:?}", component_details.info)
+        );
+        assert_eq!(
+            wasip2_details.contract_version,
+            component_details.contract_version
+        );
+        assert_ne!(
+            wasip2_details.digest, component_details.digest,
+            "the two builds are different files"
+        );
+    }
+
+    // The calls really answered what hello answers.
+    let (_, observed) = exercise(component_path.clone(), "hello", &[("greeting", "Bonjour")]).await;
+    assert_eq!(
+        observed[0].result,
+        Ok(r#"{"greeting":"Bonjour, Ada!"}"#.to_owned())
+    );
+    assert_eq!(observed[0].logs, ["handling `greet`"]);
+    match &observed[1].result {
+        Err((ErrorKind::PluginError, cause)) => assert!(cause.contains("InvalidInput"), "{cause}"),
+        other => panic!("expected invalid input, got {other:?}"),
+    }
+    match &observed[2].result {
+        Err((ErrorKind::PluginError, cause)) => {
+            assert!(
+                cause.contains("Unsupported") && cause.contains("nope"),
+                "{cause}"
+            )
+        }
+        other => panic!("expected unsupported, got {other:?}"),
+    }
+    assert_eq!(observed[3].result, Ok(r#"{"vars":{}}"#.to_owned()));
+
+    // And it is cargo-component's output: a core module adapted to WASI 0.2
+    // with the preview 1 adapter.
+    let bytes = std::fs::read(&component_path).unwrap();
+    let summary = capsule_host::artifact::inspect(&bytes).unwrap();
+    assert!(
+        contains(&bytes, b"wasi_snapshot_preview1"),
+        "no WASI preview 1 adapter in {}",
+        component_path.display()
+    );
+    assert!(
+        contains(&bytes, b"cargo-component"),
+        "cargo-component left no trace in {} (custom sections: {:?})",
+        component_path.display(),
+        summary.custom_sections
+    );
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
+
+// ---------------------------------------------------------------------------
+// `capsule new`
+
+#[test]
+fn capsule_new_refuses_bad_names_and_existing_directories() {
+    let work = temp_dir("authoring-new-refusals");
+    let cache = work.join("cache");
+    for bad in ["2fast", "has space", "fn", "capsule-guest", ""] {
+        let output = capsule(args!["new", bad, "--path", work], &cache);
+        assert_eq!(output.status.code(), Some(2), "name {bad:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("error [config]"), "{stderr}");
+    }
+
+    let existing = work.join("taken");
+    std::fs::create_dir_all(&existing).unwrap();
+    std::fs::write(existing.join("keep.txt"), "mine").unwrap();
+    let output = capsule(args!["new", "taken", "--path", work], &cache);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("already exists"), "{stderr}");
+    let entries: Vec<_> = std::fs::read_dir(&existing).unwrap().collect();
+    assert_eq!(
+        entries.len(),
+        1,
+        "nothing was written into the existing directory"
+    );
+
+    let output = capsule(
+        args!["new", "fine", "--path", work, "--sdk", work.join("no-sdk")],
+        &cache,
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--sdk"));
+    assert!(
+        !work.join("fine").exists(),
+        "a refused scaffold leaves nothing behind"
+    );
+}
+
+/// Runs cargo for the scaffold in `project`, building into `build_dir`.
+fn cargo_in(project: &Path, build_dir: &Path, args: &[&str]) {
+    let output = Command::new(cargo())
+        .args(args)
+        .current_dir(project)
+        .env("CARGO_TARGET_DIR", build_dir)
+        .env("CARGO_TERM_COLOR", "never")
+        .output()
+        .expect("cargo runs");
+    assert!(
+        output.status.success(),
+        "`cargo {}` failed in {}:\n{}",
+        args.join(" "),
+        project.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn a_capsule_new_scaffold_builds_both_ways_and_runs_signed() {
+    if !cargo_component_required() {
+        return;
+    }
+    let work = temp_dir("authoring-scaffold");
+    let cache = work.join("cache");
+    let created = capsule_ok(args!["new", "demo-plugin", "--path", work], &cache);
+    let project = work.join("demo-plugin");
+    assert!(created.contains("cargo build --release"), "{created}");
+    for file in [
+        "Cargo.toml",
+        "src/lib.rs",
+        ".cargo/config.toml",
+        ".gitignore",
+        "README.md",
+    ] {
+        assert!(project.join(file).is_file(), "{file} was not created");
+    }
+    let manifest = std::fs::read_to_string(project.join("Cargo.toml")).unwrap();
+    let sdk = std::fs::canonicalize(root().join("guest-sdk")).unwrap();
+    assert!(
+        manifest.contains(&format!("path = {:?}", sdk.display().to_string())),
+        "{manifest}"
+    );
+
+    // Builds land in a dedicated folder of the shared target directory, so
+    // repeated runs only recompile the scaffold itself.
+    let build_dir = target_dir().join("authoring-scaffold");
+    let built = |target: &str| {
+        build_dir
+            .join(target)
+            .join("release")
+            .join("demo_plugin.wasm")
+    };
+    let keep = |from: PathBuf, how: &str| {
+        let dir = work.join(how);
+        std::fs::create_dir_all(&dir).unwrap();
+        let to = dir.join("demo-plugin.wasm");
+        std::fs::copy(&from, &to)
+            .unwrap_or_else(|err| panic!("{} was not built: {err}", from.display()));
+        to
+    };
+
+    cargo_in(
+        &project,
+        &build_dir,
+        &["build", "--release", "--target", "wasm32-wasip2"],
+    );
+    let with_cargo = keep(built("wasm32-wasip2"), "cargo");
+    // cargo-component ignores the wasip2 default of `.cargo/config.toml`: it
+    // builds a wasip1 core module and adapts it to WASI 0.2.
+    cargo_in(&project, &build_dir, &["component", "build", "--release"]);
+    let with_component = keep(built("wasm32-wasip1"), "cargo-component");
+    let adapted = std::fs::read(&with_component).unwrap();
+    assert!(
+        contains(&adapted, b"cargo-component") && contains(&adapted, b"wasi_snapshot_preview1"),
+        "the wasip1 build was not componentized by cargo-component"
+    );
+
+    let key = work.join("dev");
+    capsule_ok(args!["keygen", "--out", key], &cache);
+    let secret = work.join("dev.key");
+    let public = work.join("dev.pub");
+    let mut answers = Vec::new();
+    for plugin in [&with_cargo, &with_component] {
+        // Unsigned, it is refused.
+        let refused = capsule(
+            args![
+                "run", plugin, "--trust", public, "--op", "greet", "--input", "{}"
+            ],
+            &cache,
+        );
+        assert_eq!(refused.status.code(), Some(3), "{}", plugin.display());
+
+        capsule_ok(args!["sign", plugin, "--key", secret], &cache);
+        capsule_ok(args!["verify", plugin, "--trust", public], &cache);
+        let inspected = capsule(args!["inspect", plugin, "--json"], &cache);
+        assert_eq!(
+            stdout_json(&inspected)["contract_version"],
+            capsule_host::CONTRACT_VERSION
+        );
+
+        let greeted = capsule_ok(
+            args![
+                "run",
+                plugin,
+                "--trust",
+                public,
+                "--op",
+                "greet",
+                "--input",
+                r#"{"name":"Ada"}"#
+            ],
+            &cache,
+        );
+        assert_eq!(
+            greeted,
+            "{\"greeting\":\"Hello, Ada!\"}\n",
+            "{}",
+            plugin.display()
+        );
+
+        let configured = capsule(
+            args![
+                "run",
+                plugin,
+                "--trust",
+                public,
+                "--op",
+                "greet",
+                "--input",
+                r#"{"name":"Ada"}"#,
+                "--set",
+                "greeting=Bonjour",
+                "--json"
+            ],
+            &cache,
+        );
+        let configured = stdout_json(&configured);
+        assert_eq!(configured["ok"], true, "{configured}");
+        assert_eq!(configured["plugin"], "demo-plugin");
+        assert_eq!(configured["output"], json!({"greeting": "Bonjour, Ada!"}));
+        assert_eq!(configured["logs"][0]["message"], "greeting Ada");
+
+        let unknown = capsule(
+            args!["run", plugin, "--trust", public, "--op", "nope", "--json"],
+            &cache,
+        );
+        assert_eq!(unknown.status.code(), Some(4));
+        let unknown = stdout_json(&unknown);
+        assert_eq!(unknown["error"]["kind"], "plugin_error", "{unknown}");
+
+        answers.push((
+            greeted,
+            configured["output"].clone(),
+            unknown["error"].clone(),
+        ));
+    }
+    assert!(
+        answers.windows(2).all(|pair| pair[0] == pair[1]),
+        "the two builds answer differently: {answers:#?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Contract versioning
+
+/// `bytes` with every `capsule:plugin[/item]@{from}` name rewritten to
+/// `@{to}` (same length, so every section keeps its size), and how many
+/// names were rewritten.
+fn retarget_contract(bytes: &[u8], from: &str, to: &str) -> (Vec<u8>, usize) {
+    assert_eq!(from.len(), to.len(), "versions must have the same length");
+    let package = b"capsule:plugin";
+    let mut out = bytes.to_vec();
+    let mut count = 0;
+    let mut at = 0;
+    while let Some(offset) = out[at..]
+        .windows(package.len())
+        .position(|window| window == package)
+    {
+        let mut end = at + offset + package.len();
+        if out.get(end) == Some(&b'/') {
+            end += 1;
+            while out
+                .get(end)
+                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+            {
+                end += 1;
+            }
+        }
+        let version = format!("@{from}");
+        if out[end..].starts_with(version.as_bytes()) {
+            out[end + 1..end + 1 + from.len()].copy_from_slice(to.as_bytes());
+            count += 1;
+        }
+        at = end;
+    }
+    (out, count)
+}
+
+/// hello as built, re-targeted at contract `version` and signed with a new
+/// key.
+fn hello_for_contract(version: &str) -> (Vec<u8>, SecretKey) {
+    let unsigned = signature::unsigned_content(&plugin_bytes(HELLO)).unwrap();
+    let (retargeted, count) = retarget_contract(&unsigned, capsule_host::CONTRACT_VERSION, version);
+    assert!(count >= 5, "only {count} contract names found in hello");
+    let key = SecretKey::generate().unwrap();
+    let signed = signature::sign(&retargeted, &key).unwrap().embedded;
+    (signed, key)
+}
+
+#[tokio::test]
+async fn a_plugin_for_another_contract_track_is_refused_naming_both_versions() {
+    let (bytes, key) = hello_for_contract("0.2.0");
+    let summary = capsule_host::artifact::inspect(&bytes).unwrap();
+    assert_eq!(summary.contract_version(), Some("0.2.0"));
+
+    let host = Host::builder().trust(key.public_key()).build().unwrap();
+    let err = host
+        .load(PluginSpec::from_bytes(HELLO, bytes.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::IncompatibleContract, "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("capsule:plugin@0.2.0") && message.contains("capsule:plugin@0.1.0"),
+        "the error must name the plugin's and the host's versions: {message}"
+    );
+
+    // The CLI shows the version and refuses it with exit code 3.
+    let work = temp_dir("authoring-contract");
+    let cache = work.join("cache");
+    let path = work.join("hello-0.2.wasm");
+    std::fs::write(&path, &bytes).unwrap();
+    std::fs::write(work.join("k.pub"), key.public_key().to_raw()).unwrap();
+    let inspected = capsule(args!["inspect", path, "--json"], &cache);
+    assert!(inspected.status.success());
+    assert_eq!(stdout_json(&inspected)["contract_version"], "0.2.0");
+    let text = capsule_ok(args!["inspect", path], &cache);
+    assert!(text.contains("contract:  capsule:plugin@0.2.0"), "{text}");
+
+    let run = capsule(
+        args![
+            "run",
+            path,
+            "--trust",
+            work.join("k.pub"),
+            "--op",
+            "greet",
+            "--json"
+        ],
+        &cache,
+    );
+    assert_eq!(run.status.code(), Some(3));
+    let run = stdout_json(&run);
+    assert_eq!(run["error"]["kind"], "incompatible_contract", "{run}");
+    let message = run["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("0.2.0") && message.contains("0.1.0"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_plugin_for_a_newer_patch_of_the_contract_loads() {
+    // 0.1.9 is on the same track as 0.1.0: nothing it could use was removed
+    // or changed, so the host links it.
+    let (bytes, key) = hello_for_contract("0.1.9");
+    let host = Host::builder().trust(key.public_key()).build().unwrap();
+    let details = host
+        .load(PluginSpec::from_bytes(HELLO, bytes))
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(details.contract_version.as_deref(), Some("0.1.9"));
+    let outcome = host
+        .call(HELLO, Request::new("greet", r#"{"name":"Ada"}"#))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome.response.text(),
+        Some(r#"{"greeting":"Hello, Ada!"}"#)
+    );
+}
