@@ -45,6 +45,35 @@ impl Dispatch {
     /// Handles `operation` with a function from a JSON-decoded input to a
     /// JSON-encoded output. A payload that does not decode as `In` is answered
     /// with [`PluginError::InvalidInput`] without calling `handler`.
+    ///
+    /// `handler` may be a closure or a plain function, so each operation can
+    /// be an ordinary typed function:
+    ///
+    /// ```
+    /// # use capsule_guest::{PluginError, Request, Response};
+    /// # use serde::{Deserialize, Serialize};
+    /// #[derive(Deserialize)]
+    /// struct GreetIn { name: String }
+    ///
+    /// #[derive(Serialize)]
+    /// struct GreetOut { greeting: String }
+    ///
+    /// fn greet(input: GreetIn) -> Result<GreetOut, PluginError> {
+    ///     Ok(GreetOut { greeting: format!("Hello, {}!", input.name) })
+    /// }
+    ///
+    /// fn handle(request: Request) -> Result<Response, PluginError> {
+    ///     request.dispatch().json("greet", greet).finish()
+    /// }
+    ///
+    /// let response = handle(Request::new("greet", r#"{"name":"Ada"}"#))?;
+    /// assert_eq!(response.payload, br#"{"greeting":"Hello, Ada!"}"#);
+    /// assert!(matches!(
+    ///     handle(Request::new("greet", "{}")),
+    ///     Err(PluginError::InvalidInput(_))
+    /// ));
+    /// # Ok::<(), PluginError>(())
+    /// ```
     pub fn json<In, Out>(
         self,
         operation: &str,
@@ -60,7 +89,23 @@ impl Dispatch {
         })
     }
 
-    /// Handles `operation` with a function over the whole request.
+    /// Handles `operation` with a function over the whole request: for
+    /// payloads that are not JSON, or to read metadata.
+    ///
+    /// ```
+    /// # use capsule_guest::{PluginError, Request, Response};
+    /// fn handle(request: Request) -> Result<Response, PluginError> {
+    ///     request
+    ///         .dispatch()
+    ///         .raw("shout", |request| {
+    ///             Ok(Response::bytes(request.text()?.to_uppercase()))
+    ///         })
+    ///         .finish()
+    /// }
+    ///
+    /// assert_eq!(handle(Request::new("shout", "hi"))?.payload, b"HI");
+    /// # Ok::<(), PluginError>(())
+    /// ```
     pub fn raw(
         self,
         operation: &str,
@@ -76,6 +121,12 @@ impl Dispatch {
 
     /// The response of the handler that matched, or
     /// [`PluginError::Unsupported`] naming the operation if none did.
+    ///
+    /// ```
+    /// # use capsule_guest::{PluginError, Request};
+    /// let answer = Request::new("nope", "").dispatch().finish();
+    /// assert_eq!(answer, Err(PluginError::unsupported_operation("nope")));
+    /// ```
     pub fn finish(self) -> Result<Response, PluginError> {
         match self.state {
             State::Done(result) => result,

@@ -1,9 +1,11 @@
 //! Write [Capsule](https://github.com/capsule-rs/capsule) plugins in Rust.
 //!
 //! A Capsule plugin is a WebAssembly component built from an ordinary Rust
-//! library crate. Implement [`Plugin`] (usually just [`Plugin::handle`]), name
-//! the type in [`export_plugin!`], and build with
-//! `cargo build --release --target wasm32-wasip2`.
+//! library crate (`crate-type = ["cdylib"]`). Implement [`Plugin`] (usually
+//! just [`Plugin::handle`]), name the type in [`export_plugin!`], and build
+//! with `cargo build --release --target wasm32-wasip2` or
+//! `cargo component build --release`. `capsule new NAME` creates such a crate,
+//! ready to build.
 //!
 //! ```no_run
 //! use capsule_guest::{export_plugin, Plugin, PluginError, Request, Response};
@@ -34,7 +36,8 @@
 //!
 //! Host services ([`log`], [`config`], [`kv`], [`events`]) only work when the
 //! operator granted them; otherwise they return [`ServiceError::Denied`],
-//! which converts into [`PluginError::Denied`] with `?`.
+//! which converts into [`PluginError::Denied`] with `?`. The environment
+//! (`std::env`) holds only the variables the operator granted.
 //!
 //! [`http`] is a small blocking HTTP client over standard `wasi:http`
 //! ([`http::get`], [`http::post_json`], [`http::request`]); a destination the
@@ -81,10 +84,23 @@ pub use bindings::capsule::plugin::types::{
     Event, EventOutcome, ForwardedEvent, PluginError, PluginInfo, Request, Response, ServiceError,
 };
 
-/// The WIT contract (`capsule:plugin`) this SDK was generated from.
+/// The WIT contract (`capsule:plugin`) this SDK was generated from, e.g. to
+/// write it out for other tools.
+///
+/// ```
+/// assert!(capsule_guest::CONTRACT_WIT.contains("world plugin"));
+/// ```
 pub const CONTRACT_WIT: &str = include_str!("../wit/plugin.wit");
 
-/// The contract version (`capsule:plugin@VERSION`) this SDK targets.
+/// The contract version (`capsule:plugin@VERSION`) this SDK targets. A
+/// component built with this SDK carries it in its import and export names
+/// (`capsule:plugin/handler@0.1.0`); `capsule inspect` shows it, and a host
+/// refuses a plugin whose version is on another compatibility track.
+///
+/// ```
+/// let package = format!("package capsule:plugin@{};", capsule_guest::CONTRACT_VERSION);
+/// assert!(capsule_guest::CONTRACT_WIT.contains(&package));
+/// ```
 pub const CONTRACT_VERSION: &str = "0.1.0";
 
 /// What a plugin does. Every method except [`Plugin::handle`] has a default.
@@ -96,21 +112,99 @@ pub const CONTRACT_VERSION: &str = "0.1.0";
 pub trait Plugin {
     /// Describes the plugin. `from_cargo` is filled from the plugin crate's
     /// `Cargo.toml` (name, version, description) with no capabilities;
-    /// override to add capabilities or change what the registry shows.
+    /// override to add capabilities or change what the registry shows. Must
+    /// not call host services.
+    ///
+    /// ```
+    /// # use capsule_guest::{Plugin, PluginError, PluginInfo, Request, Response};
+    /// struct Greeter;
+    ///
+    /// impl Plugin for Greeter {
+    ///     fn describe(from_cargo: PluginInfo) -> PluginInfo {
+    ///         PluginInfo {
+    ///             capabilities: vec!["greeting".into()],
+    ///             ..from_cargo
+    ///         }
+    ///     }
+    ///
+    ///     fn handle(request: Request) -> Result<Response, PluginError> {
+    ///         request.dispatch().finish()
+    ///     }
+    /// }
+    /// ```
     fn describe(from_cargo: PluginInfo) -> PluginInfo {
         from_cargo
     }
 
-    /// Runs once on each fresh instance, before it serves calls.
+    /// Runs once on each fresh instance, before it serves calls. An error
+    /// fails the load (`init_failed`) or the call that needed the instance.
+    ///
+    /// ```
+    /// # use capsule_guest::{Plugin, PluginError, Request, Response, config};
+    /// struct Client;
+    ///
+    /// impl Plugin for Client {
+    ///     fn init() -> Result<(), PluginError> {
+    ///         // Refuse to start without the configuration this plugin needs.
+    ///         config::require("endpoint").map(drop)
+    ///     }
+    ///
+    ///     fn handle(request: Request) -> Result<Response, PluginError> {
+    ///         request.dispatch().finish()
+    ///     }
+    /// }
+    /// ```
     fn init() -> Result<(), PluginError> {
         Ok(())
     }
 
     /// Handles one request. See [`Request::dispatch`] for routing by operation.
+    ///
+    /// ```
+    /// # use capsule_guest::{Plugin, PluginError, Request, Response};
+    /// struct Echo;
+    ///
+    /// impl Plugin for Echo {
+    ///     fn handle(request: Request) -> Result<Response, PluginError> {
+    ///         request
+    ///             .dispatch()
+    ///             .raw("echo", |request| Ok(Response::bytes(request.payload)))
+    ///             .finish()
+    ///     }
+    /// }
+    ///
+    /// assert_eq!(Echo::handle(Request::new("echo", "hi"))?.payload, b"hi");
+    /// # Ok::<(), PluginError>(())
+    /// ```
     fn handle(request: Request) -> Result<Response, PluginError>;
 
     /// Handles an event from a subscribed topic. The default refuses events as
     /// `unsupported`, which the host records as a dead letter.
+    ///
+    /// ```
+    /// # use capsule_guest::{Event, EventOutcome, Plugin, PluginError, Request, Response, kv};
+    /// #[derive(serde::Deserialize)]
+    /// struct Created { id: u64 }
+    ///
+    /// struct Audit;
+    ///
+    /// impl Plugin for Audit {
+    ///     fn handle(request: Request) -> Result<Response, PluginError> {
+    ///         request.dispatch().finish()
+    ///     }
+    ///
+    ///     fn on_event(event: Event) -> Result<EventOutcome, PluginError> {
+    ///         match event.json::<Created>() {
+    ///             Ok(created) => {
+    ///                 kv::increment("orders", 1)?;
+    ///                 capsule_guest::log::info!("order {} created", created.id);
+    ///                 Ok(EventOutcome::Ack)
+    ///             }
+    ///             Err(err) => Ok(EventOutcome::Reject(format!("{err:?}"))),
+    ///         }
+    ///     }
+    /// }
+    /// ```
     fn on_event(event: Event) -> Result<EventOutcome, PluginError> {
         Err(PluginError::Unsupported(format!(
             "this plugin does not handle events (topic `{}`)",
@@ -119,16 +213,42 @@ pub trait Plugin {
     }
 
     /// Runs before the host drops an instance during an orderly shutdown.
+    /// It cannot fail; keep it short (the call's limits still apply).
+    ///
+    /// ```
+    /// # use capsule_guest::{Plugin, PluginError, Request, Response};
+    /// struct Tidy;
+    ///
+    /// impl Plugin for Tidy {
+    ///     fn handle(request: Request) -> Result<Response, PluginError> {
+    ///         request.dispatch().finish()
+    ///     }
+    ///
+    ///     fn shutdown() {
+    ///         capsule_guest::log::debug!("instance going away");
+    ///     }
+    /// }
+    /// ```
     fn shutdown() {}
 }
 
 /// Exports a [`Plugin`] implementation as the component's `handler`.
 ///
-/// Use it once per plugin crate, at the crate root:
+/// Use it once per plugin crate, at the crate root. Only a `wasm32` build
+/// exports anything; a native build (clippy, unit tests) just type-checks
+/// the plugin.
 ///
-/// ```ignore
+/// ```
+/// use capsule_guest::{Plugin, PluginError, Request, Response};
+///
 /// struct Echo;
-/// impl capsule_guest::Plugin for Echo { /* ... */ }
+///
+/// impl Plugin for Echo {
+///     fn handle(request: Request) -> Result<Response, PluginError> {
+///         Ok(Response::bytes(request.payload))
+///     }
+/// }
+///
 /// capsule_guest::export_plugin!(Echo);
 /// ```
 #[macro_export]

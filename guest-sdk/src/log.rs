@@ -11,7 +11,18 @@
 use crate::ServiceError;
 pub use crate::bindings::capsule::plugin::log::Level;
 
-/// Writes one line at `level`; returns the host's refusal, if any.
+/// Writes one line at `level`; returns the host's refusal, if any:
+/// [`ServiceError::QuotaExceeded`] past the per-call log budget,
+/// [`ServiceError::Denied`] when the operator turned logging off.
+///
+/// ```no_run
+/// use capsule_guest::log::{self, Level};
+///
+/// if let Err(refused) = log::write(Level::Warn, "cache miss") {
+///     // Nothing more will be logged in this call.
+///     let _ = refused;
+/// }
+/// ```
 pub fn write(level: Level, message: &str) -> Result<(), ServiceError> {
     crate::bindings::capsule::plugin::log::log(level, message)
 }
@@ -33,23 +44,43 @@ macro_rules! __capsule_log {
     };
 }
 
-/// Logs at `trace` level, with `format!` syntax.
+/// Logs at `trace` level, with `format!` syntax; never fails (see [`write()`](crate::log::write)).
+///
+/// ```no_run
+/// capsule_guest::log::trace!("entering {}", "parse");
+/// ```
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __capsule_log_trace { ($($arg:tt)+) => { $crate::__capsule_log!(Trace, $($arg)+) }; }
-/// Logs at `debug` level, with `format!` syntax.
+/// Logs at `debug` level, with `format!` syntax; never fails (see [`write()`](crate::log::write)).
+///
+/// ```no_run
+/// capsule_guest::log::debug!("payload is {} bytes", 42);
+/// ```
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __capsule_log_debug { ($($arg:tt)+) => { $crate::__capsule_log!(Debug, $($arg)+) }; }
-/// Logs at `info` level, with `format!` syntax.
+/// Logs at `info` level, with `format!` syntax; never fails (see [`write()`](crate::log::write)).
+///
+/// ```no_run
+/// capsule_guest::log::info!("greeting {}", "Ada");
+/// ```
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __capsule_log_info { ($($arg:tt)+) => { $crate::__capsule_log!(Info, $($arg)+) }; }
-/// Logs at `warn` level, with `format!` syntax.
+/// Logs at `warn` level, with `format!` syntax; never fails (see [`write()`](crate::log::write)).
+///
+/// ```no_run
+/// capsule_guest::log::warn!("slow response: {} ms", 900);
+/// ```
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __capsule_log_warn { ($($arg:tt)+) => { $crate::__capsule_log!(Warn, $($arg)+) }; }
-/// Logs at `error` level, with `format!` syntax.
+/// Logs at `error` level, with `format!` syntax; never fails (see [`write()`](crate::log::write)).
+///
+/// ```no_run
+/// capsule_guest::log::error!("giving up after {} tries", 3);
+/// ```
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __capsule_log_error { ($($arg:tt)+) => { $crate::__capsule_log!(Error, $($arg)+) }; }
