@@ -320,6 +320,20 @@ fn cargo_in(project: &Path, build_dir: &Path, args: &[&str]) {
     );
 }
 
+/// The triple of the machine running the tests, as rustc reports it.
+fn host_triple() -> String {
+    let output = Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .expect("rustc runs");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| line.strip_prefix("host: "))
+        .expect("rustc -vV names the host")
+        .trim()
+        .to_owned()
+}
+
 #[test]
 fn a_capsule_new_scaffold_builds_both_ways_and_runs_signed() {
     if !cargo_component_required() {
@@ -379,6 +393,10 @@ fn a_capsule_new_scaffold_builds_both_ways_and_runs_signed() {
         contains(&adapted, b"cargo-component") && contains(&adapted, b"wasi_snapshot_preview1"),
         "the wasip1 build was not componentized by cargo-component"
     );
+
+    // The scaffold's own unit tests run natively.
+    let host_triple = host_triple();
+    cargo_in(&project, &build_dir, &["test", "--target", &host_triple]);
 
     let key = work.join("dev");
     capsule_ok(args!["keygen", "--out", key], &cache);

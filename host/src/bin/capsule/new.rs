@@ -378,7 +378,7 @@ strip = "debuginfo"
 [workspace]
 "#;
 
-const LIB_RS: &str = r#"//! __NAME__: a Capsule plugin.
+const LIB_RS: &str = r##"//! __NAME__: a Capsule plugin.
 //!
 //! - `greet` with `{"name": "Ada"}` answers `{"greeting": "Hello, Ada!"}`. The
 //!   operator can change the greeting word with the config value `greeting`.
@@ -425,7 +425,27 @@ impl Plugin for __TYPE__ {
 }
 
 export_plugin!(__TYPE__);
-"#;
+
+// Plain logic runs natively: `cargo test --target <your host triple>` (see
+// README.md). Host services only exist inside Capsule, so a test that reaches
+// one (here `config::get`) panics natively; test those with `capsule run`.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_operations_are_unsupported() {
+        let answer = __TYPE__::handle(Request::new("nope", ""));
+        assert!(matches!(answer, Err(PluginError::Unsupported(_))));
+    }
+
+    #[test]
+    fn an_empty_name_is_invalid_input() {
+        let answer = __TYPE__::handle(Request::new("greet", r#"{"name": " "}"#));
+        assert!(matches!(answer, Err(PluginError::InvalidInput(_))));
+    }
+}
+"##;
 
 const CARGO_CONFIG: &str = r#"# `cargo build` builds this plugin as a WebAssembly component (WASI 0.2).
 # Install the target once with `rustup target add wasm32-wasip2`.
@@ -490,7 +510,19 @@ capsule run __NAME__.wasm --trust dev.pub --op greet --input '{"name":"Ada"}' \
 ```
 
 `capsule inspect __NAME__.wasm` shows the contract version, imports and
-exports. To run it under a policy with grants and limits, see the Capsule
+exports.
+
+## Test
+
+Logic that does not call host services runs natively:
+
+```sh
+cargo test --target "$(rustc -vV | sed -n 's/^host: //p')"
+```
+
+Everything else runs in Capsule: `capsule run` with `--set KEY=VALUE` for
+config values, `--json` to see the output, logs, events and fuel used, and
+`--fuel`, `--memory`, `--timeout`, `--max-output` to try tighter limits. To run it under a policy with grants and limits, see the Capsule
 author guide (`docs/authoring.md` in the Capsule repository).
 "#;
 
