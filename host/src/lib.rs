@@ -25,6 +25,7 @@ mod error;
 mod limits;
 pub mod policy;
 mod runtime;
+pub mod serve;
 pub mod services;
 mod store;
 pub mod units;

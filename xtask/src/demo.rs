@@ -287,6 +287,25 @@ pub fn run(workspace: &Workspace) -> Result<()> {
             failures.push(step.title.clone());
         }
     }
+    // The runtime features live in one long-running host: show them through
+    // the library, as an embedder (or `capsule serve`) uses them.
+    println!();
+    println!("── the runtime: pipelines, events, reload, metrics (host/examples/runtime_tour.rs)");
+    let tour = workspace.cargo(&[
+        "run",
+        "--quiet",
+        "--package",
+        "capsule-host",
+        "--example",
+        "runtime_tour",
+        "--",
+        &policy,
+    ]);
+    if let Err(err) = tour {
+        println!("   !! {err:#}");
+        failures.push("the runtime tour".to_owned());
+    }
+
     println!();
     if failures.is_empty() {
         println!("demo: all {} steps behaved as expected", steps.len());

@@ -7,6 +7,8 @@ mod inspect;
 mod keys;
 mod new;
 mod run;
+mod serve;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -26,6 +28,8 @@ enum Command {
     Run(run::RunArgs),
     /// Validate a policy and every plugin in it without running anything.
     Check(check::CheckArgs),
+    /// Serve every plugin of a policy over HTTP (loopback by default).
+    Serve(serve::ServeArgs),
     /// Show what a component is made of, without compiling or running it.
     Inspect(inspect::InspectArgs),
     /// Generate an Ed25519 key pair for signing plugins.
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run::run(args),
         Command::Check(args) => check::check(args),
+        Command::Serve(args) => serve::serve_command(args),
         Command::Inspect(args) => inspect::inspect(args),
         Command::Keygen(args) => keys::keygen(args),
         Command::Sign(args) => keys::sign(args),

@@ -1,0 +1,99 @@
+//! `capsule serve`: run every plugin of a policy behind the HTTP API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use capsule_host::serve::{ServeOptions, serve, shutdown_signal};
+use capsule_host::units::{parse_duration, parse_size};
+use capsule_host::{Policy, RequestId};
+use clap::Args;
+
+use crate::exit;
+
+/// Arguments of `capsule serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// The policy file.
+    #[arg(long, default_value = "capsule.toml", value_name = "FILE.toml")]
+    config: PathBuf,
+    /// Address to listen on. Loopback unless you say otherwise.
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    listen: SocketAddr,
+    /// Environment variable holding the bearer token for admin routes
+    /// (reload, pause, resume, publish, dead letters). Without a token they
+    /// answer 401.
+    #[arg(long, default_value = "CAPSULE_ADMIN_TOKEN", value_name = "VAR")]
+    admin_token_env: String,
+    /// Largest request body, e.g. `1MiB`.
+    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+    max_body: u64,
+    /// How long in-flight calls get to finish on SIGINT/SIGTERM.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    shutdown_deadline: Duration,
+    /// Reload a plugin (verified first; the old version is kept on failure)
+    /// whenever its component file changes.
+    #[arg(long)]
+    watch: bool,
+}
+
+/// Runs `capsule serve` until SIGINT or SIGTERM.
+pub fn serve_command(args: ServeArgs) -> ExitCode {
+    let policy = match Policy::load(&args.config) {
+        Ok(policy) => policy,
+        Err(err) => {
+            eprintln!("error [config]: {err}");
+            return exit::code(exit::USAGE);
+        }
+    };
+    let admin_token = std::env::var(&args.admin_token_env)
+        .ok()
+        .filter(|token| !token.is_empty());
+    if admin_token.is_none() {
+        tracing::warn!(
+            variable = %args.admin_token_env,
+            "no admin token set: admin routes answer 401"
+        );
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error [host]: cannot start the async runtime: {err}");
+            return exit::code(exit::HOST);
+        }
+    };
+    runtime.block_on(async move {
+        let host = match policy.host_builder().middleware(RequestId).build() {
+            Ok(host) => host,
+            Err(err) => {
+                eprintln!("error [host]: {err}");
+                return exit::code(exit::HOST);
+            }
+        };
+        for failure in host.load_policy(&policy).await {
+            // The host keeps serving every plugin that did load.
+            eprintln!("error [{}]: {failure}", failure.kind());
+        }
+        if args.watch {
+            crate::watch::watch(host.clone(), &policy);
+        }
+        let options = ServeOptions {
+            listen: args.listen,
+            admin_token,
+            max_body_bytes: usize::try_from(args.max_body).unwrap_or(usize::MAX),
+            shutdown_deadline: args.shutdown_deadline,
+            ..ServeOptions::default()
+        };
+        match serve(host, options, shutdown_signal()).await {
+            Ok(()) => exit::code(exit::OK),
+            Err(err) => {
+                eprintln!("error [host]: cannot serve on {}: {err}", args.listen);
+                exit::code(exit::HOST)
+            }
+        }
+    })
+}

@@ -1,0 +1,486 @@
+//! `capsule serve`: the host runtime behind an HTTP API (axum on tokio).
+//!
+//! | route | what |
+//! |-------|------|
+//! | `POST /v1/plugins/{name}/call?op=OP` | body = request payload; answers the plugin's payload |
+//! | `POST /v1/pipelines/{name}/call?op=OP` | the same through a pipeline |
+//! | `GET /v1/plugins` | every plugin: version, digest, signers, capabilities, grants, state, limits |
+//! | `GET /metrics` | Prometheus text |
+//! | `GET /healthz` | `ok` while serving |
+//! | `POST /v1/events/{topic}` | admin: publish the body as an event |
+//! | `POST /v1/plugins/{name}/reload` | admin: reload from its file (kept on failure) |
+//! | `POST /v1/plugins/{name}/pause`, `/resume` | admin |
+//! | `GET /v1/dead-letters` | admin: undeliverable events |
+//!
+//! Request metadata comes from `x-capsule-meta-<key>` headers and response
+//! metadata goes back the same way. Failures are JSON
+//! `{"error":{"kind","plugin","message"}}` with a fitting status. Admin routes
+//! need `Authorization: Bearer <token>`; without a configured token they
+//! always answer 401.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::contract::{PluginError, Request};
+use crate::error::{CallError, CallFailure, ErrorKind};
+use crate::runtime::{CallOutcome, Host, PipelineError};
+
+/// Prefix of headers that carry request and response metadata.
+pub const META_HEADER_PREFIX: &str = "x-capsule-meta-";
+
+/// How the server behaves.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Where to listen; loopback by default.
+    pub listen: SocketAddr,
+    /// The bearer token admin routes require; `None` disables them.
+    pub admin_token: Option<String>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// How long a client may take to send its request body.
+    pub body_timeout: Duration,
+    /// On shutdown, how long in-flight calls get to finish.
+    pub shutdown_deadline: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
+            admin_token: None,
+            max_body_bytes: 1 << 20,
+            body_timeout: Duration::from_secs(10),
+            shutdown_deadline: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    host: Host,
+    admin_token: Option<Arc<str>>,
+}
+
+/// The API as an axum router over `host`.
+pub fn router(host: Host, options: &ServeOptions) -> Router {
+    let state = AppState {
+        host,
+        admin_token: options.admin_token.as_deref().map(Arc::from),
+    };
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/v1/plugins", get(list_plugins))
+        .route("/v1/plugins/{name}/call", post(call_plugin))
+        .route("/v1/pipelines/{name}/call", post(call_pipeline))
+        .route("/v1/plugins/{name}/reload", post(reload))
+        .route("/v1/plugins/{name}/pause", post(pause))
+        .route("/v1/plugins/{name}/resume", post(resume))
+        .route("/v1/events/{topic}", post(publish))
+        .route("/v1/dead-letters", get(dead_letters))
+        .layer(DefaultBodyLimit::max(options.max_body_bytes))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            options.body_timeout,
+        ))
+        .with_state(state)
+}
+
+/// Serves `host` until `shutdown` completes, then stops accepting, gives
+/// in-flight calls `shutdown_deadline` to finish, and shuts the plugins down
+/// (each runs its `shutdown` export).
+pub async fn serve(
+    host: Host,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(options.listen).await?;
+    serve_on(listener, host, options, shutdown).await
+}
+
+/// [`serve`] on a listener the caller bound (e.g. an ephemeral port).
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    host: Host,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    tracing::info!(address = %listener.local_addr()?, "capsule serving");
+    let app = router(host.clone(), &options);
+    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = stopping_tx.send(true);
+    });
+    let mut server = std::pin::pin!(server.into_future());
+    let mut stopping = stopping_rx;
+    tokio::select! {
+        result = &mut server => result?,
+        _ = stopping.wait_for(|stopping| *stopping) => {
+            // Connections still open get the deadline to finish their calls.
+            if tokio::time::timeout(options.shutdown_deadline, &mut server).await.is_err() {
+                tracing::warn!("in-flight requests outlived the shutdown deadline");
+            }
+        }
+    }
+    host.shutdown(options.shutdown_deadline).await;
+    tracing::info!("capsule stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+#[derive(Deserialize)]
+struct CallQuery {
+    op: Option<String>,
+}
+
+/// The HTTP status for a failure kind (and, for plugin errors, which one).
+fn status_for(cause: &CallFailure) -> StatusCode {
+    match cause {
+        CallFailure::Plugin(PluginError::InvalidInput(_)) => StatusCode::BAD_REQUEST,
+        CallFailure::Plugin(PluginError::Unsupported(_)) => StatusCode::NOT_FOUND,
+        CallFailure::Plugin(PluginError::Denied(_)) => StatusCode::FORBIDDEN,
+        CallFailure::Plugin(PluginError::Failed(_)) => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => match cause.kind() {
+            ErrorKind::UnknownPlugin => StatusCode::NOT_FOUND,
+            ErrorKind::InputTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::Rejected => StatusCode::FORBIDDEN,
+            ErrorKind::Busy => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::Paused | ErrorKind::CircuitOpen => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            // The plugin misbehaved (trap, fuel, memory, stack, output).
+            ErrorKind::Trap
+            | ErrorKind::OutOfFuel
+            | ErrorKind::MemoryLimit
+            | ErrorKind::StackOverflow
+            | ErrorKind::OutputTooLarge => StatusCode::BAD_GATEWAY,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        },
+    }
+}
+
+/// A failure answered as `{"error":{"kind","plugin","message"}}`.
+struct ApiError {
+    status: StatusCode,
+    kind: String,
+    plugin: String,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &str, plugin: &str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            kind: kind.to_owned(),
+            plugin: plugin.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": { "kind": self.kind, "plugin": self.plugin, "message": self.message } });
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+fn error_response(status: StatusCode, kind: &str, plugin: &str, message: &str) -> Response {
+    ApiError::new(status, kind, plugin, message).into_response()
+}
+
+fn call_error(err: &CallError) -> Response {
+    let mut response = error_response(
+        status_for(&err.cause),
+        err.kind().as_str(),
+        &err.plugin,
+        &err.to_string(),
+    );
+    if let CallFailure::CircuitOpen { retry_in } = err.cause {
+        let seconds = retry_in.as_secs().max(1).to_string();
+        if let Ok(value) = HeaderValue::from_str(&seconds) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+    }
+    response
+}
+
+fn request_from(op: Option<String>, headers: &HeaderMap, body: Bytes) -> Result<Request, ApiError> {
+    let Some(op) = op.filter(|op| !op.is_empty()) else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "config",
+            "",
+            "the `op` query parameter names the operation to call",
+        ));
+    };
+    let mut request = Request::new(op, body.to_vec());
+    for (name, value) in headers {
+        if let Some(key) = name.as_str().strip_prefix(META_HEADER_PREFIX)
+            && let Ok(value) = value.to_str()
+        {
+            request.metadata.push((key.to_owned(), value.to_owned()));
+        }
+    }
+    Ok(request)
+}
+
+fn call_response(outcome: CallOutcome) -> Response {
+    let payload = outcome.response.payload;
+    let content_type = if serde_json::from_slice::<serde::de::IgnoredAny>(&payload).is_ok() {
+        "application/json"
+    } else {
+        "application/octet-stream"
+    };
+    let mut response = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, content_type)],
+        payload,
+    )
+        .into_response();
+    let headers = response.headers_mut();
+    for (key, value) in outcome.response.metadata {
+        let name = HeaderName::from_bytes(format!("{META_HEADER_PREFIX}{key}").as_bytes());
+        if let (Ok(name), Ok(value)) = (name, HeaderValue::from_str(&value)) {
+            headers.append(name, value);
+        }
+    }
+    if let Ok(value) = HeaderValue::from_str(&outcome.stats.duration.as_micros().to_string()) {
+        headers.insert("x-capsule-duration-us", value);
+    }
+    if let Some(fuel) = outcome.stats.fuel_used
+        && let Ok(value) = HeaderValue::from_str(&fuel.to_string())
+    {
+        headers.insert("x-capsule-fuel", value);
+    }
+    response
+}
+
+async fn call_plugin(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<CallQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request = match request_from(query.op, &headers, body) {
+        Ok(request) => request,
+        Err(err) => return err.into_response(),
+    };
+    // If the client goes away, axum drops this future, and with it the call
+    // and the instance running it.
+    match state.host.call(&name, request).await {
+        Ok(outcome) => call_response(outcome),
+        Err(err) => call_error(&err),
+    }
+}
+
+async fn call_pipeline(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<CallQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request = match request_from(query.op, &headers, body) {
+        Ok(request) => request,
+        Err(err) => return err.into_response(),
+    };
+    match state.host.call_pipeline(&name, request).await {
+        Ok(outcome) => call_response(outcome),
+        Err(PipelineError::Unknown(_)) => error_response(
+            StatusCode::NOT_FOUND,
+            ErrorKind::UnknownPlugin.as_str(),
+            &name,
+            &format!("no pipeline named `{name}`"),
+        ),
+        Err(err @ PipelineError::Stage { .. }) => {
+            let PipelineError::Stage { error, .. } = &err else {
+                unreachable!()
+            };
+            let mut response = call_error(error);
+            let body = json!({ "error": {
+                "kind": error.kind().as_str(),
+                "plugin": error.plugin,
+                "pipeline": name,
+                "message": err.to_string(),
+            }});
+            *response.body_mut() = axum::body::Body::from(body.to_string());
+            response
+        }
+    }
+}
+
+async fn list_plugins(State(state): State<AppState>) -> Response {
+    let plugins = state.host.statuses();
+    let pipelines = state.host.pipelines();
+    axum::Json(json!({ "plugins": plugins, "pipelines": pipelines })).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.host.metrics_text(),
+    )
+        .into_response()
+}
+
+/// Checks the bearer token of an admin request, in constant time.
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let unauthorized =
+        |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "", message);
+    let Some(expected) = &state.admin_token else {
+        return Err(unauthorized(
+            "the admin API is disabled: no admin token is configured",
+        ));
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let equal = presented.len() == expected.len()
+        && presented
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0;
+    if equal {
+        Ok(())
+    } else {
+        Err(unauthorized("a valid admin bearer token is required"))
+    }
+}
+
+async fn reload(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(err) = authorize(&state, &headers) {
+        return err.into_response();
+    }
+    if state.host.status(&name).is_none() {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "unknown_plugin",
+            &name,
+            "no such plugin is loaded",
+        );
+    }
+    match state.host.reload(&name).await {
+        Ok(details) => axum::Json(json!({
+            "reloaded": name,
+            "version": details.info.version,
+            "digest": details.digest,
+            "generation": state.host.status(&name).map(|s| s.generation),
+        }))
+        .into_response(),
+        Err(err) => error_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            err.kind().as_str(),
+            &err.plugin,
+            &format!("{err}; the previous version keeps serving"),
+        ),
+    }
+}
+
+async fn pause(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    set_paused(state, name, headers, true)
+}
+
+async fn resume(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    set_paused(state, name, headers, false)
+}
+
+fn set_paused(state: AppState, name: String, headers: HeaderMap, paused: bool) -> Response {
+    if let Err(err) = authorize(&state, &headers) {
+        return err.into_response();
+    }
+    let known = if paused {
+        state.host.pause(&name)
+    } else {
+        state.host.resume(&name)
+    };
+    if !known {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "unknown_plugin",
+            &name,
+            "no such plugin is loaded",
+        );
+    }
+    axum::Json(json!({ "plugin": name, "paused": paused })).into_response()
+}
+
+async fn publish(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(err) = authorize(&state, &headers) {
+        return err.into_response();
+    }
+    match state.host.publish(&topic, body.to_vec()).await {
+        Ok(delivered) => {
+            axum::Json(json!({ "topic": topic, "delivered": delivered })).into_response()
+        }
+        Err(message) => error_response(StatusCode::BAD_REQUEST, "config", "", &message),
+    }
+}
+
+async fn dead_letters(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(err) = authorize(&state, &headers) {
+        return err.into_response();
+    }
+    axum::Json(json!({ "dead_letters": state.host.dead_letters() })).into_response()
+}
