@@ -117,16 +117,15 @@ pub async fn serve_on(
 ) -> std::io::Result<()> {
     tracing::info!(address = %listener.local_addr()?, "capsule serving");
     let app = router(host.clone(), &options);
-    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
-        let _ = stopping_tx.send(true);
+        let _ = stopping_tx.send(());
     });
     let mut server = std::pin::pin!(server.into_future());
-    let mut stopping = stopping_rx;
     tokio::select! {
         result = &mut server => result?,
-        _ = stopping.wait_for(|stopping| *stopping) => {
+        Ok(()) = stopping_rx => {
             // Connections still open get the deadline to finish their calls.
             if tokio::time::timeout(options.shutdown_deadline, &mut server).await.is_err() {
                 tracing::warn!("in-flight requests outlived the shutdown deadline");

@@ -658,3 +658,122 @@ kv = { namespace = "cli-test" }
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no plugin `nobody`"));
 }
+
+/// A minimal HTTP/1.1 exchange over a fresh connection; returns the status
+/// code and body.
+fn http(address: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("the server accepts connections");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nhost: {address}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[cfg(unix)]
+#[test]
+fn serve_answers_http_reloads_changed_files_and_stops_on_sigterm() {
+    use std::io::BufRead;
+
+    // The served plugin is a copy, so the test can replace it.
+    let served = scratch("served-hello.wasm");
+    std::fs::copy(plugin("hello"), &served).unwrap();
+    let file = policy(
+        "serve-policy.toml",
+        &format!(
+            "[host]\ntrusted_keys = [\"{{key}}\"]\n[plugins.hello]\npath = \"{}\"\n",
+            path_str(&served)
+        ),
+    );
+    let mut child = capsule_command(&[
+        "serve",
+        "--config",
+        path_str(&file),
+        "--listen",
+        "127.0.0.1:0",
+        "--watch",
+    ])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let address = first
+        .trim()
+        .strip_prefix("capsule serving on http://")
+        .unwrap_or_else(|| panic!("unexpected first line: {first}"))
+        .to_owned();
+
+    assert_eq!(
+        http(&address, "GET", "/healthz", ""),
+        (200, "ok\n".to_owned())
+    );
+    let (status, body) = http(
+        &address,
+        "POST",
+        "/v1/plugins/hello/call?op=greet",
+        r#"{"name":"Ada"}"#,
+    );
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"greeting":"Hello, Ada!"}"#)
+    );
+    let (status, _) = http(&address, "POST", "/v1/plugins/hello/reload", "");
+    assert_eq!(status, 401, "admin routes need a token");
+
+    // Replace the file with a copy signed a second time: --watch reloads it.
+    let prefix = scratch("watch-signer");
+    capsule(&["keygen", "--out", path_str(&prefix), "--force"]);
+    let resigned = scratch("resigned-hello.wasm");
+    capsule(&[
+        "sign",
+        path_str(&plugin("hello")),
+        "--key",
+        path_str(&prefix.with_extension("key")),
+        "--output",
+        path_str(&resigned),
+    ]);
+    std::fs::rename(&resigned, &served).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, listing) = http(&address, "GET", "/v1/plugins", "");
+        let listing: Value = serde_json::from_str(&listing).unwrap();
+        if listing["plugins"][0]["generation"] == 1 {
+            assert_eq!(
+                listing["plugins"][0]["signers"].as_array().unwrap().len(),
+                1,
+                "only the trusted key counts"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the changed file was not reloaded: {listing}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "SIGTERM is a clean shutdown");
+    assert!(std::net::TcpStream::connect(&address).is_err());
+}

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use capsule_host::serve::{ServeOptions, serve, shutdown_signal};
+use capsule_host::serve::{ServeOptions, serve_on, shutdown_signal};
 use capsule_host::units::{parse_duration, parse_size};
 use capsule_host::{Policy, RequestId};
 use clap::Args;
@@ -88,10 +88,21 @@ pub fn serve_command(args: ServeArgs) -> ExitCode {
             shutdown_deadline: args.shutdown_deadline,
             ..ServeOptions::default()
         };
-        match serve(host, options, shutdown_signal()).await {
+        let listener = match tokio::net::TcpListener::bind(args.listen).await {
+            Ok(listener) => listener,
+            Err(err) => {
+                eprintln!("error [host]: cannot listen on {}: {err}", args.listen);
+                return exit::code(exit::HOST);
+            }
+        };
+        match listener.local_addr() {
+            Ok(address) => println!("capsule serving on http://{address}"),
+            Err(err) => eprintln!("warning: cannot read the bound address: {err}"),
+        }
+        match serve_on(listener, host, options, shutdown_signal()).await {
             Ok(()) => exit::code(exit::OK),
             Err(err) => {
-                eprintln!("error [host]: cannot serve on {}: {err}", args.listen);
+                eprintln!("error [host]: serving failed: {err}");
                 exit::code(exit::HOST)
             }
         }

@@ -1,0 +1,522 @@
+//! `capsule serve`'s HTTP API, exercised with a real HTTP client against a
+//! server on an ephemeral loopback port: every route, every error status,
+//! admin auth, body limits, concurrent calls, reload through the API and a
+//! graceful shutdown with a call in flight.
+
+use std::time::Duration;
+
+use capsule_host::serve::{ServeOptions, serve_on};
+use capsule_host::services::events::TopicPattern;
+use capsule_host::services::kv::KvGrant;
+use capsule_host::{Grants, Host, Limits, PluginSpec, RequestId};
+use capsule_tests::plugin_path;
+use capsule_tests::plugins::{
+    HELLO, INGEST_ENRICH, INGEST_TRANSFORM, INGEST_VALIDATE, ORDER_AUDIT, SLOW_HOST_CALLS,
+    SPIN_LOOP,
+};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+const TOKEN: &str = "test-admin-token";
+
+struct Server {
+    base: String,
+    client: reqwest::Client,
+    host: Host,
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    async fn start() -> Server {
+        let host = capsule_tests::host_builder()
+            .middleware(RequestId)
+            .build()
+            .unwrap();
+        host.load(PluginSpec::from_path(plugin_path(HELLO)))
+            .await
+            .unwrap();
+        host.load(
+            PluginSpec::from_path(plugin_path(SPIN_LOOP)).limits(Limits {
+                fuel: None,
+                timeout: Duration::from_millis(300),
+                max_instances: 1,
+                max_queued: 0,
+                circuit_failures: 0,
+                ..Limits::default()
+            }),
+        )
+        .await
+        .unwrap();
+        host.load(
+            PluginSpec::from_path(plugin_path(SLOW_HOST_CALLS)).limits(Limits {
+                timeout: Duration::from_millis(600),
+                ..Limits::default()
+            }),
+        )
+        .await
+        .unwrap();
+        for (name, plugin) in [
+            ("validate", INGEST_VALIDATE),
+            ("transform", INGEST_TRANSFORM),
+            ("enrich", INGEST_ENRICH),
+        ] {
+            host.load(PluginSpec::from_path(plugin_path(plugin)).with_name(name))
+                .await
+                .unwrap();
+        }
+        host.define_pipeline(
+            "ingest",
+            vec!["validate".into(), "transform".into(), "enrich".into()],
+        );
+        let mut audit = Grants {
+            kv: Some(KvGrant::new("audit")),
+            ..Grants::default()
+        };
+        audit.events.subscribe = vec![TopicPattern::parse("orders.created").unwrap()];
+        host.load(PluginSpec::from_path(plugin_path(ORDER_AUDIT)).grants(audit))
+            .await
+            .unwrap();
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let options = ServeOptions {
+            admin_token: Some(TOKEN.into()),
+            max_body_bytes: 64 << 10,
+            shutdown_deadline: Duration::from_secs(3),
+            ..ServeOptions::default()
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let done = tokio::spawn(serve_on(listener, host.clone(), options, async {
+            let _ = stopped.await;
+        }));
+        Server {
+            base,
+            client: reqwest::Client::new(),
+            host,
+            stop: Some(stop),
+            done,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn admin(&self, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(TOKEN)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn stop(mut self) -> std::io::Result<()> {
+        let _ = self.stop.take().unwrap().send(());
+        self.done.await.unwrap()
+    }
+}
+
+async fn error_of(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let body: Value = response.json().await.expect("errors are JSON");
+    (status, body["error"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_return_the_plugin_payload_with_metadata_and_cost() {
+    let server = Server::start().await;
+    let response = server
+        .client
+        .post(server.url("/v1/plugins/hello/call?op=greet"))
+        .header("x-capsule-meta-request-id", "req-42")
+        .body(r#"{"name":"Ada"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert_eq!(response.headers()["x-capsule-meta-request-id"], "req-42");
+    assert!(response.headers().contains_key("x-capsule-fuel"));
+    assert!(response.headers().contains_key("x-capsule-duration-us"));
+    assert_eq!(
+        response.text().await.unwrap(),
+        r#"{"greeting":"Hello, Ada!"}"#
+    );
+
+    let pipeline = server
+        .post(
+            "/v1/pipelines/ingest/call?op=process",
+            json!({"id": "1", "name": "ada", "email": "A@B.org", "amount": 5}).to_string(),
+        )
+        .await;
+    assert_eq!(pipeline.status(), StatusCode::OK);
+    let record: Value = pipeline.json().await.unwrap();
+    assert_eq!(record["tier"], "bronze");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_failure_has_a_fitting_status_and_a_json_body() {
+    let server = Server::start().await;
+    let cases: Vec<(&str, String, StatusCode, &str)> = vec![
+        (
+            "/v1/plugins/hello/call?op=greet",
+            "not json".into(),
+            StatusCode::BAD_REQUEST,
+            "plugin_error",
+        ),
+        (
+            "/v1/plugins/hello/call?op=nope",
+            "{}".into(),
+            StatusCode::NOT_FOUND,
+            "plugin_error",
+        ),
+        (
+            "/v1/plugins/ghost/call?op=greet",
+            "{}".into(),
+            StatusCode::NOT_FOUND,
+            "unknown_plugin",
+        ),
+        (
+            "/v1/plugins/hello/call",
+            "{}".into(),
+            StatusCode::BAD_REQUEST,
+            "config",
+        ),
+        (
+            "/v1/plugins/spin-loop/call?op=run",
+            "x".into(),
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+        ),
+        (
+            "/v1/pipelines/ingest/call?op=process",
+            json!({"id": "1"}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "plugin_error",
+        ),
+        (
+            "/v1/pipelines/nothing/call?op=x",
+            "{}".into(),
+            StatusCode::NOT_FOUND,
+            "unknown_plugin",
+        ),
+    ];
+    for (path, body, status, kind) in cases {
+        let (got, error) = error_of(server.post(path, body).await).await;
+        assert_eq!(got, status, "{path}: {error}");
+        assert_eq!(error["kind"], kind, "{path}: {error}");
+        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    let (_, error) = error_of(
+        server
+            .post(
+                "/v1/pipelines/ingest/call?op=process",
+                json!({"id": "1"}).to_string(),
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(error["plugin"], "validate", "the failing stage is named");
+
+    // Busy: spin-loop has one instance and no queue.
+    let first = server.post("/v1/plugins/spin-loop/call?op=run", "x");
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        server.post("/v1/plugins/spin-loop/call?op=run", "x").await
+    };
+    let (first, second) = tokio::join!(first, second);
+    assert_eq!(first.status(), StatusCode::GATEWAY_TIMEOUT);
+    let (status, error) = error_of(second).await;
+    assert_eq!(
+        (status, error["kind"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("busy"))
+    );
+
+    // Paused.
+    server.admin("/v1/plugins/hello/pause", "").await;
+    let (status, error) = error_of(
+        server
+            .post("/v1/plugins/hello/call?op=greet", r#"{"name":"x"}"#)
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, error["kind"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("paused"))
+    );
+    server.admin("/v1/plugins/hello/resume", "").await;
+    assert_eq!(
+        server
+            .post("/v1/plugins/hello/call?op=greet", r#"{"name":"x"}"#)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_are_bounded() {
+    let server = Server::start().await;
+    let response = server
+        .post("/v1/plugins/hello/call?op=greet", vec![b' '; 100 << 10])
+        .await;
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // Under the server's bound but over the plugin's request limit.
+    server.host.unload(HELLO).await;
+    server
+        .host
+        .load(PluginSpec::from_path(plugin_path(HELLO)).limits(Limits {
+            max_request_bytes: 1024,
+            ..Limits::default()
+        }))
+        .await
+        .unwrap();
+    let (status, error) = error_of(
+        server
+            .post("/v1/plugins/hello/call?op=greet", vec![b' '; 4096])
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, error["kind"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("input_too_large"))
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_routes_need_the_bearer_token() {
+    let server = Server::start().await;
+    for path in [
+        "/v1/plugins/hello/reload",
+        "/v1/plugins/hello/pause",
+        "/v1/plugins/hello/resume",
+        "/v1/events/orders.created",
+    ] {
+        let anonymous = server.post(path, "").await;
+        assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(anonymous.headers()["www-authenticate"], "Bearer");
+        let wrong = server
+            .client
+            .post(server.url(path))
+            .bearer_auth("not-the-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED, "{path}");
+    }
+    let dead = server
+        .client
+        .get(server.url("/v1/dead-letters"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dead.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        server.host.status(HELLO).unwrap().state,
+        capsule_host::PluginState::Active
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_metrics_health_events_and_reload() {
+    let server = Server::start().await;
+    assert_eq!(
+        server
+            .client
+            .get(server.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "ok\n"
+    );
+    server
+        .post("/v1/plugins/hello/call?op=greet", r#"{"name":"Ada"}"#)
+        .await;
+
+    let listing: Value = server
+        .client
+        .get(server.url("/v1/plugins"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let hello = listing["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == HELLO)
+        .expect("hello is listed");
+    assert_eq!(hello["info"]["version"], "0.1.0");
+    assert_eq!(hello["info"]["capabilities"], json!(["greeting"]));
+    assert_eq!(hello["state"], "active");
+    assert_eq!(hello["digest"].as_str().unwrap().len(), 64);
+    assert_eq!(hello["signers"].as_array().unwrap().len(), 1);
+    assert!(hello["grants"].is_object() && hello["limits"].is_object());
+    assert_eq!(listing["pipelines"][0]["name"], "ingest");
+
+    let metrics = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        metrics.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = metrics.text().await.unwrap();
+    assert!(
+        text.contains(r#"capsule_calls_total{plugin="hello",outcome="ok"} 1"#),
+        "{text}"
+    );
+
+    let published = server
+        .admin(
+            "/v1/events/orders.created",
+            json!({"order_id": "H-1", "item": "kettle", "quantity": 1}).to_string(),
+        )
+        .await;
+    assert_eq!(published.status(), StatusCode::OK);
+    assert_eq!(published.json::<Value>().await.unwrap()["delivered"], 1);
+    let bad_topic = server.admin("/v1/events/not..a.topic", "x").await;
+    assert_eq!(bad_topic.status(), StatusCode::BAD_REQUEST);
+
+    let reloaded = server.admin("/v1/plugins/hello/reload", "").await;
+    assert_eq!(reloaded.status(), StatusCode::OK);
+    let body: Value = reloaded.json().await.unwrap();
+    assert_eq!(body["generation"], 1);
+    let missing = server.admin("/v1/plugins/ghost/reload", "").await;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+
+    let dead = server
+        .client
+        .get(server.url("/v1/dead-letters"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dead.status(), StatusCode::OK);
+    assert!(dead.json::<Value>().await.unwrap()["dead_letters"].is_array());
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_over_http_are_all_answered() {
+    let server = Server::start().await;
+    let calls: Vec<_> = (0..100)
+        .map(|i| {
+            let client = server.client.clone();
+            let url = server.url("/v1/plugins/hello/call?op=greet");
+            tokio::spawn(async move {
+                let body = json!({ "name": format!("n{i}") }).to_string();
+                let response = client.post(url).body(body).send().await.unwrap();
+                (i, response.status(), response.text().await.unwrap())
+            })
+        })
+        .collect();
+    for call in calls {
+        let (i, status, text) = call.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(text, format!(r#"{{"greeting":"Hello, n{i}!"}}"#));
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_in_flight_calls_finish_then_stops() {
+    let server = Server::start().await;
+    let in_flight = {
+        let client = server.client.clone();
+        let url = server.url("/v1/plugins/slow-host-calls/call?op=run");
+        tokio::spawn(async move { client.post(url).body("x").send().await })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let base = server.base.clone();
+    let host = server.host.clone();
+    server.stop().await.expect("the server stops cleanly");
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight call got its answer");
+    // slow-host-calls sleeps past its 600 ms deadline: the call ran to its
+    // end (a timeout) instead of being cut off by the shutdown.
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        reqwest::Client::new()
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_err(),
+        "no longer accepting"
+    );
+    assert_eq!(
+        host.status(HELLO).unwrap().live_instances,
+        0,
+        "plugins were shut down"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_request_does_not_pin_an_instance() {
+    let server = Server::start().await;
+    // A spinning plugin with a long deadline: only cancellation can free it.
+    server
+        .host
+        .load(
+            PluginSpec::from_path(plugin_path(SPIN_LOOP))
+                .with_name("spin-long")
+                .limits(Limits {
+                    fuel: None,
+                    timeout: Duration::from_secs(20),
+                    max_instances: 1,
+                    ..Limits::default()
+                }),
+        )
+        .await
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let abandoned = client
+        .post(server.url("/v1/plugins/spin-long/call?op=run"))
+        .body("x")
+        .send()
+        .await;
+    assert!(abandoned.is_err(), "the client gave up");
+    // The dropped connection cancels the call and drops its instance long
+    // before the 20 s deadline.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while server.host.status("spin-long").unwrap().live_instances > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned call still holds its instance"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.stop().await.unwrap();
+}
