@@ -777,3 +777,113 @@ fn serve_answers_http_reloads_changed_files_and_stops_on_sigterm() {
     assert_eq!(status.code(), Some(0), "SIGTERM is a clean shutdown");
     assert!(std::net::TcpStream::connect(&address).is_err());
 }
+
+#[test]
+fn grants_can_be_given_on_the_command_line() {
+    let data = scratch("cli-grant-data");
+    let _ = std::fs::remove_dir_all(&data);
+    for expected in [1, 2] {
+        let out = capsule(&[
+            "run",
+            path_str(&plugin("kv-counter")),
+            "--op",
+            "increment",
+            "--input",
+            r#"{"key":"k"}"#,
+            "--kv",
+            "cli",
+            "--data-dir",
+            path_str(&data),
+            "--json",
+        ]);
+        assert_eq!(
+            json(&out)["output"]["count"],
+            expected,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let mount = scratch("cli-mount");
+    std::fs::create_dir_all(&mount).unwrap();
+    std::fs::write(mount.join("note.txt"), "mounted").unwrap();
+    let spec = format!("{}:/data", path_str(&mount));
+    let out = capsule(&[
+        "run",
+        path_str(&plugin("file-reader")),
+        "--op",
+        "read",
+        "--input",
+        r#"{"path":"/data/note.txt"}"#,
+        "--mount",
+        &spec,
+        "--json",
+    ]);
+    assert_eq!(json(&out)["output"]["content"], "mounted");
+    let out = capsule(&[
+        "run",
+        path_str(&plugin("file-reader")),
+        "--op",
+        "write",
+        "--input",
+        r#"{"path":"/data/x","content":"no"}"#,
+        "--mount",
+        &spec,
+        "--json",
+    ]);
+    assert_eq!(
+        json(&out)["error"]["kind"],
+        "plugin_error",
+        "read-only unless `:rw`"
+    );
+    let rw = format!("{spec}:rw");
+    let out = capsule(&[
+        "run",
+        path_str(&plugin("file-reader")),
+        "--op",
+        "write",
+        "--input",
+        r#"{"path":"/data/x","content":"yes"}"#,
+        "--mount",
+        &rw,
+        "--json",
+    ]);
+    assert_eq!(json(&out)["ok"], true);
+    assert_eq!(std::fs::read_to_string(mount.join("x")).unwrap(), "yes");
+
+    let out = capsule(&[
+        "run",
+        path_str(&plugin("hello")),
+        "--op",
+        "env",
+        "--env",
+        "LANG=de",
+        "--json",
+    ]);
+    assert_eq!(
+        json(&out)["output"]["vars"],
+        serde_json::json!({"LANG": "de"})
+    );
+    let out = capsule(&[
+        "run",
+        path_str(&plugin("hello")),
+        "--op",
+        "announce",
+        "--input",
+        r#"{"topic":"greetings.de","name":"Ada"}"#,
+        "--publish",
+        "greetings.*",
+        "--json",
+    ]);
+    assert_eq!(json(&out)["events"][0]["topic"], "greetings.de");
+
+    let out = capsule(&[
+        "run",
+        path_str(&plugin("hello")),
+        "--op",
+        "greet",
+        "--mount",
+        "/nonexistent:/d",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "a bad mount is a usage error");
+}

@@ -88,6 +88,11 @@ impl PluginSpec {
         self
     }
 
+    /// The grants the plugin will get.
+    pub fn granted(&self) -> &Grants {
+        &self.grants
+    }
+
     /// Replaces all grants.
     pub fn grants(mut self, grants: Grants) -> Self {
         self.grants = grants;

@@ -4,6 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use capsule_host::services::events::TopicPattern;
+use capsule_host::services::files::{Access, Mount};
+use capsule_host::services::http::{HttpGrant, OriginPattern};
+use capsule_host::services::kv::KvGrant;
 use capsule_host::units::{parse_duration, parse_size};
 use capsule_host::{
     CallError, CallStats, ErrorKind, Host, HostError, LoadError, LogRecord, PluginSource,
@@ -75,6 +79,41 @@ pub struct RunArgs {
     /// Compile the plugin without reading or writing the cache.
     #[arg(long)]
     no_cache: bool,
+    /// Grant an environment variable (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    env: Vec<(String, String)>,
+    /// Grant a host directory, as `HOST:GUEST` (read-only) or
+    /// `HOST:GUEST:rw` (repeatable).
+    #[arg(long = "mount", value_name = "HOST:GUEST[:ro|rw]", value_parser = parse_mount)]
+    mounts: Vec<Mount>,
+    /// Grant outgoing HTTP to an origin such as `https://api.example.com`
+    /// (repeatable).
+    #[arg(long = "allow-http", value_name = "ORIGIN", value_parser = OriginPattern::parse)]
+    allow_http: Vec<OriginPattern>,
+    /// Grant a key-value namespace (persisted under `--data-dir`).
+    #[arg(long, value_name = "NAMESPACE")]
+    kv: Option<String>,
+    /// Where the key-value store lives; without it kv data lasts one run.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Grant publishing to topics matching a pattern such as `orders.*`
+    /// (repeatable).
+    #[arg(long, value_name = "PATTERN", value_parser = TopicPattern::parse)]
+    publish: Vec<TopicPattern>,
+}
+
+/// `HOST:GUEST[:ro|rw]`, canonicalised now so a bad path is a usage error.
+fn parse_mount(text: &str) -> Result<Mount, String> {
+    let mut parts = text.splitn(3, ':');
+    let (Some(host), Some(guest)) = (parts.next(), parts.next()) else {
+        return Err(format!("`{text}` is not HOST:GUEST[:ro|rw]"));
+    };
+    let access = match parts.next() {
+        None | Some("ro") => Access::ReadOnly,
+        Some("rw") => Access::ReadWrite,
+        Some(other) => return Err(format!("`{other}` is not `ro` or `rw`")),
+    };
+    Mount::new(host.as_ref(), guest, access)
 }
 
 /// The cache directory to use: the one asked for, else the user's cache
@@ -187,6 +226,10 @@ async fn call_once(args: RunArgs, payload: Vec<u8>) -> ExitCode {
         keys.iter()
             .fold(base, |builder, key| builder.trust(key.clone()))
     };
+    let builder = || match &args.data_dir {
+        Some(dir) => builder().data_dir(dir),
+        None => builder(),
+    };
     let cache = match &policy {
         Some(policy) if policy.host.cache_dir.is_some() && args.cache_dir.is_none() => None,
         _ => cache_dir(&args),
@@ -243,6 +286,20 @@ async fn call_once(args: RunArgs, payload: Vec<u8>) -> ExitCode {
         limits.max_response_bytes = usize::try_from(max_output).unwrap_or(usize::MAX);
     }
     let mut spec = spec.limits(limits);
+    let mut grants = spec.granted().clone();
+    grants.env.extend(args.env.iter().cloned());
+    grants.files.extend(args.mounts.iter().cloned());
+    if !args.allow_http.is_empty() {
+        let http = grants
+            .http
+            .get_or_insert_with(|| HttpGrant::new(Vec::new()));
+        http.allow.extend(args.allow_http.iter().cloned());
+    }
+    if let Some(namespace) = &args.kv {
+        grants.kv = Some(KvGrant::new(namespace.clone()));
+    }
+    grants.events.publish.extend(args.publish.iter().cloned());
+    spec = spec.grants(grants);
     if let Some(signature) = &args.signature {
         spec = spec.detached_signature(PluginSource::Path(signature.clone()));
     }
