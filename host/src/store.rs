@@ -9,6 +9,7 @@ use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::engine::Metering;
 use crate::limits::{DeadlineExceeded, Limits, MemoryLimiter};
 use crate::services::config::ConfigState;
 use crate::services::events::EventsState;
@@ -31,6 +32,8 @@ pub(crate) struct StoreState {
     pub(crate) limiter: MemoryLimiter,
     /// When the running call must stop; checked on every epoch tick.
     pub(crate) deadline: Instant,
+    /// Which metering the engine has.
+    pub(crate) metering: Metering,
 }
 
 impl WasiView for StoreState {
@@ -58,6 +61,7 @@ pub(crate) struct StoreSetup<'a> {
     pub(crate) grants: &'a PreparedGrants,
     pub(crate) limits: &'a Limits,
     pub(crate) sink: &'a Arc<LogSink>,
+    pub(crate) metering: Metering,
 }
 
 /// Creates a store for one instance of a plugin, with its grants, memory
@@ -94,32 +98,48 @@ pub(crate) fn new_store(
         },
         limiter: MemoryLimiter::new(setup.limits.memory_bytes),
         deadline,
+        metering: setup.metering,
     };
     let mut store = Store::new(setup.engine, state);
     store.limiter(|state| &mut state.limiter);
     refuel(&mut store, setup.limits);
-    // Every epoch tick, either stop a call that ran past its deadline or let
-    // other tasks on this thread run before continuing.
-    store.epoch_deadline_callback(|context| {
-        if Instant::now() >= context.data().deadline {
-            Err(wasmtime::Error::new(DeadlineExceeded))
-        } else {
-            Ok(UpdateDeadline::Yield(1))
-        }
-    });
-    store.set_epoch_deadline(1);
+    if setup.metering.epoch {
+        // Every epoch tick, either stop a call that ran past its deadline or
+        // let other tasks on this thread run before continuing.
+        store.epoch_deadline_callback(|context| {
+            if Instant::now() >= context.data().deadline {
+                Err(wasmtime::Error::new(DeadlineExceeded))
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+    }
+    arm_deadline(&mut store);
     Ok(store)
 }
 
-/// Gives the store a full fuel budget for the next call.
-pub(crate) fn refuel(store: &mut Store<StoreState>, limits: &Limits) {
-    store
-        .set_fuel(limits.fuel.unwrap_or(u64::MAX))
-        .expect("fuel is enabled on every Capsule engine");
+/// Makes the next epoch tick check the deadline (when the engine has epochs).
+pub(crate) fn arm_deadline(store: &mut Store<StoreState>) {
+    if store.data().metering.epoch {
+        store.set_epoch_deadline(1);
+    }
 }
 
-/// Fuel consumed since the last [`refuel`].
-pub(crate) fn fuel_used(store: &Store<StoreState>, limits: &Limits) -> u64 {
+/// Gives the store a full fuel budget for the next call (when the engine
+/// meters fuel).
+pub(crate) fn refuel(store: &mut Store<StoreState>, limits: &Limits) {
+    if store.data().metering.fuel {
+        store
+            .set_fuel(limits.fuel.unwrap_or(u64::MAX))
+            .expect("the engine meters fuel");
+    }
+}
+
+/// Fuel consumed since the last [`refuel`], if the engine meters fuel.
+pub(crate) fn fuel_used(store: &Store<StoreState>, limits: &Limits) -> Option<u64> {
+    if !store.data().metering.fuel {
+        return None;
+    }
     let budget = limits.fuel.unwrap_or(u64::MAX);
-    budget.saturating_sub(store.get_fuel().unwrap_or(budget))
+    Some(budget.saturating_sub(store.get_fuel().unwrap_or(budget)))
 }

@@ -10,6 +10,7 @@
 //!   what they did and what the sandbox stopped;
 //! - `ci`: formatting, lints, then `test`.
 
+mod bench;
 mod component;
 mod demo;
 mod demo_setup;
@@ -47,6 +48,13 @@ enum Command {
     Demo,
     /// Check formatting and lints, then run `test`.
     Ci,
+    /// Run the benchmarks (release) and print a summary table of ratios.
+    Bench {
+        /// Also benchmark the Extism peer (builds a second wasmtime, outside
+        /// the workspace).
+        #[arg(long)]
+        peers: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -62,6 +70,7 @@ fn main() -> Result<()> {
         }
         Command::Test { cargo_args } => test(&workspace, &cargo_args)?,
         Command::Demo => demo::run(&workspace)?,
+        Command::Bench { peers } => bench::bench(&workspace, peers)?,
         Command::Ci => {
             workspace.cargo(&["fmt", "--all", "--", "--check"])?;
             workspace.cargo(&[

@@ -7,6 +7,7 @@
 //! not ill health, so they neither open nor close the circuit.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::ErrorKind;
@@ -27,6 +28,9 @@ enum State {
 #[derive(Debug)]
 pub(crate) struct CircuitBreaker {
     state: Mutex<State>,
+    /// Whether the state is `Closed { failures: 0 }`: the common case, which
+    /// admits and records successes without taking the lock.
+    healthy: AtomicBool,
 }
 
 /// Whether a call may go ahead.
@@ -58,6 +62,7 @@ impl Default for CircuitBreaker {
     fn default() -> Self {
         CircuitBreaker {
             state: Mutex::new(State::Closed { failures: 0 }),
+            healthy: AtomicBool::new(true),
         }
     }
 }
@@ -68,8 +73,21 @@ impl CircuitBreaker {
     }
 
     /// Decides whether a call may proceed now.
-    pub(crate) fn admit(&self, now: Instant) -> Admission {
+    pub(crate) fn admit(&self) -> Admission {
+        self.admit_at(Instant::now)
+    }
+
+    /// [`Self::admit`] with a clock that is read only when the circuit is
+    /// not closed (the hot path reads no clock).
+    fn admit_at(&self, clock: impl FnOnce() -> Instant) -> Admission {
+        if self.healthy.load(Ordering::Acquire) {
+            return Admission::Pass;
+        }
         let mut state = self.lock();
+        if let State::Closed { .. } = *state {
+            return Admission::Pass;
+        }
+        let now = clock();
         match *state {
             State::Closed { .. } => Admission::Pass,
             State::Open { until } if now >= until => {
@@ -88,9 +106,25 @@ impl CircuitBreaker {
         outcome: Result<(), ErrorKind>,
         threshold: u32,
         cooldown: Duration,
-        now: Instant,
     ) {
+        self.record_at(outcome, threshold, cooldown, Instant::now);
+    }
+
+    fn record_at(
+        &self,
+        outcome: Result<(), ErrorKind>,
+        threshold: u32,
+        cooldown: Duration,
+        clock: impl FnOnce() -> Instant,
+    ) {
+        if outcome.is_ok() && self.healthy.load(Ordering::Acquire) {
+            return;
+        }
         let mut state = self.lock();
+        if outcome.is_ok() && *state == (State::Closed { failures: 0 }) {
+            return;
+        }
+        let now = clock();
         let unhealthy = matches!(outcome, Err(kind) if counts_as_failure(kind));
         let neutral = matches!(outcome, Err(kind) if !counts_as_failure(kind));
         *state = match (*state, unhealthy, neutral) {
@@ -111,6 +145,8 @@ impl CircuitBreaker {
             (State::Open { until }, true, _) => State::Open { until },
             (_, false, false) => State::Closed { failures: 0 },
         };
+        self.healthy
+            .store(*state == (State::Closed { failures: 0 }), Ordering::Release);
     }
 
     /// Whether the circuit is open (or probing) right now.
@@ -129,26 +165,26 @@ mod tests {
         let cooldown = Duration::from_secs(10);
         let t0 = Instant::now();
         for _ in 0..2 {
-            assert_eq!(breaker.admit(t0), Admission::Pass);
-            breaker.record(Err(ErrorKind::Trap), 3, cooldown, t0);
+            assert_eq!(breaker.admit_at(|| t0), Admission::Pass);
+            breaker.record_at(Err(ErrorKind::Trap), 3, cooldown, || t0);
         }
         // A plugin error in between neither counts nor resets.
-        breaker.record(Err(ErrorKind::PluginError), 3, cooldown, t0);
-        breaker.record(Err(ErrorKind::Timeout), 3, cooldown, t0);
+        breaker.record_at(Err(ErrorKind::PluginError), 3, cooldown, || t0);
+        breaker.record_at(Err(ErrorKind::Timeout), 3, cooldown, || t0);
         assert!(breaker.is_open());
         assert!(
-            matches!(breaker.admit(t0 + Duration::from_secs(1)), Admission::Refuse(d) if d == Duration::from_secs(9))
+            matches!(breaker.admit_at(|| t0 + Duration::from_secs(1)), Admission::Refuse(d) if d == Duration::from_secs(9))
         );
 
         let later = t0 + cooldown;
-        assert_eq!(breaker.admit(later), Admission::Probe);
+        assert_eq!(breaker.admit_at(|| later), Admission::Probe);
         assert!(
-            matches!(breaker.admit(later), Admission::Refuse(_)),
+            matches!(breaker.admit_at(|| later), Admission::Refuse(_)),
             "one probe at a time"
         );
-        breaker.record(Ok(()), 3, cooldown, later);
+        breaker.record_at(Ok(()), 3, cooldown, || later);
         assert!(!breaker.is_open());
-        assert_eq!(breaker.admit(later), Admission::Pass);
+        assert_eq!(breaker.admit_at(|| later), Admission::Pass);
     }
 
     #[test]
@@ -156,15 +192,18 @@ mod tests {
         let breaker = CircuitBreaker::default();
         let cooldown = Duration::from_secs(1);
         let t0 = Instant::now();
-        breaker.record(Err(ErrorKind::Trap), 1, cooldown, t0);
-        assert_eq!(breaker.admit(t0 + cooldown), Admission::Probe);
-        breaker.record(Err(ErrorKind::Trap), 1, cooldown, t0 + cooldown);
-        assert!(matches!(breaker.admit(t0 + cooldown), Admission::Refuse(_)));
+        breaker.record_at(Err(ErrorKind::Trap), 1, cooldown, || t0);
+        assert_eq!(breaker.admit_at(|| t0 + cooldown), Admission::Probe);
+        breaker.record_at(Err(ErrorKind::Trap), 1, cooldown, || t0 + cooldown);
+        assert!(matches!(
+            breaker.admit_at(|| t0 + cooldown),
+            Admission::Refuse(_)
+        ));
 
         let disabled = CircuitBreaker::default();
         for _ in 0..10 {
-            disabled.record(Err(ErrorKind::Trap), 0, cooldown, t0);
+            disabled.record_at(Err(ErrorKind::Trap), 0, cooldown, || t0);
         }
-        assert_eq!(disabled.admit(t0), Admission::Pass);
+        assert_eq!(disabled.admit_at(|| t0), Admission::Pass);
     }
 }

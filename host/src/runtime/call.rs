@@ -10,6 +10,7 @@ use tracing::Instrument;
 use super::breaker::Admission;
 use super::middleware::CallContext;
 use super::pipeline::PipelineError;
+use super::registry::Slot;
 use super::{CallOutcome, Host};
 use crate::contract::Request;
 use crate::error::{CallError, CallFailure};
@@ -31,33 +32,44 @@ impl Host {
         self.call_in_span(plugin, request).instrument(span).await
     }
 
-    async fn call_in_span(
-        &self,
-        plugin: &str,
-        mut request: Request,
-    ) -> Result<CallOutcome, CallError> {
-        let started = Instant::now();
-        let result = self.call_checked(plugin, &mut request, started).await;
-        let (outcome, fuel) = match &result {
-            Ok(outcome) => ("ok", outcome.stats.fuel_used),
-            Err(err) => (err.kind().as_str(), err.stats.fuel_used),
+    async fn call_in_span(&self, plugin: &str, request: Request) -> Result<CallOutcome, CallError> {
+        let Some(slot) = self.slot(plugin) else {
+            return Err(CallError::new(plugin, CallFailure::UnknownPlugin));
         };
-        let elapsed = started.elapsed();
+        // The request is kept for the middleware's `after`/`on-error` hooks
+        // only when there are hooks to run.
+        let (result, kept) = if self.inner.middleware.is_empty() {
+            (self.call_slot(&slot, request).await, None)
+        } else {
+            self.call_with_middleware(&slot, request).await
+        };
+        let (outcome, stats) = match &result {
+            Ok(outcome) => ("ok", &outcome.stats),
+            Err(err) => (err.kind().as_str(), &err.stats),
+        };
         let span = tracing::Span::current();
-        span.record("outcome", outcome);
-        span.record("duration_us", elapsed.as_micros() as u64);
-        if let Some(fuel) = fuel {
-            span.record("fuel", fuel);
+        if !span.is_disabled() {
+            span.record("outcome", outcome);
+            span.record("duration_us", stats.duration.as_micros() as u64);
+            if let Some(fuel) = stats.fuel_used {
+                span.record("fuel", fuel);
+            }
         }
-        if !matches!(&result, Err(err) if err.kind() == crate::ErrorKind::UnknownPlugin) {
-            self.inner
-                .metrics
-                .call(plugin, outcome, elapsed.as_secs_f64(), fuel);
+        match &result {
+            Ok(_) => slot.metrics.ok(stats.duration, stats.fuel_used),
+            Err(err) => self.inner.metrics.call(
+                plugin,
+                err.kind().as_str(),
+                stats.duration.as_secs_f64(),
+                stats.fuel_used,
+            ),
         }
         match result {
             Ok(mut outcome) => {
-                for middleware in &self.inner.middleware {
-                    middleware.after(plugin, &request, &mut outcome);
+                if let Some(request) = &kept {
+                    for middleware in &self.inner.middleware {
+                        middleware.after(plugin, request, &mut outcome);
+                    }
                 }
                 for event in &outcome.events {
                     self.publish_from(plugin, &event.topic, event.payload.clone())
@@ -66,49 +78,55 @@ impl Host {
                 Ok(outcome)
             }
             Err(err) => {
-                for middleware in &self.inner.middleware {
-                    middleware.on_error(plugin, &request, &err);
+                if let Some(request) = &kept {
+                    for middleware in &self.inner.middleware {
+                        middleware.on_error(plugin, request, &err);
+                    }
                 }
                 Err(err)
             }
         }
     }
 
-    async fn call_checked(
+    /// Runs the `before` hooks, then the call; hands back the request for
+    /// the `after` hooks.
+    async fn call_with_middleware(
         &self,
-        plugin: &str,
-        request: &mut Request,
-        started: Instant,
-    ) -> Result<CallOutcome, CallError> {
-        let fail = |cause| CallError::new(plugin, cause);
-        let Some(slot) = self.slot(plugin) else {
-            return Err(fail(CallFailure::UnknownPlugin));
-        };
+        slot: &Slot,
+        mut request: Request,
+    ) -> (Result<CallOutcome, CallError>, Option<Request>) {
+        let started = Instant::now();
+        for middleware in &self.inner.middleware {
+            let mut context = CallContext {
+                plugin: &slot.name,
+                request: &mut request,
+                started,
+            };
+            if let Err(reason) = middleware.before(&mut context) {
+                let err = CallError::new(slot.name.to_string(), CallFailure::Rejected(reason));
+                return (Err(err), Some(request));
+            }
+        }
+        let result = self.call_slot(slot, request.clone()).await;
+        (result, Some(request))
+    }
+
+    /// The call itself: pause and circuit checks, then the current version.
+    async fn call_slot(&self, slot: &Slot, request: Request) -> Result<CallOutcome, CallError> {
+        let fail = |cause| CallError::new(slot.name.to_string(), cause);
         if slot.paused.load(Ordering::Acquire) {
             return Err(fail(CallFailure::Paused));
         }
-        for middleware in &self.inner.middleware {
-            let mut context = CallContext {
-                plugin,
-                request,
-                started,
-            };
-            middleware
-                .before(&mut context)
-                .map_err(|reason| fail(CallFailure::Rejected(reason)))?;
-        }
-        let admission = slot.breaker.admit(Instant::now());
-        if let Admission::Refuse(retry_in) = admission {
+        if let Admission::Refuse(retry_in) = slot.breaker.admit() {
             return Err(fail(CallFailure::CircuitOpen { retry_in }));
         }
         let current = slot.current();
-        let result = current.call(request.clone()).await;
+        let result = current.call(request).await;
         let limits = current.limits();
         slot.breaker.record(
             result.as_ref().map(|_| ()).map_err(CallError::kind),
             limits.circuit_failures,
             limits.circuit_cooldown,
-            Instant::now(),
         );
         result
     }

@@ -16,6 +16,7 @@ use crate::artifact::inspect::{
 use crate::artifact::signature::{self, SignatureError};
 use crate::artifact::{PublicKey, sha256_hex};
 use crate::contract::{CONTRACT_PACKAGE, CONTRACT_VERSION, PluginInfo, PluginPre};
+use crate::engine::Metering;
 use crate::error::{LoadError, LoadFailure, chain};
 use crate::limits::Limits;
 use crate::runtime::plugin::{Invocation, LoadedPlugin, PluginDetails, Returned};
@@ -47,6 +48,7 @@ pub(crate) struct LoadContext<'a> {
     pub(crate) trust: &'a TrustPolicy,
     pub(crate) cache: Option<&'a CompileCache>,
     pub(crate) kv_store: &'a Arc<KvStore>,
+    pub(crate) metering: Metering,
 }
 
 /// Which signatures the host accepts.
@@ -132,7 +134,13 @@ pub(crate) async fn load(
     ));
     // `init` and `describe` run under the plugin's limits before it is
     // registered; the instance that answered stays warm for the first call.
-    let mut plugin = LoadedPlugin::new(context.engine.clone(), pre, details, grants);
+    let mut plugin = LoadedPlugin::new(
+        context.engine.clone(),
+        pre,
+        details,
+        grants,
+        context.metering,
+    );
     let invoked = plugin.run(Invocation::Describe).await;
     match invoked.result {
         Ok(Returned::Info(info)) => plugin.details.info = info,

@@ -17,6 +17,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
+use arc_swap::ArcSwap;
+
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
@@ -179,7 +181,13 @@ impl HostBuilder {
             Some(dir) => KvStore::open(&dir.join("kv.redb"))?,
             None => KvStore::in_memory(),
         });
-        engine::start_epoch_ticker(&engine, self.engine.epoch_tick)?;
+        if self.engine.epoch_interruption {
+            engine::start_epoch_ticker(&engine, self.engine.epoch_tick)?;
+        } else {
+            tracing::warn!(
+                "epoch interruption is off: guest code cannot be stopped at its deadline"
+            );
+        }
         if self.trust.allow_unsigned {
             tracing::warn!("this host loads plugins without a valid trusted signature");
         }
@@ -192,8 +200,10 @@ impl HostBuilder {
                 trust: self.trust,
                 cache,
                 kv_store,
+                metering: self.engine.metering(),
                 persistent_kv: self.data_dir.is_some(),
-                plugins: RwLock::new(BTreeMap::new()),
+                plugins: ArcSwap::from_pointee(BTreeMap::new()),
+                plugins_writer: std::sync::Mutex::new(()),
                 pipelines: RwLock::new(BTreeMap::new()),
                 middleware: self.middleware,
                 metrics: Metrics::default(),
@@ -217,8 +227,12 @@ struct HostInner {
     trust: TrustPolicy,
     cache: Option<CompileCache>,
     kv_store: Arc<KvStore>,
+    metering: engine::Metering,
     persistent_kv: bool,
-    plugins: RwLock<BTreeMap<String, Arc<Slot>>>,
+    /// The plugin table: read on every call without a lock, replaced whole
+    /// (under `plugins_writer`) on the rare load and unload.
+    plugins: ArcSwap<BTreeMap<String, Arc<Slot>>>,
+    plugins_writer: std::sync::Mutex<()>,
     pipelines: RwLock<BTreeMap<String, Pipeline>>,
     middleware: Vec<Arc<dyn Middleware>>,
     metrics: Metrics,
@@ -261,18 +275,26 @@ impl Host {
         }
         let loaded = self.compile(spec.clone()).await?;
         let details = loaded.details.clone();
-        let slot = {
-            let mut plugins = self.write_plugins();
+        let metrics = self.inner.metrics.for_plugin(&name);
+        let slot = Arc::new(Slot::new(
+            loaded,
+            spec,
+            self.inner.bus.options.queue,
+            metrics,
+        ));
+        let inserted = self.update_plugins(|plugins| {
             if plugins.contains_key(&name) {
-                return Err(LoadError::new(
-                    name,
-                    LoadFailure::Config("a plugin with this name was loaded concurrently".into()),
-                ));
+                return false;
             }
-            let slot = Arc::new(Slot::new(loaded, spec, self.inner.bus.options.queue));
-            plugins.insert(name, Arc::clone(&slot));
-            slot
-        };
+            plugins.insert(name.clone(), Arc::clone(&slot));
+            true
+        });
+        if !inserted {
+            return Err(LoadError::new(
+                name,
+                LoadFailure::Config("a plugin with this name was loaded concurrently".into()),
+            ));
+        }
         self.start_delivery(&slot);
         Ok(details)
     }
@@ -287,6 +309,7 @@ impl Host {
             trust: &self.inner.trust,
             cache: self.inner.cache.as_ref(),
             kv_store: &self.inner.kv_store,
+            metering: self.inner.metering,
         };
         if spec.grants.kv.is_some() && !self.inner.persistent_kv {
             tracing::warn!(
@@ -353,21 +376,24 @@ impl Host {
     }
 
     fn slot(&self, name: &str) -> Option<Arc<Slot>> {
-        let plugins = self.inner.plugins.read().unwrap_or_else(|p| p.into_inner());
-        plugins.get(name).cloned()
+        self.inner.plugins.load().get(name).cloned()
     }
 
     fn slots(&self) -> Vec<Arc<Slot>> {
-        let plugins = self.inner.plugins.read().unwrap_or_else(|p| p.into_inner());
-        plugins.values().cloned().collect()
+        self.inner.plugins.load().values().cloned().collect()
     }
 
-    fn write_plugins(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Slot>>> {
-        // The table is only ever modified by single inserts and removals, so
-        // a panic elsewhere cannot leave it half-updated.
-        self.inner
-            .plugins
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
+    /// Changes the plugin table: `change` gets a copy to edit, which then
+    /// replaces the table atomically. Writers take turns.
+    fn update_plugins<R>(&self, change: impl FnOnce(&mut BTreeMap<String, Arc<Slot>>) -> R) -> R {
+        let _writer = self
+            .inner
+            .plugins_writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut table = BTreeMap::clone(&self.inner.plugins.load());
+        let result = change(&mut table);
+        self.inner.plugins.store(Arc::new(table));
+        result
     }
 }

@@ -15,12 +15,13 @@ use crate::artifact::ComponentSummary;
 use crate::contract::{
     Event, EventOutcome, PluginBindings, PluginError, PluginInfo, PluginPre, Request, Response,
 };
+use crate::engine::Metering;
 use crate::error::{CallError, CallFailure, OutputStream};
 use crate::limits::{FailureContext, Limits, classify};
 use crate::services::events::PublishedEvent;
 use crate::services::log::{LogRecord, LogSink};
 use crate::services::{Grants, PreparedGrants};
-use crate::store::{StoreSetup, StoreState, fuel_used, new_store, refuel};
+use crate::store::{StoreSetup, StoreState, arm_deadline, fuel_used, new_store, refuel};
 
 /// A successful call: the plugin's response, what it logged and published,
 /// and what the call cost.
@@ -151,7 +152,7 @@ impl Instance {
     /// HTTP request count.
     fn prepare(&mut self, limits: &Limits, deadline: Instant) {
         refuel(&mut self.store, limits);
-        self.store.set_epoch_deadline(1);
+        arm_deadline(&mut self.store);
         let state = self.store.data_mut();
         state.deadline = deadline;
         state.events.published.clear();
@@ -181,6 +182,7 @@ pub(crate) struct LoadedPlugin {
     pub(crate) engine: Engine,
     pub(crate) pre: PluginPre<StoreState>,
     pub(crate) grants: Arc<PreparedGrants>,
+    metering: Metering,
     slots: Semaphore,
     queued: AtomicUsize,
     idle: Mutex<Vec<Instance>>,
@@ -196,8 +198,10 @@ impl LoadedPlugin {
         pre: PluginPre<StoreState>,
         details: PluginDetails,
         grants: Arc<PreparedGrants>,
+        metering: Metering,
     ) -> LoadedPlugin {
         LoadedPlugin {
+            metering,
             name: Arc::clone(&grants.plugin),
             grants,
             slots: Semaphore::new(details.limits.max_instances.max(1)),
@@ -330,6 +334,7 @@ impl LoadedPlugin {
             grants: &self.grants,
             limits: self.limits(),
             sink,
+            metering: self.metering,
         };
         let live = LiveGuard::new(&self.live);
         let mut store = new_store(&setup, deadline).map_err(SetupError::Host)?;
@@ -387,7 +392,7 @@ impl LoadedPlugin {
                 let events = std::mem::take(&mut instance.store.data_mut().events.published);
                 instance.calls += u32::from(counts);
                 self.recycle(instance);
-                (Ok(returned), Some(fuel), events)
+                (Ok(returned), fuel, events)
             }
             Ok(Ok((_trapped, Err(err)))) => (Err(self.classify(&err, &sink)), None, Vec::new()),
             Ok(Err(SetupError::Wasm(err))) => (Err(self.classify(&err, &sink)), None, Vec::new()),
@@ -444,7 +449,7 @@ impl LoadedPlugin {
         for mut instance in idle {
             let until = Instant::now() + deadline;
             instance.store.data_mut().deadline = until;
-            instance.store.set_epoch_deadline(1);
+            arm_deadline(&mut instance.store);
             refuel(&mut instance.store, self.limits());
             let handler = instance.bindings.capsule_plugin_handler();
             let shutdown = handler.call_shutdown(&mut instance.store);

@@ -3,7 +3,9 @@
 //! atomically, keep the old version on failure), shutdown and unload.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -12,6 +14,7 @@ use tokio::sync::mpsc;
 use super::Host;
 use super::breaker::CircuitBreaker;
 use super::bus::Delivery;
+use super::metrics::PluginMetrics;
 use super::plugin::{LoadedPlugin, PluginDetails};
 use super::spec::PluginSpec;
 use crate::error::{LoadError, LoadFailure};
@@ -47,7 +50,8 @@ pub struct PluginStatus {
 /// version changes, the name's state (paused, circuit, event queue) stays.
 pub(crate) struct Slot {
     pub(crate) name: Arc<str>,
-    current: RwLock<Arc<LoadedPlugin>>,
+    /// Swapped atomically by a reload; read without a lock on every call.
+    current: ArcSwap<LoadedPlugin>,
     /// What the current version was loaded from, to reload it.
     spec: Mutex<PluginSpec>,
     pub(crate) paused: AtomicBool,
@@ -57,26 +61,34 @@ pub(crate) struct Slot {
     pub(crate) queue: mpsc::Sender<Delivery>,
     /// The receiving end, until the delivery worker takes it.
     pub(crate) queue_receiver: Mutex<Option<mpsc::Receiver<Delivery>>>,
+    /// The plugin's call metrics.
+    pub(crate) metrics: PluginMetrics,
 }
 
 impl Slot {
-    pub(crate) fn new(plugin: Arc<LoadedPlugin>, spec: PluginSpec, queue: usize) -> Slot {
+    pub(crate) fn new(
+        plugin: Arc<LoadedPlugin>,
+        spec: PluginSpec,
+        queue: usize,
+        metrics: PluginMetrics,
+    ) -> Slot {
         let (sender, receiver) = mpsc::channel(queue.max(1));
         Slot {
             name: Arc::clone(&plugin.name),
-            current: RwLock::new(plugin),
+            current: ArcSwap::new(plugin),
             spec: Mutex::new(spec),
             paused: AtomicBool::new(false),
             breaker: CircuitBreaker::default(),
             generation: AtomicU64::new(0),
             queue: sender,
             queue_receiver: Mutex::new(Some(receiver)),
+            metrics,
         }
     }
 
     /// The version serving new calls.
     pub(crate) fn current(&self) -> Arc<LoadedPlugin> {
-        Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
+        self.current.load_full()
     }
 
     fn status(&self) -> PluginStatus {
@@ -188,10 +200,7 @@ impl Host {
             }
         };
         let details = loaded.details.clone();
-        let old = {
-            let mut current = slot.current.write().unwrap_or_else(|p| p.into_inner());
-            std::mem::replace(&mut *current, loaded)
-        };
+        let old = slot.current.swap(loaded);
         *slot.spec.lock().unwrap_or_else(|p| p.into_inner()) = spec;
         slot.generation.fetch_add(1, Ordering::AcqRel);
         self.inner.metrics.reload(&name, true);
@@ -211,7 +220,7 @@ impl Host {
     /// Removes a plugin: it takes no new calls, running calls finish, its
     /// idle instances run `shutdown`. Returns whether it was loaded.
     pub async fn unload(&self, plugin: &str) -> bool {
-        let removed = self.write_plugins().remove(plugin);
+        let removed = self.update_plugins(|plugins| plugins.remove(plugin));
         match removed {
             Some(slot) => {
                 slot.current().retire(SHUTDOWN_DEADLINE).await;

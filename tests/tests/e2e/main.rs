@@ -5,6 +5,8 @@
 //! `foreach_plugin!` check below fails to compile otherwise.
 
 mod alloc_bomb;
+mod bench_compute;
+mod bench_echo;
 mod deep_recursion;
 mod file_reader;
 mod forbidden_host;

@@ -1,0 +1,337 @@
+//! Capsule's benchmarks. Every group measures Capsule next to a baseline in
+//! the same run, so `cargo xtask bench` can report ratios that a noisy
+//! machine does not distort much:
+//!
+//! - `echo`: a 16-byte echo as a native function, as a warm call through the
+//!   full host API, and on a fresh instance per call;
+//! - `throughput`: `hello` greetings from many tasks on 1 and 2 worker
+//!   threads, with warm instances and with a fresh instance per call;
+//! - `load`: loading a signed plugin cold (verify + compile) and from the
+//!   compile cache (verify + deserialize);
+//! - `verify`: signature verification of a 4 MiB component;
+//! - `compute`: a 4 MB prime sieve natively and in Capsule with fuel and
+//!   epoch interruption on and off.
+//!
+//! The plugins come from `cargo xtask build-plugins` (`CAPSULE_PLUGIN_DIR`).
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use capsule_host::artifact::sections::{COMPONENT_HEADER, encode_custom};
+use capsule_host::artifact::signature;
+use capsule_host::{
+    EngineOptions, Host, HostBuilder, Limits, PluginSpec, PublicKey, Request, SecretKey,
+};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+
+#[path = "../kernel/sieve.rs"]
+mod sieve;
+
+fn plugin_dir() -> PathBuf {
+    std::env::var_os("CAPSULE_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"))
+}
+
+fn plugin(name: &str) -> PathBuf {
+    let path = plugin_dir().join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo xtask bench`",
+        path.display()
+    );
+    path
+}
+
+fn test_key() -> PublicKey {
+    PublicKey::from_file(&plugin_dir().join("test-key.pub")).expect("the test key exists")
+}
+
+fn builder() -> HostBuilder {
+    Host::builder().trust(test_key())
+}
+
+fn runtime(workers: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A host (built with `builder`) with `plugin` loaded as `name`.
+fn host_with(
+    rt: &tokio::runtime::Runtime,
+    builder: HostBuilder,
+    name: &str,
+    plugin_name: &str,
+    limits: Limits,
+) -> Host {
+    rt.block_on(async {
+        let host = builder.build().unwrap();
+        host.load(
+            PluginSpec::from_path(plugin(plugin_name))
+                .with_name(name)
+                .limits(limits),
+        )
+        .await
+        .unwrap();
+        host
+    })
+}
+
+const PAYLOAD: &[u8; 16] = b"0123456789abcdef";
+
+fn echo(c: &mut Criterion) {
+    let rt = runtime(1);
+    let warm = host_with(&rt, builder(), "echo", "bench-echo", Limits::default());
+    let fresh = host_with(
+        &rt,
+        builder(),
+        "echo",
+        "bench-echo",
+        Limits {
+            recycle_after: 1,
+            ..Limits::default()
+        },
+    );
+    let mut group = c.benchmark_group("echo");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("native", |b| {
+        b.iter(|| black_box(native_echo(black_box(PAYLOAD))));
+    });
+    group.bench_function("capsule_warm", |b| {
+        b.to_async(&rt).iter(|| async {
+            let outcome = warm
+                .call("echo", Request::new("echo", PAYLOAD.to_vec()))
+                .await
+                .unwrap();
+            black_box(outcome.response.payload)
+        });
+    });
+    group.bench_function("capsule_fresh", |b| {
+        b.to_async(&rt).iter(|| async {
+            let outcome = fresh
+                .call("echo", Request::new("echo", PAYLOAD.to_vec()))
+                .await
+                .unwrap();
+            black_box(outcome.response.payload)
+        });
+    });
+    group.finish();
+}
+
+#[inline(never)]
+fn native_echo(payload: &[u8]) -> Vec<u8> {
+    payload.to_vec()
+}
+
+/// Calls per throughput sample.
+const BATCH: u64 = 2000;
+
+fn throughput(c: &mut Criterion) {
+    let mut group = c.benchmark_group("throughput");
+    group.throughput(Throughput::Elements(BATCH));
+    group.sample_size(10);
+    // The machine's own scaling, for reference: the same batch shape with a
+    // native function of similar weight instead of a plugin call.
+    for workers in [1usize, 2] {
+        let rt = runtime(workers);
+        let id = BenchmarkId::new(
+            "native",
+            format!("{workers}_worker{}", if workers > 1 { "s" } else { "" }),
+        );
+        group.bench_function(id, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    total += rt.block_on(native_batch(workers));
+                }
+                total
+            });
+        });
+    }
+    for (label, recycle_after) in [("warm", 1000), ("fresh", 1)] {
+        for workers in [1usize, 2] {
+            let rt = runtime(workers);
+            let host = host_with(
+                &rt,
+                builder(),
+                "hello",
+                "hello",
+                Limits {
+                    recycle_after,
+                    max_instances: 2 * workers,
+                    max_queued: 10_000,
+                    ..Limits::default()
+                },
+            );
+            let id = BenchmarkId::new(
+                label,
+                format!("{workers}_worker{}", if workers > 1 { "s" } else { "" }),
+            );
+            group.bench_function(id, |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        total += rt.block_on(batch(host.clone(), workers));
+                    }
+                    total
+                });
+            });
+        }
+    }
+    group.finish();
+}
+
+/// `BATCH` greetings from `4 × workers` tasks; returns the wall time.
+async fn batch(host: Host, workers: usize) -> Duration {
+    let tasks = 4 * workers as u64;
+    let started = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let host = host.clone();
+            tokio::spawn(async move {
+                for _ in 0..BATCH / tasks {
+                    let request = Request::new("greet", r#"{"name":"Ada"}"#);
+                    black_box(host.call("hello", request).await.unwrap());
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.await.unwrap();
+    }
+    started.elapsed()
+}
+
+/// `BATCH` small native computations (about a warm call's weight) from
+/// `4 × workers` tasks.
+async fn native_batch(workers: usize) -> Duration {
+    let tasks = 4 * workers as u64;
+    let started = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            tokio::spawn(async move {
+                for _ in 0..BATCH / tasks {
+                    black_box(sieve::count_primes(black_box(2_000)));
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.await.unwrap();
+    }
+    started.elapsed()
+}
+
+fn load(c: &mut Criterion) {
+    let rt = runtime(1);
+    let bytes: Arc<[u8]> = std::fs::read(plugin("hello")).unwrap().into();
+    let cache = std::env::temp_dir().join(format!("capsule-bench-cache-{}", std::process::id()));
+    let cold = builder().build().unwrap();
+    let cached = builder().cache_dir(&cache).build().unwrap();
+    // Fill the cache once.
+    rt.block_on(cached.load(PluginSpec::from_bytes("hello", Arc::clone(&bytes))))
+        .unwrap();
+    rt.block_on(cached.unload("hello"));
+
+    let mut group = c.benchmark_group("load");
+    group.sample_size(10);
+    for (id, host) in [("cold", &cold), ("cached", &cached)] {
+        group.bench_function(id, |b| {
+            b.to_async(&rt).iter(|| async {
+                let details = host
+                    .load(PluginSpec::from_bytes("hello", Arc::clone(&bytes)))
+                    .await
+                    .unwrap();
+                assert_eq!(details.compiled_from_cache, id == "cached");
+                host.unload("hello").await;
+            });
+        });
+    }
+    group.finish();
+    let _ = std::fs::remove_dir_all(cache);
+}
+
+/// Bytes in the component whose signature is verified.
+const VERIFY_BYTES: usize = 4 << 20;
+
+fn verify(c: &mut Criterion) {
+    let key = SecretKey::generate().unwrap();
+    let mut component = COMPONENT_HEADER.to_vec();
+    component.extend(encode_custom("payload", &vec![0x5a; VERIFY_BYTES]));
+    let signed = signature::sign(&component, &key).unwrap().embedded;
+    let trusted = [key.public_key()];
+    let mut group = c.benchmark_group("verify");
+    group.throughput(Throughput::Bytes(VERIFY_BYTES as u64));
+    group.sample_size(20);
+    group.bench_function("4MiB", |b| {
+        b.iter(|| signature::verify(black_box(&signed), None, &trusted, false).unwrap());
+    });
+    group.finish();
+}
+
+fn compute(c: &mut Criterion) {
+    assert_eq!(sieve::count_primes(sieve::LIMIT), sieve::PRIMES_BELOW_LIMIT);
+    let rt = runtime(1);
+    let limits = Limits {
+        fuel: Some(u64::MAX / 2),
+        timeout: Duration::from_secs(60),
+        ..Limits::default()
+    };
+    let engine = |fuel: bool, epoch: bool| EngineOptions {
+        consume_fuel: fuel,
+        epoch_interruption: epoch,
+        ..EngineOptions::default()
+    };
+    let variants = [
+        ("capsule", engine(true, true)),
+        ("capsule_nofuel", engine(false, true)),
+        ("capsule_noepoch", engine(true, false)),
+        ("capsule_bare", engine(false, false)),
+    ];
+    let input = sieve::LIMIT.to_string();
+    let mut group = c.benchmark_group("compute");
+    group.sample_size(20);
+    group.bench_function("native", |b| {
+        b.iter(|| sieve::count_primes(black_box(sieve::LIMIT)));
+    });
+    for (id, options) in variants {
+        let host = host_with(
+            &rt,
+            builder().engine_options(options),
+            "compute",
+            "bench-compute",
+            limits.clone(),
+        );
+        let check = rt
+            .block_on(host.call("compute", Request::new("sieve", input.clone())))
+            .unwrap();
+        assert_eq!(
+            check.response.text(),
+            Some(sieve::PRIMES_BELOW_LIMIT.to_string().as_str())
+        );
+        group.bench_function(id, |b| {
+            b.to_async(&rt).iter(|| async {
+                black_box(
+                    host.call("compute", Request::new("sieve", input.clone()))
+                        .await
+                        .unwrap(),
+                )
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
+    targets = echo, throughput, load, verify, compute
+}
+criterion_main!(benches);

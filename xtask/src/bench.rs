@@ -1,0 +1,295 @@
+//! `cargo xtask bench [--peers]`: builds and signs the plugins, runs the
+//! Capsule benchmarks (and with `--peers` the Extism ones) in release, then
+//! reads criterion's estimates and prints one table of measurements and
+//! ratios. The table is also written to `target/bench/summary.md` and the
+//! numbers to `target/bench/summary.json`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use crate::plugins;
+use crate::shell::{Workspace, cargo, run};
+
+/// Calls per sample in the `throughput` group (bench/benches/host.rs).
+const BATCH: f64 = 2000.0;
+/// Bytes verified per sample in the `verify` group.
+const VERIFY_MIB: f64 = 4.0;
+
+/// Runs the benchmarks and prints the summary.
+pub fn bench(workspace: &Workspace, peers: bool) -> Result<()> {
+    let built = plugins::build(workspace)?;
+    let criterion = workspace.target.join("criterion");
+    let mut command = Command::new(cargo());
+    command
+        .args(["bench", "--package", "capsule-bench", "--bench", "host"])
+        .current_dir(&workspace.root)
+        .env("CAPSULE_PLUGIN_DIR", &built.dir)
+        .env("CRITERION_HOME", &criterion);
+    run(&mut command)?;
+    if peers {
+        run_extism(workspace, &criterion)?;
+    }
+    let table = Summary::read(&criterion)?;
+    let markdown = table.markdown(peers);
+    println!();
+    println!("{markdown}");
+    let out = workspace.target.join("bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("summary.md"), &markdown)?;
+    std::fs::write(out.join("summary.json"), table.json())?;
+    println!("written to {}", out.display());
+    Ok(())
+}
+
+/// Builds the Extism plugin (wasm32-unknown-unknown) and runs its benchmark,
+/// both outside the workspace and in their own target directory, so the
+/// workspace never depends on a second wasmtime.
+fn run_extism(workspace: &Workspace, criterion: &Path) -> Result<()> {
+    plugins::ensure_target("wasm32-unknown-unknown")?;
+    let peers = workspace.root.join("bench/peers");
+    let target = workspace.target.join("peers");
+    run(Command::new(cargo())
+        .args(["build", "--release", "--target", "wasm32-unknown-unknown"])
+        .current_dir(peers.join("extism-plugin"))
+        .env("CARGO_TARGET_DIR", &target))?;
+    let wasm = target.join("wasm32-unknown-unknown/release/extism_plugin.wasm");
+    run(Command::new(cargo())
+        .args(["bench", "--bench", "extism"])
+        .current_dir(peers.join("extism-bench"))
+        .env("CARGO_TARGET_DIR", &target)
+        .env("CRITERION_HOME", criterion)
+        .env("EXTISM_PLUGIN_WASM", &wasm))
+}
+
+/// Mean times in nanoseconds, by `group/id`.
+struct Summary {
+    criterion: PathBuf,
+    rows: Vec<(String, Option<f64>)>,
+}
+
+impl Summary {
+    fn read(criterion: &Path) -> Result<Summary> {
+        let ids = [
+            "echo/native",
+            "echo/capsule_warm",
+            "echo/capsule_fresh",
+            "echo/extism_warm",
+            "echo/extism_fresh",
+            "throughput/native/1_worker",
+            "throughput/native/2_workers",
+            "throughput/warm/1_worker",
+            "throughput/warm/2_workers",
+            "throughput/fresh/1_worker",
+            "throughput/fresh/2_workers",
+            "load/cold",
+            "load/cached",
+            "verify/4MiB",
+            "compute/native",
+            "compute/capsule",
+            "compute/capsule_nofuel",
+            "compute/capsule_noepoch",
+            "compute/capsule_bare",
+            "compute/extism",
+        ];
+        let rows = ids
+            .iter()
+            .map(|id| Ok((id.to_string(), mean_ns(criterion, id)?)))
+            .collect::<Result<_>>()?;
+        Ok(Summary {
+            criterion: criterion.to_owned(),
+            rows,
+        })
+    }
+
+    fn ns(&self, id: &str) -> Option<f64> {
+        self.rows
+            .iter()
+            .find(|(k, _)| k == id)
+            .and_then(|(_, v)| *v)
+    }
+
+    fn calls_per_second(&self, id: &str) -> Option<f64> {
+        self.ns(id).map(|ns| BATCH / (ns / 1e9))
+    }
+
+    fn json(&self) -> String {
+        let means: serde_json::Map<String, serde_json::Value> = self
+            .rows
+            .iter()
+            .filter_map(|(id, ns)| ns.map(|ns| (id.clone(), serde_json::Value::from(ns))))
+            .collect();
+        let summary = serde_json::json!({
+            "mean_ns": means,
+            "throughput_batch_calls": BATCH,
+            "verify_mib": VERIFY_MIB,
+            "criterion": self.criterion.display().to_string(),
+        });
+        serde_json::to_string_pretty(&summary).expect("a JSON value always serialises")
+    }
+
+    fn markdown(&self, peers: bool) -> String {
+        let mut table = String::from(
+            "| measurement | result | compared with | ratio | target |\n|---|---|---|---|---|\n",
+        );
+        let mut row = |what: &str, result: String, against: String, ratio: String, target: &str| {
+            let _ = writeln!(
+                table,
+                "| {what} | {result} | {against} | {ratio} | {target} |"
+            );
+        };
+        let time = |ns: Option<f64>| ns.map_or("—".to_owned(), format_time);
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+            _ => "—".to_owned(),
+        };
+        let (native, warm, fresh) = (
+            self.ns("echo/native"),
+            self.ns("echo/capsule_warm"),
+            self.ns("echo/capsule_fresh"),
+        );
+        row(
+            "16-byte echo, warm call through the host API",
+            time(warm),
+            format!("native fn {}", time(native)),
+            format!(
+                "overhead {}",
+                warm.zip(native)
+                    .map_or("—".into(), |(w, n)| format_time(w - n))
+            ),
+            "overhead < 1 µs",
+        );
+        row(
+            "16-byte echo, fresh instance per call",
+            time(fresh),
+            format!("warm {}", time(warm)),
+            ratio(fresh, warm),
+            "< 25 µs",
+        );
+        for kind in ["native", "warm", "fresh"] {
+            let one = self.calls_per_second(&format!("throughput/{kind}/1_worker"));
+            let two = self.calls_per_second(&format!("throughput/{kind}/2_workers"));
+            let what = match kind {
+                "native" => "machine reference: small native tasks/s, 2 workers".to_owned(),
+                _ => format!("hello greetings/s, {kind} instances, 2 workers"),
+            };
+            row(
+                &what,
+                one.zip(two)
+                    .map_or("—".into(), |(_, t)| format!("{t:.0}/s")),
+                one.map_or("—".into(), |o| format!("1 worker {o:.0}/s")),
+                ratio(two, one),
+                "scaling ≥ 1.8×",
+            );
+        }
+        let (cold, cached) = (self.ns("load/cold"), self.ns("load/cached"));
+        row(
+            "load a signed plugin from the compile cache (verify + deserialize)",
+            time(cached),
+            format!("cold (verify + compile) {}", time(cold)),
+            ratio(cold, cached).replace('×', "× faster"),
+            "< 5 ms",
+        );
+        let verify = self.ns("verify/4MiB");
+        row(
+            "signature verification (SHA-256 + Ed25519)",
+            verify.map_or("—".into(), |ns| {
+                format!("{} per MiB", format_time(ns / VERIFY_MIB))
+            }),
+            verify.map_or("—".into(), |ns| {
+                format!("{:.0} MiB/s", VERIFY_MIB / (ns / 1e9))
+            }),
+            "—".into(),
+            "—",
+        );
+        let (c_native, c_all, c_nofuel, c_noepoch, c_bare) = (
+            self.ns("compute/native"),
+            self.ns("compute/capsule"),
+            self.ns("compute/capsule_nofuel"),
+            self.ns("compute/capsule_noepoch"),
+            self.ns("compute/capsule_bare"),
+        );
+        row(
+            "4 MB prime sieve, fuel + epochs (the default)",
+            time(c_all),
+            format!("native {}", time(c_native)),
+            ratio(c_all, c_native),
+            "—",
+        );
+        row(
+            "fuel metering overhead (compute)",
+            time(c_all),
+            format!("fuel off {}", time(c_nofuel)),
+            ratio(c_all, c_nofuel),
+            "< 1.3×",
+        );
+        row(
+            "epoch interruption overhead (compute)",
+            time(c_all),
+            format!("epochs off {}", time(c_noepoch)),
+            ratio(c_all, c_noepoch),
+            "—",
+        );
+        row(
+            "no metering at all (compute)",
+            time(c_bare),
+            format!("native {}", time(c_native)),
+            ratio(c_bare, c_native),
+            "—",
+        );
+        if peers {
+            let (e_warm, e_fresh, e_compute) = (
+                self.ns("echo/extism_warm"),
+                self.ns("echo/extism_fresh"),
+                self.ns("compute/extism"),
+            );
+            row(
+                "16-byte echo, warm: Extism ÷ Capsule",
+                time(warm),
+                format!("Extism {}", time(e_warm)),
+                ratio(e_warm, warm).replace('×', "× faster"),
+                "≥ 2×",
+            );
+            row(
+                "16-byte echo, fresh instance: Extism ÷ Capsule",
+                time(fresh),
+                format!("Extism {}", time(e_fresh)),
+                ratio(e_fresh, fresh).replace('×', "× faster"),
+                "—",
+            );
+            row(
+                "4 MB prime sieve: Extism ÷ Capsule",
+                time(c_all),
+                format!("Extism {}", time(e_compute)),
+                ratio(e_compute, c_all).replace('×', "× faster"),
+                "—",
+            );
+        }
+        table
+    }
+}
+
+fn format_time(ns: f64) -> String {
+    if ns.abs() >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else if ns.abs() >= 1e3 {
+        format!("{:.2} µs", ns / 1e3)
+    } else {
+        format!("{ns:.0} ns")
+    }
+}
+
+/// The mean of a benchmark from criterion's `estimates.json`, if it ran.
+fn mean_ns(criterion: &Path, id: &str) -> Result<Option<f64>> {
+    let path = criterion.join(id).join("new/estimates.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let estimates: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+    Ok(estimates["mean"]["point_estimate"].as_f64())
+}
