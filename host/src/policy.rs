@@ -8,6 +8,9 @@
 //! [host.limits]
 //! timeout = "2s"
 //! memory = "64MiB"
+//! [host.pool]                      # the pooling allocator (on by default)
+//! instances = 256
+//! max_memory = "1GiB"
 //!
 //! [plugins.counter]
 //! path = "plugins/kv-counter.wasm"
@@ -40,6 +43,7 @@ use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 
 use crate::artifact::PublicKey;
+use crate::engine::EngineOptions;
 use crate::limits::Limits;
 use crate::runtime::{BusOptions, HostBuilder, PluginSource, PluginSpec, spec::validate_name};
 use crate::services::Grants;
@@ -108,6 +112,8 @@ pub struct HostPolicy {
     pub default_limits: Limits,
     /// Event bus settings.
     pub bus: BusOptions,
+    /// Engine settings: the instance pool, the wasm stack.
+    pub engine: EngineOptions,
 }
 
 /// One `[plugins.NAME]` section.
@@ -193,6 +199,7 @@ impl Policy {
     pub fn host_builder(&self) -> HostBuilder {
         let host = &self.host;
         let mut builder = HostBuilder::default()
+            .engine_options(host.engine.clone())
             .default_limits(host.default_limits.clone())
             .bus_options(host.bus.clone())
             .allow_unsigned(host.allow_unsigned)
@@ -288,6 +295,7 @@ impl Locator<'_> {
             data_dir: raw.data_dir.as_ref().map(|d| self.resolve(d)),
             default_limits: raw.limits.apply(Limits::default()),
             bus: raw.events.apply(BusOptions::default()),
+            engine: raw.pool.apply(EngineOptions::default()),
         })
     }
 
@@ -445,6 +453,40 @@ struct RawHost {
     limits: RawLimits,
     #[serde(default)]
     events: RawBus,
+    #[serde(default)]
+    pool: RawPool,
+}
+
+/// `[host.pool]`: how many instances the pooling allocator reserves room
+/// for, how large a memory may grow, and the engine-wide wasm stack.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    /// `false` allocates instances on demand instead.
+    enabled: Option<bool>,
+    instances: Option<u32>,
+    max_memory: Option<Size>,
+    max_wasm_stack: Option<Size>,
+}
+
+impl RawPool {
+    fn apply(&self, mut options: EngineOptions) -> EngineOptions {
+        if self.enabled == Some(false) {
+            options.pooling = None;
+        }
+        if let Some(pooling) = &mut options.pooling {
+            if let Some(instances) = self.instances {
+                pooling.total_instances = instances.max(1);
+            }
+            if let Some(size) = &self.max_memory {
+                pooling.max_memory_bytes = size.0;
+            }
+        }
+        if let Some(size) = &self.max_wasm_stack {
+            options.max_wasm_stack = usize::try_from(size.0).unwrap_or(usize::MAX);
+        }
+        options
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -687,6 +729,10 @@ data_dir = "data"
 timeout = "2s"
 memory = "32MiB"
 fuel = "none"
+[host.pool]
+instances = 32
+max_memory = "256MiB"
+max_wasm_stack = "1MiB"
 
 [plugins.counter]
 path = "{wasm}"
@@ -704,6 +750,12 @@ fuel = 1_000_000
         let policy = parse(&text).unwrap();
         assert_eq!(policy.host.default_limits.timeout, Duration::from_secs(2));
         assert_eq!(policy.host.default_limits.fuel, None);
+        let pool = policy.host.engine.pooling.as_ref().unwrap();
+        assert_eq!(
+            (pool.total_instances, pool.max_memory_bytes),
+            (32, 256 << 20)
+        );
+        assert_eq!(policy.host.engine.max_wasm_stack, 1 << 20);
         let plugin = &policy.plugins["counter"];
         assert_eq!(plugin.limits.fuel, Some(1_000_000));
         assert_eq!(

@@ -201,6 +201,7 @@ impl HostBuilder {
                 cache,
                 kv_store,
                 metering: self.engine.metering(),
+                pooling: self.engine.pooling.clone(),
                 persistent_kv: self.data_dir.is_some(),
                 plugins: ArcSwap::from_pointee(BTreeMap::new()),
                 plugins_writer: std::sync::Mutex::new(()),
@@ -228,6 +229,8 @@ struct HostInner {
     cache: Option<CompileCache>,
     kv_store: Arc<KvStore>,
     metering: engine::Metering,
+    /// The pool's sizing, to refuse limits it cannot hold.
+    pooling: Option<crate::engine::PoolingOptions>,
     persistent_kv: bool,
     /// The plugin table: read on every call without a lock, replaced whole
     /// (under `plugins_writer`) on the rare load and unload.
@@ -302,6 +305,24 @@ impl Host {
     /// Verifies, compiles, links and describes a plugin without registering
     /// it.
     async fn compile(&self, spec: PluginSpec) -> Result<Arc<LoadedPlugin>, LoadError> {
+        if let (AllocationMode::Pooling, Some(pool)) = (&self.inner.allocation, &self.inner.pooling)
+        {
+            let memory = spec
+                .limits
+                .as_ref()
+                .unwrap_or(&self.inner.default_limits)
+                .memory_bytes;
+            if memory > pool.max_memory_bytes {
+                return Err(LoadError::new(
+                    spec.name(),
+                    LoadFailure::Config(format!(
+                        "its memory limit ({memory} bytes) is larger than the instance pool's \
+                         largest memory ({} bytes); raise [host.pool] max_memory",
+                        pool.max_memory_bytes
+                    )),
+                ));
+            }
+        }
         let context = LoadContext {
             engine: &self.inner.engine,
             linker: &self.inner.linker,

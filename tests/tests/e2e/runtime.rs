@@ -399,3 +399,63 @@ async fn shutdown_drains_and_refuses_new_calls() {
     assert!(host.unload(HELLO).await);
     assert!(host.status(HELLO).is_none());
 }
+
+#[tokio::test]
+async fn a_pool_the_machine_cannot_reserve_falls_back_to_on_demand() {
+    use capsule_host::{AllocationMode, EngineOptions, PoolingOptions};
+    let options = EngineOptions {
+        pooling: Some(PoolingOptions {
+            // Far beyond any machine's address space.
+            total_instances: 50_000_000,
+            max_memory_bytes: 4 << 30,
+        }),
+        ..EngineOptions::default()
+    };
+    let host = host_builder()
+        .engine_options(options)
+        .build()
+        .expect("no crash, a fallback");
+    match host.allocation_mode() {
+        AllocationMode::OnDemand {
+            fallback_reason: Some(reason),
+        } => assert!(!reason.is_empty()),
+        other => panic!("expected an on-demand fallback, got {other:?}"),
+    }
+    host.load(PluginSpec::from_path(plugin_path(HELLO)))
+        .await
+        .unwrap();
+    host.call(HELLO, greet("Ada")).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_memory_limit_larger_than_the_pool_is_refused_at_load() {
+    use capsule_host::{EngineOptions, PoolingOptions};
+    let options = EngineOptions {
+        pooling: Some(PoolingOptions {
+            total_instances: 16,
+            max_memory_bytes: 16 << 20,
+        }),
+        ..EngineOptions::default()
+    };
+    let host = host_builder().engine_options(options).build().unwrap();
+    assert_eq!(
+        host.allocation_mode(),
+        &capsule_host::AllocationMode::Pooling
+    );
+    let err = host
+        .load(PluginSpec::from_path(plugin_path(HELLO)).limits(Limits {
+            memory_bytes: 64 << 20,
+            ..Limits::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.to_string().contains("max_memory"), "{err}");
+    host.load(PluginSpec::from_path(plugin_path(HELLO)).limits(Limits {
+        memory_bytes: 16 << 20,
+        ..Limits::default()
+    }))
+    .await
+    .unwrap();
+    host.call(HELLO, greet("Ada")).await.unwrap();
+}
