@@ -291,16 +291,16 @@ pub fn run(workspace: &Workspace) -> Result<()> {
     // the library, as an embedder (or `capsule serve`) uses them.
     println!();
     println!("── the runtime: pipelines, events, reload, metrics (host/examples/runtime_tour.rs)");
-    let tour = workspace.cargo(&[
-        "run",
-        "--quiet",
-        "--package",
-        "capsule-host",
-        "--example",
-        "runtime_tour",
-        "--",
-        &policy,
-    ]);
+    // Built by `cargo test --workspace --no-run` in build-plugins.
+    let tour = crate::shell::run(
+        Command::new(
+            workspace
+                .target
+                .join("debug/examples")
+                .join(format!("runtime_tour{}", std::env::consts::EXE_SUFFIX)),
+        )
+        .arg(&policy),
+    );
     if let Err(err) = tour {
         println!("   !! {err:#}");
         failures.push("the runtime tour".to_owned());

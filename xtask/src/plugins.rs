@@ -57,7 +57,12 @@ pub fn build(workspace: &Workspace) -> Result<Built> {
 
     // A fresh test key for every run signs every plugin; tests and the demo
     // trust its public half. No secret key is ever committed.
-    workspace.cargo(&["build", "--package", "capsule-host", "--bin", "capsule"])?;
+    //
+    // The CLI is built the way `cargo test --workspace` builds it: with the
+    // features the whole workspace (dev-dependencies included) unifies to.
+    // Building just `capsule-host` would unify them differently, and the test
+    // run would then compile wasmtime a second time.
+    workspace.cargo(&["test", "--workspace", "--no-run"])?;
     let capsule = workspace
         .target
         .join("debug")
