@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::artifact::Interface;
-use crate::error::{ErrorKind, LoadFailure};
+use crate::error::ErrorKind;
+use crate::input::{self, MAX_COMPONENT_BYTES, MAX_SIGNATURE_BYTES};
 use crate::policy::{PluginPolicy, Policy};
-use crate::runtime::load::{Examined, TrustPolicy, examine};
+use crate::runtime::load::{Examined, TrustPolicy, examine, io_failure};
 use crate::services::Grants;
 
 /// How an import of a plugin is served.
@@ -111,14 +112,13 @@ fn check_plugin(name: &str, plugin: &PluginPolicy, trust: &TrustPolicy) -> Plugi
         imports: Vec::new(),
         unused_grants: Vec::new(),
     };
-    let read = |path: &PathBuf| {
-        std::fs::read(path).map_err(|source| LoadFailure::Io {
-            path: path.display().to_string(),
-            source,
-        })
-    };
-    let examined = read(&plugin.path).and_then(|bytes| {
-        let detached = plugin.signature.as_ref().map(read).transpose()?;
+    let read = |path: &PathBuf, max_bytes| input::read_file(path, max_bytes).map_err(io_failure);
+    let examined = read(&plugin.path, MAX_COMPONENT_BYTES).and_then(|bytes| {
+        let detached = plugin
+            .signature
+            .as_ref()
+            .map(|path| read(path, MAX_SIGNATURE_BYTES))
+            .transpose()?;
         examine(name, &bytes, detached.as_deref(), trust)
     });
     let Examined {

@@ -61,14 +61,16 @@ impl Request {
         self
     }
 
-    /// Bytes this request occupies: payload, operation and metadata.
+    /// Bytes this request occupies: payload, operation and metadata (each
+    /// entry with a fixed overhead of 32 bytes).
     pub fn size(&self) -> usize {
         self.operation.len() + self.payload.len() + metadata_size(&self.metadata)
     }
 }
 
 impl Response {
-    /// Bytes this response occupies: payload and metadata.
+    /// Bytes this response occupies: payload and metadata (each entry with
+    /// a fixed overhead of 32 bytes).
     pub fn size(&self) -> usize {
         self.payload.len() + metadata_size(&self.metadata)
     }
@@ -92,6 +94,38 @@ impl LogLevel {
     }
 }
 
+/// Bytes metadata occupies: every key and value, plus a fixed overhead per
+/// entry so that many empty entries are not free.
 fn metadata_size(metadata: &[(String, String)]) -> usize {
-    metadata.iter().map(|(k, v)| k.len() + v.len()).sum()
+    metadata
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + crate::limits::METADATA_ENTRY_OVERHEAD)
+        .sum()
+}
+
+impl PluginError {
+    /// The message the plugin gave with its error.
+    pub fn message(&self) -> &str {
+        match self {
+            PluginError::InvalidInput(msg)
+            | PluginError::Unsupported(msg)
+            | PluginError::Denied(msg)
+            | PluginError::Failed(msg) => msg,
+        }
+    }
+}
+
+impl PluginInfo {
+    /// Bytes this description occupies: every string, plus a fixed overhead
+    /// per capability.
+    pub fn size(&self) -> usize {
+        self.name.len()
+            + self.version.len()
+            + self.description.len()
+            + self
+                .capabilities
+                .iter()
+                .map(|c| c.len() + crate::limits::METADATA_ENTRY_OVERHEAD)
+                .sum::<usize>()
+    }
 }

@@ -46,6 +46,10 @@ pub enum ErrorKind {
     MemoryLimit,
     /// The plugin overflowed the wasm stack.
     StackOverflow,
+    /// The plugin made the host spend more than one of its host-side budgets
+    /// allows (handles, bytes handed to the host in one call, random bytes,
+    /// instances per store); the error names the budget.
+    BudgetExceeded,
     /// The plugin trapped (a Rust panic, an out-of-bounds access, ...).
     Trap,
     /// The plugin produced more output (response, log, stdout/stderr) than allowed.
@@ -86,6 +90,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::MemoryLimit => "memory_limit",
             ErrorKind::StackOverflow => "stack_overflow",
+            ErrorKind::BudgetExceeded => "budget_exceeded",
             ErrorKind::Trap => "trap",
             ErrorKind::OutputTooLarge => "output_too_large",
             ErrorKind::InputTooLarge => "input_too_large",
@@ -108,6 +113,7 @@ impl ErrorKind {
                 | ErrorKind::Timeout
                 | ErrorKind::MemoryLimit
                 | ErrorKind::StackOverflow
+                | ErrorKind::BudgetExceeded
                 | ErrorKind::OutputTooLarge
                 | ErrorKind::InputTooLarge
                 | ErrorKind::Busy
@@ -248,19 +254,102 @@ impl CallError {
 /// Which output a plugin produced too much of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum OutputStream {
-    /// The response payload and metadata.
+    /// The response payload and metadata, in bytes (each metadata entry
+    /// also costs a fixed overhead).
     Response,
-    /// Log lines, including captured stdout and stderr.
+    /// The number of response metadata entries.
+    ResponseMetadata,
+    /// Log bytes, including captured stdout and stderr (each line also
+    /// costs a fixed overhead).
     Log,
+    /// The number of log lines, including stdout and stderr lines.
+    LogRecords,
+    /// The message of the error value the plugin returned, in bytes.
+    Error,
+    /// What `describe` returned (name, version, description,
+    /// capabilities), in bytes.
+    Describe,
+}
+
+impl OutputStream {
+    /// What the limit of this output counts.
+    pub fn unit(self) -> &'static str {
+        match self {
+            OutputStream::ResponseMetadata => "entries",
+            OutputStream::LogRecords => "lines",
+            _ => "bytes",
+        }
+    }
 }
 
 impl fmt::Display for OutputStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             OutputStream::Response => "response",
+            OutputStream::ResponseMetadata => "response metadata",
             OutputStream::Log => "log output (log calls, stdout and stderr)",
+            OutputStream::LogRecords => "log lines (log calls, stdout and stderr)",
+            OutputStream::Error => "error message",
+            OutputStream::Describe => "describe output",
         })
+    }
+}
+
+/// A host-side budget that what a plugin does is charged to (see
+/// `docs/architecture.md`, "Budgets"). Exceeding one fails the call with
+/// [`CallFailure::BudgetExceeded`] naming it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Budget {
+    /// WASI handles an instance holds at once: open files and directories,
+    /// streams, pollables, HTTP requests, bodies and header fields. Each is
+    /// host memory (and an open file a host file descriptor).
+    Handles,
+    /// Bytes one host call may hand the host (its strings and lists,
+    /// counted as the host stores them), and the bytes of an export's
+    /// result. Stops a plugin from making the host copy one region of its
+    /// memory many times over.
+    HostCallBytes,
+    /// Bytes of randomness one `wasi:random` request may ask for.
+    RandomBytes,
+    /// Bytes one `wasi:http` header-fields resource may hold (far fewer for
+    /// a plugin without an HTTP grant).
+    HttpFieldsBytes,
+    /// Core instances, tables and memories one instance of the component
+    /// may create.
+    ComponentParts,
+}
+
+impl Budget {
+    /// The budget's stable snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Budget::Handles => "handles",
+            Budget::HostCallBytes => "host_call_bytes",
+            Budget::RandomBytes => "random_bytes",
+            Budget::HttpFieldsBytes => "http_fields_bytes",
+            Budget::ComponentParts => "component_parts",
+        }
+    }
+
+    /// What the budget's limit counts.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Budget::Handles => "handles held at once",
+            Budget::HostCallBytes => "bytes per host call",
+            Budget::RandomBytes => "bytes per request",
+            Budget::HttpFieldsBytes => "bytes per header-fields resource",
+            Budget::ComponentParts => "instances, tables or memories per store",
+        }
+    }
+}
+
+impl fmt::Display for Budget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -291,6 +380,14 @@ pub enum CallFailure {
     /// The plugin overflowed the wasm stack.
     #[error("wasm stack overflow")]
     StackOverflow,
+    /// The plugin made the host spend more than one of its budgets allows.
+    #[error("exceeded its {budget} budget ({}: {limit})", budget.unit())]
+    BudgetExceeded {
+        /// Which budget.
+        budget: Budget,
+        /// The budget's size, in the budget's unit.
+        limit: u64,
+    },
     /// The plugin trapped.
     #[error("trapped ({trap}){}", detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
     Trap {
@@ -300,11 +397,11 @@ pub enum CallFailure {
         detail: Option<String>,
     },
     /// The plugin produced more output than allowed.
-    #[error("{stream} exceeded its limit of {limit} bytes")]
+    #[error("{stream} exceeded its limit of {limit} {}", stream.unit())]
     OutputTooLarge {
         /// Which output overflowed.
         stream: OutputStream,
-        /// The limit in bytes.
+        /// The limit, in the stream's unit (bytes, entries or lines).
         limit: usize,
     },
     /// The request was larger than allowed.
@@ -354,6 +451,7 @@ impl CallFailure {
             CallFailure::Timeout { .. } => ErrorKind::Timeout,
             CallFailure::MemoryLimit { .. } => ErrorKind::MemoryLimit,
             CallFailure::StackOverflow => ErrorKind::StackOverflow,
+            CallFailure::BudgetExceeded { .. } => ErrorKind::BudgetExceeded,
             CallFailure::Trap { .. } => ErrorKind::Trap,
             CallFailure::OutputTooLarge { .. } => ErrorKind::OutputTooLarge,
             CallFailure::InputTooLarge { .. } => ErrorKind::InputTooLarge,

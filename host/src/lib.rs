@@ -22,15 +22,17 @@ pub mod check;
 mod contract;
 pub mod engine;
 mod error;
+pub mod input;
 mod limits;
 pub mod policy;
 mod runtime;
 pub mod serve;
 pub mod services;
 mod store;
+pub mod text;
 pub mod units;
 
-pub use artifact::cache::CacheStats;
+pub use artifact::cache::{CacheKey, CacheStats};
 pub use artifact::{KeyId, PublicKey, SecretKey};
 pub use contract::{
     CONTRACT_PACKAGE, CONTRACT_VERSION, LogLevel, PluginError, PluginInfo, Request, Response,
@@ -38,13 +40,13 @@ pub use contract::{
 };
 pub use contract::{Event, EventOutcome, ForwardedEvent};
 pub use engine::{AllocationMode, EngineOptions, PoolingOptions};
-pub use error::{CallError, CallFailure, ErrorKind, LoadError, LoadFailure, OutputStream};
+pub use error::{Budget, CallError, CallFailure, ErrorKind, LoadError, LoadFailure, OutputStream};
 pub use limits::Limits;
 pub use policy::{Policy, PolicyError};
 pub use runtime::{
     BusEvent, BusOptions, CallContext, CallOutcome, CallStats, DeadLetter, Host, HostBuilder,
     HostError, Middleware, Pipeline, PipelineError, PluginDetails, PluginSource, PluginSpec,
-    PluginState, PluginStatus, REQUEST_ID, RequestId,
+    PluginState, PluginStatus, REQUEST_ID, RequestId, Subscription,
 };
 pub use services::Grants;
 pub use services::events::PublishedEvent;

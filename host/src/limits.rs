@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 use wasmtime::{PoolConcurrencyLimitError, ResourceLimiter, Trap};
 
-use crate::error::{CallFailure, OutputStream, chain};
+use crate::error::{Budget, CallFailure, OutputStream, chain};
 
 /// What one plugin may consume. Every field has a host-wide default (see
 /// [`crate::HostBuilder::default_limits`]) that a plugin may override.
@@ -41,6 +41,98 @@ pub struct Limits {
     pub circuit_failures: u32,
     /// How long an open circuit refuses calls before a probe may close it.
     pub circuit_cooldown: Duration,
+    /// WASI handles (open files, streams, pollables, HTTP requests, bodies
+    /// and header fields) an instance may hold at once. Every handle is host
+    /// memory and an open file a host file descriptor; with the per-handle
+    /// caps (see [`Limits::host_resource_bytes`]) this bounds what the
+    /// host keeps for an instance's WASI resources.
+    pub max_handles: usize,
+    /// Log lines per call (`log` calls plus stdout and stderr lines). Each
+    /// line also costs [`LOG_RECORD_OVERHEAD`] bytes of the log budget, so
+    /// empty lines are not free.
+    pub max_log_records: usize,
+    /// Response metadata entries per call. Each entry also costs
+    /// [`METADATA_ENTRY_OVERHEAD`] bytes of the response budget.
+    pub max_metadata_entries: usize,
+}
+
+/// Bytes of the log budget every log line costs on top of its text: the
+/// host keeps a record per line.
+pub const LOG_RECORD_OVERHEAD: usize = 32;
+
+/// Bytes of the request or response budget every metadata entry costs on
+/// top of its key and value.
+pub const METADATA_ENTRY_OVERHEAD: usize = 32;
+
+/// Largest description a plugin's `describe` may return, in bytes (name,
+/// version, description and capabilities, each capability with
+/// [`METADATA_ENTRY_OVERHEAD`]). It is shown by every listing of plugins.
+pub const MAX_DESCRIBE_BYTES: usize = 16 << 10;
+
+/// Largest `wasi:random` request, in bytes. Seeding a generator takes a few
+/// dozen; the host allocates whatever is asked for before handing it over.
+pub const MAX_RANDOM_BYTES: u64 = 64 << 10;
+
+/// What one host call may hand the host on top of the largest output the
+/// plugin may legitimately produce: room for framing and small arguments.
+const HOST_CALL_ALLOWANCE: usize = 64 << 10;
+
+/// Bytes one `wasi:http` header-fields resource may hold, by whether the
+/// plugin may send HTTP requests at all. An ungranted plugin can still
+/// create fields (a denial is a value, not a missing import), so they stay
+/// tiny.
+pub const HTTP_FIELDS_BYTES_GRANTED: usize = 32 << 10;
+/// See [`HTTP_FIELDS_BYTES_GRANTED`].
+pub const HTTP_FIELDS_BYTES_UNGRANTED: usize = 1 << 10;
+/// Bytes an outgoing `wasi:http` body buffers before the request is sent,
+/// by whether the plugin may send requests.
+pub const HTTP_BODY_CHUNK_GRANTED: usize = 64 << 10;
+/// See [`HTTP_BODY_CHUNK_GRANTED`].
+pub const HTTP_BODY_CHUNK_UNGRANTED: usize = 1 << 10;
+
+/// Bytes one header-fields resource may hold, by whether HTTP is granted.
+pub(crate) fn http_fields_limit(http_granted: bool) -> usize {
+    if http_granted {
+        HTTP_FIELDS_BYTES_GRANTED
+    } else {
+        HTTP_FIELDS_BYTES_UNGRANTED
+    }
+}
+
+/// Bytes an outgoing body buffers, by whether HTTP is granted.
+pub(crate) fn http_body_chunk(http_granted: bool) -> usize {
+    if http_granted {
+        HTTP_BODY_CHUNK_GRANTED
+    } else {
+        HTTP_BODY_CHUNK_UNGRANTED
+    }
+}
+
+impl Limits {
+    /// Bytes one host call may hand the host (wasmtime's "hostcall fuel"):
+    /// enough for the largest response, log line or published payload the
+    /// plugin may produce, plus [`HOST_CALL_ALLOWANCE`]. A plugin cannot
+    /// make the host copy more than this per call, however it aliases its
+    /// own memory.
+    pub fn host_call_bytes(&self) -> usize {
+        let largest_output = self
+            .max_response_bytes
+            .saturating_add(
+                self.max_metadata_entries
+                    .saturating_mul(METADATA_ENTRY_OVERHEAD + 48),
+            )
+            .max(self.max_log_bytes)
+            .max(self.max_request_bytes);
+        largest_output.saturating_add(HOST_CALL_ALLOWANCE)
+    }
+
+    /// The most host memory an instance's WASI resources can hold: every
+    /// handle at the largest per-handle cap (header fields or a buffered
+    /// body chunk), which depends on whether HTTP is granted.
+    pub fn host_resource_bytes(&self, http_granted: bool) -> u64 {
+        let per_handle = http_fields_limit(http_granted).max(http_body_chunk(http_granted));
+        (self.max_handles as u64).saturating_mul(per_handle as u64)
+    }
 }
 
 impl Default for Limits {
@@ -58,6 +150,9 @@ impl Default for Limits {
             recycle_after: 1000,
             circuit_failures: 5,
             circuit_cooldown: Duration::from_secs(30),
+            max_handles: 256,
+            max_log_records: 512,
+            max_metadata_entries: 64,
         }
     }
 }
@@ -95,7 +190,7 @@ pub(crate) struct DeadlineExceeded;
 
 /// The typed error raised when a plugin writes more output than allowed.
 #[derive(Debug, thiserror::Error)]
-#[error("{stream} exceeded its limit of {limit} bytes")]
+#[error("{stream} exceeded its limit of {limit} {}", stream.unit())]
 pub(crate) struct OutputLimitExceeded {
     pub(crate) stream: OutputStream,
     pub(crate) limit: usize,
@@ -178,6 +273,12 @@ impl ResourceLimiter for MemoryLimiter {
 /// What [`classify`] needs to know about the call that failed.
 pub(crate) struct FailureContext<'a> {
     pub(crate) limits: &'a Limits,
+    /// Whether the plugin may send HTTP requests (its header fields are
+    /// capped accordingly).
+    pub(crate) http_granted: bool,
+    /// What the invoked export returns, for a result too large to hand
+    /// over: the response (or event outcome), or the description.
+    pub(crate) result: (OutputStream, usize),
     /// The last lines the plugin wrote to stderr, where a Rust panic message
     /// ends up.
     pub(crate) stderr_tail: Option<&'a str>,
@@ -211,6 +312,54 @@ pub(crate) fn classify(err: &wasmtime::Error, context: &FailureContext<'_>) -> C
             queued: 0,
         };
     }
+    if let Some(table_error) = err.downcast_ref::<wasmtime::component::ResourceTableError>() {
+        return match table_error {
+            wasmtime::component::ResourceTableError::Full => CallFailure::BudgetExceeded {
+                budget: Budget::Handles,
+                limit: context.limits.max_handles as u64,
+            },
+            // A handle the plugin does not hold, or of the wrong type: the
+            // plugin misused its own handles.
+            other => CallFailure::Trap {
+                trap: "bad_handle".into(),
+                detail: Some(other.to_string()),
+            },
+        };
+    }
+    if let Some(field_error) = err.downcast_ref::<wasmtime_wasi_http::FieldMapError>() {
+        use wasmtime_wasi_http::FieldMapError;
+        return match field_error {
+            FieldMapError::TotalSizeTooBig | FieldMapError::TooManyFields => {
+                CallFailure::BudgetExceeded {
+                    budget: Budget::HttpFieldsBytes,
+                    limit: http_fields_limit(context.http_granted) as u64,
+                }
+            }
+            other => CallFailure::Trap {
+                trap: "bad_http_fields".into(),
+                detail: Some(other.to_string()),
+            },
+        };
+    }
+    if let Some(budget) = wasmtime_budget(err) {
+        // Without a wasm backtrace the data was not handed over by a host
+        // call the guest made but is the export's result, lifted after the
+        // guest returned: that result was larger than it may be.
+        if budget == Budget::HostCallBytes
+            && err.downcast_ref::<wasmtime::WasmBacktrace>().is_none()
+        {
+            let (stream, limit) = context.result;
+            return CallFailure::OutputTooLarge { stream, limit };
+        }
+        let limit = match budget {
+            Budget::Handles => context.limits.max_handles as u64,
+            Budget::HostCallBytes => context.limits.host_call_bytes() as u64,
+            Budget::RandomBytes => MAX_RANDOM_BYTES,
+            Budget::ComponentParts => MAX_INSTANCES_PER_STORE as u64,
+            Budget::HttpFieldsBytes => http_fields_limit(context.http_granted) as u64,
+        };
+        return CallFailure::BudgetExceeded { budget, limit };
+    }
     if let Some(exceeded) = err.downcast_ref::<TableLimitExceeded>() {
         return CallFailure::Trap {
             trap: "table_limit".into(),
@@ -233,6 +382,37 @@ pub(crate) fn classify(err: &wasmtime::Error, context: &FailureContext<'_>) -> C
         };
     }
     CallFailure::Host(chain(err))
+}
+
+/// Budgets that wasmtime and wasmtime-wasi enforce with errors of private
+/// types: the only way to tell them apart is their message. Each message is
+/// pinned by a hostile plugin's test (`example-plugins/hostile/`), so an
+/// upgrade that rewords one fails the tests instead of turning a plugin's
+/// limit into a host fault.
+fn wasmtime_budget(err: &wasmtime::Error) -> Option<Budget> {
+    const PATTERNS: &[(&str, Budget)] = &[
+        // wasmtime: `Store::set_hostcall_fuel` ran out while lifting.
+        (
+            "fuel allocated for hostcalls has been exhausted",
+            Budget::HostCallBytes,
+        ),
+        // wasmtime: `Store::set_max_component_handles`.
+        ("store handle limit exceeded", Budget::Handles),
+        // wasmtime-wasi: `WasiCtxBuilder::max_random_size`.
+        ("exceeds limit", Budget::RandomBytes),
+        // wasmtime: the limiter's `instances`/`tables`/`memories`.
+        ("resource limit exceeded:", Budget::ComponentParts),
+    ];
+    err.chain().find_map(|cause| {
+        let text = cause.to_string();
+        PATTERNS.iter().find_map(|(needle, budget)| {
+            let matches = match budget {
+                Budget::RandomBytes => text.starts_with("requested len") && text.contains(needle),
+                _ => text.contains(needle),
+            };
+            matches.then_some(*budget)
+        })
+    })
 }
 
 /// A short snake_case name for a trap code: `unreachable` for a Rust panic

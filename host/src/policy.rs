@@ -43,6 +43,7 @@ use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 
 use crate::artifact::PublicKey;
+use crate::artifact::cache::CacheKey;
 use crate::engine::EngineOptions;
 use crate::limits::Limits;
 use crate::runtime::{BusOptions, HostBuilder, PluginSource, PluginSpec, spec::validate_name};
@@ -106,6 +107,9 @@ pub struct HostPolicy {
     pub allow_partial_signatures: bool,
     /// Where compiled plugins are cached.
     pub cache_dir: Option<PathBuf>,
+    /// The key file authenticating compile cache entries (`cache_key`);
+    /// without it, [`CacheKey::default_path`].
+    pub cache_key: Option<PathBuf>,
     /// Where persistent plugin data (the key-value store) lives.
     pub data_dir: Option<PathBuf>,
     /// Limits of plugins that set none of their own.
@@ -130,14 +134,19 @@ pub struct PluginPolicy {
 }
 
 impl Policy {
-    /// Reads and validates the policy file at `path`.
+    /// Reads and validates the policy file at `path`: a regular file of at
+    /// most [`crate::input::MAX_POLICY_BYTES`] of UTF-8 text.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(|err| PolicyError {
+        let unreadable = |message: String| PolicyError {
             file: path.to_owned(),
             position: None,
             key: None,
-            message: format!("cannot read the policy file: {err}"),
-        })?;
+            message: format!("cannot read the policy file: {message}"),
+        };
+        let bytes = crate::input::read_file(path, crate::input::MAX_POLICY_BYTES)
+            .map_err(|err| unreadable(err.into_io_error().to_string()))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|err| unreadable(format!("it is not UTF-8 text ({err})")))?;
         let base = path
             .parent()
             .map(Path::to_owned)
@@ -209,6 +218,9 @@ impl Policy {
         }
         if let Some(dir) = &host.cache_dir {
             builder = builder.cache_dir(dir);
+            if let Some(key) = host.cache_key.clone().or_else(CacheKey::default_path) {
+                builder = builder.cache_key_file(key);
+            }
         }
         if let Some(dir) = &host.data_dir {
             builder = builder.data_dir(dir);
@@ -292,6 +304,7 @@ impl Locator<'_> {
             allow_unsigned: raw.allow_unsigned,
             allow_partial_signatures: raw.allow_partial_signatures,
             cache_dir: raw.cache_dir.as_ref().map(|d| self.resolve(d)),
+            cache_key: raw.cache_key.as_ref().map(|k| self.resolve(k)),
             data_dir: raw.data_dir.as_ref().map(|d| self.resolve(d)),
             default_limits: raw.limits.apply(Limits::default()),
             bus: raw.events.apply(BusOptions::default()),
@@ -415,9 +428,13 @@ struct RawPipeline {
 #[serde(deny_unknown_fields)]
 struct RawBus {
     queue: Option<usize>,
+    queue_bytes: Option<Size>,
     queue_timeout: Option<Time>,
     max_attempts: Option<u32>,
+    max_retry_delay: Option<Time>,
+    max_hops: Option<u32>,
     dead_letters: Option<usize>,
+    dead_letter_bytes: Option<Size>,
 }
 
 impl RawBus {
@@ -434,6 +451,18 @@ impl RawBus {
         if let Some(kept) = self.dead_letters {
             options.dead_letters = kept;
         }
+        if let Some(size) = &self.queue_bytes {
+            options.queue_bytes = usize::try_from(size.0).unwrap_or(usize::MAX);
+        }
+        if let Some(time) = &self.max_retry_delay {
+            options.max_retry_delay = time.0;
+        }
+        if let Some(hops) = self.max_hops {
+            options.max_hops = hops;
+        }
+        if let Some(size) = &self.dead_letter_bytes {
+            options.dead_letter_bytes = usize::try_from(size.0).unwrap_or(usize::MAX);
+        }
         options
     }
 }
@@ -448,6 +477,7 @@ struct RawHost {
     #[serde(default)]
     allow_partial_signatures: bool,
     cache_dir: Option<String>,
+    cache_key: Option<String>,
     data_dir: Option<String>,
     #[serde(default)]
     limits: RawLimits,
@@ -504,6 +534,9 @@ struct RawLimits {
     recycle_after: Option<u32>,
     circuit_failures: Option<u32>,
     circuit_cooldown: Option<Time>,
+    max_handles: Option<usize>,
+    max_log_records: Option<usize>,
+    max_metadata_entries: Option<usize>,
 }
 
 impl RawLimits {
@@ -544,6 +577,15 @@ impl RawLimits {
         }
         if let Some(time) = &self.circuit_cooldown {
             limits.circuit_cooldown = time.0;
+        }
+        if let Some(handles) = self.max_handles {
+            limits.max_handles = handles.max(16);
+        }
+        if let Some(records) = self.max_log_records {
+            limits.max_log_records = records;
+        }
+        if let Some(entries) = self.max_metadata_entries {
+            limits.max_metadata_entries = entries;
         }
         limits
     }
@@ -850,5 +892,26 @@ fuel = 1_000_000
         let err = Policy::load(Path::new("/nonexistent/capsule.toml")).unwrap_err();
         assert_eq!(err.file, Path::new("/nonexistent/capsule.toml"));
         assert!(err.message.contains("cannot read"));
+    }
+
+    #[test]
+    fn the_cache_key_file_is_resolved_and_used() {
+        let dir = std::env::temp_dir().join(format!("capsule-policy-key-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let policy = Policy::parse(
+            "[host]\ncache_dir = \"cache\"\ncache_key = \"state/cache.key\"\n\
+             [host.pool]\nenabled = false\n",
+            Path::new("capsule.toml"),
+            &dir,
+        )
+        .unwrap();
+        let key = dir.join("state/cache.key");
+        assert_eq!(policy.host.cache_dir, Some(dir.join("cache")));
+        assert_eq!(policy.host.cache_key, Some(key.clone()));
+        assert_eq!(parse("[host]\n").unwrap().host.cache_key, None);
+        // Building the host reads (here: creates) the key file.
+        policy.host_builder().build().unwrap();
+        assert_eq!(std::fs::metadata(&key).unwrap().len(), 32);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

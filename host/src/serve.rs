@@ -4,7 +4,7 @@
 //! |-------|------|
 //! | `POST /v1/plugins/{name}/call?op=OP` | body = request payload; answers the plugin's payload |
 //! | `POST /v1/pipelines/{name}/call?op=OP` | the same through a pipeline |
-//! | `GET /v1/plugins` | every plugin: version, digest, signers, capabilities, grants, state, limits |
+//! | `GET /v1/plugins` | every plugin: version, digest, signers, capabilities, grants (names only; values and host paths with the admin token), state, limits |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /healthz` | `ok` while serving |
 //! | `POST /v1/events/{topic}` | admin: publish the body as an event |
@@ -13,10 +13,18 @@
 //! | `GET /v1/dead-letters` | admin: undeliverable events |
 //!
 //! Request metadata comes from `x-capsule-meta-<key>` headers and response
-//! metadata goes back the same way. Failures are JSON
+//! metadata goes back the same way, within a header budget that HTTP clients
+//! accept (64 entries, 16 KiB by default): a response whose metadata does not
+//! fit is answered `502` with kind `output_too_large`. Failures are JSON
 //! `{"error":{"kind","plugin","message"}}` with a fitting status. Admin routes
 //! need `Authorization: Bearer <token>`; without a configured token they
 //! always answer 401.
+//!
+//! Budgets of the server itself: at most `max_connections` connections at
+//! once (more wait in the kernel's backlog), request headers must arrive
+//! within `header_read_timeout` and a body within `body_timeout`, bodies are
+//! at most `max_body_bytes`, and shutdown takes at most `shutdown_deadline`
+//! in all.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -50,8 +58,19 @@ pub struct ServeOptions {
     pub max_body_bytes: usize,
     /// How long a client may take to send its request body.
     pub body_timeout: Duration,
-    /// On shutdown, how long in-flight calls get to finish.
+    /// On shutdown, how long everything gets: in-flight requests, then the
+    /// plugins' `shutdown` exports, together.
     pub shutdown_deadline: Duration,
+    /// Connections served at once; more wait in the listen backlog until one
+    /// closes.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers (also how
+    /// long an idle keep-alive connection is kept).
+    pub header_read_timeout: Duration,
+    /// Response metadata entries sent back as headers.
+    pub max_response_headers: usize,
+    /// Bytes of response metadata (names and values) sent back as headers.
+    pub max_response_header_bytes: usize,
 }
 
 impl Default for ServeOptions {
@@ -62,6 +81,10 @@ impl Default for ServeOptions {
             max_body_bytes: 1 << 20,
             body_timeout: Duration::from_secs(10),
             shutdown_deadline: Duration::from_secs(10),
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(10),
+            max_response_headers: 64,
+            max_response_header_bytes: 16 << 10,
         }
     }
 }
@@ -70,6 +93,14 @@ impl Default for ServeOptions {
 struct AppState {
     host: Host,
     admin_token: Option<Arc<str>>,
+    header_budget: HeaderBudget,
+}
+
+/// How much response metadata may become headers.
+#[derive(Debug, Clone, Copy)]
+struct HeaderBudget {
+    entries: usize,
+    bytes: usize,
 }
 
 /// The API as an axum router over `host`.
@@ -77,6 +108,10 @@ pub fn router(host: Host, options: &ServeOptions) -> Router {
     let state = AppState {
         host,
         admin_token: options.admin_token.as_deref().map(Arc::from),
+        header_budget: HeaderBudget {
+            entries: options.max_response_headers,
+            bytes: options.max_response_header_bytes,
+        },
     };
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -117,22 +152,62 @@ pub async fn serve_on(
 ) -> std::io::Result<()> {
     tracing::info!(address = %listener.local_addr()?, "capsule serving");
     let app = router(host.clone(), &options);
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = stopping_tx.send(());
-    });
-    let mut server = std::pin::pin!(server.into_future());
-    tokio::select! {
-        result = &mut server => result?,
-        Ok(()) = stopping_rx => {
-            // Connections still open get the deadline to finish their calls.
-            if tokio::time::timeout(options.shutdown_deadline, &mut server).await.is_err() {
-                tracing::warn!("in-flight requests outlived the shutdown deadline");
+    let connections = Arc::new(tokio::sync::Semaphore::new(
+        options
+            .max_connections
+            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+    ));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        // Take a connection's place before accepting: at the limit, clients
+        // wait in the kernel's backlog instead of costing the host a task.
+        let place = tokio::select! {
+            place = Arc::clone(&connections).acquire_owned() => match place {
+                Ok(place) => place,
+                Err(_closed) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(err) => {
+                    // Out of file descriptors, say: wait rather than spin.
+                    tracing::warn!(error = %err, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(options.header_read_timeout);
+        let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "connection ended with an error");
             }
-        }
+            drop(place);
+        });
     }
-    host.shutdown(options.shutdown_deadline).await;
+    // One deadline for the whole shutdown: open requests first, then the
+    // plugins' own `shutdown`, in what is left of it.
+    let until = tokio::time::Instant::now() + options.shutdown_deadline;
+    drop(listener);
+    if tokio::time::timeout_at(until, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight requests outlived the shutdown deadline");
+    }
+    host.shutdown(until.saturating_duration_since(tokio::time::Instant::now()))
+        .await;
     tracing::info!("capsule stopped");
     Ok(())
 }
@@ -183,6 +258,7 @@ fn status_for(cause: &CallFailure) -> StatusCode {
             | ErrorKind::OutOfFuel
             | ErrorKind::MemoryLimit
             | ErrorKind::StackOverflow
+            | ErrorKind::BudgetExceeded
             | ErrorKind::OutputTooLarge => StatusCode::BAD_GATEWAY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         },
@@ -261,7 +337,18 @@ fn request_from(op: Option<String>, headers: &HeaderMap, body: Bytes) -> Result<
     Ok(request)
 }
 
-fn call_response(outcome: CallOutcome) -> Response {
+fn call_response(outcome: CallOutcome, budget: HeaderBudget) -> Response {
+    let metadata = match metadata_headers(&outcome.response.metadata, budget) {
+        Ok(headers) => headers,
+        Err(message) => {
+            return error_response(
+                StatusCode::BAD_GATEWAY,
+                ErrorKind::OutputTooLarge.as_str(),
+                "",
+                &message,
+            );
+        }
+    };
     let payload = outcome.response.payload;
     let content_type = if serde_json::from_slice::<serde::de::IgnoredAny>(&payload).is_ok() {
         "application/json"
@@ -275,11 +362,8 @@ fn call_response(outcome: CallOutcome) -> Response {
     )
         .into_response();
     let headers = response.headers_mut();
-    for (key, value) in outcome.response.metadata {
-        let name = HeaderName::from_bytes(format!("{META_HEADER_PREFIX}{key}").as_bytes());
-        if let (Ok(name), Ok(value)) = (name, HeaderValue::from_str(&value)) {
-            headers.append(name, value);
-        }
+    for (name, value) in metadata {
+        headers.append(name, value);
     }
     if let Ok(value) = HeaderValue::from_str(&outcome.stats.duration.as_micros().to_string()) {
         headers.insert("x-capsule-duration-us", value);
@@ -290,6 +374,39 @@ fn call_response(outcome: CallOutcome) -> Response {
         headers.insert("x-capsule-fuel", value);
     }
     response
+}
+
+/// Response metadata as `x-capsule-meta-*` headers, within `budget`. The
+/// budget is checked before any header is built, so no amount of metadata
+/// can grow a header map past what `http` (or any client) accepts. Entries
+/// whose key or value cannot be a header are left out.
+fn metadata_headers(
+    metadata: &[(String, String)],
+    budget: HeaderBudget,
+) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+    let bytes: usize = metadata
+        .iter()
+        .map(|(key, value)| META_HEADER_PREFIX.len() + key.len() + value.len())
+        .sum();
+    if metadata.len() > budget.entries || bytes > budget.bytes {
+        return Err(format!(
+            "the response metadata ({} entries, {bytes} bytes as headers) does not fit in HTTP \
+             headers: at most {} entries and {} bytes",
+            metadata.len(),
+            budget.entries,
+            budget.bytes
+        ));
+    }
+    Ok(metadata
+        .iter()
+        .filter_map(|(key, value)| {
+            let name = HeaderName::from_bytes(format!("{META_HEADER_PREFIX}{key}").as_bytes());
+            match (name, HeaderValue::from_str(value)) {
+                (Ok(name), Ok(value)) => Some((name, value)),
+                _ => None,
+            }
+        })
+        .collect())
 }
 
 async fn call_plugin(
@@ -306,7 +423,7 @@ async fn call_plugin(
     // If the client goes away, axum drops this future, and with it the call
     // and the instance running it.
     match state.host.call(&name, request).await {
-        Ok(outcome) => call_response(outcome),
+        Ok(outcome) => call_response(outcome, state.header_budget),
         Err(err) => call_error(&err),
     }
 }
@@ -323,7 +440,7 @@ async fn call_pipeline(
         Err(err) => return err.into_response(),
     };
     match state.host.call_pipeline(&name, request).await {
-        Ok(outcome) => call_response(outcome),
+        Ok(outcome) => call_response(outcome, state.header_budget),
         Err(PipelineError::Unknown(_)) => error_response(
             StatusCode::NOT_FOUND,
             ErrorKind::UnknownPlugin.as_str(),
@@ -347,8 +464,24 @@ async fn call_pipeline(
     }
 }
 
-async fn list_plugins(State(state): State<AppState>) -> Response {
-    let plugins = state.host.statuses();
+/// Every plugin and pipeline. Without the admin token, grants are shown as
+/// names only (config and environment values may be credentials, host paths
+/// reveal the host's layout).
+async fn list_plugins(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let admin = authorize(&state, &headers).is_ok();
+    let plugins: Vec<serde_json::Value> = state
+        .host
+        .statuses()
+        .into_iter()
+        .map(|status| {
+            let mut value = serde_json::to_value(&status).unwrap_or_default();
+            if !admin {
+                value["grants"] =
+                    serde_json::to_value(status.details.grants.summary()).unwrap_or_default();
+            }
+            value
+        })
+        .collect();
     let pipelines = state.host.pipelines();
     axum::Json(json!({ "plugins": plugins, "pipelines": pipelines })).into_response()
 }

@@ -10,7 +10,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::engine::Metering;
-use crate::limits::{DeadlineExceeded, Limits, MemoryLimiter};
+use crate::limits::{DeadlineExceeded, Limits, MemoryLimiter, http_body_chunk, http_fields_limit};
 use crate::services::config::ConfigState;
 use crate::services::events::EventsState;
 use crate::services::http::HttpHooks;
@@ -72,14 +72,24 @@ pub(crate) fn new_store(
     deadline: Instant,
 ) -> Result<Store<StoreState>, String> {
     let grants = setup.grants;
+    let limits = setup.limits;
+    let http_granted = grants.http.is_some();
+    // Every WASI resource lives in this table: its capacity times the
+    // per-handle caps below bounds the host memory an instance's resources
+    // hold (`Limits::host_resource_bytes`).
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(limits.max_handles);
+    let mut http = WasiHttpCtx::new();
+    http.set_field_size_limit(http_fields_limit(http_granted));
     let state = StoreState {
         wasi: wasi::context(setup.sink, grants)?,
-        table: ResourceTable::new(),
-        http: WasiHttpCtx::new(),
+        table,
+        http,
         http_hooks: HttpHooks {
             plugin: Arc::clone(&grants.plugin),
             grant: grants.http.clone(),
             sent: 0,
+            body_chunk: http_body_chunk(http_granted),
         },
         log: LogState {
             sink: Arc::clone(setup.sink),
@@ -102,6 +112,13 @@ pub(crate) fn new_store(
     };
     let mut store = Store::new(setup.engine, state);
     store.limiter(|state| &mut state.limiter);
+    // What one host call may hand the host, however the plugin aliases its
+    // memory (a list of a million entries all pointing at the same megabyte
+    // would otherwise be copied a million times).
+    store.set_hostcall_fuel(limits.host_call_bytes());
+    // Handles in the component's own tables (resources it defines, borrows
+    // it lends): room for every WASI handle twice over.
+    store.set_max_component_handles(limits.max_handles.saturating_mul(2).max(64));
     refuel(&mut store, setup.limits);
     if setup.metering.epoch {
         // Every epoch tick, either stop a call that ran past its deadline or

@@ -1,57 +1,10 @@
 //! The `capsule` binary as users run it: output, `--json`, exit codes.
 //! Needs the example plugins built by `cargo xtask build-plugins`.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
 
+use common::*;
 use serde_json::Value;
-
-fn plugin_dir() -> PathBuf {
-    std::env::var_os("CAPSULE_PLUGIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"))
-}
-
-fn plugin(name: &str) -> PathBuf {
-    let path = plugin_dir().join(format!("{name}.wasm"));
-    assert!(
-        path.is_file(),
-        "{} missing: run `cargo xtask build-plugins`",
-        path.display()
-    );
-    path
-}
-
-/// Runs `capsule` trusting the test key that signed the example plugins,
-/// with a compile cache private to this test run.
-fn capsule(args: &[&str]) -> Output {
-    capsule_command(args)
-        .env("CAPSULE_TRUST", plugin_dir().join("test-key.pub"))
-        .output()
-        .expect("capsule runs")
-}
-
-fn capsule_command(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_capsule"));
-    command
-        .args(args)
-        .env_remove("CAPSULE_LOG")
-        .env_remove("CAPSULE_TRUST")
-        .env("CAPSULE_CACHE_DIR", scratch("cache"));
-    command
-}
-
-/// A path under a per-process scratch directory.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("capsule-cli-tests-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
-
-fn json(output: &Output) -> Value {
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|err| panic!("not JSON ({err}): {stdout}"))
-}
 
 #[test]
 fn run_prints_the_response_payload() {
@@ -292,10 +245,6 @@ fn hostile_plugins_get_their_exact_kind_from_the_cli() {
     }
 }
 
-fn path_str(path: &std::path::Path) -> &str {
-    path.to_str().unwrap()
-}
-
 #[test]
 fn keygen_sign_verify_and_inspect_work_together() {
     let prefix = scratch("author");
@@ -489,18 +438,6 @@ fn run_refuses_unsigned_and_tampered_plugins() {
     );
 }
 
-/// Writes a policy into the scratch folder; `{plugins}` and `{key}` are
-/// replaced by the plugin folder and the test key.
-fn policy(name: &str, text: &str) -> PathBuf {
-    let path = scratch(name);
-    let text = text
-        .replace("{plugins}", path_str(&plugin_dir()))
-        .replace("{key}", path_str(&plugin_dir().join("test-key.pub")))
-        .replace("{scratch}", path_str(&scratch("")));
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 #[test]
 fn check_flags_an_import_without_its_grant() {
     let file = policy(
@@ -657,30 +594,6 @@ kv = { namespace = "cli-test" }
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no plugin `nobody`"));
-}
-
-/// A minimal HTTP/1.1 exchange over a fresh connection; returns the status
-/// code and body.
-fn http(address: &str, method: &str, path: &str, body: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).expect("the server accepts connections");
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nhost: {address}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 #[cfg(unix)]

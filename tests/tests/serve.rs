@@ -11,8 +11,8 @@ use capsule_host::services::kv::KvGrant;
 use capsule_host::{Grants, Host, Limits, PluginSpec, RequestId};
 use capsule_tests::plugin_path;
 use capsule_tests::plugins::{
-    HELLO, INGEST_ENRICH, INGEST_TRANSFORM, INGEST_VALIDATE, ORDER_AUDIT, SLOW_HOST_CALLS,
-    SPIN_LOOP,
+    AMPLIFIER, HELLO, INGEST_ENRICH, INGEST_TRANSFORM, INGEST_VALIDATE, ORDER_AUDIT,
+    SLOW_HOST_CALLS, SPIN_LOOP,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -30,13 +30,30 @@ struct Server {
 
 impl Server {
     async fn start() -> Server {
+        Self::start_with(ServeOptions::default()).await
+    }
+
+    /// A server with `options` (the admin token, body limit and shutdown
+    /// deadline are the tests' own).
+    async fn start_with(options: ServeOptions) -> Server {
         let host = capsule_tests::host_builder()
             .middleware(RequestId)
             .build()
             .unwrap();
-        host.load(PluginSpec::from_path(plugin_path(HELLO)))
-            .await
-            .unwrap();
+        host.load(
+            PluginSpec::from_path(plugin_path(HELLO)).config("api_token", "Top-secret-value"),
+        )
+        .await
+        .unwrap();
+        host.load(
+            PluginSpec::from_path(plugin_path(AMPLIFIER)).limits(Limits {
+                max_metadata_entries: 100_000,
+                max_response_bytes: 8 << 20,
+                ..Limits::default()
+            }),
+        )
+        .await
+        .unwrap();
         host.load(
             PluginSpec::from_path(plugin_path(SPIN_LOOP)).limits(Limits {
                 fuel: None,
@@ -85,7 +102,7 @@ impl Server {
             admin_token: Some(TOKEN.into()),
             max_body_bytes: 64 << 10,
             shutdown_deadline: Duration::from_secs(3),
-            ..ServeOptions::default()
+            ..options
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let done = tokio::spawn(serve_on(listener, host.clone(), options, async {
@@ -518,5 +535,102 @@ async fn an_abandoned_request_does_not_pin_an_instance() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_metadata_becomes_headers_only_within_a_budget() {
+    let server = Server::start().await;
+    // 40,000 distinct names would make the `http` crate panic past 32,768,
+    // and no client accepts 16 KiB of headers: both are answered as errors.
+    for (op, payload) in [("metadata-names", "40000"), ("metadata-large", "")] {
+        let response = server
+            .post(&format!("/v1/plugins/amplifier/call?op={op}"), payload)
+            .await;
+        let (status, error) = error_of(response).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{op}: {error}");
+        assert_eq!(error["kind"], "output_too_large", "{op}: {error}");
+        assert!(
+            error["message"].as_str().unwrap().contains("HTTP headers"),
+            "{op}: {error}"
+        );
+    }
+    // Within the budget, metadata goes back as headers.
+    let response = server
+        .post("/v1/plugins/amplifier/call?op=metadata-names", "3")
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-capsule-meta-n2"], "v");
+    let hello = server
+        .post("/v1/plugins/hello/call?op=greet", r#"{"name":"Ada"}"#)
+        .await;
+    assert_eq!(hello.status(), StatusCode::OK);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plugin_listing_shows_config_values_only_to_the_admin() {
+    let server = Server::start().await;
+    let open = server
+        .client
+        .get(server.url("/v1/plugins"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!open.contains("Top-secret-value"), "{open}");
+    let listing: Value = serde_json::from_str(&open).unwrap();
+    let hello = listing["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "hello")
+        .unwrap();
+    assert_eq!(hello["grants"]["config"], json!(["api_token"]));
+
+    let admin = server
+        .client
+        .get(server.url("/v1/plugins"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(admin.contains("Top-secret-value"));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_cannot_exhaust_the_server() {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start_with(ServeOptions {
+        max_connections: 4,
+        header_read_timeout: Duration::from_millis(300),
+        ..ServeOptions::default()
+    })
+    .await;
+    let address = server.base.trim_start_matches("http://").to_owned();
+    // Every connection the server allows, held open by clients that send
+    // half a request line and then nothing.
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        stream.write_all(b"POST /v1/plugins/hel").await.unwrap();
+        silent.push(stream);
+    }
+    // A real client still gets its answer: the silent ones are cut off at
+    // the header timeout, which frees their places.
+    let response = tokio::time::timeout(
+        Duration::from_secs(10),
+        server.post("/v1/plugins/hello/call?op=greet", r#"{"name":"Ada"}"#),
+    )
+    .await
+    .expect("the server answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    drop(silent);
     server.stop().await.unwrap();
 }

@@ -274,6 +274,11 @@ pub fn run(workspace: &Workspace) -> Result<()> {
             Expect::Refused("output_too_large"),
         ),
         Step::new(
+            "handle-flood opens handles it never closes: stopped at the handle limit",
+            &hostile("handle-flood", &[]),
+            Expect::Refused("budget_exceeded"),
+        ),
+        Step::new(
             "slow-host-calls sleeps inside a host call: the outer timeout stops it",
             &hostile("slow-host-calls", &["--timeout", "500ms"]),
             Expect::Refused("timeout"),

@@ -8,15 +8,21 @@
 //!
 //! A key's id is wasmsign2's default: the first 12 bytes of
 //! HMAC-SHA-256(key = public key, message = `"key_id"`), shown as hex.
+//!
+//! Weak public keys (points of small order, such as the identity) are
+//! refused in every format: a signature "by" such a key can be forged
+//! without any secret, so trusting one would trust everything.
 
 use std::fmt;
 use std::path::Path;
 
 use base64ct::{Base64, Encoding};
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
-use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+
+use crate::input::{self, MAX_KEY_FILE_BYTES};
 
 /// wasmsign2's type byte for an Ed25519 public key.
 pub const PUBLIC_KEY_TYPE: u8 = 0x01;
@@ -89,7 +95,7 @@ impl PublicKey {
         if text.starts_with("-----BEGIN PUBLIC KEY-----") {
             let key = VerifyingKey::from_public_key_pem(text)
                 .map_err(|err| KeyError::Format(format!("invalid PEM public key: {err}")))?;
-            return Ok(PublicKey { key });
+            return Self::checked(key);
         }
         if let Some(rest) = text.strip_prefix("ssh-ed25519 ") {
             return Self::from_openssh(rest);
@@ -99,7 +105,8 @@ impl PublicKey {
         ))
     }
 
-    /// Reads a public key file in any supported format.
+    /// Reads a public key file in any supported format. The file must be a
+    /// regular file of at most [`MAX_KEY_FILE_BYTES`].
     pub fn from_file(path: &Path) -> Result<PublicKey, KeyError> {
         let bytes = read(path)?;
         Self::from_any(&bytes).map_err(|err| in_file(path, err))
@@ -108,6 +115,19 @@ impl PublicKey {
     fn from_raw(raw: &[u8; 32]) -> Result<PublicKey, KeyError> {
         let key = VerifyingKey::from_bytes(raw)
             .map_err(|err| KeyError::Format(format!("invalid Ed25519 public key: {err}")))?;
+        Self::checked(key)
+    }
+
+    /// Every decoded public key passes through here: a weak (small-order)
+    /// key is refused.
+    fn checked(key: VerifyingKey) -> Result<PublicKey, KeyError> {
+        if key.is_weak() {
+            return Err(KeyError::Format(
+                "weak Ed25519 public key (a point of small order): signatures by it can be \
+                 forged without the secret key, so it cannot be trusted"
+                    .into(),
+            ));
+        }
         Ok(PublicKey { key })
     }
 
@@ -157,12 +177,16 @@ impl PublicKey {
         KeyId(tag[..12].try_into().expect("SHA-256 is 32 bytes"))
     }
 
-    /// Whether `signature` is this key's signature of `message`.
+    /// Whether `signature` is this key's signature of `message`. Verified
+    /// strictly: a signature whose `R` is a point of small order is refused,
+    /// which closes the forgeries and malleability the lax equation allows.
     pub(crate) fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
+        #[cfg(test)]
+        tests::VERIFICATIONS.with(|count| count.set(count.get() + 1));
         let Ok(signature) = ed25519_dalek::Signature::from_slice(signature) else {
             return false;
         };
-        self.key.verify(message, &signature).is_ok()
+        self.key.verify_strict(message, &signature).is_ok()
     }
 }
 
@@ -211,7 +235,8 @@ impl SecretKey {
         ))
     }
 
-    /// Reads a secret key file.
+    /// Reads a secret key file. The file must be a regular file of at most
+    /// [`MAX_KEY_FILE_BYTES`].
     pub fn from_file(path: &Path) -> Result<SecretKey, KeyError> {
         let bytes = read(path)?;
         Self::from_any(&bytes).map_err(|err| in_file(path, err))
@@ -247,9 +272,9 @@ impl SecretKey {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, KeyError> {
-    std::fs::read(path).map_err(|source| KeyError::Io {
-        path: path.display().to_string(),
-        source,
+    input::read_file(path, MAX_KEY_FILE_BYTES).map_err(|err| KeyError::Io {
+        path: err.path().display().to_string(),
+        source: err.into_io_error(),
     })
 }
 
@@ -261,8 +286,90 @@ fn in_file(path: &Path, err: KeyError) -> KeyError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    thread_local! {
+        /// Signature verifications attempted on this thread, so tests can
+        /// prove that some signatures are never even looked at.
+        pub(crate) static VERIFICATIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// The encodings of small-order points: the identity `(0, 1)`, the
+    /// point of order 2 `(0, -1)` and one of order 4 `(√-1, 0)`.
+    const WEAK_KEYS: [[u8; 32]; 3] = {
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let mut minus_one = [0xffu8; 32];
+        minus_one[0] = 0xec;
+        minus_one[31] = 0x7f;
+        [identity, minus_one, [0u8; 32]]
+    };
+
+    #[test]
+    fn weak_keys_are_refused_in_every_format() {
+        for raw in WEAK_KEYS {
+            let decoded = VerifyingKey::from_bytes(&raw).expect("a valid curve point");
+            assert!(decoded.is_weak());
+            let mut wasmsign2 = vec![PUBLIC_KEY_TYPE];
+            wasmsign2.extend_from_slice(&raw);
+            let pem = decoded.to_public_key_pem(Default::default()).unwrap();
+            let mut blob = Vec::new();
+            for field in [&b"ssh-ed25519"[..], &raw[..]] {
+                blob.extend_from_slice(&(field.len() as u32).to_be_bytes());
+                blob.extend_from_slice(field);
+            }
+            let openssh = format!("ssh-ed25519 {}", Base64::encode_string(&blob));
+            for bytes in [&wasmsign2[..], pem.as_bytes(), openssh.as_bytes()] {
+                let err = PublicKey::from_any(bytes).unwrap_err();
+                assert!(
+                    matches!(&err, KeyError::Format(msg) if msg.contains("weak")),
+                    "{err}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_weak_key_file_is_refused_naming_the_file() {
+        let path = std::env::temp_dir().join(format!("capsule-weak-{}.pub", std::process::id()));
+        let mut raw = vec![PUBLIC_KEY_TYPE];
+        raw.extend_from_slice(&WEAK_KEYS[0]);
+        std::fs::write(&path, raw).unwrap();
+        let err = PublicKey::from_file(&path).unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        assert!(err.to_string().contains("weak"), "{err}");
+        assert!(err.to_string().contains("capsule-weak"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn key_files_are_read_safely() {
+        let err = PublicKey::from_file(Path::new("/dev/zero")).unwrap_err();
+        assert!(matches!(err, KeyError::Io { .. }), "{err}");
+        assert!(err.to_string().contains("character device"), "{err}");
+        let path = std::env::temp_dir().join(format!("capsule-big-{}.key", std::process::id()));
+        std::fs::write(&path, vec![b' '; MAX_KEY_FILE_BYTES as usize + 1]).unwrap();
+        let err = SecretKey::from_file(&path).unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        assert!(err.to_string().contains("larger than"), "{err}");
+    }
+
+    #[test]
+    fn verification_is_strict() {
+        // With a weak key, the identity R and s = 0 satisfy the lax
+        // equation [s]B = R + [k]A for every message: `verify` accepts
+        // this forgery, `verify_strict` does not.
+        let key = PublicKey {
+            key: VerifyingKey::from_bytes(&WEAK_KEYS[0]).unwrap(),
+        };
+        let mut forged = [0u8; 64];
+        forged[0] = 1;
+        let signature = ed25519_dalek::Signature::from_bytes(&forged);
+        use ed25519_dalek::Verifier;
+        assert!(key.key.verify(b"anything", &signature).is_ok());
+        assert!(!key.verifies(b"anything", &forged));
+    }
 
     #[test]
     fn raw_and_pem_round_trip() {

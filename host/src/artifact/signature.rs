@@ -8,6 +8,12 @@
 //! hashes include the hash of every byte after the signature section. A
 //! partial signature covers only the sections before a `signature_delimiter`
 //! custom section.
+//!
+//! The signature section is attacker-controlled input, so checking it costs
+//! a bounded amount of work: at most [`MAX_SIGNATURES_PER_SECTION`]
+//! signatures are accepted at all, a signature is only verified if its set
+//! of hashes actually covers this plugin's content, and only with the
+//! trusted key its key id names.
 
 use std::collections::BTreeSet;
 
@@ -27,8 +33,13 @@ const SPEC_VERSION: u32 = 0x01;
 const CONTENT_TYPE_WASM: u32 = 0x01;
 const HASH_SHA256: u32 = 0x01;
 const ALG_ED25519: u8 = 0x01;
+/// The most signed hash sets in a section, and the most hashes in one set.
 const MAX_HASHES: usize = 64;
-const MAX_SIGNATURES: usize = 256;
+/// The most signatures a signature section may carry, over all of its hash
+/// sets. Each may cost an Ed25519 verification per trusted key, so a
+/// section with more is refused outright rather than checked; real plugins
+/// carry one signature per signer.
+pub const MAX_SIGNATURES_PER_SECTION: usize = 64;
 
 /// Why a plugin's signature does not check out.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -115,9 +126,10 @@ impl SignatureData {
             return Err(format!("too many signed hash sets ({count})"));
         }
         let mut signed_hashes_set = Vec::with_capacity(count);
+        let mut signatures = 0;
         for _ in 0..count {
             let set = reader.bytes().ok_or("truncated signed hash set")?;
-            signed_hashes_set.push(SignedHashes::parse(set)?);
+            signed_hashes_set.push(SignedHashes::parse(set, &mut signatures)?);
         }
         if !reader.is_empty() {
             return Err("trailing bytes after the signatures".into());
@@ -139,7 +151,9 @@ impl SignatureData {
 }
 
 impl SignedHashes {
-    fn parse(bytes: &[u8]) -> Result<SignedHashes, String> {
+    /// Parses one set; `signatures` counts the signature entries of the
+    /// whole section so far, whatever their algorithm.
+    fn parse(bytes: &[u8], signatures_so_far: &mut usize) -> Result<SignedHashes, String> {
         let mut reader = Reader::new(bytes);
         let count = reader.u32().ok_or("truncated hash count")? as usize;
         if count > MAX_HASHES {
@@ -151,8 +165,9 @@ impl SignedHashes {
             hashes.push(hash.try_into().expect("32 bytes"));
         }
         let count = reader.u32().ok_or("truncated signature count")? as usize;
-        if count > MAX_SIGNATURES {
-            return Err(format!("too many signatures ({count})"));
+        *signatures_so_far = signatures_so_far.saturating_add(count);
+        if *signatures_so_far > MAX_SIGNATURES_PER_SECTION {
+            return Err(too_many_signatures());
         }
         let mut signatures = Vec::with_capacity(count);
         for _ in 0..count {
@@ -196,6 +211,12 @@ impl SignedHashes {
     fn message(&self) -> Vec<u8> {
         signed_message(&self.hashes)
     }
+}
+
+fn too_many_signatures() -> String {
+    format!(
+        "too many signatures (a signature section may carry at most {MAX_SIGNATURES_PER_SECTION})"
+    )
 }
 
 fn signed_message(hashes: &[[u8; 32]]) -> Vec<u8> {
@@ -275,6 +296,10 @@ impl<'a> Signed<'a> {
 /// Verifies `bytes` (with an optional detached signature) against the
 /// trusted keys. Succeeds if at least one trusted key signed the whole
 /// plugin, or, when `allow_partial`, a delimited prefix of it.
+///
+/// Which hash sets cover the content is decided from the hashes alone,
+/// before any signature is checked; signatures in a set that covers nothing
+/// are never verified, nor are signatures whose key id names no trusted key.
 pub fn verify(
     bytes: &[u8],
     detached: Option<&[u8]>,
@@ -293,51 +318,30 @@ pub fn verify(
         return Err(SignatureError::Unsigned);
     }
 
-    let mut full_signers = BTreeSet::new();
-    let mut partial_signers = BTreeSet::new();
-    let mut named_ids = BTreeSet::new();
-    let mut trusted_key_failed = false;
-    let mut covers_content = false;
-    for set in &data.signed_hashes_set {
-        let full = signed.covers_all(set);
-        let prefix = signed.covers_prefix(set);
-        covers_content |= full || prefix;
-        let message = set.message();
-        for entry in &set.signatures {
-            if let Some(id) = &entry.key_id {
-                named_ids.insert(hex(id));
-            }
-            for key in trusted {
-                let id = key.key_id();
-                if entry
-                    .key_id
-                    .as_ref()
-                    .is_some_and(|named| named.as_slice() != id.0)
-                {
-                    continue;
-                }
-                if !key.verifies(&message, &entry.signature) {
-                    // A signature naming this trusted key that does not verify
-                    // was tampered with; one naming no key may simply be by
-                    // another key.
-                    trusted_key_failed |= entry.key_id.is_some();
-                    continue;
-                }
-                if full {
-                    full_signers.insert(id);
-                } else if prefix {
-                    partial_signers.insert(id);
-                }
-            }
-        }
+    // A set whose hashes are not this content's says nothing about this
+    // plugin however well it is signed, so it costs no verification.
+    let (full, prefix): (Vec<&SignedHashes>, Vec<&SignedHashes>) = data
+        .signed_hashes_set
+        .iter()
+        .filter(|set| signed.covers_all(set) || signed.covers_prefix(set))
+        .partition(|set| signed.covers_all(set));
+    if full.is_empty() && prefix.is_empty() {
+        return Err(SignatureError::Bad(
+            "the plugin's content does not match any signed hash (it was modified after signing)"
+                .into(),
+        ));
     }
 
+    let trusted: Vec<(KeyId, &PublicKey)> = trusted.iter().map(|key| (key.key_id(), key)).collect();
+    let mut checked = Checked::default();
+    let full_signers = checked.signers(&full, &trusted);
     if !full_signers.is_empty() {
         return Ok(Verified {
             signers: full_signers.into_iter().collect(),
             partial: false,
         });
     }
+    let partial_signers = checked.signers(&prefix, &trusted);
     if !partial_signers.is_empty() {
         return if allow_partial {
             Ok(Verified {
@@ -352,20 +356,66 @@ pub fn verify(
             ))
         };
     }
-    if !covers_content {
-        return Err(SignatureError::Bad(
-            "the plugin's content does not match any signed hash (it was modified after signing)"
-                .into(),
-        ));
-    }
-    if trusted_key_failed {
+    if checked.trusted_key_failed {
         return Err(SignatureError::Bad(
             "a signature by a trusted key does not verify (the signature was modified)".into(),
         ));
     }
     Err(SignatureError::UntrustedKey {
-        key_ids: named_ids.into_iter().collect(),
+        key_ids: checked.named_ids.into_iter().collect(),
     })
+}
+
+/// What checking the signatures of covering sets found besides signers.
+#[derive(Default)]
+struct Checked {
+    /// Key ids named by signatures over this content, as hex.
+    named_ids: BTreeSet<String>,
+    /// Whether a signature naming a trusted key failed to verify.
+    trusted_key_failed: bool,
+}
+
+impl Checked {
+    /// The trusted keys whose signature of one of `sets` verifies.
+    fn signers(
+        &mut self,
+        sets: &[&SignedHashes],
+        trusted: &[(KeyId, &PublicKey)],
+    ) -> BTreeSet<KeyId> {
+        let mut signers = BTreeSet::new();
+        for set in sets {
+            let message = set.message();
+            for entry in &set.signatures {
+                if let Some(id) = &entry.key_id {
+                    self.named_ids.insert(hex(id));
+                }
+                // A signature naming a key is checked with that key only
+                // (with none if no trusted key has that id); one naming no
+                // key may be by any trusted key. A key already proven to
+                // have signed needs no second check.
+                let candidates = trusted.iter().filter(|(id, _)| {
+                    !signers.contains(id)
+                        && entry
+                            .key_id
+                            .as_ref()
+                            .is_none_or(|named| named.as_slice() == id.0)
+                });
+                let mut verified = Vec::new();
+                for (id, key) in candidates {
+                    if key.verifies(&message, &entry.signature) {
+                        verified.push(*id);
+                    } else {
+                        // A signature naming this trusted key that does not
+                        // verify was tampered with; one naming no key may
+                        // simply be by another key.
+                        self.trusted_key_failed |= entry.key_id.is_some();
+                    }
+                }
+                signers.extend(verified);
+            }
+        }
+        signers
+    }
 }
 
 /// Lists the signatures in `bytes` (or the detached payload) without
@@ -424,6 +474,15 @@ pub fn sign(bytes: &[u8], key: &SecretKey) -> Result<SignedPlugin, String> {
             hashes,
             signatures: vec![entry],
         }),
+    }
+    let total: usize = data
+        .signed_hashes_set
+        .iter()
+        .map(|set| set.signatures.len())
+        .sum();
+    if total > MAX_SIGNATURES_PER_SECTION {
+        // No verifier would read the result.
+        return Err(too_many_signatures());
     }
     let payload = data.encode();
     let mut embedded = bytes[..8].to_vec();
@@ -497,6 +556,124 @@ mod tests {
             verify(&tampered, None, &[key.public_key()], false),
             Err(SignatureError::Bad(msg)) if msg.contains("modified after signing")
         ));
+    }
+
+    /// Signature verifications attempted on this thread since the last call.
+    fn verifications() -> usize {
+        crate::artifact::keys::tests::VERIFICATIONS.with(|count| count.replace(0))
+    }
+
+    /// `sample()` carrying `sets` in its signature section.
+    fn with_sets(sets: Vec<SignedHashes>) -> Vec<u8> {
+        let payload = SignatureData {
+            signed_hashes_set: sets,
+        }
+        .encode();
+        let mut bytes = COMPONENT_HEADER.to_vec();
+        bytes.extend(encode_custom(SIGNATURE_SECTION, &payload));
+        bytes.extend_from_slice(&sample()[8..]);
+        bytes
+    }
+
+    /// A set over a hash that is not the content's, "signed" by `key` with
+    /// garbage.
+    fn useless_set(key: &PublicKey, signatures: usize) -> SignedHashes {
+        SignedHashes {
+            hashes: vec![[0xab; 32]],
+            signatures: (0..signatures)
+                .map(|_| SignatureEntry {
+                    key_id: Some(key.key_id().0.to_vec()),
+                    signature: vec![0x55; 64],
+                })
+                .collect(),
+        }
+    }
+
+    /// The signed hash sets `sign` writes for `sample()`.
+    fn valid_sets(key: &SecretKey) -> Vec<SignedHashes> {
+        SignatureData::parse(&sign(&sample(), key).unwrap().signature)
+            .unwrap()
+            .signed_hashes_set
+    }
+
+    #[test]
+    fn more_signatures_than_the_bound_are_refused() {
+        let key = SecretKey::generate().unwrap();
+        let trusted = [key.public_key()];
+        let over = MAX_SIGNATURES_PER_SECTION + 1;
+        // In one set, and spread over two: the bound is per section.
+        for sets in [
+            vec![useless_set(&trusted[0], over)],
+            vec![
+                useless_set(&trusted[0], over / 2),
+                useless_set(&trusted[0], over - over / 2),
+            ],
+        ] {
+            let bytes = with_sets(sets);
+            let result = verify(&bytes, None, &trusted, false);
+            assert!(
+                matches!(&result, Err(SignatureError::Bad(msg)) if msg.contains("too many signatures")),
+                "{result:?}"
+            );
+            assert!(list(&bytes, None).is_err());
+            assert_eq!(verifications(), 0);
+        }
+        // Exactly the bound is read.
+        let bytes = with_sets(vec![useless_set(&trusted[0], MAX_SIGNATURES_PER_SECTION)]);
+        assert_eq!(
+            list(&bytes, None).unwrap().len(),
+            MAX_SIGNATURES_PER_SECTION
+        );
+        // And signing does not write a section no verifier would read.
+        let err = sign(&bytes, &key).err().expect("a full section is refused");
+        assert!(err.contains("too many signatures"), "{err}");
+    }
+
+    #[test]
+    fn a_set_that_covers_nothing_is_never_verified() {
+        let key = SecretKey::generate().unwrap();
+        let trusted = [key.public_key()];
+        verifications();
+        // It names a trusted key and its signature is garbage, but its hash
+        // is not the content's: the verdict is about the content, and no
+        // signature was checked.
+        let bytes = with_sets(vec![useless_set(&trusted[0], 1)]);
+        let result = verify(&bytes, None, &trusted, false);
+        assert!(
+            matches!(&result, Err(SignatureError::Bad(msg)) if msg.contains("does not match any signed hash")),
+            "{result:?}"
+        );
+        assert_eq!(verifications(), 0);
+
+        // Next to a valid signature by an untrusted key, the useless set does
+        // not turn the verdict into "a trusted key's signature was modified".
+        let stranger = SecretKey::generate().unwrap();
+        let mut sets = vec![useless_set(&trusted[0], 1)];
+        sets.extend(valid_sets(&stranger));
+        let result = verify(&with_sets(sets), None, &trusted, false);
+        assert_eq!(
+            result,
+            Err(SignatureError::UntrustedKey {
+                key_ids: vec![stranger.public_key().key_id().to_hex()]
+            })
+        );
+        // The stranger's signature names a key nobody trusts: not checked.
+        assert_eq!(verifications(), 0);
+    }
+
+    #[test]
+    fn a_valid_signature_verifies_alongside_many_useless_sets() {
+        let key = SecretKey::generate().unwrap();
+        let trusted = [key.public_key()];
+        let mut sets: Vec<SignedHashes> = (1..MAX_SIGNATURES_PER_SECTION)
+            .map(|_| useless_set(&trusted[0], 1))
+            .collect();
+        sets.extend(valid_sets(&key));
+        verifications();
+        let verified = verify(&with_sets(sets), None, &trusted, false).unwrap();
+        assert_eq!(verified.signers, vec![trusted[0].key_id()]);
+        assert!(!verified.partial);
+        assert_eq!(verifications(), 1, "only the covering signature is checked");
     }
 
     #[test]

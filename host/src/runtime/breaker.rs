@@ -5,6 +5,11 @@
 //!
 //! A plugin's own error values and a caller's oversized input are answers,
 //! not ill health, so they neither open nor close the circuit.
+//!
+//! Admission hands out a [`Ticket`]; a probe whose ticket is dropped without
+//! reporting (a cancelled call) gives the half-open state back, and a probe
+//! that never reports at all expires after a cooldown, so no caller can lock
+//! a plugin out. A reload closes the circuit.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,8 +25,12 @@ enum State {
     Open {
         until: Instant,
     },
-    /// A probe is in flight; other calls are refused until it reports.
-    HalfOpen,
+    /// A probe has been in flight since `since`; other calls are refused
+    /// until it reports, or until a cooldown passes without a report (a
+    /// probe that never reports must not lock the plugin out).
+    HalfOpen {
+        since: Instant,
+    },
 }
 
 /// The breaker of one plugin.
@@ -34,14 +43,54 @@ pub(crate) struct CircuitBreaker {
 }
 
 /// Whether a call may go ahead.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Admission {
-    /// The circuit is closed: call normally.
-    Pass,
-    /// The circuit was open and its cooldown passed: this call is the probe.
-    Probe,
+#[derive(Debug)]
+pub(crate) enum Admission<'a> {
+    /// Call; report how it ended through the ticket.
+    Admit(Ticket<'a>),
     /// The circuit is open: refuse, retrying makes sense after this long.
     Refuse(Duration),
+}
+
+/// An admitted call's duty to report how it ended. A probe's ticket that is
+/// dropped without a report (the caller went away, the future was
+/// cancelled) gives the half-open state back, so the next call probes.
+#[derive(Debug)]
+pub(crate) struct Ticket<'a> {
+    breaker: &'a CircuitBreaker,
+    probe: bool,
+}
+
+impl Ticket<'_> {
+    /// Whether this call is the probe of a half-open circuit.
+    #[cfg(test)]
+    fn is_probe(&self) -> bool {
+        self.probe
+    }
+
+    /// Records how the call ended: `Ok(())` for success, `Err(kind)` for a
+    /// failure. `threshold` 0 disables the breaker.
+    pub(crate) fn record(self, outcome: Result<(), ErrorKind>, threshold: u32, cooldown: Duration) {
+        self.record_at(outcome, threshold, cooldown, Instant::now);
+    }
+
+    fn record_at(
+        mut self,
+        outcome: Result<(), ErrorKind>,
+        threshold: u32,
+        cooldown: Duration,
+        clock: impl FnOnce() -> Instant,
+    ) {
+        self.probe = false;
+        self.breaker.record_at(outcome, threshold, cooldown, clock);
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if self.probe {
+            self.breaker.abandon_probe(Instant::now());
+        }
+    }
 }
 
 /// Whether an outcome says something about the plugin's health.
@@ -53,6 +102,7 @@ fn counts_as_failure(kind: ErrorKind) -> bool {
             | ErrorKind::OutOfFuel
             | ErrorKind::MemoryLimit
             | ErrorKind::StackOverflow
+            | ErrorKind::BudgetExceeded
             | ErrorKind::OutputTooLarge
             | ErrorKind::Host
     )
@@ -72,42 +122,51 @@ impl CircuitBreaker {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Decides whether a call may proceed now.
-    pub(crate) fn admit(&self) -> Admission {
-        self.admit_at(Instant::now)
+    /// Decides whether a call may proceed now; `cooldown` is how long an
+    /// unreported probe holds the half-open state.
+    pub(crate) fn admit(&self, cooldown: Duration) -> Admission<'_> {
+        self.admit_at(cooldown, Instant::now)
     }
 
     /// [`Self::admit`] with a clock that is read only when the circuit is
     /// not closed (the hot path reads no clock).
-    fn admit_at(&self, clock: impl FnOnce() -> Instant) -> Admission {
+    fn admit_at(&self, cooldown: Duration, clock: impl FnOnce() -> Instant) -> Admission<'_> {
+        let pass = |probe| {
+            Admission::Admit(Ticket {
+                breaker: self,
+                probe,
+            })
+        };
         if self.healthy.load(Ordering::Acquire) {
-            return Admission::Pass;
+            return pass(false);
         }
         let mut state = self.lock();
         if let State::Closed { .. } = *state {
-            return Admission::Pass;
+            return pass(false);
         }
         let now = clock();
         match *state {
-            State::Closed { .. } => Admission::Pass,
+            State::Closed { .. } => pass(false),
             State::Open { until } if now >= until => {
-                *state = State::HalfOpen;
-                Admission::Probe
+                *state = State::HalfOpen { since: now };
+                pass(true)
             }
             State::Open { until } => Admission::Refuse(until - now),
-            State::HalfOpen => Admission::Refuse(Duration::ZERO),
+            // The probe never reported within a cooldown: let another try.
+            State::HalfOpen { since } if now >= since + cooldown => {
+                *state = State::HalfOpen { since: now };
+                pass(true)
+            }
+            State::HalfOpen { since } => Admission::Refuse(since + cooldown - now),
         }
     }
 
-    /// Records how a call that was admitted ended: `Ok(())` for success,
-    /// `Err(kind)` for a failure. `threshold` 0 disables the breaker.
-    pub(crate) fn record(
-        &self,
-        outcome: Result<(), ErrorKind>,
-        threshold: u32,
-        cooldown: Duration,
-    ) {
-        self.record_at(outcome, threshold, cooldown, Instant::now);
+    /// A probe went away without reporting: the next call probes.
+    fn abandon_probe(&self, now: Instant) {
+        let mut state = self.lock();
+        if let State::HalfOpen { .. } = *state {
+            *state = State::Open { until: now };
+        }
     }
 
     fn record_at(
@@ -131,9 +190,9 @@ impl CircuitBreaker {
             (_, _, _) if threshold == 0 => State::Closed { failures: 0 },
             // A neutral outcome changes nothing, except that a probe which
             // ended neutrally proved the plugin runs: close.
-            (State::HalfOpen, _, true) => State::Closed { failures: 0 },
+            (State::HalfOpen { .. }, _, true) => State::Closed { failures: 0 },
             (current, _, true) => current,
-            (State::HalfOpen, true, _) => State::Open {
+            (State::HalfOpen { .. }, true, _) => State::Open {
                 until: now + cooldown,
             },
             (State::Closed { failures }, true, _) if failures + 1 >= threshold => State::Open {
@@ -149,6 +208,12 @@ impl CircuitBreaker {
             .store(*state == (State::Closed { failures: 0 }), Ordering::Release);
     }
 
+    /// Closes the circuit: a new version of the plugin starts healthy.
+    pub(crate) fn reset(&self) {
+        *self.lock() = State::Closed { failures: 0 };
+        self.healthy.store(true, Ordering::Release);
+    }
+
     /// Whether the circuit is open (or probing) right now.
     pub(crate) fn is_open(&self) -> bool {
         !matches!(*self.lock(), State::Closed { .. })
@@ -159,32 +224,44 @@ impl CircuitBreaker {
 mod tests {
     use super::*;
 
+    const COOLDOWN: Duration = Duration::from_secs(10);
+
+    fn admit(breaker: &CircuitBreaker, at: Instant) -> Admission<'_> {
+        breaker.admit_at(COOLDOWN, || at)
+    }
+
+    fn ticket(admission: Admission<'_>) -> Ticket<'_> {
+        match admission {
+            Admission::Admit(ticket) => ticket,
+            Admission::Refuse(retry_in) => panic!("refused, retry in {retry_in:?}"),
+        }
+    }
+
     #[test]
     fn opens_after_consecutive_failures_then_a_probe_closes_it() {
         let breaker = CircuitBreaker::default();
-        let cooldown = Duration::from_secs(10);
         let t0 = Instant::now();
         for _ in 0..2 {
-            assert_eq!(breaker.admit_at(|| t0), Admission::Pass);
-            breaker.record_at(Err(ErrorKind::Trap), 3, cooldown, || t0);
+            ticket(admit(&breaker, t0)).record_at(Err(ErrorKind::Trap), 3, COOLDOWN, || t0);
         }
         // A plugin error in between neither counts nor resets.
-        breaker.record_at(Err(ErrorKind::PluginError), 3, cooldown, || t0);
-        breaker.record_at(Err(ErrorKind::Timeout), 3, cooldown, || t0);
+        ticket(admit(&breaker, t0)).record_at(Err(ErrorKind::PluginError), 3, COOLDOWN, || t0);
+        ticket(admit(&breaker, t0)).record_at(Err(ErrorKind::Timeout), 3, COOLDOWN, || t0);
         assert!(breaker.is_open());
         assert!(
-            matches!(breaker.admit_at(|| t0 + Duration::from_secs(1)), Admission::Refuse(d) if d == Duration::from_secs(9))
+            matches!(admit(&breaker, t0 + Duration::from_secs(1)), Admission::Refuse(d) if d == Duration::from_secs(9))
         );
 
-        let later = t0 + cooldown;
-        assert_eq!(breaker.admit_at(|| later), Admission::Probe);
+        let later = t0 + COOLDOWN;
+        let probe = ticket(admit(&breaker, later));
+        assert!(probe.is_probe());
         assert!(
-            matches!(breaker.admit_at(|| later), Admission::Refuse(_)),
+            matches!(admit(&breaker, later), Admission::Refuse(_)),
             "one probe at a time"
         );
-        breaker.record_at(Ok(()), 3, cooldown, || later);
+        probe.record_at(Ok(()), 3, COOLDOWN, || later);
         assert!(!breaker.is_open());
-        assert_eq!(breaker.admit_at(|| later), Admission::Pass);
+        assert!(!ticket(admit(&breaker, later)).is_probe());
     }
 
     #[test]
@@ -192,18 +269,64 @@ mod tests {
         let breaker = CircuitBreaker::default();
         let cooldown = Duration::from_secs(1);
         let t0 = Instant::now();
-        breaker.record_at(Err(ErrorKind::Trap), 1, cooldown, || t0);
-        assert_eq!(breaker.admit_at(|| t0 + cooldown), Admission::Probe);
-        breaker.record_at(Err(ErrorKind::Trap), 1, cooldown, || t0 + cooldown);
+        ticket(breaker.admit_at(cooldown, || t0)).record_at(
+            Err(ErrorKind::Trap),
+            1,
+            cooldown,
+            || t0,
+        );
+        let probe = ticket(breaker.admit_at(cooldown, || t0 + cooldown));
+        assert!(probe.is_probe());
+        probe.record_at(Err(ErrorKind::Trap), 1, cooldown, || t0 + cooldown);
         assert!(matches!(
-            breaker.admit_at(|| t0 + cooldown),
+            breaker.admit_at(cooldown, || t0 + cooldown),
             Admission::Refuse(_)
         ));
 
         let disabled = CircuitBreaker::default();
         for _ in 0..10 {
-            disabled.record_at(Err(ErrorKind::Trap), 0, cooldown, || t0);
+            ticket(admit(&disabled, t0)).record_at(Err(ErrorKind::Trap), 0, cooldown, || t0);
         }
-        assert_eq!(disabled.admit_at(|| t0), Admission::Pass);
+        assert!(!ticket(admit(&disabled, t0)).is_probe());
+    }
+
+    #[test]
+    fn an_abandoned_probe_does_not_lock_the_plugin_out() {
+        let breaker = CircuitBreaker::default();
+        let t0 = Instant::now();
+        ticket(admit(&breaker, t0)).record_at(Err(ErrorKind::Trap), 1, COOLDOWN, || t0);
+        let later = t0 + COOLDOWN;
+        // The probe's caller goes away: its ticket is dropped unreported.
+        drop(ticket(admit(&breaker, later)));
+        let next = ticket(admit(&breaker, later));
+        assert!(next.is_probe(), "the next call probes at once");
+        next.record_at(Ok(()), 1, COOLDOWN, || later);
+        assert!(!breaker.is_open());
+    }
+
+    #[test]
+    fn a_probe_that_never_reports_expires_after_the_cooldown() {
+        let breaker = CircuitBreaker::default();
+        let t0 = Instant::now();
+        ticket(admit(&breaker, t0)).record_at(Err(ErrorKind::Trap), 1, COOLDOWN, || t0);
+        let probing_since = t0 + COOLDOWN;
+        // Forgotten, not dropped: it will never report.
+        std::mem::forget(ticket(admit(&breaker, probing_since)));
+        assert!(matches!(
+            admit(&breaker, probing_since + COOLDOWN / 2),
+            Admission::Refuse(_)
+        ));
+        assert!(ticket(admit(&breaker, probing_since + COOLDOWN)).is_probe());
+    }
+
+    #[test]
+    fn reset_closes_it() {
+        let breaker = CircuitBreaker::default();
+        let t0 = Instant::now();
+        ticket(admit(&breaker, t0)).record_at(Err(ErrorKind::Trap), 1, COOLDOWN, || t0);
+        assert!(breaker.is_open());
+        breaker.reset();
+        assert!(!breaker.is_open());
+        assert!(!ticket(admit(&breaker, t0)).is_probe());
     }
 }

@@ -8,6 +8,8 @@ use std::time::Instant;
 use tracing::Instrument;
 
 use super::breaker::Admission;
+use super::bus::BusEvent;
+use super::delivery::Publisher;
 use super::middleware::CallContext;
 use super::pipeline::PipelineError;
 use super::registry::Slot;
@@ -38,6 +40,7 @@ impl Host {
         };
         // The request is kept for the middleware's `after`/`on-error` hooks
         // only when there are hooks to run.
+        let deadline = slot.current().deadline_from(Instant::now());
         let (result, kept) = if self.inner.middleware.is_empty() {
             (self.call_slot(&slot, request).await, None)
         } else {
@@ -71,9 +74,18 @@ impl Host {
                         middleware.after(plugin, request, &mut outcome);
                     }
                 }
+                let publisher = Publisher::Plugin {
+                    name: plugin,
+                    deadline,
+                };
                 for event in &outcome.events {
-                    self.publish_from(plugin, &event.topic, event.payload.clone())
-                        .await;
+                    let event = BusEvent {
+                        topic: event.topic.clone(),
+                        payload: event.payload.clone(),
+                        source: plugin.to_owned(),
+                        hops: 0,
+                    };
+                    self.publish_event(event, publisher).await;
                 }
                 Ok(outcome)
             }
@@ -117,13 +129,18 @@ impl Host {
         if slot.paused.load(Ordering::Acquire) {
             return Err(fail(CallFailure::Paused));
         }
-        if let Admission::Refuse(retry_in) = slot.breaker.admit() {
-            return Err(fail(CallFailure::CircuitOpen { retry_in }));
-        }
         let current = slot.current();
-        let result = current.call(request).await;
         let limits = current.limits();
-        slot.breaker.record(
+        // The ticket reports the call's end; if this future is dropped first
+        // (the client went away), dropping the ticket frees a probe's place.
+        let ticket = match slot.breaker.admit(limits.circuit_cooldown) {
+            Admission::Admit(ticket) => ticket,
+            Admission::Refuse(retry_in) => {
+                return Err(fail(CallFailure::CircuitOpen { retry_in }));
+            }
+        };
+        let result = current.call(request).await;
+        ticket.record(
             result.as_ref().map(|_| ()).map_err(CallError::kind),
             limits.circuit_failures,
             limits.circuit_cooldown,

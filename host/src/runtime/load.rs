@@ -17,8 +17,9 @@ use crate::artifact::signature::{self, SignatureError};
 use crate::artifact::{PublicKey, sha256_hex};
 use crate::contract::{CONTRACT_PACKAGE, CONTRACT_VERSION, PluginInfo, PluginPre};
 use crate::engine::Metering;
-use crate::error::{LoadError, LoadFailure, chain};
-use crate::limits::Limits;
+use crate::error::{CallFailure, LoadError, LoadFailure, OutputStream, chain};
+use crate::input::{self, MAX_COMPONENT_BYTES, MAX_SIGNATURE_BYTES, ReadError};
+use crate::limits::{Limits, MAX_DESCRIBE_BYTES};
 use crate::runtime::plugin::{Invocation, LoadedPlugin, PluginDetails, Returned};
 use crate::runtime::spec::{PluginSource, PluginSpec, validate_name};
 use crate::services::PreparedGrants;
@@ -74,9 +75,15 @@ pub(crate) async fn load(
     validate_name(&name).map_err(|msg| fail(LoadFailure::Config(msg)))?;
     let limits = limits.unwrap_or_else(|| context.default_limits.clone());
 
-    let bytes = read_source(source).await.map_err(fail)?;
+    let bytes = read_source(source, MAX_COMPONENT_BYTES)
+        .await
+        .map_err(fail)?;
     let detached = match signature {
-        Some(source) => Some(read_source(source).await.map_err(fail)?),
+        Some(source) => Some(
+            read_source(source, MAX_SIGNATURE_BYTES)
+                .await
+                .map_err(fail)?,
+        ),
         None => None,
     };
     let Examined {
@@ -143,6 +150,14 @@ pub(crate) async fn load(
     );
     let invoked = plugin.run(Invocation::Describe).await;
     match invoked.result {
+        Ok(Returned::Info(info)) if info.size() > MAX_DESCRIBE_BYTES => {
+            return Err(fail(LoadFailure::InitFailed(Box::new(
+                CallFailure::OutputTooLarge {
+                    stream: OutputStream::Describe,
+                    limit: MAX_DESCRIBE_BYTES,
+                },
+            ))));
+        }
         Ok(Returned::Info(info)) => plugin.details.info = info,
         Ok(_) => unreachable!("a describe invocation returns plugin info"),
         Err(failure) => return Err(fail(LoadFailure::InitFailed(Box::new(failure)))),
@@ -181,21 +196,29 @@ pub(crate) fn examine(
     })
 }
 
-pub(crate) async fn read_source(source: PluginSource) -> Result<Arc<[u8]>, LoadFailure> {
+/// The bytes of a component or detached signature. A path is read as an
+/// operator-named file: a regular file of at most `max_bytes`, never a FIFO
+/// or device (see [`crate::input`]).
+pub(crate) async fn read_source(
+    source: PluginSource,
+    max_bytes: u64,
+) -> Result<Arc<[u8]>, LoadFailure> {
     match source {
         PluginSource::Bytes(bytes) => Ok(bytes),
         PluginSource::Path(path) => {
-            let read = tokio::task::spawn_blocking({
-                let path = path.clone();
-                move || std::fs::read(path)
-            })
-            .await
-            .map_err(|err| LoadFailure::Config(format!("loader task failed: {err}")))?;
-            read.map(Arc::from).map_err(|source| LoadFailure::Io {
-                path: path.display().to_string(),
-                source,
-            })
+            let read = tokio::task::spawn_blocking(move || input::read_file(&path, max_bytes))
+                .await
+                .map_err(|err| LoadFailure::Config(format!("loader task failed: {err}")))?;
+            read.map(Arc::from).map_err(io_failure)
         }
+    }
+}
+
+/// A failed read as the load failure of kind `io`.
+pub(crate) fn io_failure(err: ReadError) -> LoadFailure {
+    LoadFailure::Io {
+        path: err.path().display().to_string(),
+        source: err.into_io_error(),
     }
 }
 

@@ -10,6 +10,7 @@ mod metrics;
 mod middleware;
 mod pipeline;
 mod plugin;
+mod queue;
 mod registry;
 pub(crate) mod spec;
 
@@ -22,7 +23,7 @@ use arc_swap::ArcSwap;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
-pub use bus::{BusEvent, BusOptions, DeadLetter};
+pub use bus::{BusEvent, BusOptions, DeadLetter, Subscription};
 pub use middleware::{CallContext, Middleware, REQUEST_ID, RequestId};
 pub use pipeline::{Pipeline, PipelineError};
 pub use plugin::{CallOutcome, CallStats, PluginDetails};
@@ -30,7 +31,9 @@ pub use registry::{PluginState, PluginStatus};
 pub use spec::{PluginSource, PluginSpec};
 
 use crate::artifact::PublicKey;
-use crate::artifact::cache::{CacheError, CacheStats, CompileCache};
+use crate::artifact::cache::{
+    CacheError, CacheKey, CacheKeyError, CacheStats, CompileCache, KeySource,
+};
 use crate::engine::{self, AllocationMode, EngineOptions};
 use crate::error::{LoadError, LoadFailure, chain};
 use crate::limits::Limits;
@@ -59,6 +62,9 @@ pub enum HostError {
     /// The compile cache directory is unusable.
     #[error(transparent)]
     Cache(#[from] CacheError),
+    /// The compile cache key cannot be read, created or trusted.
+    #[error(transparent)]
+    CacheKey(#[from] CacheKeyError),
     /// The key-value store cannot be opened.
     #[error(transparent)]
     Kv(#[from] KvError),
@@ -85,6 +91,7 @@ pub struct HostBuilder {
     default_limits: Limits,
     trust: TrustPolicy,
     cache_dir: Option<PathBuf>,
+    cache_key: Option<KeySource>,
     data_dir: Option<PathBuf>,
     bus: BusOptions,
     middleware: Vec<Arc<dyn Middleware>>,
@@ -147,9 +154,27 @@ impl HostBuilder {
     }
 
     /// Caches compiled plugins in `dir` (created with mode 0700), so a plugin
-    /// loaded again is deserialized instead of recompiled.
+    /// loaded again is deserialized instead of recompiled. Entries are
+    /// authenticated with the [cache key](Self::cache_key); without one, a
+    /// random key for this process is used (with a warning), so entries
+    /// from other processes are recompiled, never trusted.
     pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// Authenticates compile cache entries with `key`: only entries written
+    /// under it are ever deserialized. Keep it outside the cache directory.
+    pub fn cache_key(mut self, key: CacheKey) -> Self {
+        self.cache_key = Some(KeySource::Key(key));
+        self
+    }
+
+    /// Takes the compile cache key from `path` when the host is built
+    /// (creating it, mode 0600, if it does not exist); see
+    /// [`CacheKey::load_or_create`]. Only read if a cache directory is set.
+    pub fn cache_key_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.cache_key = Some(KeySource::File(path.into()));
         self
     }
 
@@ -172,11 +197,13 @@ impl HostBuilder {
             engine::build(&self.engine).map_err(|err| HostError::Engine(chain(&err)))?;
         let mut linker = Linker::new(&engine);
         services::add_to_linker(&mut linker).map_err(|err| HostError::Link(chain(&err)))?;
-        let cache = self
-            .cache_dir
-            .as_deref()
-            .map(CompileCache::open)
-            .transpose()?;
+        let cache = match &self.cache_dir {
+            Some(dir) => Some(CompileCache::open(
+                dir,
+                KeySource::resolve(self.cache_key.as_ref())?,
+            )?),
+            None => None,
+        };
         let kv_store = Arc::new(match &self.data_dir {
             Some(dir) => KvStore::open(&dir.join("kv.redb"))?,
             None => KvStore::in_memory(),
@@ -279,12 +306,7 @@ impl Host {
         let loaded = self.compile(spec.clone()).await?;
         let details = loaded.details.clone();
         let metrics = self.inner.metrics.for_plugin(&name);
-        let slot = Arc::new(Slot::new(
-            loaded,
-            spec,
-            self.inner.bus.options.queue,
-            metrics,
-        ));
+        let slot = Arc::new(Slot::new(loaded, spec, self.inner.bus.queue(), metrics));
         let inserted = self.update_plugins(|plugins| {
             if plugins.contains_key(&name) {
                 return false;

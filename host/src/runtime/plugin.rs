@@ -16,8 +16,8 @@ use crate::contract::{
     Event, EventOutcome, PluginBindings, PluginError, PluginInfo, PluginPre, Request, Response,
 };
 use crate::engine::Metering;
-use crate::error::{CallError, CallFailure, OutputStream};
-use crate::limits::{FailureContext, Limits, classify};
+use crate::error::{Budget, CallError, CallFailure, OutputStream};
+use crate::limits::{FailureContext, Limits, MAX_DESCRIBE_BYTES, classify};
 use crate::services::events::PublishedEvent;
 use crate::services::log::{LogRecord, LogSink};
 use crate::services::{Grants, PreparedGrants};
@@ -110,6 +110,17 @@ pub(crate) struct Invoked {
     pub(crate) stats: CallStats,
 }
 
+/// How an event delivery ended.
+pub(crate) struct Delivered {
+    /// What `on-event` answered, or why it failed.
+    pub(crate) outcome: Result<EventOutcome, CallFailure>,
+    /// What the plugin published during the delivery.
+    pub(crate) published: Vec<PublishedEvent>,
+    /// When the delivery's budget ends: publishing what it caused waits no
+    /// longer than this.
+    pub(crate) deadline: Instant,
+}
+
 /// One live instance: its store, its exports, its log sink and how many
 /// calls it has served.
 struct Instance {
@@ -149,10 +160,15 @@ enum SetupError {
 
 impl Instance {
     /// Resets the per-call state: fuel, deadline, log budget, event list,
-    /// HTTP request count.
-    fn prepare(&mut self, limits: &Limits, deadline: Instant) {
+    /// HTTP request count, and the bytes a host call may hand the host
+    /// (`describe` gets only what a description may hold).
+    fn prepare(&mut self, limits: &Limits, deadline: Instant, invocation: &Invocation) {
         refuel(&mut self.store, limits);
         arm_deadline(&mut self.store);
+        self.store.set_hostcall_fuel(match invocation {
+            Invocation::Describe => MAX_DESCRIBE_BYTES + HOST_CALL_FRAMING,
+            _ => limits.host_call_bytes(),
+        });
         let state = self.store.data_mut();
         state.deadline = deadline;
         state.events.published.clear();
@@ -174,6 +190,10 @@ impl Instance {
         })
     }
 }
+
+/// Room for the record and list headers of a description on top of its
+/// bytes.
+const HOST_CALL_FRAMING: usize = 1024;
 
 /// A compiled, linked, described plugin version ready to serve calls.
 pub(crate) struct LoadedPlugin {
@@ -237,13 +257,8 @@ impl LoadedPlugin {
         let _slot = self.admit().await.map_err(|cause| self.error(cause))?;
         let invoked = self.run(Invocation::Handle(request)).await;
         let failure = match invoked.result {
-            Ok(Returned::Handled(Ok(response))) => {
-                if response.size() > limits.max_response_bytes {
-                    CallFailure::OutputTooLarge {
-                        stream: OutputStream::Response,
-                        limit: limits.max_response_bytes,
-                    }
-                } else {
+            Ok(Returned::Handled(Ok(response))) => match self.check_response(&response) {
+                Ok(()) => {
                     return Ok(CallOutcome {
                         response,
                         logs: invoked.logs,
@@ -251,8 +266,9 @@ impl LoadedPlugin {
                         stats: invoked.stats,
                     });
                 }
-            }
-            Ok(Returned::Handled(Err(plugin_error))) => CallFailure::Plugin(plugin_error),
+                Err(too_large) => too_large,
+            },
+            Ok(Returned::Handled(Err(plugin_error))) => self.plugin_failure(plugin_error),
             Ok(_) => unreachable!("a handle invocation returns a response"),
             Err(failure) => failure,
         };
@@ -264,23 +280,93 @@ impl LoadedPlugin {
         })
     }
 
+    /// A response must fit the response budget: bytes (metadata entries
+    /// with their overhead) and number of metadata entries.
+    fn check_response(&self, response: &Response) -> Result<(), CallFailure> {
+        let limits = self.limits();
+        if response.metadata.len() > limits.max_metadata_entries {
+            return Err(CallFailure::OutputTooLarge {
+                stream: OutputStream::ResponseMetadata,
+                limit: limits.max_metadata_entries,
+            });
+        }
+        if response.size() > limits.max_response_bytes {
+            return Err(CallFailure::OutputTooLarge {
+                stream: OutputStream::Response,
+                limit: limits.max_response_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// The plugin's own error, unless its message is larger than the plugin
+    /// may answer with: then that is the failure.
+    fn plugin_failure(&self, error: PluginError) -> CallFailure {
+        let limit = self.limits().max_response_bytes;
+        if error.message().len() > limit {
+            return CallFailure::OutputTooLarge {
+                stream: OutputStream::Error,
+                limit,
+            };
+        }
+        CallFailure::Plugin(error)
+    }
+
+    /// The latest a call admitted now can end: its wait for an instance
+    /// plus its own timeout. What the call causes afterwards (publishing its
+    /// events) waits no longer than this.
+    pub(crate) fn deadline_from(&self, admitted: Instant) -> Instant {
+        let limits = self.limits();
+        admitted + limits.queue_timeout + limits.timeout
+    }
+
     /// Delivers one event to `on-event`, under the same limits as a call.
-    pub(crate) async fn deliver(
-        &self,
-        event: Event,
-    ) -> (Result<EventOutcome, CallFailure>, Vec<PublishedEvent>) {
+    pub(crate) async fn deliver(&self, event: Event) -> Delivered {
+        let deadline = self.deadline_from(Instant::now());
         let _slot = match self.admit().await {
             Ok(slot) => slot,
-            Err(failure) => return (Err(failure), Vec::new()),
+            Err(failure) => {
+                return Delivered {
+                    outcome: Err(failure),
+                    published: Vec::new(),
+                    deadline,
+                };
+            }
         };
         let invoked = self.run(Invocation::Event(event)).await;
         let outcome = match invoked.result {
-            Ok(Returned::Event(Ok(outcome))) => Ok(outcome),
-            Ok(Returned::Event(Err(plugin_error))) => Err(CallFailure::Plugin(plugin_error)),
+            Ok(Returned::Event(Ok(outcome))) => self.check_event_outcome(outcome),
+            Ok(Returned::Event(Err(plugin_error))) => Err(self.plugin_failure(plugin_error)),
             Ok(_) => unreachable!("an event invocation returns an outcome"),
             Err(failure) => Err(failure),
         };
-        (outcome, invoked.events)
+        Delivered {
+            outcome,
+            published: invoked.events,
+            deadline,
+        }
+    }
+
+    /// A forwarded payload is an event the plugin publishes: it must fit the
+    /// same budget; a reject reason is kept with the dead letter, so it must
+    /// fit the error budget.
+    fn check_event_outcome(&self, outcome: EventOutcome) -> Result<EventOutcome, CallFailure> {
+        let limit = self.limits().max_response_bytes;
+        match &outcome {
+            EventOutcome::Forward(forward) if forward.payload.len() > limit => {
+                Err(CallFailure::OutputTooLarge {
+                    stream: OutputStream::Response,
+                    limit,
+                })
+            }
+            EventOutcome::Reject(reason) if reason.len() > limit => {
+                Err(CallFailure::OutputTooLarge {
+                    stream: OutputStream::Error,
+                    limit,
+                })
+            }
+            _ => Ok(outcome),
+        }
     }
 
     /// Waits for a free instance slot, or fails as `busy` when the queue is
@@ -368,18 +454,23 @@ impl LoadedPlugin {
         let fresh = pooled.is_none();
         // `describe` at load is not a call; it does not count toward
         // `recycle_after`.
-        let counts = !matches!(invocation, Invocation::Describe);
+        let describe = matches!(invocation, Invocation::Describe);
+        let counts = !describe;
         let sink = match &pooled {
             Some(instance) => Arc::clone(&instance.sink),
-            None => Arc::new(LogSink::new(Arc::clone(&self.name), limits.max_log_bytes)),
+            None => Arc::new(LogSink::new(
+                Arc::clone(&self.name),
+                limits.max_log_bytes,
+                limits.max_log_records,
+            )),
         };
-        sink.begin_call(limits.max_log_bytes);
+        sink.begin_call(limits.max_log_bytes, limits.max_log_records);
         let work = async {
             let mut instance = match pooled {
                 Some(instance) => instance,
                 None => self.instantiate(&sink, deadline).await?,
             };
-            instance.prepare(limits, deadline);
+            instance.prepare(limits, deadline, &invocation);
             let result = instance.invoke(invocation).await;
             Ok::<_, SetupError>((instance, result))
         };
@@ -394,8 +485,12 @@ impl LoadedPlugin {
                 self.recycle(instance);
                 (Ok(returned), fuel, events)
             }
-            Ok(Ok((_trapped, Err(err)))) => (Err(self.classify(&err, &sink)), None, Vec::new()),
-            Ok(Err(SetupError::Wasm(err))) => (Err(self.classify(&err, &sink)), None, Vec::new()),
+            Ok(Ok((_trapped, Err(err)))) => {
+                (Err(self.classify(&err, &sink, describe)), None, Vec::new())
+            }
+            Ok(Err(SetupError::Wasm(err))) => {
+                (Err(self.classify(&err, &sink, describe)), None, Vec::new())
+            }
             Ok(Err(SetupError::Init(err))) => (Err(init_failed(err)), None, Vec::new()),
             Ok(Err(SetupError::Host(reason))) => (Err(CallFailure::Host(reason)), None, Vec::new()),
             Err(_elapsed) => (
@@ -405,6 +500,18 @@ impl LoadedPlugin {
                 None,
                 Vec::new(),
             ),
+        };
+        // During `describe` the bytes handed to the host are the
+        // description: running out of them means it was too large.
+        let result = match result {
+            Err(CallFailure::BudgetExceeded {
+                budget: Budget::HostCallBytes,
+                ..
+            }) if describe => Err(CallFailure::OutputTooLarge {
+                stream: OutputStream::Describe,
+                limit: MAX_DESCRIBE_BYTES,
+            }),
+            other => other,
         };
         // Compiled code keeps its fuel counter in a register and does not
         // write it back when interrupted, so after a trap the store's counter
@@ -427,46 +534,91 @@ impl LoadedPlugin {
         }
     }
 
-    fn classify(&self, err: &wasmtime::Error, sink: &LogSink) -> CallFailure {
+    fn classify(&self, err: &wasmtime::Error, sink: &LogSink, describe: bool) -> CallFailure {
         let stderr = sink.stderr_tail();
         let limits = self.limits();
         classify(
             err,
             &FailureContext {
                 limits,
+                http_granted: self.grants.http.is_some(),
+                result: if describe {
+                    (OutputStream::Describe, MAX_DESCRIBE_BYTES)
+                } else {
+                    (OutputStream::Response, limits.max_response_bytes)
+                },
                 stderr_tail: Some(&stderr),
                 max_instances: limits.max_instances,
             },
         )
     }
 
-    /// Stops keeping instances: idle ones get their `shutdown` export called
-    /// (each bounded by `deadline`) and are dropped; busy ones are dropped
-    /// when their call ends.
-    pub(crate) async fn retire(&self, deadline: Duration) {
+    /// Stops keeping instances: idle ones get their `shutdown` export called,
+    /// all at once and all bounded by the same `until`, then are dropped;
+    /// busy ones are dropped when their call ends. Returns by `until` (plus
+    /// a moment to collect the tasks), however the plugin's `shutdown`
+    /// behaves.
+    pub(crate) async fn retire(&self, until: Instant) {
         self.retired.store(true, Ordering::Release);
         let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
+        if idle.is_empty() {
+            return;
+        }
+        let deadline = tokio::time::Instant::from_std(until);
+        let mut running = tokio::task::JoinSet::new();
         for mut instance in idle {
-            let until = Instant::now() + deadline;
-            instance.store.data_mut().deadline = until;
-            arm_deadline(&mut instance.store);
-            refuel(&mut instance.store, self.limits());
-            let handler = instance.bindings.capsule_plugin_handler();
-            let shutdown = handler.call_shutdown(&mut instance.store);
-            if let Ok(Err(err)) | Err(err) = tokio::time::timeout(deadline, shutdown)
-                .await
-                .map_err(|_| wasmtime::Error::msg("shutdown timed out"))
-            {
-                tracing::warn!(plugin = %self.name, error = %crate::error::chain(&err), "plugin shutdown failed");
+            let limits = self.limits().clone();
+            running.spawn(async move {
+                instance.store.data_mut().deadline = until;
+                arm_deadline(&mut instance.store);
+                refuel(&mut instance.store, &limits);
+                instance.store.set_hostcall_fuel(limits.host_call_bytes());
+                let handler = instance.bindings.capsule_plugin_handler();
+                // The epoch callback stops guest code at `until`; this stops
+                // a `shutdown` blocked inside a host call.
+                let shutdown = handler.call_shutdown(&mut instance.store);
+                match tokio::time::timeout_at(deadline, shutdown).await {
+                    Ok(Ok(())) => true,
+                    Ok(Err(_)) | Err(_) => false,
+                }
+            });
+        }
+        let total = running.len();
+        let mut failed = 0;
+        let collect = async {
+            while let Some(finished) = running.join_next().await {
+                if !matches!(finished, Ok(true)) {
+                    failed += 1;
+                }
             }
+        };
+        let grace = tokio::time::Duration::from_millis(100);
+        if tokio::time::timeout_at(deadline + grace, collect)
+            .await
+            .is_err()
+        {
+            running.abort_all();
+            failed = total;
+        }
+        if failed > 0 {
+            tracing::warn!(
+                plugin = %self.name,
+                instances = total,
+                failed,
+                "plugin shutdown did not finish cleanly before its deadline"
+            );
         }
     }
 
-    /// Waits until no call holds an instance slot, or `deadline` passes.
-    pub(crate) async fn drain(&self, deadline: Duration) -> bool {
+    /// Waits until no call holds an instance slot, or `until` passes.
+    pub(crate) async fn drain(&self, until: Instant) -> bool {
         let all = u32::try_from(self.limits().max_instances.max(1)).unwrap_or(u32::MAX);
         matches!(
-            tokio::time::timeout(deadline, self.slots.acquire_many(all)).await,
+            tokio::time::timeout_at(
+                tokio::time::Instant::from_std(until),
+                self.slots.acquire_many(all)
+            )
+            .await,
             Ok(Ok(_))
         )
     }

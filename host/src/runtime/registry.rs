@@ -9,11 +9,10 @@ use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::mpsc;
 
 use super::Host;
 use super::breaker::CircuitBreaker;
-use super::bus::Delivery;
+use super::bus::DeliveryQueue;
 use super::metrics::PluginMetrics;
 use super::plugin::{LoadedPlugin, PluginDetails};
 use super::spec::PluginSpec;
@@ -57,10 +56,10 @@ pub(crate) struct Slot {
     pub(crate) paused: AtomicBool,
     pub(crate) breaker: CircuitBreaker,
     generation: AtomicU64,
-    /// Events waiting for delivery to this plugin.
-    pub(crate) queue: mpsc::Sender<Delivery>,
-    /// The receiving end, until the delivery worker takes it.
-    pub(crate) queue_receiver: Mutex<Option<mpsc::Receiver<Delivery>>>,
+    /// Events waiting for delivery to this plugin (or parked for a retry),
+    /// bounded by the bus's budgets; the delivery worker takes its
+    /// receiving end.
+    pub(crate) queue: DeliveryQueue,
     /// The plugin's call metrics.
     pub(crate) metrics: PluginMetrics,
 }
@@ -69,10 +68,9 @@ impl Slot {
     pub(crate) fn new(
         plugin: Arc<LoadedPlugin>,
         spec: PluginSpec,
-        queue: usize,
+        queue: DeliveryQueue,
         metrics: PluginMetrics,
     ) -> Slot {
-        let (sender, receiver) = mpsc::channel(queue.max(1));
         Slot {
             name: Arc::clone(&plugin.name),
             current: ArcSwap::new(plugin),
@@ -80,8 +78,7 @@ impl Slot {
             paused: AtomicBool::new(false),
             breaker: CircuitBreaker::default(),
             generation: AtomicU64::new(0),
-            queue: sender,
-            queue_receiver: Mutex::new(Some(receiver)),
+            queue,
             metrics,
         }
     }
@@ -202,6 +199,9 @@ impl Host {
         let details = loaded.details.clone();
         let old = slot.current.swap(loaded);
         *slot.spec.lock().unwrap_or_else(|p| p.into_inner()) = spec;
+        // The new version has not failed yet: its calls are not refused for
+        // what the old one did.
+        slot.breaker.reset();
         slot.generation.fetch_add(1, Ordering::AcqRel);
         self.inner.metrics.reload(&name, true);
         tracing::info!(
@@ -213,7 +213,8 @@ impl Host {
         );
         // The old version's idle instances shut down now; busy ones end with
         // their calls.
-        tokio::spawn(async move { old.retire(SHUTDOWN_DEADLINE).await });
+        let until = std::time::Instant::now() + SHUTDOWN_DEADLINE;
+        tokio::spawn(async move { old.retire(until).await });
         Ok(details)
     }
 
@@ -223,31 +224,40 @@ impl Host {
         let removed = self.update_plugins(|plugins| plugins.remove(plugin));
         match removed {
             Some(slot) => {
-                slot.current().retire(SHUTDOWN_DEADLINE).await;
+                let until = std::time::Instant::now() + SHUTDOWN_DEADLINE;
+                slot.current().retire(until).await;
                 true
             }
             None => false,
         }
     }
 
-    /// Orderly shutdown: every plugin stops taking calls, calls in flight get
-    /// until `deadline` to finish, then every idle instance runs `shutdown`
-    /// (bounded by the same deadline).
+    /// Orderly shutdown within one `deadline` for everything: every plugin
+    /// stops taking calls, calls in flight get until the deadline to finish
+    /// (all plugins at once), then every idle instance of every plugin runs
+    /// `shutdown` at once, bounded by what is left of the same deadline.
     pub async fn shutdown(&self, deadline: Duration) {
+        let until = std::time::Instant::now() + deadline;
         let slots = self.slots();
         for slot in &slots {
             slot.paused.store(true, Ordering::Release);
         }
-        // Every plugin drains against the same wall-clock deadline.
-        let until = std::time::Instant::now() + deadline;
+        let mut draining = tokio::task::JoinSet::new();
         for slot in &slots {
-            let left = until.saturating_duration_since(std::time::Instant::now());
-            if !slot.current().drain(left).await {
-                tracing::warn!(plugin = %slot.name, "calls were still running at the shutdown deadline");
-            }
+            let plugin = slot.current();
+            let name = Arc::clone(&slot.name);
+            draining.spawn(async move {
+                if !plugin.drain(until).await {
+                    tracing::warn!(plugin = %name, "calls were still running at the shutdown deadline");
+                }
+            });
         }
+        while draining.join_next().await.is_some() {}
+        let mut retiring = tokio::task::JoinSet::new();
         for slot in &slots {
-            slot.current().retire(deadline).await;
+            let plugin = slot.current();
+            retiring.spawn(async move { plugin.retire(until).await });
         }
+        while retiring.join_next().await.is_some() {}
     }
 }

@@ -145,6 +145,9 @@ pub(crate) struct HttpHooks {
     pub(crate) grant: Option<Arc<HttpGrant>>,
     /// Requests sent during the current call.
     pub(crate) sent: u32,
+    /// Bytes an outgoing body buffers before its request is sent (see
+    /// [`crate::limits::HTTP_BODY_CHUNK_GRANTED`]).
+    pub(crate) body_chunk: usize,
 }
 
 impl HttpHooks {
@@ -185,6 +188,10 @@ type SendFuture = Box<
 >;
 
 impl WasiHttpHooks for HttpHooks {
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        self.body_chunk
+    }
+
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,

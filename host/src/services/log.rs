@@ -12,7 +12,7 @@ use wasmtime::component::{HasData, Linker};
 
 use crate::contract::{LogLevel, ServiceError, interfaces};
 use crate::error::OutputStream;
-use crate::limits::OutputLimitExceeded;
+use crate::limits::{LOG_RECORD_OVERHEAD, OutputLimitExceeded};
 use crate::store::StoreState;
 
 /// Where a log line came from.
@@ -46,8 +46,8 @@ fn serialize_level<S: serde::Serializer>(level: &LogLevel, s: S) -> Result<S::Ok
 /// Bytes of stderr kept to recover a panic message after a trap.
 const STDERR_TAIL_BYTES: usize = 4096;
 
-/// Collects one store's log output under a byte budget that is reset for
-/// every call.
+/// Collects one store's log output under a byte and a line budget that are
+/// reset for every call.
 pub(crate) struct LogSink {
     plugin: Arc<str>,
     buffer: Mutex<LogBuffer>,
@@ -57,6 +57,7 @@ pub(crate) struct LogSink {
 struct LogBuffer {
     limit: usize,
     used: usize,
+    max_records: usize,
     records: Vec<LogRecord>,
     refused: usize,
     stdout_partial: Vec<u8>,
@@ -65,11 +66,12 @@ struct LogBuffer {
 }
 
 impl LogSink {
-    pub(crate) fn new(plugin: Arc<str>, limit: usize) -> Self {
+    pub(crate) fn new(plugin: Arc<str>, limit: usize, max_records: usize) -> Self {
         LogSink {
             plugin,
             buffer: Mutex::new(LogBuffer {
                 limit,
+                max_records,
                 ..LogBuffer::default()
             }),
         }
@@ -83,10 +85,12 @@ impl LogSink {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Starts a new call with a fresh budget of `limit` bytes.
-    pub(crate) fn begin_call(&self, limit: usize) {
+    /// Starts a new call with a fresh budget of `limit` bytes and
+    /// `max_records` lines.
+    pub(crate) fn begin_call(&self, limit: usize, max_records: usize) {
         *self.lock() = LogBuffer {
             limit,
+            max_records,
             ..LogBuffer::default()
         };
     }
@@ -97,9 +101,13 @@ impl LogSink {
         let mut buffer = self.lock();
         for source in [LogSource::Stdout, LogSource::Stderr] {
             let partial = std::mem::take(buffer.partial(source));
-            if !partial.is_empty() {
+            // The bytes were charged when written; a last line past the line
+            // budget is dropped like a refused `log` call.
+            if !partial.is_empty() && buffer.charge_record(0).is_ok() {
                 let line = String::from_utf8_lossy(&partial).into_owned();
                 buffer.push(&self.plugin, stream_level(source), source, line);
+            } else if !partial.is_empty() {
+                buffer.refused += 1;
             }
         }
         CallLog {
@@ -120,14 +128,12 @@ impl LogSink {
     /// spent.
     fn log(&self, level: LogLevel, message: String) -> Result<(), ServiceError> {
         let mut buffer = self.lock();
-        if buffer.used + message.len() > buffer.limit {
+        if let Err(exceeded) = buffer.charge_record(message.len()) {
             buffer.refused += 1;
             return Err(ServiceError::QuotaExceeded(format!(
-                "log budget of {} bytes per call is spent",
-                buffer.limit
+                "the log budget of this call is spent: {exceeded}"
             )));
         }
-        buffer.used += message.len();
         buffer.push(&self.plugin, level, LogSource::Log, message);
         Ok(())
     }
@@ -141,7 +147,7 @@ impl LogSink {
         bytes: &[u8],
     ) -> Result<(), OutputLimitExceeded> {
         let mut buffer = self.lock();
-        if buffer.used + bytes.len() > buffer.limit {
+        if buffer.used.saturating_add(bytes.len()) > buffer.limit {
             return Err(OutputLimitExceeded {
                 stream: OutputStream::Log,
                 limit: buffer.limit,
@@ -159,6 +165,7 @@ impl LogSink {
             }
             // Blank lines (a panic message starts with one) carry nothing.
             if !line.trim().is_empty() {
+                buffer.charge_record(0)?;
                 buffer.push(&self.plugin, stream_level(source), source, line);
             }
         }
@@ -176,6 +183,26 @@ pub(crate) struct CallLog {
 }
 
 impl LogBuffer {
+    /// Charges one line of `text_bytes` against both budgets: its text plus
+    /// [`LOG_RECORD_OVERHEAD`] bytes, and one of the call's lines.
+    fn charge_record(&mut self, text_bytes: usize) -> Result<(), OutputLimitExceeded> {
+        if self.records.len() >= self.max_records {
+            return Err(OutputLimitExceeded {
+                stream: OutputStream::LogRecords,
+                limit: self.max_records,
+            });
+        }
+        let cost = text_bytes.saturating_add(LOG_RECORD_OVERHEAD);
+        if self.used.saturating_add(cost) > self.limit {
+            return Err(OutputLimitExceeded {
+                stream: OutputStream::Log,
+                limit: self.limit,
+            });
+        }
+        self.used += cost;
+        Ok(())
+    }
+
     fn partial(&mut self, source: LogSource) -> &mut Vec<u8> {
         match source {
             LogSource::Stderr => &mut self.stderr_partial,
@@ -213,6 +240,9 @@ fn stream_level(source: LogSource) -> LogLevel {
 }
 
 fn emit(plugin: &str, level: LogLevel, source: LogSource, message: &str) {
+    // The host's own log gets one escaped, truncated line per record; the
+    // caller still receives the record as the plugin wrote it.
+    let message = crate::text::log_field(message);
     let source = match source {
         LogSource::Log => "log",
         LogSource::Stdout => "stdout",

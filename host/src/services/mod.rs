@@ -42,6 +42,60 @@ pub struct Grants {
     pub events: events::EventsGrant,
 }
 
+/// What [`Grants`] shows to anyone who may list plugins but not administer
+/// them: which capabilities a plugin holds, never the values an operator
+/// configured (config and environment values may be credentials) nor where
+/// its directories are on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GrantsSummary {
+    /// Whether the plugin may log.
+    pub log: bool,
+    /// The names of its configuration values.
+    pub config: Vec<String>,
+    /// The names of its environment variables.
+    pub env: Vec<String>,
+    /// Its key-value namespace and quotas.
+    pub kv: Option<kv::KvGrant>,
+    /// Its mounts: where the plugin sees each, and how.
+    pub files: Vec<MountSummary>,
+    /// Origins it may reach over HTTP, with its HTTP quotas.
+    pub http: Option<http::HttpGrant>,
+    /// Topics it may publish to and receive.
+    pub events: events::EventsGrant,
+}
+
+/// A mount without its host path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MountSummary {
+    /// Where the plugin sees it.
+    pub guest: String,
+    /// Read-only or read-write.
+    pub access: files::Access,
+}
+
+impl Grants {
+    /// The grants without configured values or host paths (see
+    /// [`GrantsSummary`]).
+    pub fn summary(&self) -> GrantsSummary {
+        GrantsSummary {
+            log: self.log.enabled,
+            config: self.config.keys().cloned().collect(),
+            env: self.env.keys().cloned().collect(),
+            kv: self.kv.clone(),
+            files: self
+                .files
+                .iter()
+                .map(|mount| MountSummary {
+                    guest: mount.guest.clone(),
+                    access: mount.access,
+                })
+                .collect(),
+            http: self.http.clone(),
+            events: self.events.clone(),
+        }
+    }
+}
+
 /// A plugin's grants, prepared once at load and shared by all its stores.
 pub(crate) struct PreparedGrants {
     pub(crate) plugin: Arc<str>,

@@ -17,6 +17,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 
 use super::PreparedGrants;
 use super::log::{LogSink, LogSource};
+use crate::limits::MAX_RANDOM_BYTES;
 use crate::store::StoreState;
 
 /// Builds the WASI context of one store.
@@ -25,6 +26,9 @@ pub(crate) fn context(sink: &Arc<LogSink>, grants: &PreparedGrants) -> Result<Wa
     builder.envs(&grants.env);
     super::files::preopen(&mut builder, &grants.files)?;
     builder
+        // The host allocates a random request in full before handing it
+        // over; seeding a generator needs a few dozen bytes.
+        .max_random_size(MAX_RANDOM_BYTES)
         .stdout(CapturedStream::new(sink, LogSource::Stdout))
         .stderr(CapturedStream::new(sink, LogSource::Stderr))
         // Sockets would let a plugin bypass the HTTP allow-list; every address

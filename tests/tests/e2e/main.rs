@@ -5,13 +5,16 @@
 //! `foreach_plugin!` check below fails to compile otherwise.
 
 mod alloc_bomb;
+mod amplifier;
 mod bench_compute;
 mod bench_echo;
 mod deep_recursion;
+mod event_storm;
 mod file_reader;
 mod forbidden_host;
 mod fs_escape;
 mod grants;
+mod handle_flood;
 mod hello;
 mod http_fetch;
 mod huge_output;
@@ -29,6 +32,7 @@ mod sandbox;
 mod signing;
 mod slow_host_calls;
 mod spin_loop;
+mod stubborn_shutdown;
 
 use capsule_host::Host;
 

@@ -49,3 +49,25 @@ async fn a_tight_loop_of_host_calls_times_out() {
     )
     .await;
 }
+
+/// A probe call whose caller goes away (a client disconnects, a future is
+/// dropped) must not leave the circuit half-open for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_probe_does_not_lock_the_plugin_out() {
+    let limits = Limits {
+        timeout: Duration::from_millis(200),
+        circuit_failures: 1,
+        circuit_cooldown: Duration::from_millis(300),
+        ..tight_limits()
+    };
+    let host = host_with(SLOW_HOST_CALLS, limits.clone()).await;
+    let call = || host.call(SLOW_HOST_CALLS, capsule_host::Request::new("run", ""));
+    assert_eq!(call().await.unwrap_err().kind(), ErrorKind::Timeout);
+    assert_eq!(call().await.unwrap_err().kind(), ErrorKind::CircuitOpen);
+    tokio::time::sleep(limits.circuit_cooldown).await;
+    // The probe: abandoned before it can report.
+    let abandoned = tokio::time::timeout(Duration::from_millis(50), call()).await;
+    assert!(abandoned.is_err(), "the probe was still running");
+    // The next call is admitted as a new probe, not refused.
+    assert_eq!(call().await.unwrap_err().kind(), ErrorKind::Timeout);
+}

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use capsule_host::artifact::{Interface, inspect as inspect_component, sha256_hex, signature};
+use capsule_host::input::{MAX_COMPONENT_BYTES, MAX_SIGNATURE_BYTES, read_file};
 use clap::Args;
 use serde_json::json;
 
@@ -24,10 +25,10 @@ pub struct InspectArgs {
 
 /// Runs `capsule inspect` and returns the process exit code.
 pub fn inspect(args: InspectArgs) -> ExitCode {
-    let bytes = match std::fs::read(&args.plugin) {
+    let bytes = match read_file(&args.plugin, MAX_COMPONENT_BYTES) {
         Ok(bytes) => bytes,
         Err(err) => {
-            eprintln!("error [io]: cannot read {}: {err}", args.plugin.display());
+            eprintln!("error [io]: {err}");
             return exit::code(exit::LOAD_REFUSED);
         }
     };
@@ -36,10 +37,10 @@ pub fn inspect(args: InspectArgs) -> ExitCode {
         return exit::code(exit::LOAD_REFUSED);
     }
     let detached = match &args.signature {
-        Some(path) => match std::fs::read(path) {
+        Some(path) => match read_file(path, MAX_SIGNATURE_BYTES) {
             Ok(bytes) => Some(bytes),
             Err(err) => {
-                eprintln!("error [io]: cannot read {}: {err}", path.display());
+                eprintln!("error [io]: {err}");
                 return exit::code(exit::LOAD_REFUSED);
             }
         },

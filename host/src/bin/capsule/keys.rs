@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use capsule_host::artifact::signature;
+use capsule_host::input::{MAX_COMPONENT_BYTES, MAX_SIGNATURE_BYTES, read_file};
 use capsule_host::{ErrorKind, PublicKey, SecretKey};
 use clap::Args;
 
@@ -63,13 +64,10 @@ fn fail(kind: ErrorKind, message: impl std::fmt::Display) -> ExitCode {
     exit::code(exit::code_for(kind))
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, ExitCode> {
-    std::fs::read(path).map_err(|err| {
-        fail(
-            ErrorKind::Io,
-            format!("cannot read {}: {err}", path.display()),
-        )
-    })
+/// Reads a component or signature file safely (a regular file within
+/// `max_bytes`; see `capsule_host::input`).
+fn read(path: &Path, max_bytes: u64) -> Result<Vec<u8>, ExitCode> {
+    read_file(path, max_bytes).map_err(|err| fail(ErrorKind::Io, err))
 }
 
 /// Loads trusted keys named on the command line.
@@ -113,7 +111,7 @@ pub fn sign(args: SignArgs) -> ExitCode {
         Ok(key) => key,
         Err(err) => return fail(ErrorKind::Config, err),
     };
-    let bytes = match read(&args.plugin) {
+    let bytes = match read(&args.plugin, MAX_COMPONENT_BYTES) {
         Ok(bytes) => bytes,
         Err(code) => return code,
     };
@@ -165,11 +163,16 @@ pub fn verify(args: VerifyArgs) -> ExitCode {
         Ok(keys) => keys,
         Err(code) => return code,
     };
-    let bytes = match read(&args.plugin) {
+    let bytes = match read(&args.plugin, MAX_COMPONENT_BYTES) {
         Ok(bytes) => bytes,
         Err(code) => return code,
     };
-    let detached = match args.signature.as_deref().map(read).transpose() {
+    let detached = match args
+        .signature
+        .as_deref()
+        .map(|path| read(path, MAX_SIGNATURE_BYTES))
+        .transpose()
+    {
         Ok(detached) => detached,
         Err(code) => return code,
     };

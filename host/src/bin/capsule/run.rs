@@ -10,7 +10,7 @@ use capsule_host::services::http::{HttpGrant, OriginPattern};
 use capsule_host::services::kv::KvGrant;
 use capsule_host::units::{parse_duration, parse_size};
 use capsule_host::{
-    CallError, CallStats, ErrorKind, Host, HostError, LoadError, LogRecord, PluginSource,
+    CacheKey, CallError, CallStats, ErrorKind, Host, HostError, LoadError, LogRecord, PluginSource,
     PluginSpec, Policy, PublishedEvent, Request,
 };
 use clap::Args;
@@ -76,6 +76,11 @@ pub struct RunArgs {
     /// or `~/.cache/capsule`).
     #[arg(long, env = "CAPSULE_CACHE_DIR", conflicts_with = "no_cache")]
     cache_dir: Option<PathBuf>,
+    /// The private key file that authenticates compile cache entries,
+    /// created (mode 0600) if missing (default: the policy's `cache_key`, else
+    /// `$XDG_STATE_HOME/capsule/cache.key` or `~/.local/state/capsule/cache.key`).
+    #[arg(long, env = "CAPSULE_CACHE_KEY", value_name = "FILE")]
+    cache_key: Option<PathBuf>,
     /// Compile the plugin without reading or writing the cache.
     #[arg(long)]
     no_cache: bool,
@@ -234,10 +239,23 @@ async fn call_once(args: RunArgs, payload: Vec<u8>) -> ExitCode {
         Some(policy) if policy.host.cache_dir.is_some() && args.cache_dir.is_none() => None,
         _ => cache_dir(&args),
     };
+    // Outside the cache directory: whoever could write the cache must not
+    // also hold the key that authenticates it.
+    let cache_key = args
+        .cache_key
+        .clone()
+        .or_else(|| policy.as_ref().and_then(|p| p.host.cache_key.clone()))
+        .or_else(CacheKey::default_path);
+    let builder = || match &cache_key {
+        Some(key) => builder().cache_key_file(key),
+        None => builder(),
+    };
     let built = match cache {
         Some(dir) => match builder().cache_dir(dir).build() {
             // The default cache is a convenience; without it we only compile.
-            Err(err @ HostError::Cache(_)) if args.cache_dir.is_none() => {
+            Err(err @ (HostError::Cache(_) | HostError::CacheKey(_)))
+                if args.cache_dir.is_none() =>
+            {
                 tracing::warn!("{err}; running without a compile cache");
                 builder().build()
             }

@@ -1,0 +1,310 @@
+//! An untrusted plugin only ever spends its own budget: hostile plugins
+//! attack a real `capsule serve` process over HTTP, one after the other.
+//! Each attack must end in its typed error (with a fitting status), `hello`
+//! on the same server must answer within its own timeout right after, and
+//! the server's peak resident memory (VmHWM) must stay within the plugins'
+//! memory limit plus a fixed allowance — an attack that made the host copy
+//! or keep what it asked for would need gigabytes.
+//!
+//! A second server shows that SIGTERM with many idle instances whose
+//! `shutdown` never returns still exits within one deadline.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// Every plugin's linear memory limit on the attacked server.
+const PLUGIN_MEMORY: u64 = 16 << 20;
+/// What the host may allocate beyond a plugin's memory during one attack:
+/// one host call's data, a response, buffers, allocator slack.
+const HOST_ALLOWANCE: u64 = 48 << 20;
+
+const TOKEN: &str = "test-admin-token";
+
+fn attacked_server() -> ServeProcess {
+    let file = policy(
+        "budgets-policy.toml",
+        r#"
+[host]
+trusted_keys = ["{key}"]
+[host.limits]
+memory = "16MiB"
+timeout = "2s"
+[host.pool]
+instances = 64
+max_memory = "64MiB"
+[host.events]
+queue = 64
+max_hops = 4
+
+[plugins.hello]
+path = "{plugins}/hello.wasm"
+
+[plugins.handle-flood]
+path = "{plugins}/handle-flood.wasm"
+
+[plugins.amplifier]
+path = "{plugins}/amplifier.wasm"
+[plugins.amplifier.limits]
+max_metadata_entries = 100000
+max_response = "4MiB"
+
+[plugins.event-storm]
+path = "{plugins}/event-storm.wasm"
+events = { publish = ["storm.>"], subscribe = ["storm.>"] }
+"#,
+    );
+    ServeProcess::start(&file, &[])
+}
+
+/// `hello` answers correctly, well within its two-second timeout.
+fn assert_hello_answers(server: &ServeProcess, after: &str) {
+    let started = Instant::now();
+    let (status, body) = server.http(
+        "POST",
+        "/v1/plugins/hello/call?op=greet",
+        r#"{"name":"Ada"}"#,
+    );
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"greeting":"Hello, Ada!"}"#),
+        "hello after {after}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "hello took {:?} after {after}",
+        started.elapsed()
+    );
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn every_attack_is_contained_and_the_server_keeps_its_memory() {
+    let server = attacked_server();
+    // Warm up: every plugin has answered once, so the baseline includes
+    // their compiled code and first instances.
+    assert_hello_answers(&server, "start");
+    let _ = server.http("POST", "/v1/plugins/amplifier/call?op=ok", "");
+    let baseline = server.peak_memory();
+    let bound = baseline + PLUGIN_MEMORY + HOST_ALLOWANCE;
+
+    // (plugin, operation, payload, expected status, kind, a word the
+    // message must contain)
+    let attacks = [
+        (
+            "handle-flood",
+            "pollables",
+            "",
+            502,
+            "budget_exceeded",
+            "handles",
+        ),
+        (
+            "handle-flood",
+            "fields",
+            "",
+            502,
+            "budget_exceeded",
+            "http_fields_bytes",
+        ),
+        (
+            "handle-flood",
+            "bodies",
+            "",
+            502,
+            "budget_exceeded",
+            "handles",
+        ),
+        (
+            "handle-flood",
+            "random",
+            "",
+            502,
+            "budget_exceeded",
+            "random_bytes",
+        ),
+        (
+            "handle-flood",
+            "alias-fields",
+            "",
+            502,
+            "budget_exceeded",
+            "host_call_bytes",
+        ),
+        (
+            "amplifier",
+            "metadata-alias",
+            "",
+            502,
+            "output_too_large",
+            "response",
+        ),
+        (
+            "amplifier",
+            "metadata-names",
+            "40000",
+            502,
+            "output_too_large",
+            "HTTP headers",
+        ),
+        (
+            "amplifier",
+            "metadata-large",
+            "",
+            502,
+            "output_too_large",
+            "HTTP headers",
+        ),
+        (
+            "amplifier",
+            "error-huge",
+            "5000000",
+            502,
+            "output_too_large",
+            "error message",
+        ),
+        (
+            "amplifier",
+            "stdout-lines",
+            "",
+            502,
+            "output_too_large",
+            "log",
+        ),
+    ];
+    for (plugin, op, payload, status, kind, word) in attacks {
+        let attack = format!("{plugin} {op}");
+        let (got, body) = server.http(
+            "POST",
+            &format!("/v1/plugins/{plugin}/call?op={op}"),
+            payload,
+        );
+        let error: Value = serde_json::from_str(&body)
+            .unwrap_or_else(|err| panic!("{attack}: not JSON ({err}): {body}"));
+        assert_eq!(got, status, "{attack}: {body}");
+        assert_eq!(error["error"]["kind"], kind, "{attack}: {body}");
+        assert!(
+            error["error"]["message"].as_str().unwrap().contains(word),
+            "{attack}: {body}"
+        );
+        assert!(body.len() < 4096, "{attack}: the error is bounded too");
+        assert_hello_answers(&server, &attack);
+        let peak = server.peak_memory();
+        assert!(
+            peak <= bound,
+            "{attack}: the server's peak memory grew from {baseline} to {peak} bytes"
+        );
+    }
+
+    // Events: a forward loop and a fan-out onto the plugin's own queue.
+    for topic in ["storm.loop", "storm.fanout"] {
+        let (status, body) = http_with(
+            &server.address,
+            "POST",
+            &format!("/v1/events/{topic}"),
+            &[("authorization", &format!("Bearer {TOKEN}"))],
+            "payload",
+        );
+        assert_eq!(status, 200, "{topic}: {body}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let letters = loop {
+        let (_, body) = http_with(
+            &server.address,
+            "GET",
+            "/v1/dead-letters",
+            &[("authorization", &format!("Bearer {TOKEN}"))],
+            "",
+        );
+        let letters: Value = serde_json::from_str(&body).unwrap();
+        let letters = letters["dead_letters"].as_array().unwrap().clone();
+        let loop_ended = letters.iter().any(|d| {
+            d["event"]["topic"] == "storm.loop"
+                && d["reason"].as_str().unwrap().contains("hop limit")
+        });
+        if loop_ended {
+            break letters;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the forward loop did not end: {letters:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(letters.len() <= 1000, "dead letters are bounded");
+    assert_hello_answers(&server, "the event storms");
+    let peak = server.peak_memory();
+    assert!(
+        peak <= bound,
+        "events: peak memory grew from {baseline} to {peak} bytes"
+    );
+
+    eprintln!(
+        "peak memory: {} MiB after start, {} MiB after every attack (bound {} MiB)",
+        baseline >> 20,
+        peak >> 20,
+        bound >> 20
+    );
+    let (code, _) = server.terminate();
+    assert_eq!(code, Some(0));
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_with_hanging_shutdowns_exits_within_one_deadline() {
+    const INSTANCES: usize = 6;
+    let file = policy(
+        "budgets-shutdown.toml",
+        &format!(
+            r#"
+[host]
+trusted_keys = ["{{key}}"]
+[plugins.spin]
+path = "{{plugins}}/stubborn-shutdown.wasm"
+config = {{ shutdown = "spin" }}
+[plugins.spin.limits]
+max_instances = {INSTANCES}
+recycle_after = 100
+[plugins.sleep]
+path = "{{plugins}}/stubborn-shutdown.wasm"
+config = {{ shutdown = "sleep" }}
+[plugins.sleep.limits]
+max_instances = {INSTANCES}
+recycle_after = 100
+"#
+        ),
+    );
+    let server = ServeProcess::start(&file, &["--shutdown-deadline", "1s"]);
+    // Overlapping calls leave INSTANCES idle instances of each plugin.
+    std::thread::scope(|scope| {
+        for plugin in ["spin", "sleep"] {
+            for _ in 0..INSTANCES {
+                let server = &server;
+                scope.spawn(move || {
+                    let (status, body) =
+                        server.http("POST", &format!("/v1/plugins/{plugin}/call?op=nap"), "400");
+                    assert_eq!((status, body.as_str()), (200, "rested"));
+                });
+            }
+        }
+    });
+    let (_, listing) = server.http("GET", "/v1/plugins", "");
+    let listing: Value = serde_json::from_str(&listing).unwrap();
+    let idle: u64 = listing["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["live_instances"].as_u64().unwrap())
+        .sum();
+    assert!(idle >= 4, "only {idle} idle instances: {listing}");
+
+    let (code, took) = server.terminate();
+    assert_eq!(code, Some(0), "SIGTERM is a clean shutdown");
+    assert!(
+        took < Duration::from_millis(2500),
+        "stopping {idle} hanging instances took {took:?}, with a deadline of 1s"
+    );
+}
