@@ -10,7 +10,7 @@ use crate::artifact::Interface;
 use crate::error::ErrorKind;
 use crate::input::{self, MAX_COMPONENT_BYTES, MAX_SIGNATURE_BYTES};
 use crate::policy::{PluginPolicy, Policy};
-use crate::runtime::load::{Examined, TrustPolicy, examine, io_failure};
+use crate::runtime::load::{Examined, TrustPolicy, check_memory, examine, io_failure};
 use crate::services::Grants;
 
 /// How an import of a plugin is served.
@@ -120,6 +120,10 @@ fn check_plugin(name: &str, plugin: &PluginPolicy, trust: &TrustPolicy) -> Plugi
             .map(|path| read(path, MAX_SIGNATURE_BYTES))
             .transpose()?;
         examine(name, &bytes, detached.as_deref(), trust)
+    });
+    let examined = examined.and_then(|examined| {
+        check_memory(&examined.summary, &plugin.limits)?;
+        Ok(examined)
     });
     let Examined {
         signers, summary, ..

@@ -31,6 +31,7 @@ pub mod services;
 mod store;
 pub mod text;
 pub mod units;
+pub mod validate;
 
 pub use artifact::cache::{CacheKey, CacheStats};
 pub use artifact::{KeyId, PublicKey, SecretKey};

@@ -54,6 +54,7 @@ use crate::services::http::{HttpGrant, OriginPattern};
 use crate::services::kv::KvGrant;
 use crate::services::log::LogGrant;
 use crate::units::{parse_duration, parse_size};
+use crate::validate;
 
 /// A policy that could not be read or is invalid, located as precisely as
 /// possible.
@@ -169,7 +170,16 @@ impl Policy {
         for (name, section) in &raw.plugins {
             let key = format!("plugins.{}", name.get_ref());
             validate_name(name.get_ref()).map_err(|msg| located.error(name.span(), &key, msg))?;
-            let plugin = located.plugin(name.get_ref(), section, &host.default_limits)?;
+            let plugin = located.plugin(name.get_ref(), section, &host)?;
+            validate::plugin(&plugin.limits, &plugin.grants, host.engine.pooling.as_ref())
+                .map_err(|err| {
+                    let span = if err.field.starts_with("limits.") {
+                        section.limits.span()
+                    } else {
+                        name.span()
+                    };
+                    located.invalid(span, &key, err)
+                })?;
             plugins.insert(name.get_ref().clone(), plugin);
         }
         let mut pipelines = BTreeMap::new();
@@ -258,6 +268,21 @@ struct Locator<'a> {
 }
 
 impl Locator<'_> {
+    /// A value that [`validate`] refused, located at `span` in the section
+    /// `section`.
+    fn invalid(
+        &self,
+        span: Range<usize>,
+        section: &str,
+        invalid: validate::Invalid,
+    ) -> PolicyError {
+        self.error(
+            span,
+            &format!("{section}.{}", invalid.field),
+            invalid.message,
+        )
+    }
+
     fn error(&self, span: Range<usize>, key: &str, message: impl Into<String>) -> PolicyError {
         PolicyError {
             file: self.file.to_owned(),
@@ -293,6 +318,27 @@ impl Locator<'_> {
                 .map_err(|err| self.error(value.span(), &key, err.to_string()))?;
             trusted_keys.push((path, public));
         }
+        let engine = raw.pool.get_ref().apply(EngineOptions::default());
+        validate::engine(&engine).map_err(|err| self.invalid(raw.pool.span(), "host.pool", err))?;
+        let bus = raw.events.get_ref().apply(BusOptions::default());
+        validate::bus(&bus).map_err(|err| self.invalid(raw.events.span(), "host.events", err))?;
+        let default_limits = raw.limits.get_ref().apply(Limits::default());
+        validate::limits(&default_limits)
+            .and_then(|()| validate::limits_fit_pool(&default_limits, engine.pooling.as_ref()))
+            .map_err(|err| self.invalid(raw.limits.span(), "host.limits", err))?;
+        for (key, dir) in [("cache_dir", &raw.cache_dir), ("data_dir", &raw.data_dir)] {
+            if let Some(dir) = dir {
+                let path = self.resolve(dir.get_ref());
+                // A missing directory is created when the host starts.
+                if path.exists() && !path.is_dir() {
+                    return Err(self.error(
+                        dir.span(),
+                        &format!("host.{key}"),
+                        format!("{} is not a directory", path.display()),
+                    ));
+                }
+            }
+        }
         if trusted_keys.is_empty() && !raw.allow_unsigned {
             tracing::warn!(
                 file = %self.file.display(),
@@ -303,12 +349,12 @@ impl Locator<'_> {
             trusted_keys,
             allow_unsigned: raw.allow_unsigned,
             allow_partial_signatures: raw.allow_partial_signatures,
-            cache_dir: raw.cache_dir.as_ref().map(|d| self.resolve(d)),
+            cache_dir: raw.cache_dir.as_ref().map(|d| self.resolve(d.get_ref())),
             cache_key: raw.cache_key.as_ref().map(|k| self.resolve(k)),
-            data_dir: raw.data_dir.as_ref().map(|d| self.resolve(d)),
-            default_limits: raw.limits.apply(Limits::default()),
-            bus: raw.events.apply(BusOptions::default()),
-            engine: raw.pool.apply(EngineOptions::default()),
+            data_dir: raw.data_dir.as_ref().map(|d| self.resolve(d.get_ref())),
+            default_limits,
+            bus,
+            engine,
         })
     }
 
@@ -316,7 +362,7 @@ impl Locator<'_> {
         &self,
         name: &str,
         raw: &RawPlugin,
-        defaults: &Limits,
+        host: &HostPolicy,
     ) -> Result<PluginPolicy, PolicyError> {
         let key = |field: &str| format!("plugins.{name}.{field}");
         let path = self.existing_file(&raw.path, &key("path"))?;
@@ -386,7 +432,7 @@ impl Locator<'_> {
         Ok(PluginPolicy {
             path,
             signature,
-            limits: raw.limits.apply(defaults.clone()),
+            limits: raw.limits.get_ref().apply(host.default_limits.clone()),
             grants: Grants {
                 log: LogGrant { enabled: raw.log },
                 config: raw.config.clone(),
@@ -409,7 +455,7 @@ impl Locator<'_> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
-    #[serde(default)]
+    #[serde(default = "default_host")]
     host: RawHost,
     #[serde(default)]
     plugins: BTreeMap<Spanned<String>, RawPlugin>,
@@ -440,13 +486,13 @@ struct RawBus {
 impl RawBus {
     fn apply(&self, mut options: BusOptions) -> BusOptions {
         if let Some(queue) = self.queue {
-            options.queue = queue.max(1);
+            options.queue = queue;
         }
         if let Some(time) = &self.queue_timeout {
             options.queue_timeout = time.0;
         }
         if let Some(attempts) = self.max_attempts {
-            options.max_attempts = attempts.max(1);
+            options.max_attempts = attempts;
         }
         if let Some(kept) = self.dead_letters {
             options.dead_letters = kept;
@@ -467,7 +513,17 @@ impl RawBus {
     }
 }
 
-#[derive(Deserialize, Default)]
+/// No `[host]` section: every default.
+fn default_host() -> RawHost {
+    toml::from_str("").expect("an empty [host] section parses")
+}
+
+/// A section the file leaves out: its defaults, located nowhere.
+fn unspanned<T: Default>() -> Spanned<T> {
+    Spanned::new(0..0, T::default())
+}
+
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHost {
     #[serde(default)]
@@ -476,15 +532,15 @@ struct RawHost {
     allow_unsigned: bool,
     #[serde(default)]
     allow_partial_signatures: bool,
-    cache_dir: Option<String>,
+    cache_dir: Option<Spanned<String>>,
     cache_key: Option<String>,
-    data_dir: Option<String>,
-    #[serde(default)]
-    limits: RawLimits,
-    #[serde(default)]
-    events: RawBus,
-    #[serde(default)]
-    pool: RawPool,
+    data_dir: Option<Spanned<String>>,
+    #[serde(default = "unspanned")]
+    limits: Spanned<RawLimits>,
+    #[serde(default = "unspanned")]
+    events: Spanned<RawBus>,
+    #[serde(default = "unspanned")]
+    pool: Spanned<RawPool>,
 }
 
 /// `[host.pool]`: how many instances the pooling allocator reserves room
@@ -506,7 +562,7 @@ impl RawPool {
         }
         if let Some(pooling) = &mut options.pooling {
             if let Some(instances) = self.instances {
-                pooling.total_instances = instances.max(1);
+                pooling.total_instances = instances;
             }
             if let Some(size) = &self.max_memory {
                 pooling.max_memory_bytes = size.0;
@@ -561,7 +617,7 @@ impl RawLimits {
             limits.max_log_bytes = bytes(size);
         }
         if let Some(count) = self.max_instances {
-            limits.max_instances = count.max(1);
+            limits.max_instances = count;
         }
         if let Some(count) = self.max_queued {
             limits.max_queued = count;
@@ -570,7 +626,7 @@ impl RawLimits {
             limits.queue_timeout = time.0;
         }
         if let Some(calls) = self.recycle_after {
-            limits.recycle_after = calls.max(1);
+            limits.recycle_after = calls;
         }
         if let Some(failures) = self.circuit_failures {
             limits.circuit_failures = failures;
@@ -579,7 +635,7 @@ impl RawLimits {
             limits.circuit_cooldown = time.0;
         }
         if let Some(handles) = self.max_handles {
-            limits.max_handles = handles.max(16);
+            limits.max_handles = handles;
         }
         if let Some(records) = self.max_log_records {
             limits.max_log_records = records;
@@ -600,8 +656,8 @@ fn yes() -> bool {
 struct RawPlugin {
     path: Spanned<String>,
     signature: Option<Spanned<String>>,
-    #[serde(default)]
-    limits: RawLimits,
+    #[serde(default = "unspanned")]
+    limits: Spanned<RawLimits>,
     #[serde(default = "yes")]
     log: bool,
     #[serde(default)]
@@ -913,5 +969,56 @@ fuel = 1_000_000
         policy.host_builder().build().unwrap();
         assert_eq!(std::fs::metadata(&key).unwrap().len(), 32);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn values_the_host_would_refuse_are_refused_here_with_their_key() {
+        let (dir, wasm) = wasm_file();
+        let file_not_dir = format!("{}", dir.join("p.wasm").display());
+        let cases = [
+            ("[host.limits]\nfuel = 0\n".to_owned(), "host.limits.fuel"),
+            (
+                "[host.limits]\ntimeout = \"0ms\"\n".to_owned(),
+                "host.limits.timeout",
+            ),
+            (
+                "[host.limits]\ntimeout = \"100000000000h\"\n".to_owned(),
+                "host.limits.timeout",
+            ),
+            (
+                "[host.limits]\nmax_instances = 0\n".to_owned(),
+                "host.limits.max_instances",
+            ),
+            ("[host.events]\nqueue = 0\n".to_owned(), "host.events.queue"),
+            (
+                "[host.pool]\ninstances = 0\n".to_owned(),
+                "host.pool.instances",
+            ),
+            (
+                "[host.pool]\nmax_memory = \"16MiB\"\n".to_owned(),
+                "host.limits.memory",
+            ),
+            (
+                format!("[host]\ndata_dir = \"{file_not_dir}\"\n"),
+                "host.data_dir",
+            ),
+            (
+                format!("[plugins.a]\npath = \"{wasm}\"\nenv = {{ \"A=B\" = \"x\" }}\n"),
+                "plugins.a.env.A=B",
+            ),
+            (
+                format!("[plugins.a]\npath = \"{wasm}\"\n[plugins.a.limits]\nmemory = \"8GiB\"\n"),
+                "plugins.a.limits.memory",
+            ),
+            (
+                format!("[plugins.a]\npath = \"{wasm}\"\n[plugins.a.limits]\nrecycle_after = 0\n"),
+                "plugins.a.limits.recycle_after",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = parse(&text).expect_err(&text);
+            assert_eq!(err.key.as_deref(), Some(key), "{text}: {err}");
+            assert!(err.position.is_some(), "{err}");
+        }
     }
 }

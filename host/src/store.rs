@@ -89,6 +89,7 @@ pub(crate) fn new_store(
             plugin: Arc::clone(&grants.plugin),
             grant: grants.http.clone(),
             sent: 0,
+            refused: 0,
             body_chunk: http_body_chunk(http_granted),
         },
         log: LogState {

@@ -513,6 +513,49 @@ fn check_refuses_plugins_that_would_not_load() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("REFUSED [unsigned]"));
 }
 
+/// Whatever the host would refuse at load, `capsule check` refuses too:
+/// values out of range (a usage error naming the key) and a memory limit
+/// below what the component needs to start (the load's own kind).
+#[test]
+fn check_refuses_what_the_host_would_refuse() {
+    let file = policy(
+        "check-zero-fuel.toml",
+        "[host]\ntrusted_keys = [\"{key}\"]\n[plugins.hello]\npath = \"{plugins}/hello.wasm\"\n\
+         [plugins.hello.limits]\nfuel = 0\n",
+    );
+    let out = capsule_command(&["check", "--config", path_str(&file)])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("plugins.hello.limits.fuel"), "{stderr}");
+
+    let file = policy(
+        "check-small-memory.toml",
+        "[host]\ntrusted_keys = [\"{key}\"]\n[plugins.hello]\npath = \"{plugins}/hello.wasm\"\n\
+         [plugins.hello.limits]\nmemory = \"64KiB\"\n",
+    );
+    let out = capsule_command(&["check", "--config", path_str(&file)])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("REFUSED [memory_limit]"), "{stdout}");
+    // And the host refuses it the same way.
+    let out = capsule_command(&[
+        "run",
+        "hello",
+        "--config",
+        path_str(&file),
+        "--op",
+        "greet",
+        "--json",
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(json(&out)["error"]["kind"], "memory_limit");
+}
+
 #[test]
 fn policy_errors_name_the_file_line_and_key() {
     let file = policy(
@@ -799,4 +842,65 @@ fn grants_can_be_given_on_the_command_line() {
         "/nonexistent:/d",
     ]);
     assert_eq!(out.status.code(), Some(2), "a bad mount is a usage error");
+}
+
+/// `--input-file` is read only up to the plugin's request limit: an endless
+/// file is refused at once as `input_too_large`.
+#[test]
+fn an_endless_input_file_is_refused_without_reading_it() {
+    let out = capsule(&[
+        "run",
+        path_str(&plugin("hello")),
+        "--op",
+        "greet",
+        "--input-file",
+        "/dev/zero",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(json(&out)["error"]["kind"], "input_too_large");
+}
+
+/// A closed stdout (`capsule inspect … | head`) ends the command quietly.
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let mut child = capsule_command(&["inspect", path_str(&plugin("hello"))])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the reading end before the command writes anything.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}
+
+/// What callers and plugins write reaches the host's log escaped, one value
+/// per line: a newline in a name cannot forge a log line.
+#[test]
+fn caller_and_plugin_text_cannot_forge_log_lines() {
+    // hello logs the operation it handles: the caller's text, through the
+    // plugin, into the host's log.
+    let out = capsule(&[
+        "run",
+        path_str(&plugin("hello")),
+        "--op",
+        "greet\nERROR capsule: forged line",
+        "--input",
+        "{}",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("greet\\nERROR capsule: forged line"),
+        "the line is kept, escaped: {stderr}"
+    );
+    assert!(
+        !stderr
+            .lines()
+            .any(|line| line.starts_with("ERROR capsule: forged")),
+        "{stderr}"
+    );
 }

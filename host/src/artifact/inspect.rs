@@ -54,6 +54,9 @@ pub struct ComponentSummary {
     pub exports: Vec<Interface>,
     /// Names of top-level custom sections, in order.
     pub custom_sections: Vec<String>,
+    /// Bytes of linear memory its core modules define at their initial
+    /// size: the least memory limit under which the component can start.
+    pub initial_memory_bytes: u64,
 }
 
 impl ComponentSummary {
@@ -107,6 +110,7 @@ pub fn inspect(bytes: &[u8]) -> Result<ComponentSummary, NotAComponent> {
         imports: Vec::new(),
         exports: Vec::new(),
         custom_sections: Vec::new(),
+        initial_memory_bytes: 0,
     };
     // Nested modules and components have their own imports and exports; only
     // the outermost level is the plugin's face.
@@ -130,6 +134,15 @@ pub fn inspect(bytes: &[u8]) -> Result<ComponentSummary, NotAComponent> {
             }
             Payload::CustomSection(reader) if depth == 0 => {
                 summary.custom_sections.push(reader.name().to_owned());
+            }
+            Payload::MemorySection(reader) => {
+                for memory in reader {
+                    let memory = memory.map_err(|err| NotAComponent(err.to_string()))?;
+                    let page = 1u64 << memory.page_size_log2.unwrap_or(16);
+                    summary.initial_memory_bytes = summary
+                        .initial_memory_bytes
+                        .saturating_add(memory.initial.saturating_mul(page));
+                }
             }
             _ => {}
         }

@@ -16,16 +16,18 @@ use super::registry::Slot;
 use super::{CallOutcome, Host};
 use crate::contract::Request;
 use crate::error::{CallError, CallFailure};
+use crate::text::log_field;
 
 impl Host {
     /// Calls a plugin's `handle` with `request`. Safe to use from many tasks
     /// at once. Events the plugin published during a successful call are put
     /// on the bus before this returns.
     pub async fn call(&self, plugin: &str, request: Request) -> Result<CallOutcome, CallError> {
+        // Both come from the caller: escaped and truncated for the log.
         let span = tracing::info_span!(
             "plugin_call",
-            plugin,
-            operation = %request.operation,
+            plugin = %log_field(plugin),
+            operation = %log_field(&request.operation),
             outcome = tracing::field::Empty,
             duration_us = tracing::field::Empty,
             fuel = tracing::field::Empty,

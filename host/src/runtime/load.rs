@@ -91,6 +91,7 @@ pub(crate) async fn load(
         digest,
         summary,
     } = examine(&name, &bytes, detached.as_deref(), context.trust).map_err(fail)?;
+    check_memory(&summary, &limits).map_err(fail)?;
 
     let (component, from_cache) = match context.cache.and_then(|c| c.load(context.engine, &digest))
     {
@@ -199,6 +200,21 @@ pub(crate) fn examine(
 /// The bytes of a component or detached signature. A path is read as an
 /// operator-named file: a regular file of at most `max_bytes`, never a FIFO
 /// or device (see [`crate::input`]).
+/// The memory limit must hold what the component's modules define at their
+/// initial size, or its first instance cannot even start: refused before
+/// compiling, with the same kind an instance would fail with.
+pub(crate) fn check_memory(summary: &ComponentSummary, limits: &Limits) -> Result<(), LoadFailure> {
+    if limits.memory_bytes < summary.initial_memory_bytes {
+        return Err(LoadFailure::InitFailed(Box::new(
+            CallFailure::MemoryLimit {
+                limit: limits.memory_bytes,
+                requested: summary.initial_memory_bytes,
+            },
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) async fn read_source(
     source: PluginSource,
     max_bytes: u64,

@@ -23,6 +23,7 @@ use std::time::Instant;
 use crate::contract::Request;
 use crate::error::CallError;
 use crate::runtime::CallOutcome;
+use crate::text::log_field;
 
 /// What a middleware sees of a call.
 pub struct CallContext<'a> {
@@ -120,11 +121,11 @@ impl Middleware for RequestId {
 
     fn on_error(&self, plugin: &str, request: &Request, error: &CallError) {
         tracing::warn!(
-            plugin,
-            request_id = Self::of(request).unwrap_or("-"),
+            plugin = %log_field(plugin),
+            request_id = %log_field(Self::of(request).unwrap_or("-")),
             kind = %error.kind(),
             "call failed: {}",
-            error.cause
+            log_field(&error.cause.to_string())
         );
     }
 }

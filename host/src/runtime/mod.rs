@@ -68,6 +68,9 @@ pub enum HostError {
     /// The key-value store cannot be opened.
     #[error(transparent)]
     Kv(#[from] KvError),
+    /// A setting is out of range (the engine, the bus or the default limits).
+    #[error("invalid host settings: {0}")]
+    Config(#[from] crate::validate::Invalid),
 }
 
 /// Configures and builds a [`Host`].
@@ -193,6 +196,9 @@ impl HostBuilder {
     /// Builds the engine, links the host services and starts the epoch
     /// ticker.
     pub fn build(self) -> Result<Host, HostError> {
+        crate::validate::engine(&self.engine).map_err(|err| err.within("pool"))?;
+        crate::validate::bus(&self.bus).map_err(|err| err.within("events"))?;
+        crate::validate::limits(&self.default_limits).map_err(|err| err.within("limits"))?;
         let (engine, allocation) =
             engine::build(&self.engine).map_err(|err| HostError::Engine(chain(&err)))?;
         let mut linker = Linker::new(&engine);
@@ -327,24 +333,13 @@ impl Host {
     /// Verifies, compiles, links and describes a plugin without registering
     /// it.
     async fn compile(&self, spec: PluginSpec) -> Result<Arc<LoadedPlugin>, LoadError> {
-        if let (AllocationMode::Pooling, Some(pool)) = (&self.inner.allocation, &self.inner.pooling)
-        {
-            let memory = spec
-                .limits
-                .as_ref()
-                .unwrap_or(&self.inner.default_limits)
-                .memory_bytes;
-            if memory > pool.max_memory_bytes {
-                return Err(LoadError::new(
-                    spec.name(),
-                    LoadFailure::Config(format!(
-                        "its memory limit ({memory} bytes) is larger than the instance pool's \
-                         largest memory ({} bytes); raise [host.pool] max_memory",
-                        pool.max_memory_bytes
-                    )),
-                ));
-            }
-        }
+        let pool = match self.inner.allocation {
+            AllocationMode::Pooling => self.inner.pooling.as_ref(),
+            AllocationMode::OnDemand { .. } => None,
+        };
+        let limits = spec.limits.as_ref().unwrap_or(&self.inner.default_limits);
+        crate::validate::plugin(limits, &spec.grants, pool)
+            .map_err(|err| LoadError::new(spec.name(), LoadFailure::Config(err.to_string())))?;
         let context = LoadContext {
             engine: &self.inner.engine,
             linker: &self.inner.linker,
@@ -373,7 +368,11 @@ impl Host {
                 .plugin_spec(name)
                 .expect("every plugin of a policy has a spec");
             if let Err(err) = self.load(spec).await {
-                tracing::error!(plugin = %name, error = %err, "plugin not loaded");
+                tracing::error!(
+                    plugin = %name,
+                    error = %crate::text::log_field(&err.to_string()),
+                    "plugin not loaded"
+                );
                 failures.push(err);
             }
         }

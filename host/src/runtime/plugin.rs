@@ -174,6 +174,7 @@ impl Instance {
         state.events.published.clear();
         state.events.budget = limits.max_response_bytes;
         state.http_hooks.sent = 0;
+        state.http_hooks.refused = 0;
     }
 
     async fn invoke(&mut self, invocation: Invocation) -> wasmtime::Result<Returned> {

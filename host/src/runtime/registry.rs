@@ -17,6 +17,7 @@ use super::metrics::PluginMetrics;
 use super::plugin::{LoadedPlugin, PluginDetails};
 use super::spec::PluginSpec;
 use crate::error::{LoadError, LoadFailure};
+use crate::text::log_field;
 
 /// Whether a plugin is serving.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -192,7 +193,11 @@ impl Host {
             Ok(loaded) => loaded,
             Err(err) => {
                 self.inner.metrics.reload(&name, false);
-                tracing::warn!(plugin = %name, error = %err, "reload failed; the old version keeps serving");
+                tracing::warn!(
+                    plugin = %name,
+                    error = %log_field(&err.to_string()),
+                    "reload failed; the old version keeps serving"
+                );
                 return Err(err);
             }
         };
@@ -208,7 +213,7 @@ impl Host {
             plugin = %name,
             from = %old.details.digest,
             to = %details.digest,
-            version = %details.info.version,
+            version = %log_field(&details.info.version),
             "reloaded"
         );
         // The old version's idle instances shut down now; busy ones end with

@@ -139,12 +139,17 @@ impl HttpGrant {
     }
 }
 
+/// Refused requests of one call that the host log shows.
+const REFUSALS_LOGGED_PER_CALL: u32 = 3;
+
 /// The per-store hooks that enforce a plugin's HTTP grant.
 pub(crate) struct HttpHooks {
     pub(crate) plugin: Arc<str>,
     pub(crate) grant: Option<Arc<HttpGrant>>,
     /// Requests sent during the current call.
     pub(crate) sent: u32,
+    /// Requests refused during the current call.
+    pub(crate) refused: u32,
     /// Bytes an outgoing body buffers before its request is sent (see
     /// [`crate::limits::HTTP_BODY_CHUNK_GRANTED`]).
     pub(crate) body_chunk: usize,
@@ -199,12 +204,17 @@ impl WasiHttpHooks for HttpHooks {
         fut: Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
     ) -> SendFuture {
         if let Some(error) = self.refusal(request.uri()) {
-            tracing::warn!(
-                plugin = %self.plugin,
-                uri = %request.uri(),
-                error = %error,
-                "refused an outgoing HTTP request"
-            );
+            // A plugin can be refused in a tight loop: the log shows the
+            // first few refusals of each call, escaped and truncated.
+            self.refused += 1;
+            if self.refused <= REFUSALS_LOGGED_PER_CALL {
+                tracing::warn!(
+                    plugin = %self.plugin,
+                    uri = %crate::text::log_field(&request.uri().to_string()),
+                    error = %error,
+                    "refused an outgoing HTTP request"
+                );
+            }
             return Box::new(async move { Err(error) });
         }
         self.sent += 1;

@@ -405,9 +405,10 @@ async fn a_pool_the_machine_cannot_reserve_falls_back_to_on_demand() {
     use capsule_host::{AllocationMode, EngineOptions, PoolingOptions};
     let options = EngineOptions {
         pooling: Some(PoolingOptions {
-            // Far beyond any machine's address space.
-            total_instances: 50_000_000,
-            max_memory_bytes: 4 << 30,
+            // The largest pool a policy may ask for: 200,000 memories of
+            // 64 GiB each, far beyond any machine's address space.
+            total_instances: 100_000,
+            max_memory_bytes: 64 << 30,
         }),
         ..EngineOptions::default()
     };

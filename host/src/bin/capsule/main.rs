@@ -46,6 +46,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        end_quietly_on_closed_stdout();
+    }
     init_tracing();
     match cli.command {
         Command::Run(args) => run::run(args),
@@ -56,6 +59,19 @@ fn main() -> ExitCode {
         Command::Sign(args) => keys::sign(args),
         Command::Verify(args) => keys::verify(args),
         Command::New(args) => new::new(args),
+    }
+}
+
+/// Rust ignores SIGPIPE, so printing to a closed pipe (`capsule inspect … |
+/// head`) is an error, and `println!` panics on it. A command-line tool
+/// should end quietly instead, as the default SIGPIPE action does. The
+/// server keeps ignoring it: a client that goes away must not stop it.
+fn end_quietly_on_closed_stdout() {
+    #[cfg(unix)]
+    // SAFETY: restoring a signal's default action at the start of `main`,
+    // before any thread is spawned, has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -183,10 +183,6 @@ fn parse_fuel(text: &str) -> Result<FuelBudget, String> {
 
 /// Runs `capsule run` and returns the process exit code.
 pub fn run(args: RunArgs) -> ExitCode {
-    let payload = match read_payload(&args) {
-        Ok(payload) => payload,
-        Err(message) => return usage_error(&args, &message),
-    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -194,10 +190,10 @@ pub fn run(args: RunArgs) -> ExitCode {
         Ok(runtime) => runtime,
         Err(err) => return host_error(&args, &format!("cannot start the async runtime: {err}")),
     };
-    runtime.block_on(call_once(args, payload))
+    runtime.block_on(call_once(args))
 }
 
-async fn call_once(args: RunArgs, payload: Vec<u8>) -> ExitCode {
+async fn call_once(args: RunArgs) -> ExitCode {
     let policies: Vec<&PathBuf> = args
         .config
         .iter()
@@ -303,6 +299,27 @@ async fn call_once(args: RunArgs, payload: Vec<u8>) -> ExitCode {
     if let Some(max_output) = args.max_output {
         limits.max_response_bytes = usize::try_from(max_output).unwrap_or(usize::MAX);
     }
+    // The input is read only now that the plugin's request limit is known,
+    // and never past it: `--input-file /dev/zero` costs nothing.
+    let payload_limit = limits.max_request_bytes.saturating_sub(args.op.len());
+    let payload = match read_payload(&args, payload_limit) {
+        Ok(Some(payload)) => payload,
+        Ok(None) => {
+            let message = format!(
+                "the input is larger than the plugin's request limit of {} bytes",
+                limits.max_request_bytes
+            );
+            return report_failure(
+                &args,
+                ErrorKind::InputTooLarge,
+                &plugin_name(&args),
+                &message,
+                None,
+                &[],
+            );
+        }
+        Err(message) => return usage_error(&args, &message),
+    };
     let mut spec = spec.limits(limits);
     let mut grants = spec.granted().clone();
     grants.env.extend(args.env.iter().cloned());
@@ -357,19 +374,29 @@ async fn call_once(args: RunArgs, payload: Vec<u8>) -> ExitCode {
     }
 }
 
-fn read_payload(args: &RunArgs) -> Result<Vec<u8>, String> {
+/// The request payload, or `None` if it is longer than `limit` bytes. A
+/// file or stdin is read only up to one byte past the limit. Pipes and
+/// FIFOs are fine (`--input-file <(…)`): the bound, not the file type, is
+/// what keeps the read small.
+fn read_payload(args: &RunArgs, limit: usize) -> Result<Option<Vec<u8>>, String> {
+    use std::io::Read;
+    let bounded = |reader: &mut dyn Read, what: &str| -> Result<Option<Vec<u8>>, String> {
+        let mut buffer = Vec::new();
+        reader
+            .take(limit as u64 + 1)
+            .read_to_end(&mut buffer)
+            .map_err(|err| format!("cannot read {what}: {err}"))?;
+        Ok((buffer.len() <= limit).then_some(buffer))
+    };
     match (&args.input, &args.input_file) {
-        (Some(text), _) => Ok(text.clone().into_bytes()),
-        (None, Some(path)) if path.as_os_str() == "-" => {
-            let mut buffer = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buffer)
-                .map_err(|err| format!("cannot read stdin: {err}"))?;
-            Ok(buffer)
-        }
+        (Some(text), _) => Ok((text.len() <= limit).then(|| text.clone().into_bytes())),
+        (None, Some(path)) if path.as_os_str() == "-" => bounded(&mut std::io::stdin(), "stdin"),
         (None, Some(path)) => {
-            std::fs::read(path).map_err(|err| format!("cannot read {}: {err}", path.display()))
+            let mut file = std::fs::File::open(path)
+                .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+            bounded(&mut file, &path.display().to_string())
         }
-        (None, None) => Ok(Vec::new()),
+        (None, None) => Ok(Some(Vec::new())),
     }
 }
 
@@ -423,7 +450,11 @@ fn report_failure(
             "logs": logs_json(logs),
         }));
     } else {
-        eprintln!("error [{kind}]: {message}");
+        // One line, whatever the plugin put in its message.
+        eprintln!(
+            "error [{kind}]: {}",
+            capsule_host::text::for_log(message, 4096)
+        );
     }
     exit::code(exit::code_for(kind))
 }

@@ -76,7 +76,11 @@ pub fn serve_command(args: ServeArgs) -> ExitCode {
         };
         for failure in host.load_policy(&policy).await {
             // The host keeps serving every plugin that did load.
-            eprintln!("error [{}]: {failure}", failure.kind());
+            eprintln!(
+                "error [{}]: {}",
+                failure.kind(),
+                capsule_host::text::log_field(&failure.to_string())
+            );
         }
         if args.watch {
             crate::watch::watch(host.clone(), &policy);

@@ -74,13 +74,13 @@ pub fn watch(host: Host, policy: &Policy) {
                 match host.reload(name).await {
                     Ok(details) => tracing::info!(
                         plugin = %name,
-                        version = %details.info.version,
+                        version = %capsule_host::text::log_field(&details.info.version),
                         digest = %details.digest,
                         "reloaded after its file changed"
                     ),
                     Err(err) => tracing::warn!(
                         plugin = %name,
-                        error = %err,
+                        error = %capsule_host::text::log_field(&err.to_string()),
                         "the changed file was refused; the previous version keeps serving"
                     ),
                 }

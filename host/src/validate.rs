@@ -1,0 +1,434 @@
+//! The one place where settings are checked before anything runs: limits,
+//! grants, bus and engine options, and how they fit together. The policy
+//! file, `capsule check`, [`crate::HostBuilder::build`] and
+//! [`crate::Host::load`] all call these functions, so whatever the host
+//! would refuse at load, `capsule check` refuses too, and no value — however
+//! large — can make the host panic, wrap around or silently fall back.
+//!
+//! Each check returns the first problem as an [`Invalid`] naming the field
+//! (relative to its section, e.g. `timeout` or `kv.max_value`) and saying
+//! what range is allowed.
+
+use std::time::Duration;
+
+use crate::engine::{EngineOptions, PoolingOptions};
+use crate::limits::Limits;
+use crate::runtime::BusOptions;
+use crate::services::Grants;
+
+/// One invalid setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{field}`: {message}")]
+pub struct Invalid {
+    /// The field, relative to its section (`timeout`, `kv.max_value`,
+    /// `env.LANG`).
+    pub field: String,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+impl Invalid {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Invalid {
+        Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same problem, with `prefix.` in front of its field.
+    pub fn within(self, prefix: &str) -> Invalid {
+        Invalid {
+            field: format!("{prefix}.{}", self.field),
+            ..self
+        }
+    }
+}
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+/// The longest any timeout or delay may be: far beyond any sane value, far
+/// below where `Instant + Duration` could overflow.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+/// A WebAssembly page.
+const PAGE: u64 = 64 * KIB;
+
+fn range(field: &str, value: u64, min: u64, max: u64, unit: &str) -> Result<(), Invalid> {
+    if value < min || value > max {
+        return Err(Invalid::new(
+            field,
+            format!("{value} {unit} is out of range: use {min} to {max} {unit}"),
+        ));
+    }
+    Ok(())
+}
+
+fn bytes(field: &str, value: u64, min: u64, max: u64) -> Result<(), Invalid> {
+    if value < min || value > max {
+        return Err(Invalid::new(
+            field,
+            format!(
+                "{} is out of range: use {} to {}",
+                show_bytes(value),
+                show_bytes(min),
+                show_bytes(max)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn duration(field: &str, value: Duration, min: Duration) -> Result<(), Invalid> {
+    if value < min || value > MAX_DURATION {
+        return Err(Invalid::new(
+            field,
+            format!("{value:?} is out of range: use {min:?} to 24h"),
+        ));
+    }
+    Ok(())
+}
+
+fn show_bytes(value: u64) -> String {
+    bytesize::ByteSize::b(value).display().iec().to_string()
+}
+
+/// A plugin's limits, each within the range the host can honour.
+pub fn limits(limits: &Limits) -> Result<(), Invalid> {
+    if let Some(fuel) = limits.fuel {
+        range("fuel", fuel, 1, u64::MAX / 2, "units")?;
+    }
+    bytes("memory", limits.memory_bytes, PAGE, 64 * GIB)?;
+    duration("timeout", limits.timeout, Duration::from_millis(1))?;
+    bytes("max_request", limits.max_request_bytes as u64, 0, GIB)?;
+    bytes("max_response", limits.max_response_bytes as u64, 0, GIB)?;
+    bytes("max_log", limits.max_log_bytes as u64, 0, 64 * MIB)?;
+    range(
+        "max_instances",
+        limits.max_instances as u64,
+        1,
+        10_000,
+        "instances",
+    )?;
+    range("max_queued", limits.max_queued as u64, 0, 100_000, "calls")?;
+    duration("queue_timeout", limits.queue_timeout, Duration::ZERO)?;
+    range(
+        "recycle_after",
+        u64::from(limits.recycle_after),
+        1,
+        u64::from(u32::MAX),
+        "calls",
+    )?;
+    duration("circuit_cooldown", limits.circuit_cooldown, Duration::ZERO)?;
+    range(
+        "max_handles",
+        limits.max_handles as u64,
+        16,
+        65_536,
+        "handles",
+    )?;
+    range(
+        "max_log_records",
+        limits.max_log_records as u64,
+        0,
+        1_000_000,
+        "lines",
+    )?;
+    range(
+        "max_metadata_entries",
+        limits.max_metadata_entries as u64,
+        0,
+        1_000_000,
+        "entries",
+    )?;
+    Ok(())
+}
+
+/// A plugin's limits against the instance pool (if the engine has one): its
+/// memory must fit the pool's largest memory, and its instances the pool.
+pub fn limits_fit_pool(limits: &Limits, pool: Option<&PoolingOptions>) -> Result<(), Invalid> {
+    let Some(pool) = pool else {
+        return Ok(());
+    };
+    if limits.memory_bytes > pool.max_memory_bytes {
+        return Err(Invalid::new(
+            "memory",
+            format!(
+                "{} is more than the instance pool's largest memory ({}); raise [host.pool] \
+                 max_memory",
+                show_bytes(limits.memory_bytes),
+                show_bytes(pool.max_memory_bytes)
+            ),
+        ));
+    }
+    if limits.max_instances as u64 > u64::from(pool.total_instances) {
+        return Err(Invalid::new(
+            "max_instances",
+            format!(
+                "{} is more than the instance pool holds ({}); raise [host.pool] instances",
+                limits.max_instances, pool.total_instances
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Engine settings: the wasm stack, the epoch tick and the pool.
+pub fn engine(engine: &EngineOptions) -> Result<(), Invalid> {
+    bytes(
+        "max_wasm_stack",
+        engine.max_wasm_stack as u64,
+        64 * KIB,
+        64 * MIB,
+    )?;
+    if engine.epoch_tick < Duration::from_millis(1) || engine.epoch_tick > Duration::from_secs(1) {
+        return Err(Invalid::new(
+            "epoch_tick",
+            format!("{:?} is out of range: use 1ms to 1s", engine.epoch_tick),
+        ));
+    }
+    if let Some(pool) = &engine.pooling {
+        range(
+            "instances",
+            u64::from(pool.total_instances),
+            1,
+            100_000,
+            "instances",
+        )?;
+        bytes("max_memory", pool.max_memory_bytes, PAGE, 64 * GIB)?;
+    }
+    Ok(())
+}
+
+/// Event bus settings.
+pub fn bus(options: &BusOptions) -> Result<(), Invalid> {
+    range("queue", options.queue as u64, 1, 1_000_000, "events")?;
+    bytes("queue_bytes", options.queue_bytes as u64, KIB, GIB)?;
+    duration("queue_timeout", options.queue_timeout, Duration::ZERO)?;
+    range(
+        "max_attempts",
+        u64::from(options.max_attempts),
+        1,
+        100,
+        "attempts",
+    )?;
+    duration("max_retry_delay", options.max_retry_delay, Duration::ZERO)?;
+    range("max_hops", u64::from(options.max_hops), 0, 1_000, "hops")?;
+    range(
+        "dead_letters",
+        options.dead_letters as u64,
+        0,
+        1_000_000,
+        "letters",
+    )?;
+    bytes(
+        "dead_letter_bytes",
+        options.dead_letter_bytes as u64,
+        0,
+        GIB,
+    )?;
+    Ok(())
+}
+
+/// A plugin's grants: names the host can pass on, quotas within range.
+pub fn grants(grants: &Grants) -> Result<(), Invalid> {
+    for (key, value) in &grants.env {
+        // The process environment is NUL-terminated `KEY=VALUE` strings.
+        if key.is_empty() || key.contains(['=', '\0']) {
+            return Err(Invalid::new(
+                format!("env.{key}"),
+                "an environment variable's name must be non-empty, without `=` or NUL",
+            ));
+        }
+        if value.contains('\0') {
+            return Err(Invalid::new(
+                format!("env.{key}"),
+                "an environment variable's value cannot contain NUL",
+            ));
+        }
+    }
+    for key in grants.config.keys() {
+        if key.is_empty() || key.contains('\0') {
+            return Err(Invalid::new(
+                format!("config.{key}"),
+                "a configuration key must be non-empty, without NUL",
+            ));
+        }
+    }
+    if let Some(kv) = &grants.kv {
+        if kv.namespace.is_empty() || kv.namespace.len() > 128 || kv.namespace.contains(['\0', '/'])
+        {
+            return Err(Invalid::new(
+                "kv.namespace",
+                "a namespace is 1 to 128 bytes, without `/` or NUL",
+            ));
+        }
+        bytes("kv.max_key", kv.max_key_bytes as u64, 1, 64 * KIB)?;
+        bytes("kv.max_value", kv.max_value_bytes as u64, 0, 64 * MIB)?;
+        range("kv.max_keys", kv.max_keys, 0, 1 << 40, "keys")?;
+        bytes("kv.max_total", kv.max_total_bytes, 0, 1 << 50)?;
+    }
+    if let Some(http) = &grants.http {
+        range(
+            "http.max_requests",
+            u64::from(http.max_requests_per_call),
+            0,
+            10_000,
+            "requests",
+        )?;
+        bytes("http.max_response", http.max_response_bytes, 0, GIB)?;
+    }
+    Ok(())
+}
+
+/// Everything about one plugin: its limits, its grants, and how its limits
+/// fit the instance pool.
+pub fn plugin(
+    limits_: &Limits,
+    grants_: &Grants,
+    pool: Option<&PoolingOptions>,
+) -> Result<(), Invalid> {
+    limits(limits_).map_err(|err| err.within("limits"))?;
+    limits_fit_pool(limits_, pool).map_err(|err| err.within("limits"))?;
+    grants(grants_)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::kv::KvGrant;
+
+    #[test]
+    fn the_defaults_are_valid() {
+        limits(&Limits::default()).unwrap();
+        engine(&EngineOptions::default()).unwrap();
+        bus(&BusOptions::default()).unwrap();
+        grants(&Grants::default()).unwrap();
+        limits_fit_pool(
+            &Limits::default(),
+            EngineOptions::default().pooling.as_ref(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn values_out_of_range_name_their_field() {
+        let cases: Vec<(Limits, &str)> = vec![
+            (
+                Limits {
+                    fuel: Some(0),
+                    ..Limits::default()
+                },
+                "fuel",
+            ),
+            (
+                Limits {
+                    timeout: Duration::ZERO,
+                    ..Limits::default()
+                },
+                "timeout",
+            ),
+            (
+                Limits {
+                    timeout: Duration::from_secs(u64::MAX),
+                    ..Limits::default()
+                },
+                "timeout",
+            ),
+            (
+                Limits {
+                    memory_bytes: 1000,
+                    ..Limits::default()
+                },
+                "memory",
+            ),
+            (
+                Limits {
+                    max_instances: 0,
+                    ..Limits::default()
+                },
+                "max_instances",
+            ),
+            (
+                Limits {
+                    recycle_after: 0,
+                    ..Limits::default()
+                },
+                "recycle_after",
+            ),
+            (
+                Limits {
+                    max_handles: 1,
+                    ..Limits::default()
+                },
+                "max_handles",
+            ),
+            (
+                Limits {
+                    queue_timeout: Duration::MAX,
+                    ..Limits::default()
+                },
+                "queue_timeout",
+            ),
+        ];
+        for (bad, field) in cases {
+            assert_eq!(limits(&bad).unwrap_err().field, field);
+        }
+        let bad_bus = BusOptions {
+            queue: 0,
+            ..BusOptions::default()
+        };
+        assert_eq!(bus(&bad_bus).unwrap_err().field, "queue");
+        let bad_engine = EngineOptions {
+            max_wasm_stack: 1,
+            ..EngineOptions::default()
+        };
+        assert_eq!(engine(&bad_engine).unwrap_err().field, "max_wasm_stack");
+    }
+
+    #[test]
+    fn limits_must_fit_the_pool() {
+        let small_pool = PoolingOptions {
+            total_instances: 4,
+            max_memory_bytes: 16 * MIB,
+        };
+        let err = limits_fit_pool(&Limits::default(), Some(&small_pool)).unwrap_err();
+        assert_eq!(err.field, "memory");
+        let many = Limits {
+            memory_bytes: 8 * MIB,
+            max_instances: 5,
+            ..Limits::default()
+        };
+        assert_eq!(
+            limits_fit_pool(&many, Some(&small_pool)).unwrap_err().field,
+            "max_instances"
+        );
+    }
+
+    #[test]
+    fn grants_refuse_what_cannot_be_passed_on() {
+        let mut env = Grants::default();
+        env.env.insert("A=B".into(), "x".into());
+        assert_eq!(grants(&env).unwrap_err().field, "env.A=B");
+        let mut nul = Grants::default();
+        nul.env.insert("A".into(), "x\0y".into());
+        assert!(grants(&nul).is_err());
+        let kv = Grants {
+            kv: Some(KvGrant {
+                max_key_bytes: 0,
+                ..KvGrant::new("ns")
+            }),
+            ..Grants::default()
+        };
+        assert_eq!(grants(&kv).unwrap_err().field, "kv.max_key");
+        let err = plugin(
+            &Limits {
+                fuel: Some(0),
+                ..Limits::default()
+            },
+            &Grants::default(),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "limits.fuel");
+    }
+}
