@@ -20,7 +20,7 @@ const VERIFY_MIB: f64 = 4.0;
 
 /// Runs the benchmarks and prints the summary.
 pub fn bench(workspace: &Workspace, peers: bool) -> Result<()> {
-    let built = plugins::build(workspace)?;
+    let built = plugins::build(workspace, plugins::Cli::WithTests)?;
     let criterion = workspace.target.join("criterion");
     let mut command = Command::new(cargo());
     command

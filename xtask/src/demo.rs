@@ -41,7 +41,7 @@ impl Step {
 
 /// Runs the demo.
 pub fn run(workspace: &Workspace) -> Result<()> {
-    let built = plugins::build(workspace)?;
+    let built = plugins::build(workspace, plugins::Cli::Alone)?;
     let capsule = built.capsule.clone();
     let demo_dir = workspace.target.join("demo");
     std::fs::create_dir_all(&demo_dir)?;
@@ -60,12 +60,14 @@ pub fn run(workspace: &Workspace) -> Result<()> {
         all.extend(args.iter().map(|a| (*a).to_owned()));
         all
     };
-    // Every hostile plugin attacks whatever operation it is asked for.
-    let hostile = |name: &str, limits: &[&str]| -> Vec<String> {
-        let mut args = vec!["--op", "run", "--input", "x", "--json"];
+    // Every hostile plugin attacks whatever operation it is asked for;
+    // some have several attacks, chosen by the operation.
+    let attack = |name: &str, op: &str, limits: &[&str]| -> Vec<String> {
+        let mut args = vec!["--op", op, "--input", "x", "--json"];
         args.extend_from_slice(limits);
         run(&plugin(name), &args)
     };
+    let hostile = |name: &str, limits: &[&str]| attack(name, "run", limits);
     let samples = SignatureSamples::write(&built, Path::new(&hello), &demo_dir)?;
     demo_setup::prepare_dirs(&demo_dir)?;
     demo_setup::start_http_server()?;
@@ -274,9 +276,21 @@ pub fn run(workspace: &Workspace) -> Result<()> {
             Expect::Refused("output_too_large"),
         ),
         Step::new(
-            "handle-flood opens handles it never closes: stopped at the handle limit",
+            "handle-flood opens handles it never closes: stopped at its handle budget",
             &hostile("handle-flood", &[]),
-            Expect::Refused("budget_exceeded"),
+            Expect::RefusedWith("budget_exceeded", "handles"),
+        ),
+        Step::new(
+            "handle-flood hands the host 100,000 header values that all alias one \
+             megabyte: stopped at its host-call budget, nothing copied",
+            &attack("handle-flood", "alias-fields", &[]),
+            Expect::RefusedWith("budget_exceeded", "host_call_bytes"),
+        ),
+        Step::new(
+            "amplifier answers with 200,000 metadata entries aliasing one megabyte: \
+             refused before the host copies them",
+            &attack("amplifier", "metadata-alias", &[]),
+            Expect::Refused("output_too_large"),
         ),
         Step::new(
             "slow-host-calls sleeps inside a host call: the outer timeout stops it",
@@ -296,7 +310,7 @@ pub fn run(workspace: &Workspace) -> Result<()> {
     // the library, as an embedder (or `capsule serve`) uses them.
     println!();
     println!("── the runtime: pipelines, events, reload, metrics (host/examples/runtime_tour.rs)");
-    // Built by `cargo test --workspace --no-run` in build-plugins.
+    // Built with the CLI by `plugins::build`.
     let tour = crate::shell::run(
         Command::new(
             workspace

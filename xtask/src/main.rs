@@ -62,10 +62,10 @@ fn main() -> Result<()> {
     let workspace = shell::Workspace::locate()?;
     match cli.command {
         Command::BuildPlugins => {
-            plugins::build(&workspace)?;
+            plugins::build(&workspace, plugins::Cli::WithTests)?;
         }
         Command::BuildComponentPlugins => {
-            let built = plugins::build(&workspace)?;
+            let built = plugins::build(&workspace, plugins::Cli::WithTests)?;
             component::build(&workspace, &built)?;
         }
         Command::Test { cargo_args } => test(&workspace, &cargo_args)?,
@@ -88,7 +88,7 @@ fn main() -> Result<()> {
 }
 
 fn test(workspace: &shell::Workspace, extra: &[String]) -> Result<()> {
-    let built = plugins::build(workspace)?;
+    let built = plugins::build(workspace, plugins::Cli::WithTests)?;
     component::build(workspace, &built)?;
     let mut args = vec!["test".to_owned(), "--workspace".to_owned()];
     args.extend(extra.iter().cloned());

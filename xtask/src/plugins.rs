@@ -27,8 +27,19 @@ pub struct Built {
     pub unsigned_hello: PathBuf,
 }
 
+/// How the `capsule` CLI that signs the plugins is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cli {
+    /// As `cargo test --workspace` builds it (with every test, so the test
+    /// run that follows compiles nothing twice).
+    WithTests,
+    /// Just the CLI and the runtime tour example: what the demo runs,
+    /// without waiting for the test suite to compile.
+    Alone,
+}
+
 /// Builds every plugin and copies the components into `target/plugins/`.
-pub fn build(workspace: &Workspace) -> Result<Built> {
+pub fn build(workspace: &Workspace, cli: Cli) -> Result<Built> {
     ensure_target(TARGET)?;
     check_sdk_wit(workspace)?;
     let crates = plugin_crates(&workspace.root).context("cannot list example plugins")?;
@@ -62,7 +73,18 @@ pub fn build(workspace: &Workspace) -> Result<Built> {
     // features the whole workspace (dev-dependencies included) unifies to.
     // Building just `capsule-host` would unify them differently, and the test
     // run would then compile wasmtime a second time.
-    workspace.cargo(&["test", "--workspace", "--no-run"])?;
+    match cli {
+        Cli::WithTests => workspace.cargo(&["test", "--workspace", "--no-run"])?,
+        Cli::Alone => workspace.cargo(&[
+            "build",
+            "-p",
+            "capsule-host",
+            "--bin",
+            "capsule",
+            "--example",
+            "runtime_tour",
+        ])?,
+    }
     let capsule = workspace
         .target
         .join("debug")
