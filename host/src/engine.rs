@@ -145,9 +145,9 @@ fn pooling_config(options: &PoolingOptions) -> PoolingAllocationConfig {
     // A Rust component is one core module plus a few adapter shims; leave room
     // for components built by other toolchains too.
     pool.total_component_instances(instances)
-        .total_core_instances(instances * 8)
-        .total_memories(instances * 2)
-        .total_tables(instances * 4)
+        .total_core_instances(instances * CORE_INSTANCES_PER_INSTANCE)
+        .total_memories(instances * MEMORIES_PER_INSTANCE)
+        .total_tables(instances * TABLES_PER_INSTANCE)
         .total_stacks(instances)
         .max_memory_size(usize::try_from(options.max_memory_bytes).unwrap_or(usize::MAX))
         // Resetting a slot with `madvise` makes the kernel flush the TLB of
@@ -162,6 +162,17 @@ fn pooling_config(options: &PoolingOptions) -> PoolingAllocationConfig {
         .decommit_batch_size(DECOMMIT_BATCH);
     pool
 }
+
+/// What one plugin instance may take of the pool. Every store is held to
+/// these (see `limits::MemoryLimiter`), so an instance of one plugin can
+/// never use up the share of others: a component that declares more fails
+/// with `budget_exceeded` (`component_parts`). A Rust component is one core
+/// module plus a few adapter shims, with one or two memories.
+pub(crate) const CORE_INSTANCES_PER_INSTANCE: u32 = 8;
+/// See [`CORE_INSTANCES_PER_INSTANCE`].
+pub(crate) const MEMORIES_PER_INSTANCE: u32 = 2;
+/// See [`CORE_INSTANCES_PER_INSTANCE`].
+pub(crate) const TABLES_PER_INSTANCE: u32 = 4;
 
 /// Bytes of each pooled linear memory reset in place instead of decommitted.
 const KEEP_RESIDENT_MEMORY: usize = 4 << 20;

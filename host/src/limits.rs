@@ -157,12 +157,13 @@ impl Default for Limits {
     }
 }
 
-/// Tables and instances a single store may create. Components from ordinary
-/// toolchains need a handful; the bound stops a crafted component from
-/// exhausting the host through sheer numbers.
-const MAX_INSTANCES_PER_STORE: usize = 64;
-const MAX_TABLES_PER_STORE: usize = 64;
-const MAX_MEMORIES_PER_STORE: usize = 16;
+/// Core instances, tables and memories a single store may create: one
+/// instance's share of the pool. Components from ordinary toolchains need a
+/// handful; the bound stops a crafted component from exhausting the host
+/// through sheer numbers, or taking other plugins' share of the pool.
+const MAX_INSTANCES_PER_STORE: usize = crate::engine::CORE_INSTANCES_PER_INSTANCE as usize;
+const MAX_TABLES_PER_STORE: usize = crate::engine::TABLES_PER_INSTANCE as usize;
+const MAX_MEMORIES_PER_STORE: usize = crate::engine::MEMORIES_PER_INSTANCE as usize;
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
 /// The typed error the limiter raises when a plugin asks for more memory than
@@ -381,7 +382,26 @@ pub(crate) fn classify(err: &wasmtime::Error, context: &FailureContext<'_>) -> C
             },
         };
     }
+    // Raised by a host function while the plugin's code was on the stack:
+    // the plugin misused a host interface (an empty poll list, a write past
+    // what `check-write` allowed, a handle it does not hold). Real host
+    // faults reach the plugin as error values, or happen outside its code.
+    if err.downcast_ref::<wasmtime::WasmBacktrace>().is_some() {
+        return CallFailure::Trap {
+            trap: "host_call_error".into(),
+            detail: Some(crate::text::for_log(&root_message(err), 512).into_owned()),
+        };
+    }
     CallFailure::Host(chain(err))
+}
+
+/// The innermost message of an error chain: what actually went wrong,
+/// without wasmtime's backtrace context.
+fn root_message(err: &wasmtime::Error) -> String {
+    err.chain()
+        .last()
+        .map(ToString::to_string)
+        .unwrap_or_default()
 }
 
 /// Budgets that wasmtime and wasmtime-wasi enforce with errors of private

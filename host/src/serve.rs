@@ -22,9 +22,11 @@
 //!
 //! Budgets of the server itself: at most `max_connections` connections at
 //! once (more wait in the kernel's backlog), request headers must arrive
-//! within `header_read_timeout` and a body within `body_timeout`, bodies are
-//! at most `max_body_bytes`, and shutdown takes at most `shutdown_deadline`
-//! in all.
+//! within `header_read_timeout` and a whole body within `body_timeout` (in
+//! total, however it trickles in), bodies are at most `max_body_bytes`, a
+//! response write that makes no progress for `write_timeout` drops the
+//! connection (a client that never reads cannot hold its place), and
+//! shutdown takes at most `shutdown_deadline` in all.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -56,8 +58,11 @@ pub struct ServeOptions {
     pub admin_token: Option<String>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
-    /// How long a client may take to send its request body.
+    /// How long a client may take to send its whole request body.
     pub body_timeout: Duration,
+    /// How long writing a response may make no progress (a client that
+    /// stopped reading) before the connection is dropped.
+    pub write_timeout: Duration,
     /// On shutdown, how long everything gets: in-flight requests, then the
     /// plugins' `shutdown` exports, together.
     pub shutdown_deadline: Duration,
@@ -80,6 +85,7 @@ impl Default for ServeOptions {
             admin_token: None,
             max_body_bytes: 1 << 20,
             body_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
             shutdown_deadline: Duration::from_secs(10),
             max_connections: 1024,
             header_read_timeout: Duration::from_secs(10),
@@ -125,10 +131,151 @@ pub fn router(host: Host, options: &ServeOptions) -> Router {
         .route("/v1/events/{topic}", post(publish))
         .route("/v1/dead-letters", get(dead_letters))
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-            options.body_timeout,
+        .layer(axum::middleware::from_fn_with_state(
+            BodyBudget {
+                max_bytes: options.max_body_bytes,
+                timeout: options.body_timeout,
+            },
+            read_body_in_time,
         ))
         .with_state(state)
+}
+
+/// How much of a request body is read, and for how long.
+#[derive(Debug, Clone, Copy)]
+struct BodyBudget {
+    max_bytes: usize,
+    timeout: Duration,
+}
+
+/// Reads the whole request body before any handler runs: at most
+/// `max_bytes`, within `timeout` in total. (A per-chunk timeout would let a
+/// client that sends one byte every few seconds hold its connection for
+/// ever.)
+async fn read_body_in_time(
+    State(budget): State<BodyBudget>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use http_body_util::BodyExt;
+    let (parts, body) = request.into_parts();
+    let limited = http_body_util::Limited::new(body, budget.max_bytes);
+    match tokio::time::timeout(budget.timeout, limited.collect()).await {
+        Ok(Ok(collected)) => {
+            let body = axum::body::Body::from(collected.to_bytes());
+            next.run(axum::extract::Request::from_parts(parts, body))
+                .await
+        }
+        Ok(Err(err))
+            if err
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorKind::InputTooLarge.as_str(),
+                "",
+                &format!("the request body is larger than {} bytes", budget.max_bytes),
+            )
+        }
+        Ok(Err(err)) => error_response(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "",
+            &format!("cannot read the request body: {err}"),
+        ),
+        Err(_elapsed) => error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            "",
+            &format!(
+                "the request body did not arrive within {:?}",
+                budget.timeout
+            ),
+        ),
+    }
+}
+
+/// A connection whose writes fail once one has made no progress for
+/// `timeout`: hyper has no write timeout of its own, and a client that
+/// stops reading would otherwise hold its connection (and the response
+/// buffered for it) for ever.
+struct WriteStallTimeout<S> {
+    inner: S,
+    timeout: Duration,
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteStallTimeout<S> {
+    fn new(inner: S, timeout: Duration) -> Self {
+        WriteStallTimeout {
+            inner,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// Called when a write is pending: fails once it has been pending for
+    /// the whole timeout.
+    fn check_stall(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Error> {
+        let timeout = self.timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            )),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteStallTimeout<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteStallTimeout<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match std::pin::Pin::new(&mut self.inner).poll_write(cx, buf) {
+            std::task::Poll::Pending => self.check_stall(cx).map(Err),
+            done => {
+                self.stalled = None;
+                done
+            }
+        }
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match std::pin::Pin::new(&mut self.inner).poll_flush(cx) {
+            std::task::Poll::Pending => self.check_stall(cx).map(Err),
+            done => {
+                self.stalled = None;
+                done
+            }
+        }
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Serves `host` until `shutdown` completes, then stops accepting, gives
@@ -187,6 +334,7 @@ pub async fn serve_on(
         builder
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(options.header_read_timeout);
+        let stream = WriteStallTimeout::new(stream, options.write_timeout);
         let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

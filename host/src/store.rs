@@ -117,9 +117,9 @@ pub(crate) fn new_store(
     // memory (a list of a million entries all pointing at the same megabyte
     // would otherwise be copied a million times).
     store.set_hostcall_fuel(limits.host_call_bytes());
-    // Handles in the component's own tables (resources it defines, borrows
-    // it lends): room for every WASI handle twice over.
-    store.set_max_component_handles(limits.max_handles.saturating_mul(2).max(64));
+    // Handles in the component's own tables (every WASI handle it holds,
+    // resources it defines, borrows it lends) share the same budget.
+    store.set_max_component_handles(limits.max_handles);
     refuel(&mut store, setup.limits);
     if setup.metering.epoch {
         // Every epoch tick, either stop a call that ran past its deadline or

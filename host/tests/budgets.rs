@@ -234,7 +234,14 @@ fn every_attack_is_contained_and_the_server_keeps_its_memory() {
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(letters.len() <= 1000, "dead letters are bounded");
+    // The fan-out filled its own queue: what did not fit became dead
+    // letters at once, or ended at the hop limit.
+    assert!(
+        letters.iter().any(|d| d["event"]["topic"] == "storm.fanout"
+            && (d["reason"].as_str().unwrap().contains("not queued")
+                || d["reason"].as_str().unwrap().contains("hop limit"))),
+        "{letters:?}"
+    );
     assert_hello_answers(&server, "the event storms");
     let peak = server.peak_memory();
     assert!(
@@ -274,13 +281,18 @@ config = {{ shutdown = "sleep" }}
 [plugins.sleep.limits]
 max_instances = {INSTANCES}
 recycle_after = 100
+[plugins.sleep-too]
+path = "{{plugins}}/stubborn-shutdown.wasm"
+[plugins.sleep-too.limits]
+max_instances = {INSTANCES}
+recycle_after = 100
 "#
         ),
     );
     let server = ServeProcess::start(&file, &["--shutdown-deadline", "1s"]);
     // Overlapping calls leave INSTANCES idle instances of each plugin.
     std::thread::scope(|scope| {
-        for plugin in ["spin", "sleep"] {
+        for plugin in ["spin", "sleep", "sleep-too"] {
             for _ in 0..INSTANCES {
                 let server = &server;
                 scope.spawn(move || {
@@ -299,12 +311,14 @@ recycle_after = 100
         .iter()
         .map(|p| p["live_instances"].as_u64().unwrap())
         .sum();
-    assert!(idle >= 4, "only {idle} idle instances: {listing}");
+    assert!(idle >= 6, "only {idle} idle instances: {listing}");
 
     let (code, took) = server.terminate();
     assert_eq!(code, Some(0), "SIGTERM is a clean shutdown");
+    // One deadline for every instance of every plugin, plus a margin for
+    // the process to exit; not a deadline per plugin or per instance.
     assert!(
-        took < Duration::from_millis(2500),
+        took < Duration::from_millis(1800),
         "stopping {idle} hanging instances took {took:?}, with a deadline of 1s"
     );
 }

@@ -11,7 +11,7 @@ use capsule_host::services::kv::KvGrant;
 use capsule_host::{Grants, Host, Limits, PluginSpec, RequestId};
 use capsule_tests::plugin_path;
 use capsule_tests::plugins::{
-    AMPLIFIER, HELLO, INGEST_ENRICH, INGEST_TRANSFORM, INGEST_VALIDATE, ORDER_AUDIT,
+    AMPLIFIER, HELLO, HUGE_OUTPUT, INGEST_ENRICH, INGEST_TRANSFORM, INGEST_VALIDATE, ORDER_AUDIT,
     SLOW_HOST_CALLS, SPIN_LOOP,
 };
 use reqwest::StatusCode;
@@ -42,6 +42,14 @@ impl Server {
             .unwrap();
         host.load(
             PluginSpec::from_path(plugin_path(HELLO)).config("api_token", "Top-secret-value"),
+        )
+        .await
+        .unwrap();
+        host.load(
+            PluginSpec::from_path(plugin_path(HUGE_OUTPUT)).limits(Limits {
+                max_response_bytes: 32 << 20,
+                ..Limits::default()
+            }),
         )
         .await
         .unwrap();
@@ -607,9 +615,10 @@ async fn the_plugin_listing_shows_config_values_only_to_the_admin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_cannot_exhaust_the_server() {
     use tokio::io::AsyncWriteExt;
+    let header_timeout = Duration::from_millis(300);
     let server = Server::start_with(ServeOptions {
         max_connections: 4,
-        header_read_timeout: Duration::from_millis(300),
+        header_read_timeout: header_timeout,
         ..ServeOptions::default()
     })
     .await;
@@ -622,8 +631,8 @@ async fn silent_connections_cannot_exhaust_the_server() {
         stream.write_all(b"POST /v1/plugins/hel").await.unwrap();
         silent.push(stream);
     }
-    // A real client still gets its answer: the silent ones are cut off at
-    // the header timeout, which frees their places.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = std::time::Instant::now();
     let response = tokio::time::timeout(
         Duration::from_secs(10),
         server.post("/v1/plugins/hello/call?op=greet", r#"{"name":"Ada"}"#),
@@ -631,6 +640,69 @@ async fn silent_connections_cannot_exhaust_the_server() {
     .await
     .expect("the server answered");
     assert_eq!(response.status(), StatusCode::OK);
+    // It waited for a place: the silent clients held every one of them
+    // until the header timeout cut them off.
+    assert!(
+        started.elapsed() >= header_timeout / 2,
+        "answered after {:?}: the connection limit did not hold",
+        started.elapsed()
+    );
     drop(silent);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickled_bodies_and_unread_responses_cannot_hold_a_connection() {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start_with(ServeOptions {
+        max_connections: 1,
+        body_timeout: Duration::from_millis(500),
+        write_timeout: Duration::from_millis(500),
+        ..ServeOptions::default()
+    })
+    .await;
+    let address = server.base.trim_start_matches("http://").to_owned();
+    // A body that trickles in, a byte at a time: cut off after the body
+    // timeout in total, however often a byte arrives.
+    let mut trickle = tokio::net::TcpStream::connect(&address).await.unwrap();
+    trickle
+        .write_all(b"POST /v1/plugins/hello/call?op=greet HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut cut_off = false;
+    while started.elapsed() < Duration::from_secs(5) {
+        if trickle.write_all(b" ").await.is_err() {
+            cut_off = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut answer = String::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::io::AsyncReadExt::read_to_string(&mut trickle, &mut answer),
+    )
+    .await;
+    assert!(
+        cut_off || answer.contains("408"),
+        "a trickled body kept its connection: {answer}"
+    );
+    drop(trickle);
+    // A client that asks for 16 MiB and never reads: the stalled write drops
+    // it, and the only place is free again.
+    let mut unread = tokio::net::TcpStream::connect(&address).await.unwrap();
+    unread
+        .write_all(b"POST /v1/plugins/huge-output/call?op=big HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let response = tokio::time::timeout(
+        Duration::from_secs(10),
+        server.post("/v1/plugins/hello/call?op=greet", r#"{"name":"Ada"}"#),
+    )
+    .await
+    .expect("the unread response did not hold the only connection");
+    assert_eq!(response.status(), StatusCode::OK);
+    drop(unread);
     server.stop().await.unwrap();
 }

@@ -12,7 +12,7 @@
 //! a plugin out. A reload closes the circuit.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::ErrorKind;
@@ -40,6 +40,11 @@ pub(crate) struct CircuitBreaker {
     /// Whether the state is `Closed { failures: 0 }`: the common case, which
     /// admits and records successes without taking the lock.
     healthy: AtomicBool,
+    /// Changes (under the lock) whenever the circuit opens or a probe is
+    /// let through. A ticket from an earlier epoch reports nothing: a call
+    /// admitted before the circuit opened, or a probe that was given up on,
+    /// cannot close or reopen it.
+    epoch: AtomicU64,
 }
 
 /// Whether a call may go ahead.
@@ -58,6 +63,7 @@ pub(crate) enum Admission<'a> {
 pub(crate) struct Ticket<'a> {
     breaker: &'a CircuitBreaker,
     probe: bool,
+    epoch: u64,
 }
 
 impl Ticket<'_> {
@@ -81,14 +87,15 @@ impl Ticket<'_> {
         clock: impl FnOnce() -> Instant,
     ) {
         self.probe = false;
-        self.breaker.record_at(outcome, threshold, cooldown, clock);
+        self.breaker
+            .record_at(self.epoch, outcome, threshold, cooldown, clock);
     }
 }
 
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         if self.probe {
-            self.breaker.abandon_probe(Instant::now());
+            self.breaker.abandon_probe(self.epoch, Instant::now());
         }
     }
 }
@@ -113,6 +120,7 @@ impl Default for CircuitBreaker {
         CircuitBreaker {
             state: Mutex::new(State::Closed { failures: 0 }),
             healthy: AtomicBool::new(true),
+            epoch: AtomicU64::new(0),
         }
     }
 }
@@ -131,46 +139,49 @@ impl CircuitBreaker {
     /// [`Self::admit`] with a clock that is read only when the circuit is
     /// not closed (the hot path reads no clock).
     fn admit_at(&self, cooldown: Duration, clock: impl FnOnce() -> Instant) -> Admission<'_> {
-        let pass = |probe| {
+        let pass = |probe, epoch| {
             Admission::Admit(Ticket {
                 breaker: self,
                 probe,
+                epoch,
             })
         };
         if self.healthy.load(Ordering::Acquire) {
-            return pass(false);
+            return pass(false, self.epoch.load(Ordering::Acquire));
         }
         let mut state = self.lock();
         if let State::Closed { .. } = *state {
-            return pass(false);
+            return pass(false, self.epoch.load(Ordering::Acquire));
         }
         let now = clock();
+        let probe = |state: &mut State| {
+            *state = State::HalfOpen { since: now };
+            pass(true, self.epoch.fetch_add(1, Ordering::AcqRel) + 1)
+        };
         match *state {
-            State::Closed { .. } => pass(false),
-            State::Open { until } if now >= until => {
-                *state = State::HalfOpen { since: now };
-                pass(true)
-            }
+            State::Closed { .. } => pass(false, self.epoch.load(Ordering::Acquire)),
+            State::Open { until } if now >= until => probe(&mut state),
             State::Open { until } => Admission::Refuse(until - now),
             // The probe never reported within a cooldown: let another try.
-            State::HalfOpen { since } if now >= since + cooldown => {
-                *state = State::HalfOpen { since: now };
-                pass(true)
-            }
+            State::HalfOpen { since } if now >= since + cooldown => probe(&mut state),
             State::HalfOpen { since } => Admission::Refuse(since + cooldown - now),
         }
     }
 
-    /// A probe went away without reporting: the next call probes.
-    fn abandon_probe(&self, now: Instant) {
+    /// A probe went away without reporting: the next call probes (unless
+    /// another probe has been let through since).
+    fn abandon_probe(&self, epoch: u64, now: Instant) {
         let mut state = self.lock();
-        if let State::HalfOpen { .. } = *state {
+        if let State::HalfOpen { .. } = *state
+            && self.epoch.load(Ordering::Acquire) == epoch
+        {
             *state = State::Open { until: now };
         }
     }
 
     fn record_at(
         &self,
+        epoch: u64,
         outcome: Result<(), ErrorKind>,
         threshold: u32,
         cooldown: Duration,
@@ -183,6 +194,10 @@ impl CircuitBreaker {
         if outcome.is_ok() && *state == (State::Closed { failures: 0 }) {
             return;
         }
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            // Admitted before the circuit last opened or probed: stale.
+            return;
+        }
         let now = clock();
         let unhealthy = matches!(outcome, Err(kind) if counts_as_failure(kind));
         let neutral = matches!(outcome, Err(kind) if !counts_as_failure(kind));
@@ -192,12 +207,18 @@ impl CircuitBreaker {
             // ended neutrally proved the plugin runs: close.
             (State::HalfOpen { .. }, _, true) => State::Closed { failures: 0 },
             (current, _, true) => current,
-            (State::HalfOpen { .. }, true, _) => State::Open {
-                until: now + cooldown,
-            },
-            (State::Closed { failures }, true, _) if failures + 1 >= threshold => State::Open {
-                until: now + cooldown,
-            },
+            (State::HalfOpen { .. }, true, _) => {
+                self.epoch.fetch_add(1, Ordering::AcqRel);
+                State::Open {
+                    until: now + cooldown,
+                }
+            }
+            (State::Closed { failures }, true, _) if failures + 1 >= threshold => {
+                self.epoch.fetch_add(1, Ordering::AcqRel);
+                State::Open {
+                    until: now + cooldown,
+                }
+            }
             (State::Closed { failures }, true, _) => State::Closed {
                 failures: failures + 1,
             },
@@ -210,7 +231,9 @@ impl CircuitBreaker {
 
     /// Closes the circuit: a new version of the plugin starts healthy.
     pub(crate) fn reset(&self) {
-        *self.lock() = State::Closed { failures: 0 };
+        let mut state = self.lock();
+        *state = State::Closed { failures: 0 };
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         self.healthy.store(true, Ordering::Release);
     }
 
@@ -328,5 +351,31 @@ mod tests {
         breaker.reset();
         assert!(!breaker.is_open());
         assert!(!ticket(admit(&breaker, t0)).is_probe());
+    }
+
+    #[test]
+    fn stale_tickets_cannot_close_or_reopen_the_circuit() {
+        let breaker = CircuitBreaker::default();
+        let t0 = Instant::now();
+        // A long call admitted while the circuit was closed...
+        let early = ticket(admit(&breaker, t0));
+        ticket(admit(&breaker, t0)).record_at(Err(ErrorKind::Trap), 1, COOLDOWN, || t0);
+        assert!(breaker.is_open());
+        // ...succeeds after it opened: that does not close it.
+        early.record_at(Ok(()), 1, COOLDOWN, || t0);
+        assert!(breaker.is_open());
+
+        // A probe outlives its cooldown; a second probe is let through, then
+        // the first one's caller goes away: the second keeps its place.
+        let first = ticket(admit(&breaker, t0 + COOLDOWN));
+        let second = ticket(admit(&breaker, t0 + COOLDOWN * 2));
+        assert!(first.is_probe() && second.is_probe());
+        drop(first);
+        assert!(matches!(
+            admit(&breaker, t0 + COOLDOWN * 2),
+            Admission::Refuse(_)
+        ));
+        second.record_at(Ok(()), 1, COOLDOWN, || t0 + COOLDOWN * 2);
+        assert!(!breaker.is_open());
     }
 }

@@ -10,9 +10,9 @@
 //! events and bytes, and events parked for a retry keep their place in it;
 //! an event carries a hop count, so a chain of plugins reacting to each
 //! other's events ends in a dead letter after `max_hops`; a plugin's
-//! `retry-after` is clamped to `max_retry_delay`; publishing caused by a
-//! call waits for room no longer than that call's deadline, and never on the
-//! publisher's own queue; dead letters are bounded in count and bytes, with
+//! `retry-after` is clamped to `max_retry_delay`; publishing that a plugin
+//! causes never waits for room (a slow subscriber must not slow its
+//! publishers down): what does not fit is a dead letter; dead letters are bounded in count and bytes, with
 //! their reasons truncated, and the host log shows only a bounded number of
 //! them per second.
 
@@ -36,8 +36,7 @@ pub struct BusOptions {
     pub queue_bytes: usize,
     /// How long the embedder's [`crate::Host::publish`] waits for room in a
     /// full queue before the event becomes a dead letter for that
-    /// subscriber. Publishing a plugin causes waits no longer than the
-    /// plugin's call.
+    /// subscriber. Publishing a plugin causes never waits.
     pub queue_timeout: Duration,
     /// Deliveries of one event to one plugin (retries included) before it
     /// becomes a dead letter.
@@ -236,8 +235,13 @@ impl Bus {
     }
 
     /// Hands `event` to every matching embedder subscription, waiting for
-    /// room until `deadline`; returns how many took it.
-    pub(crate) async fn deliver_external(&self, event: &BusEvent, deadline: Instant) -> usize {
+    /// room until `deadline` (not at all without one); returns how many
+    /// took it.
+    pub(crate) async fn deliver_external(
+        &self,
+        event: &BusEvent,
+        deadline: Option<Instant>,
+    ) -> usize {
         let targets: Vec<(String, Arc<BoundedQueue<BusEvent>>)> = {
             let mut external = self.external.lock().unwrap_or_else(|p| p.into_inner());
             external.retain(|sub| sub.alive.strong_count() > 0);
@@ -249,10 +253,15 @@ impl Bus {
         };
         let mut delivered = 0;
         for (pattern, queue) in targets {
-            match queue
-                .push_until(event.clone(), event.cost(), deadline)
-                .await
-            {
+            let queued = match deadline {
+                Some(deadline) => {
+                    queue
+                        .push_until(event.clone(), event.cost(), deadline)
+                        .await
+                }
+                None => queue.try_push(event.clone(), event.cost()),
+            };
+            match queued {
                 Ok(()) => delivered += 1,
                 Err(refused) => {
                     let (count, bytes) = queue.capacity();

@@ -42,7 +42,6 @@ impl Host {
         };
         // The request is kept for the middleware's `after`/`on-error` hooks
         // only when there are hooks to run.
-        let deadline = slot.current().deadline_from(Instant::now());
         let (result, kept) = if self.inner.middleware.is_empty() {
             (self.call_slot(&slot, request).await, None)
         } else {
@@ -76,10 +75,7 @@ impl Host {
                         middleware.after(plugin, request, &mut outcome);
                     }
                 }
-                let publisher = Publisher::Plugin {
-                    name: plugin,
-                    deadline,
-                };
+                let publisher = Publisher::Plugin;
                 for event in &outcome.events {
                     let event = BusEvent {
                         topic: event.topic.clone(),

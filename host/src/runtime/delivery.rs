@@ -18,14 +18,16 @@ use crate::services::events::{TopicPattern, validate_topic};
 /// The source name of events the embedder publishes.
 const HOST_SOURCE: &str = "host";
 
-/// Who is publishing, which decides how long publishing may wait for room.
+/// Who is publishing, which decides whether publishing may wait for room.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Publisher<'a> {
-    /// The embedder: waits up to the bus's `queue_timeout` per subscriber.
+pub(crate) enum Publisher {
+    /// The embedder: waits up to the bus's `queue_timeout` per subscriber
+    /// (back-pressure is the embedder's choice).
     Host,
-    /// A plugin, during a call or an event delivery that must be done by
-    /// `deadline`: waits no longer than that, and never on its own queue.
-    Plugin { name: &'a str, deadline: Instant },
+    /// A plugin's call or event delivery: never waits. A slow subscriber
+    /// must not slow down its publishers' calls, nor a delivery worker wait
+    /// on its own queue; what does not fit now is a dead letter.
+    Plugin,
 }
 
 impl Host {
@@ -62,7 +64,7 @@ impl Host {
     /// Puts an event on the bus: into the queue of every plugin whose
     /// current grant lets it receive the topic, and to embedder subscribers.
     /// An event past the hop limit becomes a dead letter instead.
-    pub(crate) async fn publish_event(&self, event: BusEvent, publisher: Publisher<'_>) -> usize {
+    pub(crate) async fn publish_event(&self, event: BusEvent, publisher: Publisher) -> usize {
         let bus = &self.inner.bus;
         if event.hops > bus.options.max_hops {
             self.inner.metrics.event(&event.source, "dead_letter");
@@ -79,8 +81,8 @@ impl Host {
             return 0;
         }
         let deadline = match publisher {
-            Publisher::Host => Instant::now() + bus.options.queue_timeout,
-            Publisher::Plugin { deadline, .. } => deadline,
+            Publisher::Host => Some(Instant::now() + bus.options.queue_timeout),
+            Publisher::Plugin => None,
         };
         let cost = event.cost();
         let mut delivered = 0;
@@ -88,13 +90,9 @@ impl Host {
             if !slot.current().grants.events.may_receive(&event.topic) {
                 continue;
             }
-            let own = matches!(publisher, Publisher::Plugin { name, .. } if name == &*slot.name);
-            // A plugin's delivery worker is the only reader of its queue:
-            // waiting there for room would wait on itself.
-            let queued = if own {
-                slot.queue.try_push(event.clone(), cost)
-            } else {
-                slot.queue.push_until(event.clone(), cost, deadline).await
+            let queued = match deadline {
+                Some(deadline) => slot.queue.push_until(event.clone(), cost, deadline).await,
+                None => slot.queue.try_push(event.clone(), cost),
             };
             match queued {
                 Ok(()) => delivered += 1,
@@ -144,6 +142,10 @@ async fn deliver_loop(host: Weak<HostInner>, name: Arc<str>, mut receiver: Recei
         };
         let Some(delivery) = delivery else { continue };
         let Some(inner) = host.upgrade() else { return };
+        if inner.stopped.load(Ordering::Acquire) {
+            // Shut down: queued events go with the host.
+            return;
+        }
         let host = Host { inner };
         let Some(slot) = host.slot(&name) else { return };
         if let Some((at, retry)) = host.deliver_one(&slot, delivery).await {
@@ -183,6 +185,9 @@ impl Host {
         }
         // A paused plugin keeps its events until it is resumed.
         while slot.paused.load(Ordering::Acquire) {
+            if self.inner.stopped.load(Ordering::Acquire) {
+                return None;
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
             // Unloaded while paused: the event goes with it.
             self.slot(&name)?;
@@ -199,10 +204,7 @@ impl Host {
         let delivered = plugin.deliver(event).await;
         // What this plugin publishes in reaction is one hop further along.
         let hops = delivery.event.hops.saturating_add(1);
-        let publisher = Publisher::Plugin {
-            name: &name,
-            deadline: delivered.deadline,
-        };
+        let publisher = Publisher::Plugin;
         match delivered.outcome {
             Ok(EventOutcome::Ack) => {
                 self.inner.metrics.event(&name, "ack");

@@ -20,7 +20,7 @@ use crate::engine::Metering;
 use crate::error::{CallFailure, LoadError, LoadFailure, OutputStream, chain};
 use crate::input::{self, MAX_COMPONENT_BYTES, MAX_SIGNATURE_BYTES, ReadError};
 use crate::limits::{Limits, MAX_DESCRIBE_BYTES};
-use crate::runtime::plugin::{Invocation, LoadedPlugin, PluginDetails, Returned};
+use crate::runtime::plugin::{IdleInstances, Invocation, LoadedPlugin, PluginDetails, Returned};
 use crate::runtime::spec::{PluginSource, PluginSpec, validate_name};
 use crate::services::PreparedGrants;
 use crate::services::kv::KvStore;
@@ -50,6 +50,8 @@ pub(crate) struct LoadContext<'a> {
     pub(crate) cache: Option<&'a CompileCache>,
     pub(crate) kv_store: &'a Arc<KvStore>,
     pub(crate) metering: Metering,
+    /// Every plugin's idle instances, freed when the pool runs out.
+    pub(crate) pool_mates: &'a Arc<IdleInstances>,
 }
 
 /// Which signatures the host accepts.
@@ -148,6 +150,7 @@ pub(crate) async fn load(
         details,
         grants,
         context.metering,
+        Arc::clone(context.pool_mates),
     );
     let invoked = plugin.run(Invocation::Describe).await;
     match invoked.result {
@@ -163,7 +166,9 @@ pub(crate) async fn load(
         Ok(_) => unreachable!("a describe invocation returns plugin info"),
         Err(failure) => return Err(fail(LoadFailure::InitFailed(Box::new(failure)))),
     }
-    Ok(Arc::new(plugin))
+    let plugin = Arc::new(plugin);
+    context.pool_mates.register(&plugin);
+    Ok(plugin)
 }
 
 /// What can be known about a plugin from its bytes, without compiling it.

@@ -242,6 +242,8 @@ impl HostBuilder {
                 middleware: self.middleware,
                 metrics: Metrics::default(),
                 bus: Bus::new(self.bus),
+                pool_mates: Arc::default(),
+                stopped: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -273,6 +275,11 @@ struct HostInner {
     middleware: Vec<Arc<dyn Middleware>>,
     metrics: Metrics,
     bus: Bus,
+    /// Every plugin's idle instances, freed when the instance pool runs out.
+    pool_mates: Arc<plugin::IdleInstances>,
+    /// Set by [`Host::shutdown`]: delivery workers stop, so that nothing
+    /// keeps the host (its engine and pool) alive after it.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Host {
@@ -348,6 +355,7 @@ impl Host {
             cache: self.inner.cache.as_ref(),
             kv_store: &self.inner.kv_store,
             metering: self.inner.metering,
+            pool_mates: &self.inner.pool_mates,
         };
         if spec.grants.kv.is_some() && !self.inner.persistent_kv {
             tracing::warn!(

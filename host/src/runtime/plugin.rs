@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::{Semaphore, SemaphorePermit};
-use wasmtime::{Engine, Store};
+use wasmtime::{Engine, PoolConcurrencyLimitError, Store};
 
 use crate::artifact::ComponentSummary;
 use crate::contract::{
     Event, EventOutcome, PluginBindings, PluginError, PluginInfo, PluginPre, Request, Response,
 };
 use crate::engine::Metering;
-use crate::error::{Budget, CallError, CallFailure, OutputStream};
+use crate::error::{CallError, CallFailure, OutputStream};
 use crate::limits::{FailureContext, Limits, MAX_DESCRIBE_BYTES, classify};
 use crate::services::events::PublishedEvent;
 use crate::services::log::{LogRecord, LogSink};
@@ -116,9 +116,6 @@ pub(crate) struct Delivered {
     pub(crate) outcome: Result<EventOutcome, CallFailure>,
     /// What the plugin published during the delivery.
     pub(crate) published: Vec<PublishedEvent>,
-    /// When the delivery's budget ends: publishing what it caused waits no
-    /// longer than this.
-    pub(crate) deadline: Instant,
 }
 
 /// One live instance: its store, its exports, its log sink and how many
@@ -160,15 +157,11 @@ enum SetupError {
 
 impl Instance {
     /// Resets the per-call state: fuel, deadline, log budget, event list,
-    /// HTTP request count, and the bytes a host call may hand the host
-    /// (`describe` gets only what a description may hold).
-    fn prepare(&mut self, limits: &Limits, deadline: Instant, invocation: &Invocation) {
+    /// HTTP request count, and the bytes a host call may hand the host.
+    fn prepare(&mut self, limits: &Limits, deadline: Instant) {
         refuel(&mut self.store, limits);
         arm_deadline(&mut self.store);
-        self.store.set_hostcall_fuel(match invocation {
-            Invocation::Describe => MAX_DESCRIBE_BYTES + HOST_CALL_FRAMING,
-            _ => limits.host_call_bytes(),
-        });
+        self.store.set_hostcall_fuel(limits.host_call_bytes());
         let state = self.store.data_mut();
         state.deadline = deadline;
         state.events.published.clear();
@@ -192,10 +185,6 @@ impl Instance {
     }
 }
 
-/// Room for the record and list headers of a description on top of its
-/// bytes.
-const HOST_CALL_FRAMING: usize = 1024;
-
 /// A compiled, linked, described plugin version ready to serve calls.
 pub(crate) struct LoadedPlugin {
     pub(crate) name: Arc<str>,
@@ -211,6 +200,43 @@ pub(crate) struct LoadedPlugin {
     /// Set once a newer version replaced this one or the plugin is shutting
     /// down: instances are no longer kept for reuse.
     retired: AtomicBool,
+    /// Every plugin of the host, to free their idle instances when the pool
+    /// runs out.
+    pool_mates: Arc<IdleInstances>,
+}
+
+/// The idle instances of every loaded plugin version. Idle instances are a
+/// cache: when the instance pool is exhausted, they are all dropped to make
+/// room, so that no plugin's warm instances keep another plugin from
+/// running.
+#[derive(Default)]
+pub(crate) struct IdleInstances {
+    plugins: Mutex<Vec<std::sync::Weak<LoadedPlugin>>>,
+}
+
+impl IdleInstances {
+    pub(crate) fn register(&self, plugin: &Arc<LoadedPlugin>) {
+        let mut plugins = self.plugins.lock().unwrap_or_else(|p| p.into_inner());
+        plugins.retain(|weak| weak.strong_count() > 0);
+        plugins.push(Arc::downgrade(plugin));
+    }
+
+    /// Drops every idle instance of every plugin; returns how many.
+    fn release_all(&self) -> usize {
+        let plugins: Vec<Arc<LoadedPlugin>> = self
+            .plugins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect();
+        plugins
+            .iter()
+            .map(|plugin| {
+                std::mem::take(&mut *plugin.idle.lock().unwrap_or_else(|p| p.into_inner())).len()
+            })
+            .sum()
+    }
 }
 
 impl LoadedPlugin {
@@ -220,6 +246,7 @@ impl LoadedPlugin {
         details: PluginDetails,
         grants: Arc<PreparedGrants>,
         metering: Metering,
+        pool_mates: Arc<IdleInstances>,
     ) -> LoadedPlugin {
         LoadedPlugin {
             metering,
@@ -230,6 +257,7 @@ impl LoadedPlugin {
             idle: Mutex::new(Vec::new()),
             live: Arc::new(AtomicUsize::new(0)),
             retired: AtomicBool::new(false),
+            pool_mates,
             engine,
             pre,
             details,
@@ -313,24 +341,14 @@ impl LoadedPlugin {
         CallFailure::Plugin(error)
     }
 
-    /// The latest a call admitted now can end: its wait for an instance
-    /// plus its own timeout. What the call causes afterwards (publishing its
-    /// events) waits no longer than this.
-    pub(crate) fn deadline_from(&self, admitted: Instant) -> Instant {
-        let limits = self.limits();
-        admitted + limits.queue_timeout + limits.timeout
-    }
-
     /// Delivers one event to `on-event`, under the same limits as a call.
     pub(crate) async fn deliver(&self, event: Event) -> Delivered {
-        let deadline = self.deadline_from(Instant::now());
         let _slot = match self.admit().await {
             Ok(slot) => slot,
             Err(failure) => {
                 return Delivered {
                     outcome: Err(failure),
                     published: Vec::new(),
-                    deadline,
                 };
             }
         };
@@ -344,7 +362,6 @@ impl LoadedPlugin {
         Delivered {
             outcome,
             published: invoked.events,
-            deadline,
         }
     }
 
@@ -400,13 +417,15 @@ impl LoadedPlugin {
     /// Keeps a healthy instance for the next call, unless it has served its
     /// `recycle_after` calls or this version is retired.
     fn recycle(&self, instance: Instance) {
-        if instance.calls >= self.limits().recycle_after || self.retired.load(Ordering::Acquire) {
+        if instance.calls >= self.limits().recycle_after {
             return;
         }
-        self.idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(instance);
+        // `retired` is read under the lock `retire` empties the list under,
+        // so no instance is kept after the list was emptied for good.
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.retired.load(Ordering::Acquire) {
+            idle.push(instance);
+        }
     }
 
     /// A new instance: a store under the plugin's limits and grants,
@@ -469,9 +488,19 @@ impl LoadedPlugin {
         let work = async {
             let mut instance = match pooled {
                 Some(instance) => instance,
-                None => self.instantiate(&sink, deadline).await?,
+                None => match self.instantiate(&sink, deadline).await {
+                    // The pool is full: other plugins' idle instances make
+                    // room before this call is refused as busy.
+                    Err(SetupError::Wasm(err))
+                        if err.downcast_ref::<PoolConcurrencyLimitError>().is_some()
+                            && self.pool_mates.release_all() > 0 =>
+                    {
+                        self.instantiate(&sink, deadline).await?
+                    }
+                    other => other?,
+                },
             };
-            instance.prepare(limits, deadline, &invocation);
+            instance.prepare(limits, deadline);
             let result = instance.invoke(invocation).await;
             Ok::<_, SetupError>((instance, result))
         };
@@ -501,18 +530,6 @@ impl LoadedPlugin {
                 None,
                 Vec::new(),
             ),
-        };
-        // During `describe` the bytes handed to the host are the
-        // description: running out of them means it was too large.
-        let result = match result {
-            Err(CallFailure::BudgetExceeded {
-                budget: Budget::HostCallBytes,
-                ..
-            }) if describe => Err(CallFailure::OutputTooLarge {
-                stream: OutputStream::Describe,
-                limit: MAX_DESCRIBE_BYTES,
-            }),
-            other => other,
         };
         // Compiled code keeps its fuel counter in a register and does not
         // write it back when interrupted, so after a trap the store's counter
@@ -560,8 +577,11 @@ impl LoadedPlugin {
     /// a moment to collect the tasks), however the plugin's `shutdown`
     /// behaves.
     pub(crate) async fn retire(&self, until: Instant) {
-        self.retired.store(true, Ordering::Release);
-        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
+        let idle = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            self.retired.store(true, Ordering::Release);
+            std::mem::take(&mut *idle)
+        };
         if idle.is_empty() {
             return;
         }

@@ -243,6 +243,7 @@ impl Host {
     /// `shutdown` at once, bounded by what is left of the same deadline.
     pub async fn shutdown(&self, deadline: Duration) {
         let until = std::time::Instant::now() + deadline;
+        self.inner.stopped.store(true, Ordering::Release);
         let slots = self.slots();
         for slot in &slots {
             slot.paused.store(true, Ordering::Release);

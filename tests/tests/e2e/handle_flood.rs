@@ -55,6 +55,21 @@ async fn unsent_request_bodies_stop_at_the_handle_budget() {
     stopped_by("bodies", Budget::Handles, tight_limits()).await;
 }
 
+/// Misusing a host interface is the plugin's fault: a trap, not `host`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misusing_an_interface_is_a_trap_not_a_host_fault() {
+    let limits = tight_limits();
+    let host = host_with(HANDLE_FLOOD, limits.clone()).await;
+    for op in ["empty-poll", "body-overwrite"] {
+        let (err, _) =
+            assert_contained(&host, HANDLE_FLOOD, op, ErrorKind::Trap, limits.timeout).await;
+        assert!(
+            matches!(&err.cause, CallFailure::Trap { trap, .. } if trap == "host_call_error"),
+            "{op}: {err}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gigabyte_of_randomness_is_refused() {
     stopped_by("random", Budget::RandomBytes, tight_limits()).await;

@@ -460,3 +460,47 @@ async fn a_memory_limit_larger_than_the_pool_is_refused_at_load() {
     .unwrap();
     host.call(HELLO, greet("Ada")).await.unwrap();
 }
+
+/// Idle instances are a cache: one plugin's warm instances filling the
+/// instance pool must not make another plugin busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_plugins_idle_instances_do_not_keep_another_from_running() {
+    use capsule_host::{EngineOptions, Limits, PoolingOptions};
+    let limits = Limits {
+        max_instances: 4,
+        recycle_after: 100,
+        ..Limits::default()
+    };
+    let host = host_builder()
+        .engine_options(EngineOptions {
+            pooling: Some(PoolingOptions {
+                total_instances: 4,
+                max_memory_bytes: 64 << 20,
+            }),
+            ..EngineOptions::default()
+        })
+        .default_limits(limits)
+        .build()
+        .unwrap();
+    let napper = capsule_tests::plugins::STUBBORN_SHUTDOWN;
+    host.load(PluginSpec::from_path(plugin_path(napper)))
+        .await
+        .unwrap();
+    // Four overlapping calls leave four idle instances: the whole pool.
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let host = host.clone();
+            tokio::spawn(async move { host.call(napper, Request::new("nap", "300")).await })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    assert_eq!(host.status(napper).unwrap().live_instances, 4);
+    // Loading and calling another plugin needs a slot: the idle ones make
+    // room instead of the call failing as busy.
+    host.load(PluginSpec::from_path(plugin_path(HELLO)))
+        .await
+        .unwrap();
+    host.call(HELLO, greet("Ada")).await.unwrap();
+}

@@ -12,7 +12,13 @@
 //! - `random`: asks `wasi:random` for a gigabyte;
 //! - `alias-fields`: one `fields.from-list` call whose hundred thousand
 //!   entries all point at the same megabyte of this plugin's memory, so that
-//!   copying them would cost the host a hundred gigabytes.
+//!   copying them would cost the host a hundred gigabytes;
+//! - `empty-poll`: `wasi:io/poll.poll` with nothing to wait for;
+//! - `body-overwrite`: writes 64 KiB into an outgoing body without asking
+//!   `check-write` how much it may write.
+//!
+//! The last two are the plugin misusing an interface: a trap, never a host
+//! fault.
 
 use capsule_guest::{Plugin, PluginError, Request, Response, export_plugin};
 use wasi::http::types::{Fields, OutgoingBody, OutgoingRequest};
@@ -29,6 +35,21 @@ impl Plugin for HandleFlood {
                 Ok(Response::bytes(bytes.len().to_string()))
             }
             "alias-fields" => alias_fields(),
+            "empty-poll" => {
+                let ready = wasi::io::poll::poll(&[]);
+                Ok(Response::bytes(format!("{ready:?}")))
+            }
+            "body-overwrite" => {
+                let request = OutgoingRequest::new(Fields::new());
+                let body = request
+                    .body()
+                    .map_err(|()| PluginError::failed("no body"))?;
+                let stream = body
+                    .write()
+                    .map_err(|()| PluginError::failed("no stream"))?;
+                let result = stream.write(&[0u8; 64 << 10]);
+                Ok(Response::bytes(format!("{result:?}")))
+            }
             _ => pollables(),
         }
     }
