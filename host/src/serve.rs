@@ -450,11 +450,26 @@ fn error_response(status: StatusCode, kind: &str, plugin: &str, message: &str) -
 }
 
 fn call_error(err: &CallError) -> Response {
+    // A host fault's message can name host paths or internals: the server's
+    // log gets it, the (possibly unauthenticated) caller does not.
+    let message = if let CallFailure::Host(_) = err.cause {
+        tracing::error!(
+            plugin = %crate::text::log_field(&err.plugin),
+            error = %crate::text::log_field(&err.to_string()),
+            "host fault during a call"
+        );
+        format!(
+            "plugin `{}`: the host failed; its log has the details",
+            err.plugin
+        )
+    } else {
+        err.to_string()
+    };
     let mut response = error_response(
         status_for(&err.cause),
         err.kind().as_str(),
         &err.plugin,
-        &err.to_string(),
+        &message,
     );
     if let CallFailure::CircuitOpen { retry_in } = err.cause {
         let seconds = retry_in.as_secs().max(1).to_string();

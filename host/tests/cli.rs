@@ -642,8 +642,6 @@ kv = { namespace = "cli-test" }
 #[cfg(unix)]
 #[test]
 fn serve_answers_http_reloads_changed_files_and_stops_on_sigterm() {
-    use std::io::BufRead;
-
     // The served plugin is a copy, so the test can replace it.
     let served = scratch("served-hello.wasm");
     std::fs::copy(plugin("hello"), &served).unwrap();
@@ -654,27 +652,8 @@ fn serve_answers_http_reloads_changed_files_and_stops_on_sigterm() {
             path_str(&served)
         ),
     );
-    let mut child = capsule_command(&[
-        "serve",
-        "--config",
-        path_str(&file),
-        "--listen",
-        "127.0.0.1:0",
-        "--watch",
-    ])
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::null())
-    .spawn()
-    .unwrap();
-    let mut first = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let address = first
-        .trim()
-        .strip_prefix("capsule serving on http://")
-        .unwrap_or_else(|| panic!("unexpected first line: {first}"))
-        .to_owned();
+    let server = ServeProcess::start(&file, &["--watch"]);
+    let address = server.address.clone();
 
     assert_eq!(
         http(&address, "GET", "/healthz", ""),
@@ -725,12 +704,8 @@ fn serve_answers_http_reloads_changed_files_and_stops_on_sigterm() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0), "SIGTERM is a clean shutdown");
+    let (code, _) = server.terminate();
+    assert_eq!(code, Some(0), "SIGTERM is a clean shutdown");
     assert!(std::net::TcpStream::connect(&address).is_err());
 }
 

@@ -45,43 +45,46 @@ impl Server {
         )
         .await
         .unwrap();
-        host.load(
-            PluginSpec::from_path(plugin_path(HUGE_OUTPUT)).limits(Limits {
-                max_response_bytes: 32 << 20,
-                ..Limits::default()
-            }),
-        )
-        .await
-        .unwrap();
-        host.load(
-            PluginSpec::from_path(plugin_path(AMPLIFIER)).limits(Limits {
-                max_metadata_entries: 100_000,
-                max_response_bytes: 8 << 20,
-                ..Limits::default()
-            }),
-        )
-        .await
-        .unwrap();
-        host.load(
-            PluginSpec::from_path(plugin_path(SPIN_LOOP)).limits(Limits {
-                fuel: None,
-                timeout: Duration::from_millis(300),
-                max_instances: 1,
-                max_queued: 0,
-                circuit_failures: 0,
-                ..Limits::default()
-            }),
-        )
-        .await
-        .unwrap();
-        host.load(
-            PluginSpec::from_path(plugin_path(SLOW_HOST_CALLS)).limits(Limits {
-                timeout: Duration::from_millis(600),
-                ..Limits::default()
-            }),
-        )
-        .await
-        .unwrap();
+        let limited = [
+            (
+                HUGE_OUTPUT,
+                Limits {
+                    max_response_bytes: 32 << 20,
+                    ..Limits::default()
+                },
+            ),
+            (
+                AMPLIFIER,
+                Limits {
+                    max_metadata_entries: 100_000,
+                    max_response_bytes: 8 << 20,
+                    ..Limits::default()
+                },
+            ),
+            (
+                SPIN_LOOP,
+                Limits {
+                    fuel: None,
+                    timeout: Duration::from_millis(300),
+                    max_instances: 1,
+                    max_queued: 0,
+                    circuit_failures: 0,
+                    ..Limits::default()
+                },
+            ),
+            (
+                SLOW_HOST_CALLS,
+                Limits {
+                    timeout: Duration::from_millis(600),
+                    ..Limits::default()
+                },
+            ),
+        ];
+        for (plugin, limits) in limited {
+            host.load(PluginSpec::from_path(plugin_path(plugin)).limits(limits))
+                .await
+                .unwrap();
+        }
         for (name, plugin) in [
             ("validate", INGEST_VALIDATE),
             ("transform", INGEST_TRANSFORM),
@@ -704,5 +707,48 @@ async fn trickled_bodies_and_unread_responses_cannot_hold_a_connection() {
     .expect("the unread response did not hold the only connection");
     assert_eq!(response.status(), StatusCode::OK);
     drop(unread);
+    server.stop().await.unwrap();
+}
+
+/// A host fault's message (here: a mounted directory that vanished, named by
+/// its host path) goes to the server's log, never to the caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_faults_do_not_reveal_host_paths() {
+    use capsule_host::services::files::{Access, Mount};
+    let server = Server::start().await;
+    let dir = capsule_tests::temp_dir("serve-vanishing-mount");
+    let grants = Grants {
+        files: vec![Mount::new(&dir, "/data", Access::ReadOnly).unwrap()],
+        ..Grants::default()
+    };
+    server
+        .host
+        .load(
+            PluginSpec::from_path(plugin_path(capsule_tests::plugins::FILE_READER))
+                .grants(grants)
+                .limits(Limits {
+                    recycle_after: 1,
+                    ..Limits::default()
+                }),
+        )
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    // The instance warmed at load still holds the directory open; the next
+    // one cannot open it any more.
+    let list = || {
+        server.post(
+            "/v1/plugins/file-reader/call?op=list",
+            r#"{"path":"/data"}"#,
+        )
+    };
+    assert_eq!(list().await.status(), StatusCode::OK);
+    let response = list().await;
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["error"]["kind"], "host", "{body}");
+    assert!(!body.contains(dir.to_str().unwrap()), "{body}");
     server.stop().await.unwrap();
 }

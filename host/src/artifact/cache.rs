@@ -457,7 +457,7 @@ fn check_owner(_meta: &std::fs::Metadata) -> Result<(), String> {
 /// reach is checked) owned by this user, private to it, of exactly 32 bytes.
 fn read_key_file(path: &Path) -> std::io::Result<CacheKey> {
     let invalid = |reason: String| std::io::Error::new(std::io::ErrorKind::InvalidData, reason);
-    let mut file = open_key(path)?;
+    let mut file = crate::input::open_nonblocking(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(invalid(format!(
@@ -482,20 +482,6 @@ fn read_key_file(path: &Path) -> std::io::Result<CacheKey> {
     let mut bytes = [0u8; 32];
     file.read_exact(&mut bytes)?;
     Ok(CacheKey(bytes))
-}
-
-#[cfg(unix)]
-fn open_key(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-}
-
-#[cfg(not(unix))]
-fn open_key(path: &Path) -> std::io::Result<File> {
-    File::open(path)
 }
 
 /// Creates a key file from fresh randomness: written in full beside it,
