@@ -17,21 +17,25 @@
 //! # Ok(()) }
 //! ```
 
+mod admission;
 pub mod artifact;
+pub mod bounds;
 pub mod check;
 mod contract;
 pub mod engine;
 mod error;
 pub mod input;
-mod limits;
+pub mod limits;
+mod outcome;
 pub mod policy;
 mod runtime;
+mod sandbox;
 pub mod serve;
 pub mod services;
-mod store;
+#[cfg(test)]
+mod test_support;
 pub mod text;
 pub mod units;
-pub mod validate;
 
 pub use artifact::cache::{CacheKey, CacheStats};
 pub use artifact::{KeyId, PublicKey, SecretKey};
@@ -42,13 +46,12 @@ pub use contract::{
 pub use contract::{Event, EventOutcome, ForwardedEvent};
 pub use engine::{AllocationMode, EngineOptions, PoolingOptions};
 pub use error::{Budget, CallError, CallFailure, ErrorKind, LoadError, LoadFailure, OutputStream};
-pub use limits::Limits;
+pub use limits::{BusOptions, Limits};
+pub use outcome::{CallOutcome, CallStats, LogRecord, LogSource, PublishedEvent};
 pub use policy::{Policy, PolicyError};
 pub use runtime::{
-    BusEvent, BusOptions, CallContext, CallOutcome, CallStats, DeadLetter, Host, HostBuilder,
-    HostError, Middleware, Pipeline, PipelineError, PluginDetails, PluginSource, PluginSpec,
-    PluginState, PluginStatus, REQUEST_ID, RequestId, Subscription,
+    BusEvent, CallContext, DeadLetter, Host, HostBuilder, HostError, Middleware, Pipeline,
+    PipelineError, PluginDetails, PluginSource, PluginSpec, PluginState, PluginStatus, REQUEST_ID,
+    RequestId, Subscription,
 };
-pub use services::Grants;
-pub use services::events::PublishedEvent;
-pub use services::log::{LogRecord, LogSource};
+pub use services::{Grants, GrantsSummary};

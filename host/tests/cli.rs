@@ -636,7 +636,7 @@ kv = { namespace = "cli-test" }
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("has no plugin `nobody`"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no plugin `nobody`"));
 }
 
 #[cfg(unix)]

@@ -7,15 +7,16 @@ use std::time::Instant;
 
 use tracing::Instrument;
 
+use super::Host;
 use super::breaker::Admission;
 use super::bus::BusEvent;
 use super::delivery::Publisher;
 use super::middleware::CallContext;
 use super::pipeline::PipelineError;
 use super::registry::Slot;
-use super::{CallOutcome, Host};
 use crate::contract::Request;
 use crate::error::{CallError, CallFailure};
+use crate::outcome::CallOutcome;
 use crate::text::log_field;
 
 impl Host {

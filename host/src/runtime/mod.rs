@@ -23,26 +23,30 @@ use arc_swap::ArcSwap;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
-pub use bus::{BusEvent, BusOptions, DeadLetter, Subscription};
+pub use bus::{BusEvent, DeadLetter, Subscription};
 pub use middleware::{CallContext, Middleware, REQUEST_ID, RequestId};
 pub use pipeline::{Pipeline, PipelineError};
-pub use plugin::{CallOutcome, CallStats, PluginDetails};
+pub use plugin::PluginDetails;
 pub use registry::{PluginState, PluginStatus};
 pub use spec::{PluginSource, PluginSpec};
 
+use crate::admission::TrustPolicy;
 use crate::artifact::PublicKey;
 use crate::artifact::cache::{
     CacheError, CacheKey, CacheKeyError, CacheStats, CompileCache, KeySource,
 };
 use crate::engine::{self, AllocationMode, EngineOptions};
-use crate::error::{LoadError, LoadFailure, chain};
+use crate::error::{LoadError, LoadFailure};
+use crate::limits::BusOptions;
 use crate::limits::Limits;
 use crate::policy::Policy;
-use crate::services;
+use crate::policy::validate;
+use crate::sandbox::store::{self, StoreState};
+use crate::services::HostShared;
 use crate::services::kv::{KvError, KvStore};
-use crate::store::StoreState;
+use crate::text::chain;
 use bus::Bus;
-use load::{LoadContext, TrustPolicy};
+use load::LoadContext;
 use metrics::Metrics;
 use plugin::LoadedPlugin;
 use registry::Slot;
@@ -70,7 +74,7 @@ pub enum HostError {
     Kv(#[from] KvError),
     /// A setting is out of range (the engine, the bus or the default limits).
     #[error("invalid host settings: {0}")]
-    Config(#[from] crate::validate::Invalid),
+    Config(#[from] crate::bounds::Invalid),
 }
 
 /// Configures and builds a [`Host`].
@@ -113,6 +117,36 @@ impl std::fmt::Debug for HostBuilder {
 }
 
 impl HostBuilder {
+    /// A builder configured from a validated policy's `[host]` section:
+    /// trusted keys, defaults, bus, engine, the compile cache (with the
+    /// policy's key file, or the user's default) and the data directory.
+    pub fn from_policy(policy: &Policy) -> HostBuilder {
+        let host = &policy.host;
+        let mut builder = HostBuilder::default()
+            .engine_options(host.engine.clone())
+            .default_limits(host.default_limits.clone())
+            .bus_options(host.bus.clone())
+            .allow_unsigned(host.allow_unsigned)
+            .allow_partial_signatures(host.allow_partial_signatures);
+        for (_, key) in &host.trusted_keys {
+            builder = builder.trust(key.clone());
+        }
+        if let Some(dir) = &host.cache_dir {
+            builder = builder.cache_dir(dir);
+            if let Some(key) = host
+                .cache_key
+                .clone()
+                .or_else(crate::artifact::cache::CacheKey::default_path)
+            {
+                builder = builder.cache_key_file(key);
+            }
+        }
+        if let Some(dir) = &host.data_dir {
+            builder = builder.data_dir(dir);
+        }
+        builder
+    }
+
     /// Event bus settings: queue sizes, retry attempts, dead letters kept.
     pub fn bus_options(mut self, options: BusOptions) -> Self {
         self.bus = options;
@@ -196,13 +230,13 @@ impl HostBuilder {
     /// Builds the engine, links the host services and starts the epoch
     /// ticker.
     pub fn build(self) -> Result<Host, HostError> {
-        crate::validate::engine(&self.engine).map_err(|err| err.within("pool"))?;
-        crate::validate::bus(&self.bus).map_err(|err| err.within("events"))?;
-        crate::validate::limits(&self.default_limits).map_err(|err| err.within("limits"))?;
+        validate::engine(&self.engine).map_err(|err| err.within("pool"))?;
+        validate::bus(&self.bus).map_err(|err| err.within("events"))?;
+        validate::limits(&self.default_limits).map_err(|err| err.within("limits"))?;
         let (engine, allocation) =
             engine::build(&self.engine).map_err(|err| HostError::Engine(chain(&err)))?;
         let mut linker = Linker::new(&engine);
-        services::add_to_linker(&mut linker).map_err(|err| HostError::Link(chain(&err)))?;
+        store::add_to_linker(&mut linker).map_err(|err| HostError::Link(chain(&err)))?;
         let cache = match &self.cache_dir {
             Some(dir) => Some(CompileCache::open(
                 dir,
@@ -232,7 +266,7 @@ impl HostBuilder {
                 default_limits: self.default_limits,
                 trust: self.trust,
                 cache,
-                kv_store,
+                services: HostShared { kv_store },
                 metering: self.engine.metering(),
                 pooling: self.engine.pooling.clone(),
                 persistent_kv: self.data_dir.is_some(),
@@ -262,7 +296,8 @@ struct HostInner {
     default_limits: Limits,
     trust: TrustPolicy,
     cache: Option<CompileCache>,
-    kv_store: Arc<KvStore>,
+    /// What host services share across plugins (the key-value store).
+    services: HostShared,
     metering: engine::Metering,
     /// The pool's sizing, to refuse limits it cannot hold.
     pooling: Option<crate::engine::PoolingOptions>,
@@ -345,7 +380,7 @@ impl Host {
             AllocationMode::OnDemand { .. } => None,
         };
         let limits = spec.limits.as_ref().unwrap_or(&self.inner.default_limits);
-        crate::validate::plugin(limits, &spec.grants, pool)
+        validate::plugin(limits, &spec.grants, pool)
             .map_err(|err| LoadError::new(spec.name(), LoadFailure::Config(err.to_string())))?;
         let context = LoadContext {
             engine: &self.inner.engine,
@@ -353,7 +388,7 @@ impl Host {
             default_limits: &self.inner.default_limits,
             trust: &self.inner.trust,
             cache: self.inner.cache.as_ref(),
-            kv_store: &self.inner.kv_store,
+            services: &self.inner.services,
             metering: self.inner.metering,
             pool_mates: &self.inner.pool_mates,
         };
@@ -372,9 +407,8 @@ impl Host {
     pub async fn load_policy(&self, policy: &Policy) -> Vec<LoadError> {
         let mut failures = Vec::new();
         for name in policy.plugins.keys() {
-            let spec = policy
-                .plugin_spec(name)
-                .expect("every plugin of a policy has a spec");
+            let spec =
+                PluginSpec::from_policy(policy, name).expect("every plugin of a policy has a spec");
             if let Err(err) = self.load(spec).await {
                 tracing::error!(
                     plugin = %name,

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Serialize;
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -17,42 +17,12 @@ use crate::contract::{
 };
 use crate::engine::Metering;
 use crate::error::{CallError, CallFailure, OutputStream};
-use crate::limits::{FailureContext, Limits, MAX_DESCRIBE_BYTES, classify};
-use crate::services::events::PublishedEvent;
-use crate::services::log::{LogRecord, LogSink};
+use crate::limits::{Limits, MAX_DESCRIBE_BYTES};
+use crate::outcome::{CallOutcome, CallStats, LogRecord, PublishedEvent};
+use crate::sandbox::classify::{FailureContext, classify};
+use crate::sandbox::store::{StoreSetup, StoreState, arm_deadline, fuel_used, new_store, refuel};
+use crate::services::log::LogSink;
 use crate::services::{Grants, PreparedGrants};
-use crate::store::{StoreSetup, StoreState, arm_deadline, fuel_used, new_store, refuel};
-
-/// A successful call: the plugin's response, what it logged and published,
-/// and what the call cost.
-#[derive(Debug, Clone)]
-pub struct CallOutcome {
-    /// The plugin's response.
-    pub response: Response,
-    /// Lines the plugin logged during the call (log calls, stdout, stderr).
-    pub logs: Vec<LogRecord>,
-    /// Events the plugin published (to topics it was granted) during the call.
-    pub events: Vec<PublishedEvent>,
-    /// What the call consumed.
-    pub stats: CallStats,
-}
-
-/// What one call consumed.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct CallStats {
-    /// Wall-clock time from admission to result, excluding time queued.
-    pub duration: Duration,
-    /// Fuel the call burned (a fresh instance's `init` has a budget of its
-    /// own). `None` when the plugin trapped or was cut off (other than by
-    /// running out of fuel, which reports the whole budget): wasmtime cannot
-    /// tell how much fuel an interrupted function had burned.
-    pub fuel_used: Option<u64>,
-    /// `log` calls refused because the per-call log budget was spent.
-    pub logs_refused: usize,
-    /// Whether the call ran on a fresh instance (instantiated and `init`ed
-    /// for it) rather than a warm one from the pool.
-    pub fresh_instance: bool,
-}
 
 /// Public facts about a loaded plugin.
 #[derive(Debug, Clone, Serialize)]
@@ -164,10 +134,7 @@ impl Instance {
         self.store.set_hostcall_fuel(limits.host_call_bytes());
         let state = self.store.data_mut();
         state.deadline = deadline;
-        state.events.published.clear();
-        state.events.budget = limits.max_response_bytes;
-        state.http_hooks.sent = 0;
-        state.http_hooks.refused = 0;
+        state.begin_call(limits);
     }
 
     async fn invoke(&mut self, invocation: Invocation) -> wasmtime::Result<Returned> {

@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker};
 
+use super::{Availability, Holds, HostShared, Import, PolicyContext, Service, StoreContext, Views};
+use crate::bounds::Invalid;
 use crate::contract::{ServiceError, interfaces};
-use crate::store::StoreState;
 
 /// Per-store state of the `config` service: the plugin's values, shared by
 /// every instance of the plugin.
@@ -31,14 +32,68 @@ impl interfaces::config::Host for ConfigState {
     }
 }
 
-struct ConfigService;
+/// The `config` service.
+pub(crate) struct Config;
 
-impl HasData for ConfigService {
+struct ConfigData;
+
+impl HasData for ConfigData {
     type Data<'a> = &'a mut ConfigState;
 }
 
-pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
-    interfaces::config::add_to_linker::<StoreState, ConfigService>(linker, |state| {
-        &mut state.config
-    })
+impl Service for Config {
+    const NAME: &'static str = "config";
+    const IMPORTS: &'static [Import] = &[Import::contract("config")];
+    const BUDGETS: &'static str = "none of its own: it hands out only the operator's values";
+
+    type Grant = BTreeMap<String, String>;
+    type Policy = BTreeMap<String, String>;
+    /// The keys, never the values: a value may be a credential.
+    type Summary = Vec<String>;
+    type Prepared = Arc<BTreeMap<String, String>>;
+    type State = ConfigState;
+
+    fn from_policy(
+        values: BTreeMap<String, String>,
+        _context: &PolicyContext<'_>,
+    ) -> Result<Self::Grant, Invalid> {
+        Ok(values)
+    }
+
+    fn validate(values: &Self::Grant) -> Result<(), Invalid> {
+        for key in values.keys() {
+            if key.is_empty() || key.contains('\0') {
+                return Err(Invalid::new(
+                    key.clone(),
+                    "a configuration key must be non-empty, without NUL",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn availability(_values: &Self::Grant) -> Availability {
+        Availability::Always
+    }
+
+    fn summary(values: &Self::Grant) -> Vec<String> {
+        values.keys().cloned().collect()
+    }
+
+    fn prepare(values: &Self::Grant, _host: &HostShared) -> Result<Self::Prepared, String> {
+        Ok(Arc::new(values.clone()))
+    }
+
+    fn new_state(
+        values: &Self::Prepared,
+        _store: &mut StoreContext<'_>,
+    ) -> Result<ConfigState, String> {
+        Ok(ConfigState {
+            values: Arc::clone(values),
+        })
+    }
+
+    fn add_to_linker<T: Holds<Self> + Views>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        interfaces::config::add_to_linker::<T, ConfigData>(linker, |store| store.state())
+    }
 }

@@ -11,11 +11,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use wasmtime::component::{HasData, Linker};
 
+use super::{Availability, Holds, HostShared, Import, PolicyContext, Service, StoreContext, Views};
+use crate::bounds::{Invalid, KIB, MIB, bytes, range};
 use crate::contract::{ServiceError, interfaces};
-use crate::store::StoreState;
+use crate::units::Size;
 
 /// Entries: (namespace, key) → value.
 const ENTRIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("entries");
@@ -344,14 +346,105 @@ impl interfaces::kv::Host for KvState {
     }
 }
 
-struct KvService;
+/// How a policy file writes a kv grant:
+/// `kv = { namespace = "counter", max_keys = 100, max_total = "64KiB" }`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KvPolicy {
+    pub(crate) namespace: Option<String>,
+    max_key: Option<Size>,
+    max_value: Option<Size>,
+    max_keys: Option<u64>,
+    max_total: Option<Size>,
+}
 
-impl HasData for KvService {
+/// The `kv` service.
+pub(crate) struct Kv;
+
+struct KvData;
+
+impl HasData for KvData {
     type Data<'a> = &'a mut KvState;
 }
 
-pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
-    interfaces::kv::add_to_linker::<StoreState, KvService>(linker, |state| &mut state.kv)
+impl Service for Kv {
+    const NAME: &'static str = "kv";
+    const IMPORTS: &'static [Import] = &[Import::contract("kv")];
+    const BUDGETS: &'static str = "per namespace: `max_key`, `max_value`, `max_keys`, \
+        `max_total` (`quota-exceeded` past them); `list-keys` answers at most 1000 keys";
+
+    type Grant = Option<KvGrant>;
+    type Policy = KvPolicy;
+    type Summary = Option<KvGrant>;
+    type Prepared = Option<(Arc<KvGrant>, Arc<KvStore>)>;
+    type State = KvState;
+
+    fn from_policy(policy: KvPolicy, context: &PolicyContext<'_>) -> Result<Self::Grant, Invalid> {
+        let mut grant = KvGrant::new(
+            policy
+                .namespace
+                .unwrap_or_else(|| context.plugin.to_owned()),
+        );
+        if let Some(size) = policy.max_key {
+            grant.max_key_bytes = size.usize();
+        }
+        if let Some(size) = policy.max_value {
+            grant.max_value_bytes = size.usize();
+        }
+        if let Some(keys) = policy.max_keys {
+            grant.max_keys = keys;
+        }
+        if let Some(size) = policy.max_total {
+            grant.max_total_bytes = size.0;
+        }
+        Ok(Some(grant))
+    }
+
+    fn validate(grant: &Self::Grant) -> Result<(), Invalid> {
+        let Some(kv) = grant else { return Ok(()) };
+        if kv.namespace.is_empty() || kv.namespace.len() > 128 || kv.namespace.contains(['\0', '/'])
+        {
+            return Err(Invalid::new(
+                "namespace",
+                "a namespace is 1 to 128 bytes, without `/` or NUL",
+            ));
+        }
+        bytes("max_key", kv.max_key_bytes as u64, 1, 64 * KIB)?;
+        bytes("max_value", kv.max_value_bytes as u64, 0, 64 * MIB)?;
+        range("max_keys", kv.max_keys, 0, 1 << 40, "keys")?;
+        bytes("max_total", kv.max_total_bytes, 0, 1 << 50)
+    }
+
+    fn availability(grant: &Self::Grant) -> Availability {
+        if grant.is_some() {
+            Availability::Granted
+        } else {
+            Availability::NotGranted
+        }
+    }
+
+    fn summary(grant: &Self::Grant) -> Self::Summary {
+        grant.clone()
+    }
+
+    fn prepare(grant: &Self::Grant, host: &HostShared) -> Result<Self::Prepared, String> {
+        Ok(grant
+            .clone()
+            .map(|grant| (Arc::new(grant), Arc::clone(&host.kv_store))))
+    }
+
+    fn new_state(
+        prepared: &Self::Prepared,
+        _store: &mut StoreContext<'_>,
+    ) -> Result<KvState, String> {
+        Ok(KvState {
+            access: prepared.clone(),
+        })
+    }
+
+    fn add_to_linker<T: Holds<Self> + Views>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        interfaces::kv::add_to_linker::<T, KvData>(linker, |store| store.state())
+    }
 }
 
 #[cfg(test)]

@@ -10,38 +10,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::Serialize;
 use wasmtime::component::{HasData, Linker};
 
+use super::{Availability, Holds, HostShared, Import, PolicyContext, Service, StoreContext, Views};
+use crate::bounds::Invalid;
 use crate::contract::{LogLevel, ServiceError, interfaces};
-use crate::error::OutputStream;
-use crate::limits::{LOG_RECORD_OVERHEAD, OutputLimitExceeded};
-use crate::store::StoreState;
-
-/// Where a log line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LogSource {
-    /// A call to the `log` import.
-    Log,
-    /// A line the plugin wrote to stdout.
-    Stdout,
-    /// A line the plugin wrote to stderr (panic messages land here).
-    Stderr,
-}
-
-/// One line a plugin logged during a call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LogRecord {
-    /// The line's level; stdout counts as `info`, stderr as `warn`.
-    #[serde(serialize_with = "serialize_level")]
-    pub level: LogLevel,
-    /// Where the line came from.
-    pub source: LogSource,
-    /// The text, without a trailing newline.
-    pub message: String,
-}
-
-fn serialize_level<S: serde::Serializer>(level: &LogLevel, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(level.as_str())
-}
+use crate::error::{OutputLimitExceeded, OutputStream};
+use crate::limits::LOG_RECORD_OVERHEAD;
+use crate::outcome::{LogRecord, LogSource};
 
 /// Bytes of stderr kept to recover a panic message after a trap.
 const STDERR_TAIL_BYTES: usize = 4096;
@@ -293,12 +267,60 @@ impl interfaces::log::Host for LogState {
     }
 }
 
-struct LogService;
+/// The `log` service.
+pub(crate) struct Log;
 
-impl HasData for LogService {
+struct LogData;
+
+impl HasData for LogData {
     type Data<'a> = &'a mut LogState;
 }
 
-pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
-    interfaces::log::add_to_linker::<StoreState, LogService>(linker, |state| &mut state.log)
+impl Service for Log {
+    const NAME: &'static str = "log";
+    const IMPORTS: &'static [Import] = &[Import::contract("log")];
+    const BUDGETS: &'static str = "per call: `max_log` bytes (32 more per line) and \
+        `max_log_records` lines, stdout and stderr included; past them `log` answers \
+        `quota-exceeded` and stdout/stderr trap as `output_too_large`";
+
+    type Grant = LogGrant;
+    type Policy = bool;
+    type Summary = bool;
+    type Prepared = bool;
+    type State = LogState;
+
+    fn from_policy(enabled: bool, _context: &PolicyContext<'_>) -> Result<LogGrant, Invalid> {
+        Ok(LogGrant { enabled })
+    }
+
+    fn validate(_grant: &LogGrant) -> Result<(), Invalid> {
+        Ok(())
+    }
+
+    fn availability(grant: &LogGrant) -> Availability {
+        if grant.enabled {
+            Availability::Granted
+        } else {
+            Availability::NotGranted
+        }
+    }
+
+    fn summary(grant: &LogGrant) -> bool {
+        grant.enabled
+    }
+
+    fn prepare(grant: &LogGrant, _host: &HostShared) -> Result<bool, String> {
+        Ok(grant.enabled)
+    }
+
+    fn new_state(enabled: &bool, store: &mut StoreContext<'_>) -> Result<LogState, String> {
+        Ok(LogState {
+            sink: Arc::clone(store.sink),
+            enabled: *enabled,
+        })
+    }
+
+    fn add_to_linker<T: Holds<Self> + Views>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        interfaces::log::add_to_linker::<T, LogData>(linker, |store| store.state())
+    }
 }

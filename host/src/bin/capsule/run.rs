@@ -1,17 +1,17 @@
 //! `capsule run`: load one plugin and call it once.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use capsule_host::policy::Overrides;
 use capsule_host::services::events::TopicPattern;
-use capsule_host::services::files::{Access, Mount};
-use capsule_host::services::http::{HttpGrant, OriginPattern};
-use capsule_host::services::kv::KvGrant;
+use capsule_host::services::files::Access;
+use capsule_host::services::http::OriginPattern;
 use capsule_host::units::{parse_duration, parse_size};
 use capsule_host::{
-    CacheKey, CallError, CallStats, ErrorKind, Host, HostError, LoadError, LogRecord, PluginSource,
-    PluginSpec, Policy, PublishedEvent, Request,
+    CacheKey, CallError, CallStats, ErrorKind, HostBuilder, HostError, LoadError, LogRecord,
+    PluginSource, PluginSpec, Policy, PublishedEvent, Request,
 };
 use clap::Args;
 use serde_json::{Value, json};
@@ -90,7 +90,7 @@ pub struct RunArgs {
     /// Grant a host directory, as `HOST:GUEST` (read-only) or
     /// `HOST:GUEST:rw` (repeatable).
     #[arg(long = "mount", value_name = "HOST:GUEST[:ro|rw]", value_parser = parse_mount)]
-    mounts: Vec<Mount>,
+    mounts: Vec<(PathBuf, String, Access)>,
     /// Grant outgoing HTTP to an origin such as `https://api.example.com`
     /// (repeatable).
     #[arg(long = "allow-http", value_name = "ORIGIN", value_parser = OriginPattern::parse)]
@@ -107,8 +107,9 @@ pub struct RunArgs {
     publish: Vec<TopicPattern>,
 }
 
-/// `HOST:GUEST[:ro|rw]`, canonicalised now so a bad path is a usage error.
-fn parse_mount(text: &str) -> Result<Mount, String> {
+/// `HOST:GUEST[:ro|rw]`; the directory is checked with the rest of the
+/// plugin's grants.
+fn parse_mount(text: &str) -> Result<(PathBuf, String, Access), String> {
     let mut parts = text.splitn(3, ':');
     let (Some(host), Some(guest)) = (parts.next(), parts.next()) else {
         return Err(format!("`{text}` is not HOST:GUEST[:ro|rw]"));
@@ -118,7 +119,7 @@ fn parse_mount(text: &str) -> Result<Mount, String> {
         Some("rw") => Access::ReadWrite,
         Some(other) => return Err(format!("`{other}` is not `ro` or `rw`")),
     };
-    Mount::new(host.as_ref(), guest, access)
+    Ok((PathBuf::from(host), guest.to_owned(), access))
 }
 
 /// The cache directory to use: the one asked for, else the user's cache
@@ -193,6 +194,27 @@ pub fn run(args: RunArgs) -> ExitCode {
     runtime.block_on(call_once(args))
 }
 
+/// The command line's grants and limits, applied to the plugin's policy
+/// section (or to a policy of just this plugin) before it is validated.
+fn overrides(args: &RunArgs) -> Overrides {
+    let values = args.config.iter().filter_map(|arg| match arg {
+        ConfigArg::Value(key, value) => Some((key.clone(), value.clone())),
+        ConfigArg::Policy(_) => None,
+    });
+    Overrides {
+        fuel: args.fuel.map(|FuelBudget(fuel)| fuel),
+        memory: args.memory,
+        timeout: args.timeout,
+        max_response: args.max_output,
+        config: values.chain(args.set.iter().cloned()).collect(),
+        env: args.env.clone(),
+        mounts: args.mounts.clone(),
+        allow_http: args.allow_http.clone(),
+        kv: args.kv.clone(),
+        publish: args.publish.clone(),
+    }
+}
+
 async fn call_once(args: RunArgs) -> ExitCode {
     let policies: Vec<&PathBuf> = args
         .config
@@ -202,45 +224,50 @@ async fn call_once(args: RunArgs) -> ExitCode {
             ConfigArg::Value(..) => None,
         })
         .collect();
-    let policy = match policies.as_slice() {
-        [] => None,
-        [path] => match Policy::load(path) {
-            Ok(policy) => Some(policy),
-            Err(err) => return usage_error(&args, &err.to_string()),
-        },
+    let overrides = overrides(&args);
+    let loaded = match policies.as_slice() {
+        [] => Policy::for_component(Path::new(&args.plugin), &overrides),
+        [path] => Policy::load_with(path, Some((&args.plugin, &overrides))),
         _ => return usage_error(&args, "give at most one policy file with --config"),
+    };
+    let policy = match loaded {
+        Ok(policy) => policy,
+        Err(errors) => return usage_error(&args, &errors.to_string()),
+    };
+    let (name, plugin) = match policy
+        .plugins
+        .iter()
+        .find(|(name, _)| policies.is_empty() || **name == args.plugin)
+    {
+        Some((name, plugin)) => (name.clone(), plugin.clone()),
+        None => return usage_error(&args, "the policy has no such plugin"),
     };
     let keys = match crate::keys::load_keys(&args.trust) {
         Ok(keys) => keys,
         Err(code) => return code,
     };
     let builder = || {
-        let base = match &policy {
-            Some(policy) => policy.host_builder(),
-            None => Host::builder(),
-        };
-        let base = if args.allow_unsigned {
-            base.allow_unsigned(true)
-        } else {
-            base
-        };
-        keys.iter()
-            .fold(base, |builder, key| builder.trust(key.clone()))
+        let base = HostBuilder::from_policy(&policy)
+            .allow_unsigned(policy.host.allow_unsigned || args.allow_unsigned);
+        let base = keys
+            .iter()
+            .fold(base, |builder, key| builder.trust(key.clone()));
+        match &args.data_dir {
+            Some(dir) => base.data_dir(dir),
+            None => base,
+        }
     };
-    let builder = || match &args.data_dir {
-        Some(dir) => builder().data_dir(dir),
-        None => builder(),
-    };
-    let cache = match &policy {
-        Some(policy) if policy.host.cache_dir.is_some() && args.cache_dir.is_none() => None,
-        _ => cache_dir(&args),
+    let cache = if policy.host.cache_dir.is_some() && args.cache_dir.is_none() {
+        None
+    } else {
+        cache_dir(&args)
     };
     // Outside the cache directory: whoever could write the cache must not
     // also hold the key that authenticates it.
     let cache_key = args
         .cache_key
         .clone()
-        .or_else(|| policy.as_ref().and_then(|p| p.host.cache_key.clone()))
+        .or_else(|| policy.host.cache_key.clone())
         .or_else(CacheKey::default_path);
     let builder = || match &cache_key {
         Some(key) => builder().cache_key_file(key),
@@ -263,44 +290,9 @@ async fn call_once(args: RunArgs) -> ExitCode {
         Ok(host) => host,
         Err(err) => return host_error(&args, &err.to_string()),
     };
-    let (spec, mut limits) = match &policy {
-        Some(policy) => match (
-            policy.plugin_spec(&args.plugin),
-            policy.plugins.get(&args.plugin),
-        ) {
-            (Some(spec), Some(plugin)) => (spec, plugin.limits.clone()),
-            _ => {
-                let known: Vec<&str> = policy.plugins.keys().map(String::as_str).collect();
-                return usage_error(
-                    &args,
-                    &format!(
-                        "{} has no plugin `{}` (it has: {})",
-                        policy.file.display(),
-                        args.plugin,
-                        known.join(", ")
-                    ),
-                );
-            }
-        },
-        None => (
-            PluginSpec::from_path(&args.plugin),
-            host.default_limits().clone(),
-        ),
-    };
-    if let Some(FuelBudget(fuel)) = args.fuel {
-        limits.fuel = fuel;
-    }
-    if let Some(memory) = args.memory {
-        limits.memory_bytes = memory;
-    }
-    if let Some(timeout) = args.timeout {
-        limits.timeout = timeout;
-    }
-    if let Some(max_output) = args.max_output {
-        limits.max_response_bytes = usize::try_from(max_output).unwrap_or(usize::MAX);
-    }
     // The input is read only now that the plugin's request limit is known,
     // and never past it: `--input-file /dev/zero` costs nothing.
+    let limits = &plugin.limits;
     let payload_limit = limits.max_request_bytes.saturating_sub(args.op.len());
     let payload = match read_payload(&args, payload_limit) {
         Ok(Some(payload)) => payload,
@@ -320,30 +312,9 @@ async fn call_once(args: RunArgs) -> ExitCode {
         }
         Err(message) => return usage_error(&args, &message),
     };
-    let mut spec = spec.limits(limits);
-    let mut grants = spec.granted().clone();
-    grants.env.extend(args.env.iter().cloned());
-    grants.files.extend(args.mounts.iter().cloned());
-    if !args.allow_http.is_empty() {
-        let http = grants
-            .http
-            .get_or_insert_with(|| HttpGrant::new(Vec::new()));
-        http.allow.extend(args.allow_http.iter().cloned());
-    }
-    if let Some(namespace) = &args.kv {
-        grants.kv = Some(KvGrant::new(namespace.clone()));
-    }
-    grants.events.publish.extend(args.publish.iter().cloned());
-    spec = spec.grants(grants);
+    let mut spec = PluginSpec::from_policy(&policy, &name).expect("the plugin is in the policy");
     if let Some(signature) = &args.signature {
         spec = spec.detached_signature(PluginSource::Path(signature.clone()));
-    }
-    let values = args.config.iter().filter_map(|arg| match arg {
-        ConfigArg::Value(key, value) => Some((key, value)),
-        ConfigArg::Policy(_) => None,
-    });
-    for (key, value) in values.chain(args.set.iter().map(|(k, v)| (k, v))) {
-        spec = spec.config(key, value);
     }
     let name = match host.load(spec).await {
         Ok(details) => details.name,
