@@ -17,19 +17,29 @@
 //! # Ok(()) }
 //! ```
 
+#![deny(missing_docs)]
+
+// The layers, bottom up (`docs/architecture.md`; `cargo xtask test` checks
+// that no module reaches up):
+// data — text, units, bounds, limits, engine options, contract, outcome;
+// errors — error; reading — input, artifact;
+// services — services; the sandbox — sandbox; admission — admission;
+// policy — policy; runtime — runtime; on top — check, serve (and the CLI
+// crate).
 mod admission;
 pub mod artifact;
 pub mod bounds;
 pub mod check;
 mod contract;
-pub mod engine;
+mod engine;
 mod error;
 pub mod input;
-pub mod limits;
+mod limits;
 mod outcome;
 pub mod policy;
 mod runtime;
 mod sandbox;
+#[cfg(feature = "serve")]
 pub mod serve;
 pub mod services;
 #[cfg(test)]
@@ -48,7 +58,7 @@ pub use engine::{AllocationMode, EngineOptions, PoolingOptions};
 pub use error::{Budget, CallError, CallFailure, ErrorKind, LoadError, LoadFailure, OutputStream};
 pub use limits::{BusOptions, Limits};
 pub use outcome::{CallOutcome, CallStats, LogRecord, LogSource, PublishedEvent};
-pub use policy::{Policy, PolicyError};
+pub use policy::{Policy, PolicyError, PolicyErrors};
 pub use runtime::{
     BusEvent, CallContext, DeadLetter, Host, HostBuilder, HostError, Middleware, Pipeline,
     PipelineError, PluginDetails, PluginSource, PluginSpec, PluginState, PluginStatus, REQUEST_ID,

@@ -57,7 +57,7 @@ fn capsule_cli() -> PathBuf {
         .join(format!("capsule{}", std::env::consts::EXE_SUFFIX));
     assert!(
         path.is_file(),
-        "{} is missing: run `cargo xtask test` (or `cargo build -p capsule-host --bin capsule`)",
+        "{} is missing: run `cargo xtask test` (or `cargo build -p capsule-cli`)",
         path.display()
     );
     path

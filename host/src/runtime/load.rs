@@ -12,33 +12,61 @@ use crate::admission::{Examined, TrustPolicy, check_memory, examine, io_failure}
 use crate::artifact::cache::CompileCache;
 use crate::bounds::plugin_name;
 use crate::contract::{CONTRACT_VERSION, PluginInfo, PluginPre};
-use crate::engine::Metering;
+use crate::engine::{AllocationMode, Metering, PoolingOptions};
 use crate::error::{CallFailure, LoadError, LoadFailure, OutputStream};
 use crate::input::{self, MAX_COMPONENT_BYTES, MAX_SIGNATURE_BYTES};
 use crate::limits::{Limits, MAX_DESCRIBE_BYTES};
-use crate::runtime::plugin::{IdleInstances, Invocation, LoadedPlugin, PluginDetails, Returned};
+use crate::policy::validate;
+use crate::runtime::plugin::{Describe, IdleInstances, LoadedPlugin, PluginDetails};
 use crate::runtime::spec::{PluginSource, PluginSpec};
 use crate::sandbox::store::StoreState;
 use crate::services::{HostShared, PreparedGrants};
 use crate::text::chain;
 
-/// What loading needs from the host.
-pub(crate) struct LoadContext<'a> {
-    pub(crate) engine: &'a Engine,
-    pub(crate) linker: &'a Linker<StoreState>,
-    pub(crate) default_limits: &'a Limits,
-    pub(crate) trust: &'a TrustPolicy,
-    pub(crate) cache: Option<&'a CompileCache>,
-    pub(crate) services: &'a HostShared,
+/// Turns a [`PluginSpec`] into a loaded, described plugin version: the
+/// engine and linker every plugin shares, the trust settings, the compile
+/// cache, what services share, and the defaults.
+pub(crate) struct Loader {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Linker<StoreState>,
+    pub(crate) allocation: AllocationMode,
+    /// The pool's sizing, to refuse limits it cannot hold.
+    pub(crate) pooling: Option<PoolingOptions>,
+    pub(crate) default_limits: Limits,
+    pub(crate) trust: TrustPolicy,
+    pub(crate) cache: Option<CompileCache>,
+    /// What host services share across plugins (the key-value store).
+    pub(crate) services: HostShared,
+    /// Whether the key-value store outlives the host.
+    pub(crate) persistent_kv: bool,
     pub(crate) metering: Metering,
     /// Every plugin's idle instances, freed when the pool runs out.
-    pub(crate) pool_mates: &'a Arc<IdleInstances>,
+    pub(crate) pool_mates: Arc<IdleInstances>,
 }
 
-pub(crate) async fn load(
-    context: &LoadContext<'_>,
-    spec: PluginSpec,
-) -> Result<Arc<LoadedPlugin>, LoadError> {
+impl Loader {
+    /// Verifies, compiles, links and describes a plugin without registering
+    /// it: its settings are validated first, against the pool this host
+    /// really has.
+    pub(crate) async fn load(&self, spec: PluginSpec) -> Result<Arc<LoadedPlugin>, LoadError> {
+        let pool = match self.allocation {
+            AllocationMode::Pooling => self.pooling.as_ref(),
+            AllocationMode::OnDemand { .. } => None,
+        };
+        let limits = spec.limits.as_ref().unwrap_or(&self.default_limits);
+        validate::plugin(limits, &spec.grants, pool)
+            .map_err(|err| LoadError::new(spec.name(), LoadFailure::Config(err.to_string())))?;
+        if spec.grants.kv.is_some() && !self.persistent_kv {
+            tracing::warn!(
+                plugin = %spec.name(),
+                "the host has no data directory: this plugin's key-value data will not survive a restart"
+            );
+        }
+        load(self, spec).await
+    }
+}
+
+async fn load(context: &Loader, spec: PluginSpec) -> Result<Arc<LoadedPlugin>, LoadError> {
     let PluginSpec {
         name,
         source,
@@ -65,18 +93,21 @@ pub(crate) async fn load(
         signers,
         digest,
         summary,
-    } = examine(&name, &bytes, detached.as_deref(), context.trust).map_err(fail)?;
+    } = examine(&name, &bytes, detached.as_deref(), &context.trust).map_err(fail)?;
     check_memory(&summary, &limits).map_err(fail)?;
 
-    let (component, from_cache) = match context.cache.and_then(|c| c.load(context.engine, &digest))
+    let (component, from_cache) = match context
+        .cache
+        .as_ref()
+        .and_then(|c| c.load(&context.engine, &digest))
     {
         Some(component) => (component, true),
         None => {
-            let component = compile(context.engine, Arc::clone(&bytes))
+            let component = compile(&context.engine, Arc::clone(&bytes))
                 .await
                 .map_err(fail)?;
-            if let Some(cache) = context.cache {
-                cache.store(context.engine, &digest, &component);
+            if let Some(cache) = &context.cache {
+                cache.store(&context.engine, &digest, &component);
             }
             (component, false)
         }
@@ -108,7 +139,7 @@ pub(crate) async fn load(
         grants,
         limits,
     };
-    let grants = PreparedGrants::new(Arc::from(name.as_str()), &details.grants, context.services)
+    let grants = PreparedGrants::new(Arc::from(name.as_str()), &details.grants, &context.services)
         .map_err(|err| fail(LoadFailure::Config(err)))?;
     let grants = Arc::new(grants);
     // `init` and `describe` run under the plugin's limits before it is
@@ -119,11 +150,11 @@ pub(crate) async fn load(
         details,
         grants,
         context.metering,
-        Arc::clone(context.pool_mates),
+        Arc::clone(&context.pool_mates),
     );
-    let invoked = plugin.run(Invocation::Describe).await;
+    let invoked = plugin.run(Describe).await;
     match invoked.result {
-        Ok(Returned::Info(info)) if info.size() > MAX_DESCRIBE_BYTES => {
+        Ok(info) if info.size() > MAX_DESCRIBE_BYTES => {
             return Err(fail(LoadFailure::InitFailed(Box::new(
                 CallFailure::OutputTooLarge {
                     stream: OutputStream::Describe,
@@ -131,8 +162,7 @@ pub(crate) async fn load(
                 },
             ))));
         }
-        Ok(Returned::Info(info)) => plugin.details.info = info,
-        Ok(_) => unreachable!("a describe invocation returns plugin info"),
+        Ok(info) => plugin.details.info = info,
         Err(failure) => return Err(fail(LoadFailure::InitFailed(Box::new(failure)))),
     }
     let plugin = Arc::new(plugin);

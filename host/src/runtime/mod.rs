@@ -16,11 +16,8 @@ pub(crate) mod spec;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-
-use wasmtime::Engine;
 use wasmtime::component::Linker;
 
 pub use bus::{BusEvent, DeadLetter, Subscription};
@@ -41,14 +38,15 @@ use crate::limits::BusOptions;
 use crate::limits::Limits;
 use crate::policy::Policy;
 use crate::policy::validate;
-use crate::sandbox::store::{self, StoreState};
+use crate::sandbox::store;
 use crate::services::HostShared;
 use crate::services::kv::{KvError, KvStore};
 use crate::text::chain;
 use bus::Bus;
-use load::LoadContext;
+use call::Dispatch;
+use load::Loader;
 use metrics::Metrics;
-use plugin::LoadedPlugin;
+use registry::Registry;
 use registry::Slot;
 
 /// Failure to build a [`Host`].
@@ -260,23 +258,25 @@ impl HostBuilder {
         }
         Ok(Host {
             inner: Arc::new(HostInner {
-                engine,
-                linker,
-                allocation,
-                default_limits: self.default_limits,
-                trust: self.trust,
-                cache,
-                services: HostShared { kv_store },
-                metering: self.engine.metering(),
-                pooling: self.engine.pooling.clone(),
-                persistent_kv: self.data_dir.is_some(),
-                plugins: ArcSwap::from_pointee(BTreeMap::new()),
-                plugins_writer: std::sync::Mutex::new(()),
-                pipelines: RwLock::new(BTreeMap::new()),
-                middleware: self.middleware,
-                metrics: Metrics::default(),
+                loader: Loader {
+                    engine,
+                    linker,
+                    allocation,
+                    pooling: self.engine.pooling.clone(),
+                    default_limits: self.default_limits,
+                    trust: self.trust,
+                    cache,
+                    services: HostShared { kv_store },
+                    persistent_kv: self.data_dir.is_some(),
+                    metering: self.engine.metering(),
+                    pool_mates: Arc::default(),
+                },
+                registry: Registry::default(),
+                dispatch: Dispatch {
+                    middleware: self.middleware,
+                    metrics: Metrics::default(),
+                },
                 bus: Bus::new(self.bus),
-                pool_mates: Arc::default(),
                 stopped: std::sync::atomic::AtomicBool::new(false),
             }),
         })
@@ -289,29 +289,17 @@ pub struct Host {
     inner: Arc<HostInner>,
 }
 
+/// The host is a small facade over its parts, each in its own module.
 struct HostInner {
-    engine: Engine,
-    linker: Linker<StoreState>,
-    allocation: AllocationMode,
-    default_limits: Limits,
-    trust: TrustPolicy,
-    cache: Option<CompileCache>,
-    /// What host services share across plugins (the key-value store).
-    services: HostShared,
-    metering: engine::Metering,
-    /// The pool's sizing, to refuse limits it cannot hold.
-    pooling: Option<crate::engine::PoolingOptions>,
-    persistent_kv: bool,
-    /// The plugin table: read on every call without a lock, replaced whole
-    /// (under `plugins_writer`) on the rare load and unload.
-    plugins: ArcSwap<BTreeMap<String, Arc<Slot>>>,
-    plugins_writer: std::sync::Mutex<()>,
-    pipelines: RwLock<BTreeMap<String, Pipeline>>,
-    middleware: Vec<Arc<dyn Middleware>>,
-    metrics: Metrics,
+    /// Turns specs into loaded plugins (`load.rs`).
+    loader: Loader,
+    /// The plugins by name, their versions and lifecycle, the pipelines
+    /// (`registry.rs`).
+    registry: Registry,
+    /// What surrounds every call: middleware and metrics (`call.rs`).
+    dispatch: Dispatch,
+    /// Events between plugins (`bus.rs`, `delivery.rs`).
     bus: Bus,
-    /// Every plugin's idle instances, freed when the instance pool runs out.
-    pool_mates: Arc<plugin::IdleInstances>,
     /// Set by [`Host::shutdown`]: delivery workers stop, so that nothing
     /// keeps the host (its engine and pool) alive after it.
     stopped: std::sync::atomic::AtomicBool,
@@ -325,17 +313,17 @@ impl Host {
 
     /// The limits plugins get unless their spec says otherwise.
     pub fn default_limits(&self) -> &Limits {
-        &self.inner.default_limits
+        &self.inner.loader.default_limits
     }
 
     /// Whether instances come from the pooling allocator.
     pub fn allocation_mode(&self) -> &AllocationMode {
-        &self.inner.allocation
+        &self.inner.loader.allocation
     }
 
     /// How the compile cache has been used, if the host has one.
     pub fn cache_stats(&self) -> Option<CacheStats> {
-        self.inner.cache.as_ref().map(CompileCache::stats)
+        self.inner.loader.cache.as_ref().map(CompileCache::stats)
     }
 
     /// Loads a plugin: checks, compiles and links it, then runs its `init` and
@@ -351,9 +339,9 @@ impl Host {
                 ),
             ));
         }
-        let loaded = self.compile(spec.clone()).await?;
+        let loaded = self.inner.loader.load(spec.clone()).await?;
         let details = loaded.details.clone();
-        let metrics = self.inner.metrics.for_plugin(&name);
+        let metrics = self.inner.dispatch.metrics.for_plugin(&name);
         let slot = Arc::new(Slot::new(loaded, spec, self.inner.bus.queue(), metrics));
         let inserted = self.update_plugins(|plugins| {
             if plugins.contains_key(&name) {
@@ -370,35 +358,6 @@ impl Host {
         }
         self.start_delivery(&slot);
         Ok(details)
-    }
-
-    /// Verifies, compiles, links and describes a plugin without registering
-    /// it.
-    async fn compile(&self, spec: PluginSpec) -> Result<Arc<LoadedPlugin>, LoadError> {
-        let pool = match self.inner.allocation {
-            AllocationMode::Pooling => self.inner.pooling.as_ref(),
-            AllocationMode::OnDemand { .. } => None,
-        };
-        let limits = spec.limits.as_ref().unwrap_or(&self.inner.default_limits);
-        validate::plugin(limits, &spec.grants, pool)
-            .map_err(|err| LoadError::new(spec.name(), LoadFailure::Config(err.to_string())))?;
-        let context = LoadContext {
-            engine: &self.inner.engine,
-            linker: &self.inner.linker,
-            default_limits: &self.inner.default_limits,
-            trust: &self.inner.trust,
-            cache: self.inner.cache.as_ref(),
-            services: &self.inner.services,
-            metering: self.inner.metering,
-            pool_mates: &self.inner.pool_mates,
-        };
-        if spec.grants.kv.is_some() && !self.inner.persistent_kv {
-            tracing::warn!(
-                plugin = %spec.name(),
-                "the host has no data directory: this plugin's key-value data will not survive a restart"
-            );
-        }
-        load::load(&context, spec).await
     }
 
     /// Loads every plugin and pipeline of a policy. A plugin that fails to
@@ -427,6 +386,7 @@ impl Host {
     /// Defines (or replaces) a pipeline: calling it calls `stages` in order.
     pub fn define_pipeline(&self, name: &str, stages: Vec<String>) {
         self.inner
+            .registry
             .pipelines
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -443,6 +403,7 @@ impl Host {
     pub fn pipelines(&self) -> Vec<Pipeline> {
         let pipelines = self
             .inner
+            .registry
             .pipelines
             .read()
             .unwrap_or_else(|p| p.into_inner());
@@ -456,15 +417,21 @@ impl Host {
             .iter()
             .map(|slot| (slot.name.to_string(), slot.current().live_instances()))
             .collect();
-        self.inner.metrics.render(&live)
+        self.inner.dispatch.metrics.render(&live)
     }
 
     fn slot(&self, name: &str) -> Option<Arc<Slot>> {
-        self.inner.plugins.load().get(name).cloned()
+        self.inner.registry.plugins.load().get(name).cloned()
     }
 
     fn slots(&self) -> Vec<Arc<Slot>> {
-        self.inner.plugins.load().values().cloned().collect()
+        self.inner
+            .registry
+            .plugins
+            .load()
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Changes the plugin table: `change` gets a copy to edit, which then
@@ -472,12 +439,13 @@ impl Host {
     fn update_plugins<R>(&self, change: impl FnOnce(&mut BTreeMap<String, Arc<Slot>>) -> R) -> R {
         let _writer = self
             .inner
-            .plugins_writer
+            .registry
+            .writer
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let mut table = BTreeMap::clone(&self.inner.plugins.load());
+        let mut table = BTreeMap::clone(&self.inner.registry.plugins.load());
         let result = change(&mut table);
-        self.inner.plugins.store(Arc::new(table));
+        self.inner.registry.plugins.store(Arc::new(table));
         result
     }
 }

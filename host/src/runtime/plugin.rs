@@ -13,7 +13,8 @@ use wasmtime::{Engine, PoolConcurrencyLimitError, Store};
 
 use crate::artifact::ComponentSummary;
 use crate::contract::{
-    Event, EventOutcome, PluginBindings, PluginError, PluginInfo, PluginPre, Request, Response,
+    Event, EventOutcome, Guest, PluginBindings, PluginError, PluginInfo, PluginPre, Request,
+    Response,
 };
 use crate::engine::Metering;
 use crate::error::{CallError, CallFailure, OutputStream};
@@ -58,23 +59,72 @@ fn serialize_info<S: serde::Serializer>(info: &PluginInfo, s: S) -> Result<S::Ok
     out.end()
 }
 
-/// Which export to invoke.
-pub(crate) enum Invocation {
-    Describe,
-    Handle(Request),
-    Event(Event),
+/// One of the plugin's exports, with what it takes and what it returns:
+/// [`Describe`], [`Handle`], [`OnEvent`]. [`LoadedPlugin::run`] runs any of
+/// them under the plugin's limits and hands back its typed result.
+pub(crate) trait Entry: Send {
+    /// What the export returns.
+    type Output: Send;
+    /// Whether this is `describe` at load: not a call (it does not count
+    /// toward `recycle_after`), and its result is a description.
+    const DESCRIBE: bool = false;
+    /// Calls the export on an instance.
+    fn call<'a>(
+        self,
+        handler: &'a Guest,
+        store: &'a mut Store<StoreState>,
+    ) -> impl Future<Output = wasmtime::Result<Self::Output>> + Send + 'a;
 }
 
-/// What the invoked export returned.
-pub(crate) enum Returned {
-    Info(PluginInfo),
-    Handled(Result<Response, PluginError>),
-    Event(Result<EventOutcome, PluginError>),
+/// `describe`: what the plugin says about itself.
+pub(crate) struct Describe;
+
+impl Entry for Describe {
+    type Output = PluginInfo;
+    const DESCRIBE: bool = true;
+
+    fn call<'a>(
+        self,
+        handler: &'a Guest,
+        store: &'a mut Store<StoreState>,
+    ) -> impl Future<Output = wasmtime::Result<PluginInfo>> + Send + 'a {
+        handler.call_describe(store)
+    }
+}
+
+/// `handle`: one request.
+pub(crate) struct Handle(pub(crate) Request);
+
+impl Entry for Handle {
+    type Output = Result<Response, PluginError>;
+
+    async fn call(
+        self,
+        handler: &Guest,
+        store: &mut Store<StoreState>,
+    ) -> wasmtime::Result<Self::Output> {
+        handler.call_handle(store, &self.0).await
+    }
+}
+
+/// `on-event`: one event delivery.
+pub(crate) struct OnEvent(pub(crate) Event);
+
+impl Entry for OnEvent {
+    type Output = Result<EventOutcome, PluginError>;
+
+    async fn call(
+        self,
+        handler: &Guest,
+        store: &mut Store<StoreState>,
+    ) -> wasmtime::Result<Self::Output> {
+        handler.call_on_event(store, &self.0).await
+    }
 }
 
 /// The result of [`LoadedPlugin::run`], with the log and cost either way.
-pub(crate) struct Invoked {
-    pub(crate) result: Result<Returned, CallFailure>,
+pub(crate) struct Invoked<T> {
+    pub(crate) result: Result<T, CallFailure>,
     pub(crate) logs: Vec<LogRecord>,
     pub(crate) events: Vec<PublishedEvent>,
     pub(crate) stats: CallStats,
@@ -137,18 +187,9 @@ impl Instance {
         state.begin_call(limits);
     }
 
-    async fn invoke(&mut self, invocation: Invocation) -> wasmtime::Result<Returned> {
+    async fn invoke<E: Entry>(&mut self, entry: E) -> wasmtime::Result<E::Output> {
         let handler = self.bindings.capsule_plugin_handler();
-        let store = &mut self.store;
-        Ok(match invocation {
-            Invocation::Describe => Returned::Info(handler.call_describe(store).await?),
-            Invocation::Handle(request) => {
-                Returned::Handled(handler.call_handle(store, &request).await?)
-            }
-            Invocation::Event(event) => {
-                Returned::Event(handler.call_on_event(store, &event).await?)
-            }
-        })
+        entry.call(handler, &mut self.store).await
     }
 }
 
@@ -251,9 +292,9 @@ impl LoadedPlugin {
             }));
         }
         let _slot = self.admit().await.map_err(|cause| self.error(cause))?;
-        let invoked = self.run(Invocation::Handle(request)).await;
+        let invoked = self.run(Handle(request)).await;
         let failure = match invoked.result {
-            Ok(Returned::Handled(Ok(response))) => match self.check_response(&response) {
+            Ok(Ok(response)) => match self.check_response(&response) {
                 Ok(()) => {
                     return Ok(CallOutcome {
                         response,
@@ -264,8 +305,7 @@ impl LoadedPlugin {
                 }
                 Err(too_large) => too_large,
             },
-            Ok(Returned::Handled(Err(plugin_error))) => self.plugin_failure(plugin_error),
-            Ok(_) => unreachable!("a handle invocation returns a response"),
+            Ok(Err(plugin_error)) => self.plugin_failure(plugin_error),
             Err(failure) => failure,
         };
         Err(CallError {
@@ -319,11 +359,10 @@ impl LoadedPlugin {
                 };
             }
         };
-        let invoked = self.run(Invocation::Event(event)).await;
+        let invoked = self.run(OnEvent(event)).await;
         let outcome = match invoked.result {
-            Ok(Returned::Event(Ok(outcome))) => self.check_event_outcome(outcome),
-            Ok(Returned::Event(Err(plugin_error))) => Err(self.plugin_failure(plugin_error)),
-            Ok(_) => unreachable!("an event invocation returns an outcome"),
+            Ok(Ok(outcome)) => self.check_event_outcome(outcome),
+            Ok(Err(plugin_error)) => Err(self.plugin_failure(plugin_error)),
             Err(failure) => Err(failure),
         };
         Delivered {
@@ -431,9 +470,9 @@ impl LoadedPlugin {
         })
     }
 
-    /// Runs one invocation on a warm instance, or on a fresh one, under the
+    /// Runs one export on a warm instance, or on a fresh one, under the
     /// plugin's deadline. A trapped or timed-out instance is dropped.
-    pub(crate) async fn run(&self, invocation: Invocation) -> Invoked {
+    pub(crate) async fn run<E: Entry>(&self, entry: E) -> Invoked<E::Output> {
         let limits = self.limits();
         let started = Instant::now();
         let deadline = started + limits.timeout;
@@ -441,7 +480,7 @@ impl LoadedPlugin {
         let fresh = pooled.is_none();
         // `describe` at load is not a call; it does not count toward
         // `recycle_after`.
-        let describe = matches!(invocation, Invocation::Describe);
+        let describe = E::DESCRIBE;
         let counts = !describe;
         let sink = match &pooled {
             Some(instance) => Arc::clone(&instance.sink),
@@ -468,7 +507,7 @@ impl LoadedPlugin {
                 },
             };
             instance.prepare(limits, deadline);
-            let result = instance.invoke(invocation).await;
+            let result = instance.invoke(entry).await;
             Ok::<_, SetupError>((instance, result))
         };
         // The epoch callback stops guest code at the deadline; this outer

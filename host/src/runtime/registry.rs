@@ -2,6 +2,7 @@
 //! capability, pause and resume, reload (verify and compile first, swap
 //! atomically, keep the old version on failure), shutdown and unload.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -107,6 +108,16 @@ impl Slot {
     }
 }
 
+/// The plugins by name and the pipelines over them.
+#[derive(Default)]
+pub(crate) struct Registry {
+    /// The plugin table: read on every call without a lock, replaced whole
+    /// (under `writer`) on the rare load and unload.
+    pub(crate) plugins: ArcSwap<BTreeMap<String, Arc<Slot>>>,
+    pub(crate) writer: Mutex<()>,
+    pub(crate) pipelines: std::sync::RwLock<BTreeMap<String, super::Pipeline>>,
+}
+
 /// How long a retired version's idle instances get to run `shutdown`.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(2);
 
@@ -189,10 +200,10 @@ impl Host {
                 LoadFailure::Config("no plugin with this name is loaded".into()),
             ));
         };
-        let loaded = match self.compile(spec.clone()).await {
+        let loaded = match self.inner.loader.load(spec.clone()).await {
             Ok(loaded) => loaded,
             Err(err) => {
-                self.inner.metrics.reload(&name, false);
+                self.inner.dispatch.metrics.reload(&name, false);
                 tracing::warn!(
                     plugin = %name,
                     error = %log_field(&err.to_string()),
@@ -208,7 +219,7 @@ impl Host {
         // what the old one did.
         slot.breaker.reset();
         slot.generation.fetch_add(1, Ordering::AcqRel);
-        self.inner.metrics.reload(&name, true);
+        self.inner.dispatch.metrics.reload(&name, true);
         tracing::info!(
             plugin = %name,
             from = %old.details.digest,
