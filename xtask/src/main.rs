@@ -5,9 +5,12 @@
 //! - `build-component-plugins`: `build-plugins`, then build `hello` with
 //!   `cargo component build` too (installing cargo-component if missing);
 //! - `test`: build the plugins both ways, then run every test in the
-//!   workspace;
+//!   workspace, then check the instruction budgets
+//!   (`bench/instructions.toml`) under callgrind;
 //! - `demo`: build the plugins and the CLI, then run the examples and show
 //!   what they did and what the sandbox stopped;
+//! - `bench`: the criterion benchmarks and their summary table, or with
+//!   `--instructions` the instruction counts and their budgets;
 //! - `ci`: formatting, lints, then `test`.
 
 mod bench;
@@ -15,6 +18,7 @@ mod component;
 mod demo;
 mod demo_setup;
 mod discover;
+mod instructions;
 mod plugins;
 mod shell;
 
@@ -36,8 +40,10 @@ enum Command {
     /// target/plugins/hello-cargo-component.wasm (installs cargo-component
     /// if missing; CAPSULE_SKIP_CARGO_COMPONENT=1 skips it).
     BuildComponentPlugins,
-    /// Build the plugins (with cargo-component too), then run all workspace
-    /// tests. Extra arguments go to `cargo test`.
+    /// Build the plugins (with cargo-component too), run all workspace
+    /// tests, then check the instruction budgets under valgrind (skipped
+    /// with a message where valgrind is missing, except with CI=true).
+    /// Extra arguments go to `cargo test`.
     Test {
         /// Passed through to `cargo test`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -52,8 +58,16 @@ enum Command {
     Bench {
         /// Also benchmark the Extism peer (builds a second wasmtime, outside
         /// the workspace).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "instructions")]
         peers: bool,
+        /// Instead, count the instructions of a warm call, a fresh-instance
+        /// call and the sieve under callgrind and check them against
+        /// bench/instructions.toml.
+        #[arg(long)]
+        instructions: bool,
+        /// With --instructions: record the counts as the new budgets.
+        #[arg(long, requires = "instructions")]
+        update: bool,
     },
 }
 
@@ -70,7 +84,20 @@ fn main() -> Result<()> {
         }
         Command::Test { cargo_args } => test(&workspace, &cargo_args)?,
         Command::Demo => demo::run(&workspace)?,
-        Command::Bench { peers } => bench::bench(&workspace, peers)?,
+        Command::Bench {
+            instructions: true,
+            update,
+            ..
+        } => {
+            let built = plugins::build(&workspace, plugins::Cli::WithTests)?;
+            let mode = if update {
+                instructions::Mode::Update
+            } else {
+                instructions::Mode::Check
+            };
+            instructions::instructions(&workspace, &built, mode)?;
+        }
+        Command::Bench { peers, .. } => bench::bench(&workspace, peers)?,
         Command::Ci => {
             workspace.cargo(&["fmt", "--all", "--", "--check"])?;
             workspace.cargo(&[
@@ -93,5 +120,8 @@ fn test(workspace: &shell::Workspace, extra: &[String]) -> Result<()> {
     let mut args = vec!["test".to_owned(), "--workspace".to_owned()];
     args.extend(extra.iter().cloned());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    workspace.cargo_with_env(&args, &[("CAPSULE_PLUGIN_DIR", built.dir.as_os_str())])
+    workspace.cargo_with_env(&args, &[("CAPSULE_PLUGIN_DIR", built.dir.as_os_str())])?;
+    // After the tests, so a failing test is reported first; instruction
+    // counts catch a slower call path without a flaky timing test.
+    instructions::check_after_tests(workspace, &built)
 }

@@ -52,6 +52,10 @@ pub fn cargo() -> std::ffi::OsString {
 
 /// Runs a command, echoing it first, and fails with its exit status.
 pub fn run(command: &mut Command) -> Result<()> {
+    // `cargo run` set this for xtask; passed on to cargo, it makes build
+    // scripts that watch it (ring's) rerun, and everything above them
+    // rebuild, whenever plain `cargo` and `cargo xtask` alternate.
+    command.env_remove("CARGO_MANIFEST_DIR");
     eprintln!("$ {}", describe(command));
     let status = command
         .status()
