@@ -281,6 +281,14 @@ impl LoadedPlugin {
         self.live.load(Ordering::Acquire)
     }
 
+    /// Calls admitted and running on this version now.
+    pub(crate) fn calls_in_flight(&self) -> usize {
+        self.limits()
+            .max_instances
+            .max(1)
+            .saturating_sub(self.slots.available_permits())
+    }
+
     /// Serves one request.
     pub(crate) async fn call(&self, request: Request) -> Result<CallOutcome, CallError> {
         let limits = self.limits();

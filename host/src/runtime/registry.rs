@@ -45,6 +45,11 @@ pub struct PluginStatus {
     pub generation: u64,
     /// Live instances of the current version.
     pub live_instances: usize,
+    /// Calls running on the current version now.
+    pub calls_in_flight: usize,
+    /// Events waiting for delivery to it: queued, being delivered, or parked
+    /// for a retry. Zero means its part of the bus is quiet.
+    pub queued_events: usize,
 }
 
 /// A plugin name's place in the registry. It outlives reloads: the current
@@ -104,6 +109,8 @@ impl Slot {
             state,
             generation: self.generation.load(Ordering::Acquire),
             live_instances: current.live_instances(),
+            calls_in_flight: current.calls_in_flight(),
+            queued_events: self.queue.len(),
         }
     }
 }

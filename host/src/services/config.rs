@@ -97,3 +97,39 @@ impl Service for Config {
         interfaces::config::add_to_linker::<T, ConfigData>(linker, |store| store.state())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    use crate::contract::interfaces::config::Host as _;
+    use crate::services::harness::Harness;
+
+    #[test]
+    fn a_plugin_reads_only_the_values_it_was_given() {
+        let mut config = Harness::<Config>::from_policy(
+            r#"{ greeting = "hi", token = "s3cret" }"#,
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(
+            config.state.get("greeting".into()).unwrap().as_deref(),
+            Some("hi")
+        );
+        assert_eq!(config.state.get("HOME".into()).unwrap(), None);
+        assert_eq!(config.state.get_all().unwrap().len(), 2);
+        let mut nothing = Harness::<Config>::not_granted();
+        assert!(nothing.state.get_all().unwrap().is_empty());
+    }
+
+    #[test]
+    fn keys_are_checked_and_values_never_shown() {
+        let err = Harness::<Config>::from_policy(r#"{ "" = "x" }"#, Path::new("."))
+            .err()
+            .unwrap();
+        assert_eq!(err.field, "");
+        let values = BTreeMap::from([("token".to_owned(), "s3cret".to_owned())]);
+        assert_eq!(Config::summary(&values), ["token"]);
+    }
+}

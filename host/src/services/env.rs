@@ -73,3 +73,40 @@ impl Service for Env {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    use wasmtime_wasi::p2::bindings::cli::environment::Host as _;
+
+    use crate::services::harness::Harness;
+
+    #[test]
+    fn a_plugin_sees_exactly_the_granted_variables() {
+        let mut env =
+            Harness::<Env>::from_policy(r#"{ LANG = "en", MODE = "test" }"#, Path::new("."))
+                .unwrap();
+        assert_eq!(
+            env.cli().get_environment().unwrap(),
+            [("LANG".into(), "en".into()), ("MODE".into(), "test".into())]
+        );
+        // Nothing of the host's own environment leaks in.
+        let mut nothing = Harness::<Env>::not_granted();
+        assert!(nothing.cli().get_environment().unwrap().is_empty());
+        assert!(nothing.cli().get_arguments().unwrap().is_empty());
+    }
+
+    #[test]
+    fn names_and_values_the_environment_cannot_hold_are_refused() {
+        for bad in [
+            r#"{ "A=B" = "x" }"#,
+            r#"{ "" = "x" }"#,
+            r#"{ A = "x\u0000y" }"#,
+        ] {
+            let err = Harness::<Env>::from_policy(bad, Path::new(".")).err();
+            assert!(err.is_some(), "{bad} was accepted");
+        }
+    }
+}

@@ -224,6 +224,10 @@ impl Service for Events {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    use crate::contract::interfaces::events::Host as _;
+    use crate::services::harness::Harness;
 
     #[test]
     fn patterns_match_like_nats() {
@@ -246,5 +250,63 @@ mod tests {
         assert!(validate_topic("a.b-c.d_e").is_ok());
         assert!(validate_topic("a.*").is_err());
         assert!(validate_topic("").is_err());
+    }
+
+    #[test]
+    fn publishing_needs_a_grant_for_the_topic() {
+        let mut events = Harness::<Events>::not_granted();
+        let err = events
+            .state
+            .publish("orders.created".into(), vec![])
+            .unwrap_err();
+        assert!(
+            matches!(&err, ServiceError::Denied(m) if m == "publishing to `orders.created` was not granted to this plugin"),
+            "{err:?}"
+        );
+        let mut events = Harness::<Events>::from_policy(
+            r#"{ publish = ["orders.*"], subscribe = [] }"#,
+            Path::new("."),
+        )
+        .unwrap();
+        events
+            .state
+            .publish("orders.created".into(), b"{}".to_vec())
+            .unwrap();
+        let denied = events
+            .state
+            .publish("invoices.paid".into(), vec![])
+            .unwrap_err();
+        assert!(matches!(denied, ServiceError::Denied(_)), "{denied:?}");
+        let invalid = events
+            .state
+            .publish("orders..x".into(), vec![])
+            .unwrap_err();
+        assert!(matches!(invalid, ServiceError::Invalid(_)), "{invalid:?}");
+        assert_eq!(events.state.published.len(), 1);
+    }
+
+    #[test]
+    fn a_call_publishes_within_its_budget_and_the_next_call_starts_fresh() {
+        let limits = Limits {
+            max_response_bytes: 100,
+            ..Limits::default()
+        };
+        let grant = EventsGrant {
+            publish: vec![TopicPattern::parse(">").unwrap()],
+            subscribe: vec![],
+        };
+        let mut events = Harness::<Events>::granted(&grant, limits);
+        events.state.publish("a".into(), vec![0; 60]).unwrap();
+        let err = events.state.publish("a".into(), vec![0; 41]).unwrap_err();
+        assert!(matches!(err, ServiceError::QuotaExceeded(_)), "{err:?}");
+        events.state.publish("a".into(), vec![0; 40]).unwrap();
+        for _ in 2..MAX_EVENTS_PER_CALL {
+            events.state.publish("a".into(), vec![]).unwrap();
+        }
+        let err = events.state.publish("a".into(), vec![]).unwrap_err();
+        assert!(matches!(err, ServiceError::QuotaExceeded(_)), "{err:?}");
+        events.begin_call();
+        assert!(events.state.published.is_empty());
+        events.state.publish("a".into(), vec![0; 100]).unwrap();
     }
 }

@@ -245,6 +245,14 @@ pub(crate) fn preopen(builder: &mut WasiCtxBuilder, mounts: &[Mount]) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wasmtime::component::Resource;
+    use wasmtime_wasi::filesystem::Descriptor;
+    use wasmtime_wasi::p2::bindings::filesystem::preopens::Host as _;
+    use wasmtime_wasi::p2::bindings::filesystem::types::{
+        DescriptorFlags, ErrorCode, HostDescriptor as _, OpenFlags, PathFlags,
+    };
+
+    use crate::services::harness::Harness;
 
     #[test]
     fn mounts_are_canonical_and_guest_paths_absolute() {
@@ -285,6 +293,100 @@ mod tests {
         let real = mount.materialise().unwrap();
         assert!(dir.is_dir());
         assert_eq!(real.host, dir.canonicalize().unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The directories a plugin's store preopens, by guest path.
+    fn preopens(files: &mut Harness<Files>) -> Vec<(Resource<Descriptor>, String)> {
+        files.filesystem().get_directories().unwrap()
+    }
+
+    /// Opens `path` in preopen `dir` as a plugin would.
+    async fn open(
+        files: &mut Harness<Files>,
+        dir: &Resource<Descriptor>,
+        path: &str,
+        create: bool,
+        flags: DescriptorFlags,
+    ) -> Result<(), ErrorCode> {
+        let dir = Resource::new_borrow(dir.rep());
+        let oflags = if create {
+            OpenFlags::CREATE
+        } else {
+            OpenFlags::empty()
+        };
+        match files
+            .filesystem()
+            .open_at(dir, PathFlags::empty(), path.into(), oflags, flags)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(err) => Err(err.downcast().unwrap()),
+        }
+    }
+
+    #[tokio::test]
+    async fn without_a_grant_no_directory_exists() {
+        let mut files = Harness::<Files>::not_granted();
+        assert!(preopens(&mut files).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_read_only_mount_reads_and_refuses_every_write() {
+        let dir = crate::test_support::temp_dir("files-harness-ro");
+        std::fs::write(dir.join("a.txt"), "alpha").unwrap();
+        let policy = r#"[{ host = "files-harness-ro", guest = "/data", access = "read-only" }]"#;
+        let base = dir.parent().unwrap();
+        let policy = policy.replace(
+            "files-harness-ro",
+            dir.file_name().unwrap().to_str().unwrap(),
+        );
+        let mut files = Harness::<Files>::from_policy(&policy, base).unwrap();
+        let mounted = preopens(&mut files);
+        assert_eq!(mounted.len(), 1);
+        assert_eq!(mounted[0].1, "/data");
+        let root = &mounted[0].0;
+        open(&mut files, root, "a.txt", false, DescriptorFlags::READ)
+            .await
+            .unwrap();
+        for (path, create) in [("a.txt", false), ("new.txt", true)] {
+            let err = open(&mut files, root, path, create, DescriptorFlags::WRITE).await;
+            assert_eq!(err, Err(ErrorCode::NotPermitted), "{path}");
+        }
+        let err = open(
+            &mut files,
+            root,
+            "../escape.txt",
+            true,
+            DescriptorFlags::WRITE,
+        )
+        .await;
+        assert_eq!(err, Err(ErrorCode::NotPermitted));
+        assert_eq!(std::fs::read_to_string(dir.join("a.txt")).unwrap(), "alpha");
+        assert!(!dir.join("new.txt").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_mount_to_create_exists_once_the_plugin_loads_and_takes_writes() {
+        let dir = std::env::temp_dir().join(format!("capsule-harness-rw-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let policy = format!(
+            r#"[{{ host = "{}", guest = "/out", access = "read-write", create = true }}]"#,
+            dir.display()
+        );
+        let mut files = Harness::<Files>::from_policy(&policy, Path::new("/")).unwrap();
+        let mounted = preopens(&mut files);
+        open(
+            &mut files,
+            &mounted[0].0,
+            "new.txt",
+            true,
+            DescriptorFlags::WRITE,
+        )
+        .await
+        .unwrap();
+        assert!(dir.join("new.txt").is_file());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -390,6 +390,9 @@ impl Service for Http {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    use crate::services::harness::Harness;
 
     #[test]
     fn origins_match_scheme_host_and_port() {
@@ -428,5 +431,61 @@ mod tests {
         ] {
             assert!(OriginPattern::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Asks the plugin's hooks to send a GET to `uri`; the answer if the
+    /// hooks refused it at once, `None` if they let it go out.
+    fn send(http: &mut Harness<Http>, uri: &str) -> Option<wasmtime_wasi_http::Error> {
+        use http_body_util::BodyExt;
+        let body = http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        let request = http::Request::get(uri).body(body).unwrap();
+        let sent = http
+            .state
+            .send_request(request, None, Box::new(async { Ok(()) }));
+        // A refusal is ready at once; a request let through would connect.
+        let waker = std::task::Waker::noop();
+        match Box::into_pin(sent)
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(waker))
+        {
+            std::task::Poll::Ready(Err(error)) => Some(error),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_go_only_to_granted_origins_and_within_the_per_call_count() {
+        use wasmtime_wasi_http::Error;
+        let mut none = Harness::<Http>::not_granted();
+        assert!(matches!(
+            send(&mut none, "https://example.com/"),
+            Some(Error::HttpRequestDenied)
+        ));
+
+        let mut http = Harness::<Http>::from_policy(
+            r#"{ allow = ["http://127.0.0.1:9"], max_requests = 2 }"#,
+            Path::new("."),
+        )
+        .unwrap();
+        for other in [
+            "https://127.0.0.1:9/",
+            "http://127.0.0.1:10/",
+            "http://localhost:9/",
+        ] {
+            assert!(
+                matches!(send(&mut http, other), Some(Error::HttpRequestDenied)),
+                "{other}"
+            );
+        }
+        assert!(send(&mut http, "http://127.0.0.1:9/a").is_none());
+        assert!(send(&mut http, "http://127.0.0.1:9/b").is_none());
+        assert!(matches!(
+            send(&mut http, "http://127.0.0.1:9/c"),
+            Some(Error::ConnectionLimitReached)
+        ));
+        http.begin_call();
+        assert!(send(&mut http, "http://127.0.0.1:9/d").is_none());
     }
 }

@@ -450,6 +450,10 @@ impl Service for Kv {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    use crate::contract::interfaces::kv::Host as _;
+    use crate::services::harness::Harness;
 
     fn grant(ns: &str) -> KvGrant {
         KvGrant {
@@ -528,5 +532,70 @@ mod tests {
             store.increment(&g, "text", 1),
             Err(ServiceError::Invalid(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_plugin_without_a_namespace_is_denied() {
+        let mut kv = Harness::<Kv>::not_granted();
+        let err = kv.state.get("k".into()).await.unwrap_err();
+        assert!(
+            matches!(&err, ServiceError::Denied(m) if m == "no key-value namespace was granted to this plugin"),
+            "{err:?}"
+        );
+        let err = kv.state.set("k".into(), b"v".to_vec()).await.unwrap_err();
+        assert!(matches!(err, ServiceError::Denied(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_policy_grant_defaults_its_namespace_and_enforces_its_quotas() {
+        let mut kv = Harness::<Kv>::from_policy(
+            r#"{ max_keys = 2, max_value = "8B", max_key = "4B" }"#,
+            Path::new("."),
+        )
+        .unwrap();
+        let grant = kv.state.access.as_ref().unwrap().0.clone();
+        assert_eq!(grant.namespace, crate::services::harness::PLUGIN);
+        kv.state
+            .set("a".into(), b"12345678".to_vec())
+            .await
+            .unwrap();
+        let quota = |err: ServiceError| matches!(err, ServiceError::QuotaExceeded(_));
+        assert!(quota(
+            kv.state
+                .set("b".into(), b"123456789".to_vec())
+                .await
+                .unwrap_err()
+        ));
+        assert!(quota(
+            kv.state
+                .set("toolong".into(), b"1".to_vec())
+                .await
+                .unwrap_err()
+        ));
+        kv.state.set("b".into(), b"1".to_vec()).await.unwrap();
+        let err = kv.state.set("c".into(), b"1".to_vec()).await.unwrap_err();
+        assert!(
+            matches!(&err, ServiceError::QuotaExceeded(m) if m.contains("is full (2 keys)")),
+            "{err:?}"
+        );
+        assert!(kv.state.delete("a".into()).await.unwrap());
+        kv.state.set("c".into(), b"1".to_vec()).await.unwrap();
+        assert_eq!(kv.state.list_keys(String::new()).await.unwrap(), ["b", "c"]);
+    }
+
+    #[test]
+    fn quotas_out_of_range_are_refused() {
+        for (bad, field) in [
+            (r#"{ max_key = "0B" }"#, "max_key"),
+            (r#"{ max_keys = 2000000000000 }"#, "max_keys"),
+            (r#"{ max_value = "1TiB" }"#, "max_value"),
+            (r#"{ namespace = "" }"#, "namespace"),
+            (r#"{ namespace = "a/b" }"#, "namespace"),
+        ] {
+            let err = Harness::<Kv>::from_policy(bad, Path::new(".")).err();
+            assert_eq!(err.map(|e| e.field).as_deref(), Some(field), "{bad}");
+        }
+        // A namespace that may hold nothing is a reader's grant, not a mistake.
+        assert!(Harness::<Kv>::from_policy("{ max_keys = 0 }", Path::new(".")).is_ok());
     }
 }

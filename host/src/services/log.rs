@@ -324,3 +324,50 @@ impl Service for Log {
         interfaces::log::add_to_linker::<T, LogData>(linker, |store| store.state())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    use crate::contract::interfaces::log::Host as _;
+    use crate::limits::Limits;
+    use crate::services::harness::Harness;
+
+    #[test]
+    fn a_plugin_without_the_log_grant_is_denied() {
+        let mut log = Harness::<Log>::from_policy("false", Path::new(".")).unwrap();
+        let err = log.state.log(LogLevel::Info, "hello".into()).unwrap_err();
+        assert!(
+            matches!(&err, ServiceError::Denied(m) if m == "logging was not granted to this plugin"),
+            "{err:?}"
+        );
+        assert!(log.end_call().records.is_empty());
+    }
+
+    #[test]
+    fn the_log_budget_refuses_lines_past_it_and_is_fresh_every_call() {
+        let limits = Limits {
+            max_log_bytes: 100,
+            max_log_records: 3,
+            ..Limits::default()
+        };
+        let mut log = Harness::<Log>::granted(&LogGrant::default(), limits);
+        // 60 bytes of text and 32 of overhead fit in 100; one more line does not.
+        log.state.log(LogLevel::Info, "x".repeat(60)).unwrap();
+        let err = log.state.log(LogLevel::Info, "y".into()).unwrap_err();
+        assert!(matches!(err, ServiceError::QuotaExceeded(_)), "{err:?}");
+        let call = log.end_call();
+        assert_eq!((call.records.len(), call.refused), (1, 1));
+
+        log.begin_call();
+        for line in ["a", "b", "c"] {
+            log.state.log(LogLevel::Warn, line.into()).unwrap();
+        }
+        let err = log.state.log(LogLevel::Warn, "d".into()).unwrap_err();
+        assert!(matches!(err, ServiceError::QuotaExceeded(_)), "{err:?}");
+        let call = log.end_call();
+        let lines: Vec<_> = call.records.iter().map(|r| r.message.as_str()).collect();
+        assert_eq!((lines, call.refused), (vec!["a", "b", "c"], 1));
+    }
+}

@@ -18,6 +18,8 @@ pub mod config;
 pub mod env;
 pub mod events;
 pub mod files;
+#[cfg(test)]
+pub(crate) mod harness;
 pub mod http;
 pub mod kv;
 pub mod log;
