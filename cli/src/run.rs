@@ -84,6 +84,9 @@ pub struct RunArgs {
     /// Compile the plugin without reading or writing the cache.
     #[arg(long)]
     no_cache: bool,
+    // Its help names every service of the host, so it is built at run time.
+    #[arg(long = "grant", value_name = "SERVICE=VALUE", value_parser = parse_grant, help = grant_help())]
+    grants: Vec<(String, String)>,
     /// Grant an environment variable (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     env: Vec<(String, String)>,
@@ -161,6 +164,39 @@ fn parse_config_arg(text: &str) -> Result<ConfigArg, String> {
     }
 }
 
+/// The `--grant` help, naming every service the host has.
+fn grant_help() -> String {
+    let names: Vec<&str> = capsule_host::services::SERVICES
+        .iter()
+        .map(|s| s.name)
+        .collect();
+    format!(
+        "Grant a host service in full, written as a policy file writes its key \
+         (repeatable), e.g. --grant 'kv={{ namespace = \"n\", max_keys = 10 }}'; \
+         the flags below add to it. Services: {}",
+        names.join(", ")
+    )
+}
+
+/// `SERVICE=VALUE` where SERVICE is one of the host's services.
+fn parse_grant(text: &str) -> Result<(String, String), String> {
+    let (service, value) = parse_key_value(text)?;
+    if !capsule_host::services::SERVICES
+        .iter()
+        .any(|s| s.name == service)
+    {
+        let names: Vec<&str> = capsule_host::services::SERVICES
+            .iter()
+            .map(|s| s.name)
+            .collect();
+        return Err(format!(
+            "no service `{service}` (services: {})",
+            names.join(", ")
+        ));
+    }
+    Ok((service, value))
+}
+
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
@@ -206,6 +242,7 @@ fn overrides(args: &RunArgs) -> Overrides {
         memory: args.memory,
         timeout: args.timeout,
         max_response: args.max_output,
+        grants: args.grants.clone(),
         config: values.chain(args.set.iter().cloned()).collect(),
         env: args.env.clone(),
         mounts: args.mounts.clone(),

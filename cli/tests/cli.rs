@@ -817,6 +817,44 @@ fn grants_can_be_given_on_the_command_line() {
         "/nonexistent:/d",
     ]);
     assert_eq!(out.status.code(), Some(2), "a bad mount is a usage error");
+
+    // Any service, granted whole as a policy writes it.
+    let out = capsule(&[
+        "run",
+        path_str(&plugin("hello")),
+        "--op",
+        "greet",
+        "--input",
+        r#"{"name":"Ada"}"#,
+        "--grant",
+        r#"config={ greeting = "Hej" }"#,
+        "--json",
+    ]);
+    assert_eq!(
+        json(&out)["output"]["greeting"],
+        "Hej, Ada!",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (bad, says) in [
+        (
+            "nosuch=1",
+            "no service `nosuch` (services: log, config, env, kv, events, files, http)",
+        ),
+        ("kv={ max_keys = -1 }", "--grant kv:"),
+    ] {
+        let out = capsule(&[
+            "run",
+            path_str(&plugin("hello")),
+            "--op",
+            "greet",
+            "--grant",
+            bad,
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(stderr.contains(says), "{bad}: {stderr}");
+    }
 }
 
 /// `--input-file` is read only up to the plugin's request limit: an endless

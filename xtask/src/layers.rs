@@ -25,6 +25,9 @@ pub fn check(src: &Path) -> Result<()> {
             graph.len(),
             src.display()
         );
+        for (level, modules) in levels(&graph).iter().enumerate().rev() {
+            eprintln!("  {level:>2}  {}", modules.join(" "));
+        }
         return Ok(());
     }
     let mut report = String::new();
@@ -225,6 +228,35 @@ fn tokens(stream: TokenStream, out: &mut Vec<Vec<String>>) {
     }
 }
 
+/// The modules of an acyclic graph by layer: layer 0 names no other
+/// module, and every module sits one above the highest it names.
+pub fn levels(graph: &Graph) -> Vec<Vec<String>> {
+    fn level(graph: &Graph, node: &str, memo: &mut BTreeMap<String, usize>) -> usize {
+        if let Some(&known) = memo.get(node) {
+            return known;
+        }
+        let below = graph
+            .get(node)
+            .into_iter()
+            .flat_map(BTreeMap::keys)
+            .map(|next| level(graph, next, memo) + 1)
+            .max()
+            .unwrap_or(0);
+        memo.insert(node.to_owned(), below);
+        below
+    }
+    let mut memo = BTreeMap::new();
+    let mut layers: Vec<Vec<String>> = Vec::new();
+    for node in graph.keys() {
+        let at = level(graph, node, &mut memo);
+        if layers.len() <= at {
+            layers.resize(at + 1, Vec::new());
+        }
+        layers[at].push(node.clone());
+    }
+    layers
+}
+
 /// Every cycle of the graph, one per strongly connected component, as a
 /// closed walk (`a, b, c, a`).
 pub fn cycles(graph: &Graph) -> Vec<Vec<String>> {
@@ -299,11 +331,11 @@ mod tests {
             "fn f() { let _ = super::super::c::g(); }",
         );
         write(&dir, "c.rs", "macro_rules! m { () => { $crate::a::x() }; }");
-        let graph = graph(&dir).unwrap();
-        assert!(graph["a"].contains_key("b"));
-        assert!(graph["b"].contains_key("c"), "{graph:?}");
-        assert!(graph["c"].contains_key("a"), "{graph:?}");
-        let found = cycles(&graph);
+        let found_graph = graph(&dir).unwrap();
+        assert!(found_graph["a"].contains_key("b"));
+        assert!(found_graph["b"].contains_key("c"), "{found_graph:?}");
+        assert!(found_graph["c"].contains_key("a"), "{found_graph:?}");
+        let found = cycles(&found_graph);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].first(), found[0].last());
         assert_eq!(found[0].len(), 4, "{found:?}");
@@ -311,6 +343,8 @@ mod tests {
 
         write(&dir, "c.rs", "fn g() {}");
         assert!(check(&dir).is_ok());
+        let layers = levels(&graph(&dir).unwrap());
+        assert_eq!(layers, [vec!["c"], vec!["b"], vec!["a"]]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

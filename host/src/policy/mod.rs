@@ -183,6 +183,11 @@ pub struct Overrides {
     pub timeout: Option<Duration>,
     /// `limits.max_response`, in bytes.
     pub max_response: Option<u64>,
+    /// Whole grants, by service name, as a policy file writes the
+    /// service's key (`("kv", "{ namespace = \"n\", max_keys = 10 }")`):
+    /// each replaces that key of the section before the additions below.
+    /// Every service in [`crate::SERVICES`] can be granted this way.
+    pub grants: Vec<(String, String)>,
     /// Values added to `config`.
     pub config: Vec<(String, String)>,
     /// Variables added to `env`.
@@ -275,7 +280,15 @@ impl Policy {
                     ),
                 }));
             };
-            apply(section, overrides);
+            apply(section, overrides).map_err(|mut errors| {
+                for error in &mut errors.0 {
+                    error.key = error
+                        .key
+                        .take()
+                        .map(|key| format!("plugins.{plugin}.{key}"));
+                }
+                errors
+            })?;
         }
         located.resolve(raw)
     }
@@ -291,7 +304,13 @@ impl Policy {
         let file = Path::new("<command line>");
         let path = std::path::absolute(component).unwrap_or_else(|_| component.to_owned());
         let mut section = RawPlugin::for_path(path.display().to_string());
-        apply(&mut section, overrides);
+        apply(&mut section, overrides).map_err(|mut errors| {
+            for error in &mut errors.0 {
+                error.file = file.to_owned();
+                error.key = error.key.take().map(|key| format!("plugins.{name}.{key}"));
+            }
+            errors
+        })?;
         let mut plugins = BTreeMap::new();
         plugins.insert(Spanned::new(0..0, name), section);
         let raw = RawPolicy {
@@ -311,8 +330,27 @@ impl Policy {
     }
 }
 
-/// Applies command-line overrides to a parsed plugin section.
-fn apply(section: &mut RawPlugin, overrides: &Overrides) {
+/// Applies command-line overrides to a parsed plugin section. A whole
+/// grant that does not parse is an error naming its service (the key, to
+/// be prefixed with the plugin's section, and `<command line>` as file).
+fn apply(section: &mut RawPlugin, overrides: &Overrides) -> Result<(), PolicyErrors> {
+    let errors: Vec<PolicyError> = overrides
+        .grants
+        .iter()
+        .filter_map(|(service, value)| {
+            raw::set_grant(section, service, value)
+                .err()
+                .map(|message| PolicyError {
+                    file: PathBuf::from("<command line>"),
+                    position: None,
+                    key: Some(service.clone()),
+                    message: format!("--grant {service}: {message}"),
+                })
+        })
+        .collect();
+    if !errors.is_empty() {
+        return Err(PolicyErrors(errors));
+    }
     let limits = section.limits.get_mut();
     if let Some(fuel) = overrides.fuel {
         limits.fuel = Some(Fuel(fuel));
@@ -382,6 +420,7 @@ fn apply(section: &mut RawPlugin, overrides: &Overrides) {
             .publish
             .extend(overrides.publish.iter().cloned());
     }
+    Ok(())
 }
 
 /// 1-based line and column of a byte offset.

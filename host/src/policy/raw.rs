@@ -74,6 +74,21 @@ macro_rules! define_raw_plugin {
             (grants, errors)
         }
 
+        /// Replaces service `service`'s key in a plugin section with `toml`,
+        /// written as the policy file would write the key's value (what
+        /// `capsule run --grant SERVICE=VALUE` gives).
+        pub(super) fn set_grant(raw: &mut RawPlugin, service: &str, toml: &str) -> Result<(), String> {
+            $(if service == <$service as Service>::NAME {
+                let value: GrantValue<<$service as Service>::Policy> =
+                    toml::from_str(&format!("grant = {toml}"))
+                        .map_err(|err| err.message().trim().to_owned())?;
+                raw.$field = Some(Spanned::new(0..0, value.grant));
+                return Ok(());
+            })*
+            let names: Vec<&str> = crate::services::SERVICES.iter().map(|s| s.name).collect();
+            Err(format!("no service `{service}` (services: {})", names.join(", ")))
+        }
+
         /// Where each service's key is in a plugin section, to locate what
         /// validation finds.
         pub(super) fn grant_spans(raw: &RawPlugin) -> Vec<(&'static str, std::ops::Range<usize>)> {
@@ -86,6 +101,12 @@ macro_rules! define_raw_plugin {
     };
 }
 for_each_service!(define_raw_plugin);
+
+/// One service's grant, parsed on its own as `grant = VALUE`.
+#[derive(Deserialize)]
+struct GrantValue<P> {
+    grant: P,
+}
 
 /// `[host.events]`: the event bus.
 #[derive(Deserialize, Default)]

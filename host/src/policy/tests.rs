@@ -316,6 +316,67 @@ fn overrides_are_validated_like_the_file() {
     );
 }
 
+#[test]
+fn every_service_can_be_granted_whole_from_the_command_line() {
+    let (_, wasm) = wasm_file();
+    let text = format!("[plugins.a]\npath = \"{wasm}\"\nkv = {{ namespace = \"file\" }}\n");
+    let base = std::env::temp_dir();
+    let parse = |grants: &[(&str, &str)]| {
+        let overrides = Overrides {
+            grants: grants
+                .iter()
+                .map(|(s, v)| (s.to_string(), v.to_string()))
+                .collect(),
+            publish: vec![TopicPattern::parse("extra.*").unwrap()],
+            ..Overrides::default()
+        };
+        Policy::parse_with(
+            &text,
+            Path::new("capsule.toml"),
+            &base,
+            Some(("a", &overrides)),
+        )
+    };
+    let policy = parse(&[
+        ("kv", r#"{ max_keys = 3 }"#),
+        ("events", r#"{ publish = ["orders.*"] }"#),
+        ("log", "false"),
+    ])
+    .unwrap();
+    let grants = &policy.plugins["a"].grants;
+    let kv = grants.kv.as_ref().unwrap();
+    assert_eq!(
+        (kv.namespace.as_str(), kv.max_keys),
+        ("a", 3),
+        "the whole key is replaced"
+    );
+    let publish: Vec<String> = grants
+        .events
+        .publish
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    assert_eq!(publish, ["orders.*", "extra.*"], "the flags add to it");
+    assert!(!grants.log.enabled);
+
+    let errors = parse(&[("kv", "{ max_keys = -1 }"), ("nosuch", "1")])
+        .unwrap_err()
+        .0;
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert_eq!(errors[0].key.as_deref(), Some("plugins.a.kv"));
+    assert_eq!(errors[0].file, Path::new("<command line>"));
+    assert!(
+        errors[1]
+            .message
+            .contains("no service `nosuch` (services: log, config, env, kv"),
+        "{}",
+        errors[1].message
+    );
+    // Values are validated like the file's.
+    let errors = parse(&[("kv", r#"{ max_key = "0B" }"#)]).unwrap_err().0;
+    assert_eq!(errors[0].key.as_deref(), Some("plugins.a.kv.max_key"));
+}
+
 #[cfg(unix)]
 #[test]
 fn policy_files_are_read_safely() {
