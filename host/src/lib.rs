@@ -19,13 +19,11 @@
 
 #![deny(missing_docs)]
 
-// The layers, bottom up (`docs/architecture.md`; `cargo xtask test` checks
-// that no module reaches up):
-// data — text, units, bounds, limits, engine options, contract, outcome;
-// errors — error; reading — input, artifact;
-// services — services; the sandbox — sandbox; admission — admission;
-// policy — policy; runtime — runtime; on top — check, serve (and the CLI
-// crate).
+// The layers, bottom up (`docs/architecture.md`; `cargo xtask layers`,
+// run by `cargo xtask test`, fails on any cycle and prints them):
+// data — bounds, limits, text, units; contract, engine, input; artifact,
+// outcome — then error; services; admission, policy, sandbox; runtime and
+// check; serve on top (and the CLI crate above the library).
 mod admission;
 pub mod artifact;
 pub mod bounds;

@@ -2,6 +2,7 @@
 //! checks, middleware, the plugin call itself, metrics, a tracing span, and
 //! publishing the events the call produced. Pipelines chain calls.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -11,8 +12,6 @@ use super::Host;
 use super::breaker::Admission;
 use super::bus::BusEvent;
 use super::delivery::Publisher;
-use std::sync::Arc;
-
 use super::metrics::Metrics;
 use super::middleware::{CallContext, Middleware};
 use super::pipeline::PipelineError;
