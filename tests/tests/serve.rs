@@ -399,6 +399,10 @@ async fn listing_metrics_health_events_and_reload() {
     assert_eq!(hello["info"]["version"], "0.1.0");
     assert_eq!(hello["info"]["capabilities"], json!(["greeting"]));
     assert_eq!(hello["state"], "active");
+    assert_eq!(
+        (&hello["calls_in_flight"], &hello["queued_events"]),
+        (&json!(0), &json!(0))
+    );
     assert_eq!(hello["digest"].as_str().unwrap().len(), 64);
     assert_eq!(hello["signers"].as_array().unwrap().len(), 1);
     assert!(hello["grants"].is_object() && hello["limits"].is_object());
