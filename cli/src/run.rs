@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use capsule_host::policy::Overrides;
+use capsule_host::Overrides;
 use capsule_host::services::events::TopicPattern;
 use capsule_host::services::files::Access;
 use capsule_host::services::http::OriginPattern;

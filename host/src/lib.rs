@@ -34,7 +34,7 @@ mod error;
 pub mod input;
 mod limits;
 mod outcome;
-pub mod policy;
+mod policy;
 mod runtime;
 mod sandbox;
 #[cfg(feature = "serve")]
@@ -45,8 +45,8 @@ mod test_support;
 pub mod text;
 pub mod units;
 
-pub use artifact::cache::{CacheKey, CacheStats};
-pub use artifact::{KeyId, PublicKey, SecretKey};
+pub use artifact::cache::{CacheError, CacheKey, CacheKeyError, CacheStats};
+pub use artifact::keys::{KeyError, KeyId, PublicKey, SecretKey};
 pub use contract::{
     CONTRACT_PACKAGE, CONTRACT_VERSION, LogLevel, PluginError, PluginInfo, Request, Response,
     ServiceError,
@@ -56,10 +56,10 @@ pub use engine::{AllocationMode, EngineOptions, PoolingOptions};
 pub use error::{Budget, CallError, CallFailure, ErrorKind, LoadError, LoadFailure, OutputStream};
 pub use limits::{BusOptions, Limits};
 pub use outcome::{CallOutcome, CallStats, LogRecord, LogSource, PublishedEvent};
-pub use policy::{Policy, PolicyError, PolicyErrors};
+pub use policy::{HostPolicy, Overrides, PluginPolicy, Policy, PolicyError, PolicyErrors};
 pub use runtime::{
     BusEvent, CallContext, DeadLetter, Host, HostBuilder, HostError, Middleware, Pipeline,
     PipelineError, PluginDetails, PluginSource, PluginSpec, PluginState, PluginStatus, REQUEST_ID,
     RequestId, Subscription,
 };
-pub use services::{Grants, GrantsSummary};
+pub use services::grants::{Grants, GrantsSummary};

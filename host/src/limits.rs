@@ -46,11 +46,11 @@ pub struct Limits {
     /// host keeps for an instance's WASI resources.
     pub max_handles: usize,
     /// Log lines per call (`log` calls plus stdout and stderr lines). Each
-    /// line also costs [`LOG_RECORD_OVERHEAD`] bytes of the log budget, so
+    /// line also costs 32 (`LOG_RECORD_OVERHEAD`) bytes of the log budget, so
     /// empty lines are not free.
     pub max_log_records: usize,
     /// Response metadata entries per call. Each entry also costs
-    /// [`METADATA_ENTRY_OVERHEAD`] bytes of the response budget.
+    /// 32 (`METADATA_ENTRY_OVERHEAD`) bytes of the response budget.
     pub max_metadata_entries: usize,
 }
 
@@ -109,7 +109,7 @@ pub(crate) fn http_body_chunk(http_granted: bool) -> usize {
 impl Limits {
     /// Bytes one host call may hand the host (wasmtime's "hostcall fuel"):
     /// enough for the largest response, log line or published payload the
-    /// plugin may produce, plus [`HOST_CALL_ALLOWANCE`]. A plugin cannot
+    /// plugin may produce, plus 64 KiB (`HOST_CALL_ALLOWANCE`). A plugin cannot
     /// make the host copy more than this per call, however it aliases its
     /// own memory.
     pub fn host_call_bytes(&self) -> usize {

@@ -4,7 +4,7 @@
 //! come from people the host does not trust. Written raw, a newline would let
 //! them forge a log line and a megabyte would let one request flood the log.
 //! [`for_log`] escapes control characters and truncates, so one value is
-//! always one bounded piece of one line. [`chain`] renders an error and its
+//! always one bounded piece of one line. `chain` renders an error and its
 //! causes on one line.
 
 use std::borrow::Cow;

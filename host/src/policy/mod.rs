@@ -42,7 +42,7 @@
 //! policy (`HostBuilder::from_policy`); this module knows nothing of it.
 
 mod raw;
-pub mod validate;
+pub(crate) mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -186,7 +186,7 @@ pub struct Overrides {
     /// Whole grants, by service name, as a policy file writes the
     /// service's key (`("kv", "{ namespace = \"n\", max_keys = 10 }")`):
     /// each replaces that key of the section before the additions below.
-    /// Every service in [`crate::SERVICES`] can be granted this way.
+    /// Every service in [`crate::services::SERVICES`] can be granted this way.
     pub grants: Vec<(String, String)>,
     /// Values added to `config`.
     pub config: Vec<(String, String)>,

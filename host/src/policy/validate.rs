@@ -12,10 +12,10 @@
 
 use std::time::Duration;
 
+use crate::Grants;
 use crate::bounds::{GIB, Invalid, KIB, MIB, PAGE, bytes, duration, range, show_bytes};
 use crate::engine::{EngineOptions, PoolingOptions};
 use crate::limits::{BusOptions, Limits};
-use crate::services::Grants;
 
 /// A plugin's limits, each within the range the host can honour.
 pub fn limits(limits: &Limits) -> Result<(), Invalid> {

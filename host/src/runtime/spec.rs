@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::Grants;
 use crate::limits::Limits;
-use crate::services::Grants;
 
 /// Where a plugin's component bytes come from.
 #[derive(Debug, Clone)]

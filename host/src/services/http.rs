@@ -2,7 +2,7 @@
 //! the origins the operator granted, at most a number of requests per call,
 //! with response bodies bounded. Everything else fails with the WASI error
 //! code `HTTP-request-denied`. Raw `wasi:sockets` stay denied (see
-//! [`super::wasi`]), so the allow-list cannot be bypassed.
+//! `services::wasi`), so the allow-list cannot be bypassed.
 //!
 //! Origins are matched by scheme, host name and port, before any DNS lookup.
 //! A granted host name whose DNS answer points somewhere private is still

@@ -1,8 +1,8 @@
 //! The `log` service: levelled plugin logs, bounded per call, tagged with the
 //! plugin's name and forwarded into `tracing` (target `capsule::plugin`).
 //!
-//! The same [`LogSink`] receives the plugin's captured stdout and stderr (see
-//! [`super::wasi`]), so one budget bounds everything a plugin can make the
+//! The same `LogSink` receives the plugin's captured stdout and stderr (see
+//! `services::wasi`), so one budget bounds everything a plugin can make the
 //! host buffer as log output during a call.
 
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -1,10 +1,10 @@
 //! Host services, one module per capability, every one of the same shape:
-//! a [`Service`] names itself, the WIT imports it answers, the grant an
+//! a `Service` names itself, the WIT imports it answers, the grant an
 //! operator gives (how a policy writes it, how it is checked, what anyone may
 //! see of it), what it prepares once per plugin, its per-store state and
 //! per-call reset, its budgets, and its linker line.
 //!
-//! [`for_each_service!`] is the one registration list. The [`Grants`] struct,
+//! `for_each_service!` is the one registration list. The [`Grants`] struct,
 //! the policy file's plugin sections, the store's state, the linker, the
 //! imports a plugin may have and `capsule check`'s import-to-grant table are
 //! all generated from it, so adding a service is one new file and one line
@@ -18,12 +18,16 @@ pub mod config;
 pub mod env;
 pub mod events;
 pub mod files;
+pub(crate) mod grants;
 #[cfg(test)]
 pub(crate) mod harness;
 pub mod http;
 pub mod kv;
 pub mod log;
 pub(crate) mod wasi;
+
+pub use grants::SERVICES;
+pub(crate) use grants::{Grants, PreparedGrants, is_served};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -253,114 +257,6 @@ pub(crate) const BASE_IMPORTS: &[(Import, Availability)] = &[
     (Import::package("wasi:random"), Availability::Always),
     (Import::package("wasi:sockets"), Availability::Never),
 ];
-
-macro_rules! define_grants {
-    ($($(#[$doc:meta])* $field:ident: $service:ty => $grant:ty, $summary:ty;)*) => {
-        // The spelled-out types are the services' own.
-        $(const _: fn(<$service as Service>::Grant, <$service as Service>::Summary)
-            -> ($grant, $summary) = |grant, summary| (grant, summary);)*
-
-        /// Everything a plugin is allowed to touch, one field per host
-        /// service. The default grants logging and nothing else.
-        #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-        pub struct Grants {
-            $($(#[$doc])* pub $field: $grant,)*
-        }
-
-        /// What [`Grants`] shows to anyone who may list plugins but not
-        /// administer them: which capabilities a plugin holds, never the
-        /// values an operator configured (config and environment values may
-        /// be credentials) nor where its directories are on the host.
-        #[derive(Serialize)]
-        pub struct GrantsSummary {
-            $($(#[$doc])* pub $field: $summary,)*
-        }
-
-        /// A plugin's grants, prepared once at load and shared by all its
-        /// stores.
-        pub(crate) struct PreparedGrants {
-            /// The plugin's name.
-            pub(crate) plugin: Arc<str>,
-            $(pub(crate) $field: <$service as Service>::Prepared,)*
-        }
-
-        impl Grants {
-            /// The grants without configured values or host paths.
-            pub fn summary(&self) -> GrantsSummary {
-                GrantsSummary {
-                    $($field: <$service as Service>::summary(&self.$field),)*
-                }
-            }
-
-            /// Every grant's values within range; the first problem names
-            /// its field (`kv.max_value`, `env.A=B`).
-            pub fn validate(&self) -> Result<(), Invalid> {
-                $(<$service as Service>::validate(&self.$field)
-                    .map_err(|err| err.within(<$service as Service>::NAME))?;)*
-                Ok(())
-            }
-
-            /// The service that answers `import` and whether this plugin
-            /// may use it; `None` if no service answers it.
-            pub fn serving(&self, import: &Interface) -> Option<(&'static str, Availability)> {
-                $(if <$service as Service>::IMPORTS.iter().any(|i| i.matches(import)) {
-                    return Some((
-                        <$service as Service>::NAME,
-                        <$service as Service>::availability(&self.$field),
-                    ));
-                })*
-                BASE_IMPORTS
-                    .iter()
-                    .find(|(base, _)| base.matches(import))
-                    .map(|(_, availability)| ("wasi", *availability))
-            }
-
-            /// The services the operator granted this plugin beyond what
-            /// every plugin gets, by name, with the imports each answers.
-            pub fn granted(&self) -> Vec<(&'static str, &'static [Import])> {
-                let mut granted = Vec::new();
-                $(if self.$field != <$service as Service>::Grant::default()
-                    && <$service as Service>::availability(&self.$field) != Availability::NotGranted
-                {
-                    granted.push((<$service as Service>::NAME, <$service as Service>::IMPORTS));
-                })*
-                granted
-            }
-        }
-
-        impl PreparedGrants {
-            /// Prepares every grant; fails naming the service that could not
-            /// be provided.
-            pub(crate) fn new(
-                plugin: Arc<str>,
-                grants: &Grants,
-                host: &HostShared,
-            ) -> Result<Self, String> {
-                Ok(PreparedGrants {
-                    plugin,
-                    $($field: <$service as Service>::prepare(&grants.$field, host)
-                        .map_err(|err| format!("{}: {err}", <$service as Service>::NAME))?,)*
-                })
-            }
-        }
-
-        /// Every host service, in registration order: its name, the imports
-        /// it answers and its budgets.
-        pub const SERVICES: &[ServiceInfo] = &[$(ServiceInfo {
-            name: <$service as Service>::NAME,
-            imports: <$service as Service>::IMPORTS,
-            budgets: <$service as Service>::BUDGETS,
-        },)*];
-
-        /// Whether some service, or the base WASI every plugin has, answers
-        /// `import`: the imports a plugin may have at all.
-        pub(crate) fn is_served(import: &Interface) -> bool {
-            $(<$service as Service>::IMPORTS.iter().any(|i| i.matches(import)) ||)*
-                BASE_IMPORTS.iter().any(|(base, _)| base.matches(import))
-        }
-    };
-}
-for_each_service!(define_grants);
 
 #[cfg(test)]
 mod tests {
