@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use capsule_host::{Host, Policy, Request, RequestId};
+use capsule_host::{Host, HostBuilder, Policy, Request, RequestId};
 use serde_json::{Value, json};
 
 fn section(title: &str) {
@@ -37,7 +37,9 @@ async fn main() -> Result<()> {
         .nth(1)
         .unwrap_or_else(|| "example-plugins/capsule.toml".into());
     let policy = Policy::load(path.as_ref()).map_err(|err| anyhow::anyhow!("{err}"))?;
-    let host = policy.host_builder().middleware(RequestId).build()?;
+    let host = HostBuilder::from_policy(&policy)
+        .middleware(RequestId)
+        .build()?;
 
     section(&format!("loading every plugin of {path}"));
     let failures = host.load_policy(&policy).await;

@@ -6,12 +6,11 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::artifact::Interface;
+use crate::admission::{Examined, TrustPolicy, check_memory, examine, io_failure};
 use crate::error::ErrorKind;
 use crate::input::{self, MAX_COMPONENT_BYTES, MAX_SIGNATURE_BYTES};
 use crate::policy::{PluginPolicy, Policy};
-use crate::runtime::load::{Examined, TrustPolicy, check_memory, examine, io_failure};
-use crate::services::Grants;
+use crate::services::Availability;
 
 /// How an import of a plugin is served.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -136,71 +135,31 @@ fn check_plugin(name: &str, plugin: &PluginPolicy, trust: &TrustPolicy) -> Plugi
     };
     check.signers = signers;
     check.contract_version = summary.contract_version().map(str::to_owned);
-    let mut used = Vec::new();
     for import in &summary.imports {
-        let status = status_of(import, &plugin.grants);
-        if let ImportStatus::Granted(grant) = status {
-            used.push(grant);
-        }
-        if import.package == "wasi:cli" && import.item == "environment" {
-            used.push("env");
-        }
-        if import.is_contract() && import.item == "config" {
-            used.push("config");
-        }
+        let status = match plugin.grants.serving(import) {
+            Some((name, Availability::Granted)) => ImportStatus::Granted(name),
+            Some((name, Availability::NotGranted)) => ImportStatus::NotGranted(name),
+            Some((_, Availability::Never)) => ImportStatus::NeverGranted,
+            // Admission refused anything no service answers.
+            Some((_, Availability::Always)) | None => ImportStatus::Provided,
+        };
         check.imports.push(ImportCheck {
             import: import.name.clone(),
             status,
         });
     }
-    check.unused_grants = granted(&plugin.grants)
+    // A grant the operator gave that no import of the plugin can use.
+    check.unused_grants = plugin
+        .grants
+        .granted()
         .into_iter()
-        .filter(|grant| !used.contains(grant))
-        .map(str::to_owned)
+        .filter(|(_, imports)| {
+            !summary
+                .imports
+                .iter()
+                .any(|import| imports.iter().any(|i| i.matches(import)))
+        })
+        .map(|(name, _)| name.to_owned())
         .collect();
     check
-}
-
-/// The grant an import needs, and whether the plugin has it.
-fn status_of(import: &Interface, grants: &Grants) -> ImportStatus {
-    let need = |grant: &'static str, has: bool| {
-        if has {
-            ImportStatus::Granted(grant)
-        } else {
-            ImportStatus::NotGranted(grant)
-        }
-    };
-    match (import.package.as_str(), import.item.as_str()) {
-        ("capsule:plugin", "log") => need("log", grants.log.enabled),
-        ("capsule:plugin", "kv") => need("kv", grants.kv.is_some()),
-        ("capsule:plugin", "events") => need("events.publish", !grants.events.publish.is_empty()),
-        ("wasi:filesystem", _) => need("files", !grants.files.is_empty()),
-        ("wasi:http", _) => need("http", grants.http.is_some()),
-        ("wasi:sockets", _) => ImportStatus::NeverGranted,
-        _ => ImportStatus::Provided,
-    }
-}
-
-/// The grants a plugin holds that an import could use.
-fn granted(grants: &Grants) -> Vec<&'static str> {
-    let mut held = Vec::new();
-    if !grants.config.is_empty() {
-        held.push("config");
-    }
-    if !grants.env.is_empty() {
-        held.push("env");
-    }
-    if grants.kv.is_some() {
-        held.push("kv");
-    }
-    if !grants.events.publish.is_empty() {
-        held.push("events.publish");
-    }
-    if !grants.files.is_empty() {
-        held.push("files");
-    }
-    if grants.http.is_some() {
-        held.push("http");
-    }
-    held
 }

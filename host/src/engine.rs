@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::error::chain;
+use crate::limits::{CORE_INSTANCES_PER_INSTANCE, MEMORIES_PER_INSTANCE, TABLES_PER_INSTANCE};
+use crate::text::chain;
 
 /// Engine-wide settings. Per-plugin limits live in [`crate::Limits`]; these
 /// are the ones wasmtime can only set for the whole engine.
@@ -162,17 +163,6 @@ fn pooling_config(options: &PoolingOptions) -> PoolingAllocationConfig {
         .decommit_batch_size(DECOMMIT_BATCH);
     pool
 }
-
-/// What one plugin instance may take of the pool. Every store is held to
-/// these (see `limits::MemoryLimiter`), so an instance of one plugin can
-/// never use up the share of others: a component that declares more fails
-/// with `budget_exceeded` (`component_parts`). A Rust component is one core
-/// module plus a few adapter shims, with one or two memories.
-pub(crate) const CORE_INSTANCES_PER_INSTANCE: u32 = 8;
-/// See [`CORE_INSTANCES_PER_INSTANCE`].
-pub(crate) const MEMORIES_PER_INSTANCE: u32 = 2;
-/// See [`CORE_INSTANCES_PER_INSTANCE`].
-pub(crate) const TABLES_PER_INSTANCE: u32 = 4;
 
 /// Bytes of each pooled linear memory reset in place instead of decommitted.
 const KEEP_RESIDENT_MEMORY: usize = 4 << 20;

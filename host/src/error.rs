@@ -7,8 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::contract::PluginError;
-use crate::runtime::CallStats;
-use crate::services::log::LogRecord;
+use crate::outcome::{CallStats, LogRecord};
 
 /// The stable, machine-readable name of a failure (`"out_of_fuel"`, ...).
 ///
@@ -475,19 +474,10 @@ fn describe_plugin_error(err: &PluginError) -> String {
     }
 }
 
-/// Renders a wasmtime error and its causes on one line, without the
-/// backtrace that `{:?}` prints when `RUST_BACKTRACE` is set.
-pub(crate) fn chain(err: &wasmtime::Error) -> String {
-    let mut out = String::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
+/// The typed error raised when a plugin writes more output than allowed.
+#[derive(Debug, thiserror::Error)]
+#[error("{stream} exceeded its limit of {limit} {}", stream.unit())]
+pub(crate) struct OutputLimitExceeded {
+    pub(crate) stream: OutputStream,
+    pub(crate) limit: usize,
 }

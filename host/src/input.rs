@@ -172,13 +172,7 @@ mod tests {
     use super::*;
     use std::time::{Duration, Instant};
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("capsule-input-test-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
+    use crate::test_support::{mkfifo, temp_dir};
 
     #[test]
     fn a_fifo_is_refused_without_waiting_for_a_writer() {
@@ -249,59 +243,6 @@ mod tests {
             "{err:?}"
         );
         assert_eq!(err.into_io_error().kind(), std::io::ErrorKind::FileTooLarge);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    /// Makes a FIFO at `path`.
-    fn mkfifo(path: &Path) {
-        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: `c_path` is a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
-    }
-
-    #[test]
-    fn policy_files_are_read_safely() {
-        let dir = temp_dir("policy");
-        let fifo = dir.join("capsule.toml");
-        mkfifo(&fifo);
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            sender.send(crate::Policy::load(&fifo).err().map(|e| e.message))
-        });
-        let message = receiver
-            .recv_timeout(Duration::from_secs(5))
-            .expect("a FIFO policy does not block")
-            .expect("a FIFO policy is refused");
-        assert!(message.contains("FIFO"), "{message}");
-        let err = crate::Policy::load(Path::new("/dev/zero")).unwrap_err();
-        assert!(err.message.contains("character device"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[tokio::test]
-    async fn plugin_sources_are_read_within_their_limits() {
-        use crate::runtime::PluginSource;
-        use crate::runtime::load::read_source;
-        let dir = temp_dir("source");
-        let signature = dir.join("plugin.sig");
-        std::fs::write(&signature, vec![0u8; MAX_SIGNATURE_BYTES as usize + 1]).unwrap();
-        let failure = read_source(PluginSource::Path(signature.clone()), MAX_SIGNATURE_BYTES)
-            .await
-            .unwrap_err();
-        assert_eq!(failure.kind(), crate::ErrorKind::Io);
-        assert!(failure.to_string().contains("larger than"), "{failure}");
-        // The same file is fine as a component.
-        read_source(PluginSource::Path(signature), MAX_COMPONENT_BYTES)
-            .await
-            .unwrap();
-        let failure = read_source(PluginSource::Path("/dev/zero".into()), MAX_COMPONENT_BYTES)
-            .await
-            .unwrap_err();
-        assert_eq!(failure.kind(), crate::ErrorKind::Io);
-        assert!(
-            failure.to_string().contains("character device"),
-            "{failure}"
-        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

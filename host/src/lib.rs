@@ -17,24 +17,36 @@
 //! # Ok(()) }
 //! ```
 
+#![deny(missing_docs)]
+
+// The layers, bottom up (`docs/architecture.md`; `cargo xtask layers`,
+// run by `cargo xtask test`, fails on any cycle and prints them):
+// data — bounds, limits, text, units; contract, engine, input; artifact,
+// outcome — then error; services; admission, policy, sandbox; runtime and
+// check; serve on top (and the CLI crate above the library).
+mod admission;
 pub mod artifact;
+pub mod bounds;
 pub mod check;
 mod contract;
-pub mod engine;
+mod engine;
 mod error;
 pub mod input;
 mod limits;
-pub mod policy;
+mod outcome;
+mod policy;
 mod runtime;
+mod sandbox;
+#[cfg(feature = "serve")]
 pub mod serve;
 pub mod services;
-mod store;
+#[cfg(test)]
+mod test_support;
 pub mod text;
 pub mod units;
-pub mod validate;
 
-pub use artifact::cache::{CacheKey, CacheStats};
-pub use artifact::{KeyId, PublicKey, SecretKey};
+pub use artifact::cache::{CacheError, CacheKey, CacheKeyError, CacheStats};
+pub use artifact::keys::{KeyError, KeyId, PublicKey, SecretKey};
 pub use contract::{
     CONTRACT_PACKAGE, CONTRACT_VERSION, LogLevel, PluginError, PluginInfo, Request, Response,
     ServiceError,
@@ -42,13 +54,12 @@ pub use contract::{
 pub use contract::{Event, EventOutcome, ForwardedEvent};
 pub use engine::{AllocationMode, EngineOptions, PoolingOptions};
 pub use error::{Budget, CallError, CallFailure, ErrorKind, LoadError, LoadFailure, OutputStream};
-pub use limits::Limits;
-pub use policy::{Policy, PolicyError};
+pub use limits::{BusOptions, Limits};
+pub use outcome::{CallOutcome, CallStats, LogRecord, LogSource, PublishedEvent};
+pub use policy::{HostPolicy, Overrides, PluginPolicy, Policy, PolicyError, PolicyErrors};
 pub use runtime::{
-    BusEvent, BusOptions, CallContext, CallOutcome, CallStats, DeadLetter, Host, HostBuilder,
-    HostError, Middleware, Pipeline, PipelineError, PluginDetails, PluginSource, PluginSpec,
-    PluginState, PluginStatus, REQUEST_ID, RequestId, Subscription,
+    BusEvent, CallContext, DeadLetter, Host, HostBuilder, HostError, Middleware, Pipeline,
+    PipelineError, PluginDetails, PluginSource, PluginSpec, PluginState, PluginStatus, REQUEST_ID,
+    RequestId, Subscription,
 };
-pub use services::Grants;
-pub use services::events::PublishedEvent;
-pub use services::log::{LogRecord, LogSource};
+pub use services::grants::{Grants, GrantsSummary};

@@ -44,7 +44,8 @@ use serde_json::json;
 
 use crate::contract::{PluginError, Request};
 use crate::error::{CallError, CallFailure, ErrorKind};
-use crate::runtime::{CallOutcome, Host, PipelineError};
+use crate::outcome::CallOutcome;
+use crate::runtime::{Host, PipelineError};
 
 /// Prefix of headers that carry request and response metadata.
 pub const META_HEADER_PREFIX: &str = "x-capsule-meta-";

@@ -4,7 +4,8 @@
 //! come from people the host does not trust. Written raw, a newline would let
 //! them forge a log line and a megabyte would let one request flood the log.
 //! [`for_log`] escapes control characters and truncates, so one value is
-//! always one bounded piece of one line.
+//! always one bounded piece of one line. `chain` renders an error and its
+//! causes on one line.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -49,6 +50,23 @@ pub fn for_log(text: &str, max: usize) -> Cow<'_, str> {
 /// [`for_log`] with [`LOG_FIELD_BYTES`].
 pub fn log_field(text: &str) -> Cow<'_, str> {
     for_log(text, LOG_FIELD_BYTES)
+}
+
+/// Renders a wasmtime error and its causes on one line, without the
+/// backtrace that `{:?}` prints when `RUST_BACKTRACE` is set.
+pub(crate) fn chain(err: &wasmtime::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 #[cfg(test)]

@@ -44,6 +44,84 @@ pub fn format_size(bytes: u64) -> String {
     bytes.to_string()
 }
 
+/// Values that check themselves while being deserialized, so that a policy
+/// file's error carries the position of the bad value.
+///
+/// Implements `Deserialize` for `$ty` through a visitor that accepts strings
+/// (parsed by `$parse`) and, where `int` is given, non-negative integers.
+macro_rules! value_from_str {
+    ($ty:ident, $expecting:literal, |$s:ident| $parse:expr $(, int |$n:ident| $from_int:expr)?) => {
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str($expecting)
+                    }
+                    fn visit_str<E: serde::de::Error>(self, $s: &str) -> Result<$ty, E> {
+                        $parse.map_err(E::custom)
+                    }
+                    $(
+                    fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<$ty, E> {
+                        let $n = u64::try_from(value)
+                            .map_err(|_| E::custom(format!("{value} is negative")))?;
+                        Ok($from_int)
+                    }
+                    fn visit_u64<E: serde::de::Error>(self, $n: u64) -> Result<$ty, E> {
+                        Ok($from_int)
+                    }
+                    )?
+                }
+                deserializer.deserialize_any(V)
+            }
+        }
+    };
+}
+pub(crate) use value_from_str;
+
+/// A byte size in a policy file: an integer or a string such as `"64MiB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl Size {
+    /// The size as a `usize` (saturating: validation refuses anything this
+    /// large).
+    pub fn usize(self) -> usize {
+        usize::try_from(self.0).unwrap_or(usize::MAX)
+    }
+}
+
+/// A duration in a policy file, such as `"500ms"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Time(pub Duration);
+
+/// A fuel budget in a policy file: an integer, or `"none"` for no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fuel(pub Option<u64>);
+
+value_from_str!(
+    Size,
+    "a size such as \"64MiB\" or a number of bytes",
+    |s| parse_size(s).map(Size),
+    int | n | Size(n)
+);
+value_from_str!(Time, "a duration such as \"500ms\" or \"2s\"", |s| {
+    parse_duration(s).map(Time)
+});
+value_from_str!(
+    Fuel,
+    "a number of fuel units or \"none\"",
+    |s| if s.eq_ignore_ascii_case("none") {
+        Ok(Fuel(None))
+    } else {
+        Err(format!(
+            "`{s}` is not a fuel amount (a number, or \"none\")"
+        ))
+    },
+    int | n | Fuel(Some(n))
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

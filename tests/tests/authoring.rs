@@ -57,7 +57,7 @@ fn capsule_cli() -> PathBuf {
         .join(format!("capsule{}", std::env::consts::EXE_SUFFIX));
     assert!(
         path.is_file(),
-        "{} is missing: run `cargo xtask test` (or `cargo build -p capsule-host --bin capsule`)",
+        "{} is missing: run `cargo xtask test` (or `cargo build -p capsule-cli`)",
         path.display()
     );
     path
@@ -242,7 +242,7 @@ async fn cargo_component_build_of_hello_matches_the_wasip2_build() {
     // And it is cargo-component's output: a core module adapted to WASI 0.2
     // with the preview 1 adapter.
     let bytes = std::fs::read(&component_path).unwrap();
-    let summary = capsule_host::artifact::inspect(&bytes).unwrap();
+    let summary = capsule_host::artifact::inspect::inspect(&bytes).unwrap();
     assert!(
         contains(&bytes, b"wasi_snapshot_preview1"),
         "no WASI preview 1 adapter in {}",
@@ -533,7 +533,7 @@ fn hello_for_contract(version: &str) -> (Vec<u8>, SecretKey) {
 #[tokio::test]
 async fn a_plugin_for_another_contract_track_is_refused_naming_both_versions() {
     let (bytes, key) = hello_for_contract("0.2.0");
-    let summary = capsule_host::artifact::inspect(&bytes).unwrap();
+    let summary = capsule_host::artifact::inspect::inspect(&bytes).unwrap();
     assert_eq!(summary.contract_version(), Some("0.2.0"));
 
     let host = Host::builder().trust(key.public_key()).build().unwrap();

@@ -263,7 +263,7 @@ async fn every_failure_has_a_fitting_status_and_a_json_body() {
     // Busy: spin-loop has one instance and no queue.
     let first = server.post("/v1/plugins/spin-loop/call?op=run", "x");
     let second = async {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        running(&server.host, "spin-loop").await;
         server.post("/v1/plugins/spin-loop/call?op=run", "x").await
     };
     let (first, second) = tokio::join!(first, second);
@@ -399,6 +399,10 @@ async fn listing_metrics_health_events_and_reload() {
     assert_eq!(hello["info"]["version"], "0.1.0");
     assert_eq!(hello["info"]["capabilities"], json!(["greeting"]));
     assert_eq!(hello["state"], "active");
+    assert_eq!(
+        (&hello["calls_in_flight"], &hello["queued_events"]),
+        (&json!(0), &json!(0))
+    );
     assert_eq!(hello["digest"].as_str().unwrap().len(), 64);
     assert_eq!(hello["signers"].as_array().unwrap().len(), 1);
     assert!(hello["grants"].is_object() && hello["limits"].is_object());
@@ -474,6 +478,18 @@ async fn concurrent_calls_over_http_are_all_answered() {
     server.stop().await.unwrap();
 }
 
+/// Waits (up to five seconds) until a call to `plugin` is running.
+async fn running(host: &Host, plugin: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while host.status(plugin).unwrap().calls_in_flight == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no call to {plugin} started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_in_flight_calls_finish_then_stops() {
     let server = Server::start().await;
@@ -482,7 +498,7 @@ async fn shutdown_lets_in_flight_calls_finish_then_stops() {
         let url = server.url("/v1/plugins/slow-host-calls/call?op=run");
         tokio::spawn(async move { client.post(url).body("x").send().await })
     };
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    running(&server.host, "slow-host-calls").await;
     let base = server.base.clone();
     let host = server.host.clone();
     server.stop().await.expect("the server stops cleanly");

@@ -11,6 +11,8 @@
 //!   what they did and what the sandbox stopped;
 //! - `bench`: the criterion benchmarks and their summary table, or with
 //!   `--instructions` the instruction counts and their budgets;
+//! - `layers`: the host library's modules form no cycle (also run by
+//!   `test`);
 //! - `ci`: formatting, lints, then `test`.
 
 mod bench;
@@ -19,6 +21,7 @@ mod demo;
 mod demo_setup;
 mod discover;
 mod instructions;
+mod layers;
 mod plugins;
 mod shell;
 
@@ -54,6 +57,8 @@ enum Command {
     Demo,
     /// Check formatting and lints, then run `test`.
     Ci,
+    /// Check that the host library's top-level modules form no cycle.
+    Layers,
     /// Run the benchmarks (release) and print a summary table of ratios.
     Bench {
         /// Also benchmark the Extism peer (builds a second wasmtime, outside
@@ -84,6 +89,7 @@ fn main() -> Result<()> {
         }
         Command::Test { cargo_args } => test(&workspace, &cargo_args)?,
         Command::Demo => demo::run(&workspace)?,
+        Command::Layers => layers::check(&workspace.root.join("host/src"))?,
         Command::Bench {
             instructions: true,
             update,
@@ -115,6 +121,8 @@ fn main() -> Result<()> {
 }
 
 fn test(workspace: &shell::Workspace, extra: &[String]) -> Result<()> {
+    // Seconds, and it fails for reasons no test would show.
+    layers::check(&workspace.root.join("host/src"))?;
     let built = plugins::build(workspace, plugins::Cli::WithTests)?;
     component::build(workspace, &built)?;
     let mut args = vec!["test".to_owned(), "--workspace".to_owned()];

@@ -78,6 +78,8 @@ pub fn build(workspace: &Workspace, cli: Cli) -> Result<Built> {
         Cli::Alone => workspace.cargo(&[
             "build",
             "-p",
+            "capsule-cli",
+            "-p",
             "capsule-host",
             "--bin",
             "capsule",

@@ -284,7 +284,7 @@ impl CompileCache {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 Some(component)
             }
-            Err(err) => self.discard(&path, &crate::error::chain(&err)),
+            Err(err) => self.discard(&path, &crate::text::chain(&err)),
         }
     }
 
@@ -331,7 +331,7 @@ impl CompileCache {
         let path = self.path_for(engine, digest);
         let written = component
             .serialize()
-            .map_err(|err| crate::error::chain(&err))
+            .map_err(|err| crate::text::chain(&err))
             .and_then(|artifact| {
                 let len = (MAGIC.len() + TAG_BYTES + artifact.len()) as u64;
                 if len > MAX_ENTRY_BYTES {

@@ -1,15 +1,17 @@
 //! Plugin artifacts before they run: their structure, digest and signatures,
 //! read without compiling anything, and the cache of compiled components.
 
-pub mod cache;
+// Keys and the cache are reached through the crate root (`PublicKey`,
+// `CacheKey`, …); inspection, sections and signatures through their own
+// modules. One public path per type.
+pub(crate) mod cache;
 pub mod inspect;
-pub mod keys;
+pub(crate) mod keys;
 pub mod sections;
 pub mod signature;
 
-pub use inspect::{ComponentSummary, Interface, inspect};
-pub use keys::{KeyError, KeyId, PublicKey, SecretKey};
-pub use signature::{SignatureError, SignatureInfo, Verified};
+pub(crate) use inspect::{ComponentSummary, Interface};
+pub(crate) use keys::PublicKey;
 
 use sha2::{Digest, Sha256};
 

@@ -20,55 +20,12 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+pub use crate::limits::BusOptions;
+
 use serde::Serialize;
 
 use super::queue::{BoundedQueue, Receiver, Refused, Room};
 use crate::services::events::TopicPattern;
-
-/// Bus settings: the budgets of every queue and of the dead letters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BusOptions {
-    /// Events one subscriber's queue holds (waiting, being delivered, or
-    /// parked for a retry).
-    pub queue: usize,
-    /// Bytes one subscriber's queue holds (topics, payloads and a fixed
-    /// overhead per event).
-    pub queue_bytes: usize,
-    /// How long the embedder's [`crate::Host::publish`] waits for room in a
-    /// full queue before the event becomes a dead letter for that
-    /// subscriber. Publishing a plugin causes never waits.
-    pub queue_timeout: Duration,
-    /// Deliveries of one event to one plugin (retries included) before it
-    /// becomes a dead letter.
-    pub max_attempts: u32,
-    /// The longest delay a plugin's `retry-after` gets; longer requests are
-    /// shortened to this.
-    pub max_retry_delay: Duration,
-    /// How many plugins in a row may publish or forward in reaction to an
-    /// event before the next event in the chain becomes a dead letter. Ends
-    /// loops such as a plugin forwarding to a topic it subscribes to.
-    pub max_hops: u32,
-    /// Dead letters kept (oldest dropped first).
-    pub dead_letters: usize,
-    /// Bytes of dead letters kept (oldest dropped first); a payload larger
-    /// than an eighth of this is kept truncated.
-    pub dead_letter_bytes: usize,
-}
-
-impl Default for BusOptions {
-    fn default() -> Self {
-        BusOptions {
-            queue: 1024,
-            queue_bytes: 16 << 20,
-            queue_timeout: Duration::from_secs(5),
-            max_attempts: 5,
-            max_retry_delay: Duration::from_secs(60),
-            max_hops: 8,
-            dead_letters: 1000,
-            dead_letter_bytes: 8 << 20,
-        }
-    }
-}
 
 /// An event on the bus.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -2,21 +2,30 @@
 //! checks, middleware, the plugin call itself, metrics, a tracing span, and
 //! publishing the events the call produced. Pipelines chain calls.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use tracing::Instrument;
 
+use super::Host;
 use super::breaker::Admission;
 use super::bus::BusEvent;
 use super::delivery::Publisher;
-use super::middleware::CallContext;
+use super::metrics::Metrics;
+use super::middleware::{CallContext, Middleware};
 use super::pipeline::PipelineError;
 use super::registry::Slot;
-use super::{CallOutcome, Host};
 use crate::contract::Request;
 use crate::error::{CallError, CallFailure};
+use crate::outcome::CallOutcome;
 use crate::text::log_field;
+
+/// What surrounds every call: the embedder's middleware and the metrics.
+pub(crate) struct Dispatch {
+    pub(crate) middleware: Vec<Arc<dyn Middleware>>,
+    pub(crate) metrics: Metrics,
+}
 
 impl Host {
     /// Calls a plugin's `handle` with `request`. Safe to use from many tasks
@@ -42,7 +51,7 @@ impl Host {
         };
         // The request is kept for the middleware's `after`/`on-error` hooks
         // only when there are hooks to run.
-        let (result, kept) = if self.inner.middleware.is_empty() {
+        let (result, kept) = if self.inner.dispatch.middleware.is_empty() {
             (self.call_slot(&slot, request).await, None)
         } else {
             self.call_with_middleware(&slot, request).await
@@ -61,7 +70,7 @@ impl Host {
         }
         match &result {
             Ok(_) => slot.metrics.ok(stats.duration, stats.fuel_used),
-            Err(err) => self.inner.metrics.call(
+            Err(err) => self.inner.dispatch.metrics.call(
                 plugin,
                 err.kind().as_str(),
                 stats.duration.as_secs_f64(),
@@ -71,7 +80,7 @@ impl Host {
         match result {
             Ok(mut outcome) => {
                 if let Some(request) = &kept {
-                    for middleware in &self.inner.middleware {
+                    for middleware in &self.inner.dispatch.middleware {
                         middleware.after(plugin, request, &mut outcome);
                     }
                 }
@@ -89,7 +98,7 @@ impl Host {
             }
             Err(err) => {
                 if let Some(request) = &kept {
-                    for middleware in &self.inner.middleware {
+                    for middleware in &self.inner.dispatch.middleware {
                         middleware.on_error(plugin, request, &err);
                     }
                 }
@@ -106,7 +115,7 @@ impl Host {
         mut request: Request,
     ) -> (Result<CallOutcome, CallError>, Option<Request>) {
         let started = Instant::now();
-        for middleware in &self.inner.middleware {
+        for middleware in &self.inner.dispatch.middleware {
             let mut context = CallContext {
                 plugin: &slot.name,
                 request: &mut request,
@@ -157,6 +166,7 @@ impl Host {
         let stages = {
             let pipelines = self
                 .inner
+                .registry
                 .pipelines
                 .read()
                 .unwrap_or_else(|p| p.into_inner());

@@ -67,7 +67,10 @@ impl Host {
     pub(crate) async fn publish_event(&self, event: BusEvent, publisher: Publisher) -> usize {
         let bus = &self.inner.bus;
         if event.hops > bus.options.max_hops {
-            self.inner.metrics.event(&event.source, "dead_letter");
+            self.inner
+                .dispatch
+                .metrics
+                .event(&event.source, "dead_letter");
             bus.dead_letter(
                 event.source.clone(),
                 event,
@@ -97,7 +100,7 @@ impl Host {
             match queued {
                 Ok(()) => delivered += 1,
                 Err(refused) => {
-                    self.inner.metrics.event(&slot.name, "dead_letter");
+                    self.inner.dispatch.metrics.event(&slot.name, "dead_letter");
                     bus.dead_letter(
                         slot.name.to_string(),
                         event.clone(),
@@ -207,7 +210,7 @@ impl Host {
         let publisher = Publisher::Plugin;
         match delivered.outcome {
             Ok(EventOutcome::Ack) => {
-                self.inner.metrics.event(&name, "ack");
+                self.inner.dispatch.metrics.event(&name, "ack");
                 for event in delivered.published {
                     let event = BusEvent {
                         topic: event.topic,
@@ -220,12 +223,12 @@ impl Host {
                 None
             }
             Ok(EventOutcome::RetryAfter(millis)) => {
-                self.inner.metrics.event(&name, "retry");
+                self.inner.dispatch.metrics.event(&name, "retry");
                 let delay = Duration::from_millis(u64::from(millis));
                 self.retry(slot, delivery, delay, "the plugin asked to retry")
             }
             Ok(EventOutcome::Reject(reason)) => {
-                self.inner.metrics.event(&name, "reject");
+                self.inner.dispatch.metrics.event(&name, "reject");
                 let attempts = delivery.attempt;
                 bus.dead_letter(
                     name,
@@ -239,7 +242,7 @@ impl Host {
                 if validate_topic(&forward.topic).is_ok()
                     && plugin.grants.events.may_publish(&forward.topic)
                 {
-                    self.inner.metrics.event(&name, "forward");
+                    self.inner.dispatch.metrics.event(&name, "forward");
                     let event = BusEvent {
                         topic: forward.topic,
                         payload: forward.payload,
@@ -257,7 +260,7 @@ impl Host {
                 None
             }
             Err(failure) => {
-                self.inner.metrics.event(&name, "error");
+                self.inner.dispatch.metrics.event(&name, "error");
                 let backoff = Duration::from_millis(50 << delivery.attempt.min(6));
                 let reason = match &failure {
                     CallFailure::Plugin(_) => format!("on-event failed: {failure}"),
@@ -269,7 +272,7 @@ impl Host {
     }
 
     fn dead_letter(&self, plugin: &str, delivery: Delivery, reason: String) {
-        self.inner.metrics.event(plugin, "dead_letter");
+        self.inner.dispatch.metrics.event(plugin, "dead_letter");
         let attempts = delivery.attempt;
         self.inner
             .bus

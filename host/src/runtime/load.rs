@@ -1,71 +1,72 @@
-//! Loading a plugin: read, inspect, check its contract and imports, compile,
-//! link, then run `init` and `describe` once under its limits.
-//!
-//! Every check that can be made from the bytes alone runs before the
-//! component is compiled, so a refused plugin costs no compilation.
+//! Loading a plugin: read, admit (see [`crate::admission`]: signature,
+//! contract, imports, memory — before anything is compiled), compile or take
+//! from the cache, link, prepare its grants, then run `init` and `describe`
+//! once under its limits.
 
 use std::sync::Arc;
 
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
+use crate::admission::{Examined, TrustPolicy, check_memory, examine, io_failure};
 use crate::artifact::cache::CompileCache;
-use crate::artifact::inspect::{
-    ComponentSummary, Interface, check_header, inspect, version_compatible,
-};
-use crate::artifact::signature::{self, SignatureError};
-use crate::artifact::{PublicKey, sha256_hex};
-use crate::contract::{CONTRACT_PACKAGE, CONTRACT_VERSION, PluginInfo, PluginPre};
-use crate::engine::Metering;
-use crate::error::{CallFailure, LoadError, LoadFailure, OutputStream, chain};
-use crate::input::{self, MAX_COMPONENT_BYTES, MAX_SIGNATURE_BYTES, ReadError};
+use crate::bounds::plugin_name;
+use crate::contract::{CONTRACT_VERSION, PluginInfo, PluginPre};
+use crate::engine::{AllocationMode, Metering, PoolingOptions};
+use crate::error::{CallFailure, LoadError, LoadFailure, OutputStream};
+use crate::input::{self, MAX_COMPONENT_BYTES, MAX_SIGNATURE_BYTES};
 use crate::limits::{Limits, MAX_DESCRIBE_BYTES};
-use crate::runtime::plugin::{IdleInstances, Invocation, LoadedPlugin, PluginDetails, Returned};
-use crate::runtime::spec::{PluginSource, PluginSpec, validate_name};
-use crate::services::PreparedGrants;
-use crate::services::kv::KvStore;
-use crate::store::StoreState;
+use crate::policy::validate;
+use crate::runtime::plugin::{Describe, IdleInstances, LoadedPlugin, PluginDetails};
+use crate::runtime::spec::{PluginSource, PluginSpec};
+use crate::sandbox::store::StoreState;
+use crate::services::{HostShared, PreparedGrants};
+use crate::text::chain;
 
-/// The interfaces of `capsule:plugin` a plugin may import.
-const CONTRACT_IMPORTS: &[&str] = &["types", "log", "config", "kv", "events"];
-
-/// WASI packages linked for every plugin (granting nothing unless a grant
-/// says otherwise).
-const WASI_PACKAGES: &[&str] = &[
-    "wasi:cli",
-    "wasi:io",
-    "wasi:clocks",
-    "wasi:random",
-    "wasi:filesystem",
-    "wasi:sockets",
-    "wasi:http",
-];
-
-/// What loading needs from the host.
-pub(crate) struct LoadContext<'a> {
-    pub(crate) engine: &'a Engine,
-    pub(crate) linker: &'a Linker<StoreState>,
-    pub(crate) default_limits: &'a Limits,
-    pub(crate) trust: &'a TrustPolicy,
-    pub(crate) cache: Option<&'a CompileCache>,
-    pub(crate) kv_store: &'a Arc<KvStore>,
+/// Turns a [`PluginSpec`] into a loaded, described plugin version: the
+/// engine and linker every plugin shares, the trust settings, the compile
+/// cache, what services share, and the defaults.
+pub(crate) struct Loader {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Linker<StoreState>,
+    pub(crate) allocation: AllocationMode,
+    /// The pool's sizing, to refuse limits it cannot hold.
+    pub(crate) pooling: Option<PoolingOptions>,
+    pub(crate) default_limits: Limits,
+    pub(crate) trust: TrustPolicy,
+    pub(crate) cache: Option<CompileCache>,
+    /// What host services share across plugins (the key-value store).
+    pub(crate) services: HostShared,
+    /// Whether the key-value store outlives the host.
+    pub(crate) persistent_kv: bool,
     pub(crate) metering: Metering,
     /// Every plugin's idle instances, freed when the pool runs out.
-    pub(crate) pool_mates: &'a Arc<IdleInstances>,
+    pub(crate) pool_mates: Arc<IdleInstances>,
 }
 
-/// Which signatures the host accepts.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct TrustPolicy {
-    pub(crate) keys: Vec<PublicKey>,
-    pub(crate) allow_unsigned: bool,
-    pub(crate) allow_partial: bool,
+impl Loader {
+    /// Verifies, compiles, links and describes a plugin without registering
+    /// it: its settings are validated first, against the pool this host
+    /// really has.
+    pub(crate) async fn load(&self, spec: PluginSpec) -> Result<Arc<LoadedPlugin>, LoadError> {
+        let pool = match self.allocation {
+            AllocationMode::Pooling => self.pooling.as_ref(),
+            AllocationMode::OnDemand { .. } => None,
+        };
+        let limits = spec.limits.as_ref().unwrap_or(&self.default_limits);
+        validate::plugin(limits, &spec.grants, pool)
+            .map_err(|err| LoadError::new(spec.name(), LoadFailure::Config(err.to_string())))?;
+        if spec.grants.kv.is_some() && !self.persistent_kv {
+            tracing::warn!(
+                plugin = %spec.name(),
+                "the host has no data directory: this plugin's key-value data will not survive a restart"
+            );
+        }
+        load(self, spec).await
+    }
 }
 
-pub(crate) async fn load(
-    context: &LoadContext<'_>,
-    spec: PluginSpec,
-) -> Result<Arc<LoadedPlugin>, LoadError> {
+async fn load(context: &Loader, spec: PluginSpec) -> Result<Arc<LoadedPlugin>, LoadError> {
     let PluginSpec {
         name,
         source,
@@ -74,7 +75,7 @@ pub(crate) async fn load(
         limits,
     } = spec;
     let fail = |cause| LoadError::new(name.clone(), cause);
-    validate_name(&name).map_err(|msg| fail(LoadFailure::Config(msg)))?;
+    plugin_name(&name).map_err(|msg| fail(LoadFailure::Config(msg)))?;
     let limits = limits.unwrap_or_else(|| context.default_limits.clone());
 
     let bytes = read_source(source, MAX_COMPONENT_BYTES)
@@ -92,18 +93,21 @@ pub(crate) async fn load(
         signers,
         digest,
         summary,
-    } = examine(&name, &bytes, detached.as_deref(), context.trust).map_err(fail)?;
+    } = examine(&name, &bytes, detached.as_deref(), &context.trust).map_err(fail)?;
     check_memory(&summary, &limits).map_err(fail)?;
 
-    let (component, from_cache) = match context.cache.and_then(|c| c.load(context.engine, &digest))
+    let (component, from_cache) = match context
+        .cache
+        .as_ref()
+        .and_then(|c| c.load(&context.engine, &digest))
     {
         Some(component) => (component, true),
         None => {
-            let component = compile(context.engine, Arc::clone(&bytes))
+            let component = compile(&context.engine, Arc::clone(&bytes))
                 .await
                 .map_err(fail)?;
-            if let Some(cache) = context.cache {
-                cache.store(context.engine, &digest, &component);
+            if let Some(cache) = &context.cache {
+                cache.store(&context.engine, &digest, &component);
             }
             (component, false)
         }
@@ -135,13 +139,9 @@ pub(crate) async fn load(
         grants,
         limits,
     };
-    // `describe` runs on a throwaway instance, so the plugin's `init` and
-    // `describe` are exercised under its limits before it is registered.
-    let grants = Arc::new(PreparedGrants::new(
-        Arc::from(name.as_str()),
-        &details.grants,
-        context.kv_store,
-    ));
+    let grants = PreparedGrants::new(Arc::from(name.as_str()), &details.grants, &context.services)
+        .map_err(|err| fail(LoadFailure::Config(err)))?;
+    let grants = Arc::new(grants);
     // `init` and `describe` run under the plugin's limits before it is
     // registered; the instance that answered stays warm for the first call.
     let mut plugin = LoadedPlugin::new(
@@ -150,11 +150,11 @@ pub(crate) async fn load(
         details,
         grants,
         context.metering,
-        Arc::clone(context.pool_mates),
+        Arc::clone(&context.pool_mates),
     );
-    let invoked = plugin.run(Invocation::Describe).await;
+    let invoked = plugin.run(Describe).await;
     match invoked.result {
-        Ok(Returned::Info(info)) if info.size() > MAX_DESCRIBE_BYTES => {
+        Ok(info) if info.size() > MAX_DESCRIBE_BYTES => {
             return Err(fail(LoadFailure::InitFailed(Box::new(
                 CallFailure::OutputTooLarge {
                     stream: OutputStream::Describe,
@@ -162,8 +162,7 @@ pub(crate) async fn load(
                 },
             ))));
         }
-        Ok(Returned::Info(info)) => plugin.details.info = info,
-        Ok(_) => unreachable!("a describe invocation returns plugin info"),
+        Ok(info) => plugin.details.info = info,
         Err(failure) => return Err(fail(LoadFailure::InitFailed(Box::new(failure)))),
     }
     let plugin = Arc::new(plugin);
@@ -171,55 +170,9 @@ pub(crate) async fn load(
     Ok(plugin)
 }
 
-/// What can be known about a plugin from its bytes, without compiling it.
-pub(crate) struct Examined {
-    /// Trusted signers' key ids.
-    pub(crate) signers: Vec<String>,
-    /// SHA-256 of the file.
-    pub(crate) digest: String,
-    /// Imports, exports and contract version.
-    pub(crate) summary: ComponentSummary,
-}
-
-/// Every check that needs no compilation, in order: the header, the
-/// signature (before anything looks inside the plugin), the structure, the
-/// contract and the imports.
-pub(crate) fn examine(
-    name: &str,
-    bytes: &[u8],
-    detached: Option<&[u8]>,
-    trust: &TrustPolicy,
-) -> Result<Examined, LoadFailure> {
-    check_header(bytes).map_err(|err| LoadFailure::Malformed(err.0))?;
-    let signers = check_signature(name, bytes, detached, trust)?;
-    let summary = inspect(bytes).map_err(|err| LoadFailure::Malformed(err.0))?;
-    check_contract(&summary)?;
-    check_imports(&summary)?;
-    Ok(Examined {
-        signers,
-        digest: sha256_hex(bytes),
-        summary,
-    })
-}
-
 /// The bytes of a component or detached signature. A path is read as an
 /// operator-named file: a regular file of at most `max_bytes`, never a FIFO
 /// or device (see [`crate::input`]).
-/// The memory limit must hold what the component's modules define at their
-/// initial size, or its first instance cannot even start: refused before
-/// compiling, with the same kind an instance would fail with.
-pub(crate) fn check_memory(summary: &ComponentSummary, limits: &Limits) -> Result<(), LoadFailure> {
-    if limits.memory_bytes < summary.initial_memory_bytes {
-        return Err(LoadFailure::InitFailed(Box::new(
-            CallFailure::MemoryLimit {
-                limit: limits.memory_bytes,
-                requested: summary.initial_memory_bytes,
-            },
-        )));
-    }
-    Ok(())
-}
-
 pub(crate) async fn read_source(
     source: PluginSource,
     max_bytes: u64,
@@ -233,109 +186,6 @@ pub(crate) async fn read_source(
             read.map(Arc::from).map_err(io_failure)
         }
     }
-}
-
-/// A failed read as the load failure of kind `io`.
-pub(crate) fn io_failure(err: ReadError) -> LoadFailure {
-    LoadFailure::Io {
-        path: err.path().display().to_string(),
-        source: err.into_io_error(),
-    }
-}
-
-/// Enforces the trust policy; returns the trusted signers' key ids. With
-/// `allow_unsigned`, a plugin without a valid trusted signature still loads,
-/// with a warning every time.
-fn check_signature(
-    name: &str,
-    bytes: &[u8],
-    detached: Option<&[u8]>,
-    trust: &TrustPolicy,
-) -> Result<Vec<String>, LoadFailure> {
-    match signature::verify(bytes, detached, &trust.keys, trust.allow_partial) {
-        Ok(verified) => {
-            if verified.partial {
-                tracing::warn!(
-                    plugin = name,
-                    "loading a plugin whose trusted signature covers only part of it"
-                );
-            }
-            Ok(verified.signers.iter().map(|id| id.to_hex()).collect())
-        }
-        Err(err) if trust.allow_unsigned => {
-            tracing::warn!(
-                plugin = name,
-                reason = %err,
-                "LOADING A PLUGIN WITHOUT A VALID TRUSTED SIGNATURE (unsigned plugins are allowed)"
-            );
-            Ok(Vec::new())
-        }
-        Err(err) => Err(match err {
-            SignatureError::Unsigned => LoadFailure::Unsigned(format!(
-                "{err}; sign it with `capsule sign` and trust the key, or allow unsigned plugins"
-            )),
-            SignatureError::Bad(_) => LoadFailure::BadSignature(err.to_string()),
-            SignatureError::UntrustedKey { .. } => LoadFailure::UntrustedKey(err.to_string()),
-        }),
-    }
-}
-
-/// The component must export `capsule:plugin/handler` on this host's
-/// compatibility track.
-fn check_contract(summary: &ComponentSummary) -> Result<(), LoadFailure> {
-    let handler = summary
-        .exports
-        .iter()
-        .find(|export| export.is_contract() && export.item == "handler");
-    let Some(handler) = handler else {
-        return Err(LoadFailure::IncompatibleContract(format!(
-            "the component does not export `{CONTRACT_PACKAGE}/handler`; \
-             build it against the Capsule guest SDK (exports: {})",
-            names(&summary.exports)
-        )));
-    };
-    let version = handler.version.as_deref().unwrap_or("none");
-    if !version_compatible(version) {
-        return Err(LoadFailure::IncompatibleContract(format!(
-            "the plugin was built for {CONTRACT_PACKAGE}@{version}, \
-             this host serves {CONTRACT_PACKAGE}@{CONTRACT_VERSION}"
-        )));
-    }
-    Ok(())
-}
-
-/// Every import must be a contract interface on this host's track or a WASI
-/// interface the host links.
-fn check_imports(summary: &ComponentSummary) -> Result<(), LoadFailure> {
-    for import in &summary.imports {
-        if import.is_contract() {
-            let version = import.version.as_deref().unwrap_or("none");
-            if !CONTRACT_IMPORTS.contains(&import.item.as_str()) || !version_compatible(version) {
-                return Err(LoadFailure::IncompatibleContract(format!(
-                    "the plugin imports `{}`, which {CONTRACT_PACKAGE}@{CONTRACT_VERSION} \
-                     does not provide",
-                    import.name
-                )));
-            }
-        } else if !WASI_PACKAGES.contains(&import.package.as_str()) {
-            return Err(LoadFailure::MissingGrant {
-                import: import.name.clone(),
-                detail: "Capsule provides no such service, so no grant can allow it".into(),
-            });
-        }
-    }
-    Ok(())
-}
-
-fn names(interfaces: &[Interface]) -> String {
-    if interfaces.is_empty() {
-        return "none".into();
-    }
-    interfaces
-        .iter()
-        .map(|i| i.name.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Compiles on a blocking thread: cranelift takes tens of milliseconds and
@@ -355,4 +205,35 @@ async fn compile(engine: &Engine, bytes: Arc<[u8]>) -> Result<Component, LoadFai
             LoadFailure::Compile(chain(&err))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::temp_dir;
+
+    #[tokio::test]
+    async fn plugin_sources_are_read_within_their_limits() {
+        let dir = temp_dir("source");
+        let signature = dir.join("plugin.sig");
+        std::fs::write(&signature, vec![0u8; MAX_SIGNATURE_BYTES as usize + 1]).unwrap();
+        let failure = read_source(PluginSource::Path(signature.clone()), MAX_SIGNATURE_BYTES)
+            .await
+            .unwrap_err();
+        assert_eq!(failure.kind(), crate::ErrorKind::Io);
+        assert!(failure.to_string().contains("larger than"), "{failure}");
+        // The same file is fine as a component.
+        read_source(PluginSource::Path(signature), MAX_COMPONENT_BYTES)
+            .await
+            .unwrap();
+        let failure = read_source(PluginSource::Path("/dev/zero".into()), MAX_COMPONENT_BYTES)
+            .await
+            .unwrap_err();
+        assert_eq!(failure.kind(), crate::ErrorKind::Io);
+        assert!(
+            failure.to_string().contains("character device"),
+            "{failure}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

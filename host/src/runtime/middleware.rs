@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use crate::contract::Request;
 use crate::error::CallError;
-use crate::runtime::CallOutcome;
+use crate::outcome::CallOutcome;
 use crate::text::log_field;
 
 /// What a middleware sees of a call.

@@ -16,35 +16,37 @@ pub(crate) mod spec;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-
-use wasmtime::Engine;
 use wasmtime::component::Linker;
 
-pub use bus::{BusEvent, BusOptions, DeadLetter, Subscription};
+pub use bus::{BusEvent, DeadLetter, Subscription};
 pub use middleware::{CallContext, Middleware, REQUEST_ID, RequestId};
 pub use pipeline::{Pipeline, PipelineError};
-pub use plugin::{CallOutcome, CallStats, PluginDetails};
+pub use plugin::PluginDetails;
 pub use registry::{PluginState, PluginStatus};
 pub use spec::{PluginSource, PluginSpec};
 
+use crate::admission::TrustPolicy;
 use crate::artifact::PublicKey;
 use crate::artifact::cache::{
     CacheError, CacheKey, CacheKeyError, CacheStats, CompileCache, KeySource,
 };
 use crate::engine::{self, AllocationMode, EngineOptions};
-use crate::error::{LoadError, LoadFailure, chain};
+use crate::error::{LoadError, LoadFailure};
+use crate::limits::BusOptions;
 use crate::limits::Limits;
 use crate::policy::Policy;
-use crate::services;
+use crate::policy::validate;
+use crate::sandbox::store;
+use crate::services::HostShared;
 use crate::services::kv::{KvError, KvStore};
-use crate::store::StoreState;
+use crate::text::chain;
 use bus::Bus;
-use load::{LoadContext, TrustPolicy};
+use call::Dispatch;
+use load::Loader;
 use metrics::Metrics;
-use plugin::LoadedPlugin;
+use registry::Registry;
 use registry::Slot;
 
 /// Failure to build a [`Host`].
@@ -70,7 +72,7 @@ pub enum HostError {
     Kv(#[from] KvError),
     /// A setting is out of range (the engine, the bus or the default limits).
     #[error("invalid host settings: {0}")]
-    Config(#[from] crate::validate::Invalid),
+    Config(#[from] crate::bounds::Invalid),
 }
 
 /// Configures and builds a [`Host`].
@@ -113,6 +115,36 @@ impl std::fmt::Debug for HostBuilder {
 }
 
 impl HostBuilder {
+    /// A builder configured from a validated policy's `[host]` section:
+    /// trusted keys, defaults, bus, engine, the compile cache (with the
+    /// policy's key file, or the user's default) and the data directory.
+    pub fn from_policy(policy: &Policy) -> HostBuilder {
+        let host = &policy.host;
+        let mut builder = HostBuilder::default()
+            .engine_options(host.engine.clone())
+            .default_limits(host.default_limits.clone())
+            .bus_options(host.bus.clone())
+            .allow_unsigned(host.allow_unsigned)
+            .allow_partial_signatures(host.allow_partial_signatures);
+        for (_, key) in &host.trusted_keys {
+            builder = builder.trust(key.clone());
+        }
+        if let Some(dir) = &host.cache_dir {
+            builder = builder.cache_dir(dir);
+            if let Some(key) = host
+                .cache_key
+                .clone()
+                .or_else(crate::artifact::cache::CacheKey::default_path)
+            {
+                builder = builder.cache_key_file(key);
+            }
+        }
+        if let Some(dir) = &host.data_dir {
+            builder = builder.data_dir(dir);
+        }
+        builder
+    }
+
     /// Event bus settings: queue sizes, retry attempts, dead letters kept.
     pub fn bus_options(mut self, options: BusOptions) -> Self {
         self.bus = options;
@@ -196,13 +228,13 @@ impl HostBuilder {
     /// Builds the engine, links the host services and starts the epoch
     /// ticker.
     pub fn build(self) -> Result<Host, HostError> {
-        crate::validate::engine(&self.engine).map_err(|err| err.within("pool"))?;
-        crate::validate::bus(&self.bus).map_err(|err| err.within("events"))?;
-        crate::validate::limits(&self.default_limits).map_err(|err| err.within("limits"))?;
+        validate::engine(&self.engine).map_err(|err| err.within("pool"))?;
+        validate::bus(&self.bus).map_err(|err| err.within("events"))?;
+        validate::limits(&self.default_limits).map_err(|err| err.within("limits"))?;
         let (engine, allocation) =
             engine::build(&self.engine).map_err(|err| HostError::Engine(chain(&err)))?;
         let mut linker = Linker::new(&engine);
-        services::add_to_linker(&mut linker).map_err(|err| HostError::Link(chain(&err)))?;
+        store::add_to_linker(&mut linker).map_err(|err| HostError::Link(chain(&err)))?;
         let cache = match &self.cache_dir {
             Some(dir) => Some(CompileCache::open(
                 dir,
@@ -226,23 +258,25 @@ impl HostBuilder {
         }
         Ok(Host {
             inner: Arc::new(HostInner {
-                engine,
-                linker,
-                allocation,
-                default_limits: self.default_limits,
-                trust: self.trust,
-                cache,
-                kv_store,
-                metering: self.engine.metering(),
-                pooling: self.engine.pooling.clone(),
-                persistent_kv: self.data_dir.is_some(),
-                plugins: ArcSwap::from_pointee(BTreeMap::new()),
-                plugins_writer: std::sync::Mutex::new(()),
-                pipelines: RwLock::new(BTreeMap::new()),
-                middleware: self.middleware,
-                metrics: Metrics::default(),
+                loader: Loader {
+                    engine,
+                    linker,
+                    allocation,
+                    pooling: self.engine.pooling.clone(),
+                    default_limits: self.default_limits,
+                    trust: self.trust,
+                    cache,
+                    services: HostShared { kv_store },
+                    persistent_kv: self.data_dir.is_some(),
+                    metering: self.engine.metering(),
+                    pool_mates: Arc::default(),
+                },
+                registry: Registry::default(),
+                dispatch: Dispatch {
+                    middleware: self.middleware,
+                    metrics: Metrics::default(),
+                },
                 bus: Bus::new(self.bus),
-                pool_mates: Arc::default(),
                 stopped: std::sync::atomic::AtomicBool::new(false),
             }),
         })
@@ -255,28 +289,17 @@ pub struct Host {
     inner: Arc<HostInner>,
 }
 
+/// The host is a small facade over its parts, each in its own module.
 struct HostInner {
-    engine: Engine,
-    linker: Linker<StoreState>,
-    allocation: AllocationMode,
-    default_limits: Limits,
-    trust: TrustPolicy,
-    cache: Option<CompileCache>,
-    kv_store: Arc<KvStore>,
-    metering: engine::Metering,
-    /// The pool's sizing, to refuse limits it cannot hold.
-    pooling: Option<crate::engine::PoolingOptions>,
-    persistent_kv: bool,
-    /// The plugin table: read on every call without a lock, replaced whole
-    /// (under `plugins_writer`) on the rare load and unload.
-    plugins: ArcSwap<BTreeMap<String, Arc<Slot>>>,
-    plugins_writer: std::sync::Mutex<()>,
-    pipelines: RwLock<BTreeMap<String, Pipeline>>,
-    middleware: Vec<Arc<dyn Middleware>>,
-    metrics: Metrics,
+    /// Turns specs into loaded plugins (`load.rs`).
+    loader: Loader,
+    /// The plugins by name, their versions and lifecycle, the pipelines
+    /// (`registry.rs`).
+    registry: Registry,
+    /// What surrounds every call: middleware and metrics (`call.rs`).
+    dispatch: Dispatch,
+    /// Events between plugins (`bus.rs`, `delivery.rs`).
     bus: Bus,
-    /// Every plugin's idle instances, freed when the instance pool runs out.
-    pool_mates: Arc<plugin::IdleInstances>,
     /// Set by [`Host::shutdown`]: delivery workers stop, so that nothing
     /// keeps the host (its engine and pool) alive after it.
     stopped: std::sync::atomic::AtomicBool,
@@ -290,17 +313,17 @@ impl Host {
 
     /// The limits plugins get unless their spec says otherwise.
     pub fn default_limits(&self) -> &Limits {
-        &self.inner.default_limits
+        &self.inner.loader.default_limits
     }
 
     /// Whether instances come from the pooling allocator.
     pub fn allocation_mode(&self) -> &AllocationMode {
-        &self.inner.allocation
+        &self.inner.loader.allocation
     }
 
     /// How the compile cache has been used, if the host has one.
     pub fn cache_stats(&self) -> Option<CacheStats> {
-        self.inner.cache.as_ref().map(CompileCache::stats)
+        self.inner.loader.cache.as_ref().map(CompileCache::stats)
     }
 
     /// Loads a plugin: checks, compiles and links it, then runs its `init` and
@@ -316,9 +339,9 @@ impl Host {
                 ),
             ));
         }
-        let loaded = self.compile(spec.clone()).await?;
+        let loaded = self.inner.loader.load(spec.clone()).await?;
         let details = loaded.details.clone();
-        let metrics = self.inner.metrics.for_plugin(&name);
+        let metrics = self.inner.dispatch.metrics.for_plugin(&name);
         let slot = Arc::new(Slot::new(loaded, spec, self.inner.bus.queue(), metrics));
         let inserted = self.update_plugins(|plugins| {
             if plugins.contains_key(&name) {
@@ -337,44 +360,14 @@ impl Host {
         Ok(details)
     }
 
-    /// Verifies, compiles, links and describes a plugin without registering
-    /// it.
-    async fn compile(&self, spec: PluginSpec) -> Result<Arc<LoadedPlugin>, LoadError> {
-        let pool = match self.inner.allocation {
-            AllocationMode::Pooling => self.inner.pooling.as_ref(),
-            AllocationMode::OnDemand { .. } => None,
-        };
-        let limits = spec.limits.as_ref().unwrap_or(&self.inner.default_limits);
-        crate::validate::plugin(limits, &spec.grants, pool)
-            .map_err(|err| LoadError::new(spec.name(), LoadFailure::Config(err.to_string())))?;
-        let context = LoadContext {
-            engine: &self.inner.engine,
-            linker: &self.inner.linker,
-            default_limits: &self.inner.default_limits,
-            trust: &self.inner.trust,
-            cache: self.inner.cache.as_ref(),
-            kv_store: &self.inner.kv_store,
-            metering: self.inner.metering,
-            pool_mates: &self.inner.pool_mates,
-        };
-        if spec.grants.kv.is_some() && !self.inner.persistent_kv {
-            tracing::warn!(
-                plugin = %spec.name(),
-                "the host has no data directory: this plugin's key-value data will not survive a restart"
-            );
-        }
-        load::load(&context, spec).await
-    }
-
     /// Loads every plugin and pipeline of a policy. A plugin that fails to
     /// load does not stop the others: the failures are returned, the rest
     /// are serving.
     pub async fn load_policy(&self, policy: &Policy) -> Vec<LoadError> {
         let mut failures = Vec::new();
         for name in policy.plugins.keys() {
-            let spec = policy
-                .plugin_spec(name)
-                .expect("every plugin of a policy has a spec");
+            let spec =
+                PluginSpec::from_policy(policy, name).expect("every plugin of a policy has a spec");
             if let Err(err) = self.load(spec).await {
                 tracing::error!(
                     plugin = %name,
@@ -393,6 +386,7 @@ impl Host {
     /// Defines (or replaces) a pipeline: calling it calls `stages` in order.
     pub fn define_pipeline(&self, name: &str, stages: Vec<String>) {
         self.inner
+            .registry
             .pipelines
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -409,6 +403,7 @@ impl Host {
     pub fn pipelines(&self) -> Vec<Pipeline> {
         let pipelines = self
             .inner
+            .registry
             .pipelines
             .read()
             .unwrap_or_else(|p| p.into_inner());
@@ -422,15 +417,21 @@ impl Host {
             .iter()
             .map(|slot| (slot.name.to_string(), slot.current().live_instances()))
             .collect();
-        self.inner.metrics.render(&live)
+        self.inner.dispatch.metrics.render(&live)
     }
 
     fn slot(&self, name: &str) -> Option<Arc<Slot>> {
-        self.inner.plugins.load().get(name).cloned()
+        self.inner.registry.plugins.load().get(name).cloned()
     }
 
     fn slots(&self) -> Vec<Arc<Slot>> {
-        self.inner.plugins.load().values().cloned().collect()
+        self.inner
+            .registry
+            .plugins
+            .load()
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Changes the plugin table: `change` gets a copy to edit, which then
@@ -438,12 +439,13 @@ impl Host {
     fn update_plugins<R>(&self, change: impl FnOnce(&mut BTreeMap<String, Arc<Slot>>) -> R) -> R {
         let _writer = self
             .inner
-            .plugins_writer
+            .registry
+            .writer
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let mut table = BTreeMap::clone(&self.inner.plugins.load());
+        let mut table = BTreeMap::clone(&self.inner.registry.plugins.load());
         let result = change(&mut table);
-        self.inner.plugins.store(Arc::new(table));
+        self.inner.registry.plugins.store(Arc::new(table));
         result
     }
 }

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Serialize;
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -13,46 +13,17 @@ use wasmtime::{Engine, PoolConcurrencyLimitError, Store};
 
 use crate::artifact::ComponentSummary;
 use crate::contract::{
-    Event, EventOutcome, PluginBindings, PluginError, PluginInfo, PluginPre, Request, Response,
+    Event, EventOutcome, Guest, PluginBindings, PluginError, PluginInfo, PluginPre, Request,
+    Response,
 };
 use crate::engine::Metering;
 use crate::error::{CallError, CallFailure, OutputStream};
-use crate::limits::{FailureContext, Limits, MAX_DESCRIBE_BYTES, classify};
-use crate::services::events::PublishedEvent;
-use crate::services::log::{LogRecord, LogSink};
+use crate::limits::{Limits, MAX_DESCRIBE_BYTES};
+use crate::outcome::{CallOutcome, CallStats, LogRecord, PublishedEvent};
+use crate::sandbox::classify::{FailureContext, classify};
+use crate::sandbox::store::{StoreSetup, StoreState, arm_deadline, fuel_used, new_store, refuel};
+use crate::services::log::LogSink;
 use crate::services::{Grants, PreparedGrants};
-use crate::store::{StoreSetup, StoreState, arm_deadline, fuel_used, new_store, refuel};
-
-/// A successful call: the plugin's response, what it logged and published,
-/// and what the call cost.
-#[derive(Debug, Clone)]
-pub struct CallOutcome {
-    /// The plugin's response.
-    pub response: Response,
-    /// Lines the plugin logged during the call (log calls, stdout, stderr).
-    pub logs: Vec<LogRecord>,
-    /// Events the plugin published (to topics it was granted) during the call.
-    pub events: Vec<PublishedEvent>,
-    /// What the call consumed.
-    pub stats: CallStats,
-}
-
-/// What one call consumed.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct CallStats {
-    /// Wall-clock time from admission to result, excluding time queued.
-    pub duration: Duration,
-    /// Fuel the call burned (a fresh instance's `init` has a budget of its
-    /// own). `None` when the plugin trapped or was cut off (other than by
-    /// running out of fuel, which reports the whole budget): wasmtime cannot
-    /// tell how much fuel an interrupted function had burned.
-    pub fuel_used: Option<u64>,
-    /// `log` calls refused because the per-call log budget was spent.
-    pub logs_refused: usize,
-    /// Whether the call ran on a fresh instance (instantiated and `init`ed
-    /// for it) rather than a warm one from the pool.
-    pub fresh_instance: bool,
-}
 
 /// Public facts about a loaded plugin.
 #[derive(Debug, Clone, Serialize)]
@@ -88,23 +59,72 @@ fn serialize_info<S: serde::Serializer>(info: &PluginInfo, s: S) -> Result<S::Ok
     out.end()
 }
 
-/// Which export to invoke.
-pub(crate) enum Invocation {
-    Describe,
-    Handle(Request),
-    Event(Event),
+/// One of the plugin's exports, with what it takes and what it returns:
+/// [`Describe`], [`Handle`], [`OnEvent`]. [`LoadedPlugin::run`] runs any of
+/// them under the plugin's limits and hands back its typed result.
+pub(crate) trait Entry: Send {
+    /// What the export returns.
+    type Output: Send;
+    /// Whether this is `describe` at load: not a call (it does not count
+    /// toward `recycle_after`), and its result is a description.
+    const DESCRIBE: bool = false;
+    /// Calls the export on an instance.
+    fn call<'a>(
+        self,
+        handler: &'a Guest,
+        store: &'a mut Store<StoreState>,
+    ) -> impl Future<Output = wasmtime::Result<Self::Output>> + Send + 'a;
 }
 
-/// What the invoked export returned.
-pub(crate) enum Returned {
-    Info(PluginInfo),
-    Handled(Result<Response, PluginError>),
-    Event(Result<EventOutcome, PluginError>),
+/// `describe`: what the plugin says about itself.
+pub(crate) struct Describe;
+
+impl Entry for Describe {
+    type Output = PluginInfo;
+    const DESCRIBE: bool = true;
+
+    fn call<'a>(
+        self,
+        handler: &'a Guest,
+        store: &'a mut Store<StoreState>,
+    ) -> impl Future<Output = wasmtime::Result<PluginInfo>> + Send + 'a {
+        handler.call_describe(store)
+    }
+}
+
+/// `handle`: one request.
+pub(crate) struct Handle(pub(crate) Request);
+
+impl Entry for Handle {
+    type Output = Result<Response, PluginError>;
+
+    async fn call(
+        self,
+        handler: &Guest,
+        store: &mut Store<StoreState>,
+    ) -> wasmtime::Result<Self::Output> {
+        handler.call_handle(store, &self.0).await
+    }
+}
+
+/// `on-event`: one event delivery.
+pub(crate) struct OnEvent(pub(crate) Event);
+
+impl Entry for OnEvent {
+    type Output = Result<EventOutcome, PluginError>;
+
+    async fn call(
+        self,
+        handler: &Guest,
+        store: &mut Store<StoreState>,
+    ) -> wasmtime::Result<Self::Output> {
+        handler.call_on_event(store, &self.0).await
+    }
 }
 
 /// The result of [`LoadedPlugin::run`], with the log and cost either way.
-pub(crate) struct Invoked {
-    pub(crate) result: Result<Returned, CallFailure>,
+pub(crate) struct Invoked<T> {
+    pub(crate) result: Result<T, CallFailure>,
     pub(crate) logs: Vec<LogRecord>,
     pub(crate) events: Vec<PublishedEvent>,
     pub(crate) stats: CallStats,
@@ -164,24 +184,12 @@ impl Instance {
         self.store.set_hostcall_fuel(limits.host_call_bytes());
         let state = self.store.data_mut();
         state.deadline = deadline;
-        state.events.published.clear();
-        state.events.budget = limits.max_response_bytes;
-        state.http_hooks.sent = 0;
-        state.http_hooks.refused = 0;
+        state.begin_call(limits);
     }
 
-    async fn invoke(&mut self, invocation: Invocation) -> wasmtime::Result<Returned> {
+    async fn invoke<E: Entry>(&mut self, entry: E) -> wasmtime::Result<E::Output> {
         let handler = self.bindings.capsule_plugin_handler();
-        let store = &mut self.store;
-        Ok(match invocation {
-            Invocation::Describe => Returned::Info(handler.call_describe(store).await?),
-            Invocation::Handle(request) => {
-                Returned::Handled(handler.call_handle(store, &request).await?)
-            }
-            Invocation::Event(event) => {
-                Returned::Event(handler.call_on_event(store, &event).await?)
-            }
-        })
+        entry.call(handler, &mut self.store).await
     }
 }
 
@@ -273,6 +281,14 @@ impl LoadedPlugin {
         self.live.load(Ordering::Acquire)
     }
 
+    /// Calls admitted and running on this version now.
+    pub(crate) fn calls_in_flight(&self) -> usize {
+        self.limits()
+            .max_instances
+            .max(1)
+            .saturating_sub(self.slots.available_permits())
+    }
+
     /// Serves one request.
     pub(crate) async fn call(&self, request: Request) -> Result<CallOutcome, CallError> {
         let limits = self.limits();
@@ -284,9 +300,9 @@ impl LoadedPlugin {
             }));
         }
         let _slot = self.admit().await.map_err(|cause| self.error(cause))?;
-        let invoked = self.run(Invocation::Handle(request)).await;
+        let invoked = self.run(Handle(request)).await;
         let failure = match invoked.result {
-            Ok(Returned::Handled(Ok(response))) => match self.check_response(&response) {
+            Ok(Ok(response)) => match self.check_response(&response) {
                 Ok(()) => {
                     return Ok(CallOutcome {
                         response,
@@ -297,8 +313,7 @@ impl LoadedPlugin {
                 }
                 Err(too_large) => too_large,
             },
-            Ok(Returned::Handled(Err(plugin_error))) => self.plugin_failure(plugin_error),
-            Ok(_) => unreachable!("a handle invocation returns a response"),
+            Ok(Err(plugin_error)) => self.plugin_failure(plugin_error),
             Err(failure) => failure,
         };
         Err(CallError {
@@ -352,11 +367,10 @@ impl LoadedPlugin {
                 };
             }
         };
-        let invoked = self.run(Invocation::Event(event)).await;
+        let invoked = self.run(OnEvent(event)).await;
         let outcome = match invoked.result {
-            Ok(Returned::Event(Ok(outcome))) => self.check_event_outcome(outcome),
-            Ok(Returned::Event(Err(plugin_error))) => Err(self.plugin_failure(plugin_error)),
-            Ok(_) => unreachable!("an event invocation returns an outcome"),
+            Ok(Ok(outcome)) => self.check_event_outcome(outcome),
+            Ok(Err(plugin_error)) => Err(self.plugin_failure(plugin_error)),
             Err(failure) => Err(failure),
         };
         Delivered {
@@ -464,9 +478,9 @@ impl LoadedPlugin {
         })
     }
 
-    /// Runs one invocation on a warm instance, or on a fresh one, under the
+    /// Runs one export on a warm instance, or on a fresh one, under the
     /// plugin's deadline. A trapped or timed-out instance is dropped.
-    pub(crate) async fn run(&self, invocation: Invocation) -> Invoked {
+    pub(crate) async fn run<E: Entry>(&self, entry: E) -> Invoked<E::Output> {
         let limits = self.limits();
         let started = Instant::now();
         let deadline = started + limits.timeout;
@@ -474,7 +488,7 @@ impl LoadedPlugin {
         let fresh = pooled.is_none();
         // `describe` at load is not a call; it does not count toward
         // `recycle_after`.
-        let describe = matches!(invocation, Invocation::Describe);
+        let describe = E::DESCRIBE;
         let counts = !describe;
         let sink = match &pooled {
             Some(instance) => Arc::clone(&instance.sink),
@@ -501,7 +515,7 @@ impl LoadedPlugin {
                 },
             };
             instance.prepare(limits, deadline);
-            let result = instance.invoke(invocation).await;
+            let result = instance.invoke(entry).await;
             Ok::<_, SetupError>((instance, result))
         };
         // The epoch callback stops guest code at the deadline; this outer

@@ -86,8 +86,8 @@ impl<T> BoundedQueue<T> {
             })
     }
 
-    /// Items queued or held (parked for a retry) right now.
-    #[cfg(test)]
+    /// Items queued or held (being delivered, or parked for a retry) right
+    /// now.
     pub(crate) fn len(&self) -> usize {
         self.capacity - self.slots.available_permits()
     }

@@ -2,6 +2,7 @@
 //! capability, pause and resume, reload (verify and compile first, swap
 //! atomically, keep the old version on failure), shutdown and unload.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -44,6 +45,11 @@ pub struct PluginStatus {
     pub generation: u64,
     /// Live instances of the current version.
     pub live_instances: usize,
+    /// Calls running on the current version now.
+    pub calls_in_flight: usize,
+    /// Events waiting for delivery to it: queued, being delivered, or parked
+    /// for a retry. Zero means its part of the bus is quiet.
+    pub queued_events: usize,
 }
 
 /// A plugin name's place in the registry. It outlives reloads: the current
@@ -103,8 +109,20 @@ impl Slot {
             state,
             generation: self.generation.load(Ordering::Acquire),
             live_instances: current.live_instances(),
+            calls_in_flight: current.calls_in_flight(),
+            queued_events: self.queue.len(),
         }
     }
+}
+
+/// The plugins by name and the pipelines over them.
+#[derive(Default)]
+pub(crate) struct Registry {
+    /// The plugin table: read on every call without a lock, replaced whole
+    /// (under `writer`) on the rare load and unload.
+    pub(crate) plugins: ArcSwap<BTreeMap<String, Arc<Slot>>>,
+    pub(crate) writer: Mutex<()>,
+    pub(crate) pipelines: std::sync::RwLock<BTreeMap<String, super::Pipeline>>,
 }
 
 /// How long a retired version's idle instances get to run `shutdown`.
@@ -189,10 +207,10 @@ impl Host {
                 LoadFailure::Config("no plugin with this name is loaded".into()),
             ));
         };
-        let loaded = match self.compile(spec.clone()).await {
+        let loaded = match self.inner.loader.load(spec.clone()).await {
             Ok(loaded) => loaded,
             Err(err) => {
-                self.inner.metrics.reload(&name, false);
+                self.inner.dispatch.metrics.reload(&name, false);
                 tracing::warn!(
                     plugin = %name,
                     error = %log_field(&err.to_string()),
@@ -208,7 +226,7 @@ impl Host {
         // what the old one did.
         slot.breaker.reset();
         slot.generation.fetch_add(1, Ordering::AcqRel);
-        self.inner.metrics.reload(&name, true);
+        self.inner.dispatch.metrics.reload(&name, true);
         tracing::info!(
             plugin = %name,
             from = %old.details.digest,

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::Grants;
 use crate::limits::Limits;
-use crate::services::Grants;
 
 /// Where a plugin's component bytes come from.
 #[derive(Debug, Clone)]
@@ -51,6 +51,20 @@ impl PluginSpec {
             grants: Grants::default(),
             limits: None,
         }
+    }
+
+    /// What to load for the plugin `name` of a validated policy, if it has
+    /// one by that name.
+    pub fn from_policy(policy: &crate::policy::Policy, name: &str) -> Option<Self> {
+        let plugin = policy.plugins.get(name)?;
+        let mut spec = PluginSpec::from_path(&plugin.path)
+            .with_name(name)
+            .grants(plugin.grants.clone())
+            .limits(plugin.limits.clone());
+        if let Some(signature) = &plugin.signature {
+            spec = spec.detached_signature(PluginSource::Path(signature.clone()));
+        }
+        Some(spec)
     }
 
     /// A plugin from bytes already in memory.
@@ -109,40 +123,5 @@ impl PluginSpec {
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = Some(limits);
         self
-    }
-}
-
-/// Checks a plugin name: 1–64 characters of ASCII letters, digits, `-`, `_`
-/// and `.`, starting with a letter or digit. Names appear in URLs, metrics
-/// labels and file names, so nothing else is accepted.
-pub(crate) fn validate_name(name: &str) -> Result<(), String> {
-    let valid_start = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric());
-    let valid_chars = name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if name.len() > 64 || !valid_start || !valid_chars {
-        return Err(format!(
-            "invalid plugin name `{name}`: use 1-64 ASCII letters, digits, `-`, `_` or `.`, \
-             starting with a letter or digit"
-        ));
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_are_restricted() {
-        assert!(validate_name("hello").is_ok());
-        assert!(validate_name("kv-counter_2.v1").is_ok());
-        assert!(validate_name("").is_err());
-        assert!(validate_name("-x").is_err());
-        assert!(validate_name("a/b").is_err());
-        assert!(validate_name(&"x".repeat(65)).is_err());
     }
 }

@@ -9,11 +9,15 @@
 use std::fmt;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use wasmtime::component::{HasData, Linker};
 
+use super::{Availability, Holds, HostShared, Import, PolicyContext, Service, StoreContext, Views};
+use crate::bounds::Invalid;
 use crate::contract::{ServiceError, interfaces};
-use crate::store::StoreState;
+use crate::limits::Limits;
+use crate::outcome::PublishedEvent;
+use crate::units::value_from_str;
 
 /// A topic pattern such as `orders.*` or `audit.>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -87,12 +91,20 @@ impl TopicPattern {
     }
 }
 
-/// Which topics a plugin may publish to and receive from.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+value_from_str!(TopicPattern, "a topic pattern such as \"orders.*\"", |s| {
+    TopicPattern::parse(s)
+});
+
+/// Which topics a plugin may publish to and receive from; a policy file
+/// writes `events = { publish = ["counter.*"], subscribe = ["orders.>"] }`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EventsGrant {
     /// Patterns of topics the plugin may publish to.
+    #[serde(default)]
     pub publish: Vec<TopicPattern>,
     /// Patterns of topics delivered to the plugin's `on-event`.
+    #[serde(default)]
     pub subscribe: Vec<TopicPattern>,
 }
 
@@ -106,15 +118,6 @@ impl EventsGrant {
     pub fn may_receive(&self, topic: &str) -> bool {
         self.subscribe.iter().any(|p| p.matches(topic))
     }
-}
-
-/// An event a plugin published during a call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PublishedEvent {
-    /// The topic.
-    pub topic: String,
-    /// The payload.
-    pub payload: Vec<u8>,
 }
 
 /// Most events one call may publish.
@@ -148,21 +151,83 @@ impl interfaces::events::Host for EventsState {
     }
 }
 
-struct EventsService;
+/// The `events` service.
+pub(crate) struct Events;
 
-impl HasData for EventsService {
+struct EventsData;
+
+impl HasData for EventsData {
     type Data<'a> = &'a mut EventsState;
 }
 
-pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
-    interfaces::events::add_to_linker::<StoreState, EventsService>(linker, |state| {
-        &mut state.events
-    })
+impl Service for Events {
+    const NAME: &'static str = "events";
+    const IMPORTS: &'static [Import] = &[Import::contract("events")];
+    const BUDGETS: &'static str = "per call: 256 events within `max_response` bytes \
+        (`quota-exceeded` past them); delivery is the event bus's, with its own budgets";
+
+    type Grant = EventsGrant;
+    type Policy = EventsGrant;
+    type Summary = EventsGrant;
+    type Prepared = Arc<EventsGrant>;
+    type State = EventsState;
+
+    fn from_policy(
+        grant: EventsGrant,
+        _context: &PolicyContext<'_>,
+    ) -> Result<EventsGrant, Invalid> {
+        Ok(grant)
+    }
+
+    fn validate(_grant: &EventsGrant) -> Result<(), Invalid> {
+        // Patterns are checked when they are parsed.
+        Ok(())
+    }
+
+    fn availability(grant: &EventsGrant) -> Availability {
+        if grant.publish.is_empty() {
+            Availability::NotGranted
+        } else {
+            Availability::Granted
+        }
+    }
+
+    fn summary(grant: &EventsGrant) -> EventsGrant {
+        grant.clone()
+    }
+
+    fn prepare(grant: &EventsGrant, _host: &HostShared) -> Result<Arc<EventsGrant>, String> {
+        Ok(Arc::new(grant.clone()))
+    }
+
+    fn new_state(
+        grant: &Arc<EventsGrant>,
+        store: &mut StoreContext<'_>,
+    ) -> Result<EventsState, String> {
+        Ok(EventsState {
+            grant: Arc::clone(grant),
+            published: Vec::new(),
+            budget: store.limits.max_response_bytes,
+        })
+    }
+
+    fn begin_call(state: &mut EventsState, limits: &Limits) {
+        state.published.clear();
+        state.budget = limits.max_response_bytes;
+    }
+
+    fn add_to_linker<T: Holds<Self> + Views>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        interfaces::events::add_to_linker::<T, EventsData>(linker, |store| store.state())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    use crate::contract::interfaces::events::Host as _;
+    use crate::services::harness::Harness;
 
     #[test]
     fn patterns_match_like_nats() {
@@ -185,5 +250,63 @@ mod tests {
         assert!(validate_topic("a.b-c.d_e").is_ok());
         assert!(validate_topic("a.*").is_err());
         assert!(validate_topic("").is_err());
+    }
+
+    #[test]
+    fn publishing_needs_a_grant_for_the_topic() {
+        let mut events = Harness::<Events>::not_granted();
+        let err = events
+            .state
+            .publish("orders.created".into(), vec![])
+            .unwrap_err();
+        assert!(
+            matches!(&err, ServiceError::Denied(m) if m == "publishing to `orders.created` was not granted to this plugin"),
+            "{err:?}"
+        );
+        let mut events = Harness::<Events>::from_policy(
+            r#"{ publish = ["orders.*"], subscribe = [] }"#,
+            Path::new("."),
+        )
+        .unwrap();
+        events
+            .state
+            .publish("orders.created".into(), b"{}".to_vec())
+            .unwrap();
+        let denied = events
+            .state
+            .publish("invoices.paid".into(), vec![])
+            .unwrap_err();
+        assert!(matches!(denied, ServiceError::Denied(_)), "{denied:?}");
+        let invalid = events
+            .state
+            .publish("orders..x".into(), vec![])
+            .unwrap_err();
+        assert!(matches!(invalid, ServiceError::Invalid(_)), "{invalid:?}");
+        assert_eq!(events.state.published.len(), 1);
+    }
+
+    #[test]
+    fn a_call_publishes_within_its_budget_and_the_next_call_starts_fresh() {
+        let limits = Limits {
+            max_response_bytes: 100,
+            ..Limits::default()
+        };
+        let grant = EventsGrant {
+            publish: vec![TopicPattern::parse(">").unwrap()],
+            subscribe: vec![],
+        };
+        let mut events = Harness::<Events>::granted(&grant, limits);
+        events.state.publish("a".into(), vec![0; 60]).unwrap();
+        let err = events.state.publish("a".into(), vec![0; 41]).unwrap_err();
+        assert!(matches!(err, ServiceError::QuotaExceeded(_)), "{err:?}");
+        events.state.publish("a".into(), vec![0; 40]).unwrap();
+        for _ in 2..MAX_EVENTS_PER_CALL {
+            events.state.publish("a".into(), vec![]).unwrap();
+        }
+        let err = events.state.publish("a".into(), vec![]).unwrap_err();
+        assert!(matches!(err, ServiceError::QuotaExceeded(_)), "{err:?}");
+        events.begin_call();
+        assert!(events.state.published.is_empty());
+        events.state.publish("a".into(), vec![0; 100]).unwrap();
     }
 }

@@ -2,7 +2,7 @@
 //! the origins the operator granted, at most a number of requests per call,
 //! with response bodies bounded. Everything else fails with the WASI error
 //! code `HTTP-request-denied`. Raw `wasi:sockets` stay denied (see
-//! [`super::wasi`]), so the allow-list cannot be bypassed.
+//! `services::wasi`), so the allow-list cannot be bypassed.
 //!
 //! Origins are matched by scheme, host name and port, before any DNS lookup.
 //! A granted host name whose DNS answer points somewhere private is still
@@ -15,11 +15,14 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use wasmtime::component::Linker;
 use wasmtime_wasi_http::{WasiBody, WasiHttpHooks};
 
-use crate::store::StoreState;
+use super::{Availability, Holds, HostShared, Import, PolicyContext, Service, StoreContext, Views};
+use crate::bounds::{GIB, Invalid, bytes, range};
+use crate::limits::{Limits, http_body_chunk, http_fields_limit};
+use crate::units::{Size, value_from_str};
 
 /// An origin a plugin may reach: `https://api.example.com`,
 /// `http://127.0.0.1:8080`, or `https://*.example.org:8443` (any subdomain,
@@ -115,6 +118,12 @@ fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
         None => Some((authority, None)),
     }
 }
+
+value_from_str!(
+    OriginPattern,
+    "an origin such as \"https://api.example.com\"",
+    |s| OriginPattern::parse(s)
+);
 
 /// What a plugin may reach over HTTP.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -283,13 +292,107 @@ impl Body for LimitedBody {
     }
 }
 
-pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)
+/// How a policy file writes an HTTP grant:
+/// `http = { allow = ["https://api.example.com"], max_requests = 4, max_response = "1MiB" }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HttpPolicy {
+    pub(crate) allow: Vec<OriginPattern>,
+    pub(crate) max_requests: Option<u32>,
+    pub(crate) max_response: Option<Size>,
+}
+
+/// The `http` service.
+pub(crate) struct Http;
+
+impl Service for Http {
+    const NAME: &'static str = "http";
+    const IMPORTS: &'static [Import] = &[Import::package("wasi:http")];
+    const BUDGETS: &'static str = "per call: `max_requests` requests and `max_response` bytes \
+        per response body; per instance: header fields of 32 KiB (1 KiB without a grant) and \
+        unsent bodies of 64 KiB (1 KiB without a grant), each counted in `max_handles`";
+
+    type Grant = Option<HttpGrant>;
+    type Policy = HttpPolicy;
+    type Summary = Option<HttpGrant>;
+    type Prepared = Option<Arc<HttpGrant>>;
+    type State = HttpHooks;
+
+    fn from_policy(
+        policy: HttpPolicy,
+        _context: &PolicyContext<'_>,
+    ) -> Result<Self::Grant, Invalid> {
+        let mut grant = HttpGrant::new(policy.allow);
+        if let Some(max) = policy.max_requests {
+            grant.max_requests_per_call = max;
+        }
+        if let Some(size) = policy.max_response {
+            grant.max_response_bytes = size.0;
+        }
+        Ok(Some(grant))
+    }
+
+    fn validate(grant: &Self::Grant) -> Result<(), Invalid> {
+        let Some(http) = grant else { return Ok(()) };
+        range(
+            "max_requests",
+            u64::from(http.max_requests_per_call),
+            0,
+            10_000,
+            "requests",
+        )?;
+        bytes("max_response", http.max_response_bytes, 0, GIB)
+    }
+
+    fn availability(grant: &Self::Grant) -> Availability {
+        if grant.is_some() {
+            Availability::Granted
+        } else {
+            Availability::NotGranted
+        }
+    }
+
+    fn summary(grant: &Self::Grant) -> Self::Summary {
+        grant.clone()
+    }
+
+    fn prepare(grant: &Self::Grant, _host: &HostShared) -> Result<Self::Prepared, String> {
+        Ok(grant.clone().map(Arc::new))
+    }
+
+    fn new_state(
+        grant: &Self::Prepared,
+        store: &mut StoreContext<'_>,
+    ) -> Result<HttpHooks, String> {
+        // A plugin without the grant can still create header fields and
+        // bodies (a denial is a value): they stay tiny.
+        let granted = grant.is_some();
+        store.http.set_field_size_limit(http_fields_limit(granted));
+        Ok(HttpHooks {
+            plugin: Arc::clone(store.plugin),
+            grant: grant.clone(),
+            sent: 0,
+            refused: 0,
+            body_chunk: http_body_chunk(granted),
+        })
+    }
+
+    fn begin_call(hooks: &mut HttpHooks, _limits: &Limits) {
+        hooks.sent = 0;
+        hooks.refused = 0;
+    }
+
+    fn add_to_linker<T: Holds<Self> + Views>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    use crate::services::harness::Harness;
 
     #[test]
     fn origins_match_scheme_host_and_port() {
@@ -328,5 +431,61 @@ mod tests {
         ] {
             assert!(OriginPattern::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Asks the plugin's hooks to send a GET to `uri`; the answer if the
+    /// hooks refused it at once, `None` if they let it go out.
+    fn send(http: &mut Harness<Http>, uri: &str) -> Option<wasmtime_wasi_http::Error> {
+        use http_body_util::BodyExt;
+        let body = http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        let request = http::Request::get(uri).body(body).unwrap();
+        let sent = http
+            .state
+            .send_request(request, None, Box::new(async { Ok(()) }));
+        // A refusal is ready at once; a request let through would connect.
+        let waker = std::task::Waker::noop();
+        match Box::into_pin(sent)
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(waker))
+        {
+            std::task::Poll::Ready(Err(error)) => Some(error),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_go_only_to_granted_origins_and_within_the_per_call_count() {
+        use wasmtime_wasi_http::Error;
+        let mut none = Harness::<Http>::not_granted();
+        assert!(matches!(
+            send(&mut none, "https://example.com/"),
+            Some(Error::HttpRequestDenied)
+        ));
+
+        let mut http = Harness::<Http>::from_policy(
+            r#"{ allow = ["http://127.0.0.1:9"], max_requests = 2 }"#,
+            Path::new("."),
+        )
+        .unwrap();
+        for other in [
+            "https://127.0.0.1:9/",
+            "http://127.0.0.1:10/",
+            "http://localhost:9/",
+        ] {
+            assert!(
+                matches!(send(&mut http, other), Some(Error::HttpRequestDenied)),
+                "{other}"
+            );
+        }
+        assert!(send(&mut http, "http://127.0.0.1:9/a").is_none());
+        assert!(send(&mut http, "http://127.0.0.1:9/b").is_none());
+        assert!(matches!(
+            send(&mut http, "http://127.0.0.1:9/c"),
+            Some(Error::ConnectionLimitReached)
+        ));
+        http.begin_call();
+        assert!(send(&mut http, "http://127.0.0.1:9/d").is_none());
     }
 }

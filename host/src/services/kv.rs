@@ -11,11 +11,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use wasmtime::component::{HasData, Linker};
 
+use super::{Availability, Holds, HostShared, Import, PolicyContext, Service, StoreContext, Views};
+use crate::bounds::{Invalid, KIB, MIB, bytes, range};
 use crate::contract::{ServiceError, interfaces};
-use crate::store::StoreState;
+use crate::units::Size;
 
 /// Entries: (namespace, key) → value.
 const ENTRIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("entries");
@@ -344,19 +346,114 @@ impl interfaces::kv::Host for KvState {
     }
 }
 
-struct KvService;
+/// How a policy file writes a kv grant:
+/// `kv = { namespace = "counter", max_keys = 100, max_total = "64KiB" }`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KvPolicy {
+    pub(crate) namespace: Option<String>,
+    max_key: Option<Size>,
+    max_value: Option<Size>,
+    max_keys: Option<u64>,
+    max_total: Option<Size>,
+}
 
-impl HasData for KvService {
+/// The `kv` service.
+pub(crate) struct Kv;
+
+struct KvData;
+
+impl HasData for KvData {
     type Data<'a> = &'a mut KvState;
 }
 
-pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
-    interfaces::kv::add_to_linker::<StoreState, KvService>(linker, |state| &mut state.kv)
+impl Service for Kv {
+    const NAME: &'static str = "kv";
+    const IMPORTS: &'static [Import] = &[Import::contract("kv")];
+    const BUDGETS: &'static str = "per namespace: `max_key`, `max_value`, `max_keys`, \
+        `max_total` (`quota-exceeded` past them); `list-keys` answers at most 1000 keys";
+
+    type Grant = Option<KvGrant>;
+    type Policy = KvPolicy;
+    type Summary = Option<KvGrant>;
+    type Prepared = Option<(Arc<KvGrant>, Arc<KvStore>)>;
+    type State = KvState;
+
+    fn from_policy(policy: KvPolicy, context: &PolicyContext<'_>) -> Result<Self::Grant, Invalid> {
+        let mut grant = KvGrant::new(
+            policy
+                .namespace
+                .unwrap_or_else(|| context.plugin.to_owned()),
+        );
+        if let Some(size) = policy.max_key {
+            grant.max_key_bytes = size.usize();
+        }
+        if let Some(size) = policy.max_value {
+            grant.max_value_bytes = size.usize();
+        }
+        if let Some(keys) = policy.max_keys {
+            grant.max_keys = keys;
+        }
+        if let Some(size) = policy.max_total {
+            grant.max_total_bytes = size.0;
+        }
+        Ok(Some(grant))
+    }
+
+    fn validate(grant: &Self::Grant) -> Result<(), Invalid> {
+        let Some(kv) = grant else { return Ok(()) };
+        if kv.namespace.is_empty() || kv.namespace.len() > 128 || kv.namespace.contains(['\0', '/'])
+        {
+            return Err(Invalid::new(
+                "namespace",
+                "a namespace is 1 to 128 bytes, without `/` or NUL",
+            ));
+        }
+        bytes("max_key", kv.max_key_bytes as u64, 1, 64 * KIB)?;
+        bytes("max_value", kv.max_value_bytes as u64, 0, 64 * MIB)?;
+        range("max_keys", kv.max_keys, 0, 1 << 40, "keys")?;
+        bytes("max_total", kv.max_total_bytes, 0, 1 << 50)
+    }
+
+    fn availability(grant: &Self::Grant) -> Availability {
+        if grant.is_some() {
+            Availability::Granted
+        } else {
+            Availability::NotGranted
+        }
+    }
+
+    fn summary(grant: &Self::Grant) -> Self::Summary {
+        grant.clone()
+    }
+
+    fn prepare(grant: &Self::Grant, host: &HostShared) -> Result<Self::Prepared, String> {
+        Ok(grant
+            .clone()
+            .map(|grant| (Arc::new(grant), Arc::clone(&host.kv_store))))
+    }
+
+    fn new_state(
+        prepared: &Self::Prepared,
+        _store: &mut StoreContext<'_>,
+    ) -> Result<KvState, String> {
+        Ok(KvState {
+            access: prepared.clone(),
+        })
+    }
+
+    fn add_to_linker<T: Holds<Self> + Views>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        interfaces::kv::add_to_linker::<T, KvData>(linker, |store| store.state())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    use crate::contract::interfaces::kv::Host as _;
+    use crate::services::harness::Harness;
 
     fn grant(ns: &str) -> KvGrant {
         KvGrant {
@@ -435,5 +532,70 @@ mod tests {
             store.increment(&g, "text", 1),
             Err(ServiceError::Invalid(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_plugin_without_a_namespace_is_denied() {
+        let mut kv = Harness::<Kv>::not_granted();
+        let err = kv.state.get("k".into()).await.unwrap_err();
+        assert!(
+            matches!(&err, ServiceError::Denied(m) if m == "no key-value namespace was granted to this plugin"),
+            "{err:?}"
+        );
+        let err = kv.state.set("k".into(), b"v".to_vec()).await.unwrap_err();
+        assert!(matches!(err, ServiceError::Denied(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_policy_grant_defaults_its_namespace_and_enforces_its_quotas() {
+        let mut kv = Harness::<Kv>::from_policy(
+            r#"{ max_keys = 2, max_value = "8B", max_key = "4B" }"#,
+            Path::new("."),
+        )
+        .unwrap();
+        let grant = kv.state.access.as_ref().unwrap().0.clone();
+        assert_eq!(grant.namespace, crate::services::harness::PLUGIN);
+        kv.state
+            .set("a".into(), b"12345678".to_vec())
+            .await
+            .unwrap();
+        let quota = |err: ServiceError| matches!(err, ServiceError::QuotaExceeded(_));
+        assert!(quota(
+            kv.state
+                .set("b".into(), b"123456789".to_vec())
+                .await
+                .unwrap_err()
+        ));
+        assert!(quota(
+            kv.state
+                .set("toolong".into(), b"1".to_vec())
+                .await
+                .unwrap_err()
+        ));
+        kv.state.set("b".into(), b"1".to_vec()).await.unwrap();
+        let err = kv.state.set("c".into(), b"1".to_vec()).await.unwrap_err();
+        assert!(
+            matches!(&err, ServiceError::QuotaExceeded(m) if m.contains("is full (2 keys)")),
+            "{err:?}"
+        );
+        assert!(kv.state.delete("a".into()).await.unwrap());
+        kv.state.set("c".into(), b"1".to_vec()).await.unwrap();
+        assert_eq!(kv.state.list_keys(String::new()).await.unwrap(), ["b", "c"]);
+    }
+
+    #[test]
+    fn quotas_out_of_range_are_refused() {
+        for (bad, field) in [
+            (r#"{ max_key = "0B" }"#, "max_key"),
+            (r#"{ max_keys = 2000000000000 }"#, "max_keys"),
+            (r#"{ max_value = "1TiB" }"#, "max_value"),
+            (r#"{ namespace = "" }"#, "namespace"),
+            (r#"{ namespace = "a/b" }"#, "namespace"),
+        ] {
+            let err = Harness::<Kv>::from_policy(bad, Path::new(".")).err();
+            assert_eq!(err.map(|e| e.field).as_deref(), Some(field), "{bad}");
+        }
+        // A namespace that may hold nothing is a reader's grant, not a mistake.
+        assert!(Harness::<Kv>::from_policy("{ max_keys = 0 }", Path::new(".")).is_ok());
     }
 }

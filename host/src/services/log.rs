@@ -1,8 +1,8 @@
 //! The `log` service: levelled plugin logs, bounded per call, tagged with the
 //! plugin's name and forwarded into `tracing` (target `capsule::plugin`).
 //!
-//! The same [`LogSink`] receives the plugin's captured stdout and stderr (see
-//! [`super::wasi`]), so one budget bounds everything a plugin can make the
+//! The same `LogSink` receives the plugin's captured stdout and stderr (see
+//! `services::wasi`), so one budget bounds everything a plugin can make the
 //! host buffer as log output during a call.
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -10,38 +10,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::Serialize;
 use wasmtime::component::{HasData, Linker};
 
+use super::{Availability, Holds, HostShared, Import, PolicyContext, Service, StoreContext, Views};
+use crate::bounds::Invalid;
 use crate::contract::{LogLevel, ServiceError, interfaces};
-use crate::error::OutputStream;
-use crate::limits::{LOG_RECORD_OVERHEAD, OutputLimitExceeded};
-use crate::store::StoreState;
-
-/// Where a log line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LogSource {
-    /// A call to the `log` import.
-    Log,
-    /// A line the plugin wrote to stdout.
-    Stdout,
-    /// A line the plugin wrote to stderr (panic messages land here).
-    Stderr,
-}
-
-/// One line a plugin logged during a call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LogRecord {
-    /// The line's level; stdout counts as `info`, stderr as `warn`.
-    #[serde(serialize_with = "serialize_level")]
-    pub level: LogLevel,
-    /// Where the line came from.
-    pub source: LogSource,
-    /// The text, without a trailing newline.
-    pub message: String,
-}
-
-fn serialize_level<S: serde::Serializer>(level: &LogLevel, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(level.as_str())
-}
+use crate::error::{OutputLimitExceeded, OutputStream};
+use crate::limits::LOG_RECORD_OVERHEAD;
+use crate::outcome::{LogRecord, LogSource};
 
 /// Bytes of stderr kept to recover a panic message after a trap.
 const STDERR_TAIL_BYTES: usize = 4096;
@@ -293,12 +267,107 @@ impl interfaces::log::Host for LogState {
     }
 }
 
-struct LogService;
+/// The `log` service.
+pub(crate) struct Log;
 
-impl HasData for LogService {
+struct LogData;
+
+impl HasData for LogData {
     type Data<'a> = &'a mut LogState;
 }
 
-pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
-    interfaces::log::add_to_linker::<StoreState, LogService>(linker, |state| &mut state.log)
+impl Service for Log {
+    const NAME: &'static str = "log";
+    const IMPORTS: &'static [Import] = &[Import::contract("log")];
+    const BUDGETS: &'static str = "per call: `max_log` bytes (32 more per line) and \
+        `max_log_records` lines, stdout and stderr included; past them `log` answers \
+        `quota-exceeded` and stdout/stderr trap as `output_too_large`";
+
+    type Grant = LogGrant;
+    type Policy = bool;
+    type Summary = bool;
+    type Prepared = bool;
+    type State = LogState;
+
+    fn from_policy(enabled: bool, _context: &PolicyContext<'_>) -> Result<LogGrant, Invalid> {
+        Ok(LogGrant { enabled })
+    }
+
+    fn validate(_grant: &LogGrant) -> Result<(), Invalid> {
+        Ok(())
+    }
+
+    fn availability(grant: &LogGrant) -> Availability {
+        if grant.enabled {
+            Availability::Granted
+        } else {
+            Availability::NotGranted
+        }
+    }
+
+    fn summary(grant: &LogGrant) -> bool {
+        grant.enabled
+    }
+
+    fn prepare(grant: &LogGrant, _host: &HostShared) -> Result<bool, String> {
+        Ok(grant.enabled)
+    }
+
+    fn new_state(enabled: &bool, store: &mut StoreContext<'_>) -> Result<LogState, String> {
+        Ok(LogState {
+            sink: Arc::clone(store.sink),
+            enabled: *enabled,
+        })
+    }
+
+    fn add_to_linker<T: Holds<Self> + Views>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        interfaces::log::add_to_linker::<T, LogData>(linker, |store| store.state())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    use crate::contract::interfaces::log::Host as _;
+    use crate::limits::Limits;
+    use crate::services::harness::Harness;
+
+    #[test]
+    fn a_plugin_without_the_log_grant_is_denied() {
+        let mut log = Harness::<Log>::from_policy("false", Path::new(".")).unwrap();
+        let err = log.state.log(LogLevel::Info, "hello".into()).unwrap_err();
+        assert!(
+            matches!(&err, ServiceError::Denied(m) if m == "logging was not granted to this plugin"),
+            "{err:?}"
+        );
+        assert!(log.end_call().records.is_empty());
+    }
+
+    #[test]
+    fn the_log_budget_refuses_lines_past_it_and_is_fresh_every_call() {
+        let limits = Limits {
+            max_log_bytes: 100,
+            max_log_records: 3,
+            ..Limits::default()
+        };
+        let mut log = Harness::<Log>::granted(&LogGrant::default(), limits);
+        // 60 bytes of text and 32 of overhead fit in 100; one more line does not.
+        log.state.log(LogLevel::Info, "x".repeat(60)).unwrap();
+        let err = log.state.log(LogLevel::Info, "y".into()).unwrap_err();
+        assert!(matches!(err, ServiceError::QuotaExceeded(_)), "{err:?}");
+        let call = log.end_call();
+        assert_eq!((call.records.len(), call.refused), (1, 1));
+
+        log.begin_call();
+        for line in ["a", "b", "c"] {
+            log.state.log(LogLevel::Warn, line.into()).unwrap();
+        }
+        let err = log.state.log(LogLevel::Warn, "d".into()).unwrap_err();
+        assert!(matches!(err, ServiceError::QuotaExceeded(_)), "{err:?}");
+        let call = log.end_call();
+        let lines: Vec<_> = call.records.iter().map(|r| r.message.as_str()).collect();
+        assert_eq!((lines, call.refused), (vec!["a", "b", "c"], 1));
+    }
 }

@@ -1,6 +1,6 @@
-//! Standard WASI p2 for plugins, granting only what the plugin's grants say:
-//! preopened directories from `files`, variables from `env`; never arguments,
-//! sockets or name lookups; stdin closed.
+//! Standard WASI p2 for every plugin, granting nothing by itself: never
+//! arguments, sockets or name lookups; stdin closed; random requests
+//! bounded. Services add to it (`files` its preopens, `env` its variables).
 //! Rust guests import `wasi:cli` and `wasi:io` even when they do no I/O, so
 //! WASI is always linked; stdout and stderr are captured into the plugin's
 //! [`LogSink`] under its log budget.
@@ -11,20 +11,19 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use wasmtime::component::Linker;
+use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 
-use super::PreparedGrants;
-use super::log::{LogSink, LogSource};
+use super::log::LogSink;
 use crate::limits::MAX_RANDOM_BYTES;
-use crate::store::StoreState;
+use crate::outcome::LogSource;
 
-/// Builds the WASI context of one store.
-pub(crate) fn context(sink: &Arc<LogSink>, grants: &PreparedGrants) -> Result<WasiCtx, String> {
+/// A WASI context builder with what every plugin gets: captured stdout and
+/// stderr, bounded randomness, no sockets. Services add their grants before
+/// it is built.
+pub(crate) fn base(sink: &Arc<LogSink>) -> WasiCtxBuilder {
     let mut builder = WasiCtxBuilder::new();
-    builder.envs(&grants.env);
-    super::files::preopen(&mut builder, &grants.files)?;
     builder
         // The host allocates a random request in full before handing it
         // over; seeding a generator needs a few dozen bytes.
@@ -36,10 +35,13 @@ pub(crate) fn context(sink: &Arc<LogSink>, grants: &PreparedGrants) -> Result<Wa
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false);
-    Ok(builder.build())
+    builder
 }
 
-pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+/// Links every WASI p2 interface a plugin may import.
+pub(crate) fn add_to_linker<T: wasmtime_wasi::WasiView + 'static>(
+    linker: &mut Linker<T>,
+) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)
 }
 

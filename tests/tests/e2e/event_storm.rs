@@ -11,7 +11,7 @@ use capsule_host::{BusOptions, Grants, Host, Limits, PluginSpec, Request};
 use capsule_tests::plugin_path;
 use capsule_tests::plugins::{EVENT_STORM, HELLO};
 
-use crate::order_intake::eventually;
+use crate::order_intake::{bus_quiet, eventually};
 use crate::sandbox::assert_hello_answers;
 
 fn storm_grants() -> Grants {
@@ -48,7 +48,7 @@ async fn a_forward_loop_ends_as_a_dead_letter_at_the_hop_limit() {
     assert_eq!(dead.event.hops, 6, "one hop past the limit");
     assert_eq!(dead.event.topic, "storm.loop");
     // It ended: nothing more circulates.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    bus_quiet(&host).await;
     assert_eq!(host.dead_letters().len(), 1);
     assert_hello_answers(&host).await;
 }
@@ -181,20 +181,14 @@ async fn dead_letters_keep_bounded_reasons_and_bytes() {
     for _ in 0..20 {
         host.publish("storm.reject", payload.clone()).await.unwrap();
     }
-    let dead = eventually(|| async {
-        let dead = host.dead_letters();
-        dead.iter()
-            .any(|d| d.reason.starts_with("rejected"))
-            .then_some(dead)
-    })
-    .await;
-    // Let the rest arrive, then look at what is kept.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let dead = if host.dead_letters().len() > dead.len() {
-        host.dead_letters()
-    } else {
-        dead
-    };
+    // Every one was delivered and rejected before we look at what is kept.
+    bus_quiet(&host).await;
+    assert!(
+        host.metrics_text()
+            .contains(r#"capsule_events_total{plugin="event-storm",outcome="reject"} 20"#)
+    );
+    let dead = host.dead_letters();
+    assert!(!dead.is_empty());
     for letter in &dead {
         assert!(letter.reason.len() <= capsule_host::DeadLetter::MAX_REASON_BYTES + 3);
         assert!(

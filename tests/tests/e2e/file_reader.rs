@@ -19,6 +19,16 @@ fn mounts(ro: &std::path::Path, rw: &std::path::Path) -> Grants {
     }
 }
 
+/// How a `denied` plugin error with `message` prints.
+fn denied(message: &str) -> String {
+    format!("{:?}", PluginError::Denied(message.into()))
+}
+
+/// How a `failed` plugin error with `message` prints.
+fn failed(message: &str) -> String {
+    format!("{:?}", PluginError::Failed(message.into()))
+}
+
 #[tokio::test]
 async fn reads_lists_and_writes_within_its_mounts() {
     let (ro, rw) = (temp_dir("files-ro"), temp_dir("files-rw"));
@@ -58,9 +68,9 @@ async fn a_read_only_mount_refuses_writes() {
         json!({"path": "/data/a.txt", "content": "overwritten"}),
     )
     .await;
-    assert!(
-        matches!(err, PluginError::Denied(_) | PluginError::Failed(_)),
-        "{err:?}"
+    assert_eq!(
+        format!("{err:?}"),
+        denied("write `/data/a.txt`: Operation not permitted (os error 63)")
     );
     assert_eq!(std::fs::read_to_string(ro.join("a.txt")).unwrap(), "alpha");
     let err = plugin_error(
@@ -70,9 +80,9 @@ async fn a_read_only_mount_refuses_writes() {
         json!({"path": "/data/new.txt", "content": "x"}),
     )
     .await;
-    assert!(
-        matches!(err, PluginError::Denied(_) | PluginError::Failed(_)),
-        "{err:?}"
+    assert_eq!(
+        format!("{err:?}"),
+        denied("write `/data/new.txt`: Operation not permitted (os error 63)")
     );
     assert!(!ro.join("new.txt").exists());
     std::fs::remove_dir_all(ro).ok();
@@ -83,13 +93,32 @@ async fn a_read_only_mount_refuses_writes() {
 async fn nothing_outside_the_mounts_is_visible() {
     let (ro, rw) = (temp_dir("files-ro3"), temp_dir("files-rw3"));
     let host = host_with(FILE_READER, mounts(&ro, &rw)).await;
-    for path in ["/etc/passwd", "/data/../../../etc/passwd", "/"] {
-        let op = if path == "/" { "list" } else { "read" };
-        plugin_error(&host, FILE_READER, op, json!({"path": path})).await;
+    // Outside every mount, nothing exists; climbing out of one is refused.
+    let missing = "No such file or directory (os error 44)";
+    let climbing = "Operation not permitted (os error 63)";
+    for (op, path, expected) in [
+        (
+            "read",
+            "/etc/passwd",
+            failed(&format!("read `/etc/passwd`: {missing}")),
+        ),
+        (
+            "read",
+            "/data/../../../etc/passwd",
+            denied(&format!("read `/data/../../../etc/passwd`: {climbing}")),
+        ),
+        ("list", "/", failed(&format!("list `/`: {missing}"))),
+    ] {
+        let err = plugin_error(&host, FILE_READER, op, json!({"path": path})).await;
+        assert_eq!(format!("{err:?}"), expected);
     }
     // And with no files grant, not even the mounts exist.
     let host = host_with(FILE_READER, Grants::default()).await;
-    plugin_error(&host, FILE_READER, "list", json!({"path": "/data"})).await;
+    let err = plugin_error(&host, FILE_READER, "list", json!({"path": "/data"})).await;
+    assert_eq!(
+        format!("{err:?}"),
+        failed(&format!("list `/data`: {missing}"))
+    );
     std::fs::remove_dir_all(ro).ok();
     std::fs::remove_dir_all(rw).ok();
 }

@@ -2,9 +2,9 @@
 //! publishes are delivered like a plugin's, and a paused auditor keeps its
 //! events until it is resumed.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use capsule_host::Request;
+use capsule_host::{ErrorKind, Request};
 use capsule_tests::plugins::ORDER_AUDIT;
 use serde_json::json;
 
@@ -21,7 +21,24 @@ async fn embedder_events_are_delivered_and_wait_while_paused() {
             .unwrap(),
         1
     );
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Nothing reaches the paused auditor: the event stays in its queue, no
+    // delivery is counted, and calls are refused, for as long as we watch.
+    let watch_until = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < watch_until {
+        assert_eq!(host.status(ORDER_AUDIT).unwrap().queued_events, 1);
+        assert!(
+            !host
+                .metrics_text()
+                .contains(r#"capsule_events_total{plugin="order-audit""#),
+            "an event was delivered to a paused plugin"
+        );
+        let refused = host
+            .call(ORDER_AUDIT, Request::new("count", "{}"))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::Paused);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     host.resume(ORDER_AUDIT);
     eventually(|| async { (audit_count(&host, ORDER_AUDIT).await == 1).then_some(()) }).await;
     let outcome = host
@@ -33,4 +50,9 @@ async fn embedder_events_are_delivered_and_wait_while_paused() {
         .unwrap();
     let stored: serde_json::Value = serde_json::from_slice(&outcome.response.payload).unwrap();
     assert_eq!(stored["order"]["item"], "lamp");
+    assert_eq!(host.status(ORDER_AUDIT).unwrap().queued_events, 0);
+    assert!(
+        host.metrics_text()
+            .contains(r#"capsule_events_total{plugin="order-audit",outcome="ack"} 1"#)
+    );
 }

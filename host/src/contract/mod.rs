@@ -1,43 +1,34 @@
-//! The `capsule:plugin` contract as seen from the host: bindings generated from
-//! the repository's `wit/` folder, the contract version, and conveniences on
-//! the generated request/response types.
+//! The `capsule:plugin` contract as seen from the host: one bindings module
+//! per contract version (`v0_1`, generated from the repository's `wit/`), so
+//! a later version can sit beside it; the version this host serves; and
+//! conveniences on the generated request/response types.
 
-#[allow(missing_docs)]
-mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "plugin",
-        // Exports run on wasmtime fibers so deadlines can interrupt them and a
-        // long-running guest yields to other tasks. The key-value store does
-        // disk I/O, so its functions are async; the other services answer
-        // from memory.
-        imports: { "capsule:plugin/kv": async },
-        exports: { default: async },
-    });
-}
+mod v0_1;
 
-pub(crate) use bindings::Plugin as PluginBindings;
-pub(crate) use bindings::PluginPre;
-pub(crate) use bindings::capsule::plugin as interfaces;
+pub(crate) use v0_1::Plugin as PluginBindings;
+pub(crate) use v0_1::PluginPre;
+pub(crate) use v0_1::capsule::plugin as interfaces;
+/// The generated handle on a plugin's `handler` export.
+pub(crate) use v0_1::exports::capsule::plugin::handler::Guest;
 
 /// The level of a plugin log line.
-pub use bindings::capsule::plugin::log::Level as LogLevel;
+pub use v0_1::capsule::plugin::log::Level as LogLevel;
 /// An event delivered to a plugin's `on-event`.
-pub use bindings::capsule::plugin::types::Event;
+pub use v0_1::capsule::plugin::types::Event;
 /// How a plugin disposed of an event.
-pub use bindings::capsule::plugin::types::EventOutcome;
+pub use v0_1::capsule::plugin::types::EventOutcome;
 /// An event a plugin forwards to another topic.
-pub use bindings::capsule::plugin::types::ForwardedEvent;
+pub use v0_1::capsule::plugin::types::ForwardedEvent;
 /// The error value a plugin returns when it refuses or fails a request.
-pub use bindings::capsule::plugin::types::PluginError;
+pub use v0_1::capsule::plugin::types::PluginError;
 /// What a plugin reports about itself from `describe`.
-pub use bindings::capsule::plugin::types::PluginInfo;
+pub use v0_1::capsule::plugin::types::PluginInfo;
 /// A request to a plugin: an operation name, a payload and metadata.
-pub use bindings::capsule::plugin::types::Request;
+pub use v0_1::capsule::plugin::types::Request;
 /// A successful plugin response: a payload and metadata.
-pub use bindings::capsule::plugin::types::Response;
+pub use v0_1::capsule::plugin::types::Response;
 /// A denial or failure a host service reports to a plugin.
-pub use bindings::capsule::plugin::types::ServiceError;
+pub use v0_1::capsule::plugin::types::ServiceError;
 
 /// The WIT package name of the contract.
 pub const CONTRACT_PACKAGE: &str = "capsule:plugin";
@@ -127,5 +118,20 @@ impl PluginInfo {
                 .iter()
                 .map(|c| c.len() + crate::limits::METADATA_ENTRY_OVERHEAD)
                 .sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_version_served_is_the_one_in_wit() {
+        let wit = include_str!("../../../wit/plugin.wit");
+        let package = format!("package {CONTRACT_PACKAGE}@{CONTRACT_VERSION};");
+        assert!(
+            wit.lines().any(|line| line.trim() == package),
+            "wit/plugin.wit does not declare `{package}`"
+        );
     }
 }

@@ -32,8 +32,11 @@ pub struct CheckArgs {
 pub fn check(args: CheckArgs) -> ExitCode {
     let policy = match Policy::load(&args.config) {
         Ok(policy) => policy,
-        Err(err) => {
-            eprintln!("error [config]: {err}");
+        Err(errors) => {
+            // Every problem, one line each.
+            for error in &errors.0 {
+                eprintln!("error [config]: {error}");
+            }
             return exit::code(exit::USAGE);
         }
     };

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use capsule_host::serve::{ServeOptions, serve_on, shutdown_signal};
 use capsule_host::units::{parse_duration, parse_size};
-use capsule_host::{Policy, RequestId};
+use capsule_host::{HostBuilder, Policy, RequestId};
 use clap::Args;
 
 use crate::exit;
@@ -42,8 +42,11 @@ pub struct ServeArgs {
 pub fn serve_command(args: ServeArgs) -> ExitCode {
     let policy = match Policy::load(&args.config) {
         Ok(policy) => policy,
-        Err(err) => {
-            eprintln!("error [config]: {err}");
+        Err(errors) => {
+            // Every problem, one line each.
+            for error in &errors.0 {
+                eprintln!("error [config]: {error}");
+            }
             return exit::code(exit::USAGE);
         }
     };
@@ -67,7 +70,10 @@ pub fn serve_command(args: ServeArgs) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let host = match policy.host_builder().middleware(RequestId).build() {
+        let host = match HostBuilder::from_policy(&policy)
+            .middleware(RequestId)
+            .build()
+        {
             Ok(host) => host,
             Err(err) => {
                 eprintln!("error [host]: {err}");

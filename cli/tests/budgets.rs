@@ -34,7 +34,7 @@ trusted_keys = ["{key}"]
 memory = "16MiB"
 timeout = "2s"
 [host.pool]
-instances = 64
+instances = 80
 max_memory = "64MiB"
 [host.events]
 queue = 64

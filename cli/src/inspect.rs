@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use capsule_host::artifact::{Interface, inspect as inspect_component, sha256_hex, signature};
+use capsule_host::artifact::inspect::{Interface, inspect as inspect_component};
+use capsule_host::artifact::{sha256_hex, signature};
 use capsule_host::input::{MAX_COMPONENT_BYTES, MAX_SIGNATURE_BYTES, read_file};
 use clap::Args;
 use serde_json::json;

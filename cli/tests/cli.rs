@@ -495,6 +495,56 @@ http = { allow = ["https://api.example.com"] }
     assert_eq!(kv["status"], "not_granted");
 }
 
+/// `capsule check` reads; it never writes. A mount the policy asks to
+/// create is created when the plugin loads, not when it is checked.
+#[test]
+fn check_leaves_the_file_system_untouched() {
+    let out_dir = scratch("check-created-mount");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let file = policy(
+        "check-create.toml",
+        &format!(
+            "[host]\ntrusted_keys = [\"{{key}}\"]\n[plugins.reader]\npath = \"{{plugins}}/file-reader.wasm\"\n\
+             files = [{{ host = \"{}\", guest = \"/out\", access = \"read-write\", create = true }}]\n",
+            path_str(&out_dir)
+        ),
+    );
+    let out = capsule_command(&["check", "--config", path_str(&file)])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        !out_dir.exists(),
+        "capsule check created {}",
+        out_dir.display()
+    );
+
+    let out = capsule(&[
+        "run",
+        "reader",
+        "--config",
+        path_str(&file),
+        "--op",
+        "write",
+        "--input",
+        r#"{"path":"/out/x","content":"made"}"#,
+        "--json",
+    ]);
+    assert_eq!(
+        json(&out)["ok"],
+        true,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(out_dir.join("x")).unwrap(), "made");
+    std::fs::remove_dir_all(&out_dir).unwrap();
+}
+
 #[test]
 fn check_refuses_plugins_that_would_not_load() {
     let unsigned = scratch("check-unsigned.wasm");
@@ -636,7 +686,7 @@ kv = { namespace = "cli-test" }
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("has no plugin `nobody`"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no plugin `nobody`"));
 }
 
 #[cfg(unix)]
@@ -817,6 +867,44 @@ fn grants_can_be_given_on_the_command_line() {
         "/nonexistent:/d",
     ]);
     assert_eq!(out.status.code(), Some(2), "a bad mount is a usage error");
+
+    // Any service, granted whole as a policy writes it.
+    let out = capsule(&[
+        "run",
+        path_str(&plugin("hello")),
+        "--op",
+        "greet",
+        "--input",
+        r#"{"name":"Ada"}"#,
+        "--grant",
+        r#"config={ greeting = "Hej" }"#,
+        "--json",
+    ]);
+    assert_eq!(
+        json(&out)["output"]["greeting"],
+        "Hej, Ada!",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (bad, says) in [
+        (
+            "nosuch=1",
+            "no service `nosuch` (services: log, config, env, kv, events, files, http)",
+        ),
+        ("kv={ max_keys = -1 }", "--grant kv:"),
+    ] {
+        let out = capsule(&[
+            "run",
+            path_str(&plugin("hello")),
+            "--op",
+            "greet",
+            "--grant",
+            bad,
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(stderr.contains(says), "{bad}: {stderr}");
+    }
 }
 
 /// `--input-file` is read only up to the plugin's request limit: an endless

@@ -1,17 +1,17 @@
 //! `capsule run`: load one plugin and call it once.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use capsule_host::Overrides;
 use capsule_host::services::events::TopicPattern;
-use capsule_host::services::files::{Access, Mount};
-use capsule_host::services::http::{HttpGrant, OriginPattern};
-use capsule_host::services::kv::KvGrant;
+use capsule_host::services::files::Access;
+use capsule_host::services::http::OriginPattern;
 use capsule_host::units::{parse_duration, parse_size};
 use capsule_host::{
-    CacheKey, CallError, CallStats, ErrorKind, Host, HostError, LoadError, LogRecord, PluginSource,
-    PluginSpec, Policy, PublishedEvent, Request,
+    CacheKey, CallError, CallStats, ErrorKind, HostBuilder, HostError, LoadError, LogRecord,
+    PluginSource, PluginSpec, Policy, PublishedEvent, Request,
 };
 use clap::Args;
 use serde_json::{Value, json};
@@ -84,13 +84,16 @@ pub struct RunArgs {
     /// Compile the plugin without reading or writing the cache.
     #[arg(long)]
     no_cache: bool,
+    // Its help names every service of the host, so it is built at run time.
+    #[arg(long = "grant", value_name = "SERVICE=VALUE", value_parser = parse_grant, help = grant_help())]
+    grants: Vec<(String, String)>,
     /// Grant an environment variable (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     env: Vec<(String, String)>,
     /// Grant a host directory, as `HOST:GUEST` (read-only) or
     /// `HOST:GUEST:rw` (repeatable).
     #[arg(long = "mount", value_name = "HOST:GUEST[:ro|rw]", value_parser = parse_mount)]
-    mounts: Vec<Mount>,
+    mounts: Vec<(PathBuf, String, Access)>,
     /// Grant outgoing HTTP to an origin such as `https://api.example.com`
     /// (repeatable).
     #[arg(long = "allow-http", value_name = "ORIGIN", value_parser = OriginPattern::parse)]
@@ -107,8 +110,9 @@ pub struct RunArgs {
     publish: Vec<TopicPattern>,
 }
 
-/// `HOST:GUEST[:ro|rw]`, canonicalised now so a bad path is a usage error.
-fn parse_mount(text: &str) -> Result<Mount, String> {
+/// `HOST:GUEST[:ro|rw]`; the directory is checked with the rest of the
+/// plugin's grants.
+fn parse_mount(text: &str) -> Result<(PathBuf, String, Access), String> {
     let mut parts = text.splitn(3, ':');
     let (Some(host), Some(guest)) = (parts.next(), parts.next()) else {
         return Err(format!("`{text}` is not HOST:GUEST[:ro|rw]"));
@@ -118,7 +122,7 @@ fn parse_mount(text: &str) -> Result<Mount, String> {
         Some("rw") => Access::ReadWrite,
         Some(other) => return Err(format!("`{other}` is not `ro` or `rw`")),
     };
-    Mount::new(host.as_ref(), guest, access)
+    Ok((PathBuf::from(host), guest.to_owned(), access))
 }
 
 /// The cache directory to use: the one asked for, else the user's cache
@@ -160,6 +164,39 @@ fn parse_config_arg(text: &str) -> Result<ConfigArg, String> {
     }
 }
 
+/// The `--grant` help, naming every service the host has.
+fn grant_help() -> String {
+    let names: Vec<&str> = capsule_host::services::SERVICES
+        .iter()
+        .map(|s| s.name)
+        .collect();
+    format!(
+        "Grant a host service in full, written as a policy file writes its key \
+         (repeatable), e.g. --grant 'kv={{ namespace = \"n\", max_keys = 10 }}'; \
+         the flags below add to it. Services: {}",
+        names.join(", ")
+    )
+}
+
+/// `SERVICE=VALUE` where SERVICE is one of the host's services.
+fn parse_grant(text: &str) -> Result<(String, String), String> {
+    let (service, value) = parse_key_value(text)?;
+    if !capsule_host::services::SERVICES
+        .iter()
+        .any(|s| s.name == service)
+    {
+        let names: Vec<&str> = capsule_host::services::SERVICES
+            .iter()
+            .map(|s| s.name)
+            .collect();
+        return Err(format!(
+            "no service `{service}` (services: {})",
+            names.join(", ")
+        ));
+    }
+    Ok((service, value))
+}
+
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
@@ -193,6 +230,28 @@ pub fn run(args: RunArgs) -> ExitCode {
     runtime.block_on(call_once(args))
 }
 
+/// The command line's grants and limits, applied to the plugin's policy
+/// section (or to a policy of just this plugin) before it is validated.
+fn overrides(args: &RunArgs) -> Overrides {
+    let values = args.config.iter().filter_map(|arg| match arg {
+        ConfigArg::Value(key, value) => Some((key.clone(), value.clone())),
+        ConfigArg::Policy(_) => None,
+    });
+    Overrides {
+        fuel: args.fuel.map(|FuelBudget(fuel)| fuel),
+        memory: args.memory,
+        timeout: args.timeout,
+        max_response: args.max_output,
+        grants: args.grants.clone(),
+        config: values.chain(args.set.iter().cloned()).collect(),
+        env: args.env.clone(),
+        mounts: args.mounts.clone(),
+        allow_http: args.allow_http.clone(),
+        kv: args.kv.clone(),
+        publish: args.publish.clone(),
+    }
+}
+
 async fn call_once(args: RunArgs) -> ExitCode {
     let policies: Vec<&PathBuf> = args
         .config
@@ -202,45 +261,50 @@ async fn call_once(args: RunArgs) -> ExitCode {
             ConfigArg::Value(..) => None,
         })
         .collect();
-    let policy = match policies.as_slice() {
-        [] => None,
-        [path] => match Policy::load(path) {
-            Ok(policy) => Some(policy),
-            Err(err) => return usage_error(&args, &err.to_string()),
-        },
+    let overrides = overrides(&args);
+    let loaded = match policies.as_slice() {
+        [] => Policy::for_component(Path::new(&args.plugin), &overrides),
+        [path] => Policy::load_with(path, Some((&args.plugin, &overrides))),
         _ => return usage_error(&args, "give at most one policy file with --config"),
+    };
+    let policy = match loaded {
+        Ok(policy) => policy,
+        Err(errors) => return usage_error(&args, &errors.to_string()),
+    };
+    let (name, plugin) = match policy
+        .plugins
+        .iter()
+        .find(|(name, _)| policies.is_empty() || **name == args.plugin)
+    {
+        Some((name, plugin)) => (name.clone(), plugin.clone()),
+        None => return usage_error(&args, "the policy has no such plugin"),
     };
     let keys = match crate::keys::load_keys(&args.trust) {
         Ok(keys) => keys,
         Err(code) => return code,
     };
     let builder = || {
-        let base = match &policy {
-            Some(policy) => policy.host_builder(),
-            None => Host::builder(),
-        };
-        let base = if args.allow_unsigned {
-            base.allow_unsigned(true)
-        } else {
-            base
-        };
-        keys.iter()
-            .fold(base, |builder, key| builder.trust(key.clone()))
+        let base = HostBuilder::from_policy(&policy)
+            .allow_unsigned(policy.host.allow_unsigned || args.allow_unsigned);
+        let base = keys
+            .iter()
+            .fold(base, |builder, key| builder.trust(key.clone()));
+        match &args.data_dir {
+            Some(dir) => base.data_dir(dir),
+            None => base,
+        }
     };
-    let builder = || match &args.data_dir {
-        Some(dir) => builder().data_dir(dir),
-        None => builder(),
-    };
-    let cache = match &policy {
-        Some(policy) if policy.host.cache_dir.is_some() && args.cache_dir.is_none() => None,
-        _ => cache_dir(&args),
+    let cache = if policy.host.cache_dir.is_some() && args.cache_dir.is_none() {
+        None
+    } else {
+        cache_dir(&args)
     };
     // Outside the cache directory: whoever could write the cache must not
     // also hold the key that authenticates it.
     let cache_key = args
         .cache_key
         .clone()
-        .or_else(|| policy.as_ref().and_then(|p| p.host.cache_key.clone()))
+        .or_else(|| policy.host.cache_key.clone())
         .or_else(CacheKey::default_path);
     let builder = || match &cache_key {
         Some(key) => builder().cache_key_file(key),
@@ -263,44 +327,9 @@ async fn call_once(args: RunArgs) -> ExitCode {
         Ok(host) => host,
         Err(err) => return host_error(&args, &err.to_string()),
     };
-    let (spec, mut limits) = match &policy {
-        Some(policy) => match (
-            policy.plugin_spec(&args.plugin),
-            policy.plugins.get(&args.plugin),
-        ) {
-            (Some(spec), Some(plugin)) => (spec, plugin.limits.clone()),
-            _ => {
-                let known: Vec<&str> = policy.plugins.keys().map(String::as_str).collect();
-                return usage_error(
-                    &args,
-                    &format!(
-                        "{} has no plugin `{}` (it has: {})",
-                        policy.file.display(),
-                        args.plugin,
-                        known.join(", ")
-                    ),
-                );
-            }
-        },
-        None => (
-            PluginSpec::from_path(&args.plugin),
-            host.default_limits().clone(),
-        ),
-    };
-    if let Some(FuelBudget(fuel)) = args.fuel {
-        limits.fuel = fuel;
-    }
-    if let Some(memory) = args.memory {
-        limits.memory_bytes = memory;
-    }
-    if let Some(timeout) = args.timeout {
-        limits.timeout = timeout;
-    }
-    if let Some(max_output) = args.max_output {
-        limits.max_response_bytes = usize::try_from(max_output).unwrap_or(usize::MAX);
-    }
     // The input is read only now that the plugin's request limit is known,
     // and never past it: `--input-file /dev/zero` costs nothing.
+    let limits = &plugin.limits;
     let payload_limit = limits.max_request_bytes.saturating_sub(args.op.len());
     let payload = match read_payload(&args, payload_limit) {
         Ok(Some(payload)) => payload,
@@ -320,30 +349,9 @@ async fn call_once(args: RunArgs) -> ExitCode {
         }
         Err(message) => return usage_error(&args, &message),
     };
-    let mut spec = spec.limits(limits);
-    let mut grants = spec.granted().clone();
-    grants.env.extend(args.env.iter().cloned());
-    grants.files.extend(args.mounts.iter().cloned());
-    if !args.allow_http.is_empty() {
-        let http = grants
-            .http
-            .get_or_insert_with(|| HttpGrant::new(Vec::new()));
-        http.allow.extend(args.allow_http.iter().cloned());
-    }
-    if let Some(namespace) = &args.kv {
-        grants.kv = Some(KvGrant::new(namespace.clone()));
-    }
-    grants.events.publish.extend(args.publish.iter().cloned());
-    spec = spec.grants(grants);
+    let mut spec = PluginSpec::from_policy(&policy, &name).expect("the plugin is in the policy");
     if let Some(signature) = &args.signature {
         spec = spec.detached_signature(PluginSource::Path(signature.clone()));
-    }
-    let values = args.config.iter().filter_map(|arg| match arg {
-        ConfigArg::Value(key, value) => Some((key, value)),
-        ConfigArg::Policy(_) => None,
-    });
-    for (key, value) in values.chain(args.set.iter().map(|(k, v)| (k, v))) {
-        spec = spec.config(key, value);
     }
     let name = match host.load(spec).await {
         Ok(details) => details.name,

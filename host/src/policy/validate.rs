@@ -1,9 +1,10 @@
-//! The one place where settings are checked before anything runs: limits,
-//! grants, bus and engine options, and how they fit together. The policy
-//! file, `capsule check`, [`crate::HostBuilder::build`] and
-//! [`crate::Host::load`] all call these functions, so whatever the host
-//! would refuse at load, `capsule check` refuses too, and no value — however
-//! large — can make the host panic, wrap around or silently fall back.
+//! The checks of every setting before anything runs: limits, bus and engine
+//! options, how a plugin's limits fit the instance pool, and (through each
+//! service) its grants. The policy file, `capsule check`,
+//! `HostBuilder::build` and `Host::load` all call these functions, so
+//! whatever the host would refuse at load, `capsule check` refuses too, and
+//! no value — however large — can make the host panic, wrap around or
+//! silently fall back.
 //!
 //! Each check returns the first problem as an [`Invalid`] naming the field
 //! (relative to its section, e.g. `timeout` or `kv.max_value`) and saying
@@ -11,86 +12,10 @@
 
 use std::time::Duration;
 
+use crate::Grants;
+use crate::bounds::{GIB, Invalid, KIB, MIB, PAGE, bytes, duration, range, show_bytes};
 use crate::engine::{EngineOptions, PoolingOptions};
-use crate::limits::Limits;
-use crate::runtime::BusOptions;
-use crate::services::Grants;
-
-/// One invalid setting.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{field}`: {message}")]
-pub struct Invalid {
-    /// The field, relative to its section (`timeout`, `kv.max_value`,
-    /// `env.LANG`).
-    pub field: String,
-    /// What is wrong and what is allowed.
-    pub message: String,
-}
-
-impl Invalid {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Invalid {
-        Invalid {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-
-    /// The same problem, with `prefix.` in front of its field.
-    pub fn within(self, prefix: &str) -> Invalid {
-        Invalid {
-            field: format!("{prefix}.{}", self.field),
-            ..self
-        }
-    }
-}
-
-const KIB: u64 = 1 << 10;
-const MIB: u64 = 1 << 20;
-const GIB: u64 = 1 << 30;
-/// The longest any timeout or delay may be: far beyond any sane value, far
-/// below where `Instant + Duration` could overflow.
-const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
-/// A WebAssembly page.
-const PAGE: u64 = 64 * KIB;
-
-fn range(field: &str, value: u64, min: u64, max: u64, unit: &str) -> Result<(), Invalid> {
-    if value < min || value > max {
-        return Err(Invalid::new(
-            field,
-            format!("{value} {unit} is out of range: use {min} to {max} {unit}"),
-        ));
-    }
-    Ok(())
-}
-
-fn bytes(field: &str, value: u64, min: u64, max: u64) -> Result<(), Invalid> {
-    if value < min || value > max {
-        return Err(Invalid::new(
-            field,
-            format!(
-                "{} is out of range: use {} to {}",
-                show_bytes(value),
-                show_bytes(min),
-                show_bytes(max)
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn duration(field: &str, value: Duration, min: Duration) -> Result<(), Invalid> {
-    if value < min || value > MAX_DURATION {
-        return Err(Invalid::new(
-            field,
-            format!("{value:?} is out of range: use {min:?} to 24h"),
-        ));
-    }
-    Ok(())
-}
-
-fn show_bytes(value: u64) -> String {
-    bytesize::ByteSize::b(value).display().iec().to_string()
-}
+use crate::limits::{BusOptions, Limits};
 
 /// A plugin's limits, each within the range the host can honour.
 pub fn limits(limits: &Limits) -> Result<(), Invalid> {
@@ -229,53 +154,30 @@ pub fn bus(options: &BusOptions) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// A plugin's grants: names the host can pass on, quotas within range.
-pub fn grants(grants: &Grants) -> Result<(), Invalid> {
-    for (key, value) in &grants.env {
-        // The process environment is NUL-terminated `KEY=VALUE` strings.
-        if key.is_empty() || key.contains(['=', '\0']) {
-            return Err(Invalid::new(
-                format!("env.{key}"),
-                "an environment variable's name must be non-empty, without `=` or NUL",
-            ));
-        }
-        if value.contains('\0') {
-            return Err(Invalid::new(
-                format!("env.{key}"),
-                "an environment variable's value cannot contain NUL",
-            ));
-        }
-    }
-    for key in grants.config.keys() {
-        if key.is_empty() || key.contains('\0') {
-            return Err(Invalid::new(
-                format!("config.{key}"),
-                "a configuration key must be non-empty, without NUL",
-            ));
-        }
-    }
-    if let Some(kv) = &grants.kv {
-        if kv.namespace.is_empty() || kv.namespace.len() > 128 || kv.namespace.contains(['\0', '/'])
-        {
-            return Err(Invalid::new(
-                "kv.namespace",
-                "a namespace is 1 to 128 bytes, without `/` or NUL",
-            ));
-        }
-        bytes("kv.max_key", kv.max_key_bytes as u64, 1, 64 * KIB)?;
-        bytes("kv.max_value", kv.max_value_bytes as u64, 0, 64 * MIB)?;
-        range("kv.max_keys", kv.max_keys, 0, 1 << 40, "keys")?;
-        bytes("kv.max_total", kv.max_total_bytes, 0, 1 << 50)?;
-    }
-    if let Some(http) = &grants.http {
-        range(
-            "http.max_requests",
-            u64::from(http.max_requests_per_call),
-            0,
-            10_000,
-            "requests",
-        )?;
-        bytes("http.max_response", http.max_response_bytes, 0, GIB)?;
+/// The plugins of a policy against the instance pool: all of them at their
+/// `max_instances` at once, plus one instance per plugin for a second
+/// version (a reload or a canary draining while the new one starts), must
+/// fit, so that no plugin can be kept from its instances by the others.
+pub fn plugins_fit_pool<'a>(
+    plugins: impl Iterator<Item = (&'a str, &'a Limits)>,
+    pool: Option<&PoolingOptions>,
+) -> Result<(), Invalid> {
+    let Some(pool) = pool else {
+        return Ok(());
+    };
+    let (count, needed) = plugins.fold((0u64, 0u64), |(count, needed), (_, limits)| {
+        (count + 1, needed + limits.max_instances as u64 + 1)
+    });
+    if needed > u64::from(pool.total_instances) {
+        return Err(Invalid::new(
+            "instances",
+            format!(
+                "the pool holds {} instances, but the {count} plugins need {needed} \
+                 (their `max_instances`, plus one each for a second version while it \
+                 reloads): raise `instances` or lower `max_instances`",
+                pool.total_instances
+            ),
+        ));
     }
     Ok(())
 }
@@ -289,7 +191,7 @@ pub fn plugin(
 ) -> Result<(), Invalid> {
     limits(limits_).map_err(|err| err.within("limits"))?;
     limits_fit_pool(limits_, pool).map_err(|err| err.within("limits"))?;
-    grants(grants_)
+    grants_.validate()
 }
 
 #[cfg(test)]
@@ -302,7 +204,7 @@ mod tests {
         limits(&Limits::default()).unwrap();
         engine(&EngineOptions::default()).unwrap();
         bus(&BusOptions::default()).unwrap();
-        grants(&Grants::default()).unwrap();
+        Grants::default().validate().unwrap();
         limits_fit_pool(
             &Limits::default(),
             EngineOptions::default().pooling.as_ref(),
@@ -408,10 +310,10 @@ mod tests {
     fn grants_refuse_what_cannot_be_passed_on() {
         let mut env = Grants::default();
         env.env.insert("A=B".into(), "x".into());
-        assert_eq!(grants(&env).unwrap_err().field, "env.A=B");
+        assert_eq!(env.validate().unwrap_err().field, "env.A=B");
         let mut nul = Grants::default();
         nul.env.insert("A".into(), "x\0y".into());
-        assert!(grants(&nul).is_err());
+        assert!(nul.validate().is_err());
         let kv = Grants {
             kv: Some(KvGrant {
                 max_key_bytes: 0,
@@ -419,7 +321,7 @@ mod tests {
             }),
             ..Grants::default()
         };
-        assert_eq!(grants(&kv).unwrap_err().field, "kv.max_key");
+        assert_eq!(kv.validate().unwrap_err().field, "kv.max_key");
         let err = plugin(
             &Limits {
                 fuel: Some(0),

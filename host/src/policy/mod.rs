@@ -1,0 +1,672 @@
+//! The operator's policy file, `capsule.toml`: trusted keys, host defaults,
+//! and for every plugin its component, limits and grants.
+//!
+//! ```toml
+//! [host]
+//! trusted_keys = ["keys/ops.pub"]
+//! data_dir = "data"                # the key-value store lives here
+//! [host.limits]
+//! timeout = "2s"
+//! memory = "64MiB"
+//! [host.pool]                      # the pooling allocator (on by default)
+//! instances = 256
+//! max_memory = "1GiB"
+//!
+//! [plugins.counter]
+//! path = "plugins/kv-counter.wasm"
+//! kv = { namespace = "counter", max_keys = 100, max_total = "64KiB" }
+//! files = [{ host = "data/in", guest = "/data", access = "read-only" }]
+//! http = { allow = ["https://api.example.com", "https://*.example.org:8443"] }
+//! env = { LANG = "en" }
+//! events = { publish = ["counter.*"], subscribe = ["orders.>"] }
+//! config = { greeting = "Hi" }
+//! [plugins.counter.limits]
+//! fuel = 1_000_000
+//! recycle_after = 100
+//!
+//! [pipelines.ingest]
+//! stages = ["validate", "transform", "enrich"]
+//! ```
+//!
+//! One path from text to a [`Policy`]: **parse** (serde, `raw.rs`: the
+//! shape, no I/O) → **resolve** (paths relative to the policy file, each
+//! plugin section's grants through its service, trusted key files read) →
+//! **validate** (`validate.rs`: every range, and every cross-reference —
+//! pipelines name plugins of the policy and have stages, the plugins'
+//! instances fit the pool, no key is trusted twice). Every problem is
+//! reported, not only the first, each with the file, line, column and key.
+//! [`Overrides`] (what `capsule run` takes on its command line) are applied
+//! to the parsed sections before they are resolved, so they are validated
+//! like the file. Nothing on disk changes: a mount with `create = true` is
+//! created when its plugin loads. The runtime is built from a validated
+//! policy (`HostBuilder::from_policy`); this module knows nothing of it.
+
+mod raw;
+pub(crate) mod validate;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use crate::artifact::PublicKey;
+use crate::bounds::{Invalid, plugin_name};
+use crate::engine::EngineOptions;
+use crate::limits::{BusOptions, Limits};
+use crate::services::events::{EventsGrant, TopicPattern};
+use crate::services::files::{Access, MountPolicy};
+use crate::services::http::{HttpPolicy, OriginPattern};
+use crate::services::kv::KvPolicy;
+use crate::services::{Grants, PolicyContext};
+use crate::units::{Fuel, Size, Time};
+use raw::{RawPlugin, RawPolicy};
+
+/// One problem with a policy, located as precisely as possible.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct PolicyError {
+    /// The policy file.
+    pub file: PathBuf,
+    /// 1-based line and column of the offending text, when known.
+    pub position: Option<(usize, usize)>,
+    /// The dotted key the error is about (`plugins.hello.path`), when known.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some((line, column)) = self.position {
+            write!(f, ":{line}:{column}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Every problem found in a policy (at least one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyErrors(pub Vec<PolicyError>);
+
+impl PolicyErrors {
+    /// The first problem (the one a caller shows when it shows only one).
+    pub fn first(&self) -> &PolicyError {
+        &self.0[0]
+    }
+
+    fn one(error: PolicyError) -> PolicyErrors {
+        PolicyErrors(vec![error])
+    }
+}
+
+impl fmt::Display for PolicyErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PolicyErrors {}
+
+/// A validated policy: every path resolved, every key file read, every value
+/// in range, every reference between sections checked.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The policy file (`<command line>` for one made from arguments).
+    pub file: PathBuf,
+    /// Host-wide settings.
+    pub host: HostPolicy,
+    /// Plugins by name.
+    pub plugins: BTreeMap<String, PluginPolicy>,
+    /// Pipelines by name: the plugins each one chains, in order.
+    pub pipelines: BTreeMap<String, Vec<String>>,
+}
+
+/// The `[host]` section.
+#[derive(Debug, Clone)]
+pub struct HostPolicy {
+    /// Keys trusted to sign plugins, with the files they came from.
+    pub trusted_keys: Vec<(PathBuf, PublicKey)>,
+    /// Whether plugins without a valid trusted signature may load.
+    pub allow_unsigned: bool,
+    /// Whether signatures covering only part of a plugin are accepted.
+    pub allow_partial_signatures: bool,
+    /// Where compiled plugins are cached.
+    pub cache_dir: Option<PathBuf>,
+    /// The key file authenticating compile cache entries (`cache_key`);
+    /// without it, the user's default (`CacheKey::default_path`).
+    pub cache_key: Option<PathBuf>,
+    /// Where persistent plugin data (the key-value store) lives.
+    pub data_dir: Option<PathBuf>,
+    /// Limits of plugins that set none of their own.
+    pub default_limits: Limits,
+    /// Event bus settings.
+    pub bus: BusOptions,
+    /// Engine settings: the instance pool, the wasm stack.
+    pub engine: EngineOptions,
+}
+
+/// One `[plugins.NAME]` section.
+#[derive(Debug, Clone)]
+pub struct PluginPolicy {
+    /// The component file.
+    pub path: PathBuf,
+    /// A detached signature file, if the signature is not embedded.
+    pub signature: Option<PathBuf>,
+    /// The plugin's limits (host defaults with its overrides applied).
+    pub limits: Limits,
+    /// What the plugin may touch.
+    pub grants: Grants,
+}
+
+/// Changes to one plugin's section, applied after parsing and before
+/// resolving and validation: what `capsule run` takes on its command line.
+/// Values are checked exactly like the file's.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `limits.fuel` (`Some(None)` for no fuel limit).
+    pub fuel: Option<Option<u64>>,
+    /// `limits.memory`, in bytes.
+    pub memory: Option<u64>,
+    /// `limits.timeout`.
+    pub timeout: Option<Duration>,
+    /// `limits.max_response`, in bytes.
+    pub max_response: Option<u64>,
+    /// Whole grants, by service name, as a policy file writes the
+    /// service's key (`("kv", "{ namespace = \"n\", max_keys = 10 }")`):
+    /// each replaces that key of the section before the additions below.
+    /// Every service in [`crate::services::SERVICES`] can be granted this way.
+    pub grants: Vec<(String, String)>,
+    /// Values added to `config`.
+    pub config: Vec<(String, String)>,
+    /// Variables added to `env`.
+    pub env: Vec<(String, String)>,
+    /// Mounts added to `files`: host directory (absolute or relative to the
+    /// current directory), guest path, access.
+    pub mounts: Vec<(PathBuf, String, Access)>,
+    /// Origins added to `http.allow`.
+    pub allow_http: Vec<OriginPattern>,
+    /// The `kv` namespace (replacing the section's).
+    pub kv: Option<String>,
+    /// Patterns added to `events.publish`.
+    pub publish: Vec<TopicPattern>,
+}
+
+impl Policy {
+    /// Reads and validates the policy file at `path`: a regular file of at
+    /// most [`crate::input::MAX_POLICY_BYTES`] of UTF-8 text.
+    pub fn load(path: &Path) -> Result<Policy, PolicyErrors> {
+        Self::load_with(path, None)
+    }
+
+    /// [`Policy::load`] with `overrides` applied to the plugin they name.
+    pub fn load_with(
+        path: &Path,
+        overrides: Option<(&str, &Overrides)>,
+    ) -> Result<Policy, PolicyErrors> {
+        let unreadable = |message: String| {
+            PolicyErrors::one(PolicyError {
+                file: path.to_owned(),
+                position: None,
+                key: None,
+                message: format!("cannot read the policy file: {message}"),
+            })
+        };
+        let bytes = crate::input::read_file(path, crate::input::MAX_POLICY_BYTES)
+            .map_err(|err| unreadable(err.into_io_error().to_string()))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|err| unreadable(format!("it is not UTF-8 text ({err})")))?;
+        let base = path
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Self::parse_with(&text, path, &base, overrides)
+    }
+
+    /// Parses policy text; `file` names it in errors and relative paths are
+    /// resolved against `base`.
+    pub fn parse(text: &str, file: &Path, base: &Path) -> Result<Policy, PolicyErrors> {
+        Self::parse_with(text, file, base, None)
+    }
+
+    /// [`Policy::parse`] with `overrides` applied to the plugin they name.
+    pub fn parse_with(
+        text: &str,
+        file: &Path,
+        base: &Path,
+        overrides: Option<(&str, &Overrides)>,
+    ) -> Result<Policy, PolicyErrors> {
+        let located = Locator {
+            text,
+            file,
+            base,
+            errors: Vec::new(),
+            from_file: true,
+        };
+        let mut raw: RawPolicy = toml::from_str(text).map_err(|err| {
+            PolicyErrors::one(PolicyError {
+                file: file.to_owned(),
+                position: err.span().map(|span| line_column(text, span.start)),
+                key: None,
+                message: err.message().trim().to_owned(),
+            })
+        })?;
+        if let Some((plugin, overrides)) = overrides {
+            let Some(section) = raw
+                .plugins
+                .iter_mut()
+                .find(|(name, _)| name.get_ref() == plugin)
+                .map(|(_, section)| section)
+            else {
+                let known: Vec<&str> = raw.plugins.keys().map(|n| n.get_ref().as_str()).collect();
+                return Err(PolicyErrors::one(PolicyError {
+                    file: file.to_owned(),
+                    position: None,
+                    key: None,
+                    message: format!(
+                        "no plugin `{plugin}` in this policy (it has: {})",
+                        known.join(", ")
+                    ),
+                }));
+            };
+            apply(section, overrides).map_err(|mut errors| {
+                for error in &mut errors.0 {
+                    error.key = error
+                        .key
+                        .take()
+                        .map(|key| format!("plugins.{plugin}.{key}"));
+                }
+                errors
+            })?;
+        }
+        located.resolve(raw)
+    }
+
+    /// A policy of one plugin, `component`, with the host's defaults and
+    /// `overrides` — what `capsule run plugin.wasm …` runs without a policy
+    /// file. The plugin is named after the file (`hello.wasm` → `hello`).
+    pub fn for_component(component: &Path, overrides: &Overrides) -> Result<Policy, PolicyErrors> {
+        let name = component
+            .file_stem()
+            .map(|stem| stem.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let file = Path::new("<command line>");
+        let path = std::path::absolute(component).unwrap_or_else(|_| component.to_owned());
+        let mut section = RawPlugin::for_path(path.display().to_string());
+        apply(&mut section, overrides).map_err(|mut errors| {
+            for error in &mut errors.0 {
+                error.file = file.to_owned();
+                error.key = error.key.take().map(|key| format!("plugins.{name}.{key}"));
+            }
+            errors
+        })?;
+        let mut plugins = BTreeMap::new();
+        plugins.insert(Spanned::new(0..0, name), section);
+        let raw = RawPolicy {
+            host: raw::default_host(),
+            plugins,
+            pipelines: BTreeMap::new(),
+        };
+        let base = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        Locator {
+            text: "",
+            file,
+            base: &base,
+            errors: Vec::new(),
+            from_file: false,
+        }
+        .resolve(raw)
+    }
+}
+
+/// Applies command-line overrides to a parsed plugin section. A whole
+/// grant that does not parse is an error naming its service (the key, to
+/// be prefixed with the plugin's section, and `<command line>` as file).
+fn apply(section: &mut RawPlugin, overrides: &Overrides) -> Result<(), PolicyErrors> {
+    let errors: Vec<PolicyError> = overrides
+        .grants
+        .iter()
+        .filter_map(|(service, value)| {
+            raw::set_grant(section, service, value)
+                .err()
+                .map(|message| PolicyError {
+                    file: PathBuf::from("<command line>"),
+                    position: None,
+                    key: Some(service.clone()),
+                    message: format!("--grant {service}: {message}"),
+                })
+        })
+        .collect();
+    if !errors.is_empty() {
+        return Err(PolicyErrors(errors));
+    }
+    let limits = section.limits.get_mut();
+    if let Some(fuel) = overrides.fuel {
+        limits.fuel = Some(Fuel(fuel));
+    }
+    if let Some(memory) = overrides.memory {
+        limits.memory = Some(Size(memory));
+    }
+    if let Some(timeout) = overrides.timeout {
+        limits.timeout = Some(Time(timeout));
+    }
+    if let Some(max_response) = overrides.max_response {
+        limits.max_response = Some(Size(max_response));
+    }
+    fn entries(
+        section: &mut Option<Spanned<BTreeMap<String, String>>>,
+        added: &[(String, String)],
+    ) {
+        if added.is_empty() {
+            return;
+        }
+        let map = section.get_or_insert_with(|| Spanned::new(0..0, BTreeMap::new()));
+        map.get_mut().extend(added.iter().cloned());
+    }
+    entries(&mut section.config, &overrides.config);
+    entries(&mut section.env, &overrides.env);
+    if !overrides.mounts.is_empty() {
+        let mounts = section
+            .files
+            .get_or_insert_with(|| Spanned::new(0..0, Vec::new()));
+        for (host, guest, access) in &overrides.mounts {
+            let host = std::path::absolute(host).unwrap_or_else(|_| host.clone());
+            mounts.get_mut().push(MountPolicy {
+                host: host.display().to_string(),
+                guest: guest.clone(),
+                access: *access,
+                create: false,
+            });
+        }
+    }
+    if !overrides.allow_http.is_empty() {
+        let http = section.http.get_or_insert_with(|| {
+            Spanned::new(
+                0..0,
+                HttpPolicy {
+                    allow: Vec::new(),
+                    max_requests: None,
+                    max_response: None,
+                },
+            )
+        });
+        http.get_mut()
+            .allow
+            .extend(overrides.allow_http.iter().cloned());
+    }
+    if let Some(namespace) = &overrides.kv {
+        let kv = section
+            .kv
+            .get_or_insert_with(|| Spanned::new(0..0, KvPolicy::default()));
+        kv.get_mut().namespace = Some(namespace.clone());
+    }
+    if !overrides.publish.is_empty() {
+        let events = section
+            .events
+            .get_or_insert_with(|| Spanned::new(0..0, EventsGrant::default()));
+        events
+            .get_mut()
+            .publish
+            .extend(overrides.publish.iter().cloned());
+    }
+    Ok(())
+}
+
+/// 1-based line and column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Resolves and validates raw sections, collecting every problem with its
+/// place in the text.
+struct Locator<'a> {
+    text: &'a str,
+    file: &'a Path,
+    base: &'a Path,
+    errors: Vec<PolicyError>,
+    /// Whether a plugin's component must exist now. A policy file names
+    /// files that must; a component named on the command line is read (and
+    /// a missing one reported as `io`) when it loads, like any other.
+    from_file: bool,
+}
+
+impl Locator<'_> {
+    fn error(&mut self, span: Range<usize>, key: &str, message: impl Into<String>) {
+        // A value that did not come from the text (an override, a default)
+        // has no position.
+        let position = (span != (0..0) || self.text.is_empty())
+            .then(|| line_column(self.text, span.start))
+            .filter(|_| !self.text.is_empty());
+        self.errors.push(PolicyError {
+            file: self.file.to_owned(),
+            position,
+            key: Some(key.to_owned()),
+            message: message.into(),
+        });
+    }
+
+    /// A value that validation refused, located at `span` in `section`.
+    fn invalid(&mut self, span: Range<usize>, section: &str, invalid: Invalid) {
+        let key = format!("{section}.{}", invalid.field);
+        self.error(span, &key, invalid.message);
+    }
+
+    fn path(&self, path: &str) -> PathBuf {
+        self.base.join(path)
+    }
+
+    /// A path that must name an existing file.
+    fn existing_file(&mut self, value: &Spanned<String>, key: &str) -> Option<PathBuf> {
+        let path = self.path(value.get_ref());
+        if path.is_file() {
+            Some(path)
+        } else {
+            self.error(
+                value.span(),
+                key,
+                format!("{} is not a file", path.display()),
+            );
+            None
+        }
+    }
+
+    fn resolve(mut self, raw: RawPolicy) -> Result<Policy, PolicyErrors> {
+        let host = self.host(&raw.host);
+        let names: BTreeSet<String> = raw.plugins.keys().map(|n| n.get_ref().clone()).collect();
+        let mut plugins = BTreeMap::new();
+        for (name, section) in raw.plugins {
+            if let Some(plugin) = self.plugin(&name, section, &host) {
+                plugins.insert(name.into_inner(), plugin);
+            }
+        }
+        let mut pipelines = BTreeMap::new();
+        for (name, section) in &raw.pipelines {
+            let key = format!("pipelines.{}", name.get_ref());
+            if let Err(message) = plugin_name(name.get_ref()) {
+                self.error(name.span(), &key, message);
+            }
+            if section.stages.is_empty() {
+                self.error(name.span(), &key, "a pipeline needs at least one stage");
+            }
+            for (i, stage) in section.stages.iter().enumerate() {
+                if !names.contains(stage.get_ref()) {
+                    self.error(
+                        stage.span(),
+                        &format!("{key}.stages[{i}]"),
+                        format!("no plugin named `{}` in this policy", stage.get_ref()),
+                    );
+                }
+            }
+            let stages = section.stages.iter().map(|s| s.get_ref().clone()).collect();
+            pipelines.insert(name.get_ref().clone(), stages);
+        }
+        if let Err(invalid) = validate::plugins_fit_pool(
+            plugins
+                .iter()
+                .map(|(name, plugin)| (name.as_str(), &plugin.limits)),
+            host.engine.pooling.as_ref(),
+        ) {
+            self.invalid(raw.host.pool.span(), "host.pool", invalid);
+        }
+        if !self.errors.is_empty() {
+            return Err(PolicyErrors(self.errors));
+        }
+        if self.from_file && host.trusted_keys.is_empty() && !host.allow_unsigned {
+            tracing::warn!(
+                file = %self.file.display(),
+                "the policy trusts no keys: every plugin will be refused"
+            );
+        }
+        Ok(Policy {
+            file: self.file.to_owned(),
+            host,
+            plugins,
+            pipelines,
+        })
+    }
+
+    fn host(&mut self, raw: &raw::RawHost) -> HostPolicy {
+        let mut trusted_keys: Vec<(PathBuf, PublicKey)> = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (i, value) in raw.trusted_keys.iter().enumerate() {
+            let key = format!("host.trusted_keys[{i}]");
+            let Some(path) = self.existing_file(value, &key) else {
+                continue;
+            };
+            match PublicKey::from_file(&path) {
+                Ok(public) if !seen.insert(public.key_id()) => self.error(
+                    value.span(),
+                    &key,
+                    format!("key {} is listed twice", public.key_id()),
+                ),
+                Ok(public) => trusted_keys.push((path, public)),
+                Err(err) => self.error(value.span(), &key, err.to_string()),
+            }
+        }
+        let engine = raw.pool.get_ref().apply(EngineOptions::default());
+        if let Err(invalid) = validate::engine(&engine) {
+            self.invalid(raw.pool.span(), "host.pool", invalid);
+        }
+        let bus = raw.events.get_ref().apply(BusOptions::default());
+        if let Err(invalid) = validate::bus(&bus) {
+            self.invalid(raw.events.span(), "host.events", invalid);
+        }
+        let default_limits = raw.limits.get_ref().apply(Limits::default());
+        if let Err(invalid) = validate::limits(&default_limits) {
+            self.invalid(raw.limits.span(), "host.limits", invalid);
+        } else if let Err(invalid) =
+            validate::limits_fit_pool(&default_limits, engine.pooling.as_ref())
+        {
+            // The defaults do not fit the pool: point at whichever section
+            // the file has.
+            let span = if raw.limits.span() == (0..0) {
+                raw.pool.span()
+            } else {
+                raw.limits.span()
+            };
+            self.invalid(span, "host.limits", invalid);
+        }
+        for (key, dir) in [("cache_dir", &raw.cache_dir), ("data_dir", &raw.data_dir)] {
+            if let Some(dir) = dir {
+                let path = self.path(dir.get_ref());
+                // A missing directory is created when the host starts.
+                if path.exists() && !path.is_dir() {
+                    self.error(
+                        dir.span(),
+                        &format!("host.{key}"),
+                        format!("{} is not a directory", path.display()),
+                    );
+                }
+            }
+        }
+        HostPolicy {
+            trusted_keys,
+            allow_unsigned: raw.allow_unsigned,
+            allow_partial_signatures: raw.allow_partial_signatures,
+            cache_dir: raw.cache_dir.as_ref().map(|d| self.path(d.get_ref())),
+            cache_key: raw.cache_key.as_ref().map(|k| self.path(k)),
+            data_dir: raw.data_dir.as_ref().map(|d| self.path(d.get_ref())),
+            default_limits,
+            bus,
+            engine,
+        }
+    }
+
+    fn plugin(
+        &mut self,
+        name: &Spanned<String>,
+        mut raw: RawPlugin,
+        host: &HostPolicy,
+    ) -> Option<PluginPolicy> {
+        let errors_before = self.errors.len();
+        let section = format!("plugins.{}", name.get_ref());
+        let key = |field: &str| format!("{section}.{field}");
+        if let Err(message) = plugin_name(name.get_ref()) {
+            self.error(name.span(), &section, message);
+        }
+        let path = if self.from_file {
+            self.existing_file(&raw.path, &key("path"))
+        } else {
+            Some(self.path(raw.path.get_ref()))
+        };
+        let signature = raw
+            .signature
+            .as_ref()
+            .map(|sig| self.existing_file(sig, &key("signature")));
+        let limits = raw.limits.get_ref().apply(host.default_limits.clone());
+        let limits_span = raw.limits.span();
+        if let Err(invalid) = validate::limits(&limits)
+            .and_then(|()| validate::limits_fit_pool(&limits, host.engine.pooling.as_ref()))
+        {
+            let span = if limits_span == (0..0) {
+                name.span()
+            } else {
+                limits_span
+            };
+            self.invalid(span, &key("limits"), invalid);
+        }
+        let spans = raw::grant_spans(&raw);
+        let context = PolicyContext {
+            plugin: name.get_ref(),
+            base: self.base,
+        };
+        let (grants, errors) = raw::grants(&mut raw, &context);
+        for (span, invalid) in errors {
+            self.invalid(span, &section, invalid);
+        }
+        if let Err(invalid) = grants.validate() {
+            let service = invalid.field.split(['.', '[']).next().unwrap_or_default();
+            let span = spans
+                .iter()
+                .find(|(name, _)| *name == service)
+                .map_or_else(|| name.span(), |(_, span)| span.clone());
+            self.invalid(span, &section, invalid);
+        }
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        Some(PluginPolicy {
+            path: path?,
+            signature: signature.flatten(),
+            limits,
+            grants,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

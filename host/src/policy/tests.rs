@@ -1,0 +1,402 @@
+//! Tests of the policy file: parsing, locating errors, validation.
+
+use super::*;
+use crate::services::files::Access;
+#[cfg(unix)]
+use crate::test_support::{mkfifo, temp_dir};
+
+fn parse(text: &str) -> Result<Policy, PolicyError> {
+    let base = std::env::temp_dir();
+    Policy::parse(text, Path::new("capsule.toml"), &base).map_err(|errors| errors.first().clone())
+}
+
+fn wasm_file() -> (PathBuf, String) {
+    let dir = std::env::temp_dir().join(format!("capsule-policy-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("p.wasm");
+    std::fs::write(&path, b"\0asm").unwrap();
+    let text = path.display().to_string();
+    (dir, text)
+}
+
+#[test]
+fn a_full_policy_parses() {
+    let (dir, wasm) = wasm_file();
+    let text = format!(
+        r#"
+[host]
+allow_unsigned = true
+data_dir = "data"
+[host.limits]
+timeout = "2s"
+memory = "32MiB"
+fuel = "none"
+[host.pool]
+instances = 32
+max_memory = "256MiB"
+max_wasm_stack = "1MiB"
+
+[plugins.counter]
+path = "{wasm}"
+kv = {{ namespace = "shared", max_keys = 5, max_total = "1KiB" }}
+files = [{{ host = "{dir}", guest = "/data", access = "read-write" }}]
+http = {{ allow = ["https://api.example.com", "https://*.example.org:8443"], max_requests = 2 }}
+env = {{ LANG = "en" }}
+config = {{ greeting = "Hi" }}
+events = {{ publish = ["counter.*"], subscribe = ["orders.>"] }}
+[plugins.counter.limits]
+fuel = 1_000_000
+"#,
+        dir = dir.display()
+    );
+    let policy = parse(&text).unwrap();
+    assert_eq!(policy.host.default_limits.timeout, Duration::from_secs(2));
+    assert_eq!(policy.host.default_limits.fuel, None);
+    let pool = policy.host.engine.pooling.as_ref().unwrap();
+    assert_eq!(
+        (pool.total_instances, pool.max_memory_bytes),
+        (32, 256 << 20)
+    );
+    assert_eq!(policy.host.engine.max_wasm_stack, 1 << 20);
+    let plugin = &policy.plugins["counter"];
+    assert_eq!(plugin.limits.fuel, Some(1_000_000));
+    assert_eq!(
+        plugin.limits.memory_bytes,
+        32 << 20,
+        "defaults apply under overrides"
+    );
+    let kv = plugin.grants.kv.as_ref().unwrap();
+    assert_eq!(
+        (kv.namespace.as_str(), kv.max_keys, kv.max_total_bytes),
+        ("shared", 5, 1024)
+    );
+    assert_eq!(plugin.grants.files[0].access, Access::ReadWrite);
+    assert_eq!(
+        plugin.grants.http.as_ref().unwrap().max_requests_per_call,
+        2
+    );
+    assert!(plugin.grants.events.may_publish("counter.up"));
+    assert_eq!(plugin.grants.env["LANG"], "en");
+    assert_eq!(
+        policy.host.data_dir,
+        Some(std::env::temp_dir().join("data"))
+    );
+}
+
+#[test]
+fn unknown_keys_name_the_line_and_key() {
+    let (_, wasm) = wasm_file();
+    let text = format!("[plugins.a]\npath = \"{wasm}\"\nkv_store = {{ namespace = \"x\" }}\n");
+    let err = parse(&text).unwrap_err();
+    assert_eq!(err.position.map(|p| p.0), Some(3), "{err}");
+    assert!(err.message.contains("kv_store"), "{err}");
+    assert!(err.to_string().starts_with("capsule.toml:3:"), "{err}");
+}
+
+#[test]
+fn bad_values_name_the_line() {
+    let (_, wasm) = wasm_file();
+    let cases = [
+        ("[host.limits]\nmemory = \"lots\"\n", 2, "size"),
+        ("[host.limits]\ntimeout = \"soon\"\n", 2, "duration"),
+        (
+            &*format!("[plugins.a]\npath = \"{wasm}\"\nhttp = {{ allow = [\"ftp://x\"] }}\n"),
+            3,
+            "origin",
+        ),
+        (
+            &*format!("[plugins.a]\npath = \"{wasm}\"\nevents = {{ publish = [\"a..b\"] }}\n"),
+            3,
+            "topic",
+        ),
+        (
+            &*format!(
+                "[plugins.a]\npath = \"{wasm}\"\nfiles = [{{ host = \"/x\", guest = \"/d\", access = \"rw\" }}]\n"
+            ),
+            3,
+            "read-only",
+        ),
+    ];
+    for (text, line, needle) in cases {
+        let err = parse(text).unwrap_err();
+        assert_eq!(err.position.map(|p| p.0), Some(line), "{err}");
+        assert!(err.to_string().contains(needle), "{needle}: {err}");
+    }
+}
+
+#[test]
+fn missing_files_and_bad_names_are_located() {
+    let err = parse("[plugins.a]\npath = \"/nonexistent/a.wasm\"\n").unwrap_err();
+    assert_eq!(err.key.as_deref(), Some("plugins.a.path"));
+    assert_eq!(err.position.map(|p| p.0), Some(2));
+    assert!(err.message.contains("not a file"));
+
+    let err = parse("[host]\ntrusted_keys = [\"/nonexistent.pub\"]\n").unwrap_err();
+    assert_eq!(err.key.as_deref(), Some("host.trusted_keys[0]"));
+
+    let (_, wasm) = wasm_file();
+    let err = parse(&format!("[plugins.\"a/b\"]\npath = \"{wasm}\"\n")).unwrap_err();
+    assert!(err.message.contains("invalid plugin name"), "{err}");
+
+    let err = parse(&format!(
+        "[plugins.a]\npath = \"{wasm}\"\nfiles = [{{ host = \"/nonexistent\", guest = \"/d\", access = \"read-only\" }}]\n"
+    ))
+    .unwrap_err();
+    assert_eq!(err.key.as_deref(), Some("plugins.a.files[0].host"));
+    assert_eq!(err.position.map(|p| p.0), Some(3));
+}
+
+#[test]
+fn unreadable_policy_names_the_file() {
+    let err = Policy::load(Path::new("/nonexistent/capsule.toml"))
+        .unwrap_err()
+        .first()
+        .clone();
+    assert_eq!(err.file, Path::new("/nonexistent/capsule.toml"));
+    assert!(err.message.contains("cannot read"));
+}
+
+#[test]
+fn the_cache_key_file_is_resolved_and_used() {
+    let dir = std::env::temp_dir().join(format!("capsule-policy-key-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let policy = Policy::parse(
+        "[host]\ncache_dir = \"cache\"\ncache_key = \"state/cache.key\"\n\
+         [host.pool]\nenabled = false\n",
+        Path::new("capsule.toml"),
+        &dir,
+    )
+    .unwrap();
+    let key = dir.join("state/cache.key");
+    assert_eq!(policy.host.cache_dir, Some(dir.join("cache")));
+    assert_eq!(policy.host.cache_key, Some(key.clone()));
+    assert_eq!(parse("[host]\n").unwrap().host.cache_key, None);
+    // Only read, never created, while parsing.
+    assert!(!key.exists());
+}
+
+#[test]
+fn values_the_host_would_refuse_are_refused_here_with_their_key() {
+    let (dir, wasm) = wasm_file();
+    let file_not_dir = format!("{}", dir.join("p.wasm").display());
+    let cases = [
+        ("[host.limits]\nfuel = 0\n".to_owned(), "host.limits.fuel"),
+        (
+            "[host.limits]\ntimeout = \"0ms\"\n".to_owned(),
+            "host.limits.timeout",
+        ),
+        (
+            "[host.limits]\ntimeout = \"100000000000h\"\n".to_owned(),
+            "host.limits.timeout",
+        ),
+        (
+            "[host.limits]\nmax_instances = 0\n".to_owned(),
+            "host.limits.max_instances",
+        ),
+        ("[host.events]\nqueue = 0\n".to_owned(), "host.events.queue"),
+        (
+            "[host.pool]\ninstances = 0\n".to_owned(),
+            "host.pool.instances",
+        ),
+        (
+            "[host.pool]\nmax_memory = \"16MiB\"\n".to_owned(),
+            "host.limits.memory",
+        ),
+        (
+            format!("[host]\ndata_dir = \"{file_not_dir}\"\n"),
+            "host.data_dir",
+        ),
+        (
+            format!("[plugins.a]\npath = \"{wasm}\"\nenv = {{ \"A=B\" = \"x\" }}\n"),
+            "plugins.a.env.A=B",
+        ),
+        (
+            format!("[plugins.a]\npath = \"{wasm}\"\n[plugins.a.limits]\nmemory = \"8GiB\"\n"),
+            "plugins.a.limits.memory",
+        ),
+        (
+            format!("[plugins.a]\npath = \"{wasm}\"\n[plugins.a.limits]\nrecycle_after = 0\n"),
+            "plugins.a.limits.recycle_after",
+        ),
+    ];
+    for (text, key) in cases {
+        let err = parse(&text).expect_err(&text);
+        assert_eq!(err.key.as_deref(), Some(key), "{text}: {err}");
+        assert!(err.position.is_some(), "{err}");
+    }
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let (_, wasm) = wasm_file();
+    let text = format!(
+        "[host.limits]\nfuel = 0\n[plugins.a]\npath = \"{wasm}\"\nenv = {{ \"A=B\" = \"x\" }}\n\
+         [plugins.b]\npath = \"/nonexistent/b.wasm\"\n[pipelines.p]\nstages = [\"ghost\"]\n"
+    );
+    let errors = Policy::parse(&text, Path::new("capsule.toml"), &std::env::temp_dir())
+        .unwrap_err()
+        .0;
+    let keys: Vec<&str> = errors.iter().filter_map(|e| e.key.as_deref()).collect();
+    for expected in [
+        "host.limits.fuel",
+        "plugins.a.env.A=B",
+        "plugins.b.path",
+        "pipelines.p.stages[0]",
+    ] {
+        assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+    }
+}
+
+#[test]
+fn the_plugins_must_fit_the_pool() {
+    let (_, wasm) = wasm_file();
+    let text = format!(
+        "[host.pool]\ninstances = 19\n[host.limits]\nmax_instances = 9\n\
+         [plugins.a]\npath = \"{wasm}\"\n[plugins.b]\npath = \"{wasm}\"\n"
+    );
+    let err = parse(&text).unwrap_err();
+    assert_eq!(err.key.as_deref(), Some("host.pool.instances"), "{err}");
+    assert!(err.message.contains("need 20"), "{err}");
+    assert!(parse(&text.replace("instances = 19", "instances = 20")).is_ok());
+    assert!(parse(&text.replace("max_instances = 9", "max_instances = 8")).is_ok());
+}
+
+#[test]
+fn check_changes_nothing_on_disk() {
+    let (dir, wasm) = wasm_file();
+    let out = dir.join("to-be-created");
+    let _ = std::fs::remove_dir_all(&out);
+    let text = format!(
+        "[plugins.a]\npath = \"{wasm}\"\n\
+         files = [{{ host = \"{}\", guest = \"/out\", access = \"read-write\", create = true }}]\n",
+        out.display()
+    );
+    let policy = parse(&text).unwrap();
+    assert!(!out.exists(), "parsing a policy created {}", out.display());
+    let mount = &policy.plugins["a"].grants.files[0];
+    assert!(mount.create && mount.access == Access::ReadWrite);
+}
+
+#[test]
+fn overrides_are_validated_like_the_file() {
+    let (_, wasm) = wasm_file();
+    let text = format!("[plugins.a]\npath = \"{wasm}\"\nenv = {{ LANG = \"en\" }}\n");
+    let overrides = Overrides {
+        env: vec![("TZ".into(), "UTC".into())],
+        timeout: Some(Duration::from_secs(1)),
+        ..Overrides::default()
+    };
+    let base = std::env::temp_dir();
+    let policy = Policy::parse_with(
+        &text,
+        Path::new("capsule.toml"),
+        &base,
+        Some(("a", &overrides)),
+    )
+    .unwrap();
+    let plugin = &policy.plugins["a"];
+    assert_eq!(plugin.grants.env.len(), 2);
+    assert_eq!(plugin.limits.timeout, Duration::from_secs(1));
+    let bad = Overrides {
+        fuel: Some(Some(0)),
+        env: vec![("A=B".into(), "x".into())],
+        ..Overrides::default()
+    };
+    let errors = Policy::parse_with(&text, Path::new("capsule.toml"), &base, Some(("a", &bad)))
+        .unwrap_err()
+        .0;
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    let missing = Policy::parse_with(&text, Path::new("capsule.toml"), &base, Some(("b", &bad)));
+    assert!(
+        missing
+            .unwrap_err()
+            .first()
+            .message
+            .contains("no plugin `b`")
+    );
+}
+
+#[test]
+fn every_service_can_be_granted_whole_from_the_command_line() {
+    let (_, wasm) = wasm_file();
+    let text = format!("[plugins.a]\npath = \"{wasm}\"\nkv = {{ namespace = \"file\" }}\n");
+    let base = std::env::temp_dir();
+    let parse = |grants: &[(&str, &str)]| {
+        let overrides = Overrides {
+            grants: grants
+                .iter()
+                .map(|(s, v)| (s.to_string(), v.to_string()))
+                .collect(),
+            publish: vec![TopicPattern::parse("extra.*").unwrap()],
+            ..Overrides::default()
+        };
+        Policy::parse_with(
+            &text,
+            Path::new("capsule.toml"),
+            &base,
+            Some(("a", &overrides)),
+        )
+    };
+    let policy = parse(&[
+        ("kv", r#"{ max_keys = 3 }"#),
+        ("events", r#"{ publish = ["orders.*"] }"#),
+        ("log", "false"),
+    ])
+    .unwrap();
+    let grants = &policy.plugins["a"].grants;
+    let kv = grants.kv.as_ref().unwrap();
+    assert_eq!(
+        (kv.namespace.as_str(), kv.max_keys),
+        ("a", 3),
+        "the whole key is replaced"
+    );
+    let publish: Vec<String> = grants
+        .events
+        .publish
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    assert_eq!(publish, ["orders.*", "extra.*"], "the flags add to it");
+    assert!(!grants.log.enabled);
+
+    let errors = parse(&[("kv", "{ max_keys = -1 }"), ("nosuch", "1")])
+        .unwrap_err()
+        .0;
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert_eq!(errors[0].key.as_deref(), Some("plugins.a.kv"));
+    assert_eq!(errors[0].file, Path::new("<command line>"));
+    assert!(
+        errors[1]
+            .message
+            .contains("no service `nosuch` (services: log, config, env, kv"),
+        "{}",
+        errors[1].message
+    );
+    // Values are validated like the file's.
+    let errors = parse(&[("kv", r#"{ max_key = "0B" }"#)]).unwrap_err().0;
+    assert_eq!(errors[0].key.as_deref(), Some("plugins.a.kv.max_key"));
+}
+
+#[cfg(unix)]
+#[test]
+fn policy_files_are_read_safely() {
+    let dir = temp_dir("policy");
+    let fifo = dir.join("capsule.toml");
+    mkfifo(&fifo);
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        sender.send(
+            crate::Policy::load(&fifo)
+                .err()
+                .map(|e| e.first().message.clone()),
+        )
+    });
+    let message = receiver
+        .recv_timeout(Duration::from_secs(5))
+        .expect("a FIFO policy does not block")
+        .expect("a FIFO policy is refused");
+    assert!(message.contains("FIFO"), "{message}");
+    let err = crate::Policy::load(Path::new("/dev/zero")).unwrap_err();
+    assert!(err.first().message.contains("character device"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

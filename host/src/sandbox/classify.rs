@@ -1,0 +1,246 @@
+//! The one function that turns a wasmtime error into a typed
+//! [`CallFailure`]: by downcasting to the types this crate, wasmtime and
+//! wasmtime-wasi(-http) raise, and for wasmtime's budgets of private types by
+//! their message, in one place.
+
+use wasmtime::{PoolConcurrencyLimitError, Trap};
+
+use super::limiter::{
+    DeadlineExceeded, MAX_INSTANCES_PER_STORE, MemoryLimitExceeded, TableLimitExceeded,
+};
+use crate::error::{Budget, CallFailure, OutputLimitExceeded, OutputStream};
+use crate::limits::{Limits, MAX_RANDOM_BYTES, http_fields_limit};
+use crate::text::chain;
+
+/// What [`classify`] needs to know about the call that failed.
+pub(crate) struct FailureContext<'a> {
+    pub(crate) limits: &'a Limits,
+    /// Whether the plugin may send HTTP requests (its header fields are
+    /// capped accordingly).
+    pub(crate) http_granted: bool,
+    /// What the invoked export returns, for a result too large to hand
+    /// over: the response (or event outcome), or the description.
+    pub(crate) result: (OutputStream, usize),
+    /// The last lines the plugin wrote to stderr, where a Rust panic message
+    /// ends up.
+    pub(crate) stderr_tail: Option<&'a str>,
+    pub(crate) max_instances: usize,
+}
+
+/// Turns any error from instantiating or calling a plugin into a typed
+/// [`CallFailure`], by downcasting to the types wasmtime and this crate raise
+/// (never by reading counters or matching message text).
+pub(crate) fn classify(err: &wasmtime::Error, context: &FailureContext<'_>) -> CallFailure {
+    if let Some(exceeded) = err.downcast_ref::<MemoryLimitExceeded>() {
+        return CallFailure::MemoryLimit {
+            limit: exceeded.limit,
+            requested: exceeded.requested,
+        };
+    }
+    if err.downcast_ref::<DeadlineExceeded>().is_some() {
+        return CallFailure::Timeout {
+            limit: context.limits.timeout,
+        };
+    }
+    if let Some(exceeded) = err.downcast_ref::<OutputLimitExceeded>() {
+        return CallFailure::OutputTooLarge {
+            stream: exceeded.stream,
+            limit: exceeded.limit,
+        };
+    }
+    if err.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
+        return CallFailure::Busy {
+            max_instances: context.max_instances,
+            queued: 0,
+        };
+    }
+    if let Some(table_error) = err.downcast_ref::<wasmtime::component::ResourceTableError>() {
+        return match table_error {
+            wasmtime::component::ResourceTableError::Full => CallFailure::BudgetExceeded {
+                budget: Budget::Handles,
+                limit: context.limits.max_handles as u64,
+            },
+            // A handle the plugin does not hold, or of the wrong type: the
+            // plugin misused its own handles.
+            other => CallFailure::Trap {
+                trap: "bad_handle".into(),
+                detail: Some(other.to_string()),
+            },
+        };
+    }
+    if let Some(field_error) = err.downcast_ref::<wasmtime_wasi_http::FieldMapError>() {
+        use wasmtime_wasi_http::FieldMapError;
+        return match field_error {
+            FieldMapError::TotalSizeTooBig | FieldMapError::TooManyFields => {
+                CallFailure::BudgetExceeded {
+                    budget: Budget::HttpFieldsBytes,
+                    limit: http_fields_limit(context.http_granted) as u64,
+                }
+            }
+            other => CallFailure::Trap {
+                trap: "bad_http_fields".into(),
+                detail: Some(other.to_string()),
+            },
+        };
+    }
+    if let Some(budget) = wasmtime_budget(err) {
+        // Without a wasm backtrace the data was not handed over by a host
+        // call the guest made but is the export's result, lifted after the
+        // guest returned: that result was larger than it may be.
+        if budget == Budget::HostCallBytes
+            && err.downcast_ref::<wasmtime::WasmBacktrace>().is_none()
+        {
+            let (stream, limit) = context.result;
+            return CallFailure::OutputTooLarge { stream, limit };
+        }
+        let limit = match budget {
+            Budget::Handles => context.limits.max_handles as u64,
+            Budget::HostCallBytes => context.limits.host_call_bytes() as u64,
+            Budget::RandomBytes => MAX_RANDOM_BYTES,
+            Budget::ComponentParts => MAX_INSTANCES_PER_STORE as u64,
+            Budget::HttpFieldsBytes => http_fields_limit(context.http_granted) as u64,
+        };
+        return CallFailure::BudgetExceeded { budget, limit };
+    }
+    if let Some(exceeded) = err.downcast_ref::<TableLimitExceeded>() {
+        return CallFailure::Trap {
+            trap: "table_limit".into(),
+            detail: Some(exceeded.to_string()),
+        };
+    }
+    if let Some(trap) = err.downcast_ref::<Trap>() {
+        return match trap {
+            Trap::OutOfFuel => CallFailure::OutOfFuel {
+                limit: context.limits.fuel.unwrap_or(u64::MAX),
+            },
+            Trap::StackOverflow => CallFailure::StackOverflow,
+            Trap::Interrupt => CallFailure::Timeout {
+                limit: context.limits.timeout,
+            },
+            other => CallFailure::Trap {
+                trap: trap_name(other),
+                detail: context.stderr_tail.and_then(panic_message),
+            },
+        };
+    }
+    // Raised by a host function while the plugin's code was on the stack:
+    // the plugin misused a host interface (an empty poll list, a write past
+    // what `check-write` allowed, a handle it does not hold). Real host
+    // faults reach the plugin as error values, or happen outside its code.
+    if err.downcast_ref::<wasmtime::WasmBacktrace>().is_some() {
+        return CallFailure::Trap {
+            trap: "host_call_error".into(),
+            detail: Some(crate::text::for_log(&root_message(err), 512).into_owned()),
+        };
+    }
+    CallFailure::Host(chain(err))
+}
+
+/// The innermost message of an error chain: what actually went wrong,
+/// without wasmtime's backtrace context.
+fn root_message(err: &wasmtime::Error) -> String {
+    err.chain()
+        .last()
+        .map(ToString::to_string)
+        .unwrap_or_default()
+}
+
+/// Budgets that wasmtime and wasmtime-wasi enforce with errors of private
+/// types: the only way to tell them apart is their message. Each message is
+/// pinned by a hostile plugin's test (`example-plugins/hostile/`), so an
+/// upgrade that rewords one fails the tests instead of turning a plugin's
+/// limit into a host fault.
+fn wasmtime_budget(err: &wasmtime::Error) -> Option<Budget> {
+    const PATTERNS: &[(&str, Budget)] = &[
+        // wasmtime: `Store::set_hostcall_fuel` ran out while lifting.
+        (
+            "fuel allocated for hostcalls has been exhausted",
+            Budget::HostCallBytes,
+        ),
+        // wasmtime: `Store::set_max_component_handles`.
+        ("store handle limit exceeded", Budget::Handles),
+        // wasmtime-wasi: `WasiCtxBuilder::max_random_size`.
+        ("exceeds limit", Budget::RandomBytes),
+        // wasmtime: the limiter's `instances`/`tables`/`memories`.
+        ("resource limit exceeded:", Budget::ComponentParts),
+    ];
+    err.chain().find_map(|cause| {
+        let text = cause.to_string();
+        PATTERNS.iter().find_map(|(needle, budget)| {
+            let matches = match budget {
+                Budget::RandomBytes => text.starts_with("requested len") && text.contains(needle),
+                _ => text.contains(needle),
+            };
+            matches.then_some(*budget)
+        })
+    })
+}
+
+/// A short snake_case name for a trap code: `unreachable` for a Rust panic
+/// or abort, otherwise wasmtime's code name (`memory_out_of_bounds`, ...).
+fn trap_name(trap: &Trap) -> String {
+    if matches!(trap, Trap::UnreachableCodeReached) {
+        return "unreachable".into();
+    }
+    let debug = format!("{trap:?}");
+    let mut name = String::with_capacity(debug.len() + 4);
+    for (i, ch) in debug.chars().enumerate() {
+        if ch.is_ascii_uppercase() {
+            if i > 0 {
+                name.push('_');
+            }
+            name.push(ch.to_ascii_lowercase());
+        } else {
+            name.push(ch);
+        }
+    }
+    name
+}
+
+/// Extracts the message of a Rust panic from what the guest wrote to stderr:
+/// the text after `panicked at <location>:` up to the backtrace note.
+pub(crate) fn panic_message(stderr: &str) -> Option<String> {
+    let start = stderr.rfind("panicked at ")?;
+    let after = &stderr[start..];
+    // The location ends at the first colon followed by a newline (Rust
+    // 1.73+: "panicked at src/lib.rs:10:5:\nmessage").
+    let message = match after.find(":\n") {
+        Some(end) => &after[end + 2..],
+        None => after,
+    };
+    let message = match message.find("\nnote: ") {
+        Some(end) => &message[..end],
+        None => message,
+    };
+    let message = message.trim();
+    (!message.is_empty()).then(|| message.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panic_message_is_the_text_after_the_location() {
+        let stderr = "\nthread '<unnamed>' panicked at src/lib.rs:12:9:\nthe plugin gave up: 42\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+        assert_eq!(
+            panic_message(stderr).as_deref(),
+            Some("the plugin gave up: 42")
+        );
+    }
+
+    #[test]
+    fn panic_message_absent_without_a_panic() {
+        assert_eq!(panic_message("just some output\n"), None);
+    }
+
+    #[test]
+    fn trap_names_are_snake_case() {
+        assert_eq!(trap_name(&Trap::UnreachableCodeReached), "unreachable");
+        assert_eq!(
+            trap_name(&Trap::IntegerDivisionByZero),
+            "integer_division_by_zero"
+        );
+        assert_eq!(trap_name(&Trap::MemoryOutOfBounds), "memory_out_of_bounds");
+    }
+}

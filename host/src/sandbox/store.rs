@@ -1,0 +1,180 @@
+//! The data every wasmtime store carries for one plugin instance, and the
+//! setup that puts a store under its plugin's limits and grants. The
+//! store's service states, its views for the services and the linker are
+//! generated from the service list (`services::for_each_service!`), so
+//! this file does not change when a service is added.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{Engine, Store, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use super::limiter::{DeadlineExceeded, MemoryLimiter};
+use crate::engine::Metering;
+use crate::limits::Limits;
+use crate::services::log::LogSink;
+use crate::services::{Holds, PreparedGrants, Service, StoreContext, for_each_service, wasi};
+
+macro_rules! define_store {
+    ($($(#[$doc:meta])* $field:ident: $service:ty => $grant:ty, $summary:ty;)*) => {
+        /// Per-store state: WASI's context and resource table, one field per
+        /// host service, the limiter and the current call's deadline.
+        pub(crate) struct StoreState {
+            pub(crate) wasi: WasiCtx,
+            pub(crate) table: ResourceTable,
+            pub(crate) http_ctx: WasiHttpCtx,
+            $(pub(crate) $field: <$service as Service>::State,)*
+            pub(crate) limiter: MemoryLimiter,
+            /// When the running call must stop; checked on every epoch tick.
+            pub(crate) deadline: Instant,
+            /// Which metering the engine has.
+            pub(crate) metering: Metering,
+        }
+
+        $(impl Holds<$service> for StoreState {
+            fn state(&mut self) -> &mut <$service as Service>::State {
+                &mut self.$field
+            }
+        })*
+
+        /// Adds WASI and every host service to the linker all plugins of a
+        /// host share.
+        pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+            wasi::add_to_linker(linker)?;
+            $(<$service as Service>::add_to_linker(linker)?;)*
+            Ok(())
+        }
+
+        /// Every service's state for a new store, with its contributions to
+        /// the WASI context, and the context itself.
+        fn service_states(
+            setup: &StoreSetup<'_>,
+            deadline: Instant,
+        ) -> Result<StoreState, String> {
+            let grants = setup.grants;
+            let mut builder = wasi::base(setup.sink);
+            let mut http_ctx = WasiHttpCtx::new();
+            let mut context = StoreContext {
+                plugin: &grants.plugin,
+                limits: setup.limits,
+                sink: setup.sink,
+                wasi: &mut builder,
+                http: &mut http_ctx,
+            };
+            $(let $field = <$service as Service>::new_state(&grants.$field, &mut context)?;)*
+            // Every WASI resource lives in this table: its capacity times the
+            // per-handle caps bounds the host memory an instance's resources
+            // hold (`Limits::host_resource_bytes`).
+            let mut table = ResourceTable::new();
+            table.set_max_capacity(setup.limits.max_handles);
+            Ok(StoreState {
+                wasi: builder.build(),
+                table,
+                http_ctx,
+                $($field,)*
+                limiter: MemoryLimiter::new(setup.limits.memory_bytes),
+                deadline,
+                metering: setup.metering,
+            })
+        }
+
+        impl StoreState {
+            /// Resets every service's per-call state.
+            pub(crate) fn begin_call(&mut self, limits: &Limits) {
+                $(<$service as Service>::begin_call(&mut self.$field, limits);)*
+            }
+        }
+    };
+}
+for_each_service!(define_store);
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for StoreState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http_ctx,
+            table: &mut self.table,
+            hooks: &mut self.http,
+        }
+    }
+}
+
+/// What a new store needs from its plugin.
+pub(crate) struct StoreSetup<'a> {
+    pub(crate) engine: &'a Engine,
+    pub(crate) grants: &'a PreparedGrants,
+    pub(crate) limits: &'a Limits,
+    pub(crate) sink: &'a Arc<LogSink>,
+    pub(crate) metering: Metering,
+}
+
+/// Creates a store for one instance of a plugin, with its grants, memory
+/// limiter, fuel budget and deadline in place. Fails only if the host
+/// cannot provide what was granted (a mounted directory vanished).
+pub(crate) fn new_store(
+    setup: &StoreSetup<'_>,
+    deadline: Instant,
+) -> Result<Store<StoreState>, String> {
+    let limits = setup.limits;
+    let state = service_states(setup, deadline)?;
+    let mut store = Store::new(setup.engine, state);
+    store.limiter(|state| &mut state.limiter);
+    // What one host call may hand the host, however the plugin aliases its
+    // memory (a list of a million entries all pointing at the same megabyte
+    // would otherwise be copied a million times).
+    store.set_hostcall_fuel(limits.host_call_bytes());
+    // Handles in the component's own tables (every WASI handle it holds,
+    // resources it defines, borrows it lends) share the same budget.
+    store.set_max_component_handles(limits.max_handles);
+    refuel(&mut store, setup.limits);
+    if setup.metering.epoch {
+        // Every epoch tick, either stop a call that ran past its deadline or
+        // let other tasks on this thread run before continuing.
+        store.epoch_deadline_callback(|context| {
+            if Instant::now() >= context.data().deadline {
+                Err(wasmtime::Error::new(DeadlineExceeded))
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+    }
+    arm_deadline(&mut store);
+    Ok(store)
+}
+
+/// Makes the next epoch tick check the deadline (when the engine has epochs).
+pub(crate) fn arm_deadline(store: &mut Store<StoreState>) {
+    if store.data().metering.epoch {
+        store.set_epoch_deadline(1);
+    }
+}
+
+/// Gives the store a full fuel budget for the next call (when the engine
+/// meters fuel).
+pub(crate) fn refuel(store: &mut Store<StoreState>, limits: &Limits) {
+    if store.data().metering.fuel {
+        store
+            .set_fuel(limits.fuel.unwrap_or(u64::MAX))
+            .expect("the engine meters fuel");
+    }
+}
+
+/// Fuel consumed since the last [`refuel`], if the engine meters fuel.
+pub(crate) fn fuel_used(store: &Store<StoreState>, limits: &Limits) -> Option<u64> {
+    if !store.data().metering.fuel {
+        return None;
+    }
+    let budget = limits.fuel.unwrap_or(u64::MAX);
+    Some(budget.saturating_sub(store.get_fuel().unwrap_or(budget)))
+}
