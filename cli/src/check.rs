@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use capsule_host::Policy;
 use capsule_host::check::{ImportStatus, PluginCheck, check_policy};
 use clap::Args;
 use serde_json::json;
@@ -30,15 +29,9 @@ pub struct CheckArgs {
 /// `--strict`, nothing was flagged), 2 for an invalid policy, 3 when a
 /// plugin would be refused or `--strict` found warnings.
 pub fn check(args: CheckArgs) -> ExitCode {
-    let policy = match Policy::load(&args.config) {
+    let policy = match exit::policy_or_usage(&args.config) {
         Ok(policy) => policy,
-        Err(errors) => {
-            // Every problem, one line each.
-            for error in &errors.0 {
-                eprintln!("error [config]: {error}");
-            }
-            return exit::code(exit::USAGE);
-        }
+        Err(code) => return code,
     };
     let checks = check_policy(&policy);
     let refused = checks.iter().filter(|c| c.refused.is_some()).count();

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use capsule_host::ErrorKind;
+use capsule_host::{ErrorKind, Policy};
 
 /// The call succeeded.
 pub const OK: u8 = 0;
@@ -47,4 +47,15 @@ pub fn code_for(kind: ErrorKind) -> u8 {
 /// Shorthand for `ExitCode::from(code)`.
 pub fn code(code: u8) -> ExitCode {
     ExitCode::from(code)
+}
+
+/// The validated policy at `path`, or (after printing every problem, one
+/// line each) the usage exit code.
+pub fn policy_or_usage(path: &std::path::Path) -> Result<Policy, ExitCode> {
+    Policy::load(path).map_err(|errors| {
+        for error in &errors.0 {
+            eprintln!("error [config]: {error}");
+        }
+        code(USAGE)
+    })
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use capsule_host::serve::{ServeOptions, serve_on, shutdown_signal};
 use capsule_host::units::{parse_duration, parse_size};
-use capsule_host::{HostBuilder, Policy, RequestId};
+use capsule_host::{HostBuilder, RequestId};
 use clap::Args;
 
 use crate::exit;
@@ -40,15 +40,9 @@ pub struct ServeArgs {
 
 /// Runs `capsule serve` until SIGINT or SIGTERM.
 pub fn serve_command(args: ServeArgs) -> ExitCode {
-    let policy = match Policy::load(&args.config) {
+    let policy = match exit::policy_or_usage(&args.config) {
         Ok(policy) => policy,
-        Err(errors) => {
-            // Every problem, one line each.
-            for error in &errors.0 {
-                eprintln!("error [config]: {error}");
-            }
-            return exit::code(exit::USAGE);
-        }
+        Err(code) => return code,
     };
     let admin_token = std::env::var(&args.admin_token_env)
         .ok()

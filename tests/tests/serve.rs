@@ -132,6 +132,10 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
     async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
         self.client
             .post(self.url(path))
@@ -348,12 +352,7 @@ async fn admin_routes_need_the_bearer_token() {
             .unwrap();
         assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED, "{path}");
     }
-    let dead = server
-        .client
-        .get(server.url("/v1/dead-letters"))
-        .send()
-        .await
-        .unwrap();
+    let dead = server.get("/v1/dead-letters").await;
     assert_eq!(dead.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
         server.host.status(HELLO).unwrap().state,
@@ -365,31 +364,12 @@ async fn admin_routes_need_the_bearer_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_metrics_health_events_and_reload() {
     let server = Server::start().await;
-    assert_eq!(
-        server
-            .client
-            .get(server.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "ok\n"
-    );
+    assert_eq!(server.get("/healthz").await.text().await.unwrap(), "ok\n");
     server
         .post("/v1/plugins/hello/call?op=greet", r#"{"name":"Ada"}"#)
         .await;
 
-    let listing: Value = server
-        .client
-        .get(server.url("/v1/plugins"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listing: Value = server.get("/v1/plugins").await.json().await.unwrap();
     let hello = listing["plugins"]
         .as_array()
         .unwrap()
@@ -408,12 +388,7 @@ async fn listing_metrics_health_events_and_reload() {
     assert!(hello["grants"].is_object() && hello["limits"].is_object());
     assert_eq!(listing["pipelines"][0]["name"], "ingest");
 
-    let metrics = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap();
+    let metrics = server.get("/metrics").await;
     assert!(
         metrics.headers()["content-type"]
             .to_str()
@@ -598,15 +573,7 @@ async fn response_metadata_becomes_headers_only_within_a_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_plugin_listing_shows_config_values_only_to_the_admin() {
     let server = Server::start().await;
-    let open = server
-        .client
-        .get(server.url("/v1/plugins"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let open = server.get("/v1/plugins").await.text().await.unwrap();
     assert!(!open.contains("Top-secret-value"), "{open}");
     let listing: Value = serde_json::from_str(&open).unwrap();
     let hello = listing["plugins"]

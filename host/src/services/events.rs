@@ -185,11 +185,7 @@ impl Service for Events {
     }
 
     fn availability(grant: &EventsGrant) -> Availability {
-        if grant.publish.is_empty() {
-            Availability::NotGranted
-        } else {
-            Availability::Granted
-        }
+        Availability::granted_if(!grant.publish.is_empty())
     }
 
     fn summary(grant: &EventsGrant) -> EventsGrant {

@@ -185,11 +185,7 @@ impl Service for Files {
     }
 
     fn availability(mounts: &Vec<Mount>) -> Availability {
-        if mounts.is_empty() {
-            Availability::NotGranted
-        } else {
-            Availability::Granted
-        }
+        Availability::granted_if(!mounts.is_empty())
     }
 
     fn summary(mounts: &Vec<Mount>) -> Vec<MountSummary> {

@@ -345,11 +345,7 @@ impl Service for Http {
     }
 
     fn availability(grant: &Self::Grant) -> Availability {
-        if grant.is_some() {
-            Availability::Granted
-        } else {
-            Availability::NotGranted
-        }
+        Availability::granted_if(grant.is_some())
     }
 
     fn summary(grant: &Self::Grant) -> Self::Summary {

@@ -416,11 +416,7 @@ impl Service for Kv {
     }
 
     fn availability(grant: &Self::Grant) -> Availability {
-        if grant.is_some() {
-            Availability::Granted
-        } else {
-            Availability::NotGranted
-        }
+        Availability::granted_if(grant.is_some())
     }
 
     fn summary(grant: &Self::Grant) -> Self::Summary {

@@ -298,11 +298,7 @@ impl Service for Log {
     }
 
     fn availability(grant: &LogGrant) -> Availability {
-        if grant.enabled {
-            Availability::Granted
-        } else {
-            Availability::NotGranted
-        }
+        Availability::granted_if(grant.enabled)
     }
 
     fn summary(grant: &LogGrant) -> bool {

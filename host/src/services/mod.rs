@@ -146,6 +146,17 @@ pub enum Availability {
     Never,
 }
 
+impl Availability {
+    /// `Granted` if `granted`, else `NotGranted`.
+    pub(crate) fn granted_if(granted: bool) -> Availability {
+        if granted {
+            Availability::Granted
+        } else {
+            Availability::NotGranted
+        }
+    }
+}
+
 /// What services share across every plugin of a host.
 pub(crate) struct HostShared {
     /// The key-value store.
