@@ -10,8 +10,12 @@ use clap::Args;
 
 use crate::exit;
 
-/// The guest SDK of the checkout this binary was built from.
-const DEFAULT_SDK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../guest-sdk");
+// `SDK_FILES` and `SDK_MANIFEST`: the guest SDK of this binary's own
+// version, embedded by `build.rs`.
+include!(concat!(env!("OUT_DIR"), "/sdk_files.rs"));
+
+/// Where a scaffold vendors the embedded SDK, relative to its folder.
+const VENDOR_DIR: &str = "vendor/capsule-guest";
 
 /// Arguments of `capsule new`.
 #[derive(Args)]
@@ -23,11 +27,10 @@ pub struct NewArgs {
     /// which must not exist yet.
     #[arg(long, value_name = "DIR", default_value = ".")]
     path: PathBuf,
-    /// The guest SDK crate (`capsule-guest`) the plugin depends on, by path.
-    /// Defaults to the SDK of the Capsule checkout this `capsule` was built
-    /// from.
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_SDK)]
-    sdk: PathBuf,
+    /// Depend on a local `capsule-guest` crate (a checkout's `guest-sdk`
+    /// folder) by path instead of vendoring the SDK this `capsule` carries.
+    #[arg(long, value_name = "PATH")]
+    sdk: Option<PathBuf>,
 }
 
 /// Runs `capsule new`.
@@ -35,16 +38,19 @@ pub fn new(args: NewArgs) -> ExitCode {
     if let Err(message) = validate_crate_name(&args.name) {
         return fail(exit::USAGE, "config", &message);
     }
-    let sdk = match locate_sdk(&args.sdk) {
+    let sdk = match &args.sdk {
+        None => Sdk::embedded(),
+        Some(path) => locate_sdk(path),
+    };
+    let sdk = match sdk {
         Ok(sdk) => sdk,
         Err(message) => return fail(exit::USAGE, "config", &message),
     };
     if !version_compatible(&sdk.contract_version) {
         eprintln!(
-            "warning: the SDK at {} targets {CONTRACT_PACKAGE}@{}, but this capsule serves \
+            "warning: the SDK {} targets {CONTRACT_PACKAGE}@{}, but this capsule serves \
              {CONTRACT_PACKAGE}@{CONTRACT_VERSION}: it will refuse plugins built with it",
-            sdk.dir.display(),
-            sdk.contract_version
+            sdk.describe, sdk.contract_version
         );
     }
     let dest = args.path.join(&args.name);
@@ -73,7 +79,7 @@ pub fn new(args: NewArgs) -> ExitCode {
         "created plugin `{}` in {} (SDK {}, contract {CONTRACT_PACKAGE}@{})",
         args.name,
         dest.display(),
-        sdk.dir.display(),
+        sdk.describe,
         sdk.contract_version
     );
     println!();
@@ -165,18 +171,61 @@ const RUST_KEYWORDS: &[&str] = &[
 
 /// The guest SDK a scaffold depends on.
 struct Sdk {
-    /// The `capsule-guest` crate's directory, absolute.
-    dir: PathBuf,
-    /// Its shipped WIT folder, absolute.
-    wit: PathBuf,
+    /// How the scaffold's manifest names it: a path, relative to the
+    /// scaffold (vendored) or absolute (a checkout).
+    dependency: String,
+    /// The WIT folder `cargo component build` reads the world from.
+    wit: String,
+    /// Files to write into the scaffold (the vendored SDK and its contract).
+    vendored: Vec<(String, String)>,
     /// The `capsule:plugin` version its WIT declares.
     contract_version: String,
+    /// What to call it in messages and in the scaffold's README.
+    describe: String,
+}
+
+impl Sdk {
+    /// The SDK this binary carries, vendored into the scaffold: it builds
+    /// anywhere, with nothing but crates.io.
+    fn embedded() -> Result<Sdk, String> {
+        let wit = SDK_FILES
+            .iter()
+            .find(|(path, _)| *path == "wit/plugin.wit")
+            .map(|(_, text)| *text)
+            .ok_or("this capsule carries no SDK contract (wit/plugin.wit)")?;
+        let mut vendored = vec![(format!("{VENDOR_DIR}/Cargo.toml"), SDK_MANIFEST.to_owned())];
+        vendored.extend(
+            SDK_FILES
+                .iter()
+                .map(|(path, text)| (format!("{VENDOR_DIR}/{path}"), (*text).to_owned())),
+        );
+        // The contract at the project's top, where `cargo component build`
+        // reads it; it stays when the project moves to a published SDK.
+        vendored.push(("wit/plugin.wit".to_owned(), wit.to_owned()));
+        Ok(Sdk {
+            dependency: VENDOR_DIR.to_owned(),
+            wit: "wit".to_owned(),
+            vendored,
+            contract_version: contract_version(wit, "wit/plugin.wit")?,
+            describe: format!("capsule-guest {} (vendored)", env!("CARGO_PKG_VERSION")),
+        })
+    }
+}
+
+/// The version in `package capsule:plugin@VERSION;` of a WIT file.
+fn contract_version(wit: &str, file: &str) -> Result<String, String> {
+    let prefix = format!("package {CONTRACT_PACKAGE}@");
+    wit.lines()
+        .find_map(|line| line.trim().strip_prefix(&prefix))
+        .map(|rest| rest.trim_end_matches(';').trim().to_owned())
+        .ok_or_else(|| format!("{file} does not declare `package {CONTRACT_PACKAGE}@VERSION;`"))
 }
 
 /// Checks that `path` is the `capsule-guest` crate with its WIT, and makes
-/// it absolute so the scaffold builds from anywhere.
+/// it absolute so the scaffold builds from anywhere on this machine.
 fn locate_sdk(path: &Path) -> Result<Sdk, String> {
-    let hint = "pass --sdk PATH pointing at the `guest-sdk` folder of a Capsule checkout";
+    let hint = "pass --sdk PATH pointing at the `guest-sdk` folder of a Capsule checkout, \
+                or leave --sdk out to vendor the SDK this capsule carries";
     let dir = std::fs::canonicalize(path).map_err(|err| {
         format!(
             "the guest SDK {} is not there ({err}); {hint}",
@@ -203,29 +252,21 @@ fn locate_sdk(path: &Path) -> Result<Sdk, String> {
             wit_file.display()
         )
     })?;
-    let prefix = format!("package {CONTRACT_PACKAGE}@");
-    let contract_version = contract
-        .lines()
-        .find_map(|line| line.trim().strip_prefix(&prefix))
-        .map(|rest| rest.trim_end_matches(';').trim().to_owned())
-        .ok_or_else(|| {
+    let contract_version = contract_version(&contract, &wit_file.display().to_string())?;
+    let utf8 = |what: &str, path: &Path| {
+        path.to_str().map(str::to_owned).ok_or_else(|| {
             format!(
-                "{} does not declare `package {CONTRACT_PACKAGE}@VERSION;`",
-                wit_file.display()
-            )
-        })?;
-    for (what, path) in [("SDK", &dir), ("WIT", &wit)] {
-        if path.to_str().is_none() {
-            return Err(format!(
                 "the {what} path {} is not UTF-8, which Cargo.toml cannot hold",
                 path.display()
-            ));
-        }
-    }
+            )
+        })
+    };
     Ok(Sdk {
-        dir,
-        wit,
+        dependency: utf8("SDK", &dir)?,
+        wit: utf8("WIT", &wit)?,
+        vendored: Vec::new(),
         contract_version,
+        describe: format!("at {}", dir.display()),
     })
 }
 
@@ -239,7 +280,7 @@ enum CreateError {
 
 /// Creates `dest` (which must not exist) and writes `files` into it. On a
 /// failure after creating `dest`, removes it again.
-fn create(parent: &Path, dest: &Path, files: &[(&str, String)]) -> Result<(), CreateError> {
+fn create(parent: &Path, dest: &Path, files: &[(String, String)]) -> Result<(), CreateError> {
     if dest.symlink_metadata().is_ok() {
         return Err(CreateError::Exists);
     }
@@ -275,26 +316,39 @@ fn create(parent: &Path, dest: &Path, files: &[(&str, String)]) -> Result<(), Cr
 }
 
 /// The scaffold's files, relative to its directory.
-fn render(name: &str, sdk: &Sdk) -> Result<Vec<(&'static str, String)>, String> {
-    let sdk_dir = sdk.dir.to_str().ok_or("the SDK path is not UTF-8")?;
-    let wit_dir = sdk.wit.to_str().ok_or("the WIT path is not UTF-8")?;
+fn render(name: &str, sdk: &Sdk) -> Result<Vec<(String, String)>, String> {
+    let sdk_comment = if sdk.vendored.is_empty() {
+        "# The Capsule guest SDK, by path: the checkout named with `capsule new --sdk`."
+    } else {
+        "# The Capsule guest SDK: `capsule new` vendored the SDK of its own version into\n\
+         # vendor/capsule-guest, so this crate builds anywhere with only crates.io\n\
+         # reachable. To use a published SDK instead, replace this line with\n\
+         #   capsule-guest = \"0.1\"\n\
+         # and delete vendor/ (the contract for cargo-component stays in wit/)."
+    };
     let fill = |template: &str| {
         template
             .replace("__NAME__", name)
             .replace("__CRATE__", &name.replace('-', "_"))
             .replace("__TYPE__", &type_name(name))
-            .replace("__SDK_TOML__", &toml_string(sdk_dir))
-            .replace("__WIT_TOML__", &toml_string(wit_dir))
-            .replace("__SDK__", sdk_dir)
+            .replace("__SDK_COMMENT__", sdk_comment)
+            .replace("__SDK_TOML__", &toml_string(&sdk.dependency))
+            .replace("__WIT_TOML__", &toml_string(&sdk.wit))
+            .replace("__SDK__", &sdk.describe)
             .replace("__CONTRACT__", &sdk.contract_version)
     };
-    Ok(vec![
-        ("Cargo.toml", fill(CARGO_TOML)),
-        ("src/lib.rs", fill(LIB_RS)),
-        (".cargo/config.toml", fill(CARGO_CONFIG)),
-        (".gitignore", fill(GITIGNORE)),
-        ("README.md", fill(README)),
-    ])
+    let mut files: Vec<(String, String)> = [
+        ("Cargo.toml", CARGO_TOML),
+        ("src/lib.rs", LIB_RS),
+        (".cargo/config.toml", CARGO_CONFIG),
+        (".gitignore", GITIGNORE),
+        ("README.md", README),
+    ]
+    .into_iter()
+    .map(|(path, template)| (path.to_owned(), fill(template)))
+    .collect();
+    files.extend(sdk.vendored.iter().cloned());
+    Ok(files)
 }
 
 /// The plugin type's name: the crate name in CamelCase, renamed if it would
@@ -352,18 +406,12 @@ publish = false
 crate-type = ["cdylib"]
 
 [dependencies]
-# The Capsule guest SDK, by path: the checkout `capsule new` was run from. To use
-# a published SDK instead, replace this line with a registry or git dependency,
-# for example
-#   capsule-guest = "0.1"
-#   capsule-guest = { git = "https://github.com/capsule-rs/capsule", tag = "v0.1.0" }
-# and change `target` below to a copy of that SDK's `wit/` folder (the SDK also
-# exposes the contract as `capsule_guest::CONTRACT_WIT`).
+__SDK_COMMENT__
 capsule-guest = { path = __SDK_TOML__ }
 serde = { version = "1", features = ["derive"] }
 
-# For `cargo component build`: the world this plugin implements, read from the
-# SDK's own copy of the contract (capsule:plugin@__CONTRACT__), so nothing comes
+# For `cargo component build`: the world this plugin implements, read from a
+# local copy of the contract (capsule:plugin@__CONTRACT__), so nothing comes
 # from a component registry. cargo-component writes bindings for this world to
 # src/bindings.rs; the plugin uses the SDK's bindings instead, so that file is
 # unused and git-ignored.
@@ -467,8 +515,8 @@ const GITIGNORE: &str = r#"/target
 
 const README: &str = r#"# __NAME__
 
-A [Capsule](https://github.com/capsule-rs/capsule) plugin, built against the
-contract `capsule:plugin@__CONTRACT__` with the guest SDK at `__SDK__`.
+A Capsule plugin, built against the contract `capsule:plugin@__CONTRACT__`
+with the guest SDK __SDK__.
 
 ## Build
 
@@ -496,8 +544,8 @@ commands below use the `cargo build` one).
 
 ## Sign and run
 
-Capsule runs only plugins signed by a key it trusts. The `capsule` CLI comes
-from the Capsule repository (`cargo install --path host` in a checkout).
+Capsule runs only plugins signed by a key it trusts; the same `capsule` that
+created this crate signs and runs it.
 
 ```sh
 capsule keygen --out dev                     # dev.key (secret) and dev.pub
@@ -571,20 +619,27 @@ mod tests {
         assert_eq!(toml_string(r#"C:\a "b""#), r#""C:\\a \"b\"""#);
     }
 
-    #[test]
-    fn rendered_manifest_is_valid_toml_pointing_at_the_sdk() {
-        let sdk = Sdk {
-            dir: PathBuf::from("/opt/capsule \"x\"/guest-sdk"),
-            wit: PathBuf::from("/opt/capsule \"x\"/guest-sdk/wit"),
-            contract_version: "0.1.0".into(),
-        };
-        let files = render("demo-plugin", &sdk).unwrap();
-        let manifest = &files
+    /// The manifest `render` writes, parsed.
+    fn manifest_of(files: &[(String, String)]) -> toml::Table {
+        let text = &files
             .iter()
-            .find(|(path, _)| *path == "Cargo.toml")
+            .find(|(path, _)| path == "Cargo.toml")
             .unwrap()
             .1;
-        let value: toml::Table = manifest.parse().unwrap();
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_checkout_sdk_is_a_path_dependency_in_valid_toml() {
+        let sdk = Sdk {
+            dependency: "/opt/capsule \"x\"/guest-sdk".into(),
+            wit: "/opt/capsule \"x\"/guest-sdk/wit".into(),
+            vendored: Vec::new(),
+            contract_version: "0.1.0".into(),
+            describe: "at /opt".into(),
+        };
+        let files = render("demo-plugin", &sdk).unwrap();
+        let value = manifest_of(&files);
         assert_eq!(value["package"]["name"].as_str(), Some("demo-plugin"));
         assert_eq!(
             value["dependencies"]["capsule-guest"]["path"].as_str(),
@@ -595,15 +650,55 @@ mod tests {
             Some("/opt/capsule \"x\"/guest-sdk/wit")
         );
         assert!(value["workspace"].as_table().unwrap().is_empty());
+        assert!(!files.iter().any(|(path, _)| path.starts_with("vendor/")));
         let lib = &files
             .iter()
-            .find(|(path, _)| *path == "src/lib.rs")
+            .find(|(path, _)| path == "src/lib.rs")
             .unwrap()
             .1;
         assert!(lib.contains("export_plugin!(DemoPlugin);"), "{lib}");
         assert!(
-            !files.iter().any(|(_, text)| text.contains("__")),
+            !files.iter().any(|(_, text)| text.contains("__NAME__")),
             "a placeholder is left"
         );
+    }
+
+    #[test]
+    fn the_embedded_sdk_is_vendored_whole_with_a_standalone_manifest() {
+        let sdk = Sdk::embedded().unwrap();
+        assert_eq!(sdk.contract_version, CONTRACT_VERSION);
+        let files = render("demo-plugin", &sdk).unwrap();
+        let value = manifest_of(&files);
+        assert_eq!(
+            value["dependencies"]["capsule-guest"]["path"].as_str(),
+            Some("vendor/capsule-guest")
+        );
+        assert_eq!(
+            value["package"]["metadata"]["component"]["target"]["path"].as_str(),
+            Some("wit")
+        );
+        for file in [
+            "vendor/capsule-guest/src/lib.rs",
+            "vendor/capsule-guest/wit/plugin.wit",
+            "wit/plugin.wit",
+        ] {
+            assert!(files.iter().any(|(path, _)| path == file), "{file}");
+        }
+        let vendored: toml::Table = files
+            .iter()
+            .find(|(path, _)| path == "vendor/capsule-guest/Cargo.toml")
+            .unwrap()
+            .1
+            .parse()
+            .unwrap();
+        assert_eq!(vendored["package"]["name"].as_str(), Some("capsule-guest"));
+        assert_eq!(
+            vendored["package"]["version"].as_str(),
+            Some(env!("CARGO_PKG_VERSION"))
+        );
+        assert!(vendored.get("lints").is_none());
+        let text = toml::to_string(&vendored).unwrap();
+        assert!(!text.contains("workspace"), "{text}");
+        assert!(vendored["dependencies"]["wit-bindgen"]["version"].is_str());
     }
 }

@@ -1,4 +1,4 @@
-//! Write [Capsule](https://github.com/capsule-rs/capsule) plugins in Rust.
+//! Write Capsule plugins in Rust.
 //!
 //! A Capsule plugin is a WebAssembly component built from an ordinary Rust
 //! library crate (`crate-type = ["cdylib"]`). Implement [`Plugin`] (usually

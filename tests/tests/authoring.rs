@@ -92,7 +92,12 @@ fn cargo_component_required() -> bool {
 /// Runs the CLI with a private compile cache; the environment's trust and
 /// log settings are cleared.
 fn capsule(args: &[&std::ffi::OsStr], cache: &Path) -> Output {
-    Command::new(capsule_cli())
+    capsule_at(&capsule_cli(), args, cache)
+}
+
+/// [`capsule`] with the binary at `bin`.
+fn capsule_at(bin: &Path, args: &[&std::ffi::OsStr], cache: &Path) -> Output {
+    Command::new(bin)
         .args(args)
         .env_remove("CAPSULE_TRUST")
         .env_remove("CAPSULE_LOG")
@@ -103,7 +108,12 @@ fn capsule(args: &[&std::ffi::OsStr], cache: &Path) -> Output {
 
 /// `capsule(...)` that must succeed; returns its stdout.
 fn capsule_ok(args: &[&std::ffi::OsStr], cache: &Path) -> String {
-    let output = capsule(args, cache);
+    capsule_ok_at(&capsule_cli(), args, cache)
+}
+
+/// [`capsule_ok`] with the binary at `bin`.
+fn capsule_ok_at(bin: &Path, args: &[&std::ffi::OsStr], cache: &Path) -> String {
+    let output = capsule_at(bin, args, cache);
     assert!(
         output.status.success(),
         "capsule {:?} failed with {}:\n{}",
@@ -339,9 +349,29 @@ fn a_capsule_new_scaffold_builds_both_ways_and_runs_signed() {
     if !cargo_component_required() {
         return;
     }
+    // Out of tree: only the built `capsule` binary, copied into an empty
+    // folder outside the workspace, with nothing of this checkout to find.
     let work = temp_dir("authoring-scaffold");
     let cache = work.join("cache");
-    let created = capsule_ok(args!["new", "demo-plugin", "--path", work], &cache);
+    let bin = work.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let alone = bin.join(capsule_cli().file_name().unwrap());
+    std::fs::copy(capsule_cli(), &alone).unwrap();
+    // Every step below runs the copy.
+    let capsule = |args: &[&std::ffi::OsStr], cache: &Path| capsule_at(&alone, args, cache);
+    let capsule_ok = |args: &[&std::ffi::OsStr], cache: &Path| capsule_ok_at(&alone, args, cache);
+    let started = std::time::Instant::now();
+    let created = Command::new(&alone)
+        .args(["new", "demo-plugin"])
+        .current_dir(&work)
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let created = String::from_utf8_lossy(&created.stdout);
     let project = work.join("demo-plugin");
     assert!(created.contains("cargo build --release"), "{created}");
     for file in [
@@ -350,14 +380,21 @@ fn a_capsule_new_scaffold_builds_both_ways_and_runs_signed() {
         ".cargo/config.toml",
         ".gitignore",
         "README.md",
+        "wit/plugin.wit",
+        "vendor/capsule-guest/Cargo.toml",
+        "vendor/capsule-guest/src/lib.rs",
+        "vendor/capsule-guest/wit/plugin.wit",
     ] {
         assert!(project.join(file).is_file(), "{file} was not created");
     }
     let manifest = std::fs::read_to_string(project.join("Cargo.toml")).unwrap();
-    let sdk = std::fs::canonicalize(root().join("guest-sdk")).unwrap();
     assert!(
-        manifest.contains(&format!("path = {:?}", sdk.display().to_string())),
+        manifest.contains(r#"capsule-guest = { path = "vendor/capsule-guest" }"#),
         "{manifest}"
+    );
+    assert!(
+        !manifest.contains(&root().display().to_string()),
+        "the scaffold names this checkout: {manifest}"
     );
 
     // Builds land in a dedicated folder of the shared target directory, so
@@ -440,6 +477,12 @@ fn a_capsule_new_scaffold_builds_both_ways_and_runs_signed() {
             "{}",
             plugin.display()
         );
+        if plugin == &with_cargo {
+            eprintln!(
+                "from `capsule new` to the first answer (both builds, native tests, keys): {:?}",
+                started.elapsed()
+            );
+        }
 
         let configured = capsule(
             args![

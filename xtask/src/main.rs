@@ -5,7 +5,8 @@
 //! - `build-component-plugins`: `build-plugins`, then build `hello` with
 //!   `cargo component build` too (installing cargo-component if missing);
 //! - `test`: build the plugins both ways, then run every test in the
-//!   workspace, then check the instruction budgets
+//!   workspace, check that `capsule-guest` packages for publishing
+//!   (`cargo publish --dry-run`), then check the instruction budgets
 //!   (`bench/instructions.toml`) under callgrind;
 //! - `demo`: build the plugins and the CLI, then run the examples and show
 //!   what they did and what the sandbox stopped;
@@ -129,6 +130,16 @@ fn test(workspace: &shell::Workspace, extra: &[String]) -> Result<()> {
     args.extend(extra.iter().cloned());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     workspace.cargo_with_env(&args, &[("CAPSULE_PLUGIN_DIR", built.dir.as_os_str())])?;
+    // The guest SDK is publishable as it is (authors can switch from the
+    // vendored copy to the published crate); uncommitted changes are part
+    // of what is checked.
+    workspace.cargo(&[
+        "publish",
+        "--dry-run",
+        "--allow-dirty",
+        "-p",
+        "capsule-guest",
+    ])?;
     // After the tests, so a failing test is reported first; instruction
     // counts catch a slower call path without a flaky timing test.
     instructions::check_after_tests(workspace, &built)
