@@ -410,6 +410,11 @@ __SDK_COMMENT__
 capsule-guest = { path = __SDK_TOML__ }
 serde = { version = "1", features = ["derive"] }
 
+[dev-dependencies]
+# `cargo test` runs the plugin natively against `capsule_guest::testing::MockHost`,
+# an in-process fake of every host service.
+capsule-guest = { path = __SDK_TOML__, features = ["testing"] }
+
 # For `cargo component build`: the world this plugin implements, read from a
 # local copy of the contract (capsule:plugin@__CONTRACT__), so nothing comes
 # from a component registry. cargo-component writes bindings for this world to
@@ -474,22 +479,34 @@ impl Plugin for __TYPE__ {
 
 export_plugin!(__TYPE__);
 
-// Plain logic runs natively: `cargo test --target <your host triple>` (see
-// README.md). Host services only exist inside Capsule, so a test that reaches
-// one (here `config::get`) panics natively; test those with `capsule run`.
+// `cargo test --target <your host triple>` (see README.md) runs the plugin
+// natively against `MockHost`, a fake of every host service: grant it what
+// the test needs, call the plugin, assert on what it answered and logged.
 #[cfg(test)]
 mod tests {
+    use capsule_guest::testing::MockHost;
+
     use super::*;
 
     #[test]
+    fn greets_with_the_configured_word_and_logs_it() {
+        let host = MockHost::new().config("greeting", "Hej");
+        let answer = host
+            .call::<__TYPE__>(Request::new("greet", r#"{"name": "Ada"}"#))
+            .unwrap();
+        assert_eq!(answer.payload, br#"{"greeting":"Hej, Ada!"}"#);
+        assert_eq!(host.logs()[0].message, "greeting Ada");
+    }
+
+    #[test]
     fn unknown_operations_are_unsupported() {
-        let answer = __TYPE__::handle(Request::new("nope", ""));
+        let answer = MockHost::new().call::<__TYPE__>(Request::new("nope", ""));
         assert!(matches!(answer, Err(PluginError::Unsupported(_))));
     }
 
     #[test]
     fn an_empty_name_is_invalid_input() {
-        let answer = __TYPE__::handle(Request::new("greet", r#"{"name": " "}"#));
+        let answer = MockHost::new().call::<__TYPE__>(Request::new("greet", r#"{"name": " "}"#));
         assert!(matches!(answer, Err(PluginError::InvalidInput(_))));
     }
 }
@@ -562,13 +579,15 @@ exports.
 
 ## Test
 
-Logic that does not call host services runs natively:
+The plugin runs natively under `cargo test`, against `MockHost` (the SDK's
+`testing` feature): a fake of every host service, granted what each test
+grants it, refusing the rest the way Capsule does.
 
 ```sh
 cargo test --target "$(rustc -vV | sed -n 's/^host: //p')"
 ```
 
-Everything else runs in Capsule: `capsule run` with `--set KEY=VALUE` for
+Then in Capsule itself: `capsule run` with `--set KEY=VALUE` for
 config values, `--json` to see the output, logs, events and fuel used, and
 `--fuel`, `--memory`, `--timeout`, `--max-output` to try tighter limits. To run it under a policy with grants and limits, see the Capsule
 author guide (`docs/authoring.md` in the Capsule repository).

@@ -8,7 +8,6 @@
 //! # Ok::<(), capsule_guest::ServiceError>(())
 //! ```
 
-use crate::bindings::capsule::plugin::config as raw;
 use crate::{PluginError, ServiceError};
 
 /// The value the operator set for `key`, or `None`.
@@ -23,7 +22,7 @@ use crate::{PluginError, ServiceError};
 /// # Ok::<(), capsule_guest::ServiceError>(())
 /// ```
 pub fn get(key: &str) -> Result<Option<String>, ServiceError> {
-    raw::get(key)
+    crate::host::config_get(key)
 }
 
 /// The value the operator set for `key`, or `default` when unset.
@@ -64,5 +63,5 @@ pub fn require(key: &str) -> Result<String, PluginError> {
 /// # Ok::<(), capsule_guest::ServiceError>(())
 /// ```
 pub fn all() -> Result<Vec<(String, String)>, ServiceError> {
-    raw::get_all()
+    crate::host::config_get_all()
 }

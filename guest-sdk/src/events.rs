@@ -10,7 +10,6 @@
 
 use serde::Serialize;
 
-use crate::bindings::capsule::plugin::events as raw;
 use crate::{PluginError, ServiceError};
 
 /// Publishes `payload` on `topic`. Topics are dot-separated names
@@ -23,7 +22,7 @@ use crate::{PluginError, ServiceError};
 /// # Ok::<(), capsule_guest::ServiceError>(())
 /// ```
 pub fn publish(topic: &str, payload: &[u8]) -> Result<(), ServiceError> {
-    raw::publish(topic, payload)
+    crate::host::publish(topic, payload)
 }
 
 /// Publishes `value` serialised as JSON on `topic`.

@@ -215,12 +215,31 @@ pub fn request(
             "{context}: `{method}` is not a valid HTTP method (HttpRequestMethodInvalid)"
         )));
     }
-    if cfg!(not(target_arch = "wasm32")) {
-        return Err(HttpError::Failed(
-            "wasi:http is only available inside a wasm component".into(),
-        ));
+    #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
+    {
+        let _ = (context, parsed);
+        let request = crate::testing::HttpRequest {
+            method: method.to_owned(),
+            url: url.to_owned(),
+            headers: headers
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                .collect(),
+            body: body.map(<[u8]>::to_vec),
+        };
+        crate::testing::with_host(|host| host.http(request))
     }
-    wasi_http::send(&context, method, &parsed, headers, body)
+    #[cfg(not(all(feature = "testing", not(target_arch = "wasm32"))))]
+    {
+        if cfg!(not(target_arch = "wasm32")) {
+            return Err(HttpError::Failed(
+                "wasi:http is only available inside a wasm component (natively, test with \
+                 the `testing` feature's MockHost)"
+                    .into(),
+            ));
+        }
+        wasi_http::send(&context, method, &parsed, headers, body)
+    }
 }
 
 /// The parts of an absolute `http`/`https` URL that `wasi:http` needs.
@@ -332,7 +351,12 @@ fn is_token(method: &str) -> bool {
 }
 
 /// The calls into `wasi:http`. They type-check natively, but only a wasm
-/// component can make them ([`request`] stops native builds before).
+/// component can make them ([`request`] stops native builds before, or
+/// hands the request to the `MockHost`).
+#[cfg_attr(
+    all(feature = "testing", not(target_arch = "wasm32")),
+    allow(dead_code)
+)]
 mod wasi_http {
     use wasi::http::outgoing_handler;
     use wasi::http::types::{

@@ -13,7 +13,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::bindings::capsule::plugin::kv as raw;
+use crate::host;
 use crate::{PluginError, ServiceError};
 
 /// The bytes stored under `key`, if any.
@@ -25,7 +25,7 @@ use crate::{PluginError, ServiceError};
 /// # Ok::<(), capsule_guest::ServiceError>(())
 /// ```
 pub fn get(key: &str) -> Result<Option<Vec<u8>>, ServiceError> {
-    raw::get(key)
+    host::kv_get(key)
 }
 
 /// Stores `value` under `key`, replacing any previous value. Fails with
@@ -37,7 +37,7 @@ pub fn get(key: &str) -> Result<Option<Vec<u8>>, ServiceError> {
 /// # Ok::<(), capsule_guest::ServiceError>(())
 /// ```
 pub fn set(key: &str, value: &[u8]) -> Result<(), ServiceError> {
-    raw::set(key, value)
+    host::kv_set(key, value)
 }
 
 /// Removes `key`; returns whether it existed.
@@ -47,7 +47,7 @@ pub fn set(key: &str, value: &[u8]) -> Result<(), ServiceError> {
 /// # Ok::<(), capsule_guest::ServiceError>(())
 /// ```
 pub fn delete(key: &str) -> Result<bool, ServiceError> {
-    raw::delete(key)
+    host::kv_delete(key)
 }
 
 /// Keys starting with `prefix`, in order (`""` lists every key).
@@ -59,7 +59,7 @@ pub fn delete(key: &str) -> Result<bool, ServiceError> {
 /// # Ok::<(), capsule_guest::ServiceError>(())
 /// ```
 pub fn list_keys(prefix: &str) -> Result<Vec<String>, ServiceError> {
-    raw::list_keys(prefix)
+    host::kv_list_keys(prefix)
 }
 
 /// Atomically adds `delta` to the integer under `key` (missing counts as 0)
@@ -74,7 +74,7 @@ pub fn list_keys(prefix: &str) -> Result<Vec<String>, ServiceError> {
 /// # Ok::<(), capsule_guest::ServiceError>(())
 /// ```
 pub fn increment(key: &str, delta: i64) -> Result<i64, ServiceError> {
-    raw::increment(key, delta)
+    host::kv_increment(key, delta)
 }
 
 /// The JSON value stored under `key`, if any. A value that is not the

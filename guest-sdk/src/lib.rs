@@ -53,6 +53,7 @@
 extern crate self as capsule_guest;
 
 mod dispatch;
+mod host;
 mod types;
 
 pub mod config;
@@ -60,6 +61,8 @@ pub mod events;
 pub mod http;
 pub mod kv;
 pub mod log;
+#[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
+pub mod testing;
 
 pub use dispatch::Dispatch;
 

@@ -24,7 +24,7 @@ pub use crate::bindings::capsule::plugin::log::Level;
 /// }
 /// ```
 pub fn write(level: Level, message: &str) -> Result<(), ServiceError> {
-    crate::bindings::capsule::plugin::log::log(level, message)
+    crate::host::log(level, message)
 }
 
 #[doc(hidden)]

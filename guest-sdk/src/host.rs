@@ -1,0 +1,92 @@
+//! Where the service modules' calls go. Inside a wasm component: the host's
+//! imports. In a native build with the `testing` feature: the
+//! [`MockHost`](crate::testing::MockHost) running the code on this thread.
+//! Everything above this module is the same in both.
+
+#[cfg(not(all(feature = "testing", not(target_arch = "wasm32"))))]
+mod routes {
+    use crate::ServiceError;
+    use crate::bindings::capsule::plugin as raw;
+    use crate::log::Level;
+
+    pub(crate) fn log(level: Level, message: &str) -> Result<(), ServiceError> {
+        raw::log::log(level, message)
+    }
+
+    pub(crate) fn config_get(key: &str) -> Result<Option<String>, ServiceError> {
+        raw::config::get(key)
+    }
+
+    pub(crate) fn config_get_all() -> Result<Vec<(String, String)>, ServiceError> {
+        raw::config::get_all()
+    }
+
+    pub(crate) fn kv_get(key: &str) -> Result<Option<Vec<u8>>, ServiceError> {
+        raw::kv::get(key)
+    }
+
+    pub(crate) fn kv_set(key: &str, value: &[u8]) -> Result<(), ServiceError> {
+        raw::kv::set(key, value)
+    }
+
+    pub(crate) fn kv_delete(key: &str) -> Result<bool, ServiceError> {
+        raw::kv::delete(key)
+    }
+
+    pub(crate) fn kv_list_keys(prefix: &str) -> Result<Vec<String>, ServiceError> {
+        raw::kv::list_keys(prefix)
+    }
+
+    pub(crate) fn kv_increment(key: &str, delta: i64) -> Result<i64, ServiceError> {
+        raw::kv::increment(key, delta)
+    }
+
+    pub(crate) fn publish(topic: &str, payload: &[u8]) -> Result<(), ServiceError> {
+        raw::events::publish(topic, payload)
+    }
+}
+
+#[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
+mod routes {
+    use crate::ServiceError;
+    use crate::log::Level;
+    use crate::testing::with_host;
+
+    pub(crate) fn log(level: Level, message: &str) -> Result<(), ServiceError> {
+        with_host(|host| host.log(level, message))
+    }
+
+    pub(crate) fn config_get(key: &str) -> Result<Option<String>, ServiceError> {
+        with_host(|host| host.config_get(key))
+    }
+
+    pub(crate) fn config_get_all() -> Result<Vec<(String, String)>, ServiceError> {
+        with_host(|host| host.config_get_all())
+    }
+
+    pub(crate) fn kv_get(key: &str) -> Result<Option<Vec<u8>>, ServiceError> {
+        with_host(|host| host.kv_get(key))
+    }
+
+    pub(crate) fn kv_set(key: &str, value: &[u8]) -> Result<(), ServiceError> {
+        with_host(|host| host.kv_set(key, value))
+    }
+
+    pub(crate) fn kv_delete(key: &str) -> Result<bool, ServiceError> {
+        with_host(|host| host.kv_delete(key))
+    }
+
+    pub(crate) fn kv_list_keys(prefix: &str) -> Result<Vec<String>, ServiceError> {
+        with_host(|host| host.kv_list_keys(prefix))
+    }
+
+    pub(crate) fn kv_increment(key: &str, delta: i64) -> Result<i64, ServiceError> {
+        with_host(|host| host.kv_increment(key, delta))
+    }
+
+    pub(crate) fn publish(topic: &str, payload: &[u8]) -> Result<(), ServiceError> {
+        with_host(|host| host.publish(topic, payload))
+    }
+}
+
+pub(crate) use routes::*;

@@ -1,0 +1,677 @@
+//! A fake of every host service, so `cargo test` runs a plugin natively
+//! (feature `testing`).
+//!
+//! A [`MockHost`] is granted what a test grants it — config values, a kv
+//! namespace with quotas, topics to publish to, HTTP answered by a closure —
+//! and refuses the rest the way Capsule does, with the same
+//! [`ServiceError`] kinds (and, for kv quotas, the same messages). Run the
+//! plugin inside it with [`MockHost::call`] (or [`MockHost::deliver`],
+//! [`MockHost::run`]), then assert on what it logged, stored and published.
+//!
+//! ```
+//! use capsule_guest::testing::MockHost;
+//! use capsule_guest::{Plugin, PluginError, Request, Response, config, kv, log};
+//!
+//! struct Counter;
+//!
+//! impl Plugin for Counter {
+//!     fn handle(request: Request) -> Result<Response, PluginError> {
+//!         let step: i64 = config::get("step")?.map_or(Ok(1), |s| s.parse())
+//!             .map_err(|_| PluginError::invalid_input("step is not a number"))?;
+//!         let count = kv::increment("count", step)?;
+//!         log::info!("count is {count}");
+//!         Ok(Response::bytes(count.to_string()))
+//!     }
+//! }
+//!
+//! let host = MockHost::new().config("step", "5").kv();
+//! assert_eq!(host.call::<Counter>(Request::new("add", ""))?.payload, b"5");
+//! assert_eq!(host.call::<Counter>(Request::new("add", ""))?.payload, b"10");
+//! assert_eq!(host.logs().last().unwrap().message, "count is 10");
+//!
+//! // Without a kv grant, the plugin sees Capsule's denial.
+//! let denied = MockHost::new().call::<Counter>(Request::new("add", ""));
+//! assert!(matches!(denied, Err(PluginError::Denied(_))));
+//! # Ok::<(), PluginError>(())
+//! ```
+//!
+//! Each test thread has its own current host; a `MockHost` is cheap to
+//! clone and its clones share state. A host service called natively outside
+//! `MockHost::run` panics, naming this module.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use crate::http::{HttpError, HttpResponse};
+use crate::log::Level;
+use crate::{Event, EventOutcome, Plugin, PluginError, Request, Response, ServiceError};
+
+/// A host service a test can deny on demand with [`MockHost::deny`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Service {
+    /// `log` (and the `log::*!` macros).
+    Log,
+    /// `config`.
+    Config,
+    /// `kv`.
+    Kv,
+    /// `events`.
+    Events,
+    /// `http`.
+    Http,
+}
+
+/// A kv namespace's quotas, as an operator grants them. The defaults are
+/// Capsule's: 256-byte keys, 64 KiB values, 10 000 keys, 16 MiB in total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvQuota {
+    /// Largest key, in bytes.
+    pub max_key_bytes: usize,
+    /// Largest value, in bytes.
+    pub max_value_bytes: usize,
+    /// Most keys the namespace may hold.
+    pub max_keys: u64,
+    /// Most bytes (keys plus values) the namespace may hold.
+    pub max_total_bytes: u64,
+}
+
+impl Default for KvQuota {
+    fn default() -> Self {
+        KvQuota {
+            max_key_bytes: 256,
+            max_value_bytes: 64 << 10,
+            max_keys: 10_000,
+            max_total_bytes: 16 << 20,
+        }
+    }
+}
+
+/// One line the plugin logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    /// Its level.
+    pub level: Level,
+    /// Its text.
+    pub message: String,
+}
+
+/// One event the plugin published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The topic.
+    pub topic: String,
+    /// The payload.
+    pub payload: Vec<u8>,
+}
+
+/// An HTTP request the plugin sent, as a responder sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRequest {
+    /// `GET`, `POST`, …
+    pub method: String,
+    /// The absolute URL.
+    pub url: String,
+    /// The headers, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body, if any.
+    pub body: Option<Vec<u8>>,
+}
+
+type Responder = Box<dyn FnMut(&HttpRequest) -> Result<HttpResponse, HttpError>>;
+
+/// Capsule's per-call log budget: bytes (32 more per line) and lines.
+const LOG_BYTES: usize = 64 << 10;
+const LOG_LINES: usize = 512;
+const LOG_LINE_OVERHEAD: usize = 32;
+/// Most events one call may publish, and their payload bytes (the default
+/// response limit).
+const EVENTS_PER_CALL: usize = 256;
+const EVENT_BYTES: usize = 1 << 20;
+/// Most keys one `list-keys` answers.
+const LIST_LIMIT: usize = 1000;
+
+/// The fake host's state.
+#[derive(Default)]
+pub(crate) struct State {
+    denied: Vec<Service>,
+    log_bytes: usize,
+    logs: Vec<LogLine>,
+    call_logs: usize,
+    config: BTreeMap<String, String>,
+    kv: Option<KvQuota>,
+    entries: BTreeMap<String, Vec<u8>>,
+    publish: Vec<String>,
+    published: Vec<Published>,
+    call_published: Vec<Published>,
+    call_published_bytes: usize,
+    responder: Option<Responder>,
+    requests: Vec<HttpRequest>,
+}
+
+/// An in-process stand-in for Capsule's host services. See the module docs.
+#[derive(Clone, Default)]
+pub struct MockHost {
+    state: Rc<RefCell<State>>,
+}
+
+impl std::fmt::Debug for MockHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MockHost")
+    }
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<MockHost>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` on the state of the host running code on this thread.
+pub(crate) fn with_host<T>(f: impl FnOnce(&mut State) -> T) -> T {
+    let host = CURRENT
+        .with(|current| current.borrow().clone())
+        .unwrap_or_else(|| {
+            panic!(
+                "a Capsule host service was called natively outside a MockHost: run the plugin \
+             with capsule_guest::testing::MockHost::call (or ::run)"
+            )
+        });
+    let mut state = host.state.borrow_mut();
+    f(&mut state)
+}
+
+impl MockHost {
+    /// A host that grants logging and nothing else, like a plugin with no
+    /// grants in a policy.
+    pub fn new() -> Self {
+        MockHost::default()
+    }
+
+    /// Sets a config value.
+    pub fn config(self, key: &str, value: &str) -> Self {
+        self.state
+            .borrow_mut()
+            .config
+            .insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Grants a kv namespace with Capsule's default quotas.
+    pub fn kv(self) -> Self {
+        self.kv_with(KvQuota::default())
+    }
+
+    /// Grants a kv namespace with `quota`.
+    pub fn kv_with(self, quota: KvQuota) -> Self {
+        self.state.borrow_mut().kv = Some(quota);
+        self
+    }
+
+    /// Stores `value` under `key` before the plugin runs (quotas are not
+    /// checked for seeded entries).
+    pub fn kv_entry(self, key: &str, value: impl Into<Vec<u8>>) -> Self {
+        self.state
+            .borrow_mut()
+            .entries
+            .insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Grants publishing to topics matching `pattern` (`orders.*`, `audit.>`).
+    pub fn publish(self, pattern: &str) -> Self {
+        self.state.borrow_mut().publish.push(pattern.to_owned());
+        self
+    }
+
+    /// Grants HTTP, answered by `responder` instead of the network.
+    pub fn http(
+        self,
+        responder: impl FnMut(&HttpRequest) -> Result<HttpResponse, HttpError> + 'static,
+    ) -> Self {
+        self.state.borrow_mut().responder = Some(Box::new(responder));
+        self
+    }
+
+    /// Denies `service` whatever else was granted: every call to it fails
+    /// with [`ServiceError::Denied`] (for HTTP, [`HttpError::Denied`]).
+    pub fn deny(self, service: Service) -> Self {
+        self.state.borrow_mut().denied.push(service);
+        self
+    }
+
+    /// Runs `f` with this host serving host services on this thread, as
+    /// one call: the per-call log and publish budgets start fresh.
+    pub fn run<T>(&self, f: impl FnOnce() -> T) -> T {
+        {
+            let mut state = self.state.borrow_mut();
+            state.log_bytes = 0;
+            state.call_logs = 0;
+            state.call_published.clear();
+            state.call_published_bytes = 0;
+        }
+        struct Restore(Option<MockHost>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                let previous = self.0.take();
+                CURRENT.with(|current| *current.borrow_mut() = previous);
+            }
+        }
+        let previous = CURRENT.with(|current| current.borrow_mut().replace(self.clone()));
+        let _restore = Restore(previous);
+        f()
+    }
+
+    /// Calls `P::handle(request)` as Capsule would. Like Capsule, the events
+    /// it published count as published only if the call succeeded.
+    pub fn call<P: Plugin>(&self, request: Request) -> Result<Response, PluginError> {
+        let answer = self.run(|| P::handle(request));
+        self.settle(answer.is_ok());
+        answer
+    }
+
+    /// Delivers `event` to `P::on_event` as Capsule would; what it published
+    /// counts only if it acknowledged or forwarded the event.
+    pub fn deliver<P: Plugin>(&self, event: Event) -> Result<EventOutcome, PluginError> {
+        let outcome = self.run(|| P::on_event(event));
+        let keep = matches!(outcome, Ok(EventOutcome::Ack | EventOutcome::Forward(_)));
+        self.settle(keep);
+        outcome
+    }
+
+    fn settle(&self, keep: bool) {
+        let mut state = self.state.borrow_mut();
+        let events = std::mem::take(&mut state.call_published);
+        if keep {
+            state.published.extend(events);
+        }
+    }
+
+    /// Every line logged so far, in order.
+    pub fn logs(&self) -> Vec<LogLine> {
+        self.state.borrow().logs.clone()
+    }
+
+    /// Every event published by calls that kept them (see [`MockHost::call`]),
+    /// in order; inside [`MockHost::run`], also the current call's.
+    pub fn published(&self) -> Vec<Published> {
+        let state = self.state.borrow();
+        let mut all = state.published.clone();
+        all.extend(state.call_published.iter().cloned());
+        all
+    }
+
+    /// What the kv namespace holds under `key`.
+    pub fn kv_value(&self, key: &str) -> Option<Vec<u8>> {
+        self.state.borrow().entries.get(key).cloned()
+    }
+
+    /// Every key the kv namespace holds, in order.
+    pub fn kv_keys(&self) -> Vec<String> {
+        self.state.borrow().entries.keys().cloned().collect()
+    }
+
+    /// Every HTTP request the plugin sent to the responder, in order.
+    pub fn requests(&self) -> Vec<HttpRequest> {
+        self.state.borrow().requests.clone()
+    }
+}
+
+fn denied(service: &str) -> ServiceError {
+    ServiceError::Denied(format!("{service} was not granted to this plugin"))
+}
+
+impl State {
+    fn is_denied(&self, service: Service) -> bool {
+        self.denied.contains(&service)
+    }
+
+    pub(crate) fn log(&mut self, level: Level, message: &str) -> Result<(), ServiceError> {
+        if self.is_denied(Service::Log) {
+            return Err(denied("logging"));
+        }
+        let cost = message.len() + LOG_LINE_OVERHEAD;
+        if self.call_logs >= LOG_LINES || self.log_bytes + cost > LOG_BYTES {
+            return Err(ServiceError::QuotaExceeded(format!(
+                "the log budget of this call is spent ({LOG_BYTES} bytes, {LOG_LINES} lines)"
+            )));
+        }
+        self.call_logs += 1;
+        self.log_bytes += cost;
+        self.logs.push(LogLine {
+            level,
+            message: message.to_owned(),
+        });
+        Ok(())
+    }
+
+    pub(crate) fn config_get(&mut self, key: &str) -> Result<Option<String>, ServiceError> {
+        if self.is_denied(Service::Config) {
+            return Err(denied("config"));
+        }
+        Ok(self.config.get(key).cloned())
+    }
+
+    pub(crate) fn config_get_all(&mut self) -> Result<Vec<(String, String)>, ServiceError> {
+        if self.is_denied(Service::Config) {
+            return Err(denied("config"));
+        }
+        Ok(self
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn kv_quota(&self) -> Result<KvQuota, ServiceError> {
+        match self.kv {
+            Some(quota) if !self.is_denied(Service::Kv) => Ok(quota),
+            _ => Err(ServiceError::Denied(
+                "no key-value namespace was granted to this plugin".into(),
+            )),
+        }
+    }
+
+    pub(crate) fn kv_get(&mut self, key: &str) -> Result<Option<Vec<u8>>, ServiceError> {
+        self.kv_quota()?;
+        Ok(self.entries.get(key).cloned())
+    }
+
+    pub(crate) fn kv_set(&mut self, key: &str, value: &[u8]) -> Result<(), ServiceError> {
+        let quota = self.kv_quota()?;
+        check_key(&quota, key)?;
+        if value.len() > quota.max_value_bytes {
+            return Err(ServiceError::QuotaExceeded(format!(
+                "value of {} bytes exceeds the limit of {} bytes",
+                value.len(),
+                quota.max_value_bytes
+            )));
+        }
+        self.account(&quota, key, value.len())?;
+        self.entries.insert(key.to_owned(), value.to_vec());
+        Ok(())
+    }
+
+    pub(crate) fn kv_delete(&mut self, key: &str) -> Result<bool, ServiceError> {
+        self.kv_quota()?;
+        Ok(self.entries.remove(key).is_some())
+    }
+
+    pub(crate) fn kv_list_keys(&mut self, prefix: &str) -> Result<Vec<String>, ServiceError> {
+        self.kv_quota()?;
+        Ok(self
+            .entries
+            .keys()
+            .filter(|key| key.starts_with(prefix))
+            .take(LIST_LIMIT)
+            .cloned()
+            .collect())
+    }
+
+    pub(crate) fn kv_increment(&mut self, key: &str, delta: i64) -> Result<i64, ServiceError> {
+        let quota = self.kv_quota()?;
+        check_key(&quota, key)?;
+        let current = match self.entries.get(key) {
+            None => 0,
+            Some(bytes) => {
+                let bytes: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
+                    ServiceError::Invalid(format!(
+                        "key `{key}` holds {} bytes, not a counter (8-byte integer)",
+                        bytes.len()
+                    ))
+                })?;
+                i64::from_le_bytes(bytes)
+            }
+        };
+        let value = current.checked_add(delta).ok_or_else(|| {
+            ServiceError::Invalid(format!("incrementing `{key}` by {delta} overflows"))
+        })?;
+        self.account(&quota, key, 8)?;
+        self.entries
+            .insert(key.to_owned(), value.to_le_bytes().to_vec());
+        Ok(value)
+    }
+
+    /// Whether replacing `key`'s value with one of `len` bytes fits the
+    /// namespace's key count and total bytes (Capsule's own messages).
+    fn account(&self, quota: &KvQuota, key: &str, len: usize) -> Result<(), ServiceError> {
+        let previous = self.entries.get(key).map(|value| key.len() + value.len());
+        let keys = self.entries.len() as u64 + u64::from(previous.is_none());
+        let total: usize = self.entries.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let bytes = (total + key.len() + len - previous.unwrap_or(0)) as u64;
+        if keys > quota.max_keys {
+            return Err(ServiceError::QuotaExceeded(format!(
+                "namespace `{}` is full ({} keys)",
+                NAMESPACE, quota.max_keys
+            )));
+        }
+        if bytes > quota.max_total_bytes {
+            return Err(ServiceError::QuotaExceeded(format!(
+                "namespace `{}` would hold {bytes} bytes, over its limit of {} bytes",
+                NAMESPACE, quota.max_total_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn publish(&mut self, topic: &str, payload: &[u8]) -> Result<(), ServiceError> {
+        validate_topic(topic).map_err(ServiceError::Invalid)?;
+        let granted = !self.is_denied(Service::Events)
+            && self.publish.iter().any(|pattern| matches(pattern, topic));
+        if !granted {
+            return Err(ServiceError::Denied(format!(
+                "publishing to `{topic}` was not granted to this plugin"
+            )));
+        }
+        if self.call_published.len() >= EVENTS_PER_CALL
+            || self.call_published_bytes + payload.len() > EVENT_BYTES
+        {
+            return Err(ServiceError::QuotaExceeded(format!(
+                "a call may publish at most {EVENTS_PER_CALL} events within its output limit"
+            )));
+        }
+        self.call_published_bytes += payload.len();
+        self.call_published.push(Published {
+            topic: topic.to_owned(),
+            payload: payload.to_vec(),
+        });
+        Ok(())
+    }
+
+    pub(crate) fn http(&mut self, request: HttpRequest) -> Result<HttpResponse, HttpError> {
+        let context = format!("{} {}", request.method, request.url);
+        if self.is_denied(Service::Http) {
+            return Err(HttpError::Denied(format!("{context} (HttpRequestDenied)")));
+        }
+        let Some(responder) = self.responder.as_mut() else {
+            return Err(HttpError::Denied(format!("{context} (HttpRequestDenied)")));
+        };
+        let answer = responder(&request);
+        self.requests.push(request);
+        answer
+    }
+}
+
+/// The kv namespace a mock grant stands for, in quota messages.
+const NAMESPACE: &str = "test";
+
+fn check_key(quota: &KvQuota, key: &str) -> Result<(), ServiceError> {
+    if key.is_empty() {
+        return Err(ServiceError::Invalid("keys must not be empty".into()));
+    }
+    if key.len() > quota.max_key_bytes {
+        return Err(ServiceError::QuotaExceeded(format!(
+            "key of {} bytes exceeds the limit of {} bytes",
+            key.len(),
+            quota.max_key_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// Capsule's topic rule: dot-separated segments of letters, digits, `-`, `_`.
+fn validate_topic(topic: &str) -> Result<(), String> {
+    let segment_ok = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    if topic.len() > 255 {
+        return Err(format!("topic of {} bytes is longer than 255", topic.len()));
+    }
+    if !topic.split('.').all(segment_ok) {
+        return Err(format!(
+            "`{topic}` is not a topic: use dot-separated segments of letters, digits, `-` and `_`"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `topic` matches `pattern` (`*` one segment, a final `>` the rest).
+fn matches(pattern: &str, topic: &str) -> bool {
+    let mut parts = topic.split('.');
+    for segment in pattern.split('.') {
+        match (segment, parts.next()) {
+            (">", Some(_)) => return true,
+            (_, None) => return false,
+            ("*", Some(_)) => {}
+            (literal, Some(part)) if literal == part => {}
+            _ => return false,
+        }
+    }
+    parts.next().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config, events, http, kv, log};
+
+    struct Everything;
+
+    impl Plugin for Everything {
+        fn handle(request: Request) -> Result<Response, PluginError> {
+            match request.operation.as_str() {
+                "config" => Ok(Response::bytes(config::get("word")?.unwrap_or_default())),
+                "store" => {
+                    kv::set("k", &request.payload)?;
+                    Ok(Response::bytes(""))
+                }
+                "publish" => {
+                    events::publish("orders.created", &request.payload)?;
+                    if request.payload == b"fail" {
+                        return Err(PluginError::Failed("after publishing".into()));
+                    }
+                    Ok(Response::bytes(""))
+                }
+                "fetch" => {
+                    let response = http::get("https://api.example.com/x")?;
+                    Ok(Response::bytes(response.body))
+                }
+                "chatty" => {
+                    for i in 0..LOG_LINES + 1 {
+                        log::write(Level::Info, &i.to_string())?;
+                    }
+                    Ok(Response::bytes(""))
+                }
+                _ => Err(PluginError::Unsupported(request.operation)),
+            }
+        }
+    }
+
+    #[test]
+    fn config_values_and_denials_on_demand() {
+        let host = MockHost::new().config("word", "hej");
+        let answer = host.call::<Everything>(Request::new("config", ""));
+        assert_eq!(answer.unwrap().payload, b"hej");
+        let answer = host
+            .clone()
+            .deny(Service::Config)
+            .call::<Everything>(Request::new("config", ""));
+        assert!(matches!(answer, Err(PluginError::Denied(_))), "{answer:?}");
+    }
+
+    #[test]
+    fn kv_quotas_answer_like_capsule() {
+        let host = MockHost::new().kv_with(KvQuota {
+            max_value_bytes: 4,
+            ..KvQuota::default()
+        });
+        host.call::<Everything>(Request::new("store", "abcd"))
+            .unwrap();
+        assert_eq!(host.kv_value("k").as_deref(), Some(&b"abcd"[..]));
+        let err = host
+            .call::<Everything>(Request::new("store", "abcde"))
+            .unwrap_err();
+        assert_eq!(
+            err,
+            PluginError::Failed(
+                "quota exceeded: value of 5 bytes exceeds the limit of 4 bytes".into()
+            )
+        );
+        let err = MockHost::new()
+            .call::<Everything>(Request::new("store", "x"))
+            .unwrap_err();
+        assert_eq!(
+            err,
+            PluginError::Denied("no key-value namespace was granted to this plugin".into())
+        );
+    }
+
+    #[test]
+    fn events_of_a_failed_call_are_not_published() {
+        let host = MockHost::new().publish("orders.*");
+        host.call::<Everything>(Request::new("publish", "ok"))
+            .unwrap();
+        host.call::<Everything>(Request::new("publish", "fail"))
+            .unwrap_err();
+        assert_eq!(
+            host.published(),
+            [Published {
+                topic: "orders.created".into(),
+                payload: b"ok".to_vec()
+            }]
+        );
+        let err = MockHost::new()
+            .call::<Everything>(Request::new("publish", "x"))
+            .unwrap_err();
+        assert!(matches!(err, PluginError::Denied(_)), "{err:?}");
+    }
+
+    #[test]
+    fn http_is_answered_by_the_responder_or_denied() {
+        let host = MockHost::new().http(|request| {
+            Ok(HttpResponse {
+                status: 200,
+                headers: Vec::new(),
+                body: format!("you asked for {}", request.url).into_bytes(),
+            })
+        });
+        let answer = host.call::<Everything>(Request::new("fetch", "")).unwrap();
+        assert_eq!(answer.payload, b"you asked for https://api.example.com/x");
+        assert_eq!(host.requests()[0].method, "GET");
+        let err = MockHost::new()
+            .call::<Everything>(Request::new("fetch", ""))
+            .unwrap_err();
+        assert!(matches!(err, PluginError::Denied(_)), "{err:?}");
+    }
+
+    #[test]
+    fn the_log_budget_is_per_call() {
+        let host = MockHost::new();
+        let err = host
+            .call::<Everything>(Request::new("chatty", ""))
+            .unwrap_err();
+        assert!(
+            matches!(&err, PluginError::Failed(m) if m.starts_with("quota exceeded: the log budget")),
+            "{err:?}"
+        );
+        assert_eq!(host.logs().len(), LOG_LINES);
+        // A new call has a fresh budget.
+        host.run(|| log::write(Level::Info, "again")).unwrap();
+    }
+
+    #[test]
+    #[should_panic(expected = "outside a MockHost")]
+    fn a_service_outside_a_mock_host_says_how_to_fix_it() {
+        let _ = config::get("x");
+    }
+}
