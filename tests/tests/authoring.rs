@@ -524,6 +524,210 @@ fn a_capsule_new_scaffold_builds_both_ways_and_runs_signed() {
         answers.windows(2).all(|pair| pair[0] == pair[1]),
         "the two builds answer differently: {answers:#?}"
     );
+
+    // The scaffold's own policy: the signed plugin and the key beside it.
+    std::fs::copy(&with_cargo, project.join("demo-plugin.wasm")).unwrap();
+    std::fs::copy(&public, project.join("dev.pub")).unwrap();
+    let policy = project.join("capsule.toml");
+    capsule_ok(args!["check", "--config", policy], &cache);
+    let greeted = capsule_ok(
+        args![
+            "run",
+            "demo-plugin",
+            "--config",
+            policy,
+            "--op",
+            "greet",
+            "--input",
+            r#"{"name":"Ada"}"#
+        ],
+        &cache,
+    );
+    assert_eq!(greeted, "{\"greeting\":\"Hello, Ada!\"}\n");
+}
+
+// ---------------------------------------------------------------------------
+// Templates
+
+/// One `capsule new --template` scaffold, made by a copy of the CLI alone
+/// in `work`, built for wasm32-wasip2, tested natively (its MockHost tests),
+/// signed with a fresh key in its folder as `NAME.wasm`, and checked
+/// against its own `capsule.toml`. Returns the project folder and the CLI.
+fn template_project(work: &Path, name: &str, template: &str) -> (PathBuf, PathBuf) {
+    let bin = work.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let alone = bin.join(capsule_cli().file_name().unwrap());
+    if !alone.exists() {
+        std::fs::copy(capsule_cli(), &alone).unwrap();
+    }
+    let cache = work.join("cache");
+    capsule_ok_at(
+        &alone,
+        args!["new", name, "--template", template, "--path", work],
+        &cache,
+    );
+    let project = work.join(name);
+    let build_dir = target_dir().join("authoring-templates");
+    cargo_in(
+        &project,
+        &build_dir,
+        &["build", "--release", "--target", "wasm32-wasip2"],
+    );
+    cargo_in(&project, &build_dir, &["test", "--target", &host_triple()]);
+    let built = build_dir
+        .join("wasm32-wasip2/release")
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    let signed = project.join(format!("{name}.wasm"));
+    capsule_ok_at(
+        &alone,
+        args!["keygen", "--out", project.join("dev")],
+        &cache,
+    );
+    capsule_ok_at(
+        &alone,
+        args![
+            "sign",
+            built,
+            "--key",
+            project.join("dev.key"),
+            "--output",
+            signed
+        ],
+        &cache,
+    );
+    let checked = capsule_ok_at(
+        &alone,
+        args!["check", "--config", project.join("capsule.toml")],
+        &cache,
+    );
+    assert!(checked.contains("signature: ok"), "{checked}");
+    (project, alone)
+}
+
+#[test]
+fn the_pipeline_stage_template_reshapes_a_record_under_its_policy() {
+    let work = temp_dir("template-stage");
+    let (project, alone) = template_project(&work, "demo-stage", "pipeline-stage");
+    let answer = capsule_ok_at(
+        &alone,
+        args![
+            "run",
+            "demo-stage",
+            "--config",
+            project.join("capsule.toml"),
+            "--op",
+            "process",
+            "--input",
+            r#"{"email":" Ada@Example.ORG ","name":"Ada   Lovelace"}"#
+        ],
+        &work.join("cache"),
+    );
+    let answer: Value = serde_json::from_str(answer.trim()).unwrap();
+    assert_eq!(
+        answer,
+        json!({"email": "ada@example.org", "name": "Ada Lovelace", "stages": ["demo-stage"]})
+    );
+}
+
+#[test]
+fn the_http_client_template_fetches_only_what_it_was_granted() {
+    use std::io::{Read, Write};
+    let work = temp_dir("template-http");
+    let (project, alone) = template_project(&work, "demo-fetch", "http-client");
+    // A one-shot HTTP server on loopback.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut request = [0u8; 4096];
+        let read = stream.read(&mut request).unwrap();
+        let line = String::from_utf8_lossy(&request[..read])
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\npong")
+            .unwrap();
+        line
+    });
+    let policy = project.join("capsule.toml");
+    let fetch = |extra: &[&str]| {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "run".into(),
+            "demo-fetch".into(),
+            "--config".into(),
+            policy.clone().into(),
+            "--op".into(),
+            "fetch".into(),
+            "--input".into(),
+            r#"{"path":"/ping"}"#.into(),
+            "--set".into(),
+            format!("base_url={origin}").into(),
+            "--json".into(),
+        ];
+        args.extend(extra.iter().map(std::ffi::OsString::from));
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        stdout_json(&capsule_at(&alone, &args, &work.join("cache")))
+    };
+    // The policy grants only api.example.com: loopback is denied.
+    let denied = fetch(&[]);
+    assert_eq!(denied["error"]["kind"], "plugin_error", "{denied}");
+    assert!(
+        denied["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("denied"),
+        "{denied}"
+    );
+    let fetched = fetch(&["--allow-http", &origin]);
+    assert_eq!(
+        fetched["output"],
+        json!({"status": 200, "body": "pong"}),
+        "{fetched}"
+    );
+    assert_eq!(server.join().unwrap(), "GET /ping HTTP/1.1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_consumer_template_counts_events_under_its_policy() {
+    let work = temp_dir("template-events");
+    let (project, _) = template_project(&work, "demo-consumer", "event-consumer");
+    let policy = capsule_host::Policy::load(&project.join("capsule.toml")).unwrap();
+    let host = capsule_host::HostBuilder::from_policy(&policy)
+        .build()
+        .unwrap();
+    assert!(host.load_policy(&policy).await.is_empty());
+    host.publish("orders.created", r#"{"id":7}"#).await.unwrap();
+    host.publish("orders.created", "not json").await.unwrap();
+    host.publish("invoices.paid", "{}").await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let quiet = host.status("demo-consumer").unwrap().queued_events == 0;
+        if quiet && !host.dead_letters().is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the events were not handled"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let count = host
+        .call(
+            "demo-consumer",
+            Request::new("count", r#"{"topic":"orders.created"}"#),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        count.response.payload,
+        br#"{"topic":"orders.created","count":1}"#
+    );
+    let dead = host.dead_letters();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0].reason.contains("not JSON"), "{}", dead[0].reason);
+    host.shutdown(std::time::Duration::from_secs(2)).await;
 }
 
 // ---------------------------------------------------------------------------

@@ -1,12 +1,14 @@
 //! `capsule new`: scaffold a plugin crate that builds on its own, outside this
-//! repository, with `cargo build` (wasm32-wasip2) or `cargo component build`.
+//! repository, with `cargo build` (wasm32-wasip2) or `cargo component build`,
+//! from one of a few templates, each with native tests against the SDK's
+//! `MockHost` and a policy (`capsule.toml`) granting what it needs.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use capsule_host::artifact::inspect::version_compatible;
 use capsule_host::{CONTRACT_PACKAGE, CONTRACT_VERSION};
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use crate::exit;
 
@@ -31,6 +33,51 @@ pub struct NewArgs {
     /// folder) by path instead of vendoring the SDK this `capsule` carries.
     #[arg(long, value_name = "PATH")]
     sdk: Option<PathBuf>,
+    /// What the plugin starts as.
+    #[arg(long, value_enum, default_value_t = Template::Handler)]
+    template: Template,
+}
+
+/// The starting points `capsule new` offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Template {
+    /// Answers requests: `greet`, with a config value.
+    Handler,
+    /// Receives events from subscribed topics and counts them in kv.
+    EventConsumer,
+    /// One stage of a pipeline: a JSON object in, reshaped out.
+    PipelineStage,
+    /// Calls an HTTP API it was granted, at a configured base URL.
+    HttpClient,
+}
+
+impl Template {
+    /// The plugin's `src/lib.rs`, its `capsule.toml` and the README's
+    /// commands to run it.
+    fn files(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Template::Handler => (
+                include_str!("templates/handler.rs"),
+                include_str!("templates/handler.toml"),
+                include_str!("templates/handler.md"),
+            ),
+            Template::EventConsumer => (
+                include_str!("templates/event-consumer.rs"),
+                include_str!("templates/event-consumer.toml"),
+                include_str!("templates/event-consumer.md"),
+            ),
+            Template::PipelineStage => (
+                include_str!("templates/pipeline-stage.rs"),
+                include_str!("templates/pipeline-stage.toml"),
+                include_str!("templates/pipeline-stage.md"),
+            ),
+            Template::HttpClient => (
+                include_str!("templates/http-client.rs"),
+                include_str!("templates/http-client.toml"),
+                include_str!("templates/http-client.md"),
+            ),
+        }
+    }
 }
 
 /// Runs `capsule new`.
@@ -54,7 +101,7 @@ pub fn new(args: NewArgs) -> ExitCode {
         );
     }
     let dest = args.path.join(&args.name);
-    let files = match render(&args.name, &sdk) {
+    let files = match render(&args.name, &sdk, args.template) {
         Ok(files) => files,
         Err(message) => return fail(exit::USAGE, "config", &message),
     };
@@ -91,10 +138,9 @@ pub fn new(args: NewArgs) -> ExitCode {
         "  capsule sign target/wasm32-wasip2/release/{crate_file}.wasm --key dev.key --output {}.wasm",
         args.name
     );
-    println!(
-        "  capsule run {}.wasm --trust dev.pub --op greet --input '{{\"name\":\"Ada\"}}'",
-        args.name
-    );
+    println!("  capsule check --config capsule.toml");
+    println!("  cargo test --target <host triple>   # natively, against the SDK's MockHost");
+    println!("then README.md shows how to run it.");
     exit::code(exit::OK)
 }
 
@@ -316,7 +362,7 @@ fn create(parent: &Path, dest: &Path, files: &[(String, String)]) -> Result<(), 
 }
 
 /// The scaffold's files, relative to its directory.
-fn render(name: &str, sdk: &Sdk) -> Result<Vec<(String, String)>, String> {
+fn render(name: &str, sdk: &Sdk, template: Template) -> Result<Vec<(String, String)>, String> {
     let sdk_comment = if sdk.vendored.is_empty() {
         "# The Capsule guest SDK, by path: the checkout named with `capsule new --sdk`."
     } else {
@@ -337,15 +383,17 @@ fn render(name: &str, sdk: &Sdk) -> Result<Vec<(String, String)>, String> {
             .replace("__SDK__", &sdk.describe)
             .replace("__CONTRACT__", &sdk.contract_version)
     };
+    let (lib, policy, usage) = template.files();
     let mut files: Vec<(String, String)> = [
         ("Cargo.toml", CARGO_TOML),
-        ("src/lib.rs", LIB_RS),
+        ("src/lib.rs", lib),
+        ("capsule.toml", policy),
         (".cargo/config.toml", CARGO_CONFIG),
         (".gitignore", GITIGNORE),
         ("README.md", README),
     ]
     .into_iter()
-    .map(|(path, template)| (path.to_owned(), fill(template)))
+    .map(|(path, text)| (path.to_owned(), fill(&text.replace("__USAGE__", usage))))
     .collect();
     files.extend(sdk.vendored.iter().cloned());
     Ok(files)
@@ -394,204 +442,13 @@ fn toml_string(text: &str) -> String {
     out
 }
 
-const CARGO_TOML: &str = r#"[package]
-name = "__NAME__"
-version = "0.1.0"
-edition = "2024"
-description = "A Capsule plugin"
-publish = false
+const CARGO_TOML: &str = include_str!("templates/Cargo.toml.tmpl");
 
-[lib]
-# A plugin is a library compiled to a WebAssembly component.
-crate-type = ["cdylib"]
+const CARGO_CONFIG: &str = include_str!("templates/cargo-config.toml");
 
-[dependencies]
-__SDK_COMMENT__
-capsule-guest = { path = __SDK_TOML__ }
-serde = { version = "1", features = ["derive"] }
+const GITIGNORE: &str = include_str!("templates/gitignore");
 
-[dev-dependencies]
-# `cargo test` runs the plugin natively against `capsule_guest::testing::MockHost`,
-# an in-process fake of every host service.
-capsule-guest = { path = __SDK_TOML__, features = ["testing"] }
-
-# For `cargo component build`: the world this plugin implements, read from a
-# local copy of the contract (capsule:plugin@__CONTRACT__), so nothing comes
-# from a component registry. cargo-component writes bindings for this world to
-# src/bindings.rs; the plugin uses the SDK's bindings instead, so that file is
-# unused and git-ignored.
-[package.metadata.component]
-target = { path = __WIT_TOML__, world = "plugin" }
-
-[profile.release]
-lto = true
-strip = "debuginfo"
-
-# This crate is a workspace of its own, even inside another project's folder.
-[workspace]
-"#;
-
-const LIB_RS: &str = r##"//! __NAME__: a Capsule plugin.
-//!
-//! - `greet` with `{"name": "Ada"}` answers `{"greeting": "Hello, Ada!"}`. The
-//!   operator can change the greeting word with the config value `greeting`.
-//! - Any other operation is answered with `PluginError::Unsupported`.
-
-use capsule_guest::{Plugin, PluginError, Request, Response, config, export_plugin, log};
-use serde::{Deserialize, Serialize};
-
-/// The input of `greet`.
-#[derive(Deserialize)]
-struct GreetIn {
-    name: String,
-}
-
-/// The output of `greet`.
-#[derive(Serialize)]
-struct GreetOut {
-    greeting: String,
-}
-
-fn greet(input: GreetIn) -> Result<GreetOut, PluginError> {
-    if input.name.trim().is_empty() {
-        return Err(PluginError::invalid_input("`name` must not be empty"));
-    }
-    // `?` turns a denied or failed host service into a `PluginError`.
-    let word = config::get("greeting")?.unwrap_or_else(|| "Hello".to_owned());
-    log::info!("greeting {}", input.name);
-    Ok(GreetOut {
-        greeting: format!("{word}, {}!", input.name),
-    })
-}
-
-struct __TYPE__;
-
-impl Plugin for __TYPE__ {
-    fn handle(request: Request) -> Result<Response, PluginError> {
-        request
-            .dispatch()
-            // JSON in, JSON out; a payload that does not parse as `GreetIn`
-            // is answered with `PluginError::InvalidInput`.
-            .json("greet", greet)
-            .finish()
-    }
-}
-
-export_plugin!(__TYPE__);
-
-// `cargo test --target <your host triple>` (see README.md) runs the plugin
-// natively against `MockHost`, a fake of every host service: grant it what
-// the test needs, call the plugin, assert on what it answered and logged.
-#[cfg(test)]
-mod tests {
-    use capsule_guest::testing::MockHost;
-
-    use super::*;
-
-    #[test]
-    fn greets_with_the_configured_word_and_logs_it() {
-        let host = MockHost::new().config("greeting", "Hej");
-        let answer = host
-            .call::<__TYPE__>(Request::new("greet", r#"{"name": "Ada"}"#))
-            .unwrap();
-        assert_eq!(answer.payload, br#"{"greeting":"Hej, Ada!"}"#);
-        assert_eq!(host.logs()[0].message, "greeting Ada");
-    }
-
-    #[test]
-    fn unknown_operations_are_unsupported() {
-        let answer = MockHost::new().call::<__TYPE__>(Request::new("nope", ""));
-        assert!(matches!(answer, Err(PluginError::Unsupported(_))));
-    }
-
-    #[test]
-    fn an_empty_name_is_invalid_input() {
-        let answer = MockHost::new().call::<__TYPE__>(Request::new("greet", r#"{"name": " "}"#));
-        assert!(matches!(answer, Err(PluginError::InvalidInput(_))));
-    }
-}
-"##;
-
-const CARGO_CONFIG: &str = r#"# `cargo build` builds this plugin as a WebAssembly component (WASI 0.2).
-# Install the target once with `rustup target add wasm32-wasip2`.
-#
-# `cargo component build` does not use this setting: it builds a wasm32-wasip1
-# core module and turns it into a component with the WASI preview 1 adapter.
-[build]
-target = "wasm32-wasip2"
-"#;
-
-const GITIGNORE: &str = r#"/target
-# Built and signed components, detached signatures and secret signing keys.
-*.wasm
-*.sig
-*.key
-# Written by `cargo component build`; this plugin uses the SDK's bindings.
-/src/bindings.rs
-"#;
-
-const README: &str = r#"# __NAME__
-
-A Capsule plugin, built against the contract `capsule:plugin@__CONTRACT__`
-with the guest SDK __SDK__.
-
-## Build
-
-With plain cargo (the target is set in `.cargo/config.toml`):
-
-```sh
-rustup target add wasm32-wasip2
-cargo build --release
-# -> target/wasm32-wasip2/release/__CRATE__.wasm
-```
-
-Or with [cargo-component](https://github.com/bytecodealliance/cargo-component)
-(`cargo install cargo-component --locked`), which reads the world from
-`[package.metadata.component]` in `Cargo.toml` and builds a wasm32-wasip1 core
-module made a component with the WASI preview 1 adapter:
-
-```sh
-rustup target add wasm32-wasip1
-cargo component build --release
-# -> target/wasm32-wasip1/release/__CRATE__.wasm
-```
-
-Both components behave the same; sign and run whichever you built (the
-commands below use the `cargo build` one).
-
-## Sign and run
-
-Capsule runs only plugins signed by a key it trusts; the same `capsule` that
-created this crate signs and runs it.
-
-```sh
-capsule keygen --out dev                     # dev.key (secret) and dev.pub
-capsule sign target/wasm32-wasip2/release/__CRATE__.wasm --key dev.key --output __NAME__.wasm
-capsule verify __NAME__.wasm --trust dev.pub
-capsule run __NAME__.wasm --trust dev.pub --op greet --input '{"name":"Ada"}'
-# {"greeting":"Hello, Ada!"}
-capsule run __NAME__.wasm --trust dev.pub --op greet --input '{"name":"Ada"}' \
-    --set greeting=Bonjour --json
-```
-
-`capsule inspect __NAME__.wasm` shows the contract version, imports and
-exports.
-
-## Test
-
-The plugin runs natively under `cargo test`, against `MockHost` (the SDK's
-`testing` feature): a fake of every host service, granted what each test
-grants it, refusing the rest the way Capsule does.
-
-```sh
-cargo test --target "$(rustc -vV | sed -n 's/^host: //p')"
-```
-
-Then in Capsule itself: `capsule run` with `--set KEY=VALUE` for
-config values, `--json` to see the output, logs, events and fuel used, and
-`--fuel`, `--memory`, `--timeout`, `--max-output` to try tighter limits. To run it under a policy with grants and limits, see the Capsule
-author guide (`docs/authoring.md` in the Capsule repository).
-"#;
+const README: &str = include_str!("templates/README.md");
 
 #[cfg(test)]
 mod tests {
@@ -657,7 +514,7 @@ mod tests {
             contract_version: "0.1.0".into(),
             describe: "at /opt".into(),
         };
-        let files = render("demo-plugin", &sdk).unwrap();
+        let files = render("demo-plugin", &sdk, Template::Handler).unwrap();
         let value = manifest_of(&files);
         assert_eq!(value["package"]["name"].as_str(), Some("demo-plugin"));
         assert_eq!(
@@ -686,7 +543,7 @@ mod tests {
     fn the_embedded_sdk_is_vendored_whole_with_a_standalone_manifest() {
         let sdk = Sdk::embedded().unwrap();
         assert_eq!(sdk.contract_version, CONTRACT_VERSION);
-        let files = render("demo-plugin", &sdk).unwrap();
+        let files = render("demo-plugin", &sdk, Template::Handler).unwrap();
         let value = manifest_of(&files);
         assert_eq!(
             value["dependencies"]["capsule-guest"]["path"].as_str(),
