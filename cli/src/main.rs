@@ -2,6 +2,7 @@
 //! subcommand parses its arguments, calls the library and prints.
 
 mod check;
+mod dev;
 mod exit;
 mod inspect;
 mod keys;
@@ -42,11 +43,13 @@ enum Command {
     Verify(keys::VerifyArgs),
     /// Create a new plugin crate that builds outside this repository.
     New(new::NewArgs),
+    /// Build, sign, serve and reload a plugin crate on every change.
+    Dev(dev::DevArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Serve(_)) {
+    if !matches!(cli.command, Command::Serve(_) | Command::Dev(_)) {
         end_quietly_on_closed_stdout();
     }
     init_tracing();
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         Command::Sign(args) => keys::sign(args),
         Command::Verify(args) => keys::verify(args),
         Command::New(args) => new::new(args),
+        Command::Dev(args) => dev::dev(args),
     }
 }
 

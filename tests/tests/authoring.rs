@@ -731,6 +731,162 @@ async fn the_event_consumer_template_counts_events_under_its_policy() {
 }
 
 // ---------------------------------------------------------------------------
+// capsule dev
+
+/// Lines a child prints, read on a thread, awaited with a deadline.
+struct Lines {
+    receiver: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Lines {
+    fn of(stream: impl std::io::Read + Send + 'static) -> Lines {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines {
+            receiver,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (up to `seconds`) for a line containing `needle`; returns it.
+    fn until(&mut self, needle: &str, seconds: u64) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.receiver.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line with {needle:?} in time; saw:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+}
+
+/// POSTs `body` to `path` on `address` and returns the response body.
+fn post(address: &str, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or(answer)
+}
+
+#[test]
+fn capsule_dev_rebuilds_resigns_and_reloads_on_every_change() {
+    let work = temp_dir("capsule-dev");
+    let bin = work.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let alone = bin.join(capsule_cli().file_name().unwrap());
+    std::fs::copy(capsule_cli(), &alone).unwrap();
+    capsule_ok_at(
+        &alone,
+        args!["new", "demo-dev", "--path", work],
+        &work.join("cache"),
+    );
+    let project = work.join("demo-dev");
+    let policy = project.join("capsule.toml");
+
+    let mut child = Command::new(&alone)
+        .args(["dev", "--config"])
+        .arg(&policy)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--op",
+            "greet",
+            "--input",
+            r#"{"name":"Ada"}"#,
+        ])
+        .current_dir(&project)
+        .env("CAPSULE_DEV_KEY", work.join("dev.key"))
+        .env("CAPSULE_CACHE_DIR", work.join("cache"))
+        .env("CARGO_TARGET_DIR", target_dir().join("authoring-dev"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = Lines::of(child.stdout.take().unwrap());
+    lines.until("created the dev key", 10);
+    let serving = lines.until("serving `demo-dev` on http://", 300);
+    let address = serving
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    lines.until(r#"greet → {"greeting":"Hello, Ada!"}"#, 30);
+    // The dev key is trusted by capsule dev alone: nothing was written into
+    // the project's policy or folder.
+    assert!(!project.join("dev.pub").exists());
+    assert!(
+        std::fs::read_to_string(&policy)
+            .unwrap()
+            .contains(r#"trusted_keys = ["dev.pub"]"#)
+    );
+
+    // A change to the code: rebuilt, re-signed, reloaded, called.
+    let lib = project.join("src/lib.rs");
+    let code = std::fs::read_to_string(&lib).unwrap();
+    std::fs::write(&lib, code.replace(r#""{word}, {}!""#, r#""{word}, {}!!""#)).unwrap();
+    lines.until("reloaded `demo-dev` (generation 1", 120);
+    lines.until(r#"greet → {"greeting":"Hello, Ada!!"}"#, 30);
+
+    // A change to the policy: the host restarts under it, on the same port.
+    let text = std::fs::read_to_string(&policy).unwrap();
+    std::fs::write(
+        &policy,
+        text.replace(r#"greeting = "Hello""#, r#"greeting = "Hej""#),
+    )
+    .unwrap();
+    lines.until("the policy changed", 120);
+    lines.until(&format!("serving `demo-dev` on http://{address}"), 30);
+    lines.until(r#"greet → {"greeting":"Hej, Ada!!"}"#, 30);
+
+    // A build error: reported, and the last good version keeps serving.
+    std::fs::write(&lib, format!("{}\nthis does not compile\n", code)).unwrap();
+    lines.until("keeps serving its previous version", 120);
+    assert_eq!(
+        post(
+            &address,
+            "/v1/plugins/demo-dev/call?op=greet",
+            r#"{"name":"Ada"}"#
+        ),
+        r#"{"greeting":"Hej, Ada!!"}"#
+    );
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    lines.until("stopped", 30);
+    assert!(child.wait().unwrap().success());
+}
+
+// ---------------------------------------------------------------------------
 // Contract versioning
 
 /// `bytes` with every `capsule:plugin[/item]@{from}` name rewritten to
