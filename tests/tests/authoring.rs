@@ -887,6 +887,200 @@ fn capsule_dev_rebuilds_resigns_and_reloads_on_every_change() {
 }
 
 // ---------------------------------------------------------------------------
+// docs/authoring.md is true (its Rust snippets are guest-sdk doctests)
+
+/// The fenced blocks of a markdown text: (language, body, the `## ` heading
+/// they are under).
+fn fenced_blocks(markdown: &str) -> Vec<(String, String, String)> {
+    let mut blocks = Vec::new();
+    let mut heading = String::new();
+    let mut open: Option<(String, String, usize)> = None;
+    for line in markdown.lines() {
+        let trimmed = line.trim_start();
+        match &mut open {
+            None if trimmed.starts_with("```") => {
+                let indent = line.len() - trimmed.len();
+                open = Some((trimmed[3..].trim().to_owned(), String::new(), indent));
+            }
+            None => {
+                if let Some(title) = line.strip_prefix("## ") {
+                    heading = title.to_owned();
+                }
+            }
+            Some((language, body, indent)) => {
+                if trimmed.starts_with("```") {
+                    blocks.push((
+                        std::mem::take(language),
+                        std::mem::take(body),
+                        heading.clone(),
+                    ));
+                    open = None;
+                } else {
+                    body.push_str(line.get(*indent..).unwrap_or(line.trim_start()));
+                    body.push('\n');
+                }
+            }
+        }
+    }
+    blocks
+}
+
+fn guide() -> String {
+    std::fs::read_to_string(root().join("docs/authoring.md")).unwrap()
+}
+
+/// Every TOML snippet of the guide is a policy (or, if it is one key, a
+/// plugin section's key) that Capsule accepts.
+#[test]
+fn the_guides_policy_snippets_parse_as_policies() {
+    let base = temp_dir("guide-policies");
+    let mut checked = 0;
+    for (language, body, heading) in fenced_blocks(&guide()) {
+        if language != "toml" {
+            continue;
+        }
+        let text = if body.contains("[plugins.") {
+            body.clone()
+        } else {
+            format!("[plugins.demo]\npath = \"demo-plugin.wasm\"\n{body}")
+        };
+        // What the policy names must exist, as it would next to a real one.
+        let table: toml::Table = text
+            .parse()
+            .unwrap_or_else(|err| panic!("{heading}: {err}"));
+        std::fs::write(base.join("demo-plugin.wasm"), b"").unwrap();
+        let public = SecretKey::generate().unwrap().public_key().to_pem();
+        for key in table
+            .get("host")
+            .and_then(|h| h.get("trusted_keys"))
+            .and_then(|k| k.as_array())
+            .into_iter()
+            .flatten()
+        {
+            std::fs::write(base.join(key.as_str().unwrap()), &public).unwrap();
+        }
+        for plugin in table["plugins"].as_table().unwrap().values() {
+            for mount in plugin
+                .get("files")
+                .and_then(|f| f.as_array())
+                .into_iter()
+                .flatten()
+            {
+                if mount.get("create").and_then(|c| c.as_bool()) != Some(true) {
+                    let dir = base.join(mount["host"].as_str().unwrap());
+                    std::fs::create_dir_all(dir).unwrap();
+                }
+            }
+        }
+        capsule_host::Policy::parse(&text, &base.join("capsule.toml"), &base)
+            .unwrap_or_else(|errors| panic!("the snippet under `{heading}`:\n{text}\n{errors}"));
+        checked += 1;
+    }
+    assert!(checked >= 8, "only {checked} policy snippets found");
+}
+
+/// The shell steps of sections 1–4, run in order as a new author would run
+/// them: `capsule` is a copy of the binary alone, HOME an empty folder.
+/// Comment lines starting with `# {` are the JSON the command before them
+/// prints. A ```toml block whose first line is `# FILE` is written to FILE.
+#[test]
+fn the_guides_first_steps_run_as_written() {
+    if !cargo_component_required() {
+        return;
+    }
+    let work = temp_dir("guide-steps");
+    let home = work.join("home");
+    let bin = work.join("bin");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy(capsule_cli(), bin.join(capsule_cli().file_name().unwrap())).unwrap();
+    // The real toolchain, wherever HOME points.
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cargo"));
+    let rustup_home = std::env::var_os("RUSTUP_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".rustup"));
+    let path = std::env::join_paths(std::iter::once(bin.clone()).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .unwrap();
+
+    let mut script = String::from("set -euo pipefail\n");
+    let mut expected = Vec::new();
+    let mut steps = 0;
+    for (language, body, heading) in fenced_blocks(&guide()) {
+        let section: u32 = heading
+            .split('.')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        if !(1..=4).contains(&section) {
+            continue;
+        }
+        match language.as_str() {
+            "sh" => {
+                for line in body.lines() {
+                    if let Some(json) = line.strip_prefix("# {") {
+                        // The command before prints this: compare its output.
+                        expected.push(format!("{{{json}"));
+                        script.push_str(&format!(
+                            "diff <(printf '%s\\n' \"$last\") <(printf '%s\\n' {:?})\n",
+                            format!("{{{json}")
+                        ));
+                    } else if line.starts_with('#') || line.trim().is_empty() {
+                    } else if line.starts_with("cd ") || line.starts_with("capsule keygen") {
+                        script.push_str(line);
+                        script.push('\n');
+                    } else {
+                        let command = line.split(" #").next().unwrap().trim_end();
+                        script.push_str(&format!("last=$({command})\nprintf '%s\\n' \"$last\"\n"));
+                        steps += 1;
+                    }
+                }
+                if body.contains("capsule new") {
+                    // Builds share this test suite's cargo cache folder; the
+                    // guide's `target/...` paths still hold.
+                    script.push_str(&format!(
+                        "ln -s {:?} target\n",
+                        target_dir().join("guide-steps").display().to_string()
+                    ));
+                }
+            }
+            "toml" => {
+                if let Some(file) = body.lines().next().and_then(|l| l.strip_prefix("# ")) {
+                    script.push_str(&format!(
+                        "cat > {file} <<'CAPSULE_EOF'\n{body}CAPSULE_EOF\n"
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(steps >= 8 && expected.len() >= 3, "{script}");
+    std::fs::create_dir_all(target_dir().join("guide-steps")).unwrap();
+    let output = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(&work)
+        .env_clear()
+        .env("PATH", path)
+        .env("HOME", &home)
+        .env("CARGO_HOME", cargo_home)
+        .env("RUSTUP_HOME", rustup_home)
+        .env("CARGO_TERM_COLOR", "never")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "the guide's steps failed ({}):\n{script}\n--- stdout\n{}\n--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+// ---------------------------------------------------------------------------
 // Contract versioning
 
 /// `bytes` with every `capsule:plugin[/item]@{from}` name rewritten to
