@@ -151,20 +151,20 @@ fn inspect_shows_contract_imports_and_exports() {
     let out = capsule(&["inspect", hello.to_str().unwrap(), "--json"]);
     assert!(out.status.success());
     let v = json(&out);
-    assert_eq!(v["contract_version"], "0.1.0");
+    assert_eq!(v["contract_version"], "0.2.0");
     let exports: Vec<_> = v["exports"]
         .as_array()
         .unwrap()
         .iter()
         .map(|e| e["name"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(exports, ["capsule:plugin/handler@0.1.0"]);
+    assert_eq!(exports, ["capsule:plugin/handler@0.2.0"]);
     assert!(
         v["imports"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|i| i["name"] == "capsule:plugin/log@0.1.0")
+            .any(|i| i["name"] == "capsule:plugin/log@0.2.0")
     );
 }
 
@@ -463,7 +463,7 @@ http = { allow = ["https://api.example.com"] }
         Some(0),
         "warnings alone do not fail: {stdout}"
     );
-    assert!(stdout.contains("capsule:plugin/kv@0.1.0"), "{stdout}");
+    assert!(stdout.contains("capsule:plugin/kv@0.2.0"), "{stdout}");
     assert!(stdout.contains("NOT GRANTED: needs `kv`"), "{stdout}");
     assert!(stdout.contains("grant `http`: UNUSED"), "{stdout}");
     assert!(stdout.contains("signature: ok"), "{stdout}");
@@ -490,7 +490,7 @@ http = { allow = ["https://api.example.com"] }
         .as_array()
         .unwrap()
         .iter()
-        .find(|i| i["import"] == "capsule:plugin/kv@0.1.0")
+        .find(|i| i["import"] == "capsule:plugin/kv@0.2.0")
         .unwrap();
     assert_eq!(kv["status"], "not_granted");
 }

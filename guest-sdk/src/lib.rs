@@ -111,7 +111,7 @@ pub const CONTRACT_WIT: &str = include_str!("../wit/plugin.wit");
 /// let package = format!("package capsule:plugin@{};", capsule_guest::CONTRACT_VERSION);
 /// assert!(capsule_guest::CONTRACT_WIT.contains(&package));
 /// ```
-pub const CONTRACT_VERSION: &str = "0.1.0";
+pub const CONTRACT_VERSION: &str = "0.2.0";
 
 /// What a plugin does. Every method except [`Plugin::handle`] has a default.
 ///

@@ -13,8 +13,7 @@ use wasmtime::{Engine, PoolConcurrencyLimitError, Store};
 
 use crate::artifact::ComponentSummary;
 use crate::contract::{
-    Event, EventOutcome, Guest, PluginBindings, PluginError, PluginInfo, PluginPre, Request,
-    Response,
+    Event, EventOutcome, Exports, PluginError, PluginInfo, PluginPre, Request, Response,
 };
 use crate::engine::Metering;
 use crate::error::{CallError, CallFailure, OutputStream};
@@ -71,7 +70,7 @@ pub(crate) trait Entry: Send {
     /// Calls the export on an instance.
     fn call<'a>(
         self,
-        handler: &'a Guest,
+        handler: &'a Exports,
         store: &'a mut Store<StoreState>,
     ) -> impl Future<Output = wasmtime::Result<Self::Output>> + Send + 'a;
 }
@@ -85,10 +84,10 @@ impl Entry for Describe {
 
     fn call<'a>(
         self,
-        handler: &'a Guest,
+        handler: &'a Exports,
         store: &'a mut Store<StoreState>,
     ) -> impl Future<Output = wasmtime::Result<PluginInfo>> + Send + 'a {
-        handler.call_describe(store)
+        handler.describe(store)
     }
 }
 
@@ -100,10 +99,10 @@ impl Entry for Handle {
 
     async fn call(
         self,
-        handler: &Guest,
+        handler: &Exports,
         store: &mut Store<StoreState>,
     ) -> wasmtime::Result<Self::Output> {
-        handler.call_handle(store, &self.0).await
+        handler.handle(store, &self.0).await
     }
 }
 
@@ -115,10 +114,10 @@ impl Entry for OnEvent {
 
     async fn call(
         self,
-        handler: &Guest,
+        handler: &Exports,
         store: &mut Store<StoreState>,
     ) -> wasmtime::Result<Self::Output> {
-        handler.call_on_event(store, &self.0).await
+        handler.on_event(store, &self.0).await
     }
 }
 
@@ -142,7 +141,7 @@ pub(crate) struct Delivered {
 /// calls it has served.
 struct Instance {
     store: Store<StoreState>,
-    bindings: PluginBindings,
+    bindings: Exports,
     sink: Arc<LogSink>,
     calls: u32,
     _live: LiveGuard,
@@ -188,8 +187,7 @@ impl Instance {
     }
 
     async fn invoke<E: Entry>(&mut self, entry: E) -> wasmtime::Result<E::Output> {
-        let handler = self.bindings.capsule_plugin_handler();
-        entry.call(handler, &mut self.store).await
+        entry.call(&self.bindings, &mut self.store).await
     }
 }
 
@@ -464,8 +462,7 @@ impl LoadedPlugin {
             .await
             .map_err(SetupError::Wasm)?;
         bindings
-            .capsule_plugin_handler()
-            .call_init(&mut store)
+            .init(&mut store)
             .await
             .map_err(SetupError::Wasm)?
             .map_err(SetupError::Init)?;
@@ -608,10 +605,9 @@ impl LoadedPlugin {
                 arm_deadline(&mut instance.store);
                 refuel(&mut instance.store, &limits);
                 instance.store.set_hostcall_fuel(limits.host_call_bytes());
-                let handler = instance.bindings.capsule_plugin_handler();
                 // The epoch callback stops guest code at `until`; this stops
                 // a `shutdown` blocked inside a host call.
-                let shutdown = handler.call_shutdown(&mut instance.store);
+                let shutdown = instance.bindings.shutdown(&mut instance.store);
                 match tokio::time::timeout_at(deadline, shutdown).await {
                     Ok(Ok(())) => true,
                     Ok(Err(_)) | Err(_) => false,

@@ -16,6 +16,7 @@ mod fs_escape;
 mod grants;
 mod handle_flood;
 mod hello;
+mod hello_v0_1;
 mod http_fetch;
 mod huge_output;
 mod ingest_enrich;
