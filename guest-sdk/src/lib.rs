@@ -61,6 +61,7 @@ pub mod events;
 pub mod http;
 pub mod kv;
 pub mod log;
+pub mod plugins;
 #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
 pub mod testing;
 

@@ -154,7 +154,9 @@ async fn load(context: &Loader, spec: PluginSpec) -> Result<Arc<LoadedPlugin>, L
         context.metering,
         Arc::clone(&context.pool_mates),
     );
-    let invoked = plugin.run(Describe).await;
+    let invoked = plugin
+        .run(Describe, crate::services::calls::CallScope::default())
+        .await;
     match invoked.result {
         Ok(info) if info.size() > MAX_DESCRIBE_BYTES => {
             return Err(fail(LoadFailure::InitFailed(Box::new(

@@ -213,7 +213,7 @@ impl Service for Events {
         })
     }
 
-    fn begin_call(state: &mut EventsState, limits: &Limits) {
+    fn begin_call(state: &mut EventsState, limits: &Limits, _scope: &super::calls::CallScope) {
         state.published.clear();
         state.budget = limits.max_response_bytes;
     }
