@@ -889,7 +889,7 @@ fn grants_can_be_given_on_the_command_line() {
     for (bad, says) in [
         (
             "nosuch=1",
-            "no service `nosuch` (services: log, config, env, kv, events, files, http)",
+            "no service `nosuch` (services: log, config, env, kv, events, files, http, calls)",
         ),
         ("kv={ max_keys = -1 }", "--grant kv:"),
     ] {
@@ -966,4 +966,73 @@ fn caller_and_plugin_text_cannot_forge_log_lines() {
             .any(|line| line.starts_with("ERROR capsule: forged")),
         "{stderr}"
     );
+}
+
+/// The composite router works through `capsule run` (which loads the
+/// callees from the policy), a pipeline and `capsule serve`; `capsule check`
+/// shows its call edges and flags one that reaches nothing.
+#[test]
+fn the_router_routes_through_run_serve_and_a_pipeline() {
+    let file = policy(
+        "router.toml",
+        r#"
+[host]
+trusted_keys = ["{key}"]
+
+[plugins.hello]
+path = "{plugins}/hello.wasm"
+config = { greeting = "Hej" }
+
+[plugins.thumbnail]
+path = "{plugins}/thumbnail.wasm"
+
+[plugins.router]
+path = "{plugins}/router.wasm"
+config = { routes = "greet=greeting,make=thumbnail" }
+calls = ["capability:greeting", "capability:thumbnail", "storage"]
+
+[pipelines.routed]
+stages = ["router"]
+"#,
+    );
+    let out = capsule(&[
+        "run",
+        "router",
+        "--config",
+        path_str(&file),
+        "--op",
+        "greet",
+        "--input",
+        r#"{"name":"Ada"}"#,
+        "--json",
+    ]);
+    let answer = json(&out);
+    assert_eq!(answer["output"]["greeting"], "Hej, Ada!", "{answer}");
+    assert!(answer["callee_fuel_used"].as_u64().unwrap() > 0, "{answer}");
+
+    let checked = capsule_command(&["check", "--config", path_str(&file)])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&checked.stdout);
+    assert!(stdout.contains("→ capability:thumbnail"), "{stdout}");
+    assert!(stdout.contains("→ storage  NOT IN THIS POLICY"), "{stdout}");
+
+    let server = ServeProcess::start(&file, &[]);
+    let (status, body) = server.http(
+        "POST",
+        "/v1/plugins/router/call?op=greet",
+        r#"{"name":"Bo"}"#,
+    );
+    assert_eq!((status, body.as_str()), (200, r#"{"greeting":"Hej, Bo!"}"#));
+    let (status, body) = server.http(
+        "POST",
+        "/v1/pipelines/routed/call?op=make",
+        r#"{"image":{"width":2,"height":1,"pixels":[7,9]},"max":1}"#,
+    );
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"width":1,"height":1,"pixels":[7]}"#)
+    );
+    let (code, _) = server.terminate();
+    assert_eq!(code, Some(0));
 }

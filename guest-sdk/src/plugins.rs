@@ -53,12 +53,21 @@ pub fn call_capability_json<In: Serialize + ?Sized, Out: DeserializeOwned>(
     input: &In,
 ) -> Result<Out, PluginError> {
     let request = json_request(operation, input)?;
-    decode(capability, operation, call_capability(capability, &request)?)
+    decode(
+        capability,
+        operation,
+        call_capability(capability, &request)?,
+    )
 }
 
-fn json_request<In: Serialize + ?Sized>(operation: &str, input: &In) -> Result<Request, PluginError> {
+fn json_request<In: Serialize + ?Sized>(
+    operation: &str,
+    input: &In,
+) -> Result<Request, PluginError> {
     let payload = serde_json::to_vec(input).map_err(|err| {
-        PluginError::Failed(format!("could not serialise the input of `{operation}`: {err}"))
+        PluginError::Failed(format!(
+            "could not serialise the input of `{operation}`: {err}"
+        ))
     })?;
     Ok(Request::new(operation, payload))
 }

@@ -743,7 +743,9 @@ mod tests {
                 Ok(Response::bytes((n * 2).to_string()))
             })
             .capability("doubling", "doubler");
-        let answer = host.call::<Everything>(Request::new("delegate", "")).unwrap();
+        let answer = host
+            .call::<Everything>(Request::new("delegate", ""))
+            .unwrap();
         assert_eq!(answer.payload, b"10");
         let targets: Vec<String> = host.calls().into_iter().map(|(t, _)| t).collect();
         assert_eq!(targets, ["math", "doubler"]);

@@ -22,6 +22,9 @@ pub(super) struct RawPolicy {
     pub(super) plugins: BTreeMap<Spanned<String>, RawPlugin>,
     #[serde(default)]
     pub(super) pipelines: BTreeMap<Spanned<String>, RawPipeline>,
+    /// `[capabilities]`: which plugin answers calls to a capability.
+    #[serde(default)]
+    pub(super) capabilities: BTreeMap<Spanned<String>, Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -17,9 +17,9 @@ use super::middleware::{CallContext, Middleware};
 use super::pipeline::PipelineError;
 use super::registry::Slot;
 use crate::contract::Request;
-use crate::services::calls::{CallScope, propagated};
 use crate::error::{CallError, CallFailure};
 use crate::outcome::CallOutcome;
+use crate::services::calls::{CallScope, propagated};
 use crate::text::log_field;
 
 /// What surrounds every call: the embedder's middleware and the metrics.
@@ -33,7 +33,8 @@ impl Host {
     /// at once. Events the plugin published during a successful call are put
     /// on the bus before this returns.
     pub async fn call(&self, plugin: &str, request: Request) -> Result<CallOutcome, CallError> {
-        self.call_scoped(plugin, request, CallScope::default()).await
+        self.call_scoped(plugin, request, CallScope::default())
+            .await
     }
 
     /// A call within `scope`: from the host (the default scope) or from

@@ -384,6 +384,9 @@ impl Host {
         for (name, stages) in &policy.pipelines {
             self.define_pipeline(name, stages.clone());
         }
+        for (capability, plugin) in &policy.capabilities {
+            self.pin_capability(capability, plugin);
+        }
         failures
     }
 

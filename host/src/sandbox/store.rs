@@ -15,8 +15,8 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use super::limiter::{DeadlineExceeded, MemoryLimiter};
 use crate::engine::Metering;
 use crate::limits::Limits;
-use crate::services::log::LogSink;
 use crate::services::calls::CallScope;
+use crate::services::log::LogSink;
 use crate::services::{Holds, PreparedGrants, Service, StoreContext, for_each_service, wasi};
 
 macro_rules! define_store {

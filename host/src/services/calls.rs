@@ -105,15 +105,22 @@ impl From<CallTarget> for String {
 /// Where a call sits in a chain of plugins calling plugins.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct CallScope {
-    /// The plugins that called, outermost first (empty when the host or an
-    /// embedder made the call).
-    pub(crate) chain: Arc<[Arc<str>]>,
+    /// The plugins that called, outermost first (`None` when the host or
+    /// an embedder made the call: no allocation on the common path).
+    pub(crate) chain: Option<Arc<[Arc<str>]>>,
     /// When the call must be done by: its own deadline, never later than
     /// its caller's.
     pub(crate) deadline: Option<Instant>,
     /// What the call hands on to the calls it makes (request id, trace
     /// context).
     pub(crate) propagated: Vec<(String, String)>,
+}
+
+impl CallScope {
+    /// The plugins that called, outermost first.
+    pub(crate) fn callers(&self) -> &[Arc<str>] {
+        self.chain.as_deref().unwrap_or(&[])
+    }
 }
 
 /// The metadata of `request` that calls hand on.
@@ -180,7 +187,7 @@ impl CallsState {
     /// Depth and fan-out, before anything is resolved.
     fn over_limits(&self) -> Option<wit::CallError> {
         // This plugin is at depth chain + 1; its callee one deeper.
-        let depth = self.scope.chain.len() as u64 + 2;
+        let depth = self.scope.callers().len() as u64 + 2;
         if depth > u64::from(self.max_depth) {
             return Some(wit::CallError::Refused(format!(
                 "the call would be {depth} plugins deep, over the limit of {} (`max_call_depth`)",
@@ -203,12 +210,12 @@ impl CallsState {
     ) -> Result<Response, wit::CallError> {
         let on_chain = self
             .scope
-            .chain
+            .callers()
             .iter()
             .chain(std::iter::once(&self.plugin))
             .any(|plugin| **plugin == *target);
         if on_chain {
-            let mut path: Vec<&str> = self.scope.chain.iter().map(|p| &**p).collect();
+            let mut path: Vec<&str> = self.scope.callers().iter().map(|p| &**p).collect();
             path.extend([&*self.plugin, &target]);
             return Err(wit::CallError::Refused(format!(
                 "a cycle: {}",
@@ -219,14 +226,16 @@ impl CallsState {
         request
             .metadata
             .retain(|(key, _)| key != CALLER_METADATA && !PROPAGATED.contains(&key.as_str()));
-        request.metadata.extend(self.scope.propagated.iter().cloned());
+        request
+            .metadata
+            .extend(self.scope.propagated.iter().cloned());
         request
             .metadata
             .push((CALLER_METADATA.to_owned(), self.plugin.to_string()));
-        let mut chain: Vec<Arc<str>> = self.scope.chain.to_vec();
+        let mut chain: Vec<Arc<str>> = self.scope.callers().to_vec();
         chain.push(Arc::clone(&self.plugin));
         let scope = CallScope {
-            chain: chain.into(),
+            chain: Some(chain.into()),
             deadline: self.scope.deadline,
             propagated: self.scope.propagated.clone(),
         };
@@ -256,11 +265,7 @@ impl CallsState {
 }
 
 impl interfaces_v0_2::plugins::Host for CallsState {
-    async fn call(
-        &mut self,
-        target: String,
-        request: Request,
-    ) -> Result<Response, wit::CallError> {
+    async fn call(&mut self, target: String, request: Request) -> Result<Response, wit::CallError> {
         if let Some(refused) = self.over_limits() {
             return Err(refused);
         }

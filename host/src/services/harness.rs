@@ -136,7 +136,11 @@ impl<S: Service> Harness<S> {
     pub(crate) fn begin_call(&mut self) {
         self.sink
             .begin_call(self.limits.max_log_bytes, self.limits.max_log_records);
-        S::begin_call(&mut self.state, &self.limits, &super::calls::CallScope::default());
+        S::begin_call(
+            &mut self.state,
+            &self.limits,
+            &super::calls::CallScope::default(),
+        );
     }
 
     /// Ends the call and hands back what it logged.

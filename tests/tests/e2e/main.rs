@@ -8,6 +8,7 @@ mod alloc_bomb;
 mod amplifier;
 mod bench_compute;
 mod bench_echo;
+mod call_bomb;
 mod deep_recursion;
 mod event_storm;
 mod file_reader;
@@ -28,12 +29,14 @@ mod malformed;
 mod order_audit;
 mod order_intake;
 mod panic;
+mod router;
 mod runtime;
 mod sandbox;
 mod signing;
 mod slow_host_calls;
 mod spin_loop;
 mod stubborn_shutdown;
+mod thumbnail;
 
 use capsule_host::Host;
 
