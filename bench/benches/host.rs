@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 
 use capsule_host::artifact::sections::{COMPONENT_HEADER, encode_custom};
 use capsule_host::artifact::signature;
+use capsule_host::services::calls::CallTarget;
 use capsule_host::{
-    EngineOptions, Host, HostBuilder, Limits, PluginSpec, PublicKey, Request, SecretKey,
+    EngineOptions, Grants, Host, HostBuilder, Limits, PluginSpec, PublicKey, Request, SecretKey,
 };
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
@@ -97,6 +98,20 @@ fn echo(c: &mut Criterion) {
             ..Limits::default()
         },
     );
+    // `relay` reaches the same echo through a plugin-to-plugin call.
+    let nested = host_with(&rt, builder(), "echo", "bench-echo", Limits::default());
+    rt.block_on(
+        nested.load(
+            PluginSpec::from_path(plugin("bench-echo"))
+                .with_name("relay")
+                .grants(Grants {
+                    calls: vec![CallTarget::parse("echo").unwrap()],
+                    ..Grants::default()
+                })
+                .config("relay_to", "echo"),
+        ),
+    )
+    .unwrap();
     let mut group = c.benchmark_group("echo");
     group.throughput(Throughput::Elements(1));
     group.bench_function("native", |b| {
@@ -106,6 +121,15 @@ fn echo(c: &mut Criterion) {
         b.to_async(&rt).iter(|| async {
             let outcome = warm
                 .call("echo", Request::new("echo", PAYLOAD.to_vec()))
+                .await
+                .unwrap();
+            black_box(outcome.response.payload)
+        });
+    });
+    group.bench_function("capsule_nested_warm", |b| {
+        b.to_async(&rt).iter(|| async {
+            let outcome = nested
+                .call("relay", Request::new("relay", PAYLOAD.to_vec()))
                 .await
                 .unwrap();
             black_box(outcome.response.payload)

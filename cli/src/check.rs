@@ -48,6 +48,7 @@ pub fn check(args: CheckArgs) -> ExitCode {
                 "contract_version": check.contract_version,
                 "imports": check.imports,
                 "unused_grants": check.unused_grants,
+                "calls": check.calls,
                 "warnings": check.warnings(),
             }))
             .collect();
@@ -124,5 +125,16 @@ fn print_check(check: &PluginCheck) {
     }
     for grant in &check.unused_grants {
         println!("  grant `{grant}`: UNUSED, no import of the plugin can use it");
+    }
+    if !check.calls.is_empty() {
+        println!("  calls:");
+        for edge in &check.calls {
+            let note = if edge.reaches {
+                ""
+            } else {
+                "  NOT IN THIS POLICY: calls will fail as unknown targets"
+            };
+            println!("    → {}{note}", edge.edge);
+        }
     }
 }

@@ -353,6 +353,26 @@ async fn call_once(args: RunArgs) -> ExitCode {
     if let Some(signature) = &args.signature {
         spec = spec.detached_signature(PluginSource::Path(signature.clone()));
     }
+    // A plugin that may call other plugins gets the rest of the policy
+    // loaded beside it, so its callees (and the providers of capabilities
+    // it calls) are there. They load first: a callee that fails to load is
+    // reported, and the call then meets `unknown-target`.
+    if !plugin.grants.calls.is_empty() {
+        let others: Vec<&String> = policy
+            .plugins
+            .keys()
+            .filter(|other| **other != name)
+            .collect();
+        for other in others {
+            let spec = PluginSpec::from_policy(&policy, other).expect("in the policy");
+            if let Err(err) = host.load(spec).await {
+                tracing::warn!("{err}");
+            }
+        }
+        for (capability, pinned) in &policy.capabilities {
+            host.pin_capability(capability, pinned);
+        }
+    }
     let name = match host.load(spec).await {
         Ok(details) => details.name,
         Err(err) => return load_error(&args, &err),
@@ -370,6 +390,7 @@ async fn call_once(args: RunArgs) -> ExitCode {
                     "error": Value::Null,
                     "duration_us": outcome.stats.duration.as_micros() as u64,
                     "fuel_used": outcome.stats.fuel_used,
+                    "callee_fuel_used": outcome.stats.callee_fuel,
                     "logs": logs_json(&outcome.logs),
                     "events": events_json(&outcome.events),
                 }));

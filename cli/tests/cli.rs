@@ -151,20 +151,20 @@ fn inspect_shows_contract_imports_and_exports() {
     let out = capsule(&["inspect", hello.to_str().unwrap(), "--json"]);
     assert!(out.status.success());
     let v = json(&out);
-    assert_eq!(v["contract_version"], "0.1.0");
+    assert_eq!(v["contract_version"], "0.2.0");
     let exports: Vec<_> = v["exports"]
         .as_array()
         .unwrap()
         .iter()
         .map(|e| e["name"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(exports, ["capsule:plugin/handler@0.1.0"]);
+    assert_eq!(exports, ["capsule:plugin/handler@0.2.0"]);
     assert!(
         v["imports"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|i| i["name"] == "capsule:plugin/log@0.1.0")
+            .any(|i| i["name"] == "capsule:plugin/log@0.2.0")
     );
 }
 
@@ -463,7 +463,7 @@ http = { allow = ["https://api.example.com"] }
         Some(0),
         "warnings alone do not fail: {stdout}"
     );
-    assert!(stdout.contains("capsule:plugin/kv@0.1.0"), "{stdout}");
+    assert!(stdout.contains("capsule:plugin/kv@0.2.0"), "{stdout}");
     assert!(stdout.contains("NOT GRANTED: needs `kv`"), "{stdout}");
     assert!(stdout.contains("grant `http`: UNUSED"), "{stdout}");
     assert!(stdout.contains("signature: ok"), "{stdout}");
@@ -490,7 +490,7 @@ http = { allow = ["https://api.example.com"] }
         .as_array()
         .unwrap()
         .iter()
-        .find(|i| i["import"] == "capsule:plugin/kv@0.1.0")
+        .find(|i| i["import"] == "capsule:plugin/kv@0.2.0")
         .unwrap();
     assert_eq!(kv["status"], "not_granted");
 }
@@ -889,7 +889,7 @@ fn grants_can_be_given_on_the_command_line() {
     for (bad, says) in [
         (
             "nosuch=1",
-            "no service `nosuch` (services: log, config, env, kv, events, files, http)",
+            "no service `nosuch` (services: log, config, env, kv, events, files, http, calls)",
         ),
         ("kv={ max_keys = -1 }", "--grant kv:"),
     ] {
@@ -966,4 +966,73 @@ fn caller_and_plugin_text_cannot_forge_log_lines() {
             .any(|line| line.starts_with("ERROR capsule: forged")),
         "{stderr}"
     );
+}
+
+/// The composite router works through `capsule run` (which loads the
+/// callees from the policy), a pipeline and `capsule serve`; `capsule check`
+/// shows its call edges and flags one that reaches nothing.
+#[test]
+fn the_router_routes_through_run_serve_and_a_pipeline() {
+    let file = policy(
+        "router.toml",
+        r#"
+[host]
+trusted_keys = ["{key}"]
+
+[plugins.hello]
+path = "{plugins}/hello.wasm"
+config = { greeting = "Hej" }
+
+[plugins.thumbnail]
+path = "{plugins}/thumbnail.wasm"
+
+[plugins.router]
+path = "{plugins}/router.wasm"
+config = { routes = "greet=greeting,make=thumbnail" }
+calls = ["capability:greeting", "capability:thumbnail", "storage"]
+
+[pipelines.routed]
+stages = ["router"]
+"#,
+    );
+    let out = capsule(&[
+        "run",
+        "router",
+        "--config",
+        path_str(&file),
+        "--op",
+        "greet",
+        "--input",
+        r#"{"name":"Ada"}"#,
+        "--json",
+    ]);
+    let answer = json(&out);
+    assert_eq!(answer["output"]["greeting"], "Hej, Ada!", "{answer}");
+    assert!(answer["callee_fuel_used"].as_u64().unwrap() > 0, "{answer}");
+
+    let checked = capsule_command(&["check", "--config", path_str(&file)])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&checked.stdout);
+    assert!(stdout.contains("→ capability:thumbnail"), "{stdout}");
+    assert!(stdout.contains("→ storage  NOT IN THIS POLICY"), "{stdout}");
+
+    let server = ServeProcess::start(&file, &[]);
+    let (status, body) = server.http(
+        "POST",
+        "/v1/plugins/router/call?op=greet",
+        r#"{"name":"Bo"}"#,
+    );
+    assert_eq!((status, body.as_str()), (200, r#"{"greeting":"Hej, Bo!"}"#));
+    let (status, body) = server.http(
+        "POST",
+        "/v1/pipelines/routed/call?op=make",
+        r#"{"image":{"width":2,"height":1,"pixels":[7,9]},"max":1}"#,
+    );
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"width":1,"height":1,"pixels":[7]}"#)
+    );
+    let (code, _) = server.terminate();
+    assert_eq!(code, Some(0));
 }

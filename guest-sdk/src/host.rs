@@ -44,6 +44,20 @@ mod routes {
     pub(crate) fn publish(topic: &str, payload: &[u8]) -> Result<(), ServiceError> {
         raw::events::publish(topic, payload)
     }
+
+    pub(crate) fn call(
+        target: &str,
+        request: &crate::Request,
+    ) -> Result<crate::Response, raw::plugins::CallError> {
+        raw::plugins::call(target, request)
+    }
+
+    pub(crate) fn call_capability(
+        capability: &str,
+        request: &crate::Request,
+    ) -> Result<crate::Response, raw::plugins::CallError> {
+        raw::plugins::call_capability(capability, request)
+    }
 }
 
 #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
@@ -86,6 +100,20 @@ mod routes {
 
     pub(crate) fn publish(topic: &str, payload: &[u8]) -> Result<(), ServiceError> {
         with_host(|host| host.publish(topic, payload))
+    }
+
+    pub(crate) fn call(
+        target: &str,
+        request: &crate::Request,
+    ) -> Result<crate::Response, crate::plugins::CallError> {
+        crate::testing::call(target, request)
+    }
+
+    pub(crate) fn call_capability(
+        capability: &str,
+        request: &crate::Request,
+    ) -> Result<crate::Response, crate::plugins::CallError> {
+        crate::testing::call_capability(capability, request)
     }
 }
 

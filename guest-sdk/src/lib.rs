@@ -61,6 +61,7 @@ pub mod events;
 pub mod http;
 pub mod kv;
 pub mod log;
+pub mod plugins;
 #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
 pub mod testing;
 
@@ -111,7 +112,7 @@ pub const CONTRACT_WIT: &str = include_str!("../wit/plugin.wit");
 /// let package = format!("package capsule:plugin@{};", capsule_guest::CONTRACT_VERSION);
 /// assert!(capsule_guest::CONTRACT_WIT.contains(&package));
 /// ```
-pub const CONTRACT_VERSION: &str = "0.1.0";
+pub const CONTRACT_VERSION: &str = "0.2.0";
 
 /// What a plugin does. Every method except [`Plugin::handle`] has a default.
 ///

@@ -45,6 +45,7 @@ use std::rc::Rc;
 
 use crate::http::{HttpError, HttpResponse};
 use crate::log::Level;
+use crate::plugins::CallError;
 use crate::{Event, EventOutcome, Plugin, PluginError, Request, Response, ServiceError};
 
 /// A host service a test can deny on demand with [`MockHost::deny`].
@@ -60,6 +61,8 @@ pub enum Service {
     Events,
     /// `http`.
     Http,
+    /// Calls to other plugins.
+    Plugins,
 }
 
 /// A kv namespace's quotas, as an operator grants them. The defaults are
@@ -119,6 +122,7 @@ pub struct HttpRequest {
 }
 
 type Responder = Box<dyn FnMut(&HttpRequest) -> Result<HttpResponse, HttpError>>;
+type Callee = Box<dyn FnMut(&Request) -> Result<Response, CallError>>;
 
 /// Capsule's per-call log budget: bytes (32 more per line) and lines.
 const LOG_BYTES: usize = 64 << 10;
@@ -147,6 +151,9 @@ pub(crate) struct State {
     call_published_bytes: usize,
     responder: Option<Responder>,
     requests: Vec<HttpRequest>,
+    callees: BTreeMap<String, Callee>,
+    capabilities: BTreeMap<String, String>,
+    calls: Vec<(String, Request)>,
 }
 
 /// An in-process stand-in for Capsule's host services. See the module docs.
@@ -231,6 +238,31 @@ impl MockHost {
         self
     }
 
+    /// Grants calls to plugin `name`, answered by `callee` (which may call
+    /// further plugins itself). Calls to plugins not given here are
+    /// denied, as Capsule denies edges it was not granted.
+    pub fn plugin(
+        self,
+        name: &str,
+        callee: impl FnMut(&Request) -> Result<Response, CallError> + 'static,
+    ) -> Self {
+        self.state
+            .borrow_mut()
+            .callees
+            .insert(name.to_owned(), Box::new(callee));
+        self
+    }
+
+    /// Makes plugin `name` (given with [`MockHost::plugin`]) the provider of
+    /// `capability` for `call_capability`.
+    pub fn capability(self, capability: &str, name: &str) -> Self {
+        self.state
+            .borrow_mut()
+            .capabilities
+            .insert(capability.to_owned(), name.to_owned());
+        self
+    }
+
     /// Denies `service` whatever else was granted: every call to it fails
     /// with [`ServiceError::Denied`] (for HTTP, [`HttpError::Denied`]).
     pub fn deny(self, service: Service) -> Self {
@@ -307,6 +339,12 @@ impl MockHost {
     /// Every key the kv namespace holds, in order.
     pub fn kv_keys(&self) -> Vec<String> {
         self.state.borrow().entries.keys().cloned().collect()
+    }
+
+    /// Every call the plugin made to another plugin: the target and the
+    /// request, in order.
+    pub fn calls(&self) -> Vec<(String, Request)> {
+        self.state.borrow().calls.clone()
     }
 
     /// Every HTTP request the plugin sent to the responder, in order.
@@ -490,6 +528,40 @@ impl State {
     }
 }
 
+/// A call to plugin `target`, answered by its callee closure. The closure
+/// runs with the host released, so it may use host services itself.
+pub(crate) fn call(target: &str, request: &Request) -> Result<Response, CallError> {
+    let callee = with_host(|host| {
+        if host.is_denied(Service::Plugins) {
+            return None;
+        }
+        host.calls.push((target.to_owned(), request.clone()));
+        host.callees.remove(target)
+    });
+    let Some(mut callee) = callee else {
+        return Err(CallError::Denied(format!(
+            "calling `{target}` (operation `{}`) was not granted to this plugin",
+            request.operation
+        )));
+    };
+    let answer = callee(request);
+    with_host(|host| {
+        host.callees.entry(target.to_owned()).or_insert(callee);
+    });
+    answer
+}
+
+/// A call to the provider of `capability`.
+pub(crate) fn call_capability(capability: &str, request: &Request) -> Result<Response, CallError> {
+    let provider = with_host(|host| host.capabilities.get(capability).cloned());
+    match provider {
+        Some(provider) => call(&provider, request),
+        None => Err(CallError::Denied(format!(
+            "calling a provider of `{capability}` was not granted to this plugin"
+        ))),
+    }
+}
+
 /// The kv namespace a mock grant stands for, in quota messages.
 const NAMESPACE: &str = "test";
 
@@ -543,7 +615,7 @@ fn matches(pattern: &str, topic: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config, events, http, kv, log};
+    use crate::{config, events, http, kv, log, plugins};
 
     struct Everything;
 
@@ -565,6 +637,11 @@ mod tests {
                 "fetch" => {
                     let response = http::get("https://api.example.com/x")?;
                     Ok(Response::bytes(response.body))
+                }
+                "delegate" => {
+                    let sum: i64 = plugins::call_json("math", "add", &[2, 3])?;
+                    let twice: i64 = plugins::call_capability_json("doubling", "double", &sum)?;
+                    Ok(Response::bytes(twice.to_string()))
                 }
                 "chatty" => {
                     for i in 0..LOG_LINES + 1 {
@@ -650,6 +727,37 @@ mod tests {
         assert_eq!(host.requests()[0].method, "GET");
         let err = MockHost::new()
             .call::<Everything>(Request::new("fetch", ""))
+            .unwrap_err();
+        assert!(matches!(err, PluginError::Denied(_)), "{err:?}");
+    }
+
+    #[test]
+    fn plugin_calls_are_answered_by_closures_and_denied_otherwise() {
+        let host = MockHost::new()
+            .plugin("math", |request| {
+                let [a, b]: [i64; 2] = serde_json::from_slice(&request.payload).unwrap();
+                Ok(Response::bytes((a + b).to_string()))
+            })
+            .plugin("doubler", |request| {
+                let n: i64 = serde_json::from_slice(&request.payload).unwrap();
+                Ok(Response::bytes((n * 2).to_string()))
+            })
+            .capability("doubling", "doubler");
+        let answer = host
+            .call::<Everything>(Request::new("delegate", ""))
+            .unwrap();
+        assert_eq!(answer.payload, b"10");
+        let targets: Vec<String> = host.calls().into_iter().map(|(t, _)| t).collect();
+        assert_eq!(targets, ["math", "doubler"]);
+
+        let err = MockHost::new()
+            .call::<Everything>(Request::new("delegate", ""))
+            .unwrap_err();
+        assert!(matches!(err, PluginError::Denied(_)), "{err:?}");
+        let err = host
+            .clone()
+            .deny(Service::Plugins)
+            .call::<Everything>(Request::new("delegate", ""))
             .unwrap_err();
         assert!(matches!(err, PluginError::Denied(_)), "{err:?}");
     }

@@ -9,7 +9,7 @@ use crate::artifact::inspect::{
 };
 use crate::artifact::signature::{self, SignatureError};
 use crate::artifact::{PublicKey, sha256_hex};
-use crate::contract::{CONTRACT_PACKAGE, CONTRACT_VERSION};
+use crate::contract::{CONTRACT_PACKAGE, served_contracts};
 use crate::error::{CallFailure, LoadFailure};
 use crate::input::ReadError;
 use crate::limits::Limits;
@@ -132,7 +132,8 @@ fn check_contract(summary: &ComponentSummary) -> Result<(), LoadFailure> {
     if !version_compatible(version) {
         return Err(LoadFailure::IncompatibleContract(format!(
             "the plugin was built for {CONTRACT_PACKAGE}@{version}, \
-             this host serves {CONTRACT_PACKAGE}@{CONTRACT_VERSION}"
+             this host serves {}",
+            served_contracts()
         )));
     }
     Ok(())
@@ -146,9 +147,9 @@ fn check_imports(summary: &ComponentSummary) -> Result<(), LoadFailure> {
             let version = import.version.as_deref().unwrap_or("none");
             if !services::is_served(import) || !version_compatible(version) {
                 return Err(LoadFailure::IncompatibleContract(format!(
-                    "the plugin imports `{}`, which {CONTRACT_PACKAGE}@{CONTRACT_VERSION} \
-                     does not provide",
-                    import.name
+                    "the plugin imports `{}`, which this host ({}) does not provide",
+                    import.name,
+                    served_contracts()
                 )));
             }
         } else if !services::is_served(import) {

@@ -54,6 +54,19 @@ pub struct PluginCheck {
     pub imports: Vec<ImportCheck>,
     /// Grants that no import of the plugin can use.
     pub unused_grants: Vec<String>,
+    /// The plugin's edges in the call graph (its `calls` grant) and what
+    /// each one reaches in this policy.
+    pub calls: Vec<CallEdge>,
+}
+
+/// One edge of the call graph.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallEdge {
+    /// The edge as granted: `storage`, `images:resize`, `capability:NAME`.
+    pub edge: String,
+    /// Whether the plugin it names is in the policy (always true for a
+    /// capability, whose providers are known once they load).
+    pub reaches: bool,
 }
 
 impl PluginCheck {
@@ -78,6 +91,12 @@ impl PluginCheck {
         warnings.extend(self.unused_grants.iter().map(|grant| {
             format!("the `{grant}` grant is unused: no import of the plugin can use it")
         }));
+        warnings.extend(self.calls.iter().filter(|edge| !edge.reaches).map(|edge| {
+            format!(
+                "the call edge `{}` names a plugin this policy does not load: its calls will fail as unknown targets",
+                edge.edge
+            )
+        }));
         warnings
     }
 }
@@ -97,7 +116,21 @@ pub fn check_policy(policy: &Policy) -> Vec<PluginCheck> {
     policy
         .plugins
         .iter()
-        .map(|(name, plugin)| check_plugin(name, plugin, &trust))
+        .map(|(name, plugin)| {
+            let mut check = check_plugin(name, plugin, &trust);
+            check.calls = plugin
+                .grants
+                .calls
+                .iter()
+                .map(|edge| CallEdge {
+                    edge: edge.to_string(),
+                    reaches: edge
+                        .plugin()
+                        .is_none_or(|callee| policy.plugins.contains_key(callee)),
+                })
+                .collect();
+            check
+        })
         .collect()
 }
 
@@ -110,6 +143,7 @@ fn check_plugin(name: &str, plugin: &PluginPolicy, trust: &TrustPolicy) -> Plugi
         contract_version: None,
         imports: Vec::new(),
         unused_grants: Vec::new(),
+        calls: Vec::new(),
     };
     let read = |path: &PathBuf, max_bytes| input::read_file(path, max_bytes).map_err(io_failure);
     let examined = read(&plugin.path, MAX_COMPONENT_BYTES).and_then(|bytes| {

@@ -48,8 +48,8 @@ pub mod units;
 pub use artifact::cache::{CacheError, CacheKey, CacheKeyError, CacheStats};
 pub use artifact::keys::{KeyError, KeyId, PublicKey, SecretKey};
 pub use contract::{
-    CONTRACT_PACKAGE, CONTRACT_VERSION, LogLevel, PluginError, PluginInfo, Request, Response,
-    ServiceError,
+    CONTRACT_PACKAGE, CONTRACT_VERSION, CONTRACT_VERSIONS, LogLevel, PluginError, PluginInfo,
+    Request, Response, ServiceError,
 };
 pub use contract::{Event, EventOutcome, ForwardedEvent};
 pub use engine::{AllocationMode, EngineOptions, PoolingOptions};

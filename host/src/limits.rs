@@ -52,6 +52,12 @@ pub struct Limits {
     /// Response metadata entries per call. Each entry also costs
     /// 32 (`METADATA_ENTRY_OVERHEAD`) bytes of the response budget.
     pub max_metadata_entries: usize,
+    /// Calls to other plugins one call may make (`plugins` service); more
+    /// are refused.
+    pub max_calls: u32,
+    /// How deep a chain of plugins calling plugins may get, counting the
+    /// first: a call that would go deeper is refused.
+    pub max_call_depth: u32,
 }
 
 /// Bytes of the log budget every log line costs on top of its text: the
@@ -151,6 +157,8 @@ impl Default for Limits {
             max_handles: 256,
             max_log_records: 512,
             max_metadata_entries: 64,
+            max_calls: 16,
+            max_call_depth: 8,
         }
     }
 }

@@ -32,6 +32,10 @@ pub struct CallStats {
     /// running out of fuel, which reports the whole budget): wasmtime cannot
     /// tell how much fuel an interrupted function had burned.
     pub fuel_used: Option<u64>,
+    /// Fuel the plugins this call called burned, in their own budgets (and
+    /// the plugins they called, transitively): reported apart from the
+    /// call's own `fuel_used`.
+    pub callee_fuel: u64,
     /// `log` calls refused because the per-call log budget was spent.
     pub logs_refused: usize,
     /// Whether the call ran on a fresh instance (instantiated and `init`ed

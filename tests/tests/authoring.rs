@@ -1129,9 +1129,9 @@ fn hello_for_contract(version: &str) -> (Vec<u8>, SecretKey) {
 
 #[tokio::test]
 async fn a_plugin_for_another_contract_track_is_refused_naming_both_versions() {
-    let (bytes, key) = hello_for_contract("0.2.0");
+    let (bytes, key) = hello_for_contract("0.3.0");
     let summary = capsule_host::artifact::inspect::inspect(&bytes).unwrap();
-    assert_eq!(summary.contract_version(), Some("0.2.0"));
+    assert_eq!(summary.contract_version(), Some("0.3.0"));
 
     let host = Host::builder().trust(key.public_key()).build().unwrap();
     let err = host
@@ -1141,21 +1141,23 @@ async fn a_plugin_for_another_contract_track_is_refused_naming_both_versions() {
     assert_eq!(err.kind(), ErrorKind::IncompatibleContract, "{err}");
     let message = err.to_string();
     assert!(
-        message.contains("capsule:plugin@0.2.0") && message.contains("capsule:plugin@0.1.0"),
+        message.contains("capsule:plugin@0.3.0")
+            && message.contains("capsule:plugin@0.2.0")
+            && message.contains("capsule:plugin@0.1.0"),
         "the error must name the plugin's and the host's versions: {message}"
     );
 
     // The CLI shows the version and refuses it with exit code 3.
     let work = temp_dir("authoring-contract");
     let cache = work.join("cache");
-    let path = work.join("hello-0.2.wasm");
+    let path = work.join("hello-0.3.wasm");
     std::fs::write(&path, &bytes).unwrap();
     std::fs::write(work.join("k.pub"), key.public_key().to_raw()).unwrap();
     let inspected = capsule(args!["inspect", path, "--json"], &cache);
     assert!(inspected.status.success());
-    assert_eq!(stdout_json(&inspected)["contract_version"], "0.2.0");
+    assert_eq!(stdout_json(&inspected)["contract_version"], "0.3.0");
     let text = capsule_ok(args!["inspect", path], &cache);
-    assert!(text.contains("contract:  capsule:plugin@0.2.0"), "{text}");
+    assert!(text.contains("contract:  capsule:plugin@0.3.0"), "{text}");
 
     let run = capsule(
         args![
@@ -1174,22 +1176,22 @@ async fn a_plugin_for_another_contract_track_is_refused_naming_both_versions() {
     assert_eq!(run["error"]["kind"], "incompatible_contract", "{run}");
     let message = run["error"]["message"].as_str().unwrap();
     assert!(
-        message.contains("0.2.0") && message.contains("0.1.0"),
+        message.contains("0.3.0") && message.contains("0.2.0"),
         "{message}"
     );
 }
 
 #[tokio::test]
 async fn a_plugin_for_a_newer_patch_of_the_contract_loads() {
-    // 0.1.9 is on the same track as 0.1.0: nothing it could use was removed
+    // 0.2.9 is on the same track as 0.2.0: nothing it could use was removed
     // or changed, so the host links it.
-    let (bytes, key) = hello_for_contract("0.1.9");
+    let (bytes, key) = hello_for_contract("0.2.9");
     let host = Host::builder().trust(key.public_key()).build().unwrap();
     let details = host
         .load(PluginSpec::from_bytes(HELLO, bytes))
         .await
         .unwrap_or_else(|err| panic!("{err}"));
-    assert_eq!(details.contract_version.as_deref(), Some("0.1.9"));
+    assert_eq!(details.contract_version.as_deref(), Some("0.2.9"));
     let outcome = host
         .call(HELLO, Request::new("greet", r#"{"name":"Ada"}"#))
         .await

@@ -246,6 +246,40 @@ pub fn run(workspace: &Workspace) -> Result<()> {
             Expect::SuccessWith(r#""reached_anything":false"#),
         ),
         Step::new(
+            "router routes `greet` to the plugin providing `greeting` (hello)",
+            &granted("router", "greet", r#"{"name":"Ada"}"#),
+            Expect::SuccessWith("Bonjour, Ada!"),
+        ),
+        Step::new(
+            "router routes `make` to `thumbnail`: a 4×2 image scaled to fit 2 pixels",
+            &granted(
+                "router",
+                "make",
+                r#"{"image":{"width":4,"height":2,"pixels":[0,1,2,3,10,11,12,13]},"max":2}"#,
+            ),
+            Expect::SuccessWith(r#""pixels":[0,2]"#),
+        ),
+        Step::new(
+            "router has a `shout` route, but no grant to call `shouting`: denied",
+            &granted("router", "shout", "{}"),
+            Expect::RefusedWith("plugin_error", "was not granted"),
+        ),
+        Step::new(
+            "call-bomb calls itself: refused as a cycle",
+            &granted("call-bomb", "recurse", "{}"),
+            Expect::SuccessWith("a cycle: call-bomb"),
+        ),
+        Step::new(
+            "call-bomb calls hello 40 times in one call: stopped at max_calls (16)",
+            &granted("call-bomb", "fanout", r#"{"target":"hello","times":40}"#),
+            Expect::SuccessWith(r#""made":16"#),
+        ),
+        Step::new(
+            "call-bomb calls a plugin it was not granted: denied",
+            &granted("call-bomb", "ungranted", r#"{"target":"kv-counter"}"#),
+            Expect::SuccessWith(r#""kind":"denied""#),
+        ),
+        Step::new(
             "spin-loop never returns: the 500 ms deadline stops it",
             &hostile("spin-loop", &["--timeout", "500ms", "--fuel", "none"]),
             Expect::Refused("timeout"),

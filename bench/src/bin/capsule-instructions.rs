@@ -20,8 +20,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use capsule_host::services::calls::CallTarget;
 use capsule_host::{
-    AllocationMode, EngineOptions, Host, Limits, PluginSpec, PoolingOptions, PublicKey, Request,
+    AllocationMode, EngineOptions, Grants, Host, Limits, PluginSpec, PoolingOptions, PublicKey,
+    Request,
 };
 use tokio::runtime::Runtime;
 
@@ -132,6 +134,25 @@ fn run() -> Result<(), String> {
             ..Limits::default()
         },
     )?;
+    // The same echo, reached through another plugin's call: `relay` calls
+    // `echo-warm` (its edge granted) and answers what it answered.
+    rt.block_on(
+        host.load(
+            PluginSpec::from_path(dir.join("bench-echo.wasm"))
+                .with_name("relay")
+                .grants(Grants {
+                    calls: vec![CallTarget::parse("echo-warm").map_err(|e| e.to_string())?],
+                    ..Grants::default()
+                })
+                .config("relay_to", "echo-warm")
+                .limits(Limits {
+                    recycle_after: u32::MAX,
+                    max_instances: 1,
+                    ..Limits::default()
+                }),
+        ),
+    )
+    .map_err(|err| format!("cannot load relay: {err}"))?;
     load(
         "compute",
         "bench-compute",
@@ -162,6 +183,15 @@ fn run() -> Result<(), String> {
             // sees the same slot reuse.
             calls: 32,
             warm_up: 32,
+        },
+        Measurement {
+            name: "echo_nested_warm",
+            plugin: "relay",
+            operation: "relay",
+            payload: PAYLOAD.to_vec(),
+            expect: PAYLOAD.to_vec(),
+            calls: 100,
+            warm_up: 100,
         },
         Measurement {
             name: "sieve",

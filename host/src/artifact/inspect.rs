@@ -4,7 +4,7 @@
 use serde::Serialize;
 use wasmparser::{Parser, Payload};
 
-use crate::contract::{CONTRACT_PACKAGE, CONTRACT_VERSION};
+use crate::contract::{CONTRACT_PACKAGE, CONTRACT_VERSIONS};
 
 /// One imported or exported item, split into package, item and version where
 /// the name has that shape (`wasi:cli/stdout@0.2.6`).
@@ -70,24 +70,33 @@ impl ComponentSummary {
             .and_then(|i| i.version.as_deref())
     }
 
-    /// Whether the component's contract version is on this host's
-    /// compatibility track: the same major version, or for 0.x the same minor
-    /// version. Whether every function it uses exists is then up to linking.
+    /// Whether the component's contract version is on one of this host's
+    /// compatibility tracks: the same major version, or for 0.x the same
+    /// minor version. Whether every function it uses exists is then up to
+    /// linking.
     pub fn contract_compatible(&self) -> bool {
         self.contract_version().is_some_and(version_compatible)
     }
 }
 
-/// Whether a plugin built against contract `version` runs on this host.
+/// Whether a plugin built against contract `version` runs on this host: it
+/// is on the track of one of [`CONTRACT_VERSIONS`].
 pub fn version_compatible(version: &str) -> bool {
-    let (Some(plugin), Some(host)) = (semver_parts(version), semver_parts(CONTRACT_VERSION)) else {
-        return false;
-    };
-    if host.0 == 0 {
-        plugin.0 == 0 && plugin.1 == host.1
-    } else {
-        plugin.0 == host.0
-    }
+    served_version(version).is_some()
+}
+
+/// The version this host serves on `version`'s track, if any.
+pub fn served_version(version: &str) -> Option<&'static str> {
+    let plugin = semver_parts(version)?;
+    CONTRACT_VERSIONS.iter().copied().find(|served| {
+        semver_parts(served).is_some_and(|host| {
+            if host.0 == 0 {
+                plugin.0 == 0 && plugin.1 == host.1
+            } else {
+                plugin.0 == host.0
+            }
+        })
+    })
 }
 
 fn semver_parts(version: &str) -> Option<(u64, u64, u64)> {
@@ -205,7 +214,10 @@ mod tests {
     #[test]
     fn contract_versions_follow_semver_for_zero_major() {
         assert!(version_compatible("0.1.0"));
-        assert!(!version_compatible("0.2.0"));
+        assert!(version_compatible("0.2.0"));
+        assert_eq!(served_version("0.1.7"), Some("0.1.0"));
+        assert_eq!(served_version("0.2.3"), Some("0.2.0"));
+        assert!(!version_compatible("0.3.0"));
         assert!(!version_compatible("1.0.0"));
         assert!(version_compatible("0.1.99"));
         assert!(!version_compatible("banana"));

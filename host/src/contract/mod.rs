@@ -1,15 +1,19 @@
 //! The `capsule:plugin` contract as seen from the host: one bindings module
-//! per contract version (`v0_1`, generated from the repository's `wit/`), so
-//! a later version can sit beside it; the version this host serves; and
-//! conveniences on the generated request/response types.
+//! per contract version (`v0_1` from the frozen `wit/v0.1/`, `v0_2` from
+//! `wit/`), the tracks this host serves, the one handle on a plugin's
+//! exports whatever its version, and conveniences on the request/response
+//! types (shared by every version).
 
 mod v0_1;
+mod v0_2;
 
-pub(crate) use v0_1::Plugin as PluginBindings;
-pub(crate) use v0_1::PluginPre;
+use wasmtime::Store;
+use wasmtime::component::InstancePre;
+
+/// The host-service imports of contract 0.1.
 pub(crate) use v0_1::capsule::plugin as interfaces;
-/// The generated handle on a plugin's `handler` export.
-pub(crate) use v0_1::exports::capsule::plugin::handler::Guest;
+/// The host-service imports of contract 0.2.
+pub(crate) use v0_2::capsule::plugin as interfaces_v0_2;
 
 /// The level of a plugin log line.
 pub use v0_1::capsule::plugin::log::Level as LogLevel;
@@ -33,8 +37,110 @@ pub use v0_1::capsule::plugin::types::ServiceError;
 /// The WIT package name of the contract.
 pub const CONTRACT_PACKAGE: &str = "capsule:plugin";
 
-/// The contract version this host implements.
-pub const CONTRACT_VERSION: &str = "0.1.0";
+/// The newest contract version this host implements: what the SDK builds
+/// against.
+pub const CONTRACT_VERSION: &str = "0.2.0";
+
+/// Every contract version this host implements, oldest first: a plugin built
+/// against any version on one of their tracks loads.
+pub const CONTRACT_VERSIONS: &[&str] = &["0.1.0", CONTRACT_VERSION];
+
+/// The contracts this host serves, for messages:
+/// `capsule:plugin@0.1.0 and capsule:plugin@0.2.0`.
+pub(crate) fn served_contracts() -> String {
+    let names: Vec<String> = CONTRACT_VERSIONS
+        .iter()
+        .map(|version| format!("{CONTRACT_PACKAGE}@{version}"))
+        .collect();
+    names.join(" and ")
+}
+
+/// A component's exports, pre-linked: instantiate it to get [`Exports`].
+pub(crate) enum PluginPre<T: 'static> {
+    V0_1(v0_1::PluginPre<T>),
+    V0_2(v0_2::PluginPre<T>),
+}
+
+impl<T: Send + 'static> PluginPre<T> {
+    /// The exports of a component built against contract `version` (its
+    /// track must be one this host serves).
+    pub(crate) fn new(instance: InstancePre<T>, version: &str) -> wasmtime::Result<Self> {
+        if version.starts_with("0.1.") {
+            Ok(PluginPre::V0_1(v0_1::PluginPre::new(instance)?))
+        } else {
+            Ok(PluginPre::V0_2(v0_2::PluginPre::new(instance)?))
+        }
+    }
+
+    /// A new instance in `store`.
+    pub(crate) async fn instantiate_async(
+        &self,
+        store: &mut Store<T>,
+    ) -> wasmtime::Result<Exports> {
+        Ok(match self {
+            PluginPre::V0_1(pre) => Exports::V0_1(pre.instantiate_async(store).await?),
+            PluginPre::V0_2(pre) => Exports::V0_2(pre.instantiate_async(store).await?),
+        })
+    }
+}
+
+/// One instance's `handler` export, whatever its contract version: the
+/// functions are the same and take and return the same types.
+pub(crate) enum Exports {
+    V0_1(v0_1::Plugin),
+    V0_2(v0_2::Plugin),
+}
+
+impl Exports {
+    pub(crate) async fn describe<T: Send>(
+        &self,
+        store: &mut Store<T>,
+    ) -> wasmtime::Result<PluginInfo> {
+        match self {
+            Exports::V0_1(e) => e.capsule_plugin_handler().call_describe(store).await,
+            Exports::V0_2(e) => e.capsule_plugin_handler().call_describe(store).await,
+        }
+    }
+
+    pub(crate) async fn init<T: Send>(
+        &self,
+        store: &mut Store<T>,
+    ) -> wasmtime::Result<Result<(), PluginError>> {
+        match self {
+            Exports::V0_1(e) => e.capsule_plugin_handler().call_init(store).await,
+            Exports::V0_2(e) => e.capsule_plugin_handler().call_init(store).await,
+        }
+    }
+
+    pub(crate) async fn handle<T: Send>(
+        &self,
+        store: &mut Store<T>,
+        request: &Request,
+    ) -> wasmtime::Result<Result<Response, PluginError>> {
+        match self {
+            Exports::V0_1(e) => e.capsule_plugin_handler().call_handle(store, request).await,
+            Exports::V0_2(e) => e.capsule_plugin_handler().call_handle(store, request).await,
+        }
+    }
+
+    pub(crate) async fn on_event<T: Send>(
+        &self,
+        store: &mut Store<T>,
+        event: &Event,
+    ) -> wasmtime::Result<Result<EventOutcome, PluginError>> {
+        match self {
+            Exports::V0_1(e) => e.capsule_plugin_handler().call_on_event(store, event).await,
+            Exports::V0_2(e) => e.capsule_plugin_handler().call_on_event(store, event).await,
+        }
+    }
+
+    pub(crate) async fn shutdown<T: Send>(&self, store: &mut Store<T>) -> wasmtime::Result<()> {
+        match self {
+            Exports::V0_1(e) => e.capsule_plugin_handler().call_shutdown(store).await,
+            Exports::V0_2(e) => e.capsule_plugin_handler().call_shutdown(store).await,
+        }
+    }
+}
 
 impl Request {
     /// A request for `operation` carrying `payload` and no metadata.
@@ -126,12 +232,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_version_served_is_the_one_in_wit() {
-        let wit = include_str!("../../../wit/plugin.wit");
-        let package = format!("package {CONTRACT_PACKAGE}@{CONTRACT_VERSION};");
-        assert!(
-            wit.lines().any(|line| line.trim() == package),
-            "wit/plugin.wit does not declare `{package}`"
-        );
+    fn the_versions_served_are_the_ones_in_wit() {
+        for (wit, version, file) in [
+            (
+                include_str!("../../../wit/plugin.wit"),
+                CONTRACT_VERSION,
+                "wit/plugin.wit",
+            ),
+            (
+                include_str!("../../../wit/v0.1/plugin.wit"),
+                CONTRACT_VERSIONS[0],
+                "wit/v0.1/plugin.wit",
+            ),
+        ] {
+            let package = format!("package {CONTRACT_PACKAGE}@{version};");
+            assert!(
+                wit.lines().any(|line| line.trim() == package),
+                "{file} does not declare `{package}`"
+            );
+        }
     }
 }

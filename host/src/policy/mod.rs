@@ -131,6 +131,9 @@ pub struct Policy {
     pub plugins: BTreeMap<String, PluginPolicy>,
     /// Pipelines by name: the plugins each one chains, in order.
     pub pipelines: BTreeMap<String, Vec<String>>,
+    /// `[capabilities]`: the plugin that answers `call-capability` for a
+    /// capability several plugins provide.
+    pub capabilities: BTreeMap<String, String>,
 }
 
 /// The `[host]` section.
@@ -317,6 +320,7 @@ impl Policy {
             host: raw::default_host(),
             plugins,
             pipelines: BTreeMap::new(),
+            capabilities: BTreeMap::new(),
         };
         let base = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
         Locator {
@@ -514,6 +518,18 @@ impl Locator<'_> {
             let stages = section.stages.iter().map(|s| s.get_ref().clone()).collect();
             pipelines.insert(name.get_ref().clone(), stages);
         }
+        let mut capabilities = BTreeMap::new();
+        for (capability, plugin) in &raw.capabilities {
+            let key = format!("capabilities.{}", capability.get_ref());
+            if !names.contains(plugin.get_ref()) {
+                self.error(
+                    plugin.span(),
+                    &key,
+                    format!("no plugin named `{}` in this policy", plugin.get_ref()),
+                );
+            }
+            capabilities.insert(capability.get_ref().clone(), plugin.get_ref().clone());
+        }
         if let Err(invalid) = validate::plugins_fit_pool(
             plugins
                 .iter()
@@ -536,6 +552,7 @@ impl Locator<'_> {
             host,
             plugins,
             pipelines,
+            capabilities,
         })
     }
 

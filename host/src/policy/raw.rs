@@ -22,6 +22,9 @@ pub(super) struct RawPolicy {
     pub(super) plugins: BTreeMap<Spanned<String>, RawPlugin>,
     #[serde(default)]
     pub(super) pipelines: BTreeMap<Spanned<String>, RawPipeline>,
+    /// `[capabilities]`: which plugin answers calls to a capability.
+    #[serde(default)]
+    pub(super) capabilities: BTreeMap<Spanned<String>, Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -232,6 +235,8 @@ pub(super) struct RawLimits {
     pub(super) max_handles: Option<usize>,
     pub(super) max_log_records: Option<usize>,
     pub(super) max_metadata_entries: Option<usize>,
+    pub(super) max_calls: Option<u32>,
+    pub(super) max_call_depth: Option<u32>,
 }
 
 impl RawLimits {
@@ -281,6 +286,12 @@ impl RawLimits {
         }
         if let Some(entries) = self.max_metadata_entries {
             limits.max_metadata_entries = entries;
+        }
+        if let Some(calls) = self.max_calls {
+            limits.max_calls = calls;
+        }
+        if let Some(depth) = self.max_call_depth {
+            limits.max_call_depth = depth;
         }
         limits
     }

@@ -65,6 +65,14 @@ pub fn limits(limits: &Limits) -> Result<(), Invalid> {
         1_000_000,
         "entries",
     )?;
+    range("max_calls", u64::from(limits.max_calls), 0, 1024, "calls")?;
+    range(
+        "max_call_depth",
+        u64::from(limits.max_call_depth),
+        1,
+        32,
+        "plugins",
+    )?;
     Ok(())
 }
 

@@ -19,6 +19,7 @@ use super::registry::Slot;
 use crate::contract::Request;
 use crate::error::{CallError, CallFailure};
 use crate::outcome::CallOutcome;
+use crate::services::calls::{CallScope, propagated};
 use crate::text::log_field;
 
 /// What surrounds every call: the embedder's middleware and the metrics.
@@ -32,6 +33,18 @@ impl Host {
     /// at once. Events the plugin published during a successful call are put
     /// on the bus before this returns.
     pub async fn call(&self, plugin: &str, request: Request) -> Result<CallOutcome, CallError> {
+        self.call_scoped(plugin, request, CallScope::default())
+            .await
+    }
+
+    /// A call within `scope`: from the host (the default scope) or from
+    /// another plugin through the `calls` service.
+    pub(crate) async fn call_scoped(
+        &self,
+        plugin: &str,
+        request: Request,
+        scope: CallScope,
+    ) -> Result<CallOutcome, CallError> {
         // Both come from the caller: escaped and truncated for the log.
         let span = tracing::info_span!(
             "plugin_call",
@@ -42,19 +55,26 @@ impl Host {
             fuel = tracing::field::Empty,
             request_id = tracing::field::Empty,
         );
-        self.call_in_span(plugin, request).instrument(span).await
+        self.call_in_span(plugin, request, scope)
+            .instrument(span)
+            .await
     }
 
-    async fn call_in_span(&self, plugin: &str, request: Request) -> Result<CallOutcome, CallError> {
+    async fn call_in_span(
+        &self,
+        plugin: &str,
+        request: Request,
+        scope: CallScope,
+    ) -> Result<CallOutcome, CallError> {
         let Some(slot) = self.slot(plugin) else {
             return Err(CallError::new(plugin, CallFailure::UnknownPlugin));
         };
         // The request is kept for the middleware's `after`/`on-error` hooks
         // only when there are hooks to run.
         let (result, kept) = if self.inner.dispatch.middleware.is_empty() {
-            (self.call_slot(&slot, request).await, None)
+            (self.call_slot(&slot, request, scope).await, None)
         } else {
-            self.call_with_middleware(&slot, request).await
+            self.call_with_middleware(&slot, request, scope).await
         };
         let (outcome, stats) = match &result {
             Ok(outcome) => ("ok", &outcome.stats),
@@ -113,6 +133,7 @@ impl Host {
         &self,
         slot: &Slot,
         mut request: Request,
+        scope: CallScope,
     ) -> (Result<CallOutcome, CallError>, Option<Request>) {
         let started = Instant::now();
         for middleware in &self.inner.dispatch.middleware {
@@ -126,12 +147,17 @@ impl Host {
                 return (Err(err), Some(request));
             }
         }
-        let result = self.call_slot(slot, request.clone()).await;
+        let result = self.call_slot(slot, request.clone(), scope).await;
         (result, Some(request))
     }
 
     /// The call itself: pause and circuit checks, then the current version.
-    async fn call_slot(&self, slot: &Slot, request: Request) -> Result<CallOutcome, CallError> {
+    async fn call_slot(
+        &self,
+        slot: &Slot,
+        request: Request,
+        scope: CallScope,
+    ) -> Result<CallOutcome, CallError> {
         let fail = |cause| CallError::new(slot.name.to_string(), cause);
         if slot.paused.load(Ordering::Acquire) {
             return Err(fail(CallFailure::Paused));
@@ -146,7 +172,13 @@ impl Host {
                 return Err(fail(CallFailure::CircuitOpen { retry_in }));
             }
         };
-        let result = current.call(request).await;
+        // What the call hands on to the plugins it calls, after the
+        // middleware (which may have given it a request id).
+        let scope = CallScope {
+            propagated: propagated(&request),
+            ..scope
+        };
+        let result = current.call(request, scope).await;
         ticket.record(
             result.as_ref().map(|_| ()).map_err(CallError::kind),
             limits.circuit_failures,

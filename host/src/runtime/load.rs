@@ -11,7 +11,7 @@ use wasmtime::component::{Component, Linker};
 use crate::admission::{Examined, TrustPolicy, check_memory, examine, io_failure};
 use crate::artifact::cache::CompileCache;
 use crate::bounds::plugin_name;
-use crate::contract::{CONTRACT_VERSION, PluginInfo, PluginPre};
+use crate::contract::{PluginInfo, PluginPre};
 use crate::engine::{AllocationMode, Metering, PoolingOptions};
 use crate::error::{CallFailure, LoadError, LoadFailure, OutputStream};
 use crate::input::{self, MAX_COMPONENT_BYTES, MAX_SIGNATURE_BYTES};
@@ -116,9 +116,11 @@ async fn load(context: &Loader, spec: PluginSpec) -> Result<Arc<LoadedPlugin>, L
         .linker
         .instantiate_pre(&component)
         .map_err(|err| fail(LoadFailure::IncompatibleContract(chain(&err))))?;
-    let pre = PluginPre::new(instance_pre).map_err(|err| {
+    // Admission checked that the handler's version is on a served track.
+    let version = summary.contract_version().unwrap_or_default().to_owned();
+    let pre = PluginPre::new(instance_pre, &version).map_err(|err| {
         fail(LoadFailure::IncompatibleContract(format!(
-            "the `handler` export does not match contract {CONTRACT_VERSION}: {}",
+            "the `handler` export does not match contract {version}: {}",
             chain(&err)
         )))
     })?;
@@ -152,7 +154,9 @@ async fn load(context: &Loader, spec: PluginSpec) -> Result<Arc<LoadedPlugin>, L
         context.metering,
         Arc::clone(&context.pool_mates),
     );
-    let invoked = plugin.run(Describe).await;
+    let invoked = plugin
+        .run(Describe, crate::services::calls::CallScope::default())
+        .await;
     match invoked.result {
         Ok(info) if info.size() > MAX_DESCRIBE_BYTES => {
             return Err(fail(LoadFailure::InitFailed(Box::new(

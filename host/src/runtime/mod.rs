@@ -8,6 +8,7 @@ mod delivery;
 pub(crate) mod load;
 mod metrics;
 mod middleware;
+mod nested;
 mod pipeline;
 mod plugin;
 mod queue;
@@ -257,7 +258,7 @@ impl HostBuilder {
             tracing::warn!("this host loads plugins without a valid trusted signature");
         }
         Ok(Host {
-            inner: Arc::new(HostInner {
+            inner: Arc::new_cyclic(|inner| HostInner {
                 loader: Loader {
                     engine,
                     linker,
@@ -266,7 +267,10 @@ impl HostBuilder {
                     default_limits: self.default_limits,
                     trust: self.trust,
                     cache,
-                    services: HostShared { kv_store },
+                    services: HostShared {
+                        kv_store,
+                        caller: Arc::new(nested::HostCaller(inner.clone())),
+                    },
                     persistent_kv: self.data_dir.is_some(),
                     metering: self.engine.metering(),
                     pool_mates: Arc::default(),
@@ -379,6 +383,9 @@ impl Host {
         }
         for (name, stages) in &policy.pipelines {
             self.define_pipeline(name, stages.clone());
+        }
+        for (capability, plugin) in &policy.capabilities {
+            self.pin_capability(capability, plugin);
         }
         failures
     }

@@ -13,8 +13,7 @@ use wasmtime::{Engine, PoolConcurrencyLimitError, Store};
 
 use crate::artifact::ComponentSummary;
 use crate::contract::{
-    Event, EventOutcome, Guest, PluginBindings, PluginError, PluginInfo, PluginPre, Request,
-    Response,
+    Event, EventOutcome, Exports, PluginError, PluginInfo, PluginPre, Request, Response,
 };
 use crate::engine::Metering;
 use crate::error::{CallError, CallFailure, OutputStream};
@@ -22,6 +21,7 @@ use crate::limits::{Limits, MAX_DESCRIBE_BYTES};
 use crate::outcome::{CallOutcome, CallStats, LogRecord, PublishedEvent};
 use crate::sandbox::classify::{FailureContext, classify};
 use crate::sandbox::store::{StoreSetup, StoreState, arm_deadline, fuel_used, new_store, refuel};
+use crate::services::calls::CallScope;
 use crate::services::log::LogSink;
 use crate::services::{Grants, PreparedGrants};
 
@@ -71,7 +71,7 @@ pub(crate) trait Entry: Send {
     /// Calls the export on an instance.
     fn call<'a>(
         self,
-        handler: &'a Guest,
+        handler: &'a Exports,
         store: &'a mut Store<StoreState>,
     ) -> impl Future<Output = wasmtime::Result<Self::Output>> + Send + 'a;
 }
@@ -85,10 +85,10 @@ impl Entry for Describe {
 
     fn call<'a>(
         self,
-        handler: &'a Guest,
+        handler: &'a Exports,
         store: &'a mut Store<StoreState>,
     ) -> impl Future<Output = wasmtime::Result<PluginInfo>> + Send + 'a {
-        handler.call_describe(store)
+        handler.describe(store)
     }
 }
 
@@ -100,10 +100,10 @@ impl Entry for Handle {
 
     async fn call(
         self,
-        handler: &Guest,
+        handler: &Exports,
         store: &mut Store<StoreState>,
     ) -> wasmtime::Result<Self::Output> {
-        handler.call_handle(store, &self.0).await
+        handler.handle(store, &self.0).await
     }
 }
 
@@ -115,10 +115,10 @@ impl Entry for OnEvent {
 
     async fn call(
         self,
-        handler: &Guest,
+        handler: &Exports,
         store: &mut Store<StoreState>,
     ) -> wasmtime::Result<Self::Output> {
-        handler.call_on_event(store, &self.0).await
+        handler.on_event(store, &self.0).await
     }
 }
 
@@ -142,7 +142,7 @@ pub(crate) struct Delivered {
 /// calls it has served.
 struct Instance {
     store: Store<StoreState>,
-    bindings: PluginBindings,
+    bindings: Exports,
     sink: Arc<LogSink>,
     calls: u32,
     _live: LiveGuard,
@@ -178,18 +178,17 @@ enum SetupError {
 impl Instance {
     /// Resets the per-call state: fuel, deadline, log budget, event list,
     /// HTTP request count, and the bytes a host call may hand the host.
-    fn prepare(&mut self, limits: &Limits, deadline: Instant) {
+    fn prepare(&mut self, limits: &Limits, scope: &CallScope, deadline: Instant) {
         refuel(&mut self.store, limits);
         arm_deadline(&mut self.store);
         self.store.set_hostcall_fuel(limits.host_call_bytes());
         let state = self.store.data_mut();
         state.deadline = deadline;
-        state.begin_call(limits);
+        state.begin_call(limits, scope);
     }
 
     async fn invoke<E: Entry>(&mut self, entry: E) -> wasmtime::Result<E::Output> {
-        let handler = self.bindings.capsule_plugin_handler();
-        entry.call(handler, &mut self.store).await
+        entry.call(&self.bindings, &mut self.store).await
     }
 }
 
@@ -290,7 +289,11 @@ impl LoadedPlugin {
     }
 
     /// Serves one request.
-    pub(crate) async fn call(&self, request: Request) -> Result<CallOutcome, CallError> {
+    pub(crate) async fn call(
+        &self,
+        request: Request,
+        scope: CallScope,
+    ) -> Result<CallOutcome, CallError> {
         let limits = self.limits();
         let size = request.size();
         if size > limits.max_request_bytes {
@@ -300,7 +303,7 @@ impl LoadedPlugin {
             }));
         }
         let _slot = self.admit().await.map_err(|cause| self.error(cause))?;
-        let invoked = self.run(Handle(request)).await;
+        let invoked = self.run(Handle(request), scope).await;
         let failure = match invoked.result {
             Ok(Ok(response)) => match self.check_response(&response) {
                 Ok(()) => {
@@ -367,7 +370,8 @@ impl LoadedPlugin {
                 };
             }
         };
-        let invoked = self.run(OnEvent(event)).await;
+        let scope = CallScope::default();
+        let invoked = self.run(OnEvent(event), scope).await;
         let outcome = match invoked.result {
             Ok(Ok(outcome)) => self.check_event_outcome(outcome),
             Ok(Err(plugin_error)) => Err(self.plugin_failure(plugin_error)),
@@ -464,8 +468,7 @@ impl LoadedPlugin {
             .await
             .map_err(SetupError::Wasm)?;
         bindings
-            .capsule_plugin_handler()
-            .call_init(&mut store)
+            .init(&mut store)
             .await
             .map_err(SetupError::Wasm)?
             .map_err(SetupError::Init)?;
@@ -480,10 +483,19 @@ impl LoadedPlugin {
 
     /// Runs one export on a warm instance, or on a fresh one, under the
     /// plugin's deadline. A trapped or timed-out instance is dropped.
-    pub(crate) async fn run<E: Entry>(&self, entry: E) -> Invoked<E::Output> {
+    pub(crate) async fn run<E: Entry>(&self, entry: E, scope: CallScope) -> Invoked<E::Output> {
         let limits = self.limits();
         let started = Instant::now();
-        let deadline = started + limits.timeout;
+        // A call made by another plugin ends by its caller's deadline.
+        let deadline = match scope.deadline {
+            Some(caller) => caller.min(started + limits.timeout),
+            None => started + limits.timeout,
+        };
+        let allowed = deadline.saturating_duration_since(started);
+        let scope = CallScope {
+            deadline: Some(deadline),
+            ..scope
+        };
         let pooled = self.take_idle();
         let fresh = pooled.is_none();
         // `describe` at load is not a call; it does not count toward
@@ -514,17 +526,20 @@ impl LoadedPlugin {
                     other => other?,
                 },
             };
-            instance.prepare(limits, deadline);
+            instance.prepare(limits, &scope, deadline);
             let result = instance.invoke(entry).await;
             Ok::<_, SetupError>((instance, result))
         };
         // The epoch callback stops guest code at the deadline; this outer
         // timeout also bounds time spent blocked inside host calls. Dropping
         // the future drops the instance with it.
-        let (result, fuel, events) = match tokio::time::timeout(limits.timeout, work).await {
+        let mut callee_fuel = 0;
+        let (result, fuel, events) = match tokio::time::timeout(allowed, work).await {
             Ok(Ok((mut instance, Ok(returned)))) => {
                 let fuel = fuel_used(&instance.store, limits);
-                let events = std::mem::take(&mut instance.store.data_mut().events.published);
+                let state = instance.store.data_mut();
+                let events = std::mem::take(&mut state.events.published);
+                callee_fuel = state.calls.callee_fuel;
                 instance.calls += u32::from(counts);
                 self.recycle(instance);
                 (Ok(returned), fuel, events)
@@ -538,9 +553,7 @@ impl LoadedPlugin {
             Ok(Err(SetupError::Init(err))) => (Err(init_failed(err)), None, Vec::new()),
             Ok(Err(SetupError::Host(reason))) => (Err(CallFailure::Host(reason)), None, Vec::new()),
             Err(_elapsed) => (
-                Err(CallFailure::Timeout {
-                    limit: limits.timeout,
-                }),
+                Err(CallFailure::Timeout { limit: allowed }),
                 None,
                 Vec::new(),
             ),
@@ -560,6 +573,7 @@ impl LoadedPlugin {
             stats: CallStats {
                 duration: started.elapsed(),
                 fuel_used: fuel,
+                callee_fuel,
                 logs_refused: log.refused,
                 fresh_instance: fresh,
             },
@@ -608,10 +622,9 @@ impl LoadedPlugin {
                 arm_deadline(&mut instance.store);
                 refuel(&mut instance.store, &limits);
                 instance.store.set_hostcall_fuel(limits.host_call_bytes());
-                let handler = instance.bindings.capsule_plugin_handler();
                 // The epoch callback stops guest code at `until`; this stops
                 // a `shutdown` blocked inside a host call.
-                let shutdown = handler.call_shutdown(&mut instance.store);
+                let shutdown = instance.bindings.shutdown(&mut instance.store);
                 match tokio::time::timeout_at(deadline, shutdown).await {
                     Ok(Ok(())) => true,
                     Ok(Err(_)) | Err(_) => false,

@@ -123,6 +123,9 @@ pub(crate) struct Registry {
     pub(crate) plugins: ArcSwap<BTreeMap<String, Arc<Slot>>>,
     pub(crate) writer: Mutex<()>,
     pub(crate) pipelines: std::sync::RwLock<BTreeMap<String, super::Pipeline>>,
+    /// Which plugin answers `call-capability` for a capability several
+    /// plugins provide.
+    pub(crate) pins: std::sync::RwLock<BTreeMap<String, String>>,
 }
 
 /// How long a retired version's idle instances get to run `shutdown`.
@@ -150,6 +153,28 @@ impl Host {
     /// Version, state and instances of every plugin, by name.
     pub fn statuses(&self) -> Vec<PluginStatus> {
         self.slots().iter().map(|slot| slot.status()).collect()
+    }
+
+    /// Makes `plugin` the one that answers calls to `capability` when
+    /// several loaded plugins provide it (the policy's `[capabilities]`).
+    pub fn pin_capability(&self, capability: &str, plugin: &str) {
+        self.inner
+            .registry
+            .pins
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(capability.to_owned(), plugin.to_owned());
+    }
+
+    /// The plugin pinned for `capability`, if any.
+    pub(crate) fn pinned(&self, capability: &str) -> Option<String> {
+        self.inner
+            .registry
+            .pins
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(capability)
+            .cloned()
     }
 
     /// Plugins whose `describe` lists `capability`.

@@ -15,6 +15,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use super::limiter::{DeadlineExceeded, MemoryLimiter};
 use crate::engine::Metering;
 use crate::limits::Limits;
+use crate::services::calls::CallScope;
 use crate::services::log::LogSink;
 use crate::services::{Holds, PreparedGrants, Service, StoreContext, for_each_service, wasi};
 
@@ -83,8 +84,8 @@ macro_rules! define_store {
 
         impl StoreState {
             /// Resets every service's per-call state.
-            pub(crate) fn begin_call(&mut self, limits: &Limits) {
-                $(<$service as Service>::begin_call(&mut self.$field, limits);)*
+            pub(crate) fn begin_call(&mut self, limits: &Limits, scope: &CallScope) {
+                $(<$service as Service>::begin_call(&mut self.$field, limits, scope);)*
             }
         }
     };

@@ -10,12 +10,22 @@ use wasmtime::component::{HasData, Linker};
 
 use super::{Availability, Holds, HostShared, Import, PolicyContext, Service, StoreContext, Views};
 use crate::bounds::Invalid;
-use crate::contract::{ServiceError, interfaces};
+use crate::contract::{ServiceError, interfaces, interfaces_v0_2};
 
 /// Per-store state of the `config` service: the plugin's values, shared by
 /// every instance of the plugin.
 pub(crate) struct ConfigState {
     pub(crate) values: Arc<BTreeMap<String, String>>,
+}
+
+impl interfaces_v0_2::config::Host for ConfigState {
+    fn get(&mut self, key: String) -> Result<Option<String>, ServiceError> {
+        interfaces::config::Host::get(self, key)
+    }
+
+    fn get_all(&mut self) -> Result<Vec<(String, String)>, ServiceError> {
+        interfaces::config::Host::get_all(self)
+    }
 }
 
 impl interfaces::config::Host for ConfigState {
@@ -94,7 +104,8 @@ impl Service for Config {
     }
 
     fn add_to_linker<T: Holds<Self> + Views>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-        interfaces::config::add_to_linker::<T, ConfigData>(linker, |store| store.state())
+        interfaces::config::add_to_linker::<T, ConfigData>(linker, |store| store.state())?;
+        interfaces_v0_2::config::add_to_linker::<T, ConfigData>(linker, |store| store.state())
     }
 }
 

@@ -14,7 +14,7 @@ use wasmtime::component::{HasData, Linker};
 
 use super::{Availability, Holds, HostShared, Import, PolicyContext, Service, StoreContext, Views};
 use crate::bounds::Invalid;
-use crate::contract::{ServiceError, interfaces};
+use crate::contract::{ServiceError, interfaces, interfaces_v0_2};
 use crate::limits::Limits;
 use crate::outcome::PublishedEvent;
 use crate::units::value_from_str;
@@ -132,6 +132,12 @@ pub(crate) struct EventsState {
     pub(crate) budget: usize,
 }
 
+impl interfaces_v0_2::events::Host for EventsState {
+    fn publish(&mut self, topic: String, payload: Vec<u8>) -> Result<(), ServiceError> {
+        interfaces::events::Host::publish(self, topic, payload)
+    }
+}
+
 impl interfaces::events::Host for EventsState {
     fn publish(&mut self, topic: String, payload: Vec<u8>) -> Result<(), ServiceError> {
         validate_topic(&topic).map_err(ServiceError::Invalid)?;
@@ -207,13 +213,14 @@ impl Service for Events {
         })
     }
 
-    fn begin_call(state: &mut EventsState, limits: &Limits) {
+    fn begin_call(state: &mut EventsState, limits: &Limits, _scope: &super::calls::CallScope) {
         state.published.clear();
         state.budget = limits.max_response_bytes;
     }
 
     fn add_to_linker<T: Holds<Self> + Views>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-        interfaces::events::add_to_linker::<T, EventsData>(linker, |store| store.state())
+        interfaces::events::add_to_linker::<T, EventsData>(linker, |store| store.state())?;
+        interfaces_v0_2::events::add_to_linker::<T, EventsData>(linker, |store| store.state())
     }
 }
 

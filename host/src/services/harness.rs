@@ -22,6 +22,33 @@ use super::{HostShared, PolicyContext, Service, StoreContext, kv, wasi};
 use crate::bounds::Invalid;
 use crate::limits::Limits;
 
+/// The runtime a harness stands in for: no other plugin is loaded.
+pub(crate) struct NoPlugins;
+
+impl super::calls::PluginCaller for NoPlugins {
+    fn call(
+        &self,
+        _scope: super::calls::CallScope,
+        target: String,
+        _request: crate::contract::Request,
+    ) -> super::calls::CallFuture<'_> {
+        Box::pin(async move {
+            Err(crate::error::CallError::new(
+                target,
+                crate::error::CallFailure::UnknownPlugin,
+            ))
+        })
+    }
+
+    fn providers(&self, _capability: &str) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn pinned(&self, _capability: &str) -> Option<String> {
+        None
+    }
+}
+
 /// The plugin name every harness runs as.
 pub(crate) const PLUGIN: &str = "under-test";
 
@@ -72,6 +99,7 @@ impl<S: Service> Harness<S> {
     pub(crate) fn granted(grant: &S::Grant, limits: Limits) -> Self {
         let shared = HostShared {
             kv_store: Arc::new(kv::KvStore::in_memory()),
+            caller: Arc::new(NoPlugins),
         };
         let prepared = S::prepare(grant, &shared).expect("the host can provide the grant");
         let plugin: Arc<str> = Arc::from(PLUGIN);
@@ -108,7 +136,11 @@ impl<S: Service> Harness<S> {
     pub(crate) fn begin_call(&mut self) {
         self.sink
             .begin_call(self.limits.max_log_bytes, self.limits.max_log_records);
-        S::begin_call(&mut self.state, &self.limits);
+        S::begin_call(
+            &mut self.state,
+            &self.limits,
+            &super::calls::CallScope::default(),
+        );
     }
 
     /// Ends the call and hands back what it logged.

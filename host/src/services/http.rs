@@ -373,7 +373,7 @@ impl Service for Http {
         })
     }
 
-    fn begin_call(hooks: &mut HttpHooks, _limits: &Limits) {
+    fn begin_call(hooks: &mut HttpHooks, _limits: &Limits, _scope: &super::calls::CallScope) {
         hooks.sent = 0;
         hooks.refused = 0;
     }

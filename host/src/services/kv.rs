@@ -16,7 +16,7 @@ use wasmtime::component::{HasData, Linker};
 
 use super::{Availability, Holds, HostShared, Import, PolicyContext, Service, StoreContext, Views};
 use crate::bounds::{Invalid, KIB, MIB, bytes, range};
-use crate::contract::{ServiceError, interfaces};
+use crate::contract::{ServiceError, interfaces, interfaces_v0_2};
 use crate::units::Size;
 
 /// Entries: (namespace, key) → value.
@@ -319,6 +319,28 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|err| Err(unavailable(format!("worker failed: {err}"))))
 }
 
+impl interfaces_v0_2::kv::Host for KvState {
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, ServiceError> {
+        interfaces::kv::Host::get(self, key).await
+    }
+
+    async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), ServiceError> {
+        interfaces::kv::Host::set(self, key, value).await
+    }
+
+    async fn delete(&mut self, key: String) -> Result<bool, ServiceError> {
+        interfaces::kv::Host::delete(self, key).await
+    }
+
+    async fn list_keys(&mut self, prefix: String) -> Result<Vec<String>, ServiceError> {
+        interfaces::kv::Host::list_keys(self, prefix).await
+    }
+
+    async fn increment(&mut self, key: String, delta: i64) -> Result<i64, ServiceError> {
+        interfaces::kv::Host::increment(self, key, delta).await
+    }
+}
+
 impl interfaces::kv::Host for KvState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, ServiceError> {
         let (grant, store) = self.access()?;
@@ -439,7 +461,8 @@ impl Service for Kv {
     }
 
     fn add_to_linker<T: Holds<Self> + Views>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-        interfaces::kv::add_to_linker::<T, KvData>(linker, |store| store.state())
+        interfaces::kv::add_to_linker::<T, KvData>(linker, |store| store.state())?;
+        interfaces_v0_2::kv::add_to_linker::<T, KvData>(linker, |store| store.state())
     }
 }
 

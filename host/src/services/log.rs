@@ -12,7 +12,7 @@ use wasmtime::component::{HasData, Linker};
 
 use super::{Availability, Holds, HostShared, Import, PolicyContext, Service, StoreContext, Views};
 use crate::bounds::Invalid;
-use crate::contract::{LogLevel, ServiceError, interfaces};
+use crate::contract::{LogLevel, ServiceError, interfaces, interfaces_v0_2};
 use crate::error::{OutputLimitExceeded, OutputStream};
 use crate::limits::LOG_RECORD_OVERHEAD;
 use crate::outcome::{LogRecord, LogSource};
@@ -256,6 +256,24 @@ pub(crate) struct LogState {
     pub(crate) enabled: bool,
 }
 
+impl interfaces_v0_2::log::Host for LogState {
+    fn log(
+        &mut self,
+        level: interfaces_v0_2::log::Level,
+        message: String,
+    ) -> Result<(), ServiceError> {
+        use interfaces_v0_2::log::Level;
+        let level = match level {
+            Level::Trace => LogLevel::Trace,
+            Level::Debug => LogLevel::Debug,
+            Level::Info => LogLevel::Info,
+            Level::Warn => LogLevel::Warn,
+            Level::Error => LogLevel::Error,
+        };
+        interfaces::log::Host::log(self, level, message)
+    }
+}
+
 impl interfaces::log::Host for LogState {
     fn log(&mut self, level: LogLevel, message: String) -> Result<(), ServiceError> {
         if !self.enabled {
@@ -317,7 +335,8 @@ impl Service for Log {
     }
 
     fn add_to_linker<T: Holds<Self> + Views>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-        interfaces::log::add_to_linker::<T, LogData>(linker, |store| store.state())
+        interfaces::log::add_to_linker::<T, LogData>(linker, |store| store.state())?;
+        interfaces_v0_2::log::add_to_linker::<T, LogData>(linker, |store| store.state())
     }
 }
 

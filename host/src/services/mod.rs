@@ -14,6 +14,7 @@
 //! it was not granted answers with a typed denial (`service-error::denied`,
 //! or WASI's own error codes), never a trap.
 
+pub mod calls;
 pub mod config;
 pub mod env;
 pub mod events;
@@ -73,6 +74,9 @@ macro_rules! for_each_service {
             /// Origins the plugin may reach over HTTP (`wasi:http`).
             http: $crate::services::http::Http
                 => Option<$crate::services::http::HttpGrant>, Option<$crate::services::http::HttpGrant>;
+            /// Plugins the plugin may call (`capsule:plugin/plugins`).
+            calls: $crate::services::calls::Calls
+                => Vec<$crate::services::calls::CallTarget>, Vec<$crate::services::calls::CallTarget>;
         }
     };
 }
@@ -161,6 +165,8 @@ impl Availability {
 pub(crate) struct HostShared {
     /// The key-value store.
     pub(crate) kv_store: Arc<kv::KvStore>,
+    /// The runtime's side of calls between plugins.
+    pub(crate) caller: Arc<dyn calls::PluginCaller>,
 }
 
 /// Where a plugin's grant is written in a policy file: the plugin's name
@@ -233,8 +239,9 @@ pub(crate) trait Service: 'static {
         prepared: &Self::Prepared,
         store: &mut StoreContext<'_>,
     ) -> Result<Self::State, String>;
-    /// Resets per-call state before every call.
-    fn begin_call(_state: &mut Self::State, _limits: &Limits) {}
+    /// Resets per-call state before every call; `scope` is where the call
+    /// sits in a chain of plugins calling plugins.
+    fn begin_call(_state: &mut Self::State, _limits: &Limits, _scope: &calls::CallScope) {}
     /// Adds the service's host functions to a linker whose stores hold its
     /// state (nothing for services that only configure WASI).
     fn add_to_linker<T: Holds<Self> + Views>(linker: &mut Linker<T>) -> wasmtime::Result<()>
