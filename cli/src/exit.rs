@@ -35,8 +35,12 @@ pub fn code_for(kind: ErrorKind) -> u8 {
         | ErrorKind::IncompatibleContract
         | ErrorKind::MissingGrant
         | ErrorKind::Compile
-        | ErrorKind::InitFailed => LOAD_REFUSED,
-        ErrorKind::PluginError => PLUGIN_ERROR,
+        | ErrorKind::InitFailed
+        | ErrorKind::InvalidManifest
+        | ErrorKind::MissingDependency
+        | ErrorKind::DependencyCycle => LOAD_REFUSED,
+        // Refused before the plugin ran, as the plugin itself would have.
+        ErrorKind::PluginError | ErrorKind::InvalidInput => PLUGIN_ERROR,
         ErrorKind::Trap | ErrorKind::UnknownPlugin => TRAP,
         ErrorKind::Paused | ErrorKind::CircuitOpen | ErrorKind::Rejected => LIMIT,
         kind if kind.is_limit() => LIMIT,

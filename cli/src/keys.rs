@@ -5,9 +5,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use capsule_host::artifact::signature;
+use capsule_host::artifact::{manifest, signature};
 use capsule_host::input::{MAX_COMPONENT_BYTES, MAX_SIGNATURE_BYTES, read_file};
-use capsule_host::{ErrorKind, PublicKey, SecretKey};
+use capsule_host::{ErrorKind, Host, Limits, PluginSpec, PublicKey, SecretKey};
 use clap::Args;
 
 use crate::exit;
@@ -41,6 +41,12 @@ pub struct SignArgs {
     /// Also (or only) write the signature to this file, detached.
     #[arg(long, value_name = "OUT.sig")]
     detached: Option<PathBuf>,
+    /// Sign the component as it is, without asking it for its manifest.
+    /// By default an unsigned contract-0.2 component is run once (its
+    /// `manifest` export, in a sandbox with no grants) and the answer is
+    /// embedded as the `capsule-manifest` section before signing.
+    #[arg(long)]
+    no_manifest: bool,
 }
 
 /// Arguments of `capsule verify`.
@@ -121,6 +127,17 @@ pub fn sign(args: SignArgs) -> ExitCode {
             format!("{}: {err}", args.plugin.display()),
         );
     }
+    // Only a component written out can gain a section: a detached signature
+    // alone must cover the file exactly as it is.
+    let writes_component = args.output.is_some() || args.detached.is_none();
+    let bytes = if writes_component && !args.no_manifest {
+        match with_manifest(&args.plugin, bytes) {
+            Ok(bytes) => bytes,
+            Err(code) => return code,
+        }
+    } else {
+        bytes
+    };
     let signed = match signature::sign(&bytes, &key) {
         Ok(signed) => signed,
         Err(err) => {
@@ -155,6 +172,77 @@ pub fn sign(args: SignArgs) -> ExitCode {
     }
     println!("key id: {}", key.public_key().key_id());
     exit::code(exit::OK)
+}
+
+/// `bytes` with the plugin's manifest embedded, when it can have one: an
+/// unsigned component (a signed one's content is fixed by its signatures)
+/// without a manifest yet, built against contract 0.2. The plugin runs once,
+/// without `init`, grants or trust, under the default limits.
+/// The memory a plugin may use while it builds its manifest for signing.
+const SIGNING_MEMORY_BYTES: u64 = 1 << 30;
+
+fn with_manifest(path: &Path, bytes: Vec<u8>) -> Result<Vec<u8>, ExitCode> {
+    let at = |err: &dyn std::fmt::Display| format!("{}: {err}", path.display());
+    if manifest::read(&bytes)
+        .map_err(|err| fail(ErrorKind::InvalidManifest, at(&err)))?
+        .is_some()
+    {
+        return Ok(bytes);
+    }
+    if !signature::list(&bytes, None)
+        .map_err(|err| fail(ErrorKind::Malformed, at(&err)))?
+        .is_empty()
+    {
+        eprintln!(
+            "note: {} is already signed; it is signed again as it is, without a manifest",
+            path.display()
+        );
+        return Ok(bytes);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| fail(ErrorKind::Host, format!("cannot start a runtime: {err}")))?;
+    // The author's own plugin, before it is signed: the host's warnings
+    // about unsigned code are noise here.
+    let _quiet = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
+    let asked = runtime.block_on(async {
+        let host = Host::builder()
+            .allow_unsigned(true)
+            .build()
+            .map_err(|err| fail(ErrorKind::Host, err))?;
+        // Room for a plugin whose policy gives it more memory than the
+        // default; time and fuel stay the defaults.
+        let limits = Limits {
+            memory_bytes: SIGNING_MEMORY_BYTES,
+            ..host.default_limits().clone()
+        };
+        let spec = PluginSpec::from_bytes("signing", bytes.clone()).limits(limits);
+        host.ask_manifest(spec).await.map_err(|err| {
+            fail(
+                err.kind(),
+                at(&format!(
+                    "cannot read the plugin's manifest (sign with --no-manifest to skip it): {}",
+                    err.cause
+                )),
+            )
+        })
+    })?;
+    match asked {
+        Some(found) => {
+            let embedded =
+                manifest::embed(&bytes, &found).map_err(|err| fail(ErrorKind::Malformed, at(&err)))?;
+            println!(
+                "manifest: {} {} with {} operation(s), {} requirement(s)",
+                found.name,
+                found.version,
+                found.operations.len(),
+                found.requires.len()
+            );
+            Ok(embedded)
+        }
+        None => Ok(bytes),
+    }
 }
 
 /// Runs `capsule verify`.

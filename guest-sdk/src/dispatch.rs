@@ -3,6 +3,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::manifest::Operation;
 use crate::{PluginError, Request, Response};
 
 /// Routes a [`Request`] to the handler registered for its operation.
@@ -33,13 +34,100 @@ pub struct Dispatch {
 enum State {
     Pending(Request),
     Done(Result<Response, PluginError>),
+    /// Building the manifest: handlers are recorded, never called.
+    Probe,
 }
 
 impl Dispatch {
     pub(crate) fn new(request: Request) -> Self {
-        Dispatch {
-            state: State::Pending(request),
+        let state = if crate::manifest::probing() {
+            State::Probe
+        } else {
+            State::Pending(request)
+        };
+        Dispatch { state }
+    }
+
+    /// Records `operation` for the manifest when probing; whether it did.
+    fn probe(
+        &self,
+        operation: &str,
+        schemas: impl FnOnce() -> (Option<serde_json::Value>, Option<serde_json::Value>),
+    ) -> bool {
+        if !matches!(self.state, State::Probe) {
+            return false;
         }
+        let (input, output) = schemas();
+        crate::manifest::record(Operation {
+            name: operation.to_owned(),
+            description: String::new(),
+            input,
+            output,
+        });
+        true
+    }
+
+    /// Describes the operation registered just before, for the manifest
+    /// (`capsule inspect`, `GET /v1/plugins`). Has no effect on calls.
+    ///
+    /// ```
+    /// # use capsule_guest::{PluginError, Request, Response};
+    /// fn handle(request: Request) -> Result<Response, PluginError> {
+    ///     request
+    ///         .dispatch()
+    ///         .raw("ping", |_| Ok(Response::bytes("pong")))
+    ///         .about("Answers pong")
+    ///         .finish()
+    /// }
+    /// assert_eq!(handle(Request::new("ping", ""))?.payload, b"pong");
+    /// # Ok::<(), PluginError>(())
+    /// ```
+    pub fn about(self, description: &str) -> Self {
+        if matches!(self.state, State::Probe) {
+            crate::manifest::describe_last(description);
+        }
+        self
+    }
+
+    /// Like [`Dispatch::json`], and the manifest carries JSON Schemas of
+    /// `In` and `Out` (derive [`schemars::JsonSchema`] on them), so the host
+    /// can show the operation's contract and, with `validate_input = true`
+    /// in the policy, refuse a request that does not match it before the
+    /// plugin runs.
+    ///
+    /// ```
+    /// # use capsule_guest::{PluginError, Request, Response};
+    /// #[derive(serde::Deserialize, schemars::JsonSchema)]
+    /// struct AddIn { a: i64, b: i64 }
+    ///
+    /// fn handle(request: Request) -> Result<Response, PluginError> {
+    ///     request
+    ///         .dispatch()
+    ///         .typed("add", |input: AddIn| Ok(input.a + input.b))
+    ///         .finish()
+    /// }
+    /// assert_eq!(handle(Request::new("add", r#"{"a":2,"b":3}"#))?.payload, b"5");
+    /// # Ok::<(), PluginError>(())
+    /// ```
+    #[cfg(feature = "schema")]
+    pub fn typed<In, Out>(
+        self,
+        operation: &str,
+        handler: impl FnOnce(In) -> Result<Out, PluginError>,
+    ) -> Self
+    where
+        In: DeserializeOwned + schemars::JsonSchema,
+        Out: Serialize + schemars::JsonSchema,
+    {
+        if self.probe(operation, || {
+            (
+                Some(crate::manifest::schema_of::<In>()),
+                Some(crate::manifest::schema_of::<Out>()),
+            )
+        }) {
+            return self;
+        }
+        self.json(operation, handler)
     }
 
     /// Handles `operation` with a function from a JSON-decoded input to a
@@ -111,6 +199,9 @@ impl Dispatch {
         operation: &str,
         handler: impl FnOnce(Request) -> Result<Response, PluginError>,
     ) -> Self {
+        if self.probe(operation, || (None, None)) {
+            return self;
+        }
         match self.state {
             State::Pending(request) if request.operation == operation => Dispatch {
                 state: State::Done(handler(request)),
@@ -131,6 +222,9 @@ impl Dispatch {
         match self.state {
             State::Done(result) => result,
             State::Pending(request) => Err(PluginError::unsupported_operation(&request.operation)),
+            State::Probe => Err(PluginError::Unsupported(
+                "probed for the manifest, not called".into(),
+            )),
         }
     }
 }

@@ -61,6 +61,7 @@ pub mod events;
 pub mod http;
 pub mod kv;
 pub mod log;
+pub mod manifest;
 pub mod plugins;
 #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
 pub mod testing;
@@ -145,6 +146,35 @@ pub trait Plugin {
     /// ```
     fn describe(from_cargo: PluginInfo) -> PluginInfo {
         from_cargo
+    }
+
+    /// The plugins and capabilities this plugin needs loaded beside it, with
+    /// the versions that will do. They go into the plugin's
+    /// [manifest](crate::manifest): a host loads them first, and refuses
+    /// this plugin as `missing_dependency` when one is absent or outside its
+    /// range.
+    ///
+    /// ```
+    /// # use capsule_guest::{Plugin, PluginError, Request, Response};
+    /// use capsule_guest::manifest::Requirement;
+    ///
+    /// struct Gallery;
+    ///
+    /// impl Plugin for Gallery {
+    ///     fn requires() -> Vec<Requirement> {
+    ///         vec![
+    ///             Requirement::plugin("storage", "^1.2"),
+    ///             Requirement::capability("thumbnail", ">=0.1, <0.3"),
+    ///         ]
+    ///     }
+    ///
+    ///     fn handle(request: Request) -> Result<Response, PluginError> {
+    ///         request.dispatch().finish()
+    ///     }
+    /// }
+    /// ```
+    fn requires() -> Vec<manifest::Requirement> {
+        Vec::new()
     }
 
     /// Runs once on each fresh instance, before it serves calls. An error
@@ -279,14 +309,23 @@ macro_rules! export_plugin {
         const _: () = {
             struct CapsuleExport;
 
+            /// What the plugin crate's `Cargo.toml` says about it.
+            fn from_cargo() -> $crate::PluginInfo {
+                $crate::PluginInfo {
+                    name: ::core::env!("CARGO_PKG_NAME").into(),
+                    version: ::core::env!("CARGO_PKG_VERSION").into(),
+                    description: ::core::env!("CARGO_PKG_DESCRIPTION").into(),
+                    capabilities: ::std::vec::Vec::new(),
+                }
+            }
+
             impl $crate::bindings::exports::capsule::plugin::handler::Guest for CapsuleExport {
                 fn describe() -> $crate::PluginInfo {
-                    <$plugin as $crate::Plugin>::describe($crate::PluginInfo {
-                        name: ::core::env!("CARGO_PKG_NAME").into(),
-                        version: ::core::env!("CARGO_PKG_VERSION").into(),
-                        description: ::core::env!("CARGO_PKG_DESCRIPTION").into(),
-                        capabilities: ::std::vec::Vec::new(),
-                    })
+                    <$plugin as $crate::Plugin>::describe(from_cargo())
+                }
+
+                fn manifest() -> ::std::string::String {
+                    $crate::manifest::document::<$plugin>(from_cargo())
                 }
 
                 fn init() -> ::core::result::Result<(), $crate::PluginError> {

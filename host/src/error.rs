@@ -37,6 +37,19 @@ pub enum ErrorKind {
     InitFailed,
     /// The host's configuration (policy, limits, grants) is invalid.
     Config,
+    /// The plugin's static manifest (its `capsule-manifest` section) is
+    /// malformed or disagrees with what the plugin's `describe` says.
+    InvalidManifest,
+    /// Something the plugin's manifest requires is not loaded, or not in the
+    /// required version range; or a reload would break a plugin that
+    /// requires this one.
+    MissingDependency,
+    /// Plugins require each other in a cycle.
+    DependencyCycle,
+    /// The request does not match the input schema the plugin declared for
+    /// the operation (checked before the plugin runs, when the policy sets
+    /// `validate_input`).
+    InvalidInput,
     /// The call ran out of its fuel budget.
     OutOfFuel,
     /// The call ran past its wall-clock deadline.
@@ -99,6 +112,10 @@ impl ErrorKind {
             ErrorKind::Paused => "paused",
             ErrorKind::CircuitOpen => "circuit_open",
             ErrorKind::Rejected => "rejected",
+            ErrorKind::InvalidManifest => "invalid_manifest",
+            ErrorKind::MissingDependency => "missing_dependency",
+            ErrorKind::DependencyCycle => "dependency_cycle",
+            ErrorKind::InvalidInput => "invalid_input",
             ErrorKind::Host => "host",
         }
     }
@@ -194,6 +211,17 @@ pub enum LoadFailure {
     /// The plugin's grants or limits are invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The plugin's static manifest is malformed or disagrees with
+    /// `describe`.
+    #[error("invalid manifest: {0}")]
+    InvalidManifest(String),
+    /// A requirement of the plugin's manifest is not met (or, for a reload,
+    /// the new version would break a plugin that requires this one).
+    #[error("missing dependency: {0}")]
+    MissingDependency(String),
+    /// The plugin is part of a cycle of requirements.
+    #[error("dependency cycle: {0}")]
+    DependencyCycle(String),
 }
 
 impl LoadFailure {
@@ -215,6 +243,9 @@ impl LoadFailure {
                 _ => ErrorKind::InitFailed,
             },
             LoadFailure::Config(_) => ErrorKind::Config,
+            LoadFailure::InvalidManifest(_) => ErrorKind::InvalidManifest,
+            LoadFailure::MissingDependency(_) => ErrorKind::MissingDependency,
+            LoadFailure::DependencyCycle(_) => ErrorKind::DependencyCycle,
         }
     }
 }
@@ -437,6 +468,14 @@ pub enum CallFailure {
     /// A middleware refused the call.
     #[error("rejected: {0}")]
     Rejected(String),
+    /// The request does not match the operation's declared input schema.
+    #[error("invalid input for operation `{operation}`: {reason}")]
+    InvalidInput {
+        /// The operation requested.
+        operation: String,
+        /// Why the payload does not match.
+        reason: String,
+    },
     /// The host failed; the message says how.
     #[error("host error: {0}")]
     Host(String),
@@ -460,6 +499,7 @@ impl CallFailure {
             CallFailure::Paused => ErrorKind::Paused,
             CallFailure::CircuitOpen { .. } => ErrorKind::CircuitOpen,
             CallFailure::Rejected(_) => ErrorKind::Rejected,
+            CallFailure::InvalidInput { .. } => ErrorKind::InvalidInput,
             CallFailure::Host(_) => ErrorKind::Host,
         }
     }

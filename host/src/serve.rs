@@ -398,6 +398,7 @@ fn status_for(cause: &CallFailure) -> StatusCode {
         _ => match cause.kind() {
             ErrorKind::UnknownPlugin => StatusCode::NOT_FOUND,
             ErrorKind::InputTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::InvalidInput => StatusCode::BAD_REQUEST,
             ErrorKind::Rejected => StatusCode::FORBIDDEN,
             ErrorKind::Busy => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Paused | ErrorKind::CircuitOpen => StatusCode::SERVICE_UNAVAILABLE,

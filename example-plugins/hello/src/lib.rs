@@ -16,14 +16,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use capsule_guest::{
     Plugin, PluginError, PluginInfo, Request, Response, config, events, export_plugin, log,
 };
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-#[derive(Deserialize)]
+/// Who to greet.
+#[derive(Deserialize, JsonSchema)]
 struct GreetIn {
+    /// The name to greet (1 to 64 characters).
+    #[schemars(length(min = 1, max = 64))]
     name: String,
 }
 
-#[derive(Serialize)]
+/// The greeting.
+#[derive(Serialize, JsonSchema)]
 struct GreetOut {
     greeting: String,
 }
@@ -73,16 +78,18 @@ impl Plugin for Hello {
         log::info!("handling `{}`", request.operation);
         request
             .dispatch()
-            .json("greet", |input: GreetIn| {
+            .typed("greet", |input: GreetIn| {
                 Ok(GreetOut {
                     greeting: greeting(&input.name)?,
                 })
             })
+            .about("Greets someone by name, with the operator's greeting word")
             .raw("env", |_| {
                 Response::json(&EnvOut {
                     vars: std::env::vars().collect(),
                 })
             })
+            .about("The environment variables the plugin was granted")
             .json("announce", |input: AnnounceIn| {
                 let greeting = GreetOut {
                     greeting: greeting(&input.name)?,
@@ -93,7 +100,9 @@ impl Plugin for Hello {
                     published: true,
                 })
             })
+            .about("Publishes a greeting as an event on a granted topic")
             .raw("calls", |_| Response::json(&CallsOut { calls }))
+            .about("How many calls this instance has served")
             .finish()
     }
 }

@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 
+use capsule_guest::manifest::Requirement;
 use capsule_guest::{
     Plugin, PluginError, PluginInfo, Request, Response, config, export_plugin, log, plugins,
 };
@@ -44,6 +45,15 @@ impl Plugin for Router {
             capabilities: vec!["router".into()],
             ..from_cargo
         }
+    }
+
+    /// The providers the example policy routes to; a host refuses the
+    /// router (`missing_dependency`) unless both are loaded.
+    fn requires() -> Vec<Requirement> {
+        vec![
+            Requirement::capability("greeting", "^0.1"),
+            Requirement::capability("thumbnail", "^0.1"),
+        ]
     }
 
     fn handle(request: Request) -> Result<Response, PluginError> {

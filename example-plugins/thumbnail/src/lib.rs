@@ -10,20 +10,22 @@
 //!   4096, or `M` of 0, are refused with `invalid-input`.
 
 use capsule_guest::{Plugin, PluginError, PluginInfo, Request, Response, export_plugin, log};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The longest side accepted.
 const MAX_SIDE: u32 = 4096;
 
 /// A grayscale image, one byte per pixel, row by row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Image {
     pub width: u32,
     pub height: u32,
     pub pixels: Vec<u8>,
 }
 
-#[derive(Deserialize)]
+/// An image and the longest side its thumbnail may have.
+#[derive(Deserialize, JsonSchema)]
 struct MakeIn {
     image: Image,
     max: u32,
@@ -85,7 +87,11 @@ impl Plugin for Thumbnail {
     }
 
     fn handle(request: Request) -> Result<Response, PluginError> {
-        request.dispatch().json("make", make).finish()
+        request
+            .dispatch()
+            .typed("make", make)
+            .about("Scales a grayscale image down so its longer side is at most `max`")
+            .finish()
     }
 }
 

@@ -6,6 +6,7 @@
 // modules. One public path per type.
 pub(crate) mod cache;
 pub mod inspect;
+pub mod manifest;
 pub(crate) mod keys;
 pub mod sections;
 pub mod signature;

@@ -102,6 +102,22 @@ impl Exports {
         }
     }
 
+    /// The manifest document a 0.2 plugin builds; `None` for 0.1 plugins,
+    /// which have no manifest.
+    pub(crate) async fn manifest<T: Send>(
+        &self,
+        store: &mut Store<T>,
+    ) -> wasmtime::Result<Option<String>> {
+        match self {
+            Exports::V0_1(_) => Ok(None),
+            Exports::V0_2(e) => e
+                .capsule_plugin_handler()
+                .call_manifest(store)
+                .await
+                .map(Some),
+        }
+    }
+
     pub(crate) async fn init<T: Send>(
         &self,
         store: &mut Store<T>,

@@ -171,6 +171,9 @@ pub struct PluginPolicy {
     pub limits: Limits,
     /// What the plugin may touch.
     pub grants: Grants,
+    /// Whether requests are checked against the input schemas the plugin's
+    /// manifest declares before the plugin runs (`validate_input = true`).
+    pub validate_input: bool,
 }
 
 /// Changes to one plugin's section, applied after parsing and before
@@ -681,6 +684,7 @@ impl Locator<'_> {
             signature: signature.flatten(),
             limits,
             grants,
+            validate_input: raw.validate_input,
         })
     }
 }

@@ -44,6 +44,10 @@ macro_rules! define_raw_plugin {
             pub(super) signature: Option<Spanned<String>>,
             #[serde(default = "unspanned")]
             pub(super) limits: Spanned<RawLimits>,
+            /// Check each request against the operation's declared input
+            /// schema before the plugin runs.
+            #[serde(default)]
+            pub(super) validate_input: bool,
             $(pub(super) $field: Option<Spanned<<$service as Service>::Policy>>,)*
         }
 
@@ -54,6 +58,7 @@ macro_rules! define_raw_plugin {
                     path: Spanned::new(0..0, path),
                     signature: None,
                     limits: unspanned(),
+                    validate_input: false,
                     $($field: None,)*
                 }
             }

@@ -17,7 +17,10 @@ use crate::error::{CallFailure, LoadError, LoadFailure, OutputStream};
 use crate::input::{self, MAX_COMPONENT_BYTES, MAX_SIGNATURE_BYTES};
 use crate::limits::{Limits, MAX_DESCRIBE_BYTES};
 use crate::policy::validate;
-use crate::runtime::plugin::{Describe, IdleInstances, LoadedPlugin, PluginDetails};
+use crate::artifact::manifest::{self, Manifest};
+use crate::runtime::input_schema::InputSchemas;
+use crate::runtime::plugin::{Describe, IdleInstances, LoadedPlugin, ManifestEntry, PluginDetails};
+use crate::services::calls::CallScope;
 use crate::runtime::spec::{PluginSource, PluginSpec};
 use crate::sandbox::store::StoreState;
 use crate::services::{HostShared, PreparedGrants};
@@ -47,8 +50,13 @@ pub(crate) struct Loader {
 impl Loader {
     /// Verifies, compiles, links and describes a plugin without registering
     /// it: its settings are validated first, against the pool this host
-    /// really has.
-    pub(crate) async fn load(&self, spec: PluginSpec) -> Result<Arc<LoadedPlugin>, LoadError> {
+    /// really has. `admit` sees the plugin's details (its manifest above
+    /// all) before any of its code runs, and may refuse it.
+    pub(crate) async fn load(
+        &self,
+        spec: PluginSpec,
+        admit: impl FnOnce(&PluginDetails) -> Result<(), LoadFailure>,
+    ) -> Result<Arc<LoadedPlugin>, LoadError> {
         let pool = match self.allocation {
             AllocationMode::Pooling => self.pooling.as_ref(),
             AllocationMode::OnDemand { .. } => None,
@@ -62,17 +70,41 @@ impl Loader {
                 "the host has no data directory: this plugin's key-value data will not survive a restart"
             );
         }
-        load(self, spec).await
+        let mut plugin = prepare(self, spec).await?;
+        admit(&plugin.details).map_err(|cause| LoadError::new(plugin.name.to_string(), cause))?;
+        describe(&mut plugin).await?;
+        let plugin = Arc::new(plugin);
+        self.pool_mates.register(&plugin);
+        Ok(plugin)
+    }
+
+    /// Asks a plugin for its manifest document (contract 0.2's `manifest`
+    /// export) on a fresh instance without `init`, under its limits: what
+    /// `capsule sign` embeds. `None` for a 0.1 plugin, which has none.
+    pub(crate) async fn ask_manifest(&self, spec: PluginSpec) -> Result<Option<Manifest>, LoadError> {
+        let plugin = prepare(self, spec).await?;
+        let fail = |cause| LoadError::new(plugin.name.to_string(), cause);
+        let invoked = plugin.run(ManifestEntry, CallScope::default()).await;
+        match invoked.result {
+            Ok(None) => Ok(None),
+            Ok(Some(document)) => Manifest::parse(document.as_bytes())
+                .map(Some)
+                .map_err(|err| fail(LoadFailure::InvalidManifest(err))),
+            Err(failure) => Err(fail(LoadFailure::InitFailed(Box::new(failure)))),
+        }
     }
 }
 
-async fn load(context: &Loader, spec: PluginSpec) -> Result<Arc<LoadedPlugin>, LoadError> {
+/// Everything short of running the plugin: read, admit, compile, link,
+/// prepare grants, read the manifest and compile its input schemas.
+async fn prepare(context: &Loader, spec: PluginSpec) -> Result<LoadedPlugin, LoadError> {
     let PluginSpec {
         name,
         source,
         signature,
         grants,
         limits,
+        validate_input,
     } = spec;
     let fail = |cause| LoadError::new(name.clone(), cause);
     plugin_name(&name).map_err(|msg| fail(LoadFailure::Config(msg)))?;
@@ -95,6 +127,23 @@ async fn load(context: &Loader, spec: PluginSpec) -> Result<Arc<LoadedPlugin>, L
         summary,
     } = examine(&name, &bytes, detached.as_deref(), &context.trust).map_err(fail)?;
     check_memory(&summary, &limits).map_err(fail)?;
+    let manifest = manifest::read(&bytes)
+        .map_err(|err| fail(LoadFailure::InvalidManifest(err)))?
+        .map(Arc::new);
+    let input_schemas = match (validate_input, &manifest) {
+        (false, _) => None,
+        (true, Some(manifest)) => Some(
+            InputSchemas::compile(manifest)
+                .map_err(|err| fail(LoadFailure::InvalidManifest(err)))?,
+        ),
+        (true, None) => {
+            return Err(fail(LoadFailure::Config(
+                "`validate_input` needs the operations the plugin declares, but the component \
+                 carries no manifest (sign it with `capsule sign`, which embeds one)"
+                    .into(),
+            )));
+        }
+    };
 
     let (component, from_cache) = match context
         .cache
@@ -140,12 +189,12 @@ async fn load(context: &Loader, spec: PluginSpec) -> Result<Arc<LoadedPlugin>, L
         component: summary,
         grants,
         limits,
+        manifest,
+        validate_input,
     };
     let grants = PreparedGrants::new(Arc::from(name.as_str()), &details.grants, &context.services)
         .map_err(|err| fail(LoadFailure::Config(err)))?;
     let grants = Arc::new(grants);
-    // `init` and `describe` run under the plugin's limits before it is
-    // registered; the instance that answered stays warm for the first call.
     let mut plugin = LoadedPlugin::new(
         context.engine.clone(),
         pre,
@@ -154,9 +203,16 @@ async fn load(context: &Loader, spec: PluginSpec) -> Result<Arc<LoadedPlugin>, L
         context.metering,
         Arc::clone(&context.pool_mates),
     );
-    let invoked = plugin
-        .run(Describe, crate::services::calls::CallScope::default())
-        .await;
+    plugin.input_schemas = input_schemas;
+    Ok(plugin)
+}
+
+/// Runs `init` and `describe` under the plugin's limits before it is
+/// registered (the instance that answered stays warm for the first call),
+/// and checks that `describe` agrees with the manifest.
+async fn describe(plugin: &mut LoadedPlugin) -> Result<(), LoadError> {
+    let fail = |cause| LoadError::new(plugin.name.to_string(), cause);
+    let invoked = plugin.run(Describe, CallScope::default()).await;
     match invoked.result {
         Ok(info) if info.size() > MAX_DESCRIBE_BYTES => {
             return Err(fail(LoadFailure::InitFailed(Box::new(
@@ -166,12 +222,35 @@ async fn load(context: &Loader, spec: PluginSpec) -> Result<Arc<LoadedPlugin>, L
                 },
             ))));
         }
-        Ok(info) => plugin.details.info = info,
+        Ok(info) => {
+            if let Some(manifest) = &plugin.details.manifest {
+                mirrors(manifest, &info).map_err(|err| fail(LoadFailure::InvalidManifest(err)))?;
+            }
+            plugin.details.info = info;
+        }
         Err(failure) => return Err(fail(LoadFailure::InitFailed(Box::new(failure)))),
     }
-    let plugin = Arc::new(plugin);
-    context.pool_mates.register(&plugin);
-    Ok(plugin)
+    Ok(())
+}
+
+/// `describe` must say what the signed manifest says: a difference means
+/// the manifest was not built from this plugin.
+fn mirrors(manifest: &Manifest, info: &PluginInfo) -> Result<(), String> {
+    let differs = |what: &str, manifest: &dyn std::fmt::Debug, describe: &dyn std::fmt::Debug| {
+        Err(format!(
+            "the manifest's {what} is {manifest:?} but `describe` says {describe:?}"
+        ))
+    };
+    if manifest.name != info.name {
+        return differs("name", &manifest.name, &info.name);
+    }
+    if manifest.version != info.version {
+        return differs("version", &manifest.version, &info.version);
+    }
+    if manifest.capabilities != info.capabilities {
+        return differs("capabilities", &manifest.capabilities, &info.capabilities);
+    }
+    Ok(())
 }
 
 /// The bytes of a component or detached signature. A path is read as an

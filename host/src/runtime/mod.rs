@@ -5,6 +5,8 @@ mod breaker;
 mod bus;
 mod call;
 mod delivery;
+mod dependencies;
+mod input_schema;
 pub(crate) mod load;
 mod metrics;
 mod middleware;
@@ -343,7 +345,11 @@ impl Host {
                 ),
             ));
         }
-        let loaded = self.inner.loader.load(spec.clone()).await?;
+        let loaded = self
+            .inner
+            .loader
+            .load(spec.clone(), |details| self.requirements_met(details))
+            .await?;
         let details = loaded.details.clone();
         let metrics = self.inner.dispatch.metrics.for_plugin(&name);
         let slot = Arc::new(Slot::new(loaded, spec, self.inner.bus.queue(), metrics));
@@ -364,12 +370,27 @@ impl Host {
         Ok(details)
     }
 
+    /// Asks a plugin for its static manifest by running its `manifest`
+    /// export once, on a fresh instance without `init`, under its limits and
+    /// grants, without registering it: what `capsule sign` embeds in the
+    /// component before signing. `Ok(None)` for a contract 0.1 plugin.
+    pub async fn ask_manifest(
+        &self,
+        spec: PluginSpec,
+    ) -> Result<Option<crate::artifact::manifest::Manifest>, LoadError> {
+        self.inner.loader.ask_manifest(spec).await
+    }
+
     /// Loads every plugin and pipeline of a policy. A plugin that fails to
     /// load does not stop the others: the failures are returned, the rest
     /// are serving.
     pub async fn load_policy(&self, policy: &Policy) -> Vec<LoadError> {
         let mut failures = Vec::new();
-        for name in policy.plugins.keys() {
+        let (order, cycles) = policy_load_order(policy).await;
+        for (name, cycle) in cycles {
+            failures.push(LoadError::new(name, LoadFailure::DependencyCycle(cycle)));
+        }
+        for name in &order {
             let spec =
                 PluginSpec::from_policy(policy, name).expect("every plugin of a policy has a spec");
             if let Err(err) = self.load(spec).await {
@@ -427,6 +448,23 @@ impl Host {
         self.inner.dispatch.metrics.render(&live)
     }
 
+    /// Whether what a plugin's manifest requires is loaded now, in versions
+    /// its ranges accept (the plugin itself does not count).
+    fn requirements_met(&self, details: &PluginDetails) -> Result<(), LoadFailure> {
+        let Some(manifest) = &details.manifest else {
+            return Ok(());
+        };
+        let slots = self.slots();
+        let current: Vec<_> = slots
+            .iter()
+            .map(|slot| slot.current())
+            .filter(|plugin| plugin.details.name != details.name)
+            .collect();
+        let providers: Vec<dependencies::Provider<'_>> =
+            current.iter().map(|p| provider(&p.details)).collect();
+        dependencies::unmet(manifest, &providers).map_err(LoadFailure::MissingDependency)
+    }
+
     fn slot(&self, name: &str) -> Option<Arc<Slot>> {
         self.inner.registry.plugins.load().get(name).cloned()
     }
@@ -455,4 +493,44 @@ impl Host {
         self.inner.registry.plugins.store(Arc::new(table));
         result
     }
+}
+
+/// A loaded plugin as a provider of what others require.
+fn provider(details: &PluginDetails) -> dependencies::Provider<'_> {
+    dependencies::Provider {
+        name: &details.name,
+        version: &details.info.version,
+        capabilities: &details.info.capabilities,
+    }
+}
+
+/// The order to load a policy's plugins in, from the manifests their files
+/// carry (read without compiling), and the plugins on dependency cycles.
+/// A file that cannot be read here is placed as if it had no manifest; its
+/// load reports why.
+async fn policy_load_order(policy: &Policy) -> (Vec<String>, Vec<(String, String)>) {
+    let paths: Vec<(String, PathBuf)> = policy
+        .plugins
+        .iter()
+        .map(|(name, plugin)| (name.clone(), plugin.path.clone()))
+        .collect();
+    let manifests = tokio::task::spawn_blocking(move || {
+        paths
+            .into_iter()
+            .map(|(name, path)| {
+                let manifest = crate::input::read_file(&path, crate::input::MAX_COMPONENT_BYTES)
+                    .ok()
+                    .and_then(|bytes| crate::artifact::manifest::read(&bytes).ok().flatten());
+                (name, manifest)
+            })
+            .collect::<BTreeMap<_, _>>()
+    })
+    .await
+    .unwrap_or_default();
+    let plugins = policy
+        .plugins
+        .keys()
+        .map(|name| (name.clone(), manifests.get(name).and_then(Option::as_ref)))
+        .collect();
+    dependencies::load_order(&plugins)
 }

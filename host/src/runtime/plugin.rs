@@ -12,6 +12,8 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use wasmtime::{Engine, PoolConcurrencyLimitError, Store};
 
 use crate::artifact::ComponentSummary;
+use crate::artifact::manifest::Manifest;
+use crate::runtime::input_schema::InputSchemas;
 use crate::contract::{
     Event, EventOutcome, Exports, PluginError, PluginInfo, PluginPre, Request, Response,
 };
@@ -47,6 +49,11 @@ pub struct PluginDetails {
     pub grants: Grants,
     /// What the plugin may consume.
     pub limits: Limits,
+    /// The static manifest the component carries (operations with their
+    /// schemas, requirements), if it has one.
+    pub manifest: Option<Arc<Manifest>>,
+    /// Whether requests are checked against the declared input schemas.
+    pub validate_input: bool,
 }
 
 fn serialize_info<S: serde::Serializer>(info: &PluginInfo, s: S) -> Result<S::Ok, S::Error> {
@@ -68,6 +75,10 @@ pub(crate) trait Entry: Send {
     /// Whether this is `describe` at load: not a call (it does not count
     /// toward `recycle_after`), and its result is a description.
     const DESCRIBE: bool = false;
+    /// Whether the export runs on a fresh instance without `init`, which is
+    /// dropped afterwards: for `manifest`, which must not need the plugin's
+    /// configuration or services.
+    const BARE: bool = false;
     /// Calls the export on an instance.
     fn call<'a>(
         self,
@@ -89,6 +100,23 @@ impl Entry for Describe {
         store: &'a mut Store<StoreState>,
     ) -> impl Future<Output = wasmtime::Result<PluginInfo>> + Send + 'a {
         handler.describe(store)
+    }
+}
+
+/// `manifest`: the static manifest document, asked for once when signing.
+pub(crate) struct ManifestEntry;
+
+impl Entry for ManifestEntry {
+    type Output = Option<String>;
+    const DESCRIBE: bool = true;
+    const BARE: bool = true;
+
+    fn call<'a>(
+        self,
+        handler: &'a Exports,
+        store: &'a mut Store<StoreState>,
+    ) -> impl Future<Output = wasmtime::Result<Option<String>>> + Send + 'a {
+        handler.manifest(store)
     }
 }
 
@@ -210,6 +238,9 @@ pub(crate) struct LoadedPlugin {
     /// Every plugin of the host, to free their idle instances when the pool
     /// runs out.
     pool_mates: Arc<IdleInstances>,
+    /// The declared input schemas, when the policy asks for them to be
+    /// checked.
+    pub(crate) input_schemas: Option<InputSchemas>,
 }
 
 /// The idle instances of every loaded plugin version. Idle instances are a
@@ -268,6 +299,7 @@ impl LoadedPlugin {
             engine,
             pre,
             details,
+            input_schemas: None,
         }
     }
 
@@ -301,6 +333,9 @@ impl LoadedPlugin {
                 size,
                 limit: limits.max_request_bytes,
             }));
+        }
+        if let Some(schemas) = &self.input_schemas {
+            schemas.check(&request).map_err(|cause| self.error(cause))?;
         }
         let _slot = self.admit().await.map_err(|cause| self.error(cause))?;
         let invoked = self.run(Handle(request), scope).await;
@@ -452,6 +487,7 @@ impl LoadedPlugin {
         &self,
         sink: &Arc<LogSink>,
         deadline: Instant,
+        init: bool,
     ) -> Result<Instance, SetupError> {
         let setup = StoreSetup {
             engine: &self.engine,
@@ -467,11 +503,13 @@ impl LoadedPlugin {
             .instantiate_async(&mut store)
             .await
             .map_err(SetupError::Wasm)?;
-        bindings
-            .init(&mut store)
-            .await
-            .map_err(SetupError::Wasm)?
-            .map_err(SetupError::Init)?;
+        if init {
+            bindings
+                .init(&mut store)
+                .await
+                .map_err(SetupError::Wasm)?
+                .map_err(SetupError::Init)?;
+        }
         Ok(Instance {
             store,
             bindings,
@@ -496,7 +534,7 @@ impl LoadedPlugin {
             deadline: Some(deadline),
             ..scope
         };
-        let pooled = self.take_idle();
+        let pooled = if E::BARE { None } else { self.take_idle() };
         let fresh = pooled.is_none();
         // `describe` at load is not a call; it does not count toward
         // `recycle_after`.
@@ -514,14 +552,14 @@ impl LoadedPlugin {
         let work = async {
             let mut instance = match pooled {
                 Some(instance) => instance,
-                None => match self.instantiate(&sink, deadline).await {
+                None => match self.instantiate(&sink, deadline, !E::BARE).await {
                     // The pool is full: other plugins' idle instances make
                     // room before this call is refused as busy.
                     Err(SetupError::Wasm(err))
                         if err.downcast_ref::<PoolConcurrencyLimitError>().is_some()
                             && self.pool_mates.release_all() > 0 =>
                     {
-                        self.instantiate(&sink, deadline).await?
+                        self.instantiate(&sink, deadline, !E::BARE).await?
                     }
                     other => other?,
                 },
@@ -541,7 +579,10 @@ impl LoadedPlugin {
                 let events = std::mem::take(&mut state.events.published);
                 callee_fuel = state.calls.callee_fuel;
                 instance.calls += u32::from(counts);
-                self.recycle(instance);
+                // An instance that never ran `init` must not serve calls.
+                if !E::BARE {
+                    self.recycle(instance);
+                }
                 (Ok(returned), fuel, events)
             }
             Ok(Ok((_trapped, Err(err)))) => {

@@ -16,6 +16,7 @@ use super::breaker::CircuitBreaker;
 use super::bus::DeliveryQueue;
 use super::metrics::PluginMetrics;
 use super::plugin::{LoadedPlugin, PluginDetails};
+use super::dependencies;
 use super::spec::PluginSpec;
 use crate::error::{LoadError, LoadFailure};
 use crate::text::log_field;
@@ -219,12 +220,38 @@ impl Host {
         self.reload_with(spec).await
     }
 
+    /// [`Host::reload`] even when the new version breaks the requirements of
+    /// plugins that depend on this one (they keep running and fail their
+    /// calls to it as they would any other).
+    pub async fn force_reload(&self, plugin: &str) -> Result<PluginDetails, LoadError> {
+        let Some(slot) = self.slot(plugin) else {
+            return Err(LoadError::new(
+                plugin,
+                LoadFailure::Config("no plugin with this name is loaded".into()),
+            ));
+        };
+        let spec = slot.spec.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        self.replace(spec, true).await
+    }
+
     /// Replaces a loaded plugin with a new version. The new version is
     /// verified, compiled and initialised first; only then does it take new
     /// calls, atomically. Calls in flight finish on the old version. If the
     /// new version fails to load, the old one keeps serving and the error
-    /// says why.
+    /// says why. The new version's own requirements must be met, and it must
+    /// still satisfy every loaded plugin that requires it (else
+    /// `missing_dependency` naming them; see [`Host::force_reload_with`]).
     pub async fn reload_with(&self, spec: PluginSpec) -> Result<PluginDetails, LoadError> {
+        self.replace(spec, false).await
+    }
+
+    /// [`Host::reload_with`] even when the new version breaks plugins that
+    /// require this one.
+    pub async fn force_reload_with(&self, spec: PluginSpec) -> Result<PluginDetails, LoadError> {
+        self.replace(spec, true).await
+    }
+
+    async fn replace(&self, spec: PluginSpec, force: bool) -> Result<PluginDetails, LoadError> {
         let name = spec.name().to_owned();
         let Some(slot) = self.slot(&name) else {
             return Err(LoadError::new(
@@ -232,7 +259,16 @@ impl Host {
                 LoadFailure::Config("no plugin with this name is loaded".into()),
             ));
         };
-        let loaded = match self.inner.loader.load(spec.clone()).await {
+        let loaded = self
+            .inner
+            .loader
+            .load(spec.clone(), |details| self.requirements_met(details))
+            .await;
+        let loaded = loaded.and_then(|loaded| match force {
+            true => Ok(loaded),
+            false => self.keeps_dependents(&loaded).map(|()| loaded),
+        });
+        let loaded = match loaded {
             Ok(loaded) => loaded,
             Err(err) => {
                 self.inner.dispatch.metrics.reload(&name, false);
@@ -308,5 +344,40 @@ impl Host {
             retiring.spawn(async move { plugin.retire(until).await });
         }
         while retiring.join_next().await.is_some() {}
+    }
+}
+
+impl Host {
+    /// Whether every other loaded plugin's requirements still hold once
+    /// `replacement` takes its name's place. A refused replacement is retired
+    /// at once.
+    fn keeps_dependents(&self, replacement: &Arc<LoadedPlugin>) -> Result<(), LoadError> {
+        let current: Vec<Arc<LoadedPlugin>> = self
+            .slots()
+            .iter()
+            .map(|slot| slot.current())
+            .filter(|plugin| plugin.name != replacement.name)
+            .collect();
+        let mut providers: Vec<dependencies::Provider<'_>> =
+            current.iter().map(|p| super::provider(&p.details)).collect();
+        providers.push(super::provider(&replacement.details));
+        let dependents = current
+            .iter()
+            .filter_map(|p| Some((p.details.name.as_str(), p.details.manifest.as_deref()?)));
+        let broken = dependencies::broken_by_replacing(&replacement.name, dependents, &providers);
+        if broken.is_empty() {
+            return Ok(());
+        }
+        let until = std::time::Instant::now() + SHUTDOWN_DEADLINE;
+        let refused = Arc::clone(replacement);
+        tokio::spawn(async move { refused.retire(until).await });
+        Err(LoadError::new(
+            replacement.name.to_string(),
+            LoadFailure::MissingDependency(format!(
+                "version {} would break what depends on it: {} (force the reload to replace it anyway)",
+                replacement.details.info.version,
+                broken.join("; ")
+            )),
+        ))
     }
 }

@@ -33,6 +33,7 @@ pub struct PluginSpec {
     pub(crate) signature: Option<PluginSource>,
     pub(crate) grants: Grants,
     pub(crate) limits: Option<Limits>,
+    pub(crate) validate_input: bool,
 }
 
 impl PluginSpec {
@@ -50,6 +51,7 @@ impl PluginSpec {
             signature: None,
             grants: Grants::default(),
             limits: None,
+            validate_input: false,
         }
     }
 
@@ -60,7 +62,8 @@ impl PluginSpec {
         let mut spec = PluginSpec::from_path(&plugin.path)
             .with_name(name)
             .grants(plugin.grants.clone())
-            .limits(plugin.limits.clone());
+            .limits(plugin.limits.clone())
+            .validate_input(plugin.validate_input);
         if let Some(signature) = &plugin.signature {
             spec = spec.detached_signature(PluginSource::Path(signature.clone()));
         }
@@ -75,7 +78,17 @@ impl PluginSpec {
             signature: None,
             grants: Grants::default(),
             limits: None,
+            validate_input: false,
         }
+    }
+
+    /// Checks every request against the input schema the plugin's manifest
+    /// declares for its operation, before the plugin runs: a mismatch, or an
+    /// operation the manifest does not declare, is refused as
+    /// `invalid_input`. Loading fails if the plugin has no manifest.
+    pub fn validate_input(mut self, validate: bool) -> Self {
+        self.validate_input = validate;
+        self
     }
 
     /// The name calls will use to reach this plugin.

@@ -1,0 +1,167 @@
+//! The plugin's static manifest: what it says about itself (as
+//! [`Plugin::describe`]), the operations its [`Dispatch`](crate::Dispatch)
+//! handles (with JSON Schemas for [`Dispatch::typed`](crate::Dispatch::typed)
+//! handlers and descriptions from [`Dispatch::about`](crate::Dispatch::about)),
+//! and what it [requires](Plugin::requires).
+//!
+//! [`export_plugin!`](crate::export_plugin) exports it as the contract's
+//! `manifest` function; `capsule sign` calls that once and embeds the answer
+//! in the component, under the signature, so hosts know a plugin's
+//! operations and dependencies before running it. Test it natively with
+//! [`document`]:
+//!
+//! ```
+//! use capsule_guest::manifest::{self, Requirement};
+//! use capsule_guest::{Plugin, PluginError, PluginInfo, Request, Response};
+//!
+//! struct Gallery;
+//!
+//! impl Plugin for Gallery {
+//!     fn requires() -> Vec<Requirement> {
+//!         vec![Requirement::capability("thumbnail", "^0.1")]
+//!     }
+//!
+//!     fn handle(request: Request) -> Result<Response, PluginError> {
+//!         request
+//!             .dispatch()
+//!             .raw("show", |r| Ok(Response::bytes(r.payload)))
+//!             .about("Shows a picture")
+//!             .finish()
+//!     }
+//! }
+//!
+//! let info = PluginInfo {
+//!     name: "gallery".into(),
+//!     version: "1.0.0".into(),
+//!     description: String::new(),
+//!     capabilities: Vec::new(),
+//! };
+//! let doc: serde_json::Value = serde_json::from_str(&manifest::document::<Gallery>(info)).unwrap();
+//! assert_eq!(doc["operations"][0]["name"], "show");
+//! assert_eq!(doc["operations"][0]["description"], "Shows a picture");
+//! assert_eq!(doc["requires"][0]["capability"], "thumbnail");
+//! ```
+
+use std::cell::RefCell;
+
+use serde::Serialize;
+
+use crate::{Plugin, PluginInfo, Request};
+
+/// The manifest format this SDK writes (the host's `MANIFEST_FORMAT`).
+pub const FORMAT: u32 = 1;
+
+/// Something the plugin needs loaded beside it, with the versions that will
+/// do (a Cargo-style semver range such as `^0.1`, `>=1.2, <2` or `*`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Requirement {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plugin: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    capability: Option<String>,
+    version: String,
+}
+
+impl Requirement {
+    /// The plugin the policy loads under `name`, in a version within
+    /// `range`.
+    pub fn plugin(name: impl Into<String>, range: impl Into<String>) -> Self {
+        Requirement {
+            plugin: Some(name.into()),
+            capability: None,
+            version: range.into(),
+        }
+    }
+
+    /// Some plugin providing `capability`, in a version within `range`.
+    pub fn capability(capability: impl Into<String>, range: impl Into<String>) -> Self {
+        Requirement {
+            plugin: None,
+            capability: Some(capability.into()),
+            version: range.into(),
+        }
+    }
+}
+
+/// One operation as the manifest declares it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct Operation {
+    pub(crate) name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub(crate) description: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) input: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) output: Option<serde_json::Value>,
+}
+
+#[derive(Serialize)]
+struct Document {
+    format: u32,
+    name: String,
+    version: String,
+    description: String,
+    capabilities: Vec<String>,
+    operations: Vec<Operation>,
+    requires: Vec<Requirement>,
+}
+
+thread_local! {
+    /// Set while [`document`] probes `handle`: each handler registered on a
+    /// [`Dispatch`](crate::Dispatch) is recorded here instead of matched.
+    static PROBE: RefCell<Option<Vec<Operation>>> = const { RefCell::new(None) };
+}
+
+/// Whether a probe is collecting operations.
+pub(crate) fn probing() -> bool {
+    PROBE.with(|probe| probe.borrow().is_some())
+}
+
+/// Records an operation during a probe.
+pub(crate) fn record(operation: Operation) {
+    PROBE.with(|probe| {
+        if let Some(operations) = probe.borrow_mut().as_mut() {
+            operations.push(operation);
+        }
+    });
+}
+
+/// Sets the description of the operation recorded last during a probe.
+pub(crate) fn describe_last(description: &str) {
+    PROBE.with(|probe| {
+        if let Some(last) = probe.borrow_mut().as_mut().and_then(|ops| ops.last_mut()) {
+            last.description = description.to_owned();
+        }
+    });
+}
+
+/// The manifest document of plugin `P`, whose [`Plugin::describe`] is
+/// given `from_cargo`. Its operations are found by running `P::handle` once
+/// on an empty probe request, during which every [`Dispatch`](crate::Dispatch)
+/// records its handlers instead of calling them; so keep `handle` a dispatch
+/// (work done before it runs, in a sandbox without grants, and any host
+/// call fails).
+pub fn document<P: Plugin>(from_cargo: PluginInfo) -> String {
+    PROBE.with(|probe| *probe.borrow_mut() = Some(Vec::new()));
+    let _ = P::handle(Request::new("", ""));
+    let operations = PROBE
+        .with(|probe| probe.borrow_mut().take())
+        .unwrap_or_default();
+    let info = P::describe(from_cargo);
+    let document = Document {
+        format: FORMAT,
+        name: info.name,
+        version: info.version,
+        description: info.description,
+        capabilities: info.capabilities,
+        operations,
+        requires: P::requires(),
+    };
+    serde_json::to_string(&document).unwrap_or_default()
+}
+
+/// The JSON Schema of `T`, as the manifest carries it.
+#[cfg(feature = "schema")]
+pub(crate) fn schema_of<T: schemars::JsonSchema>() -> serde_json::Value {
+    schemars::schema_for!(T).to_value()
+}

@@ -1,0 +1,418 @@
+//! The static manifest: what the host must know about a plugin before running
+//! any of its code — the operations it offers (with JSON Schemas of their
+//! input and output) and the plugins or capabilities it requires (with semver
+//! ranges) — in one top-level custom section, `capsule-manifest`, that the
+//! signature covers.
+//!
+//! The SDK builds the document (from `describe`, the typed handlers and
+//! `Plugin::requires`); `capsule sign` asks the plugin for it in a throwaway
+//! sandbox and embeds it before signing, so `capsule check`, load order and
+//! input validation read it without compiling anything. `describe` mirrors
+//! it: at load the two must agree on name, version and capabilities.
+//!
+//! The format is JSON, versioned by `format`, and open for later fields (the
+//! config schema, distribution metadata, operation flags): unknown fields are
+//! ignored by this host, so a newer SDK's manifest still loads.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::artifact::sections;
+
+/// The name of the custom section that holds the manifest.
+pub const MANIFEST_SECTION: &str = "capsule-manifest";
+/// The manifest format this host writes and reads.
+pub const MANIFEST_FORMAT: u32 = 1;
+/// The largest manifest a plugin may carry (schemas included): it is read at
+/// every load, and kept in memory for the plugin's life.
+pub const MAX_MANIFEST_BYTES: usize = 256 * 1024;
+/// The most operations one plugin may declare.
+pub const MAX_OPERATIONS: usize = 256;
+/// The most requirements one plugin may declare.
+pub const MAX_REQUIREMENTS: usize = 64;
+/// The longest operation, plugin or capability name in a manifest.
+pub const MAX_NAME_BYTES: usize = 128;
+/// The longest description (of the plugin or of one operation).
+pub const MAX_DESCRIPTION_BYTES: usize = 4096;
+
+/// A plugin's static manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The manifest format ([`MANIFEST_FORMAT`]).
+    pub format: u32,
+    /// The plugin's own name (its crate name; the policy may load it under
+    /// another).
+    pub name: String,
+    /// The plugin's version (semver).
+    pub version: String,
+    /// What the plugin does.
+    #[serde(default)]
+    pub description: String,
+    /// Capabilities the plugin provides.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// The operations the plugin offers.
+    #[serde(default)]
+    pub operations: Vec<Operation>,
+    /// What must be loaded beside this plugin for it to work.
+    #[serde(default)]
+    pub requires: Vec<Requirement>,
+}
+
+/// One operation a plugin offers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Operation {
+    /// The operation name a request carries.
+    pub name: String,
+    /// What the operation does.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// The JSON Schema of the request payload, when the payload is JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
+    /// The JSON Schema of the response payload, when it is JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+}
+
+/// Something a plugin needs loaded beside it: a plugin (by the name the
+/// policy loads it under) or any provider of a capability, whose version
+/// must match `version`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Requirement {
+    /// A plugin name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
+    /// A capability name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capability: Option<String>,
+    /// The versions that satisfy it, as a Cargo-style semver range
+    /// (`^0.1`, `>=1.2, <2`, `*`).
+    #[serde(default = "any_version")]
+    pub version: String,
+}
+
+fn any_version() -> String {
+    "*".into()
+}
+
+/// What a [`Requirement`] names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs<'a> {
+    /// A plugin by the name the policy loads it under.
+    Plugin(&'a str),
+    /// Any plugin that provides a capability.
+    Capability(&'a str),
+}
+
+impl Requirement {
+    /// What this requirement names.
+    pub fn needs(&self) -> Needs<'_> {
+        match (&self.plugin, &self.capability) {
+            (Some(plugin), _) => Needs::Plugin(plugin),
+            (None, Some(capability)) => Needs::Capability(capability),
+            // `parse` refuses a requirement that names neither.
+            (None, None) => Needs::Plugin(""),
+        }
+    }
+
+    /// The version range (validated by [`Manifest::parse`]).
+    pub fn range(&self) -> semver::VersionReq {
+        semver::VersionReq::parse(&self.version).unwrap_or(semver::VersionReq::STAR)
+    }
+
+    /// Whether a plugin at `version` satisfies this requirement's range. A
+    /// version that is not semver satisfies only `*`.
+    pub fn accepts(&self, version: &str) -> bool {
+        let range = self.range();
+        match semver::Version::parse(version) {
+            Ok(version) => range.matches(&version),
+            Err(_) => range == semver::VersionReq::STAR,
+        }
+    }
+}
+
+impl std::fmt::Display for Requirement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.needs() {
+            Needs::Plugin(name) => write!(f, "plugin `{name}` {}", self.version),
+            Needs::Capability(name) => write!(f, "capability `{name}` {}", self.version),
+        }
+    }
+}
+
+impl Manifest {
+    /// Parses and checks a manifest document: bounded size and counts, a
+    /// semver version, valid ranges, unique operation names, schemas that
+    /// are JSON Schema documents (objects or booleans).
+    pub fn parse(bytes: &[u8]) -> Result<Manifest, String> {
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(format!(
+                "the manifest is {} bytes; at most {MAX_MANIFEST_BYTES} are allowed",
+                bytes.len()
+            ));
+        }
+        // serde_json refuses nesting deeper than 128 levels, so a hostile
+        // schema cannot exhaust the host's stack.
+        let manifest: Manifest =
+            serde_json::from_slice(bytes).map_err(|err| format!("not a valid manifest: {err}"))?;
+        manifest.check()?;
+        Ok(manifest)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.format != MANIFEST_FORMAT {
+            return Err(format!(
+                "manifest format {} is not one this host reads (it reads {MANIFEST_FORMAT})",
+                self.format
+            ));
+        }
+        name("plugin name", &self.name)?;
+        semver::Version::parse(&self.version)
+            .map_err(|err| format!("version `{}` is not semver: {err}", self.version))?;
+        description(&self.description)?;
+        for capability in &self.capabilities {
+            name("capability", capability)?;
+        }
+        if self.operations.len() > MAX_OPERATIONS {
+            return Err(format!(
+                "{} operations declared; at most {MAX_OPERATIONS} are allowed",
+                self.operations.len()
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for operation in &self.operations {
+            name("operation", &operation.name)?;
+            if !seen.insert(operation.name.as_str()) {
+                return Err(format!("operation `{}` is declared twice", operation.name));
+            }
+            description(&operation.description)?;
+            for (which, schema) in [("input", &operation.input), ("output", &operation.output)] {
+                if let Some(schema) = schema
+                    && !(schema.is_object() || schema.is_boolean())
+                {
+                    return Err(format!(
+                        "the {which} schema of operation `{}` is not a JSON Schema (an object or a boolean)",
+                        operation.name
+                    ));
+                }
+            }
+        }
+        if self.requires.len() > MAX_REQUIREMENTS {
+            return Err(format!(
+                "{} requirements declared; at most {MAX_REQUIREMENTS} are allowed",
+                self.requires.len()
+            ));
+        }
+        for requirement in &self.requires {
+            match (&requirement.plugin, &requirement.capability) {
+                (Some(plugin), None) => name("required plugin", plugin)?,
+                (None, Some(capability)) => name("required capability", capability)?,
+                _ => {
+                    return Err(
+                        "a requirement names exactly one of `plugin` or `capability`".into(),
+                    );
+                }
+            }
+            semver::VersionReq::parse(&requirement.version).map_err(|err| {
+                format!(
+                    "the version range `{}` of {requirement} is not valid: {err}",
+                    requirement.version
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The declared operation named `name`.
+    pub fn operation(&self, name: &str) -> Option<&Operation> {
+        self.operations.iter().find(|op| op.name == name)
+    }
+
+    /// The manifest as the bytes of its section's payload.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+fn name(what: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() || value.len() > MAX_NAME_BYTES || value.chars().any(char::is_control) {
+        return Err(format!(
+            "{what} `{}` must be 1 to {MAX_NAME_BYTES} bytes without control characters",
+            value.escape_debug()
+        ));
+    }
+    Ok(())
+}
+
+fn description(value: &str) -> Result<(), String> {
+    if value.len() > MAX_DESCRIPTION_BYTES {
+        return Err(format!(
+            "a description of {} bytes is longer than the {MAX_DESCRIPTION_BYTES} allowed",
+            value.len()
+        ));
+    }
+    Ok(())
+}
+
+/// The manifest a component carries, if any: `Ok(None)` when it has no
+/// `capsule-manifest` section, an error when the section is malformed or
+/// appears twice. Reads only the outer framing: nothing is compiled.
+pub fn read(bytes: &[u8]) -> Result<Option<Manifest>, String> {
+    let mut found = None;
+    for section in sections::split(bytes)? {
+        if let Some((MANIFEST_SECTION, data)) = section.custom() {
+            if found.is_some() {
+                return Err(format!("more than one `{MANIFEST_SECTION}` section"));
+            }
+            found = Some(Manifest::parse(data)?);
+        }
+    }
+    Ok(found)
+}
+
+/// `bytes` (an unsigned component without a manifest) with `manifest`
+/// appended as its `capsule-manifest` section, ready to be signed.
+pub fn embed(bytes: &[u8], manifest: &Manifest) -> Result<Vec<u8>, String> {
+    if read(bytes)?.is_some() {
+        return Err(format!("the component already has a `{MANIFEST_SECTION}` section"));
+    }
+    let mut out = bytes.to_vec();
+    out.extend_from_slice(&sections::encode_custom(
+        MANIFEST_SECTION,
+        &manifest.to_bytes(),
+    ));
+    Ok(out)
+}
+
+/// Compiles an operation's input schema for validating requests. Schemas
+/// come from untrusted plugins: references to anything outside the schema are
+/// refused (no network, no files) and `pattern`s run on the linear-time
+/// `regex` engine with a bounded compiled size.
+pub fn compile_schema(schema: &Value) -> Result<jsonschema::Validator, String> {
+    jsonschema::options()
+        .offline()
+        .with_pattern_options(
+            jsonschema::PatternOptions::regex()
+                .size_limit(1 << 20)
+                .dfa_size_limit(1 << 20),
+        )
+        .build(schema)
+        .map_err(|err| err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            format: MANIFEST_FORMAT,
+            name: "images".into(),
+            version: "0.2.1".into(),
+            description: "resizes images".into(),
+            capabilities: vec!["thumbnail".into()],
+            operations: vec![Operation {
+                name: "resize".into(),
+                description: "makes it smaller".into(),
+                input: Some(serde_json::json!({
+                    "type": "object",
+                    "properties": {"width": {"type": "integer", "minimum": 1}},
+                    "required": ["width"]
+                })),
+                output: None,
+            }],
+            requires: vec![Requirement {
+                plugin: None,
+                capability: Some("storage".into()),
+                version: "^1.2".into(),
+            }],
+        }
+    }
+
+    const EMPTY_COMPONENT: &[u8] = &[0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
+
+    #[test]
+    fn a_manifest_round_trips_through_its_section() {
+        let embedded = embed(EMPTY_COMPONENT, &manifest()).unwrap();
+        assert_eq!(read(&embedded).unwrap(), Some(manifest()));
+        assert_eq!(read(EMPTY_COMPONENT).unwrap(), None);
+        let twice = embed(&embedded, &manifest()).unwrap_err();
+        assert!(twice.contains("already has"), "{twice}");
+    }
+
+    #[test]
+    fn unknown_fields_from_a_newer_sdk_are_ignored() {
+        let mut doc = serde_json::to_value(manifest()).unwrap();
+        doc["config_schema"] = serde_json::json!({"type": "object"});
+        let parsed = Manifest::parse(&serde_json::to_vec(&doc).unwrap()).unwrap();
+        assert_eq!(parsed, manifest());
+    }
+
+    #[test]
+    fn malformed_manifests_are_refused_with_the_reason() {
+        let cases: Vec<(Box<dyn Fn(&mut Manifest)>, &str)> = vec![
+            (Box::new(|m| m.format = 9), "format 9"),
+            (Box::new(|m| m.version = "one".into()), "not semver"),
+            (Box::new(|m| m.requires[0].version = "^^1".into()), "not valid"),
+            (
+                Box::new(|m| m.requires[0].plugin = Some("x".into())),
+                "exactly one",
+            ),
+            (
+                Box::new(|m| m.operations.push(m.operations[0].clone())),
+                "declared twice",
+            ),
+            (
+                Box::new(|m| m.operations[0].input = Some(Value::from(3))),
+                "not a JSON Schema",
+            ),
+            (Box::new(|m| m.operations[0].name = String::new()), "1 to 128"),
+            (
+                Box::new(|m| m.description = "x".repeat(MAX_DESCRIPTION_BYTES + 1)),
+                "longer than",
+            ),
+        ];
+        for (change, expected) in cases {
+            let mut bad = manifest();
+            change(&mut bad);
+            let err = Manifest::parse(&bad.to_bytes()).unwrap_err();
+            assert!(err.contains(expected), "{err} should mention {expected}");
+        }
+        let err = Manifest::parse(&vec![b' '; MAX_MANIFEST_BYTES + 1]).unwrap_err();
+        assert!(err.contains("at most"), "{err}");
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(Manifest::parse(deep.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn requirements_match_semver_ranges() {
+        let requirement = &manifest().requires[0];
+        assert!(requirement.accepts("1.2.0"));
+        assert!(requirement.accepts("1.9.3"));
+        assert!(!requirement.accepts("2.0.0"));
+        assert!(!requirement.accepts("1.1.9"));
+        assert!(!requirement.accepts("not-semver"));
+        assert_eq!(requirement.to_string(), "capability `storage` ^1.2");
+    }
+
+    #[test]
+    fn schemas_compile_offline_with_linear_time_patterns() {
+        let validator = compile_schema(manifest().operations[0].input.as_ref().unwrap()).unwrap();
+        assert!(validator.is_valid(&serde_json::json!({"width": 3})));
+        assert!(!validator.is_valid(&serde_json::json!({"width": 0})));
+        // A remote reference is never fetched.
+        let remote = serde_json::json!({"$ref": "https://example.com/schema.json"});
+        assert!(compile_schema(&remote).is_err());
+        // Backreferences need a backtracking engine: refused, not run.
+        let backtracking = serde_json::json!({"type": "string", "pattern": "(a+)\\1"});
+        assert!(compile_schema(&backtracking).is_err());
+        // The classic catastrophic pattern runs in linear time here.
+        let evil = compile_schema(&serde_json::json!({"type": "string", "pattern": "^(a+)+$"}))
+            .unwrap();
+        let input = Value::from(format!("{}!", "a".repeat(100_000)));
+        assert!(!evil.is_valid(&input));
+    }
+}
