@@ -230,8 +230,8 @@ fn with_manifest(path: &Path, bytes: Vec<u8>) -> Result<Vec<u8>, ExitCode> {
     })?;
     match asked {
         Some(found) => {
-            let embedded =
-                manifest::embed(&bytes, &found).map_err(|err| fail(ErrorKind::Malformed, at(&err)))?;
+            let embedded = manifest::embed(&bytes, &found)
+                .map_err(|err| fail(ErrorKind::Malformed, at(&err)))?;
             println!(
                 "manifest: {} {} with {} operation(s), {} requirement(s)",
                 found.name,

@@ -277,7 +277,9 @@ pub fn read(bytes: &[u8]) -> Result<Option<Manifest>, String> {
 /// appended as its `capsule-manifest` section, ready to be signed.
 pub fn embed(bytes: &[u8], manifest: &Manifest) -> Result<Vec<u8>, String> {
     if read(bytes)?.is_some() {
-        return Err(format!("the component already has a `{MANIFEST_SECTION}` section"));
+        return Err(format!(
+            "the component already has a `{MANIFEST_SECTION}` section"
+        ));
     }
     let mut out = bytes.to_vec();
     out.extend_from_slice(&sections::encode_custom(
@@ -356,7 +358,10 @@ mod tests {
         let cases: Vec<(Box<dyn Fn(&mut Manifest)>, &str)> = vec![
             (Box::new(|m| m.format = 9), "format 9"),
             (Box::new(|m| m.version = "one".into()), "not semver"),
-            (Box::new(|m| m.requires[0].version = "^^1".into()), "not valid"),
+            (
+                Box::new(|m| m.requires[0].version = "^^1".into()),
+                "not valid",
+            ),
             (
                 Box::new(|m| m.requires[0].plugin = Some("x".into())),
                 "exactly one",
@@ -369,7 +374,10 @@ mod tests {
                 Box::new(|m| m.operations[0].input = Some(Value::from(3))),
                 "not a JSON Schema",
             ),
-            (Box::new(|m| m.operations[0].name = String::new()), "1 to 128"),
+            (
+                Box::new(|m| m.operations[0].name = String::new()),
+                "1 to 128",
+            ),
             (
                 Box::new(|m| m.description = "x".repeat(MAX_DESCRIPTION_BYTES + 1)),
                 "longer than",
@@ -410,8 +418,8 @@ mod tests {
         let backtracking = serde_json::json!({"type": "string", "pattern": "(a+)\\1"});
         assert!(compile_schema(&backtracking).is_err());
         // The classic catastrophic pattern runs in linear time here.
-        let evil = compile_schema(&serde_json::json!({"type": "string", "pattern": "^(a+)+$"}))
-            .unwrap();
+        let evil =
+            compile_schema(&serde_json::json!({"type": "string", "pattern": "^(a+)+$"})).unwrap();
         let input = Value::from(format!("{}!", "a".repeat(100_000)));
         assert!(!evil.is_valid(&input));
     }

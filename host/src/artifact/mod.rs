@@ -6,8 +6,8 @@
 // modules. One public path per type.
 pub(crate) mod cache;
 pub mod inspect;
-pub mod manifest;
 pub(crate) mod keys;
+pub mod manifest;
 pub mod sections;
 pub mod signature;
 

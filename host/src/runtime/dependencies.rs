@@ -25,7 +25,10 @@ pub(crate) struct Provider<'a> {
 
 /// Whether `requirement` is met by one of `providers`; the error says what
 /// is missing or which versions are there instead.
-pub(crate) fn satisfied(requirement: &Requirement, providers: &[Provider<'_>]) -> Result<(), String> {
+pub(crate) fn satisfied(
+    requirement: &Requirement,
+    providers: &[Provider<'_>],
+) -> Result<(), String> {
     let candidates: Vec<&Provider<'_>> = providers
         .iter()
         .filter(|p| match requirement.needs() {
@@ -171,7 +174,10 @@ pub(crate) fn load_order(
 /// The shortest cycle of requirements from `start` back to itself, as the
 /// path of names (ending where it started), if there is one. A plugin that
 /// requires a capability it provides itself is not a cycle.
-fn cycle_through<'a>(start: &'a str, edges: &BTreeMap<&'a str, BTreeSet<&'a str>>) -> Option<Vec<&'a str>> {
+fn cycle_through<'a>(
+    start: &'a str,
+    edges: &BTreeMap<&'a str, BTreeSet<&'a str>>,
+) -> Option<Vec<&'a str>> {
     let mut came_from: BTreeMap<&str, &str> = BTreeMap::new();
     let mut frontier = vec![start];
     while !frontier.is_empty() {

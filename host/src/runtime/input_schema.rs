@@ -135,7 +135,10 @@ mod tests {
         );
         assert!(schemas().check(&Request::new("echo", "not json")).is_ok());
         let missing = refusal(Request::new("greet", "{}"));
-        assert!(missing.contains("\"name\" is a required property"), "{missing}");
+        assert!(
+            missing.contains("\"name\" is a required property"),
+            "{missing}"
+        );
         let long = refusal(Request::new("greet", r#"{"name":"Bartholomew"}"#));
         assert!(long.contains("at /name"), "{long}");
         let not_json = refusal(Request::new("greet", "hello"));

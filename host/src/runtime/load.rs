@@ -10,6 +10,7 @@ use wasmtime::component::{Component, Linker};
 
 use crate::admission::{Examined, TrustPolicy, check_memory, examine, io_failure};
 use crate::artifact::cache::CompileCache;
+use crate::artifact::manifest::{self, Manifest};
 use crate::bounds::plugin_name;
 use crate::contract::{PluginInfo, PluginPre};
 use crate::engine::{AllocationMode, Metering, PoolingOptions};
@@ -17,12 +18,11 @@ use crate::error::{CallFailure, LoadError, LoadFailure, OutputStream};
 use crate::input::{self, MAX_COMPONENT_BYTES, MAX_SIGNATURE_BYTES};
 use crate::limits::{Limits, MAX_DESCRIBE_BYTES};
 use crate::policy::validate;
-use crate::artifact::manifest::{self, Manifest};
 use crate::runtime::input_schema::InputSchemas;
 use crate::runtime::plugin::{Describe, IdleInstances, LoadedPlugin, ManifestEntry, PluginDetails};
-use crate::services::calls::CallScope;
 use crate::runtime::spec::{PluginSource, PluginSpec};
 use crate::sandbox::store::StoreState;
+use crate::services::calls::CallScope;
 use crate::services::{HostShared, PreparedGrants};
 use crate::text::chain;
 
@@ -81,7 +81,10 @@ impl Loader {
     /// Asks a plugin for its manifest document (contract 0.2's `manifest`
     /// export) on a fresh instance without `init`, under its limits: what
     /// `capsule sign` embeds. `None` for a 0.1 plugin, which has none.
-    pub(crate) async fn ask_manifest(&self, spec: PluginSpec) -> Result<Option<Manifest>, LoadError> {
+    pub(crate) async fn ask_manifest(
+        &self,
+        spec: PluginSpec,
+    ) -> Result<Option<Manifest>, LoadError> {
         let plugin = prepare(self, spec).await?;
         let fail = |cause| LoadError::new(plugin.name.to_string(), cause);
         let invoked = plugin.run(ManifestEntry, CallScope::default()).await;

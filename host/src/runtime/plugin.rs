@@ -13,7 +13,6 @@ use wasmtime::{Engine, PoolConcurrencyLimitError, Store};
 
 use crate::artifact::ComponentSummary;
 use crate::artifact::manifest::Manifest;
-use crate::runtime::input_schema::InputSchemas;
 use crate::contract::{
     Event, EventOutcome, Exports, PluginError, PluginInfo, PluginPre, Request, Response,
 };
@@ -21,6 +20,7 @@ use crate::engine::Metering;
 use crate::error::{CallError, CallFailure, OutputStream};
 use crate::limits::{Limits, MAX_DESCRIBE_BYTES};
 use crate::outcome::{CallOutcome, CallStats, LogRecord, PublishedEvent};
+use crate::runtime::input_schema::InputSchemas;
 use crate::sandbox::classify::{FailureContext, classify};
 use crate::sandbox::store::{StoreSetup, StoreState, arm_deadline, fuel_used, new_store, refuel};
 use crate::services::calls::CallScope;

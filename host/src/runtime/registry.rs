@@ -14,9 +14,9 @@ use serde::Serialize;
 use super::Host;
 use super::breaker::CircuitBreaker;
 use super::bus::DeliveryQueue;
+use super::dependencies;
 use super::metrics::PluginMetrics;
 use super::plugin::{LoadedPlugin, PluginDetails};
-use super::dependencies;
 use super::spec::PluginSpec;
 use crate::error::{LoadError, LoadFailure};
 use crate::text::log_field;
@@ -358,8 +358,10 @@ impl Host {
             .map(|slot| slot.current())
             .filter(|plugin| plugin.name != replacement.name)
             .collect();
-        let mut providers: Vec<dependencies::Provider<'_>> =
-            current.iter().map(|p| super::provider(&p.details)).collect();
+        let mut providers: Vec<dependencies::Provider<'_>> = current
+            .iter()
+            .map(|p| super::provider(&p.details))
+            .collect();
         providers.push(super::provider(&replacement.details));
         let dependents = current
             .iter()

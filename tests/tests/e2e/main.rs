@@ -10,6 +10,7 @@ mod bench_compute;
 mod bench_echo;
 mod call_bomb;
 mod deep_recursion;
+mod dependencies;
 mod event_storm;
 mod file_reader;
 mod forbidden_host;
