@@ -49,6 +49,7 @@ pub fn check(args: CheckArgs) -> ExitCode {
                 "imports": check.imports,
                 "unused_grants": check.unused_grants,
                 "calls": check.calls,
+                "manifest": check.manifest,
                 "warnings": check.warnings(),
             }))
             .collect();
@@ -88,6 +89,30 @@ fn print_check(check: &PluginCheck) {
         capsule_host::CONTRACT_PACKAGE,
         check.contract_version.as_deref().unwrap_or("unknown")
     );
+    match &check.manifest {
+        Some(manifest) => {
+            let operations: Vec<&str> = manifest
+                .operations
+                .iter()
+                .map(|o| o.name.as_str())
+                .collect();
+            println!(
+                "  manifest:  {} {}, {} operation(s){}",
+                manifest.name,
+                manifest.version,
+                operations.len(),
+                if operations.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", operations.join(", "))
+                }
+            );
+            for requirement in &manifest.requires {
+                println!("  requires:  {requirement}");
+            }
+        }
+        None => println!("  manifest:  none (operations and requirements unknown)"),
+    }
     println!("  imports:");
     let width = check
         .imports
@@ -123,16 +148,21 @@ fn print_check(check: &PluginCheck) {
             packages.join(", ")
         );
     }
+    for unmet in &check.uncertain {
+        println!("  requires:  MAYBE UNMET: {unmet} (plugins without a manifest may provide it)");
+    }
     for grant in &check.unused_grants {
         println!("  grant `{grant}`: UNUSED, no import of the plugin can use it");
     }
     if !check.calls.is_empty() {
         println!("  calls:");
         for edge in &check.calls {
-            let note = if edge.reaches {
-                ""
-            } else {
+            let note = if !edge.reaches {
                 "  NOT IN THIS POLICY: calls will fail as unknown targets"
+            } else if edge.declared == Some(false) {
+                "  NOT DECLARED: the plugin's manifest has no such operation"
+            } else {
+                ""
             };
             println!("    → {}{note}", edge.edge);
         }

@@ -62,6 +62,13 @@ pub fn inspect(args: InspectArgs) -> ExitCode {
             return exit::code(exit::LOAD_REFUSED);
         }
     };
+    let manifest = match capsule_host::artifact::manifest::read(&bytes) {
+        Ok(manifest) => manifest,
+        Err(err) => {
+            eprintln!("error [invalid_manifest]: {}: {err}", args.plugin.display());
+            return exit::code(exit::LOAD_REFUSED);
+        }
+    };
     if args.json {
         println!(
             "{}",
@@ -74,6 +81,7 @@ pub fn inspect(args: InspectArgs) -> ExitCode {
                 "imports": summary.imports,
                 "exports": summary.exports,
                 "custom_sections": summary.custom_sections,
+                "manifest": manifest,
             })
         );
     } else {
@@ -99,10 +107,43 @@ pub fn inspect(args: InspectArgs) -> ExitCode {
                     capsule_host::CONTRACT_PACKAGE
                 ))
         );
+        match &manifest {
+            Some(manifest) => print_manifest(manifest),
+            None => println!("  manifest:  none"),
+        }
         print_list("imports", &summary.imports);
         print_list("exports", &summary.exports);
     }
     exit::code(exit::OK)
+}
+
+/// The manifest's facts and operations, one line each; schemas are in
+/// `--json`.
+fn print_manifest(manifest: &capsule_host::artifact::manifest::Manifest) {
+    println!("  plugin:    {} {}", manifest.name, manifest.version);
+    if !manifest.capabilities.is_empty() {
+        println!("  provides:  {}", manifest.capabilities.join(", "));
+    }
+    for requirement in &manifest.requires {
+        println!("  requires:  {requirement}");
+    }
+    println!("  operations:");
+    if manifest.operations.is_empty() {
+        println!("    (none declared)");
+    }
+    for operation in &manifest.operations {
+        let schemas = match (&operation.input, &operation.output) {
+            (Some(_), Some(_)) => "  [input and output schemas]",
+            (Some(_), None) => "  [input schema]",
+            (None, Some(_)) => "  [output schema]",
+            (None, None) => "",
+        };
+        if operation.description.is_empty() {
+            println!("    {}{schemas}", operation.name);
+        } else {
+            println!("    {}: {}{schemas}", operation.name, operation.description);
+        }
+    }
 }
 
 fn print_list(title: &str, items: &[Interface]) {

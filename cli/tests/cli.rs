@@ -1036,3 +1036,151 @@ stages = ["router"]
     let (code, _) = server.terminate();
     assert_eq!(code, Some(0));
 }
+
+/// `bytes` without their signatures and without a manifest: what the
+/// compiler produced.
+fn as_built(bytes: &[u8]) -> Vec<u8> {
+    use capsule_host::artifact::{manifest::MANIFEST_SECTION, sections, signature};
+    let content = signature::unsigned_content(bytes).unwrap();
+    let mut out = content[..8].to_vec();
+    for section in sections::split(&content).unwrap() {
+        if !matches!(section.custom(), Some((MANIFEST_SECTION, _))) {
+            out.extend_from_slice(&content[section.range]);
+        }
+    }
+    out
+}
+
+#[test]
+fn sign_embeds_the_manifest_the_plugin_builds_and_inspect_shows_it() {
+    let prefix = scratch("manifest-author");
+    capsule(&["keygen", "--out", path_str(&prefix)]);
+    let secret = prefix.with_extension("key");
+    let unsigned = scratch("thumbnail-as-built.wasm");
+    std::fs::write(
+        &unsigned,
+        as_built(&std::fs::read(plugin("thumbnail")).unwrap()),
+    )
+    .unwrap();
+    let out = capsule(&["sign", path_str(&unsigned), "--key", path_str(&secret)]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("manifest: thumbnail 0.1.0 with 1 operation(s), 0 requirement(s)"),
+        "{stdout}"
+    );
+    let inspected = capsule(&["inspect", path_str(&unsigned)]);
+    let text = String::from_utf8_lossy(&inspected.stdout);
+    assert!(text.contains("provides:  thumbnail"), "{text}");
+    assert!(
+        text.contains("make: Scales a grayscale image down so its longer side is at most `max`  [input and output schemas]"),
+        "{text}"
+    );
+    let v = json(&capsule(&["inspect", path_str(&unsigned), "--json"]));
+    assert_eq!(
+        v["manifest"]["operations"][0]["input"]["required"],
+        serde_json::json!(["image", "max"])
+    );
+
+    // A plugin whose manifest probe misbehaves is not signed by accident.
+    let bomb = scratch("alloc-bomb-as-built.wasm");
+    std::fs::write(
+        &bomb,
+        as_built(&std::fs::read(plugin("alloc-bomb")).unwrap()),
+    )
+    .unwrap();
+    let out = capsule(&["sign", path_str(&bomb), "--key", path_str(&secret)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(
+        stderr.contains("[memory_limit]") && stderr.contains("--no-manifest"),
+        "{stderr}"
+    );
+    let out = capsule(&[
+        "sign",
+        path_str(&bomb),
+        "--key",
+        path_str(&secret),
+        "--no-manifest",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let v = json(&capsule(&["inspect", path_str(&bomb), "--json"]));
+    assert!(v["manifest"].is_null());
+}
+
+#[test]
+fn check_reads_requirements_and_declared_operations_from_manifests() {
+    let missing = policy(
+        "check-missing-dependency.toml",
+        r#"
+[host]
+trusted_keys = ["{key}"]
+
+[plugins.hello]
+path = "{plugins}/hello.wasm"
+
+[plugins.router]
+path = "{plugins}/router.wasm"
+calls = ["capability:greeting", "capability:thumbnail"]
+"#,
+    );
+    let out = capsule_command(&["check", "--config", path_str(&missing)])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    assert!(
+        stdout.contains("REFUSED [missing_dependency]: missing dependency: requires capability `thumbnail`, which no loaded plugin provides"),
+        "{stdout}"
+    );
+
+    let complete = policy(
+        "check-operations.toml",
+        r#"
+[host]
+trusted_keys = ["{key}"]
+
+[plugins.hello]
+path = "{plugins}/hello.wasm"
+
+[plugins.thumbnail]
+path = "{plugins}/thumbnail.wasm"
+
+[plugins.router]
+path = "{plugins}/router.wasm"
+calls = ["hello:greet", "hello:shout", "capability:thumbnail"]
+"#,
+    );
+    let out = capsule_command(&["check", "--config", path_str(&complete)])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("manifest:  hello 0.1.0, 4 operation(s): greet, env, announce, calls"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("requires:  capability `thumbnail` ^0.1"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("→ hello:greet\n"), "{stdout}");
+    assert!(stdout.contains("→ hello:shout  NOT DECLARED"), "{stdout}");
+    let v = json(
+        &capsule_command(&["check", "--config", path_str(&complete), "--json"])
+            .output()
+            .unwrap(),
+    );
+    let router = v["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "router")
+        .unwrap();
+    assert_eq!(router["manifest"]["requires"][1]["capability"], "thumbnail");
+    assert!(router["warnings"].as_array().unwrap().iter().any(|w| {
+        w.as_str()
+            .unwrap()
+            .contains("`hello:shout` names an operation its plugin does not declare")
+    }));
+}

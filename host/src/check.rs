@@ -1,16 +1,23 @@
 //! `capsule check`: validates a policy and every plugin in it without
-//! compiling or running anything — signature, contract version, and each
-//! import next to the grant that serves it.
+//! compiling or running anything — signature, contract version, each import
+//! next to the grant that serves it, and from the plugins' static manifests
+//! the operations they declare, whether what each requires is in the policy
+//! (and in range), dependency cycles, and call edges to operations nobody
+//! declares.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Serialize;
 
 use crate::admission::{Examined, TrustPolicy, check_memory, examine, io_failure};
-use crate::error::ErrorKind;
+use crate::artifact::manifest::{self, Manifest};
+use crate::error::{ErrorKind, LoadFailure};
 use crate::input::{self, MAX_COMPONENT_BYTES, MAX_SIGNATURE_BYTES};
 use crate::policy::{PluginPolicy, Policy};
+use crate::runtime::dependencies::{self, Provider};
 use crate::services::Availability;
+use crate::services::calls::CallTarget;
 
 /// How an import of a plugin is served.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -57,6 +64,11 @@ pub struct PluginCheck {
     /// The plugin's edges in the call graph (its `calls` grant) and what
     /// each one reaches in this policy.
     pub calls: Vec<CallEdge>,
+    /// The static manifest the component carries, if any.
+    pub manifest: Option<Manifest>,
+    /// Requirements that may be unmet: the policy has plugins without a
+    /// manifest, one of which might provide them once described.
+    pub uncertain: Vec<String>,
 }
 
 /// One edge of the call graph.
@@ -67,6 +79,9 @@ pub struct CallEdge {
     /// Whether the plugin it names is in the policy (always true for a
     /// capability, whose providers are known once they load).
     pub reaches: bool,
+    /// For a `plugin:operation` edge, whether the callee's manifest declares
+    /// the operation (`None` when it has no manifest to say).
+    pub declared: Option<bool>,
 }
 
 impl PluginCheck {
@@ -97,6 +112,20 @@ impl PluginCheck {
                 edge.edge
             )
         }));
+        warnings.extend(
+            self.calls
+                .iter()
+                .filter(|edge| edge.declared == Some(false))
+                .map(|edge| {
+                    format!(
+                        "the call edge `{}` names an operation its plugin does not declare",
+                        edge.edge
+                    )
+                }),
+        );
+        warnings.extend(self.uncertain.iter().map(|unmet| {
+            format!("{unmet}, unless a plugin of this policy without a manifest provides it")
+        }));
         warnings
     }
 }
@@ -113,23 +142,113 @@ pub fn check_policy(policy: &Policy) -> Vec<PluginCheck> {
         allow_unsigned: policy.host.allow_unsigned,
         allow_partial: policy.host.allow_partial_signatures,
     };
-    policy
+    let mut checks: Vec<PluginCheck> = policy
         .plugins
         .iter()
-        .map(|(name, plugin)| {
-            let mut check = check_plugin(name, plugin, &trust);
-            check.calls = plugin
+        .map(|(name, plugin)| check_plugin(name, plugin, &trust))
+        .collect();
+    let manifests: BTreeMap<&str, Option<&Manifest>> = checks
+        .iter()
+        .map(|c| (c.name.as_str(), c.manifest.as_ref()))
+        .collect();
+    let edges: Vec<Vec<CallEdge>> = policy
+        .plugins
+        .values()
+        .map(|plugin| {
+            plugin
                 .grants
                 .calls
                 .iter()
-                .map(|edge| CallEdge {
-                    edge: edge.to_string(),
-                    reaches: edge
-                        .plugin()
-                        .is_none_or(|callee| policy.plugins.contains_key(callee)),
-                })
+                .map(|edge| call_edge(edge, &manifests))
+                .collect()
+        })
+        .collect();
+    let requirements = requirements(&checks);
+    for ((check, edges), (refused, uncertain)) in checks.iter_mut().zip(edges).zip(requirements) {
+        check.calls = edges;
+        check.uncertain = uncertain;
+        if check.refused.is_none() {
+            check.refused = refused;
+        }
+    }
+    checks
+}
+
+fn call_edge(edge: &CallTarget, manifests: &BTreeMap<&str, Option<&Manifest>>) -> CallEdge {
+    let callee = edge.plugin().and_then(|name| manifests.get(name));
+    CallEdge {
+        edge: edge.to_string(),
+        reaches: edge.plugin().is_none() || callee.is_some(),
+        declared: match (edge, callee) {
+            (CallTarget::Operation(_, operation), Some(Some(manifest))) => {
+                Some(manifest.operation(operation).is_some())
+            }
+            _ => None,
+        },
+    }
+}
+
+/// For each check in order: why it would be refused for its requirements
+/// (a cycle, or one unmet by the policy's manifests), and requirements that
+/// only a plugin without a manifest could meet.
+#[allow(clippy::type_complexity)]
+fn requirements(checks: &[PluginCheck]) -> Vec<(Option<(ErrorKind, String)>, Vec<String>)> {
+    let plugins: BTreeMap<String, Option<&Manifest>> = checks
+        .iter()
+        .map(|c| (c.name.clone(), c.manifest.as_ref()))
+        .collect();
+    let (_, cycles) = dependencies::load_order(&plugins);
+    // Providers as the policy loads them: plugins that would be refused
+    // provide nothing.
+    let providers: Vec<Provider<'_>> = checks
+        .iter()
+        .filter(|c| c.refused.is_none())
+        .filter_map(|c| {
+            let manifest = c.manifest.as_ref()?;
+            Some(Provider {
+                name: &c.name,
+                version: &manifest.version,
+                capabilities: &manifest.capabilities,
+            })
+        })
+        .collect();
+    let unknown_providers = checks.iter().any(|c| c.manifest.is_none());
+    checks
+        .iter()
+        .map(|check| {
+            if let Some((_, cycle)) = cycles.iter().find(|(name, _)| *name == check.name) {
+                return (
+                    Some((
+                        ErrorKind::DependencyCycle,
+                        format!("dependency cycle: {cycle}"),
+                    )),
+                    Vec::new(),
+                );
+            }
+            let Some(manifest) = &check.manifest else {
+                return (None, Vec::new());
+            };
+            let others: Vec<Provider<'_>> = providers
+                .iter()
+                .filter(|p| p.name != check.name)
+                .cloned()
                 .collect();
-            check
+            let unmet: Vec<String> = manifest
+                .requires
+                .iter()
+                .filter_map(|r| dependencies::satisfied(r, &others).err())
+                .collect();
+            match (unmet.is_empty(), unknown_providers) {
+                (true, _) => (None, Vec::new()),
+                (false, true) => (None, unmet),
+                (false, false) => (
+                    Some((
+                        ErrorKind::MissingDependency,
+                        format!("missing dependency: {}", unmet.join("; ")),
+                    )),
+                    Vec::new(),
+                ),
+            }
         })
         .collect()
 }
@@ -144,6 +263,8 @@ fn check_plugin(name: &str, plugin: &PluginPolicy, trust: &TrustPolicy) -> Plugi
         imports: Vec::new(),
         unused_grants: Vec::new(),
         calls: Vec::new(),
+        manifest: None,
+        uncertain: Vec::new(),
     };
     let read = |path: &PathBuf, max_bytes| input::read_file(path, max_bytes).map_err(io_failure);
     let examined = read(&plugin.path, MAX_COMPONENT_BYTES).and_then(|bytes| {
@@ -152,15 +273,27 @@ fn check_plugin(name: &str, plugin: &PluginPolicy, trust: &TrustPolicy) -> Plugi
             .as_ref()
             .map(|path| read(path, MAX_SIGNATURE_BYTES))
             .transpose()?;
-        examine(name, &bytes, detached.as_deref(), trust)
+        let examined = examine(name, &bytes, detached.as_deref(), trust)?;
+        let manifest = manifest::read(&bytes).map_err(LoadFailure::InvalidManifest)?;
+        Ok((examined, manifest))
     });
-    let examined = examined.and_then(|examined| {
+    let examined = examined.and_then(|(examined, manifest)| {
         check_memory(&examined.summary, &plugin.limits)?;
-        Ok(examined)
+        if plugin.validate_input && manifest.is_none() {
+            return Err(LoadFailure::Config(
+                "`validate_input` needs the operations the plugin declares, but the component \
+                 carries no manifest"
+                    .into(),
+            ));
+        }
+        Ok((examined, manifest))
     });
-    let Examined {
-        signers, summary, ..
-    } = match examined {
+    let (
+        Examined {
+            signers, summary, ..
+        },
+        manifest,
+    ) = match examined {
         Ok(examined) => examined,
         Err(failure) => {
             check.refused = Some((failure.kind(), failure.to_string()));
@@ -168,6 +301,7 @@ fn check_plugin(name: &str, plugin: &PluginPolicy, trust: &TrustPolicy) -> Plugi
         }
     };
     check.signers = signers;
+    check.manifest = manifest;
     check.contract_version = summary.contract_version().map(str::to_owned);
     for import in &summary.imports {
         let status = match plugin.grants.serving(import) {

@@ -5,7 +5,7 @@ mod breaker;
 mod bus;
 mod call;
 mod delivery;
-mod dependencies;
+pub(crate) mod dependencies;
 mod input_schema;
 pub(crate) mod load;
 mod metrics;
