@@ -45,6 +45,15 @@ impl Server {
         )
         .await
         .unwrap();
+        // The same plugin under its declared contract: requests are checked
+        // against its input schemas before it runs.
+        host.load(
+            PluginSpec::from_path(plugin_path(HELLO))
+                .with_name("hello-strict")
+                .validate_input(true),
+        )
+        .await
+        .unwrap();
         let limited = [
             (
                 HUGE_OUTPUT,
@@ -217,6 +226,12 @@ async fn every_failure_has_a_fitting_status_and_a_json_body() {
             "plugin_error",
         ),
         (
+            "/v1/plugins/hello-strict/call?op=greet",
+            r#"{"name":""}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+        ),
+        (
             "/v1/plugins/ghost/call?op=greet",
             "{}".into(),
             StatusCode::NOT_FOUND,
@@ -378,6 +393,13 @@ async fn listing_metrics_health_events_and_reload() {
         .expect("hello is listed");
     assert_eq!(hello["info"]["version"], "0.1.0");
     assert_eq!(hello["info"]["capabilities"], json!(["greeting"]));
+    // The signed manifest: operations with their schemas.
+    assert_eq!(hello["manifest"]["operations"][0]["name"], "greet");
+    assert_eq!(
+        hello["manifest"]["operations"][0]["input"]["required"],
+        json!(["name"])
+    );
+    assert_eq!(hello["validate_input"], false);
     assert_eq!(hello["state"], "active");
     assert_eq!(
         (&hello["calls_in_flight"], &hello["queued_events"]),
