@@ -104,9 +104,9 @@ pub fn run(workspace: &Workspace) -> Result<()> {
             Expect::Refused("plugin_error"),
         ),
         Step::new(
-            "inspect shows the digest, the signer and the contract, without running anything",
+            "inspect shows the digest, the signer, the contract and the signed manifest (operations, schemas), without running anything",
             &["inspect".to_owned(), hello.clone()],
-            Expect::Success,
+            Expect::SuccessWith("greet: Greets someone by name"),
         ),
         Step::new(
             "verify checks the signature against the trusted key",
@@ -147,6 +147,11 @@ pub fn run(workspace: &Workspace) -> Result<()> {
             "hello under the policy: config says Bonjour",
             &granted("hello", "greet", r#"{"name":"Ada"}"#),
             Expect::SuccessWith("Bonjour, Ada!"),
+        ),
+        Step::new(
+            "validate_input: a greet request without `name` does not match hello's declared schema and is refused before hello runs",
+            &granted("hello", "greet", r#"{"nom":"Ada"}"#),
+            Expect::RefusedWith("invalid_input", "required property"),
         ),
         Step::new(
             "hello sees exactly the environment it was granted",
@@ -258,6 +263,14 @@ pub fn run(workspace: &Workspace) -> Result<()> {
                 r#"{"image":{"width":4,"height":2,"pixels":[0,1,2,3,10,11,12,13]},"max":2}"#,
             ),
             Expect::SuccessWith(r#""pixels":[0,2]"#),
+        ),
+        Step::new(
+            "router requires the `greeting` and `thumbnail` capabilities: loaded alone, it is refused",
+            &run(
+                &plugin("router"),
+                &["--op", "greet", "--input", r#"{"name":"Ada"}"#, "--json"],
+            ),
+            Expect::RefusedWith("missing_dependency", "no loaded plugin provides"),
         ),
         Step::new(
             "router has a `shout` route, but no grant to call `shouting`: denied",
