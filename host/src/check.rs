@@ -188,11 +188,14 @@ fn call_edge(edge: &CallTarget, manifests: &BTreeMap<&str, Option<&Manifest>>) -
     }
 }
 
+/// Why a plugin would be refused for its requirements, if it would be, and
+/// the requirements only a plugin without a manifest could meet.
+type RequirementsCheck = (Option<(ErrorKind, String)>, Vec<String>);
+
 /// For each check in order: why it would be refused for its requirements
 /// (a cycle, or one unmet by the policy's manifests), and requirements that
 /// only a plugin without a manifest could meet.
-#[allow(clippy::type_complexity)]
-fn requirements(checks: &[PluginCheck]) -> Vec<(Option<(ErrorKind, String)>, Vec<String>)> {
+fn requirements(checks: &[PluginCheck]) -> Vec<RequirementsCheck> {
     let plugins: BTreeMap<String, Option<&Manifest>> = checks
         .iter()
         .map(|c| (c.name.clone(), c.manifest.as_ref()))

@@ -355,7 +355,8 @@ mod tests {
 
     #[test]
     fn malformed_manifests_are_refused_with_the_reason() {
-        let cases: Vec<(Box<dyn Fn(&mut Manifest)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut Manifest)>;
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(|m| m.format = 9), "format 9"),
             (Box::new(|m| m.version = "one".into()), "not semver"),
             (
