@@ -8,7 +8,7 @@
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /healthz` | `ok` while serving |
 //! | `POST /v1/events/{topic}` | admin: publish the body as an event |
-//! | `POST /v1/plugins/{name}/reload` | admin: reload from its file (kept on failure) |
+//! | `POST /v1/plugins/{name}/reload` | admin: reload from its file (kept on failure; refused with `missing_dependency` when it would break a plugin that requires it, unless `?force=true`) |
 //! | `POST /v1/plugins/{name}/pause`, `/resume` | admin |
 //! | `GET /v1/dead-letters` | admin: undeliverable events |
 //!
@@ -689,9 +689,18 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+#[derive(Deserialize)]
+struct ReloadQuery {
+    /// Replace the plugin even if the new version breaks plugins that
+    /// require it.
+    #[serde(default)]
+    force: bool,
+}
+
 async fn reload(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    Query(query): Query<ReloadQuery>,
     headers: HeaderMap,
 ) -> Response {
     if let Err(err) = authorize(&state, &headers) {
@@ -705,7 +714,12 @@ async fn reload(
             "no such plugin is loaded",
         );
     }
-    match state.host.reload(&name).await {
+    let reloaded = if query.force {
+        state.host.force_reload(&name).await
+    } else {
+        state.host.reload(&name).await
+    };
+    match reloaded {
         Ok(details) => axum::Json(json!({
             "reloaded": name,
             "version": details.info.version,

@@ -11,8 +11,8 @@ use capsule_host::services::kv::KvGrant;
 use capsule_host::{Grants, Host, Limits, PluginSpec, RequestId};
 use capsule_tests::plugin_path;
 use capsule_tests::plugins::{
-    AMPLIFIER, HELLO, HUGE_OUTPUT, INGEST_ENRICH, INGEST_TRANSFORM, INGEST_VALIDATE, ORDER_AUDIT,
-    SLOW_HOST_CALLS, SPIN_LOOP,
+    AMPLIFIER, HELLO, HUGE_OUTPUT, INGEST_ENRICH, INGEST_TRANSFORM, INGEST_VALIDATE, KV_COUNTER,
+    ORDER_AUDIT, ROUTER, SLOW_HOST_CALLS, SPIN_LOOP, THUMBNAIL,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -115,7 +115,12 @@ impl Server {
         host.load(PluginSpec::from_path(plugin_path(ORDER_AUDIT)).grants(audit))
             .await
             .unwrap();
+        Self::serve(host, options).await
+    }
 
+    /// Serves `host` (with the tests' admin token, body limit and shutdown
+    /// deadline).
+    async fn serve(host: Host, options: ServeOptions) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let options = ServeOptions {
@@ -755,5 +760,45 @@ async fn host_faults_do_not_reveal_host_paths() {
     let error: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(error["error"]["kind"], "host", "{body}");
     assert!(!body.contains(dir.to_str().unwrap()), "{body}");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_breaks_a_dependent_needs_force() {
+    let dir = capsule_tests::temp_dir("serve-force-reload");
+    let file = dir.join("thumbnail.wasm");
+    std::fs::copy(plugin_path(THUMBNAIL), &file).unwrap();
+    let host = capsule_tests::host_builder().build().unwrap();
+    host.load(PluginSpec::from_path(&file)).await.unwrap();
+    host.load(PluginSpec::from_path(plugin_path(HELLO)))
+        .await
+        .unwrap();
+    host.load(PluginSpec::from_path(plugin_path(ROUTER)))
+        .await
+        .unwrap();
+    let server = Server::serve(host, ServeOptions::default()).await;
+    // The file now holds a plugin without the `thumbnail` capability the
+    // router requires.
+    std::fs::copy(plugin_path(KV_COUNTER), &file).unwrap();
+    let refused = server.admin("/v1/plugins/thumbnail/reload", "").await;
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["kind"], "missing_dependency", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`router` requires capability `thumbnail` ^0.1"),
+        "{body}"
+    );
+    let forced = server
+        .admin("/v1/plugins/thumbnail/reload?force=true", "")
+        .await;
+    assert_eq!(forced.status(), StatusCode::OK);
+    let body: Value = forced.json().await.unwrap();
+    assert_eq!(
+        (&body["version"], &body["generation"]),
+        (&json!("0.2.0"), &json!(1))
+    );
     server.stop().await.unwrap();
 }

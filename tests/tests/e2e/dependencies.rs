@@ -285,17 +285,23 @@ async fn a_dependency_cycle_is_an_error_and_the_rest_loads() {
 
 #[tokio::test]
 async fn a_reload_that_would_break_a_dependent_is_refused_unless_forced() {
-    let host = crate::host();
+    let key = SecretKey::generate().unwrap();
+    let host = host_trusting(&key);
     for plugin in [HELLO, THUMBNAIL] {
         host.load(PluginSpec::from_path(plugin_path(plugin)))
             .await
             .unwrap();
     }
-    host.load(PluginSpec::from_path(plugin_path(ROUTER)))
+    // The router, also pinned to the plugin `thumbnail` in 0.1.x.
+    let pinned = variant(ROUTER, &key, |m| {
+        m.requires.push(requiring("thumbnail", "^0.1"))
+    });
+    host.load(PluginSpec::from_bytes("router", pinned))
         .await
         .unwrap();
-    // `thumbnail` replaced by a plugin that does not provide the capability
-    // the router requires.
+
+    // `thumbnail` replaced by kv-counter 0.2.0: a version outside the
+    // router's range, and no `thumbnail` capability.
     let replacement = PluginSpec::from_path(plugin_path(KV_COUNTER))
         .with_name("thumbnail")
         .grants(capsule_host::Grants {
@@ -304,16 +310,53 @@ async fn a_reload_that_would_break_a_dependent_is_refused_unless_forced() {
         });
     let err = host.reload_with(replacement.clone()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::MissingDependency, "{err}");
+    let message = err.to_string();
     assert!(
-        err.to_string()
-            .contains("`router` requires capability `thumbnail` ^0.1"),
-        "{err}"
+        message.contains("version 0.2.0 would break what depends on it"),
+        "{message}"
+    );
+    assert!(
+        message.contains("`router` requires capability `thumbnail` ^0.1"),
+        "{message}"
+    );
+    assert!(
+        message.contains("`router` requires plugin `thumbnail` ^0.1"),
+        "{message}"
     );
     // Refused means unchanged: the old version keeps serving.
     assert_eq!(host.details("thumbnail").unwrap().info.name, "thumbnail");
     assert_eq!(host.status("thumbnail").unwrap().generation, 0);
+    let made = host
+        .call(
+            "thumbnail",
+            Request::new(
+                "make",
+                r#"{"image":{"width":1,"height":1,"pixels":[5]},"max":1}"#,
+            ),
+        )
+        .await;
+    assert!(made.is_ok());
+
+    // The dependent's own requirements are checked when it is reloaded.
+    let picky = variant(ROUTER, &key, |m| {
+        m.requires = vec![requiring("thumbnail", "^0.2")]
+    });
+    let err = host
+        .reload_with(PluginSpec::from_bytes("router", picky))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::MissingDependency, "{err}");
+    assert!(
+        err.to_string().contains("only `thumbnail` 0.1.0 is loaded"),
+        "{err}"
+    );
+
+    // Forced, the reload goes through.
     let forced = host.force_reload_with(replacement).await.unwrap();
-    assert_eq!(forced.info.name, "kv-counter");
+    assert_eq!(
+        (forced.info.name.as_str(), forced.info.version.as_str()),
+        ("kv-counter", "0.2.0")
+    );
     assert_eq!(host.status("thumbnail").unwrap().generation, 1);
 }
 
