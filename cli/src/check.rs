@@ -91,21 +91,20 @@ fn print_check(check: &PluginCheck) {
     );
     match &check.manifest {
         Some(manifest) => {
-            let operations: Vec<&str> = manifest
-                .operations
-                .iter()
-                .map(|o| o.name.as_str())
-                .collect();
-            println!(
-                "  manifest:  {} {}, {} operation(s){}",
-                manifest.name,
-                manifest.version,
-                operations.len(),
-                if operations.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", operations.join(", "))
+            let operations = match &manifest.operations {
+                Some(declared) => {
+                    let names: Vec<&str> = declared.iter().map(|o| o.name.as_str()).collect();
+                    if names.is_empty() {
+                        "0 operation(s)".to_owned()
+                    } else {
+                        format!("{} operation(s): {}", names.len(), names.join(", "))
+                    }
                 }
+                None => "operations not declared".to_owned(),
+            };
+            println!(
+                "  manifest:  {} {}, {operations}",
+                manifest.name, manifest.version
             );
             for requirement in &manifest.requires {
                 println!("  requires:  {requirement}");

@@ -128,10 +128,12 @@ fn print_manifest(manifest: &capsule_host::artifact::manifest::Manifest) {
         println!("  requires:  {requirement}");
     }
     println!("  operations:");
-    if manifest.operations.is_empty() {
-        println!("    (none declared)");
+    match &manifest.operations {
+        None => println!("    (not declared: its `handle` does not route through a `Dispatch`)"),
+        Some(declared) if declared.is_empty() => println!("    (none)"),
+        Some(_) => {}
     }
-    for operation in &manifest.operations {
+    for operation in manifest.operations.iter().flatten() {
         let schemas = match (&operation.input, &operation.output) {
             (Some(_), Some(_)) => "  [input and output schemas]",
             (Some(_), None) => "  [input schema]",

@@ -174,13 +174,15 @@ pub fn sign(args: SignArgs) -> ExitCode {
     exit::code(exit::OK)
 }
 
-/// `bytes` with the plugin's manifest embedded, when it can have one: an
-/// unsigned component (a signed one's content is fixed by its signatures)
-/// without a manifest yet, built against contract 0.2. The plugin runs once,
-/// without `init`, grants or trust, under the default limits.
 /// The memory a plugin may use while it builds its manifest for signing.
 const SIGNING_MEMORY_BYTES: u64 = 1 << 30;
 
+/// `bytes` with the plugin's manifest embedded, when it can have one: an
+/// unsigned component (a signed one's content is fixed by its signatures)
+/// without a manifest yet, built against contract 0.2. The plugin runs once,
+/// without `init`, grants or trust, under the default limits (with
+/// [`SIGNING_MEMORY_BYTES`] of memory), and its document is embedded as it
+/// wrote it.
 fn with_manifest(path: &Path, bytes: Vec<u8>) -> Result<Vec<u8>, ExitCode> {
     let at = |err: &dyn std::fmt::Display| format!("{}: {err}", path.display());
     if manifest::read(&bytes)
@@ -229,14 +231,17 @@ fn with_manifest(path: &Path, bytes: Vec<u8>) -> Result<Vec<u8>, ExitCode> {
         })
     })?;
     match asked {
-        Some(found) => {
-            let embedded = manifest::embed(&bytes, &found)
+        Some((found, document)) => {
+            let embedded = manifest::embed(&bytes, document.as_bytes())
                 .map_err(|err| fail(ErrorKind::Malformed, at(&err)))?;
+            let operations = match &found.operations {
+                Some(operations) => format!("{} operation(s)", operations.len()),
+                None => "operations not declared".to_owned(),
+            };
             println!(
-                "manifest: {} {} with {} operation(s), {} requirement(s)",
+                "manifest: {} {} with {operations}, {} requirement(s)",
                 found.name,
                 found.version,
-                found.operations.len(),
                 found.requires.len()
             );
             Ok(embedded)

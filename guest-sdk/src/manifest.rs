@@ -102,26 +102,53 @@ struct Document {
     version: String,
     description: String,
     capabilities: Vec<String>,
-    operations: Vec<Operation>,
+    /// `None` when `handle` built no `Dispatch`: the operations are then
+    /// unknown, not absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    operations: Option<Vec<Operation>>,
     requires: Vec<Requirement>,
+}
+
+/// What a probe of `handle` collected.
+#[derive(Default)]
+struct Probe {
+    /// Whether `handle` built a `Dispatch` at all.
+    dispatched: bool,
+    operations: Vec<Operation>,
+}
+
+/// Ends the probe however `handle` returns (or unwinds, natively).
+struct ProbeGuard;
+
+impl Drop for ProbeGuard {
+    fn drop(&mut self) {
+        PROBE.with(|probe| probe.borrow_mut().take());
+    }
 }
 
 thread_local! {
     /// Set while [`document`] probes `handle`: each handler registered on a
     /// [`Dispatch`](crate::Dispatch) is recorded here instead of matched.
-    static PROBE: RefCell<Option<Vec<Operation>>> = const { RefCell::new(None) };
+    static PROBE: RefCell<Option<Probe>> = const { RefCell::new(None) };
 }
 
-/// Whether a probe is collecting operations.
+/// Whether a probe is collecting operations; notes that a `Dispatch` was
+/// built if so.
 pub(crate) fn probing() -> bool {
-    PROBE.with(|probe| probe.borrow().is_some())
+    PROBE.with(|probe| match probe.borrow_mut().as_mut() {
+        Some(probe) => {
+            probe.dispatched = true;
+            true
+        }
+        None => false,
+    })
 }
 
 /// Records an operation during a probe.
 pub(crate) fn record(operation: Operation) {
     PROBE.with(|probe| {
-        if let Some(operations) = probe.borrow_mut().as_mut() {
-            operations.push(operation);
+        if let Some(probe) = probe.borrow_mut().as_mut() {
+            probe.operations.push(operation);
         }
     });
 }
@@ -129,7 +156,11 @@ pub(crate) fn record(operation: Operation) {
 /// Sets the description of the operation recorded last during a probe.
 pub(crate) fn describe_last(description: &str) {
     PROBE.with(|probe| {
-        if let Some(last) = probe.borrow_mut().as_mut().and_then(|ops| ops.last_mut()) {
+        if let Some(last) = probe
+            .borrow_mut()
+            .as_mut()
+            .and_then(|probe| probe.operations.last_mut())
+        {
             last.description = description.to_owned();
         }
     });
@@ -140,13 +171,16 @@ pub(crate) fn describe_last(description: &str) {
 /// on an empty probe request, during which every [`Dispatch`](crate::Dispatch)
 /// records its handlers instead of calling them; so keep `handle` a dispatch
 /// (work done before it runs, in a sandbox without grants, and any host
-/// call fails).
+/// call fails). A `handle` that builds no `Dispatch` leaves `operations`
+/// out: unknown, which hosts tell from "none".
 pub fn document<P: Plugin>(from_cargo: PluginInfo) -> String {
-    PROBE.with(|probe| *probe.borrow_mut() = Some(Vec::new()));
-    let _ = P::handle(Request::new("", ""));
-    let operations = PROBE
-        .with(|probe| probe.borrow_mut().take())
-        .unwrap_or_default();
+    let probed = {
+        PROBE.with(|probe| *probe.borrow_mut() = Some(Probe::default()));
+        let _end = ProbeGuard;
+        let _ = P::handle(Request::new("", ""));
+        PROBE.with(|probe| probe.borrow_mut().take())
+    };
+    let operations = probed.and_then(|probe| probe.dispatched.then_some(probe.operations));
     let info = P::describe(from_cargo);
     let document = Document {
         format: FORMAT,

@@ -7,6 +7,7 @@
 use crate::artifact::inspect::{
     ComponentSummary, Interface, check_header, inspect, version_compatible,
 };
+use crate::artifact::manifest::{self, Manifest};
 use crate::artifact::signature::{self, SignatureError};
 use crate::artifact::{PublicKey, sha256_hex};
 use crate::contract::{CONTRACT_PACKAGE, served_contracts};
@@ -31,6 +32,8 @@ pub(crate) struct Examined {
     pub(crate) digest: String,
     /// Imports, exports and contract version.
     pub(crate) summary: ComponentSummary,
+    /// The static manifest, if the component carries one.
+    pub(crate) manifest: Option<Manifest>,
 }
 
 /// Every check that needs no compilation, in order: the header, the
@@ -43,14 +46,24 @@ pub(crate) fn examine(
     trust: &TrustPolicy,
 ) -> Result<Examined, LoadFailure> {
     check_header(bytes).map_err(|err| LoadFailure::Malformed(err.0))?;
-    let signers = check_signature(name, bytes, detached, trust)?;
+    let (signers, partial) = check_signature(name, bytes, detached, trust)?;
     let summary = inspect(bytes).map_err(|err| LoadFailure::Malformed(err.0))?;
     check_contract(&summary)?;
     check_imports(&summary)?;
+    let manifest = manifest::read(bytes).map_err(LoadFailure::InvalidManifest)?;
+    if partial && manifest.is_some() {
+        // The section may lie past what the signature covers.
+        return Err(LoadFailure::InvalidManifest(
+            "the trusted signature covers only part of the component, and a manifest is \
+             trusted only under a signature that covers all of it"
+                .into(),
+        ));
+    }
     Ok(Examined {
         signers,
         digest: sha256_hex(bytes),
         summary,
+        manifest,
     })
 }
 
@@ -77,15 +90,16 @@ pub(crate) fn io_failure(err: ReadError) -> LoadFailure {
     }
 }
 
-/// Enforces the trust policy; returns the trusted signers' key ids. With
-/// `allow_unsigned`, a plugin without a valid trusted signature still loads,
-/// with a warning every time.
+/// Enforces the trust policy; returns the trusted signers' key ids and
+/// whether they cover only part of the component. With `allow_unsigned`, a
+/// plugin without a valid trusted signature still loads, with a warning
+/// every time.
 fn check_signature(
     name: &str,
     bytes: &[u8],
     detached: Option<&[u8]>,
     trust: &TrustPolicy,
-) -> Result<Vec<String>, LoadFailure> {
+) -> Result<(Vec<String>, bool), LoadFailure> {
     match signature::verify(bytes, detached, &trust.keys, trust.allow_partial) {
         Ok(verified) => {
             if verified.partial {
@@ -94,7 +108,8 @@ fn check_signature(
                     "loading a plugin whose trusted signature covers only part of it"
                 );
             }
-            Ok(verified.signers.iter().map(|id| id.to_hex()).collect())
+            let signers = verified.signers.iter().map(|id| id.to_hex()).collect();
+            Ok((signers, verified.partial))
         }
         Err(err) if trust.allow_unsigned => {
             tracing::warn!(
@@ -102,7 +117,7 @@ fn check_signature(
                 reason = %err,
                 "LOADING A PLUGIN WITHOUT A VALID TRUSTED SIGNATURE (unsigned plugins are allowed)"
             );
-            Ok(Vec::new())
+            Ok((Vec::new(), false))
         }
         Err(err) => Err(match err {
             SignatureError::Unsigned => LoadFailure::Unsigned(format!(

@@ -11,11 +11,12 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::admission::{Examined, TrustPolicy, check_memory, examine, io_failure};
-use crate::artifact::manifest::{self, Manifest};
-use crate::error::{ErrorKind, LoadFailure};
+use crate::artifact::manifest::Manifest;
+use crate::error::ErrorKind;
 use crate::input::{self, MAX_COMPONENT_BYTES, MAX_SIGNATURE_BYTES};
 use crate::policy::{PluginPolicy, Policy};
-use crate::runtime::dependencies::{self, Provider};
+use crate::runtime::dependencies::{self, Pins, Provider};
+use crate::runtime::input_schema::InputSchemas;
 use crate::services::Availability;
 use crate::services::calls::CallTarget;
 
@@ -163,7 +164,7 @@ pub fn check_policy(policy: &Policy) -> Vec<PluginCheck> {
                 .collect()
         })
         .collect();
-    let requirements = requirements(&checks);
+    let requirements = requirements(&checks, &policy.capabilities);
     for ((check, edges), (refused, uncertain)) in checks.iter_mut().zip(edges).zip(requirements) {
         check.calls = edges;
         check.uncertain = uncertain;
@@ -180,9 +181,10 @@ fn call_edge(edge: &CallTarget, manifests: &BTreeMap<&str, Option<&Manifest>>) -
         edge: edge.to_string(),
         reaches: edge.plugin().is_none() || callee.is_some(),
         declared: match (edge, callee) {
-            (CallTarget::Operation(_, operation), Some(Some(manifest))) => {
-                Some(manifest.operation(operation).is_some())
-            }
+            (CallTarget::Operation(_, operation), Some(Some(manifest))) => manifest
+                .operations
+                .as_ref()
+                .map(|declared| declared.iter().any(|op| &op.name == operation)),
             _ => None,
         },
     }
@@ -194,64 +196,64 @@ type RequirementsCheck = (Option<(ErrorKind, String)>, Vec<String>);
 
 /// For each check in order: why it would be refused for its requirements
 /// (a cycle, or one unmet by the policy's manifests), and requirements that
-/// only a plugin without a manifest could meet.
-fn requirements(checks: &[PluginCheck]) -> Vec<RequirementsCheck> {
-    let plugins: BTreeMap<String, Option<&Manifest>> = checks
-        .iter()
-        .map(|c| (c.name.clone(), c.manifest.as_ref()))
-        .collect();
-    let (_, cycles) = dependencies::load_order(&plugins);
-    // Providers as the policy loads them: plugins that would be refused
-    // provide nothing.
-    let providers: Vec<Provider<'_>> = checks
+/// only a plugin without a manifest could meet. Follows the order
+/// `load_policy` loads in, so a plugin refused for its own requirements
+/// provides nothing to those after it.
+fn requirements(checks: &[PluginCheck], pins: &Pins) -> Vec<RequirementsCheck> {
+    // Plugins refused for their file provide nothing and wait for nothing.
+    let loadable: BTreeMap<String, Option<&Manifest>> = checks
         .iter()
         .filter(|c| c.refused.is_none())
-        .filter_map(|c| {
-            let manifest = c.manifest.as_ref()?;
-            Some(Provider {
-                name: &c.name,
-                version: &manifest.version,
-                capabilities: &manifest.capabilities,
-            })
-        })
+        .map(|c| (c.name.clone(), c.manifest.as_ref()))
         .collect();
-    let unknown_providers = checks.iter().any(|c| c.manifest.is_none());
+    let (order, cycles) = dependencies::load_order(&loadable, pins);
+    let unknown_providers = loadable.values().any(Option::is_none);
+    let mut results: BTreeMap<&str, RequirementsCheck> = BTreeMap::new();
+    for (name, cycle) in &cycles {
+        let refused = (
+            ErrorKind::DependencyCycle,
+            format!("dependency cycle: {cycle}"),
+        );
+        results.insert(name.as_str(), (Some(refused), Vec::new()));
+    }
+    let mut loaded: Vec<Provider<'_>> = Vec::new();
+    for name in &order {
+        let Some(check) = checks.iter().find(|c| &c.name == name) else {
+            continue;
+        };
+        let Some(manifest) = &check.manifest else {
+            continue;
+        };
+        let unmet: Vec<String> = manifest
+            .requires
+            .iter()
+            .filter_map(|r| dependencies::satisfied(r, &loaded, pins).err())
+            .collect();
+        let result = match (unmet.is_empty(), unknown_providers) {
+            (true, _) => (None, Vec::new()),
+            (false, true) => (None, unmet),
+            (false, false) => {
+                let refused = format!("missing dependency: {}", unmet.join("; "));
+                results.insert(
+                    check.name.as_str(),
+                    (Some((ErrorKind::MissingDependency, refused)), Vec::new()),
+                );
+                continue;
+            }
+        };
+        loaded.push(Provider {
+            name: &check.name,
+            version: &manifest.version,
+            capabilities: &manifest.capabilities,
+        });
+        results.insert(check.name.as_str(), result);
+    }
     checks
         .iter()
-        .map(|check| {
-            if let Some((_, cycle)) = cycles.iter().find(|(name, _)| *name == check.name) {
-                return (
-                    Some((
-                        ErrorKind::DependencyCycle,
-                        format!("dependency cycle: {cycle}"),
-                    )),
-                    Vec::new(),
-                );
-            }
-            let Some(manifest) = &check.manifest else {
-                return (None, Vec::new());
-            };
-            let others: Vec<Provider<'_>> = providers
-                .iter()
-                .filter(|p| p.name != check.name)
-                .cloned()
-                .collect();
-            let unmet: Vec<String> = manifest
-                .requires
-                .iter()
-                .filter_map(|r| dependencies::satisfied(r, &others).err())
-                .collect();
-            match (unmet.is_empty(), unknown_providers) {
-                (true, _) => (None, Vec::new()),
-                (false, true) => (None, unmet),
-                (false, false) => (
-                    Some((
-                        ErrorKind::MissingDependency,
-                        format!("missing dependency: {}", unmet.join("; ")),
-                    )),
-                    Vec::new(),
-                ),
-            }
+        .map(|c| {
+            results
+                .remove(c.name.as_str())
+                .unwrap_or((None, Vec::new()))
         })
         .collect()
 }
@@ -276,27 +278,23 @@ fn check_plugin(name: &str, plugin: &PluginPolicy, trust: &TrustPolicy) -> Plugi
             .as_ref()
             .map(|path| read(path, MAX_SIGNATURE_BYTES))
             .transpose()?;
-        let examined = examine(name, &bytes, detached.as_deref(), trust)?;
-        let manifest = manifest::read(&bytes).map_err(LoadFailure::InvalidManifest)?;
-        Ok((examined, manifest))
+        examine(name, &bytes, detached.as_deref(), trust)
     });
-    let examined = examined.and_then(|(examined, manifest)| {
+    let examined = examined.and_then(|examined| {
         check_memory(&examined.summary, &plugin.limits)?;
-        if plugin.validate_input && manifest.is_none() {
-            return Err(LoadFailure::Config(
-                "`validate_input` needs the operations the plugin declares, but the component \
-                 carries no manifest"
-                    .into(),
-            ));
+        if plugin.validate_input {
+            // The same compilation the load does, so a schema that would
+            // not compile is refused here too.
+            InputSchemas::for_manifest(examined.manifest.as_ref())?;
         }
-        Ok((examined, manifest))
+        Ok(examined)
     });
-    let (
-        Examined {
-            signers, summary, ..
-        },
+    let Examined {
+        signers,
+        summary,
         manifest,
-    ) = match examined {
+        ..
+    } = match examined {
         Ok(examined) => examined,
         Err(failure) => {
             check.refused = Some((failure.kind(), failure.to_string()));

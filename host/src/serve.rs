@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -689,22 +689,37 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-#[derive(Deserialize)]
-struct ReloadQuery {
-    /// Replace the plugin even if the new version breaks plugins that
-    /// require it.
-    #[serde(default)]
-    force: bool,
-}
-
 async fn reload(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Query(query): Query<ReloadQuery>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
     if let Err(err) = authorize(&state, &headers) {
         return err.into_response();
+    }
+    // `force=true` replaces the plugin even if the new version breaks
+    // plugins that require it; read after authorization, so a bad query
+    // tells nothing to a caller without the token.
+    let mut force = false;
+    for pair in query
+        .as_deref()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair {
+            "force=true" => force = true,
+            "force=false" => force = false,
+            _ => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "config",
+                    &name,
+                    "the reload route takes only `force=true` or `force=false`",
+                );
+            }
+        }
     }
     if state.host.status(&name).is_none() {
         return error_response(
@@ -714,7 +729,7 @@ async fn reload(
             "no such plugin is loaded",
         );
     }
-    let reloaded = if query.force {
+    let reloaded = if force {
         state.host.force_reload(&name).await
     } else {
         state.host.reload(&name).await

@@ -14,7 +14,7 @@
 //! config schema, distribution metadata, operation flags): unknown fields are
 //! ignored by this host, so a newer SDK's manifest still loads.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -36,6 +36,19 @@ pub const MAX_REQUIREMENTS: usize = 64;
 pub const MAX_NAME_BYTES: usize = 128;
 /// The longest description (of the plugin or of one operation).
 pub const MAX_DESCRIPTION_BYTES: usize = 4096;
+/// The most JSON values one declared schema may expand to with every `$ref`
+/// followed: validating a request visits at most this many schema nodes per
+/// value of the request, so `$ref` graphs cannot make validation
+/// exponential.
+pub const MAX_SCHEMA_NODES: usize = 10_000;
+/// The longest chain of `$ref`s in one schema.
+pub const MAX_REF_DEPTH: usize = 16;
+/// The most `pattern`s, `patternProperties` and `propertyNames` keywords in
+/// one manifest's schemas: each compiles to a regular expression the host
+/// keeps.
+pub const MAX_PATTERNS: usize = 64;
+/// The compiled size of one pattern (and of its lazy-DFA cache).
+pub const MAX_PATTERN_BYTES: usize = 256 * 1024;
 
 /// A plugin's static manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,9 +66,11 @@ pub struct Manifest {
     /// Capabilities the plugin provides.
     #[serde(default)]
     pub capabilities: Vec<String>,
-    /// The operations the plugin offers.
-    #[serde(default)]
-    pub operations: Vec<Operation>,
+    /// The operations the plugin offers; `None` when it does not say (its
+    /// `handle` does not route through the SDK's `Dispatch`), which is not
+    /// the same as offering none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operations: Option<Vec<Operation>>,
     /// What must be loaded beside this plugin for it to work.
     #[serde(default)]
     pub requires: Vec<Requirement>,
@@ -124,9 +139,13 @@ impl Requirement {
     }
 
     /// Whether a plugin at `version` satisfies this requirement's range. A
-    /// version that is not semver satisfies only `*`.
+    /// version that is not semver, or a pre-release (which Cargo ranges
+    /// only match when they name one), satisfies `*`.
     pub fn accepts(&self, version: &str) -> bool {
         let range = self.range();
+        if range == semver::VersionReq::STAR {
+            return true;
+        }
         match semver::Version::parse(version) {
             Ok(version) => range.matches(&version),
             Err(_) => range == semver::VersionReq::STAR,
@@ -176,26 +195,37 @@ impl Manifest {
         for capability in &self.capabilities {
             name("capability", capability)?;
         }
-        if self.operations.len() > MAX_OPERATIONS {
+        let operations = self.operations.as_deref().unwrap_or_default();
+        if operations.len() > MAX_OPERATIONS {
             return Err(format!(
                 "{} operations declared; at most {MAX_OPERATIONS} are allowed",
-                self.operations.len()
+                operations.len()
             ));
         }
         let mut seen = BTreeSet::new();
-        for operation in &self.operations {
+        let mut patterns = 0;
+        for operation in operations {
             name("operation", &operation.name)?;
             if !seen.insert(operation.name.as_str()) {
                 return Err(format!("operation `{}` is declared twice", operation.name));
             }
             description(&operation.description)?;
             for (which, schema) in [("input", &operation.input), ("output", &operation.output)] {
-                if let Some(schema) = schema
-                    && !(schema.is_object() || schema.is_boolean())
-                {
+                let Some(schema) = schema else { continue };
+                if !(schema.is_object() || schema.is_boolean()) {
                     return Err(format!(
                         "the {which} schema of operation `{}` is not a JSON Schema (an object or a boolean)",
                         operation.name
+                    ));
+                }
+                let shape = SchemaShape::measure(schema).map_err(|err| {
+                    format!("the {which} schema of operation `{}` {err}", operation.name)
+                })?;
+                patterns += shape.patterns;
+                if patterns > MAX_PATTERNS {
+                    return Err(format!(
+                        "the schemas hold more than {MAX_PATTERNS} patterns (`pattern`, \
+                         `patternProperties`, `propertyNames`)"
                     ));
                 }
             }
@@ -228,12 +258,130 @@ impl Manifest {
 
     /// The declared operation named `name`.
     pub fn operation(&self, name: &str) -> Option<&Operation> {
-        self.operations.iter().find(|op| op.name == name)
+        self.operations.iter().flatten().find(|op| op.name == name)
     }
 
     /// The manifest as the bytes of its section's payload.
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// What bounds the cost of a declared schema: its size with every `$ref`
+/// expanded, and how many regular expressions it compiles to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchemaShape {
+    /// JSON values in the schema with every `$ref` followed (each target
+    /// counted every time it is referred to).
+    pub nodes: usize,
+    /// `pattern`, `patternProperties` entries and `propertyNames`.
+    pub patterns: usize,
+}
+
+/// Keywords that re-scope or re-enter a schema in ways the measure below
+/// cannot follow statically; declared schemas may not use them.
+const UNSUPPORTED_KEYWORDS: [&str; 6] = [
+    "$id",
+    "$anchor",
+    "$dynamicRef",
+    "$dynamicAnchor",
+    "$recursiveRef",
+    "$recursiveAnchor",
+];
+
+impl SchemaShape {
+    /// Measures `schema`, refusing what could make validating a request
+    /// cost more than [`MAX_SCHEMA_NODES`] visits per request value: a
+    /// larger expansion, a `$ref` chain deeper than [`MAX_REF_DEPTH`], a
+    /// recursive `$ref`, a reference outside the schema, or a keyword that
+    /// re-scopes references.
+    pub fn measure(schema: &Value) -> Result<SchemaShape, String> {
+        let mut measure = Measure {
+            root: schema,
+            sizes: HashMap::new(),
+            following: Vec::new(),
+            patterns: 0,
+        };
+        let nodes = measure.size(schema)?;
+        Ok(SchemaShape {
+            nodes,
+            patterns: measure.patterns,
+        })
+    }
+}
+
+struct Measure<'a> {
+    root: &'a Value,
+    /// Expanded sizes of `$ref` targets already measured.
+    sizes: HashMap<&'a str, usize>,
+    /// The `$ref`s being followed, outermost first.
+    following: Vec<&'a str>,
+    patterns: usize,
+}
+
+impl<'a> Measure<'a> {
+    fn size(&mut self, node: &'a Value) -> Result<usize, String> {
+        let children: Vec<(Option<&'a str>, &'a Value)> = match node {
+            Value::Object(map) => map.iter().map(|(k, v)| (Some(k.as_str()), v)).collect(),
+            Value::Array(items) => items.iter().map(|v| (None, v)).collect(),
+            _ => return Ok(1),
+        };
+        let mut total: usize = 1;
+        for (key, value) in children {
+            let size = match (key, value) {
+                (Some(keyword), _) if UNSUPPORTED_KEYWORDS.contains(&keyword) => {
+                    return Err(format!(
+                        "uses `{keyword}`, which declared schemas may not use"
+                    ));
+                }
+                (Some("$ref"), Value::String(reference)) => self.reference(reference)?,
+                (Some("pattern" | "propertyNames"), _) => {
+                    self.patterns += 1;
+                    self.size(value)?
+                }
+                (Some("patternProperties"), Value::Object(entries)) => {
+                    self.patterns += entries.len();
+                    self.size(value)?
+                }
+                _ => self.size(value)?,
+            };
+            total = total.saturating_add(size);
+            if total > MAX_SCHEMA_NODES {
+                return Err(format!(
+                    "expands to more than {MAX_SCHEMA_NODES} nodes with its `$ref`s followed"
+                ));
+            }
+        }
+        Ok(total)
+    }
+
+    fn reference(&mut self, reference: &'a str) -> Result<usize, String> {
+        if let Some(size) = self.sizes.get(reference) {
+            return Ok(*size);
+        }
+        let Some(pointer) = reference.strip_prefix('#') else {
+            return Err(format!(
+                "refers to `{reference}`; only references within the schema (`#/…`) are allowed"
+            ));
+        };
+        if self.following.contains(&reference) {
+            return Err(format!(
+                "is recursive (`{reference}` refers back to itself), which declared schemas may not be"
+            ));
+        }
+        if self.following.len() >= MAX_REF_DEPTH {
+            return Err(format!("chains more than {MAX_REF_DEPTH} `$ref`s"));
+        }
+        let target = self
+            .root
+            .pointer(pointer)
+            .ok_or_else(|| format!("refers to `{reference}`, which it does not define"))?;
+        self.following.push(reference);
+        let size = self.size(target);
+        self.following.pop();
+        let size = size?;
+        self.sizes.insert(reference, size);
+        Ok(size)
     }
 }
 
@@ -273,33 +421,34 @@ pub fn read(bytes: &[u8]) -> Result<Option<Manifest>, String> {
     Ok(found)
 }
 
-/// `bytes` (an unsigned component without a manifest) with `manifest`
-/// appended as its `capsule-manifest` section, ready to be signed.
-pub fn embed(bytes: &[u8], manifest: &Manifest) -> Result<Vec<u8>, String> {
+/// `bytes` (an unsigned component without a manifest) with `document`
+/// appended as its `capsule-manifest` section, ready to be signed. The
+/// document is checked first, and embedded exactly as written: fields this
+/// host does not know (from a newer SDK) are kept.
+pub fn embed(bytes: &[u8], document: &[u8]) -> Result<Vec<u8>, String> {
+    Manifest::parse(document)?;
     if read(bytes)?.is_some() {
         return Err(format!(
             "the component already has a `{MANIFEST_SECTION}` section"
         ));
     }
     let mut out = bytes.to_vec();
-    out.extend_from_slice(&sections::encode_custom(
-        MANIFEST_SECTION,
-        &manifest.to_bytes(),
-    ));
+    out.extend_from_slice(&sections::encode_custom(MANIFEST_SECTION, document));
     Ok(out)
 }
 
 /// Compiles an operation's input schema for validating requests. Schemas
-/// come from untrusted plugins: references to anything outside the schema are
-/// refused (no network, no files) and `pattern`s run on the linear-time
-/// `regex` engine with a bounded compiled size.
+/// come from untrusted plugins: [`Manifest::parse`] already bounded their
+/// expanded size and pattern count; here references to anything outside the
+/// schema are refused (no network, no files) and `pattern`s run on the
+/// linear-time `regex` engine within [`MAX_PATTERN_BYTES`].
 pub fn compile_schema(schema: &Value) -> Result<jsonschema::Validator, String> {
     jsonschema::options()
         .offline()
         .with_pattern_options(
             jsonschema::PatternOptions::regex()
-                .size_limit(1 << 20)
-                .dfa_size_limit(1 << 20),
+                .size_limit(MAX_PATTERN_BYTES)
+                .dfa_size_limit(MAX_PATTERN_BYTES),
         )
         .build(schema)
         .map_err(|err| err.to_string())
@@ -316,7 +465,7 @@ mod tests {
             version: "0.2.1".into(),
             description: "resizes images".into(),
             capabilities: vec!["thumbnail".into()],
-            operations: vec![Operation {
+            operations: Some(vec![Operation {
                 name: "resize".into(),
                 description: "makes it smaller".into(),
                 input: Some(serde_json::json!({
@@ -325,7 +474,7 @@ mod tests {
                     "required": ["width"]
                 })),
                 output: None,
-            }],
+            }]),
             requires: vec![Requirement {
                 plugin: None,
                 capability: Some("storage".into()),
@@ -338,11 +487,15 @@ mod tests {
 
     #[test]
     fn a_manifest_round_trips_through_its_section() {
-        let embedded = embed(EMPTY_COMPONENT, &manifest()).unwrap();
+        let embedded = embed(EMPTY_COMPONENT, &manifest().to_bytes()).unwrap();
         assert_eq!(read(&embedded).unwrap(), Some(manifest()));
         assert_eq!(read(EMPTY_COMPONENT).unwrap(), None);
-        let twice = embed(&embedded, &manifest()).unwrap_err();
+        let twice = embed(&embedded, &manifest().to_bytes()).unwrap_err();
         assert!(twice.contains("already has"), "{twice}");
+        // A newer SDK's fields survive embedding as they were written.
+        let newer = br#"{"format":1,"name":"x","version":"1.0.0","config_schema":{}}"#;
+        let embedded = embed(EMPTY_COMPONENT, newer).unwrap();
+        assert!(embedded.ends_with(newer));
     }
 
     #[test]
@@ -368,15 +521,18 @@ mod tests {
                 "exactly one",
             ),
             (
-                Box::new(|m| m.operations.push(m.operations[0].clone())),
+                Box::new(|m| {
+                    let ops = m.operations.as_mut().unwrap();
+                    ops.push(ops[0].clone());
+                }),
                 "declared twice",
             ),
             (
-                Box::new(|m| m.operations[0].input = Some(Value::from(3))),
+                Box::new(|m| m.operations.as_mut().unwrap()[0].input = Some(Value::from(3))),
                 "not a JSON Schema",
             ),
             (
-                Box::new(|m| m.operations[0].name = String::new()),
+                Box::new(|m| m.operations.as_mut().unwrap()[0].name = String::new()),
                 "1 to 128",
             ),
             (
@@ -404,12 +560,25 @@ mod tests {
         assert!(!requirement.accepts("2.0.0"));
         assert!(!requirement.accepts("1.1.9"));
         assert!(!requirement.accepts("not-semver"));
+        let any = Requirement {
+            version: "*".into(),
+            ..requirement.clone()
+        };
+        assert!(any.accepts("2.0.0-beta.1") && any.accepts("not-semver"));
         assert_eq!(requirement.to_string(), "capability `storage` ^1.2");
     }
 
     #[test]
     fn schemas_compile_offline_with_linear_time_patterns() {
-        let validator = compile_schema(manifest().operations[0].input.as_ref().unwrap()).unwrap();
+        let validator = compile_schema(
+            manifest()
+                .operation("resize")
+                .unwrap()
+                .input
+                .as_ref()
+                .unwrap(),
+        )
+        .unwrap();
         assert!(validator.is_valid(&serde_json::json!({"width": 3})));
         assert!(!validator.is_valid(&serde_json::json!({"width": 0})));
         // A remote reference is never fetched.
@@ -423,5 +592,87 @@ mod tests {
             compile_schema(&serde_json::json!({"type": "string", "pattern": "^(a+)+$"})).unwrap();
         let input = Value::from(format!("{}!", "a".repeat(100_000)));
         assert!(!evil.is_valid(&input));
+    }
+}
+
+#[cfg(test)]
+mod schema_shape_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_ref_dag_that_would_expand_exponentially_is_refused() {
+        // a0 → a1 twice → a2 twice …: a few KiB, 2^15 nodes expanded.
+        let mut defs = serde_json::Map::new();
+        for i in 0..15 {
+            let next = format!("#/$defs/a{}", i + 1);
+            defs.insert(
+                format!("a{i}"),
+                json!({"anyOf": [{"$ref": next}, {"$ref": next}]}),
+            );
+        }
+        defs.insert("a15".into(), json!({"type": "string"}));
+        let schema = json!({"$ref": "#/$defs/a0", "$defs": defs});
+        let err = SchemaShape::measure(&schema).unwrap_err();
+        assert!(err.contains("more than 10000 nodes"), "{err}");
+    }
+
+    #[test]
+    fn recursion_long_chains_and_rescoping_are_refused() {
+        let recursive = json!({
+            "$defs": {"t": {"properties": {"kids": {"items": {"$ref": "#/$defs/t"}}}}},
+            "$ref": "#/$defs/t"
+        });
+        let err = SchemaShape::measure(&recursive).unwrap_err();
+        assert!(err.contains("recursive"), "{err}");
+        let mut defs = serde_json::Map::new();
+        for i in 0..40 {
+            defs.insert(
+                format!("c{i}"),
+                json!({"$ref": format!("#/$defs/c{}", i + 1)}),
+            );
+        }
+        defs.insert("c40".into(), json!(true));
+        let chain = json!({"$ref": "#/$defs/c0", "$defs": defs});
+        let err = SchemaShape::measure(&chain).unwrap_err();
+        assert!(err.contains("more than 16"), "{err}");
+        let remote = json!({"$ref": "https://example.com/s.json"});
+        let err = SchemaShape::measure(&remote).unwrap_err();
+        assert!(err.contains("only references within"), "{err}");
+        let rescoped = json!({"properties": {"a": {"$id": "other", "type": "string"}}});
+        let err = SchemaShape::measure(&rescoped).unwrap_err();
+        assert!(err.contains("`$id`"), "{err}");
+        let dangling = json!({"$ref": "#/$defs/none"});
+        let err = SchemaShape::measure(&dangling).unwrap_err();
+        assert!(err.contains("does not define"), "{err}");
+    }
+
+    #[test]
+    fn shared_definitions_count_each_time_they_are_used() {
+        let pt = json!({"type": "integer"});
+        let once = json!({"properties": {"x": pt}});
+        let twice = json!({
+            "$defs": {"pt": pt},
+            "properties": {"x": {"$ref": "#/$defs/pt"}, "y": {"$ref": "#/$defs/pt"}, "s": {"pattern": "^a"}}
+        });
+        let shape = SchemaShape::measure(&twice).unwrap();
+        assert_eq!(shape.patterns, 1);
+        assert!(
+            shape.nodes > 2 * SchemaShape::measure(&once).unwrap().nodes,
+            "{shape:?}"
+        );
+    }
+
+    #[test]
+    fn a_manifest_with_too_many_patterns_is_refused() {
+        let props: serde_json::Map<String, Value> = (0..65)
+            .map(|i| (format!("p{i}"), json!({"type": "string", "pattern": "^x"})))
+            .collect();
+        let doc = json!({
+            "format": 1, "name": "p", "version": "1.0.0",
+            "operations": [{"name": "op", "input": {"properties": props}}]
+        });
+        let err = Manifest::parse(&serde_json::to_vec(&doc).unwrap()).unwrap_err();
+        assert!(err.contains("more than 64 patterns"), "{err}");
     }
 }

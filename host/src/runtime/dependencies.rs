@@ -23,19 +23,51 @@ pub(crate) struct Provider<'a> {
     pub(crate) capabilities: &'a [String],
 }
 
-/// Whether `requirement` is met by one of `providers`; the error says what
-/// is missing or which versions are there instead.
+/// Capability → the plugin pinned to answer it (the policy's
+/// `[capabilities]`).
+pub(crate) type Pins = BTreeMap<String, String>;
+
+/// Whether `requirement` is met by `providers` the way calls would resolve
+/// it: a plugin by name; a capability by its pinned provider, else by its
+/// only provider (several unpinned providers make calls ambiguous, so the
+/// requirement is not met). The error says what is missing or which
+/// versions are there instead.
 pub(crate) fn satisfied(
     requirement: &Requirement,
     providers: &[Provider<'_>],
+    pins: &Pins,
 ) -> Result<(), String> {
-    let candidates: Vec<&Provider<'_>> = providers
-        .iter()
-        .filter(|p| match requirement.needs() {
-            Needs::Plugin(name) => p.name == name,
-            Needs::Capability(capability) => p.capabilities.iter().any(|c| c == capability),
-        })
-        .collect();
+    let candidates: Vec<&Provider<'_>> = match requirement.needs() {
+        Needs::Plugin(name) => providers.iter().filter(|p| p.name == name).collect(),
+        Needs::Capability(capability) => {
+            let offering: Vec<&Provider<'_>> = providers
+                .iter()
+                .filter(|p| p.capabilities.iter().any(|c| c == capability))
+                .collect();
+            match pins.get(capability) {
+                Some(pinned) => {
+                    let chosen: Vec<&Provider<'_>> =
+                        offering.into_iter().filter(|p| p.name == pinned).collect();
+                    if chosen.is_empty() {
+                        return Err(format!(
+                            "requires capability `{capability}`, pinned to `{pinned}`, which is \
+                             not loaded or does not provide it"
+                        ));
+                    }
+                    chosen
+                }
+                None if offering.len() > 1 => {
+                    let names: Vec<&str> = offering.iter().map(|p| p.name).collect();
+                    return Err(format!(
+                        "requires capability `{capability}`, which {} provide; pin one in \
+                         [capabilities] so calls are not ambiguous",
+                        names.join(" and ")
+                    ));
+                }
+                None => offering,
+            }
+        }
+    };
     if candidates.iter().any(|p| requirement.accepts(p.version)) {
         return Ok(());
     }
@@ -58,11 +90,15 @@ pub(crate) fn satisfied(
 }
 
 /// Every unmet requirement of `manifest`, joined into one message.
-pub(crate) fn unmet(manifest: &Manifest, providers: &[Provider<'_>]) -> Result<(), String> {
+pub(crate) fn unmet(
+    manifest: &Manifest,
+    providers: &[Provider<'_>],
+    pins: &Pins,
+) -> Result<(), String> {
     let missing: Vec<String> = manifest
         .requires
         .iter()
-        .filter_map(|r| satisfied(r, providers).err())
+        .filter_map(|r| satisfied(r, providers, pins).err())
         .collect();
     if missing.is_empty() {
         Ok(())
@@ -71,14 +107,16 @@ pub(crate) fn unmet(manifest: &Manifest, providers: &[Provider<'_>]) -> Result<(
     }
 }
 
-/// Which loaded plugins a replacement of `replaced` would leave with an
-/// unmet requirement: `providers` describe the host after the replacement
-/// (the new version in place of the old). Each entry is the dependent's
-/// name and what it would miss.
+/// The requirements of loaded plugins that a replacement of `replaced`
+/// would break: met with the providers `before` it and unmet `after` it
+/// (requirements already unmet are not the replacement's doing). Each entry
+/// names the dependent and what it would miss.
 pub(crate) fn broken_by_replacing<'a>(
     replaced: &str,
     dependents: impl IntoIterator<Item = (&'a str, &'a Manifest)>,
-    providers: &[Provider<'_>],
+    before: &[Provider<'_>],
+    after: &[Provider<'_>],
+    pins: &Pins,
 ) -> Vec<String> {
     dependents
         .into_iter()
@@ -87,7 +125,9 @@ pub(crate) fn broken_by_replacing<'a>(
             let broken: Vec<String> = manifest
                 .requires
                 .iter()
-                .filter(|r| satisfied(r, providers).is_err())
+                .filter(|r| {
+                    satisfied(r, before, pins).is_ok() && satisfied(r, after, pins).is_err()
+                })
                 .map(|r| format!("`{name}` requires {r}"))
                 .collect();
             (!broken.is_empty()).then(|| broken.join("; "))
@@ -99,11 +139,15 @@ pub(crate) fn broken_by_replacing<'a>(
 /// requires among them: plugins without a manifest first (what they provide
 /// is only known once they have described themselves), then the rest
 /// dependencies first, by name where the order is free. Plugins on a cycle of
-/// requirements are left out and returned with the cycle they are on.
+/// requirements are left out and returned with the cycle they are on; the
+/// plugins that wait for them are placed last, still in dependency order
+/// (they will be refused for what the cycle would have provided).
 pub(crate) fn load_order(
     plugins: &BTreeMap<String, Option<&Manifest>>,
+    pins: &Pins,
 ) -> (Vec<String>, Vec<(String, String)>) {
-    // Edges from each plugin to the plugins of this policy it requires.
+    // Edges from each plugin to the plugins of this policy it requires: a
+    // pinned capability to its pin, an unpinned one to every provider.
     let mut edges: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for (name, manifest) in plugins {
         let mut needs = BTreeSet::new();
@@ -116,13 +160,18 @@ pub(crate) fn load_order(
                 }
                 Needs::Capability(capability) => {
                     for (other, m) in plugins {
-                        if m.is_some_and(|m| m.capabilities.iter().any(|c| c == capability)) {
+                        let provides =
+                            m.is_some_and(|m| m.capabilities.iter().any(|c| c == capability));
+                        let chosen = pins.get(capability).is_none_or(|pin| pin == other);
+                        if provides && chosen {
                             needs.insert(other.as_str());
                         }
                     }
                 }
             }
         }
+        // A plugin's own capability is no requirement on itself.
+        needs.remove(name.as_str());
         edges.insert(name.as_str(), needs);
     }
 
@@ -136,23 +185,7 @@ pub(crate) fn load_order(
         .filter(|(_, m)| m.is_none())
         .map(|(name, _)| name.as_str())
         .collect();
-    // Kahn's algorithm, smallest name first so the order is stable.
-    loop {
-        let ready: Vec<&str> = edges
-            .iter()
-            .filter(|(name, needs)| {
-                !placed.contains(*name) && needs.iter().all(|n| placed.contains(n) || n == *name)
-            })
-            .map(|(name, _)| *name)
-            .collect();
-        if ready.is_empty() {
-            break;
-        }
-        for name in ready {
-            placed.insert(name);
-            order.push(name.to_owned());
-        }
-    }
+    place(&edges, &mut placed, &mut order);
 
     // Whatever is left is on a cycle or waits for one.
     let mut cycles = Vec::new();
@@ -161,19 +194,41 @@ pub(crate) fn load_order(
             cycles.push(((*name).to_owned(), cycle.join(" → ")));
         }
     }
-    // A plugin that only waits for a cycle is loaded last, and refused then
-    // as missing what the cycle would have provided.
-    for name in edges.keys() {
-        if !placed.contains(name) && !cycles.iter().any(|(c, _)| c == name) {
-            order.push((*name).to_owned());
-        }
-    }
+    // The cycle's members count as settled (they will not load), so the
+    // plugins waiting for them are ordered among themselves.
+    let mut settled = placed.clone();
+    settled.extend(cycles.iter().map(|(name, _)| name.as_str()));
+    place(&edges, &mut settled, &mut order);
     (order, cycles)
 }
 
+/// Kahn's algorithm: appends to `order`, smallest name first, every plugin
+/// whose requirements are all in `placed`, until none is left that can be.
+fn place<'a>(
+    edges: &BTreeMap<&'a str, BTreeSet<&'a str>>,
+    placed: &mut BTreeSet<&'a str>,
+    order: &mut Vec<String>,
+) {
+    loop {
+        let ready: Vec<&str> = edges
+            .iter()
+            .filter(|(name, needs)| {
+                !placed.contains(*name) && needs.iter().all(|n| placed.contains(n))
+            })
+            .map(|(name, _)| *name)
+            .collect();
+        if ready.is_empty() {
+            return;
+        }
+        for name in ready {
+            placed.insert(name);
+            order.push(name.to_owned());
+        }
+    }
+}
+
 /// The shortest cycle of requirements from `start` back to itself, as the
-/// path of names (ending where it started), if there is one. A plugin that
-/// requires a capability it provides itself is not a cycle.
+/// path of names (ending where it started), if there is one.
 fn cycle_through<'a>(
     start: &'a str,
     edges: &BTreeMap<&'a str, BTreeSet<&'a str>>,
@@ -184,9 +239,6 @@ fn cycle_through<'a>(
         let mut next = Vec::new();
         for node in frontier {
             for &to in edges.get(node).into_iter().flatten() {
-                if to == node && node == start {
-                    continue;
-                }
                 if to == start {
                     let mut path = vec![start];
                     let mut at = node;
@@ -199,7 +251,7 @@ fn cycle_through<'a>(
                     path[1..last].reverse();
                     return Some(path);
                 }
-                if to != start && !came_from.contains_key(to) {
+                if !came_from.contains_key(to) {
                     came_from.insert(to, node);
                     next.push(to);
                 }
@@ -222,7 +274,7 @@ mod tests {
             version: version.into(),
             description: String::new(),
             capabilities: capabilities.iter().map(|c| (*c).to_owned()).collect(),
-            operations: Vec::new(),
+            operations: None,
             requires: requires
                 .iter()
                 .map(|(target, range)| match target.strip_prefix("capability:") {
@@ -263,7 +315,7 @@ mod tests {
         .into_iter()
         .map(|(n, m)| (n.to_owned(), m))
         .collect();
-        let (order, cycles) = load_order(&plugins);
+        let (order, cycles) = load_order(&plugins, &Pins::new());
         assert_eq!(order, ["legacy", "thumbnail", "gallery", "site", "waits"]);
         assert_eq!(
             cycles,
@@ -284,16 +336,28 @@ mod tests {
             capabilities: &capabilities,
         }];
         let needs = |requires| manifest("1.0.0", &[], requires);
-        assert!(unmet(&needs(&[("images", ">=0.2")]), &providers).is_ok());
-        assert!(unmet(&needs(&[("capability:thumbnail", "0.2")]), &providers).is_ok());
-        let old = unmet(&needs(&[("images", "^0.1")]), &providers).unwrap_err();
+        assert!(unmet(&needs(&[("images", ">=0.2")]), &providers, &Pins::new()).is_ok());
+        assert!(
+            unmet(
+                &needs(&[("capability:thumbnail", "0.2")]),
+                &providers,
+                &Pins::new()
+            )
+            .is_ok()
+        );
+        let old = unmet(&needs(&[("images", "^0.1")]), &providers, &Pins::new()).unwrap_err();
         assert_eq!(
             old,
             "requires plugin `images` ^0.1, but only `images` 0.2.0 is loaded"
         );
-        let absent = unmet(&needs(&[("storage", "*")]), &providers).unwrap_err();
+        let absent = unmet(&needs(&[("storage", "*")]), &providers, &Pins::new()).unwrap_err();
         assert_eq!(absent, "requires plugin `storage`, which is not loaded");
-        let nobody = unmet(&needs(&[("capability:resize", "*")]), &providers).unwrap_err();
+        let nobody = unmet(
+            &needs(&[("capability:resize", "*")]),
+            &providers,
+            &Pins::new(),
+        )
+        .unwrap_err();
         assert_eq!(
             nobody,
             "requires capability `resize`, which no loaded plugin provides"
@@ -303,21 +367,93 @@ mod tests {
     #[test]
     fn a_replacement_that_breaks_a_dependent_is_named() {
         let gallery = manifest("1.0.0", &[], &[("images", "^0.1")]);
-        let capabilities = Vec::new();
-        let after = [Provider {
+        let none = Vec::new();
+        let provider = |version| Provider {
             name: "images",
-            version: "0.2.0",
-            capabilities: &capabilities,
-        }];
+            version,
+            capabilities: &none,
+        };
+        let (old, new, fine) = (
+            [provider("0.1.0")],
+            [provider("0.2.0")],
+            [provider("0.1.7")],
+        );
+        let pins = Pins::new();
         assert_eq!(
-            broken_by_replacing("images", [("gallery", &gallery)], &after),
+            broken_by_replacing("images", [("gallery", &gallery)], &old, &new, &pins),
             ["`gallery` requires plugin `images` ^0.1"]
         );
-        let fine = [Provider {
-            name: "images",
-            version: "0.1.7",
-            capabilities: &capabilities,
-        }];
-        assert!(broken_by_replacing("images", [("gallery", &gallery)], &fine).is_empty());
+        assert!(
+            broken_by_replacing("images", [("gallery", &gallery)], &old, &fine, &pins).is_empty()
+        );
+        // Already broken before: not this replacement's doing.
+        let storage = manifest("1.0.0", &[], &[("storage", "*")]);
+        assert!(
+            broken_by_replacing("images", [("gallery", &storage)], &old, &new, &pins).is_empty()
+        );
+    }
+
+    #[test]
+    fn capabilities_resolve_as_calls_do() {
+        let thumbs = vec!["thumbnail".to_owned()];
+        let providers = [
+            Provider {
+                name: "fast",
+                version: "0.1.0",
+                capabilities: &thumbs,
+            },
+            Provider {
+                name: "slow",
+                version: "0.3.0",
+                capabilities: &thumbs,
+            },
+        ];
+        let wants = manifest("1.0.0", &[], &[("capability:thumbnail", "^0.3")]);
+        let ambiguous = unmet(&wants, &providers, &Pins::new()).unwrap_err();
+        assert!(
+            ambiguous.contains("fast and slow provide; pin one"),
+            "{ambiguous}"
+        );
+        let mut pins = Pins::new();
+        pins.insert("thumbnail".into(), "slow".into());
+        assert!(unmet(&wants, &providers, &pins).is_ok());
+        pins.insert("thumbnail".into(), "fast".into());
+        let pinned = unmet(&wants, &providers, &pins).unwrap_err();
+        assert!(pinned.contains("only `fast` 0.1.0 is loaded"), "{pinned}");
+        pins.insert("thumbnail".into(), "gone".into());
+        let gone = unmet(&wants, &providers, &pins).unwrap_err();
+        assert!(gone.contains("pinned to `gone`"), "{gone}");
+    }
+
+    #[test]
+    fn plugins_waiting_behind_a_cycle_keep_their_order() {
+        let c1 = manifest("1.0.0", &["store"], &[("c2", "*")]);
+        let c2 = manifest("1.0.0", &[], &[("c1", "*")]);
+        let m = manifest("1.0.0", &[], &[("capability:store", "*")]);
+        let a = manifest("1.0.0", &[], &[("m", "*")]);
+        let s = manifest("1.0.0", &["store"], &[]);
+        let own = manifest("1.0.0", &["store"], &[("capability:store", "*")]);
+        let plugins: BTreeMap<String, Option<&Manifest>> = [
+            ("a", Some(&a)),
+            ("c1", Some(&c1)),
+            ("c2", Some(&c2)),
+            ("m", Some(&m)),
+            ("s", Some(&s)),
+            ("own", Some(&own)),
+        ]
+        .into_iter()
+        .map(|(n, m)| (n.to_owned(), m))
+        .collect();
+        let mut pins = Pins::new();
+        pins.insert("store".into(), "s".into());
+        let (order, cycles) = load_order(&plugins, &pins);
+        // Pinned to `s`, `m` waits for nothing on the cycle.
+        assert_eq!(order, ["s", "m", "own", "a"]);
+        assert_eq!(cycles.len(), 2);
+        // Unpinned, `m` waits for the cycle's `c1` too, and `a` still comes after it.
+        let (order, cycles) = load_order(&plugins, &Pins::new());
+        assert_eq!(cycles.len(), 2);
+        let at = |name| order.iter().position(|n| n == name).unwrap();
+        assert!(at("m") < at("a"), "{order:?}");
     }
 }

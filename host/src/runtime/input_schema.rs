@@ -5,57 +5,97 @@
 
 use std::collections::HashMap;
 
-use crate::artifact::manifest::{Manifest, compile_schema};
+use crate::artifact::manifest::{Manifest, SchemaShape, compile_schema};
 use crate::contract::Request;
-use crate::error::CallFailure;
+use crate::error::{CallFailure, LoadFailure};
+use crate::text::for_log;
 
-/// The most schema violations one refusal lists.
-const MAX_REPORTED_ERRORS: usize = 3;
+/// The most node visits validating one request may cost: schema nodes
+/// (with `$ref`s expanded) times values in the payload. A payload that
+/// would cost more is refused unchecked, whatever it holds.
+pub(crate) const MAX_VALIDATION_VISITS: u64 = 1 << 24;
+/// The longest refusal reason, so a request cannot make the host build (and
+/// a calling plugin receive) a message the size of its payload.
+const MAX_REASON_BYTES: usize = 512;
+
+/// One declared operation: its input schema, compiled, and its expanded
+/// size.
+struct Declared {
+    validator: jsonschema::Validator,
+    nodes: u64,
+}
 
 /// The compiled input schemas of one plugin version's declared operations.
 pub(crate) struct InputSchemas {
-    /// Each declared operation, with its validator if it declares an input
-    /// schema (an operation without one accepts any payload).
-    operations: HashMap<String, Option<jsonschema::Validator>>,
+    /// Each declared operation, with its schema if it declares one (an
+    /// operation without one accepts any payload).
+    operations: HashMap<String, Option<Declared>>,
 }
 
 impl InputSchemas {
-    /// Compiles every declared input schema; an error names the operation
-    /// whose schema does not compile.
-    pub(crate) fn compile(manifest: &Manifest) -> Result<InputSchemas, String> {
-        let mut operations = HashMap::with_capacity(manifest.operations.len());
-        for operation in &manifest.operations {
-            let validator = match &operation.input {
-                Some(schema) => Some(compile_schema(schema).map_err(|err| {
-                    format!(
-                        "the input schema of operation `{}` does not compile: {err}",
-                        operation.name
-                    )
-                })?),
+    /// Compiles the input schemas of a plugin's declared operations. A
+    /// plugin without a manifest, or whose manifest does not list its
+    /// operations, cannot have its input validated: a configuration error.
+    /// A schema that does not compile is an invalid manifest.
+    pub(crate) fn for_manifest(manifest: Option<&Manifest>) -> Result<InputSchemas, LoadFailure> {
+        let Some(manifest) = manifest else {
+            return Err(LoadFailure::Config(
+                "`validate_input` needs the operations the plugin declares, but the component \
+                 carries no manifest (sign it with `capsule sign`, which embeds one)"
+                    .into(),
+            ));
+        };
+        let Some(operations) = &manifest.operations else {
+            return Err(LoadFailure::Config(
+                "`validate_input` needs the operations the plugin declares, but its manifest \
+                 does not list them (its `handle` does not route through the SDK's `Dispatch`)"
+                    .into(),
+            ));
+        };
+        let mut compiled = HashMap::with_capacity(operations.len());
+        for operation in operations {
+            let declared = match &operation.input {
+                Some(schema) => {
+                    let invalid = |err: String| {
+                        LoadFailure::InvalidManifest(format!(
+                            "the input schema of operation `{}` {err}",
+                            operation.name
+                        ))
+                    };
+                    let shape = SchemaShape::measure(schema).map_err(invalid)?;
+                    let validator = compile_schema(schema)
+                        .map_err(|err| invalid(format!("does not compile: {err}")))?;
+                    Some(Declared {
+                        validator,
+                        nodes: shape.nodes as u64,
+                    })
+                }
                 None => None,
             };
-            operations.insert(operation.name.clone(), validator);
+            compiled.insert(operation.name.clone(), declared);
         }
-        Ok(InputSchemas { operations })
+        Ok(InputSchemas {
+            operations: compiled,
+        })
     }
 
     /// Whether `request` may reach the plugin.
     pub(crate) fn check(&self, request: &Request) -> Result<(), CallFailure> {
         let refuse = |reason: String| {
             Err(CallFailure::InvalidInput {
-                operation: request.operation.clone(),
-                reason,
+                operation: for_log(&request.operation, 128).into_owned(),
+                reason: for_log(&reason, MAX_REASON_BYTES).into_owned(),
             })
         };
-        let Some(validator) = self.operations.get(&request.operation) else {
-            let mut declared: Vec<&str> = self.operations.keys().map(String::as_str).collect();
-            declared.sort_unstable();
+        let Some(declared) = self.operations.get(&request.operation) else {
+            let mut names: Vec<&str> = self.operations.keys().map(String::as_str).collect();
+            names.sort_unstable();
             return refuse(format!(
                 "the plugin declares no such operation (it declares: {})",
-                declared.join(", ")
+                names.join(", ")
             ));
         };
-        let Some(validator) = validator else {
+        let Some(Declared { validator, nodes }) = declared else {
             return Ok(());
         };
         // The payload is already within the plugin's request limit, and
@@ -64,24 +104,43 @@ impl InputSchemas {
             Ok(payload) => payload,
             Err(err) => return refuse(format!("the payload is not JSON: {err}")),
         };
-        let errors: Vec<String> = validator
-            .iter_errors(&payload)
-            .take(MAX_REPORTED_ERRORS)
-            .map(|err| {
+        let visits = values(&payload).saturating_mul(*nodes);
+        if visits > MAX_VALIDATION_VISITS {
+            return refuse(format!(
+                "checking this payload against the declared schema would take {visits} steps, \
+                 more than the {MAX_VALIDATION_VISITS} one request may cost; send a smaller payload"
+            ));
+        }
+        // `validate` stops at the first violation (collecting them all would
+        // cost an error per offending value).
+        match validator.validate(&payload) {
+            Ok(()) => Ok(()),
+            Err(err) => {
                 let path = err.instance_path().to_string();
+                let message = for_log(&err.to_string(), MAX_REASON_BYTES).into_owned();
                 if path.is_empty() {
-                    err.to_string()
+                    refuse(message)
                 } else {
-                    format!("at {path}: {err}")
+                    refuse(format!("at {path}: {message}"))
                 }
-            })
-            .collect();
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            refuse(errors.join("; "))
+            }
         }
     }
+}
+
+/// The JSON values in `value`, itself included.
+fn values(value: &serde_json::Value) -> u64 {
+    let mut count = 0u64;
+    let mut pending = vec![value];
+    while let Some(value) = pending.pop() {
+        count += 1;
+        match value {
+            serde_json::Value::Array(items) => pending.extend(items),
+            serde_json::Value::Object(map) => pending.extend(map.values()),
+            _ => {}
+        }
+    }
+    count
 }
 
 #[cfg(test)]
@@ -91,13 +150,13 @@ mod tests {
     use crate::error::ErrorKind;
 
     fn schemas() -> InputSchemas {
-        InputSchemas::compile(&Manifest {
+        InputSchemas::for_manifest(Some(&Manifest {
             format: MANIFEST_FORMAT,
             name: "greeter".into(),
             version: "1.0.0".into(),
             description: String::new(),
             capabilities: Vec::new(),
-            operations: vec![
+            operations: Some(vec![
                 Operation {
                     name: "greet".into(),
                     description: String::new(),
@@ -114,9 +173,9 @@ mod tests {
                     input: None,
                     output: None,
                 },
-            ],
+            ]),
             requires: Vec::new(),
-        })
+        }))
         .unwrap()
     }
 
@@ -145,5 +204,18 @@ mod tests {
         assert!(not_json.contains("not JSON"), "{not_json}");
         let undeclared = refusal(Request::new("shout", "{}"));
         assert!(undeclared.contains("declares: echo, greet"), "{undeclared}");
+    }
+
+    #[test]
+    fn refusals_are_bounded_whatever_the_payload() {
+        // A 400 KiB name: the message would quote it whole.
+        let name = "x".repeat(400 << 10);
+        let long = refusal(Request::new("greet", format!(r#"{{"name":"{name}"}}"#)));
+        assert!(long.len() < 1024, "{} bytes", long.len());
+        // A payload whose check would cost more than the budget is refused
+        // unchecked.
+        let many = format!("[{}]", vec!["0"; 1 << 22].join(","));
+        let costly = refusal(Request::new("greet", many));
+        assert!(costly.contains("send a smaller payload"), "{costly}");
     }
 }

@@ -10,7 +10,7 @@ use wasmtime::component::{Component, Linker};
 
 use crate::admission::{Examined, TrustPolicy, check_memory, examine, io_failure};
 use crate::artifact::cache::CompileCache;
-use crate::artifact::manifest::{self, Manifest};
+use crate::artifact::manifest::Manifest;
 use crate::bounds::plugin_name;
 use crate::contract::{PluginInfo, PluginPre};
 use crate::engine::{AllocationMode, Metering, PoolingOptions};
@@ -57,12 +57,8 @@ impl Loader {
         spec: PluginSpec,
         admit: impl FnOnce(&PluginDetails) -> Result<(), LoadFailure>,
     ) -> Result<Arc<LoadedPlugin>, LoadError> {
-        let pool = match self.allocation {
-            AllocationMode::Pooling => self.pooling.as_ref(),
-            AllocationMode::OnDemand { .. } => None,
-        };
         let limits = spec.limits.as_ref().unwrap_or(&self.default_limits);
-        validate::plugin(limits, &spec.grants, pool)
+        validate::plugin(limits, &spec.grants, self.pool())
             .map_err(|err| LoadError::new(spec.name(), LoadFailure::Config(err.to_string())))?;
         if spec.grants.kv.is_some() && !self.persistent_kv {
             tracing::warn!(
@@ -78,20 +74,33 @@ impl Loader {
         Ok(plugin)
     }
 
+    /// The pool this host really has, to validate limits against.
+    fn pool(&self) -> Option<&PoolingOptions> {
+        match self.allocation {
+            AllocationMode::Pooling => self.pooling.as_ref(),
+            AllocationMode::OnDemand { .. } => None,
+        }
+    }
+
     /// Asks a plugin for its manifest document (contract 0.2's `manifest`
-    /// export) on a fresh instance without `init`, under its limits: what
-    /// `capsule sign` embeds. `None` for a 0.1 plugin, which has none.
+    /// export) on a fresh instance without `init`, under its (validated)
+    /// limits: what `capsule sign` embeds. Returns the checked manifest and
+    /// the document exactly as the plugin wrote it (fields this host does not
+    /// know included); `None` for a 0.1 plugin, which has none.
     pub(crate) async fn ask_manifest(
         &self,
         spec: PluginSpec,
-    ) -> Result<Option<Manifest>, LoadError> {
+    ) -> Result<Option<(Manifest, String)>, LoadError> {
+        let limits = spec.limits.as_ref().unwrap_or(&self.default_limits);
+        validate::plugin(limits, &spec.grants, self.pool())
+            .map_err(|err| LoadError::new(spec.name(), LoadFailure::Config(err.to_string())))?;
         let plugin = prepare(self, spec).await?;
         let fail = |cause| LoadError::new(plugin.name.to_string(), cause);
         let invoked = plugin.run(ManifestEntry, CallScope::default()).await;
         match invoked.result {
             Ok(None) => Ok(None),
             Ok(Some(document)) => Manifest::parse(document.as_bytes())
-                .map(Some)
+                .map(|manifest| Some((manifest, document)))
                 .map_err(|err| fail(LoadFailure::InvalidManifest(err))),
             Err(failure) => Err(fail(LoadFailure::InitFailed(Box::new(failure)))),
         }
@@ -128,24 +137,20 @@ async fn prepare(context: &Loader, spec: PluginSpec) -> Result<LoadedPlugin, Loa
         signers,
         digest,
         summary,
+        manifest,
     } = examine(&name, &bytes, detached.as_deref(), &context.trust).map_err(fail)?;
     check_memory(&summary, &limits).map_err(fail)?;
-    let manifest = manifest::read(&bytes)
-        .map_err(|err| fail(LoadFailure::InvalidManifest(err)))?
-        .map(Arc::new);
-    let input_schemas = match (validate_input, &manifest) {
-        (false, _) => None,
-        (true, Some(manifest)) => Some(
-            InputSchemas::compile(manifest)
-                .map_err(|err| fail(LoadFailure::InvalidManifest(err)))?,
-        ),
-        (true, None) => {
-            return Err(fail(LoadFailure::Config(
-                "`validate_input` needs the operations the plugin declares, but the component \
-                 carries no manifest (sign it with `capsule sign`, which embeds one)"
-                    .into(),
-            )));
-        }
+    let manifest = manifest.map(Arc::new);
+    let input_schemas = if validate_input {
+        let declared = manifest.clone();
+        // Patterns compile in the blocking pool, not on an async worker.
+        let compiled =
+            tokio::task::spawn_blocking(move || InputSchemas::for_manifest(declared.as_deref()))
+                .await
+                .map_err(|err| fail(LoadFailure::Config(format!("loader task failed: {err}"))))?;
+        Some(Arc::new(compiled.map_err(fail)?))
+    } else {
+        None
     };
 
     let (component, from_cache) = match context

@@ -6,7 +6,7 @@ mod bus;
 mod call;
 mod delivery;
 pub(crate) mod dependencies;
-mod input_schema;
+pub(crate) mod input_schema;
 pub(crate) mod load;
 mod metrics;
 mod middleware;
@@ -373,11 +373,13 @@ impl Host {
     /// Asks a plugin for its static manifest by running its `manifest`
     /// export once, on a fresh instance without `init`, under its limits and
     /// grants, without registering it: what `capsule sign` embeds in the
-    /// component before signing. `Ok(None)` for a contract 0.1 plugin.
+    /// component before signing. Returns the checked manifest and the
+    /// document exactly as the plugin wrote it (to embed as is, fields this
+    /// host does not know included); `Ok(None)` for a contract 0.1 plugin.
     pub async fn ask_manifest(
         &self,
         spec: PluginSpec,
-    ) -> Result<Option<crate::artifact::manifest::Manifest>, LoadError> {
+    ) -> Result<Option<(crate::artifact::manifest::Manifest, String)>, LoadError> {
         self.inner.loader.ask_manifest(spec).await
     }
 
@@ -386,6 +388,10 @@ impl Host {
     /// are serving.
     pub async fn load_policy(&self, policy: &Policy) -> Vec<LoadError> {
         let mut failures = Vec::new();
+        // Pins first: requirements on a capability resolve as calls will.
+        for (capability, plugin) in &policy.capabilities {
+            self.pin_capability(capability, plugin);
+        }
         let (order, cycles) = policy_load_order(policy).await;
         for (name, cycle) in cycles {
             failures.push(LoadError::new(name, LoadFailure::DependencyCycle(cycle)));
@@ -404,9 +410,6 @@ impl Host {
         }
         for (name, stages) in &policy.pipelines {
             self.define_pipeline(name, stages.clone());
-        }
-        for (capability, plugin) in &policy.capabilities {
-            self.pin_capability(capability, plugin);
         }
         failures
     }
@@ -462,7 +465,8 @@ impl Host {
             .collect();
         let providers: Vec<dependencies::Provider<'_>> =
             current.iter().map(|p| provider(&p.details)).collect();
-        dependencies::unmet(manifest, &providers).map_err(LoadFailure::MissingDependency)
+        dependencies::unmet(manifest, &providers, &self.pins())
+            .map_err(LoadFailure::MissingDependency)
     }
 
     fn slot(&self, name: &str) -> Option<Arc<Slot>> {
@@ -532,5 +536,5 @@ async fn policy_load_order(policy: &Policy) -> (Vec<String>, Vec<(String, String
         .keys()
         .map(|name| (name.clone(), manifests.get(name).and_then(Option::as_ref)))
         .collect();
-    dependencies::load_order(&plugins)
+    dependencies::load_order(&plugins, &policy.capabilities)
 }

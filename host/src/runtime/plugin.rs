@@ -240,7 +240,7 @@ pub(crate) struct LoadedPlugin {
     pool_mates: Arc<IdleInstances>,
     /// The declared input schemas, when the policy asks for them to be
     /// checked.
-    pub(crate) input_schemas: Option<InputSchemas>,
+    pub(crate) input_schemas: Option<Arc<InputSchemas>>,
 }
 
 /// The idle instances of every loaded plugin version. Idle instances are a
@@ -334,10 +334,26 @@ impl LoadedPlugin {
                 limit: limits.max_request_bytes,
             }));
         }
-        if let Some(schemas) = &self.input_schemas {
-            schemas.check(&request).map_err(|cause| self.error(cause))?;
-        }
         let _slot = self.admit().await.map_err(|cause| self.error(cause))?;
+        // After admission, so checks run within the plugin's own
+        // concurrency; on the blocking pool, so a costly one (bounded by
+        // MAX_VALIDATION_VISITS) does not hold an async worker.
+        let request = match &self.input_schemas {
+            Some(schemas) => {
+                let schemas = Arc::clone(schemas);
+                let (request, checked) = tokio::task::spawn_blocking(move || {
+                    let checked = schemas.check(&request);
+                    (request, checked)
+                })
+                .await
+                .map_err(|err| {
+                    self.error(CallFailure::Host(format!("input check failed: {err}")))
+                })?;
+                checked.map_err(|cause| self.error(cause))?;
+                request
+            }
+            None => request,
+        };
         let invoked = self.run(Handle(request), scope).await;
         let failure = match invoked.result {
             Ok(Ok(response)) => match self.check_response(&response) {

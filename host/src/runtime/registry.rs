@@ -167,6 +167,16 @@ impl Host {
             .insert(capability.to_owned(), plugin.to_owned());
     }
 
+    /// Every capability pin.
+    pub(crate) fn pins(&self) -> dependencies::Pins {
+        self.inner
+            .registry
+            .pins
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// The plugin pinned for `capability`, if any.
     pub(crate) fn pinned(&self, capability: &str) -> Option<String> {
         self.inner
@@ -352,21 +362,28 @@ impl Host {
     /// `replacement` takes its name's place. A refused replacement is retired
     /// at once.
     fn keeps_dependents(&self, replacement: &Arc<LoadedPlugin>) -> Result<(), LoadError> {
-        let current: Vec<Arc<LoadedPlugin>> = self
-            .slots()
-            .iter()
-            .map(|slot| slot.current())
-            .filter(|plugin| plugin.name != replacement.name)
-            .collect();
-        let mut providers: Vec<dependencies::Provider<'_>> = current
+        let current: Vec<Arc<LoadedPlugin>> =
+            self.slots().iter().map(|slot| slot.current()).collect();
+        let before: Vec<dependencies::Provider<'_>> = current
             .iter()
             .map(|p| super::provider(&p.details))
             .collect();
-        providers.push(super::provider(&replacement.details));
+        let after: Vec<dependencies::Provider<'_>> = current
+            .iter()
+            .filter(|p| p.name != replacement.name)
+            .map(|p| super::provider(&p.details))
+            .chain([super::provider(&replacement.details)])
+            .collect();
         let dependents = current
             .iter()
             .filter_map(|p| Some((p.details.name.as_str(), p.details.manifest.as_deref()?)));
-        let broken = dependencies::broken_by_replacing(&replacement.name, dependents, &providers);
+        let broken = dependencies::broken_by_replacing(
+            &replacement.name,
+            dependents,
+            &before,
+            &after,
+            &self.pins(),
+        );
         if broken.is_empty() {
             return Ok(());
         }

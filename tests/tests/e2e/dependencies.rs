@@ -34,8 +34,22 @@ fn variant(plugin: &str, key: &SecretKey, change: impl FnOnce(&mut Manifest)) ->
             stripped.extend_from_slice(&content[section.range]);
         }
     }
-    let embedded = manifest::embed(&stripped, &manifest).unwrap();
+    let embedded = manifest::embed(&stripped, &manifest.to_bytes()).unwrap();
     signature::sign(&embedded, key).unwrap().embedded
+}
+
+/// `plugin` re-signed by `key` with `document` as its manifest section,
+/// written raw (as a hostile author would, past any SDK or `embed` check).
+fn with_raw_manifest(plugin: &str, key: &SecretKey, document: &[u8]) -> Vec<u8> {
+    let content = signature::unsigned_content(&plugin_bytes(plugin)).unwrap();
+    let mut out = content[..8].to_vec();
+    for section in sections::split(&content).unwrap() {
+        if !matches!(section.custom(), Some((MANIFEST_SECTION, _))) {
+            out.extend_from_slice(&content[section.range]);
+        }
+    }
+    out.extend_from_slice(&sections::encode_custom(MANIFEST_SECTION, document));
+    signature::sign(&out, key).unwrap().embedded
 }
 
 fn requiring(target: &str, range: &str) -> Requirement {
@@ -87,7 +101,12 @@ async fn the_signed_manifest_declares_operations_and_describe_mirrors_it() {
         ("hello", "0.1.0")
     );
     assert_eq!(hello.capabilities, ["greeting"]);
-    let names: Vec<&str> = hello.operations.iter().map(|o| o.name.as_str()).collect();
+    let names: Vec<&str> = hello
+        .operations
+        .iter()
+        .flatten()
+        .map(|o| o.name.as_str())
+        .collect();
     assert_eq!(names, ["greet", "env", "announce", "calls"]);
     let greet = hello.operation("greet").unwrap();
     assert!(greet.description.starts_with("Greets someone by name"));
@@ -97,6 +116,9 @@ async fn the_signed_manifest_declares_operations_and_describe_mirrors_it() {
     assert_eq!(input["properties"]["name"]["maxLength"], 64);
     assert!(greet.output.as_ref().unwrap()["properties"]["greeting"].is_object());
     assert_eq!(manifest_of(ROUTER).requires.len(), 2);
+    // The router's `handle` routes by config, not through a `Dispatch`: its
+    // operations are unknown, which is not "none".
+    assert_eq!(manifest_of(ROUTER).operations, None);
 
     let host = crate::host();
     let details = host
@@ -358,6 +380,9 @@ async fn a_reload_that_would_break_a_dependent_is_refused_unless_forced() {
         ("kv-counter", "0.2.0")
     );
     assert_eq!(host.status("thumbnail").unwrap().generation, 1);
+    // The router is now broken, but that is not the doing of a reload of
+    // anything else: `hello` reloads.
+    host.reload("hello").await.unwrap();
 }
 
 #[tokio::test]
@@ -420,5 +445,114 @@ async fn building_a_manifest_runs_the_plugin_under_limits() {
         .ask_manifest(PluginSpec::from_bytes("thumbnail", content))
         .await
         .unwrap();
-    assert_eq!(asked.as_ref(), Some(&manifest_of(THUMBNAIL)));
+    let (asked, document) = asked.unwrap();
+    assert_eq!(asked, manifest_of(THUMBNAIL));
+    assert_eq!(Manifest::parse(document.as_bytes()).unwrap(), asked);
+}
+
+#[tokio::test]
+async fn validate_input_needs_declared_operations() {
+    let host = crate::host();
+    for plugin in [HELLO, THUMBNAIL] {
+        host.load(PluginSpec::from_path(plugin_path(plugin)))
+            .await
+            .unwrap();
+    }
+    let err = host
+        .load(PluginSpec::from_path(plugin_path(ROUTER)).validate_input(true))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    assert!(err.to_string().contains("does not list them"), "{err}");
+}
+
+/// Hostile schemas, from an author who writes the manifest section by hand:
+/// refused at load when their cost is unbounded, and bounded per request
+/// when it is merely large. The host keeps serving throughout.
+#[tokio::test]
+async fn hostile_schemas_cannot_make_the_host_spend_unbounded_work() {
+    let key = SecretKey::generate().unwrap();
+    let host = host_trusting(&key);
+    host.load(PluginSpec::from_path(plugin_path(HELLO)).with_name("bystander"))
+        .await
+        .unwrap();
+    let manifest_with = |input: serde_json::Value| {
+        serde_json::to_vec(&json!({
+            "format": 1, "name": "hello", "version": "0.1.0", "capabilities": ["greeting"],
+            "operations": [{"name": "greet", "input": input}]
+        }))
+        .unwrap()
+    };
+
+    // 2^15 nodes through a chain of shared definitions, each used twice.
+    let mut defs = serde_json::Map::new();
+    for i in 0..15 {
+        let next = format!("#/$defs/a{}", i + 1);
+        defs.insert(
+            format!("a{i}"),
+            json!({"anyOf": [{"$ref": next}, {"$ref": next}]}),
+        );
+    }
+    defs.insert("a15".into(), json!({"type": "string"}));
+    let exponential = with_raw_manifest(
+        HELLO,
+        &key,
+        &manifest_with(json!({"$ref": "#/$defs/a0", "$defs": defs})),
+    );
+    let err = host
+        .load(PluginSpec::from_bytes("exponential", exponential).validate_input(true))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidManifest, "{err}");
+    assert!(err.to_string().contains("more than 10000 nodes"), "{err}");
+
+    // 4,000 alternatives for every item: legal, but half a million items
+    // would cost two billion visits. Refused unchecked, at once.
+    let branches: Vec<serde_json::Value> = (0..4_000).map(|i| json!({"const": i})).collect();
+    let wide = with_raw_manifest(
+        HELLO,
+        &key,
+        &manifest_with(json!({"type": "array", "items": {"anyOf": branches}})),
+    );
+    host.load(
+        PluginSpec::from_bytes("wide", wide)
+            .validate_input(true)
+            .limits(capsule_host::Limits {
+                max_request_bytes: 4 << 20,
+                ..Default::default()
+            }),
+    )
+    .await
+    .unwrap();
+    let items = format!("[{}]", vec!["3999"; 500_000].join(","));
+    let err = host
+        .call("wide", Request::new("greet", items))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("send a smaller payload"), "{err}");
+    // A payload within the budget is checked: a value outside the choices is
+    // refused with a bounded message, a valid one reaches the plugin (which
+    // then fails on its own: an array is not a greeting).
+    let err = host
+        .call("wide", Request::new("greet", "[1, 2, 9999]"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(
+        err.to_string().len() < 1024,
+        "{} bytes",
+        err.to_string().len()
+    );
+    let err = host
+        .call("wide", Request::new("greet", "[1, 2, 3]"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PluginError, "{err}");
+    // The bystander never noticed.
+    assert!(
+        host.call("bystander", Request::new("greet", r#"{"name":"Ada"}"#))
+            .await
+            .is_ok()
+    );
 }
