@@ -220,28 +220,25 @@ impl Host {
 
     /// Reloads a plugin from where it was loaded (its file is read again).
     pub async fn reload(&self, plugin: &str) -> Result<PluginDetails, LoadError> {
-        let Some(slot) = self.slot(plugin) else {
-            return Err(LoadError::new(
-                plugin,
-                LoadFailure::Config("no plugin with this name is loaded".into()),
-            ));
-        };
-        let spec = slot.spec.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        self.reload_with(spec).await
+        self.replace(self.loaded_spec(plugin)?, false).await
     }
 
     /// [`Host::reload`] even when the new version breaks the requirements of
     /// plugins that depend on this one (they keep running and fail their
     /// calls to it as they would any other).
     pub async fn force_reload(&self, plugin: &str) -> Result<PluginDetails, LoadError> {
+        self.replace(self.loaded_spec(plugin)?, true).await
+    }
+
+    /// What `plugin` was loaded from.
+    fn loaded_spec(&self, plugin: &str) -> Result<PluginSpec, LoadError> {
         let Some(slot) = self.slot(plugin) else {
             return Err(LoadError::new(
                 plugin,
                 LoadFailure::Config("no plugin with this name is loaded".into()),
             ));
         };
-        let spec = slot.spec.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        self.replace(spec, true).await
+        Ok(slot.spec.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
     /// Replaces a loaded plugin with a new version. The new version is

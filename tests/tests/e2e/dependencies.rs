@@ -25,17 +25,9 @@ fn manifest_of(plugin: &str) -> Manifest {
 
 /// `plugin` re-signed by `key` with its manifest changed by `change`.
 fn variant(plugin: &str, key: &SecretKey, change: impl FnOnce(&mut Manifest)) -> Vec<u8> {
-    let content = signature::unsigned_content(&plugin_bytes(plugin)).unwrap();
     let mut manifest = manifest_of(plugin);
     change(&mut manifest);
-    let mut stripped = content[..8].to_vec();
-    for section in sections::split(&content).unwrap() {
-        if !matches!(section.custom(), Some((MANIFEST_SECTION, _))) {
-            stripped.extend_from_slice(&content[section.range]);
-        }
-    }
-    let embedded = manifest::embed(&stripped, &manifest.to_bytes()).unwrap();
-    signature::sign(&embedded, key).unwrap().embedded
+    with_raw_manifest(plugin, key, &manifest.to_bytes())
 }
 
 /// `plugin` re-signed by `key` with `document` as its manifest section,
