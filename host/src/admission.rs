@@ -46,17 +46,20 @@ pub(crate) fn examine(
     trust: &TrustPolicy,
 ) -> Result<Examined, LoadFailure> {
     check_header(bytes).map_err(|err| LoadFailure::Malformed(err.0))?;
-    let (signers, partial) = check_signature(name, bytes, detached, trust)?;
+    let (signers, covered_until) = check_signature(name, bytes, detached, trust)?;
     let summary = inspect(bytes).map_err(|err| LoadFailure::Malformed(err.0))?;
     check_contract(&summary)?;
     check_imports(&summary)?;
-    let manifest = manifest::read(bytes).map_err(LoadFailure::InvalidManifest)?;
-    if partial && manifest.is_some() {
-        // The section may lie past what the signature covers.
+    // Under a partial signature, only a manifest inside the signed prefix
+    // counts: one appended after it is anyone's.
+    let manifest = manifest::read(&bytes[..covered_until.unwrap_or(bytes.len()).min(bytes.len())])
+        .map_err(LoadFailure::InvalidManifest)?;
+    if covered_until.is_some_and(|end| end < bytes.len())
+        && manifest.is_none()
+        && manifest::read(bytes).ok().flatten().is_some()
+    {
         return Err(LoadFailure::InvalidManifest(
-            "the trusted signature covers only part of the component, and a manifest is \
-             trusted only under a signature that covers all of it"
-                .into(),
+            "the manifest lies past what the trusted signature covers".into(),
         ));
     }
     Ok(Examined {
@@ -90,8 +93,9 @@ pub(crate) fn io_failure(err: ReadError) -> LoadFailure {
     }
 }
 
-/// Enforces the trust policy; returns the trusted signers' key ids and
-/// whether they cover only part of the component. With `allow_unsigned`, a
+/// Enforces the trust policy; returns the trusted signers' key ids and,
+/// when they cover only part of the component, where the covered prefix
+/// ends. With `allow_unsigned`, a
 /// plugin without a valid trusted signature still loads, with a warning
 /// every time.
 fn check_signature(
@@ -99,7 +103,7 @@ fn check_signature(
     bytes: &[u8],
     detached: Option<&[u8]>,
     trust: &TrustPolicy,
-) -> Result<(Vec<String>, bool), LoadFailure> {
+) -> Result<(Vec<String>, Option<usize>), LoadFailure> {
     match signature::verify(bytes, detached, &trust.keys, trust.allow_partial) {
         Ok(verified) => {
             if verified.partial {
@@ -109,7 +113,7 @@ fn check_signature(
                 );
             }
             let signers = verified.signers.iter().map(|id| id.to_hex()).collect();
-            Ok((signers, verified.partial))
+            Ok((signers, verified.covered_until))
         }
         Err(err) if trust.allow_unsigned => {
             tracing::warn!(
@@ -117,7 +121,7 @@ fn check_signature(
                 reason = %err,
                 "LOADING A PLUGIN WITHOUT A VALID TRUSTED SIGNATURE (unsigned plugins are allowed)"
             );
-            Ok((Vec::new(), false))
+            Ok((Vec::new(), None))
         }
         Err(err) => Err(match err {
             SignatureError::Unsigned => LoadFailure::Unsigned(format!(

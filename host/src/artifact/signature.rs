@@ -84,6 +84,9 @@ pub struct Verified {
     /// Whether the trusted signatures cover only part of the plugin (only
     /// possible when partial signatures are allowed).
     pub partial: bool,
+    /// For a partial signature, where the covered prefix ends: a byte
+    /// offset into the file (sections ending at or before it are signed).
+    pub covered_until: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -238,8 +241,9 @@ struct Signed<'a> {
     signature: Option<&'a [u8]>,
     /// SHA-256 of every byte after the header and the embedded signature.
     full_hash: [u8; 32],
-    /// Hashes of the content up to and including each delimiter section.
-    delimiter_hashes: Vec<[u8; 32]>,
+    /// Hashes of the content up to and including each delimiter section,
+    /// with the offset where that delimiter ends.
+    delimiter_hashes: Vec<([u8; 32], usize)>,
     /// Content sections in order (without the embedded signature).
     content: Vec<Section<'a>>,
 }
@@ -266,7 +270,7 @@ impl<'a> Signed<'a> {
                 .custom()
                 .is_some_and(|(name, _)| name == DELIMITER_SECTION)
             {
-                delimiter_hashes.push(hasher.clone().finalize().into());
+                delimiter_hashes.push((hasher.clone().finalize().into(), section.range.end));
             }
         }
         Ok(Signed {
@@ -289,7 +293,16 @@ impl<'a> Signed<'a> {
     /// Whether a signed hash set covers a prefix of the content that ends at
     /// a delimiter (a partial signature).
     fn covers_prefix(&self, set: &SignedHashes) -> bool {
-        set.hashes.iter().any(|h| self.delimiter_hashes.contains(h))
+        self.prefix_end(set).is_some()
+    }
+
+    /// Where the longest prefix a hash set covers ends, if it covers one.
+    fn prefix_end(&self, set: &SignedHashes) -> Option<usize> {
+        self.delimiter_hashes
+            .iter()
+            .filter(|(hash, _)| set.hashes.contains(hash))
+            .map(|(_, end)| *end)
+            .max()
     }
 }
 
@@ -339,14 +352,25 @@ pub fn verify(
         return Ok(Verified {
             signers: full_signers.into_iter().collect(),
             partial: false,
+            covered_until: None,
         });
     }
-    let partial_signers = checked.signers(&prefix, &trusted);
+    // Set by set, to know how far the trusted signatures reach.
+    let mut partial_signers = BTreeSet::new();
+    let mut covered_until = 0;
+    for set in &prefix {
+        let signers = checked.signers(&[*set], &trusted);
+        if !signers.is_empty() {
+            covered_until = covered_until.max(signed.prefix_end(set).unwrap_or(0));
+            partial_signers.extend(signers);
+        }
+    }
     if !partial_signers.is_empty() {
         return if allow_partial {
             Ok(Verified {
                 signers: partial_signers.into_iter().collect(),
                 partial: true,
+                covered_until: Some(covered_until),
             })
         } else {
             Err(SignatureError::Bad(

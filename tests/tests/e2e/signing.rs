@@ -298,6 +298,38 @@ async fn partial_signatures_are_refused_unless_allowed() {
         .unwrap();
     load(&lenient, bytes).await.unwrap();
     assert_greets(&lenient).await;
+
+    // A manifest appended past the signed prefix is nobody's word: hello
+    // without its manifest, partially signed, then given one.
+    use capsule_host::artifact::manifest::{self, MANIFEST_SECTION};
+    let with = unsigned_hello();
+    let document = manifest::read(&with).unwrap().unwrap().to_bytes();
+    let mut without = with[..8].to_vec();
+    for section in capsule_host::artifact::sections::split(&with).unwrap() {
+        if !matches!(section.custom(), Some((MANIFEST_SECTION, _))) {
+            without.extend_from_slice(&with[section.range]);
+        }
+    }
+    let module = wasmsign2::Module::deserialize(&mut without.as_slice()).unwrap();
+    let (signed, _) = theirs.sign_multi(module, None, false, true).unwrap();
+    let mut bytes = Vec::new();
+    signed.serialize(&mut bytes).unwrap();
+    bytes.extend(capsule_host::artifact::sections::encode_custom(
+        MANIFEST_SECTION,
+        &document,
+    ));
+    let lenient = Host::builder()
+        .trust(key.public_key())
+        .allow_partial_signatures(true)
+        .build()
+        .unwrap();
+    let err = load(&lenient, bytes).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidManifest, "{err}");
+    assert!(
+        err.to_string()
+            .contains("past what the trusted signature covers"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
