@@ -68,10 +68,12 @@ fn cargo() -> OsString {
 }
 
 /// Whether the cargo-component tests should run: `false` only when
-/// `CAPSULE_SKIP_CARGO_COMPONENT=1` says so. Without cargo-component and
-/// without that opt-out, fails the test with instructions.
+/// `CAPSULE_SKIP_CARGO_COMPONENT=1` says so outside CI (with `CI=true` the
+/// opt-out is ignored). Without cargo-component and without that opt-out,
+/// fails the test with instructions.
 fn cargo_component_required() -> bool {
-    if std::env::var_os(SKIP_ENV).is_some_and(|value| value == "1") {
+    let in_ci = std::env::var_os("CI").is_some_and(|value| value == "true");
+    if !in_ci && std::env::var_os(SKIP_ENV).is_some_and(|value| value == "1") {
         eprintln!("{SKIP_ENV}=1: skipping a test that needs cargo-component");
         return false;
     }
