@@ -10,7 +10,10 @@
 //!   compile cache (verify + deserialize);
 //! - `verify`: signature verification of a 4 MiB component;
 //! - `compute`: a 4 MB prime sieve natively and in Capsule with fuel and
-//!   epoch interruption on and off.
+//!   epoch interruption on and off;
+//! - `kv`: a call that increments 1, 10 or 100 counters in an on-disk
+//!   store, as one atomic transaction (the default) and writing through
+//!   (`kv.atomic = false`).
 //!
 //! The plugins come from `cargo xtask build-plugins` (`CAPSULE_PLUGIN_DIR`).
 
@@ -22,6 +25,7 @@ use std::time::{Duration, Instant};
 use capsule_host::artifact::sections::{COMPONENT_HEADER, encode_custom};
 use capsule_host::artifact::signature;
 use capsule_host::services::calls::CallTarget;
+use capsule_host::services::kv::KvGrant;
 use capsule_host::{
     EngineOptions, Grants, Host, HostBuilder, Limits, PluginSpec, PublicKey, Request, SecretKey,
 };
@@ -351,11 +355,51 @@ fn compute(c: &mut Criterion) {
     group.finish();
 }
 
+fn kv(c: &mut Criterion) {
+    let rt = runtime(1);
+    let data = std::env::temp_dir().join(format!("capsule-bench-kv-{}", std::process::id()));
+    let mut group = c.benchmark_group("kv");
+    group.sample_size(20);
+    for (id, atomic) in [("atomic", true), ("direct", false)] {
+        let host = rt.block_on(async {
+            let host = builder().data_dir(data.join(id)).build().unwrap();
+            let grants = Grants {
+                kv: Some(KvGrant {
+                    atomic,
+                    ..KvGrant::new("bench")
+                }),
+                ..Grants::default()
+            };
+            host.load(PluginSpec::from_path(plugin("kv-counter")).grants(grants))
+                .await
+                .unwrap();
+            host
+        });
+        for writes in [1usize, 10, 100] {
+            let keys: Vec<String> = (0..writes).map(|i| format!("\"k{i}\"")).collect();
+            let input = format!(r#"{{"keys":[{}]}}"#, keys.join(","));
+            rt.block_on(host.call("kv-counter", Request::new("increment-all", input.clone())))
+                .unwrap();
+            group.bench_function(BenchmarkId::new(id, writes), |b| {
+                b.to_async(&rt).iter(|| async {
+                    black_box(
+                        host.call("kv-counter", Request::new("increment-all", input.clone()))
+                            .await
+                            .unwrap(),
+                    )
+                });
+            });
+        }
+    }
+    group.finish();
+    std::fs::remove_dir_all(&data).ok();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
-    targets = echo, throughput, load, verify, compute
+    targets = echo, throughput, load, verify, compute, kv
 }
 criterion_main!(benches);

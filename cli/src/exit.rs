@@ -42,7 +42,11 @@ pub fn code_for(kind: ErrorKind) -> u8 {
         // Refused before the plugin ran, as the plugin itself would have.
         ErrorKind::PluginError | ErrorKind::InvalidInput => PLUGIN_ERROR,
         ErrorKind::Trap | ErrorKind::UnknownPlugin => TRAP,
-        ErrorKind::Paused | ErrorKind::CircuitOpen | ErrorKind::Rejected => LIMIT,
+        ErrorKind::Paused
+        | ErrorKind::CircuitOpen
+        | ErrorKind::Rejected
+        | ErrorKind::Conflict
+        | ErrorKind::QuotaExceeded => LIMIT,
         kind if kind.is_limit() => LIMIT,
         _ => HOST,
     }

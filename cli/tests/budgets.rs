@@ -55,6 +55,50 @@ max_response = "4MiB"
 [plugins.event-storm]
 path = "{plugins}/event-storm.wasm"
 events = { publish = ["storm.>"], subscribe = ["storm.>"] }
+
+[plugins.kv-hoarder]
+path = "{plugins}/kv-hoarder.wasm"
+kv = { namespace = "hoard" }
+[plugins.kv-hoarder.limits]
+max_instances = 1
+
+[plugins.hoard-1]
+path = "{plugins}/kv-hoarder.wasm"
+kv = {}
+config = { next = "hoard-2" }
+calls = ["hoard-2"]
+[plugins.hoard-1.limits]
+max_instances = 1
+
+[plugins.hoard-2]
+path = "{plugins}/kv-hoarder.wasm"
+kv = {}
+config = { next = "hoard-3" }
+calls = ["hoard-3"]
+[plugins.hoard-2.limits]
+max_instances = 1
+
+[plugins.hoard-3]
+path = "{plugins}/kv-hoarder.wasm"
+kv = {}
+config = { next = "hoard-4" }
+calls = ["hoard-4"]
+[plugins.hoard-3.limits]
+max_instances = 1
+
+[plugins.hoard-4]
+path = "{plugins}/kv-hoarder.wasm"
+kv = {}
+config = { next = "hoard-5" }
+calls = ["hoard-5"]
+[plugins.hoard-4.limits]
+max_instances = 1
+
+[plugins.hoard-5]
+path = "{plugins}/kv-hoarder.wasm"
+kv = {}
+[plugins.hoard-5.limits]
+max_instances = 1
 "#,
     );
     ServeProcess::start(&file, &[])
@@ -88,6 +132,8 @@ fn every_attack_is_contained_and_the_server_keeps_its_memory() {
     // their compiled code and first instances.
     assert_hello_answers(&server, "start");
     let _ = server.http("POST", "/v1/plugins/amplifier/call?op=ok", "");
+    let (seeded, _) = server.http("POST", "/v1/plugins/kv-hoarder/call?op=seed", "");
+    assert_eq!(seeded, 200);
     let baseline = server.peak_memory();
     let bound = baseline + PLUGIN_MEMORY + HOST_ALLOWANCE;
 
@@ -174,6 +220,26 @@ fn every_attack_is_contained_and_the_server_keeps_its_memory() {
             "output_too_large",
             "log",
         ),
+        // The kv transaction a call buffers, the reads it records, one
+        // get-many's answer, and a chain of callees joining their buffers.
+        (
+            "kv-hoarder",
+            "buffer",
+            "",
+            422,
+            "plugin_error",
+            "max_call_bytes",
+        ),
+        (
+            "kv-hoarder",
+            "reads",
+            "",
+            422,
+            "plugin_error",
+            "max_call_keys",
+        ),
+        ("kv-hoarder", "many", "", 422, "plugin_error", "get-many"),
+        ("hoard-1", "nest", "", 422, "plugin_error", "quota_exceeded"),
     ];
     for (plugin, op, payload, status, kind, word) in attacks {
         let attack = format!("{plugin} {op}");

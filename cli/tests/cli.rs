@@ -1184,3 +1184,87 @@ calls = ["hello:greet", "hello:shout", "capability:thumbnail"]
             .contains("`hello:shout` names an operation its plugin does not declare")
     }));
 }
+
+/// A plugin's config schema is checked by `capsule check` and at load,
+/// naming the policy line; a secret reaches the plugin and no output of the
+/// host, not even at trace level.
+#[test]
+fn config_schemas_point_at_the_line_and_secrets_appear_in_no_host_output() {
+    let file = policy(
+        "config-schema.toml",
+        r#"
+[host]
+trusted_keys = ["{key}"]
+
+[plugins.store]
+path = "{plugins}/ingest-store.wasm"
+config = { prefix = "p", max_cents = "lots" }
+[plugins.store.secrets]
+token = { env = "CAPSULE_CLI_TEST_SECRET" }
+
+[plugins.hello]
+path = "{plugins}/hello.wasm"
+[plugins.hello.secrets]
+greeting = { env = "CAPSULE_CLI_TEST_SECRET" }
+"#,
+    );
+    let secret = "Psst-zq7";
+    let with_secret = |args: &[&str]| {
+        let mut command = capsule_command(args);
+        command
+            .env("CAPSULE_CLI_TEST_SECRET", secret)
+            .env("CAPSULE_LOG", "debug");
+        command.output().unwrap()
+    };
+    for args in [
+        vec!["check", "--config", path_str(&file)],
+        vec!["check", "--config", path_str(&file), "--json"],
+        vec![
+            "run",
+            "store",
+            "--config",
+            path_str(&file),
+            "--op",
+            "x",
+            "--input",
+            "{}",
+        ],
+    ] {
+        let out = with_secret(&args);
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_ne!(out.status.code(), Some(0), "{args:?}: {all}");
+        assert!(
+            all.contains("config-schema.toml:7:") && all.contains("plugins.store.config.max_cents"),
+            "{args:?}: {all}"
+        );
+        // `token` is a secret the plugin's schema does not know.
+        assert!(
+            all.contains("plugins.store.config.token"),
+            "{args:?}: {all}"
+        );
+        assert!(!all.contains(secret), "{args:?}: {all}");
+    }
+    let out = with_secret(&[
+        "run",
+        "hello",
+        "--config",
+        path_str(&file),
+        "--op",
+        "greet",
+        "--input",
+        r#"{"name":"Ada"}"#,
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    // The plugin's own answer carries it; the host's log does not.
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Psst-zq7, Ada!"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("TRACE") || stderr.contains("DEBUG"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(secret), "{stderr}");
+}

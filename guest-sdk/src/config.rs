@@ -1,14 +1,53 @@
 //! Read-only configuration values the operator set for this plugin.
 //!
-//! Values come from the policy file (`config = { greeting = "Hi" }`) or from
-//! `capsule run --set greeting=Hi`. A plugin cannot change them.
+//! Values come from the policy file (`config = { greeting = "Hi", retries =
+//! 3 }`), from `capsule run --set greeting=Hi`, or from secrets the operator
+//! keeps in the environment or files (`[plugins.NAME.secrets]`, which reach
+//! the plugin like any value). A plugin cannot change them. [`get`] answers
+//! a string as it is and any other value as JSON text; [`typed`] reads them
+//! all into a struct, checked against the schema the plugin declares
+//! ([`Plugin::config_schema`](crate::Plugin::config_schema)).
 //!
 //! ```no_run
 //! let greeting = capsule_guest::config::get("greeting")?.unwrap_or_else(|| "Hello".into());
 //! # Ok::<(), capsule_guest::ServiceError>(())
 //! ```
 
+use serde::de::DeserializeOwned;
+
 use crate::{PluginError, ServiceError};
+
+/// Every value as one JSON object: strings, numbers, booleans, arrays and
+/// tables as the operator wrote them (coerced by the plugin's config schema,
+/// its defaults filled in), secrets as strings.
+pub fn json() -> Result<serde_json::Value, PluginError> {
+    let text = crate::host::config_get_json()?;
+    serde_json::from_str(&text)
+        .map_err(|err| PluginError::failed(format!("the host's config is not JSON: {err}")))
+}
+
+/// Every value, deserialised into `T`: declare `T`'s schema with
+/// [`Plugin::config_schema`](crate::Plugin::config_schema) (and
+/// [`schema`]) so the host checks the operator's values before the plugin
+/// ever runs.
+///
+/// ```no_run
+/// #[derive(serde::Deserialize)]
+/// struct Settings { endpoint: String, retries: u32 }
+///
+/// let settings: Settings = capsule_guest::config::typed()?;
+/// # Ok::<(), capsule_guest::PluginError>(())
+/// ```
+pub fn typed<T: DeserializeOwned>() -> Result<T, PluginError> {
+    serde_json::from_value(json()?)
+        .map_err(|err| PluginError::failed(format!("the config does not fit: {err}")))
+}
+
+/// The JSON Schema of `T`, for [`Plugin::config_schema`](crate::Plugin::config_schema).
+#[cfg(feature = "schema")]
+pub fn schema<T: schemars::JsonSchema>() -> serde_json::Value {
+    crate::manifest::schema_of::<T>()
+}
 
 /// The value the operator set for `key`, or `None`.
 ///

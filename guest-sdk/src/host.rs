@@ -21,6 +21,10 @@ mod routes {
         raw::config::get_all()
     }
 
+    pub(crate) fn config_get_json() -> Result<String, ServiceError> {
+        raw::config::get_json()
+    }
+
     pub(crate) fn kv_get(key: &str) -> Result<Option<Vec<u8>>, ServiceError> {
         raw::kv::get(key)
     }
@@ -39,6 +43,38 @@ mod routes {
 
     pub(crate) fn kv_increment(key: &str, delta: i64) -> Result<i64, ServiceError> {
         raw::kv::increment(key, delta)
+    }
+
+    pub(crate) fn kv_compare_and_swap(
+        key: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+    ) -> Result<bool, ServiceError> {
+        raw::kv::compare_and_swap(key, expected, new)
+    }
+
+    pub(crate) fn kv_set_with_ttl(
+        key: &str,
+        value: &[u8],
+        ttl_ms: u64,
+    ) -> Result<(), ServiceError> {
+        raw::kv::set_with_ttl(key, value, ttl_ms)
+    }
+
+    pub(crate) fn kv_get_many(keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, ServiceError> {
+        raw::kv::get_many(keys)
+    }
+
+    pub(crate) fn kv_set_many(entries: &[(String, Vec<u8>)]) -> Result<(), ServiceError> {
+        raw::kv::set_many(entries)
+    }
+
+    pub(crate) fn kv_list_keys_page(
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<String>, Option<String>), ServiceError> {
+        raw::kv::list_keys_page(prefix, after, limit).map(|page| (page.keys, page.next))
     }
 
     pub(crate) fn publish(topic: &str, payload: &[u8]) -> Result<(), ServiceError> {
@@ -78,6 +114,10 @@ mod routes {
         with_host(|host| host.config_get_all())
     }
 
+    pub(crate) fn config_get_json() -> Result<String, ServiceError> {
+        with_host(|host| host.config_get_json())
+    }
+
     pub(crate) fn kv_get(key: &str) -> Result<Option<Vec<u8>>, ServiceError> {
         with_host(|host| host.kv_get(key))
     }
@@ -96,6 +136,38 @@ mod routes {
 
     pub(crate) fn kv_increment(key: &str, delta: i64) -> Result<i64, ServiceError> {
         with_host(|host| host.kv_increment(key, delta))
+    }
+
+    pub(crate) fn kv_compare_and_swap(
+        key: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+    ) -> Result<bool, ServiceError> {
+        with_host(|host| host.kv_compare_and_swap(key, expected, new))
+    }
+
+    pub(crate) fn kv_set_with_ttl(
+        key: &str,
+        value: &[u8],
+        ttl_ms: u64,
+    ) -> Result<(), ServiceError> {
+        with_host(|host| host.kv_set_with_ttl(key, value, ttl_ms))
+    }
+
+    pub(crate) fn kv_get_many(keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, ServiceError> {
+        with_host(|host| host.kv_get_many(keys))
+    }
+
+    pub(crate) fn kv_set_many(entries: &[(String, Vec<u8>)]) -> Result<(), ServiceError> {
+        with_host(|host| host.kv_set_many(entries))
+    }
+
+    pub(crate) fn kv_list_keys_page(
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<String>, Option<String>), ServiceError> {
+        with_host(|host| host.kv_list_keys_page(prefix, after, limit))
     }
 
     pub(crate) fn publish(topic: &str, payload: &[u8]) -> Result<(), ServiceError> {

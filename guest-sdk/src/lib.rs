@@ -177,6 +177,47 @@ pub trait Plugin {
         Vec::new()
     }
 
+    /// The JSON Schema of the configuration the plugin expects (one object,
+    /// keys as the operator writes them), usually
+    /// [`config::schema`](crate::config::schema) of a struct it reads with
+    /// [`config::typed`](crate::config::typed). It goes into the plugin's
+    /// manifest: the host coerces the operator's values by it (`--set
+    /// retries=3` becomes a number), fills in its `default`s, and refuses to
+    /// load the plugin — naming the policy file, line and key — when a
+    /// value does not match, a required key is missing or (with
+    /// `#[serde(deny_unknown_fields)]`) an unknown key is set.
+    ///
+    /// ```
+    /// # #[cfg(feature = "schema")] {
+    /// use capsule_guest::{Plugin, PluginError, Request, Response, config};
+    ///
+    /// #[derive(serde::Deserialize, schemars::JsonSchema)]
+    /// #[serde(deny_unknown_fields)]
+    /// struct Settings {
+    ///     endpoint: String,
+    ///     #[serde(default = "three")]
+    ///     retries: u32,
+    /// }
+    /// fn three() -> u32 { 3 }
+    ///
+    /// struct Client;
+    ///
+    /// impl Plugin for Client {
+    ///     fn config_schema() -> Option<serde_json::Value> {
+    ///         Some(config::schema::<Settings>())
+    ///     }
+    ///
+    ///     fn handle(_: Request) -> Result<Response, PluginError> {
+    ///         let settings: Settings = config::typed()?;
+    ///         Ok(Response::bytes(settings.endpoint))
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    fn config_schema() -> Option<serde_json::Value> {
+        None
+    }
+
     /// Runs once on each fresh instance, before it serves calls. An error
     /// fails the load (`init_failed`) or the call that needed the instance.
     ///

@@ -107,6 +107,9 @@ struct Document {
     #[serde(skip_serializing_if = "Option::is_none")]
     operations: Option<Vec<Operation>>,
     requires: Vec<Requirement>,
+    /// The JSON Schema of the plugin's configuration, if it declares one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config: Option<serde_json::Value>,
 }
 
 /// What a probe of `handle` collected.
@@ -190,6 +193,7 @@ pub fn document<P: Plugin>(from_cargo: PluginInfo) -> String {
         capabilities: info.capabilities,
         operations,
         requires: P::requires(),
+        config: P::config_schema(),
     };
     serde_json::to_string(&document).unwrap_or_default()
 }

@@ -134,6 +134,10 @@ const EVENTS_PER_CALL: usize = 256;
 const EVENT_BYTES: usize = 1 << 20;
 /// Most keys one `list-keys` answers.
 const LIST_LIMIT: usize = 1000;
+/// Most keys one `get-many` or `set-many` names.
+const MANY_LIMIT: usize = 256;
+/// Longest time to live: ten years.
+const MAX_TTL_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
 
 /// The fake host's state.
 #[derive(Default)]
@@ -142,9 +146,11 @@ pub(crate) struct State {
     log_bytes: usize,
     logs: Vec<LogLine>,
     call_logs: usize,
-    config: BTreeMap<String, String>,
+    config: BTreeMap<String, serde_json::Value>,
     kv: Option<KvQuota>,
     entries: BTreeMap<String, Vec<u8>>,
+    /// When entries stored with a time to live expire.
+    expiries: BTreeMap<String, std::time::Instant>,
     publish: Vec<String>,
     published: Vec<Published>,
     call_published: Vec<Published>,
@@ -193,12 +199,15 @@ impl MockHost {
         MockHost::default()
     }
 
-    /// Sets a config value.
+    /// Sets a config value (a string, as `--set` gives one).
     pub fn config(self, key: &str, value: &str) -> Self {
-        self.state
-            .borrow_mut()
-            .config
-            .insert(key.to_owned(), value.to_owned());
+        self.config_value(key, serde_json::Value::String(value.to_owned()))
+    }
+
+    /// Sets a config value of any type, as a policy file writes numbers,
+    /// booleans, arrays and tables (`get` answers them as JSON text).
+    pub fn config_value(self, key: &str, value: serde_json::Value) -> Self {
+        self.state.borrow_mut().config.insert(key.to_owned(), value);
         self
     }
 
@@ -294,26 +303,54 @@ impl MockHost {
 
     /// Calls `P::handle(request)` as Capsule would. Like Capsule, the events
     /// it published count as published only if the call succeeded.
+    /// Its kv writes, too, are kept only if it succeeded (unless the
+    /// operator would set `kv.atomic = false`).
     pub fn call<P: Plugin>(&self, request: Request) -> Result<Response, PluginError> {
+        let before = self.kv_snapshot();
         let answer = self.run(|| P::handle(request));
-        self.settle(answer.is_ok());
+        self.settle(answer.is_ok(), answer.is_ok(), before);
         answer
     }
 
     /// Delivers `event` to `P::on_event` as Capsule would; what it published
     /// counts only if it acknowledged or forwarded the event.
     pub fn deliver<P: Plugin>(&self, event: Event) -> Result<EventOutcome, PluginError> {
+        let before = self.kv_snapshot();
         let outcome = self.run(|| P::on_event(event));
         let keep = matches!(outcome, Ok(EventOutcome::Ack | EventOutcome::Forward(_)));
-        self.settle(keep);
+        // Like Capsule, whatever `on-event` answered keeps its kv writes.
+        self.settle(keep, outcome.is_ok(), before);
         outcome
     }
 
-    fn settle(&self, keep: bool) {
+    #[allow(clippy::type_complexity)]
+    fn kv_snapshot(
+        &self,
+    ) -> (
+        BTreeMap<String, Vec<u8>>,
+        BTreeMap<String, std::time::Instant>,
+    ) {
+        let state = self.state.borrow();
+        (state.entries.clone(), state.expiries.clone())
+    }
+
+    fn settle(
+        &self,
+        keep_events: bool,
+        keep_kv: bool,
+        (entries, expiries): (
+            BTreeMap<String, Vec<u8>>,
+            BTreeMap<String, std::time::Instant>,
+        ),
+    ) {
         let mut state = self.state.borrow_mut();
         let events = std::mem::take(&mut state.call_published);
-        if keep {
+        if keep_events {
             state.published.extend(events);
+        }
+        if !keep_kv {
+            state.entries = entries;
+            state.expiries = expiries;
         }
     }
 
@@ -385,7 +422,7 @@ impl State {
         if self.is_denied(Service::Config) {
             return Err(denied("config"));
         }
-        Ok(self.config.get(key).cloned())
+        Ok(self.config.get(key).map(config_text))
     }
 
     pub(crate) fn config_get_all(&mut self) -> Result<Vec<(String, String)>, ServiceError> {
@@ -395,8 +432,20 @@ impl State {
         Ok(self
             .config
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.clone(), config_text(v)))
             .collect())
+    }
+
+    pub(crate) fn config_get_json(&mut self) -> Result<String, ServiceError> {
+        if self.is_denied(Service::Config) {
+            return Err(denied("config"));
+        }
+        let object: serde_json::Map<String, serde_json::Value> = self
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Ok(serde_json::Value::Object(object).to_string())
     }
 
     fn kv_quota(&self) -> Result<KvQuota, ServiceError> {
@@ -408,13 +457,114 @@ impl State {
         }
     }
 
+    /// Drops entries whose time to live ran out.
+    fn expire(&mut self) {
+        let now = std::time::Instant::now();
+        let expired: Vec<String> = self
+            .expiries
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in expired {
+            self.expiries.remove(&key);
+            self.entries.remove(&key);
+        }
+    }
+
     pub(crate) fn kv_get(&mut self, key: &str) -> Result<Option<Vec<u8>>, ServiceError> {
         self.kv_quota()?;
+        self.expire();
         Ok(self.entries.get(key).cloned())
+    }
+
+    pub(crate) fn kv_compare_and_swap(
+        &mut self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+    ) -> Result<bool, ServiceError> {
+        self.kv_quota()?;
+        self.expire();
+        if self.entries.get(key).map(Vec::as_slice) != expected {
+            return Ok(false);
+        }
+        self.kv_set(key, new)?;
+        Ok(true)
+    }
+
+    pub(crate) fn kv_set_with_ttl(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        ttl_ms: u64,
+    ) -> Result<(), ServiceError> {
+        if ttl_ms == 0 || ttl_ms > MAX_TTL_MS {
+            return Err(ServiceError::Invalid(format!(
+                "a time to live is 1 to {MAX_TTL_MS} milliseconds"
+            )));
+        }
+        self.kv_set(key, value)?;
+        let at = std::time::Instant::now() + std::time::Duration::from_millis(ttl_ms);
+        self.expiries.insert(key.to_owned(), at);
+        Ok(())
+    }
+
+    pub(crate) fn kv_get_many(
+        &mut self,
+        keys: &[String],
+    ) -> Result<Vec<Option<Vec<u8>>>, ServiceError> {
+        if keys.len() > MANY_LIMIT {
+            return Err(ServiceError::QuotaExceeded(format!(
+                "get-many reads at most {MANY_LIMIT} keys"
+            )));
+        }
+        keys.iter().map(|key| self.kv_get(key)).collect()
+    }
+
+    pub(crate) fn kv_set_many(
+        &mut self,
+        entries: &[(String, Vec<u8>)],
+    ) -> Result<(), ServiceError> {
+        if entries.len() > MANY_LIMIT {
+            return Err(ServiceError::QuotaExceeded(format!(
+                "set-many writes at most {MANY_LIMIT} keys"
+            )));
+        }
+        let before = (self.entries.clone(), self.expiries.clone());
+        for (key, value) in entries {
+            if let Err(err) = self.kv_set(key, value) {
+                (self.entries, self.expiries) = before;
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn kv_list_keys_page(
+        &mut self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<String>, Option<String>), ServiceError> {
+        self.kv_quota()?;
+        self.expire();
+        let limit = (limit as usize).clamp(1, LIST_LIMIT);
+        let mut keys = self.entries.keys().filter(|key| {
+            key.starts_with(prefix) && after.is_none_or(|after| key.as_str() > after)
+        });
+        let page: Vec<String> = keys.by_ref().take(limit).cloned().collect();
+        let next = match keys.next() {
+            Some(_) => page.last().cloned(),
+            None => None,
+        };
+        Ok((page, next))
     }
 
     pub(crate) fn kv_set(&mut self, key: &str, value: &[u8]) -> Result<(), ServiceError> {
         let quota = self.kv_quota()?;
+        self.expire();
+        self.expiries.remove(key);
         check_key(&quota, key)?;
         if value.len() > quota.max_value_bytes {
             return Err(ServiceError::QuotaExceeded(format!(
@@ -430,22 +580,25 @@ impl State {
 
     pub(crate) fn kv_delete(&mut self, key: &str) -> Result<bool, ServiceError> {
         self.kv_quota()?;
+        self.expire();
+        self.expiries.remove(key);
         Ok(self.entries.remove(key).is_some())
     }
 
     pub(crate) fn kv_list_keys(&mut self, prefix: &str) -> Result<Vec<String>, ServiceError> {
-        self.kv_quota()?;
-        Ok(self
-            .entries
-            .keys()
-            .filter(|key| key.starts_with(prefix))
-            .take(LIST_LIMIT)
-            .cloned()
-            .collect())
+        let (keys, next) = self.kv_list_keys_page(prefix, None, LIST_LIMIT as u32)?;
+        if next.is_some() {
+            return Err(ServiceError::QuotaExceeded(format!(
+                "more than {LIST_LIMIT} keys start with `{prefix}`: page through them with \
+                 list-keys-page"
+            )));
+        }
+        Ok(keys)
     }
 
     pub(crate) fn kv_increment(&mut self, key: &str, delta: i64) -> Result<i64, ServiceError> {
         let quota = self.kv_quota()?;
+        self.expire();
         check_key(&quota, key)?;
         let current = match self.entries.get(key) {
             None => 0,
@@ -562,6 +715,15 @@ pub(crate) fn call_capability(capability: &str, request: &Request) -> Result<Res
     }
 }
 
+/// What `config::get` answers for a value: a string as it is, anything
+/// else as JSON text (as Capsule does).
+fn config_text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// The kv namespace a mock grant stands for, in quota messages.
 const NAMESPACE: &str = "test";
 
@@ -625,6 +787,9 @@ mod tests {
                 "config" => Ok(Response::bytes(config::get("word")?.unwrap_or_default())),
                 "store" => {
                     kv::set("k", &request.payload)?;
+                    if request.payload == b"fail" {
+                        return Err(PluginError::Failed("after writing".into()));
+                    }
                     Ok(Response::bytes(""))
                 }
                 "publish" => {
@@ -652,6 +817,41 @@ mod tests {
                 _ => Err(PluginError::Unsupported(request.operation)),
             }
         }
+    }
+
+    #[test]
+    fn a_failed_call_keeps_no_kv_write_and_pages_walk_every_key() {
+        let host = MockHost::new().kv();
+        host.call::<Everything>(Request::new("store", "ok"))
+            .unwrap();
+        host.call::<Everything>(Request::new("store", "fail"))
+            .unwrap_err();
+        assert_eq!(host.kv_value("k").as_deref(), Some(&b"ok"[..]));
+        host.run(|| {
+            let entries: Vec<(String, Vec<u8>)> =
+                (0..1200).map(|i| (format!("n{i:04}"), vec![])).collect();
+            for chunk in entries.chunks(200) {
+                let chunk: Vec<(&str, &[u8])> = chunk
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_slice()))
+                    .collect();
+                kv::set_many(&chunk).unwrap();
+            }
+            assert!(matches!(
+                kv::list_keys("n"),
+                Err(ServiceError::QuotaExceeded(_))
+            ));
+            let all: Vec<String> = kv::keys("n").collect::<Result<_, _>>().unwrap();
+            assert_eq!(all.len(), 1200);
+            assert!(kv::compare_and_swap("k", Some(b"ok"), b"new").unwrap());
+            assert!(!kv::compare_and_swap("k", None, b"x").unwrap());
+            kv::set_with_ttl("t", b"v", std::time::Duration::from_millis(1)).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            assert_eq!(
+                kv::get_many(&["t", "k"]).unwrap(),
+                [None, Some(b"new".to_vec())]
+            );
+        });
     }
 
     #[test]

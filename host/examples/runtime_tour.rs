@@ -97,6 +97,37 @@ async fn main() -> Result<()> {
         }
     }
 
+    section(
+        "pipeline `ingest-tx` (transaction = true): the stages' writes commit together, or not at all",
+    );
+    let mut stored_events = host.subscribe("ingest.>").map_err(anyhow::Error::msg)?;
+    let small = json!({"id": "t-1", "name": "ada", "email": "ada@example.com", "amount": 12.5});
+    let outcome = host
+        .call_pipeline("ingest-tx", Request::new("process", small.to_string()))
+        .await?;
+    show("committed", format!("{} event(s)", outcome.events.len()));
+    ensure!(
+        outcome.events.len() == 2,
+        "the archive and the store both published"
+    );
+    let large = json!({"id": "t-2", "name": "bob", "email": "bob@example.com", "amount": 5000});
+    match host
+        .call_pipeline("ingest-tx", Request::new("process", large.to_string()))
+        .await
+    {
+        Ok(_) => bail!("the store stage refuses amounts over its limit"),
+        Err(err) => show("refused", &err),
+    }
+    let mut sources = Vec::new();
+    while let Some(event) = stored_events.try_recv() {
+        sources.push(format!("{} from {}", event.topic, event.source));
+    }
+    show("events", sources.join(", "));
+    ensure!(
+        sources.len() == 2,
+        "the refused record's archive write and event were discarded with it"
+    );
+
     section("events: order-intake publishes orders.created, order-audit consumes it");
     let mut large_orders = host.subscribe("orders.large").map_err(anyhow::Error::msg)?;
     let order = json!({"order_id": "A-1", "item": "teapot", "quantity": 2});

@@ -13,12 +13,14 @@ use serde::Serialize;
 use crate::admission::{Examined, TrustPolicy, check_memory, examine, io_failure};
 use crate::artifact::manifest::Manifest;
 use crate::error::ErrorKind;
+use crate::error::LoadFailure;
 use crate::input::{self, MAX_COMPONENT_BYTES, MAX_SIGNATURE_BYTES};
 use crate::policy::{PluginPolicy, Policy};
 use crate::runtime::dependencies::{self, Pins, Provider};
 use crate::runtime::input_schema::InputSchemas;
 use crate::services::Availability;
 use crate::services::calls::CallTarget;
+use crate::services::config::{self, ConfigOrigin};
 
 /// How an import of a plugin is served.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -146,7 +148,7 @@ pub fn check_policy(policy: &Policy) -> Vec<PluginCheck> {
     let mut checks: Vec<PluginCheck> = policy
         .plugins
         .iter()
-        .map(|(name, plugin)| check_plugin(name, plugin, &trust))
+        .map(|(name, plugin)| check_plugin(name, plugin, &trust, &policy.file))
         .collect();
     let manifests: BTreeMap<&str, Option<&Manifest>> = checks
         .iter()
@@ -258,7 +260,12 @@ fn requirements(checks: &[PluginCheck], pins: &Pins) -> Vec<RequirementsCheck> {
         .collect()
 }
 
-fn check_plugin(name: &str, plugin: &PluginPolicy, trust: &TrustPolicy) -> PluginCheck {
+fn check_plugin(
+    name: &str,
+    plugin: &PluginPolicy,
+    trust: &TrustPolicy,
+    file: &std::path::Path,
+) -> PluginCheck {
     let mut check = PluginCheck {
         name: name.to_owned(),
         path: plugin.path.clone(),
@@ -286,6 +293,16 @@ fn check_plugin(name: &str, plugin: &PluginPolicy, trust: &TrustPolicy) -> Plugi
             // The same compilation the load does, so a schema that would
             // not compile is refused here too.
             InputSchemas::for_manifest(examined.manifest.as_ref())?;
+        }
+        if let Some(schema) = examined.manifest.as_ref().and_then(|m| m.config.as_ref()) {
+            config::apply_schema(schema, &plugin.grants.config).map_err(|problems| {
+                let origin = ConfigOrigin {
+                    file: file.to_owned(),
+                    plugin: name.to_owned(),
+                    at: plugin.config_at.clone(),
+                };
+                LoadFailure::Config(origin.report(&problems))
+            })?;
         }
         Ok(examined)
     });

@@ -50,6 +50,12 @@ pub enum ErrorKind {
     /// the operation (checked before the plugin runs, when the policy sets
     /// `validate_input`).
     InvalidInput,
+    /// The call's key-value commit lost to a concurrent call; nothing it
+    /// wrote or published was kept.
+    Conflict,
+    /// What the call's key-value writes would leave breaks a namespace
+    /// quota; nothing it wrote or published was kept.
+    QuotaExceeded,
     /// The call ran out of its fuel budget.
     OutOfFuel,
     /// The call ran past its wall-clock deadline.
@@ -116,6 +122,8 @@ impl ErrorKind {
             ErrorKind::MissingDependency => "missing_dependency",
             ErrorKind::DependencyCycle => "dependency_cycle",
             ErrorKind::InvalidInput => "invalid_input",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::QuotaExceeded => "quota_exceeded",
             ErrorKind::Host => "host",
         }
     }
@@ -476,6 +484,19 @@ pub enum CallFailure {
         /// Why the payload does not match.
         reason: String,
     },
+    /// The call's key-value commit lost to a concurrent call that changed
+    /// a key it read (after the reruns it was allowed, if any).
+    #[error("conflict: `{key}` in namespace `{namespace}` was changed by a concurrent call")]
+    Conflict {
+        /// The namespace.
+        namespace: String,
+        /// The key.
+        key: String,
+    },
+    /// What the call's writes would leave breaks a namespace quota; none
+    /// of them was written.
+    #[error("key-value quota exceeded at commit: {0}")]
+    QuotaExceeded(String),
     /// The host failed; the message says how.
     #[error("host error: {0}")]
     Host(String),
@@ -500,6 +521,8 @@ impl CallFailure {
             CallFailure::CircuitOpen { .. } => ErrorKind::CircuitOpen,
             CallFailure::Rejected(_) => ErrorKind::Rejected,
             CallFailure::InvalidInput { .. } => ErrorKind::InvalidInput,
+            CallFailure::Conflict { .. } => ErrorKind::Conflict,
+            CallFailure::QuotaExceeded(_) => ErrorKind::QuotaExceeded,
             CallFailure::Host(_) => ErrorKind::Host,
         }
     }

@@ -56,7 +56,9 @@ pub use engine::{AllocationMode, EngineOptions, PoolingOptions};
 pub use error::{Budget, CallError, CallFailure, ErrorKind, LoadError, LoadFailure, OutputStream};
 pub use limits::{BusOptions, Limits};
 pub use outcome::{CallOutcome, CallStats, LogRecord, LogSource, PublishedEvent};
-pub use policy::{HostPolicy, Overrides, PluginPolicy, Policy, PolicyError, PolicyErrors};
+pub use policy::{
+    HostPolicy, Overrides, PipelinePolicy, PluginPolicy, Policy, PolicyError, PolicyErrors,
+};
 pub use runtime::{
     BusEvent, CallContext, DeadLetter, Host, HostBuilder, HostError, Middleware, Pipeline,
     PipelineError, PluginDetails, PluginSource, PluginSpec, PluginState, PluginStatus, REQUEST_ID,

@@ -399,6 +399,8 @@ fn status_for(cause: &CallFailure) -> StatusCode {
             ErrorKind::UnknownPlugin => StatusCode::NOT_FOUND,
             ErrorKind::InputTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::InvalidInput => StatusCode::BAD_REQUEST,
+            ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::QuotaExceeded => StatusCode::INSUFFICIENT_STORAGE,
             ErrorKind::Rejected => StatusCode::FORBIDDEN,
             ErrorKind::Busy => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Paused | ErrorKind::CircuitOpen => StatusCode::SERVICE_UNAVAILABLE,
@@ -612,8 +614,9 @@ async fn call_pipeline(
             &name,
             &format!("no pipeline named `{name}`"),
         ),
-        Err(err @ PipelineError::Stage { .. }) => {
-            let PipelineError::Stage { error, .. } = &err else {
+        Err(err @ (PipelineError::Stage { .. } | PipelineError::Commit { .. })) => {
+            let (PipelineError::Stage { error, .. } | PipelineError::Commit { error, .. }) = &err
+            else {
                 unreachable!()
             };
             let mut response = call_error(error);

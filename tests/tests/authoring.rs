@@ -962,6 +962,23 @@ fn the_guides_policy_snippets_parse_as_policies() {
             std::fs::write(base.join(key.as_str().unwrap()), &public).unwrap();
         }
         for plugin in table["plugins"].as_table().unwrap().values() {
+            // Secrets the snippet reads must be there, as they would be.
+            for source in plugin
+                .get("secrets")
+                .and_then(|s| s.as_table())
+                .into_iter()
+                .flat_map(|secrets| secrets.values())
+            {
+                if let Some(variable) = source.get("env").and_then(|v| v.as_str()) {
+                    // SAFETY: only this test reads the guide's variables.
+                    unsafe { std::env::set_var(variable, "guide-secret") };
+                }
+                if let Some(file) = source.get("file").and_then(|f| f.as_str()) {
+                    let path = base.join(file);
+                    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                    std::fs::write(path, "guide-secret\n").unwrap();
+                }
+            }
             for mount in plugin
                 .get("files")
                 .and_then(|f| f.as_array())

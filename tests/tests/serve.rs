@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use capsule_host::serve::{ServeOptions, serve_on};
+use capsule_host::services::config::Secret;
 use capsule_host::services::events::TopicPattern;
 use capsule_host::services::kv::KvGrant;
 use capsule_host::{Grants, Host, Limits, PluginSpec, RequestId};
@@ -42,6 +43,20 @@ impl Server {
             .unwrap();
         host.load(
             PluginSpec::from_path(plugin_path(HELLO)).config("api_token", "Top-secret-value"),
+        )
+        .await
+        .unwrap();
+        // Its greeting word is a secret: it reaches the plugin, and no
+        // listing shows it.
+        let mut secret = Grants::default();
+        secret
+            .config
+            .secrets
+            .insert("greeting".into(), Secret::new("Psst-zq7"));
+        host.load(
+            PluginSpec::from_path(plugin_path(HELLO))
+                .with_name("hello-secret")
+                .grants(secret),
         )
         .await
         .unwrap();
@@ -622,6 +637,23 @@ async fn the_plugin_listing_shows_config_values_only_to_the_admin() {
         .await
         .unwrap();
     assert!(admin.contains("Top-secret-value"));
+    // A secret is shown to nobody, though the plugin gets it.
+    assert!(
+        !admin.contains("Psst-zq7") && !open.contains("Psst-zq7"),
+        "{admin}"
+    );
+    assert!(admin.contains(r#""greeting":"(secret)""#), "{admin}");
+    let greeted = server
+        .client
+        .post(server.url("/v1/plugins/hello-secret/call?op=greet"))
+        .body(r#"{"name":"Ada"}"#)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(greeted.contains("Psst-zq7, Ada!"), "{greeted}");
     server.stop().await.unwrap();
 }
 

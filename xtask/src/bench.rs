@@ -93,6 +93,12 @@ impl Summary {
             "compute/capsule_noepoch",
             "compute/capsule_bare",
             "compute/extism",
+            "kv/atomic/1",
+            "kv/atomic/10",
+            "kv/atomic/100",
+            "kv/direct/1",
+            "kv/direct/10",
+            "kv/direct/100",
         ];
         let rows = ids
             .iter()
@@ -239,6 +245,19 @@ impl Summary {
             ratio(c_bare, c_native),
             "—",
         );
+        for writes in [1, 10, 100] {
+            let (atomic, direct) = (
+                self.ns(&format!("kv/atomic/{writes}")),
+                self.ns(&format!("kv/direct/{writes}")),
+            );
+            row(
+                &format!("call incrementing {writes} counter(s) on disk, atomic (default)"),
+                time(atomic),
+                format!("writing through {}", time(direct)),
+                ratio(atomic, direct),
+                "—",
+            );
+        }
         if peers {
             let (e_warm, e_fresh, e_compute) = (
                 self.ns("echo/extism_warm"),

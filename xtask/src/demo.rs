@@ -187,6 +187,48 @@ pub fn run(workspace: &Workspace) -> Result<()> {
             Expect::SuccessWith(r#""count":2"#),
         ),
         Step::new(
+            "kv-counter bumps three counters, then panics: the call's writes are all discarded…",
+            &granted(
+                "kv-counter",
+                "increment-all",
+                r#"{"keys":["a","b","visits"],"then":"panic"}"#,
+            ),
+            Expect::Refused("trap"),
+        ),
+        Step::new(
+            "…so `visits` is still 2",
+            &granted("kv-counter", "get", r#"{"key":"visits"}"#),
+            Expect::SuccessWith(r#""count":2"#),
+        ),
+        Step::new(
+            "ledger opens two accounts with compare-and-swap…",
+            &granted("ledger", "open", r#"{"account":"ada","cents":1000}"#),
+            Expect::SuccessWith(r#""cents":1000"#),
+        ),
+        Step::new(
+            "…and a second one",
+            &granted("ledger", "open", r#"{"account":"bob","cents":0}"#),
+            Expect::SuccessWith(r#""cents":0"#),
+        ),
+        Step::new(
+            "ledger moves 300 cents: both legs commit together",
+            &granted(
+                "ledger",
+                "transfer",
+                r#"{"from":"ada","to":"bob","cents":300}"#,
+            ),
+            Expect::SuccessWith(r#"{"account":"bob","cents":300}"#),
+        ),
+        Step::new(
+            "ledger refuses an overdraft",
+            &granted(
+                "ledger",
+                "transfer",
+                r#"{"from":"bob","to":"ada","cents":301}"#,
+            ),
+            Expect::RefusedWith("plugin_error", "holds 300 cents"),
+        ),
+        Step::new(
             "the same component without a kv grant: denied",
             &granted(
                 "kv-counter-unprivileged",
@@ -338,6 +380,12 @@ pub fn run(workspace: &Workspace) -> Result<()> {
              refused before the host copies them",
             &attack("amplifier", "metadata-alias", &[]),
             Expect::Refused("output_too_large"),
+        ),
+        Step::new(
+            "kv-hoarder buffers 60 KiB writes in one call until the host refuses: stopped at \
+             its per-call transaction budget (4 MiB), and nothing it wrote is kept",
+            &attack("kv-hoarder", "buffer", &["--kv", "hoard"]),
+            Expect::RefusedWith("plugin_error", "max_call_bytes"),
         ),
         Step::new(
             "slow-host-calls sleeps inside a host call: the outer timeout stops it",

@@ -74,6 +74,11 @@ pub struct Manifest {
     /// What must be loaded beside this plugin for it to work.
     #[serde(default)]
     pub requires: Vec<Requirement>,
+    /// The JSON Schema of the plugin's configuration (one object, keys as
+    /// the operator writes them): values are coerced by it, its defaults
+    /// fill unset keys, and values that do not match refuse the load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<Value>,
 }
 
 /// One operation a plugin offers.
@@ -228,6 +233,22 @@ impl Manifest {
                          `patternProperties`, `propertyNames`)"
                     ));
                 }
+            }
+        }
+        if let Some(schema) = &self.config {
+            if !(schema.is_object() || schema.is_boolean()) {
+                return Err(
+                    "the config schema is not a JSON Schema (an object or a boolean)".into(),
+                );
+            }
+            let shape =
+                SchemaShape::measure(schema).map_err(|err| format!("the config schema {err}"))?;
+            patterns += shape.patterns;
+            if patterns > MAX_PATTERNS {
+                return Err(format!(
+                    "the schemas hold more than {MAX_PATTERNS} patterns (`pattern`, \
+                     `patternProperties`, `propertyNames`)"
+                ));
             }
         }
         if self.requires.len() > MAX_REQUIREMENTS {
@@ -480,6 +501,7 @@ mod tests {
                 capability: Some("storage".into()),
                 version: "^1.2".into(),
             }],
+            config: None,
         }
     }
 

@@ -56,13 +56,14 @@ use crate::artifact::PublicKey;
 use crate::bounds::{Invalid, plugin_name};
 use crate::engine::EngineOptions;
 use crate::limits::{BusOptions, Limits};
+use crate::services::config::Secret;
 use crate::services::events::{EventsGrant, TopicPattern};
 use crate::services::files::{Access, MountPolicy};
 use crate::services::http::{HttpPolicy, OriginPattern};
 use crate::services::kv::KvPolicy;
 use crate::services::{Grants, PolicyContext};
 use crate::units::{Fuel, Size, Time};
-use raw::{RawPlugin, RawPolicy};
+use raw::{RawPlugin, RawPolicy, SecretSource};
 
 /// One problem with a policy, located as precisely as possible.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -119,6 +120,16 @@ impl fmt::Display for PolicyErrors {
 
 impl std::error::Error for PolicyErrors {}
 
+/// A `[pipelines.NAME]` section: the plugins it chains, in order, and
+/// whether their writes and events commit together (`transaction = true`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelinePolicy {
+    /// Plugin names, in order.
+    pub stages: Vec<String>,
+    /// Whether the stages commit together at the end, or not at all.
+    pub transaction: bool,
+}
+
 /// A validated policy: every path resolved, every key file read, every value
 /// in range, every reference between sections checked.
 #[derive(Debug, Clone)]
@@ -130,7 +141,7 @@ pub struct Policy {
     /// Plugins by name.
     pub plugins: BTreeMap<String, PluginPolicy>,
     /// Pipelines by name: the plugins each one chains, in order.
-    pub pipelines: BTreeMap<String, Vec<String>>,
+    pub pipelines: BTreeMap<String, PipelinePolicy>,
     /// `[capabilities]`: the plugin that answers `call-capability` for a
     /// capability several plugins provide.
     pub capabilities: BTreeMap<String, String>,
@@ -174,6 +185,9 @@ pub struct PluginPolicy {
     /// Whether requests are checked against the input schemas the plugin's
     /// manifest declares before the plugin runs (`validate_input = true`).
     pub validate_input: bool,
+    /// Where each `config` value and secret is written (line, column), to
+    /// point at it when the plugin's config schema refuses it.
+    pub config_at: BTreeMap<String, (usize, usize)>,
 }
 
 /// Changes to one plugin's section, applied after parsing and before
@@ -371,18 +385,33 @@ fn apply(section: &mut RawPlugin, overrides: &Overrides) -> Result<(), PolicyErr
     if let Some(max_response) = overrides.max_response {
         limits.max_response = Some(Size(max_response));
     }
-    fn entries(
-        section: &mut Option<Spanned<BTreeMap<String, String>>>,
+    fn entries<V>(
+        section: &mut Option<Spanned<BTreeMap<String, V>>>,
         added: &[(String, String)],
+        value: impl Fn(&str) -> V,
     ) {
         if added.is_empty() {
             return;
         }
         let map = section.get_or_insert_with(|| Spanned::new(0..0, BTreeMap::new()));
-        map.get_mut().extend(added.iter().cloned());
+        map.get_mut()
+            .extend(added.iter().map(|(k, v)| (k.clone(), value(v))));
     }
-    entries(&mut section.config, &overrides.config);
-    entries(&mut section.env, &overrides.env);
+    // `--set` values are strings until the plugin's config schema says
+    // otherwise (see `services::config::apply_schema`).
+    if !overrides.config.is_empty() {
+        let map = section
+            .config
+            .get_or_insert_with(|| Spanned::new(0..0, BTreeMap::new()));
+        for (key, value) in &overrides.config {
+            let key = Spanned::new(0..0, key.clone());
+            // Replace, so the key no longer points into the file.
+            map.get_mut().remove(&key);
+            map.get_mut()
+                .insert(key, serde_json::Value::String(value.clone()));
+        }
+    }
+    entries(&mut section.env, &overrides.env, str::to_owned);
     if !overrides.mounts.is_empty() {
         let mounts = section
             .files
@@ -431,6 +460,20 @@ fn apply(section: &mut RawPlugin, overrides: &Overrides) -> Result<(), PolicyErr
 }
 
 /// 1-based line and column of a byte offset.
+/// The largest secret file read.
+const MAX_SECRET_BYTES: u64 = 64 << 10;
+
+/// A file's text without the one newline an editor leaves at its end.
+fn without_final_newline(mut text: String) -> String {
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    text
+}
+
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
@@ -519,7 +562,13 @@ impl Locator<'_> {
                 }
             }
             let stages = section.stages.iter().map(|s| s.get_ref().clone()).collect();
-            pipelines.insert(name.get_ref().clone(), stages);
+            pipelines.insert(
+                name.get_ref().clone(),
+                PipelinePolicy {
+                    stages,
+                    transaction: section.transaction,
+                },
+            );
         }
         let mut capabilities = BTreeMap::new();
         for (capability, plugin) in &raw.capabilities {
@@ -660,14 +709,27 @@ impl Locator<'_> {
             self.invalid(span, &key("limits"), invalid);
         }
         let spans = raw::grant_spans(&raw);
+        let mut config_at = BTreeMap::new();
+        if let Some(config) = &raw.config {
+            for key in config.get_ref().keys() {
+                if key.span() != (0..0) {
+                    config_at.insert(
+                        key.get_ref().clone(),
+                        line_column(self.text, key.span().start),
+                    );
+                }
+            }
+        }
+        let secrets = self.secrets(&raw, &section, &mut config_at);
         let context = PolicyContext {
             plugin: name.get_ref(),
             base: self.base,
         };
-        let (grants, errors) = raw::grants(&mut raw, &context);
+        let (mut grants, errors) = raw::grants(&mut raw, &context);
         for (span, invalid) in errors {
             self.invalid(span, &section, invalid);
         }
+        grants.config.secrets = secrets;
         if let Err(invalid) = grants.validate() {
             let service = invalid.field.split(['.', '[']).next().unwrap_or_default();
             let span = spans
@@ -685,7 +747,65 @@ impl Locator<'_> {
             limits,
             grants,
             validate_input: raw.validate_input,
+            config_at,
         })
+    }
+
+    /// Reads a plugin section's secrets: each from its environment variable
+    /// or file, now, so a missing one is a policy error at its line.
+    fn secrets(
+        &mut self,
+        raw: &RawPlugin,
+        section: &str,
+        config_at: &mut BTreeMap<String, (usize, usize)>,
+    ) -> BTreeMap<String, Secret> {
+        let mut secrets = BTreeMap::new();
+        for (key, source) in &raw.secrets {
+            let at = format!("{section}.secrets.{}", key.get_ref());
+            let value = match source.get_ref() {
+                SecretSource::Env(variable) => match std::env::var(variable) {
+                    Ok(value) => Some(value),
+                    Err(err) => {
+                        self.error(
+                            source.span(),
+                            &at,
+                            format!("environment variable `{variable}`: {err}"),
+                        );
+                        None
+                    }
+                },
+                SecretSource::File(file) => {
+                    let path = self.path(file);
+                    match crate::input::read_file(&path, MAX_SECRET_BYTES) {
+                        Ok(bytes) => match String::from_utf8(bytes) {
+                            Ok(text) => Some(without_final_newline(text)),
+                            Err(_) => {
+                                self.error(
+                                    source.span(),
+                                    &at,
+                                    format!("{} is not UTF-8 text", path.display()),
+                                );
+                                None
+                            }
+                        },
+                        Err(err) => {
+                            self.error(source.span(), &at, err.to_string());
+                            None
+                        }
+                    }
+                }
+            };
+            if let Some(value) = value {
+                if key.span() != (0..0) {
+                    config_at.insert(
+                        key.get_ref().clone(),
+                        line_column(self.text, key.span().start),
+                    );
+                }
+                secrets.insert(key.get_ref().clone(), Secret::new(value));
+            }
+        }
+        secrets
     }
 }
 

@@ -27,10 +27,23 @@ pub(super) struct RawPolicy {
     pub(super) capabilities: BTreeMap<Spanned<String>, Spanned<String>>,
 }
 
+/// Where a secret comes from: `{ env = "API_TOKEN" }` or
+/// `{ file = "secrets/token" }` (relative to the policy file).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub(super) enum SecretSource {
+    /// An environment variable of the host process.
+    Env(String),
+    /// A file's contents, without one trailing newline.
+    File(String),
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPipeline {
     pub(super) stages: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) transaction: bool,
 }
 
 macro_rules! define_raw_plugin {
@@ -48,6 +61,10 @@ macro_rules! define_raw_plugin {
             /// schema before the plugin runs.
             #[serde(default)]
             pub(super) validate_input: bool,
+            /// `[plugins.NAME.secrets]`: configuration values read from the
+            /// environment or files, never shown.
+            #[serde(default)]
+            pub(super) secrets: BTreeMap<Spanned<String>, Spanned<SecretSource>>,
             $(pub(super) $field: Option<Spanned<<$service as Service>::Policy>>,)*
         }
 
@@ -59,6 +76,7 @@ macro_rules! define_raw_plugin {
                     signature: None,
                     limits: unspanned(),
                     validate_input: false,
+                    secrets: BTreeMap::new(),
                     $($field: None,)*
                 }
             }

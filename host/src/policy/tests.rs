@@ -400,3 +400,47 @@ fn policy_files_are_read_safely() {
     assert!(err.first().message.contains("character device"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn config_takes_any_type_and_secrets_come_from_the_environment_and_files() {
+    let (dir, wasm) = wasm_file();
+    std::fs::write(dir.join("token.txt"), "from-a-file\n").unwrap();
+    // SAFETY: no other test reads or writes this variable.
+    unsafe { std::env::set_var("CAPSULE_POLICY_TEST_SECRET", "from-the-env") };
+    let text = format!(
+        r#"
+[plugins.p]
+path = "{wasm}"
+config = {{ retries = 3, hosts = ["a"], name = "n" }}
+[plugins.p.secrets]
+api = {{ env = "CAPSULE_POLICY_TEST_SECRET" }}
+cert = {{ file = "{token}" }}
+"#,
+        token = dir.join("token.txt").display()
+    );
+    let policy = parse(&text).unwrap();
+    let plugin = &policy.plugins["p"];
+    let config = &plugin.grants.config;
+    assert_eq!(config.values["retries"], serde_json::json!(3));
+    assert_eq!(config.values["hosts"], serde_json::json!(["a"]));
+    assert_eq!(config.secrets["api"].expose(), "from-the-env");
+    assert_eq!(
+        config.secrets["cert"].expose(),
+        "from-a-file",
+        "one final newline dropped"
+    );
+    assert_eq!(plugin.config_at["retries"], (4, 12));
+    assert_eq!(plugin.config_at["api"], (6, 1));
+    assert!(!format!("{policy:?}").contains("from-the-env"));
+
+    let missing = text.replace("CAPSULE_POLICY_TEST_SECRET", "CAPSULE_POLICY_TEST_UNSET");
+    let err = parse(&missing).unwrap_err();
+    assert_eq!(err.key.as_deref(), Some("plugins.p.secrets.api"));
+    assert_eq!(err.position.map(|p| p.0), Some(6));
+    let twice = text.replace("name = \"n\"", "api = \"plain\"");
+    let err = parse(&twice).unwrap_err();
+    assert!(
+        err.message.contains("both as a value and as a secret"),
+        "{err}"
+    );
+}

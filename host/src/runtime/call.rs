@@ -10,16 +10,17 @@ use tracing::Instrument;
 
 use super::Host;
 use super::breaker::Admission;
-use super::bus::BusEvent;
-use super::delivery::Publisher;
+use super::commit::MAX_ATTEMPTS;
 use super::metrics::Metrics;
 use super::middleware::{CallContext, Middleware};
 use super::pipeline::PipelineError;
+use super::plugin::LoadedPlugin;
 use super::registry::Slot;
 use crate::contract::Request;
 use crate::error::{CallError, CallFailure};
 use crate::outcome::CallOutcome;
 use crate::services::calls::{CallScope, propagated};
+use crate::services::transaction::{SharedTransaction, Transaction, lock};
 use crate::text::log_field;
 
 /// What surrounds every call: the embedder's middleware and the metrics.
@@ -104,16 +105,6 @@ impl Host {
                         middleware.after(plugin, request, &mut outcome);
                     }
                 }
-                let publisher = Publisher::Plugin;
-                for event in &outcome.events {
-                    let event = BusEvent {
-                        topic: event.topic.clone(),
-                        payload: event.payload.clone(),
-                        source: plugin.to_owned(),
-                        hops: 0,
-                    };
-                    self.publish_event(event, publisher).await;
-                }
                 Ok(outcome)
             }
             Err(err) => {
@@ -178,7 +169,14 @@ impl Host {
             propagated: propagated(&request),
             ..scope
         };
-        let result = current.call(request, scope).await;
+        let enclosing = scope.enclosing.clone();
+        let again = (enclosing.is_none() && current.may_conflict())
+            .then(|| (request.clone(), scope.clone()));
+        let result = match current.call(request, scope).await {
+            // Most calls change nothing: nothing to join or commit.
+            Ok((outcome, transaction)) if transaction.is_empty() => Ok(outcome),
+            first => self.settle(&current, first, enclosing, again).await,
+        };
         ticket.record(
             result.as_ref().map(|_| ()).map_err(CallError::kind),
             limits.circuit_failures,
@@ -187,15 +185,81 @@ impl Host {
         result
     }
 
+    /// Settles what a call buffered: joined to the enclosing transaction,
+    /// or committed (the events come back in the outcome, already on the
+    /// bus). A call that loses to a concurrent commit runs again with
+    /// `again` (its request and scope, kept when a rerun is possible),
+    /// holding its namespaces, when that repeats nothing outside its
+    /// transaction.
+    async fn settle(
+        &self,
+        plugin: &LoadedPlugin,
+        first: Result<(CallOutcome, Transaction), CallError>,
+        enclosing: Option<SharedTransaction>,
+        again: Option<(Request, CallScope)>,
+    ) -> Result<CallOutcome, CallError> {
+        let mut result = first;
+        let mut held = None;
+        for attempt in 1.. {
+            let (mut outcome, transaction) = result?;
+            if let Some(enclosing) = &enclosing {
+                if let Err(over) = lock(enclosing).absorb(transaction) {
+                    return Err(CallError {
+                        plugin: plugin.name.to_string(),
+                        cause: CallFailure::QuotaExceeded(over),
+                        logs: outcome.logs,
+                        stats: outcome.stats,
+                    });
+                }
+                return Ok(outcome);
+            }
+            let wait = plugin.limits().timeout;
+            match self
+                .commit(&plugin.name, transaction, held.is_some(), 0, wait)
+                .await
+            {
+                Ok(events) => {
+                    outcome.events = events;
+                    return Ok(outcome);
+                }
+                Err(refused) => {
+                    let rerun = match (&again, &refused.conflict) {
+                        (Some(again), Some(namespaces))
+                            if attempt < MAX_ATTEMPTS && !refused.escaped =>
+                        {
+                            Some((again.clone(), namespaces))
+                        }
+                        _ => None,
+                    };
+                    let Some(((request, scope), namespaces)) = rerun else {
+                        return Err(CallError {
+                            plugin: plugin.name.to_string(),
+                            cause: refused.failure,
+                            logs: outcome.logs,
+                            stats: outcome.stats,
+                        });
+                    };
+                    if held.is_none() {
+                        held = Some(self.inner.commits.exclusive(namespaces).await);
+                    }
+                    result = plugin.call(request, scope).await;
+                }
+            }
+        }
+        unreachable!("the loop returns by its last attempt")
+    }
+
     /// Calls a pipeline: each stage's response payload becomes the next
     /// stage's request payload, with the same operation and the caller's
     /// metadata. The first failing stage stops it, and the error names it.
+    /// In a transactional pipeline, the stages' writes and events are kept
+    /// only if every stage succeeds, and commit together at the end.
     pub async fn call_pipeline(
         &self,
         pipeline: &str,
         request: Request,
     ) -> Result<CallOutcome, PipelineError> {
-        let stages = {
+        let defined = {
             let pipelines = self
                 .inner
                 .registry
@@ -203,10 +267,12 @@ impl Host {
                 .read()
                 .unwrap_or_else(|p| p.into_inner());
             match pipelines.get(pipeline) {
-                Some(defined) => defined.stages.clone(),
+                Some(defined) => defined.clone(),
                 None => return Err(PipelineError::Unknown(pipeline.to_owned())),
             }
         };
+        let stages = &defined.stages;
+        let together = defined.transaction.then(SharedTransaction::default);
         let started = Instant::now();
         let mut request = request;
         let mut logs = Vec::new();
@@ -214,15 +280,19 @@ impl Host {
         let mut fuel: Option<u64> = Some(0);
         let mut last = None;
         for (stage, plugin) in stages.iter().enumerate() {
-            let outcome =
-                self.call(plugin, request.clone())
-                    .await
-                    .map_err(|error| PipelineError::Stage {
-                        pipeline: pipeline.to_owned(),
-                        stage,
-                        stages: stages.len(),
-                        error: Box::new(error),
-                    })?;
+            let scope = CallScope {
+                enclosing: together.clone(),
+                ..CallScope::default()
+            };
+            let outcome = self
+                .call_scoped(plugin, request.clone(), scope)
+                .await
+                .map_err(|error| PipelineError::Stage {
+                    pipeline: pipeline.to_owned(),
+                    stage,
+                    stages: stages.len(),
+                    error: Box::new(error),
+                })?;
             request.payload = outcome.response.payload.clone();
             fuel = fuel.zip(outcome.stats.fuel_used).map(|(a, b)| a + b);
             logs.extend(outcome.logs.iter().cloned());
@@ -234,6 +304,27 @@ impl Host {
                 "{pipeline} (it has no stages)"
             )));
         };
+        if let Some(together) = together {
+            let transaction = lock(&together).finish();
+            events = self
+                .commit(
+                    pipeline,
+                    transaction,
+                    false,
+                    0,
+                    self.default_limits().timeout,
+                )
+                .await
+                .map_err(|refused| PipelineError::Commit {
+                    pipeline: pipeline.to_owned(),
+                    error: Box::new(CallError {
+                        plugin: stages.last().cloned().unwrap_or_default(),
+                        cause: refused.failure,
+                        logs: Vec::new(),
+                        stats: outcome.stats.clone(),
+                    }),
+                })?;
+        }
         outcome.logs = logs;
         outcome.events = events;
         outcome.stats.fuel_used = fuel;

@@ -208,18 +208,27 @@ impl Host {
         // What this plugin publishes in reaction is one hop further along.
         let hops = delivery.event.hops.saturating_add(1);
         let publisher = Publisher::Plugin;
-        match delivered.outcome {
+        let mut transaction = delivered.transaction;
+        let outcome = match delivered.outcome {
+            // Whatever `on-event` answered, its writes commit (a plugin
+            // asking for a retry may count attempts); a trap or an error
+            // discards them. Only an acknowledged delivery publishes what it
+            // published: a forward publishes the forwarded event instead.
+            Ok(outcome) => {
+                if !matches!(outcome, EventOutcome::Ack) {
+                    transaction.events.clear();
+                }
+                let wait = plugin.limits().timeout;
+                match self.commit(&name, transaction, false, hops, wait).await {
+                    Ok(_) => Ok(outcome),
+                    Err(refused) => Err(refused.failure),
+                }
+            }
+            Err(failure) => Err(failure),
+        };
+        match outcome {
             Ok(EventOutcome::Ack) => {
                 self.inner.dispatch.metrics.event(&name, "ack");
-                for event in delivered.published {
-                    let event = BusEvent {
-                        topic: event.topic,
-                        payload: event.payload,
-                        source: name.clone(),
-                        hops,
-                    };
-                    self.publish_event(event, publisher).await;
-                }
                 None
             }
             Ok(EventOutcome::RetryAfter(millis)) => {

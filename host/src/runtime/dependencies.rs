@@ -290,6 +290,7 @@ mod tests {
                     },
                 })
                 .collect(),
+            config: None,
         }
     }
 

@@ -175,6 +175,7 @@ mod tests {
                 },
             ]),
             requires: Vec::new(),
+            config: None,
         }))
         .unwrap()
     }

@@ -23,6 +23,7 @@ use crate::runtime::plugin::{Describe, IdleInstances, LoadedPlugin, ManifestEntr
 use crate::runtime::spec::{PluginSource, PluginSpec};
 use crate::sandbox::store::StoreState;
 use crate::services::calls::CallScope;
+use crate::services::config;
 use crate::services::{HostShared, PreparedGrants};
 use crate::text::chain;
 
@@ -114,9 +115,10 @@ async fn prepare(context: &Loader, spec: PluginSpec) -> Result<LoadedPlugin, Loa
         name,
         source,
         signature,
-        grants,
+        mut grants,
         limits,
         validate_input,
+        config_origin,
     } = spec;
     let fail = |cause| LoadError::new(name.clone(), cause);
     plugin_name(&name).map_err(|msg| fail(LoadFailure::Config(msg)))?;
@@ -152,6 +154,20 @@ async fn prepare(context: &Loader, spec: PluginSpec) -> Result<LoadedPlugin, Loa
     } else {
         None
     };
+
+    if let Some(schema) = manifest.as_ref().and_then(|m| m.config.clone()) {
+        // The schema's patterns compile in the blocking pool too.
+        let config = grants.config.clone();
+        let applied = tokio::task::spawn_blocking(move || config::apply_schema(&schema, &config))
+            .await
+            .map_err(|err| fail(LoadFailure::Config(format!("loader task failed: {err}"))))?;
+        grants.config = applied.map_err(|problems| {
+            fail(LoadFailure::Config(match &config_origin {
+                Some(origin) => origin.report(&problems),
+                None => config::report(&problems),
+            }))
+        })?;
+    }
 
     let (component, from_cache) = match context
         .cache

@@ -4,6 +4,7 @@
 mod breaker;
 mod bus;
 mod call;
+mod commit;
 mod delivery;
 pub(crate) mod dependencies;
 pub(crate) mod input_schema;
@@ -249,6 +250,7 @@ impl HostBuilder {
             Some(dir) => KvStore::open(&dir.join("kv.redb"))?,
             None => KvStore::in_memory(),
         });
+        KvStore::start_sweeper(&kv_store);
         if self.engine.epoch_interruption {
             engine::start_epoch_ticker(&engine, self.engine.epoch_tick)?;
         } else {
@@ -283,6 +285,7 @@ impl HostBuilder {
                     metrics: Metrics::default(),
                 },
                 bus: Bus::new(self.bus),
+                commits: commit::Gates::default(),
                 stopped: std::sync::atomic::AtomicBool::new(false),
             }),
         })
@@ -306,6 +309,8 @@ struct HostInner {
     dispatch: Dispatch,
     /// Events between plugins (`bus.rs`, `delivery.rs`).
     bus: Bus,
+    /// What reruns of conflicting calls hold (`commit.rs`).
+    commits: commit::Gates,
     /// Set by [`Host::shutdown`]: delivery workers stop, so that nothing
     /// keeps the host (its engine and pool) alive after it.
     stopped: std::sync::atomic::AtomicBool,
@@ -408,26 +413,33 @@ impl Host {
                 failures.push(err);
             }
         }
-        for (name, stages) in &policy.pipelines {
-            self.define_pipeline(name, stages.clone());
+        for (name, pipeline) in &policy.pipelines {
+            self.add_pipeline(Pipeline {
+                name: name.clone(),
+                stages: pipeline.stages.clone(),
+                transaction: pipeline.transaction,
+            });
         }
         failures
     }
 
     /// Defines (or replaces) a pipeline: calling it calls `stages` in order.
     pub fn define_pipeline(&self, name: &str, stages: Vec<String>) {
+        self.add_pipeline(Pipeline {
+            name: name.to_owned(),
+            stages,
+            transaction: false,
+        });
+    }
+
+    /// Defines (or replaces) a pipeline, transactional or not.
+    pub fn add_pipeline(&self, pipeline: Pipeline) {
         self.inner
             .registry
             .pipelines
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                name.to_owned(),
-                Pipeline {
-                    name: name.to_owned(),
-                    stages,
-                },
-            );
+            .insert(pipeline.name.clone(), pipeline);
     }
 
     /// Every defined pipeline.

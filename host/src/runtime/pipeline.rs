@@ -13,6 +13,9 @@ pub struct Pipeline {
     pub name: String,
     /// Plugin names, in order.
     pub stages: Vec<String>,
+    /// Whether the stages' key-value writes and events commit together
+    /// when the last stage succeeds, or not at all.
+    pub transaction: bool,
 }
 
 /// Why a pipeline call failed.
@@ -33,6 +36,15 @@ pub enum PipelineError {
         /// The stage's error (its `plugin` is the stage's plugin).
         error: Box<CallError>,
     },
+    /// Every stage succeeded but the pipeline's transaction could not
+    /// commit (a conflict, a quota); nothing was kept.
+    #[error("pipeline `{pipeline}` could not commit: {}", error.cause)]
+    Commit {
+        /// The pipeline.
+        pipeline: String,
+        /// Why (its `plugin` is the last stage's plugin).
+        error: Box<CallError>,
+    },
 }
 
 impl PipelineError {
@@ -41,7 +53,9 @@ impl PipelineError {
     pub fn kind(&self) -> crate::ErrorKind {
         match self {
             PipelineError::Unknown(_) => crate::ErrorKind::UnknownPlugin,
-            PipelineError::Stage { error, .. } => error.kind(),
+            PipelineError::Stage { error, .. } | PipelineError::Commit { error, .. } => {
+                error.kind()
+            }
         }
     }
 }

@@ -19,12 +19,14 @@ use crate::contract::{
 use crate::engine::Metering;
 use crate::error::{CallError, CallFailure, OutputStream};
 use crate::limits::{Limits, MAX_DESCRIBE_BYTES};
-use crate::outcome::{CallOutcome, CallStats, LogRecord, PublishedEvent};
+use crate::outcome::{CallOutcome, CallStats, LogRecord};
 use crate::runtime::input_schema::InputSchemas;
 use crate::sandbox::classify::{FailureContext, classify};
 use crate::sandbox::store::{StoreSetup, StoreState, arm_deadline, fuel_used, new_store, refuel};
 use crate::services::calls::CallScope;
+use crate::services::files::Access;
 use crate::services::log::LogSink;
+use crate::services::transaction::{Transaction, lock};
 use crate::services::{Grants, PreparedGrants};
 
 /// Public facts about a loaded plugin.
@@ -154,7 +156,8 @@ impl Entry for OnEvent {
 pub(crate) struct Invoked<T> {
     pub(crate) result: Result<T, CallFailure>,
     pub(crate) logs: Vec<LogRecord>,
-    pub(crate) events: Vec<PublishedEvent>,
+    /// What the call buffered (kv changes and events), when it returned.
+    pub(crate) transaction: Transaction,
     pub(crate) stats: CallStats,
 }
 
@@ -162,8 +165,9 @@ pub(crate) struct Invoked<T> {
 pub(crate) struct Delivered {
     /// What `on-event` answered, or why it failed.
     pub(crate) outcome: Result<EventOutcome, CallFailure>,
-    /// What the plugin published during the delivery.
-    pub(crate) published: Vec<PublishedEvent>,
+    /// What the delivery buffered (kv changes and the events it
+    /// published), to commit if it succeeded.
+    pub(crate) transaction: Transaction,
 }
 
 /// One live instance: its store, its exports, its log sink and how many
@@ -212,6 +216,12 @@ impl Instance {
         self.store.set_hostcall_fuel(limits.host_call_bytes());
         let state = self.store.data_mut();
         state.deadline = deadline;
+        // A kept instance's transaction was emptied when its last call
+        // ended (`run`), and `init` writes through: only a call that joins
+        // an enclosing transaction needs to say so.
+        if let Some(enclosing) = &scope.enclosing {
+            lock(&state.transaction).begin(Some(Arc::clone(enclosing)));
+        }
         state.begin_call(limits, scope);
     }
 
@@ -241,6 +251,10 @@ pub(crate) struct LoadedPlugin {
     /// The declared input schemas, when the policy asks for them to be
     /// checked.
     pub(crate) input_schemas: Option<Arc<InputSchemas>>,
+    /// Whether running a call again repeats nothing outside its
+    /// transaction (no HTTP, no writable mount, atomic kv): such a call is
+    /// retried when its commit conflicts.
+    pub(crate) retry_safe: bool,
 }
 
 /// The idle instances of every loaded plugin version. Idle instances are a
@@ -286,6 +300,12 @@ impl LoadedPlugin {
         metering: Metering,
         pool_mates: Arc<IdleInstances>,
     ) -> LoadedPlugin {
+        let retry_safe = grants.http.is_none()
+            && grants
+                .files
+                .iter()
+                .all(|mount| mount.access == Access::ReadOnly)
+            && grants.kv.as_ref().is_none_or(|(kv, _)| kv.atomic);
         LoadedPlugin {
             metering,
             name: Arc::clone(&grants.plugin),
@@ -300,6 +320,7 @@ impl LoadedPlugin {
             pre,
             details,
             input_schemas: None,
+            retry_safe,
         }
     }
 
@@ -320,12 +341,19 @@ impl LoadedPlugin {
             .saturating_sub(self.slots.available_permits())
     }
 
-    /// Serves one request.
+    /// Whether a call may conflict with another at commit (it reads or
+    /// writes atomic kv, or calls plugins that may).
+    pub(crate) fn may_conflict(&self) -> bool {
+        self.grants.kv.as_ref().is_some_and(|(kv, _)| kv.atomic) || !self.grants.calls.0.is_empty()
+    }
+
+    /// Serves one request; what the call buffered comes back with its
+    /// outcome, for the caller to commit or join to its own transaction.
     pub(crate) async fn call(
         &self,
         request: Request,
         scope: CallScope,
-    ) -> Result<CallOutcome, CallError> {
+    ) -> Result<(CallOutcome, Transaction), CallError> {
         let limits = self.limits();
         let size = request.size();
         if size > limits.max_request_bytes {
@@ -354,22 +382,32 @@ impl LoadedPlugin {
             }
             None => request,
         };
+        let enclosing = scope.enclosing.clone();
         let invoked = self.run(Handle(request), scope).await;
         let failure = match invoked.result {
             Ok(Ok(response)) => match self.check_response(&response) {
                 Ok(()) => {
-                    return Ok(CallOutcome {
+                    let outcome = CallOutcome {
                         response,
                         logs: invoked.logs,
-                        events: invoked.events,
+                        events: Vec::new(),
                         stats: invoked.stats,
-                    });
+                    };
+                    return Ok((outcome, invoked.transaction));
                 }
                 Err(too_large) => too_large,
             },
             Ok(Err(plugin_error)) => self.plugin_failure(plugin_error),
             Err(failure) => failure,
         };
+        // The caller sees this failure and may act on it: what the call
+        // read must still hold when the caller commits (its writes and
+        // events are discarded).
+        if let Some(enclosing) = &enclosing {
+            let mut enclosing = lock(enclosing);
+            enclosing.absorb_reads(&invoked.transaction);
+            enclosing.escaped |= !self.retry_safe;
+        }
         Err(CallError {
             plugin: self.name.to_string(),
             cause: failure,
@@ -417,7 +455,7 @@ impl LoadedPlugin {
             Err(failure) => {
                 return Delivered {
                     outcome: Err(failure),
-                    published: Vec::new(),
+                    transaction: Transaction::default(),
                 };
             }
         };
@@ -430,7 +468,7 @@ impl LoadedPlugin {
         };
         Delivered {
             outcome,
-            published: invoked.events,
+            transaction: invoked.transaction,
         }
     }
 
@@ -588,31 +626,39 @@ impl LoadedPlugin {
         // timeout also bounds time spent blocked inside host calls. Dropping
         // the future drops the instance with it.
         let mut callee_fuel = 0;
-        let (result, fuel, events) = match tokio::time::timeout(allowed, work).await {
+        let (result, fuel, transaction) = match tokio::time::timeout(allowed, work).await {
             Ok(Ok((mut instance, Ok(returned)))) => {
                 let fuel = fuel_used(&instance.store, limits);
                 let state = instance.store.data_mut();
-                let events = std::mem::take(&mut state.events.published);
+                let mut transaction = lock(&state.transaction).finish();
+                transaction.escaped |= !self.retry_safe;
                 callee_fuel = state.calls.callee_fuel;
                 instance.calls += u32::from(counts);
                 // An instance that never ran `init` must not serve calls.
                 if !E::BARE {
                     self.recycle(instance);
                 }
-                (Ok(returned), fuel, events)
+                (Ok(returned), fuel, transaction)
             }
-            Ok(Ok((_trapped, Err(err)))) => {
-                (Err(self.classify(&err, &sink, describe)), None, Vec::new())
+            // Its reads still count for a caller that sees the trap.
+            Ok(Ok((trapped, Err(err)))) => (
+                Err(self.classify(&err, &sink, describe)),
+                None,
+                lock(&trapped.store.data().transaction).finish(),
+            ),
+            Ok(Err(SetupError::Wasm(err))) => (
+                Err(self.classify(&err, &sink, describe)),
+                None,
+                Transaction::default(),
+            ),
+            Ok(Err(SetupError::Init(err))) => (Err(init_failed(err)), None, Transaction::default()),
+            Ok(Err(SetupError::Host(reason))) => {
+                (Err(CallFailure::Host(reason)), None, Transaction::default())
             }
-            Ok(Err(SetupError::Wasm(err))) => {
-                (Err(self.classify(&err, &sink, describe)), None, Vec::new())
-            }
-            Ok(Err(SetupError::Init(err))) => (Err(init_failed(err)), None, Vec::new()),
-            Ok(Err(SetupError::Host(reason))) => (Err(CallFailure::Host(reason)), None, Vec::new()),
             Err(_elapsed) => (
                 Err(CallFailure::Timeout { limit: allowed }),
                 None,
-                Vec::new(),
+                Transaction::default(),
             ),
         };
         // Compiled code keeps its fuel counter in a register and does not
@@ -626,7 +672,7 @@ impl LoadedPlugin {
         Invoked {
             result,
             logs: log.records,
-            events,
+            transaction,
             stats: CallStats {
                 duration: started.elapsed(),
                 fuel_used: fuel,

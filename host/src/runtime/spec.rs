@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::Grants;
 use crate::limits::Limits;
+use crate::services::config::ConfigOrigin;
 
 /// Where a plugin's component bytes come from.
 #[derive(Debug, Clone)]
@@ -34,6 +35,8 @@ pub struct PluginSpec {
     pub(crate) grants: Grants,
     pub(crate) limits: Option<Limits>,
     pub(crate) validate_input: bool,
+    /// Where a policy wrote the plugin's config, for errors to point at.
+    pub(crate) config_origin: Option<ConfigOrigin>,
 }
 
 impl PluginSpec {
@@ -52,6 +55,7 @@ impl PluginSpec {
             grants: Grants::default(),
             limits: None,
             validate_input: false,
+            config_origin: None,
         }
     }
 
@@ -67,6 +71,11 @@ impl PluginSpec {
         if let Some(signature) = &plugin.signature {
             spec = spec.detached_signature(PluginSource::Path(signature.clone()));
         }
+        spec.config_origin = Some(ConfigOrigin {
+            file: policy.file.clone(),
+            plugin: name.to_owned(),
+            at: plugin.config_at.clone(),
+        });
         Some(spec)
     }
 
@@ -79,6 +88,7 @@ impl PluginSpec {
             grants: Grants::default(),
             limits: None,
             validate_input: false,
+            config_origin: None,
         }
     }
 

@@ -17,6 +17,7 @@ use crate::engine::Metering;
 use crate::limits::Limits;
 use crate::services::calls::CallScope;
 use crate::services::log::LogSink;
+use crate::services::transaction::SharedTransaction;
 use crate::services::{Holds, PreparedGrants, Service, StoreContext, for_each_service, wasi};
 
 macro_rules! define_store {
@@ -33,6 +34,8 @@ macro_rules! define_store {
             pub(crate) deadline: Instant,
             /// Which metering the engine has.
             pub(crate) metering: Metering,
+            /// The running call's buffered effects, shared by the services.
+            pub(crate) transaction: SharedTransaction,
         }
 
         $(impl Holds<$service> for StoreState {
@@ -58,7 +61,9 @@ macro_rules! define_store {
             let grants = setup.grants;
             let mut builder = wasi::base(setup.sink);
             let mut http_ctx = WasiHttpCtx::new();
+            let transaction = SharedTransaction::default();
             let mut context = StoreContext {
+                transaction: &transaction,
                 plugin: &grants.plugin,
                 limits: setup.limits,
                 sink: setup.sink,
@@ -79,6 +84,7 @@ macro_rules! define_store {
                 limiter: MemoryLimiter::new(setup.limits.memory_bytes),
                 deadline,
                 metering: setup.metering,
+                transaction,
             })
         }
 

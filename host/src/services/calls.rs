@@ -24,6 +24,7 @@ use std::time::Instant;
 use serde::Serialize;
 use wasmtime::component::{HasData, Linker};
 
+use super::transaction::SharedTransaction;
 use super::{Availability, Holds, HostShared, Import, PolicyContext, Service, StoreContext, Views};
 use crate::bounds::{Invalid, plugin_name};
 use crate::contract::interfaces_v0_2::plugins as wit;
@@ -114,6 +115,10 @@ pub(crate) struct CallScope {
     /// What the call hands on to the calls it makes (request id, trace
     /// context).
     pub(crate) propagated: Vec<(String, String)>,
+    /// The transaction the call's effects join when it succeeds (its
+    /// caller's, or a transactional pipeline's); `None`: the call commits
+    /// its own.
+    pub(crate) enclosing: Option<SharedTransaction>,
 }
 
 impl CallScope {
@@ -162,6 +167,10 @@ pub(crate) struct CallsState {
     made: u32,
     /// Fuel the running call's callees burned.
     pub(crate) callee_fuel: u64,
+    /// The store's transaction, which callees join.
+    transaction: SharedTransaction,
+    /// Whether a call is running (not `init`).
+    in_call: bool,
 }
 
 impl CallsState {
@@ -238,6 +247,8 @@ impl CallsState {
             chain: Some(chain.into()),
             deadline: self.scope.deadline,
             propagated: self.scope.propagated.clone(),
+            // `init` is not a call: what it calls commits on its own.
+            enclosing: self.in_call.then(|| Arc::clone(&self.transaction)),
         };
         let result = self.caller.call(scope, target, request).await;
         let stats = match &result {
@@ -385,6 +396,8 @@ impl Service for Calls {
             max_depth: store.limits.max_call_depth,
             made: 0,
             callee_fuel: 0,
+            transaction: Arc::clone(store.transaction),
+            in_call: false,
         })
     }
 
@@ -394,6 +407,7 @@ impl Service for Calls {
         state.max_depth = limits.max_call_depth;
         state.made = 0;
         state.callee_fuel = 0;
+        state.in_call = true;
     }
 
     fn add_to_linker<T: Holds<Self> + Views>(linker: &mut Linker<T>) -> wasmtime::Result<()> {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use wasmtime::component::{HasData, Linker};
 
+use super::transaction::{SharedTransaction, lock};
 use super::{Availability, Holds, HostShared, Import, PolicyContext, Service, StoreContext, Views};
 use crate::bounds::Invalid;
 use crate::contract::{ServiceError, interfaces, interfaces_v0_2};
@@ -126,10 +127,16 @@ const MAX_EVENTS_PER_CALL: usize = 256;
 /// Per-store state of the `events` service.
 pub(crate) struct EventsState {
     pub(crate) grant: Arc<EventsGrant>,
+    /// The plugin, which the events are published as.
+    plugin: Arc<str>,
+    /// Where a call's events wait until it commits.
+    transaction: SharedTransaction,
     /// Events published during the current call.
-    pub(crate) published: Vec<PublishedEvent>,
+    pub(crate) published: usize,
     /// Payload bytes the current call may still publish.
     pub(crate) budget: usize,
+    /// Whether a call is running: what `init` publishes is dropped.
+    in_call: bool,
 }
 
 impl interfaces_v0_2::events::Host for EventsState {
@@ -146,13 +153,16 @@ impl interfaces::events::Host for EventsState {
                 "publishing to `{topic}` was not granted to this plugin"
             )));
         }
-        if self.published.len() >= MAX_EVENTS_PER_CALL || payload.len() > self.budget {
+        if self.published >= MAX_EVENTS_PER_CALL || payload.len() > self.budget {
             return Err(ServiceError::QuotaExceeded(format!(
                 "a call may publish at most {MAX_EVENTS_PER_CALL} events within its output limit"
             )));
         }
         self.budget -= payload.len();
-        self.published.push(PublishedEvent { topic, payload });
+        self.published += 1;
+        if self.in_call {
+            lock(&self.transaction).publish(&self.plugin, PublishedEvent { topic, payload });
+        }
         Ok(())
     }
 }
@@ -208,14 +218,18 @@ impl Service for Events {
     ) -> Result<EventsState, String> {
         Ok(EventsState {
             grant: Arc::clone(grant),
-            published: Vec::new(),
+            plugin: Arc::clone(store.plugin),
+            transaction: Arc::clone(store.transaction),
+            published: 0,
             budget: store.limits.max_response_bytes,
+            in_call: false,
         })
     }
 
     fn begin_call(state: &mut EventsState, limits: &Limits, _scope: &super::calls::CallScope) {
-        state.published.clear();
+        state.published = 0;
         state.budget = limits.max_response_bytes;
+        state.in_call = true;
     }
 
     fn add_to_linker<T: Holds<Self> + Views>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
@@ -285,7 +299,7 @@ mod tests {
             .publish("orders..x".into(), vec![])
             .unwrap_err();
         assert!(matches!(invalid, ServiceError::Invalid(_)), "{invalid:?}");
-        assert_eq!(events.state.published.len(), 1);
+        assert_eq!(lock(&events.transaction).events.len(), 1);
     }
 
     #[test]
@@ -309,7 +323,7 @@ mod tests {
         let err = events.state.publish("a".into(), vec![]).unwrap_err();
         assert!(matches!(err, ServiceError::QuotaExceeded(_)), "{err:?}");
         events.begin_call();
-        assert!(events.state.published.is_empty());
+        assert!(lock(&events.transaction).events.is_empty());
         events.state.publish("a".into(), vec![0; 100]).unwrap();
     }
 }

@@ -18,6 +18,7 @@ use wasmtime_wasi::filesystem::WasiFilesystemCtxView;
 use wasmtime_wasi_http::WasiHttpCtx;
 
 use super::log::{CallLog, LogSink};
+use super::transaction::{SharedTransaction, lock};
 use super::{HostShared, PolicyContext, Service, StoreContext, kv, wasi};
 use crate::bounds::Invalid;
 use crate::limits::Limits;
@@ -63,6 +64,10 @@ pub(crate) struct Harness<S: Service> {
     _http: WasiHttpCtx,
     sink: Arc<LogSink>,
     limits: Limits,
+    /// The store's transaction.
+    pub(crate) transaction: SharedTransaction,
+    /// The host's key-value store.
+    pub(crate) kv_store: Arc<kv::KvStore>,
 }
 
 /// How a policy's plugin section writes the service's key.
@@ -97,10 +102,12 @@ impl<S: Service> Harness<S> {
     /// The service under `grant` and `limits` (already valid), prepared and
     /// set up for a new store, with the first call begun.
     pub(crate) fn granted(grant: &S::Grant, limits: Limits) -> Self {
+        let kv_store = Arc::new(kv::KvStore::in_memory());
         let shared = HostShared {
-            kv_store: Arc::new(kv::KvStore::in_memory()),
+            kv_store: Arc::clone(&kv_store),
             caller: Arc::new(NoPlugins),
         };
+        let transaction = SharedTransaction::default();
         let prepared = S::prepare(grant, &shared).expect("the host can provide the grant");
         let plugin: Arc<str> = Arc::from(PLUGIN);
         let sink = Arc::new(LogSink::new(
@@ -116,6 +123,7 @@ impl<S: Service> Harness<S> {
             sink: &sink,
             wasi: &mut builder,
             http: &mut http,
+            transaction: &transaction,
         };
         let state = S::new_state(&prepared, &mut context).expect("a new store gets its state");
         let mut table = ResourceTable::new();
@@ -127,6 +135,8 @@ impl<S: Service> Harness<S> {
             _http: http,
             sink,
             limits,
+            transaction,
+            kv_store,
         };
         harness.begin_call();
         harness
@@ -136,11 +146,19 @@ impl<S: Service> Harness<S> {
     pub(crate) fn begin_call(&mut self) {
         self.sink
             .begin_call(self.limits.max_log_bytes, self.limits.max_log_records);
+        lock(&self.transaction).begin(None);
         S::begin_call(
             &mut self.state,
             &self.limits,
             &super::calls::CallScope::default(),
         );
+    }
+
+    /// Commits what the call buffered, as the runtime does when a call
+    /// succeeds.
+    pub(crate) fn commit(&mut self) -> Result<(), kv::store::CommitError> {
+        let done = lock(&self.transaction).finish();
+        self.kv_store.commit(&done.kv)
     }
 
     /// Ends the call and hands back what it logged.

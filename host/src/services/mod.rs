@@ -25,6 +25,7 @@ pub(crate) mod harness;
 pub mod http;
 pub mod kv;
 pub mod log;
+pub(crate) mod transaction;
 pub(crate) mod wasi;
 
 pub use grants::SERVICES;
@@ -58,7 +59,7 @@ macro_rules! for_each_service {
                 => $crate::services::log::LogGrant, bool;
             /// Configuration values the plugin can read (`capsule:plugin/config`).
             config: $crate::services::config::Config
-                => std::collections::BTreeMap<String, String>, Vec<String>;
+                => $crate::services::config::ConfigGrant, Vec<String>;
             /// Environment variables the plugin sees (`wasi:cli/environment`).
             env: $crate::services::env::Env
                 => std::collections::BTreeMap<String, String>, Vec<String>;
@@ -192,6 +193,8 @@ pub(crate) struct StoreContext<'a> {
     pub(crate) wasi: &'a mut WasiCtxBuilder,
     /// The store's `wasi:http` context.
     pub(crate) http: &'a mut WasiHttpCtx,
+    /// The store's transaction: what its calls buffer until they commit.
+    pub(crate) transaction: &'a transaction::SharedTransaction,
 }
 
 /// One host capability. See the module docs.
