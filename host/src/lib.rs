@@ -26,6 +26,7 @@
 // check; serve on top (and the CLI crate above the library).
 mod admission;
 pub mod artifact;
+pub mod backend;
 pub mod bounds;
 pub mod check;
 mod contract;
@@ -37,6 +38,7 @@ mod outcome;
 mod policy;
 mod runtime;
 mod sandbox;
+mod secret;
 #[cfg(feature = "serve")]
 pub mod serve;
 pub mod services;

@@ -11,6 +11,10 @@
 //! [host.pool]                      # the pooling allocator (on by default)
 //! instances = 256
 //! max_memory = "1GiB"
+//! [host.backend]                   # optional: share kv between hosts via NATS
+//! kind = "nats"
+//! url = "nats://127.0.0.1:4222"
+//! prefix = "shop"
 //!
 //! [plugins.counter]
 //! path = "plugins/kv-counter.wasm"
@@ -53,6 +57,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use crate::artifact::PublicKey;
+use crate::backend::{Backend, NatsOptions, check_prefix};
 use crate::bounds::{Invalid, plugin_name};
 use crate::engine::EngineOptions;
 use crate::limits::{BusOptions, Limits};
@@ -63,7 +68,7 @@ use crate::services::http::{HttpPolicy, OriginPattern};
 use crate::services::kv::KvPolicy;
 use crate::services::{Grants, PolicyContext};
 use crate::units::{Fuel, Size, Time};
-use raw::{RawPlugin, RawPolicy, SecretSource};
+use raw::{RawBackend, RawPlugin, RawPolicy, SecretSource};
 
 /// One problem with a policy, located as precisely as possible.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -169,6 +174,8 @@ pub struct HostPolicy {
     pub bus: BusOptions,
     /// Engine settings: the instance pool, the wasm stack.
     pub engine: EngineOptions,
+    /// Where the key-value store lives (`[host.backend]`).
+    pub backend: Backend,
 }
 
 /// One `[plugins.NAME]` section.
@@ -631,6 +638,7 @@ impl Locator<'_> {
             self.invalid(raw.pool.span(), "host.pool", invalid);
         }
         let bus = raw.events.get_ref().apply(BusOptions::default());
+        let backend = self.backend(raw.backend.as_ref());
         if let Err(invalid) = validate::bus(&bus) {
             self.invalid(raw.events.span(), "host.events", invalid);
         }
@@ -672,6 +680,77 @@ impl Locator<'_> {
             default_limits,
             bus,
             engine,
+            backend,
+        }
+    }
+
+    /// Reads `[host.backend]`.
+    fn backend(&mut self, raw: Option<&Spanned<RawBackend>>) -> Backend {
+        let Some(raw) = raw else {
+            return Backend::Embedded;
+        };
+        let section = "host.backend";
+        let raw_ref = raw.get_ref();
+        match raw_ref.kind.get_ref().as_str() {
+            "embedded" => {
+                for (field, set) in [
+                    ("url", raw_ref.url.as_ref().map(Spanned::span)),
+                    ("prefix", raw_ref.prefix.as_ref().map(Spanned::span)),
+                    (
+                        "credentials",
+                        raw_ref.credentials.as_ref().map(Spanned::span),
+                    ),
+                ] {
+                    if let Some(span) = set {
+                        self.error(
+                            span,
+                            &format!("{section}.{field}"),
+                            "only a `nats` backend takes this",
+                        );
+                    }
+                }
+                Backend::Embedded
+            }
+            "nats" => {
+                let Some(url) = &raw_ref.url else {
+                    self.error(
+                        raw.span(),
+                        &format!("{section}.url"),
+                        "a `nats` backend needs `url`, e.g. \"nats://127.0.0.1:4222\"",
+                    );
+                    return Backend::Embedded;
+                };
+                for server in url.get_ref().split(',') {
+                    let server = server.trim();
+                    let scheme = server.split_once("://").map(|(scheme, _)| scheme);
+                    if !matches!(scheme, Some("nats" | "tls")) {
+                        self.error(
+                            url.span(),
+                            &format!("{section}.url"),
+                            format!("`{server}` is not a nats:// or tls:// URL"),
+                        );
+                    }
+                }
+                let mut options = NatsOptions::new(url.get_ref().clone());
+                if let Some(prefix) = &raw_ref.prefix {
+                    match check_prefix(prefix.get_ref()) {
+                        Ok(()) => options.prefix = prefix.get_ref().clone(),
+                        Err(err) => self.error(prefix.span(), &format!("{section}.prefix"), err),
+                    }
+                }
+                if let Some(source) = &raw_ref.credentials {
+                    options.credentials = self.secret(source, &format!("{section}.credentials"));
+                }
+                Backend::Nats(options)
+            }
+            other => {
+                self.error(
+                    raw_ref.kind.span(),
+                    &format!("{section}.kind"),
+                    format!("`{other}` is not a backend: `embedded` or `nats`"),
+                );
+                Backend::Embedded
+            }
         }
     }
 
@@ -751,6 +830,45 @@ impl Locator<'_> {
         })
     }
 
+    /// Reads one secret from its environment variable or file, now, so a
+    /// missing one is a policy error at its line.
+    fn secret(&mut self, source: &Spanned<SecretSource>, at: &str) -> Option<Secret> {
+        let value = match source.get_ref() {
+            SecretSource::Env(variable) => match std::env::var(variable) {
+                Ok(value) => Some(value),
+                Err(err) => {
+                    self.error(
+                        source.span(),
+                        at,
+                        format!("environment variable `{variable}`: {err}"),
+                    );
+                    None
+                }
+            },
+            SecretSource::File(file) => {
+                let path = self.path(file);
+                match crate::input::read_file(&path, MAX_SECRET_BYTES) {
+                    Ok(bytes) => match String::from_utf8(bytes) {
+                        Ok(text) => Some(without_final_newline(text)),
+                        Err(_) => {
+                            self.error(
+                                source.span(),
+                                at,
+                                format!("{} is not UTF-8 text", path.display()),
+                            );
+                            None
+                        }
+                    },
+                    Err(err) => {
+                        self.error(source.span(), at, err.to_string());
+                        None
+                    }
+                }
+            }
+        };
+        value.map(Secret::new)
+    }
+
     /// Reads a plugin section's secrets: each from its environment variable
     /// or file, now, so a missing one is a policy error at its line.
     fn secrets(
@@ -762,39 +880,9 @@ impl Locator<'_> {
         let mut secrets = BTreeMap::new();
         for (key, source) in &raw.secrets {
             let at = format!("{section}.secrets.{}", key.get_ref());
-            let value = match source.get_ref() {
-                SecretSource::Env(variable) => match std::env::var(variable) {
-                    Ok(value) => Some(value),
-                    Err(err) => {
-                        self.error(
-                            source.span(),
-                            &at,
-                            format!("environment variable `{variable}`: {err}"),
-                        );
-                        None
-                    }
-                },
-                SecretSource::File(file) => {
-                    let path = self.path(file);
-                    match crate::input::read_file(&path, MAX_SECRET_BYTES) {
-                        Ok(bytes) => match String::from_utf8(bytes) {
-                            Ok(text) => Some(without_final_newline(text)),
-                            Err(_) => {
-                                self.error(
-                                    source.span(),
-                                    &at,
-                                    format!("{} is not UTF-8 text", path.display()),
-                                );
-                                None
-                            }
-                        },
-                        Err(err) => {
-                            self.error(source.span(), &at, err.to_string());
-                            None
-                        }
-                    }
-                }
-            };
+            let value = self
+                .secret(source, &at)
+                .map(|secret| secret.expose().to_owned());
             if let Some(value) = value {
                 if key.span() != (0..0) {
                     config_at.insert(

@@ -206,6 +206,21 @@ pub(super) struct RawHost {
     pub(super) events: Spanned<RawBus>,
     #[serde(default = "unspanned")]
     pub(super) pool: Spanned<RawPool>,
+    pub(super) backend: Option<Spanned<RawBackend>>,
+}
+
+/// `[host.backend]`: where the key-value store lives.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBackend {
+    /// `embedded` (the default) or `nats`.
+    pub(super) kind: Spanned<String>,
+    /// `nats://host:4222` (comma-separated for several servers).
+    pub(super) url: Option<Spanned<String>>,
+    /// Names this deployment's buckets and streams in NATS.
+    pub(super) prefix: Option<Spanned<String>>,
+    /// A NATS credentials file's contents, from a file or a variable.
+    pub(super) credentials: Option<Spanned<SecretSource>>,
 }
 
 /// `[host.pool]`: how many instances the pooling allocator reserves room

@@ -36,6 +36,7 @@ use crate::artifact::PublicKey;
 use crate::artifact::cache::{
     CacheError, CacheKey, CacheKeyError, CacheStats, CompileCache, KeySource,
 };
+use crate::backend::{Backend, BackendError};
 use crate::engine::{self, AllocationMode, EngineOptions};
 use crate::error::{LoadError, LoadFailure};
 use crate::limits::BusOptions;
@@ -74,6 +75,9 @@ pub enum HostError {
     /// The key-value store cannot be opened.
     #[error(transparent)]
     Kv(#[from] KvError),
+    /// The shared backend (`[host.backend]`) cannot be reached.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
     /// A setting is out of range (the engine, the bus or the default limits).
     #[error("invalid host settings: {0}")]
     Config(#[from] crate::bounds::Invalid),
@@ -102,6 +106,7 @@ pub struct HostBuilder {
     cache_dir: Option<PathBuf>,
     cache_key: Option<KeySource>,
     data_dir: Option<PathBuf>,
+    backend: Backend,
     bus: BusOptions,
     middleware: Vec<Arc<dyn Middleware>>,
 }
@@ -146,7 +151,7 @@ impl HostBuilder {
         if let Some(dir) = &host.data_dir {
             builder = builder.data_dir(dir);
         }
-        builder
+        builder.backend(host.backend.clone())
     }
 
     /// Event bus settings: queue sizes, retry attempts, dead letters kept.
@@ -158,6 +163,14 @@ impl HostBuilder {
     /// Adds a middleware that runs around every call, in the order added.
     pub fn middleware(mut self, middleware: impl Middleware) -> Self {
         self.middleware.push(Arc::new(middleware));
+        self
+    }
+
+    /// Where the key-value store lives: in this process (the default) or
+    /// in NATS, shared with other hosts. With NATS, the data directory is
+    /// not used for it.
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
         self
     }
 
@@ -246,9 +259,10 @@ impl HostBuilder {
             )?),
             None => None,
         };
-        let kv_store = Arc::new(match &self.data_dir {
-            Some(dir) => KvStore::open(&dir.join("kv.redb"))?,
-            None => KvStore::in_memory(),
+        let kv_store = Arc::new(match (&self.backend, &self.data_dir) {
+            (Backend::Nats(options), _) => nats_store(options)?,
+            (Backend::Embedded, Some(dir)) => KvStore::open(&dir.join("kv.redb"))?,
+            (Backend::Embedded, None) => KvStore::in_memory(),
         });
         KvStore::start_sweeper(&kv_store);
         if self.engine.epoch_interruption {
@@ -275,7 +289,8 @@ impl HostBuilder {
                         kv_store,
                         caller: Arc::new(nested::HostCaller(inner.clone())),
                     },
-                    persistent_kv: self.data_dir.is_some(),
+                    persistent_kv: self.data_dir.is_some()
+                        || matches!(self.backend, Backend::Nats(_)),
                     metering: self.engine.metering(),
                     pool_mates: Arc::default(),
                 },
@@ -290,6 +305,27 @@ impl HostBuilder {
             }),
         })
     }
+}
+
+/// The key-value store in NATS JetStream.
+#[cfg(feature = "nats")]
+fn nats_store(options: &crate::backend::NatsOptions) -> Result<KvStore, HostError> {
+    let connection = crate::backend::NatsConnection::connect(options)?;
+    let backend = crate::services::kv::NatsKv::open(connection).map_err(|reason| BackendError {
+        kind: "nats",
+        url: options.url.clone(),
+        reason,
+    })?;
+    Ok(KvStore::with_backend(backend))
+}
+
+#[cfg(not(feature = "nats"))]
+fn nats_store(options: &crate::backend::NatsOptions) -> Result<KvStore, HostError> {
+    Err(HostError::Backend(BackendError {
+        kind: "nats",
+        url: options.url.clone(),
+        reason: "this build of Capsule has no NATS support (the `nats` feature)".into(),
+    }))
 }
 
 /// Runs plugins. Cheap to clone; clones share the engine and the plugins.

@@ -30,40 +30,7 @@ use crate::artifact::manifest::compile_schema;
 use crate::bounds::Invalid;
 use crate::contract::{ServiceError, interfaces, interfaces_v0_2};
 
-/// A value that must reach the plugin but no output of the host: its
-/// `Debug`, `Display` and serialised forms are `(secret)`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The value itself, for the plugin.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("(secret)")
-    }
-}
-
-impl std::fmt::Display for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("(secret)")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str("(secret)")
-    }
-}
+pub use crate::secret::Secret;
 
 /// What the operator configured for one plugin: typed values and secrets.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]

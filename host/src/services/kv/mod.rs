@@ -9,6 +9,9 @@
 //! each operation its own store transaction. Every store operation runs on
 //! tokio's blocking pool so a disk flush never stalls the async runtime.
 
+mod embedded;
+#[cfg(feature = "nats")]
+pub(crate) mod nats;
 pub(crate) mod store;
 
 use std::sync::Arc;
@@ -22,6 +25,8 @@ use super::{Availability, Holds, HostShared, Import, PolicyContext, Service, Sto
 use crate::bounds::{Invalid, KIB, MIB, bytes, range};
 use crate::contract::{ServiceError, interfaces, interfaces_v0_2};
 use crate::units::Size;
+#[cfg(feature = "nats")]
+pub(crate) use nats::NatsKv;
 use store::{Changes, Entry, NamespaceChanges, Write, check_key, check_value, unavailable};
 pub use store::{KvError, KvStore};
 
@@ -201,7 +206,8 @@ impl KvState {
         check_value(&grant, value.len())?;
         let write = Write::Put { value, expires_at };
         if !grant.atomic {
-            return blocking(move || store.update(&grant, &key, |_| Ok((Some(write), ())))).await;
+            return blocking(move || store.update(&grant, &key, |_| Ok((Some(write.clone()), ()))))
+                .await;
         }
         self.buffer(&grant, &key, write)
     }
@@ -253,7 +259,7 @@ impl KvState {
                 store.update(&grant, &key, |current| {
                     let current = current.map(|entry| entry.value.as_slice());
                     Ok(if current == expected.as_deref() {
-                        (Some(write), true)
+                        (Some(write.clone()), true)
                     } else {
                         (None, false)
                     })

@@ -1,46 +1,24 @@
-//! The key-value database: versioned entries with optional expiry, quotas
-//! per namespace, and commits that apply a whole set of changes at once or
-//! not at all.
+//! The key-value store every plugin with a kv grant shares: versioned
+//! entries with optional expiry, quotas per namespace, and commits that
+//! apply a whole set of changes at once or not at all.
 //!
-//! The store is [redb](https://docs.rs/redb): pure Rust, ACID, crash-safe, a
-//! single file, with serialised write transactions. Every entry carries the
-//! version of the commit that wrote it, so a transaction that read a key can
-//! check at commit that nobody changed it since (optimistic concurrency: see
-//! [`Changes`]). Expired entries are invisible at once and purged by every
-//! write transaction and by the host's background sweep.
+//! [`KvStore`] is the one face the services see; where entries live is a
+//! [`KvBackend`]: the embedded redb file (`super::embedded`, the default)
+//! or NATS JetStream KV shared by several hosts (`super::nats`). Every
+//! entry carries the version it was written at, so a transaction that read
+//! a key can check at commit that nobody changed it since (optimistic
+//! concurrency: see [`Changes`]). What each backend guarantees beyond that
+//! is stated on it and proven by the one conformance suite both run.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use redb::{
-    Database, ReadableDatabase, ReadableTable, Table, TableDefinition, TableHandle,
-    WriteTransaction,
-};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::KvGrant;
+use super::embedded::EmbeddedKv;
 use crate::contract::ServiceError;
 
-/// Entries: (namespace, key) → (version, expiry in Unix milliseconds or 0
-/// for never, value).
-const ENTRIES: TableDefinition<(&str, &str), (u64, u64, &[u8])> =
-    TableDefinition::new("kv.entries.v2");
-/// Entries of stores written before versions existed: (namespace, key) →
-/// value. Moved into [`ENTRIES`] when such a store is opened.
-const LEGACY_ENTRIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("entries");
-/// Usage per namespace: (key count, bytes of keys and values).
-const USAGE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("usage");
-/// Entries that expire: (expiry, namespace, key) → ().
-const EXPIRIES: TableDefinition<(u64, &str, &str), ()> = TableDefinition::new("kv.expiries");
-/// Counters: `version` is the version of the last commit.
-const META: TableDefinition<&str, u64> = TableDefinition::new("kv.meta");
-
-/// Expired entries every write transaction purges on its way (the sweep
-/// purges the rest), so purging never makes one commit slow.
-const PURGE_PER_WRITE: usize = 64;
-
-/// The current time in Unix milliseconds (the clock expiries are kept in).
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -178,14 +156,73 @@ pub(crate) enum CommitError {
     Refused(ServiceError),
 }
 
-/// The host's key-value database, shared by every plugin with a kv grant.
+/// Decides, from the live entry under a key, the write to apply (if any).
+/// A backend may call it again when the entry changed under it.
+pub(crate) type Decide<'a> = dyn FnMut(Option<&Entry>) -> Result<Option<Write>, ServiceError> + 'a;
+
+/// Where entries live. Every method is blocking: the services call them on
+/// tokio's blocking pool.
+pub(crate) trait KvBackend: Send + Sync {
+    /// A short name for logs and errors: `embedded` or `nats`.
+    fn kind(&self) -> &'static str;
+
+    /// The live entry under `key` in `namespace`.
+    fn read(&self, namespace: &str, key: &str) -> Result<Option<Entry>, ServiceError>;
+
+    /// The live entries under `keys`; refused (before reading more) once
+    /// their values pass `max_bytes`.
+    fn read_many(
+        &self,
+        namespace: &str,
+        keys: &[String],
+        max_bytes: usize,
+    ) -> Result<Vec<Option<Entry>>, ServiceError>;
+
+    /// Reads the entry under `key` and applies the write `decide` chooses,
+    /// atomically for that key, within `grant`'s quotas.
+    fn update(
+        &self,
+        grant: &KvGrant,
+        key: &str,
+        decide: &mut Decide<'_>,
+    ) -> Result<(), ServiceError>;
+
+    /// Commits `changes`: every key read must still have the version it was
+    /// read at, then every write applies within its namespace's quotas.
+    fn commit(&self, changes: &Changes) -> Result<(), CommitError>;
+
+    /// Live keys of `namespace` that start with `prefix` and sort after
+    /// `after`, in order, at most `limit`; and whether more follow.
+    fn list_keys(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<String>, bool), ServiceError>;
+
+    /// Removes up to `max` expired entries; returns how many it looked at
+    /// (fewer than `max`: none are left).
+    fn purge_expired(&self, max: usize) -> Result<usize, ServiceError>;
+
+    /// How often the background sweep runs [`KvBackend::purge_expired`].
+    fn sweep_every(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+
+    /// Keys and bytes `namespace` holds (expired entries not yet purged
+    /// included): what its quotas are checked against.
+    fn usage(&self, namespace: &str) -> Result<(u64, u64), ServiceError>;
+}
+
+/// The host's key-value store, shared by every plugin with a kv grant.
 pub struct KvStore {
-    db: Database,
+    backend: Box<dyn KvBackend>,
 }
 
 impl std::fmt::Debug for KvStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("KvStore")
+        write!(f, "KvStore({})", self.backend.kind())
     }
 }
 
@@ -193,259 +230,89 @@ pub(crate) fn unavailable(err: impl std::fmt::Display) -> ServiceError {
     ServiceError::Unavailable(format!("key-value store: {err}"))
 }
 
-/// The tables a write transaction changes.
-struct Tables<'txn> {
-    entries: Table<'txn, (&'static str, &'static str), (u64, u64, &'static [u8])>,
-    usage: Table<'txn, &'static str, (u64, u64)>,
-    expiries: Table<'txn, (u64, &'static str, &'static str), ()>,
-    /// The version this transaction's writes get.
-    version: u64,
-    now: u64,
-}
-
-impl<'txn> Tables<'txn> {
-    fn open(txn: &'txn WriteTransaction, now: u64) -> Result<Self, ServiceError> {
-        let mut meta = txn.open_table(META).map_err(unavailable)?;
-        let version = meta
-            .get("version")
-            .map_err(unavailable)?
-            .map_or(0, |v| v.value())
-            + 1;
-        meta.insert("version", version).map_err(unavailable)?;
-        Ok(Tables {
-            entries: txn.open_table(ENTRIES).map_err(unavailable)?,
-            usage: txn.open_table(USAGE).map_err(unavailable)?,
-            expiries: txn.open_table(EXPIRIES).map_err(unavailable)?,
-            version,
-            now,
-        })
-    }
-
-    /// The live entry under `key`; an expired one reads as none.
-    fn current(&self, namespace: &str, key: &str) -> Result<Option<Entry>, ServiceError> {
-        let entry = self.entries.get((namespace, key)).map_err(unavailable)?;
-        Ok(entry.and_then(|v| live_entry(v.value(), self.now)))
-    }
-
-    /// Stored bytes of the entry under `key`, expired or not.
-    fn stored(&self, namespace: &str, key: &str) -> Result<Option<(usize, u64)>, ServiceError> {
-        let entry = self.entries.get((namespace, key)).map_err(unavailable)?;
-        Ok(entry.map(|v| {
-            let (_, expires, value) = v.value();
-            (value.len(), expires)
-        }))
-    }
-
-    /// The namespace's usage: (keys, bytes).
-    fn usage_of(&self, namespace: &str) -> Result<(u64, u64), ServiceError> {
-        let usage = self.usage.get(namespace).map_err(unavailable)?;
-        Ok(usage.map_or((0, 0), |u| u.value()))
-    }
-
-    /// Applies `write` to `key`, keeping the namespace's usage; quotas are
-    /// the caller's to check, on what all its writes leave.
-    fn apply(&mut self, grant: &KvGrant, key: &str, write: &Write) -> Result<(), ServiceError> {
-        let ns = grant.namespace.as_str();
-        let previous = self.stored(ns, key)?;
-        let next = match write {
-            Write::Put { value, .. } => Some(value.len()),
-            Write::Delete => None,
-        };
-        if previous.is_none() && next.is_none() {
-            return Ok(());
-        }
-        let usage = account(self.usage_of(ns)?, key, previous.map(|p| p.0), next);
-        if let Some((_, expires)) = previous
-            && expires != 0
-        {
-            self.expiries
-                .remove((expires, ns, key))
-                .map_err(unavailable)?;
-        }
-        match write {
-            Write::Put { value, expires_at } => {
-                let expires = expires_at.unwrap_or(0);
-                self.entries
-                    .insert((ns, key), (self.version, expires, value.as_slice()))
-                    .map_err(unavailable)?;
-                if expires != 0 {
-                    self.expiries
-                        .insert((expires, ns, key), ())
-                        .map_err(unavailable)?;
-                }
-            }
-            Write::Delete => {
-                self.entries.remove((ns, key)).map_err(unavailable)?;
-            }
-        }
-        self.usage.insert(ns, usage).map_err(unavailable)?;
-        Ok(())
-    }
-
-    /// Applies `writes` to `grant`'s namespace; fails if what they leave
-    /// breaks the quotas of any of `writers` (unless it holds no more than
-    /// before: an operator may have lowered a quota under what a namespace
-    /// held).
-    fn apply_all<'w>(
-        &mut self,
-        grant: &KvGrant,
-        writers: &[Arc<KvGrant>],
-        writes: impl IntoIterator<Item = (&'w str, &'w Write)>,
-    ) -> Result<(), ServiceError> {
-        let before = self.usage_of(&grant.namespace)?;
-        for (key, write) in writes {
-            self.apply(grant, key, write)?;
-        }
-        let after = self.usage_of(&grant.namespace)?;
-        if after.0 > before.0 || after.1 > before.1 {
-            for writer in writers {
-                check_quota(writer, after)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes up to `max` entries that expired by now; returns how many.
-    fn purge(&mut self, max: usize) -> Result<usize, ServiceError> {
-        let due: Vec<(u64, String, String)> = self
-            .expiries
-            .range(..(self.now + 1, "", ""))
-            .map_err(unavailable)?
-            .take(max)
-            .map(|item| {
-                item.map(|(key, _)| {
-                    let (at, ns, key) = key.value();
-                    (at, ns.to_owned(), key.to_owned())
-                })
-            })
-            .collect::<Result<_, _>>()
-            .map_err(unavailable)?;
-        for (at, ns, key) in &due {
-            self.expiries
-                .remove((*at, ns.as_str(), key.as_str()))
-                .map_err(unavailable)?;
-            let Some((len, expires)) = self.stored(ns, key)? else {
-                continue;
-            };
-            if expires != *at {
-                continue;
-            }
-            self.entries
-                .remove((ns.as_str(), key.as_str()))
-                .map_err(unavailable)?;
-            let (keys, bytes) = self
-                .usage
-                .get(ns.as_str())
-                .map_err(unavailable)?
-                .map_or((0, 0), |u| u.value());
-            let freed = (key.len() + len) as u64;
-            self.usage
-                .insert(
-                    ns.as_str(),
-                    (keys.saturating_sub(1), bytes.saturating_sub(freed)),
-                )
-                .map_err(unavailable)?;
-        }
-        Ok(due.len())
-    }
-}
-
-fn live_entry((version, expires, value): (u64, u64, &[u8]), now: u64) -> Option<Entry> {
-    if expires != 0 && expires <= now {
-        return None;
-    }
-    Some(Entry {
-        version,
-        expires_at: (expires != 0).then_some(expires),
-        value: value.to_vec(),
-    })
-}
-
 impl KvStore {
-    /// Opens (creating if needed) the database file at `path`; a store
-    /// written by an earlier Capsule is upgraded in place.
+    /// Opens (creating if needed) the embedded database file at `path`; a
+    /// store written by an earlier Capsule is upgraded in place.
     pub fn open(path: &Path) -> Result<KvStore, KvError> {
-        let fail = |reason: String| KvError {
-            path: path.display().to_string(),
-            reason,
-        };
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|err| fail(err.to_string()))?;
-        }
-        let db = Database::create(path).map_err(|err| fail(err.to_string()))?;
-        Self::init(db).map_err(|err| fail(err.to_string()))
+        Ok(KvStore::with_backend(EmbeddedKv::open(path)?))
     }
 
-    /// A store that lives only as long as the host (for tests and for hosts
-    /// configured without a data directory).
+    /// An embedded store that lives only as long as the host (for tests and
+    /// for hosts configured without a data directory).
     pub fn in_memory() -> KvStore {
-        let db = Database::builder()
-            .create_with_backend(redb::backends::InMemoryBackend::new())
-            .expect("an in-memory database always opens");
-        Self::init(db).expect("an in-memory database always initialises")
+        KvStore::with_backend(EmbeddedKv::in_memory())
     }
 
-    fn init(db: Database) -> Result<KvStore, redb::Error> {
-        let txn = db.begin_write()?;
-        let legacy = txn
-            .list_tables()?
-            .any(|table| table.name() == LEGACY_ENTRIES.name());
-        {
-            let mut entries = txn.open_table(ENTRIES)?;
-            txn.open_table(USAGE)?;
-            txn.open_table(EXPIRIES)?;
-            txn.open_table(META)?;
-            if legacy {
-                // Entries from before versions: version 1, no expiry.
-                let old = txn.open_table(LEGACY_ENTRIES)?;
-                for item in old.iter()? {
-                    let (key, value) = item?;
-                    let (ns, key) = key.value();
-                    entries.insert((ns, key), (1, 0, value.value()))?;
-                }
-            }
+    pub(crate) fn with_backend(backend: impl KvBackend + 'static) -> KvStore {
+        KvStore {
+            backend: Box::new(backend),
         }
-        if legacy {
-            txn.open_table(META)?.insert("version", 1)?;
-            txn.delete_table(LEGACY_ENTRIES)?;
-        }
-        txn.commit()?;
-        Ok(KvStore { db })
+    }
+
+    /// Which backend holds the entries: `embedded` or `nats`.
+    pub fn kind(&self) -> &'static str {
+        self.backend.kind()
     }
 
     /// The live entry under `key` in `namespace`.
     pub(crate) fn read(&self, namespace: &str, key: &str) -> Result<Option<Entry>, ServiceError> {
-        let txn = self.db.begin_read().map_err(unavailable)?;
-        let table = txn.open_table(ENTRIES).map_err(unavailable)?;
-        let entry = table.get((namespace, key)).map_err(unavailable)?;
-        Ok(entry.and_then(|v| live_entry(v.value(), now_ms())))
+        self.backend.read(namespace, key)
     }
 
-    /// The live entries under `keys`, read from one snapshot; refused
-    /// (before reading more) once their values pass `max_bytes`.
+    /// The live entries under `keys`; refused once their values pass
+    /// `max_bytes`.
     pub(crate) fn read_many(
         &self,
         namespace: &str,
         keys: &[String],
         max_bytes: usize,
     ) -> Result<Vec<Option<Entry>>, ServiceError> {
-        let txn = self.db.begin_read().map_err(unavailable)?;
-        let table = txn.open_table(ENTRIES).map_err(unavailable)?;
-        let now = now_ms();
-        let mut size = 0usize;
-        let mut entries = Vec::with_capacity(keys.len());
-        for key in keys {
-            let entry = table.get((namespace, key.as_str())).map_err(unavailable)?;
-            let entry = entry.and_then(|v| live_entry(v.value(), now));
-            size += entry.as_ref().map_or(0, |e| e.value.len());
-            if size > max_bytes {
-                return Err(ServiceError::QuotaExceeded(format!(
-                    "get-many would answer more than {max_bytes} bytes"
-                )));
-            }
-            entries.push(entry);
-        }
-        Ok(entries)
+        self.backend.read_many(namespace, keys, max_bytes)
+    }
+
+    /// Commits `changes` (see [`KvBackend::commit`]); on any error nothing
+    /// is written (on NATS, see `super::nats` for the one exception).
+    pub(crate) fn commit(&self, changes: &Changes) -> Result<(), CommitError> {
+        self.backend.commit(changes)
+    }
+
+    /// Live keys of `namespace` under `prefix` after `after`, at most
+    /// `limit`; and whether more follow.
+    pub(crate) fn list_keys(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<String>, bool), ServiceError> {
+        self.backend.list_keys(namespace, prefix, after, limit)
+    }
+
+    /// Removes up to `max` expired entries; returns how many it looked at.
+    pub(crate) fn purge_expired(&self, max: usize) -> Result<usize, ServiceError> {
+        self.backend.purge_expired(max)
+    }
+
+    /// Keys and bytes `namespace` holds.
+    pub fn usage(&self, namespace: &str) -> Result<(u64, u64), ServiceError> {
+        self.backend.usage(namespace)
+    }
+
+    /// Reads the entry under `key` and applies the write `decide` chooses
+    /// (if any), atomically for that key; returns what `decide` said last.
+    pub(crate) fn update<R>(
+        &self,
+        grant: &KvGrant,
+        key: &str,
+        mut decide: impl FnMut(Option<&Entry>) -> Result<(Option<Write>, R), ServiceError>,
+    ) -> Result<R, ServiceError> {
+        let mut answer = None;
+        self.backend.update(grant, key, &mut |current| {
+            let (write, said) = decide(current)?;
+            answer = Some(said);
+            Ok(write)
+        })?;
+        Ok(answer.expect("a backend calls `decide` before it returns Ok"))
     }
 
     /// The value under `key` in `namespace`.
@@ -476,7 +343,7 @@ impl KvStore {
     }
 
     /// Adds `delta` to the little-endian `i64` under `key` (missing counts as
-    /// 0) in one write transaction, and returns the new value.
+    /// 0) atomically, and returns the new value.
     pub fn increment(&self, grant: &KvGrant, key: &str, delta: i64) -> Result<i64, ServiceError> {
         check_key(grant, key)?;
         self.update(grant, key, |current| {
@@ -485,152 +352,17 @@ impl KvStore {
         })
     }
 
-    /// Reads the entry under `key` and, in the same write transaction,
-    /// applies the write `decide` chooses (if any); returns what it says.
-    pub(crate) fn update<R>(
-        &self,
-        grant: &KvGrant,
-        key: &str,
-        decide: impl FnOnce(Option<&Entry>) -> Result<(Option<Write>, R), ServiceError>,
-    ) -> Result<R, ServiceError> {
-        let txn = self.db.begin_write().map_err(unavailable)?;
-        let answer = {
-            let mut tables = Tables::open(&txn, now_ms())?;
-            tables.purge(PURGE_PER_WRITE)?;
-            let current = tables.current(&grant.namespace, key)?;
-            let (write, answer) = decide(current.as_ref())?;
-            if let Some(write) = &write {
-                let writers = [Arc::new(grant.clone())];
-                tables.apply_all(grant, &writers, [(key, write)])?;
-            }
-            answer
-        };
-        txn.commit().map_err(unavailable)?;
-        Ok(answer)
-    }
-
-    /// Commits `changes` in one write transaction: every key read must
-    /// still have the version it was read at, then every write applies
-    /// within its namespace's quotas. On any error nothing is written.
-    pub(crate) fn commit(&self, changes: &Changes) -> Result<(), CommitError> {
-        let refused = CommitError::Refused;
-        if !changes.writes() {
-            return self.validate(changes);
-        }
-        let txn = self.db.begin_write().map_err(|e| refused(unavailable(e)))?;
-        {
-            let mut tables = Tables::open(&txn, now_ms()).map_err(refused)?;
-            tables.purge(PURGE_PER_WRITE).map_err(refused)?;
-            for (namespace, ns) in &changes.namespaces {
-                for (key, seen) in &ns.reads {
-                    let current = tables.current(namespace, key).map_err(refused)?;
-                    if version_of(current.as_ref()) != *seen {
-                        return Err(CommitError::Conflict {
-                            namespace: namespace.to_string(),
-                            key: key.clone(),
-                        });
-                    }
-                }
-                let writes = ns.writes.iter().map(|(key, write)| (key.as_str(), write));
-                let writers: &[Arc<KvGrant>] = if ns.writers.is_empty() {
-                    std::slice::from_ref(&ns.grant)
-                } else {
-                    &ns.writers
-                };
-                tables
-                    .apply_all(&ns.grant, writers, writes)
-                    .map_err(refused)?;
-            }
-        }
-        txn.commit().map_err(|e| refused(unavailable(e)))
-    }
-
-    /// Checks that every key `changes` read still has the version it was
-    /// read at (a read-only transaction's commit).
-    fn validate(&self, changes: &Changes) -> Result<(), CommitError> {
-        fn refused(err: impl std::fmt::Display) -> CommitError {
-            CommitError::Refused(unavailable(err))
-        }
-        let txn = self.db.begin_read().map_err(refused)?;
-        let table = txn.open_table(ENTRIES).map_err(refused)?;
-        let now = now_ms();
-        for (namespace, ns) in &changes.namespaces {
-            for (key, seen) in &ns.reads {
-                let current = table
-                    .get((&**namespace, key.as_str()))
-                    .map_err(refused)?
-                    .and_then(|v| live_entry(v.value(), now));
-                if version_of(current.as_ref()) != *seen {
-                    return Err(CommitError::Conflict {
-                        namespace: namespace.to_string(),
-                        key: key.clone(),
-                    });
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Live keys of `namespace` that start with `prefix` and sort after
-    /// `after`, in order, at most `limit`; and whether more follow.
-    pub(crate) fn list_keys(
-        &self,
-        namespace: &str,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<(Vec<String>, bool), ServiceError> {
-        let txn = self.db.begin_read().map_err(unavailable)?;
-        let table = txn.open_table(ENTRIES).map_err(unavailable)?;
-        let now = now_ms();
-        let start = match after {
-            Some(after) if after >= prefix => after,
-            _ => prefix,
-        };
-        let mut keys = Vec::new();
-        for entry in table.range((namespace, start)..).map_err(unavailable)? {
-            let (key, value) = entry.map_err(unavailable)?;
-            let (ns, key) = key.value();
-            if ns != namespace || !key.starts_with(prefix) {
-                break;
-            }
-            if after == Some(key) || live_entry(value.value(), now).is_none() {
-                continue;
-            }
-            if keys.len() == limit {
-                return Ok((keys, true));
-            }
-            keys.push(key.to_owned());
-        }
-        Ok((keys, false))
-    }
-
-    /// Removes up to `max` expired entries; returns how many it looked at
-    /// (fewer than `max`: none are left).
-    pub(crate) fn purge_expired(&self, max: usize) -> Result<usize, ServiceError> {
-        let txn = self.db.begin_write().map_err(unavailable)?;
-        let purged = {
-            let mut tables = Tables::open(&txn, now_ms())?;
-            tables.purge(max)?
-        };
-        if purged == 0 {
-            txn.abort().map_err(unavailable)?;
-        } else {
-            txn.commit().map_err(unavailable)?;
-        }
-        Ok(purged)
-    }
-
     /// Starts the background sweep that purges expired entries, at most
-    /// 16 × 1024 a second so it never holds the write lock for long. The
-    /// sweep stops once the store is dropped.
+    /// 16 × 1024 per round so it never holds the store for long. The sweep
+    /// stops once the store is dropped.
     pub fn start_sweeper(store: &Arc<KvStore>) {
+        let every = store.backend.sweep_every();
         let store = Arc::downgrade(store);
         let spawned = std::thread::Builder::new()
             .name("capsule-kv-sweep".into())
             .spawn(move || {
                 loop {
-                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    std::thread::sleep(every);
                     let Some(store) = store.upgrade() else { return };
                     for _ in 0..16 {
                         match store.purge_expired(1024) {
@@ -647,25 +379,6 @@ impl KvStore {
         if let Err(err) = spawned {
             tracing::warn!(%err, "expired kv entries will be purged only by writes");
         }
-    }
-
-    /// Keys and bytes `namespace` holds (expired entries not yet purged
-    /// included).
-    #[cfg(test)]
-    pub(crate) fn usage(&self, namespace: &str) -> Result<(u64, u64), ServiceError> {
-        let txn = self.db.begin_read().map_err(unavailable)?;
-        let usage = txn.open_table(USAGE).map_err(unavailable)?;
-        let value = usage.get(namespace).map_err(unavailable)?;
-        Ok(value.map_or((0, 0), |u| u.value()))
-    }
-
-    /// Entries the store holds, expired or not.
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> Result<u64, ServiceError> {
-        use redb::ReadableTableMetadata as _;
-        let txn = self.db.begin_read().map_err(unavailable)?;
-        let table = txn.open_table(ENTRIES).map_err(unavailable)?;
-        table.len().map_err(unavailable)
     }
 }
 
@@ -726,7 +439,7 @@ pub(crate) fn check_value(grant: &KvGrant, len: usize) -> Result<(), ServiceErro
 
 /// The namespace's usage after replacing an entry of `previous` value bytes
 /// (or none) with one of `next` bytes (or none).
-fn account(
+pub(crate) fn account(
     (keys, bytes): (u64, u64),
     key: &str,
     previous: Option<usize>,
@@ -742,7 +455,7 @@ fn account(
 }
 
 /// Whether a namespace holding `(keys, bytes)` is within the grant's quotas.
-fn check_quota(grant: &KvGrant, (keys, bytes): (u64, u64)) -> Result<(), ServiceError> {
+pub(crate) fn check_quota(grant: &KvGrant, (keys, bytes): (u64, u64)) -> Result<(), ServiceError> {
     if keys > grant.max_keys {
         return Err(ServiceError::QuotaExceeded(format!(
             "namespace `{}` is full ({} keys)",
@@ -760,7 +473,53 @@ fn check_quota(grant: &KvGrant, (keys, bytes): (u64, u64)) -> Result<(), Service
 
 #[cfg(test)]
 mod tests {
+    //! The conformance suite: every test runs against each backend, on a
+    //! store of its own (NATS: a bucket of its own on one `nats-server`
+    //! this test binary starts).
+
     use super::*;
+
+    macro_rules! conformance {
+        ($($test:ident),* $(,)?) => {
+            mod embedded {
+                $(#[test]
+                fn $test() {
+                    super::$test(&super::KvStore::in_memory());
+                })*
+            }
+            #[cfg(feature = "nats")]
+            mod nats {
+                $(#[test]
+                fn $test() {
+                    super::$test(&super::nats_store());
+                })*
+            }
+        };
+    }
+
+    conformance!(
+        a_commit_whose_reads_changed_writes_nothing,
+        quotas_count_what_a_commit_leaves,
+        expired_entries_are_invisible_and_purged_with_their_usage,
+        keys_page_after_a_cursor,
+        a_shared_namespace_holds_every_writers_quota,
+        reading_many_stops_at_its_byte_limit,
+        concurrent_increments_lose_nothing,
+        of_two_commits_that_read_the_same_version_one_wins,
+        updates_see_the_live_entry_and_keep_quotas,
+    );
+
+    /// A store in a bucket no other test uses.
+    #[cfg(feature = "nats")]
+    fn nats_store() -> KvStore {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let server = crate::backend::local::NatsServer::shared();
+        let prefix = format!("t{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        let options = crate::backend::NatsOptions::new(server.url()).prefix(prefix);
+        let connection = crate::backend::NatsConnection::connect(&options).unwrap();
+        KvStore::with_backend(super::super::NatsKv::open(connection).unwrap())
+    }
 
     fn grant(ns: &str) -> KvGrant {
         KvGrant {
@@ -793,9 +552,7 @@ mod tests {
         changes
     }
 
-    #[test]
-    fn a_commit_whose_reads_changed_writes_nothing() {
-        let store = KvStore::in_memory();
+    fn a_commit_whose_reads_changed_writes_nothing(store: &KvStore) {
         let g = grant("n");
         store.set(&g, "a", b"1").unwrap();
         let seen = store.read("n", "a").unwrap().unwrap().version;
@@ -824,9 +581,7 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn quotas_count_what_a_commit_leaves() {
-        let store = KvStore::in_memory();
+    fn quotas_count_what_a_commit_leaves(store: &KvStore) {
         let g = grant("q");
         for key in ["a", "b", "c"] {
             store.set(&g, key, b"v").unwrap();
@@ -845,9 +600,7 @@ mod tests {
         assert_eq!(store.get("q", "a").unwrap(), None);
     }
 
-    #[test]
-    fn expired_entries_are_invisible_and_purged_with_their_usage() {
-        let store = KvStore::in_memory();
+    fn expired_entries_are_invisible_and_purged_with_their_usage(store: &KvStore) {
         let g = KvGrant::new("t");
         let past = now_ms() - 1;
         let future = now_ms() + 3_600_000;
@@ -868,18 +621,15 @@ mod tests {
         );
         let (keys, more) = store.list_keys("t", "", None, 10).unwrap();
         assert_eq!((keys, more), (vec!["kept".into(), "plain".into()], false));
-        assert_eq!(store.len().unwrap(), 3);
+        assert_eq!(store.usage("t").unwrap(), (3, 4 + 3 + 4 + 3 + 5 + 1));
         assert_eq!(store.purge_expired(100).unwrap(), 1);
-        assert_eq!(store.len().unwrap(), 2);
         assert_eq!(store.usage("t").unwrap(), (2, 4 + 3 + 5 + 1));
         // Overwriting a key that expires drops its old expiry.
         store.set(&g, "kept", b"forever").unwrap();
         assert_eq!(store.read("t", "kept").unwrap().unwrap().expires_at, None);
     }
 
-    #[test]
-    fn keys_page_after_a_cursor() {
-        let store = KvStore::in_memory();
+    fn keys_page_after_a_cursor(store: &KvStore) {
         let g = KvGrant::new("p");
         for i in 0..25 {
             store.set(&g, &format!("k{i:02}"), b"").unwrap();
@@ -899,28 +649,7 @@ mod tests {
         assert_eq!(seen[24], "k24");
     }
 
-    #[test]
-    fn a_store_from_before_versions_is_upgraded() {
-        let backend = redb::backends::InMemoryBackend::new();
-        let db = Database::builder().create_with_backend(backend).unwrap();
-        let txn = db.begin_write().unwrap();
-        txn.open_table(LEGACY_ENTRIES)
-            .unwrap()
-            .insert(("ns", "k"), b"old".as_slice())
-            .unwrap();
-        txn.open_table(USAGE).unwrap().insert("ns", (1, 4)).unwrap();
-        txn.commit().unwrap();
-        let store = KvStore::init(db).unwrap();
-        let entry = store.read("ns", "k").unwrap().unwrap();
-        assert_eq!((entry.version, entry.value.as_slice()), (1, &b"old"[..]));
-        store.set(&KvGrant::new("ns"), "k2", b"v").unwrap();
-        assert!(store.read("ns", "k2").unwrap().unwrap().version > 1);
-        assert_eq!(store.usage("ns").unwrap(), (2, 4 + 3));
-    }
-
-    #[test]
-    fn a_shared_namespace_holds_every_writers_quota() {
-        let store = KvStore::in_memory();
+    fn a_shared_namespace_holds_every_writers_quota(store: &KvStore) {
         let roomy = KvGrant::new("shared");
         let tight = KvGrant {
             max_keys: 1,
@@ -947,9 +676,7 @@ mod tests {
         store.commit(&roomy_only).unwrap();
     }
 
-    #[test]
-    fn reading_many_stops_at_its_byte_limit() {
-        let store = KvStore::in_memory();
+    fn reading_many_stops_at_its_byte_limit(store: &KvStore) {
         let g = KvGrant::new("m");
         store.set(&g, "big", &[0; 1000]).unwrap();
         let keys = vec!["big".to_owned(), "big".to_owned()];
@@ -958,5 +685,74 @@ mod tests {
             store.read_many("m", &keys, 1999),
             Err(ServiceError::QuotaExceeded(_))
         ));
+    }
+
+    fn concurrent_increments_lose_nothing(store: &KvStore) {
+        let g = KvGrant::new("c");
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..25 {
+                        store.increment(&g, "hits", 1).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(store.increment(&g, "hits", 0).unwrap(), 100);
+        assert_eq!(store.usage("c").unwrap(), (1, 4 + 8));
+    }
+
+    fn of_two_commits_that_read_the_same_version_one_wins(store: &KvStore) {
+        let g = KvGrant::new("w");
+        store.set(&g, "balance", b"10").unwrap();
+        let seen = store.read("w", "balance").unwrap().unwrap().version;
+        let first = changes(&g, &[("balance", seen)], &[("balance", put(b"5", None))]);
+        let second = changes(&g, &[("balance", seen)], &[("balance", put(b"7", None))]);
+        store.commit(&first).unwrap();
+        assert!(matches!(
+            store.commit(&second),
+            Err(CommitError::Conflict { key, .. }) if key == "balance"
+        ));
+        assert_eq!(
+            store.get("w", "balance").unwrap().as_deref(),
+            Some(&b"5"[..])
+        );
+        // An absent key read as absent conflicts once someone creates it.
+        let create = changes(&g, &[("new", 0)], &[("new", put(b"a", None))]);
+        store.set(&g, "new", b"b").unwrap();
+        assert!(matches!(
+            store.commit(&create),
+            Err(CommitError::Conflict { .. })
+        ));
+    }
+
+    fn updates_see_the_live_entry_and_keep_quotas(store: &KvStore) {
+        let g = grant("u");
+        assert!(!store.delete(&g, "missing").unwrap());
+        store.set(&g, "a", b"1").unwrap();
+        store.set(&g, "b", b"2").unwrap();
+        store.set(&g, "c", b"3").unwrap();
+        assert!(matches!(
+            store.set(&g, "d", b"4"),
+            Err(ServiceError::QuotaExceeded(_))
+        ));
+        assert!(store.delete(&g, "c").unwrap());
+        store.set(&g, "d", b"4").unwrap();
+        assert_eq!(store.usage("u").unwrap(), (3, 6));
+        // A key whose entry expired reads as absent and can be written again.
+        let expired = changes(&g, &[], &[("a", put(b"x", Some(now_ms() - 1)))]);
+        store.commit(&expired).unwrap();
+        assert_eq!(store.get("u", "a").unwrap(), None);
+        let created = store
+            .update(&g, "a", |current| {
+                Ok((
+                    Some(put(b"fresh", None)),
+                    current.map(|entry| entry.value.clone()),
+                ))
+            })
+            .unwrap();
+        assert_eq!(created, None);
+        assert_eq!(store.get("u", "a").unwrap().as_deref(), Some(&b"fresh"[..]));
+        assert_eq!(store.usage("u").unwrap(), (3, 2 + 2 + 6));
     }
 }

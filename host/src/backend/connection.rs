@@ -1,0 +1,115 @@
+//! One connection to NATS, shared by everything a host keeps there.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+
+use super::{BackendError, NatsOptions, check_prefix};
+
+/// How long one request to NATS (a read, a publish acknowledgement, a
+/// bucket lookup) may take before it counts as unavailable.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection to NATS with JetStream, and the runtime that drives it.
+///
+/// The connection has its own small tokio runtime, so the blocking store
+/// API can wait for NATS from any thread (the host calls it on tokio's
+/// blocking pool, tests from plain threads) without a runtime of the
+/// caller's. The client reconnects by itself when NATS comes back; until
+/// then requests fail as unavailable.
+pub struct NatsConnection {
+    runtime: Option<tokio::runtime::Runtime>,
+    pub(crate) client: async_nats::Client,
+    pub(crate) jetstream: jetstream::Context,
+    pub(crate) options: NatsOptions,
+}
+
+impl std::fmt::Debug for NatsConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsConnection")
+            .field("url", &self.options.url)
+            .field("prefix", &self.options.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NatsConnection {
+    /// Connects to the server(s) in `options`; fails at once, with the
+    /// reason, when none answers.
+    pub fn connect(options: &NatsOptions) -> Result<Arc<NatsConnection>, BackendError> {
+        let fail = |reason: String| BackendError {
+            kind: "nats",
+            url: options.url.clone(),
+            reason,
+        };
+        check_prefix(&options.prefix).map_err(|err| fail(format!("prefix: {err}")))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("capsule-nats")
+            .enable_all()
+            .build()
+            .map_err(|err| fail(format!("cannot start its runtime: {err}")))?;
+        let mut connect = async_nats::ConnectOptions::new()
+            .name("capsule")
+            .connection_timeout(REQUEST_TIMEOUT)
+            .request_timeout(Some(REQUEST_TIMEOUT))
+            // Reconnect for as long as the host runs.
+            .max_reconnects(None);
+        if let Some(credentials) = &options.credentials {
+            connect = connect
+                .credentials(credentials.expose())
+                .map_err(|err| fail(format!("credentials: {err}")))?;
+        }
+        let url = options.url.clone();
+        let client = runtime
+            .block_on(async move { connect.connect(url).await })
+            .map_err(|err| fail(err.to_string()))?;
+        // The JetStream context starts a task of its own.
+        let _runtime = runtime.enter();
+        let mut jetstream = jetstream::new(client.clone());
+        jetstream.set_timeout(REQUEST_TIMEOUT);
+        drop(_runtime);
+        Ok(Arc::new(NatsConnection {
+            runtime: Some(runtime),
+            client,
+            jetstream,
+            options: options.clone(),
+        }))
+    }
+
+    /// The deployment's prefix.
+    pub fn prefix(&self) -> &str {
+        &self.options.prefix
+    }
+
+    /// The largest message the server accepts.
+    pub(crate) fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload
+    }
+
+    /// Runs `work` on the connection's runtime and waits for it, from any
+    /// thread (inside the caller's runtime too: it only blocks this thread).
+    pub(crate) fn run<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = T> + Send + 'static,
+    ) -> Option<T> {
+        let runtime = self.runtime.as_ref()?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        runtime.spawn(async move {
+            let _ = tx.send(work.await);
+        });
+        rx.recv().ok()
+    }
+}
+
+impl Drop for NatsConnection {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which tokio forbids inside another
+        // runtime (where the host usually is).
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! A private `nats-server` with JetStream on a free loopback port, for
+//! tests and the demo: never a shared daemon, its data in a temporary
+//! directory removed when it stops.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `nats-server -js` this process started; stopped when dropped.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+/// How to get `nats-server` when it is missing.
+pub const INSTALL_HINT: &str = "install it with `apt-get install -y nats-server` \
+     (or put a nats-server 2.9+ binary on PATH, or name it in CAPSULE_NATS_SERVER)";
+
+impl NatsServer {
+    /// Starts a server on a free loopback port and waits until it accepts
+    /// connections.
+    pub fn start() -> Result<NatsServer, String> {
+        let port = free_port().map_err(|err| format!("no free loopback port: {err}"))?;
+        let dir = std::env::temp_dir().join(format!("capsule-nats-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|err| format!("{}: {err}", dir.display()))?;
+        let mut server = NatsServer {
+            child: None,
+            port,
+            dir,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let binary = std::env::var("CAPSULE_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
+        let mut command = Command::new(&binary);
+        command
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = spawn_tied(command)
+            .map_err(|err| format!("cannot start `{binary}`: {err}; {INSTALL_HINT}"))?;
+        self.child = Some(child);
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if let Some(child) = &mut self.child
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Err(format!("`{binary}` exited at start: {status}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!(
+            "`{binary}` did not listen on {address} within 10 s"
+        ))
+    }
+
+    /// One server for the whole process, started on first use (tests of
+    /// one binary share it; each uses a prefix of its own). It stops when
+    /// the process exits.
+    ///
+    /// # Panics
+    /// When no server can start: NATS tests fail loudly, never skip.
+    pub fn shared() -> &'static NatsServer {
+        static SHARED: std::sync::OnceLock<NatsServer> = std::sync::OnceLock::new();
+        SHARED.get_or_init(|| NatsServer::start().unwrap_or_else(|err| panic!("{err}")))
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (its data stays, for [`NatsServer::restart`]).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port, with the same data.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.stop();
+        self.spawn()
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
+}
+
+/// Spawns `command` so that it dies with this process, even when nothing
+/// drops its [`NatsServer`] (a `static` is never dropped): on Linux the
+/// child asks for SIGKILL when the thread that spawned it ends, so it is
+/// spawned from a thread that lives as long as the process.
+fn spawn_tied(mut command: Command) -> std::io::Result<Child> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt as _;
+        // SAFETY: prctl is async-signal-safe; nothing else runs between
+        // fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("capsule-nats-parent".into())
+        .spawn(move || {
+            let _ = tx.send(command.spawn());
+            loop {
+                std::thread::park();
+            }
+        })?;
+    rx.recv()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the spawning thread ended")))
+}

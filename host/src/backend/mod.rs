@@ -1,0 +1,96 @@
+//! Where state shared beyond one call lives: `[host.backend]`.
+//!
+//! The default, `embedded`, keeps the key-value store in this process (a
+//! redb file under `data_dir`, or memory) and needs nothing else. `nats`
+//! puts it in NATS JetStream KV, so several `capsule serve` hosts behind
+//! one load balancer share one store (see `docs/scaling.md`). Capsule
+//! never runs a cluster of its own: NATS is the distributed engine.
+
+#[cfg(feature = "nats")]
+pub(crate) mod connection;
+#[cfg(feature = "nats")]
+pub mod local;
+
+#[cfg(feature = "nats")]
+pub use connection::NatsConnection;
+
+use crate::secret::Secret;
+
+/// `[host.backend]`: where the key-value store lives.
+#[derive(Debug, Clone, Default)]
+pub enum Backend {
+    /// In this process: `data_dir/kv.redb`, or memory without a data
+    /// directory.
+    #[default]
+    Embedded,
+    /// In NATS JetStream, shared by every host of the deployment.
+    Nats(NatsOptions),
+}
+
+impl Backend {
+    /// `embedded` or `nats`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Backend::Embedded => "embedded",
+            Backend::Nats(_) => "nats",
+        }
+    }
+}
+
+/// How to reach NATS, and which part of it is this deployment's.
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    /// Server URL(s), comma-separated: `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// Names this deployment's buckets and streams (`<prefix>-kv`), so
+    /// several Capsule deployments share one NATS without seeing each
+    /// other. Letters, digits, `-` and `_`.
+    pub prefix: String,
+    /// The contents of a NATS credentials file (JWT and nkey seed), if the
+    /// server asks for one.
+    pub credentials: Option<Secret>,
+}
+
+impl NatsOptions {
+    /// Options for `url` with the default prefix `capsule`.
+    pub fn new(url: impl Into<String>) -> NatsOptions {
+        NatsOptions {
+            url: url.into(),
+            prefix: "capsule".into(),
+            credentials: None,
+        }
+    }
+
+    /// Uses `prefix` for this deployment's buckets and streams.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> NatsOptions {
+        self.prefix = prefix.into();
+        self
+    }
+}
+
+/// Checks a deployment prefix: it becomes part of bucket and stream names,
+/// which NATS limits to letters, digits, `-` and `_`.
+pub(crate) fn check_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty() || prefix.len() > 32 {
+        return Err("must be 1 to 32 characters".into());
+    }
+    if !prefix
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err("may hold only letters, digits, `-` and `_`".into());
+    }
+    Ok(())
+}
+
+/// Why the backend could not be reached when the host was built.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind} backend at {url}: {reason}")]
+pub struct BackendError {
+    /// `nats`.
+    pub kind: &'static str,
+    /// Where it was looked for.
+    pub url: String,
+    /// What went wrong.
+    pub reason: String,
+}

@@ -1,0 +1,652 @@
+//! The NATS backend: entries in one JetStream KV bucket, `<prefix>-kv`,
+//! shared by every host of a deployment.
+//!
+//! Layout. A key is the subject `$KV.<prefix>-kv.<ns>.<key>` with the
+//! namespace and the key each in lower-case hex: NATS subjects allow few
+//! characters, and hex keeps byte order, so keys sort the same on both
+//! backends. An entry's version is its JetStream sequence; its expiry rides
+//! in a `Capsule-Expires` header (NATS 2.9 has no per-message TTL, so
+//! Capsule enforces expiry: expired entries are invisible and swept). The
+//! usage of a namespace, which quotas are checked against, is the record
+//! `_usage.<ns>` in the same bucket.
+//!
+//! Guarantees, and where they differ from the embedded store:
+//! - Every write is a compare-and-swap on the key's last sequence
+//!   (`Nats-Expected-Last-Subject-Sequence`): single-key operations
+//!   (`update`, increment, compare-and-swap, set-with-ttl) are exactly as
+//!   atomic as on the embedded store, across every host.
+//! - A commit checks every key it read, then writes its keys one by one,
+//!   each conditional on the sequence it checked. JetStream KV (2.9) has no
+//!   multi-key write, so a commit is *not isolated*: for the milliseconds it
+//!   takes, another host may read some of its writes and not the rest. If a
+//!   key changed between the check and its write, the keys already written
+//!   are put back and the commit reports a conflict. If the host dies in
+//!   that window, the keys written so far stay: the partial-commit window.
+//! - Usage is charged before the writes and given back when they do not
+//!   apply; a host that dies between the two leaves the namespace counted
+//!   fuller than it is (never emptier), so quotas hold.
+//! - A value must fit in one NATS message (`max_payload`, 1 MiB by
+//!   default); a larger one is refused with `quota-exceeded`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::consumer::push::OrderedConfig;
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::stream::{self, LastRawMessageErrorKind, Stream};
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+
+use super::KvGrant;
+use super::store::{
+    Changes, CommitError, Decide, Entry, KvBackend, Write, account, check_quota, now_ms,
+    unavailable, version_of,
+};
+use crate::backend::NatsConnection;
+use crate::backend::connection::REQUEST_TIMEOUT;
+use crate::contract::ServiceError;
+
+const EXPECTED_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
+const OPERATION: &str = "KV-Operation";
+const EXPIRES: &str = "Capsule-Expires";
+const MESSAGE_SIZE: &str = "Nats-Msg-Size";
+
+/// Times one write retries when its key keeps changing under it.
+const MAX_ATTEMPTS: usize = 64;
+/// Most subjects one listing or sweep reads before it gives up.
+const MAX_SCAN: u64 = 100_000;
+/// Room left in a message for the headers next to a value.
+const HEADER_ROOM: usize = 512;
+
+/// The NATS JetStream KV backend.
+pub(crate) struct NatsKv {
+    connection: Arc<NatsConnection>,
+    /// `$KV.<bucket>.`
+    subjects: String,
+    stream: Stream,
+}
+
+/// The last message on a key's subject.
+#[derive(Debug, Clone, Default)]
+struct Raw {
+    /// Its sequence; 0 when the subject has none.
+    sequence: u64,
+    /// The value and expiry of a put; `None` for none or a delete marker.
+    put: Option<(Bytes, Option<u64>)>,
+}
+
+impl Raw {
+    /// What a reader sees now.
+    fn live(&self, now: u64) -> Option<Entry> {
+        let (value, expires_at) = self.put.as_ref()?;
+        if expires_at.is_some_and(|at| at <= now) {
+            return None;
+        }
+        Some(Entry {
+            version: self.sequence,
+            expires_at: *expires_at,
+            value: value.to_vec(),
+        })
+    }
+
+    /// Bytes of value stored (expired or not), for usage.
+    fn stored(&self) -> Option<usize> {
+        self.put.as_ref().map(|(value, _)| value.len())
+    }
+
+    /// The write that puts this state back.
+    fn restore(&self) -> Write {
+        match &self.put {
+            Some((value, expires_at)) => Write::Put {
+                value: value.to_vec(),
+                expires_at: *expires_at,
+            },
+            None => Write::Delete,
+        }
+    }
+}
+
+/// How a conditional write ended.
+enum Written {
+    /// Stored at this sequence.
+    At(u64),
+    /// The key's last sequence was no longer the one expected.
+    Stale,
+}
+
+fn hex(text: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(text.len() * 2);
+    for byte in text.as_bytes() {
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
+}
+
+fn unhex(text: &str) -> Option<String> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes = (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
+}
+
+fn header<'h>(headers: Option<&'h HeaderMap>, name: &str) -> Option<&'h str> {
+    headers?.get(name).map(|value| value.as_str())
+}
+
+fn lost() -> ServiceError {
+    unavailable("the NATS connection's runtime has stopped")
+}
+
+impl NatsKv {
+    /// Opens (creating if needed) the deployment's bucket.
+    pub(crate) fn open(connection: Arc<NatsConnection>) -> Result<NatsKv, String> {
+        let bucket = format!("{}-kv", connection.prefix());
+        let jetstream = connection.jetstream.clone();
+        let name = bucket.clone();
+        // The stream a JetStream KV bucket is, made directly: the crate's
+        // `create_key_value` reads account fields NATS 2.9 does not send.
+        let config = stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some("Capsule key-value entries".into()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_bytes: -1,
+            max_messages: -1,
+            max_message_size: -1,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            num_replicas: 1,
+            ..Default::default()
+        };
+        let stream = connection
+            .run(async move { jetstream.get_or_create_stream(config).await })
+            .ok_or("the connection's runtime has stopped")?
+            .map_err(|err| format!("bucket {name}: {err}"))?;
+        Ok(NatsKv {
+            connection,
+            subjects: format!("$KV.{bucket}."),
+            stream,
+        })
+    }
+
+    fn subject(&self, namespace: &str, key: &str) -> String {
+        format!("{}{}.{}", self.subjects, hex(namespace), hex(key))
+    }
+
+    fn usage_subject(&self, namespace: &str) -> String {
+        format!("{}_usage.{}", self.subjects, hex(namespace))
+    }
+
+    /// The last message on each of `subjects`, read concurrently.
+    fn fetch(&self, subjects: Vec<String>) -> Result<Vec<Raw>, ServiceError> {
+        let stream = self.stream.clone();
+        self.connection
+            .run(async move {
+                let reads = subjects.into_iter().map(|subject| {
+                    let stream = stream.clone();
+                    async move { fetch_one(&stream, &subject).await }
+                });
+                futures_util::future::join_all(reads)
+                    .await
+                    .into_iter()
+                    .collect()
+            })
+            .ok_or_else(lost)?
+    }
+
+    fn fetch_one(&self, subject: String) -> Result<Raw, ServiceError> {
+        Ok(self.fetch(vec![subject])?.remove(0))
+    }
+
+    /// Writes `write` to `subject` if its last sequence is still
+    /// `expected`.
+    fn write(
+        &self,
+        subject: String,
+        write: &Write,
+        expected: u64,
+    ) -> Result<Written, ServiceError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(EXPECTED_SEQUENCE, expected.to_string().as_str());
+        let payload = match write {
+            Write::Put { value, expires_at } => {
+                let limit = self.connection.max_payload().saturating_sub(HEADER_ROOM);
+                if value.len() > limit {
+                    return Err(ServiceError::QuotaExceeded(format!(
+                        "a value of {} bytes is more than the NATS server takes in one message \
+                         ({limit} bytes with headers: max_payload)",
+                        value.len()
+                    )));
+                }
+                if let Some(at) = expires_at {
+                    headers.insert(EXPIRES, at.to_string().as_str());
+                }
+                Bytes::copy_from_slice(value)
+            }
+            Write::Delete => {
+                headers.insert(OPERATION, "DEL");
+                Bytes::new()
+            }
+        };
+        let jetstream = self.connection.jetstream.clone();
+        self.connection
+            .run(async move {
+                let ack = jetstream
+                    .publish_with_headers(subject, headers, payload)
+                    .await
+                    .map_err(unavailable)?;
+                match ack.await {
+                    Ok(ack) => Ok(Written::At(ack.sequence)),
+                    Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => {
+                        Ok(Written::Stale)
+                    }
+                    Err(err) => Err(unavailable(err)),
+                }
+            })
+            .ok_or_else(lost)?
+    }
+
+    /// Adds `(keys, bytes)` to the namespace's usage, checking the quotas
+    /// of `writers` when it grows.
+    fn charge(
+        &self,
+        namespace: &str,
+        delta: (i64, i64),
+        writers: &[Arc<KvGrant>],
+    ) -> Result<(), ServiceError> {
+        if delta == (0, 0) {
+            return Ok(());
+        }
+        let subject = self.usage_subject(namespace);
+        for _ in 0..MAX_ATTEMPTS {
+            let raw = self.fetch_one(subject.clone())?;
+            let before = decode_usage(&raw);
+            let after = (
+                before.0.saturating_add_signed(delta.0),
+                before.1.saturating_add_signed(delta.1),
+            );
+            if after.0 > before.0 || after.1 > before.1 {
+                for writer in writers {
+                    check_quota(writer, after)?;
+                }
+            }
+            let mut value = after.0.to_le_bytes().to_vec();
+            value.extend_from_slice(&after.1.to_le_bytes());
+            let write = Write::Put {
+                value,
+                expires_at: None,
+            };
+            if let Written::At(_) = self.write(subject.clone(), &write, raw.sequence)? {
+                return Ok(());
+            }
+        }
+        Err(unavailable(format!(
+            "the usage of namespace `{namespace}` kept changing"
+        )))
+    }
+
+    /// Gives back a charge whose writes did not apply.
+    fn refund(&self, namespace: &str, delta: (i64, i64)) {
+        if let Err(err) = self.charge(namespace, (-delta.0, -delta.1), &[]) {
+            tracing::warn!(namespace, error = %err, "kv usage could not be given back: the namespace counts as fuller than it is");
+        }
+    }
+
+    /// Subjects under `filter` with their last message's headers, read
+    /// without values; at most [`MAX_SCAN`].
+    fn scan(&self, filter: String) -> Result<Vec<(String, u64, Option<HeaderMap>)>, ServiceError> {
+        let stream = self.stream.clone();
+        let client = self.connection.client.clone();
+        self.connection
+            .run(async move {
+                let consumer = stream
+                    .create_consumer(OrderedConfig {
+                        deliver_subject: client.new_inbox(),
+                        filter_subject: filter,
+                        headers_only: true,
+                        deliver_policy: DeliverPolicy::LastPerSubject,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(unavailable)?;
+                let pending = consumer.cached_info().num_pending;
+                if pending > MAX_SCAN {
+                    return Err(ServiceError::QuotaExceeded(format!(
+                        "listing would read {pending} keys, more than {MAX_SCAN}"
+                    )));
+                }
+                let mut found = Vec::with_capacity(pending as usize);
+                if pending == 0 {
+                    return Ok(found);
+                }
+                let mut messages = consumer.messages().await.map_err(unavailable)?;
+                let deadline = Instant::now() + REQUEST_TIMEOUT;
+                loop {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let next = tokio::time::timeout(left, messages.next()).await;
+                    let message = match next {
+                        Ok(Some(Ok(message))) => message,
+                        Ok(Some(Err(err))) => return Err(unavailable(err)),
+                        Ok(None) => return Ok(found),
+                        Err(_) => return Err(unavailable("listing keys timed out")),
+                    };
+                    let info = message.info().map_err(unavailable)?;
+                    let (sequence, done) = (info.stream_sequence, info.pending == 0);
+                    found.push((
+                        message.subject.to_string(),
+                        sequence,
+                        message.headers.clone(),
+                    ));
+                    if done || found.len() as u64 >= MAX_SCAN {
+                        return Ok(found);
+                    }
+                }
+            })
+            .ok_or_else(lost)?
+    }
+
+    /// Puts back what `applied` overwrote, each only if nobody wrote the
+    /// key since; returns whether all went back.
+    fn undo(&self, applied: &[(String, u64, Raw)]) -> bool {
+        let mut all = true;
+        for (subject, sequence, before) in applied.iter().rev() {
+            match self.write(subject.clone(), &before.restore(), *sequence) {
+                Ok(Written::At(_)) => {}
+                _ => all = false,
+            }
+        }
+        all
+    }
+}
+
+async fn fetch_one(stream: &Stream, subject: &str) -> Result<Raw, ServiceError> {
+    match stream.get_last_raw_message_by_subject(subject).await {
+        Ok(message) => {
+            let headers = message.headers.clone();
+            let operation = header(Some(&headers), OPERATION);
+            let put = match operation {
+                Some("DEL" | "PURGE") => None,
+                _ => {
+                    let expires =
+                        header(Some(&headers), EXPIRES).and_then(|at| at.parse::<u64>().ok());
+                    Some((message.payload, expires))
+                }
+            };
+            Ok(Raw {
+                sequence: message.sequence,
+                put,
+            })
+        }
+        Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(Raw::default()),
+        Err(err) => Err(unavailable(err)),
+    }
+}
+
+fn decode_usage(raw: &Raw) -> (u64, u64) {
+    let Some((value, _)) = &raw.put else {
+        return (0, 0);
+    };
+    match (value.get(..8), value.get(8..16)) {
+        (Some(keys), Some(bytes)) => (
+            u64::from_le_bytes(keys.try_into().unwrap_or_default()),
+            u64::from_le_bytes(bytes.try_into().unwrap_or_default()),
+        ),
+        _ => (0, 0),
+    }
+}
+
+/// The usage change of replacing `before` with `write` under `key`.
+fn delta(key: &str, before: &Raw, write: &Write) -> (i64, i64) {
+    let next = match write {
+        Write::Put { value, .. } => Some(value.len()),
+        Write::Delete => None,
+    };
+    let (keys, bytes) = account((1 << 40, 1 << 40), key, before.stored(), next);
+    (keys as i64 - (1 << 40), bytes as i64 - (1 << 40))
+}
+
+impl KvBackend for NatsKv {
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+
+    fn read(&self, namespace: &str, key: &str) -> Result<Option<Entry>, ServiceError> {
+        Ok(self.fetch_one(self.subject(namespace, key))?.live(now_ms()))
+    }
+
+    fn read_many(
+        &self,
+        namespace: &str,
+        keys: &[String],
+        max_bytes: usize,
+    ) -> Result<Vec<Option<Entry>>, ServiceError> {
+        let subjects = keys
+            .iter()
+            .map(|key| self.subject(namespace, key))
+            .collect();
+        let now = now_ms();
+        let mut size = 0usize;
+        let mut entries = Vec::with_capacity(keys.len());
+        for raw in self.fetch(subjects)? {
+            let entry = raw.live(now);
+            size += entry.as_ref().map_or(0, |e| e.value.len());
+            if size > max_bytes {
+                return Err(ServiceError::QuotaExceeded(format!(
+                    "get-many would answer more than {max_bytes} bytes"
+                )));
+            }
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+
+    fn update(
+        &self,
+        grant: &KvGrant,
+        key: &str,
+        decide: &mut Decide<'_>,
+    ) -> Result<(), ServiceError> {
+        let subject = self.subject(&grant.namespace, key);
+        let writers = [Arc::new(grant.clone())];
+        for _ in 0..MAX_ATTEMPTS {
+            let raw = self.fetch_one(subject.clone())?;
+            let Some(write) = decide(raw.live(now_ms()).as_ref())? else {
+                return Ok(());
+            };
+            let change = delta(key, &raw, &write);
+            self.charge(&grant.namespace, change, &writers)?;
+            match self.write(subject.clone(), &write, raw.sequence) {
+                Ok(Written::At(_)) => return Ok(()),
+                Ok(Written::Stale) => self.refund(&grant.namespace, change),
+                Err(err) => {
+                    self.refund(&grant.namespace, change);
+                    return Err(err);
+                }
+            }
+        }
+        Err(unavailable(format!(
+            "`{key}` kept changing under {MAX_ATTEMPTS} attempts"
+        )))
+    }
+
+    fn commit(&self, changes: &Changes) -> Result<(), CommitError> {
+        let refused = CommitError::Refused;
+        // Every key read or written, with where it is.
+        let mut touched: Vec<(&str, &str)> = Vec::new();
+        for (namespace, ns) in &changes.namespaces {
+            for key in ns.reads.keys().chain(ns.writes.keys()) {
+                touched.push((namespace, key));
+            }
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        let subjects = touched
+            .iter()
+            .map(|(ns, key)| self.subject(ns, key))
+            .collect();
+        let raws = self.fetch(subjects).map_err(refused)?;
+        let now = now_ms();
+        let found: std::collections::HashMap<(&str, &str), &Raw> =
+            touched.iter().copied().zip(&raws).collect();
+        for (namespace, ns) in &changes.namespaces {
+            for (key, seen) in &ns.reads {
+                let current = found[&(&**namespace, key.as_str())].live(now);
+                if version_of(current.as_ref()) != *seen {
+                    return Err(CommitError::Conflict {
+                        namespace: namespace.to_string(),
+                        key: key.clone(),
+                    });
+                }
+            }
+        }
+        if !changes.writes() {
+            return Ok(());
+        }
+        // Charge each namespace for what its writes leave.
+        let mut charged: Vec<(&str, (i64, i64))> = Vec::new();
+        for (namespace, ns) in &changes.namespaces {
+            let mut total = (0i64, 0i64);
+            for (key, write) in &ns.writes {
+                let change = delta(key, found[&(&**namespace, key.as_str())], write);
+                total = (total.0 + change.0, total.1 + change.1);
+            }
+            let writers: &[Arc<KvGrant>] = if ns.writers.is_empty() {
+                std::slice::from_ref(&ns.grant)
+            } else {
+                &ns.writers
+            };
+            if let Err(err) = self.charge(namespace, total, writers) {
+                for (namespace, change) in charged {
+                    self.refund(namespace, change);
+                }
+                return Err(refused(err));
+            }
+            charged.push((namespace, total));
+        }
+        // Write each key if it is still what was checked; on the first that
+        // is not, put back what was written.
+        let mut applied: Vec<(String, u64, Raw)> = Vec::new();
+        for (namespace, ns) in &changes.namespaces {
+            for (key, write) in &ns.writes {
+                let before = found[&(&**namespace, key.as_str())];
+                let subject = self.subject(namespace, key);
+                let failure = match self.write(subject.clone(), write, before.sequence) {
+                    Ok(Written::At(sequence)) => {
+                        applied.push((subject, sequence, before.clone()));
+                        continue;
+                    }
+                    Ok(Written::Stale) => CommitError::Conflict {
+                        namespace: namespace.to_string(),
+                        key: key.clone(),
+                    },
+                    Err(err) => refused(err),
+                };
+                if !self.undo(&applied) {
+                    tracing::warn!(
+                        namespace = &**namespace,
+                        "a failed kv commit could not put every key back: some of its writes stay"
+                    );
+                }
+                for (namespace, change) in charged {
+                    self.refund(namespace, change);
+                }
+                return Err(failure);
+            }
+        }
+        Ok(())
+    }
+
+    fn list_keys(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<String>, bool), ServiceError> {
+        let ns_subjects = format!("{}{}.", self.subjects, hex(namespace));
+        let now = now_ms();
+        let mut keys: Vec<String> = self
+            .scan(format!("{ns_subjects}*"))?
+            .into_iter()
+            .filter(|(_, _, headers)| {
+                let headers = headers.as_ref();
+                !matches!(header(headers, OPERATION), Some("DEL" | "PURGE"))
+                    && header(headers, EXPIRES)
+                        .and_then(|at| at.parse::<u64>().ok())
+                        .is_none_or(|at| at > now)
+            })
+            .filter_map(|(subject, _, _)| unhex(subject.strip_prefix(&ns_subjects)?))
+            .filter(|key| key.starts_with(prefix) && after.is_none_or(|after| key.as_str() > after))
+            .collect();
+        keys.sort_unstable();
+        let more = keys.len() > limit;
+        keys.truncate(limit);
+        Ok((keys, more))
+    }
+
+    fn purge_expired(&self, max: usize) -> Result<usize, ServiceError> {
+        let now = now_ms();
+        let due: Vec<(String, u64, usize)> = self
+            .scan(format!("{}*.*", self.subjects))?
+            .into_iter()
+            .filter_map(|(subject, sequence, headers)| {
+                let at: u64 = header(headers.as_ref(), EXPIRES)?.parse().ok()?;
+                let size: usize = header(headers.as_ref(), MESSAGE_SIZE)?.parse().ok()?;
+                (at <= now).then_some((subject, sequence, size))
+            })
+            .take(max)
+            .collect();
+        for (subject, sequence, size) in &due {
+            let Some((ns, key)) = subject
+                .strip_prefix(&self.subjects)
+                .and_then(|rest| rest.split_once('.'))
+                .and_then(|(ns, key)| Some((unhex(ns)?, unhex(key)?)))
+            else {
+                continue;
+            };
+            // Only if nobody wrote it since it was seen expired.
+            if let Written::At(_) = self.write(subject.clone(), &Write::Delete, *sequence)? {
+                let freed = (key.len() + size) as i64;
+                self.refund(&ns, (1, freed));
+            }
+        }
+        Ok(due.len())
+    }
+
+    fn sweep_every(&self) -> Duration {
+        // A sweep reads every subject's headers: not every second.
+        Duration::from_secs(30)
+    }
+
+    fn usage(&self, namespace: &str) -> Result<(u64, u64), ServiceError> {
+        Ok(decode_usage(
+            &self.fetch_one(self.usage_subject(namespace))?,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_keeps_byte_order_and_round_trips() {
+        let mut keys = vec!["b", "a/b", "a", "ab", "é", "a.b", "Z", ""];
+        let mut encoded: Vec<String> = keys.iter().map(|key| hex(key)).collect();
+        keys.sort_unstable();
+        encoded.sort_unstable();
+        let decoded: Vec<String> = encoded.iter().map(|e| unhex(e).unwrap()).collect();
+        assert_eq!(decoded, keys);
+        assert_eq!(unhex("zz"), None);
+        assert_eq!(unhex("abc"), None);
+    }
+}
