@@ -56,6 +56,9 @@ pub enum ErrorKind {
     /// What the call's key-value writes would leave breaks a namespace
     /// quota; nothing it wrote or published was kept.
     QuotaExceeded,
+    /// A backend the call needed (the NATS key-value store) could not be
+    /// reached; nothing the call wrote or published was kept.
+    Unavailable,
     /// The call ran out of its fuel budget.
     OutOfFuel,
     /// The call ran past its wall-clock deadline.
@@ -124,6 +127,7 @@ impl ErrorKind {
             ErrorKind::InvalidInput => "invalid_input",
             ErrorKind::Conflict => "conflict",
             ErrorKind::QuotaExceeded => "quota_exceeded",
+            ErrorKind::Unavailable => "unavailable",
             ErrorKind::Host => "host",
         }
     }
@@ -497,6 +501,10 @@ pub enum CallFailure {
     /// of them was written.
     #[error("key-value quota exceeded at commit: {0}")]
     QuotaExceeded(String),
+    /// A backend the call needed could not be reached (the plugin failed
+    /// after a host service told it so, or its commit could not be made).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// The host failed; the message says how.
     #[error("host error: {0}")]
     Host(String),
@@ -523,6 +531,7 @@ impl CallFailure {
             CallFailure::InvalidInput { .. } => ErrorKind::InvalidInput,
             CallFailure::Conflict { .. } => ErrorKind::Conflict,
             CallFailure::QuotaExceeded(_) => ErrorKind::QuotaExceeded,
+            CallFailure::Unavailable(_) => ErrorKind::Unavailable,
             CallFailure::Host(_) => ErrorKind::Host,
         }
     }

@@ -403,7 +403,9 @@ fn status_for(cause: &CallFailure) -> StatusCode {
             ErrorKind::QuotaExceeded => StatusCode::INSUFFICIENT_STORAGE,
             ErrorKind::Rejected => StatusCode::FORBIDDEN,
             ErrorKind::Busy => StatusCode::TOO_MANY_REQUESTS,
-            ErrorKind::Paused | ErrorKind::CircuitOpen => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Paused | ErrorKind::CircuitOpen | ErrorKind::Unavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             // The plugin misbehaved (trap, fuel, memory, stack, output).
             ErrorKind::Trap

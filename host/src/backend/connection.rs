@@ -63,8 +63,8 @@ impl NatsConnection {
                 .map_err(|err| fail(format!("credentials: {err}")))?;
         }
         let url = options.url.clone();
-        let client = runtime
-            .block_on(async move { connect.connect(url).await })
+        let client = wait_on(&runtime, async move { connect.connect(url).await })
+            .ok_or_else(|| fail("its runtime stopped".into()))?
             .map_err(|err| fail(err.to_string()))?;
         // The JetStream context starts a task of its own.
         let _runtime = runtime.enter();
@@ -84,6 +84,11 @@ impl NatsConnection {
         &self.options.prefix
     }
 
+    /// Whether the client is connected now (it reconnects by itself).
+    pub(crate) fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     /// The largest message the server accepts.
     pub(crate) fn max_payload(&self) -> usize {
         self.client.server_info().max_payload
@@ -95,13 +100,21 @@ impl NatsConnection {
         &self,
         work: impl Future<Output = T> + Send + 'static,
     ) -> Option<T> {
-        let runtime = self.runtime.as_ref()?;
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        runtime.spawn(async move {
-            let _ = tx.send(work.await);
-        });
-        rx.recv().ok()
+        wait_on(self.runtime.as_ref()?, work)
     }
+}
+
+/// Runs `work` on `runtime` and blocks this thread until it is done; unlike
+/// `Runtime::block_on`, allowed inside another runtime.
+fn wait_on<T: Send + 'static>(
+    runtime: &tokio::runtime::Runtime,
+    work: impl Future<Output = T> + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    runtime.spawn(async move {
+        let _ = tx.send(work.await);
+    });
+    rx.recv().ok()
 }
 
 impl Drop for NatsConnection {

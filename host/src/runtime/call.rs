@@ -10,7 +10,7 @@ use tracing::Instrument;
 
 use super::Host;
 use super::breaker::Admission;
-use super::commit::MAX_ATTEMPTS;
+use super::commit::{Exclusive, MAX_ATTEMPTS};
 use super::metrics::Metrics;
 use super::middleware::{CallContext, Middleware};
 use super::pipeline::PipelineError;
@@ -215,7 +215,13 @@ impl Host {
             }
             let wait = plugin.limits().timeout;
             match self
-                .commit(&plugin.name, transaction, held.is_some(), 0, wait)
+                .commit(
+                    &plugin.name,
+                    transaction,
+                    held.as_ref().map(|held: &Exclusive| held.holder),
+                    0,
+                    wait,
+                )
                 .await
             {
                 Ok(events) => {
@@ -240,7 +246,8 @@ impl Host {
                         });
                     };
                     if held.is_none() {
-                        held = Some(self.inner.commits.exclusive(namespaces).await);
+                        let store = &self.inner.loader.services.kv_store;
+                        held = Some(self.inner.commits.exclusive(namespaces, store, wait).await);
                     }
                     result = plugin.call(request, scope).await;
                 }
@@ -310,7 +317,7 @@ impl Host {
                 .commit(
                     pipeline,
                     transaction,
-                    false,
+                    None,
                     0,
                     self.default_limits().timeout,
                 )

@@ -21,6 +21,7 @@ use super::delivery::Publisher;
 use crate::contract::ServiceError;
 use crate::error::CallFailure;
 use crate::outcome::PublishedEvent;
+use crate::services::kv::KvStore;
 use crate::services::kv::store::CommitError;
 use crate::services::transaction::Transaction;
 
@@ -35,9 +36,32 @@ pub(crate) struct Gates {
     gates: Mutex<HashMap<Arc<str>, Arc<RwLock<()>>>>,
 }
 
-/// Gates held exclusively by a rerun, released when it is dropped.
+/// Gates held exclusively by a rerun, released when it is dropped: this
+/// host's, and with a store shared by other hosts, the store's gates too.
 pub(crate) struct Exclusive {
     _held: Vec<OwnedRwLockWriteGuard<()>>,
+    /// Who holds the store's gates (the rerun's commit names it).
+    pub(crate) holder: u64,
+    /// The store and the namespaces whose store gates are held.
+    in_store: Option<(Arc<KvStore>, Vec<Arc<str>>)>,
+}
+
+impl Drop for Exclusive {
+    fn drop(&mut self) {
+        if let Some((store, namespaces)) = self.in_store.take() {
+            let holder = self.holder;
+            let release = move || {
+                for namespace in &namespaces {
+                    store.release_gate(namespace, holder);
+                }
+            };
+            // Releasing waits for the store: not on an async worker.
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(release)),
+                Err(_) => release(),
+            }
+        }
+    }
 }
 
 impl Gates {
@@ -48,12 +72,29 @@ impl Gates {
 
     /// Holds the gates of `namespaces` exclusively (in sorted order, as
     /// every holder takes them, so two holders never wait on each other).
-    pub(crate) async fn exclusive(&self, namespaces: &[Arc<str>]) -> Exclusive {
+    /// With a store other hosts share, also takes its gates, waiting at
+    /// most `wait` for other hosts' reruns to give them back (past that the
+    /// rerun goes on without them and may conflict again).
+    pub(crate) async fn exclusive(
+        &self,
+        namespaces: &[Arc<str>],
+        store: &Arc<KvStore>,
+        wait: Duration,
+    ) -> Exclusive {
         let mut held = Vec::with_capacity(namespaces.len());
         for namespace in namespaces {
             held.push(self.gate(namespace).write_owned().await);
         }
-        Exclusive { _held: held }
+        let mut exclusive = Exclusive {
+            _held: held,
+            holder: random_holder(),
+            in_store: None,
+        };
+        if store.shared() {
+            let taken = take_store_gates(store, namespaces, exclusive.holder, wait).await;
+            exclusive.in_store = Some((Arc::clone(store), taken));
+        }
+        exclusive
     }
 
     async fn shared(&self, namespaces: &[Arc<str>]) -> Vec<OwnedRwLockReadGuard<()>> {
@@ -63,6 +104,55 @@ impl Gates {
         }
         held
     }
+}
+
+/// A holder id no other rerun on any host uses.
+fn random_holder() -> u64 {
+    let mut bytes = [0u8; 8];
+    // Without randomness, a clock-derived id still differs between hosts
+    // almost surely; a collision would only let two reruns overlap.
+    if getrandom::fill(&mut bytes).is_err() {
+        return crate::services::kv::store::now_ms() ^ u64::from(std::process::id());
+    }
+    u64::from_le_bytes(bytes)
+}
+
+/// Takes the store's gate of each of `namespaces` (in order) for `holder`,
+/// retrying with backoff until `wait` ends; returns the ones taken.
+async fn take_store_gates(
+    store: &Arc<KvStore>,
+    namespaces: &[Arc<str>],
+    holder: u64,
+    wait: Duration,
+) -> Vec<Arc<str>> {
+    // The gate outlives the rerun only if its host dies: then its lease
+    // ends it.
+    let lease = wait + Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut taken = Vec::with_capacity(namespaces.len());
+    for namespace in namespaces {
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let attempt = {
+                let (store, namespace) = (Arc::clone(store), Arc::clone(namespace));
+                tokio::task::spawn_blocking(move || store.try_gate(&namespace, holder, lease)).await
+            };
+            match attempt {
+                Ok(Ok(true)) => {
+                    taken.push(Arc::clone(namespace));
+                    break;
+                }
+                Ok(Ok(false)) if tokio::time::Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                // Taken by another rerun past our wait, or the store is
+                // unreachable: go on without it.
+                _ => return taken,
+            }
+        }
+    }
+    taken
 }
 
 /// Why a commit wrote nothing, with what a rerun needs.
@@ -78,9 +168,10 @@ pub(crate) struct Refused {
 
 impl Host {
     /// Commits `transaction`, then puts its events on the bus (as published
-    /// by the plugin that published each) and returns them. With `gated`,
-    /// the caller already holds the namespaces' gates; otherwise a commit
-    /// that writes waits at most `wait` for a rerun holding them.
+    /// by the plugin that published each) and returns them. With `gated`
+    /// (the holder of an [`Exclusive`]), the caller already holds the
+    /// namespaces' gates; otherwise a commit that writes waits at most
+    /// `wait` for a rerun holding them.
     ///
     /// The work runs as its own task: a caller that goes away (a client
     /// that disconnects) cannot stop it between the commit and the events.
@@ -88,7 +179,7 @@ impl Host {
         &self,
         plugin: &str,
         transaction: Transaction,
-        gated: bool,
+        gated: Option<u64>,
         hops: u32,
         wait: Duration,
     ) -> Result<Vec<PublishedEvent>, Refused> {
@@ -111,20 +202,21 @@ impl Host {
         &self,
         plugin: &str,
         transaction: Transaction,
-        gated: bool,
+        gated: Option<u64>,
         hops: u32,
         wait: Duration,
     ) -> Result<Vec<PublishedEvent>, Refused> {
         let Transaction {
-            kv,
+            mut kv,
             events,
             escaped,
             ..
         } = transaction;
+        kv.holder = gated;
         if !kv.is_empty() {
             let namespaces: Vec<Arc<str>> = kv.namespaces.keys().cloned().collect();
             // Sorted: the changes are a BTreeMap by namespace.
-            let _shared = if !gated && kv.writes() {
+            let _shared = if gated.is_none() && kv.writes() {
                 match tokio::time::timeout(wait, self.inner.commits.shared(&namespaces)).await {
                     Ok(held) => Some(held),
                     Err(_) => {
@@ -156,6 +248,9 @@ impl Host {
                     }
                     CommitError::Refused(ServiceError::QuotaExceeded(message)) => {
                         (CallFailure::QuotaExceeded(message), None)
+                    }
+                    CommitError::Refused(ServiceError::Unavailable(why)) => {
+                        (CallFailure::Unavailable(why), None)
                     }
                     CommitError::Refused(err) => (
                         CallFailure::Host(format!("the key-value commit failed: {err:?}")),

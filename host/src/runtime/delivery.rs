@@ -219,7 +219,7 @@ impl Host {
                     transaction.events.clear();
                 }
                 let wait = plugin.limits().timeout;
-                match self.commit(&name, transaction, false, hops, wait).await {
+                match self.commit(&name, transaction, None, hops, wait).await {
                     Ok(_) => Ok(outcome),
                     Err(refused) => Err(refused.failure),
                 }

@@ -397,7 +397,11 @@ impl LoadedPlugin {
                 }
                 Err(too_large) => too_large,
             },
-            Ok(Err(plugin_error)) => self.plugin_failure(plugin_error),
+            Ok(Err(plugin_error)) => match &invoked.transaction.unavailable {
+                // The plugin gave up because a service's backend was down.
+                Some(why) => CallFailure::Unavailable(why.clone()),
+                None => self.plugin_failure(plugin_error),
+            },
             Err(failure) => failure,
         };
         // The caller sees this failure and may act on it: what the call

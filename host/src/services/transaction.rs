@@ -50,6 +50,10 @@ pub(crate) struct Transaction {
     buffered: usize,
     /// Events and their payload bytes, absorbed ones included.
     event_bytes: usize,
+    /// The first time a service found its backend unreachable in this call
+    /// (NATS lost, say): a call that then fails failed because of it, and
+    /// is reported as `unavailable` rather than as the plugin's error.
+    pub(crate) unavailable: Option<String>,
 }
 
 /// What one transaction may hold with everything the calls it encloses

@@ -36,6 +36,7 @@ mod panic;
 mod router;
 mod runtime;
 mod sandbox;
+mod scale_out;
 mod signing;
 mod slow_host_calls;
 mod spin_loop;

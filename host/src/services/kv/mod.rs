@@ -94,13 +94,21 @@ pub(crate) struct KvState {
     in_call: bool,
 }
 
-/// Runs a store operation on the blocking pool.
+/// Runs a store operation on the blocking pool; a store found unreachable
+/// is noted on the call's transaction (see `Transaction::unavailable`).
 async fn blocking<T: Send + 'static>(
+    transaction: &SharedTransaction,
     work: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
 ) -> Result<T, ServiceError> {
-    tokio::task::spawn_blocking(work)
+    let result = tokio::task::spawn_blocking(work)
         .await
-        .unwrap_or_else(|err| Err(unavailable(format!("worker failed: {err}"))))
+        .unwrap_or_else(|err| Err(unavailable(format!("worker failed: {err}"))));
+    if let Err(ServiceError::Unavailable(why)) = &result {
+        lock(transaction)
+            .unavailable
+            .get_or_insert_with(|| why.clone());
+    }
+    result
 }
 
 /// What a transactional read found: buffered by the transaction (no
@@ -171,7 +179,7 @@ impl KvState {
         }
         let entry = {
             let (store, ns, key) = (Arc::clone(store), grant.namespace.clone(), key.to_owned());
-            blocking(move || store.read(&ns, &key)).await?
+            blocking(&self.transaction, move || store.read(&ns, &key)).await?
         };
         lock(&self.transaction).record_read(
             grant,
@@ -190,7 +198,7 @@ impl KvState {
         let (grant, store) = self.access()?;
         check_key(&grant, &key)?;
         if !grant.atomic {
-            return blocking(move || store.get(&grant.namespace, &key)).await;
+            return blocking(&self.transaction, move || store.get(&grant.namespace, &key)).await;
         }
         Ok(self.read(&grant, &store, &key).await?.into_value())
     }
@@ -206,8 +214,10 @@ impl KvState {
         check_value(&grant, value.len())?;
         let write = Write::Put { value, expires_at };
         if !grant.atomic {
-            return blocking(move || store.update(&grant, &key, |_| Ok((Some(write.clone()), ()))))
-                .await;
+            return blocking(&self.transaction, move || {
+                store.update(&grant, &key, |_| Ok((Some(write.clone()), ())))
+            })
+            .await;
         }
         self.buffer(&grant, &key, write)
     }
@@ -216,7 +226,7 @@ impl KvState {
         let (grant, store) = self.access()?;
         check_key(&grant, &key)?;
         if !grant.atomic {
-            return blocking(move || store.delete(&grant, &key)).await;
+            return blocking(&self.transaction, move || store.delete(&grant, &key)).await;
         }
         let existed = self.read(&grant, &store, &key).await?.value().is_some();
         if existed {
@@ -229,7 +239,10 @@ impl KvState {
         let (grant, store) = self.access()?;
         check_key(&grant, &key)?;
         if !grant.atomic {
-            return blocking(move || store.increment(&grant, &key, delta)).await;
+            return blocking(&self.transaction, move || {
+                store.increment(&grant, &key, delta)
+            })
+            .await;
         }
         let seen = self.read(&grant, &store, &key).await?;
         let value = store::incremented(&key, seen.value(), delta)?;
@@ -255,7 +268,7 @@ impl KvState {
             expires_at: None,
         };
         if !grant.atomic {
-            return blocking(move || {
+            return blocking(&self.transaction, move || {
                 store.update(&grant, &key, |current| {
                     let current = current.map(|entry| entry.value.as_slice());
                     Ok(if current == expected.as_deref() {
@@ -307,7 +320,10 @@ impl KvState {
         let entries = {
             let (store, ns) = (Arc::clone(&store), grant.namespace.clone());
             let missing = missing.clone();
-            blocking(move || store.read_many(&ns, &missing, limit)).await?
+            blocking(&self.transaction, move || {
+                store.read_many(&ns, &missing, limit)
+            })
+            .await?
         };
         if grant.atomic {
             let mut txn = lock(&self.transaction);
@@ -370,7 +386,7 @@ impl KvState {
             batch
                 .namespaces
                 .insert(Arc::from(grant.namespace.as_str()), changes);
-            return blocking(move || {
+            return blocking(&self.transaction, move || {
                 store.commit(&batch).map_err(|err| match err {
                     store::CommitError::Refused(err) => err,
                     conflict => unavailable(conflict),
@@ -393,7 +409,10 @@ impl KvState {
         let (stored, more) = {
             let (store, ns) = (Arc::clone(&store), grant.namespace.clone());
             let (prefix, after) = (prefix.clone(), after.clone());
-            blocking(move || store.list_keys(&ns, &prefix, after.as_deref(), limit)).await?
+            blocking(&self.transaction, move || {
+                store.list_keys(&ns, &prefix, after.as_deref(), limit)
+            })
+            .await?
         };
         if !grant.atomic {
             let next = more.then(|| stored.last().cloned()).flatten();

@@ -182,12 +182,30 @@ impl NatsKv {
         format!("{}{}.{}", self.subjects, hex(namespace), hex(key))
     }
 
+    fn gate_subject(&self, namespace: &str) -> String {
+        format!("{}_gate.{}", self.subjects, hex(namespace))
+    }
+
     fn usage_subject(&self, namespace: &str) -> String {
         format!("{}_usage.{}", self.subjects, hex(namespace))
     }
 
+    /// Fails at once while the client is reconnecting, instead of waiting
+    /// out a request timeout that may be longer than the call's deadline.
+    fn check_connected(&self) -> Result<(), ServiceError> {
+        if self.connection.connected() {
+            Ok(())
+        } else {
+            Err(unavailable(format!(
+                "NATS at {} is not connected (reconnecting)",
+                self.connection.options.url
+            )))
+        }
+    }
+
     /// The last message on each of `subjects`, read concurrently.
     fn fetch(&self, subjects: Vec<String>) -> Result<Vec<Raw>, ServiceError> {
+        self.check_connected()?;
         let stream = self.stream.clone();
         self.connection
             .run(async move {
@@ -215,6 +233,7 @@ impl NatsKv {
         write: &Write,
         expected: u64,
     ) -> Result<Written, ServiceError> {
+        self.check_connected()?;
         let mut headers = HeaderMap::new();
         headers.insert(EXPECTED_SEQUENCE, expected.to_string().as_str());
         let payload = match write {
@@ -304,6 +323,7 @@ impl NatsKv {
     /// Subjects under `filter` with their last message's headers, read
     /// without values; at most [`MAX_SCAN`].
     fn scan(&self, filter: String) -> Result<Vec<(String, u64, Option<HeaderMap>)>, ServiceError> {
+        self.check_connected()?;
         let stream = self.stream.clone();
         let client = self.connection.client.clone();
         self.connection
@@ -389,6 +409,12 @@ async fn fetch_one(stream: &Stream, subject: &str) -> Result<Raw, ServiceError> 
         Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(Raw::default()),
         Err(err) => Err(unavailable(err)),
     }
+}
+
+/// Who holds a gate record now, if anyone (an expired lease holds nothing).
+fn gate_holder(raw: &Raw, now: u64) -> Option<u64> {
+    let entry = raw.live(now)?;
+    Some(u64::from_le_bytes(entry.value.get(..8)?.try_into().ok()?))
 }
 
 fn decode_usage(raw: &Raw) -> (u64, u64) {
@@ -489,12 +515,33 @@ impl KvBackend for NatsKv {
         }
         touched.sort_unstable();
         touched.dedup();
+        // With them, in the same round trip, the gate of every namespace
+        // written: a rerun elsewhere may hold it.
+        let written: Vec<&str> = changes
+            .namespaces
+            .iter()
+            .filter(|(_, ns)| !ns.writes.is_empty())
+            .map(|(namespace, _)| &**namespace)
+            .collect();
         let subjects = touched
             .iter()
             .map(|(ns, key)| self.subject(ns, key))
+            .chain(written.iter().map(|ns| self.gate_subject(ns)))
             .collect();
-        let raws = self.fetch(subjects).map_err(refused)?;
+        let mut raws = self.fetch(subjects).map_err(refused)?;
+        let gates = raws.split_off(touched.len());
         let now = now_ms();
+        for (namespace, gate) in written.iter().zip(&gates) {
+            if let Some(holder) = gate_holder(gate, now)
+                && Some(holder) != changes.holder
+            {
+                let key = changes.namespaces[*namespace].writes.keys().next();
+                return Err(CommitError::Conflict {
+                    namespace: namespace.to_string(),
+                    key: key.cloned().unwrap_or_default(),
+                });
+            }
+        }
         let found: std::collections::HashMap<(&str, &str), &Raw> =
             touched.iter().copied().zip(&raws).collect();
         for (namespace, ns) in &changes.namespaces {
@@ -620,6 +667,42 @@ impl KvBackend for NatsKv {
             }
         }
         Ok(due.len())
+    }
+
+    fn try_gate(
+        &self,
+        namespace: &str,
+        holder: u64,
+        lease: Duration,
+    ) -> Result<bool, ServiceError> {
+        let subject = self.gate_subject(namespace);
+        let raw = self.fetch_one(subject.clone())?;
+        let now = now_ms();
+        if gate_holder(&raw, now).is_some_and(|current| current != holder) {
+            return Ok(false);
+        }
+        let take = Write::Put {
+            value: holder.to_le_bytes().to_vec(),
+            expires_at: Some(now + lease.as_millis() as u64),
+        };
+        Ok(matches!(
+            self.write(subject, &take, raw.sequence)?,
+            Written::At(_)
+        ))
+    }
+
+    fn release_gate(&self, namespace: &str, holder: u64) {
+        let subject = self.gate_subject(namespace);
+        let Ok(raw) = self.fetch_one(subject.clone()) else {
+            return; // Its lease ends it.
+        };
+        if gate_holder(&raw, now_ms()) == Some(holder) {
+            let _ = self.write(subject, &Write::Delete, raw.sequence);
+        }
+    }
+
+    fn shared(&self) -> bool {
+        true
     }
 
     fn sweep_every(&self) -> Duration {

@@ -129,6 +129,9 @@ impl NamespaceChanges {
 #[derive(Debug, Default)]
 pub(crate) struct Changes {
     pub(crate) namespaces: BTreeMap<Arc<str>, NamespaceChanges>,
+    /// The cluster-wide gate this commit holds (a rerun's, see
+    /// [`KvBackend::try_gate`]): commits of others wait while it is held.
+    pub(crate) holder: Option<u64>,
 }
 
 impl Changes {
@@ -204,6 +207,28 @@ pub(crate) trait KvBackend: Send + Sync {
     /// Removes up to `max` expired entries; returns how many it looked at
     /// (fewer than `max`: none are left).
     fn purge_expired(&self, max: usize) -> Result<usize, ServiceError>;
+
+    /// Takes the gate of `namespace` for `holder` until `lease` ends, if no
+    /// one else holds it; returns whether it did. While a backend gate is
+    /// held, commits to the namespace by anyone else conflict, so a call
+    /// rerun after a conflict cannot lose again to other hosts. The
+    /// embedded store has no other hosts: the host's own gates suffice.
+    fn try_gate(
+        &self,
+        _namespace: &str,
+        _holder: u64,
+        _lease: Duration,
+    ) -> Result<bool, ServiceError> {
+        Ok(true)
+    }
+
+    /// Gives back a gate `holder` took.
+    fn release_gate(&self, _namespace: &str, _holder: u64) {}
+
+    /// Whether other hosts share the store (gates must be taken in it).
+    fn shared(&self) -> bool {
+        false
+    }
 
     /// How often the background sweep runs [`KvBackend::purge_expired`].
     fn sweep_every(&self) -> Duration {
@@ -291,6 +316,26 @@ impl KvStore {
     /// Removes up to `max` expired entries; returns how many it looked at.
     pub(crate) fn purge_expired(&self, max: usize) -> Result<usize, ServiceError> {
         self.backend.purge_expired(max)
+    }
+
+    /// Whether other hosts share this store.
+    pub(crate) fn shared(&self) -> bool {
+        self.backend.shared()
+    }
+
+    /// See [`KvBackend::try_gate`].
+    pub(crate) fn try_gate(
+        &self,
+        namespace: &str,
+        holder: u64,
+        lease: Duration,
+    ) -> Result<bool, ServiceError> {
+        self.backend.try_gate(namespace, holder, lease)
+    }
+
+    /// See [`KvBackend::release_gate`].
+    pub(crate) fn release_gate(&self, namespace: &str, holder: u64) {
+        self.backend.release_gate(namespace, holder);
     }
 
     /// Keys and bytes `namespace` holds.
