@@ -420,6 +420,25 @@ pub fn run(workspace: &Workspace) -> Result<()> {
         failures.push("the runtime tour".to_owned());
     }
 
+    // Several hosts sharing state need a NATS server: the tour starts its
+    // own when `nats-server` is installed, and says how to install it when
+    // it is not.
+    println!();
+    println!("── scale-out: two hosts, one NATS, one counter (host/examples/scale_out_tour.rs)");
+    let scale_out = crate::shell::run(
+        Command::new(
+            workspace
+                .target
+                .join("debug/examples")
+                .join(format!("scale_out_tour{}", std::env::consts::EXE_SUFFIX)),
+        )
+        .arg(&policy),
+    );
+    if let Err(err) = scale_out {
+        println!("   !! {err:#}");
+        failures.push("the scale-out tour".to_owned());
+    }
+
     println!();
     if failures.is_empty() {
         println!("demo: all {} steps behaved as expected", steps.len());

@@ -33,8 +33,8 @@ pub enum Cli {
     /// As `cargo test --workspace` builds it (with every test, so the test
     /// run that follows compiles nothing twice).
     WithTests,
-    /// Just the CLI and the runtime tour example: what the demo runs,
-    /// without waiting for the test suite to compile.
+    /// Just the CLI and the runtime and scale-out tour examples: what the
+    /// demo runs, without waiting for the test suite to compile.
     Alone,
 }
 
@@ -85,6 +85,8 @@ pub fn build(workspace: &Workspace, cli: Cli) -> Result<Built> {
             "capsule",
             "--example",
             "runtime_tour",
+            "--example",
+            "scale_out_tour",
         ])?,
     }
     let capsule = workspace

@@ -444,3 +444,66 @@ cert = {{ file = "{token}" }}
         "{err}"
     );
 }
+
+#[test]
+fn the_backend_section_picks_where_kv_lives() {
+    use crate::backend::Backend;
+    let policy = parse("").unwrap();
+    assert!(matches!(policy.host.backend, Backend::Embedded));
+
+    let creds = std::env::temp_dir().join(format!("capsule-policy-creds-{}", std::process::id()));
+    std::fs::write(&creds, "-----BEGIN NATS USER JWT-----\n").unwrap();
+    let text = format!(
+        "[host.backend]\nkind = \"nats\"\nurl = \"nats://10.0.0.1:4222, nats://10.0.0.2:4222\"\n\
+         prefix = \"shop-eu\"\ncredentials = {{ file = \"{}\" }}\n",
+        creds.display()
+    );
+    let policy = parse(&text).unwrap();
+    let Backend::Nats(options) = &policy.host.backend else {
+        panic!("{:?}", policy.host.backend);
+    };
+    assert_eq!(options.prefix, "shop-eu");
+    assert_eq!(options.url, "nats://10.0.0.1:4222, nats://10.0.0.2:4222");
+    let credentials = options.credentials.as_ref().unwrap();
+    assert!(credentials.expose().starts_with("-----BEGIN NATS USER JWT"));
+    assert_eq!(
+        format!("{:?}", policy.host.backend).matches("JWT").count(),
+        0
+    );
+    std::fs::remove_file(creds).ok();
+}
+
+#[test]
+fn a_broken_backend_section_is_refused_at_its_line() {
+    let cases = [
+        ("[host.backend]\nkind = \"redis\"\n", 2, "host.backend.kind"),
+        ("[host.backend]\nkind = \"nats\"\n", 1, "host.backend.url"),
+        (
+            "[host.backend]\nkind = \"nats\"\nurl = \"http://x:4222\"\n",
+            3,
+            "host.backend.url",
+        ),
+        (
+            "[host.backend]\nkind = \"nats\"\nurl = \"nats://x:4222\"\nprefix = \"a.b\"\n",
+            4,
+            "host.backend.prefix",
+        ),
+        (
+            "[host.backend]\nkind = \"embedded\"\nurl = \"nats://x:4222\"\n",
+            3,
+            "host.backend.url",
+        ),
+        (
+            "[host.backend]\nkind = \"nats\"\nurl = \"nats://x:4222\"\n\
+             credentials = { env = \"CAPSULE_TEST_NO_SUCH_VARIABLE\" }\n",
+            4,
+            "host.backend.credentials",
+        ),
+        ("[host.backend]\nkind = \"nats\"\nport = 4222\n", 3, "port"),
+    ];
+    for (text, line, key) in cases {
+        let err = parse(text).unwrap_err();
+        assert_eq!(err.position.map(|p| p.0), Some(line), "{text}: {err}");
+        assert!(err.to_string().contains(key), "{key}: {err}");
+    }
+}
