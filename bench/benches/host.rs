@@ -14,6 +14,10 @@
 //! - `kv`: a call that increments 1, 10 or 100 counters in an on-disk
 //!   store, as one atomic transaction (the default) and writing through
 //!   (`kv.atomic = false`).
+//! - `backend`: `kv-counter` increments from 8 tasks per host, each on a
+//!   counter of its own (`spread`) or all on one (`hot`), with the embedded
+//!   store on one host and with NATS JetStream KV on one and on two hosts
+//!   (a private `nats-server` on loopback).
 //!
 //! The plugins come from `cargo xtask build-plugins` (`CAPSULE_PLUGIN_DIR`).
 
@@ -24,6 +28,8 @@ use std::time::{Duration, Instant};
 
 use capsule_host::artifact::sections::{COMPONENT_HEADER, encode_custom};
 use capsule_host::artifact::signature;
+use capsule_host::backend::local::NatsServer;
+use capsule_host::backend::{Backend, NatsOptions};
 use capsule_host::services::calls::CallTarget;
 use capsule_host::services::kv::KvGrant;
 use capsule_host::{
@@ -395,11 +401,104 @@ fn kv(c: &mut Criterion) {
     std::fs::remove_dir_all(&data).ok();
 }
 
+/// `hosts` hosts on `backend`, each with `kv-counter` loaded.
+fn counter_hosts(
+    rt: &tokio::runtime::Runtime,
+    backend: &Backend,
+    data: Option<PathBuf>,
+    hosts: usize,
+) -> Vec<Host> {
+    rt.block_on(async {
+        let mut built = Vec::new();
+        for _ in 0..hosts {
+            let mut host = builder().backend(backend.clone());
+            if let Some(data) = &data {
+                host = host.data_dir(data);
+            }
+            let host = host.build().unwrap();
+            let grants = Grants {
+                kv: Some(KvGrant::new("bench")),
+                ..Grants::default()
+            };
+            host.load(PluginSpec::from_path(plugin("kv-counter")).grants(grants))
+                .await
+                .unwrap();
+            built.push(host);
+        }
+        built
+    })
+}
+
+fn backend(c: &mut Criterion) {
+    const TASKS: usize = 8;
+    let rt = runtime(2);
+    let server = NatsServer::start().expect("nats-server starts (apt-get install -y nats-server)");
+    let data = std::env::temp_dir().join(format!("capsule-bench-backend-{}", std::process::id()));
+    let nats = |prefix: &str| Backend::Nats(NatsOptions::new(server.url()).prefix(prefix));
+    let setups = [
+        (
+            "embedded-1-host",
+            counter_hosts(&rt, &Backend::Embedded, Some(data.clone()), 1),
+        ),
+        ("nats-1-host", counter_hosts(&rt, &nats("bench1"), None, 1)),
+        ("nats-2-hosts", counter_hosts(&rt, &nats("bench2"), None, 2)),
+    ];
+    let mut group = c.benchmark_group("backend");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(1));
+    for (id, hosts) in &setups {
+        for (spread, name) in [(true, "spread"), (false, "hot")] {
+            group.bench_function(BenchmarkId::new(*id, name), |b| {
+                b.to_async(&rt).iter_custom(|iterations| {
+                    let hosts = hosts.clone();
+                    async move {
+                        let tasks = hosts.len() * TASKS;
+                        let each = (iterations as usize).div_ceil(tasks).max(1);
+                        let started = Instant::now();
+                        let mut running = Vec::new();
+                        for (h, host) in hosts.iter().enumerate() {
+                            for t in 0..TASKS {
+                                let host = host.clone();
+                                let key = if spread {
+                                    format!("k{h}-{t}")
+                                } else {
+                                    "hot".into()
+                                };
+                                let input = format!(r#"{{"key":"{key}"}}"#);
+                                running.push(tokio::spawn(async move {
+                                    for _ in 0..each {
+                                        host.call(
+                                            "kv-counter",
+                                            Request::new("increment", input.clone()),
+                                        )
+                                        .await
+                                        .unwrap();
+                                    }
+                                }));
+                            }
+                        }
+                        for task in running {
+                            task.await.unwrap();
+                        }
+                        // Time per increment, as if `iterations` were made.
+                        started
+                            .elapsed()
+                            .mul_f64(iterations as f64 / (each * tasks) as f64)
+                    }
+                });
+            });
+        }
+    }
+    group.finish();
+    drop(setups);
+    std::fs::remove_dir_all(&data).ok();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
-    targets = echo, throughput, load, verify, compute, kv
+    targets = echo, throughput, load, verify, compute, kv, backend
 }
 criterion_main!(benches);

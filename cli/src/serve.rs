@@ -3,11 +3,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use capsule_host::serve::{ServeOptions, serve_on, shutdown_signal};
 use capsule_host::units::{parse_duration, parse_size};
-use capsule_host::{HostBuilder, RequestId};
+use capsule_host::{HostBuilder, HostError, RequestId};
 use clap::Args;
 
 use crate::exit;
@@ -36,6 +36,10 @@ pub struct ServeArgs {
     /// whenever its component file changes.
     #[arg(long)]
     watch: bool,
+    /// With `[host.backend] kind = "nats"`: keep trying to reach NATS for
+    /// this long at start (e.g. `60s`) instead of exiting at once.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    wait_for_backend: Option<Duration>,
 }
 
 /// Runs `capsule serve` until SIGINT or SIGTERM.
@@ -64,14 +68,25 @@ pub fn serve_command(args: ServeArgs) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let host = match HostBuilder::from_policy(&policy)
-            .middleware(RequestId)
-            .build()
-        {
-            Ok(host) => host,
-            Err(err) => {
-                eprintln!("error [host]: {err}");
-                return exit::code(exit::HOST);
+        let give_up = args.wait_for_backend.map(|wait| Instant::now() + wait);
+        let host = loop {
+            match HostBuilder::from_policy(&policy)
+                .middleware(RequestId)
+                .build()
+            {
+                Ok(host) => break host,
+                // The backend may come up after the host (containers
+                // started together): try again while the operator allows.
+                Err(err @ HostError::Backend(_))
+                    if give_up.is_some_and(|at| Instant::now() < at) =>
+                {
+                    tracing::warn!(error = %err, "waiting for the backend");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(err) => {
+                    eprintln!("error [host]: {err}");
+                    return exit::code(exit::HOST);
+                }
             }
         };
         for failure in host.load_policy(&policy).await {

@@ -1268,3 +1268,38 @@ greeting = { env = "CAPSULE_CLI_TEST_SECRET" }
     );
     assert!(!stderr.contains(secret), "{stderr}");
 }
+
+#[test]
+fn serve_exits_with_the_reason_when_nats_is_unreachable() {
+    // Port 1 on loopback: nothing listens there.
+    let file = policy(
+        "nats-down-policy.toml",
+        "[host]\ntrusted_keys = [\"{key}\"]\n[host.backend]\nkind = \"nats\"\nurl = \"nats://127.0.0.1:1\"\n",
+    );
+    for wait in [None, Some("1s")] {
+        let mut args = vec![
+            "serve",
+            "--config",
+            path_str(&file),
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        if let Some(wait) = wait {
+            args.extend(["--wait-for-backend", wait]);
+        }
+        let started = std::time::Instant::now();
+        let out = capsule_command(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{wait:?}: {stderr}");
+        assert!(
+            stderr.contains("nats backend at nats://127.0.0.1:1"),
+            "{wait:?}: {stderr}"
+        );
+        if wait.is_some() {
+            assert!(
+                started.elapsed() >= std::time::Duration::from_secs(1),
+                "it waited"
+            );
+        }
+    }
+}

@@ -20,7 +20,7 @@ pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// caller's. The client reconnects by itself when NATS comes back; until
 /// then requests fail as unavailable.
 pub struct NatsConnection {
-    runtime: Option<tokio::runtime::Runtime>,
+    runtime: OwnedRuntime,
     pub(crate) client: async_nats::Client,
     pub(crate) jetstream: jetstream::Context,
     pub(crate) options: NatsOptions,
@@ -45,12 +45,15 @@ impl NatsConnection {
             reason,
         };
         check_prefix(&options.prefix).map_err(|err| fail(format!("prefix: {err}")))?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("capsule-nats")
-            .enable_all()
-            .build()
-            .map_err(|err| fail(format!("cannot start its runtime: {err}")))?;
+        let runtime = OwnedRuntime(Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("capsule-nats")
+                .enable_all()
+                .build()
+                .map_err(|err| fail(format!("cannot start its runtime: {err}")))?,
+        ));
+        let rt = runtime.0.as_ref().expect("just built");
         let mut connect = async_nats::ConnectOptions::new()
             .name("capsule")
             .connection_timeout(REQUEST_TIMEOUT)
@@ -63,16 +66,16 @@ impl NatsConnection {
                 .map_err(|err| fail(format!("credentials: {err}")))?;
         }
         let url = options.url.clone();
-        let client = wait_on(&runtime, async move { connect.connect(url).await })
+        let client = wait_on(rt, async move { connect.connect(url).await })
             .ok_or_else(|| fail("its runtime stopped".into()))?
             .map_err(|err| fail(err.to_string()))?;
         // The JetStream context starts a task of its own.
-        let _runtime = runtime.enter();
+        let _runtime = rt.enter();
         let mut jetstream = jetstream::new(client.clone());
         jetstream.set_timeout(REQUEST_TIMEOUT);
         drop(_runtime);
         Ok(Arc::new(NatsConnection {
-            runtime: Some(runtime),
+            runtime,
             client,
             jetstream,
             options: options.clone(),
@@ -100,7 +103,7 @@ impl NatsConnection {
         &self,
         work: impl Future<Output = T> + Send + 'static,
     ) -> Option<T> {
-        wait_on(self.runtime.as_ref()?, work)
+        wait_on(self.runtime.0.as_ref()?, work)
     }
 }
 
@@ -117,11 +120,14 @@ fn wait_on<T: Send + 'static>(
     rx.recv().ok()
 }
 
-impl Drop for NatsConnection {
+/// A runtime that shuts down in the background when dropped: dropping a
+/// runtime blocks, which tokio forbids inside another runtime (where the
+/// host usually is).
+struct OwnedRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for OwnedRuntime {
     fn drop(&mut self) {
-        // Dropping a runtime blocks, which tokio forbids inside another
-        // runtime (where the host usually is).
-        if let Some(runtime) = self.runtime.take() {
+        if let Some(runtime) = self.0.take() {
             runtime.shutdown_background();
         }
     }

@@ -597,14 +597,17 @@ impl KvBackend for NatsKv {
                     },
                     Err(err) => refused(err),
                 };
-                if !self.undo(&applied) {
+                if self.undo(&applied) {
+                    for (namespace, change) in charged {
+                        self.refund(namespace, change);
+                    }
+                } else {
+                    // Keep the charge: counted fuller than it is, never
+                    // emptier.
                     tracing::warn!(
                         namespace = &**namespace,
                         "a failed kv commit could not put every key back: some of its writes stay"
                     );
-                }
-                for (namespace, change) in charged {
-                    self.refund(namespace, change);
                 }
                 return Err(failure);
             }
