@@ -405,17 +405,7 @@ pub fn run(workspace: &Workspace) -> Result<()> {
     // the library, as an embedder (or `capsule serve`) uses them.
     println!();
     println!("── the runtime: pipelines, events, reload, metrics (host/examples/runtime_tour.rs)");
-    // Built with the CLI by `plugins::build`.
-    let tour = crate::shell::run(
-        Command::new(
-            workspace
-                .target
-                .join("debug/examples")
-                .join(format!("runtime_tour{}", std::env::consts::EXE_SUFFIX)),
-        )
-        .arg(&policy),
-    );
-    if let Err(err) = tour {
+    if let Err(err) = run_example(workspace, "runtime_tour", &policy) {
         println!("   !! {err:#}");
         failures.push("the runtime tour".to_owned());
     }
@@ -425,16 +415,7 @@ pub fn run(workspace: &Workspace) -> Result<()> {
     // it is not.
     println!();
     println!("── scale-out: two hosts, one NATS, one counter (host/examples/scale_out_tour.rs)");
-    let scale_out = crate::shell::run(
-        Command::new(
-            workspace
-                .target
-                .join("debug/examples")
-                .join(format!("scale_out_tour{}", std::env::consts::EXE_SUFFIX)),
-        )
-        .arg(&policy),
-    );
-    if let Err(err) = scale_out {
+    if let Err(err) = run_example(workspace, "scale_out_tour", &policy) {
         println!("   !! {err:#}");
         failures.push("the scale-out tour".to_owned());
     }
@@ -449,6 +430,16 @@ pub fn run(workspace: &Workspace) -> Result<()> {
             failures.join("; ")
         )
     }
+}
+
+/// Runs one of the host's examples (built with the CLI by `plugins::build`)
+/// on the demo policy.
+fn run_example(workspace: &Workspace, name: &str, policy: &str) -> Result<()> {
+    let example = workspace
+        .target
+        .join("debug/examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    crate::shell::run(Command::new(example).arg(policy))
 }
 
 fn run_step(capsule: &Path, number: usize, step: &Step) -> Result<()> {

@@ -229,10 +229,12 @@ impl Host {
                     return Ok(outcome);
                 }
                 Err(refused) => {
+                    let store = &self.inner.loader.services.kv_store;
+                    // A shared store gets one more run: the last one
+                    // holds the namespaces' gates in the store too.
+                    let runs = MAX_ATTEMPTS + u32::from(store.shared());
                     let rerun = match (&again, &refused.conflict) {
-                        (Some(again), Some(namespaces))
-                            if attempt < MAX_ATTEMPTS && !refused.escaped =>
-                        {
+                        (Some(again), Some(namespaces)) if attempt < runs && !refused.escaped => {
                             Some((again.clone(), namespaces))
                         }
                         _ => None,
@@ -245,9 +247,12 @@ impl Host {
                             stats: outcome.stats,
                         });
                     };
-                    if held.is_none() {
-                        let store = &self.inner.loader.services.kv_store;
-                        held = Some(self.inner.commits.exclusive(namespaces, store, wait).await);
+                    match &mut held {
+                        None => held = Some(self.inner.commits.exclusive(namespaces).await),
+                        // Lost again with this host's gates held: to
+                        // another host, whose reruns the store's gates
+                        // hold off.
+                        Some(held) => held.hold_in_store(store, namespaces, wait).await,
                     }
                     result = plugin.call(request, scope).await;
                 }

@@ -26,7 +26,8 @@ use crate::services::kv::store::CommitError;
 use crate::services::transaction::Transaction;
 
 /// Most times one call runs: once, then again (holding its gates) after
-/// each conflict.
+/// each conflict. A store other hosts share allows one run more, the last
+/// holding the store's gates too (see [`Exclusive::hold_in_store`]).
 pub(crate) const MAX_ATTEMPTS: u32 = 3;
 
 /// One gate per key-value namespace that calls have committed to (bounded
@@ -44,6 +45,27 @@ pub(crate) struct Exclusive {
     pub(crate) holder: u64,
     /// The store and the namespaces whose store gates are held.
     in_store: Option<(Arc<KvStore>, Vec<Arc<str>>)>,
+}
+
+impl Exclusive {
+    /// With a store other hosts share, also takes its gates of
+    /// `namespaces` (once), waiting at most `wait` for other hosts' reruns
+    /// to give them back; past that the rerun goes on without them and may
+    /// conflict again. Taken only after a rerun holding this host's gates
+    /// lost: on one host they are enough, and taking the store's costs
+    /// round trips.
+    pub(crate) async fn hold_in_store(
+        &mut self,
+        store: &Arc<KvStore>,
+        namespaces: &[Arc<str>],
+        wait: Duration,
+    ) {
+        if self.in_store.is_some() || !store.shared() {
+            return;
+        }
+        let taken = take_store_gates(store, namespaces, self.holder, wait).await;
+        self.in_store = Some((Arc::clone(store), taken));
+    }
 }
 
 impl Drop for Exclusive {
@@ -70,31 +92,19 @@ impl Gates {
         Arc::clone(gates.entry(Arc::clone(namespace)).or_default())
     }
 
-    /// Holds the gates of `namespaces` exclusively (in sorted order, as
-    /// every holder takes them, so two holders never wait on each other).
-    /// With a store other hosts share, also takes its gates, waiting at
-    /// most `wait` for other hosts' reruns to give them back (past that the
-    /// rerun goes on without them and may conflict again).
-    pub(crate) async fn exclusive(
-        &self,
-        namespaces: &[Arc<str>],
-        store: &Arc<KvStore>,
-        wait: Duration,
-    ) -> Exclusive {
+    /// Holds this host's gates of `namespaces` exclusively (in sorted
+    /// order, as every holder takes them, so two holders never wait on each
+    /// other).
+    pub(crate) async fn exclusive(&self, namespaces: &[Arc<str>]) -> Exclusive {
         let mut held = Vec::with_capacity(namespaces.len());
         for namespace in namespaces {
             held.push(self.gate(namespace).write_owned().await);
         }
-        let mut exclusive = Exclusive {
+        Exclusive {
             _held: held,
             holder: random_holder(),
             in_store: None,
-        };
-        if store.shared() {
-            let taken = take_store_gates(store, namespaces, exclusive.holder, wait).await;
-            exclusive.in_store = Some((Arc::clone(store), taken));
         }
-        exclusive
     }
 
     async fn shared(&self, namespaces: &[Arc<str>]) -> Vec<OwnedRwLockReadGuard<()>> {

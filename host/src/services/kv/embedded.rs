@@ -14,8 +14,8 @@ use redb::{
 
 use super::KvGrant;
 use super::store::{
-    Changes, CommitError, Decide, Entry, KvBackend, KvError, Write, account, check_quota, now_ms,
-    unavailable, version_of,
+    Changes, CommitError, Decide, Entry, KvBackend, KvError, Write, account, check_quota,
+    collect_within, now_ms, unavailable, version_of,
 };
 use crate::contract::ServiceError;
 
@@ -313,20 +313,11 @@ impl KvBackend for EmbeddedKv {
         let txn = self.db.begin_read().map_err(unavailable)?;
         let table = txn.open_table(ENTRIES).map_err(unavailable)?;
         let now = now_ms();
-        let mut size = 0usize;
-        let mut entries = Vec::with_capacity(keys.len());
-        for key in keys {
+        let entries = keys.iter().map(|key| {
             let entry = table.get((namespace, key.as_str())).map_err(unavailable)?;
-            let entry = entry.and_then(|v| live_entry(v.value(), now));
-            size += entry.as_ref().map_or(0, |e| e.value.len());
-            if size > max_bytes {
-                return Err(ServiceError::QuotaExceeded(format!(
-                    "get-many would answer more than {max_bytes} bytes"
-                )));
-            }
-            entries.push(entry);
-        }
-        Ok(entries)
+            Ok(entry.and_then(|v| live_entry(v.value(), now)))
+        });
+        collect_within(entries, max_bytes)
     }
 
     /// Reads the entry under `key` and, in the same write transaction,

@@ -15,6 +15,7 @@ pub(crate) mod nats;
 pub(crate) mod store;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use wasmtime::component::{HasData, Linker};
@@ -92,17 +93,37 @@ pub(crate) struct KvState {
     /// Whether a call is running: `init` is not a call, so what it writes
     /// is applied at once.
     in_call: bool,
+    /// When a store operation must have answered for the call to still
+    /// report why it failed (`unavailable`) instead of timing out: most
+    /// of the call's time, set when it begins.
+    answer_by: Option<Instant>,
 }
 
-/// Runs a store operation on the blocking pool; a store found unreachable
-/// is noted on the call's transaction (see `Transaction::unavailable`).
+/// Runs a store operation on the blocking pool; a store found unreachable,
+/// or one that does not answer by `answer_by` (a NATS server that just
+/// went away, before the client noticed), is noted on the call's
+/// transaction (see `Transaction::unavailable`).
 async fn blocking<T: Send + 'static>(
-    transaction: &SharedTransaction,
+    (transaction, answer_by): (&SharedTransaction, Option<Instant>),
     work: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
 ) -> Result<T, ServiceError> {
-    let result = tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|err| Err(unavailable(format!("worker failed: {err}"))));
+    let late = || Err(unavailable("no answer within the call's time"));
+    let result = match answer_by {
+        // Past it, no new operation starts: a call cannot leave more than
+        // one behind, finishing on the pool within its store's own timeout.
+        Some(at) if at <= Instant::now() => late(),
+        Some(at) => {
+            match tokio::time::timeout_at(at.into(), tokio::task::spawn_blocking(work)).await {
+                Ok(joined) => {
+                    joined.unwrap_or_else(|err| Err(unavailable(format!("worker failed: {err}"))))
+                }
+                Err(_) => late(),
+            }
+        }
+        None => tokio::task::spawn_blocking(work)
+            .await
+            .unwrap_or_else(|err| Err(unavailable(format!("worker failed: {err}")))),
+    };
     if let Err(ServiceError::Unavailable(why)) = &result {
         lock(transaction)
             .unavailable
@@ -142,6 +163,11 @@ impl Seen {
 }
 
 impl KvState {
+    /// What a store operation of this call reports to and waits for.
+    fn waits(&self) -> (&SharedTransaction, Option<Instant>) {
+        (&self.transaction, self.answer_by)
+    }
+
     /// The grant (atomic only within a call) and the store.
     fn access(&self) -> Result<(Arc<KvGrant>, Arc<KvStore>), ServiceError> {
         match &self.access {
@@ -179,7 +205,7 @@ impl KvState {
         }
         let entry = {
             let (store, ns, key) = (Arc::clone(store), grant.namespace.clone(), key.to_owned());
-            blocking(&self.transaction, move || store.read(&ns, &key)).await?
+            blocking(self.waits(), move || store.read(&ns, &key)).await?
         };
         lock(&self.transaction).record_read(
             grant,
@@ -198,7 +224,7 @@ impl KvState {
         let (grant, store) = self.access()?;
         check_key(&grant, &key)?;
         if !grant.atomic {
-            return blocking(&self.transaction, move || store.get(&grant.namespace, &key)).await;
+            return blocking(self.waits(), move || store.get(&grant.namespace, &key)).await;
         }
         Ok(self.read(&grant, &store, &key).await?.into_value())
     }
@@ -214,7 +240,7 @@ impl KvState {
         check_value(&grant, value.len())?;
         let write = Write::Put { value, expires_at };
         if !grant.atomic {
-            return blocking(&self.transaction, move || {
+            return blocking(self.waits(), move || {
                 store.update(&grant, &key, |_| Ok((Some(write.clone()), ())))
             })
             .await;
@@ -226,7 +252,7 @@ impl KvState {
         let (grant, store) = self.access()?;
         check_key(&grant, &key)?;
         if !grant.atomic {
-            return blocking(&self.transaction, move || store.delete(&grant, &key)).await;
+            return blocking(self.waits(), move || store.delete(&grant, &key)).await;
         }
         let existed = self.read(&grant, &store, &key).await?.value().is_some();
         if existed {
@@ -239,10 +265,7 @@ impl KvState {
         let (grant, store) = self.access()?;
         check_key(&grant, &key)?;
         if !grant.atomic {
-            return blocking(&self.transaction, move || {
-                store.increment(&grant, &key, delta)
-            })
-            .await;
+            return blocking(self.waits(), move || store.increment(&grant, &key, delta)).await;
         }
         let seen = self.read(&grant, &store, &key).await?;
         let value = store::incremented(&key, seen.value(), delta)?;
@@ -268,7 +291,7 @@ impl KvState {
             expires_at: None,
         };
         if !grant.atomic {
-            return blocking(&self.transaction, move || {
+            return blocking(self.waits(), move || {
                 store.update(&grant, &key, |current| {
                     let current = current.map(|entry| entry.value.as_slice());
                     Ok(if current == expected.as_deref() {
@@ -320,10 +343,7 @@ impl KvState {
         let entries = {
             let (store, ns) = (Arc::clone(&store), grant.namespace.clone());
             let missing = missing.clone();
-            blocking(&self.transaction, move || {
-                store.read_many(&ns, &missing, limit)
-            })
-            .await?
+            blocking(self.waits(), move || store.read_many(&ns, &missing, limit)).await?
         };
         if grant.atomic {
             let mut txn = lock(&self.transaction);
@@ -386,7 +406,7 @@ impl KvState {
             batch
                 .namespaces
                 .insert(Arc::from(grant.namespace.as_str()), changes);
-            return blocking(&self.transaction, move || {
+            return blocking(self.waits(), move || {
                 store.commit(&batch).map_err(|err| match err {
                     store::CommitError::Refused(err) => err,
                     conflict => unavailable(conflict),
@@ -409,7 +429,7 @@ impl KvState {
         let (stored, more) = {
             let (store, ns) = (Arc::clone(&store), grant.namespace.clone());
             let (prefix, after) = (prefix.clone(), after.clone());
-            blocking(&self.transaction, move || {
+            blocking(self.waits(), move || {
                 store.list_keys(&ns, &prefix, after.as_deref(), limit)
             })
             .await?
@@ -653,11 +673,15 @@ impl Service for Kv {
             access: prepared.clone(),
             transaction: Arc::clone(store.transaction),
             in_call: false,
+            answer_by: None,
         })
     }
 
-    fn begin_call(state: &mut KvState, _limits: &crate::limits::Limits, _scope: &CallScope) {
+    fn begin_call(state: &mut KvState, limits: &crate::limits::Limits, scope: &CallScope) {
         state.in_call = true;
+        let now = Instant::now();
+        let deadline = (now + limits.timeout).min(scope.deadline.unwrap_or(now + limits.timeout));
+        state.answer_by = Some(now + deadline.saturating_duration_since(now) * 9 / 10);
     }
 
     fn add_to_linker<T: Holds<Self> + Views>(linker: &mut Linker<T>) -> wasmtime::Result<()> {

@@ -41,8 +41,8 @@ use futures_util::StreamExt as _;
 
 use super::KvGrant;
 use super::store::{
-    Changes, CommitError, Decide, Entry, KvBackend, Write, account, check_quota, now_ms,
-    unavailable, version_of,
+    Changes, CommitError, Decide, Entry, KvBackend, Write, account, check_quota, collect_within,
+    now_ms, unavailable, version_of,
 };
 use crate::backend::NatsConnection;
 use crate::backend::connection::REQUEST_TIMEOUT;
@@ -460,19 +460,8 @@ impl KvBackend for NatsKv {
             .map(|key| self.subject(namespace, key))
             .collect();
         let now = now_ms();
-        let mut size = 0usize;
-        let mut entries = Vec::with_capacity(keys.len());
-        for raw in self.fetch(subjects)? {
-            let entry = raw.live(now);
-            size += entry.as_ref().map_or(0, |e| e.value.len());
-            if size > max_bytes {
-                return Err(ServiceError::QuotaExceeded(format!(
-                    "get-many would answer more than {max_bytes} bytes"
-                )));
-            }
-            entries.push(entry);
-        }
-        Ok(entries)
+        let raws = self.fetch(subjects)?;
+        collect_within(raws.iter().map(|raw| Ok(raw.live(now))), max_bytes)
     }
 
     fn update(

@@ -427,6 +427,27 @@ impl KvStore {
     }
 }
 
+/// Collects `entries` until their values pass `max_bytes`, then refuses
+/// (before reading more): what `get-many` may answer.
+pub(crate) fn collect_within(
+    entries: impl Iterator<Item = Result<Option<Entry>, ServiceError>>,
+    max_bytes: usize,
+) -> Result<Vec<Option<Entry>>, ServiceError> {
+    let mut size = 0usize;
+    let mut collected = Vec::with_capacity(entries.size_hint().0);
+    for entry in entries {
+        let entry = entry?;
+        size += entry.as_ref().map_or(0, |e| e.value.len());
+        if size > max_bytes {
+            return Err(ServiceError::QuotaExceeded(format!(
+                "get-many would answer more than {max_bytes} bytes"
+            )));
+        }
+        collected.push(entry);
+    }
+    Ok(collected)
+}
+
 /// The counter after adding `delta` to `current` (none counts as 0).
 pub(crate) fn incremented(
     key: &str,
