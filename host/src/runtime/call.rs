@@ -230,9 +230,11 @@ impl Host {
                 }
                 Err(refused) => {
                     let store = &self.inner.loader.services.kv_store;
-                    // A shared store gets one more run: the last one
-                    // holds the namespaces' gates in the store too.
-                    let runs = MAX_ATTEMPTS + u32::from(store.shared());
+                    // A shared store gets two more runs, holding the
+                    // namespaces' gates in the store too: a commit another
+                    // host checked just before they were taken can still
+                    // beat the first of them, never the second.
+                    let runs = MAX_ATTEMPTS + 2 * u32::from(store.shared());
                     let rerun = match (&again, &refused.conflict) {
                         (Some(again), Some(namespaces)) if attempt < runs && !refused.escaped => {
                             Some((again.clone(), namespaces))

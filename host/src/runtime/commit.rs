@@ -26,8 +26,8 @@ use crate::services::kv::store::CommitError;
 use crate::services::transaction::Transaction;
 
 /// Most times one call runs: once, then again (holding its gates) after
-/// each conflict. A store other hosts share allows one run more, the last
-/// holding the store's gates too (see [`Exclusive::hold_in_store`]).
+/// each conflict. A store other hosts share allows two runs more, holding
+/// the store's gates too (see [`Exclusive::hold_in_store`]).
 pub(crate) const MAX_ATTEMPTS: u32 = 3;
 
 /// One gate per key-value namespace that calls have committed to (bounded

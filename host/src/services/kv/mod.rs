@@ -94,8 +94,8 @@ pub(crate) struct KvState {
     /// is applied at once.
     in_call: bool,
     /// When a store operation must have answered for the call to still
-    /// report why it failed (`unavailable`) instead of timing out: most
-    /// of the call's time, set when it begins.
+    /// report why it failed (`unavailable`) instead of timing out: four
+    /// fifths of the call's time, set when it begins.
     answer_by: Option<Instant>,
 }
 
@@ -681,7 +681,7 @@ impl Service for Kv {
         state.in_call = true;
         let now = Instant::now();
         let deadline = (now + limits.timeout).min(scope.deadline.unwrap_or(now + limits.timeout));
-        state.answer_by = Some(now + deadline.saturating_duration_since(now) * 9 / 10);
+        state.answer_by = Some(now + deadline.saturating_duration_since(now) * 4 / 5);
     }
 
     fn add_to_linker<T: Holds<Self> + Views>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
