@@ -63,8 +63,10 @@ impl Exclusive {
         if self.in_store.is_some() || !store.shared() {
             return;
         }
-        let taken = take_store_gates(store, namespaces, self.holder, wait).await;
-        self.in_store = Some((Arc::clone(store), taken));
+        // Each gate is noted as soon as it is taken: if this future is
+        // dropped (a client went away), `Drop` still gives them back.
+        let held = self.in_store.insert((Arc::clone(store), Vec::new()));
+        take_store_gates(store, namespaces, self.holder, wait, &mut held.1).await;
     }
 }
 
@@ -128,18 +130,18 @@ fn random_holder() -> u64 {
 }
 
 /// Takes the store's gate of each of `namespaces` (in order) for `holder`,
-/// retrying with backoff until `wait` ends; returns the ones taken.
+/// retrying with backoff until `wait` ends; adds each to `taken` at once.
 async fn take_store_gates(
     store: &Arc<KvStore>,
     namespaces: &[Arc<str>],
     holder: u64,
     wait: Duration,
-) -> Vec<Arc<str>> {
+    taken: &mut Vec<Arc<str>>,
+) {
     // The gate outlives the rerun only if its host dies: then its lease
     // ends it.
     let lease = wait + Duration::from_secs(5);
     let deadline = tokio::time::Instant::now() + wait;
-    let mut taken = Vec::with_capacity(namespaces.len());
     for namespace in namespaces {
         let mut pause = Duration::from_millis(1);
         loop {
@@ -158,11 +160,10 @@ async fn take_store_gates(
                 }
                 // Taken by another rerun past our wait, or the store is
                 // unreachable: go on without it.
-                _ => return taken,
+                _ => return,
             }
         }
     }
-    taken
 }
 
 /// Why a commit wrote nothing, with what a rerun needs.

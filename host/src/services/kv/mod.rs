@@ -110,7 +110,8 @@ async fn blocking<T: Send + 'static>(
     let late = || Err(unavailable("no answer within the call's time"));
     let result = match answer_by {
         // Past it, no new operation starts: a call cannot leave more than
-        // one behind, finishing on the pool within its store's own timeout.
+        // one behind on the pool (bounded by the store's own retries and
+        // request timeouts).
         Some(at) if at <= Instant::now() => late(),
         Some(at) => {
             match tokio::time::timeout_at(at.into(), tokio::task::spawn_blocking(work)).await {

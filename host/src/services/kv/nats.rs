@@ -10,32 +10,41 @@
 //! usage of a namespace, which quotas are checked against, is the record
 //! `_usage.<ns>` in the same bucket.
 //!
-//! Guarantees, and where they differ from the embedded store:
+//! Guarantees, and where they differ from the embedded store (the table in
+//! `docs/scaling.md` is the long form):
 //! - Every write is a compare-and-swap on the key's last sequence
-//!   (`Nats-Expected-Last-Subject-Sequence`): single-key operations
-//!   (`update`, increment, compare-and-swap, set-with-ttl) are exactly as
-//!   atomic as on the embedded store, across every host.
-//! - A commit checks every key it read, then writes its keys one by one,
-//!   each conditional on the sequence it checked. JetStream KV (2.9) has no
-//!   multi-key write, so a commit is *not isolated*: for the milliseconds it
-//!   takes, another host may read some of its writes and not the rest. If a
-//!   key changed between the check and its write, the keys already written
-//!   are put back and the commit reports a conflict. If the host dies in
-//!   that window, the keys written so far stay: the partial-commit window.
-//! - Usage is charged before the writes and given back when they do not
-//!   apply; a host that dies between the two leaves the namespace counted
-//!   fuller than it is (never emptier), so quotas hold.
+//!   (`Nats-Expected-Last-Subject-Sequence`; a delete removes the message
+//!   by its sequence, which fails once a newer one replaced it, and leaves
+//!   no marker): single-key operations are exactly as atomic as on the
+//!   embedded store, across every host.
+//! - A commit checks every key it read, writes its keys one by one, each
+//!   conditional on the sequence it checked, then checks the keys it only
+//!   read again (so two commits that each read what the other writes cannot
+//!   both succeed). JetStream KV (2.9) has no multi-key write, so a commit
+//!   is *not isolated*: while it is written, another call may read some of
+//!   its writes and not the rest. If a key changed in between, the keys
+//!   already written are put back and the commit reports a conflict; if
+//!   they cannot be put back, or NATS did not acknowledge a write in time,
+//!   it reports `unavailable` (never a conflict to rerun on top of) and its
+//!   writes stay. A host dying in that window leaves them too.
+//! - Usage is charged before the writes and given back only when they
+//!   surely did not apply: the namespace may count fuller than it is,
+//!   never emptier, so quotas hold.
 //! - A value must fit in one NATS message (`max_payload`, 1 MiB by
-//!   default); a larger one is refused with `quota-exceeded`.
+//!   default) and a key in a subject (about 480 bytes): larger ones are
+//!   refused with `quota-exceeded` before anything is written.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
+use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::push::OrderedConfig;
 use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::stream::{self, LastRawMessageErrorKind, Stream};
+use async_nats::jetstream::stream::{
+    self, DeleteMessageErrorKind, LastRawMessageErrorKind, Stream,
+};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 
@@ -59,6 +68,9 @@ const MAX_ATTEMPTS: usize = 64;
 const MAX_SCAN: u64 = 100_000;
 /// Room left in a message for the headers next to a value.
 const HEADER_ROOM: usize = 512;
+/// Longest subject the backend writes: well inside the server's 4 KiB
+/// control line, with the headers beside it.
+const MAX_SUBJECT: usize = 1024;
 
 /// The NATS JetStream KV backend.
 pub(crate) struct NatsKv {
@@ -110,10 +122,14 @@ impl Raw {
 
 /// How a conditional write ended.
 enum Written {
-    /// Stored at this sequence.
+    /// Stored at this sequence (0: a delete of nothing).
     At(u64),
-    /// The key's last sequence was no longer the one expected.
+    /// The key's last sequence was no longer the one expected: nothing
+    /// was written.
     Stale,
+    /// NATS did not say (the acknowledgement timed out): it may or may
+    /// not have been stored.
+    Unknown(ServiceError),
 }
 
 fn hex(text: &str) -> String {
@@ -125,13 +141,17 @@ fn hex(text: &str) -> String {
     out
 }
 
+/// The text `hex` encoded; `None` for anything else (a subject another
+/// NATS client wrote may hold any bytes).
 fn unhex(text: &str) -> Option<String> {
-    if !text.len().is_multiple_of(2) {
+    let digits = text.as_bytes();
+    if !digits.len().is_multiple_of(2) {
         return None;
     }
-    let bytes = (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+    let digit = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes = digits
+        .chunks(2)
+        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
         .collect::<Option<Vec<u8>>>()?;
     String::from_utf8(bytes).ok()
 }
@@ -161,7 +181,9 @@ impl NatsKv {
             max_messages: -1,
             max_message_size: -1,
             allow_rollup: true,
-            deny_delete: true,
+            // Deleting a key deletes its message (conditional on its
+            // sequence), leaving no marker behind.
+            deny_delete: false,
             allow_direct: true,
             discard: stream::DiscardPolicy::New,
             num_replicas: 1,
@@ -178,8 +200,19 @@ impl NatsKv {
         })
     }
 
-    fn subject(&self, namespace: &str, key: &str) -> String {
-        format!("{}{}.{}", self.subjects, hex(namespace), hex(key))
+    /// The subject of `key`, refused when longer than [`MAX_SUBJECT`]: a
+    /// subject past the server's control line limit would make it drop the
+    /// connection every plugin shares.
+    fn subject(&self, namespace: &str, key: &str) -> Result<String, ServiceError> {
+        let subject = format!("{}{}.{}", self.subjects, hex(namespace), hex(key));
+        if subject.len() > MAX_SUBJECT {
+            return Err(ServiceError::QuotaExceeded(format!(
+                "a key of {} bytes is longer than the NATS backend takes ({} bytes)",
+                key.len(),
+                MAX_SUBJECT.saturating_sub(self.subjects.len() + 2 * namespace.len() + 1) / 2
+            )));
+        }
+        Ok(subject)
     }
 
     fn gate_subject(&self, namespace: &str) -> String {
@@ -225,8 +258,25 @@ impl NatsKv {
         Ok(self.fetch(vec![subject])?.remove(0))
     }
 
+    /// Refuses a value that would not fit in one NATS message.
+    fn check_payload(&self, write: &Write) -> Result<(), ServiceError> {
+        let limit = self.connection.max_payload().saturating_sub(HEADER_ROOM);
+        match write {
+            Write::Put { value, .. } if value.len() > limit => {
+                Err(ServiceError::QuotaExceeded(format!(
+                    "a value of {} bytes is more than the NATS server takes in one message \
+                     ({limit} bytes with headers: max_payload)",
+                    value.len()
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Writes `write` to `subject` if its last sequence is still
-    /// `expected`.
+    /// `expected`. A delete removes the message itself (by its sequence,
+    /// which fails once a newer one replaced it), so deleted keys leave no
+    /// marker behind to pile up.
     fn write(
         &self,
         subject: String,
@@ -234,28 +284,39 @@ impl NatsKv {
         expected: u64,
     ) -> Result<Written, ServiceError> {
         self.check_connected()?;
-        let mut headers = HeaderMap::new();
-        headers.insert(EXPECTED_SEQUENCE, expected.to_string().as_str());
-        let payload = match write {
-            Write::Put { value, expires_at } => {
-                let limit = self.connection.max_payload().saturating_sub(HEADER_ROOM);
-                if value.len() > limit {
-                    return Err(ServiceError::QuotaExceeded(format!(
-                        "a value of {} bytes is more than the NATS server takes in one message \
-                         ({limit} bytes with headers: max_payload)",
-                        value.len()
-                    )));
-                }
-                if let Some(at) = expires_at {
-                    headers.insert(EXPIRES, at.to_string().as_str());
-                }
-                Bytes::copy_from_slice(value)
-            }
+        self.check_payload(write)?;
+        let (value, expires_at) = match write {
+            Write::Put { value, expires_at } => (value, expires_at),
+            Write::Delete if expected == 0 => return Ok(Written::At(0)),
             Write::Delete => {
-                headers.insert(OPERATION, "DEL");
-                Bytes::new()
+                let stream = self.stream.clone();
+                return self
+                    .connection
+                    .run(async move {
+                        match stream.delete_message(expected).await {
+                            Ok(_) => Ok(Written::At(0)),
+                            Err(err) => match err.kind() {
+                                DeleteMessageErrorKind::JetStream(js)
+                                    if js.error_code() == ErrorCode::NO_MESSAGE_FOUND =>
+                                {
+                                    Ok(Written::Stale)
+                                }
+                                DeleteMessageErrorKind::TimedOut => {
+                                    Ok(Written::Unknown(unavailable(err)))
+                                }
+                                _ => Err(unavailable(err)),
+                            },
+                        }
+                    })
+                    .ok_or_else(lost)?;
             }
         };
+        let mut headers = HeaderMap::new();
+        headers.insert(EXPECTED_SEQUENCE, expected.to_string().as_str());
+        if let Some(at) = expires_at {
+            headers.insert(EXPIRES, at.to_string().as_str());
+        }
+        let payload = Bytes::copy_from_slice(value);
         let jetstream = self.connection.jetstream.clone();
         self.connection
             .run(async move {
@@ -267,6 +328,9 @@ impl NatsKv {
                     Ok(ack) => Ok(Written::At(ack.sequence)),
                     Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => {
                         Ok(Written::Stale)
+                    }
+                    Err(err) if err.kind() == PublishErrorKind::TimedOut => {
+                        Ok(Written::Unknown(unavailable(err)))
                     }
                     Err(err) => Err(unavailable(err)),
                 }
@@ -338,40 +402,61 @@ impl NatsKv {
                     })
                     .await
                     .map_err(unavailable)?;
-                let pending = consumer.cached_info().num_pending;
-                if pending > MAX_SCAN {
-                    return Err(ServiceError::QuotaExceeded(format!(
-                        "listing would read {pending} keys, more than {MAX_SCAN}"
-                    )));
-                }
-                let mut found = Vec::with_capacity(pending as usize);
-                if pending == 0 {
-                    return Ok(found);
-                }
-                let mut messages = consumer.messages().await.map_err(unavailable)?;
-                let deadline = Instant::now() + REQUEST_TIMEOUT;
-                loop {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    let next = tokio::time::timeout(left, messages.next()).await;
-                    let message = match next {
-                        Ok(Some(Ok(message))) => message,
-                        Ok(Some(Err(err))) => return Err(unavailable(err)),
-                        Ok(None) => return Ok(found),
-                        Err(_) => return Err(unavailable("listing keys timed out")),
-                    };
-                    let info = message.info().map_err(unavailable)?;
-                    let (sequence, done) = (info.stream_sequence, info.pending == 0);
-                    found.push((
-                        message.subject.to_string(),
-                        sequence,
-                        message.headers.clone(),
-                    ));
-                    if done || found.len() as u64 >= MAX_SCAN {
-                        return Ok(found);
-                    }
-                }
+                let name = consumer.cached_info().name.clone();
+                let found = read_scan(consumer).await;
+                // Every listing makes a consumer on the server every host
+                // shares: remove it now rather than let a plugin that lists
+                // in a loop pile them up.
+                let _ = stream.delete_consumer(&name).await;
+                found
             })
             .ok_or_else(lost)?
+    }
+
+    /// The first key `changes` read (among those `which` picks) whose
+    /// version is no longer the one read: as `found` says, or, given
+    /// `again`, as NATS says now.
+    fn changed_reads(
+        &self,
+        changes: &Changes,
+        found: &std::collections::HashMap<(&str, &str), (&Raw, &String)>,
+        which: impl Fn(&str, &str) -> bool,
+        again: Option<&[String]>,
+    ) -> Option<CommitError> {
+        let mut picked = Vec::new();
+        for (namespace, ns) in &changes.namespaces {
+            for (key, seen) in &ns.reads {
+                if which(namespace, key) {
+                    picked.push((&**namespace, key.as_str(), *seen));
+                }
+            }
+        }
+        let current: Vec<Raw> = match again {
+            None => picked
+                .iter()
+                .map(|(ns, key, _)| found[&(*ns, *key)].0.clone())
+                .collect(),
+            Some(_) if picked.is_empty() => Vec::new(),
+            Some(_) => {
+                let subjects = picked
+                    .iter()
+                    .map(|(ns, key, _)| found[&(*ns, *key)].1.clone())
+                    .collect();
+                match self.fetch(subjects) {
+                    Ok(raws) => raws,
+                    Err(err) => return Some(CommitError::Refused(err)),
+                }
+            }
+        };
+        let now = now_ms();
+        picked
+            .iter()
+            .zip(&current)
+            .find(|((_, _, seen), raw)| version_of(raw.live(now).as_ref()) != *seen)
+            .map(|((namespace, key, _), _)| CommitError::Conflict {
+                namespace: namespace.to_string(),
+                key: key.to_string(),
+            })
     }
 
     /// Puts back what `applied` overwrote, each only if nobody wrote the
@@ -379,12 +464,52 @@ impl NatsKv {
     fn undo(&self, applied: &[(String, u64, Raw)]) -> bool {
         let mut all = true;
         for (subject, sequence, before) in applied.iter().rev() {
-            match self.write(subject.clone(), &before.restore(), *sequence) {
-                Ok(Written::At(_)) => {}
-                _ => all = false,
+            if !matches!(
+                self.write(subject.clone(), &before.restore(), *sequence),
+                Ok(Written::At(_))
+            ) {
+                all = false;
             }
         }
         all
+    }
+}
+
+/// What an ordered, headers-only consumer delivers: each subject's last
+/// message, at most [`MAX_SCAN`].
+async fn read_scan(
+    consumer: async_nats::jetstream::consumer::Consumer<OrderedConfig>,
+) -> Result<Vec<(String, u64, Option<HeaderMap>)>, ServiceError> {
+    let pending = consumer.cached_info().num_pending;
+    if pending > MAX_SCAN {
+        return Err(ServiceError::QuotaExceeded(format!(
+            "listing would read {pending} keys, more than {MAX_SCAN}"
+        )));
+    }
+    let mut found = Vec::with_capacity(pending as usize);
+    if pending == 0 {
+        return Ok(found);
+    }
+    let mut messages = consumer.messages().await.map_err(unavailable)?;
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let message = match tokio::time::timeout(left, messages.next()).await {
+            Ok(Some(Ok(message))) => message,
+            Ok(Some(Err(err))) => return Err(unavailable(err)),
+            Ok(None) => return Ok(found),
+            Err(_) => return Err(unavailable("listing keys timed out")),
+        };
+        let info = message.info().map_err(unavailable)?;
+        let (sequence, done) = (info.stream_sequence, info.pending == 0);
+        found.push((
+            message.subject.to_string(),
+            sequence,
+            message.headers.clone(),
+        ));
+        if done || found.len() as u64 >= MAX_SCAN {
+            return Ok(found);
+        }
     }
 }
 
@@ -417,6 +542,15 @@ fn gate_holder(raw: &Raw, now: u64) -> Option<u64> {
     Some(u64::from_le_bytes(entry.value.get(..8)?.try_into().ok()?))
 }
 
+/// A commit that failed after some of its writes stayed: reported as
+/// `unavailable` (never rerun, which would apply them twice).
+fn partial(namespace: &str, key: &str, cause: &dyn std::fmt::Display) -> CommitError {
+    CommitError::Refused(unavailable(format!(
+        "the commit stopped at `{key}` in namespace `{namespace}` ({cause}) and some of its \
+         writes could not be put back"
+    )))
+}
+
 fn decode_usage(raw: &Raw) -> (u64, u64) {
     let Some((value, _)) = &raw.put else {
         return (0, 0);
@@ -446,7 +580,9 @@ impl KvBackend for NatsKv {
     }
 
     fn read(&self, namespace: &str, key: &str) -> Result<Option<Entry>, ServiceError> {
-        Ok(self.fetch_one(self.subject(namespace, key))?.live(now_ms()))
+        Ok(self
+            .fetch_one(self.subject(namespace, key)?)?
+            .live(now_ms()))
     }
 
     fn read_many(
@@ -458,7 +594,7 @@ impl KvBackend for NatsKv {
         let subjects = keys
             .iter()
             .map(|key| self.subject(namespace, key))
-            .collect();
+            .collect::<Result<_, _>>()?;
         let now = now_ms();
         let raws = self.fetch(subjects)?;
         collect_within(raws.iter().map(|raw| Ok(raw.live(now))), max_bytes)
@@ -470,7 +606,7 @@ impl KvBackend for NatsKv {
         key: &str,
         decide: &mut Decide<'_>,
     ) -> Result<(), ServiceError> {
-        let subject = self.subject(&grant.namespace, key);
+        let subject = self.subject(&grant.namespace, key)?;
         let writers = [Arc::new(grant.clone())];
         for _ in 0..MAX_ATTEMPTS {
             let raw = self.fetch_one(subject.clone())?;
@@ -482,6 +618,9 @@ impl KvBackend for NatsKv {
             match self.write(subject.clone(), &write, raw.sequence) {
                 Ok(Written::At(_)) => return Ok(()),
                 Ok(Written::Stale) => self.refund(&grant.namespace, change),
+                // It may have been stored: keep the charge (fuller, never
+                // emptier).
+                Ok(Written::Unknown(err)) => return Err(err),
                 Err(err) => {
                     self.refund(&grant.namespace, change);
                     return Err(err);
@@ -512,12 +651,13 @@ impl KvBackend for NatsKv {
             .filter(|(_, ns)| !ns.writes.is_empty())
             .map(|(namespace, _)| &**namespace)
             .collect();
-        let subjects = touched
-            .iter()
-            .map(|(ns, key)| self.subject(ns, key))
-            .chain(written.iter().map(|ns| self.gate_subject(ns)))
-            .collect();
-        let mut raws = self.fetch(subjects).map_err(refused)?;
+        let mut subjects = Vec::with_capacity(touched.len() + written.len());
+        for (ns, key) in &touched {
+            subjects.push(self.subject(ns, key).map_err(refused)?);
+        }
+        subjects.extend(written.iter().map(|ns| self.gate_subject(ns)));
+        let mut raws = self.fetch(subjects.clone()).map_err(refused)?;
+        subjects.truncate(touched.len());
         let gates = raws.split_off(touched.len());
         let now = now_ms();
         for (namespace, gate) in written.iter().zip(&gates) {
@@ -531,28 +671,28 @@ impl KvBackend for NatsKv {
                 });
             }
         }
-        let found: std::collections::HashMap<(&str, &str), &Raw> =
-            touched.iter().copied().zip(&raws).collect();
-        for (namespace, ns) in &changes.namespaces {
-            for (key, seen) in &ns.reads {
-                let current = found[&(&**namespace, key.as_str())].live(now);
-                if version_of(current.as_ref()) != *seen {
-                    return Err(CommitError::Conflict {
-                        namespace: namespace.to_string(),
-                        key: key.clone(),
-                    });
-                }
-            }
+        let found: std::collections::HashMap<(&str, &str), (&Raw, &String)> = touched
+            .iter()
+            .copied()
+            .zip(raws.iter().zip(&subjects))
+            .collect();
+        if let Some(conflict) = self.changed_reads(changes, &found, |_, _| true, None) {
+            return Err(conflict);
         }
         if !changes.writes() {
             return Ok(());
+        }
+        for ns in changes.namespaces.values() {
+            for write in ns.writes.values() {
+                self.check_payload(write).map_err(refused)?;
+            }
         }
         // Charge each namespace for what its writes leave.
         let mut charged: Vec<(&str, (i64, i64))> = Vec::new();
         for (namespace, ns) in &changes.namespaces {
             let mut total = (0i64, 0i64);
             for (key, write) in &ns.writes {
-                let change = delta(key, found[&(&**namespace, key.as_str())], write);
+                let change = delta(key, found[&(&**namespace, key.as_str())].0, write);
                 total = (total.0 + change.0, total.1 + change.1);
             }
             let writers: &[Arc<KvGrant>] = if ns.writers.is_empty() {
@@ -568,40 +708,60 @@ impl KvBackend for NatsKv {
             }
             charged.push((namespace, total));
         }
-        // Write each key if it is still what was checked; on the first that
-        // is not, put back what was written.
+        // Write each key if it is still what was checked.
         let mut applied: Vec<(String, u64, Raw)> = Vec::new();
-        for (namespace, ns) in &changes.namespaces {
+        let mut failure = None;
+        'writes: for (namespace, ns) in &changes.namespaces {
             for (key, write) in &ns.writes {
-                let before = found[&(&**namespace, key.as_str())];
-                let subject = self.subject(namespace, key);
-                let failure = match self.write(subject.clone(), write, before.sequence) {
+                let (before, subject) = found[&(&**namespace, key.as_str())];
+                match self.write(subject.clone(), write, before.sequence) {
                     Ok(Written::At(sequence)) => {
-                        applied.push((subject, sequence, before.clone()));
+                        applied.push((subject.clone(), sequence, before.clone()));
                         continue;
                     }
-                    Ok(Written::Stale) => CommitError::Conflict {
-                        namespace: namespace.to_string(),
-                        key: key.clone(),
-                    },
-                    Err(err) => refused(err),
-                };
-                if self.undo(&applied) {
-                    for (namespace, change) in charged {
-                        self.refund(namespace, change);
+                    Ok(Written::Stale) => {
+                        failure = Some(CommitError::Conflict {
+                            namespace: namespace.to_string(),
+                            key: key.clone(),
+                        });
                     }
-                } else {
-                    // Keep the charge: counted fuller than it is, never
-                    // emptier.
-                    tracing::warn!(
-                        namespace = &**namespace,
-                        "a failed kv commit could not put every key back: some of its writes stay"
-                    );
+                    // Maybe stored: nothing can be promised about the
+                    // commit any more.
+                    Ok(Written::Unknown(err)) => {
+                        self.undo(&applied);
+                        return Err(partial(namespace, key, &err));
+                    }
+                    Err(err) => failure = Some(refused(err)),
                 }
-                return Err(failure);
+                break 'writes;
             }
         }
-        Ok(())
+        // Keys only read are checked again now that every write landed: of
+        // two commits that each read what the other writes, the one that
+        // checks second sees the other's write (no write skew).
+        if failure.is_none() {
+            let read_only = |namespace: &str, key: &str| {
+                !changes.namespaces[namespace].writes.contains_key(key)
+            };
+            failure = self.changed_reads(changes, &found, read_only, Some(&subjects));
+        }
+        let Some(failure) = failure else {
+            return Ok(());
+        };
+        if self.undo(&applied) {
+            for (namespace, change) in charged {
+                self.refund(namespace, change);
+            }
+            Err(failure)
+        } else {
+            // Some writes stay: not a conflict to rerun on top of, and the
+            // charge stays (counted fuller than it is, never emptier).
+            let (namespace, key) = match &failure {
+                CommitError::Conflict { namespace, key } => (namespace.as_str(), key.as_str()),
+                CommitError::Refused(_) => ("", ""),
+            };
+            Err(partial(namespace, key, &failure))
+        }
     }
 
     fn list_keys(
@@ -723,5 +883,77 @@ mod tests {
         assert_eq!(decoded, keys);
         assert_eq!(unhex("zz"), None);
         assert_eq!(unhex("abc"), None);
+        // Subjects other NATS clients wrote may hold anything.
+        assert_eq!(unhex("éé"), None);
+        assert_eq!(unhex("+1"), None);
+    }
+
+    fn backend() -> NatsKv {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let server = crate::backend::local::NatsServer::shared();
+        let prefix = format!("nats{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        let options = crate::backend::NatsOptions::new(server.url()).prefix(prefix);
+        NatsKv::open(crate::backend::NatsConnection::connect(&options).unwrap()).unwrap()
+    }
+
+    fn messages(kv: &NatsKv) -> u64 {
+        let stream = kv.stream.clone();
+        kv.connection
+            .run(async move { stream.get_info().await.unwrap().state.messages })
+            .unwrap()
+    }
+
+    #[test]
+    fn deleted_keys_leave_nothing_behind() {
+        let kv = backend();
+        let g = KvGrant::new("churn");
+        for i in 0..50 {
+            let key = format!("k{i}");
+            let put = Write::Put {
+                value: b"v".to_vec(),
+                expires_at: None,
+            };
+            kv.update(&g, &key, &mut |_| Ok(Some(put.clone()))).unwrap();
+            kv.update(&g, &key, &mut |_| Ok(Some(Write::Delete)))
+                .unwrap();
+        }
+        assert_eq!(kv.usage("churn").unwrap(), (0, 0));
+        // A set-delete loop cannot grow the stream: only the usage record.
+        assert_eq!(messages(&kv), 1);
+    }
+
+    #[test]
+    fn a_key_too_long_for_a_subject_is_refused_and_the_connection_survives() {
+        let kv = backend();
+        let g = KvGrant {
+            max_key_bytes: 4096,
+            ..KvGrant::new("long")
+        };
+        let long = "k".repeat(3000);
+        let refused = kv.update(&g, &long, &mut |_| {
+            Ok(Some(Write::Put {
+                value: b"v".to_vec(),
+                expires_at: None,
+            }))
+        });
+        assert!(
+            matches!(refused, Err(ServiceError::QuotaExceeded(_))),
+            "{refused:?}"
+        );
+        assert!(kv.read("long", &long).is_err());
+        // Still connected: a short key works.
+        kv.update(&g, "short", &mut |_| {
+            Ok(Some(Write::Put {
+                value: b"v".to_vec(),
+                expires_at: None,
+            }))
+        })
+        .unwrap();
+        assert!(kv.read("long", "short").unwrap().is_some());
+        // Deleting leaves no marker: only the entry and the usage record.
+        kv.update(&g, "short", &mut |_| Ok(Some(Write::Delete)))
+            .unwrap();
+        assert_eq!(messages(&kv), 1, "the usage record alone");
     }
 }

@@ -573,6 +573,7 @@ mod tests {
         concurrent_increments_lose_nothing,
         of_two_commits_that_read_the_same_version_one_wins,
         updates_see_the_live_entry_and_keep_quotas,
+        a_write_based_on_a_key_another_commit_wrote_conflicts,
     );
 
     /// A store in a bucket no other test uses.
@@ -820,5 +821,33 @@ mod tests {
         assert_eq!(created, None);
         assert_eq!(store.get("u", "a").unwrap().as_deref(), Some(&b"fresh"[..]));
         assert_eq!(store.usage("u").unwrap(), (3, 2 + 2 + 6));
+    }
+
+    fn a_write_based_on_a_key_another_commit_wrote_conflicts(store: &KvStore) {
+        // Write skew: each reads both, each writes the other's key.
+        let g = KvGrant::new("skew");
+        store.set(&g, "alice", b"on").unwrap();
+        store.set(&g, "bob", b"on").unwrap();
+        let a = store.read("skew", "alice").unwrap().unwrap().version;
+        let b = store.read("skew", "bob").unwrap().unwrap().version;
+        let first = changes(
+            &g,
+            &[("alice", a), ("bob", b)],
+            &[("alice", put(b"off", None))],
+        );
+        let second = changes(
+            &g,
+            &[("alice", a), ("bob", b)],
+            &[("bob", put(b"off", None))],
+        );
+        store.commit(&first).unwrap();
+        assert!(matches!(
+            store.commit(&second),
+            Err(CommitError::Conflict { key, .. }) if key == "alice"
+        ));
+        assert_eq!(
+            store.get("skew", "bob").unwrap().as_deref(),
+            Some(&b"on"[..])
+        );
     }
 }
