@@ -49,6 +49,10 @@ pub struct NatsOptions {
     /// The contents of a NATS credentials file (JWT and nkey seed), if the
     /// server asks for one.
     pub credentials: Option<Secret>,
+    /// Copies JetStream keeps of the bucket (1 to 5; a NATS cluster needs
+    /// at least as many servers). Used when the bucket is created; an
+    /// existing bucket keeps its own.
+    pub replicas: usize,
 }
 
 impl NatsOptions {
@@ -58,6 +62,7 @@ impl NatsOptions {
             url: url.into(),
             prefix: "capsule".into(),
             credentials: None,
+            replicas: 1,
         }
     }
 
@@ -66,6 +71,22 @@ impl NatsOptions {
         self.prefix = prefix.into();
         self
     }
+}
+
+/// Longest subject the NATS backend writes: well inside the server's 4 KiB
+/// control line (a longer one makes the server drop the connection every
+/// plugin of the host shares), with the headers beside it.
+pub const NATS_MAX_SUBJECT: usize = 1024;
+
+/// The subject prefix of the deployment's key-value bucket.
+pub(crate) fn nats_kv_subjects(prefix: &str) -> String {
+    format!("$KV.{prefix}-kv.")
+}
+
+/// The longest key, in bytes, the NATS backend stores in `namespace` of
+/// deployment `prefix`: keys and namespaces go into subjects hex-encoded.
+pub fn nats_max_key_bytes(prefix: &str, namespace: &str) -> usize {
+    NATS_MAX_SUBJECT.saturating_sub(nats_kv_subjects(prefix).len() + 2 * namespace.len() + 1) / 2
 }
 
 /// Checks a deployment prefix: it becomes part of bucket and stream names,

@@ -700,6 +700,7 @@ impl Locator<'_> {
                         "credentials",
                         raw_ref.credentials.as_ref().map(Spanned::span),
                     ),
+                    ("replicas", raw_ref.replicas.as_ref().map(Spanned::span)),
                 ] {
                     if let Some(span) = set {
                         self.error(
@@ -736,6 +737,16 @@ impl Locator<'_> {
                     match check_prefix(prefix.get_ref()) {
                         Ok(()) => options.prefix = prefix.get_ref().clone(),
                         Err(err) => self.error(prefix.span(), &format!("{section}.prefix"), err),
+                    }
+                }
+                if let Some(replicas) = &raw_ref.replicas {
+                    match *replicas.get_ref() {
+                        count @ 1..=5 => options.replicas = count,
+                        count => self.error(
+                            replicas.span(),
+                            &format!("{section}.replicas"),
+                            format!("{count}: JetStream keeps 1 to 5 replicas"),
+                        ),
                     }
                 }
                 if let Some(source) = &raw_ref.credentials {
@@ -816,6 +827,24 @@ impl Locator<'_> {
                 .find(|(name, _)| *name == service)
                 .map_or_else(|| name.span(), |(_, span)| span.clone());
             self.invalid(span, &section, invalid);
+        }
+        if let (Backend::Nats(nats), Some(kv)) = (&host.backend, &grants.kv) {
+            let longest = crate::backend::nats_max_key_bytes(&nats.prefix, &kv.namespace);
+            if kv.max_key_bytes > longest {
+                let span = spans
+                    .iter()
+                    .find(|(name, _)| *name == "kv")
+                    .map_or_else(|| name.span(), |(_, span)| span.clone());
+                self.error(
+                    span,
+                    &key("kv.max_key"),
+                    format!(
+                        "{} bytes: with the NATS backend, keys in namespace `{}` can be at most \
+                         {longest} bytes (they become part of a NATS subject)",
+                        kv.max_key_bytes, kv.namespace
+                    ),
+                );
+            }
         }
         if self.errors.len() > errors_before {
             return None;

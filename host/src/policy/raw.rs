@@ -221,6 +221,8 @@ pub(super) struct RawBackend {
     pub(super) prefix: Option<Spanned<String>>,
     /// A NATS credentials file's contents, from a file or a variable.
     pub(super) credentials: Option<Spanned<SecretSource>>,
+    /// Copies JetStream keeps of the bucket it creates.
+    pub(super) replicas: Option<Spanned<usize>>,
 }
 
 /// `[host.pool]`: how many instances the pooling allocator reserves room

@@ -455,7 +455,7 @@ fn the_backend_section_picks_where_kv_lives() {
     std::fs::write(&creds, "-----BEGIN NATS USER JWT-----\n").unwrap();
     let text = format!(
         "[host.backend]\nkind = \"nats\"\nurl = \"nats://10.0.0.1:4222, nats://10.0.0.2:4222\"\n\
-         prefix = \"shop-eu\"\ncredentials = {{ file = \"{}\" }}\n",
+         prefix = \"shop-eu\"\nreplicas = 3\ncredentials = {{ file = \"{}\" }}\n",
         creds.display()
     );
     let policy = parse(&text).unwrap();
@@ -463,6 +463,7 @@ fn the_backend_section_picks_where_kv_lives() {
         panic!("{:?}", policy.host.backend);
     };
     assert_eq!(options.prefix, "shop-eu");
+    assert_eq!(options.replicas, 3);
     assert_eq!(options.url, "nats://10.0.0.1:4222, nats://10.0.0.2:4222");
     let credentials = options.credentials.as_ref().unwrap();
     assert!(credentials.expose().starts_with("-----BEGIN NATS USER JWT"));
@@ -500,10 +501,34 @@ fn a_broken_backend_section_is_refused_at_its_line() {
             "host.backend.credentials",
         ),
         ("[host.backend]\nkind = \"nats\"\nport = 4222\n", 3, "port"),
+        (
+            "[host.backend]\nkind = \"nats\"\nurl = \"nats://x:4222\"\nreplicas = 7\n",
+            4,
+            "host.backend.replicas",
+        ),
     ];
     for (text, line, key) in cases {
         let err = parse(text).unwrap_err();
         assert_eq!(err.position.map(|p| p.0), Some(line), "{text}: {err}");
         assert!(err.to_string().contains(key), "{key}: {err}");
     }
+}
+
+#[test]
+fn with_nats_a_key_quota_that_cannot_fit_a_subject_is_refused() {
+    let (_, wasm) = wasm_file();
+    let text = format!(
+        "[host.backend]\nkind = \"nats\"\nurl = \"nats://x:4222\"\n\
+         [plugins.a]\npath = \"{wasm}\"\nkv = {{ namespace = \"n\", max_key = \"1KiB\" }}\n"
+    );
+    let err = parse(&text).unwrap_err();
+    assert_eq!(err.position.map(|p| p.0), Some(6), "{err}");
+    assert!(err.to_string().contains("plugins.a.kv.max_key"), "{err}");
+    // The default key size fits; so does the same quota on the embedded store.
+    let fits = text.replace(", max_key = \"1KiB\"", "");
+    parse(&fits).unwrap();
+    let embedded = format!(
+        "[plugins.a]\npath = \"{wasm}\"\nkv = {{ namespace = \"n\", max_key = \"1KiB\" }}\n"
+    );
+    parse(&embedded).unwrap();
 }

@@ -53,8 +53,8 @@ use super::store::{
     Changes, CommitError, Decide, Entry, KvBackend, Write, account, check_quota, collect_within,
     now_ms, unavailable, version_of,
 };
-use crate::backend::NatsConnection;
 use crate::backend::connection::REQUEST_TIMEOUT;
+use crate::backend::{NATS_MAX_SUBJECT, NatsConnection, nats_kv_subjects, nats_max_key_bytes};
 use crate::contract::ServiceError;
 
 const EXPECTED_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
@@ -68,9 +68,6 @@ const MAX_ATTEMPTS: usize = 64;
 const MAX_SCAN: u64 = 100_000;
 /// Room left in a message for the headers next to a value.
 const HEADER_ROOM: usize = 512;
-/// Longest subject the backend writes: well inside the server's 4 KiB
-/// control line, with the headers beside it.
-const MAX_SUBJECT: usize = 1024;
 
 /// The NATS JetStream KV backend.
 pub(crate) struct NatsKv {
@@ -167,7 +164,8 @@ fn lost() -> ServiceError {
 impl NatsKv {
     /// Opens (creating if needed) the deployment's bucket.
     pub(crate) fn open(connection: Arc<NatsConnection>) -> Result<NatsKv, String> {
-        let bucket = format!("{}-kv", connection.prefix());
+        let prefix = connection.prefix().to_owned();
+        let bucket = format!("{prefix}-kv");
         let jetstream = connection.jetstream.clone();
         let name = bucket.clone();
         // The stream a JetStream KV bucket is, made directly: the crate's
@@ -186,7 +184,7 @@ impl NatsKv {
             deny_delete: false,
             allow_direct: true,
             discard: stream::DiscardPolicy::New,
-            num_replicas: 1,
+            num_replicas: connection.options.replicas,
             ..Default::default()
         };
         let stream = connection
@@ -195,21 +193,22 @@ impl NatsKv {
             .map_err(|err| format!("bucket {name}: {err}"))?;
         Ok(NatsKv {
             connection,
-            subjects: format!("$KV.{bucket}."),
+            subjects: nats_kv_subjects(&prefix),
             stream,
         })
     }
 
-    /// The subject of `key`, refused when longer than [`MAX_SUBJECT`]: a
+    /// The subject of `key`, refused when longer than [`NATS_MAX_SUBJECT`]: a
     /// subject past the server's control line limit would make it drop the
     /// connection every plugin shares.
     fn subject(&self, namespace: &str, key: &str) -> Result<String, ServiceError> {
         let subject = format!("{}{}.{}", self.subjects, hex(namespace), hex(key));
-        if subject.len() > MAX_SUBJECT {
+        if subject.len() > NATS_MAX_SUBJECT {
             return Err(ServiceError::QuotaExceeded(format!(
-                "a key of {} bytes is longer than the NATS backend takes ({} bytes)",
+                "a key of {} bytes is longer than the NATS backend takes in this namespace \
+                 ({} bytes)",
                 key.len(),
-                MAX_SUBJECT.saturating_sub(self.subjects.len() + 2 * namespace.len() + 1) / 2
+                nats_max_key_bytes(self.connection.prefix(), namespace)
             )));
         }
         Ok(subject)
@@ -902,6 +901,18 @@ mod tests {
         kv.connection
             .run(async move { stream.get_info().await.unwrap().state.messages })
             .unwrap()
+    }
+
+    #[test]
+    fn more_replicas_than_servers_is_refused_when_the_bucket_is_made() {
+        let server = crate::backend::local::NatsServer::shared();
+        let mut options = crate::backend::NatsOptions::new(server.url()).prefix("replicated");
+        options.replicas = 3;
+        let connection = crate::backend::NatsConnection::connect(&options).unwrap();
+        let err = NatsKv::open(connection)
+            .err()
+            .expect("one server holds one replica");
+        assert!(err.contains("replicated-kv"), "{err}");
     }
 
     #[test]
