@@ -234,6 +234,10 @@ pub enum LoadFailure {
     /// The plugin is part of a cycle of requirements.
     #[error("dependency cycle: {0}")]
     DependencyCycle(String),
+    /// The shared backend (NATS) did not answer what loading needs from it
+    /// (the plugin's event consumer).
+    #[error("the shared backend is unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl LoadFailure {
@@ -258,6 +262,7 @@ impl LoadFailure {
             LoadFailure::InvalidManifest(_) => ErrorKind::InvalidManifest,
             LoadFailure::MissingDependency(_) => ErrorKind::MissingDependency,
             LoadFailure::DependencyCycle(_) => ErrorKind::DependencyCycle,
+            LoadFailure::Unavailable(_) => ErrorKind::Unavailable,
         }
     }
 }

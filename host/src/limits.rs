@@ -204,6 +204,11 @@ pub struct BusOptions {
     /// Bytes of dead letters kept (oldest dropped first); a payload larger
     /// than an eighth of this is kept truncated.
     pub dead_letter_bytes: usize,
+    /// With the NATS backend: how long an event handed to a host may stay
+    /// unsettled before NATS gives it to another host. A running handler
+    /// extends it (so a long handler is not delivered twice); a host that
+    /// dies mid-delivery delays its events by this much.
+    pub ack_wait: Duration,
 }
 
 impl Default for BusOptions {
@@ -217,6 +222,7 @@ impl Default for BusOptions {
             max_hops: 8,
             dead_letters: 1000,
             dead_letter_bytes: 8 << 20,
+            ack_wait: Duration::from_secs(30),
         }
     }
 }

@@ -801,11 +801,17 @@ async fn publish(
     if let Err(err) = authorize(&state, &headers) {
         return err.into_response();
     }
+    if let Err(message) = crate::services::events::validate_topic(&topic) {
+        return error_response(StatusCode::BAD_REQUEST, "config", "", &message);
+    }
     match state.host.publish(&topic, body.to_vec()).await {
         Ok(delivered) => {
             axum::Json(json!({ "topic": topic, "delivered": delivered })).into_response()
         }
-        Err(message) => error_response(StatusCode::BAD_REQUEST, "config", "", &message),
+        // The topic is valid: only the shared stream refuses.
+        Err(message) => {
+            error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "", &message)
+        }
     }
 }
 
@@ -813,5 +819,10 @@ async fn dead_letters(State(state): State<AppState>, headers: HeaderMap) -> Resp
     if let Err(err) = authorize(&state, &headers) {
         return err.into_response();
     }
-    axum::Json(json!({ "dead_letters": state.host.dead_letters() })).into_response()
+    match state.host.deployment_dead_letters().await {
+        Ok(letters) => axum::Json(json!({ "dead_letters": letters })).into_response(),
+        Err(message) => {
+            error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "", &message)
+        }
+    }
 }

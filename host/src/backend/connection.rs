@@ -105,6 +105,20 @@ impl NatsConnection {
     ) -> Option<T> {
         wait_on(self.runtime.0.as_ref()?, work)
     }
+
+    /// Runs `work` on the connection's runtime and awaits it from the
+    /// caller's: the client's I/O and timers stay on the runtime that
+    /// drives the connection, whatever runtime the caller is on.
+    pub(crate) async fn spawn<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = T> + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.runtime.0.as_ref()?.spawn(async move {
+            let _ = tx.send(work.await);
+        });
+        rx.await.ok()
+    }
 }
 
 /// Runs `work` on `runtime` and blocks this thread until it is done; unlike

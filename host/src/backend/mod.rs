@@ -9,6 +9,8 @@
 #[cfg(feature = "nats")]
 pub(crate) mod connection;
 #[cfg(feature = "nats")]
+pub(crate) mod events;
+#[cfg(feature = "nats")]
 pub mod local;
 
 #[cfg(feature = "nats")]
@@ -87,6 +89,13 @@ pub(crate) fn nats_kv_subjects(prefix: &str) -> String {
 /// deployment `prefix`: keys and namespaces go into subjects hex-encoded.
 pub fn nats_max_key_bytes(prefix: &str, namespace: &str) -> usize {
     NATS_MAX_SUBJECT.saturating_sub(nats_kv_subjects(prefix).len() + 2 * namespace.len() + 1) / 2
+}
+
+#[cfg(feature = "nats")]
+/// The subject prefix of the deployment's events: topic `orders.new` is
+/// subject `<prefix>.events.orders.new`.
+pub(crate) fn nats_event_subjects(prefix: &str) -> String {
+    format!("{prefix}.events.")
 }
 
 /// Checks a deployment prefix: it becomes part of bucket and stream names,

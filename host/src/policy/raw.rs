@@ -146,6 +146,7 @@ pub(super) struct RawBus {
     pub(super) max_hops: Option<u32>,
     pub(super) dead_letters: Option<usize>,
     pub(super) dead_letter_bytes: Option<Size>,
+    pub(super) ack_wait: Option<Time>,
 }
 
 impl RawBus {
@@ -167,6 +168,9 @@ impl RawBus {
         }
         if let Some(time) = &self.max_retry_delay {
             options.max_retry_delay = time.0;
+        }
+        if let Some(time) = &self.ack_wait {
+            options.ack_wait = time.0;
         }
         if let Some(hops) = self.max_hops {
             options.max_hops = hops;

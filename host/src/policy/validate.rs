@@ -145,6 +145,7 @@ pub fn bus(options: &BusOptions) -> Result<(), Invalid> {
         "attempts",
     )?;
     duration("max_retry_delay", options.max_retry_delay, Duration::ZERO)?;
+    duration("ack_wait", options.ack_wait, Duration::from_secs(1))?;
     range("max_hops", u64::from(options.max_hops), 0, 1_000, "hops")?;
     range(
         "dead_letters",

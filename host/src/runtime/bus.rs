@@ -22,13 +22,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 pub use crate::limits::BusOptions;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::queue::{BoundedQueue, Receiver, Refused, Room};
 use crate::services::events::TopicPattern;
 
 /// An event on the bus.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BusEvent {
     /// The topic.
     pub topic: String,
@@ -54,7 +54,7 @@ impl BusEvent {
 }
 
 /// An event that could not be delivered, kept for the operator.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
     /// The plugin it was for (or the embedder subscription's pattern).
     pub subscriber: String,
@@ -235,14 +235,14 @@ impl Bus {
     }
 
     /// Records an event that will not be delivered, within the dead-letter
-    /// budgets.
+    /// budgets, and returns the letter as kept.
     pub(crate) fn dead_letter(
         &self,
         subscriber: String,
         mut event: BusEvent,
         reason: String,
         attempts: u32,
-    ) {
+    ) -> DeadLetter {
         self.log_dead_letter(&subscriber, &event.topic, &reason);
         let max_payload = self.options.dead_letter_bytes / 8;
         let payload_truncated = event.payload.len() > max_payload;
@@ -269,7 +269,8 @@ impl Bus {
             }
         }
         dead.bytes += cost;
-        dead.letters.push_back(letter);
+        dead.letters.push_back(letter.clone());
+        letter
     }
 
     /// Logs a dead letter, escaped and truncated, at most

@@ -1,6 +1,8 @@
 //! Committing what a call (or a transactional pipeline, or an event
 //! delivery) buffered: its key-value changes in one store transaction, then
-//! its events on the bus — both or neither.
+//! its events on the bus — both or neither (with the NATS backend, events
+//! the stream refuses after the writes committed fail the call as
+//! `unavailable`; see `docs/scaling.md`).
 //!
 //! Commits are optimistic (`KvStore::commit` checks the versions the call
 //! read). A call that conflicts is run again when that repeats nothing
@@ -276,7 +278,8 @@ impl Host {
                 });
             }
         }
-        let mut published = Vec::with_capacity(events.len());
+        let total = events.len();
+        let mut published = Vec::with_capacity(total);
         for (source, event) in events {
             let on_bus = BusEvent {
                 topic: event.topic.clone(),
@@ -284,7 +287,20 @@ impl Host {
                 source: source.to_string(),
                 hops,
             };
-            self.publish_event(on_bus, Publisher::Plugin).await;
+            // Only the NATS stream can refuse. The writes are committed and
+            // the events before this one stored: the call fails as
+            // `unavailable` and is not run again (it would repeat them).
+            if let Err(reason) = self.publish_event(on_bus, Publisher::Plugin).await {
+                let stored = published.len();
+                return Err(Refused {
+                    failure: CallFailure::Unavailable(format!(
+                        "the call's writes were committed and {stored} of its {total} events \
+                         published, but the next was not stored: {reason}"
+                    )),
+                    conflict: None,
+                    escaped: true,
+                });
+            }
             published.push(event);
         }
         Ok(published)

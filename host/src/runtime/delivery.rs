@@ -8,6 +8,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use super::bus::{BusEvent, DeadLetter, Delivery, Subscription};
+use super::commit::{Exclusive, MAX_ATTEMPTS};
 use super::queue::Receiver;
 use super::registry::Slot;
 use super::{Host, HostInner};
@@ -43,7 +44,7 @@ impl Host {
             source: HOST_SOURCE.to_owned(),
             hops: 0,
         };
-        Ok(self.publish_event(event, Publisher::Host).await)
+        self.publish_event(event, Publisher::Host).await
     }
 
     /// Subscribes the embedder to topics matching `pattern` (`orders.*`,
@@ -56,37 +57,57 @@ impl Host {
 
     /// Events that could not be delivered (rejected, retried too often,
     /// forwarded without permission, stuck behind a full queue, too many
-    /// hops), oldest first.
+    /// hops) on this host, oldest first.
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
         self.inner.bus.dead_letters()
     }
 
+    /// The dead letters of the whole deployment, oldest first: with the
+    /// NATS backend those every host recorded (read from NATS, so an
+    /// operator asks any host), otherwise this host's.
+    pub async fn deployment_dead_letters(&self) -> Result<Vec<DeadLetter>, String> {
+        #[cfg(feature = "nats")]
+        if let Some(shared) = &self.inner.shared_events {
+            return super::shared_bus::dead_letters(shared).await;
+        }
+        Ok(self.dead_letters())
+    }
+
     /// Puts an event on the bus: into the queue of every plugin whose
-    /// current grant lets it receive the topic, and to embedder subscribers.
-    /// An event past the hop limit becomes a dead letter instead.
-    pub(crate) async fn publish_event(&self, event: BusEvent, publisher: Publisher) -> usize {
+    /// current grant lets it receive the topic (with the NATS backend: onto
+    /// the deployment's stream, from which every host's plugins take it),
+    /// and to this host's embedder subscribers. Returns how many took it;
+    /// an error only when the shared stream did not store it. An event past
+    /// the hop limit becomes a dead letter instead.
+    pub(crate) async fn publish_event(
+        &self,
+        event: BusEvent,
+        publisher: Publisher,
+    ) -> Result<usize, String> {
         let bus = &self.inner.bus;
         if event.hops > bus.options.max_hops {
             self.inner
                 .dispatch
                 .metrics
                 .event(&event.source, "dead_letter");
-            bus.dead_letter(
-                event.source.clone(),
-                event,
-                format!(
-                    "hop limit reached: {} plugins in a row published in reaction to each \
-                     other's events (a loop?)",
-                    bus.options.max_hops
-                ),
-                0,
+            let reason = format!(
+                "hop limit reached: {} plugins in a row published in reaction to each other's \
+                 events (a loop?)",
+                bus.options.max_hops
             );
-            return 0;
+            self.record_dead_letter(event.source.clone(), event, reason, 0)
+                .await;
+            return Ok(0);
         }
         let deadline = match publisher {
             Publisher::Host => Some(Instant::now() + bus.options.queue_timeout),
             Publisher::Plugin => None,
         };
+        #[cfg(feature = "nats")]
+        if let Some(shared) = &self.inner.shared_events {
+            super::shared_bus::publish(shared, &event).await?;
+            return Ok(1 + bus.deliver_external(&event, deadline).await);
+        }
         let cost = event.cost();
         let mut delivered = 0;
         for slot in self.slots() {
@@ -110,7 +131,28 @@ impl Host {
                 }
             }
         }
-        delivered + bus.deliver_external(&event, deadline).await
+        Ok(delivered + bus.deliver_external(&event, deadline).await)
+    }
+
+    /// Records a dead letter on this host and, with the NATS backend, in the
+    /// deployment's dead-letter stream (a failure there is logged: the
+    /// local record stays).
+    pub(crate) async fn record_dead_letter(
+        &self,
+        subscriber: String,
+        event: BusEvent,
+        reason: String,
+        attempts: u32,
+    ) {
+        let letter = self
+            .inner
+            .bus
+            .dead_letter(subscriber, event, reason, attempts);
+        #[cfg(feature = "nats")]
+        if let Some(shared) = &self.inner.shared_events {
+            super::shared_bus::record_dead_letter(shared, &letter).await;
+        }
+        let _ = letter;
     }
 
     /// Starts the worker that delivers a plugin's queued events, if it has
@@ -121,6 +163,15 @@ impl Host {
         };
         let host = Arc::downgrade(&self.inner);
         let name = Arc::clone(&slot.name);
+        #[cfg(feature = "nats")]
+        if let Some(shared) = &self.inner.shared_events {
+            tokio::spawn(super::shared_bus::deliver_loop(
+                host,
+                name,
+                Arc::clone(shared),
+            ));
+            return;
+        }
         tokio::spawn(deliver_loop(host, name, receiver));
     }
 }
@@ -166,24 +217,35 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
+/// What becomes of one delivery, whichever bus carried it.
+#[derive(Debug)]
+pub(crate) enum Settlement {
+    /// Handled (acknowledged, or forwarded): done with.
+    Done,
+    /// To be delivered again after `delay`, unless attempts are used up.
+    Retry { delay: Duration, reason: String },
+    /// Given up on: becomes a dead letter.
+    DeadLetter(String),
+}
+
 impl Host {
-    /// Delivers one event to its plugin. Returns the delivery again, with
-    /// when to retry it, if it is to be retried.
+    /// Delivers one event from this host's in-process bus. Returns the
+    /// delivery again, with when to retry it, if it is to be retried.
     async fn deliver_one(
         &self,
         slot: &Arc<Slot>,
         delivery: Delivery,
     ) -> Option<(Instant, Delivery)> {
         let name = slot.name.to_string();
-        let bus = &self.inner.bus;
-        let plugin = slot.current();
         // The grant may have changed with a reload since the event was queued.
-        if !plugin.grants.events.may_receive(&delivery.event.topic) {
-            self.dead_letter(
-                &name,
-                delivery,
-                "the plugin is no longer granted this topic".into(),
-            );
+        if !slot
+            .current()
+            .grants
+            .events
+            .may_receive(&delivery.event.topic)
+        {
+            let reason = "the plugin is no longer granted this topic".into();
+            self.dead_letter(&name, delivery, reason).await;
             return None;
         }
         // A paused plugin keeps its events until it is resumed.
@@ -195,123 +257,175 @@ impl Host {
             // Unloaded while paused: the event goes with it.
             self.slot(&name)?;
         }
-        let event = Event {
-            topic: delivery.event.topic.clone(),
-            payload: delivery.event.payload.clone(),
+        match self
+            .handle_event(slot, &delivery.event, delivery.attempt)
+            .await
+        {
+            Settlement::Done => None,
+            Settlement::Retry { delay, reason } => {
+                let options = &self.inner.bus.options;
+                if delivery.attempt >= options.max_attempts {
+                    let reason = gave_up(options.max_attempts, &reason);
+                    self.dead_letter(&name, delivery, reason).await;
+                    return None;
+                }
+                let delay = delay.min(options.max_retry_delay);
+                let next = Delivery {
+                    attempt: delivery.attempt + 1,
+                    ..delivery
+                };
+                Some((Instant::now() + delay, next))
+            }
+            Settlement::DeadLetter(reason) => {
+                self.dead_letter(&name, delivery, reason).await;
+                None
+            }
+        }
+    }
+
+    /// Runs `on-event` for `event` (its `attempt`-th delivery), commits
+    /// what it did, and says what becomes of the event. Shared by the
+    /// in-process bus and the NATS one: only how they keep and settle
+    /// events differs.
+    pub(crate) async fn handle_event(
+        &self,
+        slot: &Arc<Slot>,
+        event: &BusEvent,
+        attempt: u32,
+    ) -> Settlement {
+        let name = slot.name.to_string();
+        let plugin = slot.current();
+        let on_event = Event {
+            topic: event.topic.clone(),
+            payload: event.payload.clone(),
             metadata: vec![
-                ("source".into(), delivery.event.source.clone()),
-                ("attempt".into(), delivery.attempt.to_string()),
-                ("hops".into(), delivery.event.hops.to_string()),
+                ("source".into(), event.source.clone()),
+                ("attempt".into(), attempt.to_string()),
+                ("hops".into(), event.hops.to_string()),
             ],
         };
-        let delivered = plugin.deliver(event).await;
         // What this plugin publishes in reaction is one hop further along.
-        let hops = delivery.event.hops.saturating_add(1);
-        let publisher = Publisher::Plugin;
-        let mut transaction = delivered.transaction;
-        let outcome = match delivered.outcome {
-            // Whatever `on-event` answered, its writes commit (a plugin
-            // asking for a retry may count attempts); a trap or an error
-            // discards them. Only an acknowledged delivery publishes what it
-            // published: a forward publishes the forwarded event instead.
-            Ok(outcome) => {
-                if !matches!(outcome, EventOutcome::Ack) {
-                    transaction.events.clear();
+        let hops = event.hops.saturating_add(1);
+        let store = &self.inner.loader.services.kv_store;
+        // A delivery that loses to a concurrent commit (another host's
+        // delivery of the same plugin, or a call) runs again like a call
+        // does, holding the namespaces' gates, without using up one of the
+        // event's attempts.
+        let runs = MAX_ATTEMPTS + 2 * u32::from(store.shared());
+        let mut held: Option<Exclusive> = None;
+        let mut run = 1;
+        let outcome = loop {
+            let delivered = plugin.deliver(on_event.clone()).await;
+            let mut transaction = delivered.transaction;
+            match delivered.outcome {
+                // Whatever `on-event` answered, its writes commit (a plugin
+                // asking for a retry may count attempts); a trap or an error
+                // discards them. Only an acknowledged delivery publishes
+                // what it published: a forward publishes the forwarded
+                // event instead.
+                Ok(outcome) => {
+                    if !matches!(outcome, EventOutcome::Ack) {
+                        transaction.events.clear();
+                    }
+                    let wait = plugin.limits().timeout;
+                    let gated = held.as_ref().map(|held| held.holder);
+                    match self.commit(&name, transaction, gated, hops, wait).await {
+                        Ok(_) => break Ok(outcome),
+                        Err(refused) => match refused.conflict {
+                            Some(namespaces) if run < runs && !refused.escaped => {
+                                match &mut held {
+                                    None => {
+                                        held =
+                                            Some(self.inner.commits.exclusive(&namespaces).await);
+                                    }
+                                    Some(held) => {
+                                        held.hold_in_store(store, &namespaces, wait).await;
+                                    }
+                                }
+                                run += 1;
+                            }
+                            _ => break Err(refused.failure),
+                        },
+                    }
                 }
-                let wait = plugin.limits().timeout;
-                match self.commit(&name, transaction, None, hops, wait).await {
-                    Ok(_) => Ok(outcome),
-                    Err(refused) => Err(refused.failure),
-                }
+                Err(failure) => break Err(failure),
             }
-            Err(failure) => Err(failure),
         };
+        drop(held);
+        let metrics = &self.inner.dispatch.metrics;
         match outcome {
             Ok(EventOutcome::Ack) => {
-                self.inner.dispatch.metrics.event(&name, "ack");
-                None
+                metrics.event(&name, "ack");
+                Settlement::Done
             }
             Ok(EventOutcome::RetryAfter(millis)) => {
-                self.inner.dispatch.metrics.event(&name, "retry");
-                let delay = Duration::from_millis(u64::from(millis));
-                self.retry(slot, delivery, delay, "the plugin asked to retry")
+                metrics.event(&name, "retry");
+                Settlement::Retry {
+                    delay: Duration::from_millis(u64::from(millis)),
+                    reason: "the plugin asked to retry".into(),
+                }
             }
             Ok(EventOutcome::Reject(reason)) => {
-                self.inner.dispatch.metrics.event(&name, "reject");
-                let attempts = delivery.attempt;
-                bus.dead_letter(
-                    name,
-                    delivery.event,
-                    format!("rejected: {reason}"),
-                    attempts,
-                );
-                None
+                metrics.event(&name, "reject");
+                Settlement::DeadLetter(format!("rejected: {reason}"))
             }
             Ok(EventOutcome::Forward(forward)) => {
-                if validate_topic(&forward.topic).is_ok()
-                    && plugin.grants.events.may_publish(&forward.topic)
+                if validate_topic(&forward.topic).is_err()
+                    || !plugin.grants.events.may_publish(&forward.topic)
                 {
-                    self.inner.dispatch.metrics.event(&name, "forward");
-                    let event = BusEvent {
-                        topic: forward.topic,
-                        payload: forward.payload,
-                        source: name.clone(),
-                        hops,
-                    };
-                    self.publish_event(event, publisher).await;
-                } else {
-                    let reason = format!(
+                    return Settlement::DeadLetter(format!(
                         "forwarding to `{}` was not granted",
                         crate::text::for_log(&forward.topic, 255)
-                    );
-                    self.dead_letter(&name, delivery, reason);
+                    ));
                 }
-                None
+                let forwarded = BusEvent {
+                    topic: forward.topic,
+                    payload: forward.payload,
+                    source: name.clone(),
+                    hops,
+                };
+                match self.publish_event(forwarded, Publisher::Plugin).await {
+                    Ok(_) => {
+                        metrics.event(&name, "forward");
+                        Settlement::Done
+                    }
+                    Err(reason) => {
+                        metrics.event(&name, "error");
+                        Settlement::Retry {
+                            delay: backoff(attempt),
+                            reason: format!("the forwarded event was not stored: {reason}"),
+                        }
+                    }
+                }
             }
             Err(failure) => {
-                self.inner.dispatch.metrics.event(&name, "error");
-                let backoff = Duration::from_millis(50 << delivery.attempt.min(6));
+                metrics.event(&name, "error");
                 let reason = match &failure {
                     CallFailure::Plugin(_) => format!("on-event failed: {failure}"),
                     other => format!("on-event stopped: {other}"),
                 };
-                self.retry(slot, delivery, backoff, &reason)
+                Settlement::Retry {
+                    delay: backoff(attempt),
+                    reason,
+                }
             }
         }
     }
 
-    fn dead_letter(&self, plugin: &str, delivery: Delivery, reason: String) {
+    async fn dead_letter(&self, plugin: &str, delivery: Delivery, reason: String) {
         self.inner.dispatch.metrics.event(plugin, "dead_letter");
         let attempts = delivery.attempt;
-        self.inner
-            .bus
-            .dead_letter(plugin.to_owned(), delivery.event, reason, attempts);
+        self.record_dead_letter(plugin.to_owned(), delivery.event, reason, attempts)
+            .await;
     }
+}
 
-    /// When to deliver again (after `delay`, at most the bus's
-    /// `max_retry_delay`), unless the event has used up its attempts.
-    fn retry(
-        &self,
-        slot: &Arc<Slot>,
-        delivery: Delivery,
-        delay: Duration,
-        reason: &str,
-    ) -> Option<(Instant, Delivery)> {
-        let options = &self.inner.bus.options;
-        if delivery.attempt >= options.max_attempts {
-            let max = options.max_attempts;
-            self.dead_letter(
-                &slot.name,
-                delivery,
-                format!("gave up after {max} attempts; last: {reason}"),
-            );
-            return None;
-        }
-        let delay = delay.min(options.max_retry_delay);
-        let next = Delivery {
-            attempt: delivery.attempt + 1,
-            ..delivery
-        };
-        Some((Instant::now() + delay, next))
-    }
+/// How long to wait before delivering again an event whose handler failed.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(50 << attempt.min(6))
+}
+
+/// The reason of an event given up on after `attempts`.
+pub(crate) fn gave_up(attempts: u32, last: &str) -> String {
+    format!("gave up after {attempts} attempts; last: {last}")
 }

@@ -16,6 +16,8 @@ mod pipeline;
 mod plugin;
 mod queue;
 mod registry;
+#[cfg(feature = "nats")]
+mod shared_bus;
 pub(crate) mod spec;
 
 use std::collections::BTreeMap;
@@ -259,8 +261,23 @@ impl HostBuilder {
             )?),
             None => None,
         };
+        #[cfg(feature = "nats")]
+        let mut shared_events = None;
         let kv_store = Arc::new(match (&self.backend, &self.data_dir) {
-            (Backend::Nats(options), _) => nats_store(options)?,
+            #[cfg(feature = "nats")]
+            (Backend::Nats(options), _) => {
+                let (store, events) = nats_backend(options, &self.bus)?;
+                shared_events = Some(Arc::new(events));
+                store
+            }
+            #[cfg(not(feature = "nats"))]
+            (Backend::Nats(options), _) => {
+                return Err(HostError::Backend(BackendError {
+                    kind: "nats",
+                    url: options.url.clone(),
+                    reason: "this build of Capsule has no NATS support (the `nats` feature)".into(),
+                }));
+            }
             (Backend::Embedded, Some(dir)) => KvStore::open(&dir.join("kv.redb"))?,
             (Backend::Embedded, None) => KvStore::in_memory(),
         });
@@ -300,6 +317,8 @@ impl HostBuilder {
                     metrics: Metrics::default(),
                 },
                 bus: Bus::new(self.bus),
+                #[cfg(feature = "nats")]
+                shared_events,
                 commits: commit::Gates::default(),
                 stopped: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -307,25 +326,28 @@ impl HostBuilder {
     }
 }
 
-/// The key-value store in NATS JetStream.
+/// The key-value store and the event streams in NATS JetStream, on one
+/// connection.
 #[cfg(feature = "nats")]
-fn nats_store(options: &crate::backend::NatsOptions) -> Result<KvStore, HostError> {
-    let connection = crate::backend::NatsConnection::connect(options)?;
-    let backend = crate::services::kv::NatsKv::open(connection).map_err(|reason| BackendError {
+fn nats_backend(
+    options: &crate::backend::NatsOptions,
+    bus: &BusOptions,
+) -> Result<(KvStore, crate::backend::events::NatsEvents), HostError> {
+    let failed = |reason| BackendError {
         kind: "nats",
         url: options.url.clone(),
         reason,
-    })?;
-    Ok(KvStore::with_backend(backend))
-}
-
-#[cfg(not(feature = "nats"))]
-fn nats_store(options: &crate::backend::NatsOptions) -> Result<KvStore, HostError> {
-    Err(HostError::Backend(BackendError {
-        kind: "nats",
-        url: options.url.clone(),
-        reason: "this build of Capsule has no NATS support (the `nats` feature)".into(),
-    }))
+    };
+    let connection = crate::backend::NatsConnection::connect(options)?;
+    let events = crate::backend::events::NatsEvents::open(
+        Arc::clone(&connection),
+        bus.queue_bytes,
+        bus.dead_letters,
+        bus.dead_letter_bytes,
+    )
+    .map_err(failed)?;
+    let kv = crate::services::kv::NatsKv::open(connection).map_err(failed)?;
+    Ok((KvStore::with_backend(kv), events))
 }
 
 /// Runs plugins. Cheap to clone; clones share the engine and the plugins.
@@ -345,6 +367,10 @@ struct HostInner {
     dispatch: Dispatch,
     /// Events between plugins (`bus.rs`, `delivery.rs`).
     bus: Bus,
+    /// With the NATS backend: the deployment's event streams, which carry
+    /// plugins' events instead of the in-process queues (`shared_bus.rs`).
+    #[cfg(feature = "nats")]
+    shared_events: Option<Arc<crate::backend::events::NatsEvents>>,
     /// What reruns of conflicting calls hold (`commit.rs`).
     commits: commit::Gates,
     /// Set by [`Host::shutdown`]: delivery workers stop, so that nothing
@@ -394,6 +420,12 @@ impl Host {
         let details = loaded.details.clone();
         let metrics = self.inner.dispatch.metrics.for_plugin(&name);
         let slot = Arc::new(Slot::new(loaded, spec, self.inner.bus.queue(), metrics));
+        #[cfg(feature = "nats")]
+        if let Some(shared) = &self.inner.shared_events {
+            shared_bus::check_consumer(shared, &slot, &self.inner.bus.options)
+                .await
+                .map_err(|failure| LoadError::new(name.clone(), failure))?;
+        }
         let inserted = self.update_plugins(|plugins| {
             if plugins.contains_key(&name) {
                 return false;

@@ -1,18 +1,21 @@
 //! Several hosts on one NATS (`[host.backend] kind = "nats"`): they share
-//! one key-value store, exactly, and a host whose NATS goes away fails the
-//! calls that need it with `unavailable` until NATS is back.
+//! one key-value store, exactly; an event published on one host is handled
+//! by one host's subscriber, retried and dead-lettered across hosts, and
+//! survives the host handling it going away; a host whose NATS goes away
+//! fails the calls that need it with `unavailable` until NATS is back.
 
 use std::time::Duration;
 
 use capsule_host::backend::local::NatsServer;
 use capsule_host::backend::{Backend, NatsOptions};
 use capsule_host::services::kv::KvGrant;
-use capsule_host::{CallFailure, Grants, Host, PluginSpec, Request};
-use capsule_tests::plugins::KV_COUNTER;
+use capsule_host::{BusOptions, CallFailure, ErrorKind, Grants, Host, PluginSpec, Request};
+use capsule_tests::plugins::{KV_COUNTER, ORDER_AUDIT};
 use capsule_tests::{host_builder, plugin_path};
 use serde_json::{Value, json};
 
 use crate::grants::call_json;
+use crate::order_intake::{audit_count, audit_grants};
 
 async fn counter_host(url: &str, prefix: &str) -> Host {
     let backend = Backend::Nats(NatsOptions::new(url).prefix(prefix));
@@ -97,6 +100,9 @@ async fn losing_nats_fails_kv_calls_as_unavailable_until_it_returns() {
     server.stop();
     let err = increment().await.unwrap_err();
     assert!(matches!(&err.cause, CallFailure::Unavailable(_)), "{err:?}");
+    // An event NATS did not store is never reported published.
+    let refused = host.publish("orders.created", "{}").await.unwrap_err();
+    assert!(refused.contains("did not store"), "{refused}");
 
     server.restart().unwrap();
     // The client reconnects by itself; nothing acknowledged was lost.
@@ -112,4 +118,191 @@ async fn losing_nats_fails_kv_calls_as_unavailable_until_it_returns() {
         }
     };
     assert_eq!(after, 2);
+}
+
+/// A host of deployment `prefix` with `order-audit` subscribed to
+/// `subscribe`; events that no host settles come back after `ack_wait`.
+async fn audit_host(url: &str, prefix: &str, subscribe: &str, ack_wait: Duration) -> Host {
+    let host = host_builder()
+        .backend(Backend::Nats(NatsOptions::new(url).prefix(prefix)))
+        .bus_options(BusOptions {
+            max_attempts: 4,
+            ack_wait,
+            ..BusOptions::default()
+        })
+        .build()
+        .unwrap();
+    host.load(
+        PluginSpec::from_path(plugin_path(ORDER_AUDIT)).grants(audit_grants(
+            "audit",
+            &[subscribe],
+            &["orders.large"],
+        )),
+    )
+    .await
+    .unwrap();
+    host
+}
+
+/// Events this host's `order-audit` acknowledged, from its metrics.
+fn acks(host: &Host) -> u64 {
+    let line = format!(r#"capsule_events_total{{plugin="{ORDER_AUDIT}",outcome="ack"}} "#);
+    host.metrics_text()
+        .lines()
+        .find_map(|l| l.strip_prefix(line.as_str()))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// Polls `probe` until it returns `Some`, for up to 30 seconds (events
+/// across hosts may wait for an `ack_wait` to pass).
+async fn within_30s<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: not in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn stored(host: &Host, order_id: &str) -> bool {
+    !call_json(host, ORDER_AUDIT, "get", json!({"order_id": order_id})).await["order"].is_null()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_published_on_one_host_is_handled_once_across_two() {
+    let server = NatsServer::shared();
+    let wait = Duration::from_secs(30);
+    let a = audit_host(&server.url(), "once", "orders.created", wait).await;
+    let b = audit_host(&server.url(), "once", "orders.created", wait).await;
+    for i in 0..200 {
+        let order = json!({"order_id": format!("o-{i}"), "quantity": 1});
+        let took = a
+            .publish("orders.created", order.to_string())
+            .await
+            .unwrap();
+        assert_eq!(took, 1, "stored on the deployment's stream");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while audit_count(&b, ORDER_AUDIT).await < 200 {
+        if std::time::Instant::now() > deadline {
+            let letters = a.deployment_dead_letters().await.unwrap();
+            panic!(
+                "stored {} of 200; acks a {} b {}; dead letters {letters:#?}",
+                audit_count(&b, ORDER_AUDIT).await,
+                acks(&a),
+                acks(&b)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Nothing handled twice: no more acknowledgements than events, and the
+    // count (one kv increment per handled event) stays at 200.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(audit_count(&a, ORDER_AUDIT).await, 200);
+    let (on_a, on_b) = (acks(&a), acks(&b));
+    assert_eq!(on_a + on_b, 200, "a {on_a}, b {on_b}");
+    // Both hosts pull from the one consumer: each handled a share.
+    assert!(on_a > 0 && on_b > 0, "a {on_a}, b {on_b}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_and_dead_letters_work_across_hosts() {
+    let server = NatsServer::shared();
+    let wait = Duration::from_secs(30);
+    let a = audit_host(&server.url(), "retry", "orders.created", wait).await;
+    let b = audit_host(&server.url(), "retry", "orders.created", wait).await;
+    // Asks for a retry twice (any host may take the next attempt), then
+    // stores it.
+    let flaky = json!({"order_id": "F-1", "flaky": true});
+    a.publish("orders.created", flaky.to_string())
+        .await
+        .unwrap();
+    a.publish("orders.created", "not json").await.unwrap();
+    within_30s("the flaky order stored", || async {
+        stored(&b, "F-1").await.then_some(())
+    })
+    .await;
+    let attempts = call_json(&a, ORDER_AUDIT, "attempts", json!({"order_id": "F-1"})).await;
+    assert_eq!(
+        attempts["attempts"], 3,
+        "two retry-after answers, then an ack"
+    );
+    // The rejected event is one dead letter of the deployment, read from
+    // either host, whichever handled it.
+    for host in [&a, &b] {
+        let letters = within_30s("the dead letter", || async {
+            let letters = host.deployment_dead_letters().await.unwrap();
+            (!letters.is_empty()).then_some(letters)
+        })
+        .await;
+        assert_eq!(letters.len(), 1, "{letters:?}");
+        assert_eq!(letters[0].subscriber, ORDER_AUDIT);
+        assert_eq!(letters[0].event.payload, b"not json");
+        assert!(
+            letters[0].reason.starts_with("rejected: malformed order"),
+            "{}",
+            letters[0].reason
+        );
+    }
+    assert_eq!(audit_count(&a, ORDER_AUDIT).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_goes_away_mid_stream_loses_no_event() {
+    let server = NatsServer::shared();
+    // Events the stopped host took and never settled come back this soon.
+    let wait = Duration::from_secs(2);
+    let a = audit_host(&server.url(), "crash", "orders.created", wait).await;
+    let b = audit_host(&server.url(), "crash", "orders.created", wait).await;
+    for i in 0..300 {
+        let order = json!({"order_id": format!("c-{i}"), "quantity": 1});
+        a.publish("orders.created", order.to_string())
+            .await
+            .unwrap();
+    }
+    within_30s("b handled some", || async { (acks(&b) > 0).then_some(()) }).await;
+    // Host B stops at once, in the middle of the stream.
+    b.shutdown(Duration::ZERO).await;
+    drop(b);
+    within_30s("every order stored", || async {
+        (audit_count(&a, ORDER_AUDIT).await >= 300).then_some(())
+    })
+    .await;
+    for i in 0..300 {
+        assert!(stored(&a, &format!("c-{i}")).await, "order c-{i} lost");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_must_agree_on_a_plugins_topics() {
+    let server = NatsServer::shared();
+    let wait = Duration::from_secs(30);
+    let _a = audit_host(&server.url(), "filters", "orders.created", wait).await;
+    // Host A is pulling from the consumer; B's policy would give it
+    // another filter.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let b = host_builder()
+        .backend(Backend::Nats(
+            NatsOptions::new(server.url()).prefix("filters"),
+        ))
+        .build()
+        .unwrap();
+    let err = b
+        .load(
+            PluginSpec::from_path(plugin_path(ORDER_AUDIT)).grants(audit_grants(
+                "audit",
+                &["orders.>"],
+                &[],
+            )),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.cause.kind(), ErrorKind::Config, "{err}");
+    assert!(err.to_string().contains("orders.created"), "{err}");
 }

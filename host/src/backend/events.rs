@@ -1,0 +1,433 @@
+//! The deployment's events and dead letters in NATS JetStream: what lets an
+//! event published on one host be handled by exactly one host's instance of
+//! each subscribing plugin.
+//!
+//! - Stream `<prefix>-events`, subjects `<prefix>.events.<topic>`, interest
+//!   retention: an event is kept until every subscribing plugin's consumer
+//!   has acknowledged (or terminated) it, and one no plugin subscribes to is
+//!   not kept at all. Bounded by [`EVENTS_STREAM_BYTES`] and
+//!   [`EVENTS_MAX_AGE`]; a publish that does not fit is refused (never an
+//!   old event dropped to make room).
+//! - One durable pull consumer per subscribing plugin, shared by every host
+//!   that loads it: each host pulls from it, so each event goes to one host.
+//!   Explicit acks after the handler returned; at most `max_ack_pending`
+//!   events of one plugin in flight across all hosts (back-pressure).
+//! - Stream `<prefix>-dead`: dead letters, bounded in count and bytes (the
+//!   oldest dropped first), readable from any host.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::message::AckKind;
+use async_nats::jetstream::{self, stream};
+use futures_util::StreamExt;
+
+use super::{NatsConnection, nats_event_subjects};
+
+/// Bytes of events the deployment's stream holds; a publish past it is
+/// refused with a typed error.
+pub(crate) const EVENTS_STREAM_BYTES: i64 = 1 << 30;
+
+/// How long an event no consumer has settled is kept.
+pub(crate) const EVENTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Who published an event.
+const SOURCE: &str = "Capsule-Source";
+/// How many plugins reacted to each other's events before this one.
+const HOPS: &str = "Capsule-Hops";
+
+/// An event as the shared stream carries it.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedEvent {
+    pub(crate) topic: String,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) source: String,
+    pub(crate) hops: u32,
+}
+
+/// The deployment's event and dead-letter streams.
+pub(crate) struct NatsEvents {
+    connection: Arc<NatsConnection>,
+    events: stream::Stream,
+    dead: stream::Stream,
+    /// `<prefix>.events.`
+    subjects: String,
+    /// Bytes one event may have on the stream (payload, topic, headers).
+    max_event: usize,
+}
+
+impl std::fmt::Debug for NatsEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsEvents")
+            .field("subjects", &self.subjects)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a host asks of one plugin's consumer.
+#[derive(Debug, Clone)]
+pub(crate) struct ConsumerSpec {
+    /// The plugin.
+    pub(crate) plugin: String,
+    /// The topic pattern the consumer filters on (`orders.>`), or `None`
+    /// for every event (a plugin granted several patterns: NATS 2.9 filters
+    /// a consumer on one subject, so the host filters the rest).
+    pub(crate) filter: Option<String>,
+    /// How long an event may stay unacknowledged (the handler sends
+    /// progress while it runs) before NATS gives it to another host.
+    pub(crate) ack_wait: Duration,
+    /// Events of this plugin in flight across all hosts.
+    pub(crate) max_ack_pending: usize,
+}
+
+impl NatsEvents {
+    /// Opens (creating if needed) the deployment's event and dead-letter
+    /// streams. Blocks: the host is being built.
+    pub(crate) fn open(
+        connection: Arc<NatsConnection>,
+        max_event: usize,
+        dead_letters: usize,
+        dead_letter_bytes: usize,
+    ) -> Result<NatsEvents, String> {
+        let prefix = connection.prefix().to_owned();
+        let subjects = nats_event_subjects(&prefix);
+        let replicas = connection.options.replicas;
+        let max_event = max_event.min(connection.max_payload());
+        let events_config = stream::Config {
+            name: format!("{prefix}-events"),
+            subjects: vec![format!("{subjects}>")],
+            retention: stream::RetentionPolicy::Interest,
+            storage: stream::StorageType::File,
+            discard: stream::DiscardPolicy::New,
+            max_bytes: EVENTS_STREAM_BYTES,
+            max_age: EVENTS_MAX_AGE,
+            max_message_size: i32::try_from(max_event).unwrap_or(i32::MAX),
+            num_replicas: replicas,
+            ..Default::default()
+        };
+        let dead_config = stream::Config {
+            name: format!("{prefix}-dead"),
+            subjects: vec![format!("{prefix}.dead.>")],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            discard: stream::DiscardPolicy::Old,
+            max_messages: i64::try_from(dead_letters.max(1)).unwrap_or(i64::MAX),
+            max_bytes: i64::try_from(dead_letter_bytes.max(1024)).unwrap_or(i64::MAX),
+            num_replicas: replicas,
+            ..Default::default()
+        };
+        let jetstream = connection.jetstream.clone();
+        let (events, dead) = connection
+            .run(async move {
+                let events = jetstream
+                    .get_or_create_stream(events_config)
+                    .await
+                    .map_err(|err| format!("event stream: {err}"))?;
+                let dead = jetstream
+                    .get_or_create_stream(dead_config)
+                    .await
+                    .map_err(|err| format!("dead-letter stream: {err}"))?;
+                Ok::<_, String>((events, dead))
+            })
+            .ok_or("the connection's runtime has stopped")??;
+        Ok(NatsEvents {
+            connection,
+            events,
+            dead,
+            subjects,
+            max_event,
+        })
+    }
+
+    /// Stores `event` on the deployment's stream; returns once JetStream
+    /// acknowledged it (an event is never reported published that NATS did
+    /// not store).
+    pub(crate) async fn publish(&self, event: &SharedEvent) -> Result<(), String> {
+        let size = event.payload.len() + event.topic.len() + event.source.len() + 64;
+        if size > self.max_event {
+            return Err(format!(
+                "an event of {size} bytes is larger than the shared event stream takes ({} bytes)",
+                self.max_event
+            ));
+        }
+        let subject = format!("{}{}", self.subjects, event.topic);
+        let mut headers = HeaderMap::new();
+        headers.insert(SOURCE, event.source.as_str());
+        headers.insert(HOPS, event.hops.to_string().as_str());
+        let payload = event.payload.clone();
+        let jetstream = self.connection.jetstream.clone();
+        self.connection
+            .spawn(async move {
+                let ack = jetstream
+                    .publish_with_headers(subject, headers, payload.into())
+                    .await
+                    .map_err(|err| err.to_string())?;
+                ack.await.map(drop).map_err(|err| err.to_string())
+            })
+            .await
+            .ok_or("the NATS connection's runtime has stopped")?
+            .map_err(|err| format!("the event stream did not store the event: {err}"))
+    }
+
+    /// The consumer of one plugin, created if missing. A consumer that
+    /// exists with another filter (hosts whose policies grant the plugin
+    /// different topics) is replaced when no host is using it, and refused
+    /// otherwise.
+    pub(crate) async fn consumer(
+        &self,
+        spec: &ConsumerSpec,
+    ) -> Result<EventConsumer, ConsumerError> {
+        let durable = durable_name(&spec.plugin);
+        let filter = format!("{}{}", self.subjects, spec.filter.as_deref().unwrap_or(">"));
+        let config = pull::Config {
+            durable_name: Some(durable.clone()),
+            filter_subject: filter.clone(),
+            deliver_policy: DeliverPolicy::New,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: spec.ack_wait,
+            // Attempts are counted by the host from the delivery count.
+            max_deliver: -1,
+            max_ack_pending: i64::try_from(spec.max_ack_pending).unwrap_or(i64::MAX),
+            ..Default::default()
+        };
+        let stream = self.events.clone();
+        let plugin = spec.plugin.clone();
+        let consumer = self
+            .connection
+            .spawn(async move {
+                if let Ok(info) = stream.consumer_info(&durable).await
+                    && info.config.filter_subject != filter
+                {
+                    if info.num_waiting > 0 || info.num_ack_pending > 0 {
+                        return Err(ConsumerError::Conflict(format!(
+                            "another host delivers `{plugin}`'s events filtered on `{}`, and \
+                             this host's policy grants it `{filter}`: give every host the same \
+                             events.subscribe grant for it",
+                            info.config.filter_subject
+                        )));
+                    }
+                    tracing::warn!(
+                        plugin,
+                        old = info.config.filter_subject,
+                        new = filter,
+                        "replacing the idle event consumer whose filter changed"
+                    );
+                    stream
+                        .delete_consumer(&durable)
+                        .await
+                        .map_err(|err| ConsumerError::Unavailable(err.to_string()))?;
+                }
+                stream
+                    .get_or_create_consumer::<pull::Config>(&durable, config)
+                    .await
+                    .map_err(|err| ConsumerError::Unavailable(err.to_string()))
+            })
+            .await
+            .ok_or_else(|| {
+                ConsumerError::Unavailable("the NATS connection's runtime has stopped".into())
+            })??;
+        Ok(EventConsumer {
+            connection: Arc::clone(&self.connection),
+            consumer,
+            subjects: self.subjects.clone(),
+        })
+    }
+
+    /// Records a dead letter (its JSON form) for `plugin`, readable from
+    /// every host.
+    pub(crate) async fn dead_letter(&self, plugin: &str, letter: Vec<u8>) -> Result<(), String> {
+        let subject = format!("{}.dead.{}", self.connection.prefix(), durable_name(plugin));
+        let jetstream = self.connection.jetstream.clone();
+        self.connection
+            .spawn(async move {
+                let ack = jetstream
+                    .publish(subject, letter.into())
+                    .await
+                    .map_err(|err| err.to_string())?;
+                ack.await.map(drop).map_err(|err| err.to_string())
+            })
+            .await
+            .ok_or("the NATS connection's runtime has stopped")?
+    }
+
+    /// The deployment's dead letters (their JSON forms), oldest first; at
+    /// most what the stream keeps.
+    pub(crate) async fn dead_letters(&self) -> Result<Vec<Vec<u8>>, String> {
+        let mut stream = self.dead.clone();
+        self.connection
+            .spawn(async move {
+                let state = stream
+                    .info()
+                    .await
+                    .map_err(|err| err.to_string())?
+                    .state
+                    .clone();
+                let mut letters = Vec::new();
+                if state.messages == 0 {
+                    return Ok(letters);
+                }
+                for sequence in state.first_sequence..=state.last_sequence {
+                    match stream.get_raw_message(sequence).await {
+                        Ok(message) => letters.push(message.payload.to_vec()),
+                        // Dropped as the oldest since the info was taken.
+                        Err(err)
+                            if matches!(
+                                err.kind(),
+                                stream::RawMessageErrorKind::NoMessageFound
+                            ) =>
+                        {
+                            continue;
+                        }
+                        Err(err) => return Err(err.to_string()),
+                    }
+                }
+                Ok(letters)
+            })
+            .await
+            .ok_or("the NATS connection's runtime has stopped")?
+    }
+}
+
+/// Why a plugin's consumer could not be opened.
+#[derive(Debug)]
+pub(crate) enum ConsumerError {
+    /// Another host uses it with a different filter.
+    Conflict(String),
+    /// NATS did not answer.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for ConsumerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConsumerError::Conflict(reason) | ConsumerError::Unavailable(reason) => {
+                f.write_str(reason)
+            }
+        }
+    }
+}
+
+/// A consumer name for `plugin`: plugin names may hold `.`, which consumer
+/// names may not, and never hold `~`, so the mapping stays one to one.
+fn durable_name(plugin: &str) -> String {
+    plugin.replace('.', "~")
+}
+
+/// One plugin's consumer, as this host pulls from it.
+pub(crate) struct EventConsumer {
+    connection: Arc<NatsConnection>,
+    consumer: consumer::Consumer<pull::Config>,
+    subjects: String,
+}
+
+impl EventConsumer {
+    /// Waits up to `wait` for events, and returns at most `max` of them
+    /// (at most `max_bytes` together).
+    pub(crate) async fn fetch(
+        &self,
+        max: usize,
+        max_bytes: usize,
+        wait: Duration,
+    ) -> Result<Vec<Received>, String> {
+        let consumer = self.consumer.clone();
+        let messages = self
+            .connection
+            .spawn(async move {
+                let mut batch = consumer
+                    .fetch()
+                    .max_messages(max)
+                    .max_bytes(max_bytes)
+                    .expires(wait)
+                    .messages()
+                    .await
+                    .map_err(|err| err.to_string())?;
+                let mut messages = Vec::new();
+                while let Some(message) = batch.next().await {
+                    match message {
+                        Ok(message) => messages.push(message),
+                        Err(err) if messages.is_empty() => return Err(err.to_string()),
+                        Err(_) => break,
+                    }
+                }
+                Ok::<_, String>(messages)
+            })
+            .await
+            .ok_or("the NATS connection's runtime has stopped")??;
+        Ok(messages
+            .into_iter()
+            .map(|message| self.received(message))
+            .collect())
+    }
+
+    fn received(&self, message: jetstream::Message) -> Received {
+        let headers = message.headers.as_ref();
+        let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+        let topic = message
+            .subject
+            .as_str()
+            .strip_prefix(&self.subjects)
+            .unwrap_or_default()
+            .to_owned();
+        let event = SharedEvent {
+            topic,
+            payload: message.payload.to_vec(),
+            source: header(SOURCE).unwrap_or("nats").to_owned(),
+            hops: header(HOPS).and_then(|h| h.parse().ok()).unwrap_or(0),
+        };
+        let delivered = message
+            .info()
+            .map(|info| u32::try_from(info.delivered).unwrap_or(u32::MAX))
+            .unwrap_or(1);
+        Received {
+            event,
+            delivered,
+            connection: Arc::clone(&self.connection),
+            message: Arc::new(message),
+        }
+    }
+}
+
+/// An event pulled by this host, to be settled exactly once.
+pub(crate) struct Received {
+    pub(crate) event: SharedEvent,
+    /// Which delivery of the event this is (1 for the first), across hosts.
+    pub(crate) delivered: u32,
+    connection: Arc<NatsConnection>,
+    message: Arc<jetstream::Message>,
+}
+
+impl Received {
+    /// Acknowledges the event, waiting for JetStream to confirm.
+    pub(crate) async fn ack(&self) -> Result<(), String> {
+        let message = Arc::clone(&self.message);
+        self.connection
+            .spawn(async move { message.double_ack().await.map_err(|err| err.to_string()) })
+            .await
+            .ok_or("the NATS connection's runtime has stopped")?
+    }
+
+    /// Hands the event back for another delivery after `delay` (to any host).
+    pub(crate) async fn nak(&self, delay: Duration) -> Result<(), String> {
+        self.settle(AckKind::Nak(Some(delay))).await
+    }
+
+    /// Stops redelivery (the event became a dead letter).
+    pub(crate) async fn term(&self) -> Result<(), String> {
+        self.settle(AckKind::Term).await
+    }
+
+    /// Tells JetStream the handler is still working, restarting `ack_wait`.
+    pub(crate) async fn progress(&self) -> Result<(), String> {
+        self.settle(AckKind::Progress).await
+    }
+
+    async fn settle(&self, kind: AckKind) -> Result<(), String> {
+        let message = Arc::clone(&self.message);
+        self.connection
+            .spawn(async move { message.ack_with(kind).await.map_err(|err| err.to_string()) })
+            .await
+            .ok_or("the NATS connection's runtime has stopped")?
+    }
+}

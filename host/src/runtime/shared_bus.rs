@@ -1,0 +1,304 @@
+//! Event delivery through NATS JetStream (`[host.backend] kind = "nats"`):
+//! events go onto the deployment's stream, and every host pulls each
+//! subscribing plugin's events from one durable consumer shared by all
+//! hosts, so each event is handled by one host's instance (again only when
+//! a delivery fails or its host dies before settling it).
+//!
+//! Settling: `ack` after the handler returned and its writes committed;
+//! `retry-after` and failures → nak with the delay (any host may take the
+//! next attempt); `reject`, a forward that was not granted, and attempts
+//! used up (counted from JetStream's delivery count) → a dead letter in
+//! the deployment's dead-letter stream, then term. While a handler runs,
+//! the host tells JetStream it is still working, so `ack_wait` only has
+//! to cover a host that died.
+//!
+//! Budgets: at most [`FETCH_BATCH`] events and the bus's `queue_bytes`
+//! pulled by one host for one plugin at a time; `queue` events of one
+//! plugin in flight across all hosts (the consumer's `max_ack_pending`);
+//! the stream's own bounds in `backend::events`.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use super::bus::{BusEvent, DeadLetter};
+use super::delivery::{Settlement, gave_up};
+use super::registry::Slot;
+use super::{Host, HostInner};
+use crate::backend::events::{
+    ConsumerError, ConsumerSpec, EventConsumer, NatsEvents, Received, SharedEvent,
+};
+use crate::services::events::validate_topic;
+
+/// Events one host pulls for one plugin at a time.
+const FETCH_BATCH: usize = 8;
+
+/// How long one pull waits for events; also how soon a worker notices its
+/// plugin was paused, unloaded or re-granted.
+const FETCH_WAIT: Duration = Duration::from_secs(1);
+
+/// How long a worker waits before trying NATS again after a failure.
+const RETRY_NATS: Duration = Duration::from_secs(1);
+
+/// Stores `event` on the deployment's stream.
+pub(super) async fn publish(shared: &NatsEvents, event: &BusEvent) -> Result<(), String> {
+    shared
+        .publish(&SharedEvent {
+            topic: event.topic.clone(),
+            payload: event.payload.clone(),
+            source: event.source.clone(),
+            hops: event.hops,
+        })
+        .await
+}
+
+/// Adds `letter` to the deployment's dead letters; a failure is logged
+/// (the host keeps its own record).
+pub(super) async fn record_dead_letter(shared: &NatsEvents, letter: &DeadLetter) {
+    let json = match serde_json::to_vec(letter) {
+        Ok(json) => json,
+        Err(err) => {
+            tracing::warn!(%err, "a dead letter could not be encoded");
+            return;
+        }
+    };
+    if let Err(err) = shared.dead_letter(&letter.subscriber, json).await {
+        tracing::warn!(
+            subscriber = %crate::text::log_field(&letter.subscriber),
+            err = %crate::text::for_log(&err, 256),
+            "a dead letter was kept on this host only: NATS did not store it"
+        );
+    }
+}
+
+/// The deployment's dead letters, oldest first.
+pub(super) async fn dead_letters(shared: &NatsEvents) -> Result<Vec<DeadLetter>, String> {
+    let letters = shared.dead_letters().await?;
+    Ok(letters
+        .iter()
+        .filter_map(|json| serde_json::from_slice(json).ok())
+        .collect())
+}
+
+/// Opens the plugin's consumer as loading it would, so a host whose grant
+/// disagrees with the other hosts' (or that cannot reach NATS) refuses the
+/// plugin instead of loading one that never gets events.
+pub(super) async fn check_consumer(
+    shared: &NatsEvents,
+    slot: &Slot,
+    options: &crate::limits::BusOptions,
+) -> Result<(), crate::error::LoadFailure> {
+    let Some(filter) = filter_for(slot) else {
+        return Ok(());
+    };
+    let spec = ConsumerSpec {
+        plugin: slot.name.to_string(),
+        filter,
+        ack_wait: options.ack_wait,
+        max_ack_pending: options.queue,
+    };
+    match shared.consumer(&spec).await {
+        Ok(_) => Ok(()),
+        Err(ConsumerError::Conflict(reason)) => Err(crate::error::LoadFailure::Config(reason)),
+        Err(ConsumerError::Unavailable(reason)) => Err(crate::error::LoadFailure::Unavailable(
+            format!("the plugin's event consumer: {reason}"),
+        )),
+    }
+}
+
+/// The consumer filter for a plugin granted `patterns`: the pattern itself
+/// when there is one; every event when there are several (NATS 2.9 filters
+/// on one subject; the worker skips what the grant does not match).
+fn filter_for(slot: &Slot) -> Option<Option<String>> {
+    let plugin = slot.current();
+    match plugin.grants.events.subscribe.as_slice() {
+        [] => None,
+        [one] => Some(Some(one.to_string())),
+        _ => Some(None),
+    }
+}
+
+/// Pulls one plugin's events from its consumer and delivers them, until
+/// the plugin is unloaded or the host stops. Holds the host only while
+/// delivering, never while waiting for NATS.
+pub(super) async fn deliver_loop(host: Weak<HostInner>, name: Arc<str>, shared: Arc<NatsEvents>) {
+    let mut consumer: Option<(Option<String>, EventConsumer)> = None;
+    let mut outage = Outage::default();
+    loop {
+        let (filter, spec_options) = {
+            let Some(inner) = host.upgrade() else { return };
+            if inner.stopped.load(Ordering::Acquire) {
+                return;
+            }
+            let host = Host { inner };
+            let Some(slot) = host.slot(&name) else { return };
+            let options = &host.inner.bus.options;
+            let spec_options = (options.ack_wait, options.queue, options.queue_bytes);
+            if slot.paused.load(Ordering::Acquire) {
+                (None, spec_options)
+            } else {
+                (filter_for(&slot), spec_options)
+            }
+        };
+        // Paused, or not granted any topic (a reload may grant one).
+        let Some(filter) = filter else {
+            tokio::time::sleep(FETCH_WAIT / 4).await;
+            continue;
+        };
+        let (ack_wait, max_ack_pending, max_bytes) = spec_options;
+        if consumer.as_ref().map(|(current, _)| current) != Some(&filter) {
+            let spec = ConsumerSpec {
+                plugin: name.to_string(),
+                filter: filter.clone(),
+                ack_wait,
+                max_ack_pending,
+            };
+            match shared.consumer(&spec).await {
+                Ok(created) => consumer = Some((filter, created)),
+                Err(reason) => {
+                    let reason = reason.to_string();
+                    outage.failed(&name, "cannot open its event consumer", &reason);
+                    tokio::time::sleep(RETRY_NATS).await;
+                    continue;
+                }
+            }
+        }
+        let Some((_, pulling)) = &consumer else {
+            continue;
+        };
+        let batch = match pulling.fetch(FETCH_BATCH, max_bytes, FETCH_WAIT).await {
+            Ok(batch) => batch,
+            Err(reason) => {
+                outage.failed(&name, "cannot pull its events", &reason);
+                tokio::time::sleep(RETRY_NATS).await;
+                continue;
+            }
+        };
+        outage.recovered(&name);
+        let mut batch = batch.into_iter();
+        while let Some(received) = batch.next() {
+            let running = host
+                .upgrade()
+                .filter(|inner| !inner.stopped.load(Ordering::Acquire))
+                .map(|inner| Host { inner })
+                .and_then(|host| host.slot(&name).map(|slot| (host, slot)));
+            let Some((host, slot)) = running else {
+                // Unloaded or stopped: hand what this host took back at once.
+                for unhandled in std::iter::once(received).chain(batch) {
+                    let _ = unhandled.nak(Duration::ZERO).await;
+                }
+                return;
+            };
+            host.deliver_shared(&slot, received, ack_wait).await;
+        }
+    }
+}
+
+/// Logs a NATS outage once when it starts and once when it ends, not on
+/// every retry.
+#[derive(Default)]
+struct Outage {
+    since: Option<Instant>,
+}
+
+impl Outage {
+    fn failed(&mut self, plugin: &str, what: &str, reason: &str) {
+        if self.since.is_none() {
+            self.since = Some(Instant::now());
+            tracing::warn!(
+                plugin,
+                reason = %crate::text::for_log(reason, 256),
+                "{what}; retrying until NATS answers"
+            );
+        }
+    }
+
+    fn recovered(&mut self, plugin: &str) {
+        if let Some(since) = self.since.take() {
+            tracing::info!(plugin, after = ?since.elapsed(), "event delivery resumed");
+        }
+    }
+}
+
+impl Host {
+    /// Delivers one event pulled from NATS and settles it.
+    async fn deliver_shared(&self, slot: &Arc<Slot>, received: Received, ack_wait: Duration) {
+        let name = slot.name.to_string();
+        let options = &self.inner.bus.options;
+        let attempt = received.delivered;
+        let event = BusEvent {
+            topic: received.event.topic.clone(),
+            payload: received.event.payload.clone(),
+            source: received.event.source.clone(),
+            hops: received.event.hops,
+        };
+        if validate_topic(&event.topic).is_err() {
+            let reason = "not a topic (published to NATS by something other than Capsule?)";
+            self.give_up(&name, &received, event, reason.into()).await;
+            return;
+        }
+        if !slot.current().grants.events.may_receive(&event.topic) {
+            // The consumer takes every event for a plugin granted several
+            // patterns; this one is not for it.
+            settled(&name, "ack", received.ack().await);
+            return;
+        }
+        if attempt > options.max_attempts {
+            // Deliveries that were never settled: hosts died, or lost NATS,
+            // while handling it.
+            let reason = gave_up(options.max_attempts, "no host settled the delivery in time");
+            self.give_up(&name, &received, event, reason).await;
+            return;
+        }
+        let settlement = {
+            let handling = self.handle_event(slot, &event, attempt);
+            tokio::pin!(handling);
+            let mut ticks = tokio::time::interval(ack_wait / 3);
+            ticks.tick().await;
+            loop {
+                tokio::select! {
+                    settlement = &mut handling => break settlement,
+                    _ = ticks.tick() => {
+                        let _ = received.progress().await;
+                    }
+                }
+            }
+        };
+        match settlement {
+            Settlement::Done => settled(&name, "ack", received.ack().await),
+            Settlement::Retry { delay, reason } => {
+                if attempt >= options.max_attempts {
+                    let reason = gave_up(options.max_attempts, &reason);
+                    self.give_up(&name, &received, event, reason).await;
+                } else {
+                    let delay = delay.min(options.max_retry_delay);
+                    settled(&name, "nak", received.nak(delay).await);
+                }
+            }
+            Settlement::DeadLetter(reason) => {
+                self.give_up(&name, &received, event, reason).await;
+            }
+        }
+    }
+
+    /// Records a dead letter for the deployment, then stops redelivery.
+    async fn give_up(&self, name: &str, received: &Received, event: BusEvent, reason: String) {
+        self.inner.dispatch.metrics.event(name, "dead_letter");
+        self.record_dead_letter(name.to_owned(), event, reason, received.delivered)
+            .await;
+        settled(name, "term", received.term().await);
+    }
+}
+
+/// Logs a settlement NATS did not take: the event comes back after
+/// `ack_wait` (at least once, never lost).
+fn settled(plugin: &str, how: &str, result: Result<(), String>) {
+    if let Err(err) = result {
+        tracing::warn!(
+            plugin,
+            how,
+            err = %crate::text::for_log(&err, 256),
+            "an event could not be settled; NATS will deliver it again"
+        );
+    }
+}
