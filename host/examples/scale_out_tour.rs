@@ -1,11 +1,14 @@
 //! The scale-out part of `cargo xtask demo`: two hosts share one key-value
-//! store through NATS JetStream, as two `capsule serve` processes behind a
-//! load balancer would with `[host.backend] kind = "nats"`.
+//! store and one event stream through NATS JetStream, as two `capsule
+//! serve` processes behind a load balancer would with `[host.backend] kind
+//! = "nats"`.
 //!
 //! Starts a private `nats-server` on a free loopback port (or says how to
 //! install it and stops), builds two hosts from the demo policy with the
-//! backend switched to that server, loads `kv-counter` on both, and counts
-//! on both at once.
+//! backend switched to that server, loads `kv-counter` and `order-audit` on
+//! both, counts on both at once, then publishes orders on host A and shows
+//! each handled once, by one host or the other, and a rejected one as the
+//! deployment's dead letter, read on host B.
 //!
 //! Run with: `cargo run -p capsule-host --features nats --example
 //! scale_out_tour -- example-plugins/capsule.toml`
@@ -52,15 +55,19 @@ async fn main() -> Result<()> {
     let backend = Backend::Nats(NatsOptions::new(server.url()).prefix("demo"));
     let spec = PluginSpec::from_policy(&policy, "kv-counter")
         .ok_or_else(|| anyhow!("the demo policy has kv-counter"))?;
+    let audit = PluginSpec::from_policy(&policy, "order-audit")
+        .ok_or_else(|| anyhow!("the demo policy has order-audit"))?;
     let mut hosts = Vec::new();
     for name in ["host A", "host B"] {
         let host = HostBuilder::from_policy(&policy)
             .backend(backend.clone())
             .build()?;
         host.load(spec.clone()).await?;
+        host.load(audit.clone()).await?;
         show(
             name,
-            "kv-counter loaded, its namespace in NATS bucket demo-kv",
+            "kv-counter and order-audit loaded: kv in bucket demo-kv, events in stream \
+             demo-events",
         );
         hosts.push(host);
     }
@@ -100,7 +107,87 @@ async fn main() -> Result<()> {
     );
     ensure!(total == 206, "no increment was lost between the hosts");
 
+    events(&hosts).await?;
+
     println!();
-    println!("scale-out tour: two hosts shared one counter exactly");
+    println!("scale-out tour: two hosts shared one counter exactly and handled each event once");
+    Ok(())
+}
+
+/// Events this host's `order-audit` acknowledged, from its metrics.
+fn acks(host: &Host) -> u64 {
+    let line = r#"capsule_events_total{plugin="order-audit",outcome="ack"} "#;
+    host.metrics_text()
+        .lines()
+        .find_map(|l| l.strip_prefix(line))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn stored_orders(host: &Host) -> Result<i64> {
+    let outcome = host
+        .call("order-audit", Request::new("count", "{}"))
+        .await?;
+    let value: Value = serde_json::from_slice(&outcome.response.payload)?;
+    value["count"]
+        .as_i64()
+        .ok_or_else(|| anyhow!("no count in {value}"))
+}
+
+/// 40 orders published on host A, handled once each across both hosts; a
+/// malformed one becomes one dead letter that host B reads.
+async fn events(hosts: &[Host]) -> Result<()> {
+    let (a, b) = (&hosts[0], &hosts[1]);
+    for i in 0..40 {
+        let order = json!({"order_id": format!("demo-{i}"), "item": "teapot", "quantity": 1});
+        a.publish("orders.created", order.to_string())
+            .await
+            .map_err(|err| anyhow!(err))?;
+    }
+    a.publish("orders.created", "not an order")
+        .await
+        .map_err(|err| anyhow!(err))?;
+    show("published", "40 orders and 1 malformed one on host A");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while stored_orders(b).await? < 40 {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the orders were not handled in time"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let letters = loop {
+        let letters = b
+            .deployment_dead_letters()
+            .await
+            .map_err(|err| anyhow!(err))?;
+        if !letters.is_empty() || std::time::Instant::now() > deadline {
+            break letters;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let (on_a, on_b) = (acks(a), acks(b));
+    show(
+        "handled",
+        format!(
+            "{on_a} on host A + {on_b} on host B = {} orders, each once",
+            on_a + on_b
+        ),
+    );
+    ensure!(on_a + on_b == 40, "each event was handled exactly once");
+    ensure!(
+        stored_orders(a).await? == 40,
+        "both hosts see the 40 orders"
+    );
+    let letter = letters
+        .first()
+        .ok_or_else(|| anyhow!("the malformed order left no dead letter"))?;
+    show(
+        "dead letter",
+        format!(
+            "read on host B: {} after {} attempt(s): {}",
+            letter.subscriber, letter.attempts, letter.reason
+        ),
+    );
     Ok(())
 }

@@ -414,7 +414,9 @@ pub fn run(workspace: &Workspace) -> Result<()> {
     // own when `nats-server` is installed, and says how to install it when
     // it is not.
     println!();
-    println!("── scale-out: two hosts, one NATS, one counter (host/examples/scale_out_tour.rs)");
+    println!(
+        "── scale-out: two hosts, one NATS: one counter, each event handled once (host/examples/scale_out_tour.rs)"
+    );
     if let Err(err) = run_example(workspace, "scale_out_tour", &policy) {
         println!("   !! {err:#}");
         failures.push("the scale-out tour".to_owned());
