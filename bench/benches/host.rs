@@ -18,6 +18,11 @@
 //!   counter of its own (`spread`) or all on one (`hot`), with the embedded
 //!   store on one host and with NATS JetStream KV on one and on two hosts
 //!   (a private `nats-server` on loopback).
+//! - `events`: events published by the embedder and acknowledged by a
+//!   subscribing plugin (`event-storm`, which acks and does nothing else):
+//!   `throughput` (a burst, timed until the last is handled) and `latency`
+//!   (one at a time, publish to handled), on the in-process bus and through
+//!   JetStream with one and two hosts pulling.
 //!
 //! The plugins come from `cargo xtask build-plugins` (`CAPSULE_PLUGIN_DIR`).
 
@@ -494,11 +499,107 @@ fn backend(c: &mut Criterion) {
     std::fs::remove_dir_all(&data).ok();
 }
 
+/// `hosts` hosts on `backend`, each with `event-storm` subscribed to
+/// `bench.>`.
+fn subscriber_hosts(rt: &tokio::runtime::Runtime, backend: &Backend, hosts: usize) -> Vec<Host> {
+    rt.block_on(async {
+        let mut built = Vec::new();
+        for _ in 0..hosts {
+            let host = builder().backend(backend.clone()).build().unwrap();
+            let mut grants = Grants::default();
+            grants.events.subscribe =
+                vec![capsule_host::services::events::TopicPattern::parse("bench.>").unwrap()];
+            host.load(PluginSpec::from_path(plugin("event-storm")).grants(grants))
+                .await
+                .unwrap();
+            built.push(host);
+        }
+        built
+    })
+}
+
+/// Events acknowledged by the hosts' subscribers so far.
+fn acked(hosts: &[Host]) -> u64 {
+    let line = r#"capsule_events_total{plugin="event-storm",outcome="ack"} "#;
+    hosts
+        .iter()
+        .map(|host| {
+            host.metrics_text()
+                .lines()
+                .find_map(|l| l.strip_prefix(line))
+                .map_or(0, |n| n.trim().parse::<u64>().unwrap())
+        })
+        .sum()
+}
+
+/// Waits until the hosts' subscribers acknowledged `target` events.
+async fn until_acked(hosts: &[Host], target: u64) {
+    while acked(hosts) < target {
+        tokio::task::yield_now().await;
+    }
+}
+
+fn events(c: &mut Criterion) {
+    let rt = runtime(2);
+    let server = NatsServer::start().expect("nats-server starts (apt-get install -y nats-server)");
+    let nats = |prefix: &str| Backend::Nats(NatsOptions::new(server.url()).prefix(prefix));
+    let setups = [
+        (
+            "in-process-1-host",
+            subscriber_hosts(&rt, &Backend::Embedded, 1),
+        ),
+        ("nats-1-host", subscriber_hosts(&rt, &nats("events1"), 1)),
+        ("nats-2-hosts", subscriber_hosts(&rt, &nats("events2"), 2)),
+    ];
+    let mut group = c.benchmark_group("events");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(1));
+    for (id, hosts) in &setups {
+        group.bench_function(BenchmarkId::new(*id, "throughput"), |b| {
+            b.to_async(&rt).iter_custom(|iterations| {
+                let hosts = hosts.clone();
+                async move {
+                    let before = acked(&hosts);
+                    let started = Instant::now();
+                    for _ in 0..iterations {
+                        hosts[0]
+                            .publish("bench.event", &b"0123456789abcdef"[..])
+                            .await
+                            .unwrap();
+                    }
+                    until_acked(&hosts, before + iterations).await;
+                    started.elapsed()
+                }
+            });
+        });
+        group.bench_function(BenchmarkId::new(*id, "latency"), |b| {
+            b.to_async(&rt).iter_custom(|iterations| {
+                let hosts = hosts.clone();
+                async move {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iterations {
+                        let before = acked(&hosts);
+                        let started = Instant::now();
+                        hosts[0]
+                            .publish("bench.event", &b"0123456789abcdef"[..])
+                            .await
+                            .unwrap();
+                        until_acked(&hosts, before + 1).await;
+                        total += started.elapsed();
+                    }
+                    total
+                }
+            });
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
-    targets = echo, throughput, load, verify, compute, kv, backend
+    targets = echo, throughput, load, verify, compute, kv, backend, events
 }
 criterion_main!(benches);

@@ -323,69 +323,104 @@ pub(crate) struct EventConsumer {
 }
 
 impl EventConsumer {
-    /// Waits up to `wait` for events, and returns at most `max` of them
-    /// (at most `max_bytes` together).
-    pub(crate) async fn fetch(
-        &self,
-        max: usize,
-        max_bytes: usize,
-        wait: Duration,
-    ) -> Result<Vec<Received>, String> {
+    /// Starts pulling: NATS sends events as they come, at most `max`
+    /// (and `max_bytes`) ahead of what this host has taken from the
+    /// returned [`Incoming`]. Pulling stops when it is dropped.
+    pub(crate) fn pull(&self, max: usize, max_bytes: usize) -> Incoming {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
         let consumer = self.consumer.clone();
-        let messages = self
-            .connection
-            .spawn(async move {
-                let mut batch = consumer
-                    .fetch()
-                    .max_messages(max)
-                    .max_bytes(max_bytes)
-                    .expires(wait)
-                    .messages()
-                    .await
-                    .map_err(|err| err.to_string())?;
-                let mut messages = Vec::new();
-                while let Some(message) = batch.next().await {
-                    match message {
-                        Ok(message) => messages.push(message),
-                        Err(err) if messages.is_empty() => return Err(err.to_string()),
-                        Err(_) => break,
-                    }
+        let subjects = self.subjects.clone();
+        let connection = Arc::clone(&self.connection);
+        let pulling = async move {
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(max)
+                .max_bytes_per_batch(max_bytes)
+                .heartbeat(PULL_HEARTBEAT)
+                .messages()
+                .await;
+            let mut messages = match messages {
+                Ok(messages) => messages,
+                Err(err) => {
+                    let _ = tx.send(Err(err.to_string())).await;
+                    return;
                 }
-                Ok::<_, String>(messages)
-            })
-            .await
-            .ok_or("the NATS connection's runtime has stopped")??;
-        Ok(messages
-            .into_iter()
-            .map(|message| self.received(message))
-            .collect())
-    }
-
-    fn received(&self, message: jetstream::Message) -> Received {
-        let headers = message.headers.as_ref();
-        let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
-        let topic = message
-            .subject
-            .as_str()
-            .strip_prefix(&self.subjects)
-            .unwrap_or_default()
-            .to_owned();
-        let event = SharedEvent {
-            topic,
-            payload: message.payload.to_vec(),
-            source: header(SOURCE).unwrap_or("nats").to_owned(),
-            hops: header(HOPS).and_then(|h| h.parse().ok()).unwrap_or(0),
+            };
+            loop {
+                let next = tokio::select! {
+                    // The host stopped taking events: stop pulling (what
+                    // NATS sent ahead comes back after `ack_wait`).
+                    () = tx.closed() => return,
+                    next = messages.next() => next,
+                };
+                let item = match next {
+                    Some(Ok(message)) => Ok(received(&connection, &subjects, message)),
+                    Some(Err(err)) => Err(err.to_string()),
+                    None => return,
+                };
+                let failed = item.is_err();
+                if let Err(returned) = tx.send(item).await {
+                    if let Ok(unhandled) = returned.0 {
+                        let _ = unhandled.settle(AckKind::Nak(None)).await;
+                    }
+                    return;
+                }
+                if failed {
+                    return;
+                }
+            }
         };
-        let delivered = message
-            .info()
-            .map(|info| u32::try_from(info.delivered).unwrap_or(u32::MAX))
-            .unwrap_or(1);
-        Received {
-            event,
-            delivered,
-            connection: Arc::clone(&self.connection),
-            message: Arc::new(message),
+        if let Some(runtime) = self.connection.runtime() {
+            runtime.spawn(pulling);
         }
+        Incoming { rx }
+    }
+}
+
+/// How often NATS says a pull is still alive while no event comes, so a
+/// lost connection is noticed.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// Events pulled for one plugin, as they come.
+pub(crate) struct Incoming {
+    rx: tokio::sync::mpsc::Receiver<Result<Received, String>>,
+}
+
+impl Incoming {
+    /// The next event; an error (or `None`) ends the pull: start another.
+    pub(crate) async fn next(&mut self) -> Option<Result<Received, String>> {
+        self.rx.recv().await
+    }
+}
+
+fn received(
+    connection: &Arc<NatsConnection>,
+    subjects: &str,
+    message: jetstream::Message,
+) -> Received {
+    let headers = message.headers.as_ref();
+    let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+    let topic = message
+        .subject
+        .as_str()
+        .strip_prefix(subjects)
+        .unwrap_or_default()
+        .to_owned();
+    let event = SharedEvent {
+        topic,
+        payload: message.payload.to_vec(),
+        source: header(SOURCE).unwrap_or("nats").to_owned(),
+        hops: header(HOPS).and_then(|h| h.parse().ok()).unwrap_or(0),
+    };
+    let delivered = message
+        .info()
+        .map(|info| u32::try_from(info.delivered).unwrap_or(u32::MAX))
+        .unwrap_or(1);
+    Received {
+        event,
+        delivered,
+        connection: Arc::clone(connection),
+        message: Arc::new(message),
     }
 }
 
@@ -399,13 +434,11 @@ pub(crate) struct Received {
 }
 
 impl Received {
-    /// Acknowledges the event, waiting for JetStream to confirm.
+    /// Acknowledges the event. Not confirmed: an acknowledgement lost with
+    /// the connection only means the event comes again (at least once),
+    /// and waiting for a confirmation would halve a consumer's rate.
     pub(crate) async fn ack(&self) -> Result<(), String> {
-        let message = Arc::clone(&self.message);
-        self.connection
-            .spawn(async move { message.double_ack().await.map_err(|err| err.to_string()) })
-            .await
-            .ok_or("the NATS connection's runtime has stopped")?
+        self.settle(AckKind::Ack).await
     }
 
     /// Hands the event back for another delivery after `delay` (to any host).

@@ -195,6 +195,10 @@ fn values_the_host_would_refuse_are_refused_here_with_their_key() {
         ),
         ("[host.events]\nqueue = 0\n".to_owned(), "host.events.queue"),
         (
+            "[host.events]\nack_wait = \"100ms\"\n".to_owned(),
+            "host.events.ack_wait",
+        ),
+        (
             "[host.pool]\ninstances = 0\n".to_owned(),
             "host.pool.instances",
         ),
@@ -531,4 +535,15 @@ fn with_nats_a_key_quota_that_cannot_fit_a_subject_is_refused() {
         "[plugins.a]\npath = \"{wasm}\"\nkv = {{ namespace = \"n\", max_key = \"1KiB\" }}\n"
     );
     parse(&embedded).unwrap();
+}
+
+#[test]
+fn the_event_ack_wait_is_read_from_the_events_section() {
+    let policy = parse("[host.events]\nack_wait = \"5s\"\n").unwrap();
+    assert_eq!(policy.host.bus.ack_wait, std::time::Duration::from_secs(5));
+    let default = parse("").unwrap();
+    assert_eq!(
+        default.host.bus.ack_wait,
+        std::time::Duration::from_secs(30)
+    );
 }

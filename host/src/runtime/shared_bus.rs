@@ -12,8 +12,8 @@
 //! the host tells JetStream it is still working, so `ack_wait` only has
 //! to cover a host that died.
 //!
-//! Budgets: at most [`FETCH_BATCH`] events and the bus's `queue_bytes`
-//! pulled by one host for one plugin at a time; `queue` events of one
+//! Budgets: at most [`PULL_AHEAD`] events (and the bus's `queue_bytes`)
+//! pulled ahead by one host for one plugin; `queue` events of one
 //! plugin in flight across all hosts (the consumer's `max_ack_pending`);
 //! the stream's own bounds in `backend::events`.
 
@@ -26,16 +26,17 @@ use super::delivery::{Settlement, gave_up};
 use super::registry::Slot;
 use super::{Host, HostInner};
 use crate::backend::events::{
-    ConsumerError, ConsumerSpec, EventConsumer, NatsEvents, Received, SharedEvent,
+    ConsumerError, ConsumerSpec, Incoming, NatsEvents, Received, SharedEvent,
 };
 use crate::services::events::validate_topic;
 
-/// Events one host pulls for one plugin at a time.
-const FETCH_BATCH: usize = 8;
+/// Events NATS sends one host for one plugin ahead of the one being
+/// handled: they wait for this host, not another, so few.
+const PULL_AHEAD: usize = 4;
 
-/// How long one pull waits for events; also how soon a worker notices its
-/// plugin was paused, unloaded or re-granted.
-const FETCH_WAIT: Duration = Duration::from_secs(1);
+/// How soon a worker notices its plugin was paused, unloaded or
+/// re-granted while no event comes.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
 
 /// How long a worker waits before trying NATS again after a failure.
 const RETRY_NATS: Duration = Duration::from_secs(1);
@@ -122,10 +123,12 @@ fn filter_for(slot: &Slot) -> Option<Option<String>> {
 /// the plugin is unloaded or the host stops. Holds the host only while
 /// delivering, never while waiting for NATS.
 pub(super) async fn deliver_loop(host: Weak<HostInner>, name: Arc<str>, shared: Arc<NatsEvents>) {
-    let mut consumer: Option<(Option<String>, EventConsumer)> = None;
+    // The consumer's filter, and the pull on it while the plugin takes
+    // events.
+    let mut pulling: Option<(Option<String>, Incoming)> = None;
     let mut outage = Outage::default();
     loop {
-        let (filter, spec_options) = {
+        let (filter, ack_wait, max_ack_pending, max_bytes) = {
             let Some(inner) = host.upgrade() else { return };
             if inner.stopped.load(Ordering::Acquire) {
                 return;
@@ -133,20 +136,22 @@ pub(super) async fn deliver_loop(host: Weak<HostInner>, name: Arc<str>, shared: 
             let host = Host { inner };
             let Some(slot) = host.slot(&name) else { return };
             let options = &host.inner.bus.options;
-            let spec_options = (options.ack_wait, options.queue, options.queue_bytes);
-            if slot.paused.load(Ordering::Acquire) {
-                (None, spec_options)
+            let filter = if slot.paused.load(Ordering::Acquire) {
+                None
             } else {
-                (filter_for(&slot), spec_options)
-            }
+                filter_for(&slot)
+            };
+            (filter, options.ack_wait, options.queue, options.queue_bytes)
         };
-        // Paused, or not granted any topic (a reload may grant one).
+        // Paused, or not granted any topic (a reload may grant one): pull
+        // nothing, so other hosts take the events.
         let Some(filter) = filter else {
-            tokio::time::sleep(FETCH_WAIT / 4).await;
+            pulling = None;
+            tokio::time::sleep(CHECK_EVERY).await;
             continue;
         };
-        let (ack_wait, max_ack_pending, max_bytes) = spec_options;
-        if consumer.as_ref().map(|(current, _)| current) != Some(&filter) {
+        if pulling.as_ref().map(|(current, _)| current) != Some(&filter) {
+            pulling = None;
             let spec = ConsumerSpec {
                 plugin: name.to_string(),
                 filter: filter.clone(),
@@ -154,7 +159,9 @@ pub(super) async fn deliver_loop(host: Weak<HostInner>, name: Arc<str>, shared: 
                 max_ack_pending,
             };
             match shared.consumer(&spec).await {
-                Ok(created) => consumer = Some((filter, created)),
+                Ok(consumer) => {
+                    pulling = Some((filter, consumer.pull(PULL_AHEAD, max_bytes)));
+                }
                 Err(reason) => {
                     let reason = reason.to_string();
                     outage.failed(&name, "cannot open its event consumer", &reason);
@@ -163,34 +170,39 @@ pub(super) async fn deliver_loop(host: Weak<HostInner>, name: Arc<str>, shared: 
                 }
             }
         }
-        let Some((_, pulling)) = &consumer else {
+        let Some((_, incoming)) = &mut pulling else {
             continue;
         };
-        let batch = match pulling.fetch(FETCH_BATCH, max_bytes, FETCH_WAIT).await {
-            Ok(batch) => batch,
-            Err(reason) => {
+        let next = tokio::select! {
+            next = incoming.next() => next,
+            // Look again at the plugin's state now and then.
+            () = tokio::time::sleep(CHECK_EVERY) => continue,
+        };
+        let received = match next {
+            Some(Ok(received)) => received,
+            Some(Err(reason)) => {
                 outage.failed(&name, "cannot pull its events", &reason);
+                pulling = None;
                 tokio::time::sleep(RETRY_NATS).await;
+                continue;
+            }
+            None => {
+                pulling = None;
                 continue;
             }
         };
         outage.recovered(&name);
-        let mut batch = batch.into_iter();
-        while let Some(received) = batch.next() {
-            let running = host
-                .upgrade()
-                .filter(|inner| !inner.stopped.load(Ordering::Acquire))
-                .map(|inner| Host { inner })
-                .and_then(|host| host.slot(&name).map(|slot| (host, slot)));
-            let Some((host, slot)) = running else {
-                // Unloaded or stopped: hand what this host took back at once.
-                for unhandled in std::iter::once(received).chain(batch) {
-                    let _ = unhandled.nak(Duration::ZERO).await;
-                }
-                return;
-            };
-            host.deliver_shared(&slot, received, ack_wait).await;
-        }
+        let running = host
+            .upgrade()
+            .filter(|inner| !inner.stopped.load(Ordering::Acquire))
+            .map(|inner| Host { inner })
+            .and_then(|host| host.slot(&name).map(|slot| (host, slot)));
+        let Some((host, slot)) = running else {
+            // Unloaded or stopped: hand the event back at once.
+            let _ = received.nak(Duration::ZERO).await;
+            return;
+        };
+        host.deliver_shared(&slot, received, ack_wait).await;
     }
 }
 
