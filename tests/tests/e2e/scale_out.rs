@@ -10,7 +10,7 @@ use capsule_host::backend::local::NatsServer;
 use capsule_host::backend::{Backend, NatsOptions};
 use capsule_host::services::kv::KvGrant;
 use capsule_host::{BusOptions, CallFailure, ErrorKind, Grants, Host, PluginSpec, Request};
-use capsule_tests::plugins::{KV_COUNTER, ORDER_AUDIT};
+use capsule_tests::plugins::{EVENT_STORM, KV_COUNTER, ORDER_AUDIT};
 use capsule_tests::{host_builder, plugin_path};
 use serde_json::{Value, json};
 
@@ -305,4 +305,62 @@ async fn hosts_must_agree_on_a_plugins_topics() {
         .unwrap_err();
     assert_eq!(err.cause.kind(), ErrorKind::Config, "{err}");
     assert!(err.to_string().contains("orders.created"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_events_end_in_dead_letters_across_hosts() {
+    let server = NatsServer::shared();
+    let mut hosts = Vec::new();
+    for _ in 0..2 {
+        let host = host_builder()
+            .backend(Backend::Nats(
+                NatsOptions::new(server.url()).prefix("storm"),
+            ))
+            .bus_options(BusOptions {
+                max_hops: 5,
+                max_attempts: 3,
+                max_retry_delay: Duration::from_millis(50),
+                ..BusOptions::default()
+            })
+            .build()
+            .unwrap();
+        let mut grants = Grants::default();
+        let storm = capsule_host::services::events::TopicPattern::parse("storm.>").unwrap();
+        grants.events.publish = vec![storm.clone()];
+        grants.events.subscribe = vec![storm];
+        host.load(PluginSpec::from_path(plugin_path(EVENT_STORM)).grants(grants))
+            .await
+            .unwrap();
+        hosts.push(host);
+    }
+    // A forward loop hops from host to host; the hop count travels with
+    // the event through NATS, so the loop still ends at the limit.
+    hosts[0].publish("storm.loop", "round").await.unwrap();
+    // A retry asked for in 49 days is clamped to 50 ms, and the attempts
+    // count across hosts.
+    hosts[0].publish("storm.retry", "later").await.unwrap();
+    let letters = within_30s("two dead letters", || async {
+        let letters = hosts[1].deployment_dead_letters().await.unwrap();
+        (letters.len() >= 2).then_some(letters)
+    })
+    .await;
+    let hop = letters
+        .iter()
+        .find(|l| l.event.topic == "storm.loop")
+        .unwrap();
+    assert!(hop.reason.contains("hop limit"), "{}", hop.reason);
+    assert_eq!(hop.event.hops, 6, "one hop past the limit");
+    let retry = letters
+        .iter()
+        .find(|l| l.event.topic == "storm.retry")
+        .unwrap();
+    assert!(
+        retry.reason.contains("gave up after 3 attempts"),
+        "{}",
+        retry.reason
+    );
+    assert_eq!(retry.attempts, 3);
+    // Nothing more circulates.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(hosts[0].deployment_dead_letters().await.unwrap().len(), 2);
 }
