@@ -106,12 +106,6 @@ impl NatsConnection {
         wait_on(self.runtime.0.as_ref()?, work)
     }
 
-    /// The runtime that drives the connection, for tasks that live as long
-    /// as it (`None` once it is shutting down).
-    pub(crate) fn runtime(&self) -> Option<&tokio::runtime::Runtime> {
-        self.runtime.0.as_ref()
-    }
-
     /// Runs `work` on the connection's runtime and awaits it from the
     /// caller's: the client's I/O and timers stay on the runtime that
     /// drives the connection, whatever runtime the caller is on.

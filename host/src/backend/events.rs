@@ -33,6 +33,9 @@ pub(crate) const EVENTS_STREAM_BYTES: i64 = 1 << 30;
 /// How long an event no consumer has settled is kept.
 pub(crate) const EVENTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// How long a plugin's consumer outlives the last host pulling from it.
+pub(crate) const CONSUMER_INACTIVE: Duration = Duration::from_secs(24 * 3600);
+
 /// Who published an event.
 const SOURCE: &str = "Capsule-Source";
 /// How many plugins reacted to each other's events before this one.
@@ -141,11 +144,17 @@ impl NatsEvents {
         })
     }
 
+    /// The largest event the stream takes, in bytes as [`event_size`]
+    /// counts them.
+    pub(crate) fn max_event(&self) -> usize {
+        self.max_event
+    }
+
     /// Stores `event` on the deployment's stream; returns once JetStream
     /// acknowledged it (an event is never reported published that NATS did
     /// not store).
     pub(crate) async fn publish(&self, event: &SharedEvent) -> Result<(), String> {
-        let size = event.payload.len() + event.topic.len() + event.source.len() + 64;
+        let size = event_size(&event.topic, &event.payload);
         if size > self.max_event {
             return Err(format!(
                 "an event of {size} bytes is larger than the shared event stream takes ({} bytes)",
@@ -189,6 +198,9 @@ impl NatsEvents {
             ack_wait: spec.ack_wait,
             // Attempts are counted by the host from the delivery count.
             max_deliver: -1,
+            // A plugin no host has pulled for this long (unloaded or
+            // renamed everywhere) stops holding events in the stream.
+            inactive_threshold: CONSUMER_INACTIVE,
             max_ack_pending: i64::try_from(spec.max_ack_pending).unwrap_or(i64::MAX),
             ..Default::default()
         };
@@ -200,11 +212,11 @@ impl NatsEvents {
                 if let Ok(info) = stream.consumer_info(&durable).await
                     && info.config.filter_subject != filter
                 {
-                    if info.num_waiting > 0 || info.num_ack_pending > 0 {
+                    if info.num_waiting > 0 || info.num_ack_pending > 0 || info.num_pending > 0 {
                         return Err(ConsumerError::Conflict(format!(
-                            "another host delivers `{plugin}`'s events filtered on `{}`, and \
-                             this host's policy grants it `{filter}`: give every host the same \
-                             events.subscribe grant for it",
+                            "`{plugin}`'s events are filtered on `{}` by another host (or wait \
+                             for it), and this host's policy grants it `{filter}`: give every \
+                             host the same events.subscribe grant for it",
                             info.config.filter_subject
                         )));
                     }
@@ -309,6 +321,12 @@ impl std::fmt::Display for ConsumerError {
     }
 }
 
+/// What an event costs on the stream: its payload, its subject and room
+/// for the headers.
+pub(crate) fn event_size(topic: &str, payload: &[u8]) -> usize {
+    payload.len() + topic.len() + 256
+}
+
 /// A consumer name for `plugin`: plugin names may hold `.`, which consumer
 /// names may not, and never hold `~`, so the mapping stays one to one.
 fn durable_name(plugin: &str) -> String {
@@ -323,73 +341,36 @@ pub(crate) struct EventConsumer {
 }
 
 impl EventConsumer {
-    /// Starts pulling: NATS sends events as they come, at most `max`
-    /// (and `max_bytes`) ahead of what this host has taken from the
-    /// returned [`Incoming`]. Pulling stops when it is dropped.
-    pub(crate) fn pull(&self, max: usize, max_bytes: usize) -> Incoming {
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        let consumer = self.consumer.clone();
-        let subjects = self.subjects.clone();
-        let connection = Arc::clone(&self.connection);
-        let pulling = async move {
-            let messages = consumer
-                .stream()
-                .max_messages_per_batch(max)
-                .max_bytes_per_batch(max_bytes)
-                .heartbeat(PULL_HEARTBEAT)
-                .messages()
-                .await;
-            let mut messages = match messages {
-                Ok(messages) => messages,
-                Err(err) => {
-                    let _ = tx.send(Err(err.to_string())).await;
-                    return;
-                }
-            };
-            loop {
-                let next = tokio::select! {
-                    // The host stopped taking events: stop pulling (what
-                    // NATS sent ahead comes back after `ack_wait`).
-                    () = tx.closed() => return,
-                    next = messages.next() => next,
-                };
-                let item = match next {
-                    Some(Ok(message)) => Ok(received(&connection, &subjects, message)),
-                    Some(Err(err)) => Err(err.to_string()),
-                    None => return,
-                };
-                let failed = item.is_err();
-                if let Err(returned) = tx.send(item).await {
-                    if let Ok(unhandled) = returned.0 {
-                        let _ = unhandled.settle(AckKind::Nak(None)).await;
-                    }
-                    return;
-                }
-                if failed {
-                    return;
-                }
-            }
-        };
-        if let Some(runtime) = self.connection.runtime() {
-            runtime.spawn(pulling);
-        }
-        Incoming { rx }
+    /// The consumer's `ack_wait` as NATS keeps it (an existing consumer
+    /// keeps the one it was created with).
+    pub(crate) fn ack_wait(&self) -> Duration {
+        self.consumer.cached_info().config.ack_wait
     }
-}
 
-/// How often NATS says a pull is still alive while no event comes, so a
-/// lost connection is noticed.
-const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
-
-/// Events pulled for one plugin, as they come.
-pub(crate) struct Incoming {
-    rx: tokio::sync::mpsc::Receiver<Result<Received, String>>,
-}
-
-impl Incoming {
-    /// The next event; an error (or `None`) ends the pull: start another.
-    pub(crate) async fn next(&mut self) -> Option<Result<Received, String>> {
-        self.rx.recv().await
+    /// Waits up to `wait` for the next event. One event at a time: an
+    /// event this host holds is one it is handling (and telling NATS so),
+    /// never one waiting behind others while its `ack_wait` runs out.
+    pub(crate) async fn next(&self, wait: Duration) -> Result<Option<Received>, String> {
+        let consumer = self.consumer.clone();
+        let message = self
+            .connection
+            .spawn(async move {
+                let mut batch = consumer
+                    .batch()
+                    .max_messages(1)
+                    .expires(wait)
+                    .messages()
+                    .await
+                    .map_err(|err| err.to_string())?;
+                match batch.next().await {
+                    Some(Ok(message)) => Ok(Some(message)),
+                    Some(Err(err)) => Err(err.to_string()),
+                    None => Ok(None),
+                }
+            })
+            .await
+            .ok_or("the NATS connection's runtime has stopped")??;
+        Ok(message.map(|message| received(&self.connection, &self.subjects, message)))
     }
 }
 

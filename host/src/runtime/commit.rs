@@ -226,6 +226,26 @@ impl Host {
             ..
         } = transaction;
         kv.holder = gated;
+        // An event the shared stream would refuse fails the call before
+        // anything is written (it would fail the same way every time).
+        #[cfg(feature = "nats")]
+        if let Some(shared) = &self.inner.shared_events {
+            let max = shared.max_event();
+            for (source, event) in &events {
+                let size = crate::backend::events::event_size(&event.topic, &event.payload);
+                if size > max {
+                    return Err(Refused {
+                        failure: CallFailure::QuotaExceeded(format!(
+                            "`{source}` published an event of {size} bytes on `{}`; the \
+                             deployment's event stream takes at most {max}",
+                            event.topic
+                        )),
+                        conflict: None,
+                        escaped,
+                    });
+                }
+            }
+        }
         if !kv.is_empty() {
             let namespaces: Vec<Arc<str>> = kv.namespaces.keys().cloned().collect();
             // Sorted: the changes are a BTreeMap by namespace.

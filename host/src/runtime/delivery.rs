@@ -167,7 +167,7 @@ impl Host {
         if let Some(shared) = &self.inner.shared_events {
             tokio::spawn(super::shared_bus::deliver_loop(
                 host,
-                name,
+                Arc::downgrade(slot),
                 Arc::clone(shared),
             ));
             return;

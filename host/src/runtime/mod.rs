@@ -422,7 +422,8 @@ impl Host {
         let slot = Arc::new(Slot::new(loaded, spec, self.inner.bus.queue(), metrics));
         #[cfg(feature = "nats")]
         if let Some(shared) = &self.inner.shared_events {
-            shared_bus::check_consumer(shared, &slot, &self.inner.bus.options)
+            let events = &slot.current().grants.events;
+            shared_bus::check_consumer(shared, &name, events, &self.inner.bus.options)
                 .await
                 .map_err(|failure| LoadError::new(name.clone(), failure))?;
         }

@@ -275,6 +275,21 @@ impl Host {
             true => Ok(loaded),
             false => self.keeps_dependents(&loaded).map(|()| loaded),
         });
+        // A reload that changes the plugin's topics must agree with the
+        // other hosts' consumer, as a load must.
+        #[cfg(feature = "nats")]
+        let loaded = match (loaded, &self.inner.shared_events) {
+            (Ok(loaded), Some(shared)) => super::shared_bus::check_consumer(
+                shared,
+                &name,
+                &loaded.grants.events,
+                &self.inner.bus.options,
+            )
+            .await
+            .map(|()| loaded)
+            .map_err(|failure| LoadError::new(name.clone(), failure)),
+            (loaded, _) => loaded,
+        };
         let loaded = match loaded {
             Ok(loaded) => loaded,
             Err(err) => {

@@ -12,8 +12,8 @@
 //! the host tells JetStream it is still working, so `ack_wait` only has
 //! to cover a host that died.
 //!
-//! Budgets: at most [`PULL_AHEAD`] events (and the bus's `queue_bytes`)
-//! pulled ahead by one host for one plugin; `queue` events of one
+//! Budgets: one event held by one host for one plugin at a time (pulled
+//! when the previous one is settled); `queue` events of one
 //! plugin in flight across all hosts (the consumer's `max_ack_pending`);
 //! the stream's own bounds in `backend::events`.
 
@@ -26,13 +26,10 @@ use super::delivery::{Settlement, gave_up};
 use super::registry::Slot;
 use super::{Host, HostInner};
 use crate::backend::events::{
-    ConsumerError, ConsumerSpec, Incoming, NatsEvents, Received, SharedEvent,
+    ConsumerError, ConsumerSpec, EventConsumer, NatsEvents, Received, SharedEvent,
 };
+use crate::services::events::EventsGrant;
 use crate::services::events::validate_topic;
-
-/// Events NATS sends one host for one plugin ahead of the one being
-/// handled: they wait for this host, not another, so few.
-const PULL_AHEAD: usize = 4;
 
 /// How soon a worker notices its plugin was paused, unloaded or
 /// re-granted while no event comes.
@@ -56,6 +53,18 @@ pub(super) async fn publish(shared: &NatsEvents, event: &BusEvent) -> Result<(),
 /// Adds `letter` to the deployment's dead letters; a failure is logged
 /// (the host keeps its own record).
 pub(super) async fn record_dead_letter(shared: &NatsEvents, letter: &DeadLetter) {
+    // JSON writes a payload as numbers, up to four bytes a byte: keep what
+    // fits in one message of the stream.
+    let room = shared.max_event() / 5;
+    let mut shorter;
+    let letter = if letter.event.payload.len() > room {
+        shorter = letter.clone();
+        shorter.event.payload.truncate(room);
+        shorter.payload_truncated = true;
+        &shorter
+    } else {
+        letter
+    };
     let json = match serde_json::to_vec(letter) {
         Ok(json) => json,
         Err(err) => {
@@ -86,14 +95,15 @@ pub(super) async fn dead_letters(shared: &NatsEvents) -> Result<Vec<DeadLetter>,
 /// plugin instead of loading one that never gets events.
 pub(super) async fn check_consumer(
     shared: &NatsEvents,
-    slot: &Slot,
+    plugin: &str,
+    events: &EventsGrant,
     options: &crate::limits::BusOptions,
 ) -> Result<(), crate::error::LoadFailure> {
-    let Some(filter) = filter_for(slot) else {
+    let Some(filter) = filter_of(events) else {
         return Ok(());
     };
     let spec = ConsumerSpec {
-        plugin: slot.name.to_string(),
+        plugin: plugin.to_owned(),
         filter,
         ack_wait: options.ack_wait,
         max_ack_pending: options.queue,
@@ -107,51 +117,41 @@ pub(super) async fn check_consumer(
     }
 }
 
-/// The consumer filter for a plugin granted `patterns`: the pattern itself
-/// when there is one; every event when there are several (NATS 2.9 filters
-/// on one subject; the worker skips what the grant does not match).
-fn filter_for(slot: &Slot) -> Option<Option<String>> {
-    let plugin = slot.current();
-    match plugin.grants.events.subscribe.as_slice() {
+/// The consumer filter for a plugin granted `events`: `None` without a
+/// subscription; its pattern when there is one; every event when there are
+/// several (NATS 2.9 filters on one subject; the worker skips what the
+/// grant does not match).
+fn filter_of(events: &EventsGrant) -> Option<Option<String>> {
+    match events.subscribe.as_slice() {
         [] => None,
         [one] => Some(Some(one.to_string())),
         _ => Some(None),
     }
 }
 
-/// Pulls one plugin's events from its consumer and delivers them, until
-/// the plugin is unloaded or the host stops. Holds the host only while
+/// Pulls one plugin's events from its consumer, one at a time, and
+/// delivers them, until the plugin is unloaded (or loaded again: a new
+/// worker serves the new slot) or the host stops. Holds the host only while
 /// delivering, never while waiting for NATS.
-pub(super) async fn deliver_loop(host: Weak<HostInner>, name: Arc<str>, shared: Arc<NatsEvents>) {
-    // The consumer's filter, and the pull on it while the plugin takes
-    // events.
-    let mut pulling: Option<(Option<String>, Incoming)> = None;
+pub(super) async fn deliver_loop(host: Weak<HostInner>, slot: Weak<Slot>, shared: Arc<NatsEvents>) {
+    // The consumer's filter, and the consumer while the plugin takes events.
+    let mut consumer: Option<(Option<String>, EventConsumer)> = None;
     let mut outage = Outage::default();
     loop {
-        let (filter, ack_wait, max_ack_pending, max_bytes) = {
-            let Some(inner) = host.upgrade() else { return };
-            if inner.stopped.load(Ordering::Acquire) {
-                return;
-            }
-            let host = Host { inner };
-            let Some(slot) = host.slot(&name) else { return };
-            let options = &host.inner.bus.options;
-            let filter = if slot.paused.load(Ordering::Acquire) {
-                None
-            } else {
-                filter_for(&slot)
-            };
-            (filter, options.ack_wait, options.queue, options.queue_bytes)
+        let Some((name, filter, max_ack_pending)) = current(&host, &slot) else {
+            return;
         };
         // Paused, or not granted any topic (a reload may grant one): pull
         // nothing, so other hosts take the events.
         let Some(filter) = filter else {
-            pulling = None;
             tokio::time::sleep(CHECK_EVERY).await;
             continue;
         };
-        if pulling.as_ref().map(|(current, _)| current) != Some(&filter) {
-            pulling = None;
+        if consumer.as_ref().map(|(current, _)| current) != Some(&filter) {
+            consumer = None;
+            let ack_wait = host
+                .upgrade()
+                .map_or(Duration::from_secs(30), |inner| inner.bus.options.ack_wait);
             let spec = ConsumerSpec {
                 plugin: name.to_string(),
                 filter: filter.clone(),
@@ -159,9 +159,7 @@ pub(super) async fn deliver_loop(host: Weak<HostInner>, name: Arc<str>, shared: 
                 max_ack_pending,
             };
             match shared.consumer(&spec).await {
-                Ok(consumer) => {
-                    pulling = Some((filter, consumer.pull(PULL_AHEAD, max_bytes)));
-                }
+                Ok(opened) => consumer = Some((filter, opened)),
                 Err(reason) => {
                     let reason = reason.to_string();
                     outage.failed(&name, "cannot open its event consumer", &reason);
@@ -170,33 +168,27 @@ pub(super) async fn deliver_loop(host: Weak<HostInner>, name: Arc<str>, shared: 
                 }
             }
         }
-        let Some((_, incoming)) = &mut pulling else {
+        let Some((_, pulling)) = &consumer else {
             continue;
         };
-        let next = tokio::select! {
-            next = incoming.next() => next,
-            // Look again at the plugin's state now and then.
-            () = tokio::time::sleep(CHECK_EVERY) => continue,
-        };
-        let received = match next {
-            Some(Ok(received)) => received,
-            Some(Err(reason)) => {
+        let received = match pulling.next(CHECK_EVERY).await {
+            Ok(Some(received)) => received,
+            // Nothing came: look at the plugin's state again.
+            Ok(None) => continue,
+            Err(reason) => {
                 outage.failed(&name, "cannot pull its events", &reason);
-                pulling = None;
                 tokio::time::sleep(RETRY_NATS).await;
-                continue;
-            }
-            None => {
-                pulling = None;
                 continue;
             }
         };
         outage.recovered(&name);
-        let running = host
-            .upgrade()
-            .filter(|inner| !inner.stopped.load(Ordering::Acquire))
-            .map(|inner| Host { inner })
-            .and_then(|host| host.slot(&name).map(|slot| (host, slot)));
+        let ack_wait = pulling.ack_wait();
+        let running = match (host.upgrade(), slot.upgrade()) {
+            (Some(inner), Some(slot)) if !inner.stopped.load(Ordering::Acquire) => {
+                Some((Host { inner }, slot))
+            }
+            _ => None,
+        };
         let Some((host, slot)) = running else {
             // Unloaded or stopped: hand the event back at once.
             let _ = received.nak(Duration::ZERO).await;
@@ -204,6 +196,34 @@ pub(super) async fn deliver_loop(host: Weak<HostInner>, name: Arc<str>, shared: 
         };
         host.deliver_shared(&slot, received, ack_wait).await;
     }
+}
+
+/// The plugin's name, the consumer filter it needs now (`None` when it
+/// takes no events now) and the consumer's in-flight bound; `None` once
+/// the slot is gone or replaced, or the host stopped.
+fn current(
+    host: &Weak<HostInner>,
+    slot: &Weak<Slot>,
+) -> Option<(Arc<str>, Option<Option<String>>, usize)> {
+    let inner = host.upgrade()?;
+    if inner.stopped.load(Ordering::Acquire) {
+        return None;
+    }
+    let slot = slot.upgrade()?;
+    let host = Host { inner };
+    // Unloaded, or unloaded and loaded again: the new slot has its worker.
+    if !host
+        .slot(&slot.name)
+        .is_some_and(|now| Arc::ptr_eq(&now, &slot))
+    {
+        return None;
+    }
+    let filter = if slot.paused.load(Ordering::Acquire) {
+        None
+    } else {
+        filter_of(&slot.current().grants.events)
+    };
+    Some((Arc::clone(&slot.name), filter, host.inner.bus.options.queue))
 }
 
 /// Logs a NATS outage once when it starts and once when it ends, not on

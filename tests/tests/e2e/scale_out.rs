@@ -10,7 +10,7 @@ use capsule_host::backend::local::NatsServer;
 use capsule_host::backend::{Backend, NatsOptions};
 use capsule_host::services::kv::KvGrant;
 use capsule_host::{BusOptions, CallFailure, ErrorKind, Grants, Host, PluginSpec, Request};
-use capsule_tests::plugins::{EVENT_STORM, KV_COUNTER, ORDER_AUDIT};
+use capsule_tests::plugins::{EVENT_STORM, KV_COUNTER, ORDER_AUDIT, ORDER_INTAKE};
 use capsule_tests::{host_builder, plugin_path};
 use serde_json::{Value, json};
 
@@ -363,4 +363,38 @@ async fn hostile_events_end_in_dead_letters_across_hosts() {
     // Nothing more circulates.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(hosts[0].deployment_dead_letters().await.unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_larger_than_the_stream_takes_fails_the_call_before_it_commits() {
+    let server = NatsServer::shared();
+    let host = host_builder()
+        .backend(Backend::Nats(NatsOptions::new(server.url()).prefix("big")))
+        .bus_options(BusOptions {
+            queue_bytes: 4 << 10,
+            ..BusOptions::default()
+        })
+        .build()
+        .unwrap();
+    let mut grants = Grants::default();
+    grants.events.publish =
+        vec![capsule_host::services::events::TopicPattern::parse("orders.*").unwrap()];
+    host.load(PluginSpec::from_path(plugin_path(ORDER_INTAKE)).grants(grants))
+        .await
+        .unwrap();
+    let order = json!({"order_id": "B-1", "item": "x".repeat(8 << 10), "quantity": 1});
+    let err = host
+        .call(ORDER_INTAKE, Request::new("place", order.to_string()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::QuotaExceeded, "{err}");
+    assert!(
+        err.to_string().contains("event stream takes at most"),
+        "{err}"
+    );
+    // A small order still goes through.
+    let order = json!({"order_id": "B-2", "item": "teapot", "quantity": 1});
+    host.call(ORDER_INTAKE, Request::new("place", order.to_string()))
+        .await
+        .unwrap();
 }
