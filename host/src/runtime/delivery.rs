@@ -35,7 +35,11 @@ impl Host {
     /// Publishes an event from the embedder. It reaches every plugin granted
     /// a matching `events.subscribe` pattern and every embedder subscription.
     /// Waits while a subscriber's queue is full (back-pressure), up to the
-    /// bus's queue timeout. Returns how many subscribers took it.
+    /// bus's queue timeout. Returns how many subscribers took it; with the
+    /// NATS backend, 1 once the deployment's stream stored it (whichever
+    /// plugins, on whichever hosts, then take it), plus this host's
+    /// embedder subscriptions. An error names an invalid topic or, with
+    /// NATS, an event the stream did not store.
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) -> Result<usize, String> {
         validate_topic(topic)?;
         let event = BusEvent {
