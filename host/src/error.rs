@@ -13,7 +13,7 @@ use crate::outcome::{CallStats, LogRecord};
 ///
 /// These strings appear in `capsule run --json`, in the HTTP API and in
 /// metrics labels; they never change meaning once released.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ErrorKind {
@@ -130,6 +130,11 @@ impl ErrorKind {
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Host => "host",
         }
+    }
+
+    /// The kind named `name` ([`ErrorKind::as_str`]), if this host knows it.
+    pub fn from_name(name: &str) -> Option<ErrorKind> {
+        serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()
     }
 
     /// Whether this kind means the sandbox stopped the plugin at one of its
@@ -513,6 +518,17 @@ pub enum CallFailure {
     /// The host failed; the message says how.
     #[error("host error: {0}")]
     Host(String),
+    /// The plugin ran on another host of the deployment and failed there;
+    /// the kind is the one that host reported.
+    #[error("{message} (on host `{host}`)")]
+    Remote {
+        /// The host that ran the call.
+        host: String,
+        /// The failure's kind there.
+        kind: ErrorKind,
+        /// The failure as that host described it.
+        message: String,
+    },
 }
 
 impl CallFailure {
@@ -538,6 +554,7 @@ impl CallFailure {
             CallFailure::QuotaExceeded(_) => ErrorKind::QuotaExceeded,
             CallFailure::Unavailable(_) => ErrorKind::Unavailable,
             CallFailure::Host(_) => ErrorKind::Host,
+            CallFailure::Remote { kind, .. } => *kind,
         }
     }
 }

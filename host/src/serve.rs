@@ -131,6 +131,7 @@ pub fn router(host: Host, options: &ServeOptions) -> Router {
         .route("/v1/plugins/{name}/resume", post(resume))
         .route("/v1/events/{topic}", post(publish))
         .route("/v1/dead-letters", get(dead_letters))
+        .route("/v1/cluster", get(cluster))
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             BodyBudget {
@@ -654,6 +655,20 @@ async fn list_plugins(State(state): State<AppState>, headers: HeaderMap) -> Resp
         .collect();
     let pipelines = state.host.pipelines();
     axum::Json(json!({ "plugins": plugins, "pipelines": pipelines })).into_response()
+}
+
+/// The deployment's hosts and what each serves (this host alone with the
+/// embedded backend); 503 when NATS cannot be read.
+async fn cluster(State(state): State<AppState>) -> Response {
+    match state.host.cluster().await {
+        Ok(cluster) => axum::Json(cluster).into_response(),
+        Err(reason) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Unavailable.as_str(),
+            "",
+            &format!("the deployment's hosts could not be read: {reason}"),
+        ),
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -54,17 +54,7 @@ impl NatsConnection {
                 .map_err(|err| fail(format!("cannot start its runtime: {err}")))?,
         ));
         let rt = runtime.0.as_ref().expect("just built");
-        let mut connect = async_nats::ConnectOptions::new()
-            .name("capsule")
-            .connection_timeout(REQUEST_TIMEOUT)
-            .request_timeout(Some(REQUEST_TIMEOUT))
-            // Reconnect for as long as the host runs.
-            .max_reconnects(None);
-        if let Some(credentials) = &options.credentials {
-            connect = connect
-                .credentials(credentials.expose())
-                .map_err(|err| fail(format!("credentials: {err}")))?;
-        }
+        let connect = connect_options(options).map_err(fail)?;
         let url = options.url.clone();
         let client = wait_on(rt, async move { connect.connect(url).await })
             .ok_or_else(|| fail("its runtime stopped".into()))?
@@ -80,6 +70,20 @@ impl NatsConnection {
             jetstream,
             options: options.clone(),
         }))
+    }
+
+    /// A second client on the same servers, whose subscriptions each hold
+    /// at most `subscription_capacity` messages not yet taken (the default,
+    /// 65,536, is far more than a host should buffer for its peers).
+    pub(crate) fn another_client(
+        &self,
+        subscription_capacity: usize,
+    ) -> Result<async_nats::Client, String> {
+        let connect = connect_options(&self.options)?.subscription_capacity(subscription_capacity);
+        let url = self.options.url.clone();
+        self.run(async move { connect.connect(url).await })
+            .ok_or("the connection's runtime has stopped")?
+            .map_err(|err| err.to_string())
     }
 
     /// The deployment's prefix.
@@ -119,6 +123,22 @@ impl NatsConnection {
         });
         rx.await.ok()
     }
+}
+
+/// How every client of a host connects: named, reconnecting for as long as
+/// the host runs, with the deployment's credentials.
+fn connect_options(options: &NatsOptions) -> Result<async_nats::ConnectOptions, String> {
+    let mut connect = async_nats::ConnectOptions::new()
+        .name("capsule")
+        .connection_timeout(REQUEST_TIMEOUT)
+        .request_timeout(Some(REQUEST_TIMEOUT))
+        .max_reconnects(None);
+    if let Some(credentials) = &options.credentials {
+        connect = connect
+            .credentials(credentials.expose())
+            .map_err(|err| format!("credentials: {err}"))?;
+    }
+    Ok(connect)
 }
 
 /// Runs `work` on `runtime` and blocks this thread until it is done; unlike

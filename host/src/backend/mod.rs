@@ -7,6 +7,8 @@
 //! never runs a cluster of its own: NATS is the distributed engine.
 
 #[cfg(feature = "nats")]
+pub(crate) mod calls;
+#[cfg(feature = "nats")]
 pub(crate) mod connection;
 #[cfg(feature = "nats")]
 pub(crate) mod events;
@@ -55,6 +57,12 @@ pub struct NatsOptions {
     /// at least as many servers). Used when the bucket is created; an
     /// existing bucket keeps its own.
     pub replicas: usize,
+    /// This host's name in the deployment (`GET /v1/cluster`); by default
+    /// the machine's name and a random suffix. Letters, digits, `-` and `_`.
+    pub host_name: Option<String>,
+    /// How long a call forwarded to another host waits for its reply when
+    /// the caller set no deadline of its own.
+    pub call_timeout: std::time::Duration,
 }
 
 impl NatsOptions {
@@ -65,6 +73,8 @@ impl NatsOptions {
             prefix: "capsule".into(),
             credentials: None,
             replicas: 1,
+            host_name: None,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
         }
     }
 
@@ -73,7 +83,17 @@ impl NatsOptions {
         self.prefix = prefix.into();
         self
     }
+
+    /// Names this host in the deployment (made one subject token: anything
+    /// but letters, digits, `-` and `_` becomes `_`).
+    pub fn host_name(mut self, name: &str) -> NatsOptions {
+        self.host_name = Some(host_token(name));
+        self
+    }
 }
+
+/// How long a call forwarded to another host waits by default.
+pub const DEFAULT_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Longest subject the NATS backend writes: well inside the server's 4 KiB
 /// control line (a longer one makes the server drop the connection every
@@ -96,6 +116,21 @@ pub fn nats_max_key_bytes(prefix: &str, namespace: &str) -> usize {
 /// subject `<prefix>.events.orders.new`.
 pub(crate) fn nats_event_subjects(prefix: &str) -> String {
     format!("{prefix}.events.")
+}
+
+/// `name` as one subject token: letters, digits, `-` and `_` kept, anything
+/// else `_`, at most 48 characters.
+pub(crate) fn host_token(name: &str) -> String {
+    name.chars()
+        .take(48)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// Checks a deployment prefix: it becomes part of bucket and stream names,

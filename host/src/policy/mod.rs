@@ -15,6 +15,8 @@
 //! kind = "nats"
 //! url = "nats://127.0.0.1:4222"
 //! prefix = "shop"
+//! host_name = "web-1"              # this host in GET /v1/cluster
+//! call_timeout = "30s"             # calls forwarded to other hosts
 //!
 //! [plugins.counter]
 //! path = "plugins/kv-counter.wasm"
@@ -701,6 +703,11 @@ impl Locator<'_> {
                         raw_ref.credentials.as_ref().map(Spanned::span),
                     ),
                     ("replicas", raw_ref.replicas.as_ref().map(Spanned::span)),
+                    ("host_name", raw_ref.host_name.as_ref().map(Spanned::span)),
+                    (
+                        "call_timeout",
+                        raw_ref.call_timeout.as_ref().map(Spanned::span),
+                    ),
                 ] {
                     if let Some(span) = set {
                         self.error(
@@ -751,6 +758,32 @@ impl Locator<'_> {
                 }
                 if let Some(source) = &raw_ref.credentials {
                     options.credentials = self.secret(source, &format!("{section}.credentials"));
+                }
+                if let Some(name) = &raw_ref.host_name {
+                    let valid = !name.get_ref().is_empty()
+                        && name.get_ref().len() <= 48
+                        && crate::backend::host_token(name.get_ref()) == *name.get_ref();
+                    if valid {
+                        options.host_name = Some(name.get_ref().clone());
+                    } else {
+                        self.error(
+                            name.span(),
+                            &format!("{section}.host_name"),
+                            "use 1-48 letters, digits, `-` or `_`",
+                        );
+                    }
+                }
+                if let Some(timeout) = &raw_ref.call_timeout {
+                    let wait = timeout.get_ref().0;
+                    if (Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&wait) {
+                        options.call_timeout = wait;
+                    } else {
+                        self.error(
+                            timeout.span(),
+                            &format!("{section}.call_timeout"),
+                            format!("{wait:?}: a forwarded call waits 100ms to 1h"),
+                        );
+                    }
                 }
                 Backend::Nats(options)
             }

@@ -227,6 +227,10 @@ pub(super) struct RawBackend {
     pub(super) credentials: Option<Spanned<SecretSource>>,
     /// Copies JetStream keeps of the bucket it creates.
     pub(super) replicas: Option<Spanned<usize>>,
+    /// This host's name in the deployment.
+    pub(super) host_name: Option<Spanned<String>>,
+    /// How long a call forwarded to another host waits by default.
+    pub(super) call_timeout: Option<Spanned<crate::units::Time>>,
 }
 
 /// `[host.pool]`: how many instances the pooling allocator reserves room

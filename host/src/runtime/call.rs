@@ -32,7 +32,9 @@ pub(crate) struct Dispatch {
 impl Host {
     /// Calls a plugin's `handle` with `request`. Safe to use from many tasks
     /// at once. Events the plugin published during a successful call are put
-    /// on the bus before this returns.
+    /// on the bus before this returns. With the NATS backend, a plugin this
+    /// host has not loaded is called on a host of the deployment that
+    /// serves it (`unknown_plugin` when none does).
     pub async fn call(&self, plugin: &str, request: Request) -> Result<CallOutcome, CallError> {
         self.call_scoped(plugin, request, CallScope::default())
             .await
@@ -68,6 +70,18 @@ impl Host {
         scope: CallScope,
     ) -> Result<CallOutcome, CallError> {
         let Some(slot) = self.slot(plugin) else {
+            // A plugin this host has not loaded may be served by another
+            // host of the deployment: a call from outside goes there; one
+            // from a plugin or a transaction stays here (its effects would
+            // join a transaction only this host holds).
+            #[cfg(feature = "nats")]
+            if let Some(calls) = &self.inner.shared_calls
+                && scope.chain.is_none()
+                && scope.enclosing.is_none()
+                && !scope.forwarded
+            {
+                return self.forward(calls, plugin, request, &scope).await;
+            }
             return Err(CallError::new(plugin, CallFailure::UnknownPlugin));
         };
         // The request is kept for the middleware's `after`/`on-error` hooks

@@ -4,6 +4,7 @@
 mod breaker;
 mod bus;
 mod call;
+mod cluster;
 mod commit;
 mod delivery;
 pub(crate) mod dependencies;
@@ -17,6 +18,8 @@ mod plugin;
 mod queue;
 mod registry;
 #[cfg(feature = "nats")]
+mod remote;
+#[cfg(feature = "nats")]
 mod shared_bus;
 pub(crate) mod spec;
 
@@ -27,6 +30,7 @@ use std::sync::Arc;
 use wasmtime::component::Linker;
 
 pub use bus::{BusEvent, DeadLetter, Subscription};
+pub use cluster::{Cluster, ClusterHost, ServedPlugin};
 pub use middleware::{CallContext, Middleware, REQUEST_ID, RequestId};
 pub use pipeline::{Pipeline, PipelineError};
 pub use plugin::PluginDetails;
@@ -262,12 +266,13 @@ impl HostBuilder {
             None => None,
         };
         #[cfg(feature = "nats")]
-        let mut shared_events = None;
+        let (mut shared_events, mut shared_calls) = (None, None);
         let kv_store = Arc::new(match (&self.backend, &self.data_dir) {
             #[cfg(feature = "nats")]
             (Backend::Nats(options), _) => {
-                let (store, events) = nats_backend(options, &self.bus)?;
+                let (store, events, calls) = nats_backend(options, &self.bus)?;
                 shared_events = Some(Arc::new(events));
+                shared_calls = Some(Arc::new(calls));
                 store
             }
             #[cfg(not(feature = "nats"))]
@@ -319,6 +324,11 @@ impl HostBuilder {
                 bus: Bus::new(self.bus),
                 #[cfg(feature = "nats")]
                 shared_events,
+                #[cfg(feature = "nats")]
+                shared_calls,
+                #[cfg(feature = "nats")]
+                presence: remote::Presence::default(),
+                started_at: cluster::unix_now(),
                 commits: commit::Gates::default(),
                 stopped: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -326,13 +336,20 @@ impl HostBuilder {
     }
 }
 
-/// The key-value store and the event streams in NATS JetStream, on one
-/// connection.
+/// The key-value store, the event streams and the calls between hosts in
+/// NATS JetStream, on one connection (and one more serving calls).
 #[cfg(feature = "nats")]
 fn nats_backend(
     options: &crate::backend::NatsOptions,
     bus: &BusOptions,
-) -> Result<(KvStore, crate::backend::events::NatsEvents), HostError> {
+) -> Result<
+    (
+        KvStore,
+        crate::backend::events::NatsEvents,
+        crate::backend::calls::NatsCalls,
+    ),
+    HostError,
+> {
     let failed = |reason| BackendError {
         kind: "nats",
         url: options.url.clone(),
@@ -346,8 +363,9 @@ fn nats_backend(
         bus.dead_letter_bytes,
     )
     .map_err(failed)?;
+    let calls = crate::backend::calls::NatsCalls::open(Arc::clone(&connection)).map_err(failed)?;
     let kv = crate::services::kv::NatsKv::open(connection).map_err(failed)?;
-    Ok((KvStore::with_backend(kv), events))
+    Ok((KvStore::with_backend(kv), events, calls))
 }
 
 /// Runs plugins. Cheap to clone; clones share the engine and the plugins.
@@ -371,6 +389,15 @@ struct HostInner {
     /// plugins' events instead of the in-process queues (`shared_bus.rs`).
     #[cfg(feature = "nats")]
     shared_events: Option<Arc<crate::backend::events::NatsEvents>>,
+    /// With the NATS backend: calls to and from the deployment's other
+    /// hosts, and this host's presence among them (`remote.rs`).
+    #[cfg(feature = "nats")]
+    shared_calls: Option<Arc<crate::backend::calls::NatsCalls>>,
+    /// What the presence worker shares with the host (`remote.rs`).
+    #[cfg(feature = "nats")]
+    presence: remote::Presence,
+    /// When the host was built, in seconds since the Unix epoch.
+    started_at: u64,
     /// What reruns of conflicting calls hold (`commit.rs`).
     commits: commit::Gates,
     /// Set by [`Host::shutdown`]: delivery workers stop, so that nothing
@@ -441,6 +468,8 @@ impl Host {
             ));
         }
         self.start_delivery(&slot);
+        #[cfg(feature = "nats")]
+        self.start_serving(&slot);
         Ok(details)
     }
 

@@ -211,6 +211,7 @@ impl Host {
         match self.slot(plugin) {
             Some(slot) => {
                 slot.paused.store(paused, Ordering::Release);
+                self.plugins_changed();
                 tracing::info!(plugin, paused, "plugin state changed");
                 true
             }
@@ -321,6 +322,7 @@ impl Host {
         // their calls.
         let until = std::time::Instant::now() + SHUTDOWN_DEADLINE;
         tokio::spawn(async move { old.retire(until).await });
+        self.plugins_changed();
         Ok(details)
     }
 
@@ -330,6 +332,7 @@ impl Host {
         let removed = self.update_plugins(|plugins| plugins.remove(plugin));
         match removed {
             Some(slot) => {
+                self.plugins_changed();
                 let until = std::time::Instant::now() + SHUTDOWN_DEADLINE;
                 slot.current().retire(until).await;
                 true
@@ -345,6 +348,10 @@ impl Host {
     pub async fn shutdown(&self, deadline: Duration) {
         let until = std::time::Instant::now() + deadline;
         self.inner.stopped.store(true, Ordering::Release);
+        // Other hosts stop listing this one; its serving workers unsubscribe
+        // within a moment of `stopped`, so calls go to other hosts.
+        #[cfg(feature = "nats")]
+        self.withdraw().await;
         let slots = self.slots();
         for slot in &slots {
             slot.paused.store(true, Ordering::Release);

@@ -119,6 +119,10 @@ pub(crate) struct CallScope {
     /// caller's, or a transactional pipeline's); `None`: the call commits
     /// its own.
     pub(crate) enclosing: Option<SharedTransaction>,
+    /// The call came from another host of the deployment: it runs here or
+    /// fails, never forwarded again.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) forwarded: bool,
 }
 
 impl CallScope {
@@ -249,6 +253,7 @@ impl CallsState {
             propagated: self.scope.propagated.clone(),
             // `init` is not a call: what it calls commits on its own.
             enclosing: self.in_call.then(|| Arc::clone(&self.transaction)),
+            forwarded: false,
         };
         let result = self.caller.call(scope, target, request).await;
         let stats = match &result {
