@@ -261,10 +261,18 @@ impl NatsCalls {
         let group = format!("{}-call", self.connection.prefix());
         let client = self.serving.clone();
         self.connection
-            .spawn(async move { client.queue_subscribe(subject, group).await })
+            .spawn(async move {
+                let subscriber = client
+                    .queue_subscribe(subject, group)
+                    .await
+                    .map_err(|err| err.to_string())?;
+                // Once the server answered the flush it has the
+                // subscription: calls sent from now on reach this host.
+                client.flush().await.map_err(|err| err.to_string())?;
+                Ok(subscriber)
+            })
             .await
             .ok_or("the NATS runtime has stopped")?
-            .map_err(|err| err.to_string())
     }
 
     /// Sends a reply; a reply larger than NATS carries is replaced by an

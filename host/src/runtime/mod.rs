@@ -297,7 +297,7 @@ impl HostBuilder {
         if self.trust.allow_unsigned {
             tracing::warn!("this host loads plugins without a valid trusted signature");
         }
-        Ok(Host {
+        let host = Host {
             inner: Arc::new_cyclic(|inner| HostInner {
                 loader: Loader {
                     engine,
@@ -332,7 +332,10 @@ impl HostBuilder {
                 commits: commit::Gates::default(),
                 stopped: std::sync::atomic::AtomicBool::new(false),
             }),
-        })
+        };
+        #[cfg(feature = "nats")]
+        host.start_presence();
+        Ok(host)
     }
 }
 
@@ -469,7 +472,7 @@ impl Host {
         }
         self.start_delivery(&slot);
         #[cfg(feature = "nats")]
-        self.start_serving(&slot);
+        self.start_serving(&slot).await;
         Ok(details)
     }
 

@@ -147,19 +147,43 @@ impl Host {
     /// Starts the worker that answers other hosts' calls for `slot`'s
     /// plugin, and (once per host) the presence worker; tells the presence
     /// worker the plugins changed.
-    pub(super) fn start_serving(&self, slot: &Arc<Slot>) {
+    /// Subscribes before returning, so that a plugin is reachable from
+    /// other hosts once its load returned (unless NATS is down: then the
+    /// worker keeps trying).
+    pub(super) async fn start_serving(&self, slot: &Arc<Slot>) {
         let Some(calls) = &self.inner.shared_calls else {
             return;
+        };
+        let subscriber = match calls.serve(&slot.name).await {
+            Ok(subscriber) => Some(subscriber),
+            Err(reason) => {
+                tracing::warn!(
+                    plugin = %slot.name,
+                    reason = %crate::text::for_log(&reason, 256),
+                    "cannot take calls from other hosts yet; retrying until NATS answers"
+                );
+                None
+            }
         };
         tokio::spawn(serve_loop(
             Arc::downgrade(&self.inner),
             Arc::downgrade(slot),
             Arc::clone(calls),
+            subscriber,
         ));
+        self.start_presence();
+        self.plugins_changed();
+    }
+
+    /// Starts the presence worker once per host, on the caller's runtime
+    /// (`false` when there is none yet: the first load starts it).
+    pub(super) fn start_presence(&self) {
+        if self.inner.shared_calls.is_none() || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
         if !self.inner.presence.started.swap(true, Ordering::AcqRel) {
             tokio::spawn(presence_loop(Arc::downgrade(&self.inner)));
         }
-        self.inner.presence.changed.notify_one();
     }
 
     /// Removes this host from the deployment's listing (it is stopping).
@@ -249,10 +273,14 @@ fn error_body(
 /// loaded again: a new worker serves the new slot) or the host stops.
 /// Takes none while the plugin is paused, so that other hosts serving it
 /// take them. Holds the host only while a call runs.
-async fn serve_loop(host: Weak<HostInner>, slot: Weak<Slot>, calls: Arc<NatsCalls>) {
+async fn serve_loop(
+    host: Weak<HostInner>,
+    slot: Weak<Slot>,
+    calls: Arc<NatsCalls>,
+    mut subscriber: Option<async_nats::Subscriber>,
+) {
     let in_flight = Arc::new(AtomicUsize::new(0));
-    let mut subscriber = None;
-    let mut failing = false;
+    let mut failing = subscriber.is_none();
     loop {
         let Some(serving) = serving(&host, &slot) else {
             return;

@@ -2,15 +2,18 @@
 //! one key-value store, exactly; an event published on one host is handled
 //! by one host's subscriber, retried and dead-lettered across hosts, and
 //! survives the host handling it going away; a host whose NATS goes away
-//! fails the calls that need it with `unavailable` until NATS is back.
+//! fails the calls that need it with `unavailable` until NATS is back; a
+//! plugin loaded on one host is called from another, within its own limits.
 
 use std::time::Duration;
 
 use capsule_host::backend::local::NatsServer;
 use capsule_host::backend::{Backend, NatsOptions};
 use capsule_host::services::kv::KvGrant;
-use capsule_host::{BusOptions, CallFailure, ErrorKind, Grants, Host, PluginSpec, Request};
-use capsule_tests::plugins::{EVENT_STORM, KV_COUNTER, ORDER_AUDIT, ORDER_INTAKE};
+use capsule_host::{
+    BusOptions, CallFailure, ErrorKind, Grants, Host, Limits, PluginError, PluginSpec, Request,
+};
+use capsule_tests::plugins::{EVENT_STORM, HELLO, KV_COUNTER, ORDER_AUDIT, ORDER_INTAKE, SPIN_LOOP};
 use capsule_tests::{host_builder, plugin_path};
 use serde_json::{Value, json};
 
@@ -397,4 +400,282 @@ async fn an_event_larger_than_the_stream_takes_fails_the_call_before_it_commits(
     host.call(ORDER_INTAKE, Request::new("place", order.to_string()))
         .await
         .unwrap();
+}
+
+/// A host of deployment `prefix` named `name`, loading `plugins`.
+async fn named_host(url: &str, prefix: &str, name: &str, plugins: Vec<PluginSpec>) -> Host {
+    let options = NatsOptions::new(url).prefix(prefix).host_name(name);
+    let host = host_builder()
+        .backend(Backend::Nats(options))
+        .build()
+        .unwrap();
+    for spec in plugins {
+        host.load(spec).await.unwrap();
+    }
+    host
+}
+
+/// The plugins `host` reads in the deployment's listing, by host name.
+async fn listing(host: &Host) -> Vec<(String, Vec<String>)> {
+    let cluster = host.cluster().await.unwrap();
+    assert_eq!(cluster.backend, "nats");
+    cluster
+        .hosts
+        .into_iter()
+        .map(|entry| {
+            let plugins = entry
+                .plugins
+                .into_iter()
+                .filter(|plugin| plugin.serving)
+                .map(|plugin| plugin.name)
+                .collect();
+            (entry.host, plugins)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_loaded_only_on_host_b_is_called_from_host_a() {
+    let server = NatsServer::shared();
+    let a = named_host(&server.url(), "remote", "host-a", vec![]).await;
+    let b = named_host(
+        &server.url(),
+        "remote",
+        "host-b",
+        vec![
+            PluginSpec::from_path(plugin_path(HELLO)),
+            PluginSpec::from_path(plugin_path(SPIN_LOOP)).limits(Limits {
+                fuel: None,
+                timeout: Duration::from_millis(300),
+                circuit_failures: 0,
+                ..Limits::default()
+            }),
+        ],
+    )
+    .await;
+
+    // Host A has no plugin loaded; the call runs on B.
+    let out = call_json(&a, HELLO, "greet", json!({"name": "Ada"})).await;
+    assert!(out["greeting"].as_str().unwrap().contains("Ada"), "{out}");
+    let served = format!(r#"capsule_calls_total{{plugin="{HELLO}",outcome="ok"}} 1"#);
+    assert!(b.metrics_text().contains(&served), "B ran it");
+    assert!(!a.metrics_text().contains(&served), "A did not");
+
+    // Errors keep their kind; a plugin's own error keeps its variant.
+    let err = a
+        .call(HELLO, Request::new("greet", "not json"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err.cause, CallFailure::Plugin(PluginError::InvalidInput(_))),
+        "{err:?}"
+    );
+    let err = a
+        .call(HELLO, Request::new("no-such-op", "{}"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err.cause, CallFailure::Plugin(PluginError::Unsupported(_))),
+        "{err:?}"
+    );
+    let err = a
+        .call(SPIN_LOOP, Request::new("spin", "{}"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(
+        matches!(&err.cause, CallFailure::Remote { host, .. } if host == "host-b"),
+        "{err:?}"
+    );
+    // No host serves it: refused at once, not after a timeout.
+    let started = std::time::Instant::now();
+    let err = a
+        .call(
+            "nowhere",
+            Request::new("greet", json!({"name": "Ada"}).to_string()),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::UnknownPlugin, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a plugin no host serves is refused at once, not after a timeout"
+    );
+
+    // The deployment's listing, from NATS.
+    let hosts = within_30s("both hosts listed", || async {
+        let hosts = listing(&a).await;
+        (hosts.len() == 2).then_some(hosts)
+    })
+    .await;
+    assert_eq!(hosts[0], ("host-a".to_owned(), vec![]));
+    assert_eq!(
+        hosts[1],
+        (
+            "host-b".to_owned(),
+            vec![HELLO.to_owned(), SPIN_LOOP.to_owned()]
+        )
+    );
+
+    // Paused on B: B takes no calls for it, and says so in the listing.
+    assert!(b.pause(HELLO));
+    within_30s("a paused plugin is not taken", || async {
+        let err = a
+            .call(HELLO, Request::new("greet", r#"{"name":"x"}"#))
+            .await
+            .err()?;
+        (err.kind() == ErrorKind::UnknownPlugin).then_some(())
+    })
+    .await;
+    within_30s("the listing shows it paused", || async {
+        let hosts = listing(&a).await;
+        (hosts[1].1 == [SPIN_LOOP]).then_some(())
+    })
+    .await;
+    assert!(b.resume(HELLO));
+    within_30s("resumed on B, taken again", || async {
+        a.call(HELLO, Request::new("greet", r#"{"name":"x"}"#))
+            .await
+            .ok()
+    })
+    .await;
+
+    // B stops: A's calls find no host at once, and B leaves the listing,
+    // without anyone telling A.
+    b.shutdown(Duration::from_secs(2)).await;
+    within_30s("B's plugins are no longer served", || async {
+        let err = a
+            .call(HELLO, Request::new("greet", r#"{"name":"x"}"#))
+            .await
+            .err()?;
+        (err.kind() == ErrorKind::UnknownPlugin).then_some(())
+    })
+    .await;
+    let hosts = listing(&a).await;
+    assert_eq!(hosts, [("host-a".to_owned(), vec![])]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_callers_deadline_travels_with_the_call() {
+    let server = NatsServer::shared();
+    let mut options = NatsOptions::new(server.url())
+        .prefix("deadline")
+        .host_name("host-a");
+    options.call_timeout = Duration::from_millis(400);
+    let a = host_builder()
+        .backend(Backend::Nats(options))
+        .build()
+        .unwrap();
+    let b = named_host(
+        &server.url(),
+        "deadline",
+        "host-b",
+        vec![PluginSpec::from_path(plugin_path(SPIN_LOOP)).limits(Limits {
+            fuel: None,
+            timeout: Duration::from_secs(20),
+            circuit_failures: 0,
+            ..Limits::default()
+        })],
+    )
+    .await;
+    let err = a
+        .call(SPIN_LOOP, Request::new("spin", "{}"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    // B stopped the plugin by A's 400 ms, not by its own 20 s.
+    let stopped = format!(r#"capsule_calls_total{{plugin="{SPIN_LOOP}",outcome="timeout"}} 1"#);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !b.metrics_text().contains(&stopped) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B still runs a call its caller gave up on"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_dropped_without_shutdown_stops_taking_calls() {
+    let server = NatsServer::shared();
+    // A call in flight to a host that dies waits out its deadline (nobody
+    // can tell it will never be answered): keep the probes' short.
+    let mut options = NatsOptions::new(server.url())
+        .prefix("dropped")
+        .host_name("host-a");
+    options.call_timeout = Duration::from_secs(1);
+    let a = host_builder()
+        .backend(Backend::Nats(options))
+        .build()
+        .unwrap();
+    let b = named_host(
+        &server.url(),
+        "dropped",
+        "host-b",
+        vec![PluginSpec::from_path(plugin_path(HELLO))],
+    )
+    .await;
+    call_json(&a, HELLO, "greet", json!({"name": "Ada"})).await;
+    // No shutdown: the host and its connections simply go away.
+    drop(b);
+    within_30s("a dropped host takes no calls", || async {
+        let err = a
+            .call(HELLO, Request::new("greet", r#"{"name":"x"}"#))
+            .await
+            .err()?;
+        (err.kind() == ErrorKind::UnknownPlugin).then_some(())
+    })
+    .await;
+    // Its presence expires by itself.
+    within_30s("a dropped host leaves the listing", || async {
+        (listing(&a).await.len() == 1).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_from_other_hosts_run_within_the_plugins_own_concurrency() {
+    let server = NatsServer::shared();
+    let a = named_host(&server.url(), "flood", "host-a", vec![]).await;
+    let b = named_host(
+        &server.url(),
+        "flood",
+        "host-b",
+        vec![
+            PluginSpec::from_path(plugin_path(SPIN_LOOP)).limits(Limits {
+                fuel: None,
+                timeout: Duration::from_millis(500),
+                max_instances: 1,
+                max_queued: 1,
+                circuit_failures: 0,
+                ..Limits::default()
+            }),
+            PluginSpec::from_path(plugin_path(HELLO)),
+        ],
+    )
+    .await;
+    // 40 calls at once from A for a plugin B runs one at a time, with one
+    // waiting: the rest are refused `busy` at once, not queued on B.
+    let mut calls = Vec::new();
+    for _ in 0..40 {
+        let a = a.clone();
+        calls.push(tokio::spawn(async move {
+            a.call(SPIN_LOOP, Request::new("spin", "{}"))
+                .await
+                .unwrap_err()
+                .kind()
+        }));
+    }
+    let mut kinds = Vec::new();
+    for call in calls {
+        kinds.push(call.await.unwrap());
+    }
+    let timeouts = kinds.iter().filter(|k| **k == ErrorKind::Timeout).count();
+    let busy = kinds.iter().filter(|k| **k == ErrorKind::Busy).count();
+    assert_eq!(timeouts + busy, 40, "{kinds:?}");
+    assert!(timeouts >= 1 && busy >= 20, "{kinds:?}");
+    let ran = format!(r#"capsule_calls_total{{plugin="{SPIN_LOOP}",outcome="timeout"}} {timeouts}"#);
+    assert!(b.metrics_text().contains(&ran), "{}", b.metrics_text());
+    // B's other plugins are served meanwhile and after.
+    call_json(&a, HELLO, "greet", json!({"name": "Ada"})).await;
 }
