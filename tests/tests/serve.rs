@@ -834,3 +834,86 @@ async fn a_reload_that_breaks_a_dependent_needs_force() {
     );
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_answers_over_http_for_a_plugin_another_host_serves() {
+    use capsule_host::backend::local::NatsServer;
+    use capsule_host::backend::{Backend, NatsOptions};
+    let nats = NatsServer::shared();
+    let on = |name: &str| {
+        let options = NatsOptions::new(nats.url())
+            .prefix("http-remote")
+            .host_name(name);
+        capsule_tests::host_builder()
+            .backend(Backend::Nats(options))
+            .build()
+            .unwrap()
+    };
+    // Host A serves HTTP and has no plugin; host B has hello.
+    let front = Server::serve(on("front"), ServeOptions::default()).await;
+    let back = on("back");
+    back.load(PluginSpec::from_path(plugin_path(HELLO)))
+        .await
+        .unwrap();
+
+    let response = front
+        .post("/v1/plugins/hello/call?op=greet", r#"{"name":"Ada"}"#)
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["greeting"].as_str().unwrap().contains("Ada"), "{body}");
+    // A plugin's own error keeps its status across hosts.
+    let (status, error) = error_of(front.post("/v1/plugins/hello/call?op=greet", "{").await).await;
+    assert_eq!(
+        (status, error["kind"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("plugin_error"))
+    );
+
+    // The deployment as NATS knows it: both hosts, and what each serves.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let cluster = loop {
+        let cluster: Value = front.get("/v1/cluster").await.json().await.unwrap();
+        if cluster["hosts"].as_array().unwrap().len() == 2 {
+            break cluster;
+        }
+        assert!(std::time::Instant::now() < deadline, "{cluster}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((&cluster["backend"], &cluster["this_host"]), (&json!("nats"), &json!("front")));
+    let hosts = cluster["hosts"].as_array().unwrap();
+    assert_eq!((&hosts[0]["host"], &hosts[1]["host"]), (&json!("back"), &json!("front")));
+    assert_eq!(hosts[0]["plugins"][0]["name"], HELLO);
+    assert_eq!(hosts[0]["plugins"][0]["digest"].as_str().unwrap().len(), 64);
+    assert_eq!(hosts[1]["plugins"], json!([]));
+
+    // B goes away: A answers 404 `unknown_plugin`, nobody told it.
+    back.shutdown(Duration::from_secs(2)).await;
+    let (status, error) = error_of(
+        front
+            .post("/v1/plugins/hello/call?op=greet", r#"{"name":"Ada"}"#)
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, error["kind"].as_str()),
+        (StatusCode::NOT_FOUND, Some("unknown_plugin"))
+    );
+    front.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_host_lists_itself_as_its_cluster() {
+    let server = Server::start().await;
+    let cluster: Value = server.get("/v1/cluster").await.json().await.unwrap();
+    assert_eq!(cluster["backend"], "embedded");
+    let hosts = cluster["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 1);
+    let names: Vec<&str> = hosts[0]["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&HELLO) && names.contains(&"hello-secret"), "{names:?}");
+    server.stop().await.unwrap();
+}

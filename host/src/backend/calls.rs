@@ -297,6 +297,28 @@ impl NatsCalls {
             .map_err(|err| err.to_string())
     }
 
+    /// Stops taking calls for good (the host is stopping): unsubscribes
+    /// every served plugin at once and closes the serving connection, so
+    /// that calls go to other hosts (or find none) instead of finding this
+    /// host's plugins paused. Waits until the connection closed, at most a
+    /// second.
+    pub(crate) async fn stop_serving(&self) {
+        let client = self.serving.clone();
+        self.connection
+            .spawn(async move {
+                if client.drain().await.is_err() {
+                    return;
+                }
+                let until = tokio::time::Instant::now() + Duration::from_secs(1);
+                while client.connection_state() == async_nats::connection::State::Connected
+                    && tokio::time::Instant::now() < until
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await;
+    }
+
     fn presence_subject(&self) -> String {
         format!("{}.hosts.{}", self.connection.prefix(), self.host)
     }

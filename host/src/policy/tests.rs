@@ -479,10 +479,46 @@ fn the_backend_section_picks_where_kv_lives() {
 }
 
 #[test]
+fn the_backend_section_names_the_host_and_bounds_forwarded_calls() {
+    use crate::backend::Backend;
+    let policy = parse(
+        "[host.backend]\nkind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\n\
+         host_name = \"web-1\"\ncall_timeout = \"5s\"\n",
+    )
+    .unwrap();
+    let Backend::Nats(options) = &policy.host.backend else {
+        panic!("{:?}", policy.host.backend);
+    };
+    assert_eq!(options.host_name.as_deref(), Some("web-1"));
+    assert_eq!(options.call_timeout, std::time::Duration::from_secs(5));
+    let default = parse("[host.backend]\nkind = \"nats\"\nurl = \"nats://x:4222\"\n").unwrap();
+    let Backend::Nats(options) = &default.host.backend else {
+        panic!()
+    };
+    assert_eq!(options.host_name, None);
+    assert_eq!(options.call_timeout, crate::backend::DEFAULT_CALL_TIMEOUT);
+}
+
+#[test]
 fn a_broken_backend_section_is_refused_at_its_line() {
     let cases = [
         ("[host.backend]\nkind = \"redis\"\n", 2, "host.backend.kind"),
         ("[host.backend]\nkind = \"nats\"\n", 1, "host.backend.url"),
+        (
+            "[host.backend]\nkind = \"nats\"\nurl = \"nats://x:4222\"\nhost_name = \"web.1\"\n",
+            4,
+            "host.backend.host_name",
+        ),
+        (
+            "[host.backend]\nkind = \"nats\"\nurl = \"nats://x:4222\"\ncall_timeout = \"10ms\"\n",
+            4,
+            "host.backend.call_timeout",
+        ),
+        (
+            "[host.backend]\nkind = \"embedded\"\nhost_name = \"web-1\"\n",
+            3,
+            "host.backend.host_name",
+        ),
         (
             "[host.backend]\nkind = \"nats\"\nurl = \"http://x:4222\"\n",
             3,

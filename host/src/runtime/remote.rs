@@ -186,11 +186,14 @@ impl Host {
         }
     }
 
-    /// Removes this host from the deployment's listing (it is stopping).
+    /// Takes this host out of the deployment (it is stopping): no more
+    /// calls from other hosts, and gone from the listing.
     pub(super) async fn withdraw(&self) {
-        if let Some(calls) = &self.inner.shared_calls
-            && let Err(err) = calls.withdraw().await
-        {
+        let Some(calls) = &self.inner.shared_calls else {
+            return;
+        };
+        calls.stop_serving().await;
+        if let Err(err) = calls.withdraw().await {
             tracing::warn!(
                 err = %crate::text::for_log(&err, 256),
                 "this host's presence was left to expire: NATS did not remove it"
