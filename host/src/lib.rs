@@ -62,8 +62,8 @@ pub use policy::{
     HostPolicy, Overrides, PipelinePolicy, PluginPolicy, Policy, PolicyError, PolicyErrors,
 };
 pub use runtime::{
-    BusEvent, CallContext, Cluster, ClusterHost, DeadLetter, Host, HostBuilder, HostError, Middleware, Pipeline,
-    PipelineError, PluginDetails, PluginSource, PluginSpec, PluginState, PluginStatus, REQUEST_ID,
-    RequestId, ServedPlugin, Subscription,
+    BusEvent, CallContext, Cluster, ClusterHost, DeadLetter, Host, HostBuilder, HostError,
+    Middleware, Pipeline, PipelineError, PluginDetails, PluginSource, PluginSpec, PluginState,
+    PluginStatus, REQUEST_ID, RequestId, ServedPlugin, Subscription,
 };
 pub use services::grants::{Grants, GrantsSummary};

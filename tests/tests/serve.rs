@@ -879,9 +879,15 @@ async fn a_host_answers_over_http_for_a_plugin_another_host_serves() {
         assert!(std::time::Instant::now() < deadline, "{cluster}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!((&cluster["backend"], &cluster["this_host"]), (&json!("nats"), &json!("front")));
+    assert_eq!(
+        (&cluster["backend"], &cluster["this_host"]),
+        (&json!("nats"), &json!("front"))
+    );
     let hosts = cluster["hosts"].as_array().unwrap();
-    assert_eq!((&hosts[0]["host"], &hosts[1]["host"]), (&json!("back"), &json!("front")));
+    assert_eq!(
+        (&hosts[0]["host"], &hosts[1]["host"]),
+        (&json!("back"), &json!("front"))
+    );
     assert_eq!(hosts[0]["plugins"][0]["name"], HELLO);
     assert_eq!(hosts[0]["plugins"][0]["digest"].as_str().unwrap().len(), 64);
     assert_eq!(hosts[1]["plugins"], json!([]));
@@ -914,6 +920,9 @@ async fn an_embedded_host_lists_itself_as_its_cluster() {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert!(names.contains(&HELLO) && names.contains(&"hello-secret"), "{names:?}");
+    assert!(
+        names.contains(&HELLO) && names.contains(&"hello-secret"),
+        "{names:?}"
+    );
     server.stop().await.unwrap();
 }

@@ -246,10 +246,7 @@ impl NatsCalls {
             Err(err) => Err(match err.kind() {
                 RequestErrorKind::NoResponders => RequestFailure::NotServed,
                 RequestErrorKind::TimedOut => RequestFailure::TimedOut,
-                RequestErrorKind::MaxPayloadExceeded => RequestFailure::TooLarge {
-                    size: 0,
-                    limit,
-                },
+                RequestErrorKind::MaxPayloadExceeded => RequestFailure::TooLarge { size: 0, limit },
                 _ => RequestFailure::Unavailable(err.to_string()),
             }),
         }
@@ -379,7 +376,10 @@ impl NatsCalls {
                         Ok(message) => documents.push(message.payload.to_vec()),
                         // Expired between the listing and the read.
                         Err(err)
-                            if matches!(err.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => {}
+                            if matches!(
+                                err.kind(),
+                                stream::LastRawMessageErrorKind::NoMessageFound
+                            ) => {}
                         Err(err) => return Err(err.to_string()),
                     }
                 }

@@ -121,9 +121,9 @@ impl Host {
                 message,
                 plugin_error,
             } => {
-                let cause = match plugin_error.and_then(|(variant, message)| {
-                    plugin_error_from(&variant, message)
-                }) {
+                let cause = match plugin_error
+                    .and_then(|(variant, message)| plugin_error_from(&variant, message))
+                {
                     Some(error) => CallFailure::Plugin(error),
                     None => CallFailure::Remote {
                         host: head.host,

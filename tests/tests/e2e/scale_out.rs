@@ -13,7 +13,9 @@ use capsule_host::services::kv::KvGrant;
 use capsule_host::{
     BusOptions, CallFailure, ErrorKind, Grants, Host, Limits, PluginError, PluginSpec, Request,
 };
-use capsule_tests::plugins::{EVENT_STORM, HELLO, KV_COUNTER, ORDER_AUDIT, ORDER_INTAKE, SPIN_LOOP};
+use capsule_tests::plugins::{
+    EVENT_STORM, HELLO, KV_COUNTER, ORDER_AUDIT, ORDER_INTAKE, SPIN_LOOP,
+};
 use capsule_tests::{host_builder, plugin_path};
 use serde_json::{Value, json};
 
@@ -467,7 +469,10 @@ async fn a_plugin_loaded_only_on_host_b_is_called_from_host_a() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err.cause, CallFailure::Plugin(PluginError::InvalidInput(_))),
+        matches!(
+            &err.cause,
+            CallFailure::Plugin(PluginError::InvalidInput(_))
+        ),
         "{err:?}"
     );
     let err = a
@@ -570,12 +575,14 @@ async fn the_callers_deadline_travels_with_the_call() {
         &server.url(),
         "deadline",
         "host-b",
-        vec![PluginSpec::from_path(plugin_path(SPIN_LOOP)).limits(Limits {
-            fuel: None,
-            timeout: Duration::from_secs(20),
-            circuit_failures: 0,
-            ..Limits::default()
-        })],
+        vec![
+            PluginSpec::from_path(plugin_path(SPIN_LOOP)).limits(Limits {
+                fuel: None,
+                timeout: Duration::from_secs(20),
+                circuit_failures: 0,
+                ..Limits::default()
+            }),
+        ],
     )
     .await;
     let err = a
@@ -674,7 +681,8 @@ async fn calls_from_other_hosts_run_within_the_plugins_own_concurrency() {
     let busy = kinds.iter().filter(|k| **k == ErrorKind::Busy).count();
     assert_eq!(timeouts + busy, 40, "{kinds:?}");
     assert!(timeouts >= 1 && busy >= 20, "{kinds:?}");
-    let ran = format!(r#"capsule_calls_total{{plugin="{SPIN_LOOP}",outcome="timeout"}} {timeouts}"#);
+    let ran =
+        format!(r#"capsule_calls_total{{plugin="{SPIN_LOOP}",outcome="timeout"}} {timeouts}"#);
     assert!(b.metrics_text().contains(&ran), "{}", b.metrics_text());
     // B's other plugins are served meanwhile and after.
     call_json(&a, HELLO, "greet", json!({"name": "Ada"})).await;
