@@ -8,7 +8,10 @@
 //! backend switched to that server, loads `kv-counter` and `order-audit` on
 //! both, counts on both at once, then publishes orders on host A and shows
 //! each handled once, by one host or the other, and a rejected one as the
-//! deployment's dead letter, read on host B.
+//! deployment's dead letter, read on host B. Last, host B alone loads
+//! `hello`: host A answers calls for it by forwarding them to B, the
+//! deployment's listing shows who serves what, and once B stops, A says no
+//! host serves it.
 //!
 //! Run with: `cargo run -p capsule-host --features nats --example
 //! scale_out_tour -- example-plugins/capsule.toml`
@@ -52,15 +55,15 @@ async fn main() -> Result<()> {
     };
     show("nats-server", server.url());
 
-    let backend = Backend::Nats(NatsOptions::new(server.url()).prefix("demo"));
+    let options = NatsOptions::new(server.url()).prefix("demo");
     let spec = PluginSpec::from_policy(&policy, "kv-counter")
         .ok_or_else(|| anyhow!("the demo policy has kv-counter"))?;
     let audit = PluginSpec::from_policy(&policy, "order-audit")
         .ok_or_else(|| anyhow!("the demo policy has order-audit"))?;
     let mut hosts = Vec::new();
-    for name in ["host A", "host B"] {
+    for (name, host_name) in [("host A", "host-a"), ("host B", "host-b")] {
         let host = HostBuilder::from_policy(&policy)
-            .backend(backend.clone())
+            .backend(Backend::Nats(options.clone().host_name(host_name)))
             .build()?;
         host.load(spec.clone()).await?;
         host.load(audit.clone()).await?;
@@ -108,9 +111,69 @@ async fn main() -> Result<()> {
     ensure!(total == 206, "no increment was lost between the hosts");
 
     events(&hosts).await?;
+    let hello = PluginSpec::from_policy(&policy, "hello")
+        .ok_or_else(|| anyhow!("the demo policy has hello"))?;
+    remote_calls(hosts, hello).await?;
 
     println!();
-    println!("scale-out tour: two hosts shared one counter exactly and handled each event once");
+    println!(
+        "scale-out tour: two hosts shared one counter exactly, handled each event once and \
+         answered calls for each other's plugins"
+    );
+    Ok(())
+}
+
+/// Host B alone loads `hello`; host A answers for it through B; the
+/// listing shows who serves what; once B stops, A finds no host for it.
+async fn remote_calls(hosts: Vec<Host>, hello: PluginSpec) -> Result<()> {
+    let (a, b) = (&hosts[0], &hosts[1]);
+    b.load(hello).await?;
+    show("host B", "loads hello; host A does not");
+    let outcome = a
+        .call(
+            "hello",
+            Request::new("greet", json!({"name": "Ada"}).to_string()),
+        )
+        .await?;
+    show(
+        "host A",
+        format!(
+            "hello greet → {} (run on host B through NATS)",
+            String::from_utf8_lossy(&outcome.response.payload)
+        ),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let cluster = loop {
+        let cluster = a.cluster().await.map_err(|err| anyhow!(err))?;
+        let b_lists_hello = cluster
+            .hosts
+            .iter()
+            .any(|h| h.host == "host-b" && h.plugins.iter().any(|p| p.name == "hello"));
+        if b_lists_hello || std::time::Instant::now() > deadline {
+            break cluster;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    for host in &cluster.hosts {
+        let names: Vec<&str> = host.plugins.iter().map(|p| p.name.as_str()).collect();
+        show("cluster", format!("{} serves {}", host.host, names.join(", ")));
+    }
+    ensure!(cluster.hosts.len() == 2, "both hosts are listed");
+    b.shutdown(std::time::Duration::from_secs(2)).await;
+    let err = a
+        .call(
+            "hello",
+            Request::new("greet", json!({"name": "Ada"}).to_string()),
+        )
+        .await
+        .err()
+        .ok_or_else(|| anyhow!("a call for hello was answered after host B stopped"))?;
+    show("host B", "stopped");
+    show("host A", format!("hello greet → {}: {err}", err.kind()));
+    ensure!(
+        err.kind() == capsule_host::ErrorKind::UnknownPlugin,
+        "no host serves hello any more"
+    );
     Ok(())
 }
 
