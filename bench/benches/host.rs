@@ -595,11 +595,69 @@ fn events(c: &mut Criterion) {
     group.finish();
 }
 
+/// A 16-byte echo called on host A and run on host B, which alone loads
+/// it (NATS request/reply), beside the same call made on B itself.
+fn remote(c: &mut Criterion) {
+    const TASKS: usize = 8;
+    let rt = runtime(2);
+    let server = NatsServer::start().expect("nats-server starts (apt-get install -y nats-server)");
+    let on = |name: &str| {
+        let options = NatsOptions::new(server.url())
+            .prefix("remote")
+            .host_name(name);
+        builder().backend(Backend::Nats(options)).build().unwrap()
+    };
+    let front = on("front");
+    let back = on("back");
+    rt.block_on(back.load(PluginSpec::from_path(plugin("bench-echo")).with_name("echo")))
+        .unwrap();
+    let mut group = c.benchmark_group("remote");
+    group.throughput(Throughput::Elements(1));
+    for (id, host) in [("local", &back), ("forwarded", &front)] {
+        group.bench_function(BenchmarkId::new(id, "latency"), |b| {
+            b.to_async(&rt).iter(|| async {
+                let outcome = host
+                    .call("echo", Request::new("echo", PAYLOAD.to_vec()))
+                    .await
+                    .unwrap();
+                black_box(outcome.response.payload)
+            });
+        });
+        group.bench_function(BenchmarkId::new(id, "throughput"), |b| {
+            b.to_async(&rt).iter_custom(|iterations| {
+                let host = host.clone();
+                async move {
+                    let each = (iterations as usize).div_ceil(TASKS).max(1);
+                    let started = Instant::now();
+                    let mut running = Vec::new();
+                    for _ in 0..TASKS {
+                        let host = host.clone();
+                        running.push(tokio::spawn(async move {
+                            for _ in 0..each {
+                                host.call("echo", Request::new("echo", PAYLOAD.to_vec()))
+                                    .await
+                                    .unwrap();
+                            }
+                        }));
+                    }
+                    for task in running {
+                        task.await.unwrap();
+                    }
+                    started
+                        .elapsed()
+                        .mul_f64(iterations as f64 / (each * TASKS) as f64)
+                }
+            });
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
-    targets = echo, throughput, load, verify, compute, kv, backend, events
+    targets = echo, throughput, load, verify, compute, kv, backend, events, remote
 }
 criterion_main!(benches);
