@@ -156,7 +156,10 @@ async fn remote_calls(hosts: Vec<Host>, hello: PluginSpec) -> Result<()> {
     };
     for host in &cluster.hosts {
         let names: Vec<&str> = host.plugins.iter().map(|p| p.name.as_str()).collect();
-        show("cluster", format!("{} serves {}", host.host, names.join(", ")));
+        show(
+            "cluster",
+            format!("{} serves {}", host.host, names.join(", ")),
+        );
     }
     ensure!(cluster.hosts.len() == 2, "both hosts are listed");
     b.shutdown(std::time::Duration::from_secs(2)).await;

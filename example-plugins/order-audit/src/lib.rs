@@ -13,7 +13,8 @@
 //!   `retry-after(20)` on its first two deliveries, counted in kv under
 //!   `attempts:<order_id>`, and stored on the third;
 //! - **ack**: any other order is stored in kv as JSON under
-//!   `order:<order_id>`, and the counter `count` goes up by one.
+//!   `order:<order_id>`, the counter `count` goes up by one, and the order's
+//!   place among the stored ones is kept under `position:<order_id>`.
 //!
 //! Kv failures are plugin errors, so without a kv grant every delivery fails
 //! (`denied`) until the host gives up on the event.
@@ -21,8 +22,9 @@
 //! Operations, to inspect what was stored:
 //!
 //! - `count` → `{"count": N}`: orders stored so far;
-//! - `get` with `{"order_id": "A-1"}` → `{"order": {...}}`, or
-//!   `{"order": null}` if it was never stored;
+//! - `get` with `{"order_id": "A-1"}` → `{"order": {...}, "position": N}`
+//!   (N-th stored), or `{"order": null, "position": null}` if it was never
+//!   stored;
 //! - `attempts` with `{"order_id": "A-1"}` → `{"attempts": N}`: deliveries of
 //!   a flaky order so far.
 
@@ -48,6 +50,10 @@ const COUNT_KEY: &str = "count";
 
 fn order_key(order_id: &str) -> String {
     format!("order:{order_id}")
+}
+
+fn position_key(order_id: &str) -> String {
+    format!("position:{order_id}")
 }
 
 fn attempts_key(order_id: &str) -> String {
@@ -121,6 +127,7 @@ struct CountOut {
 #[derive(Serialize)]
 struct GetOut {
     order: Option<Value>,
+    position: Option<i64>,
 }
 
 #[derive(Serialize)]
@@ -143,6 +150,7 @@ impl Plugin for OrderAudit {
             .json("get", |input: OrderRef| {
                 Ok(GetOut {
                     order: kv::get_json(&order_key(&input.order_id))?,
+                    position: kv::get_json(&position_key(&input.order_id))?,
                 })
             })
             .json("attempts", |input: OrderRef| {
@@ -183,6 +191,7 @@ impl Plugin for OrderAudit {
                 }
                 kv::set_json(&order_key(&order_id), &order)?;
                 let count = kv::increment(COUNT_KEY, 1)?;
+                kv::set_json(&position_key(&order_id), &count)?;
                 log::info!("order {order_id} stored ({count} stored so far)");
                 Ok(EventOutcome::Ack)
             }

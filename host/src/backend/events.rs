@@ -206,25 +206,35 @@ impl NatsEvents {
         };
         let stream = self.events.clone();
         let plugin = spec.plugin.clone();
+        // One event in flight is what `ordered` asks of the consumer.
+        let ordered = spec.max_ack_pending == 1;
+        let described = |filter: &str, ordered: bool| {
+            format!("`{filter}`{}", if ordered { " in order" } else { "" })
+        };
         let consumer = self
             .connection
             .spawn(async move {
                 if let Ok(info) = stream.consumer_info(&durable).await
-                    && info.config.filter_subject != filter
+                    && (info.config.filter_subject != filter
+                        || (info.config.max_ack_pending == 1) != ordered)
                 {
+                    let theirs = described(
+                        &info.config.filter_subject,
+                        info.config.max_ack_pending == 1,
+                    );
+                    let ours = described(&filter, ordered);
                     if info.num_waiting > 0 || info.num_ack_pending > 0 || info.num_pending > 0 {
                         return Err(ConsumerError::Conflict(format!(
-                            "`{plugin}`'s events are filtered on `{}` by another host (or wait \
-                             for it), and this host's policy grants it `{filter}`: give every \
-                             host the same events.subscribe grant for it",
-                            info.config.filter_subject
+                            "`{plugin}` takes events on {theirs} on another host (or they wait \
+                             for it), and this host's policy grants it {ours}: give every host \
+                             the same events grant (subscribe, ordered) for it"
                         )));
                     }
                     tracing::warn!(
                         plugin,
-                        old = info.config.filter_subject,
-                        new = filter,
-                        "replacing the idle event consumer whose filter changed"
+                        old = theirs,
+                        new = ours,
+                        "replacing the idle event consumer whose filter or order changed"
                     );
                     stream
                         .delete_consumer(&durable)

@@ -183,17 +183,19 @@ impl Host {
 /// Delivers one plugin's events in order. Events waiting for a retry are
 /// parked here, not in tasks of their own: each keeps its place in the
 /// plugin's queue (so the queue's bound counts them) until it is done with.
+/// A plugin granted `ordered` takes no new event while one is parked.
 async fn deliver_loop(host: Weak<HostInner>, name: Arc<str>, mut receiver: Receiver<BusEvent>) {
     let mut parked: BTreeMap<(Instant, u64), Delivery> = BTreeMap::new();
     let mut order = 0u64;
     loop {
         let next_retry = parked.keys().next().map(|(at, _)| *at);
+        let hold = !parked.is_empty() && ordered(&host, &name);
         let delivery = tokio::select! {
             biased;
             () = sleep_until(next_retry) => {
                 parked.pop_first().map(|(_, delivery)| delivery)
             }
-            received = receiver.recv() => match received {
+            received = receiver.recv(), if !hold => match received {
                 Some((event, room)) => Some(Delivery { event, attempt: 1, _room: room }),
                 None => return,
             },
@@ -211,6 +213,13 @@ async fn deliver_loop(host: Weak<HostInner>, name: Arc<str>, mut receiver: Recei
             parked.insert((at, order), retry);
         }
     }
+}
+
+/// Whether plugin `name` is granted its events in order now.
+fn ordered(host: &Weak<HostInner>, name: &str) -> bool {
+    host.upgrade()
+        .and_then(|inner| Host { inner }.slot(name))
+        .is_some_and(|slot| slot.current().grants.events.ordered)
 }
 
 /// Sleeps until `at`, or forever when there is nothing to wait for.

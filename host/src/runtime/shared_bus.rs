@@ -106,7 +106,7 @@ pub(super) async fn check_consumer(
         plugin: plugin.to_owned(),
         filter,
         ack_wait: options.ack_wait,
-        max_ack_pending: options.queue,
+        max_ack_pending: in_flight(events, options),
     };
     match shared.consumer(&spec).await {
         Ok(_) => Ok(()),
@@ -115,6 +115,14 @@ pub(super) async fn check_consumer(
             format!("the plugin's event consumer: {reason}"),
         )),
     }
+}
+
+/// Events of a plugin granted `events` in flight across all hosts: one when
+/// it takes them in order (NATS then hands out the next only once it is
+/// settled, and redelivers a retried one before any later one), else the
+/// bus's `queue`.
+fn in_flight(events: &EventsGrant, options: &crate::limits::BusOptions) -> usize {
+    if events.ordered { 1 } else { options.queue }
 }
 
 /// The consumer filter for a plugin granted `events`: `None` without a
@@ -134,8 +142,9 @@ fn filter_of(events: &EventsGrant) -> Option<Option<String>> {
 /// worker serves the new slot) or the host stops. Holds the host only while
 /// delivering, never while waiting for NATS.
 pub(super) async fn deliver_loop(host: Weak<HostInner>, slot: Weak<Slot>, shared: Arc<NatsEvents>) {
-    // The consumer's filter, and the consumer while the plugin takes events.
-    let mut consumer: Option<(Option<String>, EventConsumer)> = None;
+    // The consumer's filter and in-flight bound, and the consumer while the
+    // plugin takes events.
+    let mut consumer: Option<((Option<String>, usize), EventConsumer)> = None;
     let mut outage = Outage::default();
     loop {
         let Some((name, filter, max_ack_pending)) = current(&host, &slot) else {
@@ -147,19 +156,20 @@ pub(super) async fn deliver_loop(host: Weak<HostInner>, slot: Weak<Slot>, shared
             tokio::time::sleep(CHECK_EVERY).await;
             continue;
         };
-        if consumer.as_ref().map(|(current, _)| current) != Some(&filter) {
+        let wanted = (filter, max_ack_pending);
+        if consumer.as_ref().map(|(current, _)| current) != Some(&wanted) {
             consumer = None;
             let ack_wait = host
                 .upgrade()
                 .map_or(Duration::from_secs(30), |inner| inner.bus.options.ack_wait);
             let spec = ConsumerSpec {
                 plugin: name.to_string(),
-                filter: filter.clone(),
+                filter: wanted.0.clone(),
                 ack_wait,
                 max_ack_pending,
             };
             match shared.consumer(&spec).await {
-                Ok(opened) => consumer = Some((filter, opened)),
+                Ok(opened) => consumer = Some((wanted, opened)),
                 Err(reason) => {
                     let reason = reason.to_string();
                     outage.failed(&name, "cannot open its event consumer", &reason);
@@ -218,12 +228,14 @@ fn current(
     {
         return None;
     }
+    let events = &slot.current().grants.events;
     let filter = if slot.paused.load(Ordering::Acquire) {
         None
     } else {
-        filter_of(&slot.current().grants.events)
+        filter_of(events)
     };
-    Some((Arc::clone(&slot.name), filter, host.inner.bus.options.queue))
+    let in_flight = in_flight(events, &host.inner.bus.options);
+    Some((Arc::clone(&slot.name), filter, in_flight))
 }
 
 /// Logs a NATS outage once when it starts and once when it ends, not on

@@ -96,8 +96,9 @@ value_from_str!(TopicPattern, "a topic pattern such as \"orders.*\"", |s| {
     TopicPattern::parse(s)
 });
 
-/// Which topics a plugin may publish to and receive from; a policy file
-/// writes `events = { publish = ["counter.*"], subscribe = ["orders.>"] }`.
+/// Which topics a plugin may publish to and receive from, and whether it
+/// receives its events strictly in order; a policy file writes
+/// `events = { publish = ["counter.*"], subscribe = ["orders.>"], ordered = true }`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventsGrant {
@@ -107,6 +108,13 @@ pub struct EventsGrant {
     /// Patterns of topics delivered to the plugin's `on-event`.
     #[serde(default)]
     pub subscribe: Vec<TopicPattern>,
+    /// Deliver the plugin's events one at a time in the order they were
+    /// published: an event to be retried holds back every later one until
+    /// it is handled or becomes a dead letter (with the NATS backend, across
+    /// all hosts: the plugin has one event in flight in the deployment).
+    /// Off by default: a retry waits aside while later events go on.
+    #[serde(default)]
+    pub ordered: bool,
 }
 
 impl EventsGrant {
@@ -311,6 +319,7 @@ mod tests {
         let grant = EventsGrant {
             publish: vec![TopicPattern::parse(">").unwrap()],
             subscribe: vec![],
+            ..EventsGrant::default()
         };
         let mut events = Harness::<Events>::granted(&grant, limits);
         events.state.publish("a".into(), vec![0; 60]).unwrap();

@@ -32,6 +32,7 @@ async fn host(transaction: bool) -> Host {
             events: EventsGrant {
                 publish: vec![TopicPattern::parse("ingest.*").unwrap()],
                 subscribe: vec![],
+                ..EventsGrant::default()
             },
             config,
             ..Grants::default()
@@ -175,6 +176,7 @@ async fn a_config_the_plugins_schema_refuses_is_refused_at_load_naming_the_line(
                     events: EventsGrant {
                         publish: vec![TopicPattern::parse("ingest.*").unwrap()],
                         subscribe: vec![],
+                        ..EventsGrant::default()
                     },
                     ..Grants::default()
                 }),

@@ -134,6 +134,7 @@ fn kv_and_events(namespace: &str) -> Grants {
         events: EventsGrant {
             publish: vec![TopicPattern::parse("counter.*").unwrap()],
             subscribe: vec![],
+            ..EventsGrant::default()
         },
         ..kv(namespace)
     }

@@ -59,3 +59,66 @@ async fn embedder_events_are_delivered_and_wait_while_paused() {
             .contains(r#"capsule_events_total{plugin="order-audit",outcome="ack"} 1"#)
     );
 }
+
+/// Where each of `orders` was stored among the stored orders (1 = first),
+/// once all are stored.
+pub async fn positions(host: &capsule_host::Host, orders: &[&str]) -> Vec<i64> {
+    let mut positions = Vec::new();
+    for order_id in orders {
+        let position = eventually(|| async {
+            let outcome = host
+                .call(
+                    ORDER_AUDIT,
+                    Request::new("get", json!({"order_id": order_id}).to_string()),
+                )
+                .await
+                .unwrap();
+            let stored: serde_json::Value =
+                serde_json::from_slice(&outcome.response.payload).unwrap();
+            stored["position"].as_i64()
+        })
+        .await;
+        positions.push(position);
+    }
+    positions
+}
+
+/// A flaky order (retried twice, 20 ms apart) published before two plain
+/// ones.
+pub fn flaky_then_plain() -> [(&'static str, serde_json::Value); 3] {
+    [
+        (
+            "F-1",
+            json!({"order_id": "F-1", "item": "vase", "quantity": 1, "flaky": true}),
+        ),
+        (
+            "P-1",
+            json!({"order_id": "P-1", "item": "cup", "quantity": 1}),
+        ),
+        (
+            "P-2",
+            json!({"order_id": "P-2", "item": "jug", "quantity": 1}),
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_events_wait_for_a_retried_one() {
+    for (ordered, expected) in [(true, [1, 2, 3]), (false, [3, 1, 2])] {
+        let mut grants = audit_grants("audit", &["orders.created"], &[]);
+        grants.events.ordered = ordered;
+        let host = order_host(grants).await;
+        for (_, order) in flaky_then_plain() {
+            host.publish("orders.created", order.to_string())
+                .await
+                .unwrap();
+        }
+        // In order, the flaky order's retries hold the others back; without,
+        // they are stored while it waits.
+        assert_eq!(
+            positions(&host, &["F-1", "P-1", "P-2"]).await,
+            expected,
+            "ordered = {ordered}"
+        );
+    }
+}

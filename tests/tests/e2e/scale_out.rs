@@ -310,6 +310,53 @@ async fn hosts_must_agree_on_a_plugins_topics() {
         .unwrap_err();
     assert_eq!(err.cause.kind(), ErrorKind::Config, "{err}");
     assert!(err.to_string().contains("orders.created"), "{err}");
+    // The same topics, but in order: the consumer would differ as well.
+    let mut ordered = audit_grants("audit", &["orders.created"], &["orders.large"]);
+    ordered.events.ordered = true;
+    let err = b
+        .load(PluginSpec::from_path(plugin_path(ORDER_AUDIT)).grants(ordered))
+        .await
+        .unwrap_err();
+    assert_eq!(err.cause.kind(), ErrorKind::Config, "{err}");
+    assert!(err.to_string().contains("in order"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_events_wait_for_a_retried_one_across_hosts() {
+    let server = NatsServer::shared();
+    for ordered in [true, false] {
+        let prefix = format!("ordered-{ordered}");
+        let mut hosts = Vec::new();
+        for _ in 0..2 {
+            let host = host_builder()
+                .backend(Backend::Nats(
+                    NatsOptions::new(server.url()).prefix(&prefix),
+                ))
+                .build()
+                .unwrap();
+            let mut grants = audit_grants("audit", &["orders.created"], &[]);
+            grants.events.ordered = ordered;
+            host.load(PluginSpec::from_path(plugin_path(ORDER_AUDIT)).grants(grants))
+                .await
+                .unwrap();
+            hosts.push(host);
+        }
+        for (_, order) in crate::order_audit::flaky_then_plain() {
+            hosts[0]
+                .publish("orders.created", order.to_string())
+                .await
+                .unwrap();
+        }
+        // In order, neither host takes a later event while the flaky one
+        // waits for its retry; without, they are stored meanwhile.
+        let positions = crate::order_audit::positions(&hosts[1], &["F-1", "P-1", "P-2"]).await;
+        if ordered {
+            assert_eq!(positions, [1, 2, 3]);
+        } else {
+            // The two plain ones may land on either host, in either order.
+            assert_eq!(positions[0], 3, "{positions:?}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
