@@ -11,6 +11,7 @@
 //! | `POST /v1/plugins/{name}/reload` | admin: reload from its file (kept on failure; refused with `missing_dependency` when it would break a plugin that requires it, unless `?force=true`) |
 //! | `POST /v1/plugins/{name}/pause`, `/resume` | admin |
 //! | `GET /v1/dead-letters` | admin: undeliverable events |
+//! | `GET /v1/cluster` | the deployment's hosts and what each serves (this host alone without NATS) |
 //!
 //! Request metadata comes from `x-capsule-meta-<key>` headers and response
 //! metadata goes back the same way, within a header budget that HTTP clients

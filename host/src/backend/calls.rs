@@ -17,19 +17,22 @@
 //! bytes as they are (no encoding of the payload, no header escaping).
 //!
 //! Budgets: a message is at most the server's `max_payload`, both ways; the
-//! serving connection buffers at most [`CALL_BACKLOG`] calls per served
-//! plugin before NATS drops the excess (the caller's wait then runs out);
+//! serving connection buffers at most 64 MiB of calls (4 to 64 of them) per
+//! served plugin before NATS drops the excess (the caller's wait then runs
+//! out);
 //! how many calls of a plugin run for other hosts at once is the plugin's
 //! own concurrency and queue (see `runtime::remote`).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::stream;
 use async_nats::{Client, Subscriber};
 use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
+use super::connection::REQUEST_TIMEOUT;
 use super::{NatsConnection, host_token};
 
 /// How often a host rewrites its presence.
@@ -41,11 +44,6 @@ pub(crate) const PRESENCE_TTL: Duration = Duration::from_secs(15);
 
 /// Hosts `GET /v1/cluster` lists at most.
 pub(crate) const MAX_HOSTS: usize = 1024;
-
-/// Calls of one served plugin the serving connection holds before NATS
-/// drops the excess (a slow consumer): with `max_payload` at its 1 MiB
-/// default, at most 64 MiB per plugin waiting to be taken.
-pub(crate) const CALL_BACKLOG: usize = 64;
 
 /// What travels ahead of a call's payload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -135,10 +133,20 @@ pub(crate) enum RequestFailure {
 /// Calls and presence on the deployment's NATS.
 pub(crate) struct NatsCalls {
     connection: Arc<NatsConnection>,
-    /// The connection serving calls: its own, so that its small backlog per
-    /// subscription bounds what waits for this host.
+    /// The connection taking calls: its own, so that its small backlog per
+    /// subscription bounds what waits for this host, and so that stopping
+    /// closes every subscription at once. Replies go on the main one.
     serving: Client,
     presence: stream::Stream,
+    /// Held while announcing or withdrawing; `true` once withdrawn, so that
+    /// an announce cannot bring a stopped host back.
+    withdrawn: tokio::sync::Mutex<bool>,
+    /// The last listing and when it was read: `GET /v1/cluster` costs NATS
+    /// at most one listing a second, however often it is asked.
+    listing: tokio::sync::Mutex<Option<(Instant, Vec<Vec<u8>>)>>,
+    /// Serving workers still running (`stop_serving` waits for them).
+    workers: AtomicUsize,
+    workers_done: tokio::sync::Notify,
     /// This host's name in the deployment.
     host: String,
     /// How long a forwarded call waits when its caller set no deadline.
@@ -153,6 +161,14 @@ impl std::fmt::Debug for NatsCalls {
     }
 }
 
+/// Where the replies to calls go: inboxes of the calling hosts' clients,
+/// never any other subject (a reply subject is the caller's to choose, and
+/// the host publishes with the deployment's credentials).
+const INBOX_PREFIX: &str = "_INBOX.";
+
+/// How long a listing of the deployment's hosts is reused.
+const LISTING_FOR: Duration = Duration::from_secs(1);
+
 impl NatsCalls {
     /// Opens the serving connection and the presence stream. Blocks: the
     /// host is being built.
@@ -162,8 +178,13 @@ impl NatsCalls {
             Some(name) => name.clone(),
             None => default_host_name(),
         };
+        if host.is_empty() || host_token(&host) != host {
+            return Err(format!(
+                "host name `{host}`: use 1-48 letters, digits, `-` or `_`"
+            ));
+        }
         let call_timeout = connection.options.call_timeout;
-        let serving = connection.another_client(CALL_BACKLOG)?;
+        let serving = connection.another_client(call_backlog(connection.max_payload()))?;
         let config = stream::Config {
             name: format!("{prefix}-hosts"),
             description: Some("Capsule hosts of this deployment and what each serves".into()),
@@ -186,6 +207,10 @@ impl NatsCalls {
             connection,
             serving,
             presence,
+            withdrawn: tokio::sync::Mutex::new(false),
+            listing: tokio::sync::Mutex::new(None),
+            workers: AtomicUsize::new(0),
+            workers_done: tokio::sync::Notify::new(),
             host,
             call_timeout,
         })
@@ -201,22 +226,35 @@ impl NatsCalls {
         self.call_timeout
     }
 
-    fn call_subject(&self, plugin: &str) -> String {
-        format!(
+    /// The largest message NATS carries.
+    pub(crate) fn max_message(&self) -> usize {
+        self.connection.max_payload()
+    }
+
+    /// The subject of `plugin`'s calls; `None` for a name no plugin can have
+    /// (a caller's: an over-long subject would make the server drop the
+    /// connection every plugin of the host shares).
+    fn call_subject(&self, plugin: &str) -> Option<String> {
+        crate::bounds::plugin_name(plugin).ok()?;
+        Some(format!(
             "{}.call.{}",
             self.connection.prefix(),
             plugin.replace('.', "~")
-        )
+        ))
     }
 
     /// Sends a call for `plugin` to one of the hosts serving it and waits at
-    /// most `wait` for the reply's body.
+    /// most `wait` for the reply's body. Dropping the future gives up the
+    /// call here (the serving host still ends it by `wait`).
     pub(crate) async fn request(
         &self,
         plugin: &str,
         body: Vec<u8>,
         wait: Duration,
     ) -> Result<bytes::Bytes, RequestFailure> {
+        let Some(subject) = self.call_subject(plugin) else {
+            return Err(RequestFailure::NotServed);
+        };
         if !self.connection.connected() {
             return Err(RequestFailure::Unavailable(format!(
                 "NATS at {} is not connected (reconnecting)",
@@ -230,14 +268,17 @@ impl NatsCalls {
                 limit,
             });
         }
-        let subject = self.call_subject(plugin);
         let client = self.connection.client.clone();
+        // An inbox of its own, unsubscribed when the request ends however it
+        // ends: the client's shared one keeps an entry for every request
+        // until its reply comes, and a call nobody answers gets none.
         let request = async_nats::Request::new()
             .payload(body.into())
+            .inbox(client.new_inbox())
             .timeout(Some(wait));
         let reply = self
             .connection
-            .spawn(async move { client.send_request(subject, request).await })
+            .spawn_abortable(async move { client.send_request(subject, request).await })
             .await
             .ok_or_else(|| RequestFailure::Unavailable("the NATS runtime has stopped".into()))?;
         use async_nats::client::RequestErrorKind;
@@ -252,41 +293,76 @@ impl NatsCalls {
         }
     }
 
-    /// Starts taking calls for `plugin` (with every other host serving it).
+    /// Starts taking calls for `plugin` (with every other host serving it):
+    /// returns once the server has the subscription, so that calls sent
+    /// from then on reach this host. Fails at once while NATS is
+    /// unreachable, and after [`REQUEST_TIMEOUT`] at most.
     pub(crate) async fn serve(&self, plugin: &str) -> Result<Subscriber, String> {
-        let subject = self.call_subject(plugin);
+        let subject = self
+            .call_subject(plugin)
+            .ok_or_else(|| format!("`{plugin}` is not a plugin name"))?;
+        if self.serving.connection_state() != async_nats::connection::State::Connected {
+            return Err("the serving connection to NATS is not connected".into());
+        }
         let group = format!("{}-call", self.connection.prefix());
+        // A request nobody answers follows the subscription to the server
+        // on the same connection: its "no responders" means the server
+        // has processed the subscription.
+        let probe = format!(
+            "{}.probe.{}",
+            self.connection.prefix(),
+            async_nats::Client::new_inbox(&self.serving).replace('.', "_")
+        );
         let client = self.serving.clone();
         self.connection
-            .spawn(async move {
-                let subscriber = client
-                    .queue_subscribe(subject, group)
+            .spawn_abortable(async move {
+                let work = async {
+                    let subscriber = client
+                        .queue_subscribe(subject, group)
+                        .await
+                        .map_err(|err| err.to_string())?;
+                    match client.request(probe, bytes::Bytes::new()).await {
+                        Err(err)
+                            if err.kind() == async_nats::client::RequestErrorKind::NoResponders => {
+                        }
+                        Ok(_) => {}
+                        Err(err) => {
+                            return Err(format!("the subscription was not confirmed: {err}"));
+                        }
+                    }
+                    Ok(subscriber)
+                };
+                tokio::time::timeout(REQUEST_TIMEOUT, work)
                     .await
-                    .map_err(|err| err.to_string())?;
-                // Once the server answered the flush it has the
-                // subscription: calls sent from now on reach this host.
-                client.flush().await.map_err(|err| err.to_string())?;
-                Ok(subscriber)
+                    .map_err(|_| "NATS did not confirm the subscription in time".to_string())?
             })
             .await
             .ok_or("the NATS runtime has stopped")?
     }
 
-    /// Sends a reply; a reply larger than NATS carries is replaced by an
-    /// error saying so (`body_too_large` builds it).
+    /// Sends a reply on the main connection (it outlives the serving one
+    /// while the host stops); a reply larger than NATS carries is replaced
+    /// by an error saying so (`body_too_large` builds it). A reply subject
+    /// that is not an inbox is refused.
     pub(crate) async fn reply(
         &self,
         to: async_nats::Subject,
         body: Vec<u8>,
         body_too_large: impl FnOnce(usize) -> Vec<u8>,
     ) -> Result<(), String> {
-        let limit = self.serving.server_info().max_payload;
+        if !to.starts_with(INBOX_PREFIX) {
+            return Err(format!(
+                "a call asked for its reply on `{}`, which is not an inbox",
+                crate::text::for_log(&to, 128)
+            ));
+        }
+        let limit = self.connection.max_payload();
         let body = if body.len() > limit {
             body_too_large(limit)
         } else {
             body
         };
-        let client = self.serving.clone();
+        let client = self.connection.client.clone();
         self.connection
             .spawn(async move { client.publish(to, body.into()).await })
             .await
@@ -294,34 +370,44 @@ impl NatsCalls {
             .map_err(|err| err.to_string())
     }
 
+    /// Counts a serving worker in; the guard counts it out when dropped.
+    pub(crate) fn worker(self: &Arc<Self>) -> Worker {
+        self.workers.fetch_add(1, Ordering::AcqRel);
+        Worker(Arc::clone(self))
+    }
+
     /// Stops taking calls for good (the host is stopping): unsubscribes
-    /// every served plugin at once and closes the serving connection, so
-    /// that calls go to other hosts (or find none) instead of finding this
-    /// host's plugins paused. Waits until the connection closed, at most a
-    /// second.
-    pub(crate) async fn stop_serving(&self) {
+    /// every served plugin at once by closing the serving connection (after
+    /// handing its workers the calls already received, which they answer),
+    /// then waits for the workers until `until`.
+    pub(crate) async fn stop_serving(&self, until: Instant) {
         let client = self.serving.clone();
-        self.connection
-            .spawn(async move {
-                if client.drain().await.is_err() {
-                    return;
-                }
-                let until = tokio::time::Instant::now() + Duration::from_secs(1);
-                while client.connection_state() == async_nats::connection::State::Connected
-                    && tokio::time::Instant::now() < until
-                {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            })
+        let _ = self
+            .connection
+            .spawn(async move { client.drain().await })
             .await;
+        loop {
+            let done = self.workers_done.notified();
+            if self.workers.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(until.into(), done).await.is_err() {
+                return;
+            }
+        }
     }
 
     fn presence_subject(&self) -> String {
         format!("{}.hosts.{}", self.connection.prefix(), self.host)
     }
 
-    /// Rewrites this host's presence (a JSON document).
+    /// Rewrites this host's presence (a JSON document), unless it was
+    /// withdrawn.
     pub(crate) async fn announce(&self, presence: Vec<u8>) -> Result<(), String> {
+        let withdrawn = self.withdrawn.lock().await;
+        if *withdrawn {
+            return Ok(());
+        }
         let subject = self.presence_subject();
         let jetstream = self.connection.jetstream.clone();
         self.connection
@@ -338,8 +424,10 @@ impl NatsCalls {
             .map(|_| ())
     }
 
-    /// Removes this host's presence (it is stopping).
+    /// Removes this host's presence for good (it is stopping).
     pub(crate) async fn withdraw(&self) -> Result<(), String> {
+        let mut withdrawn = self.withdrawn.lock().await;
+        *withdrawn = true;
         let subject = self.presence_subject();
         let presence = self.presence.clone();
         self.connection
@@ -351,8 +439,20 @@ impl NatsCalls {
     }
 
     /// The presence documents of the deployment's hosts, at most
-    /// [`MAX_HOSTS`], by host name.
+    /// [`MAX_HOSTS`], by host name; read from NATS at most once a second.
     pub(crate) async fn hosts(&self) -> Result<Vec<Vec<u8>>, String> {
+        let mut cached = self.listing.lock().await;
+        if let Some((read, documents)) = &*cached
+            && read.elapsed() < LISTING_FOR
+        {
+            return Ok(documents.clone());
+        }
+        let documents = self.read_hosts().await?;
+        *cached = Some((Instant::now(), documents.clone()));
+        Ok(documents)
+    }
+
+    async fn read_hosts(&self) -> Result<Vec<Vec<u8>>, String> {
         let presence = self.presence.clone();
         let filter = format!("{}.hosts.*", self.connection.prefix());
         self.connection
@@ -388,6 +488,30 @@ impl NatsCalls {
             .await
             .ok_or("the NATS runtime has stopped")?
     }
+}
+
+/// A running serving worker, counted until dropped.
+pub(crate) struct Worker(Arc<NatsCalls>);
+
+impl Worker {
+    /// The calls it serves.
+    pub(crate) fn calls(&self) -> &Arc<NatsCalls> {
+        &self.0
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if self.0.workers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.workers_done.notify_waiters();
+        }
+    }
+}
+
+/// Calls one served plugin's subscription holds before NATS drops the
+/// excess: 64 MiB of the largest messages, 4 to 64 calls.
+fn call_backlog(max_payload: usize) -> usize {
+    ((64 << 20) / max_payload.max(1)).clamp(4, 64)
 }
 
 /// `<hostname>-<8 hex digits>`: the machine's name, told apart from other

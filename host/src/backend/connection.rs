@@ -141,6 +141,25 @@ fn connect_options(options: &NatsOptions) -> Result<async_nats::ConnectOptions, 
     Ok(connect)
 }
 
+impl NatsConnection {
+    /// Like [`NatsConnection::spawn`], but the work is abandoned (the task
+    /// aborted) when the caller stops waiting for it: for work with nothing
+    /// to finish on its own, such as waiting for a reply.
+    pub(crate) async fn spawn_abortable<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = T> + Send + 'static,
+    ) -> Option<T> {
+        struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+        impl<T> Drop for AbortOnDrop<T> {
+            fn drop(&mut self) {
+                self.0.abort();
+            }
+        }
+        let mut task = AbortOnDrop(self.runtime.0.as_ref()?.spawn(work));
+        (&mut task.0).await.ok()
+    }
+}
+
 /// Runs `work` on `runtime` and blocks this thread until it is done; unlike
 /// `Runtime::block_on`, allowed inside another runtime.
 fn wait_on<T: Send + 'static>(

@@ -322,7 +322,9 @@ impl Host {
                     error: Box::new(error),
                 })?;
             request.payload = outcome.response.payload.clone();
-            fuel = fuel.zip(outcome.stats.fuel_used).map(|(a, b)| a + b);
+            fuel = fuel
+                .zip(outcome.stats.fuel_used)
+                .map(|(a, b)| a.saturating_add(b));
             logs.extend(outcome.logs.iter().cloned());
             events.extend(outcome.events.iter().cloned());
             last = Some(outcome);

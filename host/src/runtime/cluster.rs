@@ -16,6 +16,10 @@ use super::Host;
 /// message.
 pub(crate) const MAX_LISTED_PLUGINS: usize = 2000;
 
+/// Bytes of a plugin's version an entry carries (`describe` may report up
+/// to 16 KiB).
+const MAX_VERSION: usize = 64;
+
 /// The deployment's hosts, as `GET /v1/cluster` shows them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Cluster {
@@ -109,7 +113,23 @@ impl Host {
     /// reloaded, paused or resumed), so other hosts see it at once.
     pub(crate) fn plugins_changed(&self) {
         #[cfg(feature = "nats")]
-        self.inner.presence.changed.notify_one();
+        self.inner.signals.plugins.send_modify(|n| *n += 1);
+    }
+
+    /// This host's entry as JSON, within `room` bytes: plugins that do not
+    /// fit are counted in `more_plugins` instead of listed.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn presence_document(&self, host: String, room: usize) -> Vec<u8> {
+        let mut entry = self.presence(host);
+        loop {
+            let document = serde_json::to_vec(&entry).expect("an entry always serializes");
+            if document.len() <= room || entry.plugins.is_empty() {
+                return document;
+            }
+            let keep = entry.plugins.len() / 2;
+            entry.more_plugins += entry.plugins.len() - keep;
+            entry.plugins.truncate(keep);
+        }
     }
 
     /// This host's entry as others see it.
@@ -121,7 +141,8 @@ impl Host {
                 let current = slot.current();
                 ServedPlugin {
                     name: slot.name.to_string(),
-                    version: current.details.info.version.clone(),
+                    version: crate::text::for_log(&current.details.info.version, MAX_VERSION)
+                        .into_owned(),
                     digest: current.details.digest.clone(),
                     serving: !slot.paused.load(std::sync::atomic::Ordering::Acquire),
                 }

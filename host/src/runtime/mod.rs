@@ -327,7 +327,7 @@ impl HostBuilder {
                 #[cfg(feature = "nats")]
                 shared_calls,
                 #[cfg(feature = "nats")]
-                presence: remote::Presence::default(),
+                signals: remote::Signals::default(),
                 started_at: cluster::unix_now(),
                 commits: commit::Gates::default(),
                 stopped: std::sync::atomic::AtomicBool::new(false),
@@ -396,9 +396,9 @@ struct HostInner {
     /// hosts, and this host's presence among them (`remote.rs`).
     #[cfg(feature = "nats")]
     shared_calls: Option<Arc<crate::backend::calls::NatsCalls>>,
-    /// What the presence worker shares with the host (`remote.rs`).
+    /// What wakes the remote workers (`remote.rs`).
     #[cfg(feature = "nats")]
-    presence: remote::Presence,
+    signals: remote::Signals,
     /// When the host was built, in seconds since the Unix epoch.
     started_at: u64,
     /// What reruns of conflicting calls hold (`commit.rs`).

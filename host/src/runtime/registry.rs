@@ -351,7 +351,7 @@ impl Host {
         // Other hosts stop listing this one; its serving workers unsubscribe
         // within a moment of `stopped`, so calls go to other hosts.
         #[cfg(feature = "nats")]
-        self.withdraw().await;
+        self.withdraw(until).await;
         let slots = self.slots();
         for slot in &slots {
             slot.paused.store(true, Ordering::Release);

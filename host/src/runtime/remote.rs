@@ -16,9 +16,10 @@
 //!
 //! Budgets: calls of one plugin running for other hosts are at most its
 //! `max_instances + max_queued` (more are answered `busy` at once, before
-//! anything is decoded); the serving connection holds at most
-//! `CALL_BACKLOG` calls per plugin not yet taken; a forwarded call holds
-//! its caller's request and at most one reply of `max_payload` bytes.
+//! anything is decoded); the serving connection holds at most 64 MiB of
+//! calls per plugin not yet taken; a forwarded call holds its caller's
+//! request and at most one reply of `max_payload` bytes, and is given up
+//! (its inbox unsubscribed) when its caller goes away.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -29,7 +30,8 @@ use futures_util::StreamExt;
 use super::registry::Slot;
 use super::{Host, HostInner};
 use crate::backend::calls::{
-    CallHead, NatsCalls, PRESENCE_EVERY, ReplyHead, ReplyResult, RequestFailure, decode, encode,
+    CallHead, NatsCalls, PRESENCE_EVERY, ReplyHead, ReplyResult, RequestFailure, Worker, decode,
+    encode,
 };
 use crate::contract::{PluginError, Request, Response};
 use crate::error::{CallError, CallFailure, ErrorKind};
@@ -145,11 +147,10 @@ impl Host {
     }
 
     /// Starts the worker that answers other hosts' calls for `slot`'s
-    /// plugin, and (once per host) the presence worker; tells the presence
-    /// worker the plugins changed.
-    /// Subscribes before returning, so that a plugin is reachable from
-    /// other hosts once its load returned (unless NATS is down: then the
-    /// worker keeps trying).
+    /// plugin, and (once per host) the presence worker, and tells them the
+    /// plugins changed. Subscribes before returning, so that a plugin is
+    /// reachable from other hosts once its load returned; while NATS is
+    /// unreachable it returns at once and the worker keeps trying.
     pub(super) async fn start_serving(&self, slot: &Arc<Slot>) {
         let Some(calls) = &self.inner.shared_calls else {
             return;
@@ -168,7 +169,8 @@ impl Host {
         tokio::spawn(serve_loop(
             Arc::downgrade(&self.inner),
             Arc::downgrade(slot),
-            Arc::clone(calls),
+            calls.worker(),
+            self.inner.signals.plugins.subscribe(),
             subscriber,
         ));
         self.start_presence();
@@ -176,24 +178,34 @@ impl Host {
     }
 
     /// Starts the presence worker once per host, on the caller's runtime
-    /// (`false` when there is none yet: the first load starts it).
+    /// (none when there is no runtime yet: the first load starts it).
     pub(super) fn start_presence(&self) {
         if self.inner.shared_calls.is_none() || tokio::runtime::Handle::try_current().is_err() {
             return;
         }
-        if !self.inner.presence.started.swap(true, Ordering::AcqRel) {
-            tokio::spawn(presence_loop(Arc::downgrade(&self.inner)));
+        if !self.inner.signals.started.swap(true, Ordering::AcqRel) {
+            tokio::spawn(presence_loop(
+                Arc::downgrade(&self.inner),
+                self.inner.signals.plugins.subscribe(),
+            ));
         }
     }
 
-    /// Takes this host out of the deployment (it is stopping): no more
-    /// calls from other hosts, and gone from the listing.
-    pub(super) async fn withdraw(&self) {
+    /// Takes this host out of the deployment (it is stopping) by `until`:
+    /// no more calls from other hosts (those already received are answered),
+    /// and gone from the listing.
+    pub(super) async fn withdraw(&self, until: Instant) {
         let Some(calls) = &self.inner.shared_calls else {
             return;
         };
-        calls.stop_serving().await;
-        if let Err(err) = calls.withdraw().await {
+        // Wake the workers: they see the host stopping.
+        self.plugins_changed();
+        calls.stop_serving(until).await;
+        let withdrawn = tokio::time::timeout_at(until.into(), calls.withdraw()).await;
+        if let Err(err) = withdrawn
+            .map_err(|_| "no answer before the shutdown deadline".to_owned())
+            .and_then(|done| done)
+        {
             tracing::warn!(
                 err = %crate::text::for_log(&err, 256),
                 "this host's presence was left to expire: NATS did not remove it"
@@ -202,11 +214,22 @@ impl Host {
     }
 }
 
-/// What the presence worker shares with the host.
-#[derive(Default)]
-pub(super) struct Presence {
+/// What the host tells its remote workers.
+pub(super) struct Signals {
+    /// Whether the presence worker was started.
     pub(super) started: std::sync::atomic::AtomicBool,
-    pub(super) changed: Arc<tokio::sync::Notify>,
+    /// Bumped whenever a plugin is loaded, reloaded, paused, resumed or
+    /// unloaded, and when the host stops: wakes the workers at once.
+    pub(super) plugins: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Signals {
+    fn default() -> Signals {
+        Signals {
+            started: std::sync::atomic::AtomicBool::new(false),
+            plugins: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 /// The plugin error named `variant` carrying `message`.
@@ -248,7 +271,19 @@ fn reply_body(host: &str, result: Result<CallOutcome, CallError>) -> Vec<u8> {
                 }
                 _ => None,
             };
-            error_body(host, err.kind(), err.cause.to_string(), plugin_error)
+            let message = if err.kind() == ErrorKind::Host {
+                // A host fault's message may name paths and internals: it
+                // stays in this host's log.
+                tracing::warn!(
+                    plugin = %crate::text::log_field(&err.plugin),
+                    error = %crate::text::log_field(&err.to_string()),
+                    "a call from another host failed in this host"
+                );
+                "the host running the plugin failed; its log says why".to_owned()
+            } else {
+                err.cause.to_string()
+            };
+            error_body(host, err.kind(), message, plugin_error)
         }
     }
 }
@@ -272,30 +307,51 @@ fn error_body(
     )
 }
 
+/// Why a serving worker stops taking calls.
+enum NotServing {
+    /// The plugin was unloaded (or loaded again: a new worker serves it).
+    Unloaded,
+    /// The host is stopping or gone.
+    Stopping,
+}
+
+impl NotServing {
+    /// The error a call this worker had received gets.
+    fn failure(&self, calls: &NatsCalls) -> CallFailure {
+        match self {
+            NotServing::Unloaded => CallFailure::UnknownPlugin,
+            NotServing::Stopping => {
+                CallFailure::Unavailable(format!("host `{}` is stopping", calls.host()))
+            }
+        }
+    }
+}
+
 /// Answers other hosts' calls for one plugin until it is unloaded (or
-/// loaded again: a new worker serves the new slot) or the host stops.
-/// Takes none while the plugin is paused, so that other hosts serving it
-/// take them. Holds the host only while a call runs.
+/// loaded again: a new worker serves the new slot) or the host stops; calls
+/// it had already received then are answered with why. While the plugin is
+/// paused here, calls get `paused` from here, as local ones do (unsubscribing
+/// instead would lose the calls NATS hands over meanwhile). Holds the host
+/// only while a call runs.
 async fn serve_loop(
     host: Weak<HostInner>,
     slot: Weak<Slot>,
-    calls: Arc<NatsCalls>,
+    worker: Worker,
+    mut changes: tokio::sync::watch::Receiver<u64>,
     mut subscriber: Option<async_nats::Subscriber>,
 ) {
+    let calls = Arc::clone(worker.calls());
     let in_flight = Arc::new(AtomicUsize::new(0));
     let mut failing = subscriber.is_none();
     loop {
-        let Some(serving) = serving(&host, &slot) else {
-            return;
-        };
-        if !serving {
-            // Paused: unsubscribe, so that the calls go elsewhere.
-            subscriber = None;
-            tokio::time::sleep(CHECK_EVERY).await;
-            continue;
-        }
-        let Some(name) = slot.upgrade().map(|slot| Arc::clone(&slot.name)) else {
-            return;
+        let name = match serving(&host, &slot) {
+            Ok(name) => name,
+            Err(why) => {
+                if let Some(taken) = subscriber.take() {
+                    answer_leftovers(taken, &calls, &why).await;
+                }
+                return;
+            }
         };
         let taking = match &mut subscriber {
             Some(taking) => taking,
@@ -314,16 +370,21 @@ async fn serve_loop(
                             "cannot take calls from other hosts; retrying until NATS answers"
                         );
                     }
-                    tokio::time::sleep(RETRY_NATS).await;
+                    tokio::select! {
+                        _ = changes.changed() => {}
+                        () = tokio::time::sleep(RETRY_NATS) => {}
+                    }
                     continue;
                 }
             },
         };
         let message = tokio::select! {
             message = taking.next() => message,
+            _ = changes.changed() => continue,
             () = tokio::time::sleep(CHECK_EVERY) => continue,
         };
         let Some(message) = message else {
+            // The subscription ended (the serving connection was closed).
             subscriber = None;
             continue;
         };
@@ -332,7 +393,14 @@ async fn serve_loop(
             continue;
         };
         let (Some(inner), Some(slot_now)) = (host.upgrade(), slot.upgrade()) else {
-            return;
+            let body = error_body(
+                calls.host(),
+                ErrorKind::Unavailable,
+                format!("host `{}` is stopping", calls.host()),
+                None,
+            );
+            let _ = calls.reply(reply_to, body, |_| Vec::new()).await;
+            continue;
         };
         let host_now = Host { inner };
         let current = slot_now.current();
@@ -357,6 +425,21 @@ async fn serve_loop(
     }
 }
 
+/// Stops a subscription and answers the calls it had already received
+/// with `why` (bounded: the subscription's backlog, and a second to see
+/// the end of it). Draining, not closing: calls arriving until the server
+/// has the unsubscription are still taken, and answered.
+async fn answer_leftovers(mut taken: async_nats::Subscriber, calls: &NatsCalls, why: &NotServing) {
+    let failure = why.failure(calls);
+    let _ = tokio::time::timeout(Duration::from_secs(1), taken.drain()).await;
+    while let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(1), taken.next()).await {
+        if let Some(reply_to) = message.reply {
+            let body = error_body(calls.host(), failure.kind(), failure.to_string(), None);
+            let _ = calls.reply(reply_to, body, |_| Vec::new()).await;
+        }
+    }
+}
+
 /// Gives back a served call's place when it ends, however it ends.
 struct InFlight(Arc<AtomicUsize>);
 
@@ -365,6 +448,10 @@ impl Drop for InFlight {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
+
+/// How much sooner than its caller stops waiting a call from another host
+/// must end here: the reply's way back (a tenth of the wait, at most this).
+const REPLY_MARGIN: Duration = Duration::from_millis(100);
 
 /// Runs one call another host sent and replies.
 async fn answer(
@@ -377,6 +464,7 @@ async fn answer(
     let reply = match decode::<CallHead>(body) {
         Ok((head, payload)) => {
             let wait = Duration::from_millis(head.wait_ms).min(MAX_WAIT);
+            let wait = wait.saturating_sub((wait / 10).min(REPLY_MARGIN));
             let request = Request {
                 operation: head.operation,
                 payload: payload.to_vec(),
@@ -421,28 +509,27 @@ async fn answer(
     }
 }
 
-/// Whether the worker for `slot` should take calls now (`false` while the
-/// plugin is paused); `None` once the slot is gone or replaced, or the host
-/// stopped.
-fn serving(host: &Weak<HostInner>, slot: &Weak<Slot>) -> Option<bool> {
-    let inner = host.upgrade()?;
+/// The plugin's name while the worker for `slot` should take calls (paused
+/// or not), or why it should not.
+fn serving(host: &Weak<HostInner>, slot: &Weak<Slot>) -> Result<Arc<str>, NotServing> {
+    let inner = host.upgrade().ok_or(NotServing::Stopping)?;
     if inner.stopped.load(Ordering::Acquire) {
-        return None;
+        return Err(NotServing::Stopping);
     }
-    let slot = slot.upgrade()?;
+    let slot = slot.upgrade().ok_or(NotServing::Unloaded)?;
     let host = Host { inner };
     if !host
         .slot(&slot.name)
         .is_some_and(|now| Arc::ptr_eq(&now, &slot))
     {
-        return None;
+        return Err(NotServing::Unloaded);
     }
-    Some(!slot.paused.load(Ordering::Acquire))
+    Ok(Arc::clone(&slot.name))
 }
 
 /// Rewrites the host's presence every `PRESENCE_EVERY` and whenever its
 /// plugins change, until the host stops or is dropped.
-async fn presence_loop(host: Weak<HostInner>) {
+async fn presence_loop(host: Weak<HostInner>, mut changes: tokio::sync::watch::Receiver<u64>) {
     let mut failing = false;
     loop {
         let Some(inner) = host.upgrade() else {
@@ -455,9 +542,9 @@ async fn presence_loop(host: Weak<HostInner>) {
             return;
         };
         let host_now = Host { inner };
-        let entry = host_now.presence(calls.host().to_owned());
-        let document = serde_json::to_vec(&entry).expect("an entry always serializes");
-        let changed = Arc::clone(&host_now.inner.presence.changed);
+        // Room for the headers NATS adds.
+        let room = calls.max_message().saturating_sub(1024);
+        let document = host_now.presence_document(calls.host().to_owned(), room);
         // Only a weak hold while waiting: a dropped host ends the worker.
         drop(host_now);
         match calls.announce(document).await {
@@ -477,7 +564,7 @@ async fn presence_loop(host: Weak<HostInner>) {
         }
         drop(calls);
         tokio::select! {
-            () = changed.notified() => {}
+            _ = changes.changed() => {}
             () = tokio::time::sleep(PRESENCE_EVERY) => {}
         }
     }

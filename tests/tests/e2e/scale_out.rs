@@ -103,6 +103,15 @@ async fn losing_nats_fails_kv_calls_as_unavailable_until_it_returns() {
     assert_eq!(count(increment().await.unwrap()), 1);
 
     server.stop();
+    // Loading a plugin does not wait for NATS (it is served to other hosts
+    // once NATS is back).
+    let loaded = tokio::time::timeout(
+        Duration::from_secs(10),
+        host.load(PluginSpec::from_path(plugin_path(HELLO)).with_name("late")),
+    )
+    .await
+    .expect("a load does not wait for NATS to come back");
+    loaded.unwrap();
     let err = increment().await.unwrap_err();
     assert!(matches!(&err.cause, CallFailure::Unavailable(_)), "{err:?}");
     // An event NATS did not store is never reported published.
@@ -506,7 +515,7 @@ async fn a_plugin_loaded_only_on_host_b_is_called_from_host_a() {
     // Host A has no plugin loaded; the call runs on B.
     let out = call_json(&a, HELLO, "greet", json!({"name": "Ada"})).await;
     assert!(out["greeting"].as_str().unwrap().contains("Ada"), "{out}");
-    let served = format!(r#"capsule_calls_total{{plugin="{HELLO}",outcome="ok"}} 1"#);
+    let served = format!("capsule_calls_total{{plugin=\"{HELLO}\",outcome=\"ok\"}} 1\n");
     assert!(b.metrics_text().contains(&served), "B ran it");
     assert!(!a.metrics_text().contains(&served), "A did not");
 
@@ -569,26 +578,27 @@ async fn a_plugin_loaded_only_on_host_b_is_called_from_host_a() {
         )
     );
 
-    // Paused on B: B takes no calls for it, and says so in the listing.
+    // Paused on B: B answers `paused`, as it would locally, and the
+    // listing says so.
     assert!(b.pause(HELLO));
-    within_30s("a paused plugin is not taken", || async {
-        let err = a
-            .call(HELLO, Request::new("greet", r#"{"name":"x"}"#))
-            .await
-            .err()?;
-        (err.kind() == ErrorKind::UnknownPlugin).then_some(())
-    })
-    .await;
+    let err = a
+        .call(HELLO, Request::new("greet", r#"{"name":"x"}"#))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Paused, "{err}");
     within_30s("the listing shows it paused", || async {
         let hosts = listing(&a).await;
         (hosts[1].1 == [SPIN_LOOP]).then_some(())
     })
     .await;
     assert!(b.resume(HELLO));
-    within_30s("resumed on B, taken again", || async {
-        a.call(HELLO, Request::new("greet", r#"{"name":"x"}"#))
-            .await
-            .ok()
+    call_json(&a, HELLO, "greet", json!({"name": "Ada"})).await;
+
+    // Unloaded on B: calls find no host at once.
+    assert!(b.unload(SPIN_LOOP).await);
+    within_30s("an unloaded plugin is not served", || async {
+        let err = a.call(SPIN_LOOP, Request::new("spin", "{}")).await.err()?;
+        (err.kind() == ErrorKind::UnknownPlugin).then_some(())
     })
     .await;
 
@@ -603,8 +613,11 @@ async fn a_plugin_loaded_only_on_host_b_is_called_from_host_a() {
         (err.kind() == ErrorKind::UnknownPlugin).then_some(())
     })
     .await;
-    let hosts = listing(&a).await;
-    assert_eq!(hosts, [("host-a".to_owned(), vec![])]);
+    // (A listing is read from NATS at most once a second.)
+    within_30s("B leaves the listing", || async {
+        (listing(&a).await == [("host-a".to_owned(), vec![])]).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -638,7 +651,7 @@ async fn the_callers_deadline_travels_with_the_call() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
     // B stopped the plugin by A's 400 ms, not by its own 20 s.
-    let stopped = format!(r#"capsule_calls_total{{plugin="{SPIN_LOOP}",outcome="timeout"}} 1"#);
+    let stopped = format!("capsule_calls_total{{plugin=\"{SPIN_LOOP}\",outcome=\"timeout\"}} 1\n");
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !b.metrics_text().contains(&stopped) {
         assert!(
@@ -647,6 +660,75 @@ async fn the_callers_deadline_travels_with_the_call() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_running_for_other_hosts_are_answered_through_a_shutdown() {
+    let server = NatsServer::shared();
+    let mut options = NatsOptions::new(server.url())
+        .prefix("draining")
+        .host_name("host-a");
+    options.call_timeout = Duration::from_secs(20);
+    let a = host_builder()
+        .backend(Backend::Nats(options))
+        .build()
+        .unwrap();
+    let b = named_host(
+        &server.url(),
+        "draining",
+        "host-b",
+        vec![
+            PluginSpec::from_path(plugin_path(SPIN_LOOP)).limits(Limits {
+                fuel: None,
+                timeout: Duration::from_secs(1),
+                circuit_failures: 0,
+                ..Limits::default()
+            }),
+        ],
+    )
+    .await;
+    let running = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let err = a
+                .call(SPIN_LOOP, Request::new("spin", "{}"))
+                .await
+                .unwrap_err();
+            (err, started.elapsed())
+        })
+    };
+    // The call is running on B when B is asked to stop.
+    within_30s("the call runs on B", || async {
+        (b.status(SPIN_LOOP).unwrap().calls_in_flight == 1).then_some(())
+    })
+    .await;
+    b.shutdown(Duration::from_secs(5)).await;
+    let (err, took) = running.await.unwrap();
+    // B's answer (its plugin's 1 s timeout) reached A, not A's own 20 s.
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(
+        matches!(&err.cause, CallFailure::Remote { host, .. } if host == "host-b"),
+        "{err:?}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_no_plugin_can_have_is_not_sent_to_nats() {
+    let server = NatsServer::shared();
+    let host = counter_host(&server.url(), "names").await;
+    // Longer than the server's control line: sent as a subject, it would
+    // make NATS drop the connection every plugin of the host shares.
+    for name in ["x".repeat(5000), "a b".into(), "a.>".into(), String::new()] {
+        let err = host
+            .call(&name, Request::new("greet", "{}"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::UnknownPlugin, "{err}");
+    }
+    let out = call_json(&host, KV_COUNTER, "increment", json!({"key": "k"})).await;
+    assert_eq!(out["count"], 1, "the host's connection to NATS is intact");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -728,9 +810,13 @@ async fn calls_from_other_hosts_run_within_the_plugins_own_concurrency() {
     let busy = kinds.iter().filter(|k| **k == ErrorKind::Busy).count();
     assert_eq!(timeouts + busy, 40, "{kinds:?}");
     assert!(timeouts >= 1 && busy >= 20, "{kinds:?}");
+    let metrics = b.metrics_text();
     let ran =
-        format!(r#"capsule_calls_total{{plugin="{SPIN_LOOP}",outcome="timeout"}} {timeouts}"#);
-    assert!(b.metrics_text().contains(&ran), "{}", b.metrics_text());
+        format!("capsule_calls_total{{plugin=\"{SPIN_LOOP}\",outcome=\"timeout\"}} {timeouts}\n");
+    assert!(metrics.contains(&ran), "{metrics}");
+    // Every `busy` came from B's bound on calls from other hosts, before
+    // any reached the plugin's own queue (which would count them).
+    assert!(!metrics.contains(r#"outcome="busy""#), "{metrics}");
     // B's other plugins are served meanwhile and after.
     call_json(&a, HELLO, "greet", json!({"name": "Ada"})).await;
 }
