@@ -10,8 +10,9 @@
 //!   republished unchanged on `orders.large` (which the operator must grant
 //!   for publishing) instead of being stored;
 //! - **retry-after**: an order with `"flaky": true` is answered
-//!   `retry-after(20)` on its first two deliveries, counted in kv under
-//!   `attempts:<order_id>`, and stored on the third;
+//!   `retry-after(20)` (or `retry_ms` of the order, up to a minute) on its
+//!   first two deliveries, counted in kv under `attempts:<order_id>`, and
+//!   stored on the third;
 //! - **ack**: any other order is stored in kv as JSON under
 //!   `order:<order_id>`, the counter `count` goes up by one, and the order's
 //!   place among the stored ones is kept under `position:<order_id>`.
@@ -67,11 +68,12 @@ enum Decision {
     Reject(String),
     /// Republish it on [`LARGE_TOPIC`].
     Forward { order_id: String },
-    /// Store it (after the retries a flaky order asks for).
+    /// Store it (after the retries a flaky order asks for, this many
+    /// milliseconds apart).
     Store {
         order_id: String,
         order: Value,
-        flaky: bool,
+        flaky: Option<u32>,
     },
 }
 
@@ -96,7 +98,11 @@ fn decide(topic: &str, payload: &[u8]) -> Decision {
     if topic == CREATED && quantity.is_some_and(|quantity| quantity > LARGE) {
         return Decision::Forward { order_id };
     }
-    let flaky = fields.get("flaky").and_then(Value::as_bool) == Some(true);
+    let retry_ms = fields
+        .get("retry_ms")
+        .and_then(Value::as_u64)
+        .map_or(RETRY_AFTER_MS, |ms| ms.min(60_000) as u32);
+    let flaky = (fields.get("flaky").and_then(Value::as_bool) == Some(true)).then_some(retry_ms);
     Decision::Store {
         order_id,
         order,
@@ -180,13 +186,13 @@ impl Plugin for OrderAudit {
                 order,
                 flaky,
             } => {
-                if flaky {
+                if let Some(retry_ms) = flaky {
                     let attempt = kv::increment(&attempts_key(&order_id), 1)?;
                     if attempt <= FLAKY_RETRIES {
                         log::info!(
-                            "flaky order {order_id}: attempt {attempt}, retry in {RETRY_AFTER_MS} ms"
+                            "flaky order {order_id}: attempt {attempt}, retry in {retry_ms} ms"
                         );
-                        return Ok(EventOutcome::RetryAfter(RETRY_AFTER_MS));
+                        return Ok(EventOutcome::RetryAfter(retry_ms));
                     }
                 }
                 kv::set_json(&order_key(&order_id), &order)?;
@@ -257,13 +263,21 @@ mod tests {
             Decision::Store {
                 order_id: "F-1".into(),
                 order: payload,
-                flaky: true
+                flaky: Some(RETRY_AFTER_MS)
             }
         );
+        let slow = br#"{"order_id": "S-1", "flaky": true, "retry_ms": 900000}"#;
+        assert!(matches!(
+            decide(CREATED, slow),
+            Decision::Store {
+                flaky: Some(60_000),
+                ..
+            }
+        ));
         let plain = br#"{"order_id": "A-1", "flaky": "yes"}"#;
         assert!(matches!(
             decide(CREATED, plain),
-            Decision::Store { flaky: false, .. }
+            Decision::Store { flaky: None, .. }
         ));
     }
 }

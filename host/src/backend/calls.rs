@@ -17,9 +17,10 @@
 //! bytes as they are (no encoding of the payload, no header escaping).
 //!
 //! Budgets: a message is at most the server's `max_payload`, both ways; the
-//! serving connection buffers at most 64 MiB of calls (4 to 64 of them) per
-//! served plugin before NATS drops the excess (the caller's wait then runs
-//! out);
+//! serving connection buffers at most 64 calls per served plugin, 64 MiB of
+//! them at most where NATS carries messages up to 16 MiB (and at least 4
+//! calls beyond that), before NATS drops the excess (the caller's wait then
+//! runs out);
 //! how many calls of a plugin run for other hosts at once is the plugin's
 //! own concurrency and queue (see `runtime::remote`).
 
@@ -143,7 +144,7 @@ pub(crate) struct NatsCalls {
     withdrawn: tokio::sync::Mutex<bool>,
     /// The last listing and when it was read: `GET /v1/cluster` costs NATS
     /// at most one listing a second, however often it is asked.
-    listing: tokio::sync::Mutex<Option<(Instant, Vec<Vec<u8>>)>>,
+    listing: tokio::sync::Mutex<Option<(Instant, Listing)>>,
     /// Serving workers still running (`stop_serving` waits for them).
     workers: AtomicUsize,
     workers_done: tokio::sync::Notify,
@@ -160,6 +161,10 @@ impl std::fmt::Debug for NatsCalls {
             .finish_non_exhaustive()
     }
 }
+
+/// The presence documents of the deployment's hosts, or why they could not
+/// be read.
+type Listing = Result<Vec<Vec<u8>>, String>;
 
 /// Where the replies to calls go: inboxes of the calling hosts' clients,
 /// never any other subject (a reply subject is the caller's to choose, and
@@ -321,7 +326,12 @@ impl NatsCalls {
                         .queue_subscribe(subject, group)
                         .await
                         .map_err(|err| err.to_string())?;
-                    match client.request(probe, bytes::Bytes::new()).await {
+                    // An inbox of its own: a probe that times out leaves
+                    // nothing behind in the client.
+                    let request = async_nats::Request::new()
+                        .payload(bytes::Bytes::new())
+                        .inbox(client.new_inbox());
+                    match client.send_request(probe, request).await {
                         Err(err)
                             if err.kind() == async_nats::client::RequestErrorKind::NoResponders => {
                         }
@@ -442,14 +452,23 @@ impl NatsCalls {
     /// [`MAX_HOSTS`], by host name; read from NATS at most once a second.
     pub(crate) async fn hosts(&self) -> Result<Vec<Vec<u8>>, String> {
         let mut cached = self.listing.lock().await;
-        if let Some((read, documents)) = &*cached
+        if let Some((read, listing)) = &*cached
             && read.elapsed() < LISTING_FOR
         {
-            return Ok(documents.clone());
+            return listing.clone();
         }
-        let documents = self.read_hosts().await?;
-        *cached = Some((Instant::now(), documents.clone()));
-        Ok(documents)
+        let listing = if self.connection.connected() {
+            self.read_hosts().await
+        } else {
+            Err(format!(
+                "NATS at {} is not connected (reconnecting)",
+                self.connection.options.url
+            ))
+        };
+        // A failure is kept as long as a listing: a slow NATS is asked once
+        // a second, not once per request.
+        *cached = Some((Instant::now(), listing.clone()));
+        listing
     }
 
     async fn read_hosts(&self) -> Result<Vec<Vec<u8>>, String> {
@@ -521,13 +540,21 @@ fn default_host_name() -> String {
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_default();
+    let mut random = [0u8; 4];
+    let _ = getrandom::fill(&mut random);
+    host_name_for(&machine, u32::from_be_bytes(random))
+}
+
+/// A host name from a machine name and a random number, within the 48
+/// characters of a host name.
+fn host_name_for(machine: &str, random: u32) -> String {
     let mut machine = host_token(machine.trim());
+    // Room for `-` and 8 hex digits.
+    machine.truncate(39);
     if machine.is_empty() {
         machine = "host".into();
     }
-    let mut random = [0u8; 4];
-    let _ = getrandom::fill(&mut random);
-    format!("{machine}-{:08x}", u32::from_be_bytes(random))
+    format!("{machine}-{random:08x}")
 }
 
 #[cfg(test)]
@@ -570,5 +597,10 @@ mod tests {
         let name = default_host_name();
         assert!(!name.contains('.') && name.len() > 9, "{name}");
         assert_ne!(default_host_name(), name, "two hosts in one process differ");
+        // A long machine name (a Kubernetes pod's) still makes a valid one.
+        let long = host_name_for("capsule-serve-deployment-5f7b8c9d4-x2kqp.cluster.local", 7);
+        assert_eq!(long.len(), 48);
+        assert_eq!(host_token(&long), long);
+        assert_eq!(host_name_for("", 255), "host-000000ff");
     }
 }

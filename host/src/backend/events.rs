@@ -81,8 +81,47 @@ pub(crate) struct ConsumerSpec {
     /// How long an event may stay unacknowledged (the handler sends
     /// progress while it runs) before NATS gives it to another host.
     pub(crate) ack_wait: Duration,
-    /// Events of this plugin in flight across all hosts.
+    /// Events of this plugin in flight across all hosts (1 when ordered).
     pub(crate) max_ack_pending: usize,
+    /// Whether the plugin takes its events strictly in order.
+    pub(crate) ordered: bool,
+    /// What this host may do to a consumer that exists with another filter
+    /// or order.
+    pub(crate) open: Open,
+}
+
+/// What opening a plugin's consumer may do to one that exists with another
+/// filter or order (hosts must agree on both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Open {
+    /// A host loading the plugin: change it only when no host uses it (no
+    /// event in flight or waiting, and no host pulling).
+    Load,
+    /// This host reloading the plugin with another grant: change it unless
+    /// events are in flight or waiting (this host's own pulls do not
+    /// count); hosts still on the old grant notice and stop taking events.
+    Reload,
+    /// A worker taking events: never change it; a difference is a conflict.
+    Use,
+}
+
+/// The consumer description that marks ordered delivery (explicit: a
+/// `queue` of 1 also means one event in flight without asking for order).
+const ORDERED: &str = "capsule: ordered";
+const UNORDERED: &str = "capsule: unordered";
+
+/// Whether an existing consumer delivers in order, by its mark (consumers
+/// made before the mark: by its in-flight bound).
+fn is_ordered(config: &consumer::Config) -> bool {
+    match config.description.as_deref() {
+        Some(ORDERED) => true,
+        Some(UNORDERED) => false,
+        _ => config.max_ack_pending == 1,
+    }
+}
+
+fn described(filter: &str, ordered: bool) -> String {
+    format!("`{filter}`{}", if ordered { " in order" } else { "" })
 }
 
 impl NatsEvents {
@@ -192,6 +231,7 @@ impl NatsEvents {
         let filter = format!("{}{}", self.subjects, spec.filter.as_deref().unwrap_or(">"));
         let config = pull::Config {
             durable_name: Some(durable.clone()),
+            description: Some(if spec.ordered { ORDERED } else { UNORDERED }.into()),
             filter_subject: filter.clone(),
             deliver_policy: DeliverPolicy::New,
             ack_policy: AckPolicy::Explicit,
@@ -206,41 +246,49 @@ impl NatsEvents {
         };
         let stream = self.events.clone();
         let plugin = spec.plugin.clone();
-        // One event in flight is what `ordered` asks of the consumer.
-        let ordered = spec.max_ack_pending == 1;
-        let described = |filter: &str, ordered: bool| {
-            format!("`{filter}`{}", if ordered { " in order" } else { "" })
-        };
+        let (ordered, open) = (spec.ordered, spec.open);
         let consumer = self
             .connection
             .spawn(async move {
-                if let Ok(info) = stream.consumer_info(&durable).await
-                    && (info.config.filter_subject != filter
-                        || (info.config.max_ack_pending == 1) != ordered)
-                {
-                    let theirs = described(
-                        &info.config.filter_subject,
-                        info.config.max_ack_pending == 1,
-                    );
-                    let ours = described(&filter, ordered);
-                    if info.num_waiting > 0 || info.num_ack_pending > 0 || info.num_pending > 0 {
-                        return Err(ConsumerError::Conflict(format!(
-                            "`{plugin}` takes events on {theirs} on another host (or they wait \
-                             for it), and this host's policy grants it {ours}: give every host \
-                             the same events grant (subscribe, ordered) for it"
-                        )));
-                    }
-                    tracing::warn!(
-                        plugin,
-                        old = theirs,
-                        new = ours,
-                        "replacing the idle event consumer whose filter or order changed"
-                    );
-                    stream
-                        .delete_consumer(&durable)
+                let existing = stream.consumer_info(&durable).await.ok();
+                let Some(info) = existing.filter(|info| {
+                    info.config.filter_subject != filter || is_ordered(&info.config) != ordered
+                }) else {
+                    return stream
+                        .get_or_create_consumer::<pull::Config>(&durable, config)
                         .await
-                        .map_err(|err| ConsumerError::Unavailable(err.to_string()))?;
+                        .map_err(|err| ConsumerError::Unavailable(err.to_string()));
+                };
+                let theirs = described(&info.config.filter_subject, is_ordered(&info.config));
+                let ours = described(&filter, ordered);
+                let in_use = info.num_ack_pending > 0
+                    || info.num_pending > 0
+                    || (open == Open::Load && info.num_waiting > 0);
+                if open == Open::Use || in_use {
+                    return Err(ConsumerError::Conflict(format!(
+                        "`{plugin}` takes events on {theirs} in this deployment (on another \
+                         host, or they wait for it), and this host's policy grants it {ours}: \
+                         give every host the same events grant (subscribe, ordered) for it"
+                    )));
                 }
+                tracing::warn!(
+                    plugin,
+                    old = theirs,
+                    new = ours,
+                    "changing the idle event consumer whose filter or order differs"
+                );
+                if info.config.filter_subject == filter {
+                    // Only the order differs: changed in place, so no event
+                    // published meanwhile misses the consumer.
+                    return stream
+                        .create_consumer(config)
+                        .await
+                        .map_err(|err| ConsumerError::Unavailable(err.to_string()));
+                }
+                stream
+                    .delete_consumer(&durable)
+                    .await
+                    .map_err(|err| ConsumerError::Unavailable(err.to_string()))?;
                 stream
                     .get_or_create_consumer::<pull::Config>(&durable, config)
                     .await
@@ -351,6 +399,25 @@ pub(crate) struct EventConsumer {
 }
 
 impl EventConsumer {
+    /// Whether the consumer still filters on `filter` (a topic pattern, or
+    /// `None` for every event) with the order `ordered`: another host may
+    /// have changed it by reloading the plugin with another grant.
+    pub(crate) async fn agrees(
+        &mut self,
+        filter: Option<&str>,
+        ordered: bool,
+    ) -> Result<bool, String> {
+        let wanted = format!("{}{}", self.subjects, filter.unwrap_or(">"));
+        let mut consumer = self.consumer.clone();
+        let info = self
+            .connection
+            .spawn(async move { consumer.info().await.map(|info| info.config.clone()) })
+            .await
+            .ok_or("the NATS connection's runtime has stopped")?
+            .map_err(|err| err.to_string())?;
+        Ok(info.filter_subject == wanted && is_ordered(&info) == ordered)
+    }
+
     /// The consumer's `ack_wait` as NATS keeps it (an existing consumer
     /// keeps the one it was created with).
     pub(crate) fn ack_wait(&self) -> Duration {

@@ -59,8 +59,8 @@ pub struct ServedPlugin {
     pub version: String,
     /// The SHA-256 digest of its component.
     pub digest: String,
-    /// Whether it takes calls now (paused plugins take none, not even from
-    /// other hosts).
+    /// Whether it takes calls now (a paused plugin answers `paused`, to
+    /// calls from other hosts too).
     pub serving: bool,
 }
 

@@ -166,7 +166,6 @@ impl Host {
             return;
         };
         let host = Arc::downgrade(&self.inner);
-        let name = Arc::clone(&slot.name);
         #[cfg(feature = "nats")]
         if let Some(shared) = &self.inner.shared_events {
             tokio::spawn(super::shared_bus::deliver_loop(
@@ -176,20 +175,22 @@ impl Host {
             ));
             return;
         }
-        tokio::spawn(deliver_loop(host, name, receiver));
+        tokio::spawn(deliver_loop(host, Arc::downgrade(slot), receiver));
     }
 }
 
 /// Delivers one plugin's events in order. Events waiting for a retry are
 /// parked here, not in tasks of their own: each keeps its place in the
 /// plugin's queue (so the queue's bound counts them) until it is done with.
-/// A plugin granted `ordered` takes no new event while one is parked.
-async fn deliver_loop(host: Weak<HostInner>, name: Arc<str>, mut receiver: Receiver<BusEvent>) {
+/// A plugin granted `ordered` takes no new event while one is parked. Ends
+/// when the plugin is unloaded (its events go with it), also when a plugin
+/// of the same name is loaded again meanwhile (it has a worker of its own).
+async fn deliver_loop(host: Weak<HostInner>, slot: Weak<Slot>, mut receiver: Receiver<BusEvent>) {
     let mut parked: BTreeMap<(Instant, u64), Delivery> = BTreeMap::new();
     let mut order = 0u64;
     loop {
         let next_retry = parked.keys().next().map(|(at, _)| *at);
-        let hold = !parked.is_empty() && ordered(&host, &name);
+        let hold = !parked.is_empty() && ordered(&slot);
         let delivery = tokio::select! {
             biased;
             () = sleep_until(next_retry) => {
@@ -207,7 +208,13 @@ async fn deliver_loop(host: Weak<HostInner>, name: Arc<str>, mut receiver: Recei
             return;
         }
         let host = Host { inner };
-        let Some(slot) = host.slot(&name) else { return };
+        let Some(slot) = slot.upgrade() else { return };
+        if !host
+            .slot(&slot.name)
+            .is_some_and(|now| Arc::ptr_eq(&now, &slot))
+        {
+            return;
+        }
         if let Some((at, retry)) = host.deliver_one(&slot, delivery).await {
             order += 1;
             parked.insert((at, order), retry);
@@ -215,10 +222,9 @@ async fn deliver_loop(host: Weak<HostInner>, name: Arc<str>, mut receiver: Recei
     }
 }
 
-/// Whether plugin `name` is granted its events in order now.
-fn ordered(host: &Weak<HostInner>, name: &str) -> bool {
-    host.upgrade()
-        .and_then(|inner| Host { inner }.slot(name))
+/// Whether the plugin is granted its events in order now.
+fn ordered(slot: &Weak<Slot>) -> bool {
+    slot.upgrade()
         .is_some_and(|slot| slot.current().grants.events.ordered)
 }
 

@@ -453,7 +453,9 @@ impl Host {
         #[cfg(feature = "nats")]
         if let Some(shared) = &self.inner.shared_events {
             let events = &slot.current().grants.events;
-            shared_bus::check_consumer(shared, &name, events, &self.inner.bus.options)
+            let options = &self.inner.bus.options;
+            let open = crate::backend::events::Open::Load;
+            shared_bus::check_consumer(shared, &name, events, options, open)
                 .await
                 .map_err(|failure| LoadError::new(name.clone(), failure))?;
         }

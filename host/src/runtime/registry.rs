@@ -276,8 +276,9 @@ impl Host {
             true => Ok(loaded),
             false => self.keeps_dependents(&loaded).map(|()| loaded),
         });
-        // A reload that changes the plugin's topics must agree with the
-        // other hosts' consumer, as a load must.
+        // A reload that changes the plugin's topics or order changes the
+        // deployment's consumer when no events are in flight or waiting;
+        // hosts still on the old grant notice and stop taking events.
         #[cfg(feature = "nats")]
         let loaded = match (loaded, &self.inner.shared_events) {
             (Ok(loaded), Some(shared)) => super::shared_bus::check_consumer(
@@ -285,6 +286,7 @@ impl Host {
                 &name,
                 &loaded.grants.events,
                 &self.inner.bus.options,
+                crate::backend::events::Open::Reload,
             )
             .await
             .map(|()| loaded)

@@ -155,26 +155,19 @@ impl Host {
         let Some(calls) = &self.inner.shared_calls else {
             return;
         };
-        let subscriber = match calls.serve(&slot.name).await {
-            Ok(subscriber) => Some(subscriber),
-            Err(reason) => {
-                tracing::warn!(
-                    plugin = %slot.name,
-                    reason = %crate::text::for_log(&reason, 256),
-                    "cannot take calls from other hosts yet; retrying until NATS answers"
-                );
-                None
-            }
-        };
+        // The worker subscribes; waiting for it here, not subscribing here,
+        // keeps a load whose caller gives up meanwhile served all the same.
+        let (ready, subscribed) = tokio::sync::oneshot::channel();
         tokio::spawn(serve_loop(
             Arc::downgrade(&self.inner),
             Arc::downgrade(slot),
             calls.worker(),
             self.inner.signals.plugins.subscribe(),
-            subscriber,
+            ready,
         ));
         self.start_presence();
         self.plugins_changed();
+        let _ = subscribed.await;
     }
 
     /// Starts the presence worker once per host, on the caller's runtime
@@ -338,11 +331,14 @@ async fn serve_loop(
     slot: Weak<Slot>,
     worker: Worker,
     mut changes: tokio::sync::watch::Receiver<u64>,
-    mut subscriber: Option<async_nats::Subscriber>,
+    ready: tokio::sync::oneshot::Sender<()>,
 ) {
     let calls = Arc::clone(worker.calls());
     let in_flight = Arc::new(AtomicUsize::new(0));
-    let mut failing = subscriber.is_none();
+    let mut subscriber = None;
+    let mut failing = false;
+    // Told once the first subscription is made or failed.
+    let mut ready = Some(ready);
     loop {
         let name = match serving(&host, &slot) {
             Ok(name) => name,
@@ -357,12 +353,18 @@ async fn serve_loop(
             Some(taking) => taking,
             None => match calls.serve(&name).await {
                 Ok(taken) => {
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(());
+                    }
                     if std::mem::take(&mut failing) {
                         tracing::info!(plugin = %name, "taking calls from other hosts again");
                     }
                     subscriber.insert(taken)
                 }
                 Err(reason) => {
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(());
+                    }
                     if !std::mem::replace(&mut failing, true) {
                         tracing::warn!(
                             plugin = %name,
@@ -427,8 +429,9 @@ async fn serve_loop(
 
 /// Stops a subscription and answers the calls it had already received
 /// with `why` (bounded: the subscription's backlog, and a second to see
-/// the end of it). Draining, not closing: calls arriving until the server
-/// has the unsubscription are still taken, and answered.
+/// the end of it). Draining, not closing, keeps taking calls until the
+/// unsubscription is written; one NATS hands over in the moment after that
+/// is lost (its caller waits out its deadline).
 async fn answer_leftovers(mut taken: async_nats::Subscriber, calls: &NatsCalls, why: &NotServing) {
     let failure = why.failure(calls);
     let _ = tokio::time::timeout(Duration::from_secs(1), taken.drain()).await;

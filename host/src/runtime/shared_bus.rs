@@ -26,7 +26,7 @@ use super::delivery::{Settlement, gave_up};
 use super::registry::Slot;
 use super::{Host, HostInner};
 use crate::backend::events::{
-    ConsumerError, ConsumerSpec, EventConsumer, NatsEvents, Received, SharedEvent,
+    ConsumerError, ConsumerSpec, EventConsumer, NatsEvents, Open, Received, SharedEvent,
 };
 use crate::services::events::EventsGrant;
 use crate::services::events::validate_topic;
@@ -37,6 +37,11 @@ const CHECK_EVERY: Duration = Duration::from_millis(250);
 
 /// How long a worker waits before trying NATS again after a failure.
 const RETRY_NATS: Duration = Duration::from_secs(1);
+
+/// How often a worker checks that its consumer still has the filter and
+/// order its plugin's grant asks for (another host may have reloaded the
+/// plugin with another grant).
+const AGREE_EVERY: Duration = Duration::from_secs(5);
 
 /// Stores `event` on the deployment's stream.
 pub(super) async fn publish(shared: &NatsEvents, event: &BusEvent) -> Result<(), String> {
@@ -98,6 +103,7 @@ pub(super) async fn check_consumer(
     plugin: &str,
     events: &EventsGrant,
     options: &crate::limits::BusOptions,
+    open: Open,
 ) -> Result<(), crate::error::LoadFailure> {
     let Some(filter) = filter_of(events) else {
         return Ok(());
@@ -107,6 +113,8 @@ pub(super) async fn check_consumer(
         filter,
         ack_wait: options.ack_wait,
         max_ack_pending: in_flight(events, options),
+        ordered: events.ordered,
+        open,
     };
     match shared.consumer(&spec).await {
         Ok(_) => Ok(()),
@@ -144,10 +152,11 @@ fn filter_of(events: &EventsGrant) -> Option<Option<String>> {
 pub(super) async fn deliver_loop(host: Weak<HostInner>, slot: Weak<Slot>, shared: Arc<NatsEvents>) {
     // The consumer's filter and in-flight bound, and the consumer while the
     // plugin takes events.
-    let mut consumer: Option<((Option<String>, usize), EventConsumer)> = None;
+    let mut consumer: Option<(ConsumerShape, EventConsumer)> = None;
     let mut outage = Outage::default();
+    let mut checked = Instant::now();
     loop {
-        let Some((name, filter, max_ack_pending)) = current(&host, &slot) else {
+        let Some((name, filter, max_ack_pending, ordered)) = current(&host, &slot) else {
             return;
         };
         // Paused, or not granted any topic (a reload may grant one): pull
@@ -156,7 +165,7 @@ pub(super) async fn deliver_loop(host: Weak<HostInner>, slot: Weak<Slot>, shared
             tokio::time::sleep(CHECK_EVERY).await;
             continue;
         };
-        let wanted = (filter, max_ack_pending);
+        let wanted = (filter, max_ack_pending, ordered);
         if consumer.as_ref().map(|(current, _)| current) != Some(&wanted) {
             consumer = None;
             let ack_wait = host
@@ -167,6 +176,8 @@ pub(super) async fn deliver_loop(host: Weak<HostInner>, slot: Weak<Slot>, shared
                 filter: wanted.0.clone(),
                 ack_wait,
                 max_ack_pending,
+                ordered,
+                open: Open::Use,
             };
             match shared.consumer(&spec).await {
                 Ok(opened) => consumer = Some((wanted, opened)),
@@ -176,6 +187,24 @@ pub(super) async fn deliver_loop(host: Weak<HostInner>, slot: Weak<Slot>, shared
                     tokio::time::sleep(RETRY_NATS).await;
                     continue;
                 }
+            }
+        }
+        if checked.elapsed() >= AGREE_EVERY
+            && let Some(((filter, _, _), pulling)) = &mut consumer
+        {
+            checked = Instant::now();
+            if let Ok(false) = pulling.agrees(filter.as_deref(), ordered).await {
+                // Reconfigured by another host's reload: take no events
+                // under a grant this host's policy does not give, and say
+                // why (opening it again reports the conflict until the
+                // grants agree).
+                tracing::error!(
+                    plugin = %name,
+                    "another host changed this plugin's event consumer (its topics or order): \
+                     this host takes none of its events until its own grant matches"
+                );
+                consumer = None;
+                continue;
             }
         }
         let Some((_, pulling)) = &consumer else {
@@ -208,13 +237,16 @@ pub(super) async fn deliver_loop(host: Weak<HostInner>, slot: Weak<Slot>, shared
     }
 }
 
+/// A consumer's filter, in-flight bound and order, as a worker opened it.
+type ConsumerShape = (Option<String>, usize, bool);
+
+/// What a worker needs of its plugin now.
+type Wanted = (Arc<str>, Option<Option<String>>, usize, bool);
+
 /// The plugin's name, the consumer filter it needs now (`None` when it
-/// takes no events now) and the consumer's in-flight bound; `None` once
-/// the slot is gone or replaced, or the host stopped.
-fn current(
-    host: &Weak<HostInner>,
-    slot: &Weak<Slot>,
-) -> Option<(Arc<str>, Option<Option<String>>, usize)> {
+/// takes no events now), the consumer's in-flight bound and whether it is
+/// ordered; `None` once the slot is gone or replaced, or the host stopped.
+fn current(host: &Weak<HostInner>, slot: &Weak<Slot>) -> Option<Wanted> {
     let inner = host.upgrade()?;
     if inner.stopped.load(Ordering::Acquire) {
         return None;
@@ -235,7 +267,7 @@ fn current(
         filter_of(events)
     };
     let in_flight = in_flight(events, &host.inner.bus.options);
-    Some((Arc::clone(&slot.name), filter, in_flight))
+    Some((Arc::clone(&slot.name), filter, in_flight, events.ordered))
 }
 
 /// Logs a NATS outage once when it starts and once when it ends, not on

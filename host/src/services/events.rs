@@ -112,7 +112,9 @@ pub struct EventsGrant {
     /// published: an event to be retried holds back every later one until
     /// it is handled or becomes a dead letter (with the NATS backend, across
     /// all hosts: the plugin has one event in flight in the deployment).
-    /// Off by default: a retry waits aside while later events go on.
+    /// Later events that do not fit the plugin's queue meanwhile become dead
+    /// letters. Off by default: a retry waits aside while later events go
+    /// on.
     #[serde(default)]
     pub ordered: bool,
 }
