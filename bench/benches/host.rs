@@ -434,6 +434,38 @@ fn counter_hosts(
     })
 }
 
+/// Makes `iterations` calls from `tasks_per_host` tasks on each host at
+/// once, each task repeating the call `call(host, task)` gives it; returns
+/// the time as if exactly `iterations` calls were made.
+async fn spread_calls(
+    hosts: &[Host],
+    tasks_per_host: usize,
+    iterations: u64,
+    call: impl Fn(usize, usize) -> (&'static str, Request),
+) -> Duration {
+    let tasks = hosts.len() * tasks_per_host;
+    let each = (iterations as usize).div_ceil(tasks).max(1);
+    let started = Instant::now();
+    let mut running = Vec::new();
+    for (h, host) in hosts.iter().enumerate() {
+        for t in 0..tasks_per_host {
+            let host = host.clone();
+            let (plugin, request) = call(h, t);
+            running.push(tokio::spawn(async move {
+                for _ in 0..each {
+                    host.call(plugin, request.clone()).await.unwrap();
+                }
+            }));
+        }
+    }
+    for task in running {
+        task.await.unwrap();
+    }
+    started
+        .elapsed()
+        .mul_f64(iterations as f64 / (each * tasks) as f64)
+}
+
 fn backend(c: &mut Criterion) {
     const TASKS: usize = 8;
     let rt = runtime(2);
@@ -457,38 +489,16 @@ fn backend(c: &mut Criterion) {
                 b.to_async(&rt).iter_custom(|iterations| {
                     let hosts = hosts.clone();
                     async move {
-                        let tasks = hosts.len() * TASKS;
-                        let each = (iterations as usize).div_ceil(tasks).max(1);
-                        let started = Instant::now();
-                        let mut running = Vec::new();
-                        for (h, host) in hosts.iter().enumerate() {
-                            for t in 0..TASKS {
-                                let host = host.clone();
-                                let key = if spread {
-                                    format!("k{h}-{t}")
-                                } else {
-                                    "hot".into()
-                                };
-                                let input = format!(r#"{{"key":"{key}"}}"#);
-                                running.push(tokio::spawn(async move {
-                                    for _ in 0..each {
-                                        host.call(
-                                            "kv-counter",
-                                            Request::new("increment", input.clone()),
-                                        )
-                                        .await
-                                        .unwrap();
-                                    }
-                                }));
-                            }
-                        }
-                        for task in running {
-                            task.await.unwrap();
-                        }
-                        // Time per increment, as if `iterations` were made.
-                        started
-                            .elapsed()
-                            .mul_f64(iterations as f64 / (each * tasks) as f64)
+                        spread_calls(&hosts, TASKS, iterations, |h, t| {
+                            let key = if spread {
+                                format!("k{h}-{t}")
+                            } else {
+                                "hot".into()
+                            };
+                            let input = format!(r#"{{"key":"{key}"}}"#);
+                            ("kv-counter", Request::new("increment", input))
+                        })
+                        .await
                     }
                 });
             });
@@ -625,27 +635,12 @@ fn remote(c: &mut Criterion) {
         });
         group.bench_function(BenchmarkId::new(id, "throughput"), |b| {
             b.to_async(&rt).iter_custom(|iterations| {
-                let host = host.clone();
+                let hosts = [host.clone()];
                 async move {
-                    let each = (iterations as usize).div_ceil(TASKS).max(1);
-                    let started = Instant::now();
-                    let mut running = Vec::new();
-                    for _ in 0..TASKS {
-                        let host = host.clone();
-                        running.push(tokio::spawn(async move {
-                            for _ in 0..each {
-                                host.call("echo", Request::new("echo", PAYLOAD.to_vec()))
-                                    .await
-                                    .unwrap();
-                            }
-                        }));
-                    }
-                    for task in running {
-                        task.await.unwrap();
-                    }
-                    started
-                        .elapsed()
-                        .mul_f64(iterations as f64 / (each * TASKS) as f64)
+                    spread_calls(&hosts, TASKS, iterations, |_, _| {
+                        ("echo", Request::new("echo", PAYLOAD.to_vec()))
+                    })
+                    .await
                 }
             });
         });

@@ -100,11 +100,13 @@ pub fn serve_command(args: ServeArgs) -> ExitCode {
         if args.watch {
             crate::watch::watch(host.clone(), &policy);
         }
+        apply_on_hangup(host.clone(), args.config.clone());
         let options = ServeOptions {
             listen: args.listen,
             admin_token,
             max_body_bytes: usize::try_from(args.max_body).unwrap_or(usize::MAX),
             shutdown_deadline: args.shutdown_deadline,
+            policy_file: Some(args.config.clone()),
             ..ServeOptions::default()
         };
         let listener = match tokio::net::TcpListener::bind(args.listen).await {
@@ -126,4 +128,38 @@ pub fn serve_command(args: ServeArgs) -> ExitCode {
             }
         }
     })
+}
+
+/// Applies the policy file again on every SIGHUP (what `POST
+/// /v1/policy/apply` does), saying what changed or why nothing did.
+fn apply_on_hangup(host: capsule_host::Host, policy: PathBuf) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(err) => {
+                tracing::warn!(%err, "SIGHUP will not apply the policy");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            match capsule_host::serve::apply_policy_file(&host, &policy).await {
+                Ok(changes) => {
+                    // (`apply_policy` logs what changed.)
+                    for failed in &changes.failed {
+                        eprintln!(
+                            "error [{}]: {} kept as it was: {}",
+                            failed.kind,
+                            failed.plugin,
+                            capsule_host::text::log_field(&failed.message)
+                        );
+                    }
+                }
+                Err(err) => eprintln!("error [config]: policy not applied: {err}"),
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (host, policy);
 }

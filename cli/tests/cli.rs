@@ -760,6 +760,44 @@ fn serve_answers_http_reloads_changed_files_and_stops_on_sigterm() {
 }
 
 #[test]
+fn serve_applies_an_edited_policy_on_sighup() {
+    let text = |greeting: &str| {
+        format!(
+            "[host]\ntrusted_keys = [\"{{key}}\"]\n[plugins.hello]\npath = \"{{plugins}}/hello.wasm\"\n\
+             config = {{ greeting = \"{greeting}\" }}\n"
+        )
+    };
+    let file = policy("sighup-policy.toml", &text("Hello"));
+    let server = ServeProcess::start(&file, &[]);
+    let greet = || {
+        server.http(
+            "POST",
+            "/v1/plugins/hello/call?op=greet",
+            r#"{"name":"Ada"}"#,
+        )
+    };
+    assert_eq!(greet(), (200, r#"{"greeting":"Hello, Ada!"}"#.to_owned()));
+    policy("sighup-policy.toml", &text("Bonjour"));
+    std::process::Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while greet() != (200, r#"{"greeting":"Bonjour, Ada!"}"#.to_owned()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not apply the edited policy"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (_, listing) = server.http("GET", "/v1/plugins", "");
+    let listing: Value = serde_json::from_str(&listing).unwrap();
+    assert_eq!(listing["plugins"][0]["generation"], 1, "a new generation");
+    let (code, _) = server.terminate();
+    assert_eq!(code, Some(0));
+}
+
+#[test]
 fn grants_can_be_given_on_the_command_line() {
     let data = scratch("cli-grant-data");
     let _ = std::fs::remove_dir_all(&data);

@@ -11,7 +11,7 @@ use crate::text::chain;
 
 /// Engine-wide settings. Per-plugin limits live in [`crate::Limits`]; these
 /// are the ones wasmtime can only set for the whole engine.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EngineOptions {
     /// Maximum wasm stack in bytes for every call (wasmtime's
     /// `max_wasm_stack`). Overflow is reported as `stack_overflow`.
@@ -60,7 +60,7 @@ impl Default for EngineOptions {
 
 /// How many instances the pooling allocator reserves room for, across all
 /// plugins of a host, and how large each linear memory may ever be.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PoolingOptions {
     /// Component instances alive at once across the host.
     pub total_instances: u32,

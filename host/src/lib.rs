@@ -62,8 +62,9 @@ pub use policy::{
     HostPolicy, Overrides, PipelinePolicy, PluginPolicy, Policy, PolicyError, PolicyErrors,
 };
 pub use runtime::{
-    BusEvent, CallContext, Cluster, ClusterHost, DeadLetter, Host, HostBuilder, HostError,
-    Middleware, Pipeline, PipelineError, PluginDetails, PluginSource, PluginSpec, PluginState,
-    PluginStatus, REQUEST_ID, RequestId, ServedPlugin, Subscription,
+    ApplyError, BusEvent, CallContext, Cluster, ClusterHost, DeadLetter, FailedChange, Host,
+    HostBuilder, HostError, Middleware, Pipeline, PipelineError, PluginDetails, PluginSource,
+    PluginSpec, PluginState, PluginStatus, PolicyChanges, REQUEST_ID, RequestId, ServedPlugin,
+    Subscription,
 };
 pub use services::grants::{Grants, GrantsSummary};

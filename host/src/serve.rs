@@ -11,6 +11,7 @@
 //! | `POST /v1/plugins/{name}/reload` | admin: reload from its file (kept on failure; refused with `missing_dependency` when it would break a plugin that requires it, unless `?force=true`) |
 //! | `POST /v1/plugins/{name}/pause`, `/resume` | admin |
 //! | `GET /v1/dead-letters` | admin: undeliverable events |
+//! | `POST /v1/policy/apply` | admin: read the policy file again and apply what changed (200 with what changed; 422 when some plugin's change failed, the rest applied; 400 for an invalid policy and 409 for one that needs a restart, nothing changed) |
 //! | `GET /v1/cluster` | the deployment's hosts and what each serves (this host alone without NATS) |
 //!
 //! Request metadata comes from `x-capsule-meta-<key>` headers and response
@@ -78,6 +79,10 @@ pub struct ServeOptions {
     pub max_response_headers: usize,
     /// Bytes of response metadata (names and values) sent back as headers.
     pub max_response_header_bytes: usize,
+    /// The policy file the host was started from: `POST /v1/policy/apply`
+    /// reads it again and applies what changed (`None`: the route answers
+    /// that there is no file to apply).
+    pub policy_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ServeOptions {
@@ -93,6 +98,7 @@ impl Default for ServeOptions {
             header_read_timeout: Duration::from_secs(10),
             max_response_headers: 64,
             max_response_header_bytes: 16 << 10,
+            policy_file: None,
         }
     }
 }
@@ -100,6 +106,7 @@ impl Default for ServeOptions {
 #[derive(Clone)]
 struct AppState {
     host: Host,
+    policy_file: Option<Arc<std::path::Path>>,
     admin_token: Option<Arc<str>>,
     header_budget: HeaderBudget,
 }
@@ -115,6 +122,7 @@ struct HeaderBudget {
 pub fn router(host: Host, options: &ServeOptions) -> Router {
     let state = AppState {
         host,
+        policy_file: options.policy_file.as_deref().map(Arc::from),
         admin_token: options.admin_token.as_deref().map(Arc::from),
         header_budget: HeaderBudget {
             entries: options.max_response_headers,
@@ -133,6 +141,7 @@ pub fn router(host: Host, options: &ServeOptions) -> Router {
         .route("/v1/events/{topic}", post(publish))
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/cluster", get(cluster))
+        .route("/v1/policy/apply", post(apply_policy))
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             BodyBudget {
@@ -656,6 +665,87 @@ async fn list_plugins(State(state): State<AppState>, headers: HeaderMap) -> Resp
         .collect();
     let pipelines = state.host.pipelines();
     axum::Json(json!({ "plugins": plugins, "pipelines": pipelines })).into_response()
+}
+
+/// Why a policy file was not applied at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyFileError {
+    /// The file does not parse or validate.
+    #[error("{0}")]
+    Invalid(crate::PolicyErrors),
+    /// The host refused it as a whole.
+    #[error("{0}")]
+    Refused(crate::ApplyError),
+}
+
+/// Reads the policy at `path` and applies it to `host` (what
+/// `POST /v1/policy/apply` and SIGHUP do).
+pub async fn apply_policy_file(
+    host: &Host,
+    path: &std::path::Path,
+) -> Result<crate::PolicyChanges, ApplyFileError> {
+    let owned = path.to_owned();
+    let policy = tokio::task::spawn_blocking(move || crate::Policy::load(&owned))
+        .await
+        .map_err(|err| {
+            ApplyFileError::Invalid(crate::PolicyErrors(vec![crate::PolicyError {
+                file: path.to_owned(),
+                position: None,
+                key: None,
+                message: format!("reading the policy failed: {err}"),
+            }]))
+        })?
+        .map_err(ApplyFileError::Invalid)?;
+    host.apply_policy(&policy)
+        .await
+        .map_err(ApplyFileError::Refused)
+}
+
+async fn apply_policy(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(err) = authorize(&state, &headers) {
+        return err.into_response();
+    }
+    let Some(path) = &state.policy_file else {
+        return error_response(
+            StatusCode::CONFLICT,
+            "config",
+            "",
+            "this server was not started from a policy file",
+        );
+    };
+    match apply_policy_file(&state.host, path).await {
+        Ok(changes) => {
+            let status = if changes.failed.is_empty() {
+                StatusCode::OK
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
+            };
+            (status, axum::Json(changes)).into_response()
+        }
+        Err(ApplyFileError::Invalid(errors)) => {
+            let details: Vec<serde_json::Value> = errors
+                .0
+                .iter()
+                .map(|err| {
+                    json!({
+                        "line": err.position.map(|(line, _)| line),
+                        "key": err.key,
+                        "message": err.message,
+                    })
+                })
+                .collect();
+            let body = json!({ "error": {
+                "kind": "config",
+                "plugin": "",
+                "message": format!("the policy is invalid; nothing was changed ({} error(s))", errors.0.len()),
+                "errors": details,
+            }});
+            (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+        }
+        Err(ApplyFileError::Refused(refused)) => {
+            error_response(StatusCode::CONFLICT, "config", "", &refused.to_string())
+        }
+    }
 }
 
 /// The deployment's hosts and what each serves (this host alone with the

@@ -926,3 +926,203 @@ async fn an_embedded_host_lists_itself_as_its_cluster() {
     );
     server.stop().await.unwrap();
 }
+
+/// A policy with `plugins` (TOML sections after `[host]`), trusting the test
+/// key, written to `dir/capsule.toml`.
+fn write_policy(dir: &std::path::Path, plugins: &str) -> std::path::PathBuf {
+    let plugin_dir = capsule_tests::plugin_dir();
+    let policy = format!(
+        "[host]\ntrusted_keys = [\"{}\"]\n\n{plugins}",
+        plugin_dir.join("test-key.pub").display()
+    );
+    let path = dir.join("capsule.toml");
+    std::fs::write(&path, policy).unwrap();
+    path
+}
+
+fn plugin_file(name: &str) -> String {
+    plugin_path(name).display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_policy_is_applied_without_a_restart() {
+    let dir = capsule_tests::temp_dir("policy-apply");
+    let hello = plugin_file(HELLO);
+    let counter = plugin_file(KV_COUNTER);
+    let first = format!(
+        "[plugins.hello]\npath = \"{hello}\"\nconfig = {{ greeting = \"Hello\" }}\n\n\
+         [plugins.kv-counter]\npath = \"{counter}\"\nkv = {{ namespace = \"counters\" }}\n\n\
+         [plugins.spin-loop]\npath = \"{}\"\n",
+        plugin_file(SPIN_LOOP)
+    );
+    let path = write_policy(&dir, &first);
+    let policy = capsule_host::Policy::load(&path).unwrap();
+    let host = capsule_host::HostBuilder::from_policy(&policy)
+        .build()
+        .unwrap();
+    assert!(host.load_policy(&policy).await.is_empty());
+    let server = Server::serve(
+        host,
+        ServeOptions {
+            policy_file: Some(path.clone()),
+            ..ServeOptions::default()
+        },
+    )
+    .await;
+    let greet = |server: &Server| {
+        let request = server
+            .client
+            .post(server.url("/v1/plugins/hello/call?op=greet"))
+            .body(r#"{"name":"Ada"}"#);
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            response.json::<Value>().await.unwrap()["greeting"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    assert_eq!(greet(&server).await, "Hello, Ada!");
+    let count = server
+        .post("/v1/plugins/kv-counter/call?op=increment", r#"{"key":"k"}"#)
+        .await;
+    assert_eq!(count.status(), StatusCode::OK);
+
+    // Calls keep coming while the policy changes: none fails.
+    let load = {
+        let client = server.client.clone();
+        let url = server.url("/v1/plugins/hello/call?op=greet");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = std::sync::Arc::clone(&stop);
+        let task = tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let response = client.post(&url).body(r#"{"name":"Ada"}"#).send().await;
+                match response {
+                    Ok(response) if response.status() == StatusCode::OK => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (ok, failed)
+        });
+        (stop, task)
+    };
+
+    // The greeting changes, the counter loses its kv grant, spin-loop goes,
+    // a second hello and a pipeline come.
+    let second = format!(
+        "[plugins.hello]\npath = \"{hello}\"\nconfig = {{ greeting = \"Bonjour\" }}\n\n\
+         [plugins.kv-counter]\npath = \"{counter}\"\n\n\
+         [plugins.hello-two]\npath = \"{hello}\"\n\n\
+         [pipelines.greeters]\nstages = [\"hello\"]\n"
+    );
+    write_policy(&dir, &second);
+    let applied = server.admin("/v1/policy/apply", "").await;
+    assert_eq!(applied.status(), StatusCode::OK);
+    let changes: Value = applied.json().await.unwrap();
+    assert_eq!(changes["loaded"], json!(["hello-two"]), "{changes}");
+    assert_eq!(
+        changes["reloaded"],
+        json!(["hello", "kv-counter"]),
+        "{changes}"
+    );
+    assert_eq!(changes["unloaded"], json!(["spin-loop"]), "{changes}");
+    assert_eq!(changes["pipelines"], json!(["greeters"]), "{changes}");
+    assert_eq!(changes["failed"], json!([]), "{changes}");
+
+    // The next calls see the new policy: the new config, the revoked
+    // grant, the removed plugin, the new plugin and pipeline.
+    assert_eq!(greet(&server).await, "Bonjour, Ada!");
+    let (status, error) = error_of(
+        server
+            .post("/v1/plugins/kv-counter/call?op=increment", r#"{"key":"k"}"#)
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{error}");
+    let (status, _) = error_of(
+        server
+            .post("/v1/plugins/spin-loop/call?op=spin", "{}")
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let two = server
+        .post("/v1/plugins/hello-two/call?op=greet", r#"{"name":"Bo"}"#)
+        .await;
+    assert_eq!(two.status(), StatusCode::OK);
+    let piped = server
+        .post("/v1/pipelines/greeters/call?op=greet", r#"{"name":"Cy"}"#)
+        .await;
+    assert_eq!(piped.status(), StatusCode::OK);
+
+    // Applying the same file again changes nothing.
+    let again: Value = server
+        .admin("/v1/policy/apply", "")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (&again["loaded"], &again["reloaded"], &again["unloaded"]),
+        (&json!([]), &json!([]), &json!([])),
+        "{again}"
+    );
+
+    // A plugin that cannot load is reported; the rest is applied.
+    let junk = dir.join("broken.wasm");
+    std::fs::write(&junk, b"not a component").unwrap();
+    let broken = format!(
+        "{}\n[plugins.broken]\npath = \"{}\"\n",
+        second.replace("[plugins.hello-two]", "[plugins.hello-three]"),
+        junk.display()
+    );
+    write_policy(&dir, &broken);
+    let applied = server.admin("/v1/policy/apply", "").await;
+    assert_eq!(applied.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let changes: Value = applied.json().await.unwrap();
+    assert_eq!(changes["failed"][0]["plugin"], "broken", "{changes}");
+    assert_eq!(changes["loaded"], json!(["hello-three"]), "{changes}");
+    assert_eq!(changes["unloaded"], json!(["hello-two"]), "{changes}");
+    write_policy(&dir, &second);
+    let (status, _) = error_of(server.post("/v1/plugins/broken/call?op=x", "{}").await).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // A missing file is caught when the policy is validated: nothing changes.
+    let missing = format!(
+        "{second}\n[plugins.missing]\npath = \"{}\"\n",
+        dir.join("missing.wasm").display()
+    );
+    write_policy(&dir, &missing);
+    let (status, _) = error_of(server.admin("/v1/policy/apply", "").await).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // An invalid policy, or one only a restart applies, changes nothing.
+    std::fs::write(&path, "[plugins.hello\n").unwrap();
+    let (status, error) = error_of(server.admin("/v1/policy/apply", "").await).await;
+    assert_eq!(
+        (status, error["kind"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("config"))
+    );
+    let restart = second.replace(
+        "[plugins.hello]",
+        "[host.limits]\ntimeout = \"9s\"\n\n[plugins.hello]",
+    );
+    write_policy(&dir, &restart.replace("Bonjour", "Hallo"));
+    let (status, error) = error_of(server.admin("/v1/policy/apply", "").await).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("[host.limits]"),
+        "{error}"
+    );
+    assert_eq!(greet(&server).await, "Bonjour, Ada!");
+    // Only the admin applies.
+    let refused = server.post("/v1/policy/apply", "").await;
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+
+    let (stop, task) = load;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = task.await.unwrap();
+    assert!(ok > 0 && failed.is_empty(), "{ok} ok, failed: {failed:?}");
+    server.stop().await.unwrap();
+}

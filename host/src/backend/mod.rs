@@ -21,7 +21,7 @@ pub use connection::NatsConnection;
 use crate::secret::Secret;
 
 /// `[host.backend]`: where the key-value store lives.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub enum Backend {
     /// In this process: `data_dir/kv.redb`, or memory without a data
     /// directory.
@@ -42,7 +42,7 @@ impl Backend {
 }
 
 /// How to reach NATS, and which part of it is this deployment's.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NatsOptions {
     /// Server URL(s), comma-separated: `nats://127.0.0.1:4222`.
     pub url: String,

@@ -1,6 +1,7 @@
 //! The host: one engine and linker shared by every plugin, the table of
 //! loaded plugins, and the entry points to load and call them.
 
+mod apply;
 mod breaker;
 mod bus;
 mod call;
@@ -29,6 +30,7 @@ use std::sync::Arc;
 
 use wasmtime::component::Linker;
 
+pub use apply::{ApplyError, FailedChange, PolicyChanges};
 pub use bus::{BusEvent, DeadLetter, Subscription};
 pub use cluster::{Cluster, ClusterHost, ServedPlugin};
 pub use middleware::{CallContext, Middleware, REQUEST_ID, RequestId};
@@ -329,6 +331,8 @@ impl HostBuilder {
                 #[cfg(feature = "nats")]
                 signals: remote::Signals::default(),
                 started_at: cluster::unix_now(),
+                applied_host: std::sync::Mutex::new(None),
+                applying: tokio::sync::Mutex::new(()),
                 commits: commit::Gates::default(),
                 stopped: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -401,6 +405,11 @@ struct HostInner {
     signals: remote::Signals,
     /// When the host was built, in seconds since the Unix epoch.
     started_at: u64,
+    /// The `[host]` section of the policy loaded or last applied, which
+    /// an apply must not change (`apply.rs`).
+    applied_host: std::sync::Mutex<Option<crate::policy::HostPolicy>>,
+    /// Applies run one at a time.
+    applying: tokio::sync::Mutex<()>,
     /// What reruns of conflicting calls hold (`commit.rs`).
     commits: commit::Gates,
     /// Set by [`Host::shutdown`]: delivery workers stop, so that nothing
@@ -495,6 +504,7 @@ impl Host {
     /// load does not stop the others: the failures are returned, the rest
     /// are serving.
     pub async fn load_policy(&self, policy: &Policy) -> Vec<LoadError> {
+        self.remember_host_policy(&policy.host);
         let mut failures = Vec::new();
         // Pins first: requirements on a capability resolve as calls will.
         for (capability, plugin) in &policy.capabilities {

@@ -91,6 +91,11 @@ impl Slot {
         }
     }
 
+    /// What the current version was loaded from.
+    pub(crate) fn spec(&self) -> std::sync::MutexGuard<'_, PluginSpec> {
+        self.spec.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The version serving new calls.
     pub(crate) fn current(&self) -> Arc<LoadedPlugin> {
         self.current.load_full()

@@ -9,7 +9,7 @@ use crate::limits::Limits;
 use crate::services::config::ConfigOrigin;
 
 /// Where a plugin's component bytes come from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PluginSource {
     /// A `.wasm` file on disk.
     Path(PathBuf),
@@ -37,6 +37,19 @@ pub struct PluginSpec {
     pub(crate) validate_input: bool,
     /// Where a policy wrote the plugin's config, for errors to point at.
     pub(crate) config_origin: Option<ConfigOrigin>,
+}
+
+/// Two specs are the same when they load the same plugin the same way:
+/// where the policy wrote its config does not count.
+impl PartialEq for PluginSpec {
+    fn eq(&self, other: &PluginSpec) -> bool {
+        self.name == other.name
+            && self.source == other.source
+            && self.signature == other.signature
+            && self.grants == other.grants
+            && self.limits == other.limits
+            && self.validate_input == other.validate_input
+    }
 }
 
 impl PluginSpec {

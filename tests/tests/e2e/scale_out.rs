@@ -503,6 +503,27 @@ async fn named_host(url: &str, prefix: &str, name: &str, plugins: Vec<PluginSpec
     host
 }
 
+/// A host of deployment `prefix` named `host-a`, loading nothing, whose
+/// forwarded calls wait `call_timeout`.
+fn impatient_host(url: &str, prefix: &str, call_timeout: Duration) -> Host {
+    let mut options = NatsOptions::new(url).prefix(prefix).host_name("host-a");
+    options.call_timeout = call_timeout;
+    host_builder()
+        .backend(Backend::Nats(options))
+        .build()
+        .unwrap()
+}
+
+/// `spin-loop`, stopped by `timeout` alone (no fuel limit, no circuit).
+fn spin_loop(timeout: Duration) -> PluginSpec {
+    PluginSpec::from_path(plugin_path(SPIN_LOOP)).limits(Limits {
+        fuel: None,
+        timeout,
+        circuit_failures: 0,
+        ..Limits::default()
+    })
+}
+
 /// The plugins `host` reads in the deployment's listing, by host name.
 async fn listing(host: &Host) -> Vec<(String, Vec<String>)> {
     let cluster = host.cluster().await.unwrap();
@@ -532,12 +553,7 @@ async fn a_plugin_loaded_only_on_host_b_is_called_from_host_a() {
         "host-b",
         vec![
             PluginSpec::from_path(plugin_path(HELLO)),
-            PluginSpec::from_path(plugin_path(SPIN_LOOP)).limits(Limits {
-                fuel: None,
-                timeout: Duration::from_millis(300),
-                circuit_failures: 0,
-                ..Limits::default()
-            }),
+            spin_loop(Duration::from_millis(300)),
         ],
     )
     .await;
@@ -653,26 +669,12 @@ async fn a_plugin_loaded_only_on_host_b_is_called_from_host_a() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_callers_deadline_travels_with_the_call() {
     let server = NatsServer::shared();
-    let mut options = NatsOptions::new(server.url())
-        .prefix("deadline")
-        .host_name("host-a");
-    options.call_timeout = Duration::from_millis(400);
-    let a = host_builder()
-        .backend(Backend::Nats(options))
-        .build()
-        .unwrap();
+    let a = impatient_host(&server.url(), "deadline", Duration::from_millis(400));
     let b = named_host(
         &server.url(),
         "deadline",
         "host-b",
-        vec![
-            PluginSpec::from_path(plugin_path(SPIN_LOOP)).limits(Limits {
-                fuel: None,
-                timeout: Duration::from_secs(20),
-                circuit_failures: 0,
-                ..Limits::default()
-            }),
-        ],
+        vec![spin_loop(Duration::from_secs(20))],
     )
     .await;
     let err = a
@@ -695,26 +697,12 @@ async fn the_callers_deadline_travels_with_the_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_running_for_other_hosts_are_answered_through_a_shutdown() {
     let server = NatsServer::shared();
-    let mut options = NatsOptions::new(server.url())
-        .prefix("draining")
-        .host_name("host-a");
-    options.call_timeout = Duration::from_secs(20);
-    let a = host_builder()
-        .backend(Backend::Nats(options))
-        .build()
-        .unwrap();
+    let a = impatient_host(&server.url(), "draining", Duration::from_secs(20));
     let b = named_host(
         &server.url(),
         "draining",
         "host-b",
-        vec![
-            PluginSpec::from_path(plugin_path(SPIN_LOOP)).limits(Limits {
-                fuel: None,
-                timeout: Duration::from_secs(1),
-                circuit_failures: 0,
-                ..Limits::default()
-            }),
-        ],
+        vec![spin_loop(Duration::from_secs(1))],
     )
     .await;
     let running = {
@@ -766,14 +754,7 @@ async fn a_host_dropped_without_shutdown_stops_taking_calls() {
     let server = NatsServer::shared();
     // A call in flight to a host that dies waits out its deadline (nobody
     // can tell it will never be answered): keep the probes' short.
-    let mut options = NatsOptions::new(server.url())
-        .prefix("dropped")
-        .host_name("host-a");
-    options.call_timeout = Duration::from_secs(1);
-    let a = host_builder()
-        .backend(Backend::Nats(options))
-        .build()
-        .unwrap();
+    let a = impatient_host(&server.url(), "dropped", Duration::from_secs(1));
     let b = named_host(
         &server.url(),
         "dropped",
