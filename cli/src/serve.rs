@@ -89,6 +89,9 @@ pub fn serve_command(args: ServeArgs) -> ExitCode {
                 }
             }
         };
+        // Taken before the plugins load: until a handler is installed, a
+        // SIGHUP would end the process.
+        let hangups = hangups();
         for failure in host.load_policy(&policy).await {
             // The host keeps serving every plugin that did load.
             eprintln!(
@@ -100,7 +103,7 @@ pub fn serve_command(args: ServeArgs) -> ExitCode {
         if args.watch {
             crate::watch::watch(host.clone(), &policy);
         }
-        apply_on_hangup(host.clone(), args.config.clone());
+        apply_on_hangup(hangups, host.clone(), args.config.clone());
         let options = ServeOptions {
             listen: args.listen,
             admin_token,
@@ -130,19 +133,32 @@ pub fn serve_command(args: ServeArgs) -> ExitCode {
     })
 }
 
+/// SIGHUPs from now on, to apply the policy again.
+#[cfg(unix)]
+fn hangups() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    signal(SignalKind::hangup())
+        .inspect_err(|err| tracing::warn!(%err, "SIGHUP will not apply the policy"))
+        .ok()
+}
+
+#[cfg(not(unix))]
+fn hangups() -> Option<()> {
+    None
+}
+
 /// Applies the policy file again on every SIGHUP (what `POST
 /// /v1/policy/apply` does), saying what changed or why nothing did.
-fn apply_on_hangup(host: capsule_host::Host, policy: PathBuf) {
-    #[cfg(unix)]
+#[cfg(unix)]
+fn apply_on_hangup(
+    hangups: Option<tokio::signal::unix::Signal>,
+    host: capsule_host::Host,
+    policy: PathBuf,
+) {
+    let Some(mut hangups) = hangups else {
+        return;
+    };
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hangups = match signal(SignalKind::hangup()) {
-            Ok(hangups) => hangups,
-            Err(err) => {
-                tracing::warn!(%err, "SIGHUP will not apply the policy");
-                return;
-            }
-        };
         while hangups.recv().await.is_some() {
             match capsule_host::serve::apply_policy_file(&host, &policy).await {
                 Ok(changes) => {
@@ -151,7 +167,7 @@ fn apply_on_hangup(host: capsule_host::Host, policy: PathBuf) {
                         eprintln!(
                             "error [{}]: {} kept as it was: {}",
                             failed.kind,
-                            failed.plugin,
+                            failed.name,
                             capsule_host::text::log_field(&failed.message)
                         );
                     }
@@ -160,6 +176,7 @@ fn apply_on_hangup(host: capsule_host::Host, policy: PathBuf) {
             }
         }
     });
-    #[cfg(not(unix))]
-    let _ = (host, policy);
 }
+
+#[cfg(not(unix))]
+fn apply_on_hangup(_: Option<()>, _: capsule_host::Host, _: PathBuf) {}

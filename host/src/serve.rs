@@ -696,8 +696,11 @@ pub async fn apply_policy_file(
             }]))
         })?
         .map_err(ApplyFileError::Invalid)?;
-    host.apply_policy(&policy)
+    // Its own task: a client that goes away does not stop it halfway.
+    let host = host.clone();
+    tokio::spawn(async move { host.apply_policy(&policy).await })
         .await
+        .unwrap_or_else(|err| Err(crate::ApplyError::Failed(err.to_string())))
         .map_err(ApplyFileError::Refused)
 }
 

@@ -1082,12 +1082,26 @@ async fn an_edited_policy_is_applied_without_a_restart() {
     let applied = server.admin("/v1/policy/apply", "").await;
     assert_eq!(applied.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let changes: Value = applied.json().await.unwrap();
-    assert_eq!(changes["failed"][0]["plugin"], "broken", "{changes}");
+    assert_eq!(changes["failed"][0]["name"], "broken", "{changes}");
     assert_eq!(changes["loaded"], json!(["hello-three"]), "{changes}");
     assert_eq!(changes["unloaded"], json!(["hello-two"]), "{changes}");
-    write_policy(&dir, &second);
     let (status, _) = error_of(server.post("/v1/plugins/broken/call?op=x", "{}").await).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    let listed = |server: &Server| {
+        let request = server.client.get(server.url("/v1/plugins"));
+        async move {
+            let listing: Value = request.send().await.unwrap().json().await.unwrap();
+            let mut names: Vec<String> = listing["plugins"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["name"].as_str().unwrap().to_owned())
+                .collect();
+            names.sort();
+            (names, listing["pipelines"].clone())
+        }
+    };
+    let before = listed(&server).await;
     // A missing file is caught when the policy is validated: nothing changes.
     let missing = format!(
         "{second}\n[plugins.missing]\npath = \"{}\"\n",
@@ -1116,6 +1130,11 @@ async fn an_edited_policy_is_applied_without_a_restart() {
         "{error}"
     );
     assert_eq!(greet(&server).await, "Bonjour, Ada!");
+    assert_eq!(
+        listed(&server).await,
+        before,
+        "refused applies changed nothing"
+    );
     // Only the admin applies.
     let refused = server.post("/v1/policy/apply", "").await;
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
@@ -1125,4 +1144,64 @@ async fn an_edited_policy_is_applied_without_a_restart() {
     let (ok, failed) = task.await.unwrap();
     assert!(ok > 0 && failed.is_empty(), "{ok} ok, failed: {failed:?}");
     server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_keeps_what_staying_plugins_require_and_pins_after_loading() {
+    let dir = capsule_tests::temp_dir("policy-apply-deps");
+    let (hello, router, thumbnail) = (
+        plugin_file(HELLO),
+        plugin_file(ROUTER),
+        plugin_file(THUMBNAIL),
+    );
+    let router_section = format!(
+        "[plugins.router]\npath = \"{router}\"\n\
+         config = {{ routes = \"greet=greeting,make=thumbnail\" }}\n\
+         calls = [\"capability:greeting\", \"capability:thumbnail\"]\n"
+    );
+    let first = format!(
+        "{router_section}\n[plugins.hello]\npath = \"{hello}\"\n\n\
+         [plugins.thumbnail]\npath = \"{thumbnail}\"\n"
+    );
+    let path = write_policy(&dir, &first);
+    let policy = capsule_host::Policy::load(&path).unwrap();
+    let host = capsule_host::HostBuilder::from_policy(&policy)
+        .build()
+        .unwrap();
+    assert!(host.load_policy(&policy).await.is_empty());
+
+    // The router requires a thumbnail provider: removing the only one is
+    // refused for that plugin, the rest applied. A second greeting
+    // provider comes with a pin to it, set once it has loaded.
+    let second = format!(
+        "{router_section}\n[plugins.hello]\npath = \"{hello}\"\n\n\
+         [plugins.hola]\npath = \"{hello}\"\nconfig = {{ greeting = \"Hola\" }}\n\n\
+         [capabilities]\ngreeting = \"hola\"\n"
+    );
+    write_policy(&dir, &second);
+    let changes = host
+        .apply_policy(&capsule_host::Policy::load(&path).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(changes.loaded, ["hola"], "{changes:?}");
+    assert_eq!(changes.pins, ["greeting"], "{changes:?}");
+    assert!(changes.unloaded.is_empty(), "{changes:?}");
+    assert_eq!(changes.failed.len(), 1, "{changes:?}");
+    assert_eq!(
+        (
+            changes.failed[0].name.as_str(),
+            changes.failed[0].kind.as_str()
+        ),
+        ("thumbnail", "missing_dependency")
+    );
+    assert!(host.status(THUMBNAIL).is_some(), "kept for the router");
+    let greeting = host
+        .call(
+            ROUTER,
+            capsule_host::Request::new("greet", r#"{"name":"Ada"}"#),
+        )
+        .await
+        .unwrap();
+    let greeting: Value = serde_json::from_slice(&greeting.response.payload).unwrap();
+    assert_eq!(greeting["greeting"], "Hola, Ada!", "the pin took effect");
 }

@@ -332,7 +332,7 @@ impl HostBuilder {
                 signals: remote::Signals::default(),
                 started_at: cluster::unix_now(),
                 applied_host: std::sync::Mutex::new(None),
-                applying: tokio::sync::Mutex::new(()),
+                changing: tokio::sync::Mutex::new(()),
                 commits: commit::Gates::default(),
                 stopped: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -408,8 +408,10 @@ struct HostInner {
     /// The `[host]` section of the policy loaded or last applied, which
     /// an apply must not change (`apply.rs`).
     applied_host: std::sync::Mutex<Option<crate::policy::HostPolicy>>,
-    /// Applies run one at a time.
-    applying: tokio::sync::Mutex<()>,
+    /// Held while the plugin table changes (load, reload, unload, apply):
+    /// one change at a time, so a reload cannot swap in a version made from
+    /// a spec another change has replaced meanwhile.
+    changing: tokio::sync::Mutex<()>,
     /// What reruns of conflicting calls hold (`commit.rs`).
     commits: commit::Gates,
     /// Set by [`Host::shutdown`]: delivery workers stop, so that nothing
@@ -442,6 +444,12 @@ impl Host {
     /// `describe` once. Fails with a typed [`LoadError`]; nothing is
     /// registered unless every step succeeds.
     pub async fn load(&self, spec: PluginSpec) -> Result<PluginDetails, LoadError> {
+        let _changing = self.inner.changing.lock().await;
+        self.load_now(spec).await
+    }
+
+    /// Loads a plugin; the caller holds `changing`.
+    pub(super) async fn load_now(&self, spec: PluginSpec) -> Result<PluginDetails, LoadError> {
         let name = spec.name().to_owned();
         if self.slot(&name).is_some() {
             return Err(LoadError::new(

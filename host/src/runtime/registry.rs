@@ -226,6 +226,7 @@ impl Host {
 
     /// Reloads a plugin from where it was loaded (its file is read again).
     pub async fn reload(&self, plugin: &str) -> Result<PluginDetails, LoadError> {
+        let _changing = self.inner.changing.lock().await;
         self.replace(self.loaded_spec(plugin)?, false).await
     }
 
@@ -233,6 +234,7 @@ impl Host {
     /// plugins that depend on this one (they keep running and fail their
     /// calls to it as they would any other).
     pub async fn force_reload(&self, plugin: &str) -> Result<PluginDetails, LoadError> {
+        let _changing = self.inner.changing.lock().await;
         self.replace(self.loaded_spec(plugin)?, true).await
     }
 
@@ -255,16 +257,23 @@ impl Host {
     /// still satisfy every loaded plugin that requires it (else
     /// `missing_dependency` naming them; see [`Host::force_reload_with`]).
     pub async fn reload_with(&self, spec: PluginSpec) -> Result<PluginDetails, LoadError> {
+        let _changing = self.inner.changing.lock().await;
         self.replace(spec, false).await
     }
 
     /// [`Host::reload_with`] even when the new version breaks plugins that
     /// require this one.
     pub async fn force_reload_with(&self, spec: PluginSpec) -> Result<PluginDetails, LoadError> {
+        let _changing = self.inner.changing.lock().await;
         self.replace(spec, true).await
     }
 
-    async fn replace(&self, spec: PluginSpec, force: bool) -> Result<PluginDetails, LoadError> {
+    /// Replaces a plugin's version; the caller holds `changing`.
+    pub(super) async fn replace(
+        &self,
+        spec: PluginSpec,
+        force: bool,
+    ) -> Result<PluginDetails, LoadError> {
         let name = spec.name().to_owned();
         let Some(slot) = self.slot(&name) else {
             return Err(LoadError::new(
@@ -336,6 +345,12 @@ impl Host {
     /// Removes a plugin: it takes no new calls, running calls finish, its
     /// idle instances run `shutdown`. Returns whether it was loaded.
     pub async fn unload(&self, plugin: &str) -> bool {
+        let _changing = self.inner.changing.lock().await;
+        self.unload_now(plugin).await
+    }
+
+    /// Unloads a plugin; the caller holds `changing`.
+    pub(super) async fn unload_now(&self, plugin: &str) -> bool {
         let removed = self.update_plugins(|plugins| plugins.remove(plugin));
         match removed {
             Some(slot) => {
