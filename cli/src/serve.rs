@@ -101,7 +101,7 @@ pub fn serve_command(args: ServeArgs) -> ExitCode {
             );
         }
         if args.watch {
-            crate::watch::watch(host.clone(), &policy);
+            crate::watch::watch(host.clone());
         }
         apply_on_hangup(hangups, host.clone(), args.config.clone());
         let options = ServeOptions {

@@ -6,24 +6,21 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use capsule_host::{Host, Policy};
+use capsule_host::Host;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 /// How long to wait for a burst of file events to settle before reloading.
 const SETTLE: Duration = Duration::from_millis(300);
 
-/// Starts watching every plugin file of `policy`; runs until the process
-/// ends. A reload that fails keeps the old version and is logged.
-pub fn watch(host: Host, policy: &Policy) {
-    let mut by_file: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
-    for (name, plugin) in &policy.plugins {
-        let file = plugin
-            .path
-            .canonicalize()
-            .unwrap_or_else(|_| plugin.path.clone());
-        by_file.entry(file).or_default().push(name.clone());
-    }
+/// How often the watcher looks for plugins loaded or unloaded since (a
+/// policy apply), to follow their files.
+const RESYNC: Duration = Duration::from_secs(1);
+
+/// Starts watching the file of every plugin the host has loaded, following
+/// plugins a policy apply adds or removes; runs until the process ends. A
+/// reload that fails keeps the old version and is logged.
+pub fn watch(host: Host) {
     let (sender, mut receiver) = mpsc::unbounded_channel::<PathBuf>();
     let mut watcher =
         match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -39,20 +36,24 @@ pub fn watch(host: Host, policy: &Policy) {
                 return;
             }
         };
-    let dirs: BTreeSet<PathBuf> = by_file
-        .keys()
-        .filter_map(|file| file.parent().map(PathBuf::from))
-        .collect();
-    for dir in &dirs {
-        if let Err(err) = watcher.watch(dir, RecursiveMode::NonRecursive) {
-            tracing::error!(dir = %dir.display(), error = %err, "cannot watch a plugin folder");
-        }
-    }
+    let mut watched = BTreeSet::new();
+    let by_file = follow(&host, &mut watcher, &mut watched);
     tracing::info!(files = by_file.len(), "watching plugin files for changes");
     tokio::spawn(async move {
         // The watcher lives as long as this task.
-        let _watcher = watcher;
-        while let Some(first) = receiver.recv().await {
+        let mut watcher = watcher;
+        let mut resync = tokio::time::interval(RESYNC);
+        loop {
+            let first = tokio::select! {
+                received = receiver.recv() => match received {
+                    Some(path) => path,
+                    None => return,
+                },
+                _ = resync.tick() => {
+                    follow(&host, &mut watcher, &mut watched);
+                    continue;
+                }
+            };
             let mut changed = BTreeSet::from([first]);
             let settle = tokio::time::sleep(SETTLE);
             tokio::pin!(settle);
@@ -62,6 +63,7 @@ pub fn watch(host: Host, policy: &Policy) {
                     Some(path) = receiver.recv() => { changed.insert(path); }
                 }
             }
+            let by_file = follow(&host, &mut watcher, &mut watched);
             let names: BTreeSet<&String> = changed
                 .iter()
                 .filter_map(|path| {
@@ -87,4 +89,29 @@ pub fn watch(host: Host, policy: &Policy) {
             }
         }
     });
+}
+
+/// The loaded plugins by file, watching the folder of any file not yet
+/// watched (`watched` holds the folders tried so far: one that cannot be
+/// watched is reported once, not every second).
+fn follow(
+    host: &Host,
+    watcher: &mut notify::RecommendedWatcher,
+    watched: &mut BTreeSet<PathBuf>,
+) -> BTreeMap<PathBuf, Vec<String>> {
+    let mut by_file: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
+    for (name, path) in host.plugin_files() {
+        let file = path.canonicalize().unwrap_or(path);
+        by_file.entry(file).or_default().push(name);
+    }
+    for dir in by_file.keys().filter_map(|file| file.parent()) {
+        if watched.contains(dir) {
+            continue;
+        }
+        watched.insert(dir.to_owned());
+        if let Err(err) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+            tracing::error!(dir = %dir.display(), error = %err, "cannot watch a plugin folder");
+        }
+    }
+    by_file
 }

@@ -798,6 +798,67 @@ fn serve_applies_an_edited_policy_on_sighup() {
 }
 
 #[test]
+fn watch_follows_plugins_a_policy_apply_added() {
+    let text = |extra: &str| {
+        format!(
+            "[host]\ntrusted_keys = [\"{{key}}\"]\n[plugins.hello]\npath = \"{{plugins}}/hello.wasm\"\n{extra}"
+        )
+    };
+    let file = policy("watch-apply-policy.toml", &text(""));
+    let server = ServeProcess::start(&file, &["--watch"]);
+    // A plugin in a folder nobody watched yet comes with an apply.
+    let later = scratch("watched-later");
+    std::fs::create_dir_all(&later).unwrap();
+    let hola = later.join("hola.wasm");
+    std::fs::copy(plugin("hello"), &hola).unwrap();
+    policy(
+        "watch-apply-policy.toml",
+        &text(&format!("[plugins.hola]\npath = \"{}\"\n", path_str(&hola))),
+    );
+    let (status, changes) = http_with(
+        &server.address,
+        "POST",
+        "/v1/policy/apply",
+        &[("authorization", "Bearer test-admin-token")],
+        "",
+    );
+    assert_eq!(status, 200, "{changes}");
+    let generation = || {
+        let (_, listing) = server.http("GET", "/v1/plugins", "");
+        let listing: Value = serde_json::from_str(&listing).unwrap();
+        listing["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "hola")
+            .map(|p| p["generation"].as_u64().unwrap())
+    };
+    assert_eq!(generation(), Some(0));
+    // Its file changes (signed again, a new inode): --watch reloads it.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let prefix = scratch("watch-apply-signer");
+    capsule(&["keygen", "--out", path_str(&prefix), "--force"]);
+    let resigned = scratch("resigned-hola.wasm");
+    capsule(&[
+        "sign",
+        path_str(&plugin("hello")),
+        "--key",
+        path_str(&prefix.with_extension("key")),
+        "--output",
+        path_str(&resigned),
+    ]);
+    std::fs::rename(&resigned, &hola).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while generation() != Some(1) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the added plugin's file was not followed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
 fn grants_can_be_given_on_the_command_line() {
     let data = scratch("cli-grant-data");
     let _ = std::fs::remove_dir_all(&data);

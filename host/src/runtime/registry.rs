@@ -238,6 +238,19 @@ impl Host {
         self.replace(self.loaded_spec(plugin)?, true).await
     }
 
+    /// The file each loaded plugin was read from, by plugin name (plugins
+    /// loaded from bytes have none): what `--watch` follows, including
+    /// plugins a policy apply added.
+    pub fn plugin_files(&self) -> Vec<(String, std::path::PathBuf)> {
+        self.slots()
+            .iter()
+            .filter_map(|slot| match &slot.spec().source {
+                super::PluginSource::Path(path) => Some((slot.name.to_string(), path.clone())),
+                super::PluginSource::Bytes(_) => None,
+            })
+            .collect()
+    }
+
     /// What `plugin` was loaded from.
     fn loaded_spec(&self, plugin: &str) -> Result<PluginSpec, LoadError> {
         let Some(slot) = self.slot(plugin) else {
