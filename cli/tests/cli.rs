@@ -690,6 +690,23 @@ kv = { namespace = "cli-test" }
 }
 
 #[cfg(unix)]
+/// Replaces `file` with hello signed a second time, by a key of its own
+/// (named after `tag`): other bytes in a new inode, as a redeploy makes.
+fn replace_with_resigned_hello(file: &std::path::Path, tag: &str) {
+    let prefix = scratch(&format!("{tag}-signer"));
+    capsule(&["keygen", "--out", path_str(&prefix), "--force"]);
+    let resigned = scratch(&format!("{tag}-resigned.wasm"));
+    capsule(&[
+        "sign",
+        path_str(&plugin("hello")),
+        "--key",
+        path_str(&prefix.with_extension("key")),
+        "--output",
+        path_str(&resigned),
+    ]);
+    std::fs::rename(&resigned, file).unwrap();
+}
+
 #[test]
 fn serve_answers_http_reloads_changed_files_and_stops_on_sigterm() {
     // The served plugin is a copy, so the test can replace it.
@@ -723,18 +740,7 @@ fn serve_answers_http_reloads_changed_files_and_stops_on_sigterm() {
     assert_eq!(status, 401, "admin routes need a token");
 
     // Replace the file with a copy signed a second time: --watch reloads it.
-    let prefix = scratch("watch-signer");
-    capsule(&["keygen", "--out", path_str(&prefix), "--force"]);
-    let resigned = scratch("resigned-hello.wasm");
-    capsule(&[
-        "sign",
-        path_str(&plugin("hello")),
-        "--key",
-        path_str(&prefix.with_extension("key")),
-        "--output",
-        path_str(&resigned),
-    ]);
-    std::fs::rename(&resigned, &served).unwrap();
+    replace_with_resigned_hello(&served, "watch");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let (_, listing) = http(&address, "GET", "/v1/plugins", "");
@@ -836,18 +842,7 @@ fn watch_follows_plugins_a_policy_apply_added() {
     assert_eq!(generation(), Some(0));
     // Its file changes (signed again, a new inode): --watch reloads it.
     std::thread::sleep(std::time::Duration::from_secs(2));
-    let prefix = scratch("watch-apply-signer");
-    capsule(&["keygen", "--out", path_str(&prefix), "--force"]);
-    let resigned = scratch("resigned-hola.wasm");
-    capsule(&[
-        "sign",
-        path_str(&plugin("hello")),
-        "--key",
-        path_str(&prefix.with_extension("key")),
-        "--output",
-        path_str(&resigned),
-    ]);
-    std::fs::rename(&resigned, &hola).unwrap();
+    replace_with_resigned_hello(&hola, "watch-apply");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while generation() != Some(1) {
         assert!(
