@@ -1,6 +1,7 @@
 //! `capsule`: the command-line face of the Capsule host library. Each
 //! subcommand parses its arguments, calls the library and prints.
 
+mod api_key;
 mod check;
 mod dev;
 mod exit;
@@ -41,6 +42,8 @@ enum Command {
     Sign(keys::SignArgs),
     /// Check a plugin's signature against trusted keys.
     Verify(keys::VerifyArgs),
+    /// Make an API key for `capsule serve` and its policy entry.
+    ApiKey(api_key::ApiKeyArgs),
     /// Create a new plugin crate that builds outside this repository.
     New(new::NewArgs),
     /// Build, sign, serve and reload a plugin crate on every change.
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         Command::Keygen(args) => keys::keygen(args),
         Command::Sign(args) => keys::sign(args),
         Command::Verify(args) => keys::verify(args),
+        Command::ApiKey(args) => api_key::api_key(args),
         Command::New(args) => new::new(args),
         Command::Dev(args) => dev::dev(args),
     }

@@ -21,9 +21,9 @@ pub struct ServeArgs {
     /// Address to listen on. Loopback unless you say otherwise.
     #[arg(long, default_value = "127.0.0.1:8787")]
     listen: SocketAddr,
-    /// Environment variable holding the bearer token for admin routes
-    /// (reload, pause, resume, publish, dead letters). Without a token they
-    /// answer 401.
+    /// Environment variable holding a bearer token that acts as an `admin`
+    /// API key (reload, pause, resume, apply, publish, dead letters). Scoped
+    /// keys with roles go in the policy's `[[host.api_keys]]`.
     #[arg(long, default_value = "CAPSULE_ADMIN_TOKEN", value_name = "VAR")]
     admin_token_env: String,
     /// Largest request body, e.g. `1MiB`.
@@ -51,10 +51,10 @@ pub fn serve_command(args: ServeArgs) -> ExitCode {
     let admin_token = std::env::var(&args.admin_token_env)
         .ok()
         .filter(|token| !token.is_empty());
-    if admin_token.is_none() {
+    if admin_token.is_none() && policy.host.api_keys.is_empty() {
         tracing::warn!(
             variable = %args.admin_token_env,
-            "no admin token set: admin routes answer 401"
+            "no admin token set and no [[host.api_keys]]: admin routes answer 401"
         );
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()

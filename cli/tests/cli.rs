@@ -1401,3 +1401,71 @@ fn serve_exits_with_the_reason_when_nats_is_unreachable() {
         }
     }
 }
+
+#[test]
+fn api_key_makes_a_key_the_served_policy_accepts() {
+    let file = policy(
+        "api-key-policy.toml",
+        "[host]\ntrusted_keys = [\"{key}\"]\n[plugins.hello]\npath = \"{plugins}/hello.wasm\"\n",
+    );
+    let out = capsule(&[
+        "api-key",
+        "--name",
+        "checkout",
+        "--role",
+        "call",
+        "--plugin",
+        "hello",
+        "--rate",
+        "100/s",
+        "--append-to",
+        path_str(&file),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(key.starts_with("capsule_") && key.len() == 72, "{key}");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(!text.contains(&key), "the policy keeps the digest only");
+    assert!(
+        text.contains(&capsule_host::access::digest_of(&key)),
+        "{text}"
+    );
+
+    // Printed instead of appended: the key first, then the entry.
+    let printed = capsule(&["api-key", "--name", "dash", "--role", "view"]);
+    let printed = String::from_utf8(printed.stdout).unwrap();
+    let (first, entry) = printed.split_once('\n').unwrap();
+    assert!(
+        entry.contains(&capsule_host::access::digest_of(first)),
+        "{printed}"
+    );
+    assert!(
+        entry.contains("[[host.api_keys]]\nname = \"dash\"\nrole = \"view\""),
+        "{printed}"
+    );
+    // What the policy would refuse is refused here.
+    let unscoped = capsule(&["api-key", "--name", "x", "--role", "call"]);
+    assert_eq!(unscoped.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unscoped.stderr).contains("needs --plugin"));
+
+    let server = ServeProcess::start(&file, &[]);
+    let call = |headers: &[(&str, &str)]| {
+        http_with(
+            &server.address,
+            "POST",
+            "/v1/plugins/hello/call?op=greet",
+            headers,
+            r#"{"name":"Ada"}"#,
+        )
+        .0
+    };
+    assert_eq!(call(&[]), 401);
+    let bearer = format!("Bearer {key}");
+    assert_eq!(call(&[("authorization", &bearer)]), 200);
+    let (code, _) = server.terminate();
+    assert_eq!(code, Some(0));
+}

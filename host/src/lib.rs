@@ -24,6 +24,7 @@
 // data — bounds, limits, text, units; contract, engine, input; artifact,
 // outcome — then error; services; admission, policy, sandbox; runtime and
 // check; serve on top (and the CLI crate above the library).
+pub mod access;
 mod admission;
 pub mod artifact;
 pub mod backend;

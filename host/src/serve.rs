@@ -4,13 +4,13 @@
 //! |-------|------|
 //! | `POST /v1/plugins/{name}/call?op=OP` | body = request payload; answers the plugin's payload |
 //! | `POST /v1/pipelines/{name}/call?op=OP` | the same through a pipeline |
-//! | `GET /v1/plugins` | every plugin: version, digest, signers, capabilities, grants (names only; values and host paths with the admin token), state, limits |
+//! | `GET /v1/plugins` | every plugin: version, digest, signers, capabilities, grants (names only; mounts' host paths to `admin`), state, limits |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /healthz` | `ok` while serving |
-//! | `POST /v1/events/{topic}` | admin: publish the body as an event |
+//! | `POST /v1/events/{topic}` | admin, or a `call` key with the topic: publish the body as an event |
 //! | `POST /v1/plugins/{name}/reload` | admin: reload from its file (kept on failure; refused with `missing_dependency` when it would break a plugin that requires it, unless `?force=true`) |
 //! | `POST /v1/plugins/{name}/pause`, `/resume` | admin |
-//! | `GET /v1/dead-letters` | admin: undeliverable events |
+//! | `GET /v1/dead-letters` | view: undeliverable events |
 //! | `POST /v1/policy/apply` | admin: read the policy file again and apply what changed (200 with what changed; 422 when some plugin's change failed, the rest applied; 400 for an invalid policy and 409 for one that needs a restart, nothing changed) |
 //! | `GET /v1/cluster` | the deployment's hosts and what each serves (this host alone without NATS) |
 //!
@@ -18,9 +18,14 @@
 //! metadata goes back the same way, within a header budget that HTTP clients
 //! accept (64 entries, 16 KiB by default): a response whose metadata does not
 //! fit is answered `502` with kind `output_too_large`. Failures are JSON
-//! `{"error":{"kind","plugin","message"}}` with a fitting status. Admin routes
-//! need `Authorization: Bearer <token>`; without a configured token they
-//! always answer 401.
+//! `{"error":{"kind","plugin","message"}}` with a fitting status.
+//!
+//! Who may use which route is [`crate::access`]'s: with API keys in the
+//! policy, every route but `/healthz` needs `Authorization: Bearer <key>`
+//! whose role and scope cover it (401 without a valid key, 403 beyond its
+//! role or scope, 429 past its rate). Without keys, calls and reads
+//! (`/v1/plugins`, `/metrics`, `/v1/cluster`) are open and the rest needs
+//! the admin token, which acts as an `admin` key either way.
 //!
 //! Budgets of the server itself: at most `max_connections` connections at
 //! once (more wait in the kernel's backlog), request headers must arrive
@@ -44,6 +49,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::access::{Action, Role};
 use crate::contract::{PluginError, Request};
 use crate::error::{CallError, CallFailure, ErrorKind};
 use crate::outcome::CallOutcome;
@@ -436,6 +442,7 @@ struct ApiError {
     kind: String,
     plugin: String,
     message: String,
+    retry_after: Option<Duration>,
 }
 
 impl ApiError {
@@ -445,7 +452,14 @@ impl ApiError {
             kind: kind.to_owned(),
             plugin: plugin.to_owned(),
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// Adds a `Retry-After` header (whole seconds, at least one).
+    fn retry_after(mut self, wait: Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
     }
 }
 
@@ -457,6 +471,12 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(wait) = self.retry_after {
+            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -596,6 +616,9 @@ async fn call_plugin(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Err(err) = authorize(&state, &headers, Action::CallPlugin(&name)) {
+        return err.into_response();
+    }
     let request = match request_from(query.op, &headers, body) {
         Ok(request) => request,
         Err(err) => return err.into_response(),
@@ -615,6 +638,9 @@ async fn call_pipeline(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Err(err) = authorize(&state, &headers, Action::CallPipeline(&name)) {
+        return err.into_response();
+    }
     let request = match request_from(query.op, &headers, body) {
         Ok(request) => request,
         Err(err) => return err.into_response(),
@@ -645,20 +671,25 @@ async fn call_pipeline(
     }
 }
 
-/// Every plugin and pipeline. Without the admin token, grants are shown as
-/// names only (config and environment values may be credentials, host paths
-/// reveal the host's layout).
+/// Every plugin and pipeline. Grants are shown by name only, to everyone:
+/// config and environment values may be credentials. Host paths (where a
+/// mount lives) reveal the host's layout and are shown to `admin` only.
 async fn list_plugins(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let admin = authorize(&state, &headers).is_ok();
+    let caller = match authorize(&state, &headers, Action::Read) {
+        Ok(caller) => caller,
+        Err(err) => return err.into_response(),
+    };
     let plugins: Vec<serde_json::Value> = state
         .host
         .statuses()
         .into_iter()
         .map(|status| {
             let mut value = serde_json::to_value(&status).unwrap_or_default();
-            if !admin {
-                value["grants"] =
-                    serde_json::to_value(status.details.grants.summary()).unwrap_or_default();
+            value["grants"] =
+                serde_json::to_value(status.details.grants.summary()).unwrap_or_default();
+            if caller.is_admin() {
+                value["grants"]["files"] =
+                    serde_json::to_value(&status.details.grants.files).unwrap_or_default();
             }
             value
         })
@@ -705,7 +736,7 @@ pub async fn apply_policy_file(
 }
 
 async fn apply_policy(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(err) = authorize(&state, &headers) {
+    if let Err(err) = authorize(&state, &headers, Action::Admin) {
         return err.into_response();
     }
     let Some(path) = &state.policy_file else {
@@ -753,7 +784,10 @@ async fn apply_policy(State(state): State<AppState>, headers: HeaderMap) -> Resp
 
 /// The deployment's hosts and what each serves (this host alone with the
 /// embedded backend); 503 when NATS cannot be read.
-async fn cluster(State(state): State<AppState>) -> Response {
+async fn cluster(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(err) = authorize(&state, &headers, Action::Read) {
+        return err.into_response();
+    }
     match state.host.cluster().await {
         Ok(cluster) => axum::Json(cluster).into_response(),
         Err(reason) => error_response(
@@ -765,7 +799,10 @@ async fn cluster(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(err) = authorize(&state, &headers, Action::Read) {
+        return err.into_response();
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -776,31 +813,107 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Checks the bearer token of an admin request, in constant time.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Who made a request the access rules let through.
+#[derive(Debug, Clone)]
+struct Caller {
+    /// The API key's name, `admin-token` for the admin token, `anonymous`
+    /// on a host without keys.
+    name: Arc<str>,
+    /// The key's role; `None` for an anonymous caller.
+    role: Option<Role>,
+}
+
+impl Caller {
+    fn is_admin(&self) -> bool {
+        self.role == Some(Role::Admin)
+    }
+}
+
+/// Decides whether the request may do `action` (see [`crate::access`]):
+/// 401 when it names no valid credential, 403 when its key may not do
+/// this, 429 when its key's rate is spent. The admin token (if any) is an
+/// admin key; a host without API keys lets anyone call and read.
+fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    action: Action<'_>,
+) -> Result<Caller, ApiError> {
     let unauthorized =
         |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "", message);
-    let Some(expected) = &state.admin_token else {
-        return Err(unauthorized(
-            "the admin API is disabled: no admin token is configured",
-        ));
-    };
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    let equal = presented.len() == expected.len()
-        && presented
-            .bytes()
-            .zip(expected.bytes())
-            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-            == 0;
-    if equal {
-        Ok(())
-    } else {
-        Err(unauthorized("a valid admin bearer token is required"))
+        .and_then(|value| value.strip_prefix("Bearer "));
+    if let (Some(presented), Some(expected)) = (presented, &state.admin_token)
+        && constant_time_eq(presented.as_bytes(), expected.as_bytes())
+    {
+        return Ok(Caller {
+            name: Arc::from("admin-token"),
+            role: Some(Role::Admin),
+        });
     }
+    let access = state.host.access();
+    if access.is_empty() {
+        if action.open_without_keys() {
+            return Ok(Caller {
+                name: Arc::from("anonymous"),
+                role: None,
+            });
+        }
+        return Err(unauthorized(if state.admin_token.is_none() {
+            "the admin API is disabled: no admin token or API key is configured"
+        } else {
+            "a valid admin bearer token is required"
+        }));
+    }
+    let Some(presented) = presented else {
+        return Err(unauthorized(
+            "this route needs an API key: `Authorization: Bearer <key>`",
+        ));
+    };
+    let Some(key) = access.find(presented) else {
+        return Err(unauthorized("the API key is not valid"));
+    };
+    let entry = &key.key;
+    if !entry.permits(action) {
+        let what = match action {
+            Action::CallPlugin(name) => format!("call plugin `{name}`"),
+            Action::CallPipeline(name) => format!("call pipeline `{name}`"),
+            Action::Publish(topic) => format!("publish to `{topic}`"),
+            Action::Read => "read what the host runs".to_owned(),
+            Action::Inspect => "read dead letters".to_owned(),
+            Action::Admin => "administer the host".to_owned(),
+        };
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "",
+            format!(
+                "API key `{}` (role `{}`) may not {what}",
+                entry.name,
+                entry.role.as_str()
+            ),
+        ));
+    }
+    if let Err(wait) = key.take() {
+        let rate = entry.rate.map(|rate| rate.describe()).unwrap_or_default();
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "",
+            format!("API key `{}` is limited to {rate}", entry.name),
+        )
+        .retry_after(wait));
+    }
+    Ok(Caller {
+        name: Arc::from(entry.name.as_str()),
+        role: Some(entry.role),
+    })
+}
+
+/// Compares two secrets in time that depends on their length only.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 async fn reload(
@@ -809,7 +922,7 @@ async fn reload(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(err) = authorize(&state, &headers) {
+    if let Err(err) = authorize(&state, &headers, Action::Admin) {
         return err.into_response();
     }
     // `force=true` replaces the plugin even if the new version breaks
@@ -882,7 +995,7 @@ async fn resume(
 }
 
 fn set_paused(state: AppState, name: String, headers: HeaderMap, paused: bool) -> Response {
-    if let Err(err) = authorize(&state, &headers) {
+    if let Err(err) = authorize(&state, &headers, Action::Admin) {
         return err.into_response();
     }
     let known = if paused {
@@ -907,7 +1020,7 @@ async fn publish(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(err) = authorize(&state, &headers) {
+    if let Err(err) = authorize(&state, &headers, Action::Publish(&topic)) {
         return err.into_response();
     }
     if let Err(message) = crate::services::events::validate_topic(&topic) {
@@ -925,7 +1038,7 @@ async fn publish(
 }
 
 async fn dead_letters(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(err) = authorize(&state, &headers) {
+    if let Err(err) = authorize(&state, &headers, Action::Inspect) {
         return err.into_response();
     }
     match state.host.deployment_dead_letters().await {

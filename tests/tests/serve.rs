@@ -613,7 +613,7 @@ async fn response_metadata_becomes_headers_only_within_a_budget() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_plugin_listing_shows_config_values_only_to_the_admin() {
+async fn the_plugin_listing_shows_config_values_to_nobody() {
     let server = Server::start().await;
     let open = server.get("/v1/plugins").await.text().await.unwrap();
     assert!(!open.contains("Top-secret-value"), "{open}");
@@ -636,13 +636,13 @@ async fn the_plugin_listing_shows_config_values_only_to_the_admin() {
         .text()
         .await
         .unwrap();
-    assert!(admin.contains("Top-secret-value"));
-    // A secret is shown to nobody, though the plugin gets it.
+    // Config values may be credentials: even the admin sees key names only.
+    assert!(!admin.contains("Top-secret-value"), "{admin}");
     assert!(
         !admin.contains("Psst-zq7") && !open.contains("Psst-zq7"),
         "{admin}"
     );
-    assert!(admin.contains(r#""greeting":"(secret)""#), "{admin}");
+    assert!(admin.contains(r#""config":["api_token"]"#), "{admin}");
     let greeted = server
         .client
         .post(server.url("/v1/plugins/hello-secret/call?op=greet"))
@@ -1204,4 +1204,235 @@ async fn an_apply_keeps_what_staying_plugins_require_and_pins_after_loading() {
         .unwrap();
     let greeting: Value = serde_json::from_slice(&greeting.response.payload).unwrap();
     assert_eq!(greeting["greeting"], "Hola, Ada!", "the pin took effect");
+}
+
+/// A request with `key` as its bearer credential.
+async fn with_key(
+    server: &Server,
+    method: reqwest::Method,
+    path: &str,
+    key: &str,
+    body: &'static str,
+) -> reqwest::Response {
+    server
+        .client
+        .request(method, server.url(path))
+        .bearer_auth(key)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `[[host.api_keys]]` entries for `(name, role, extra TOML, key)`.
+fn api_keys(keys: &[(&str, &str, &str, &str)]) -> String {
+    keys.iter()
+        .map(|(name, role, extra, key)| {
+            format!(
+                "[[host.api_keys]]\nname = \"{name}\"\nrole = \"{role}\"\ndigest = \"{}\"\n{extra}\n",
+                capsule_host::access::digest_of(key)
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_have_roles_scopes_and_rates_and_rotate_by_apply() {
+    use reqwest::Method;
+    let dir = capsule_tests::temp_dir("api-keys");
+    let new_key = || capsule_host::access::generate_key().unwrap();
+    let (caller, viewer, operator, successor) = (new_key(), new_key(), new_key(), new_key());
+    let data = dir.join("greeter-data");
+    let plugins = format!(
+        "[plugins.hello]\npath = \"{hello}\"\nconfig = {{ greeting = \"Cfg-value-91\" }}\n\
+         files = [{{ host = \"{data}\", guest = \"/data\", access = \"read-only\", create = true }}]\n\n\
+         [plugins.kv-counter]\npath = \"{counter}\"\nkv = {{ namespace = \"counters\" }}\n\n",
+        hello = plugin_file(HELLO),
+        counter = plugin_file(KV_COUNTER),
+        data = data.display(),
+    );
+    let keys = api_keys(&[
+        (
+            "checkout",
+            "call",
+            "plugins = [\"hel*\"]\ntopics = [\"orders.>\"]\nrate = \"3/h\"",
+            &caller,
+        ),
+        ("dashboard", "view", "", &viewer),
+        ("ops", "admin", "", &operator),
+    ]);
+    let path = write_policy(&dir, &format!("{keys}\n{plugins}"));
+    let policy = capsule_host::Policy::load(&path).unwrap();
+    let host = capsule_host::HostBuilder::from_policy(&policy)
+        .build()
+        .unwrap();
+    assert!(host.load_policy(&policy).await.is_empty());
+    let server = Server::serve(
+        host,
+        ServeOptions {
+            policy_file: Some(path.clone()),
+            ..ServeOptions::default()
+        },
+    )
+    .await;
+    let greet = "/v1/plugins/hello/call?op=greet";
+    let body = r#"{"name":"Ada"}"#;
+
+    // With keys configured, only health is open: 401 without a valid key.
+    assert_eq!(server.get("/healthz").await.status(), StatusCode::OK);
+    for path in ["/v1/plugins", "/metrics", "/v1/cluster"] {
+        assert_eq!(
+            server.get(path).await.status(),
+            StatusCode::UNAUTHORIZED,
+            "{path}"
+        );
+    }
+    let anonymous = server.post(greet, body).await;
+    assert_eq!(
+        anonymous.headers()["www-authenticate"],
+        "Bearer",
+        "401 says how to authenticate"
+    );
+    let (status, error) = error_of(anonymous).await;
+    assert_eq!(
+        (status, error["kind"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("unauthorized"))
+    );
+    let (status, _) =
+        error_of(with_key(&server, Method::POST, greet, "capsule_wrong", body).await).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // The digest is not the key.
+    let digest = capsule_host::access::digest_of(&caller);
+    let (status, _) = error_of(with_key(&server, Method::POST, greet, &digest, body).await).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // A call key calls what its scope names, and nothing else (403).
+    let response = with_key(&server, Method::POST, greet, &caller, body).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    for (method, path) in [
+        (Method::POST, "/v1/plugins/kv-counter/call?op=increment"),
+        (Method::GET, "/v1/plugins"),
+        (Method::POST, "/v1/plugins/hello/pause"),
+        (Method::POST, "/v1/events/payments.created"),
+        (Method::GET, "/v1/dead-letters"),
+    ] {
+        let (status, error) = error_of(with_key(&server, method, path, &caller, "{}").await).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(error["kind"], "forbidden");
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .contains("`checkout` (role `call`)"),
+            "{error}"
+        );
+    }
+    let published = with_key(
+        &server,
+        Method::POST,
+        "/v1/events/orders.created",
+        &caller,
+        "{}",
+    )
+    .await;
+    assert_eq!(published.status(), StatusCode::OK);
+    // Its rate (3 an hour) counts what it was allowed to do: the third
+    // request passes, the fourth is refused with when to come back.
+    assert_eq!(
+        with_key(&server, Method::POST, greet, &caller, body)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let limited = with_key(&server, Method::POST, greet, &caller, body).await;
+    let retry: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((60..=1200).contains(&retry), "{retry}");
+    let (status, error) = error_of(limited).await;
+    assert_eq!(
+        (status, error["kind"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited"))
+    );
+
+    // A view key reads, but calls and changes nothing.
+    for path in ["/v1/plugins", "/metrics", "/v1/cluster", "/v1/dead-letters"] {
+        let response = with_key(&server, Method::GET, path, &viewer, "").await;
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+    for path in [greet, "/v1/plugins/hello/pause", "/v1/policy/apply"] {
+        let response = with_key(&server, Method::POST, path, &viewer, body).await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{path}");
+    }
+    // Host paths only to admin; config values to nobody.
+    let data_path = std::fs::canonicalize(&data).unwrap().display().to_string();
+    let viewed = with_key(&server, Method::GET, "/v1/plugins", &viewer, "")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let administered = with_key(&server, Method::GET, "/v1/plugins", &operator, "")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !viewed.contains(&data_path) && viewed.contains("/data"),
+        "{viewed}"
+    );
+    assert!(administered.contains(&data_path), "{administered}");
+    for listing in [&viewed, &administered] {
+        assert!(!listing.contains("Cfg-value-91"), "{listing}");
+    }
+    // An admin key does everything.
+    for path in [
+        "/v1/plugins/kv-counter/pause",
+        "/v1/plugins/kv-counter/resume",
+    ] {
+        let response = with_key(&server, Method::POST, path, &operator, "").await;
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+
+    // Rotation: the apply replaces `checkout` by `checkout-2`. The old key
+    // is refused at once, the new one works, and the apply says so.
+    let rotated = api_keys(&[
+        ("checkout-2", "call", "plugins = [\"hello\"]", &successor),
+        ("dashboard", "view", "", &viewer),
+        ("ops", "admin", "", &operator),
+    ]);
+    write_policy(&dir, &format!("{rotated}\n{plugins}"));
+    let applied = with_key(&server, Method::POST, "/v1/policy/apply", &operator, "").await;
+    assert_eq!(applied.status(), StatusCode::OK);
+    let changes: Value = applied.json().await.unwrap();
+    assert_eq!(changes["api_keys"], json!(["checkout", "checkout-2"]));
+    assert_eq!(changes["unchanged"], json!(["hello", "kv-counter"]));
+    let (status, _) = error_of(with_key(&server, Method::POST, greet, &caller, body).await).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        with_key(&server, Method::POST, greet, &successor, body)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    // A policy with a broken key changes nothing: the keys stay.
+    let broken = format!(
+        "{rotated}[[host.api_keys]]\nname = \"x\"\nrole = \"root\"\ndigest = \"sha256:00\"\n\n{plugins}"
+    );
+    write_policy(&dir, &broken);
+    let refused = with_key(&server, Method::POST, "/v1/policy/apply", &operator, "").await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        with_key(&server, Method::POST, greet, &successor, body)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    // The admin token stays an admin credential beside the keys.
+    assert_eq!(
+        server.admin("/v1/plugins/hello/pause", "").await.status(),
+        StatusCode::OK
+    );
+    server.stop().await.unwrap();
 }

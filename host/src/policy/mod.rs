@@ -17,6 +17,12 @@
 //! prefix = "shop"
 //! host_name = "web-1"              # this host in GET /v1/cluster
 //! call_timeout = "30s"             # calls forwarded to other hosts
+//! [[host.api_keys]]               # who may use the HTTP API (see `access`)
+//! name = "checkout"
+//! role = "call"
+//! digest = "sha256:…"             # `capsule api-key` prints a key and its digest
+//! plugins = ["counter"]
+//! rate = "100/s"
 //!
 //! [plugins.counter]
 //! path = "plugins/kv-counter.wasm"
@@ -58,6 +64,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use crate::access::{ApiKey, MAX_API_KEYS, NamePattern, Rate, Role, parse_digest};
 use crate::artifact::PublicKey;
 use crate::backend::{Backend, NatsOptions, check_prefix};
 use crate::bounds::{Invalid, plugin_name};
@@ -178,6 +185,9 @@ pub struct HostPolicy {
     pub engine: EngineOptions,
     /// Where the key-value store lives (`[host.backend]`).
     pub backend: Backend,
+    /// Who may use the HTTP API (`[[host.api_keys]]`); the only `[host]`
+    /// setting a policy apply changes.
+    pub api_keys: Vec<ApiKey>,
 }
 
 /// One `[plugins.NAME]` section.
@@ -641,6 +651,7 @@ impl Locator<'_> {
         }
         let bus = raw.events.get_ref().apply(BusOptions::default());
         let backend = self.backend(raw.backend.as_ref());
+        let api_keys = self.api_keys(&raw.api_keys);
         if let Err(invalid) = validate::bus(&bus) {
             self.invalid(raw.events.span(), "host.events", invalid);
         }
@@ -683,7 +694,128 @@ impl Locator<'_> {
             bus,
             engine,
             backend,
+            api_keys,
         }
+    }
+
+    /// Reads `[[host.api_keys]]`: every value valid, no name or digest twice.
+    fn api_keys(&mut self, raw: &[Spanned<raw::RawApiKey>]) -> Vec<ApiKey> {
+        let mut keys = Vec::new();
+        if raw.len() > MAX_API_KEYS {
+            self.error(
+                raw[MAX_API_KEYS].span(),
+                "host.api_keys",
+                format!("at most {MAX_API_KEYS} API keys"),
+            );
+        }
+        let mut names = BTreeSet::new();
+        let mut digests = BTreeSet::new();
+        for (i, entry) in raw.iter().enumerate() {
+            let at = format!("host.api_keys[{i}]");
+            let entry = entry.get_ref();
+            let errors_before = self.errors.len();
+            let name = entry.name.get_ref();
+            if let Err(message) = plugin_name(name) {
+                let message = message.replace("plugin name", "key name");
+                self.error(entry.name.span(), &format!("{at}.name"), message);
+            } else if !names.insert(name.clone()) {
+                self.error(
+                    entry.name.span(),
+                    &format!("{at}.name"),
+                    format!("another key is named `{name}`"),
+                );
+            }
+            let role = Role::parse(entry.role.get_ref())
+                .map_err(|message| self.error(entry.role.span(), &format!("{at}.role"), message))
+                .ok();
+            let digest = parse_digest(entry.digest.get_ref())
+                .map_err(|message| {
+                    self.error(entry.digest.span(), &format!("{at}.digest"), message)
+                })
+                .ok();
+            if let Some(digest) = digest
+                && !digests.insert(digest)
+            {
+                self.error(
+                    entry.digest.span(),
+                    &format!("{at}.digest"),
+                    "another key has this digest",
+                );
+            }
+            let mut patterns = |list: &[Spanned<String>], field: &str| -> Vec<NamePattern> {
+                list.iter()
+                    .enumerate()
+                    .filter_map(|(j, value)| {
+                        NamePattern::parse(value.get_ref())
+                            .map_err(|message| {
+                                self.error(value.span(), &format!("{at}.{field}[{j}]"), message)
+                            })
+                            .ok()
+                    })
+                    .collect()
+            };
+            let plugins = patterns(&entry.plugins, "plugins");
+            let pipelines = patterns(&entry.pipelines, "pipelines");
+            let topics: Vec<TopicPattern> = entry
+                .topics
+                .iter()
+                .enumerate()
+                .filter_map(|(j, value)| {
+                    TopicPattern::parse(value.get_ref())
+                        .map_err(|message| {
+                            self.error(value.span(), &format!("{at}.topics[{j}]"), message)
+                        })
+                        .ok()
+                })
+                .collect();
+            let scoped = !entry.plugins.is_empty()
+                || !entry.pipelines.is_empty()
+                || !entry.topics.is_empty();
+            if scoped && role.is_some_and(|role| role != Role::Call) {
+                self.error(
+                    entry.role.span(),
+                    &format!("{at}.role"),
+                    "only a `call` key takes `plugins`, `pipelines` or `topics` (a `view` key \
+                     reads everything and calls nothing; an `admin` key may do everything)",
+                );
+            } else if !scoped && role == Some(Role::Call) {
+                self.error(
+                    entry.role.span(),
+                    &format!("{at}.role"),
+                    "a `call` key needs `plugins`, `pipelines` or `topics` to name what it \
+                     may call (`plugins = [\"*\"]` for every plugin)",
+                );
+            }
+            if entry.rate.is_none()
+                && let Some(burst) = &entry.burst
+            {
+                self.error(
+                    burst.span(),
+                    &format!("{at}.burst"),
+                    "`burst` needs a `rate`",
+                );
+            }
+            let rate = entry.rate.as_ref().and_then(|rate| {
+                Rate::parse(rate.get_ref(), entry.burst.as_ref().map(|b| *b.get_ref()))
+                    .map_err(|message| self.error(rate.span(), &format!("{at}.rate"), message))
+                    .ok()
+            });
+            if self.errors.len() > errors_before {
+                continue;
+            }
+            if let (Some(role), Some(digest)) = (role, digest) {
+                keys.push(ApiKey {
+                    name: name.clone(),
+                    digest,
+                    role,
+                    plugins,
+                    pipelines,
+                    topics,
+                    rate,
+                });
+            }
+        }
+        keys
     }
 
     /// Reads `[host.backend]`.

@@ -211,6 +211,25 @@ pub(super) struct RawHost {
     #[serde(default = "unspanned")]
     pub(super) pool: Spanned<RawPool>,
     pub(super) backend: Option<Spanned<RawBackend>>,
+    #[serde(default)]
+    pub(super) api_keys: Vec<Spanned<RawApiKey>>,
+}
+
+/// One `[[host.api_keys]]` entry (see [`crate::access`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawApiKey {
+    pub(super) name: Spanned<String>,
+    pub(super) role: Spanned<String>,
+    pub(super) digest: Spanned<String>,
+    #[serde(default)]
+    pub(super) plugins: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) pipelines: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) topics: Vec<Spanned<String>>,
+    pub(super) rate: Option<Spanned<String>>,
+    pub(super) burst: Option<Spanned<u32>>,
 }
 
 /// `[host.backend]`: where the key-value store lives.

@@ -583,3 +583,101 @@ fn the_event_ack_wait_is_read_from_the_events_section() {
         std::time::Duration::from_secs(30)
     );
 }
+
+#[test]
+fn api_keys_are_read_with_their_roles_scopes_and_rates() {
+    let digest = crate::access::digest_of("capsule_test-key");
+    let text = format!(
+        r#"
+[[host.api_keys]]
+name = "checkout"
+role = "call"
+digest = "{digest}"
+plugins = ["hello", "shop-*"]
+topics = ["orders.>"]
+rate = "10/s"
+burst = 20
+[[host.api_keys]]
+name = "ops"
+role = "admin"
+digest = "sha256:{zeros}"
+"#,
+        zeros = "0".repeat(64)
+    );
+    let policy = parse(&text).unwrap();
+    let keys = &policy.host.api_keys;
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0].role, crate::access::Role::Call);
+    assert!(keys[0].permits(crate::access::Action::CallPlugin("shop-cart")));
+    assert_eq!(keys[0].rate.unwrap().burst, 20);
+    assert!(
+        crate::access::AccessTable::new(keys)
+            .find("capsule_test-key")
+            .is_some()
+    );
+}
+
+#[test]
+fn a_broken_api_key_is_refused_at_its_line() {
+    let good = format!("sha256:{}", "a".repeat(64));
+    let cases = [
+        ("role = \"root\"", "host.api_keys[0].role", "not a role"),
+        (
+            "role = \"call\"",
+            "host.api_keys[0].role",
+            "needs `plugins`",
+        ),
+        (
+            "role = \"view\"\nplugins = [\"a\"]",
+            "host.api_keys[0].role",
+            "only a `call` key",
+        ),
+        (
+            "role = \"call\"\nplugins = [\"a*b\"]",
+            "host.api_keys[0].plugins[0]",
+            "not a name pattern",
+        ),
+        (
+            "role = \"call\"\ntopics = [\"a..b\"]",
+            "host.api_keys[0].topics[0]",
+            "topic pattern",
+        ),
+        (
+            "role = \"admin\"\nrate = \"5/week\"",
+            "host.api_keys[0].rate",
+            "not a rate",
+        ),
+        (
+            "role = \"admin\"\nburst = 3",
+            "host.api_keys[0].burst",
+            "needs a `rate`",
+        ),
+    ];
+    for (fields, key, message) in cases {
+        let text = format!("[[host.api_keys]]\nname = \"k\"\ndigest = \"{good}\"\n{fields}\n");
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some(key), "{fields}: {err}");
+        assert!(err.message.contains(message), "{fields}: {err}");
+        assert!(err.position.is_some(), "{err}");
+    }
+    let text = "[[host.api_keys]]\nname = \"k\"\nrole = \"admin\"\ndigest = \"md5:abc\"\n";
+    let err = parse(text).unwrap_err();
+    assert_eq!(err.key.as_deref(), Some("host.api_keys[0].digest"));
+    // Two keys with one name, or one digest, would make the audit log lie.
+    let twice = format!(
+        "[[host.api_keys]]\nname = \"k\"\nrole = \"admin\"\ndigest = \"{good}\"\n\
+         [[host.api_keys]]\nname = \"k\"\nrole = \"view\"\ndigest = \"{good}\"\n"
+    );
+    let errors = Policy::parse(&twice, Path::new("capsule.toml"), Path::new("."))
+        .unwrap_err()
+        .0;
+    let messages: Vec<&str> = errors.iter().map(|e| e.message.as_str()).collect();
+    assert!(
+        messages.contains(&"another key is named `k`"),
+        "{messages:?}"
+    );
+    assert!(
+        messages.contains(&"another key has this digest"),
+        "{messages:?}"
+    );
+}

@@ -23,7 +23,11 @@
 //! loads from elsewhere wait for it. The `[host]` section
 //! (trusted keys, pool, backend, default limits, events, directories)
 //! cannot change under a running host: a policy that changes it is refused
-//! as a whole, with the sections named, and nothing changes.
+//! as a whole, with the sections named, and nothing changes. The API keys
+//! (`[[host.api_keys]]`) are the exception: they are replaced first, so a
+//! revoked key stops working before any plugin changes.
+
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -46,6 +50,9 @@ pub struct PolicyChanges {
     pub pipelines: Vec<String>,
     /// Capabilities whose pin was set, changed or dropped.
     pub pins: Vec<String>,
+    /// API keys added, changed or removed (by name): in force before any
+    /// plugin changed.
+    pub api_keys: Vec<String>,
     /// Plugins (and pipelines) whose change failed: each is left as it was
     /// (a new one is not added).
     pub failed: Vec<FailedChange>,
@@ -117,6 +124,9 @@ impl Host {
             return Err(ApplyError::NeedsRestart(differs));
         }
         let mut changes = PolicyChanges::default();
+        // Keys first: a revoked key stops working before the (slow) plugin
+        // changes, whatever becomes of them.
+        changes.api_keys = self.remember_host_policy(&policy.host);
         // Pins to plugins already loaded first: requirements of the loads
         // resolve as calls will. A pin to a plugin this apply loads is set
         // once it has loaded (a failed load keeps the old pin).
@@ -185,6 +195,7 @@ impl Host {
             unloaded = ?changes.unloaded,
             pipelines = ?changes.pipelines,
             pins = ?changes.pins,
+            api_keys = ?changes.api_keys,
             failed = changes.failed.len(),
             "policy applied"
         );
@@ -223,14 +234,32 @@ impl Host {
         super::dependencies::broken_by_replacing(name, dependents, &before, &after, &self.pins())
     }
 
-    /// Remembers the `[host]` section the host was built from, for applies
-    /// to compare with.
-    pub(super) fn remember_host_policy(&self, host: &HostPolicy) {
+    /// Remembers the `[host]` section the host was built from (or an apply
+    /// brought), for applies to compare with, and puts its API keys in
+    /// force; the names of the keys that changed.
+    pub(super) fn remember_host_policy(&self, host: &HostPolicy) -> Vec<String> {
+        let changed = self.set_api_keys(&host.api_keys);
         *self
             .inner
             .applied_host
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(host.clone());
+        changed
+    }
+
+    /// Makes `keys` the API keys in force; the names of those that changed.
+    fn set_api_keys(&self, keys: &[crate::access::ApiKey]) -> Vec<String> {
+        let before = self.inner.access.load_full();
+        let after = Arc::new(before.rotated(keys));
+        let changed = after.changed_from(&before);
+        self.inner.access.store(after);
+        changed
+    }
+
+    /// The API keys in force (empty: the HTTP API is open to calls and
+    /// reads, see [`crate::access`]).
+    pub fn access(&self) -> Arc<crate::access::AccessTable> {
+        self.inner.access.load_full()
     }
 
     fn applied_host(&self) -> Option<HostPolicy> {

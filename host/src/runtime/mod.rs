@@ -332,6 +332,7 @@ impl HostBuilder {
                 signals: remote::Signals::default(),
                 started_at: cluster::unix_now(),
                 applied_host: std::sync::Mutex::new(None),
+                access: arc_swap::ArcSwap::from_pointee(crate::access::AccessTable::default()),
                 changing: tokio::sync::Mutex::new(()),
                 commits: commit::Gates::default(),
                 stopped: std::sync::atomic::AtomicBool::new(false),
@@ -408,6 +409,9 @@ struct HostInner {
     /// The `[host]` section of the policy loaded or last applied, which
     /// an apply must not change (`apply.rs`).
     applied_host: std::sync::Mutex<Option<crate::policy::HostPolicy>>,
+    /// Who may use the HTTP API: the policy's API keys, replaced by an
+    /// apply (`apply.rs`).
+    access: arc_swap::ArcSwap<crate::access::AccessTable>,
     /// Held while the plugin table changes (load, reload, unload, apply):
     /// one change at a time, so a reload cannot swap in a version made from
     /// a spec another change has replaced meanwhile.

@@ -149,7 +149,12 @@ impl Service for Files {
                         .map_err(|err| err.to_string())
                         .and_then(|absolute| Mount::created(&absolute, &mount.guest, mount.access))
                 } else {
-                    Mount::new(&host, &mount.guest, mount.access)
+                    // `create` is kept once the directory exists, so the
+                    // policy read again (an apply) is the same grant.
+                    Mount::new(&host, &mount.guest, mount.access).map(|resolved| Mount {
+                        create: mount.create,
+                        ..resolved
+                    })
                 };
                 resolved.map_err(|message| Invalid::new(format!("[{i}].host"), message))
             })
