@@ -160,7 +160,15 @@ fn apply_on_hangup(
     };
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
-            match capsule_host::serve::apply_policy_file(&host, &policy).await {
+            let applied = capsule_host::serve::apply_policy_file(&host, &policy).await;
+            let outcome = match &applied {
+                Ok(changes) if changes.failed.is_empty() => "ok".to_owned(),
+                Ok(changes) => format!("failed ({} plugin(s) kept)", changes.failed.len()),
+                Err(_) => "refused".to_owned(),
+            };
+            host.audit()
+                .action("signal", "apply", &policy.display().to_string(), &outcome);
+            match applied {
                 Ok(changes) => {
                     // (`apply_policy` logs what changed.)
                     for failed in &changes.failed {

@@ -73,7 +73,13 @@ pub fn watch(host: Host) {
                 .flatten()
                 .collect();
             for name in names {
-                match host.reload(name).await {
+                let reloaded = host.reload(name).await;
+                let outcome = match &reloaded {
+                    Ok(_) => "ok".to_owned(),
+                    Err(err) => format!("failed ({})", err.kind()),
+                };
+                host.audit().action("watch", "reload", name, &outcome);
+                match reloaded {
                     Ok(details) => tracing::info!(
                         plugin = %name,
                         version = %capsule_host::text::log_field(&details.info.version),

@@ -27,6 +27,7 @@
 pub mod access;
 mod admission;
 pub mod artifact;
+pub mod audit;
 pub mod backend;
 pub mod bounds;
 pub mod check;

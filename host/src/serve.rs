@@ -12,6 +12,7 @@
 //! | `POST /v1/plugins/{name}/pause`, `/resume` | admin |
 //! | `GET /v1/dead-letters` | view: undeliverable events |
 //! | `POST /v1/policy/apply` | admin: read the policy file again and apply what changed (200 with what changed; 422 when some plugin's change failed, the rest applied; 400 for an invalid policy and 409 for one that needs a restart, nothing changed) |
+//! | `GET /v1/audit?limit=N` | admin: the audit log's latest records (admin actions; refusals counted per window) |
 //! | `GET /v1/cluster` | the deployment's hosts and what each serves (this host alone without NATS) |
 //!
 //! Request metadata comes from `x-capsule-meta-<key>` headers and response
@@ -148,6 +149,7 @@ pub fn router(host: Host, options: &ServeOptions) -> Router {
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/cluster", get(cluster))
         .route("/v1/policy/apply", post(apply_policy))
+        .route("/v1/audit", get(audit))
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             BodyBudget {
@@ -323,6 +325,18 @@ pub async fn serve_on(
             .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
     ));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Refusals counted in the audit log are written once their window
+    // ends, even when nothing else happens.
+    let audit_flusher = {
+        let host = host.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                host.audit().flush_due();
+            }
+        })
+    };
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         // Take a connection's place before accepting: at the limit, clients
@@ -362,6 +376,7 @@ pub async fn serve_on(
             drop(place);
         });
     }
+    audit_flusher.abort();
     // One deadline for the whole shutdown: open requests first, then the
     // plugins' own `shutdown`, in what is left of it.
     let until = tokio::time::Instant::now() + options.shutdown_deadline;
@@ -736,9 +751,15 @@ pub async fn apply_policy_file(
 }
 
 async fn apply_policy(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(err) = authorize(&state, &headers, Action::Admin) {
-        return err.into_response();
-    }
+    let caller = match authorize(&state, &headers, Action::Admin) {
+        Ok(caller) => caller,
+        Err(err) => return err.into_response(),
+    };
+    let response = apply_policy_now(&state).await;
+    audited(&state, &caller, "apply", "policy", response)
+}
+
+async fn apply_policy_now(state: &AppState) -> Response {
     let Some(path) = &state.policy_file else {
         return error_response(
             StatusCode::CONFLICT,
@@ -780,6 +801,24 @@ async fn apply_policy(State(state): State<AppState>, headers: HeaderMap) -> Resp
             error_response(StatusCode::CONFLICT, "config", "", &refused.to_string())
         }
     }
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    limit: Option<usize>,
+}
+
+/// The audit log's most recent records (admin), newest last.
+async fn audit(
+    State(state): State<AppState>,
+    Query(query): Query<AuditQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(err) = authorize(&state, &headers, Action::Admin) {
+        return err.into_response();
+    }
+    let limit = query.limit.unwrap_or(100).min(crate::audit::MEMORY_RECORDS);
+    axum::Json(json!({ "records": state.host.audit().recent(limit) })).into_response()
 }
 
 /// The deployment's hosts and what each serves (this host alone with the
@@ -838,8 +877,40 @@ fn authorize(
     headers: &HeaderMap,
     action: Action<'_>,
 ) -> Result<Caller, ApiError> {
-    let unauthorized =
-        |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "", message);
+    let decided = decide(state, headers, action);
+    if let Err((who, err)) = &decided {
+        let (name, target) = match action {
+            Action::CallPlugin(name) => ("call", name),
+            Action::CallPipeline(name) => ("call-pipeline", name),
+            Action::Publish(topic) => ("publish", topic),
+            Action::Read => ("read", ""),
+            Action::Inspect => ("inspect", ""),
+            Action::Admin => ("admin", ""),
+        };
+        // Counted per who, what and outcome in the audit log's window: a
+        // flood of refused requests costs a line per window.
+        state
+            .host
+            .audit()
+            .denied(who, name, target, &err.kind, &err.message);
+    }
+    decided.map_err(|(_, err)| err)
+}
+
+/// [`authorize`]'s decision; a refusal names who was refused.
+fn decide(
+    state: &AppState,
+    headers: &HeaderMap,
+    action: Action<'_>,
+) -> Result<Caller, (String, ApiError)> {
+    // Whoever presented no valid credential is anonymous (what they
+    // presented is never written anywhere).
+    let unauthorized = |message: &str| {
+        (
+            "anonymous".to_owned(),
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "", message),
+        )
+    };
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
@@ -884,31 +955,57 @@ fn authorize(
             Action::Inspect => "read dead letters".to_owned(),
             Action::Admin => "administer the host".to_owned(),
         };
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "",
-            format!(
-                "API key `{}` (role `{}`) may not {what}",
-                entry.name,
-                entry.role.as_str()
+        return Err((
+            entry.name.clone(),
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "",
+                format!(
+                    "API key `{}` (role `{}`) may not {what}",
+                    entry.name,
+                    entry.role.as_str()
+                ),
             ),
         ));
     }
     if let Err(wait) = key.take() {
         let rate = entry.rate.map(|rate| rate.describe()).unwrap_or_default();
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "",
-            format!("API key `{}` is limited to {rate}", entry.name),
-        )
-        .retry_after(wait));
+        return Err((
+            entry.name.clone(),
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "",
+                format!("API key `{}` is limited to {rate}", entry.name),
+            )
+            .retry_after(wait),
+        ));
     }
     Ok(Caller {
         name: Arc::from(entry.name.as_str()),
         role: Some(entry.role),
     })
+}
+
+/// Writes an administrative action and how it ended to the audit log.
+fn audited(
+    state: &AppState,
+    caller: &Caller,
+    action: &str,
+    target: &str,
+    response: Response,
+) -> Response {
+    let outcome = if response.status().is_success() {
+        "ok".to_owned()
+    } else {
+        format!("failed ({})", response.status().as_u16())
+    };
+    state
+        .host
+        .audit()
+        .action(&caller.name, action, target, &outcome);
+    response
 }
 
 /// Compares two secrets in time that depends on their length only.
@@ -922,9 +1019,20 @@ async fn reload(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(err) = authorize(&state, &headers, Action::Admin) {
-        return err.into_response();
-    }
+    let caller = match authorize(&state, &headers, Action::Admin) {
+        Ok(caller) => caller,
+        Err(err) => return err.into_response(),
+    };
+    let action = if query.as_deref().unwrap_or_default().contains("force=true") {
+        "reload (force)"
+    } else {
+        "reload"
+    };
+    let response = reload_now(&state, &name, query).await;
+    audited(&state, &caller, action, &name, response)
+}
+
+async fn reload_now(state: &AppState, name: &str, query: Option<String>) -> Response {
     // `force=true` replaces the plugin even if the new version breaks
     // plugins that require it; read after authorization, so a bad query
     // tells nothing to a caller without the token.
@@ -942,31 +1050,31 @@ async fn reload(
                 return error_response(
                     StatusCode::BAD_REQUEST,
                     "config",
-                    &name,
+                    name,
                     "the reload route takes only `force=true` or `force=false`",
                 );
             }
         }
     }
-    if state.host.status(&name).is_none() {
+    if state.host.status(name).is_none() {
         return error_response(
             StatusCode::NOT_FOUND,
             "unknown_plugin",
-            &name,
+            name,
             "no such plugin is loaded",
         );
     }
     let reloaded = if force {
-        state.host.force_reload(&name).await
+        state.host.force_reload(name).await
     } else {
-        state.host.reload(&name).await
+        state.host.reload(name).await
     };
     match reloaded {
         Ok(details) => axum::Json(json!({
             "reloaded": name,
             "version": details.info.version,
             "digest": details.digest,
-            "generation": state.host.status(&name).map(|s| s.generation),
+            "generation": state.host.status(name).map(|s| s.generation),
         }))
         .into_response(),
         Err(err) => error_response(
@@ -995,19 +1103,31 @@ async fn resume(
 }
 
 fn set_paused(state: AppState, name: String, headers: HeaderMap, paused: bool) -> Response {
-    if let Err(err) = authorize(&state, &headers, Action::Admin) {
-        return err.into_response();
-    }
+    let caller = match authorize(&state, &headers, Action::Admin) {
+        Ok(caller) => caller,
+        Err(err) => return err.into_response(),
+    };
+    let response = set_paused_now(&state, &name, paused);
+    audited(
+        &state,
+        &caller,
+        if paused { "pause" } else { "resume" },
+        &name,
+        response,
+    )
+}
+
+fn set_paused_now(state: &AppState, name: &str, paused: bool) -> Response {
     let known = if paused {
-        state.host.pause(&name)
+        state.host.pause(name)
     } else {
-        state.host.resume(&name)
+        state.host.resume(name)
     };
     if !known {
         return error_response(
             StatusCode::NOT_FOUND,
             "unknown_plugin",
-            &name,
+            name,
             "no such plugin is loaded",
         );
     }
@@ -1020,13 +1140,19 @@ async fn publish(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(err) = authorize(&state, &headers, Action::Publish(&topic)) {
-        return err.into_response();
-    }
-    if let Err(message) = crate::services::events::validate_topic(&topic) {
+    let caller = match authorize(&state, &headers, Action::Publish(&topic)) {
+        Ok(caller) => caller,
+        Err(err) => return err.into_response(),
+    };
+    let response = publish_now(&state, &topic, body).await;
+    audited(&state, &caller, "publish", &topic, response)
+}
+
+async fn publish_now(state: &AppState, topic: &str, body: Bytes) -> Response {
+    if let Err(message) = crate::services::events::validate_topic(topic) {
         return error_response(StatusCode::BAD_REQUEST, "config", "", &message);
     }
-    match state.host.publish(&topic, body.to_vec()).await {
+    match state.host.publish(topic, body.to_vec()).await {
         Ok(delivered) => {
             axum::Json(json!({ "topic": topic, "delivered": delivered })).into_response()
         }

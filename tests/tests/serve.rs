@@ -1436,3 +1436,143 @@ async fn api_keys_have_roles_scopes_and_rates_and_rotate_by_apply() {
     );
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_records_admin_actions_and_counts_a_refusal_flood() {
+    use reqwest::Method;
+    let dir = capsule_tests::temp_dir("audit-log");
+    let (operator, viewer) = (
+        capsule_host::access::generate_key().unwrap(),
+        capsule_host::access::generate_key().unwrap(),
+    );
+    let keys = api_keys(&[
+        ("ops", "admin", "", &operator),
+        ("dashboard", "view", "", &viewer),
+    ]);
+    let audit_file = dir.join("audit.jsonl");
+    let text = format!(
+        "{keys}\n[host.audit]\nfile = \"{}\"\nwindow = \"1s\"\n\n[plugins.hello]\npath = \"{}\"\n",
+        audit_file.display(),
+        plugin_file(HELLO)
+    );
+    let path = write_policy(&dir, &text);
+    let policy = capsule_host::Policy::load(&path).unwrap();
+    let host = capsule_host::HostBuilder::from_policy(&policy)
+        .build()
+        .unwrap();
+    assert!(host.load_policy(&policy).await.is_empty());
+    let server = Server::serve(
+        host,
+        ServeOptions {
+            policy_file: Some(path.clone()),
+            ..ServeOptions::default()
+        },
+    )
+    .await;
+    for path in [
+        "/v1/plugins/hello/pause",
+        "/v1/plugins/hello/resume",
+        "/v1/policy/apply",
+    ] {
+        let response = with_key(&server, Method::POST, path, &operator, "").await;
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+    let missing = with_key(
+        &server,
+        Method::POST,
+        "/v1/plugins/nope/pause",
+        &operator,
+        "",
+    )
+    .await;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+
+    // A flood of refused requests: 2,000 with bad keys, 500 beyond a
+    // key's role.
+    let flood = |key: String, count: usize, path: &'static str| {
+        let client = server.client.clone();
+        let url = server.url(path);
+        async move {
+            for _ in 0..count {
+                let status = client
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status();
+                assert!(matches!(
+                    status,
+                    StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+                ));
+            }
+        }
+    };
+    let mut floods = Vec::new();
+    for i in 0..4 {
+        floods.push(tokio::spawn(flood(
+            format!("capsule_bad-{i}"),
+            500,
+            "/v1/plugins/hello/call?op=greet",
+        )));
+    }
+    floods.push(tokio::spawn(flood(
+        viewer.clone(),
+        500,
+        "/v1/plugins/hello/reload",
+    )));
+    for flood in floods {
+        flood.await.unwrap();
+    }
+    // A view key may not read the audit log.
+    let (status, _) =
+        error_of(with_key(&server, Method::GET, "/v1/audit", &viewer, "").await).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // Once the window has passed, each refusal is one counted line.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let audit: Value = with_key(&server, Method::GET, "/v1/audit?limit=1000", &operator, "")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let records = audit["records"].as_array().unwrap();
+    let find = |kind: &str, who: &str, action: &str| {
+        records
+            .iter()
+            .filter(|r| r["type"] == kind && r["who"] == who && r["action"] == action)
+            .collect::<Vec<_>>()
+    };
+    for (action, target, outcome) in [
+        ("pause", "hello", "ok"),
+        ("resume", "hello", "ok"),
+        ("apply", "policy", "ok"),
+        ("pause", "nope", "failed (404)"),
+    ] {
+        let found = find("admin", "ops", action);
+        assert!(
+            found
+                .iter()
+                .any(|r| r["target"] == target && r["outcome"] == outcome),
+            "{action} {target} {outcome}: {records:?}"
+        );
+    }
+    let anonymous: u64 = find("denied", "anonymous", "call")
+        .iter()
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(anonymous, 2000);
+    let forbidden: u64 = find("denied", "dashboard", "admin")
+        .iter()
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(forbidden, 501, "500 reloads and the audit read");
+    // The flood cost a handful of lines, on disk too; the keys never appear.
+    assert!(records.len() < 20, "{records:?}");
+    let written = std::fs::read_to_string(&audit_file).unwrap();
+    assert!(written.lines().count() < 20, "{written}");
+    assert!(!written.contains(&operator) && !written.contains("capsule_bad"));
+    for line in written.lines() {
+        serde_json::from_str::<Value>(line).unwrap();
+    }
+    server.stop().await.unwrap();
+}

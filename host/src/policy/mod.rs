@@ -23,6 +23,10 @@
 //! digest = "sha256:…"             # `capsule api-key` prints a key and its digest
 //! plugins = ["counter"]
 //! rate = "100/s"
+//! [host.audit]                     # who did what; refusals counted per window
+//! file = "audit.jsonl"
+//! max_file_size = "16MiB"
+//! keep_files = 4
 //!
 //! [plugins.counter]
 //! path = "plugins/kv-counter.wasm"
@@ -66,6 +70,7 @@ use toml::Spanned;
 
 use crate::access::{ApiKey, MAX_API_KEYS, NamePattern, Rate, Role, parse_digest};
 use crate::artifact::PublicKey;
+use crate::audit::AuditOptions;
 use crate::backend::{Backend, NatsOptions, check_prefix};
 use crate::bounds::{Invalid, plugin_name};
 use crate::engine::EngineOptions;
@@ -188,6 +193,8 @@ pub struct HostPolicy {
     /// Who may use the HTTP API (`[[host.api_keys]]`); the only `[host]`
     /// setting a policy apply changes.
     pub api_keys: Vec<ApiKey>,
+    /// Where the audit log goes (`[host.audit]`).
+    pub audit: AuditOptions,
 }
 
 /// One `[plugins.NAME]` section.
@@ -652,6 +659,7 @@ impl Locator<'_> {
         let bus = raw.events.get_ref().apply(BusOptions::default());
         let backend = self.backend(raw.backend.as_ref());
         let api_keys = self.api_keys(&raw.api_keys);
+        let audit = self.audit(raw.audit.as_ref());
         if let Err(invalid) = validate::bus(&bus) {
             self.invalid(raw.events.span(), "host.events", invalid);
         }
@@ -695,7 +703,48 @@ impl Locator<'_> {
             engine,
             backend,
             api_keys,
+            audit,
         }
+    }
+
+    /// Reads `[host.audit]`.
+    fn audit(&mut self, raw: Option<&Spanned<raw::RawAudit>>) -> AuditOptions {
+        let mut options = AuditOptions::default();
+        let Some(raw) = raw else {
+            return options;
+        };
+        let span = raw.span();
+        let raw = raw.get_ref();
+        if let Some(file) = &raw.file {
+            let path = self.path(file.get_ref());
+            if path.is_dir() {
+                self.error(
+                    file.span(),
+                    "host.audit.file",
+                    format!("{} is a directory", path.display()),
+                );
+            }
+            options.file = Some(path);
+        }
+        if let Some(size) = &raw.max_file_size {
+            options.max_file_bytes = size.0;
+        }
+        if let Some(keep) = raw.keep_files {
+            options.keep_files = keep;
+        }
+        if let Some(window) = &raw.window {
+            options.window = window.0;
+        }
+        if options.max_file_bytes < 4096 {
+            self.error(span.clone(), "host.audit.max_file_size", "at least 4KiB");
+        }
+        if options.keep_files > 1000 {
+            self.error(span.clone(), "host.audit.keep_files", "at most 1000");
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&options.window) {
+            self.error(span, "host.audit.window", "between 1s and 1h");
+        }
+        options
     }
 
     /// Reads `[[host.api_keys]]`: every value valid, no name or digest twice.

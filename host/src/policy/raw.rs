@@ -213,6 +213,17 @@ pub(super) struct RawHost {
     pub(super) backend: Option<Spanned<RawBackend>>,
     #[serde(default)]
     pub(super) api_keys: Vec<Spanned<RawApiKey>>,
+    pub(super) audit: Option<Spanned<RawAudit>>,
+}
+
+/// `[host.audit]`: where the audit log goes (see [`crate::audit`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAudit {
+    pub(super) file: Option<Spanned<String>>,
+    pub(super) max_file_size: Option<Size>,
+    pub(super) keep_files: Option<u32>,
+    pub(super) window: Option<Time>,
 }
 
 /// One `[[host.api_keys]]` entry (see [`crate::access`]).

@@ -123,10 +123,12 @@ impl Host {
         if !differs.is_empty() {
             return Err(ApplyError::NeedsRestart(differs));
         }
-        let mut changes = PolicyChanges::default();
         // Keys first: a revoked key stops working before the (slow) plugin
         // changes, whatever becomes of them.
-        changes.api_keys = self.remember_host_policy(&policy.host);
+        let mut changes = PolicyChanges {
+            api_keys: self.remember_host_policy(&policy.host),
+            ..PolicyChanges::default()
+        };
         // Pins to plugins already loaded first: requirements of the loads
         // resolve as calls will. A pin to a plugin this apply loads is set
         // once it has loaded (a failed load keeps the old pin).
@@ -254,6 +256,11 @@ impl Host {
         let changed = after.changed_from(&before);
         self.inner.access.store(after);
         changed
+    }
+
+    /// The host's audit log: administrative actions and refusals.
+    pub fn audit(&self) -> &crate::audit::AuditLog {
+        &self.inner.audit
     }
 
     /// The API keys in force (empty: the HTTP API is open to calls and
@@ -390,6 +397,9 @@ fn host_sections_changed(before: &HostPolicy, after: &HostPolicy) -> Vec<&'stati
     }
     if before.backend != after.backend {
         changed.push("[host.backend]");
+    }
+    if before.audit != after.audit {
+        changed.push("[host.audit]");
     }
     changed
 }

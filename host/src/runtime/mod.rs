@@ -89,6 +89,9 @@ pub enum HostError {
     /// A setting is out of range (the engine, the bus or the default limits).
     #[error("invalid host settings: {0}")]
     Config(#[from] crate::bounds::Invalid),
+    /// The audit log's file cannot be opened.
+    #[error("{0}")]
+    Audit(String),
 }
 
 /// Configures and builds a [`Host`].
@@ -117,6 +120,7 @@ pub struct HostBuilder {
     backend: Backend,
     bus: BusOptions,
     middleware: Vec<Arc<dyn Middleware>>,
+    audit: crate::audit::AuditOptions,
 }
 
 impl std::fmt::Debug for HostBuilder {
@@ -159,7 +163,15 @@ impl HostBuilder {
         if let Some(dir) = &host.data_dir {
             builder = builder.data_dir(dir);
         }
-        builder.backend(host.backend.clone())
+        builder
+            .backend(host.backend.clone())
+            .audit(host.audit.clone())
+    }
+
+    /// Where the audit log goes (`[host.audit]`); memory only by default.
+    pub fn audit(mut self, options: crate::audit::AuditOptions) -> Self {
+        self.audit = options;
+        self
     }
 
     /// Event bus settings: queue sizes, retry attempts, dead letters kept.
@@ -260,6 +272,8 @@ impl HostBuilder {
             engine::build(&self.engine).map_err(|err| HostError::Engine(chain(&err)))?;
         let mut linker = Linker::new(&engine);
         store::add_to_linker(&mut linker).map_err(|err| HostError::Link(chain(&err)))?;
+        let audit =
+            Arc::new(crate::audit::AuditLog::new(self.audit.clone()).map_err(HostError::Audit)?);
         let cache = match &self.cache_dir {
             Some(dir) => Some(CompileCache::open(
                 dir,
@@ -333,6 +347,7 @@ impl HostBuilder {
                 started_at: cluster::unix_now(),
                 applied_host: std::sync::Mutex::new(None),
                 access: arc_swap::ArcSwap::from_pointee(crate::access::AccessTable::default()),
+                audit,
                 changing: tokio::sync::Mutex::new(()),
                 commits: commit::Gates::default(),
                 stopped: std::sync::atomic::AtomicBool::new(false),
@@ -412,6 +427,8 @@ struct HostInner {
     /// Who may use the HTTP API: the policy's API keys, replaced by an
     /// apply (`apply.rs`).
     access: arc_swap::ArcSwap<crate::access::AccessTable>,
+    /// Who did what to the host, and what was refused (`audit.rs`).
+    audit: Arc<crate::audit::AuditLog>,
     /// Held while the plugin table changes (load, reload, unload, apply):
     /// one change at a time, so a reload cannot swap in a version made from
     /// a spec another change has replaced meanwhile.

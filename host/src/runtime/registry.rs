@@ -383,6 +383,8 @@ impl Host {
     pub async fn shutdown(&self, deadline: Duration) {
         let until = std::time::Instant::now() + deadline;
         self.inner.stopped.store(true, Ordering::Release);
+        // Refusals counted so far are written now, not lost.
+        self.inner.audit.flush();
         // Other hosts stop listing this one; its serving workers unsubscribe
         // within a moment of `stopped`, so calls go to other hosts.
         #[cfg(feature = "nats")]
