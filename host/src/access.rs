@@ -229,14 +229,21 @@ impl ApiKey {
 
 /// Reads `sha256:<64 hex digits>`.
 pub fn parse_digest(text: &str) -> Result<[u8; 32], String> {
+    // The value is never repeated: an operator who pasted the key itself
+    // would see it again in every error output.
+    if text.starts_with("capsule_") {
+        return Err(
+            "this is an API key, not its digest: the policy must hold only the digest \
+                    (`capsule api-key` prints it); make a new key, this one was exposed"
+                .to_owned(),
+        );
+    }
     let invalid = || {
-        format!(
-            "`{text}` is not a key digest: write `sha256:` and 64 hex digits (`capsule api-key` \
-             prints it)"
-        )
+        "not a key digest: write `sha256:` and 64 hex digits (`capsule api-key` prints it)"
+            .to_owned()
     };
     let hex = text.strip_prefix("sha256:").ok_or_else(invalid)?;
-    if hex.len() != 64 {
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(invalid());
     }
     let mut digest = [0u8; 32];
@@ -444,6 +451,14 @@ mod tests {
         assert!(table.find(&digest_of(&secret)).is_none());
         assert!(table.find("capsule_0000").is_none());
         assert!(parse_digest("sha256:abc").is_err());
+        // Multi-byte text of the right length, a sign: refused, no panic.
+        assert!(parse_digest(&format!("sha256:é{}", "0".repeat(62))).is_err());
+        assert!(parse_digest(&format!("sha256:+{}", "0".repeat(63))).is_err());
+        let pasted = parse_digest(&secret).unwrap_err();
+        assert!(
+            !pasted.contains(&secret) && pasted.contains("not its digest"),
+            "{pasted}"
+        );
         assert!(parse_digest(&"0".repeat(71)).is_err());
     }
 

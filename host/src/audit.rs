@@ -1,9 +1,11 @@
 //! The audit log: who did what to the host, when, and how it ended — every
-//! administrative action (pause, reload, apply, publish, …) as it happens,
-//! and every refusal (a request without a valid key, a key beyond its
-//! scope, a plugin reaching for what it was not granted) aggregated per
-//! who, what and outcome over a time window, so that a flood of refusals
-//! costs one line per window, not one per refusal.
+//! administrative action (pause, reload, apply, an admin's publish, …) as
+//! it happens, and every refusal — a request without a valid key or beyond
+//! its key's role, scope or rate; a plugin reaching for a service it was
+//! not granted (`who = plugin:NAME`, `action` = the service) — aggregated
+//! per who, what and outcome over a time window, so that a flood of
+//! refusals costs one line per window, not one per refusal. (What a refused request aimed at — a plugin, a topic —
+//! is chosen by the requester, so it is kept as the example only.)
 //!
 //! Records go to an in-memory ring (the last [`MEMORY_RECORDS`], what
 //! `GET /v1/audit` answers) and, with `[host.audit] file`, to an
@@ -19,8 +21,10 @@
 //!
 //! Budgets: the ring holds [`MEMORY_RECORDS`] records; at most
 //! [`MAX_AGGREGATES`] distinct refusals are counted per window (more are
-//! counted together as one `other` line); examples are cut to
-//! [`MAX_EXAMPLE_BYTES`]; on disk at most `max_file_size × (keep_files + 1)`.
+//! counted per who as action `other`, so who stays known); every field is
+//! cut to [`MAX_EXAMPLE_BYTES`] before it is kept; on disk at most
+//! `max_file_size × (keep_files + 1)` (a rotation that fails drops lines
+//! rather than grow the file).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
@@ -71,8 +75,9 @@ pub struct AuditRecord {
     /// `admin` for an action, `denied` for refusals.
     #[serde(rename = "type")]
     pub kind: &'static str,
-    /// The API key's name, `admin-token`, `anonymous`, `signal`, or
-    /// `plugin:NAME` for a plugin's own refusals.
+    /// The API key's name, `admin-token`, `anonymous` (no valid key),
+    /// `signal` (SIGHUP), `watch` (`--watch`), or `plugin:NAME` for a
+    /// plugin's refused service requests.
     pub who: String,
     /// What was done or attempted (`pause`, `apply`, `kv`, `call`, …).
     pub action: String,
@@ -103,7 +108,7 @@ struct Pending {
 struct Inner {
     recent: VecDeque<AuditRecord>,
     window_began: Instant,
-    pending: HashMap<(String, String, String, String), Pending>,
+    pending: HashMap<(String, String, String), Pending>,
     file: Option<std::fs::File>,
     file_bytes: u64,
 }
@@ -127,6 +132,7 @@ impl AuditLog {
     pub fn new(options: AuditOptions) -> Result<AuditLog, String> {
         let (file, file_bytes) = match &options.file {
             Some(path) => {
+                remove_beyond(path, options.keep_files);
                 let file = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
@@ -172,30 +178,27 @@ impl AuditLog {
         self.write(&mut inner, record);
     }
 
-    /// Counts a refusal; its line is written when the window ends.
+    /// Counts a refusal of `who` doing `action` (on `target`, which goes
+    /// into the example only); its line is written when the window ends.
     pub fn denied(&self, who: &str, action: &str, target: &str, outcome: &str, example: &str) {
         let now = SystemTime::now();
         let mut inner = self.lock();
         self.flush_if_due(&mut inner);
-        let mut key = (
-            who.to_owned(),
-            action.to_owned(),
-            target.to_owned(),
-            outcome.to_owned(),
-        );
+        let mut key = (cut(who), cut(action), cut(outcome));
         if !inner.pending.contains_key(&key) && inner.pending.len() >= MAX_AGGREGATES {
-            key = (
-                "other".into(),
-                "other".into(),
-                String::new(),
-                "denied".into(),
-            );
+            // Who stays known (the names of the policy's keys, and
+            // `anonymous`: a bounded set); what they did is lumped.
+            key = (key.0, "other".into(), "denied".into());
         }
         let pending = inner.pending.entry(key).or_insert_with(|| Pending {
             count: 0,
             first: now,
             last: now,
-            example: cut(example),
+            example: cut(&if target.is_empty() {
+                example.to_owned()
+            } else {
+                format!("{}: {example}", cut(target))
+            }),
         });
         pending.count += 1;
         pending.last = now;
@@ -235,14 +238,14 @@ impl AuditLog {
         inner.window_began = Instant::now();
         let mut pending: Vec<_> = inner.pending.drain().collect();
         pending.sort_by_key(|(_, p)| p.first);
-        for ((who, action, target, outcome), counted) in pending {
+        for ((who, action, outcome), counted) in pending {
             let record = AuditRecord {
                 time: rfc3339(counted.first),
                 kind: "denied",
-                who: cut(&who),
-                action: cut(&action),
-                target: cut(&target),
-                outcome: cut(&outcome),
+                who,
+                action,
+                target: String::new(),
+                outcome,
                 count: Some(counted.count),
                 until: Some(rfc3339(counted.last)),
                 example: Some(counted.example),
@@ -258,19 +261,34 @@ impl AuditLog {
             let mut line = serde_json::to_vec(&record).unwrap_or_default();
             line.push(b'\n');
             let line_bytes = line.len() as u64;
+            let mut fits = true;
             if inner.file_bytes > 0 && inner.file_bytes + line_bytes > self.options.max_file_bytes {
                 inner.file = None;
-                self.rotate(file);
+                // A rotation that failed keeps the full file: the line is
+                // dropped rather than grow it past its bound.
+                fits = self.rotate(file);
+            }
+            if inner.file.is_none() {
+                // Reopened on every write until it works (descriptors can
+                // run out for a while).
                 inner.file = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(file)
                     .ok();
-                inner.file_bytes = 0;
+                inner.file_bytes = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
             }
-            match inner.file.as_mut().map(|f| f.write_all(&line)) {
-                Some(Ok(())) => inner.file_bytes += line_bytes,
-                _ => tracing::warn!(file = %file.display(), "cannot write the audit log"),
+            let written = fits
+                && inner.file_bytes + line_bytes <= self.options.max_file_bytes.max(line_bytes)
+                && matches!(
+                    inner.file.as_mut().map(|f| f.write_all(&line)),
+                    Some(Ok(()))
+                );
+            if written {
+                inner.file_bytes += line_bytes;
+            } else {
+                inner.file = None;
+                tracing::warn!(file = %file.display(), "cannot write the audit log");
             }
         }
         if inner.recent.len() == MEMORY_RECORDS {
@@ -280,22 +298,51 @@ impl AuditLog {
     }
 
     /// `file.N-1` → `file.N` … `file` → `file.1`; the oldest goes.
-    fn rotate(&self, file: &std::path::Path) {
-        let numbered = |n: u32| {
-            let mut name = file.as_os_str().to_owned();
-            name.push(format!(".{n}"));
-            PathBuf::from(name)
-        };
+    /// Whether the live file made room.
+    fn rotate(&self, file: &std::path::Path) -> bool {
         let keep = self.options.keep_files;
         if keep == 0 {
-            let _ = std::fs::remove_file(file);
-            return;
+            return std::fs::remove_file(file).is_ok();
         }
-        let _ = std::fs::remove_file(numbered(keep));
+        let _ = std::fs::remove_file(numbered(file, keep));
         for n in (1..keep).rev() {
-            let _ = std::fs::rename(numbered(n), numbered(n + 1));
+            let _ = std::fs::rename(numbered(file, n), numbered(file, n + 1));
         }
-        let _ = std::fs::rename(file, numbered(1));
+        std::fs::rename(file, numbered(file, 1)).is_ok()
+    }
+}
+
+/// `file.n`.
+fn numbered(file: &std::path::Path, n: u32) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
+}
+
+/// Removes rotated files past `keep` (left by a run that kept more).
+fn remove_beyond(file: &std::path::Path, keep: u32) {
+    let (Some(dir), Some(name)) = (file.parent(), file.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        std::path::Path::new(".")
+    } else {
+        dir
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!("{}.", name.to_string_lossy());
+    for entry in entries.flatten() {
+        let entry_name = entry.file_name();
+        let entry_name = entry_name.to_string_lossy();
+        if let Some(n) = entry_name
+            .strip_prefix(&prefix)
+            .and_then(|n| n.parse::<u32>().ok())
+            && n > keep
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -347,16 +394,29 @@ mod tests {
     }
 
     #[test]
-    fn distinct_refusals_past_the_cap_are_counted_together() {
+    fn requester_chosen_targets_cannot_crowd_out_who_was_refused() {
         let log = AuditLog::in_memory();
+        // 10,000 anonymous refusals at 10,000 made-up plugin names, long
+        // ones: one entry, its example cut.
         for i in 0..10_000 {
-            log.denied(&format!("who-{i}"), "call", "", "unauthorized", "");
+            let target = format!("{i}-{}", "n".repeat(60_000));
+            log.denied("anonymous", "call", &target, "unauthorized", "no key");
+        }
+        // Distinct actions past the cap are lumped per who.
+        for i in 0..1000 {
+            log.denied("stolen-key", &format!("action-{i}"), "", "forbidden", "");
         }
         log.flush();
         let records = log.recent(MEMORY_RECORDS);
         assert_eq!(records.len(), MAX_AGGREGATES + 1);
-        let other = records.iter().find(|r| r.who == "other").unwrap();
-        assert_eq!(other.count, Some(10_000 - MAX_AGGREGATES as u64));
+        let anonymous = records.iter().find(|r| r.who == "anonymous").unwrap();
+        assert_eq!(anonymous.count, Some(10_000));
+        assert!(anonymous.example.as_ref().unwrap().len() <= MAX_EXAMPLE_BYTES + 3);
+        let lumped = records
+            .iter()
+            .find(|r| r.who == "stolen-key" && r.action == "other")
+            .unwrap();
+        assert_eq!(lumped.count, Some(1000 - (MAX_AGGREGATES as u64 - 1)));
     }
 
     #[test]
@@ -381,6 +441,16 @@ mod tests {
         }
         assert!(!dir.join("audit.jsonl.3").exists());
         assert!(total > 8192);
+        // A restart keeping fewer files removes the older ones.
+        drop(log);
+        let _fewer = AuditLog::new(AuditOptions {
+            file: Some(file.clone()),
+            max_file_bytes: 4096,
+            keep_files: 1,
+            window: Duration::from_secs(60),
+        })
+        .unwrap();
+        assert!(dir.join("audit.jsonl.1").exists() && !dir.join("audit.jsonl.2").exists());
         // Every line is a whole JSON record; the newest is in the live file.
         let live = std::fs::read_to_string(&file).unwrap();
         let last: serde_json::Value = serde_json::from_str(live.lines().last().unwrap()).unwrap();

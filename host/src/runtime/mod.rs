@@ -121,6 +121,7 @@ pub struct HostBuilder {
     bus: BusOptions,
     middleware: Vec<Arc<dyn Middleware>>,
     audit: crate::audit::AuditOptions,
+    api_keys: Vec<crate::access::ApiKey>,
 }
 
 impl std::fmt::Debug for HostBuilder {
@@ -166,6 +167,14 @@ impl HostBuilder {
         builder
             .backend(host.backend.clone())
             .audit(host.audit.clone())
+            .api_keys(host.api_keys.clone())
+    }
+
+    /// Who may use the HTTP API (`[[host.api_keys]]`) from the start;
+    /// `Host::apply_policy` replaces them.
+    pub fn api_keys(mut self, keys: Vec<crate::access::ApiKey>) -> Self {
+        self.api_keys = keys;
+        self
     }
 
     /// Where the audit log goes (`[host.audit]`); memory only by default.
@@ -326,6 +335,7 @@ impl HostBuilder {
                     services: HostShared {
                         kv_store,
                         caller: Arc::new(nested::HostCaller(inner.clone())),
+                        audit: Arc::clone(&audit),
                     },
                     persistent_kv: self.data_dir.is_some()
                         || matches!(self.backend, Backend::Nats(_)),
@@ -346,7 +356,9 @@ impl HostBuilder {
                 signals: remote::Signals::default(),
                 started_at: cluster::unix_now(),
                 applied_host: std::sync::Mutex::new(None),
-                access: arc_swap::ArcSwap::from_pointee(crate::access::AccessTable::default()),
+                access: arc_swap::ArcSwap::from_pointee(crate::access::AccessTable::new(
+                    &self.api_keys,
+                )),
                 audit,
                 changing: tokio::sync::Mutex::new(()),
                 commits: commit::Gates::default(),

@@ -69,6 +69,7 @@ macro_rules! define_store {
                 sink: setup.sink,
                 wasi: &mut builder,
                 http: &mut http_ctx,
+                denials: &grants.denials,
             };
             $(let $field = <$service as Service>::new_state(&grants.$field, &mut context)?;)*
             // Every WASI resource lives in this table: its capacity times the

@@ -161,6 +161,7 @@ pub(crate) trait PluginCaller: Send + Sync {
 /// Per-store state of the `calls` service.
 pub(crate) struct CallsState {
     plugin: Arc<str>,
+    denials: Arc<super::Denials>,
     grant: Arc<Vec<CallTarget>>,
     caller: Arc<dyn PluginCaller>,
     /// The running call's place in its chain.
@@ -286,6 +287,8 @@ impl interfaces_v0_2::plugins::Host for CallsState {
             return Err(refused);
         }
         if let Some(denied) = self.refusal(&target, &request.operation) {
+            self.denials
+                .record("calls", &format!("calling `{target}`: {denied:?}"));
             return Err(denied);
         }
         self.call_checked(target, request).await
@@ -394,6 +397,7 @@ impl Service for Calls {
     ) -> Result<CallsState, String> {
         Ok(CallsState {
             plugin: Arc::clone(store.plugin),
+            denials: Arc::clone(store.denials),
             grant: Arc::clone(targets),
             caller: Arc::clone(caller),
             scope: CallScope::default(),

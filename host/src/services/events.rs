@@ -137,6 +137,7 @@ const MAX_EVENTS_PER_CALL: usize = 256;
 /// Per-store state of the `events` service.
 pub(crate) struct EventsState {
     pub(crate) grant: Arc<EventsGrant>,
+    denials: Arc<super::Denials>,
     /// The plugin, which the events are published as.
     plugin: Arc<str>,
     /// Where a call's events wait until it commits.
@@ -159,9 +160,9 @@ impl interfaces::events::Host for EventsState {
     fn publish(&mut self, topic: String, payload: Vec<u8>) -> Result<(), ServiceError> {
         validate_topic(&topic).map_err(ServiceError::Invalid)?;
         if !self.grant.may_publish(&topic) {
-            return Err(ServiceError::Denied(format!(
-                "publishing to `{topic}` was not granted to this plugin"
-            )));
+            let message = format!("publishing to `{topic}` was not granted to this plugin");
+            self.denials.record("events", &message);
+            return Err(ServiceError::Denied(message));
         }
         if self.published >= MAX_EVENTS_PER_CALL || payload.len() > self.budget {
             return Err(ServiceError::QuotaExceeded(format!(
@@ -228,6 +229,7 @@ impl Service for Events {
     ) -> Result<EventsState, String> {
         Ok(EventsState {
             grant: Arc::clone(grant),
+            denials: Arc::clone(store.denials),
             plugin: Arc::clone(store.plugin),
             transaction: Arc::clone(store.transaction),
             published: 0,

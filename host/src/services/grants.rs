@@ -40,6 +40,8 @@ macro_rules! define_grants {
         pub(crate) struct PreparedGrants {
             /// The plugin's name.
             pub(crate) plugin: Arc<str>,
+            /// Where its refused requests are counted.
+            pub(crate) denials: Arc<super::Denials>,
             $(pub(crate) $field: <$service as Service>::Prepared,)*
         }
 
@@ -96,6 +98,7 @@ macro_rules! define_grants {
                 host: &HostShared,
             ) -> Result<Self, String> {
                 Ok(PreparedGrants {
+                    denials: Arc::new(super::Denials::new(&plugin, Arc::clone(&host.audit))),
                     plugin,
                     $($field: <$service as Service>::prepare(&grants.$field, host)
                         .map_err(|err| format!("{}: {err}", <$service as Service>::NAME))?,)*

@@ -106,7 +106,9 @@ impl<S: Service> Harness<S> {
         let shared = HostShared {
             kv_store: Arc::clone(&kv_store),
             caller: Arc::new(NoPlugins),
+            audit: Arc::new(crate::audit::AuditLog::in_memory()),
         };
+        let denials = Arc::new(super::Denials::new(PLUGIN, Arc::clone(&shared.audit)));
         let transaction = SharedTransaction::default();
         let prepared = S::prepare(grant, &shared).expect("the host can provide the grant");
         let plugin: Arc<str> = Arc::from(PLUGIN);
@@ -124,6 +126,7 @@ impl<S: Service> Harness<S> {
             wasi: &mut builder,
             http: &mut http,
             transaction: &transaction,
+            denials: &denials,
         };
         let state = S::new_state(&prepared, &mut context).expect("a new store gets its state");
         let mut table = ResourceTable::new();

@@ -154,6 +154,7 @@ const REFUSALS_LOGGED_PER_CALL: u32 = 3;
 /// The per-store hooks that enforce a plugin's HTTP grant.
 pub(crate) struct HttpHooks {
     pub(crate) plugin: Arc<str>,
+    pub(crate) denials: Arc<super::Denials>,
     pub(crate) grant: Option<Arc<HttpGrant>>,
     /// Requests sent during the current call.
     pub(crate) sent: u32,
@@ -216,6 +217,10 @@ impl WasiHttpHooks for HttpHooks {
             // A plugin can be refused in a tight loop: the log shows the
             // first few refusals of each call, escaped and truncated.
             self.refused += 1;
+            self.denials.record(
+                "http",
+                &format!("{error}: {}", request.uri().host().unwrap_or_default()),
+            );
             if self.refused <= REFUSALS_LOGGED_PER_CALL {
                 tracing::warn!(
                     plugin = %self.plugin,
@@ -366,6 +371,7 @@ impl Service for Http {
         store.http.set_field_size_limit(http_fields_limit(granted));
         Ok(HttpHooks {
             plugin: Arc::clone(store.plugin),
+            denials: Arc::clone(store.denials),
             grant: grant.clone(),
             sent: 0,
             refused: 0,

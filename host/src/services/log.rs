@@ -254,6 +254,7 @@ impl Default for LogGrant {
 pub(crate) struct LogState {
     pub(crate) sink: Arc<LogSink>,
     pub(crate) enabled: bool,
+    pub(crate) denials: Arc<super::Denials>,
 }
 
 impl interfaces_v0_2::log::Host for LogState {
@@ -277,9 +278,9 @@ impl interfaces_v0_2::log::Host for LogState {
 impl interfaces::log::Host for LogState {
     fn log(&mut self, level: LogLevel, message: String) -> Result<(), ServiceError> {
         if !self.enabled {
-            return Err(ServiceError::Denied(
-                "logging was not granted to this plugin".into(),
-            ));
+            let message = "logging was not granted to this plugin";
+            self.denials.record("log", message);
+            return Err(ServiceError::Denied(message.into()));
         }
         self.sink.log(level, message)
     }
@@ -331,6 +332,7 @@ impl Service for Log {
         Ok(LogState {
             sink: Arc::clone(store.sink),
             enabled: *enabled,
+            denials: Arc::clone(store.denials),
         })
     }
 

@@ -168,6 +168,31 @@ pub(crate) struct HostShared {
     pub(crate) kv_store: Arc<kv::KvStore>,
     /// The runtime's side of calls between plugins.
     pub(crate) caller: Arc<dyn calls::PluginCaller>,
+    /// Where plugins' refused service requests are counted.
+    pub(crate) audit: Arc<crate::audit::AuditLog>,
+}
+
+/// Where one plugin's refused service requests go: the audit log, counted
+/// per plugin and service over its window (a plugin refused in a tight
+/// loop costs a count, not a line).
+pub(crate) struct Denials {
+    /// `plugin:NAME`, as the audit log names it.
+    who: String,
+    audit: Arc<crate::audit::AuditLog>,
+}
+
+impl Denials {
+    pub(crate) fn new(plugin: &str, audit: Arc<crate::audit::AuditLog>) -> Denials {
+        Denials {
+            who: format!("plugin:{plugin}"),
+            audit,
+        }
+    }
+
+    /// Counts a refusal of `service`, with its message as the example.
+    pub(crate) fn record(&self, service: &str, message: &str) {
+        self.audit.denied(&self.who, service, "", "denied", message);
+    }
 }
 
 /// Where a plugin's grant is written in a policy file: the plugin's name
@@ -195,6 +220,8 @@ pub(crate) struct StoreContext<'a> {
     pub(crate) http: &'a mut WasiHttpCtx,
     /// The store's transaction: what its calls buffer until they commit.
     pub(crate) transaction: &'a transaction::SharedTransaction,
+    /// Where the plugin's refused requests are counted.
+    pub(crate) denials: &'a Arc<Denials>,
 }
 
 /// One host capability. See the module docs.

@@ -42,3 +42,34 @@ async fn nothing_is_reached() {
     assert_eq!(report["reached_anything"], false);
     assert_eq!(target.hits(), 0, "no request or socket reached the server");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn its_refusals_are_counted_in_the_audit_log_not_written_one_by_one() {
+    let target = TestServer::start(b"forbidden".to_vec());
+    let host = host_with(FORBIDDEN_HOST, Grants::default()).await;
+    // 20 calls × 50 URLs: 1,000 refused requests.
+    let urls: Vec<String> = (0..50).map(|i| format!("{}{i}", target.url())).collect();
+    for _ in 0..20 {
+        let report = call_json(&host, FORBIDDEN_HOST, "run", json!({ "urls": urls })).await;
+        assert_eq!(report["reached_anything"], false);
+    }
+    host.audit().flush();
+    let records = host.audit().recent(1000);
+    let http: Vec<_> = records
+        .iter()
+        .filter(|r| r.who == "plugin:forbidden-host" && r.action == "http")
+        .collect();
+    assert_eq!(http.len(), 1, "{records:?}");
+    assert_eq!(http[0].count, Some(1000));
+    assert_eq!(http[0].kind, "denied");
+    assert!(
+        http[0].example.as_deref().unwrap().contains("127.0.0.1"),
+        "{:?}",
+        http[0]
+    );
+    assert!(
+        records.len() <= 3,
+        "one line per service refused: {records:?}"
+    );
+    assert_eq!(target.hits(), 0);
+}

@@ -89,6 +89,7 @@ const MAX_TTL_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
 /// host's store, and the store's transaction.
 pub(crate) struct KvState {
     pub(crate) access: Option<(Arc<KvGrant>, Arc<KvStore>)>,
+    pub(crate) denials: Arc<crate::services::Denials>,
     pub(crate) transaction: SharedTransaction,
     /// Whether a call is running: `init` is not a call, so what it writes
     /// is applied at once.
@@ -180,9 +181,11 @@ impl KvState {
                 Ok((Arc::new(direct), Arc::clone(store)))
             }
             Some((grant, store)) => Ok((Arc::clone(grant), Arc::clone(store))),
-            None => Err(ServiceError::Denied(
-                "no key-value namespace was granted to this plugin".into(),
-            )),
+            None => {
+                let message = "no key-value namespace was granted to this plugin";
+                self.denials.record("kv", message);
+                Err(ServiceError::Denied(message.into()))
+            }
         }
     }
 
@@ -672,6 +675,7 @@ impl Service for Kv {
     ) -> Result<KvState, String> {
         Ok(KvState {
             access: prepared.clone(),
+            denials: Arc::clone(store.denials),
             transaction: Arc::clone(store.transaction),
             in_call: false,
             answer_by: None,
