@@ -21,8 +21,8 @@
 //! Roles: `admin` may do everything; `view` reads (plugins, metrics, the
 //! cluster, dead letters); `call` calls the plugins and pipelines its scope
 //! names and publishes to its topics, nothing else. Keys rotate by policy
-//! apply: the table is replaced as a whole, and keys that did not change
-//! keep their rate-limit state.
+//! apply: the table is replaced as a whole, and a key whose digest and
+//! rate did not change keeps its rate-limit state.
 //!
 //! Budgets: the table holds at most [`MAX_API_KEYS`] keys; each has one
 //! token bucket (a few words); checking a request hashes the presented
@@ -277,16 +277,18 @@ struct Bucket {
 pub struct KeyState {
     /// The policy's entry.
     pub key: ApiKey,
-    bucket: Option<Mutex<Bucket>>,
+    /// Shared with the key's next entry when an apply changes its scope
+    /// but not its digest or rate: editing an entry is no fresh burst.
+    bucket: Option<Arc<Mutex<Bucket>>>,
 }
 
 impl KeyState {
     fn new(key: ApiKey) -> KeyState {
         let bucket = key.rate.map(|rate| {
-            Mutex::new(Bucket {
+            Arc::new(Mutex::new(Bucket {
                 tokens: f64::from(rate.burst),
                 refilled: Instant::now(),
-            })
+            }))
         });
         KeyState { key, bucket }
     }
@@ -324,14 +326,18 @@ impl AccessTable {
         AccessTable::default().rotated(keys)
     }
 
-    /// The table for `keys`, keeping the state (rate) of keys that did not
-    /// change.
+    /// The table for `keys`; a key whose digest and rate did not change
+    /// keeps its rate-limit state.
     pub fn rotated(&self, keys: &[ApiKey]) -> AccessTable {
         let keys = keys
             .iter()
             .map(|key| {
                 let state = match self.keys.get(&key.digest) {
                     Some(kept) if kept.key == *key => Arc::clone(kept),
+                    Some(kept) if kept.key.rate == key.rate => Arc::new(KeyState {
+                        key: key.clone(),
+                        bucket: kept.bucket.clone(),
+                    }),
                     _ => Arc::new(KeyState::new(key.clone())),
                 };
                 (key.digest, state)
@@ -475,6 +481,12 @@ mod tests {
         let same = table.rotated(std::slice::from_ref(&entry));
         assert!(same.keys.get(&entry.digest).unwrap().take().is_err());
         assert!(same.changed_from(&table).is_empty());
+        // Another scope, the same rate: changed, and still spent.
+        entry.plugins.push(NamePattern::parse("other").unwrap());
+        let rescoped = same.rotated(std::slice::from_ref(&entry));
+        assert!(rescoped.keys.get(&entry.digest).unwrap().take().is_err());
+        assert_eq!(rescoped.changed_from(&same), vec!["k".to_owned()]);
+        let same = rescoped;
         entry.rate = Some(Rate::parse("3/h", None).unwrap());
         let changed = same.rotated(std::slice::from_ref(&entry));
         assert!(changed.keys.get(&entry.digest).unwrap().take().is_ok());
