@@ -20,9 +20,10 @@
 //! ```
 //!
 //! Budgets: the ring holds [`MEMORY_RECORDS`] records; at most
-//! [`MAX_AGGREGATES`] distinct refusals are counted per window (more are
-//! counted per who as action `other`, so who stays known); every field is
-//! cut to [`MAX_EXAMPLE_BYTES`] before it is kept; on disk at most
+//! [`MAX_AGGREGATES`] distinct refusals are counted per window, plus one
+//! `other` entry per who past that (whos are bounded: the policy's keys,
+//! `anonymous`, the loaded plugins); every field is cut to
+//! [`MAX_EXAMPLE_BYTES`] (and `…`) before it is kept; on disk at most
 //! `max_file_size × (keep_files + 1)` (a rotation that fails drops lines
 //! rather than grow the file).
 
@@ -37,7 +38,8 @@ use serde::Serialize;
 /// Records kept in memory for `GET /v1/audit`.
 pub const MEMORY_RECORDS: usize = 1000;
 
-/// Distinct refusals counted per window; more are counted as `other`.
+/// Distinct refusals counted per window; more are counted per who as
+/// action `other`.
 pub const MAX_AGGREGATES: usize = 256;
 
 /// Bytes of an example message kept with a refusal, and of any field.
@@ -195,9 +197,9 @@ impl AuditLog {
             first: now,
             last: now,
             example: cut(&if target.is_empty() {
-                example.to_owned()
+                cut(example)
             } else {
-                format!("{}: {example}", cut(target))
+                format!("{}: {}", cut(target), cut(example))
             }),
         });
         pending.count += 1;
@@ -298,17 +300,28 @@ impl AuditLog {
     }
 
     /// `file.N-1` → `file.N` … `file` → `file.1`; the oldest goes.
-    /// Whether the live file made room.
+    /// Whether the live file made room. The live file is moved aside
+    /// first: if it cannot move (an append-only file, say), the rotated
+    /// files are left as they are, not shifted out one by one.
     fn rotate(&self, file: &std::path::Path) -> bool {
         let keep = self.options.keep_files;
+        let mut aside = file.as_os_str().to_owned();
+        aside.push(".rotating");
+        let aside = PathBuf::from(aside);
+        match std::fs::rename(file, &aside) {
+            Ok(()) => {}
+            // Gone already: a fresh file has room.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return true,
+            Err(_) => return false,
+        }
         if keep == 0 {
-            return std::fs::remove_file(file).is_ok();
+            return std::fs::remove_file(&aside).is_ok();
         }
         let _ = std::fs::remove_file(numbered(file, keep));
         for n in (1..keep).rev() {
             let _ = std::fs::rename(numbered(file, n), numbered(file, n + 1));
         }
-        std::fs::rename(file, numbered(file, 1)).is_ok()
+        std::fs::rename(&aside, numbered(file, 1)).is_ok()
     }
 }
 
@@ -335,12 +348,16 @@ fn remove_beyond(file: &std::path::Path, keep: u32) {
     let prefix = format!("{}.", name.to_string_lossy());
     for entry in entries.flatten() {
         let entry_name = entry.file_name();
-        let entry_name = entry_name.to_string_lossy();
-        if let Some(n) = entry_name
-            .strip_prefix(&prefix)
+        let Some(n) = entry_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()) && !n.starts_with('0'))
             .and_then(|n| n.parse::<u32>().ok())
-            && n > keep
-        {
+        else {
+            continue;
+        };
+        // Exactly the name rotation gives `.n`, nothing that decodes alike.
+        if n > keep && Some(entry_name.as_os_str()) == numbered(file, n).file_name() {
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -441,7 +458,19 @@ mod tests {
         }
         assert!(!dir.join("audit.jsonl.3").exists());
         assert!(total > 8192);
-        // A restart keeping fewer files removes the older ones.
+        // The live file deleted from under the log: the next rotation
+        // starts a fresh one, no line lost.
+        std::fs::remove_file(&file).unwrap();
+        for i in 0..100 {
+            log.action("ops", "reload", &format!("again-{i}"), "ok");
+        }
+        let live = std::fs::read_to_string(&file).unwrap();
+        assert!(live.contains("again-99"), "{live}");
+        // A restart keeping fewer files removes the older ones, and only
+        // them.
+        for other in ["audit.jsonl.+9", "audit.jsonl.0009", "audit.jsonl.x"] {
+            std::fs::write(dir.join(other), b"").unwrap();
+        }
         drop(log);
         let _fewer = AuditLog::new(AuditOptions {
             file: Some(file.clone()),
@@ -451,10 +480,13 @@ mod tests {
         })
         .unwrap();
         assert!(dir.join("audit.jsonl.1").exists() && !dir.join("audit.jsonl.2").exists());
+        for other in ["audit.jsonl.+9", "audit.jsonl.0009", "audit.jsonl.x"] {
+            assert!(dir.join(other).exists(), "{other}");
+        }
         // Every line is a whole JSON record; the newest is in the live file.
         let live = std::fs::read_to_string(&file).unwrap();
         let last: serde_json::Value = serde_json::from_str(live.lines().last().unwrap()).unwrap();
-        assert_eq!(last["target"], "plugin-999");
+        assert_eq!(last["target"], "again-99");
         assert_eq!(last["type"], "admin");
     }
 }

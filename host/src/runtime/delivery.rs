@@ -392,10 +392,12 @@ impl Host {
                 if validate_topic(&forward.topic).is_err()
                     || !plugin.grants.events.may_publish(&forward.topic)
                 {
-                    return Settlement::DeadLetter(format!(
+                    let message = format!(
                         "forwarding to `{}` was not granted",
                         crate::text::for_log(&forward.topic, 255)
-                    ));
+                    );
+                    plugin.grants.denials.record("events", &message);
+                    return Settlement::DeadLetter(message);
                 }
                 let forwarded = BusEvent {
                     topic: forward.topic,

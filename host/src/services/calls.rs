@@ -287,8 +287,16 @@ impl interfaces_v0_2::plugins::Host for CallsState {
             return Err(refused);
         }
         if let Some(denied) = self.refusal(&target, &request.operation) {
-            self.denials
-                .record("calls", &format!("calling `{target}`: {denied:?}"));
+            // Cut first: a refused call costs the host no more than the
+            // cut, however long the plugin's strings.
+            self.denials.record(
+                "calls",
+                &format!(
+                    "calling `{}` (operation `{}`) was refused",
+                    crate::text::for_log(&target, 128),
+                    crate::text::for_log(&request.operation, 128)
+                ),
+            );
             return Err(denied);
         }
         self.call_checked(target, request).await
@@ -307,9 +315,12 @@ impl interfaces_v0_2::plugins::Host for CallsState {
             .iter()
             .any(|edge| matches!(edge, CallTarget::Capability(c) if *c == capability));
         if !granted {
-            return Err(wit::CallError::Denied(format!(
-                "calling a provider of `{capability}` was not granted to this plugin"
-            )));
+            let message = format!(
+                "calling a provider of `{}` was not granted to this plugin",
+                crate::text::for_log(&capability, 128)
+            );
+            self.denials.record("calls", &message);
+            return Err(wit::CallError::Denied(message));
         }
         let target = match self.caller.pinned(&capability) {
             Some(pinned) => pinned,

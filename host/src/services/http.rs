@@ -217,10 +217,17 @@ impl WasiHttpHooks for HttpHooks {
             // A plugin can be refused in a tight loop: the log shows the
             // first few refusals of each call, escaped and truncated.
             self.refused += 1;
-            self.denials.record(
-                "http",
-                &format!("{error}: {}", request.uri().host().unwrap_or_default()),
-            );
+            // A request beyond `max_requests` is a quota, not a refusal of
+            // what was not granted.
+            if matches!(error, wasmtime_wasi_http::Error::HttpRequestDenied) {
+                self.denials.record(
+                    "http",
+                    &format!(
+                        "{error}: {}",
+                        crate::text::for_log(request.uri().host().unwrap_or_default(), 128)
+                    ),
+                );
+            }
             if self.refused <= REFUSALS_LOGGED_PER_CALL {
                 tracing::warn!(
                     plugin = %self.plugin,

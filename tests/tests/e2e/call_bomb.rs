@@ -129,6 +129,16 @@ async fn ungranted_calls_are_denied_without_saying_what_exists() {
         let answer = call_json(&host, "nosy", "ungranted", json!({"target": target})).await;
         assert_eq!(answer["error"]["kind"], kind, "{target}: {answer}");
     }
+    // The three denials are counted in the audit log as one record.
+    host.audit().flush();
+    let denied: Vec<_> = host
+        .audit()
+        .recent(100)
+        .into_iter()
+        .filter(|r| r.who == "plugin:nosy" && r.action == "calls")
+        .collect();
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(denied[0].count, Some(3));
     let answer = call_json(
         &host,
         "nosy",

@@ -197,6 +197,15 @@ async fn forwarding_without_a_publish_grant_is_a_dead_letter() {
         dead.reason
     );
     assert!(large.try_recv().is_none(), "nothing was forwarded");
+    // The subscriber that tried to forward is counted as refused.
+    host.audit().flush();
+    let records = host.audit().recent(100);
+    assert!(
+        records
+            .iter()
+            .any(|r| r.who == "plugin:order-audit" && r.action == "events" && r.count == Some(1)),
+        "{records:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
