@@ -157,6 +157,24 @@ impl Server {
         }
     }
 
+    /// A host built from the policy at `path`, with every plugin loaded,
+    /// served with that file to apply.
+    async fn from_policy_file(path: &std::path::Path) -> Server {
+        let policy = capsule_host::Policy::load(path).unwrap();
+        let host = capsule_host::HostBuilder::from_policy(&policy)
+            .build()
+            .unwrap();
+        assert!(host.load_policy(&policy).await.is_empty());
+        Self::serve(
+            host,
+            ServeOptions {
+                policy_file: Some(path.to_owned()),
+                ..ServeOptions::default()
+            },
+        )
+        .await
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -956,19 +974,7 @@ async fn an_edited_policy_is_applied_without_a_restart() {
         plugin_file(SPIN_LOOP)
     );
     let path = write_policy(&dir, &first);
-    let policy = capsule_host::Policy::load(&path).unwrap();
-    let host = capsule_host::HostBuilder::from_policy(&policy)
-        .build()
-        .unwrap();
-    assert!(host.load_policy(&policy).await.is_empty());
-    let server = Server::serve(
-        host,
-        ServeOptions {
-            policy_file: Some(path.clone()),
-            ..ServeOptions::default()
-        },
-    )
-    .await;
+    let server = Server::from_policy_file(&path).await;
     let greet = |server: &Server| {
         let request = server
             .client
@@ -1262,19 +1268,7 @@ async fn api_keys_have_roles_scopes_and_rates_and_rotate_by_apply() {
         ("ops", "admin", "", &operator),
     ]);
     let path = write_policy(&dir, &format!("{keys}\n{plugins}"));
-    let policy = capsule_host::Policy::load(&path).unwrap();
-    let host = capsule_host::HostBuilder::from_policy(&policy)
-        .build()
-        .unwrap();
-    assert!(host.load_policy(&policy).await.is_empty());
-    let server = Server::serve(
-        host,
-        ServeOptions {
-            policy_file: Some(path.clone()),
-            ..ServeOptions::default()
-        },
-    )
-    .await;
+    let server = Server::from_policy_file(&path).await;
     let greet = "/v1/plugins/hello/call?op=greet";
     let body = r#"{"name":"Ada"}"#;
 
@@ -1456,19 +1450,7 @@ async fn the_audit_log_records_admin_actions_and_counts_a_refusal_flood() {
         plugin_file(HELLO)
     );
     let path = write_policy(&dir, &text);
-    let policy = capsule_host::Policy::load(&path).unwrap();
-    let host = capsule_host::HostBuilder::from_policy(&policy)
-        .build()
-        .unwrap();
-    assert!(host.load_policy(&policy).await.is_empty());
-    let server = Server::serve(
-        host,
-        ServeOptions {
-            policy_file: Some(path.clone()),
-            ..ServeOptions::default()
-        },
-    )
-    .await;
+    let server = Server::from_policy_file(&path).await;
     for path in [
         "/v1/plugins/hello/pause",
         "/v1/plugins/hello/resume",
