@@ -66,7 +66,7 @@ pub use policy::{
 pub use runtime::{
     ApplyError, BusEvent, CallContext, Cluster, ClusterHost, DeadLetter, FailedChange, Host,
     HostBuilder, HostError, Middleware, Pipeline, PipelineError, PluginDetails, PluginSource,
-    PluginSpec, PluginState, PluginStatus, PolicyChanges, REQUEST_ID, RequestId, ServedPlugin,
-    Subscription,
+    PluginSpec, PluginState, PluginStatus, PolicyChanges, REQUEST_ID, RequestId, RolloutError,
+    RolloutPlan, RolloutState, RolloutStatus, ServedPlugin, Subscription, TrackStats,
 };
 pub use services::grants::{Grants, GrantsSummary};

@@ -145,6 +145,12 @@ pub fn router(host: Host, options: &ServeOptions) -> Router {
         .route("/v1/plugins/{name}/reload", post(reload))
         .route("/v1/plugins/{name}/pause", post(pause))
         .route("/v1/plugins/{name}/resume", post(resume))
+        .route(
+            "/v1/plugins/{name}/rollout",
+            post(start_rollout).get(rollout_status),
+        )
+        .route("/v1/plugins/{name}/rollout/promote", post(promote_rollout))
+        .route("/v1/plugins/{name}/rollout/abort", post(abort_rollout))
         .route("/v1/events/{topic}", post(publish))
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/cluster", get(cluster))
@@ -705,6 +711,8 @@ async fn list_plugins(State(state): State<AppState>, headers: HeaderMap) -> Resp
             if caller.is_admin() {
                 value["grants"]["files"] =
                     serde_json::to_value(&status.details.grants.files).unwrap_or_default();
+            } else if let Some(rollout) = value.get_mut("rollout") {
+                hide_host_path(rollout);
             }
             value
         })
@@ -952,7 +960,7 @@ fn decide(
             Action::CallPipeline(name) => format!("call pipeline `{name}`"),
             Action::Publish(topic) => format!("publish to `{topic}`"),
             Action::Read => "read what the host runs".to_owned(),
-            Action::Inspect => "read dead letters".to_owned(),
+            Action::Inspect => "inspect dead letters and rollouts".to_owned(),
             Action::Admin => "administer the host".to_owned(),
         };
         return Err((
@@ -1081,6 +1089,128 @@ async fn reload_now(state: &AppState, name: &str, force: bool) -> Response {
             &format!("{err}; the previous version keeps serving"),
         ),
     }
+}
+
+/// Removes the new version's file path from a rollout's status: host paths
+/// are for `admin` only.
+fn hide_host_path(rollout: &mut serde_json::Value) {
+    if let Some(fields) = rollout.as_object_mut() {
+        fields.remove("path");
+    }
+}
+
+/// The answer for a rollout that did not start, promote or abort.
+fn rollout_error(err: &crate::RolloutError) -> Response {
+    use crate::RolloutError as E;
+    let (status, plugin) = match err {
+        E::UnknownPlugin(plugin) => (StatusCode::NOT_FOUND, plugin.as_str()),
+        E::InProgress(plugin) | E::NotRunning(plugin) => (StatusCode::CONFLICT, plugin.as_str()),
+        E::Invalid { plugin, .. } => (StatusCode::BAD_REQUEST, plugin.as_str()),
+        E::PoolTooSmall { plugin, .. } => (StatusCode::CONFLICT, plugin.as_str()),
+        E::Load(err) => (StatusCode::UNPROCESSABLE_ENTITY, err.plugin.as_str()),
+        E::Stopping => (StatusCode::SERVICE_UNAVAILABLE, ""),
+    };
+    error_response(status, err.kind(), plugin, &err.to_string())
+}
+
+/// `POST /v1/plugins/{name}/rollout` (admin): starts a rollout of the new
+/// version the JSON body names ([`crate::RolloutPlan::from_json`]).
+async fn start_rollout(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let caller = match authorize(&state, &headers, Action::Admin) {
+        Ok(caller) => caller,
+        Err(err) => return err.into_response(),
+    };
+    let response = match crate::RolloutPlan::from_json(&body) {
+        Err(message) => error_response(StatusCode::BAD_REQUEST, "config", &name, &message),
+        // Its own task: a client that goes away does not stop a load
+        // halfway.
+        Ok(plan) => {
+            let host = state.host.clone();
+            let plugin = name.clone();
+            let started = tokio::spawn(async move { host.start_rollout(&plugin, plan).await })
+                .await
+                .unwrap_or(Err(crate::RolloutError::Stopping));
+            match started {
+                Ok(status) => axum::Json(status).into_response(),
+                Err(err) => rollout_error(&err),
+            }
+        }
+    };
+    audited(&state, &caller, "rollout", &name, response)
+}
+
+/// `GET /v1/plugins/{name}/rollout` (view): the rollout running, or how the
+/// last one ended.
+async fn rollout_status(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let caller = match authorize(&state, &headers, Action::Inspect) {
+        Ok(caller) => caller,
+        Err(err) => return err.into_response(),
+    };
+    let Some(status) = state.host.rollout(&name) else {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            if state.host.status(&name).is_some() {
+                "conflict"
+            } else {
+                "unknown_plugin"
+            },
+            &name,
+            "no rollout of this plugin has run since it was loaded",
+        );
+    };
+    let mut value = serde_json::to_value(&status).unwrap_or_default();
+    if !caller.is_admin() {
+        hide_host_path(&mut value);
+    }
+    axum::Json(value).into_response()
+}
+
+async fn promote_rollout(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    end_rollout(state, name, headers, true).await
+}
+
+async fn abort_rollout(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    end_rollout(state, name, headers, false).await
+}
+
+/// Promotes or aborts a rollout (admin).
+async fn end_rollout(state: AppState, name: String, headers: HeaderMap, promote: bool) -> Response {
+    let caller = match authorize(&state, &headers, Action::Admin) {
+        Ok(caller) => caller,
+        Err(err) => return err.into_response(),
+    };
+    let ended = if promote {
+        state.host.promote_rollout(&name).await
+    } else {
+        state.host.abort_rollout(&name).await
+    };
+    let response = match ended {
+        Ok(status) => axum::Json(status).into_response(),
+        Err(err) => rollout_error(&err),
+    };
+    let action = if promote {
+        "rollout promote"
+    } else {
+        "rollout abort"
+    };
+    audited(&state, &caller, action, &name, response)
 }
 
 async fn pause(

@@ -12,8 +12,8 @@ use capsule_host::services::kv::KvGrant;
 use capsule_host::{Grants, Host, Limits, PluginSpec, RequestId};
 use capsule_tests::plugin_path;
 use capsule_tests::plugins::{
-    AMPLIFIER, HELLO, HUGE_OUTPUT, INGEST_ENRICH, INGEST_TRANSFORM, INGEST_VALIDATE, KV_COUNTER,
-    ORDER_AUDIT, ROUTER, SLOW_HOST_CALLS, SPIN_LOOP, THUMBNAIL,
+    AMPLIFIER, HELLO, HELLO_V0_1, HUGE_OUTPUT, INGEST_ENRICH, INGEST_TRANSFORM, INGEST_VALIDATE,
+    KV_COUNTER, ORDER_AUDIT, ROUTER, SLOW_HOST_CALLS, SPIN_LOOP, THUMBNAIL,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -1556,5 +1556,294 @@ async fn the_audit_log_records_admin_actions_and_counts_a_refusal_flood() {
     for line in written.lines() {
         serde_json::from_str::<Value>(line).unwrap();
     }
+    server.stop().await.unwrap();
+}
+
+/// `[plugins.hello]` (the stable version) served from a policy in `dir`.
+async fn hello_from_policy(dir: &std::path::Path) -> Server {
+    let plugins = format!(
+        "[plugins.hello]\npath = \"{}\"\nconfig = {{ greeting = \"Hello\" }}\n\
+         kv = {{ namespace = \"greets\" }}\n",
+        plugin_file(HELLO)
+    );
+    Server::from_policy_file(&write_policy(dir, &plugins)).await
+}
+
+/// `GET path` with the admin token, as JSON.
+async fn admin_get(server: &Server, path: &str) -> Value {
+    let response = server
+        .client
+        .get(server.url(path))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "{path}");
+    response.json().await.unwrap()
+}
+
+/// Greets `Ada` as `user` (if any): whether the call succeeded, and whether
+/// the 0.2 `hello` answered (its answer is JSON; the 0.1 version's is text).
+async fn greet_as(server: &Server, user: Option<&str>) -> (bool, bool) {
+    let mut request = server
+        .client
+        .post(server.url("/v1/plugins/hello/call?op=greet"))
+        .body(r#"{"name":"Ada"}"#);
+    if let Some(user) = user {
+        request = request.header("x-capsule-meta-user", user);
+    }
+    let response = request.send().await.unwrap();
+    let ok = response.status() == StatusCode::OK;
+    let body = response.bytes().await.unwrap();
+    let stable = serde_json::from_slice::<Value>(&body)
+        .is_ok_and(|value| value["greeting"] == "Hello, Ada!");
+    (ok, stable)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_that_fails_every_call_rolls_back_by_itself_within_its_window() {
+    let dir = capsule_tests::temp_dir("rollout-back");
+    let server = hello_from_policy(&dir).await;
+    let rollout = |body: String| server.admin("/v1/plugins/hello/rollout", body);
+
+    // What cannot start: no admin credential, no such plugin, a bad plan,
+    // a version that does not verify. The stable version serves on.
+    let anonymous = server
+        .post("/v1/plugins/hello/rollout", r#"{"path":"x","share":10}"#)
+        .await;
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    let (status, error) = error_of(
+        server
+            .admin(
+                "/v1/plugins/nope/rollout",
+                r#"{"path":"x.wasm","share":10}"#,
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, error["kind"].as_str()),
+        (StatusCode::NOT_FOUND, Some("unknown_plugin"))
+    );
+    let (status, error) = error_of(rollout(r#"{"path":"x.wasm","share":100}"#.into()).await).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        error["message"].as_str().unwrap().contains("`share`"),
+        "{error}"
+    );
+    let mut tampered = std::fs::read(plugin_path(HELLO)).unwrap();
+    let middle = tampered.len() / 2;
+    tampered[middle] ^= 0x55;
+    let tampered_path = dir.join("tampered.wasm");
+    std::fs::write(&tampered_path, tampered).unwrap();
+    let (status, _) =
+        error_of(rollout(json!({"path": tampered_path, "share": 50}).to_string()).await).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(greet_as(&server, None).await, (true, true));
+    let (status, _) = error_of(server.admin("/v1/plugins/hello/rollout/promote", "").await).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    // A version that panics on every call, at half the traffic, judged
+    // from 5 calls over 30 s.
+    let started = std::time::Instant::now();
+    let plan = json!({
+        "path": plugin_path(capsule_tests::plugins::PANIC),
+        "share": 50,
+        "window": "30s",
+        "min_calls": 5,
+        "max_error_rate": 5,
+    });
+    let response = rollout(plan.to_string()).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let status: Value = response.json().await.unwrap();
+    assert_eq!(
+        (status["state"].as_str(), status["share"].as_f64()),
+        (Some("running"), Some(50.0))
+    );
+    assert_ne!(status["canary"]["digest"], status["stable"]["digest"]);
+    let (status, error) = error_of(rollout(plan.to_string()).await).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{error}");
+
+    // Calls alternate (an exact 50 % split): the fifth failure on the new
+    // version rolls it back, and every call after that is the stable one's.
+    let mut failed = 0;
+    for _ in 0..40 {
+        let (ok, stable) = greet_as(&server, None).await;
+        if !ok {
+            failed += 1;
+        } else {
+            assert!(stable);
+        }
+    }
+    assert_eq!(failed, 5, "the new version took exactly its 5 judged calls");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "within the window"
+    );
+    let status = admin_get(&server, "/v1/plugins/hello/rollout").await;
+    assert_eq!(status["state"], "rolled_back");
+    assert_eq!(
+        (
+            status["canary"]["calls"].as_u64(),
+            status["canary"]["failures"].as_u64()
+        ),
+        (Some(5), Some(5))
+    );
+    assert_eq!(status["stable"]["failures"], 0);
+    assert!(
+        status["reason"]
+            .as_str()
+            .unwrap()
+            .contains("5 of its last 5 calls failed"),
+        "{status}"
+    );
+    let listing: Value = server.get("/v1/plugins").await.json().await.unwrap();
+    assert!(
+        listing["plugins"][0].get("rollout").is_none(),
+        "no rollout runs now"
+    );
+    assert_eq!(
+        listing["plugins"][0]["generation"], 0,
+        "the stable version never left"
+    );
+
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    for line in [
+        r#"capsule_rollout_calls_total{plugin="hello",track="canary",outcome="trap"} 5"#,
+        r#"capsule_rollouts_total{plugin="hello",outcome="rolled_back"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+    let audit = admin_get(&server, "/v1/audit?limit=100").await;
+    let records = audit["records"].as_array().unwrap();
+    assert!(
+        records
+            .iter()
+            .any(|r| r["who"] == "rollout" && r["action"] == "rollback" && r["target"] == "hello"),
+        "{audit}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["who"] == "admin-token" && r["action"] == "rollout" && r["outcome"] == "ok"),
+        "{audit}"
+    );
+
+    // An aborted rollout leaves the stable version alone as well.
+    let response = rollout(json!({"path": plugin_path(HELLO_V0_1), "share": 50}).to_string()).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let aborted: Value = server
+        .admin("/v1/plugins/hello/rollout/abort", "")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(aborted["state"], "aborted");
+    for _ in 0..4 {
+        assert_eq!(greet_as(&server, None).await, (true, true));
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_canary_steps_up_keeps_sticky_callers_and_promotes() {
+    let dir = capsule_tests::temp_dir("rollout-up");
+    let server = hello_from_policy(&dir).await;
+    let before = admin_get(&server, "/v1/plugins").await["plugins"][0]["digest"].clone();
+    let plan = json!({
+        "path": plugin_path(HELLO_V0_1),
+        "share": 30,
+        "step": 35,
+        "every": "1s",
+        "min_calls": 5,
+        "sticky": "user",
+    });
+    let response = server
+        .admin("/v1/plugins/hello/rollout", plan.to_string())
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let started: Value = response.json().await.unwrap();
+    let canary_digest = started["canary"]["digest"].clone();
+    assert_ne!(canary_digest, before);
+
+    // The same user always meets the same version; some users meet each.
+    let mut sides = std::collections::BTreeSet::new();
+    for i in 0..20 {
+        let user = format!("user-{i}");
+        let (ok, first) = greet_as(&server, Some(&user)).await;
+        assert!(ok);
+        for _ in 0..3 {
+            assert_eq!(
+                greet_as(&server, Some(&user)).await,
+                (true, first),
+                "{user}"
+            );
+        }
+        sides.insert(first);
+    }
+    assert_eq!(sides.len(), 2, "30 % of 20 users meet the new version");
+    // Callers without the key are split by count.
+    let status = admin_get(&server, "/v1/plugins/hello/rollout").await;
+    assert_eq!(status["state"], "running");
+    assert!(status["canary"]["calls"].as_u64().unwrap() > 0);
+
+    // Traffic goes on; every healthy second adds 35 %: 30 → 65 → 100 %,
+    // which promotes. No call fails meanwhile.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let promoted = loop {
+        for _ in 0..10 {
+            assert!(greet_as(&server, None).await.0);
+        }
+        let status = admin_get(&server, "/v1/plugins/hello/rollout").await;
+        if status["state"] == "promoted" {
+            break status;
+        }
+        assert_eq!(status["state"], "running", "{status}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not promoted: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(promoted["canary"]["failures"], 0);
+    assert!(promoted["share"].as_f64().unwrap() >= 65.0, "{promoted}");
+    for user in [None, Some("user-0"), Some("user-1")] {
+        assert_eq!(
+            greet_as(&server, user).await,
+            (true, false),
+            "only the new version answers"
+        );
+    }
+    let listing = admin_get(&server, "/v1/plugins").await;
+    let hello = &listing["plugins"][0];
+    assert_eq!(
+        (&hello["digest"], &hello["generation"]),
+        (&canary_digest, &json!(1))
+    );
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"capsule_rollouts_total{plugin="hello",outcome="promoted"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains(r#"capsule_rollout_calls_total{plugin="hello",track="stable",outcome="ok"}"#)
+    );
+    let audit = admin_get(&server, "/v1/audit?limit=100").await;
+    assert!(
+        audit["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["who"] == "rollout" && r["action"] == "promote"),
+        "{audit}"
+    );
+
+    // The policy still names the old file: an apply brings it back.
+    let applied = server.admin("/v1/policy/apply", "").await;
+    assert_eq!(applied.status(), StatusCode::OK);
+    let changes: Value = applied.json().await.unwrap();
+    assert_eq!(changes["reloaded"], json!(["hello"]), "{changes}");
+    assert_eq!(greet_as(&server, None).await, (true, true));
     server.stop().await.unwrap();
 }

@@ -16,6 +16,7 @@ use super::middleware::{CallContext, Middleware};
 use super::pipeline::PipelineError;
 use super::plugin::LoadedPlugin;
 use super::registry::Slot;
+use super::rollout::{Track, judged};
 use crate::contract::Request;
 use crate::error::{CallError, CallFailure};
 use crate::outcome::CallOutcome;
@@ -156,27 +157,86 @@ impl Host {
         (result, Some(request))
     }
 
-    /// The call itself: pause and circuit checks, then the current version.
+    /// The call itself: the pause check, then the current version behind
+    /// its circuit breaker — or, during a rollout, the version the rollout
+    /// picks, whose outcome the rollout counts (and may roll back on).
     async fn call_slot(
         &self,
         slot: &Slot,
         request: Request,
         scope: CallScope,
     ) -> Result<CallOutcome, CallError> {
-        let fail = |cause| CallError::new(slot.name.to_string(), cause);
         if slot.paused.load(Ordering::Acquire) {
-            return Err(fail(CallFailure::Paused));
+            return Err(CallError::new(slot.name.to_string(), CallFailure::Paused));
         }
-        let current = slot.current();
-        let limits = current.limits();
+        let Some(rollout) = slot.rollout() else {
+            return self
+                .call_version(slot, slot.current(), request, scope)
+                .await;
+        };
+        let track = rollout.track_for(&request);
+        let result = match track {
+            Track::Stable => {
+                self.call_version(slot, slot.current(), request, scope)
+                    .await
+            }
+            // The new version is judged by the rollout, not the breaker: its
+            // failures roll it back instead of closing the plugin.
+            Track::Canary => {
+                let canary = Arc::clone(&rollout.canary);
+                self.call_unguarded(&canary, request, scope).await
+            }
+        };
+        let kind = result.as_ref().map(|_| ()).map_err(CallError::kind);
+        self.inner.dispatch.metrics.rollout_call(
+            &slot.name,
+            track,
+            kind.map_or_else(|kind| kind.as_str(), |()| "ok"),
+        );
+        if let Some(failed) = judged(kind)
+            && let Some(reason) = rollout.record(track, failed)
+        {
+            self.roll_back(slot, &rollout, reason);
+        }
+        result
+    }
+
+    /// A call to `version` behind the plugin's circuit breaker.
+    async fn call_version(
+        &self,
+        slot: &Slot,
+        version: Arc<LoadedPlugin>,
+        request: Request,
+        scope: CallScope,
+    ) -> Result<CallOutcome, CallError> {
+        let limits = version.limits();
         // The ticket reports the call's end; if this future is dropped first
         // (the client went away), dropping the ticket frees a probe's place.
         let ticket = match slot.breaker.admit(limits.circuit_cooldown) {
             Admission::Admit(ticket) => ticket,
             Admission::Refuse(retry_in) => {
-                return Err(fail(CallFailure::CircuitOpen { retry_in }));
+                return Err(CallError::new(
+                    slot.name.to_string(),
+                    CallFailure::CircuitOpen { retry_in },
+                ));
             }
         };
+        let result = self.call_unguarded(&version, request, scope).await;
+        ticket.record(
+            result.as_ref().map(|_| ()).map_err(CallError::kind),
+            limits.circuit_failures,
+            limits.circuit_cooldown,
+        );
+        result
+    }
+
+    /// Runs the call on `version` and settles what it buffered.
+    async fn call_unguarded(
+        &self,
+        version: &LoadedPlugin,
+        request: Request,
+        scope: CallScope,
+    ) -> Result<CallOutcome, CallError> {
         // What the call hands on to the plugins it calls, after the
         // middleware (which may have given it a request id).
         let scope = CallScope {
@@ -184,19 +244,13 @@ impl Host {
             ..scope
         };
         let enclosing = scope.enclosing.clone();
-        let again = (enclosing.is_none() && current.may_conflict())
+        let again = (enclosing.is_none() && version.may_conflict())
             .then(|| (request.clone(), scope.clone()));
-        let result = match current.call(request, scope).await {
+        match version.call(request, scope).await {
             // Most calls change nothing: nothing to join or commit.
             Ok((outcome, transaction)) if transaction.is_empty() => Ok(outcome),
-            first => self.settle(&current, first, enclosing, again).await,
-        };
-        ticket.record(
-            result.as_ref().map(|_| ()).map_err(CallError::kind),
-            limits.circuit_failures,
-            limits.circuit_cooldown,
-        );
-        result
+            first => self.settle(version, first, enclosing, again).await,
+        }
     }
 
     /// Settles what a call buffered: joined to the enclosing transaction,

@@ -76,7 +76,7 @@ impl Loader {
     }
 
     /// The pool this host really has, to validate limits against.
-    fn pool(&self) -> Option<&PoolingOptions> {
+    pub(crate) fn pool(&self) -> Option<&PoolingOptions> {
         match self.allocation {
             AllocationMode::Pooling => self.pooling.as_ref(),
             AllocationMode::OnDemand { .. } => None,

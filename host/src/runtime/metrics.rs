@@ -30,6 +30,13 @@ fn fuel_histogram() -> Histogram {
     Histogram::new(exponential_buckets(1_000.0, 4.0, 12))
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TrackLabels {
+    plugin: String,
+    track: &'static str,
+    outcome: &'static str,
+}
+
 type HistogramFamily = Family<PluginLabel, Histogram, fn() -> Histogram>;
 
 /// The host's metrics.
@@ -41,6 +48,8 @@ pub(crate) struct Metrics {
     instances: Family<PluginLabel, Gauge>,
     reloads: Family<OutcomeLabels, Counter>,
     events: Family<OutcomeLabels, Counter>,
+    rollout_calls: Family<TrackLabels, Counter>,
+    rollouts: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -52,6 +61,8 @@ impl Default for Metrics {
         let instances = Family::<PluginLabel, Gauge>::default();
         let reloads = Family::<OutcomeLabels, Counter>::default();
         let events = Family::<OutcomeLabels, Counter>::default();
+        let rollout_calls = Family::<TrackLabels, Counter>::default();
+        let rollouts = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "capsule_calls",
             "Plugin calls by outcome (ok, or the error kind)",
@@ -82,8 +93,20 @@ impl Default for Metrics {
             "Event deliveries to plugins by outcome",
             events.clone(),
         );
+        registry.register(
+            "capsule_rollout_calls",
+            "Calls during rollouts by version (track stable or canary) and outcome",
+            rollout_calls.clone(),
+        );
+        registry.register(
+            "capsule_rollouts",
+            "Rollouts ended, by how (promoted, rolled_back, aborted)",
+            rollouts.clone(),
+        );
         Metrics {
             registry,
+            rollout_calls,
+            rollouts,
             calls,
             latency,
             fuel,
@@ -150,6 +173,34 @@ impl Metrics {
     pub(crate) fn reload(&self, name: &str, ok: bool) {
         let result = if ok { "ok" } else { "failed" };
         self.reloads.get_or_create(&outcome(name, result)).inc();
+    }
+
+    /// Records one call during a rollout: which version served it and how
+    /// it ended (`ok` or an error kind, a closed set).
+    pub(crate) fn rollout_call(
+        &self,
+        name: &str,
+        track: super::rollout::Track,
+        outcome: &'static str,
+    ) {
+        self.rollout_calls
+            .get_or_create(&TrackLabels {
+                plugin: name.to_owned(),
+                track: track.as_str(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Records how a rollout ended.
+    pub(crate) fn rollout_ended(&self, name: &str, state: super::rollout::RolloutState) {
+        let how = match state {
+            super::rollout::RolloutState::Running => return,
+            super::rollout::RolloutState::Promoted => "promoted",
+            super::rollout::RolloutState::RolledBack => "rolled_back",
+            super::rollout::RolloutState::Aborted => "aborted",
+        };
+        self.rollouts.get_or_create(&outcome(name, how)).inc();
     }
 
     /// Records how an event delivery ended (ack, retry, reject, forward,

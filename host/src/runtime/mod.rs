@@ -20,6 +20,7 @@ mod queue;
 mod registry;
 #[cfg(feature = "nats")]
 mod remote;
+mod rollout;
 #[cfg(feature = "nats")]
 mod shared_bus;
 pub(crate) mod spec;
@@ -37,6 +38,7 @@ pub use middleware::{CallContext, Middleware, REQUEST_ID, RequestId};
 pub use pipeline::{Pipeline, PipelineError};
 pub use plugin::PluginDetails;
 pub use registry::{PluginState, PluginStatus};
+pub use rollout::{RolloutError, RolloutPlan, RolloutState, RolloutStatus, TrackStats};
 pub use spec::{PluginSource, PluginSpec};
 
 use crate::admission::TrustPolicy;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -17,6 +17,7 @@ use super::bus::DeliveryQueue;
 use super::dependencies;
 use super::metrics::PluginMetrics;
 use super::plugin::{LoadedPlugin, PluginDetails};
+use super::rollout::{Rollout, RolloutState, RolloutStatus};
 use super::spec::PluginSpec;
 use crate::error::{LoadError, LoadFailure};
 use crate::text::log_field;
@@ -51,6 +52,9 @@ pub struct PluginStatus {
     /// Events waiting for delivery to it: queued, being delivered, or parked
     /// for a retry. Zero means its part of the bus is quiet.
     pub queued_events: usize,
+    /// A rollout of a new version running now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
 }
 
 /// A plugin name's place in the registry. It outlives reloads: the current
@@ -70,6 +74,10 @@ pub(crate) struct Slot {
     pub(crate) queue: DeliveryQueue,
     /// The plugin's call metrics.
     pub(crate) metrics: PluginMetrics,
+    /// A new version taking a share of the calls (`rollout.rs`).
+    rollout: ArcSwapOption<Rollout>,
+    /// How the last rollout ended.
+    last_rollout: Mutex<Option<RolloutStatus>>,
 }
 
 impl Slot {
@@ -88,7 +96,63 @@ impl Slot {
             generation: AtomicU64::new(0),
             queue,
             metrics,
+            rollout: ArcSwapOption::empty(),
+            last_rollout: Mutex::new(None),
         }
+    }
+
+    /// The rollout running now, if any.
+    pub(crate) fn rollout(&self) -> Option<Arc<Rollout>> {
+        self.rollout.load_full()
+    }
+
+    /// Starts a rollout (the caller checked there was none).
+    pub(crate) fn set_rollout(&self, rollout: Option<Arc<Rollout>>) {
+        self.rollout.store(rollout);
+    }
+
+    /// Ends `rollout` if it is still the one running; whether it was.
+    pub(crate) fn take_rollout(&self, rollout: &Arc<Rollout>) -> bool {
+        let previous = self.rollout.compare_and_swap(rollout, None);
+        previous
+            .as_ref()
+            .is_some_and(|previous| Arc::ptr_eq(previous, rollout))
+    }
+
+    /// How the last rollout ended.
+    pub(crate) fn last_rollout(&self) -> Option<RolloutStatus> {
+        self.last_rollout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_last_rollout(&self, status: RolloutStatus) {
+        *self.last_rollout.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+    }
+
+    /// Makes `plugin` (loaded from `spec`) the version serving new calls, a
+    /// generation on; returns the version it replaced, for the caller to
+    /// retire.
+    pub(crate) fn swap_version(
+        &self,
+        plugin: Arc<LoadedPlugin>,
+        spec: PluginSpec,
+    ) -> Arc<LoadedPlugin> {
+        let old = self.current.swap(plugin);
+        *self.spec.lock().unwrap_or_else(|p| p.into_inner()) = spec;
+        // The new version has not failed yet: its calls are not refused for
+        // what the old one did.
+        self.breaker.reset();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        old
+    }
+
+    /// Every version serving calls now: the current one and a new one
+    /// rolling out.
+    pub(crate) fn versions(&self) -> Vec<Arc<LoadedPlugin>> {
+        let rolling = self.rollout().map(|r| Arc::clone(&r.canary));
+        std::iter::once(self.current()).chain(rolling).collect()
     }
 
     /// What the current version was loaded from.
@@ -110,13 +174,16 @@ impl Slot {
         } else {
             PluginState::Active
         };
+        let rollout = self.rollout();
+        let canary = rollout.as_ref().map(|r| &r.canary);
         PluginStatus {
             details: current.details.clone(),
             state,
             generation: self.generation.load(Ordering::Acquire),
-            live_instances: current.live_instances(),
-            calls_in_flight: current.calls_in_flight(),
+            live_instances: current.live_instances() + canary.map_or(0, |c| c.live_instances()),
+            calls_in_flight: current.calls_in_flight() + canary.map_or(0, |c| c.calls_in_flight()),
             queued_events: self.queue.len(),
+            rollout: rollout.map(|r| r.status(&self.name, RolloutState::Running, None)),
         }
     }
 }
@@ -333,12 +400,16 @@ impl Host {
             }
         };
         let details = loaded.details.clone();
-        let old = slot.current.swap(loaded);
-        *slot.spec.lock().unwrap_or_else(|p| p.into_inner()) = spec;
-        // The new version has not failed yet: its calls are not refused for
-        // what the old one did.
-        slot.breaker.reset();
-        slot.generation.fetch_add(1, Ordering::AcqRel);
+        let old = slot.swap_version(loaded, spec);
+        // A reload replaces every version: a rollout running ends with it.
+        if let Some(rollout) = slot.rollout() {
+            self.end_rollout(
+                &slot,
+                &rollout,
+                RolloutState::Aborted,
+                "replaced by a reload".into(),
+            );
+        }
         self.inner.dispatch.metrics.reload(&name, true);
         tracing::info!(
             plugin = %name,
@@ -369,7 +440,11 @@ impl Host {
             Some(slot) => {
                 self.plugins_changed();
                 let until = std::time::Instant::now() + SHUTDOWN_DEADLINE;
-                slot.current().retire(until).await;
+                let versions = slot.versions();
+                slot.set_rollout(None);
+                for version in versions {
+                    version.retire(until).await;
+                }
                 true
             }
             None => false,
@@ -394,9 +469,16 @@ impl Host {
             slot.paused.store(true, Ordering::Release);
         }
         let mut draining = tokio::task::JoinSet::new();
-        for slot in &slots {
-            let plugin = slot.current();
-            let name = Arc::clone(&slot.name);
+        let versions: Vec<(Arc<str>, Arc<LoadedPlugin>)> = slots
+            .iter()
+            .flat_map(|slot| {
+                slot.versions()
+                    .into_iter()
+                    .map(|version| (Arc::clone(&slot.name), version))
+            })
+            .collect();
+        for (name, plugin) in &versions {
+            let (name, plugin) = (Arc::clone(name), Arc::clone(plugin));
             draining.spawn(async move {
                 if !plugin.drain(until).await {
                     tracing::warn!(plugin = %name, "calls were still running at the shutdown deadline");
@@ -405,8 +487,7 @@ impl Host {
         }
         while draining.join_next().await.is_some() {}
         let mut retiring = tokio::task::JoinSet::new();
-        for slot in &slots {
-            let plugin = slot.current();
+        for (_, plugin) in versions {
             retiring.spawn(async move { plugin.retire(until).await });
         }
         while retiring.join_next().await.is_some() {}
@@ -417,7 +498,25 @@ impl Host {
     /// Whether every other loaded plugin's requirements still hold once
     /// `replacement` takes its name's place. A refused replacement is retired
     /// at once.
-    fn keeps_dependents(&self, replacement: &Arc<LoadedPlugin>) -> Result<(), LoadError> {
+    pub(super) fn keeps_dependents(
+        &self,
+        replacement: &Arc<LoadedPlugin>,
+    ) -> Result<(), LoadError> {
+        let kept = self.keeps_dependents_without_retiring(replacement);
+        if kept.is_err() {
+            let until = std::time::Instant::now() + SHUTDOWN_DEADLINE;
+            let refused = Arc::clone(replacement);
+            tokio::spawn(async move { refused.retire(until).await });
+        }
+        kept
+    }
+
+    /// [`Host::keeps_dependents`] for a replacement that stays loaded
+    /// whatever the answer (a version rolling out).
+    pub(super) fn keeps_dependents_without_retiring(
+        &self,
+        replacement: &Arc<LoadedPlugin>,
+    ) -> Result<(), LoadError> {
         let current: Vec<Arc<LoadedPlugin>> =
             self.slots().iter().map(|slot| slot.current()).collect();
         let before: Vec<dependencies::Provider<'_>> = current
@@ -443,9 +542,6 @@ impl Host {
         if broken.is_empty() {
             return Ok(());
         }
-        let until = std::time::Instant::now() + SHUTDOWN_DEADLINE;
-        let refused = Arc::clone(replacement);
-        tokio::spawn(async move { refused.retire(until).await });
         Err(LoadError::new(
             replacement.name.to_string(),
             LoadFailure::MissingDependency(format!(
