@@ -187,14 +187,18 @@ impl Host {
                 self.call_unguarded(&canary, request, scope).await
             }
         };
-        let kind = result.as_ref().map(|_| ()).map_err(CallError::kind);
+        let (kind, duration) = match &result {
+            Ok(outcome) => (Ok(()), outcome.stats.duration),
+            Err(err) => (Err(err.kind()), err.stats.duration),
+        };
         self.inner.dispatch.metrics.rollout_call(
             &slot.name,
             track,
             kind.map_or_else(|kind| kind.as_str(), |()| "ok"),
+            duration.as_secs_f64(),
         );
         if let Some(failed) = judged(kind)
-            && let Some(reason) = rollout.record(track, failed)
+            && let Some(reason) = rollout.record(track, failed, duration)
         {
             self.roll_back(slot, &rollout, reason);
         }

@@ -37,6 +37,12 @@ struct TrackLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    plugin: String,
+    track: &'static str,
+}
+
 type HistogramFamily = Family<PluginLabel, Histogram, fn() -> Histogram>;
 
 /// The host's metrics.
@@ -49,6 +55,7 @@ pub(crate) struct Metrics {
     reloads: Family<OutcomeLabels, Counter>,
     events: Family<OutcomeLabels, Counter>,
     rollout_calls: Family<TrackLabels, Counter>,
+    rollout_latency: Family<VersionLabels, Histogram, fn() -> Histogram>,
     rollouts: Family<OutcomeLabels, Counter>,
 }
 
@@ -63,6 +70,10 @@ impl Default for Metrics {
         let events = Family::<OutcomeLabels, Counter>::default();
         let rollout_calls = Family::<TrackLabels, Counter>::default();
         let rollouts = Family::<OutcomeLabels, Counter>::default();
+        let rollout_latency =
+            Family::<VersionLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
         registry.register(
             "capsule_calls",
             "Plugin calls by outcome (ok, or the error kind)",
@@ -99,6 +110,11 @@ impl Default for Metrics {
             rollout_calls.clone(),
         );
         registry.register(
+            "capsule_rollout_call_duration_seconds",
+            "Wall-clock time of calls during rollouts, by version (track stable or canary)",
+            rollout_latency.clone(),
+        );
+        registry.register(
             "capsule_rollouts",
             "Rollouts ended, by how (promoted, rolled_back, aborted)",
             rollouts.clone(),
@@ -106,6 +122,7 @@ impl Default for Metrics {
         Metrics {
             registry,
             rollout_calls,
+            rollout_latency,
             rollouts,
             calls,
             latency,
@@ -182,7 +199,14 @@ impl Metrics {
         name: &str,
         track: super::rollout::Track,
         outcome: &'static str,
+        seconds: f64,
     ) {
+        self.rollout_latency
+            .get_or_create(&VersionLabels {
+                plugin: name.to_owned(),
+                track: track.as_str(),
+            })
+            .observe(seconds);
         self.rollout_calls
             .get_or_create(&TrackLabels {
                 plugin: name.to_owned(),

@@ -221,6 +221,8 @@ pub struct TrackStats {
     pub window_calls: u64,
     /// Failures within the health window now.
     pub window_failures: u64,
+    /// Mean wall-clock time of its judged calls, in milliseconds.
+    pub mean_duration_ms: f64,
 }
 
 /// A rollout as it stands: what [`Host::rollout`] and the rollout routes
@@ -378,6 +380,7 @@ struct Counts {
 struct Tally {
     calls: u64,
     failures: u64,
+    busy: Duration,
     window: Window,
 }
 
@@ -475,7 +478,7 @@ impl Rollout {
 
     /// Counts one call's outcome; for the new version, returns why it must
     /// be rolled back once its failure rate passes the threshold.
-    pub(crate) fn record(&self, track: Track, failed: bool) -> Option<String> {
+    pub(crate) fn record(&self, track: Track, failed: bool, took: Duration) -> Option<String> {
         let now = Instant::now();
         let span = self.plan.window;
         let mut counts = self.counts();
@@ -485,6 +488,7 @@ impl Rollout {
         };
         tally.calls += 1;
         tally.failures += u64::from(failed);
+        tally.busy += took;
         tally.window.record(now, span, failed);
         if track == Track::Stable {
             return None;
@@ -548,6 +552,10 @@ impl Rollout {
                 failures: tally.failures,
                 window_calls,
                 window_failures,
+                mean_duration_ms: match tally.calls {
+                    0 => 0.0,
+                    calls => tally.busy.as_secs_f64() * 1_000.0 / calls as f64,
+                },
             }
         };
         let stable = track(&mut counts.stable, self.stable.clone());

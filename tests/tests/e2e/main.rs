@@ -33,6 +33,7 @@ mod malformed;
 mod order_audit;
 mod order_intake;
 mod panic;
+mod rollout;
 mod router;
 mod runtime;
 mod sandbox;
