@@ -1,6 +1,8 @@
 //! A tour of the Capsule runtime as an embedder uses it: load a policy, run
 //! a pipeline, watch an event flow from a producer plugin to a consumer
-//! plugin, reload a plugin while it serves, and read the metrics.
+//! plugin, reload a plugin while it serves, roll new versions out (one that
+//! fails and rolls back by itself, one that steps up and is promoted), and
+//! read the metrics.
 //!
 //! `cargo xtask demo` runs it against `example-plugins/capsule.toml`:
 //!
@@ -14,7 +16,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use capsule_host::{Host, HostBuilder, Policy, Request, RequestId};
+use capsule_host::{
+    Host, HostBuilder, PluginSpec, Policy, Request, RequestId, RolloutPlan, RolloutState,
+};
 use serde_json::{Value, json};
 
 fn section(title: &str) {
@@ -232,12 +236,96 @@ async fn main() -> Result<()> {
         .await?;
     show("resumed", payload(&greeted.response.payload));
 
+    section("canary: a new version of `greeter` that panics takes 50 % of the calls");
+    let hello_path = &policy
+        .plugins
+        .get("hello")
+        .context("the policy has hello")?
+        .path;
+    let plugins = hello_path
+        .parent()
+        .context("hello's directory holds the other builds")?
+        .to_owned();
+    // hello under another name, without hello's input validation (the
+    // panicking build declares no operations to validate against).
+    host.load(PluginSpec::from_path(hello_path).with_name("greeter"))
+        .await?;
+    let mut plan = RolloutPlan::new(plugins.join("panic.wasm"), 50.0);
+    plan.min_calls = 4;
+    host.start_rollout("greeter", plan).await?;
+    let mut failed = 0;
+    for i in 0..20 {
+        let greet = Request::new("greet", json!({"name": format!("n{i}")}).to_string());
+        if host.call("greeter", greet).await.is_err() {
+            failed += 1;
+        }
+    }
+    let rolled = host.rollout("greeter").context("the rollout is kept")?;
+    show(
+        "calls",
+        format!("{failed} of 20 failed, all on the new version"),
+    );
+    show(
+        "rolled back",
+        rolled.reason.as_deref().unwrap_or("(no reason)"),
+    );
+    ensure!(
+        rolled.state == RolloutState::RolledBack && failed == 4,
+        "the failing version rolled back by itself after its 4 judged calls"
+    );
+
+    section("canary: `greeter` gets hello v0.1, 25 % → 100 % while healthy, then is promoted");
+    let mut plan = RolloutPlan::new(plugins.join("hello-v0-1.wasm"), 25.0);
+    plan.min_calls = 3;
+    plan.step = Some((25.0, Duration::from_millis(100)));
+    plan.sticky = Some("user".into());
+    host.start_rollout("greeter", plan).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut shares = Vec::new();
+    let promoted = loop {
+        let status = host.rollout("greeter").context("the rollout is kept")?;
+        if shares.last() != Some(&status.share) {
+            shares.push(status.share);
+        }
+        if status.state == RolloutState::Promoted {
+            break status;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the healthy version was promoted"
+        );
+        for i in 0..10 {
+            let greet = Request::new("greet", json!({"name": "Ada"}).to_string())
+                .with_metadata("user", format!("user-{i}"));
+            host.call("greeter", greet).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    show(
+        "share",
+        shares
+            .iter()
+            .map(|share| format!("{share} %"))
+            .collect::<Vec<_>>()
+            .join(" → "),
+    );
+    show(
+        "promoted",
+        format!(
+            "v{} after {} calls, {} failed",
+            promoted.canary.version, promoted.canary.calls, promoted.canary.failures
+        ),
+    );
+    let greeted = host.call("greeter", Request::new("greet", "Ada")).await?;
+    show("now", payload(&greeted.response.payload));
+
     section("metrics (Prometheus text; `capsule serve` exposes them at /metrics)");
     let metrics = host.metrics_text();
     for line in metrics.lines().filter(|line| {
         line.starts_with("capsule_calls_total")
             || line.starts_with("capsule_events_total")
             || line.starts_with("capsule_reloads_total")
+            || line.starts_with("capsule_rollouts_total")
     }) {
         println!("   {line}");
     }

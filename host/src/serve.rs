@@ -1129,7 +1129,15 @@ async fn start_rollout(
         Err(message) => error_response(StatusCode::BAD_REQUEST, "config", &name, &message),
         // Its own task: a client that goes away does not stop a load
         // halfway.
-        Ok(plan) => {
+        Ok(mut plan) => {
+            // A relative path means what it means in the policy file.
+            if let Some(policy) = &state.policy_file
+                && plan.path.is_relative()
+            {
+                let base = policy.parent().unwrap_or(std::path::Path::new(""));
+                plan.path = base.join(&plan.path);
+                plan.signature = plan.signature.map(|signature| base.join(signature));
+            }
             let host = state.host.clone();
             let plugin = name.clone();
             let started = tokio::spawn(async move { host.start_rollout(&plugin, plan).await })
@@ -1159,7 +1167,7 @@ async fn rollout_status(
         return error_response(
             StatusCode::NOT_FOUND,
             if state.host.status(&name).is_some() {
-                "conflict"
+                "no_rollout"
             } else {
                 "unknown_plugin"
             },

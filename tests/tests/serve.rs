@@ -1643,11 +1643,30 @@ async fn a_canary_that_fails_every_call_rolls_back_by_itself_within_its_window()
     let (status, _) = error_of(server.admin("/v1/plugins/hello/rollout/promote", "").await).await;
     assert_eq!(status, StatusCode::CONFLICT);
 
+    let never = server
+        .client
+        .get(server.url("/v1/plugins/hello/rollout"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let (status, error) = error_of(never).await;
+    assert_eq!(
+        (status, error["kind"].as_str()),
+        (StatusCode::NOT_FOUND, Some("no_rollout"))
+    );
+
     // A version that panics on every call, at half the traffic, judged
-    // from 5 calls over 30 s.
+    // from 5 calls over 30 s; named relative to the policy file, as the
+    // policy's own paths are.
+    std::fs::copy(
+        plugin_path(capsule_tests::plugins::PANIC),
+        dir.join("panic.wasm"),
+    )
+    .unwrap();
     let started = std::time::Instant::now();
     let plan = json!({
-        "path": plugin_path(capsule_tests::plugins::PANIC),
+        "path": "panic.wasm",
         "share": 50,
         "window": "30s",
         "min_calls": 5,
@@ -1661,8 +1680,20 @@ async fn a_canary_that_fails_every_call_rolls_back_by_itself_within_its_window()
         (Some("running"), Some(50.0))
     );
     assert_ne!(status["canary"]["digest"], status["stable"]["digest"]);
+    assert_eq!(
+        status["path"].as_str(),
+        Some(dir.join("panic.wasm").to_str().unwrap())
+    );
     let (status, error) = error_of(rollout(plan.to_string()).await).await;
     assert_eq!(status, StatusCode::CONFLICT, "{error}");
+    // The listing is open (no keys are configured) and shows the rollout,
+    // but only an admin sees the host path of the new version.
+    let listed: Value = server.get("/v1/plugins").await.json().await.unwrap();
+    assert_eq!(listed["plugins"][0]["rollout"]["state"], "running");
+    assert!(
+        listed["plugins"][0]["rollout"].get("path").is_none(),
+        "{listed}"
+    );
 
     // Calls alternate (an exact 50 % split): the fifth failure on the new
     // version rolls it back, and every call after that is the stable one's.
@@ -1806,7 +1837,7 @@ async fn a_healthy_canary_steps_up_keeps_sticky_callers_and_promotes() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(promoted["canary"]["failures"], 0);
-    assert!(promoted["share"].as_f64().unwrap() >= 65.0, "{promoted}");
+    assert_eq!(promoted["share"].as_f64(), Some(100.0), "{promoted}");
     for user in [None, Some("user-0"), Some("user-1")] {
         assert_eq!(
             greet_as(&server, user).await,
@@ -1836,6 +1867,14 @@ async fn a_healthy_canary_steps_up_keeps_sticky_callers_and_promotes() {
             .unwrap()
             .iter()
             .any(|r| r["who"] == "rollout" && r["action"] == "promote"),
+        "{audit}"
+    );
+    assert!(
+        audit["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["who"] == "rollout" && r["action"] == "step" && r["outcome"] == "65 %"),
         "{audit}"
     );
 

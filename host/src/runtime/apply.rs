@@ -98,6 +98,10 @@ pub enum ApplyError {
         .0.join(", ")
     )]
     NeedsRestart(Vec<&'static str>),
+    /// The instance pool would not hold the new policy's plugins next to
+    /// the new versions of rollouts still running.
+    #[error("{0}; nothing was changed")]
+    RolloutsNeedRoom(String),
 }
 
 impl Host {
@@ -123,6 +127,8 @@ impl Host {
         if !differs.is_empty() {
             return Err(ApplyError::NeedsRestart(differs));
         }
+        self.rollouts_fit(policy)
+            .map_err(ApplyError::RolloutsNeedRoom)?;
         // Keys first: a revoked key stops working before the (slow) plugin
         // changes, whatever becomes of them.
         let mut changes = PolicyChanges {

@@ -100,8 +100,9 @@ impl Drop for Ticket<'_> {
     }
 }
 
-/// Whether an outcome says something about the plugin's health.
-fn counts_as_failure(kind: ErrorKind) -> bool {
+/// Whether an outcome says something about the plugin's health (the
+/// rollout judges a new version by it too).
+pub(crate) fn counts_as_failure(kind: ErrorKind) -> bool {
     matches!(
         kind,
         ErrorKind::Trap

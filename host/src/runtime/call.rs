@@ -197,7 +197,7 @@ impl Host {
             kind.map_or_else(|kind| kind.as_str(), |()| "ok"),
             duration.as_secs_f64(),
         );
-        if let Some(failed) = judged(kind)
+        if let Some(failed) = judged(result.as_ref().map(|_| ()).map_err(|err| &err.cause))
             && let Some(reason) = rollout.record(track, failed, duration)
         {
             self.roll_back(slot, &rollout, reason);

@@ -218,12 +218,10 @@ impl Metrics {
 
     /// Records how a rollout ended.
     pub(crate) fn rollout_ended(&self, name: &str, state: super::rollout::RolloutState) {
-        let how = match state {
-            super::rollout::RolloutState::Running => return,
-            super::rollout::RolloutState::Promoted => "promoted",
-            super::rollout::RolloutState::RolledBack => "rolled_back",
-            super::rollout::RolloutState::Aborted => "aborted",
-        };
+        if state == super::rollout::RolloutState::Running {
+            return;
+        }
+        let how = state.as_str();
         self.rollouts.get_or_create(&outcome(name, how)).inc();
     }
 

@@ -441,7 +441,14 @@ impl Host {
                 self.plugins_changed();
                 let until = std::time::Instant::now() + SHUTDOWN_DEADLINE;
                 let versions = slot.versions();
-                slot.set_rollout(None);
+                if let Some(rollout) = slot.rollout() {
+                    self.finish_rollout(
+                        &slot,
+                        &rollout,
+                        RolloutState::Aborted,
+                        "the plugin was unloaded".into(),
+                    );
+                }
                 for version in versions {
                     version.retire(until).await;
                 }

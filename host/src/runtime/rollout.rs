@@ -25,12 +25,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use super::breaker::counts_as_failure;
 use super::plugin::LoadedPlugin;
 use super::registry::Slot;
 use super::spec::{PluginSource, PluginSpec};
 use super::{Host, HostInner};
-use crate::contract::Request;
-use crate::error::{ErrorKind, LoadError};
+use crate::contract::{PluginError, Request};
+use crate::error::{CallFailure, ErrorKind, LoadError};
+use crate::policy::Policy;
 use crate::text::log_field;
 
 /// Shares are kept in basis points: 1 = 0.01 % of calls.
@@ -42,7 +44,9 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(2);
 /// How to roll a new version of a plugin out.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RolloutPlan {
-    /// The new version's component file.
+    /// The new version's component file (`capsule serve` resolves a
+    /// relative one against the policy file's directory, as the policy's
+    /// own paths are).
     pub path: PathBuf,
     /// Its detached signature file, when the signature is not embedded.
     pub signature: Option<PathBuf>,
@@ -55,14 +59,18 @@ pub struct RolloutPlan {
     /// the share until `promote` or `abort`.
     pub step: Option<(f64, Duration)>,
     /// The new version is rolled back when more than this percent of its
-    /// calls within `window` failed (0: any failure).
+    /// calls within `window`, or since its share last stepped, failed (0:
+    /// any failure). A failure is a trap, a limit, a host error or the
+    /// plugin's own `failed` error; requests it refused as invalid,
+    /// unsupported or denied are not judged.
     pub max_error_rate: f64,
     /// How far back the failure rate looks.
     pub window: Duration,
     /// Calls within the window before the rate is judged (and calls since
     /// the last step before the next one).
     pub min_calls: u32,
-    /// A request metadata key whose value picks the version (the same
+    /// A request metadata key (matched without regard to ASCII case, as
+    /// HTTP header names are) whose value picks the version (the same
     /// value always gets the same version for a given share, and keeps the
     /// new version as the share grows); requests without it are split by
     /// count.
@@ -205,6 +213,18 @@ pub enum RolloutState {
     Aborted,
 }
 
+impl RolloutState {
+    /// The state as it is written in JSON and in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutState::Running => "running",
+            RolloutState::Promoted => "promoted",
+            RolloutState::RolledBack => "rolled_back",
+            RolloutState::Aborted => "aborted",
+        }
+    }
+}
+
 /// One version's calls during a rollout.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TrackStats {
@@ -332,22 +352,17 @@ impl Track {
 }
 
 /// Whether a call's outcome speaks about the version that served it: `None`
-/// when it does not (refused before it ran, or the caller's or a backend's
-/// fault), else whether it failed.
-pub(crate) fn judged(result: Result<(), ErrorKind>) -> Option<bool> {
+/// when it does not, else whether it failed. A failure is what the circuit
+/// breaker counts against a plugin's health (a trap, a limit, a host error)
+/// and a plugin's own `failed` error; a request the version refused as
+/// invalid, unsupported or denied is the caller's doing (any caller could
+/// otherwise roll a version back with bad requests), and a quota, a pause or
+/// a refusal before the call ran says nothing about the version.
+pub(crate) fn judged(result: Result<(), &CallFailure>) -> Option<bool> {
     match result {
         Ok(()) => Some(false),
-        Err(
-            ErrorKind::Trap
-            | ErrorKind::PluginError
-            | ErrorKind::OutOfFuel
-            | ErrorKind::Timeout
-            | ErrorKind::MemoryLimit
-            | ErrorKind::StackOverflow
-            | ErrorKind::BudgetExceeded
-            | ErrorKind::OutputTooLarge
-            | ErrorKind::QuotaExceeded,
-        ) => Some(true),
+        Err(CallFailure::Plugin(PluginError::Failed(_))) => Some(true),
+        Err(failure) if counts_as_failure(failure.kind()) => Some(true),
         Err(_) => None,
     }
 }
@@ -364,6 +379,9 @@ pub(crate) struct Rollout {
     /// Calls split by count so far, for an exact share without sticky keys.
     turn: AtomicU64,
     counts: Mutex<Counts>,
+    /// Wakes the step loop once the rollout has ended, so it lets go of
+    /// the plugin at once instead of at its next step.
+    ended: Arc<tokio::sync::Notify>,
     started_at: u64,
     stable: (String, String),
 }
@@ -372,8 +390,11 @@ pub(crate) struct Rollout {
 struct Counts {
     stable: Tally,
     canary: Tally,
-    /// The new version's calls since the share last stepped.
-    canary_since_step: u64,
+    /// The new version's calls and failures since the share last stepped
+    /// (since the start before the first step): judged next to the window,
+    /// so a version called less than `min_calls` times per window is still
+    /// judged before it steps up.
+    since_step: (u64, u64),
 }
 
 #[derive(Default)]
@@ -445,6 +466,7 @@ impl Rollout {
             plan,
             turn: AtomicU64::new(0),
             counts: Mutex::new(Counts::default()),
+            ended: Arc::new(tokio::sync::Notify::new()),
             started_at: SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -466,7 +488,7 @@ impl Rollout {
             request
                 .metadata
                 .iter()
-                .find(|(k, _)| k == key)
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
                 .map(|(_, value)| value.as_bytes())
         });
         let canary = match sticky {
@@ -493,42 +515,54 @@ impl Rollout {
         if track == Track::Stable {
             return None;
         }
-        counts.canary_since_step += 1;
-        let (calls, failures) = counts.canary.window.totals(now, span);
-        self.unhealthy(calls, failures)
+        counts.since_step.0 += 1;
+        counts.since_step.1 += u64::from(failed);
+        self.verdict(&mut counts, now)
     }
 
-    /// Why the new version must go, judging `failures` of `calls` in the
-    /// window.
-    fn unhealthy(&self, calls: u64, failures: u64) -> Option<String> {
+    /// Why the new version must go: its failure rate over the window, or
+    /// since the share last stepped, passed the threshold.
+    fn verdict(&self, counts: &mut Counts, now: Instant) -> Option<String> {
+        let (calls, failures) = counts.canary.window.totals(now, self.plan.window);
+        let within = humantime::format_duration(self.plan.window).to_string();
+        let (since_calls, since_failures) = counts.since_step;
+        self.unhealthy(calls, failures, &format!("within {within}"))
+            .or_else(|| {
+                let since = match self.plan.step {
+                    Some(_) => "since its share last stepped",
+                    None => "since it started",
+                };
+                self.unhealthy(since_calls, since_failures, since)
+            })
+    }
+
+    /// Why the new version must go, judging `failures` of `calls` counted
+    /// `over` (a phrase for the reason).
+    fn unhealthy(&self, calls: u64, failures: u64, over: &str) -> Option<String> {
         if calls < u64::from(self.plan.min_calls) || failures == 0 {
             return None;
         }
         let rate = failures as f64 * 100.0 / calls as f64;
         (rate > self.plan.max_error_rate).then(|| {
             format!(
-                "{failures} of its last {calls} calls failed ({rate:.1} %, more than {} % within {})",
+                "{failures} of its last {calls} calls failed ({rate:.1} %, more than {} % {over})",
                 self.plan.max_error_rate,
-                humantime::format_duration(self.plan.window)
             )
         })
     }
 
-    /// The share after the next step, if the new version has earned it.
+    /// The share after the next step, if the new version has earned it: at
+    /// least `min_calls` calls since the last step, and healthy both over
+    /// the window and since the last step.
     fn next_step(&self) -> Option<u32> {
         let (step, _) = self.plan.step?;
         let mut counts = self.counts();
-        if counts.canary_since_step < u64::from(self.plan.min_calls) {
+        if counts.since_step.0 < u64::from(self.plan.min_calls)
+            || self.verdict(&mut counts, Instant::now()).is_some()
+        {
             return None;
         }
-        let (calls, failures) = counts
-            .canary
-            .window
-            .totals(Instant::now(), self.plan.window);
-        if self.unhealthy(calls, failures).is_some() {
-            return None;
-        }
-        counts.canary_since_step = 0;
+        counts.since_step = (0, 0);
         let share = self.share.load(Ordering::Acquire);
         Some((share + basis_points(step)).min(WHOLE))
     }
@@ -645,6 +679,12 @@ impl Host {
             .load(spec.clone(), |details| self.requirements_met(details))
             .await?;
         self.keeps_dependents(&canary)?;
+        // A shutdown that began during the load drains only the versions it
+        // saw: the new one must not start taking calls after it.
+        if self.inner.stopped.load(Ordering::Acquire) {
+            canary.retire(Instant::now() + SHUTDOWN_DEADLINE).await;
+            return Err(RolloutError::Stopping);
+        }
         let stable = slot.current();
         let rollout = Arc::new(Rollout::new(canary, spec, plan, &stable));
         slot.set_rollout(Some(Arc::clone(&rollout)));
@@ -722,6 +762,8 @@ impl Host {
         if !slot.take_rollout(rollout) {
             return Err(RolloutError::NotRunning(slot.name.to_string()));
         }
+        rollout.ended.notify_one();
+        rollout.share.store(WHOLE, Ordering::Release);
         let status = rollout.status(&slot.name, RolloutState::Promoted, Some(reason.to_owned()));
         let old = slot.swap_version(Arc::clone(&rollout.canary), rollout.spec.clone());
         self.inner
@@ -750,14 +792,32 @@ impl Host {
         state: RolloutState,
         reason: String,
     ) -> Option<RolloutStatus> {
-        if !slot.take_rollout(rollout) {
-            return None;
-        }
-        let status = rollout.status(&slot.name, state, Some(reason));
-        self.inner.dispatch.metrics.rollout_ended(&slot.name, state);
+        let status = self.finish_rollout(slot, rollout, state, reason)?;
         let canary = Arc::clone(&rollout.canary);
         let until = Instant::now() + SHUTDOWN_DEADLINE;
         tokio::spawn(async move { canary.retire(until).await });
+        Some(status)
+    }
+
+    /// Takes `rollout` out of `slot` (if it is still the one running) and
+    /// records how it ended, leaving its new version's retirement to the
+    /// caller. `None` when it had ended already.
+    pub(crate) fn finish_rollout(
+        &self,
+        slot: &Slot,
+        rollout: &Arc<Rollout>,
+        state: RolloutState,
+        reason: String,
+    ) -> Option<RolloutStatus> {
+        if !slot.take_rollout(rollout) {
+            return None;
+        }
+        rollout.ended.notify_one();
+        if state != RolloutState::RolledBack {
+            tracing::info!(plugin = %slot.name, state = state.as_str(), reason = %reason, "rollout ended");
+        }
+        let status = rollout.status(&slot.name, state, Some(reason));
+        self.inner.dispatch.metrics.rollout_ended(&slot.name, state);
         slot.set_last_rollout(status.clone());
         self.plugins_changed();
         Some(status)
@@ -815,17 +875,58 @@ impl Host {
     }
 }
 
+impl Host {
+    /// Whether the instance pool holds `policy`'s plugins next to the new
+    /// versions of the rollouts that go on through its apply (those of the
+    /// plugins it keeps): an apply that would leave no room refuses, rather
+    /// than let calls fail on a full pool.
+    pub(crate) fn rollouts_fit(&self, policy: &Policy) -> Result<(), String> {
+        let Some(pool) = self.inner.loader.pool() else {
+            return Ok(());
+        };
+        let canaries: Vec<Arc<LoadedPlugin>> = self
+            .slots()
+            .iter()
+            .filter(|slot| policy.plugins.contains_key(&*slot.name))
+            .filter_map(|slot| slot.rollout().map(|r| Arc::clone(&r.canary)))
+            .collect();
+        if canaries.is_empty() {
+            return Ok(());
+        }
+        crate::policy::validate::plugins_fit_pool(
+            policy
+                .plugins
+                .iter()
+                .map(|(name, plugin)| (name.as_str(), &plugin.limits))
+                .chain(canaries.iter().map(|c| (&*c.details.name, c.limits()))),
+            Some(pool),
+        )
+        .map_err(|err| {
+            let names: Vec<&str> = canaries.iter().map(|c| &*c.details.name).collect();
+            format!(
+                "the rollouts of {} still need room in the instance pool: {} \
+                 (or promote or abort them first)",
+                names.join(", "),
+                err.message
+            )
+        })
+    }
+}
+
 /// Steps a rollout's share up every `every` while it is healthy, and
 /// promotes it at 100 %. Ends with the rollout (or the plugin, or the host).
 async fn step_loop(host: Weak<HostInner>, slot: Weak<Slot>, rollout: Weak<Rollout>) {
-    let Some(every) = rollout
+    let Some((every, ended)) = rollout
         .upgrade()
-        .and_then(|r| r.plan.step.map(|(_, every)| every))
+        .and_then(|r| r.plan.step.map(|(_, every)| (every, Arc::clone(&r.ended))))
     else {
         return;
     };
     loop {
-        tokio::time::sleep(every).await;
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = ended.notified() => return,
+        }
         let (Some(inner), Some(slot), Some(rollout)) =
             (host.upgrade(), slot.upgrade(), rollout.upgrade())
         else {
@@ -844,7 +945,11 @@ async fn step_loop(host: Weak<HostInner>, slot: Weak<Slot>, rollout: Weak<Rollou
         };
         if share < WHOLE {
             rollout.share.store(share, Ordering::Release);
-            tracing::info!(plugin = %slot.name, share = f64::from(share) / 100.0, "rollout stepped up");
+            let percent = f64::from(share) / 100.0;
+            tracing::info!(plugin = %slot.name, share = percent, "rollout stepped up");
+            host.inner
+                .audit
+                .action("rollout", "step", &slot.name, &format!("{percent} %"));
             continue;
         }
         let _changing = host.inner.changing.lock().await;
@@ -921,12 +1026,35 @@ mod tests {
 
     #[test]
     fn only_outcomes_of_the_version_are_judged() {
+        let failed = |failure: CallFailure| judged(Err(&failure));
         assert_eq!(judged(Ok(())), Some(false));
-        assert_eq!(judged(Err(ErrorKind::Trap)), Some(true));
-        assert_eq!(judged(Err(ErrorKind::OutOfFuel)), Some(true));
-        assert_eq!(judged(Err(ErrorKind::Busy)), None);
-        assert_eq!(judged(Err(ErrorKind::InvalidInput)), None);
-        assert_eq!(judged(Err(ErrorKind::Paused)), None);
+        assert_eq!(
+            failed(CallFailure::Trap {
+                trap: "unreachable".into(),
+                detail: None
+            }),
+            Some(true)
+        );
+        assert_eq!(failed(CallFailure::OutOfFuel { limit: 1 }), Some(true));
+        assert_eq!(failed(CallFailure::Host("gone".into())), Some(true));
+        assert_eq!(
+            failed(CallFailure::Plugin(PluginError::Failed("broken".into()))),
+            Some(true)
+        );
+        // The caller's doing, or not the version's.
+        for failure in [
+            CallFailure::Plugin(PluginError::InvalidInput("bad".into())),
+            CallFailure::Plugin(PluginError::Unsupported("op".into())),
+            CallFailure::Plugin(PluginError::Denied("no".into())),
+            CallFailure::QuotaExceeded("kv".into()),
+            CallFailure::Paused,
+            CallFailure::Busy {
+                max_instances: 1,
+                queued: 0,
+            },
+        ] {
+            assert_eq!(failed(failure), None);
+        }
     }
 
     #[test]
