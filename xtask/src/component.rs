@@ -99,10 +99,14 @@ fn ensure_cargo_component() -> Result<String> {
     }
     eprintln!(
         "cargo-component is not installed; installing {CARGO_COMPONENT_VERSION} \
-         (this compiles it from source and takes several minutes)"
+         (this compiles it from source and takes a few minutes)"
     );
+    // An unoptimised build (5 min here on two cores): its release profile
+    // compiles 400 crates with LTO and one codegen unit, far slower, and
+    // cargo-component only drives cargo, so its own speed does not show.
     run(Command::new(cargo()).args([
         "install",
+        "--debug",
         "cargo-component",
         "--locked",
         "--version",
