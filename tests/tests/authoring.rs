@@ -50,6 +50,14 @@ fn target_dir() -> PathBuf {
     }
 }
 
+/// Where the scaffold and template projects build: one folder, so the guest
+/// SDK and its dependencies compile once for all of them. Not `capsule dev`'s
+/// project (its rebuilds are timed and must not wait for another test's
+/// build) nor the guide's (its crate is named like the scaffold's).
+fn projects_build_dir() -> PathBuf {
+    target_dir().join("authoring-projects")
+}
+
 /// The `capsule` CLI that xtask builds before the tests.
 fn capsule_cli() -> PathBuf {
     let path = target_dir()
@@ -399,9 +407,11 @@ fn a_capsule_new_scaffold_builds_both_ways_and_runs_signed() {
         "the scaffold names this checkout: {manifest}"
     );
 
-    // Builds land in a dedicated folder of the shared target directory, so
-    // repeated runs only recompile the scaffold itself.
-    let build_dir = target_dir().join("authoring-scaffold");
+    // Builds land in the folder of the shared target directory that the
+    // template projects build in too (the crate names differ): the SDK and
+    // its dependencies compile once per run, and repeated runs only
+    // recompile the projects themselves.
+    let build_dir = projects_build_dir();
     let built = |target: &str| {
         build_dir
             .join(target)
@@ -569,7 +579,7 @@ fn template_project(work: &Path, name: &str, template: &str) -> (PathBuf, PathBu
         &cache,
     );
     let project = work.join(name);
-    let build_dir = target_dir().join("authoring-templates");
+    let build_dir = projects_build_dir();
     cargo_in(
         &project,
         &build_dir,

@@ -5,10 +5,12 @@
 //! the machine is doing, so this check cannot flake the way a timing can;
 //! `cargo xtask test` (and so CI) runs it after the tests.
 //!
-//! The workload is `bench/src/bin/capsule-instructions.rs`, built in release
-//! (the profile `cargo xtask bench` builds its dependencies in). Only its
-//! `capsule_measure` function is counted: loading and compiling the plugins
-//! and the warm-up calls are not.
+//! The workload is `bench/src/bin/capsule-instructions.rs`, built with the
+//! tests (the dev profile: dependencies at `opt-level = 2` without debug
+//! assertions, `capsule-host` and `capsule-bench` at `opt-level = 2` with
+//! them; see the workspace `Cargo.toml`), so CI compiles wasmtime once.
+//! Only its `capsule_measure` function is counted: loading and compiling the
+//! plugins and the warm-up calls are not.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -28,6 +30,8 @@ const OVER: f64 = 1.10;
 const UNDER: f64 = 0.80;
 /// The measurement binary (package `capsule-bench`).
 const BIN: &str = "capsule-instructions";
+/// The test of package `capsule-bench` that runs the binary natively.
+const WORKLOAD_TEST: &str = "workload";
 /// The function in it that callgrind counts, as valgrind demangles it.
 /// `--dump-after` takes no wildcards, and `--toggle-collect` must not match
 /// anything inside the function as well, so the exact name for both.
@@ -82,10 +86,14 @@ pub fn instructions(workspace: &Workspace, built: &Built, mode: Mode) -> Result<
     let Some(valgrind) = valgrind_version() else {
         bail!("valgrind is not installed (Debian: apt-get install valgrind)");
     };
-    workspace.cargo(&["build", "--release", "-p", "capsule-bench", "--bin", BIN])?;
+    // The binary as `cargo test --workspace` builds it (its workload test
+    // needs it): the same profile and, with `--workspace`, the same
+    // features, so after the tests this builds nothing, and alone it
+    // builds only what the binary needs.
+    workspace.cargo(&["test", "--workspace", "--no-run", "--test", WORKLOAD_TEST])?;
     let binary = workspace
         .target
-        .join("release")
+        .join("debug")
         .join(format!("{BIN}{}", std::env::consts::EXE_SUFFIX));
     let out = workspace.target.join("instructions");
     if out.exists() {
