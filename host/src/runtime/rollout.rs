@@ -724,27 +724,28 @@ impl Host {
     /// restart brings back what it names, so update it too.
     pub async fn promote_rollout(&self, plugin: &str) -> Result<RolloutStatus, RolloutError> {
         let _changing = self.inner.changing.lock().await;
-        let slot = self
-            .slot(plugin)
-            .ok_or_else(|| RolloutError::UnknownPlugin(plugin.to_owned()))?;
-        let rollout = slot
-            .rollout()
-            .ok_or_else(|| RolloutError::NotRunning(plugin.to_owned()))?;
+        let (slot, rollout) = self.running_rollout(plugin)?;
         self.promote_now(&slot, &rollout, "promoted")
     }
 
     /// Ends `plugin`'s rollout: the old version serves alone again.
     pub async fn abort_rollout(&self, plugin: &str) -> Result<RolloutStatus, RolloutError> {
         let _changing = self.inner.changing.lock().await;
+        let (slot, rollout) = self.running_rollout(plugin)?;
+        // A call may have rolled it back just now (that takes no lock).
+        self.end_rollout(&slot, &rollout, RolloutState::Aborted, "aborted".into())
+            .ok_or_else(|| RolloutError::NotRunning(plugin.to_owned()))
+    }
+
+    /// `plugin`'s slot and the rollout running in it.
+    fn running_rollout(&self, plugin: &str) -> Result<(Arc<Slot>, Arc<Rollout>), RolloutError> {
         let slot = self
             .slot(plugin)
             .ok_or_else(|| RolloutError::UnknownPlugin(plugin.to_owned()))?;
         let rollout = slot
             .rollout()
             .ok_or_else(|| RolloutError::NotRunning(plugin.to_owned()))?;
-        // A call may have rolled it back just now (that takes no lock).
-        self.end_rollout(&slot, &rollout, RolloutState::Aborted, "aborted".into())
-            .ok_or_else(|| RolloutError::NotRunning(plugin.to_owned()))
+        Ok((slot, rollout))
     }
 
     /// Swaps the new version in; the caller holds `changing`.
