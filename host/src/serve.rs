@@ -1131,9 +1131,7 @@ async fn start_rollout(
         // halfway.
         Ok(mut plan) => {
             // A relative path means what it means in the policy file.
-            if let Some(policy) = &state.policy_file
-                && plan.path.is_relative()
-            {
+            if let Some(policy) = &state.policy_file {
                 let base = policy.parent().unwrap_or(std::path::Path::new(""));
                 plan.path = base.join(&plan.path);
                 plan.signature = plan.signature.map(|signature| base.join(signature));

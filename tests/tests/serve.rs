@@ -1787,7 +1787,8 @@ async fn a_healthy_canary_steps_up_keeps_sticky_callers_and_promotes() {
         "step": 35,
         "every": "1s",
         "min_calls": 5,
-        "sticky": "user",
+        // Matched without regard to case: HTTP sends header names lower-case.
+        "sticky": "User",
     });
     let response = server
         .admin("/v1/plugins/hello/rollout", plan.to_string())

@@ -86,15 +86,7 @@ pub fn instructions(workspace: &Workspace, built: &Built, mode: Mode) -> Result<
     let Some(valgrind) = valgrind_version() else {
         bail!("valgrind is not installed (Debian: apt-get install valgrind)");
     };
-    // The binary as `cargo test --workspace` builds it (its workload test
-    // needs it): the same profile and, with `--workspace`, the same
-    // features, so after the tests this builds nothing, and alone it
-    // builds only what the binary needs.
-    workspace.cargo(&["test", "--workspace", "--no-run", "--test", WORKLOAD_TEST])?;
-    let binary = workspace
-        .target
-        .join("debug")
-        .join(format!("{BIN}{}", std::env::consts::EXE_SUFFIX));
+    let binary = workload_binary(workspace)?;
     let out = workspace.target.join("instructions");
     if out.exists() {
         std::fs::remove_dir_all(&out).with_context(|| format!("remove {}", out.display()))?;
@@ -177,6 +169,51 @@ pub fn instructions(workspace: &Workspace, built: &Built, mode: Mode) -> Result<
             }
         }
     }
+}
+
+/// The binary as `cargo test --workspace` builds it (its workload test
+/// needs it): the same profile and, with `--workspace`, the same features,
+/// so after the tests this builds nothing, and alone it builds only what the
+/// binary needs. Its path is the one cargo reports, wherever the target
+/// directory is.
+fn workload_binary(workspace: &Workspace) -> Result<std::path::PathBuf> {
+    let mut command = Command::new(crate::shell::cargo());
+    command
+        .args(["test", "--workspace", "--no-run", "--test", WORKLOAD_TEST])
+        .args(["--message-format", "json-render-diagnostics"])
+        .current_dir(&workspace.root)
+        .env_remove("CARGO_MANIFEST_DIR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    eprintln!("$ {}", describe(&command));
+    let output = command
+        .output()
+        .with_context(|| format!("cannot start {}", describe(&command)))?;
+    if !output.status.success() {
+        bail!("`{}` failed with {}", describe(&command), output.status);
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    built_executable(&stdout, BIN).with_context(|| {
+        format!(
+            "`{}` reported no executable for the binary `{BIN}`",
+            describe(&command)
+        )
+    })
+}
+
+/// The executable cargo's JSON messages report for the binary `name`.
+fn built_executable(messages: &str, name: &str) -> Option<std::path::PathBuf> {
+    messages
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| message["reason"] == "compiler-artifact")
+        .filter(|message| {
+            message["target"]["name"] == name
+                && message["target"]["kind"]
+                    .as_array()
+                    .is_some_and(|kinds| kinds.iter().any(|kind| kind == "bin"))
+        })
+        .find_map(|message| message["executable"].as_str().map(std::path::PathBuf::from))
 }
 
 /// `valgrind --version`, if valgrind runs.
@@ -682,6 +719,22 @@ mod tests {
                 .updated(FILE, &counts(&[("new_one", &[1.0])]), &with())
                 .is_err()
         );
+    }
+
+    #[test]
+    fn the_binary_is_found_in_cargos_messages() {
+        let messages = concat!(
+            r#"{"reason":"compiler-artifact","target":{"name":"capsule-instructions","kind":["bin"]},"executable":"/t/debug/capsule-instructions"}"#,
+            "\n",
+            r#"{"reason":"compiler-artifact","target":{"name":"workload","kind":["test"]},"executable":"/t/debug/deps/workload-1"}"#,
+            "\n",
+            r#"{"reason":"build-finished","success":true}"#,
+        );
+        assert_eq!(
+            built_executable(messages, BIN),
+            Some(std::path::PathBuf::from("/t/debug/capsule-instructions"))
+        );
+        assert_eq!(built_executable(messages, "other"), None);
     }
 
     #[test]

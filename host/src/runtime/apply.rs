@@ -128,6 +128,7 @@ impl Host {
             return Err(ApplyError::NeedsRestart(differs));
         }
         self.rollouts_fit(policy)
+            .await
             .map_err(ApplyError::RolloutsNeedRoom)?;
         // Keys first: a revoked key stops working before the (slow) plugin
         // changes, whatever becomes of them.
@@ -356,7 +357,7 @@ impl Host {
 /// Whether the file `spec` names still holds the bytes with `digest` (a
 /// file that cannot be read counts as changed: the reload says why). Read
 /// on the blocking pool: a component may be hundreds of megabytes.
-async fn file_unchanged(spec: &PluginSpec, digest: &str) -> bool {
+pub(super) async fn file_unchanged(spec: &PluginSpec, digest: &str) -> bool {
     let super::PluginSource::Path(path) = &spec.source else {
         return true;
     };

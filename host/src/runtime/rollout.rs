@@ -325,7 +325,8 @@ impl RolloutError {
     pub fn kind(&self) -> &'static str {
         match self {
             RolloutError::UnknownPlugin(_) => ErrorKind::UnknownPlugin.as_str(),
-            RolloutError::InProgress(_) | RolloutError::NotRunning(_) => "conflict",
+            RolloutError::InProgress(_) => "conflict",
+            RolloutError::NotRunning(_) => "no_rollout",
             RolloutError::Invalid { .. } | RolloutError::PoolTooSmall { .. } => {
                 ErrorKind::Config.as_str()
             }
@@ -879,18 +880,27 @@ impl Host {
 impl Host {
     /// Whether the instance pool holds `policy`'s plugins next to the new
     /// versions of the rollouts that go on through its apply (those of the
-    /// plugins it keeps): an apply that would leave no room refuses, rather
-    /// than let calls fail on a full pool.
-    pub(crate) fn rollouts_fit(&self, policy: &Policy) -> Result<(), String> {
+    /// plugins it leaves as they are; one it reloads or removes ends its
+    /// rollout): an apply that would leave no room refuses, rather than let
+    /// calls fail on a full pool.
+    pub(crate) async fn rollouts_fit(&self, policy: &Policy) -> Result<(), String> {
         let Some(pool) = self.inner.loader.pool() else {
             return Ok(());
         };
-        let canaries: Vec<Arc<LoadedPlugin>> = self
-            .slots()
-            .iter()
-            .filter(|slot| policy.plugins.contains_key(&*slot.name))
-            .filter_map(|slot| slot.rollout().map(|r| Arc::clone(&r.canary)))
-            .collect();
+        let mut canaries: Vec<Arc<LoadedPlugin>> = Vec::new();
+        for slot in self.slots() {
+            let Some(rollout) = slot.rollout() else {
+                continue;
+            };
+            let Some(spec) = PluginSpec::from_policy(policy, &slot.name) else {
+                continue;
+            };
+            if spec == *slot.spec()
+                && super::apply::file_unchanged(&spec, &slot.current().details.digest).await
+            {
+                canaries.push(Arc::clone(&rollout.canary));
+            }
+        }
         if canaries.is_empty() {
             return Ok(());
         }
@@ -946,6 +956,15 @@ async fn step_loop(host: Weak<HostInner>, slot: Weak<Slot>, rollout: Weak<Rollou
         };
         if share < WHOLE {
             rollout.share.store(share, Ordering::Release);
+            // A call may have rolled it back meanwhile (that takes no
+            // lock): the share it leaves behind is then never read, and the
+            // audit log must not show a step after the rollback.
+            if !slot
+                .rollout()
+                .is_some_and(|now| Arc::ptr_eq(&now, &rollout))
+            {
+                return;
+            }
             let percent = f64::from(share) / 100.0;
             tracing::info!(plugin = %slot.name, share = percent, "rollout stepped up");
             host.inner
