@@ -19,6 +19,7 @@ use std::collections::{BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::artifact::declared_metrics::{self, MetricDeclaration};
 use crate::artifact::sections;
 
 /// The name of the custom section that holds the manifest.
@@ -79,6 +80,10 @@ pub struct Manifest {
     /// fill unset keys, and values that do not match refuse the load.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<Value>,
+    /// The metrics the plugin updates through the `metrics` service, each
+    /// declared with its kind and labels (see [`declared_metrics`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<MetricDeclaration>,
 }
 
 /// One operation a plugin offers.
@@ -251,6 +256,7 @@ impl Manifest {
                 ));
             }
         }
+        declared_metrics::check(&self.metrics)?;
         if self.requires.len() > MAX_REQUIREMENTS {
             return Err(format!(
                 "{} requirements declared; at most {MAX_REQUIREMENTS} are allowed",
@@ -502,6 +508,7 @@ mod tests {
                 version: "^1.2".into(),
             }],
             config: None,
+            metrics: Vec::new(),
         }
     }
 

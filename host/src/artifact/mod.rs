@@ -5,6 +5,7 @@
 // `CacheKey`, …); inspection, sections and signatures through their own
 // modules. One public path per type.
 pub(crate) mod cache;
+pub mod declared_metrics;
 pub mod inspect;
 pub(crate) mod keys;
 pub mod manifest;

@@ -291,6 +291,7 @@ mod tests {
                 })
                 .collect(),
             config: None,
+            metrics: Vec::new(),
         }
     }
 

@@ -176,6 +176,7 @@ mod tests {
             ]),
             requires: Vec::new(),
             config: None,
+            metrics: Vec::new(),
         }))
         .unwrap()
     }

@@ -216,8 +216,13 @@ async fn prepare(context: &Loader, spec: PluginSpec) -> Result<LoadedPlugin, Loa
         manifest,
         validate_input,
     };
-    let grants = PreparedGrants::new(Arc::from(name.as_str()), &details.grants, &context.services)
-        .map_err(|err| fail(LoadFailure::Config(err)))?;
+    let grants = PreparedGrants::new(
+        Arc::from(name.as_str()),
+        &details.grants,
+        details.manifest.as_deref(),
+        &context.services,
+    )
+    .map_err(|err| fail(LoadFailure::Config(err)))?;
     let grants = Arc::new(grants);
     let mut plugin = LoadedPlugin::new(
         context.engine.clone(),

@@ -8,6 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PluginLabel {
@@ -231,15 +232,23 @@ impl Metrics {
         self.events.get_or_create(&outcome(name, result)).inc();
     }
 
-    /// The metrics as Prometheus text, with the live instance counts given.
-    pub(crate) fn render(&self, live: &[(String, usize)]) -> String {
+    /// The metrics as Prometheus text, with the live instance counts given,
+    /// followed by the metrics plugins declared and updated themselves.
+    pub(crate) fn render(
+        &self,
+        live: &[(String, usize)],
+        declared: Vec<Arc<crate::services::metrics::PluginMetrics>>,
+    ) -> String {
         for (name, count) in live {
             self.instances
                 .get_or_create(&plugin(name))
                 .set(i64::try_from(*count).unwrap_or(i64::MAX));
         }
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+        prometheus_client::encoding::text::encode_registry(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        crate::services::metrics::encode_into(&mut out, declared);
+        prometheus_client::encoding::text::encode_eof(&mut out)
             .expect("writing to a String cannot fail");
         out
     }
@@ -257,7 +266,7 @@ mod tests {
         metrics.call("hello", "timeout", 0.5, None);
         metrics.reload("hello", true);
         metrics.event("audit", "ack");
-        let text = metrics.render(&[("hello".into(), 3)]);
+        let text = metrics.render(&[("hello".into(), 3)], Vec::new());
         assert!(
             text.contains(r#"capsule_calls_total{plugin="hello",outcome="ok"} 2"#),
             "{text}"

@@ -338,6 +338,7 @@ impl HostBuilder {
                         kv_store,
                         caller: Arc::new(nested::HostCaller(inner.clone())),
                         audit: Arc::clone(&audit),
+                        metric_catalog: Arc::default(),
                     },
                     persistent_kv: self.data_dir.is_some()
                         || matches!(self.backend, Backend::Nats(_)),
@@ -611,12 +612,19 @@ impl Host {
 
     /// The metrics of every plugin, in Prometheus text format.
     pub fn metrics_text(&self) -> String {
-        let live: Vec<(String, usize)> = self
-            .slots()
+        let slots = self.slots();
+        let live: Vec<(String, usize)> = slots
             .iter()
             .map(|slot| (slot.name.to_string(), slot.current().live_instances()))
             .collect();
-        self.inner.dispatch.metrics.render(&live)
+        // The current version's series: during a rollout whose versions
+        // declare the same metrics both share them; otherwise the canary's
+        // are exported once it is promoted.
+        let declared = slots
+            .iter()
+            .filter_map(|slot| slot.current().grants.metrics.clone())
+            .collect();
+        self.inner.dispatch.metrics.render(&live, declared)
     }
 
     /// Whether what a plugin's manifest requires is loaded now, in versions

@@ -25,7 +25,9 @@ use serde::Serialize;
 use wasmtime::component::{HasData, Linker};
 
 use super::transaction::SharedTransaction;
-use super::{Availability, Holds, HostShared, Import, PolicyContext, Service, StoreContext, Views};
+use super::{
+    Availability, Holds, Import, PolicyContext, PrepareContext, Service, StoreContext, Views,
+};
 use crate::bounds::{Invalid, plugin_name};
 use crate::contract::interfaces_v0_2::plugins as wit;
 use crate::contract::{Request, Response, interfaces_v0_2};
@@ -398,8 +400,11 @@ impl Service for Calls {
         targets.clone()
     }
 
-    fn prepare(targets: &Self::Grant, host: &HostShared) -> Result<Self::Prepared, String> {
-        Ok((Arc::new(targets.clone()), Arc::clone(&host.caller)))
+    fn prepare(
+        targets: &Self::Grant,
+        context: &PrepareContext<'_>,
+    ) -> Result<Self::Prepared, String> {
+        Ok((Arc::new(targets.clone()), Arc::clone(&context.host.caller)))
     }
 
     fn new_state(

@@ -25,7 +25,9 @@ use serde::Serialize;
 use serde_json::Value;
 use wasmtime::component::{HasData, Linker};
 
-use super::{Availability, Holds, HostShared, Import, PolicyContext, Service, StoreContext, Views};
+use super::{
+    Availability, Holds, Import, PolicyContext, PrepareContext, Service, StoreContext, Views,
+};
 use crate::artifact::manifest::compile_schema;
 use crate::bounds::Invalid;
 use crate::contract::{ServiceError, interfaces, interfaces_v0_2};
@@ -414,7 +416,10 @@ impl Service for Config {
         grant.keys()
     }
 
-    fn prepare(grant: &Self::Grant, _host: &HostShared) -> Result<Self::Prepared, String> {
+    fn prepare(
+        grant: &Self::Grant,
+        _context: &PrepareContext<'_>,
+    ) -> Result<Self::Prepared, String> {
         Ok(Arc::new(Effective::of(grant)))
     }
 

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use wasmtime::component::Linker;
 
-use super::{Availability, Holds, HostShared, Import, PolicyContext, Service, StoreContext, Views};
+use super::{
+    Availability, Holds, Import, PolicyContext, PrepareContext, Service, StoreContext, Views,
+};
 use crate::bounds::Invalid;
 
 /// The `env` service.
@@ -59,7 +61,10 @@ impl Service for Env {
         vars.keys().cloned().collect()
     }
 
-    fn prepare(vars: &Self::Grant, _host: &HostShared) -> Result<Self::Prepared, String> {
+    fn prepare(
+        vars: &Self::Grant,
+        _context: &PrepareContext<'_>,
+    ) -> Result<Self::Prepared, String> {
         Ok(vars.clone().into_iter().collect())
     }
 

@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use wasmtime::component::{HasData, Linker};
 
 use super::transaction::{SharedTransaction, lock};
-use super::{Availability, Holds, HostShared, Import, PolicyContext, Service, StoreContext, Views};
+use super::{
+    Availability, Holds, Import, PolicyContext, PrepareContext, Service, StoreContext, Views,
+};
 use crate::bounds::Invalid;
 use crate::contract::{ServiceError, interfaces, interfaces_v0_2};
 use crate::limits::Limits;
@@ -219,7 +221,10 @@ impl Service for Events {
         grant.clone()
     }
 
-    fn prepare(grant: &EventsGrant, _host: &HostShared) -> Result<Arc<EventsGrant>, String> {
+    fn prepare(
+        grant: &EventsGrant,
+        _context: &PrepareContext<'_>,
+    ) -> Result<Arc<EventsGrant>, String> {
         Ok(Arc::new(grant.clone()))
     }
 

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use wasmtime::component::Linker;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
-use super::{Availability, Holds, HostShared, Import, PolicyContext, Service, StoreContext, Views};
+use super::{
+    Availability, Holds, Import, PolicyContext, PrepareContext, Service, StoreContext, Views,
+};
 use crate::bounds::Invalid;
 
 /// What a plugin may do inside a mount.
@@ -203,7 +205,7 @@ impl Service for Files {
             .collect()
     }
 
-    fn prepare(mounts: &Vec<Mount>, _host: &HostShared) -> Result<Vec<Mount>, String> {
+    fn prepare(mounts: &Vec<Mount>, _context: &PrepareContext<'_>) -> Result<Vec<Mount>, String> {
         mounts.iter().map(Mount::materialise).collect()
     }
 

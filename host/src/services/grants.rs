@@ -8,7 +8,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::{
-    Availability, BASE_IMPORTS, HostShared, Import, Service, ServiceInfo, for_each_service,
+    Availability, BASE_IMPORTS, HostShared, Import, PrepareContext, Service, ServiceInfo,
+    for_each_service,
 };
 use crate::artifact::Interface;
 use crate::bounds::Invalid;
@@ -95,12 +96,15 @@ macro_rules! define_grants {
             pub(crate) fn new(
                 plugin: Arc<str>,
                 grants: &Grants,
+                manifest: Option<&crate::artifact::manifest::Manifest>,
                 host: &HostShared,
             ) -> Result<Self, String> {
+                let name = Arc::clone(&plugin);
+                let context = PrepareContext { plugin: &name, manifest, host };
                 Ok(PreparedGrants {
                     denials: Arc::new(super::Denials::new(&plugin, Arc::clone(&host.audit))),
                     plugin,
-                    $($field: <$service as Service>::prepare(&grants.$field, host)
+                    $($field: <$service as Service>::prepare(&grants.$field, &context)
                         .map_err(|err| format!("{}: {err}", <$service as Service>::NAME))?,)*
                 })
             }

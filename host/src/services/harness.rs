@@ -102,16 +102,32 @@ impl<S: Service> Harness<S> {
     /// The service under `grant` and `limits` (already valid), prepared and
     /// set up for a new store, with the first call begun.
     pub(crate) fn granted(grant: &S::Grant, limits: Limits) -> Self {
+        Self::granted_with(grant, limits, None)
+    }
+
+    /// As [`Harness::granted`], for a plugin whose static manifest is
+    /// `manifest`.
+    pub(crate) fn granted_with(
+        grant: &S::Grant,
+        limits: Limits,
+        manifest: Option<&crate::artifact::manifest::Manifest>,
+    ) -> Self {
         let kv_store = Arc::new(kv::KvStore::in_memory());
         let shared = HostShared {
             kv_store: Arc::clone(&kv_store),
             caller: Arc::new(NoPlugins),
             audit: Arc::new(crate::audit::AuditLog::in_memory()),
+            metric_catalog: Arc::default(),
         };
         let denials = Arc::new(super::Denials::new(PLUGIN, Arc::clone(&shared.audit)));
         let transaction = SharedTransaction::default();
-        let prepared = S::prepare(grant, &shared).expect("the host can provide the grant");
         let plugin: Arc<str> = Arc::from(PLUGIN);
+        let prepare = super::PrepareContext {
+            plugin: &plugin,
+            manifest,
+            host: &shared,
+        };
+        let prepared = S::prepare(grant, &prepare).expect("the host can provide the grant");
         let sink = Arc::new(LogSink::new(
             Arc::clone(&plugin),
             limits.max_log_bytes,

@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 use wasmtime::component::Linker;
 use wasmtime_wasi_http::{WasiBody, WasiHttpHooks};
 
-use super::{Availability, Holds, HostShared, Import, PolicyContext, Service, StoreContext, Views};
+use super::{
+    Availability, Holds, Import, PolicyContext, PrepareContext, Service, StoreContext, Views,
+};
 use crate::bounds::{GIB, Invalid, bytes, range};
 use crate::limits::{Limits, http_body_chunk, http_fields_limit};
 use crate::units::{Size, value_from_str};
@@ -364,7 +366,10 @@ impl Service for Http {
         grant.clone()
     }
 
-    fn prepare(grant: &Self::Grant, _host: &HostShared) -> Result<Self::Prepared, String> {
+    fn prepare(
+        grant: &Self::Grant,
+        _context: &PrepareContext<'_>,
+    ) -> Result<Self::Prepared, String> {
         Ok(grant.clone().map(Arc::new))
     }
 

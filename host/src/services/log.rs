@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::Serialize;
 use wasmtime::component::{HasData, Linker};
 
-use super::{Availability, Holds, HostShared, Import, PolicyContext, Service, StoreContext, Views};
+use super::{
+    Availability, Holds, Import, PolicyContext, PrepareContext, Service, StoreContext, Views,
+};
 use crate::bounds::Invalid;
 use crate::contract::{LogLevel, ServiceError, interfaces, interfaces_v0_2};
 use crate::error::{OutputLimitExceeded, OutputStream};
@@ -324,7 +326,7 @@ impl Service for Log {
         grant.enabled
     }
 
-    fn prepare(grant: &LogGrant, _host: &HostShared) -> Result<bool, String> {
+    fn prepare(grant: &LogGrant, _context: &PrepareContext<'_>) -> Result<bool, String> {
         Ok(grant.enabled)
     }
 

@@ -25,6 +25,7 @@ pub(crate) mod harness;
 pub mod http;
 pub mod kv;
 pub mod log;
+pub mod metrics;
 pub(crate) mod transaction;
 pub(crate) mod wasi;
 
@@ -78,6 +79,9 @@ macro_rules! for_each_service {
             /// Plugins the plugin may call (`capsule:plugin/plugins`).
             calls: $crate::services::calls::Calls
                 => Vec<$crate::services::calls::CallTarget>, Vec<$crate::services::calls::CallTarget>;
+            /// The series the plugin's declared metrics may have (`capsule:plugin/metrics`).
+            metrics: $crate::services::metrics::Metrics
+                => Option<$crate::services::metrics::MetricsGrant>, Option<$crate::services::metrics::MetricsGrant>;
         }
     };
 }
@@ -170,6 +174,20 @@ pub(crate) struct HostShared {
     pub(crate) caller: Arc<dyn calls::PluginCaller>,
     /// Where plugins' refused service requests are counted.
     pub(crate) audit: Arc<crate::audit::AuditLog>,
+    /// The metrics every loaded plugin declared, to refuse a plugin whose
+    /// declarations clash with another's.
+    pub(crate) metric_catalog: Arc<metrics::MetricCatalog>,
+}
+
+/// What a service prepares a plugin version's grant with: the plugin's
+/// name, its static manifest and what services share across the host.
+pub(crate) struct PrepareContext<'a> {
+    /// The plugin's name in the policy.
+    pub(crate) plugin: &'a Arc<str>,
+    /// The plugin's static manifest, if it carries one.
+    pub(crate) manifest: Option<&'a crate::artifact::manifest::Manifest>,
+    /// What services share across every plugin of the host.
+    pub(crate) host: &'a HostShared,
 }
 
 /// Where one plugin's refused service requests go: the audit log, counted
@@ -261,7 +279,8 @@ pub(crate) trait Service: 'static {
     /// Prepares the grant once per plugin version, when it loads (a mounted
     /// directory asked for is created now). Fails if the host cannot
     /// provide what was granted.
-    fn prepare(grant: &Self::Grant, host: &HostShared) -> Result<Self::Prepared, String>;
+    fn prepare(grant: &Self::Grant, context: &PrepareContext<'_>)
+    -> Result<Self::Prepared, String>;
     /// The service's state in a new store (and what it adds to the store's
     /// WASI context). Fails only if the host cannot provide what was
     /// granted (a mounted directory vanished).

@@ -22,7 +22,9 @@ use wasmtime::component::{HasData, Linker};
 
 use super::calls::CallScope;
 use super::transaction::{SharedTransaction, TransactionBudget, lock};
-use super::{Availability, Holds, HostShared, Import, PolicyContext, Service, StoreContext, Views};
+use super::{
+    Availability, Holds, Import, PolicyContext, PrepareContext, Service, StoreContext, Views,
+};
 use crate::bounds::{Invalid, KIB, MIB, bytes, range};
 use crate::contract::{ServiceError, interfaces, interfaces_v0_2};
 use crate::units::Size;
@@ -663,10 +665,13 @@ impl Service for Kv {
         grant.clone()
     }
 
-    fn prepare(grant: &Self::Grant, host: &HostShared) -> Result<Self::Prepared, String> {
+    fn prepare(
+        grant: &Self::Grant,
+        context: &PrepareContext<'_>,
+    ) -> Result<Self::Prepared, String> {
         Ok(grant
             .clone()
-            .map(|grant| (Arc::new(grant), Arc::clone(&host.kv_store))))
+            .map(|grant| (Arc::new(grant), Arc::clone(&context.host.kv_store))))
     }
 
     fn new_state(
