@@ -81,6 +81,38 @@ mod routes {
         raw::events::publish(topic, payload)
     }
 
+    pub(crate) fn metrics_counter_add(
+        name: &str,
+        labels: &[String],
+        value: f64,
+    ) -> Result<(), ServiceError> {
+        raw::metrics::counter_add(name, labels, value)
+    }
+
+    pub(crate) fn metrics_gauge_set(
+        name: &str,
+        labels: &[String],
+        value: f64,
+    ) -> Result<(), ServiceError> {
+        raw::metrics::gauge_set(name, labels, value)
+    }
+
+    pub(crate) fn metrics_gauge_add(
+        name: &str,
+        labels: &[String],
+        value: f64,
+    ) -> Result<(), ServiceError> {
+        raw::metrics::gauge_add(name, labels, value)
+    }
+
+    pub(crate) fn metrics_histogram_observe(
+        name: &str,
+        labels: &[String],
+        value: f64,
+    ) -> Result<(), ServiceError> {
+        raw::metrics::histogram_observe(name, labels, value)
+    }
+
     pub(crate) fn call(
         target: &str,
         request: &crate::Request,
@@ -100,6 +132,7 @@ mod routes {
 mod routes {
     use crate::ServiceError;
     use crate::log::Level;
+    use crate::metrics::Kind;
     use crate::testing::with_host;
 
     pub(crate) fn log(level: Level, message: &str) -> Result<(), ServiceError> {
@@ -172,6 +205,38 @@ mod routes {
 
     pub(crate) fn publish(topic: &str, payload: &[u8]) -> Result<(), ServiceError> {
         with_host(|host| host.publish(topic, payload))
+    }
+
+    pub(crate) fn metrics_counter_add(
+        name: &str,
+        labels: &[String],
+        value: f64,
+    ) -> Result<(), ServiceError> {
+        with_host(|host| host.metric(Kind::Counter, name, labels, value))
+    }
+
+    pub(crate) fn metrics_gauge_set(
+        name: &str,
+        labels: &[String],
+        value: f64,
+    ) -> Result<(), ServiceError> {
+        with_host(|host| host.metric(Kind::Gauge, name, labels, value))
+    }
+
+    pub(crate) fn metrics_gauge_add(
+        name: &str,
+        labels: &[String],
+        value: f64,
+    ) -> Result<(), ServiceError> {
+        with_host(|host| host.gauge_add(name, labels, value))
+    }
+
+    pub(crate) fn metrics_histogram_observe(
+        name: &str,
+        labels: &[String],
+        value: f64,
+    ) -> Result<(), ServiceError> {
+        with_host(|host| host.metric(Kind::Histogram, name, labels, value))
     }
 
     pub(crate) fn call(

@@ -34,7 +34,7 @@
 //! export_plugin!(Hello);
 //! ```
 //!
-//! Host services ([`log`], [`config`], [`kv`], [`events`]) only work when the
+//! Host services ([`log`], [`config`], [`kv`], [`events`], [`metrics`]) only work when the
 //! operator granted them; otherwise they return [`ServiceError::Denied`],
 //! which converts into [`PluginError::Denied`] with `?`. The environment
 //! (`std::env`) holds only the variables the operator granted.
@@ -62,6 +62,7 @@ pub mod http;
 pub mod kv;
 pub mod log;
 pub mod manifest;
+pub mod metrics;
 pub mod plugins;
 #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
 pub mod testing;
@@ -174,6 +175,35 @@ pub trait Plugin {
     /// }
     /// ```
     fn requires() -> Vec<manifest::Requirement> {
+        Vec::new()
+    }
+
+    /// The metrics this plugin keeps (see [`metrics`]). They go into the
+    /// plugin's [manifest](crate::manifest): only metrics declared here can
+    /// be updated, and a host refuses to load a plugin that declares a
+    /// family another loaded plugin exports in another shape.
+    ///
+    /// ```
+    /// # use capsule_guest::{Plugin, PluginError, Request, Response};
+    /// use capsule_guest::metrics::Metric;
+    ///
+    /// struct Shop;
+    ///
+    /// impl Plugin for Shop {
+    ///     fn metrics() -> Vec<Metric> {
+    ///         vec![
+    ///             Metric::counter("orders", "Orders taken").labels(&["region"]),
+    ///             Metric::gauge("queue", "Orders waiting"),
+    ///             Metric::histogram("confirm", "Time to confirm").unit("seconds"),
+    ///         ]
+    ///     }
+    ///
+    ///     fn handle(request: Request) -> Result<Response, PluginError> {
+    ///         request.dispatch().finish()
+    ///     }
+    /// }
+    /// ```
+    fn metrics() -> Vec<metrics::Metric> {
         Vec::new()
     }
 

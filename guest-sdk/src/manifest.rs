@@ -2,7 +2,8 @@
 //! [`Plugin::describe`]), the operations its [`Dispatch`](crate::Dispatch)
 //! handles (with JSON Schemas for [`Dispatch::typed`](crate::Dispatch::typed)
 //! handlers and descriptions from [`Dispatch::about`](crate::Dispatch::about)),
-//! and what it [requires](Plugin::requires).
+//! what it [requires](Plugin::requires) and the [metrics](Plugin::metrics) it
+//! keeps.
 //!
 //! [`export_plugin!`](crate::export_plugin) exports it as the contract's
 //! `manifest` function; `capsule sign` calls that once and embeds the answer
@@ -110,6 +111,9 @@ struct Document {
     /// The JSON Schema of the plugin's configuration, if it declares one.
     #[serde(skip_serializing_if = "Option::is_none")]
     config: Option<serde_json::Value>,
+    /// The metrics the plugin keeps.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    metrics: Vec<crate::metrics::Metric>,
 }
 
 /// What a probe of `handle` collected.
@@ -194,6 +198,7 @@ pub fn document<P: Plugin>(from_cargo: PluginInfo) -> String {
         operations,
         requires: P::requires(),
         config: P::config_schema(),
+        metrics: P::metrics(),
     };
     serde_json::to_string(&document).unwrap_or_default()
 }

@@ -45,6 +45,7 @@ use std::rc::Rc;
 
 use crate::http::{HttpError, HttpResponse};
 use crate::log::Level;
+use crate::metrics::{Kind, Metric};
 use crate::plugins::CallError;
 use crate::{Event, EventOutcome, Plugin, PluginError, Request, Response, ServiceError};
 
@@ -63,6 +64,8 @@ pub enum Service {
     Http,
     /// Calls to other plugins.
     Plugins,
+    /// `metrics`.
+    Metrics,
 }
 
 /// A kv namespace's quotas, as an operator grants them. The defaults are
@@ -160,6 +163,18 @@ pub(crate) struct State {
     callees: BTreeMap<String, Callee>,
     capabilities: BTreeMap<String, String>,
     calls: Vec<(String, Request)>,
+    /// The series cap of the metrics grant, if granted.
+    metrics: Option<usize>,
+    /// The metrics the plugin under test declares ([`Plugin::metrics`]).
+    declared: Vec<Metric>,
+    series: BTreeMap<(String, Vec<String>), Series>,
+}
+
+/// One metric series the plugin updated.
+#[derive(Debug, Clone, PartialEq)]
+enum Series {
+    Value(f64),
+    Observations(Vec<f64>),
 }
 
 /// An in-process stand-in for Capsule's host services. See the module docs.
@@ -272,6 +287,17 @@ impl MockHost {
         self
     }
 
+    /// Grants metrics with Capsule's default cap of 1000 series.
+    pub fn metrics(self) -> Self {
+        self.metrics_with(1000)
+    }
+
+    /// Grants metrics with at most `series` label combinations.
+    pub fn metrics_with(self, series: usize) -> Self {
+        self.state.borrow_mut().metrics = Some(series);
+        self
+    }
+
     /// Denies `service` whatever else was granted: every call to it fails
     /// with [`ServiceError::Denied`] (for HTTP, [`HttpError::Denied`]).
     pub fn deny(self, service: Service) -> Self {
@@ -306,6 +332,7 @@ impl MockHost {
     /// Its kv writes, too, are kept only if it succeeded (unless the
     /// operator would set `kv.atomic = false`).
     pub fn call<P: Plugin>(&self, request: Request) -> Result<Response, PluginError> {
+        self.state.borrow_mut().declared = P::metrics();
         let before = self.kv_snapshot();
         let answer = self.run(|| P::handle(request));
         self.settle(answer.is_ok(), answer.is_ok(), before);
@@ -315,6 +342,7 @@ impl MockHost {
     /// Delivers `event` to `P::on_event` as Capsule would; what it published
     /// counts only if it acknowledged or forwarded the event.
     pub fn deliver<P: Plugin>(&self, event: Event) -> Result<EventOutcome, PluginError> {
+        self.state.borrow_mut().declared = P::metrics();
         let before = self.kv_snapshot();
         let outcome = self.run(|| P::on_event(event));
         let keep = matches!(outcome, Ok(EventOutcome::Ack | EventOutcome::Forward(_)));
@@ -357,6 +385,31 @@ impl MockHost {
     /// Every line logged so far, in order.
     pub fn logs(&self) -> Vec<LogLine> {
         self.state.borrow().logs.clone()
+    }
+
+    /// The value of counter or gauge `name` for `labels`, if the plugin
+    /// updated it.
+    pub fn metric(&self, name: &str, labels: &[&str]) -> Option<f64> {
+        match self.series(name, labels)? {
+            Series::Value(value) => Some(value),
+            Series::Observations(_) => None,
+        }
+    }
+
+    /// Every value histogram `name` observed for `labels`, in order.
+    pub fn observations(&self, name: &str, labels: &[&str]) -> Vec<f64> {
+        match self.series(name, labels) {
+            Some(Series::Observations(values)) => values,
+            _ => Vec::new(),
+        }
+    }
+
+    fn series(&self, name: &str, labels: &[&str]) -> Option<Series> {
+        let key = (
+            name.to_owned(),
+            labels.iter().map(|l| (*l).to_owned()).collect(),
+        );
+        self.state.borrow().series.get(&key).cloned()
     }
 
     /// Every event published by calls that kept them (see [`MockHost::call`]),
@@ -641,6 +694,87 @@ impl State {
             )));
         }
         Ok(())
+    }
+
+    /// A counter, gauge or histogram update, checked as Capsule checks it.
+    pub(crate) fn metric(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        labels: &[String],
+        value: f64,
+    ) -> Result<(), ServiceError> {
+        if kind == Kind::Counter && value < 0.0 {
+            return Err(ServiceError::Invalid(format!(
+                "counter `{name}` cannot go down (was given {value})"
+            )));
+        }
+        match self.metric_series(kind, name, labels, value)? {
+            Series::Value(total) if kind == Kind::Counter => *total += value,
+            Series::Value(gauge) => *gauge = value,
+            Series::Observations(values) => values.push(value),
+        }
+        Ok(())
+    }
+
+    /// A gauge's change by `delta`.
+    pub(crate) fn gauge_add(
+        &mut self,
+        name: &str,
+        labels: &[String],
+        delta: f64,
+    ) -> Result<(), ServiceError> {
+        if let Series::Value(gauge) = self.metric_series(Kind::Gauge, name, labels, delta)? {
+            *gauge += delta;
+        }
+        Ok(())
+    }
+
+    fn metric_series(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        labels: &[String],
+        value: f64,
+    ) -> Result<&mut Series, ServiceError> {
+        let Some(cap) = self.metrics.filter(|_| !self.is_denied(Service::Metrics)) else {
+            return Err(denied("metrics"));
+        };
+        let invalid = |message: String| Err(ServiceError::Invalid(message));
+        let Some(declared) = self.declared.iter().find(|m| m.name() == name) else {
+            return invalid(format!(
+                "metric `{name}` is not declared in this plugin's manifest"
+            ));
+        };
+        if declared.kind() != kind {
+            return invalid(format!(
+                "metric `{name}` is a {:?}, not a {kind:?}",
+                declared.kind()
+            ));
+        }
+        if labels.len() != declared.label_names().len() {
+            return invalid(format!(
+                "metric `{name}` has {} labels; {} values were given",
+                declared.label_names().len(),
+                labels.len()
+            ));
+        }
+        if labels.iter().any(|l| l.len() > 128) || !value.is_finite() {
+            return invalid(format!(
+                "metric `{name}`: label values are at most 128 bytes and values finite"
+            ));
+        }
+        let key = (name.to_owned(), labels.to_vec());
+        if !self.series.contains_key(&key) && self.series.len() >= cap {
+            return Err(ServiceError::QuotaExceeded(format!(
+                "this plugin already has {cap} metric series, the most its `metrics.series` \
+                 grant allows; existing series keep updating"
+            )));
+        }
+        Ok(self.series.entry(key).or_insert(match kind {
+            Kind::Histogram => Series::Observations(Vec::new()),
+            Kind::Counter | Kind::Gauge => Series::Value(0.0),
+        }))
     }
 
     pub(crate) fn publish(&mut self, topic: &str, payload: &[u8]) -> Result<(), ServiceError> {
@@ -975,6 +1109,53 @@ mod tests {
         assert_eq!(host.logs().len(), LOG_LINES);
         // A new call has a fresh budget.
         host.run(|| log::write(Level::Info, "again")).unwrap();
+    }
+
+    struct Shop;
+
+    impl Plugin for Shop {
+        fn metrics() -> Vec<Metric> {
+            vec![
+                Metric::counter("orders", "Orders taken").labels(&["region"]),
+                Metric::gauge("queue", "Waiting"),
+                Metric::histogram("basket", "Items per order"),
+            ]
+        }
+
+        fn handle(request: Request) -> Result<Response, PluginError> {
+            let region = String::from_utf8_lossy(&request.payload).into_owned();
+            crate::metrics::add("orders", &[&region], 1.0)?;
+            crate::metrics::set("queue", &[], 4.0)?;
+            crate::metrics::gauge_add("queue", &[], -1.0)?;
+            crate::metrics::observe("basket", &[], 2.5)?;
+            Ok(Response::bytes(""))
+        }
+    }
+
+    #[test]
+    fn metrics_are_checked_against_the_declarations_and_capped() {
+        let host = MockHost::new().metrics_with(3);
+        host.call::<Shop>(Request::new("buy", "eu")).unwrap();
+        host.call::<Shop>(Request::new("buy", "eu")).unwrap();
+        assert_eq!(host.metric("orders", &["eu"]), Some(2.0));
+        assert_eq!(host.metric("queue", &[]), Some(3.0));
+        assert_eq!(host.observations("basket", &[]), [2.5, 2.5]);
+        // Three series exist: a new region is past the cap.
+        let refused = host.call::<Shop>(Request::new("buy", "us"));
+        assert!(
+            matches!(refused, Err(PluginError::Failed(_))),
+            "{refused:?}"
+        );
+        host.run(|| {
+            let undeclared = crate::metrics::add("nope", &[], 1.0);
+            assert!(matches!(undeclared, Err(ServiceError::Invalid(_))));
+            let wrong_kind = crate::metrics::set("orders", &["eu"], 1.0);
+            assert!(matches!(wrong_kind, Err(ServiceError::Invalid(_))));
+            let down = crate::metrics::add("orders", &["eu"], -1.0);
+            assert!(matches!(down, Err(ServiceError::Invalid(_))));
+        });
+        let denied = MockHost::new().call::<Shop>(Request::new("buy", "eu"));
+        assert!(matches!(denied, Err(PluginError::Denied(_))), "{denied:?}");
     }
 
     #[test]

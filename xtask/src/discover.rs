@@ -15,6 +15,12 @@ pub struct PluginCrate {
     pub dir: PathBuf,
     /// Whether it lives under `example-plugins/hostile/`.
     pub hostile: bool,
+    /// Whether `capsule sign` embeds its manifest: every plugin but the
+    /// hostile ones, whose `handle` is the attack the manifest probe would
+    /// run — unless one says `manifest = true` under
+    /// `[package.metadata.capsule]` (its `handle` dispatches, and it needs
+    /// its declared metrics).
+    pub manifest: bool,
 }
 
 /// Lists the plugin crates under `<root>/example-plugins`, sorted by name.
@@ -32,13 +38,17 @@ pub fn plugin_crates(root: &Path) -> std::io::Result<Vec<PluginCrate>> {
                 continue;
             }
             let text = std::fs::read_to_string(&manifest)?;
-            let name = package_name(&text).ok_or_else(|| {
+            let name = table_value(&text, "package", "name").ok_or_else(|| {
                 std::io::Error::other(format!("{} has no package name", manifest.display()))
             })?;
+            let wants_manifest = table_value(&text, "package.metadata.capsule", "manifest")
+                .as_deref()
+                == Some("true");
             found.push(PluginCrate {
                 name,
                 dir: path,
                 hostile,
+                manifest: !hostile || wants_manifest,
             });
         }
     }
@@ -46,18 +56,21 @@ pub fn plugin_crates(root: &Path) -> std::io::Result<Vec<PluginCrate>> {
     Ok(found)
 }
 
-/// The `name` of the `[package]` table of a manifest.
-fn package_name(manifest: &str) -> Option<String> {
-    let mut in_package = false;
+/// The value of `key` in `[table]` of a Cargo manifest, unquoted.
+fn table_value(manifest: &str, table: &str, key: &str) -> Option<String> {
+    let header = format!("[{table}]");
+    let mut in_table = false;
     for line in manifest.lines() {
         let line = line.trim();
         if line.starts_with('[') {
-            in_package = line == "[package]";
+            in_table = line == header;
             continue;
         }
-        if let Some(value) = line.strip_prefix("name").filter(|_| in_package) {
-            let value = value.trim_start().strip_prefix('=')?.trim();
-            return Some(value.trim_matches('"').to_owned());
+        if let Some(value) = line.strip_prefix(key).filter(|_| in_table) {
+            let Some(value) = value.trim_start().strip_prefix('=') else {
+                continue;
+            };
+            return Some(value.trim().trim_matches('"').to_owned());
         }
     }
     None

@@ -63,7 +63,7 @@ pub fn build(workspace: &Workspace, cli: Cli) -> Result<Built> {
         let dest = out_dir.join(format!("{}.wasm", plugin.name));
         std::fs::copy(&artifact, &dest)
             .with_context(|| format!("cannot copy {} to {}", artifact.display(), dest.display()))?;
-        built.push((dest, plugin.hostile));
+        built.push((dest, plugin.manifest));
     }
 
     // A fresh test key for every run signs every plugin; tests and the demo
@@ -98,12 +98,13 @@ pub fn build(workspace: &Workspace, cli: Cli) -> Result<Built> {
         .args(["keygen", "--force", "--out"])
         .arg(&key_prefix))?;
     let secret = key_prefix.with_extension("key");
-    for (plugin, hostile) in &built {
+    for (plugin, with_manifest) in &built {
         let mut sign = Command::new(&capsule);
         sign.arg("sign").arg(plugin).arg("--key").arg(&secret);
         // A hostile plugin's `handle` is the attack, and building the
-        // manifest probes `handle`: sign those as they are.
-        if *hostile {
+        // manifest probes `handle`: sign those as they are (see
+        // `PluginCrate::manifest`).
+        if !with_manifest {
             sign.arg("--no-manifest");
         }
         run(&mut sign)?;

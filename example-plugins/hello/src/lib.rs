@@ -9,10 +9,15 @@
 //!   as an event; topics the operator did not grant are denied.
 //! - `calls` answers `{"calls": N}`: how many calls this instance has served,
 //!   which shows whether the host reuses instances (`recycle_after`).
+//!
+//! It counts its greetings by greeting word in the metric `greetings`
+//! (`capsule_plugin_greetings_total` in `/metrics`) when the operator grants
+//! `metrics`; without the grant the count is dropped and greeting goes on.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use capsule_guest::metrics::{self, Metric};
 use capsule_guest::{
     Plugin, PluginError, PluginInfo, Request, Response, config, events, export_plugin, log,
 };
@@ -52,6 +57,8 @@ struct AnnounceOut {
 
 fn greeting(name: &str) -> Result<String, PluginError> {
     let word = config::get("greeting")?.unwrap_or_else(|| "Hello".to_owned());
+    // A metric is never worth failing a greeting for.
+    let _ = metrics::add("greetings", &[&word], 1.0);
     Ok(format!("{word}, {name}!"))
 }
 
@@ -71,6 +78,10 @@ impl Plugin for Hello {
             capabilities: vec!["greeting".into()],
             ..from_cargo
         }
+    }
+
+    fn metrics() -> Vec<Metric> {
+        vec![Metric::counter("greetings", "Greetings given, by greeting word").labels(&["word"])]
     }
 
     fn handle(request: Request) -> Result<Response, PluginError> {

@@ -230,6 +230,7 @@ impl PluginMetrics {
     }
 
     /// How many series the plugin has now.
+    #[cfg(test)]
     pub(crate) fn series_count(&self) -> usize {
         self.series.lock().unwrap_or_else(|e| e.into_inner()).len()
     }

@@ -1,0 +1,64 @@
+//! Hostile: tries to make the host keep unbounded metrics. Each operation
+//! keeps going until the host refuses, then fails with the refusal, so tests
+//! see which bound stopped it.
+//!
+//! - `series`: a new label value on every update — stopped by the
+//!   operator's `metrics.series` cap (`quota-exceeded`).
+//! - `long`: label values of 1 MiB — refused as `invalid` at once.
+//! - `undeclared`: updates 10,000 metric names it never declared — each
+//!   refused as `invalid`, none exported.
+//!
+//! It also declares `greetings` as a gauge, which `hello` exports as a
+//! counter: a host that grants metrics to both refuses whichever loads
+//! second.
+
+use capsule_guest::metrics::{self, Metric};
+use capsule_guest::{Plugin, PluginError, Request, Response, export_plugin};
+
+fn refused(what: &str, done: usize, err: impl std::fmt::Debug) -> PluginError {
+    PluginError::failed(format!("{what} stopped after {done}: {err:?}"))
+}
+
+struct MetricFlood;
+
+impl Plugin for MetricFlood {
+    fn metrics() -> Vec<Metric> {
+        vec![
+            Metric::counter("flood", "Series the plugin tried to create").labels(&["key"]),
+            Metric::gauge("greetings", "Clashes with hello's counter"),
+        ]
+    }
+
+    fn handle(request: Request) -> Result<Response, PluginError> {
+        match request.operation.as_str() {
+            "series" => {
+                for i in 0.. {
+                    let key = format!("{i:0>120}");
+                    if let Err(err) = metrics::add("flood", &[&key], 1.0) {
+                        return Err(refused("new series", i, err));
+                    }
+                }
+                unreachable!()
+            }
+            "long" => {
+                let key = "k".repeat(1 << 20);
+                match metrics::add("flood", &[&key], 1.0) {
+                    Ok(()) => Ok(Response::bytes("kept a 1 MiB label")),
+                    Err(err) => Err(refused("a 1 MiB label", 0, err)),
+                }
+            }
+            "undeclared" => {
+                let mut refusals = 0;
+                for i in 0..10_000 {
+                    if metrics::add(&format!("made_up_{i}"), &[], 1.0).is_err() {
+                        refusals += 1;
+                    }
+                }
+                Ok(Response::bytes(format!("{refusals} refused")))
+            }
+            other => Err(PluginError::Unsupported(other.to_owned())),
+        }
+    }
+}
+
+export_plugin!(MetricFlood);

@@ -1,0 +1,133 @@
+//! `metric-flood` (hostile): however it tries to grow the host's metrics —
+//! a new series on every update, megabyte label values, thousands of
+//! undeclared names — the series cap and the declaration stop it with a
+//! typed refusal, and `/metrics` holds only what its grant allows. Its
+//! `greetings` gauge clashes with `hello`'s counter: a host refuses the
+//! second of the two to load with metrics granted.
+
+use capsule_host::services::metrics::MetricsGrant;
+use capsule_host::{ErrorKind, Grants, Host, PluginError, PluginSpec, Request};
+use capsule_tests::plugin_path;
+use capsule_tests::plugins::{HELLO, METRIC_FLOOD};
+use serde_json::json;
+
+use crate::grants::plugin_error;
+
+fn metrics(series: u32) -> Grants {
+    Grants {
+        metrics: Some(MetricsGrant { series }),
+        ..Grants::default()
+    }
+}
+
+async fn refusal(host: &Host, op: &str) -> String {
+    match plugin_error(host, METRIC_FLOOD, op, json!(null)).await {
+        PluginError::Failed(message) => message,
+        other => panic!("{op}: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_series_cap_and_the_declarations_bound_what_the_host_keeps() {
+    let host = crate::host();
+    host.load(PluginSpec::from_path(plugin_path(METRIC_FLOOD)).grants(metrics(50)))
+        .await
+        .unwrap();
+    let message = refusal(&host, "series").await;
+    assert!(message.contains("stopped after 50"), "{message}");
+    assert!(message.contains("QuotaExceeded"), "{message}");
+    assert!(message.contains("metrics.series"), "{message}");
+    let message = refusal(&host, "long").await;
+    assert!(message.contains("Invalid"), "{message}");
+    assert!(message.contains("longer than the 128 allowed"), "{message}");
+    let undeclared = host
+        .call(METRIC_FLOOD, Request::new("undeclared", ""))
+        .await
+        .unwrap();
+    assert_eq!(undeclared.response.payload, b"10000 refused");
+
+    let text = host.metrics_text();
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("capsule_plugin_flood_total{"))
+        .count();
+    assert_eq!(series, 50, "{text}");
+    assert!(
+        !text.contains("made_up"),
+        "undeclared names are never exported"
+    );
+    // 50 series of 120-byte keys, plus the host's own families.
+    assert!(text.len() < 64 << 10, "{} bytes", text.len());
+}
+
+#[tokio::test]
+async fn without_the_grant_every_update_is_denied() {
+    let host = crate::host();
+    host.load(PluginSpec::from_path(plugin_path(METRIC_FLOOD)))
+        .await
+        .unwrap();
+    let message = refusal(&host, "series").await;
+    assert!(
+        message.contains("stopped after 0")
+            && message.contains("Denied(\"metrics were not granted to this plugin\")"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_family_exported_in_two_shapes_refuses_the_second_plugin() {
+    let host = crate::host();
+    host.load(PluginSpec::from_path(plugin_path(HELLO)).grants(metrics(10)))
+        .await
+        .unwrap();
+    let err = host
+        .load(PluginSpec::from_path(plugin_path(METRIC_FLOOD)).grants(metrics(10)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    let message = err.to_string();
+    assert!(message.contains(METRIC_FLOOD), "{message}");
+    assert!(
+        message.contains("capsule_plugin_greetings")
+            && message.contains("plugin `hello` exports as a counter"),
+        "{message}"
+    );
+    // Without its metrics grant nothing of it is exported, so nothing clashes.
+    host.load(PluginSpec::from_path(plugin_path(METRIC_FLOOD)))
+        .await
+        .unwrap();
+    // hello still counts.
+    host.call(
+        HELLO,
+        Request::new("greet", json!({ "name": "Ada" }).to_string()),
+    )
+    .await
+    .unwrap();
+    assert!(
+        host.metrics_text()
+            .contains(r#"capsule_plugin_greetings_total{plugin="hello",word="Hello"} 1.0"#),
+        "{}",
+        host.metrics_text()
+    );
+}
+
+#[tokio::test]
+async fn a_reload_with_the_same_declarations_keeps_counting() {
+    let host = crate::host();
+    host.load(PluginSpec::from_path(plugin_path(HELLO)).grants(metrics(10)))
+        .await
+        .unwrap();
+    let greet = || Request::new("greet", json!({ "name": "Ada" }).to_string());
+    host.call(HELLO, greet()).await.unwrap();
+    host.call(HELLO, greet()).await.unwrap();
+    host.reload(HELLO).await.unwrap();
+    host.call(HELLO, greet()).await.unwrap();
+    let text = host.metrics_text();
+    assert!(
+        text.contains(r#"capsule_plugin_greetings_total{plugin="hello",word="Hello"} 3.0"#),
+        "{text}"
+    );
+    // Unloaded, its series leave `/metrics`.
+    assert!(host.unload(HELLO).await);
+    assert!(!host.metrics_text().contains("capsule_plugin_greetings"));
+}
