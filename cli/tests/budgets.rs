@@ -34,7 +34,7 @@ trusted_keys = ["{key}"]
 memory = "16MiB"
 timeout = "2s"
 [host.pool]
-instances = 80
+instances = 84
 max_memory = "64MiB"
 [host.events]
 queue = 64
@@ -55,6 +55,12 @@ max_response = "4MiB"
 [plugins.event-storm]
 path = "{plugins}/event-storm.wasm"
 events = { publish = ["storm.>"], subscribe = ["storm.>"] }
+
+[plugins.metric-flood]
+path = "{plugins}/metric-flood.wasm"
+metrics = { series = 200 }
+[plugins.metric-flood.limits]
+max_instances = 1
 
 [plugins.kv-hoarder]
 path = "{plugins}/kv-hoarder.wasm"
@@ -240,6 +246,24 @@ fn every_attack_is_contained_and_the_server_keeps_its_memory() {
         ),
         ("kv-hoarder", "many", "", 422, "plugin_error", "get-many"),
         ("hoard-1", "nest", "", 422, "plugin_error", "quota_exceeded"),
+        // Metric series past the grant's cap, and label values past their
+        // bound.
+        (
+            "metric-flood",
+            "series",
+            "",
+            422,
+            "plugin_error",
+            "QuotaExceeded",
+        ),
+        (
+            "metric-flood",
+            "long",
+            "",
+            422,
+            "plugin_error",
+            "longer than the 128",
+        ),
     ];
     for (plugin, op, payload, status, kind, word) in attacks {
         let attack = format!("{plugin} {op}");
@@ -316,6 +340,8 @@ fn every_attack_is_contained_and_the_server_keeps_its_memory() {
         "events: peak memory grew from {baseline} to {peak} bytes"
     );
 
+    no_string_a_caller_or_plugin_sends_grows_the_metrics(&server);
+
     eprintln!(
         "peak memory: {} MiB after start, {} MiB after every attack (bound {} MiB)",
         baseline >> 20,
@@ -324,6 +350,77 @@ fn every_attack_is_contained_and_the_server_keeps_its_memory() {
     );
     let (code, _) = server.terminate();
     assert_eq!(code, Some(0));
+}
+
+/// 10,000 distinct operation names, 2,000 distinct topics and 10,000
+/// metric names a plugin never declared leave `/metrics` as it was, apart
+/// from the counts: no attacker-chosen string becomes a series. The one
+/// plugin that may add series (its declared `flood` counter) already holds
+/// the 200 its grant allows.
+fn no_string_a_caller_or_plugin_sends_grows_the_metrics(server: &ServeProcess) {
+    let scrape = || {
+        let (status, text) = server.http("GET", "/metrics", "");
+        assert_eq!(status, 200);
+        text
+    };
+    let families = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                l.rsplit_once(' ')
+                    .map_or(l, |(series, _)| series)
+                    .to_owned()
+            })
+            .collect()
+    };
+    // One of each first, so that the outcome series they count exist.
+    let (status, _) = server.http("POST", "/v1/plugins/hello/call?op=made-up", "");
+    assert_eq!(status, 404);
+    let before = scrape();
+    std::thread::scope(|scope| {
+        for worker in 0..4 {
+            scope.spawn(move || {
+                for i in (worker..10_000).step_by(4) {
+                    let (status, _) = server.http(
+                        "POST",
+                        &format!("/v1/plugins/hello/call?op=made-up-{i}"),
+                        "",
+                    );
+                    assert_eq!(status, 404, "operation {i}");
+                }
+            });
+        }
+        scope.spawn(|| {
+            let admin = format!("Bearer {TOKEN}");
+            for i in 0..2_000 {
+                let (status, body) = http_with(
+                    &server.address,
+                    "POST",
+                    &format!("/v1/events/probe.topic{i}"),
+                    &[("authorization", &admin)],
+                    "x",
+                );
+                assert_eq!(status, 200, "topic {i}: {body}");
+            }
+        });
+    });
+    let (status, body) = server.http("POST", "/v1/plugins/metric-flood/call?op=undeclared", "");
+    assert_eq!((status, body.as_str()), (200, "10000 refused"));
+    let after = scrape();
+    assert_eq!(
+        families(&before),
+        families(&after),
+        "the series did not change"
+    );
+    assert!(!after.contains("made-up") && !after.contains("probe.topic"));
+    assert_eq!(
+        after
+            .lines()
+            .filter(|l| l.starts_with("capsule_plugin_flood_total{"))
+            .count(),
+        200
+    );
+    assert!(after.len() < 128 << 10, "/metrics is {} bytes", after.len());
 }
 
 #[cfg(unix)]
