@@ -5,7 +5,7 @@
 //! | `POST /v1/plugins/{name}/call?op=OP` | body = request payload; answers the plugin's payload |
 //! | `POST /v1/pipelines/{name}/call?op=OP` | the same through a pipeline |
 //! | `GET /v1/plugins` | every plugin: version, digest, signers, capabilities, grants (names only; mounts' host paths to `admin`), state, limits |
-//! | `GET /metrics` | Prometheus text |
+//! | `GET /metrics` | Prometheus text (OpenMetrics when the `Accept` header asks) |
 //! | `GET /healthz` | `ok` while serving |
 //! | `POST /v1/events/{topic}` | admin, or a `call` key with the topic: publish the body as an event |
 //! | `POST /v1/plugins/{name}/reload` | admin: reload from its file (kept on failure; refused with `missing_dependency` when it would break a plugin that requires it, unless `?force=true`) |
@@ -850,14 +850,31 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
     if let Err(err) = authorize(&state, &headers, Action::Read) {
         return err.into_response();
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.host.metrics_text(),
-    )
-        .into_response()
+    // Prometheus asks for OpenMetrics first; anything else (curl, older
+    // scrapers, promtool) gets the classic text format.
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/openmetrics-text"));
+    if openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            state.host.metrics_openmetrics(),
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            state.host.metrics_text(),
+        )
+            .into_response()
+    }
 }
 
 /// Who made a request the access rules let through.

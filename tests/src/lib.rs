@@ -111,3 +111,70 @@ impl TestServer {
         self.hits.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
+
+/// Prometheus' own checker, `promtool` (Debian's `prometheus` package, which
+/// `.ci/run` installs): what Capsule exports and ships for Prometheus must
+/// pass it, lints included.
+pub mod promtool {
+    use std::io::Write;
+    use std::path::Path;
+    use std::process::{Command, Stdio};
+
+    fn promtool() -> Command {
+        let tool = std::env::var_os("PROMTOOL").unwrap_or_else(|| "promtool".into());
+        Command::new(tool)
+    }
+
+    fn run(mut command: Command, stdin: Option<&str>) {
+        let shown = format!("{command:?}");
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|err| {
+                panic!(
+                    "cannot run {shown} ({err}): install promtool (Debian: `apt-get install \
+                     prometheus`) or point PROMTOOL at it"
+                )
+            });
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{shown} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `promtool check metrics` on a `/metrics` exposition.
+    pub fn check_metrics(exposition: &str) {
+        let mut command = promtool();
+        command.args(["check", "metrics"]);
+        run(command, Some(exposition));
+    }
+
+    /// `promtool check rules FILE`.
+    pub fn check_rules(file: &Path) {
+        let mut command = promtool();
+        command.args(["check", "rules"]).arg(file);
+        run(command, None);
+    }
+
+    /// `promtool test rules FILE`: unit tests of alert rules.
+    pub fn test_rules(file: &Path) {
+        let mut command = promtool();
+        command.args(["test", "rules"]).arg(file);
+        run(command, None);
+    }
+}

@@ -9,6 +9,7 @@ use capsule_host::serve::{ServeOptions, serve_on};
 use capsule_host::services::config::Secret;
 use capsule_host::services::events::TopicPattern;
 use capsule_host::services::kv::KvGrant;
+use capsule_host::services::metrics::MetricsGrant;
 use capsule_host::{Grants, Host, Limits, PluginSpec, RequestId};
 use capsule_tests::plugin_path;
 use capsule_tests::plugins::{
@@ -41,8 +42,15 @@ impl Server {
             .middleware(RequestId)
             .build()
             .unwrap();
+        // hello keeps its own metrics.
+        let metrics = Grants {
+            metrics: Some(MetricsGrant::default()),
+            ..Grants::default()
+        };
         host.load(
-            PluginSpec::from_path(plugin_path(HELLO)).config("api_token", "Top-secret-value"),
+            PluginSpec::from_path(plugin_path(HELLO))
+                .grants(metrics)
+                .config("api_token", "Top-secret-value"),
         )
         .await
         .unwrap();
@@ -460,6 +468,35 @@ async fn listing_metrics_health_events_and_reload() {
         text.contains(r#"capsule_calls_total{plugin="hello",outcome="ok"} 1"#),
         "{text}"
     );
+    // What hello declared and counted itself.
+    assert_eq!(hello["manifest"]["metrics"][0]["name"], "greetings");
+    assert!(
+        text.contains(r#"capsule_plugin_greetings_total{plugin="hello",word="Hello"} 1.0"#),
+        "{text}"
+    );
+    capsule_tests::promtool::check_metrics(&text);
+    // Prometheus' own Accept header gets OpenMetrics, families named as
+    // that format names them.
+    let openmetrics = server
+        .client
+        .get(server.url("/metrics"))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        openmetrics.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text; version=1.0.0")
+    );
+    let openmetrics = openmetrics.text().await.unwrap();
+    assert!(openmetrics.contains("# TYPE capsule_calls counter\n"));
+    assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
+    assert!(text.contains("# TYPE capsule_calls_total counter\n"));
 
     let published = server
         .admin(

@@ -254,6 +254,39 @@ impl Metrics {
     }
 }
 
+/// An OpenMetrics exposition (as `prometheus_client` writes it) in the
+/// Prometheus text format 0.0.4 that `text/plain` scrapers and `promtool`
+/// read: a counter family is named by its `_total` samples, and the
+/// `# UNIT` and `# EOF` lines, which that format does not have, go.
+pub(crate) fn prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let descriptor = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|tag| Some((tag, line.strip_prefix(tag)?)));
+        match descriptor {
+            Some((tag, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(name) {
+                    out.push_str(&format!("{tag}{name}_total {tail}"));
+                } else {
+                    out.push_str(line);
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,5 +310,26 @@ mod tests {
         assert!(text.contains(r#"capsule_instances{plugin="hello"} 3"#));
         assert!(text.contains(r#"capsule_reloads_total{plugin="hello",outcome="ok"} 1"#));
         assert!(text.contains(r#"capsule_events_total{plugin="audit",outcome="ack"} 1"#));
+    }
+
+    #[test]
+    fn openmetrics_becomes_prometheus_text() {
+        let openmetrics = "# HELP capsule_calls Plugin calls.\n\
+            # TYPE capsule_calls counter\n\
+            capsule_calls_total{plugin=\"a\"} 2\n\
+            # HELP capsule_plugin_wait_seconds Waiting.\n\
+            # TYPE capsule_plugin_wait_seconds gauge\n\
+            # UNIT capsule_plugin_wait_seconds seconds\n\
+            capsule_plugin_wait_seconds{plugin=\"a\"} 1.5\n\
+            # EOF\n";
+        assert_eq!(
+            prometheus_text(openmetrics),
+            "# HELP capsule_calls_total Plugin calls.\n\
+             # TYPE capsule_calls_total counter\n\
+             capsule_calls_total{plugin=\"a\"} 2\n\
+             # HELP capsule_plugin_wait_seconds Waiting.\n\
+             # TYPE capsule_plugin_wait_seconds gauge\n\
+             capsule_plugin_wait_seconds{plugin=\"a\"} 1.5\n"
+        );
     }
 }

@@ -612,6 +612,13 @@ impl Host {
 
     /// The metrics of every plugin, in Prometheus text format.
     pub fn metrics_text(&self) -> String {
+        metrics::prometheus_text(&self.metrics_openmetrics())
+    }
+
+    /// The same metrics in the OpenMetrics 1.0 text format (families named
+    /// without `_total`, `# UNIT` lines, `# EOF`), which Prometheus asks for
+    /// by its `Accept` header.
+    pub fn metrics_openmetrics(&self) -> String {
         let slots = self.slots();
         let live: Vec<(String, usize)> = slots
             .iter()
