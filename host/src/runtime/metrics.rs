@@ -52,7 +52,6 @@ pub(crate) struct Metrics {
     calls: Family<OutcomeLabels, Counter>,
     latency: HistogramFamily,
     fuel: HistogramFamily,
-    instances: Family<PluginLabel, Gauge>,
     reloads: Family<OutcomeLabels, Counter>,
     events: Family<OutcomeLabels, Counter>,
     rollout_calls: Family<TrackLabels, Counter>,
@@ -66,7 +65,6 @@ impl Default for Metrics {
         let calls = Family::<OutcomeLabels, Counter>::default();
         let latency = HistogramFamily::new_with_constructor(latency_histogram);
         let fuel = HistogramFamily::new_with_constructor(fuel_histogram);
-        let instances = Family::<PluginLabel, Gauge>::default();
         let reloads = Family::<OutcomeLabels, Counter>::default();
         let events = Family::<OutcomeLabels, Counter>::default();
         let rollout_calls = Family::<TrackLabels, Counter>::default();
@@ -89,11 +87,6 @@ impl Default for Metrics {
             "capsule_call_fuel",
             "Fuel burned by plugin calls that ran to completion (including those returning a plugin error)",
             fuel.clone(),
-        );
-        registry.register(
-            "capsule_instances",
-            "Live instances per plugin (idle and busy)",
-            instances.clone(),
         );
         registry.register(
             "capsule_reloads",
@@ -128,7 +121,6 @@ impl Default for Metrics {
             calls,
             latency,
             fuel,
-            instances,
             reloads,
             events,
         }
@@ -232,26 +224,74 @@ impl Metrics {
         self.events.get_or_create(&outcome(name, result)).inc();
     }
 
-    /// The metrics as Prometheus text, with the live instance counts given,
-    /// followed by the metrics plugins declared and updated themselves.
+    /// The metrics in OpenMetrics text: the host's counters and histograms,
+    /// the state of each loaded plugin now (`now`; a plugin unloaded since
+    /// the last scrape is no longer shown), and the metrics plugins declared
+    /// and updated themselves.
     pub(crate) fn render(
         &self,
-        live: &[(String, usize)],
+        now: &[PluginGauges],
         declared: Vec<Arc<crate::services::metrics::PluginMetrics>>,
     ) -> String {
-        for (name, count) in live {
-            self.instances
-                .get_or_create(&plugin(name))
-                .set(i64::try_from(*count).unwrap_or(i64::MAX));
-        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode_registry(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode_registry(&mut out, &gauges(now))
             .expect("writing to a String cannot fail");
         crate::services::metrics::encode_into(&mut out, declared);
         prometheus_client::encoding::text::encode_eof(&mut out)
             .expect("writing to a String cannot fail");
         out
     }
+}
+
+/// What one loaded plugin looks like at a scrape.
+pub(crate) struct PluginGauges {
+    /// The plugin's name.
+    pub(crate) name: String,
+    /// Its live instances, idle and busy.
+    pub(crate) instances: usize,
+    /// Whether its circuit breaker is open (calls refused as `circuit_open`).
+    pub(crate) circuit_open: bool,
+    /// Its fuel per call, if fuel is metered.
+    pub(crate) fuel_limit: Option<u64>,
+}
+
+/// The per-plugin gauges of one scrape, in a registry of their own.
+fn gauges(now: &[PluginGauges]) -> Registry {
+    let mut registry = Registry::default();
+    let instances = Family::<PluginLabel, Gauge>::default();
+    let circuit_open = Family::<PluginLabel, Gauge>::default();
+    let fuel_limit = Family::<PluginLabel, Gauge>::default();
+    let int = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+    for gauges in now {
+        let label = plugin(&gauges.name);
+        instances
+            .get_or_create(&label)
+            .set(int(gauges.instances as u64));
+        circuit_open
+            .get_or_create(&label)
+            .set(i64::from(gauges.circuit_open));
+        if let Some(limit) = gauges.fuel_limit {
+            fuel_limit.get_or_create(&label).set(int(limit));
+        }
+    }
+    registry.register(
+        "capsule_instances",
+        "Live instances per plugin (idle and busy)",
+        instances,
+    );
+    registry.register(
+        "capsule_circuit_open",
+        "1 while a plugin's circuit breaker is open and its calls are refused, else 0",
+        circuit_open,
+    );
+    registry.register(
+        "capsule_fuel_limit",
+        "The fuel one call of a plugin may burn (absent when fuel is not metered)",
+        fuel_limit,
+    );
+    registry
 }
 
 /// An OpenMetrics exposition (as `prometheus_client` writes it) in the
@@ -299,7 +339,13 @@ mod tests {
         metrics.call("hello", "timeout", 0.5, None);
         metrics.reload("hello", true);
         metrics.event("audit", "ack");
-        let text = metrics.render(&[("hello".into(), 3)], Vec::new());
+        let now = [PluginGauges {
+            name: "hello".into(),
+            instances: 3,
+            circuit_open: true,
+            fuel_limit: Some(1_000_000),
+        }];
+        let text = metrics.render(&now, Vec::new());
         assert!(
             text.contains(r#"capsule_calls_total{plugin="hello",outcome="ok"} 2"#),
             "{text}"
@@ -308,6 +354,14 @@ mod tests {
         assert!(text.contains(r#"capsule_call_duration_seconds_count{plugin="hello"} 3"#));
         assert!(text.contains(r#"capsule_call_fuel_count{plugin="hello"} 2"#));
         assert!(text.contains(r#"capsule_instances{plugin="hello"} 3"#));
+        assert!(text.contains(r#"capsule_circuit_open{plugin="hello"} 1"#));
+        assert!(text.contains(r#"capsule_fuel_limit{plugin="hello"} 1000000"#));
+        // A plugin gone by the next scrape is gone from it.
+        assert!(
+            !metrics
+                .render(&[], Vec::new())
+                .contains("capsule_instances{")
+        );
         assert!(text.contains(r#"capsule_reloads_total{plugin="hello",outcome="ok"} 1"#));
         assert!(text.contains(r#"capsule_events_total{plugin="audit",outcome="ack"} 1"#));
     }

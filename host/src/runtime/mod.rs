@@ -620,9 +620,18 @@ impl Host {
     /// by its `Accept` header.
     pub fn metrics_openmetrics(&self) -> String {
         let slots = self.slots();
-        let live: Vec<(String, usize)> = slots
+        let metering = self.inner.loader.metering;
+        let now: Vec<metrics::PluginGauges> = slots
             .iter()
-            .map(|slot| (slot.name.to_string(), slot.current().live_instances()))
+            .map(|slot| {
+                let current = slot.current();
+                metrics::PluginGauges {
+                    name: slot.name.to_string(),
+                    instances: current.live_instances(),
+                    circuit_open: slot.breaker.is_open(),
+                    fuel_limit: current.limits().fuel.filter(|_| metering.fuel),
+                }
+            })
             .collect();
         // The current version's series: during a rollout whose versions
         // declare the same metrics both share them; otherwise the canary's
@@ -631,7 +640,7 @@ impl Host {
             .iter()
             .filter_map(|slot| slot.current().grants.metrics.clone())
             .collect();
-        self.inner.dispatch.metrics.render(&live, declared)
+        self.inner.dispatch.metrics.render(&now, declared)
     }
 
     /// Whether what a plugin's manifest requires is loaded now, in versions
