@@ -1924,3 +1924,121 @@ async fn a_healthy_canary_steps_up_keeps_sticky_callers_and_promotes() {
     assert_eq!(greet_as(&server, None).await, (true, true));
     server.stop().await.unwrap();
 }
+
+/// The metric names in `text`: every `capsule_…` identifier (a trailing
+/// `_`, as in a `capsule_plugin_.+` pattern, is a prefix, not a name).
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("capsule_") {
+        let tail = &rest[start..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        if !name.ends_with('_') {
+            names.insert(name.to_owned());
+        }
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_alerts_and_dashboard_use_only_exported_metrics() {
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+    let rules = docs.join("prometheus/capsule-alerts.yml");
+    capsule_tests::promtool::check_rules(&rules);
+    capsule_tests::promtool::test_rules(&docs.join("prometheus/capsule-alerts.test.yml"));
+
+    // A host where every family has a series: calls, an event delivery, a
+    // reload, and a rollout with calls on both tracks.
+    let dir = capsule_tests::temp_dir("shipped-dashboards");
+    let plugins = format!(
+        "[plugins.hello]\npath = \"{}\"\nmetrics = {{}}\n\
+         [plugins.order-audit]\npath = \"{}\"\n\
+         events = {{ subscribe = [\"orders.created\"] }}\n",
+        plugin_file(HELLO),
+        plugin_file(ORDER_AUDIT)
+    );
+    let server = Server::from_policy_file(&write_policy(&dir, &plugins)).await;
+    assert_eq!(greet_as(&server, None).await, (true, true));
+    let published = server
+        .admin(
+            "/v1/events/orders.created",
+            json!({"order_id": "D-1", "item": "kettle", "quantity": 1}).to_string(),
+        )
+        .await;
+    assert_eq!(published.status(), StatusCode::OK);
+    let reloaded = server.admin("/v1/plugins/hello/reload", "").await;
+    assert_eq!(reloaded.status(), StatusCode::OK);
+    let plan = json!({"path": plugin_path(HELLO_V0_1), "share": 50});
+    let started = server
+        .admin("/v1/plugins/hello/rollout", plan.to_string())
+        .await;
+    assert_eq!(started.status(), StatusCode::OK);
+    for _ in 0..6 {
+        assert!(greet_as(&server, None).await.0);
+    }
+    let aborted = server.admin("/v1/plugins/hello/rollout/abort", "").await;
+    assert_eq!(aborted.status(), StatusCode::OK);
+    let waiting = std::time::Instant::now();
+    let exported = loop {
+        // The delivery runs on the bus: wait until it is counted.
+        let text = server.get("/metrics").await.text().await.unwrap();
+        if text.contains("capsule_events_total{") {
+            break text;
+        }
+        assert!(waiting.elapsed() < Duration::from_secs(10), "{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // A family and, for histograms, its sample names.
+    let mut families = std::collections::BTreeSet::new();
+    for line in exported.lines() {
+        let Some(declared) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let (name, kind) = declared.split_once(' ').unwrap();
+        families.insert(name.to_owned());
+        if kind == "histogram" {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                families.insert(format!("{name}{suffix}"));
+            }
+        }
+    }
+    for required in [
+        "capsule_circuit_open",
+        "capsule_fuel_limit",
+        "capsule_instances",
+    ] {
+        assert!(families.contains(required), "{required} in\n{exported}");
+    }
+
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(docs.join("grafana/capsule-dashboard.json")).unwrap(),
+    )
+    .expect("the dashboard is JSON");
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().unwrap().iter())
+        .map(|target| target["expr"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    let rules_text = std::fs::read_to_string(&rules).unwrap();
+    for (source, text) in [
+        ("the dashboard", exprs.join("\n")),
+        ("the alert rules", rules_text),
+    ] {
+        let used = metric_names(&text);
+        assert!(!used.is_empty(), "{source} names no metric");
+        for name in used {
+            assert!(
+                families.contains(&name),
+                "{source} uses `{name}`, which /metrics does not export:\n{exported}"
+            );
+        }
+    }
+    server.stop().await.unwrap();
+}
