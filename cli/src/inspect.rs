@@ -146,6 +146,22 @@ fn print_manifest(manifest: &capsule_host::artifact::manifest::Manifest) {
             println!("    {}: {}{schemas}", operation.name, operation.description);
         }
     }
+    if !manifest.metrics.is_empty() {
+        println!("  metrics:");
+        for metric in &manifest.metrics {
+            let labels = if metric.labels.is_empty() {
+                String::new()
+            } else {
+                format!(" {{{}}}", metric.labels.join(", "))
+            };
+            println!(
+                "    capsule_{} ({}){labels}: {}",
+                metric.family(),
+                metric.kind.as_str(),
+                metric.help
+            );
+        }
+    }
 }
 
 fn print_list(title: &str, items: &[Interface]) {

@@ -166,6 +166,15 @@ fn inspect_shows_contract_imports_and_exports() {
             .iter()
             .any(|i| i["name"] == "capsule:plugin/log@0.2.0")
     );
+    assert_eq!(v["manifest"]["metrics"][0]["name"], "greetings", "{v}");
+    let text = capsule(&["inspect", hello.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(
+            "  metrics:\n    capsule_plugin_greetings (counter) {word}: Greetings given, by greeting word\n"
+        ),
+        "{text}"
+    );
 }
 
 #[test]
