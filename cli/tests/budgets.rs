@@ -363,7 +363,8 @@ fn no_string_a_caller_or_plugin_sends_grows_the_metrics(server: &ServeProcess) {
         assert_eq!(status, 200);
         text
     };
-    let families = |text: &str| -> Vec<String> {
+    // Which series exist, whatever order a scrape lists them in.
+    let families = |text: &str| -> std::collections::BTreeSet<String> {
         text.lines()
             .filter(|l| !l.starts_with('#'))
             .map(|l| {

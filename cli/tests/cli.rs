@@ -992,7 +992,7 @@ fn grants_can_be_given_on_the_command_line() {
     for (bad, says) in [
         (
             "nosuch=1",
-            "no service `nosuch` (services: log, config, env, kv, events, files, http, calls)",
+            "no service `nosuch` (services: log, config, env, kv, events, files, http, calls, metrics)",
         ),
         ("kv={ max_keys = -1 }", "--grant kv:"),
     ] {
