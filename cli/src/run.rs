@@ -390,7 +390,10 @@ async fn call_once(args: RunArgs) -> ExitCode {
                     "error": Value::Null,
                     "duration_us": outcome.stats.duration.as_micros() as u64,
                     "fuel_used": outcome.stats.fuel_used,
+                    "fuel_limit": outcome.stats.fuel_limit,
                     "callee_fuel_used": outcome.stats.callee_fuel,
+                    "memory_bytes": outcome.stats.memory_bytes,
+                    "memory_limit": outcome.stats.memory_limit,
                     "logs": logs_json(&outcome.logs),
                     "events": events_json(&outcome.events),
                 }));
@@ -476,6 +479,9 @@ fn report_failure(
             "error": { "kind": kind, "plugin": plugin, "message": message },
             "duration_us": stats.map(|s| s.duration.as_micros() as u64),
             "fuel_used": stats.and_then(|s| s.fuel_used),
+            "fuel_limit": stats.and_then(|s| s.fuel_limit),
+            "memory_bytes": stats.and_then(|s| s.memory_bytes),
+            "memory_limit": stats.map(|s| s.memory_limit),
             "logs": logs_json(logs),
         }));
     } else {

@@ -55,6 +55,12 @@ fn run_json_reports_output_cost_and_logs() {
     assert!(v["error"].is_null());
     assert!(v["duration_us"].as_u64().is_some());
     assert!(v["fuel_used"].as_u64().unwrap() > 0);
+    assert!(v["fuel_limit"].as_u64().unwrap() > v["fuel_used"].as_u64().unwrap());
+    let memory = v["memory_bytes"].as_u64().unwrap();
+    assert!(
+        memory > 0 && memory <= v["memory_limit"].as_u64().unwrap(),
+        "{v}"
+    );
     assert_eq!(v["logs"][0]["message"], "handling `greet`");
 }
 
@@ -223,6 +229,9 @@ fn spin_loop_with_a_fuel_budget_runs_out_of_fuel() {
     let v = json(&out);
     assert_eq!(v["error"]["kind"], "out_of_fuel");
     assert_eq!(v["fuel_used"], 1_000_000);
+    assert_eq!(v["fuel_limit"], 1_000_000);
+    // The instance that ran out is still measured.
+    assert!(v["memory_bytes"].as_u64().unwrap() > 0, "{v}");
 }
 
 #[test]

@@ -54,8 +54,10 @@ pub enum Kind {
 }
 
 /// One metric the plugin declares: its name (lowercase letters, digits and
-/// `_`, starting with a letter, not ending in `_total`, `_count`, `_sum`,
-/// `_bucket`), kind, help text, unit and label names.
+/// `_`, starting with a letter; with its unit appended, not ending in
+/// `_total`, `_count`, `_sum`, `_bucket`, `_created` or `_info`), kind,
+/// help text (at most 256 bytes, without control characters, `\` or `"`),
+/// unit and label names.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Metric {
     name: String,
@@ -150,7 +152,8 @@ pub fn gauge_add(name: &str, labels: &[&str], delta: f64) -> Result<(), ServiceE
     crate::host::metrics_gauge_add(name, &owned(labels), delta)
 }
 
-/// Counts one observation of `value` in histogram `name`.
+/// Counts one observation of `value` (finite, not negative) in histogram
+/// `name`.
 pub fn observe(name: &str, labels: &[&str], value: f64) -> Result<(), ServiceError> {
     crate::host::metrics_histogram_observe(name, &owned(labels), value)
 }

@@ -704,9 +704,11 @@ impl State {
         labels: &[String],
         value: f64,
     ) -> Result<(), ServiceError> {
-        if kind == Kind::Counter && value < 0.0 {
+        let granted = self.metrics.is_some() && !self.is_denied(Service::Metrics);
+        if granted && kind != Kind::Gauge && value < 0.0 {
             return Err(ServiceError::Invalid(format!(
-                "counter `{name}` cannot go down (was given {value})"
+                "{kind:?} `{name}` was given {value}: counters only go up and histograms \
+                 count non-negative observations"
             )));
         }
         match self.metric_series(kind, name, labels, value)? {

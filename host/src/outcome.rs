@@ -36,6 +36,16 @@ pub struct CallStats {
     /// the plugins they called, transitively): reported apart from the
     /// call's own `fuel_used`.
     pub callee_fuel: u64,
+    /// The fuel the call was allowed (its plugin's `fuel` limit); `None`
+    /// when fuel is not metered. With `fuel_used`, how close it came.
+    pub fuel_limit: Option<u64>,
+    /// Bytes of linear memory the instance held when the call ended: the
+    /// most it ever held, since WebAssembly memory only grows (a warm
+    /// instance's includes what earlier calls grew it to). `None` when the
+    /// instance is gone (a timeout) or the call ran on another host.
+    pub memory_bytes: Option<u64>,
+    /// The plugin's linear memory limit.
+    pub memory_limit: u64,
     /// `log` calls refused because the per-call log budget was spent.
     pub logs_refused: usize,
     /// Whether the call ran on a fresh instance (instantiated and `init`ed

@@ -589,10 +589,17 @@ fn call_response(outcome: CallOutcome, budget: HeaderBudget) -> Response {
     if let Ok(value) = HeaderValue::from_str(&outcome.stats.duration.as_micros().to_string()) {
         headers.insert("x-capsule-duration-us", value);
     }
-    if let Some(fuel) = outcome.stats.fuel_used
-        && let Ok(value) = HeaderValue::from_str(&fuel.to_string())
-    {
-        headers.insert("x-capsule-fuel", value);
+    let stats = &outcome.stats;
+    let numbers = [
+        ("x-capsule-fuel", stats.fuel_used),
+        ("x-capsule-fuel-limit", stats.fuel_limit),
+        ("x-capsule-memory-bytes", stats.memory_bytes),
+        ("x-capsule-memory-limit", Some(stats.memory_limit)),
+    ];
+    for (name, number) in numbers {
+        if let Some(number) = number {
+            headers.insert(name, HeaderValue::from(number));
+        }
     }
     response
 }

@@ -236,8 +236,22 @@ async fn calls_return_the_plugin_payload_with_metadata_and_cost() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "application/json");
     assert_eq!(response.headers()["x-capsule-meta-request-id"], "req-42");
-    assert!(response.headers().contains_key("x-capsule-fuel"));
     assert!(response.headers().contains_key("x-capsule-duration-us"));
+    // What it cost, against what it was allowed.
+    let number =
+        |name: &str| -> u64 { response.headers()[name].to_str().unwrap().parse().unwrap() };
+    let (fuel, fuel_limit) = (number("x-capsule-fuel"), number("x-capsule-fuel-limit"));
+    assert!(0 < fuel && fuel < fuel_limit, "{fuel} of {fuel_limit}");
+    let (memory, memory_limit) = (
+        number("x-capsule-memory-bytes"),
+        number("x-capsule-memory-limit"),
+    );
+    assert_eq!(memory_limit, server.host.default_limits().memory_bytes);
+    assert!(
+        0 < memory && memory <= memory_limit,
+        "{memory} of {memory_limit}"
+    );
+    assert_eq!(memory % 65_536, 0, "whole wasm pages");
     assert_eq!(
         response.text().await.unwrap(),
         r#"{"greeting":"Hello, Ada!"}"#

@@ -203,8 +203,12 @@ pub fn check(declarations: &[MetricDeclaration]) -> Result<(), String> {
         ));
     }
     let mut families = BTreeSet::new();
+    let mut names = BTreeSet::new();
     for declaration in declarations {
         declaration.check()?;
+        if !names.insert(declaration.name.as_str()) {
+            return Err(format!("metric `{}` is declared twice", declaration.name));
+        }
         if !families.insert(declaration.family()) {
             return Err(format!(
                 "metric `{}` is declared twice (as `capsule_{}`)",
@@ -296,6 +300,11 @@ mod tests {
             assert!(err.contains(expected), "{err} should mention {expected}");
         }
         let twice = check(&[counter("orders"), counter("orders")]).unwrap_err();
+        assert!(twice.contains("declared twice"), "{twice}");
+        // One name is one metric, whatever its unit.
+        let mut in_seconds = counter("orders");
+        in_seconds.unit = Some("seconds".into());
+        let twice = check(&[counter("orders"), in_seconds]).unwrap_err();
         assert!(twice.contains("declared twice"), "{twice}");
         let many: Vec<_> = (0..=MAX_METRICS)
             .map(|i| counter(&format!("m{i}")))

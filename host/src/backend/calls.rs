@@ -79,6 +79,13 @@ pub(crate) enum ReplyResult {
         fuel_used: Option<u64>,
         callee_fuel: u64,
         fresh_instance: bool,
+        // Absent from hosts older than the per-call resource report.
+        #[serde(default)]
+        fuel_limit: Option<u64>,
+        #[serde(default)]
+        memory_bytes: Option<u64>,
+        #[serde(default)]
+        memory_limit: u64,
     },
     /// It failed: the error's stable kind and message, and for a plugin's
     /// own error its variant (`invalid_input`, `unsupported`, `denied`,

@@ -638,7 +638,14 @@ impl Host {
         // are exported once it is promoted.
         let declared = slots
             .iter()
-            .filter_map(|slot| slot.current().grants.metrics.clone())
+            .filter_map(|slot| {
+                let current = slot.current();
+                current
+                    .grants
+                    .metrics
+                    .as_ref()
+                    .map(|(store, _)| Arc::clone(store))
+            })
             .collect();
         self.inner.dispatch.metrics.render(&now, declared)
     }

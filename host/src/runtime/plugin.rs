@@ -630,10 +630,12 @@ impl LoadedPlugin {
         // timeout also bounds time spent blocked inside host calls. Dropping
         // the future drops the instance with it.
         let mut callee_fuel = 0;
+        let mut memory_bytes = None;
         let (result, fuel, transaction) = match tokio::time::timeout(allowed, work).await {
             Ok(Ok((mut instance, Ok(returned)))) => {
                 let fuel = fuel_used(&instance.store, limits);
                 let state = instance.store.data_mut();
+                memory_bytes = Some(state.limiter.held());
                 let mut transaction = lock(&state.transaction).finish();
                 transaction.escaped |= !self.retry_safe;
                 callee_fuel = state.calls.callee_fuel;
@@ -645,11 +647,14 @@ impl LoadedPlugin {
                 (Ok(returned), fuel, transaction)
             }
             // Its reads still count for a caller that sees the trap.
-            Ok(Ok((trapped, Err(err)))) => (
-                Err(self.classify(&err, &sink, describe)),
-                None,
-                lock(&trapped.store.data().transaction).finish(),
-            ),
+            Ok(Ok((trapped, Err(err)))) => {
+                memory_bytes = Some(trapped.store.data().limiter.held());
+                (
+                    Err(self.classify(&err, &sink, describe)),
+                    None,
+                    lock(&trapped.store.data().transaction).finish(),
+                )
+            }
             Ok(Err(SetupError::Wasm(err))) => (
                 Err(self.classify(&err, &sink, describe)),
                 None,
@@ -681,6 +686,9 @@ impl LoadedPlugin {
                 duration: started.elapsed(),
                 fuel_used: fuel,
                 callee_fuel,
+                fuel_limit: limits.fuel.filter(|_| self.metering.fuel),
+                memory_bytes,
+                memory_limit: limits.memory_bytes,
                 logs_refused: log.refused,
                 fresh_instance: fresh,
             },

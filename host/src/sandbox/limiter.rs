@@ -58,6 +58,11 @@ impl MemoryLimiter {
             last_growth: 0,
         }
     }
+
+    /// Bytes of linear memory the store holds now, across its memories.
+    pub(crate) fn held(&self) -> u64 {
+        self.total
+    }
 }
 
 impl ResourceLimiter for MemoryLimiter {

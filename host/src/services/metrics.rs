@@ -16,7 +16,6 @@
 //! (a counter against a gauge, other labels) is refused at load.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
@@ -30,8 +29,9 @@ use super::{
     Views,
 };
 use crate::artifact::declared_metrics::{MetricDeclaration, MetricKind};
-use crate::bounds::{Invalid, range};
+use crate::bounds::{Invalid, KIB, bytes, range};
 use crate::contract::{ServiceError, interfaces_v0_2};
+use crate::units::Size;
 
 /// The longest label value a plugin may send.
 pub const MAX_LABEL_VALUE_BYTES: usize = 128;
@@ -39,30 +39,42 @@ pub const MAX_LABEL_VALUE_BYTES: usize = 128;
 pub const DEFAULT_SERIES: u32 = 1_000;
 /// The most series a grant may allow one plugin.
 pub const MAX_SERIES: u32 = 100_000;
+/// What a plugin's series may add to one `/metrics` scrape when the grant
+/// does not say.
+pub const DEFAULT_EXPORT_BYTES: u64 = 1 << 20;
+/// The most a grant may let one plugin add to a scrape.
+pub const MAX_EXPORT_BYTES: u64 = 64 << 20;
 
 /// What the operator grants: how many series (label combinations, across
-/// all the plugin's metrics) the host keeps for it.
+/// all the plugin's metrics) the host keeps for it, and how many bytes they
+/// may add to a `/metrics` scrape.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsGrant {
     /// The most series; a new one past it is `quota-exceeded`.
     pub series: u32,
+    /// The most bytes the plugin's series add to one scrape (a histogram
+    /// series is one line per bucket plus two); a new series past it is
+    /// `quota-exceeded`.
+    pub max_bytes: u64,
 }
 
 impl Default for MetricsGrant {
     fn default() -> Self {
         MetricsGrant {
             series: DEFAULT_SERIES,
+            max_bytes: DEFAULT_EXPORT_BYTES,
         }
     }
 }
 
 /// How a policy file writes the grant: `metrics = {}` or
-/// `metrics = { series = 500 }`.
+/// `metrics = { series = 500, max_bytes = "256KiB" }`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct MetricsPolicy {
     series: Option<u32>,
+    max_bytes: Option<Size>,
 }
 
 /// One series' value.
@@ -78,8 +90,83 @@ enum Value {
     },
 }
 
+/// One update a plugin asks for.
+#[derive(Debug, Clone, Copy)]
+enum Update {
+    Add(f64),
+    Set(f64),
+    /// An observation and the bucket it falls in.
+    Observe(f64, usize),
+}
+
+impl Value {
+    fn fresh(declaration: &MetricDeclaration) -> Value {
+        match declaration.kind {
+            MetricKind::Counter => Value::Counter(0.0),
+            MetricKind::Gauge => Value::Gauge(0.0),
+            MetricKind::Histogram => Value::Histogram {
+                buckets: vec![0; declaration.bucket_bounds().len() + 1].into_boxed_slice(),
+                sum: 0.0,
+                count: 0,
+            },
+        }
+    }
+
+    /// Applies `update`, unless the result would not be finite (a counter
+    /// or sum that overflowed), which changes nothing.
+    fn apply(&mut self, update: Update) -> bool {
+        match (self, update) {
+            (Value::Counter(number) | Value::Gauge(number), Update::Add(by)) => {
+                let next = *number + by;
+                next.is_finite() && {
+                    *number = next;
+                    true
+                }
+            }
+            (Value::Gauge(number), Update::Set(to)) => {
+                *number = to;
+                true
+            }
+            (
+                Value::Histogram {
+                    buckets,
+                    sum,
+                    count,
+                },
+                Update::Observe(observed, bucket),
+            ) => {
+                let next = *sum + observed;
+                match buckets.get_mut(bucket) {
+                    Some(slot) if next.is_finite() => {
+                        *slot += 1;
+                        *sum = next;
+                        *count += 1;
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            _ => false,
+        }
+    }
+}
+
 /// A series: which declared metric, and its label values in declared order.
 type SeriesKey = (usize, Box<[Box<str>]>);
+
+/// The series of one plugin and what they add to a scrape.
+#[derive(Debug, Default)]
+struct Series {
+    values: HashMap<SeriesKey, Value>,
+    exported_bytes: usize,
+}
+
+/// What one version of a plugin may keep: its grant, in numbers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SeriesBudget {
+    series: usize,
+    bytes: usize,
+}
 
 /// One plugin's declared metrics and the series its instances updated.
 #[derive(Debug)]
@@ -87,12 +174,11 @@ pub(crate) struct PluginMetrics {
     plugin: Arc<str>,
     declarations: Vec<MetricDeclaration>,
     index: HashMap<String, usize>,
-    max_series: AtomicUsize,
-    series: Mutex<HashMap<SeriesKey, Value>>,
+    series: Mutex<Series>,
 }
 
 impl PluginMetrics {
-    fn new(plugin: Arc<str>, declarations: Vec<MetricDeclaration>, max_series: u32) -> Self {
+    fn new(plugin: Arc<str>, declarations: Vec<MetricDeclaration>) -> Self {
         let index = declarations
             .iter()
             .enumerate()
@@ -102,25 +188,58 @@ impl PluginMetrics {
             plugin,
             declarations,
             index,
-            max_series: AtomicUsize::new(max_series as usize),
-            series: Mutex::new(HashMap::new()),
+            series: Mutex::new(Series::default()),
         }
     }
 
-    /// Applies one update of a metric of `kind`.
+    /// What one series of `declaration` with `labels` adds to a scrape: a
+    /// line per sample (a histogram's buckets, `+Inf`, sum and count), each
+    /// with the family name, every label escaped, and the value.
+    fn exposition_bytes(&self, declaration: &MetricDeclaration, labels: &[Box<str>]) -> usize {
+        let escaped = |value: &str| {
+            value.len()
+                + value
+                    .bytes()
+                    .filter(|b| matches!(b, b'\\' | b'"' | b'\n'))
+                    .count()
+        };
+        let labels: usize = declaration
+            .labels
+            .iter()
+            .zip(labels)
+            .map(|(name, value)| name.len() + escaped(value) + 4)
+            .sum();
+        let line = "capsule_".len()
+            + declaration.family().len()
+            + "_bucket".len()
+            + "plugin=\"\",".len()
+            + self.plugin.len()
+            + labels
+            + "le=\"\",".len()
+            + 24
+            + 32;
+        let lines = match declaration.kind {
+            MetricKind::Counter | MetricKind::Gauge => 1,
+            MetricKind::Histogram => declaration.bucket_bounds().len() + 3,
+        };
+        lines * line
+    }
+
+    /// Applies one update of a metric of `kind`, within `budget`.
     fn update(
         &self,
+        budget: SeriesBudget,
         kind: MetricKind,
         name: &str,
         labels: Vec<String>,
-        value: f64,
-        apply: impl FnOnce(&mut Value),
+        update: Update,
     ) -> Result<(), ServiceError> {
         let invalid = |message: String| Err(ServiceError::Invalid(message));
         let Some(&metric) = self.index.get(name) else {
+            let shown: String = name.chars().take(64).collect();
             return invalid(format!(
                 "metric `{}` is not declared in this plugin's manifest",
-                name.escape_debug()
+                shown.escape_debug()
             ));
         };
         let declaration = &self.declarations[metric];
@@ -145,94 +264,125 @@ impl PluginMetrics {
                 long.len()
             ));
         }
-        if !value.is_finite() {
-            return invalid(format!(
-                "metric `{name}` was given {value}, which is not finite"
-            ));
-        }
         let key: SeriesKey = (
             metric,
             labels.into_iter().map(String::into_boxed_str).collect(),
         );
         let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(existing) = series.get_mut(&key) {
-            apply(existing);
-            return Ok(());
+        if let Some(existing) = series.values.get_mut(&key) {
+            return match existing.apply(update) {
+                true => Ok(()),
+                false => invalid(format!("metric `{name}` would no longer be finite")),
+            };
         }
-        let cap = self.max_series.load(Ordering::Relaxed);
-        if series.len() >= cap {
+        if series.values.len() >= budget.series {
             return Err(ServiceError::QuotaExceeded(format!(
-                "this plugin already has {cap} metric series, the most its `metrics.series` \
-                 grant allows; existing series keep updating"
+                "this plugin already has {} metric series, the most its `metrics.series` grant \
+                 allows; existing series keep updating",
+                budget.series
             )));
         }
-        let mut fresh = match kind {
-            MetricKind::Counter => Value::Counter(0.0),
-            MetricKind::Gauge => Value::Gauge(0.0),
-            MetricKind::Histogram => Value::Histogram {
-                buckets: vec![0; declaration.bucket_bounds().len() + 1].into_boxed_slice(),
-                sum: 0.0,
-                count: 0,
-            },
-        };
-        apply(&mut fresh);
-        series.insert(key, fresh);
+        let bytes = self.exposition_bytes(declaration, &key.1);
+        if series.exported_bytes + bytes > budget.bytes {
+            return Err(ServiceError::QuotaExceeded(format!(
+                "a new series of `{name}` would take this plugin's metrics past the {} bytes of \
+                 `/metrics` its `metrics.max_bytes` grant allows; existing series keep updating",
+                budget.bytes
+            )));
+        }
+        let mut fresh = Value::fresh(declaration);
+        if !fresh.apply(update) {
+            return invalid(format!("metric `{name}` would not be finite"));
+        }
+        series.exported_bytes += bytes;
+        series.values.insert(key, fresh);
         Ok(())
     }
 
-    fn counter_add(&self, name: &str, labels: Vec<String>, by: f64) -> Result<(), ServiceError> {
-        if by < 0.0 {
+    fn counter_add(
+        &self,
+        budget: SeriesBudget,
+        name: &str,
+        labels: Vec<String>,
+        by: f64,
+    ) -> Result<(), ServiceError> {
+        if !by.is_finite() || by < 0.0 {
             return Err(ServiceError::Invalid(format!(
-                "counter `{name}` cannot go down (was given {by})"
+                "counter `{name}` only goes up, by a finite amount (was given {by})"
             )));
         }
-        self.update(MetricKind::Counter, name, labels, by, |value| {
-            if let Value::Counter(total) = value {
-                *total += by;
-            }
-        })
+        self.update(budget, MetricKind::Counter, name, labels, Update::Add(by))
     }
 
     fn gauge(
         &self,
+        budget: SeriesBudget,
         name: &str,
         labels: Vec<String>,
-        to: f64,
-        add: bool,
+        update: Update,
     ) -> Result<(), ServiceError> {
-        self.update(MetricKind::Gauge, name, labels, to, |value| {
-            if let Value::Gauge(gauge) = value {
-                *gauge = if add { *gauge + to } else { to };
-            }
-        })
+        let (Update::Set(value) | Update::Add(value) | Update::Observe(value, _)) = update;
+        if !value.is_finite() {
+            return Err(ServiceError::Invalid(format!(
+                "gauge `{name}` was given {value}, which is not finite"
+            )));
+        }
+        self.update(budget, MetricKind::Gauge, name, labels, update)
     }
 
-    fn observe(&self, name: &str, labels: Vec<String>, observed: f64) -> Result<(), ServiceError> {
+    fn observe(
+        &self,
+        budget: SeriesBudget,
+        name: &str,
+        labels: Vec<String>,
+        observed: f64,
+    ) -> Result<(), ServiceError> {
+        if !observed.is_finite() || observed < 0.0 {
+            return Err(ServiceError::Invalid(format!(
+                "histogram `{name}` counts finite, non-negative observations (was given {observed})"
+            )));
+        }
         let bounds = self
             .index
             .get(name)
             .map(|&i| self.declarations[i].bucket_bounds())
             .unwrap_or_default();
+        // `le` is inclusive: a value equal to a bound counts in its bucket.
         let bucket = bounds.partition_point(|bound| *bound < observed);
-        self.update(MetricKind::Histogram, name, labels, observed, |value| {
-            if let Value::Histogram {
-                buckets,
-                sum,
-                count,
-            } = value
-                && let Some(slot) = buckets.get_mut(bucket)
-            {
-                *slot += 1;
-                *sum += observed;
-                *count += 1;
-            }
-        })
+        self.update(
+            budget,
+            MetricKind::Histogram,
+            name,
+            labels,
+            Update::Observe(observed, bucket),
+        )
     }
 
     /// How many series the plugin has now.
     #[cfg(test)]
     pub(crate) fn series_count(&self) -> usize {
-        self.series.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values
+            .len()
+    }
+
+    /// Its series grouped by metric, each group sorted by label values:
+    /// one lock, one pass.
+    fn snapshot(&self) -> Vec<Vec<(Box<[Box<str>]>, Value)>> {
+        let series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let mut groups = vec![Vec::new(); self.declarations.len()];
+        for ((metric, labels), value) in &series.values {
+            if let Some(group) = groups.get_mut(*metric) {
+                group.push((labels.clone(), value.clone()));
+            }
+        }
+        drop(series);
+        for group in &mut groups {
+            group.sort_by(|a: &(Box<[Box<str>]>, Value), b| a.0.cmp(&b.0));
+        }
+        groups
     }
 }
 
@@ -245,16 +395,16 @@ pub(crate) struct MetricCatalog {
 }
 
 impl MetricCatalog {
-    /// The series store for a version of `plugin` declaring `declarations`
-    /// under a grant of `max_series`: the store of a live version with the
-    /// very same declarations (its cap updated), else a new one. Refused
+    /// The series store for a version of `plugin` declaring
+    /// `declarations`: the store of a live version with the very same
+    /// declarations, else a new one. (Each version keeps its own budget: a
+    /// reload that fails leaves the running version's as it was.) Refused
     /// when another plugin exports one of the same families in another
     /// shape.
     fn declare(
         &self,
         plugin: &Arc<str>,
         declarations: &[MetricDeclaration],
-        max_series: u32,
     ) -> Result<Arc<PluginMetrics>, String> {
         let mut plugins = self.plugins.lock().unwrap_or_else(|e| e.into_inner());
         plugins.retain(|_, versions| {
@@ -289,15 +439,11 @@ impl MetricCatalog {
             .filter_map(Weak::upgrade)
             .find(|store| store.declarations == declarations);
         if let Some(store) = same {
-            store
-                .max_series
-                .store(max_series as usize, Ordering::Relaxed);
             return Ok(store);
         }
         let store = Arc::new(PluginMetrics::new(
             Arc::clone(plugin),
             declarations.to_vec(),
-            max_series,
         ));
         versions.push(Arc::downgrade(&store));
         Ok(store)
@@ -318,19 +464,21 @@ struct Exported(Vec<Arc<PluginMetrics>>);
 
 impl prometheus_client::collector::Collector for Exported {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // Each plugin's series, taken under one lock each.
+        let snapshots: Vec<_> = self.0.iter().map(|store| store.snapshot()).collect();
         // Family name → every (plugin, declaration index) exporting it.
-        let mut families: BTreeMap<String, Vec<(&PluginMetrics, usize)>> = BTreeMap::new();
-        for store in &self.0 {
+        let mut families: BTreeMap<String, Vec<(usize, usize)>> = BTreeMap::new();
+        for (s, store) in self.0.iter().enumerate() {
             for (i, declaration) in store.declarations.iter().enumerate() {
                 families
                     .entry(declaration.family())
                     .or_default()
-                    .push((store, i));
+                    .push((s, i));
             }
         }
         for members in families.values() {
             let (first, i) = members[0];
-            let declaration = &first.declarations[i];
+            let declaration = &self.0[first].declarations[i];
             let unit = declaration.unit.clone().map(Unit::Other);
             let metric_type = match declaration.kind {
                 MetricKind::Counter => MetricType::Counter,
@@ -340,12 +488,10 @@ impl prometheus_client::collector::Collector for Exported {
             let name = format!("plugin_{}", declaration.name);
             let mut family =
                 encoder.encode_descriptor(&name, &declaration.help, unit.as_ref(), metric_type)?;
-            for &(store, metric) in members {
+            for &(s, metric) in members {
+                let store = &self.0[s];
                 let declared = &store.declarations[metric];
-                let series = store.series.lock().unwrap_or_else(|e| e.into_inner());
-                let mut rows: Vec<_> = series.iter().filter(|((m, _), _)| *m == metric).collect();
-                rows.sort_by(|a, b| a.0.1.cmp(&b.0.1));
-                for ((_, values), value) in rows {
+                for (values, value) in &snapshots[s][metric] {
                     let mut labels: Vec<(&str, &str)> = vec![("plugin", &store.plugin)];
                     labels.extend(
                         declared
@@ -385,14 +531,14 @@ impl prometheus_client::collector::Collector for Exported {
 /// Per-store state of the `metrics` service: the plugin's series, when
 /// granted.
 pub(crate) struct MetricsState {
-    store: Option<Arc<PluginMetrics>>,
+    store: Option<(Arc<PluginMetrics>, SeriesBudget)>,
     denials: Arc<Denials>,
 }
 
 impl MetricsState {
-    fn granted(&self) -> Result<&PluginMetrics, ServiceError> {
+    fn granted(&self) -> Result<(&PluginMetrics, SeriesBudget), ServiceError> {
         match &self.store {
-            Some(store) => Ok(store),
+            Some((store, budget)) => Ok((store, *budget)),
             None => {
                 let message = "metrics were not granted to this plugin";
                 self.denials.record("metrics", message);
@@ -409,7 +555,8 @@ impl interfaces_v0_2::metrics::Host for MetricsState {
         labels: Vec<String>,
         value: f64,
     ) -> Result<(), ServiceError> {
-        self.granted()?.counter_add(&name, labels, value)
+        let (store, budget) = self.granted()?;
+        store.counter_add(budget, &name, labels, value)
     }
 
     fn gauge_set(
@@ -418,7 +565,8 @@ impl interfaces_v0_2::metrics::Host for MetricsState {
         labels: Vec<String>,
         value: f64,
     ) -> Result<(), ServiceError> {
-        self.granted()?.gauge(&name, labels, value, false)
+        let (store, budget) = self.granted()?;
+        store.gauge(budget, &name, labels, Update::Set(value))
     }
 
     fn gauge_add(
@@ -427,7 +575,8 @@ impl interfaces_v0_2::metrics::Host for MetricsState {
         labels: Vec<String>,
         value: f64,
     ) -> Result<(), ServiceError> {
-        self.granted()?.gauge(&name, labels, value, true)
+        let (store, budget) = self.granted()?;
+        store.gauge(budget, &name, labels, Update::Add(value))
     }
 
     fn histogram_observe(
@@ -436,7 +585,8 @@ impl interfaces_v0_2::metrics::Host for MetricsState {
         labels: Vec<String>,
         value: f64,
     ) -> Result<(), ServiceError> {
-        self.granted()?.observe(&name, labels, value)
+        let (store, budget) = self.granted()?;
+        store.observe(budget, &name, labels, value)
     }
 }
 
@@ -452,34 +602,36 @@ impl HasData for MetricsData {
 impl Service for Metrics {
     const NAME: &'static str = "metrics";
     const IMPORTS: &'static [Import] = &[Import::contract("metrics")];
-    const BUDGETS: &'static str = "per plugin: `series` label combinations across its \
-        metrics (1000 unless granted otherwise, at most 100000), each of at most 8 label \
-        values of 128 bytes and 33 histogram buckets; a new series past the cap is \
-        `quota-exceeded`. The families are the at most 64 its signed manifest declares";
+    const BUDGETS: &'static str = "per plugin version: `series` label combinations across \
+        its metrics (1000 unless granted otherwise, at most 100000) and `max_bytes` of \
+        `/metrics` they may add to a scrape (1 MiB, at most 64 MiB; a histogram series \
+        counts a line per bucket), each of at most 8 label values of 128 bytes; a new series \
+        past either is `quota-exceeded`. The families are the at most 64 its signed manifest \
+        declares";
 
     type Grant = Option<MetricsGrant>;
     type Policy = MetricsPolicy;
     type Summary = Option<MetricsGrant>;
-    type Prepared = Option<Arc<PluginMetrics>>;
+    type Prepared = Option<(Arc<PluginMetrics>, SeriesBudget)>;
     type State = MetricsState;
 
     fn from_policy(policy: MetricsPolicy, _: &PolicyContext<'_>) -> Result<Self::Grant, Invalid> {
         Ok(Some(MetricsGrant {
             series: policy.series.unwrap_or(DEFAULT_SERIES),
+            max_bytes: policy.max_bytes.map_or(DEFAULT_EXPORT_BYTES, |size| size.0),
         }))
     }
 
     fn validate(grant: &Self::Grant) -> Result<(), Invalid> {
-        match grant {
-            Some(grant) => range(
-                "series",
-                u64::from(grant.series),
-                1,
-                u64::from(MAX_SERIES),
-                "series",
-            ),
-            None => Ok(()),
-        }
+        let Some(grant) = grant else { return Ok(()) };
+        range(
+            "series",
+            u64::from(grant.series),
+            1,
+            u64::from(MAX_SERIES),
+            "series",
+        )?;
+        bytes("max_bytes", grant.max_bytes, 4 * KIB, MAX_EXPORT_BYTES)
     }
 
     fn availability(grant: &Self::Grant) -> Availability {
@@ -501,11 +653,17 @@ impl Service for Metrics {
         match grant {
             // A plugin that declares no metrics has nothing to keep; its
             // calls are answered `invalid` (not declared), not `denied`.
-            Some(grant) => context
-                .host
-                .metric_catalog
-                .declare(context.plugin, declarations, grant.series)
-                .map(Some),
+            Some(grant) => {
+                let store = context
+                    .host
+                    .metric_catalog
+                    .declare(context.plugin, declarations)?;
+                let budget = SeriesBudget {
+                    series: grant.series as usize,
+                    bytes: usize::try_from(grant.max_bytes).unwrap_or(usize::MAX),
+                };
+                Ok(Some((store, budget)))
+            }
             None => Ok(None),
         }
     }
@@ -552,16 +710,21 @@ mod tests {
     }
 
     fn granted(series: u32, manifest: &Manifest) -> Harness<Metrics> {
-        Harness::granted_with(
-            &Some(MetricsGrant { series }),
-            Limits::default(),
-            Some(manifest),
-        )
+        let grant = MetricsGrant {
+            series,
+            ..MetricsGrant::default()
+        };
+        Harness::granted_with(&Some(grant), Limits::default(), Some(manifest))
     }
 
     fn render(harness: &Harness<Metrics>) -> String {
         let mut out = String::new();
-        encode_into(&mut out, harness.state.store.iter().cloned().collect());
+        let stores = harness
+            .state
+            .store
+            .iter()
+            .map(|(store, _)| Arc::clone(store));
+        encode_into(&mut out, stores.collect());
         out
     }
 
@@ -585,7 +748,8 @@ mod tests {
         state.gauge_set("queue".into(), vec![], 5.0).unwrap();
         state.gauge_add("queue".into(), vec![], -2.0).unwrap();
         state
-            .histogram_observe("latency".into(), vec![], 0.05)
+            // `le` is inclusive: 0.1 counts in the 0.1 bucket.
+            .histogram_observe("latency".into(), vec![], 0.1)
             .unwrap();
         state
             .histogram_observe("latency".into(), vec![], 0.5)
@@ -605,7 +769,7 @@ mod tests {
             r#"capsule_plugin_latency_seconds_bucket{le="1.0",plugin="under-test"} 2"#,
             r#"capsule_plugin_latency_seconds_bucket{le="+Inf",plugin="under-test"} 3"#,
             r#"capsule_plugin_latency_seconds_count{plugin="under-test"} 3"#,
-            r#"capsule_plugin_latency_seconds_sum{plugin="under-test"} 7.55"#,
+            r#"capsule_plugin_latency_seconds_sum{plugin="under-test"} 7.6"#,
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -626,6 +790,8 @@ mod tests {
             state.counter_add("orders".into(), labels(&["eu"]), -1.0),
             state.counter_add("orders".into(), labels(&["eu"]), f64::NAN),
             state.gauge_set("queue".into(), vec![], f64::INFINITY),
+            state.histogram_observe("latency".into(), vec![], -1.0),
+            state.counter_add("x".repeat(1 << 20), vec![], 1.0),
             state.counter_add(
                 "orders".into(),
                 vec!["x".repeat(MAX_LABEL_VALUE_BYTES + 1)],
@@ -633,12 +799,22 @@ mod tests {
             ),
         ];
         for (i, result) in cases.into_iter().enumerate() {
-            assert!(
-                matches!(result, Err(ServiceError::Invalid(_))),
-                "case {i}: {result:?}"
-            );
+            let Err(ServiceError::Invalid(message)) = &result else {
+                panic!("case {i}: {result:?}");
+            };
+            assert!(message.len() < 512, "case {i}: an unbounded message");
         }
-        assert_eq!(metrics.state.store.as_ref().unwrap().series_count(), 0);
+        // A gauge that would overflow keeps its value.
+        metrics
+            .state
+            .gauge_add("queue".into(), vec![], f64::MAX)
+            .unwrap();
+        let overflow = metrics.state.gauge_add("queue".into(), vec![], f64::MAX);
+        assert!(
+            matches!(overflow, Err(ServiceError::Invalid(_))),
+            "{overflow:?}"
+        );
+        assert_eq!(metrics.state.store.as_ref().unwrap().0.series_count(), 1);
     }
 
     #[test]
@@ -664,10 +840,47 @@ mod tests {
             .state
             .counter_add("orders".into(), labels(&["a"]), 1.0)
             .unwrap();
-        assert_eq!(metrics.state.store.as_ref().unwrap().series_count(), 3);
+        assert_eq!(metrics.state.store.as_ref().unwrap().0.series_count(), 3);
         let text = render(&metrics);
         assert!(text.contains(r#"region="a"} 2.0"#), "{text}");
         assert!(text.len() < 1024, "{} bytes:\n{text}", text.len());
+    }
+
+    #[test]
+    fn what_the_series_add_to_a_scrape_is_capped_in_bytes() {
+        // Wide histograms: 8 labels of 128-byte values, 32 buckets each.
+        let names: Vec<String> = (0..8).map(|i| format!("label_{i}")).collect();
+        let bounds: Vec<f64> = (1..=32).map(f64::from).collect();
+        let wide = declared(serde_json::json!([{
+            "name": "wide", "kind": "histogram", "labels": names, "buckets": bounds,
+        }]));
+        let grant = MetricsGrant {
+            series: MAX_SERIES,
+            max_bytes: 256 * KIB,
+        };
+        let mut metrics =
+            Harness::<Metrics>::granted_with(&Some(grant), Limits::default(), Some(&wide));
+        let mut kept = 0;
+        let refused = loop {
+            let values: Vec<String> = (0..8).map(|i| format!("{kept:0>120}{i}\"")).collect();
+            match metrics.state.histogram_observe("wide".into(), values, 1.0) {
+                Ok(()) => kept += 1,
+                Err(err) => break err,
+            }
+        };
+        assert!(
+            matches!(&refused, ServiceError::QuotaExceeded(m) if m.contains("metrics.max_bytes")),
+            "{refused:?}"
+        );
+        assert!(kept > 0 && kept < 100, "{kept} wide series");
+        let text = render(&metrics);
+        assert!(
+            text.len() <= 256 << 10,
+            "{} bytes exported for a 256 KiB budget",
+            text.len()
+        );
+        // The estimate is not far off what is really written.
+        assert!(text.len() > 128 << 10, "{} bytes", text.len());
     }
 
     #[test]
@@ -711,15 +924,20 @@ mod tests {
         let catalog = MetricCatalog::default();
         let shop_name: Arc<str> = Arc::from("shop");
         let declarations = shop().metrics;
-        let v1 = catalog.declare(&shop_name, &declarations, 10).unwrap();
-        v1.counter_add("orders", labels(&["eu"]), 4.0).unwrap();
+        let v1 = catalog.declare(&shop_name, &declarations).unwrap();
+        let budget = SeriesBudget {
+            series: 10,
+            bytes: 1 << 20,
+        };
+        v1.counter_add(budget, "orders", labels(&["eu"]), 4.0)
+            .unwrap();
         // A new version with the same declarations continues the series.
-        let v2 = catalog.declare(&shop_name, &declarations, 20).unwrap();
+        let v2 = catalog.declare(&shop_name, &declarations).unwrap();
         assert!(Arc::ptr_eq(&v1, &v2));
-        assert_eq!(v2.max_series.load(Ordering::Relaxed), 20);
+        assert_eq!(v2.series_count(), 1);
         // One with other declarations starts afresh.
         let changed = declared(serde_json::json!([{"name": "orders", "kind": "gauge"}])).metrics;
-        let v3 = catalog.declare(&shop_name, &changed, 10).unwrap();
+        let v3 = catalog.declare(&shop_name, &changed).unwrap();
         assert!(!Arc::ptr_eq(&v1, &v3));
 
         // Another plugin may share a family in the same shape, not another.
@@ -728,12 +946,12 @@ mod tests {
             {"name": "queue", "kind": "gauge", "help": "Its own help"}
         ]))
         .metrics;
-        catalog.declare(&other, &same, 10).unwrap();
+        catalog.declare(&other, &same).unwrap();
         let clash = declared(serde_json::json!([
             {"name": "latency", "kind": "gauge", "unit": "seconds"}
         ]))
         .metrics;
-        let err = catalog.declare(&other, &clash, 10).unwrap_err();
+        let err = catalog.declare(&other, &clash).unwrap_err();
         assert!(err.contains("capsule_plugin_latency_seconds"), "{err}");
         assert!(
             err.contains("plugin `shop` exports as a histogram"),
@@ -742,6 +960,6 @@ mod tests {
 
         // Once no version of `shop` is alive, its families are free again.
         drop((v1, v2, v3));
-        catalog.declare(&other, &clash, 10).unwrap();
+        catalog.declare(&other, &clash).unwrap();
     }
 }

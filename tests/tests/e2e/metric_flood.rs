@@ -15,7 +15,10 @@ use crate::grants::plugin_error;
 
 fn metrics(series: u32) -> Grants {
     Grants {
-        metrics: Some(MetricsGrant { series }),
+        metrics: Some(MetricsGrant {
+            series,
+            ..MetricsGrant::default()
+        }),
         ..Grants::default()
     }
 }
@@ -58,6 +61,31 @@ async fn the_series_cap_and_the_declarations_bound_what_the_host_keeps() {
     );
     // 50 series of 120-byte keys, plus the host's own families.
     assert!(text.len() < 64 << 10, "{} bytes", text.len());
+}
+
+#[tokio::test]
+async fn wide_series_stop_at_the_bytes_they_may_add_to_a_scrape() {
+    let host = crate::host();
+    // As many series as a grant allows: only the byte budget (1 MiB by
+    // default) can stop histograms of 8 long labels and 32 buckets.
+    host.load(PluginSpec::from_path(plugin_path(METRIC_FLOOD)).grants(metrics(100_000)))
+        .await
+        .unwrap();
+    let message = refusal(&host, "wide").await;
+    assert!(
+        message.contains("QuotaExceeded") && message.contains("metrics.max_bytes"),
+        "{message}"
+    );
+    let text = host.metrics_text();
+    let wide: usize = text
+        .lines()
+        .filter(|l| l.starts_with("capsule_plugin_wide"))
+        .map(|l| l.len() + 1)
+        .sum();
+    assert!(
+        (512 << 10..=1 << 20).contains(&wide),
+        "{wide} bytes of wide series for a 1 MiB budget"
+    );
 }
 
 #[tokio::test]

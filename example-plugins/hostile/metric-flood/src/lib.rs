@@ -4,6 +4,9 @@
 //!
 //! - `series`: a new label value on every update — stopped by the
 //!   operator's `metrics.series` cap (`quota-exceeded`).
+//! - `wide`: histograms with 8 labels of 128-byte values and 32 buckets —
+//!   each series a large part of a scrape — stopped by the operator's
+//!   `metrics.max_bytes`.
 //! - `long`: label values of 1 MiB — refused as `invalid` at once.
 //! - `undeclared`: updates 10,000 metric names it never declared — each
 //!   refused as `invalid`, none exported.
@@ -19,6 +22,17 @@ fn refused(what: &str, done: usize, err: impl std::fmt::Debug) -> PluginError {
     PluginError::failed(format!("{what} stopped after {done}: {err:?}"))
 }
 
+/// The most buckets a histogram may declare.
+const WIDE_BUCKETS: [f64; 32] = {
+    let mut bounds = [0.0; 32];
+    let mut i = 0;
+    while i < 32 {
+        bounds[i] = (i + 1) as f64;
+        i += 1;
+    }
+    bounds
+};
+
 struct MetricFlood;
 
 impl Plugin for MetricFlood {
@@ -26,6 +40,9 @@ impl Plugin for MetricFlood {
         vec![
             Metric::counter("flood", "Series the plugin tried to create").labels(&["key"]),
             Metric::gauge("greetings", "Clashes with hello's counter"),
+            Metric::histogram("wide", "Series as wide as a declaration allows")
+                .labels(&["a", "b", "c", "d", "e", "f", "g", "h"])
+                .buckets(&WIDE_BUCKETS),
         ]
     }
 
@@ -36,6 +53,16 @@ impl Plugin for MetricFlood {
                     let key = format!("{i:0>120}");
                     if let Err(err) = metrics::add("flood", &[&key], 1.0) {
                         return Err(refused("new series", i, err));
+                    }
+                }
+                unreachable!()
+            }
+            "wide" => {
+                for i in 0.. {
+                    let values: Vec<String> = (0..8).map(|l| format!("{i:0>127}{l}")).collect();
+                    let labels: Vec<&str> = values.iter().map(String::as_str).collect();
+                    if let Err(err) = metrics::observe("wide", &labels, 1.0) {
+                        return Err(refused("wide series", i, err));
                     }
                 }
                 unreachable!()
