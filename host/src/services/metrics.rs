@@ -154,6 +154,9 @@ impl Value {
 /// A series: which declared metric, and its label values in declared order.
 type SeriesKey = (usize, Box<[Box<str>]>);
 
+/// The series of one metric at a scrape: label values and value, sorted.
+type MetricSnapshot = Vec<(Box<[Box<str>]>, Value)>;
+
 /// The series of one plugin and what they add to a scrape.
 #[derive(Debug, Default)]
 struct Series {
@@ -370,7 +373,7 @@ impl PluginMetrics {
 
     /// Its series grouped by metric, each group sorted by label values:
     /// one lock, one pass.
-    fn snapshot(&self) -> Vec<Vec<(Box<[Box<str>]>, Value)>> {
+    fn snapshot(&self) -> Vec<MetricSnapshot> {
         let series = self.series.lock().unwrap_or_else(|e| e.into_inner());
         let mut groups = vec![Vec::new(); self.declarations.len()];
         for ((metric, labels), value) in &series.values {
@@ -380,7 +383,7 @@ impl PluginMetrics {
         }
         drop(series);
         for group in &mut groups {
-            group.sort_by(|a: &(Box<[Box<str>]>, Value), b| a.0.cmp(&b.0));
+            group.sort_by(|a, b| a.0.cmp(&b.0));
         }
         groups
     }
