@@ -424,6 +424,97 @@ fn no_string_a_caller_or_plugin_sends_grows_the_metrics(server: &ServeProcess) {
     assert!(after.len() < 128 << 10, "/metrics is {} bytes", after.len());
 }
 
+/// `/readyz` asked by a crowd while one plugin's health check never
+/// returns and another's fails with half a megabyte of reason: every answer
+/// is 503 within the health timeout, each plugin was checked once, the
+/// reason is kept cut, `hello` answers, and the server's memory stays.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_crowd_asking_readiness_costs_one_bounded_check_per_plugin() {
+    let file = policy(
+        "health-policy.toml",
+        r#"
+[host]
+trusted_keys = ["{key}"]
+[host.limits]
+memory = "16MiB"
+timeout = "2s"
+
+[plugins.hello]
+path = "{plugins}/hello.wasm"
+
+[plugins.sick-spin]
+path = "{plugins}/sick-health.wasm"
+metrics = {}
+config = { health = "spin" }
+
+[plugins.sick-flood]
+path = "{plugins}/sick-health.wasm"
+metrics = {}
+config = { health = "flood" }
+"#,
+    );
+    let server = ServeProcess::start(&file, &[]);
+    assert_hello_answers(&server, "start");
+    let baseline = server.peak_memory();
+
+    let answers: Vec<(u16, String, Duration)> = std::thread::scope(|scope| {
+        let askers: Vec<_> = (0..32)
+            .map(|_| {
+                scope.spawn(|| {
+                    let started = Instant::now();
+                    let (status, body) = server.http("GET", "/readyz", "");
+                    (status, body, started.elapsed())
+                })
+            })
+            .collect();
+        askers.into_iter().map(|a| a.join().unwrap()).collect()
+    });
+    for (status, body, took) in &answers {
+        assert_eq!(*status, 503, "{body}");
+        assert!(*took < Duration::from_secs(3), "/readyz took {took:?}");
+    }
+    let readiness: Value = serde_json::from_str(&answers[0].1).unwrap();
+    let plugin = |name: &str| {
+        readiness["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {readiness}"))
+            .clone()
+    };
+    assert_eq!(plugin("hello")["state"], "ok");
+    let spin = plugin("sick-spin");
+    assert_eq!(spin["state"], "degraded");
+    assert_eq!(spin["check"]["status"], "failed");
+    // Fuel or the clock, whichever comes first, stops it.
+    assert!(
+        ["timeout", "out_of_fuel"].contains(&spin["check"]["kind"].as_str().unwrap()),
+        "{spin}"
+    );
+    let flood = plugin("sick-flood");
+    assert_eq!(flood["check"]["status"], "unhealthy");
+    assert!(
+        flood["check"]["reason"].as_str().unwrap().len() < 512,
+        "{flood}"
+    );
+
+    let (_, metrics) = server.http("GET", "/metrics", "");
+    for name in ["sick-spin", "sick-flood"] {
+        let line = format!("capsule_plugin_health_checks_total{{plugin=\"{name}\"}} 1.0\n");
+        assert!(metrics.contains(&line), "one check of {name}:\n{metrics}");
+    }
+    let (status, body) = server.http("POST", "/v1/plugins/sick-spin/call?op=any", "");
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    assert_hello_answers(&server, "the readiness crowd");
+    let peak = server.peak_memory();
+    assert!(
+        peak < baseline + PLUGIN_MEMORY + HOST_ALLOWANCE,
+        "peak {peak} from {baseline}"
+    );
+}
+
 #[cfg(unix)]
 #[test]
 fn sigterm_with_hanging_shutdowns_exits_within_one_deadline() {

@@ -164,7 +164,13 @@ fn inspect_shows_contract_imports_and_exports() {
         .iter()
         .map(|e| e["name"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(exports, ["capsule:plugin/handler@0.2.0"]);
+    assert_eq!(
+        exports,
+        [
+            "capsule:plugin/health@0.2.0",
+            "capsule:plugin/handler@0.2.0"
+        ]
+    );
     assert!(
         v["imports"]
             .as_array()

@@ -84,7 +84,7 @@ mod authoring_guide {}
 pub mod bindings {
     wit_bindgen::generate!({
         path: "wit",
-        world: "plugin",
+        world: "plugin-with-health",
         pub_export_macro: true,
         export_macro_name: "__export_capsule_plugin_world",
         default_bindings_module: "capsule_guest::bindings",
@@ -324,6 +324,33 @@ pub trait Plugin {
         )))
     }
 
+    /// Whether the plugin can do its work now, asked by the host's `/readyz`
+    /// (at most once every few seconds, under the plugin's limits, on one of
+    /// its instances). The default reports healthy; override to check what
+    /// the plugin depends on. An error, in words, shows the plugin as
+    /// degraded and the host as not ready. Keep it cheap and free of side
+    /// effects: kv writes and events made here are dropped (unless the
+    /// operator opted the plugin out of atomic kv).
+    ///
+    /// ```
+    /// # use capsule_guest::{Plugin, PluginError, Request, Response, kv};
+    /// struct Ledger;
+    ///
+    /// impl Plugin for Ledger {
+    ///     fn handle(request: Request) -> Result<Response, PluginError> {
+    ///         request.dispatch().finish()
+    ///     }
+    ///
+    ///     fn health() -> Result<(), String> {
+    ///         // The store this plugin keeps its entries in must answer.
+    ///         kv::get("ledger/head").map(drop).map_err(|err| format!("kv: {err:?}"))
+    ///     }
+    /// }
+    /// ```
+    fn health() -> Result<(), String> {
+        Ok(())
+    }
+
     /// Runs before the host drops an instance during an orderly shutdown.
     /// It cannot fail; keep it short (the call's limits still apply).
     ///
@@ -344,7 +371,7 @@ pub trait Plugin {
     fn shutdown() {}
 }
 
-/// Exports a [`Plugin`] implementation as the component's `handler`.
+/// Exports a [`Plugin`] implementation as the component's `handler` and `health`.
 ///
 /// Use it once per plugin crate, at the crate root. Only a `wasm32` build
 /// exports anything; a native build (clippy, unit tests) just type-checks
@@ -417,6 +444,12 @@ macro_rules! export_plugin {
 
                 fn shutdown() {
                     <$plugin as $crate::Plugin>::shutdown()
+                }
+            }
+
+            impl $crate::bindings::exports::capsule::plugin::health::Guest for CapsuleExport {
+                fn check() -> ::core::result::Result<(), ::std::string::String> {
+                    <$plugin as $crate::Plugin>::health()
                 }
             }
 

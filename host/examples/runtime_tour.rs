@@ -1,8 +1,8 @@
 //! A tour of the Capsule runtime as an embedder uses it: load a policy, run
 //! a pipeline, watch an event flow from a producer plugin to a consumer
 //! plugin, reload a plugin while it serves, roll new versions out (one that
-//! fails and rolls back by itself, one that steps up and is promoted), and
-//! read the metrics.
+//! fails and rolls back by itself, one that steps up and is promoted), ask
+//! whether the host is ready, and read the metrics.
 //!
 //! `cargo xtask demo` runs it against `example-plugins/capsule.toml`:
 //!
@@ -318,6 +318,28 @@ async fn main() -> Result<()> {
     );
     let greeted = host.call("greeter", Request::new("greet", "Ada")).await?;
     show("now", payload(&greeted.response.payload));
+
+    section("readiness (`capsule serve` answers it at /readyz: 200, or 503 with what is wrong)");
+    let readiness = host.readiness().await;
+    for plugin in &readiness.plugins {
+        println!(
+            "   {:<16} {:?}, check {}",
+            plugin.name,
+            plugin.state,
+            serde_json::to_string(&plugin.check)?
+        );
+    }
+    show(
+        "ready",
+        format!("{} (backend {})", readiness.ready, readiness.backend.kind),
+    );
+    for failed in &readiness.not_loaded {
+        println!(
+            "   not loaded: {} ({}): {}",
+            failed.name, failed.kind, failed.message
+        );
+    }
+    ensure!(readiness.ready, "every plugin loaded and healthy");
 
     section("metrics (Prometheus text; `capsule serve` exposes them at /metrics)");
     let metrics = host.metrics_text();

@@ -346,7 +346,7 @@ impl AccessTable {
         AccessTable { keys }
     }
 
-    /// Whether any key is configured (then every route but `/healthz`
+    /// Whether any key is configured (then every route but `/healthz` and `/readyz`
     /// needs one).
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()

@@ -64,9 +64,11 @@ pub use policy::{
     HostPolicy, Overrides, PipelinePolicy, PluginPolicy, Policy, PolicyError, PolicyErrors,
 };
 pub use runtime::{
-    ApplyError, BusEvent, CallContext, Cluster, ClusterHost, DeadLetter, FailedChange, Host,
-    HostBuilder, HostError, Middleware, Pipeline, PipelineError, PluginDetails, PluginSource,
-    PluginSpec, PluginState, PluginStatus, PolicyChanges, REQUEST_ID, RequestId, RolloutError,
-    RolloutPlan, RolloutState, RolloutStatus, ServedPlugin, Subscription, TrackStats,
+    ApplyError, BackendHealth, BusEvent, CallContext, Cluster, ClusterHost, DeadLetter,
+    FailedChange, HEALTH_TIMEOUT, HEALTH_TTL, HealthCheck, Host, HostBuilder, HostError,
+    Middleware, NotLoaded, Pipeline, PipelineError, PluginDetails, PluginHealth, PluginHealthState,
+    PluginSource, PluginSpec, PluginState, PluginStatus, PolicyChanges, REQUEST_ID, Readiness,
+    RequestId, RolloutError, RolloutPlan, RolloutState, RolloutStatus, ServedPlugin, Subscription,
+    TrackStats,
 };
 pub use services::grants::{Grants, GrantsSummary};

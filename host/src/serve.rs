@@ -6,7 +6,8 @@
 //! | `POST /v1/pipelines/{name}/call?op=OP` | the same through a pipeline |
 //! | `GET /v1/plugins` | every plugin: version, digest, signers, capabilities, grants (names only; mounts' host paths to `admin`), state, limits |
 //! | `GET /metrics` | Prometheus text (OpenMetrics when the `Accept` header asks) |
-//! | `GET /healthz` | `ok` while serving |
+//! | `GET /healthz` | `ok` while the process serves |
+//! | `GET /readyz` | 200 when every plugin of the policy loaded, none is degraded (circuit open, its `health` check failing) and the backend answers, else 503; the detail per plugin to whoever may read (`view`), `{"ready":…}` alone to anyone else |
 //! | `POST /v1/events/{topic}` | admin, or a `call` key with the topic: publish the body as an event |
 //! | `POST /v1/plugins/{name}/reload` | admin: reload from its file (kept on failure; refused with `missing_dependency` when it would break a plugin that requires it, unless `?force=true`) |
 //! | `POST /v1/plugins/{name}/pause`, `/resume` | admin |
@@ -22,7 +23,7 @@
 //! `{"error":{"kind","plugin","message"}}` with a fitting status.
 //!
 //! Who may use which route is [`crate::access`]'s: with API keys in the
-//! policy, every route but `/healthz` needs `Authorization: Bearer <key>`
+//! policy, every route but `/healthz` and `/readyz` needs `Authorization: Bearer <key>`
 //! whose role and scope cover it (401 without a valid key, 403 beyond its
 //! role or scope, 429 past its rate). Without keys, calls and reads
 //! (`/v1/plugins`, `/metrics`, `/v1/cluster`) are open and the rest needs
@@ -138,6 +139,7 @@ pub fn router(host: Host, options: &ServeOptions) -> Router {
     };
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/plugins", get(list_plugins))
         .route("/v1/plugins/{name}/call", post(call_plugin))
@@ -850,6 +852,26 @@ async fn cluster(State(state): State<AppState>, headers: HeaderMap) -> Response 
             "",
             &format!("the deployment's hosts could not be read: {reason}"),
         ),
+    }
+}
+
+/// Readiness for load balancers and orchestrators. Open, so a probe needs
+/// no key; what is wrong (plugin names, load failures) only to a caller
+/// who may read what the host runs. Plugins' checks run at most once per
+/// `HEALTH_TTL` however often this is asked.
+async fn readyz(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let readiness = state.host.readiness().await;
+    let status = if readiness.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    // Not `authorize`: an anonymous probe is expected, not a refusal to
+    // audit.
+    if decide(&state, &headers, Action::Read).is_ok() {
+        (status, axum::Json(readiness)).into_response()
+    } else {
+        (status, axum::Json(json!({ "ready": readiness.ready }))).into_response()
     }
 }
 

@@ -440,6 +440,18 @@ async fn admin_routes_need_the_bearer_token() {
 async fn listing_metrics_health_events_and_reload() {
     let server = Server::start().await;
     assert_eq!(server.get("/healthz").await.text().await.unwrap(), "ok\n");
+    let ready = server.get("/readyz").await;
+    assert_eq!(ready.status(), StatusCode::OK);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["ready"], true, "{ready}");
+    let hello = ready["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "hello")
+        .unwrap();
+    assert_eq!(hello["state"], "ok");
+    assert_eq!(hello["check"]["status"], "healthy");
     server
         .post("/v1/plugins/hello/call?op=greet", r#"{"name":"Ada"}"#)
         .await;
@@ -1325,6 +1337,22 @@ async fn api_keys_have_roles_scopes_and_rates_and_rotate_by_apply() {
 
     // With keys configured, only health is open: 401 without a valid key.
     assert_eq!(server.get("/healthz").await.status(), StatusCode::OK);
+    // Readiness is open too, but names nothing to a caller who may not read
+    // what the host runs.
+    let ready = server.get("/readyz").await;
+    assert_eq!(ready.status(), StatusCode::OK);
+    assert_eq!(
+        ready.json::<Value>().await.unwrap(),
+        json!({ "ready": true })
+    );
+    let detail: Value = with_key(&server, Method::GET, "/readyz", &viewer, "")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detail["ready"], true, "{detail}");
+    assert_eq!(detail["backend"]["kind"], "embedded");
+    assert_eq!(detail["plugins"].as_array().unwrap().len(), 2, "{detail}");
     for path in ["/v1/plugins", "/metrics", "/v1/cluster"] {
         assert_eq!(
             server.get(path).await.status(),

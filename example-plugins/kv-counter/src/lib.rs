@@ -25,9 +25,11 @@
 //!   (the operator must grant that edge): the callee's writes join this
 //!   call's transaction, so they too are kept only if this call succeeds.
 //!
-//! Without a kv grant every call fails with `denied`.
+//! Without a kv grant every call fails with `denied`. Its health check reads
+//! the store, so `/readyz` shows it degraded while the store does not
+//! answer (NATS gone).
 
-use capsule_guest::{Plugin, PluginError, Request, Response, export_plugin, kv, log};
+use capsule_guest::{Plugin, PluginError, Request, Response, ServiceError, export_plugin, kv, log};
 use serde::{Deserialize, Serialize};
 
 #[derive(Deserialize)]
@@ -157,6 +159,17 @@ impl Plugin for KvCounter {
                 }
             })
             .finish()
+    }
+
+    /// Healthy while its store answers: with the NATS backend, losing NATS
+    /// shows this plugin as degraded in `/readyz`. Without a kv grant there
+    /// is no store to lose (every call is `denied`, as the operator chose),
+    /// which is not a sickness.
+    fn health() -> Result<(), String> {
+        match kv::get("health-probe") {
+            Ok(_) | Err(ServiceError::Denied(_)) => Ok(()),
+            Err(err) => Err(format!("the counter store does not answer: {err:?}")),
+        }
     }
 }
 

@@ -228,6 +228,11 @@ impl NatsCalls {
         })
     }
 
+    /// Whether the connection to NATS is up now.
+    pub(crate) fn connected(&self) -> bool {
+        self.connection.connected()
+    }
+
     /// This host's name in the deployment.
     pub(crate) fn host(&self) -> &str {
         &self.host

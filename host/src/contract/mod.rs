@@ -8,7 +8,7 @@ mod v0_1;
 mod v0_2;
 
 use wasmtime::Store;
-use wasmtime::component::InstancePre;
+use wasmtime::component::{ComponentExportIndex, InstancePre, TypedFunc};
 
 /// The host-service imports of contract 0.1.
 pub(crate) use v0_1::capsule::plugin as interfaces;
@@ -56,20 +56,48 @@ pub(crate) fn served_contracts() -> String {
 }
 
 /// A component's exports, pre-linked: instantiate it to get [`Exports`].
-pub(crate) enum PluginPre<T: 'static> {
-    V0_1(v0_1::PluginPre<T>),
-    V0_2(v0_2::PluginPre<T>),
+pub(crate) struct PluginPre<T: 'static> {
+    instance_pre: InstancePre<T>,
+    handler: HandlerIndices,
+    /// `capsule:plugin/health#check`, when the component exports it.
+    health: Option<ComponentExportIndex>,
 }
+
+/// Where a contract version's `handler` functions are in a component.
+enum HandlerIndices {
+    V0_1(v0_1::PluginIndices),
+    V0_2(v0_2::PluginIndices),
+}
+
+/// `health.check` as the host calls it.
+type HealthCheck = TypedFunc<(), (Result<(), String>,)>;
 
 impl<T: Send + 'static> PluginPre<T> {
     /// The exports of a component built against contract `version` (its
     /// track must be one this host serves).
-    pub(crate) fn new(instance: InstancePre<T>, version: &str) -> wasmtime::Result<Self> {
-        if version.starts_with("0.1.") {
-            Ok(PluginPre::V0_1(v0_1::PluginPre::new(instance)?))
+    pub(crate) fn new(instance_pre: InstancePre<T>, version: &str) -> wasmtime::Result<Self> {
+        let (handler, health) = if version.starts_with("0.1.") {
+            (
+                HandlerIndices::V0_1(v0_1::PluginIndices::new(&instance_pre)?),
+                None,
+            )
         } else {
-            Ok(PluginPre::V0_2(v0_2::PluginPre::new(instance)?))
-        }
+            // `health` is outside the `plugin` world (a plugin built before
+            // it existed has none), so it is looked up by name.
+            let component = instance_pre.component();
+            let health = component
+                .get_export_index(None, format!("{CONTRACT_PACKAGE}/health@{version}"))
+                .and_then(|interface| component.get_export_index(Some(&interface), "check"));
+            (
+                HandlerIndices::V0_2(v0_2::PluginIndices::new(&instance_pre)?),
+                health,
+            )
+        };
+        Ok(PluginPre {
+            instance_pre,
+            handler,
+            health,
+        })
     }
 
     /// A new instance in `store`.
@@ -77,28 +105,62 @@ impl<T: Send + 'static> PluginPre<T> {
         &self,
         store: &mut Store<T>,
     ) -> wasmtime::Result<Exports> {
-        Ok(match self {
-            PluginPre::V0_1(pre) => Exports::V0_1(pre.instantiate_async(store).await?),
-            PluginPre::V0_2(pre) => Exports::V0_2(pre.instantiate_async(store).await?),
-        })
+        let instance = self.instance_pre.instantiate_async(&mut *store).await?;
+        let handler = match &self.handler {
+            HandlerIndices::V0_1(indices) => Handler::V0_1(indices.load(&mut *store, &instance)?),
+            HandlerIndices::V0_2(indices) => Handler::V0_2(indices.load(&mut *store, &instance)?),
+        };
+        let health = match &self.health {
+            Some(index) => Some(
+                instance
+                    .get_typed_func::<(), (Result<(), String>,)>(&mut *store, index)
+                    .map_err(|err| {
+                        err.context(
+                            "the `health` export's `check` is not `func() -> result<_, string>`",
+                        )
+                    })?,
+            ),
+            None => None,
+        };
+        Ok(Exports { handler, health })
     }
 }
 
 /// One instance's `handler` export, whatever its contract version: the
 /// functions are the same and take and return the same types.
-pub(crate) enum Exports {
+enum Handler {
     V0_1(v0_1::Plugin),
     V0_2(v0_2::Plugin),
 }
 
+/// One instance's exports: its `handler`, and its `health` check if it has
+/// one.
+pub(crate) struct Exports {
+    handler: Handler,
+    health: Option<HealthCheck>,
+}
+
 impl Exports {
+    /// What the plugin's `health.check` answers; `None` for a plugin
+    /// without one (0.1 plugins, and 0.2 plugins not built with the SDK's
+    /// world), which counts as healthy.
+    pub(crate) async fn health<T: Send>(
+        &self,
+        store: &mut Store<T>,
+    ) -> wasmtime::Result<Option<Result<(), String>>> {
+        match &self.health {
+            None => Ok(None),
+            Some(check) => Ok(Some(check.call_async(store, ()).await?.0)),
+        }
+    }
+
     pub(crate) async fn describe<T: Send>(
         &self,
         store: &mut Store<T>,
     ) -> wasmtime::Result<PluginInfo> {
-        match self {
-            Exports::V0_1(e) => e.capsule_plugin_handler().call_describe(store).await,
-            Exports::V0_2(e) => e.capsule_plugin_handler().call_describe(store).await,
+        match &self.handler {
+            Handler::V0_1(e) => e.capsule_plugin_handler().call_describe(store).await,
+            Handler::V0_2(e) => e.capsule_plugin_handler().call_describe(store).await,
         }
     }
 
@@ -108,9 +170,9 @@ impl Exports {
         &self,
         store: &mut Store<T>,
     ) -> wasmtime::Result<Option<String>> {
-        match self {
-            Exports::V0_1(_) => Ok(None),
-            Exports::V0_2(e) => e
+        match &self.handler {
+            Handler::V0_1(_) => Ok(None),
+            Handler::V0_2(e) => e
                 .capsule_plugin_handler()
                 .call_manifest(store)
                 .await
@@ -122,9 +184,9 @@ impl Exports {
         &self,
         store: &mut Store<T>,
     ) -> wasmtime::Result<Result<(), PluginError>> {
-        match self {
-            Exports::V0_1(e) => e.capsule_plugin_handler().call_init(store).await,
-            Exports::V0_2(e) => e.capsule_plugin_handler().call_init(store).await,
+        match &self.handler {
+            Handler::V0_1(e) => e.capsule_plugin_handler().call_init(store).await,
+            Handler::V0_2(e) => e.capsule_plugin_handler().call_init(store).await,
         }
     }
 
@@ -133,9 +195,9 @@ impl Exports {
         store: &mut Store<T>,
         request: &Request,
     ) -> wasmtime::Result<Result<Response, PluginError>> {
-        match self {
-            Exports::V0_1(e) => e.capsule_plugin_handler().call_handle(store, request).await,
-            Exports::V0_2(e) => e.capsule_plugin_handler().call_handle(store, request).await,
+        match &self.handler {
+            Handler::V0_1(e) => e.capsule_plugin_handler().call_handle(store, request).await,
+            Handler::V0_2(e) => e.capsule_plugin_handler().call_handle(store, request).await,
         }
     }
 
@@ -144,16 +206,16 @@ impl Exports {
         store: &mut Store<T>,
         event: &Event,
     ) -> wasmtime::Result<Result<EventOutcome, PluginError>> {
-        match self {
-            Exports::V0_1(e) => e.capsule_plugin_handler().call_on_event(store, event).await,
-            Exports::V0_2(e) => e.capsule_plugin_handler().call_on_event(store, event).await,
+        match &self.handler {
+            Handler::V0_1(e) => e.capsule_plugin_handler().call_on_event(store, event).await,
+            Handler::V0_2(e) => e.capsule_plugin_handler().call_on_event(store, event).await,
         }
     }
 
     pub(crate) async fn shutdown<T: Send>(&self, store: &mut Store<T>) -> wasmtime::Result<()> {
-        match self {
-            Exports::V0_1(e) => e.capsule_plugin_handler().call_shutdown(store).await,
-            Exports::V0_2(e) => e.capsule_plugin_handler().call_shutdown(store).await,
+        match &self.handler {
+            Handler::V0_1(e) => e.capsule_plugin_handler().call_shutdown(store).await,
+            Handler::V0_2(e) => e.capsule_plugin_handler().call_shutdown(store).await,
         }
     }
 }

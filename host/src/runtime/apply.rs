@@ -31,6 +31,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::health::NotLoaded;
 use super::{Host, Pipeline, PluginSpec, policy_load_order};
 use crate::error::{LoadError, LoadFailure};
 use crate::policy::{HostPolicy, Policy};
@@ -198,6 +199,14 @@ impl Host {
             }
         }
         self.replace_pipelines(policy, &mut changes);
+        self.set_not_loaded(
+            changes
+                .failed
+                .iter()
+                .filter(|failed| policy.plugins.contains_key(&failed.name))
+                .map(|failed| NotLoaded::new(&failed.name, &failed.kind, &failed.message))
+                .collect(),
+        );
         tracing::info!(
             loaded = ?changes.loaded,
             reloaded = ?changes.reloaded,

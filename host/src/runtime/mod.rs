@@ -9,6 +9,7 @@ mod cluster;
 mod commit;
 mod delivery;
 pub(crate) mod dependencies;
+mod health;
 pub(crate) mod input_schema;
 pub(crate) mod load;
 mod metrics;
@@ -34,6 +35,10 @@ use wasmtime::component::Linker;
 pub use apply::{ApplyError, FailedChange, PolicyChanges};
 pub use bus::{BusEvent, DeadLetter, Subscription};
 pub use cluster::{Cluster, ClusterHost, ServedPlugin};
+pub use health::{
+    BackendHealth, HEALTH_TIMEOUT, HEALTH_TTL, HealthCheck, NotLoaded, PluginHealth,
+    PluginHealthState, Readiness,
+};
 pub use middleware::{CallContext, Middleware, REQUEST_ID, RequestId};
 pub use pipeline::{Pipeline, PipelineError};
 pub use plugin::PluginDetails;
@@ -366,6 +371,7 @@ impl HostBuilder {
                 changing: tokio::sync::Mutex::new(()),
                 commits: commit::Gates::default(),
                 stopped: std::sync::atomic::AtomicBool::new(false),
+                not_loaded: std::sync::Mutex::default(),
             }),
         };
         #[cfg(feature = "nats")]
@@ -453,6 +459,9 @@ struct HostInner {
     /// Set by [`Host::shutdown`]: delivery workers stop, so that nothing
     /// keeps the host (its engine and pool) alive after it.
     stopped: std::sync::atomic::AtomicBool,
+    /// What the last policy loaded or applied could not load
+    /// ([`Host::readiness`]): one entry per plugin it names, at most.
+    not_loaded: std::sync::Mutex<Vec<NotLoaded>>,
 }
 
 impl Host {
@@ -570,6 +579,12 @@ impl Host {
                 failures.push(err);
             }
         }
+        self.set_not_loaded(
+            failures
+                .iter()
+                .map(|err| NotLoaded::new(&err.plugin, err.kind().as_str(), &err.to_string()))
+                .collect(),
+        );
         for (name, pipeline) in &policy.pipelines {
             self.add_pipeline(Pipeline {
                 name: name.clone(),

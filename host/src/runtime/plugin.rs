@@ -152,6 +152,22 @@ impl Entry for OnEvent {
     }
 }
 
+/// `health.check`: whether the plugin can do its work; `None` when it has
+/// no such export.
+pub(crate) struct HealthEntry;
+
+impl Entry for HealthEntry {
+    type Output = Option<Result<(), String>>;
+
+    async fn call(
+        self,
+        handler: &Exports,
+        store: &mut Store<StoreState>,
+    ) -> wasmtime::Result<Self::Output> {
+        handler.health(store).await
+    }
+}
+
 /// The result of [`LoadedPlugin::run`], with the log and cost either way.
 pub(crate) struct Invoked<T> {
     pub(crate) result: Result<T, CallFailure>,
@@ -255,6 +271,8 @@ pub(crate) struct LoadedPlugin {
     /// transaction (no HTTP, no writable mount, atomic kv): such a call is
     /// retried when its commit conflicts.
     pub(crate) retry_safe: bool,
+    /// The last answer of its `health` check, reused for a while.
+    pub(crate) health: super::health::HealthCache,
 }
 
 /// The idle instances of every loaded plugin version. Idle instances are a
@@ -321,6 +339,7 @@ impl LoadedPlugin {
             details,
             input_schemas: None,
             retry_safe,
+            health: super::health::HealthCache::default(),
         }
     }
 
@@ -450,6 +469,24 @@ impl LoadedPlugin {
             };
         }
         CallFailure::Plugin(error)
+    }
+
+    /// Runs the plugin's `health` check on one of its instances, under its
+    /// limits and by `deadline` at the latest. `None` without running it
+    /// when every instance slot is taken: a check never waits behind calls
+    /// nor holds one up.
+    pub(crate) async fn run_health(
+        &self,
+        deadline: Instant,
+    ) -> Option<Invoked<Option<Result<(), String>>>> {
+        let _slot = self.slots.try_acquire().ok()?;
+        let scope = CallScope {
+            deadline: Some(deadline),
+            ..CallScope::default()
+        };
+        // What the check buffered (kv writes, events) is dropped with
+        // `Invoked`: a health check has no effects.
+        Some(self.run(HealthEntry, scope).await)
     }
 
     /// Delivers one event to `on-event`, under the same limits as a call.

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use capsule_host::artifact::manifest::{self, MANIFEST_SECTION, Manifest, Requirement};
 use capsule_host::artifact::{sections, signature};
-use capsule_host::{ErrorKind, Host, PluginSpec, Policy, Request, SecretKey};
+use capsule_host::{ErrorKind, Host, PluginHealthState, PluginSpec, Policy, Request, SecretKey};
 use capsule_tests::plugins::{ALLOC_BOMB, HELLO, HELLO_V0_1, KV_COUNTER, ROUTER, THUMBNAIL};
 use capsule_tests::{plugin_bytes, plugin_path, temp_dir};
 use serde_json::json;
@@ -219,6 +219,19 @@ config = { routes = "greet=greeting,make=thumbnail" }"#;
             .await
             .is_ok()
     );
+    // The host is not ready: the policy names a plugin it could not load.
+    let readiness = host.readiness().await;
+    assert!(!readiness.ready);
+    assert_eq!(readiness.not_loaded.len(), 1, "{readiness:?}");
+    assert_eq!(readiness.not_loaded[0].name, "router");
+    assert_eq!(readiness.not_loaded[0].kind, "missing_dependency");
+    assert_eq!(readiness.plugins.len(), 1);
+    assert_eq!(readiness.plugins[0].state, PluginHealthState::Ok);
+    // Once a policy whose plugins all load is applied, it is.
+    let applied = host.apply_policy(&full).await.unwrap();
+    assert!(applied.failed.is_empty(), "{applied:?}");
+    let readiness = host.readiness().await;
+    assert!(readiness.ready, "{readiness:?}");
 }
 
 #[tokio::test]

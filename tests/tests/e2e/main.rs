@@ -39,6 +39,7 @@ mod router;
 mod runtime;
 mod sandbox;
 mod scale_out;
+mod sick_health;
 mod signing;
 mod slow_host_calls;
 mod spin_loop;

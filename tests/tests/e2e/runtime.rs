@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use capsule_host::artifact::signature;
 use capsule_host::{
-    CallContext, CallError, CallOutcome, ErrorKind, Host, Limits, Middleware, PluginSpec,
-    PluginState, REQUEST_ID, Request, RequestId, SecretKey,
+    CallContext, CallError, CallOutcome, ErrorKind, HealthCheck, Host, Limits, Middleware,
+    PluginHealthState, PluginSpec, PluginState, REQUEST_ID, Request, RequestId, SecretKey,
 };
 use capsule_tests::{host_builder, plugin_bytes, plugin_path, plugins::HELLO, test_key};
 use serde_json::json;
@@ -260,12 +260,22 @@ async fn the_circuit_opens_after_repeated_failures_and_a_probe_closes_it() {
     let err = host.call(HELLO, greet("Ada")).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::CircuitOpen, "fails fast while open");
     assert_eq!(host.status(HELLO).unwrap().state, PluginState::CircuitOpen);
+    // An open circuit degrades the plugin and the host is not ready.
+    let readiness = host.readiness().await;
+    assert!(!readiness.ready);
+    let hello = &readiness.plugins[0];
+    assert!(hello.circuit_open);
+    assert_eq!(hello.state, PluginHealthState::Degraded);
+    assert_eq!(hello.check, HealthCheck::NotAsked);
 
     tokio::time::sleep(Duration::from_millis(250)).await;
     host.call(HELLO, greet("Ada"))
         .await
         .expect("the probe goes through and succeeds");
     assert_eq!(host.status(HELLO).unwrap().state, PluginState::Active);
+    let readiness = host.readiness().await;
+    assert!(readiness.ready, "{readiness:?}");
+    assert_eq!(readiness.plugins[0].check, HealthCheck::Healthy);
     host.call(HELLO, greet("Ada")).await.unwrap();
 }
 

@@ -11,7 +11,8 @@ use capsule_host::backend::local::NatsServer;
 use capsule_host::backend::{Backend, NatsOptions};
 use capsule_host::services::kv::KvGrant;
 use capsule_host::{
-    BusOptions, CallFailure, ErrorKind, Grants, Host, Limits, PluginError, PluginSpec, Request,
+    BusOptions, CallFailure, ErrorKind, Grants, HealthCheck, Host, Limits, PluginError,
+    PluginHealthState, PluginSpec, Request,
 };
 use capsule_tests::plugins::{
     EVENT_STORM, HELLO, KV_COUNTER, ORDER_AUDIT, ORDER_INTAKE, SPIN_LOOP,
@@ -114,6 +115,22 @@ async fn losing_nats_fails_kv_calls_as_unavailable_until_it_returns() {
     loaded.unwrap();
     let err = increment().await.unwrap_err();
     assert!(matches!(&err.cause, CallFailure::Unavailable(_)), "{err:?}");
+    // Not ready: the backend is gone, and kv-counter's own check (a read
+    // of its store) fails.
+    let readiness = host.readiness().await;
+    assert!(!readiness.ready);
+    assert_eq!(readiness.backend.kind, "nats");
+    assert!(!readiness.backend.reachable);
+    let counter = readiness
+        .plugins
+        .iter()
+        .find(|p| p.name == KV_COUNTER)
+        .unwrap();
+    assert_eq!(counter.state, PluginHealthState::Degraded, "{counter:?}");
+    match &counter.check {
+        HealthCheck::Unhealthy { reason } => assert!(reason.contains("Unavailable"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
     // An event NATS did not store is never reported published.
     let refused = host.publish("orders.created", "{}").await.unwrap_err();
     assert!(refused.contains("did not store"), "{refused}");
@@ -132,6 +149,7 @@ async fn losing_nats_fails_kv_calls_as_unavailable_until_it_returns() {
         }
     };
     assert_eq!(after, 2);
+    assert!(host.readiness().await.backend.reachable);
 }
 
 /// A host of deployment `prefix` with `order-audit` subscribed to

@@ -1,0 +1,268 @@
+//! Readiness: whether this host can serve what its policy names, for
+//! `GET /readyz` — every plugin of the policy loaded, no circuit open, each
+//! plugin's own `health` check passing, the backend reachable — with the
+//! detail per plugin.
+//!
+//! Budgets: a plugin's check runs at most once per version every
+//! [`HEALTH_TTL`], however often readiness is asked (callers in between get
+//! the last answer, and concurrent askers wait for the one check in
+//! flight); it runs on one of the plugin's instances under the plugin's own
+//! limits and by [`HEALTH_TIMEOUT`] at the latest, never waits for an
+//! instance slot (a plugin busy with calls is reported `busy`, not asked),
+//! and its answer is kept in at most [`MAX_REASON_BYTES`].
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::Host;
+use super::plugin::LoadedPlugin;
+
+/// How long a plugin's health answer is reused before it is asked again.
+pub const HEALTH_TTL: Duration = Duration::from_secs(5);
+
+/// How long a health check may run (less when the plugin's own timeout is
+/// shorter).
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Bytes of a plugin's reason (or of a failure's message) that readiness
+/// keeps and shows.
+pub const MAX_REASON_BYTES: usize = 256;
+
+/// What a plugin's own health check said.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum HealthCheck {
+    /// It answered that it can serve.
+    Healthy,
+    /// It has no `health` export (a contract 0.1 plugin, or one not built
+    /// with the SDK's world): counted as healthy.
+    NoCheck,
+    /// It answered that it cannot serve, and why.
+    Unhealthy {
+        /// The plugin's words, escaped and cut to [`MAX_REASON_BYTES`].
+        reason: String,
+    },
+    /// The check did not finish: it trapped or hit one of the plugin's
+    /// limits.
+    Failed {
+        /// Capsule's error kind (`timeout`, `out_of_fuel`, `trap`, …).
+        kind: String,
+        /// What happened, cut to [`MAX_REASON_BYTES`].
+        message: String,
+    },
+    /// Every instance slot was serving calls, so it was not asked (and
+    /// nothing was known from before).
+    Busy,
+    /// Not asked: the plugin is paused or its circuit is open.
+    NotAsked,
+}
+
+impl HealthCheck {
+    /// Whether this answer makes the plugin degraded.
+    fn degrades(&self) -> bool {
+        matches!(
+            self,
+            HealthCheck::Unhealthy { .. } | HealthCheck::Failed { .. }
+        )
+    }
+}
+
+/// The last health answer of one plugin version, and when it was given.
+#[derive(Default)]
+pub(crate) struct HealthCache {
+    last: tokio::sync::Mutex<Option<(Instant, HealthCheck)>>,
+}
+
+impl LoadedPlugin {
+    /// The plugin's health: its last answer if younger than [`HEALTH_TTL`],
+    /// otherwise a new one.
+    async fn health(&self) -> HealthCheck {
+        // Held across the check: readiness asked many times at once runs
+        // one check.
+        let mut last = self.health.last.lock().await;
+        if let Some((at, check)) = last.as_ref()
+            && at.elapsed() < HEALTH_TTL
+        {
+            return check.clone();
+        }
+        let timeout = HEALTH_TIMEOUT.min(self.limits().timeout);
+        let Some(invoked) = self.run_health(Instant::now() + timeout).await else {
+            // Busy: what was known before is still the best answer.
+            return last.as_ref().map_or(HealthCheck::Busy, |(_, c)| c.clone());
+        };
+        let check = match invoked.result {
+            Ok(None) => HealthCheck::NoCheck,
+            Ok(Some(Ok(()))) => HealthCheck::Healthy,
+            Ok(Some(Err(reason))) => HealthCheck::Unhealthy {
+                reason: bounded(&reason),
+            },
+            Err(failure) => HealthCheck::Failed {
+                kind: failure.kind().as_str().to_owned(),
+                message: bounded(&failure.to_string()),
+            },
+        };
+        *last = Some((Instant::now(), check.clone()));
+        check
+    }
+}
+
+/// Untrusted text as readiness keeps it: escaped, and cut.
+fn bounded(text: &str) -> String {
+    crate::text::for_log(text, MAX_REASON_BYTES).into_owned()
+}
+
+/// Whether this host can serve, and why not.
+#[derive(Debug, Clone, Serialize)]
+pub struct Readiness {
+    /// Every plugin of the policy loaded, none degraded, the backend
+    /// reachable.
+    pub ready: bool,
+    /// Where shared state lives and whether it answers.
+    pub backend: BackendHealth,
+    /// Every loaded plugin, by name.
+    pub plugins: Vec<PluginHealth>,
+    /// Plugins the policy names that are not loaded, and why.
+    pub not_loaded: Vec<NotLoaded>,
+}
+
+/// The backend's reachability.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendHealth {
+    /// `embedded` or `nats`.
+    pub kind: String,
+    /// Whether it answers now (the embedded store always does).
+    pub reachable: bool,
+}
+
+/// One loaded plugin's health.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginHealth {
+    /// Its name.
+    pub name: String,
+    /// The version its `describe` reports.
+    pub version: String,
+    /// `ok`, `degraded` (its circuit is open or its check failed) or
+    /// `paused` (by an operator: not counted against readiness).
+    pub state: PluginHealthState,
+    /// Whether its circuit breaker is open.
+    pub circuit_open: bool,
+    /// What its own check said.
+    pub check: HealthCheck,
+}
+
+/// A plugin's state as readiness sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginHealthState {
+    /// Serving, and its check passes (or it has none).
+    Ok,
+    /// Its circuit is open, or its check failed.
+    Degraded,
+    /// Paused by an operator.
+    Paused,
+}
+
+/// A plugin the policy names that did not load.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NotLoaded {
+    /// Its name.
+    pub name: String,
+    /// The load failure's kind (`bad_signature`, `init_failed`, …).
+    pub kind: String,
+    /// Why, cut to [`MAX_REASON_BYTES`].
+    pub message: String,
+}
+
+impl NotLoaded {
+    pub(crate) fn new(name: &str, kind: &str, message: &str) -> NotLoaded {
+        NotLoaded {
+            name: name.to_owned(),
+            kind: kind.to_owned(),
+            message: bounded(message),
+        }
+    }
+}
+
+impl Host {
+    /// Whether this host can serve what its policy names: asks every
+    /// plugin's `health` check (at most once per [`HEALTH_TTL`] each, all at
+    /// once), reads every circuit, and checks the backend's connection.
+    pub async fn readiness(&self) -> Readiness {
+        let slots = self.slots();
+        let checks = slots.iter().map(|slot| async move {
+            let current = slot.current();
+            let paused = slot.paused.load(std::sync::atomic::Ordering::Acquire);
+            let circuit_open = slot.breaker.is_open();
+            let check = if paused || circuit_open {
+                HealthCheck::NotAsked
+            } else {
+                current.health().await
+            };
+            let state = if paused {
+                PluginHealthState::Paused
+            } else if circuit_open || check.degrades() {
+                PluginHealthState::Degraded
+            } else {
+                PluginHealthState::Ok
+            };
+            PluginHealth {
+                name: slot.name.to_string(),
+                version: current.details.info.version.clone(),
+                state,
+                circuit_open,
+                check,
+            }
+        });
+        let plugins = futures_util::future::join_all(checks).await;
+        let not_loaded: Vec<NotLoaded> = self
+            .not_loaded()
+            .into_iter()
+            .filter(|failure| self.slot(&failure.name).is_none())
+            .collect();
+        let backend = self.backend_health();
+        let ready = backend.reachable
+            && not_loaded.is_empty()
+            && plugins
+                .iter()
+                .all(|plugin| plugin.state != PluginHealthState::Degraded);
+        Readiness {
+            ready,
+            backend,
+            plugins,
+            not_loaded,
+        }
+    }
+
+    fn backend_health(&self) -> BackendHealth {
+        #[cfg(feature = "nats")]
+        if let Some(calls) = &self.inner.shared_calls {
+            return BackendHealth {
+                kind: "nats".into(),
+                reachable: calls.connected(),
+            };
+        }
+        BackendHealth {
+            kind: "embedded".into(),
+            reachable: true,
+        }
+    }
+
+    /// The load failures of the last policy loaded or applied.
+    fn not_loaded(&self) -> Vec<NotLoaded> {
+        self.inner
+            .not_loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Remembers what the policy just loaded or applied could not load.
+    pub(super) fn set_not_loaded(&self, failures: Vec<NotLoaded>) {
+        *self
+            .inner
+            .not_loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = failures;
+    }
+}
