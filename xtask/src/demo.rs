@@ -404,7 +404,9 @@ pub fn run(workspace: &Workspace) -> Result<()> {
     // The runtime features live in one long-running host: show them through
     // the library, as an embedder (or `capsule serve`) uses them.
     println!();
-    println!("── the runtime: pipelines, events, reload, readiness, metrics (host/examples/runtime_tour.rs)");
+    println!(
+        "── the runtime: pipelines, events, reload, readiness, metrics (host/examples/runtime_tour.rs)"
+    );
     if let Err(err) = run_example(workspace, "runtime_tour", &policy) {
         println!("   !! {err:#}");
         failures.push("the runtime tour".to_owned());
