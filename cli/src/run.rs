@@ -394,6 +394,7 @@ async fn call_once(args: RunArgs) -> ExitCode {
                     "callee_fuel_used": outcome.stats.callee_fuel,
                     "memory_bytes": outcome.stats.memory_bytes,
                     "memory_limit": outcome.stats.memory_limit,
+                    "host_calls": outcome.stats.host_calls,
                     "logs": logs_json(&outcome.logs),
                     "events": events_json(&outcome.events),
                 }));
@@ -482,6 +483,7 @@ fn report_failure(
             "fuel_limit": stats.and_then(|s| s.fuel_limit),
             "memory_bytes": stats.and_then(|s| s.memory_bytes),
             "memory_limit": stats.map(|s| s.memory_limit),
+            "host_calls": stats.map(|s| &s.host_calls),
             "logs": logs_json(logs),
         }));
     } else {

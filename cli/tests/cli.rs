@@ -62,6 +62,15 @@ fn run_json_reports_output_cost_and_logs() {
         "{v}"
     );
     assert_eq!(v["logs"][0]["message"], "handling `greet`");
+    // Its calls into host services: one log line, one config read, one
+    // metric update, each with its time.
+    let host_calls = v["host_calls"].as_array().unwrap();
+    let services: Vec<_> = host_calls
+        .iter()
+        .map(|s| (s["service"].as_str().unwrap(), s["calls"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(services, [("log", 1), ("config", 1), ("metrics", 1)], "{v}");
+    assert!(host_calls.iter().all(|s| s["time_us"].as_u64().is_some()));
 }
 
 #[test]

@@ -71,4 +71,5 @@ pub use runtime::{
     RequestId, RolloutError, RolloutPlan, RolloutState, RolloutStatus, ServedPlugin, Subscription,
     TrackStats,
 };
+pub use sandbox::host_calls::ServiceCalls;
 pub use services::grants::{Grants, GrantsSummary};

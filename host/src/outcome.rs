@@ -51,6 +51,10 @@ pub struct CallStats {
     /// Whether the call ran on a fresh instance (instantiated and `init`ed
     /// for it) rather than a warm one from the pool.
     pub fresh_instance: bool,
+    /// Its calls into host services, per service, in the order first made
+    /// (after a trap, those made before it; empty when the instance is
+    /// gone, after a timeout).
+    pub host_calls: Vec<crate::ServiceCalls>,
 }
 
 /// Where a log line came from.

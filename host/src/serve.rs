@@ -16,6 +16,11 @@
 //! | `GET /v1/audit?limit=N` | admin: the audit log's latest records (admin actions; refusals counted per window) |
 //! | `GET /v1/cluster` | the deployment's hosts and what each serves (this host alone without NATS) |
 //!
+//! A successful call's cost comes back in headers: `x-capsule-duration-us`,
+//! `x-capsule-fuel` and `-fuel-limit`, `x-capsule-memory-bytes` and
+//! `-memory-limit`, and `server-timing` with the time and count of its calls
+//! into each host service.
+//!
 //! Request metadata comes from `x-capsule-meta-<key>` headers and response
 //! metadata goes back the same way, within a header budget that HTTP clients
 //! accept (64 entries, 16 KiB by default): a response whose metadata does not
@@ -603,7 +608,33 @@ fn call_response(outcome: CallOutcome, budget: HeaderBudget) -> Response {
             headers.insert(name, HeaderValue::from(number));
         }
     }
+    if let Some(timing) = server_timing(&stats.host_calls) {
+        headers.insert(header::HeaderName::from_static("server-timing"), timing);
+    }
     response
+}
+
+/// The call's host calls as a `Server-Timing` header (which browsers'
+/// developer tools show): one entry per service it called, with the time in
+/// milliseconds and the count, e.g. `kv;dur=1.520;desc="3 calls"`. At most
+/// one entry per service, so its size is bounded by the service list.
+fn server_timing(host_calls: &[crate::ServiceCalls]) -> Option<HeaderValue> {
+    if host_calls.is_empty() {
+        return None;
+    }
+    let entries: Vec<String> = host_calls
+        .iter()
+        .map(|used| {
+            let plural = if used.calls == 1 { "" } else { "s" };
+            format!(
+                "{};dur={:.3};desc=\"{} call{plural}\"",
+                used.service,
+                used.time.as_secs_f64() * 1000.0,
+                used.calls
+            )
+        })
+        .collect();
+    HeaderValue::from_str(&entries.join(", ")).ok()
 }
 
 /// Response metadata as `x-capsule-meta-*` headers, within `budget`. The

@@ -252,10 +252,39 @@ async fn calls_return_the_plugin_payload_with_metadata_and_cost() {
         "{memory} of {memory_limit}"
     );
     assert_eq!(memory % 65_536, 0, "whole wasm pages");
+    // Its calls into host services, each with its time: `greet` logs a
+    // line, reads its config and counts the greeting.
+    let timing = response.headers()["server-timing"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let entries: Vec<(&str, &str)> = timing
+        .split(", ")
+        .map(|entry| {
+            let (service, rest) = entry.split_once(";dur=").unwrap();
+            let (millis, desc) = rest.split_once(";desc=").unwrap();
+            assert!(millis.parse::<f64>().unwrap() >= 0.0, "{timing}");
+            (service, desc)
+        })
+        .collect();
+    for service in ["log", "config", "metrics"] {
+        assert!(
+            entries.contains(&(service, "\"1 call\"")),
+            "{service} once in {timing}"
+        );
+    }
     assert_eq!(
         response.text().await.unwrap(),
         r#"{"greeting":"Hello, Ada!"}"#
     );
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"capsule_host_calls_total{plugin="hello",service="log"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(
+        r#"capsule_host_call_duration_seconds_count{plugin="hello",service="config"} 1"#
+    ));
 
     let pipeline = server
         .post(

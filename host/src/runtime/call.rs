@@ -104,6 +104,7 @@ impl Host {
                 span.record("fuel", fuel);
             }
         }
+        slot.metrics.host_calls(&stats.host_calls);
         match &result {
             Ok(_) => slot.metrics.ok(stats.duration, stats.fuel_used),
             Err(err) => self.inner.dispatch.metrics.call(

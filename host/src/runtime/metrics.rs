@@ -10,6 +10,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 
+use crate::sandbox::store::SERVICE_NAMES;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PluginLabel {
     plugin: String,
@@ -44,7 +46,19 @@ struct VersionLabels {
     track: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    plugin: String,
+    service: &'static str,
+}
+
+fn host_call_histogram() -> Histogram {
+    // 1 µs to ~4 s.
+    Histogram::new(exponential_buckets(0.000_001, 4.0, 12))
+}
+
 type HistogramFamily = Family<PluginLabel, Histogram, fn() -> Histogram>;
+type ServiceHistograms = Family<ServiceLabels, Histogram, fn() -> Histogram>;
 
 /// The host's metrics.
 pub(crate) struct Metrics {
@@ -57,6 +71,8 @@ pub(crate) struct Metrics {
     rollout_calls: Family<TrackLabels, Counter>,
     rollout_latency: Family<VersionLabels, Histogram, fn() -> Histogram>,
     rollouts: Family<OutcomeLabels, Counter>,
+    host_calls: Family<ServiceLabels, Counter>,
+    host_call_time: ServiceHistograms,
 }
 
 impl Default for Metrics {
@@ -113,7 +129,21 @@ impl Default for Metrics {
             "Rollouts ended, by how (promoted, rolled_back, aborted)",
             rollouts.clone(),
         );
+        let host_calls = Family::<ServiceLabels, Counter>::default();
+        let host_call_time = ServiceHistograms::new_with_constructor(host_call_histogram);
+        registry.register(
+            "capsule_host_calls",
+            "Calls plugins made into host services, by service",
+            host_calls.clone(),
+        );
+        registry.register(
+            "capsule_host_call_duration_seconds",
+            "Time one plugin call spent in one host service, waits included",
+            host_call_time.clone(),
+        );
         Metrics {
+            host_calls,
+            host_call_time,
             registry,
             rollout_calls,
             rollout_latency,
@@ -147,9 +177,36 @@ pub(crate) struct PluginMetrics {
     ok: Counter,
     latency: Histogram,
     fuel: Histogram,
+    /// Its host-call series, per entry of `SERVICE_NAMES`, made on first
+    /// use (a plugin shows only the services it calls).
+    services: Arc<[std::sync::OnceLock<(Counter, Histogram)>]>,
+    name: Arc<str>,
+    host_calls: Family<ServiceLabels, Counter>,
+    host_call_time: ServiceHistograms,
 }
 
 impl PluginMetrics {
+    /// Records what one call made of each host service.
+    pub(crate) fn host_calls(&self, per_service: &[crate::ServiceCalls]) {
+        for used in per_service {
+            let Some(index) = SERVICE_NAMES.iter().position(|s| *s == used.service) else {
+                continue;
+            };
+            let (calls, time) = self.services[index].get_or_init(|| {
+                let labels = ServiceLabels {
+                    plugin: self.name.to_string(),
+                    service: SERVICE_NAMES[index],
+                };
+                (
+                    self.host_calls.get_or_create(&labels).clone(),
+                    self.host_call_time.get_or_create(&labels).clone(),
+                )
+            });
+            calls.inc_by(u64::from(used.calls));
+            time.observe(used.time.as_secs_f64());
+        }
+    }
+
     /// Records a successful call.
     pub(crate) fn ok(&self, duration: std::time::Duration, fuel: Option<u64>) {
         self.ok.inc();
@@ -167,6 +224,13 @@ impl Metrics {
             ok: self.calls.get_or_create(&outcome(name, "ok")).clone(),
             latency: self.latency.get_or_create(&plugin(name)).clone(),
             fuel: self.fuel.get_or_create(&plugin(name)).clone(),
+            services: SERVICE_NAMES
+                .iter()
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
+            name: Arc::from(name),
+            host_calls: self.host_calls.clone(),
+            host_call_time: self.host_call_time.clone(),
         }
     }
 

@@ -668,11 +668,13 @@ impl LoadedPlugin {
         // the future drops the instance with it.
         let mut callee_fuel = 0;
         let mut memory_bytes = None;
+        let mut host_calls = Vec::new();
         let (result, fuel, transaction) = match tokio::time::timeout(allowed, work).await {
             Ok(Ok((mut instance, Ok(returned)))) => {
                 let fuel = fuel_used(&instance.store, limits);
                 let state = instance.store.data_mut();
                 memory_bytes = Some(state.limiter.held());
+                host_calls = state.host_calls.report();
                 let mut transaction = lock(&state.transaction).finish();
                 transaction.escaped |= !self.retry_safe;
                 callee_fuel = state.calls.callee_fuel;
@@ -686,6 +688,7 @@ impl LoadedPlugin {
             // Its reads still count for a caller that sees the trap.
             Ok(Ok((trapped, Err(err)))) => {
                 memory_bytes = Some(trapped.store.data().limiter.held());
+                host_calls = trapped.store.data().host_calls.report();
                 (
                     Err(self.classify(&err, &sink, describe)),
                     None,
@@ -728,6 +731,7 @@ impl LoadedPlugin {
                 memory_limit: limits.memory_bytes,
                 logs_refused: log.refused,
                 fresh_instance: fresh,
+                host_calls,
             },
         }
     }

@@ -122,6 +122,8 @@ impl Host {
                     memory_limit,
                     logs_refused: 0,
                     fresh_instance,
+                    // The other host's store is not seen from here.
+                    host_calls: Vec::new(),
                 },
             }),
             ReplyResult::Err {

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{Engine, Store, UpdateDeadline};
+use wasmtime::{CallHook, Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use super::host_calls::HostCallMeter;
 use super::limiter::{DeadlineExceeded, MemoryLimiter};
 use crate::engine::Metering;
 use crate::limits::Limits;
@@ -36,10 +37,19 @@ macro_rules! define_store {
             pub(crate) metering: Metering,
             /// The running call's buffered effects, shared by the services.
             pub(crate) transaction: SharedTransaction,
+            /// The running call's host calls, per service.
+            pub(crate) host_calls: HostCallMeter,
         }
 
+        /// Every name a host call is counted under (`host_calls`): WASI's,
+        /// then each service's.
+        pub(crate) const SERVICE_NAMES: &[&str] = &["wasi", $(stringify!($field),)*];
+
+        // A host function asks for its service's state once per call: that
+        // names the service the call hook is timing.
         $(impl Holds<$service> for StoreState {
             fn state(&mut self) -> &mut <$service as Service>::State {
+                self.host_calls.claim(stringify!($field));
                 &mut self.$field
             }
         })*
@@ -86,12 +96,14 @@ macro_rules! define_store {
                 deadline,
                 metering: setup.metering,
                 transaction,
+                host_calls: HostCallMeter::default(),
             })
         }
 
         impl StoreState {
             /// Resets every service's per-call state.
             pub(crate) fn begin_call(&mut self, limits: &Limits, scope: &CallScope) {
+                self.host_calls.reset();
                 $(<$service as Service>::begin_call(&mut self.$field, limits, scope);)*
             }
         }
@@ -101,6 +113,7 @@ for_each_service!(define_store);
 
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        self.host_calls.claim("wasi");
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
@@ -110,6 +123,7 @@ impl WasiView for StoreState {
 
 impl WasiHttpView for StoreState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
+        self.host_calls.claim("http");
         WasiHttpCtxView {
             ctx: &mut self.http_ctx,
             table: &mut self.table,
@@ -146,6 +160,15 @@ pub(crate) fn new_store(
     // resources it defines, borrows it lends) share the same budget.
     store.set_max_component_handles(limits.max_handles);
     refuel(&mut store, setup.limits);
+    // Times each call into a host service (`host_calls`).
+    store.call_hook(|mut context, hook| {
+        match hook {
+            CallHook::CallingHost => context.data_mut().host_calls.enter(),
+            CallHook::ReturningFromHost => context.data_mut().host_calls.leave(),
+            CallHook::CallingWasm | CallHook::ReturningFromWasm => {}
+        }
+        Ok(())
+    });
     if setup.metering.epoch {
         // Every epoch tick, either stop a call that ran past its deadline or
         // let other tasks on this thread run before continuing.

@@ -35,6 +35,37 @@ async fn counts_persist_across_host_restarts() {
 }
 
 #[tokio::test]
+async fn a_call_reports_its_calls_into_each_host_service() {
+    let host = crate::host();
+    host.load(PluginSpec::from_path(plugin_path(KV_COUNTER)).grants(kv("counter")))
+        .await
+        .unwrap();
+    let request = Request::new("increment", json!({"key": "k"}).to_string());
+    let outcome = host.call(KV_COUNTER, request).await.unwrap();
+    // `increment`: two log lines and one kv increment, in that order first.
+    let calls: Vec<(&str, u32)> = outcome
+        .stats
+        .host_calls
+        .iter()
+        .map(|used| (used.service, used.calls))
+        .collect();
+    assert_eq!(calls, [("log", 2), ("kv", 1)]);
+    let in_services: Duration = outcome.stats.host_calls.iter().map(|s| s.time).sum();
+    assert!(in_services <= outcome.stats.duration);
+    // Each call counts afresh on the warm instance.
+    let request = Request::new("get", json!({"key": "k"}).to_string());
+    let outcome = host.call(KV_COUNTER, request).await.unwrap();
+    let calls: Vec<(&str, u32)> = outcome
+        .stats
+        .host_calls
+        .iter()
+        .map(|used| (used.service, used.calls))
+        .collect();
+    assert_eq!(calls, [("log", 1), ("kv", 2)]);
+    assert!(!outcome.stats.fresh_instance);
+}
+
+#[tokio::test]
 async fn namespaces_do_not_see_each_other() {
     let host = crate::host();
     for (name, namespace) in [("left", "ns-left"), ("right", "ns-right")] {
