@@ -330,7 +330,8 @@ pub trait Plugin {
     /// the plugin depends on. An error, in words, shows the plugin as
     /// degraded and the host as not ready. Keep it cheap and free of side
     /// effects: kv writes and events made here are dropped (unless the
-    /// operator opted the plugin out of atomic kv).
+    /// operator opted the plugin out of atomic kv), but metric updates and
+    /// HTTP requests happen.
     ///
     /// ```
     /// # use capsule_guest::{Plugin, PluginError, Request, Response, kv};

@@ -100,6 +100,11 @@ impl<T: Send + 'static> PluginPre<T> {
         })
     }
 
+    /// Whether the component exports a `health` check.
+    pub(crate) fn has_health(&self) -> bool {
+        self.health.is_some()
+    }
+
     /// A new instance in `store`.
     pub(crate) async fn instantiate_async(
         &self,

@@ -203,7 +203,10 @@ impl Host {
             changes
                 .failed
                 .iter()
-                .filter(|failed| policy.plugins.contains_key(&failed.name))
+                // A failed reload keeps the old version serving: loaded.
+                .filter(|failed| {
+                    policy.plugins.contains_key(&failed.name) && self.slot(&failed.name).is_none()
+                })
                 .map(|failed| NotLoaded::new(&failed.name, &failed.kind, &failed.message))
                 .collect(),
         );

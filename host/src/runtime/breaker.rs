@@ -242,6 +242,18 @@ impl CircuitBreaker {
     pub(crate) fn is_open(&self) -> bool {
         !matches!(*self.lock(), State::Closed { .. })
     }
+
+    /// Whether the circuit refuses calls now: open within its cooldown, or
+    /// waiting for a probe's answer. An open circuit past its cooldown lets
+    /// the next call through as a probe, so it does not count (readiness
+    /// must not wait for traffic that it keeps away).
+    pub(crate) fn refusing(&self) -> bool {
+        match *self.lock() {
+            State::Closed { .. } => false,
+            State::Open { until } => Instant::now() < until,
+            State::HalfOpen { .. } => true,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,14 +3,17 @@
 //! plugin's own `health` check passing, the backend reachable — with the
 //! detail per plugin.
 //!
-//! Budgets: a plugin's check runs at most once per version every
-//! [`HEALTH_TTL`], however often readiness is asked (callers in between get
-//! the last answer, and concurrent askers wait for the one check in
-//! flight); it runs on one of the plugin's instances under the plugin's own
-//! limits and by [`HEALTH_TIMEOUT`] at the latest, never waits for an
-//! instance slot (a plugin busy with calls is reported `busy`, not asked),
-//! and its answer is kept in at most [`MAX_REASON_BYTES`].
+//! Budgets: a plugin's check starts at most once per version every
+//! [`HEALTH_TTL`], however often readiness is asked (askers in between get
+//! the last answer, concurrent askers wait for the one check in flight, and
+//! an asker who gives up does not cancel it); each runs in a task of its
+//! own, on one of the plugin's instances under the plugin's own limits and
+//! by [`HEALTH_TIMEOUT`] at the latest, never waits for an instance slot (a
+//! plugin busy with calls is reported `busy`, not asked), and its answer is
+//! kept in at most [`MAX_REASON_BYTES`] of the plugin's text (escaped
+//! after the cut). A plugin without a `health` export is not run at all.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -68,42 +71,98 @@ impl HealthCheck {
     }
 }
 
-/// The last health answer of one plugin version, and when it was given.
+/// The last health answer of one plugin version, and the check in flight.
 #[derive(Default)]
 pub(crate) struct HealthCache {
-    last: tokio::sync::Mutex<Option<(Instant, HealthCheck)>>,
+    state: std::sync::Mutex<CacheState>,
 }
 
-impl LoadedPlugin {
-    /// The plugin's health: its last answer if younger than [`HEALTH_TTL`],
-    /// otherwise a new one.
-    async fn health(&self) -> HealthCheck {
-        // Held across the check: readiness asked many times at once runs
-        // one check.
-        let mut last = self.health.last.lock().await;
-        if let Some((at, check)) = last.as_ref()
-            && at.elapsed() < HEALTH_TTL
+#[derive(Default)]
+struct CacheState {
+    /// The last answer and when its check started.
+    last: Option<(Instant, HealthCheck)>,
+    /// The check running now: its answer arrives here.
+    running: Option<tokio::sync::watch::Receiver<Option<HealthCheck>>>,
+}
+
+/// The plugin's health: its last answer if that check started less than
+/// [`HEALTH_TTL`] ago, otherwise the answer of a new check (or of the one
+/// already running). The check runs in a task of its own that records its
+/// answer whoever still waits for it: an asker who gives up (a client that
+/// disconnects) neither cancels it nor lets a second one start.
+async fn health(plugin: &Arc<LoadedPlugin>) -> HealthCheck {
+    if !plugin.pre.has_health() {
+        return HealthCheck::NoCheck;
+    }
+    let mut answer = {
+        let mut state = plugin
+            .health
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some((started, check)) = &state.last
+            && started.elapsed() < HEALTH_TTL
         {
             return check.clone();
         }
-        let timeout = HEALTH_TIMEOUT.min(self.limits().timeout);
-        let Some(invoked) = self.run_health(Instant::now() + timeout).await else {
-            // Busy: what was known before is still the best answer.
-            return last.as_ref().map_or(HealthCheck::Busy, |(_, c)| c.clone());
-        };
-        let check = match invoked.result {
-            Ok(None) => HealthCheck::NoCheck,
-            Ok(Some(Ok(()))) => HealthCheck::Healthy,
-            Ok(Some(Err(reason))) => HealthCheck::Unhealthy {
-                reason: bounded(&reason),
-            },
-            Err(failure) => HealthCheck::Failed {
-                kind: failure.kind().as_str().to_owned(),
-                message: bounded(&failure.to_string()),
-            },
-        };
-        *last = Some((Instant::now(), check.clone()));
-        check
+        match &state.running {
+            Some(running) => running.clone(),
+            None => {
+                let (tell, answer) = tokio::sync::watch::channel(None);
+                state.running = Some(answer.clone());
+                let started = Instant::now();
+                let plugin = Arc::clone(plugin);
+                tokio::spawn(async move {
+                    let check = ask(&plugin).await;
+                    let mut state = plugin
+                        .health
+                        .state
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    state.running = None;
+                    if check != HealthCheck::Busy {
+                        state.last = Some((started, check.clone()));
+                    }
+                    drop(state);
+                    let _ = tell.send(Some(check));
+                });
+                answer
+            }
+        }
+    };
+    match answer.wait_for(Option::is_some).await {
+        Ok(check) => check.clone().unwrap_or(HealthCheck::Busy),
+        // The task ended without answering: the runtime is shutting down.
+        Err(_) => HealthCheck::Busy,
+    }
+}
+
+/// Runs the plugin's check once.
+async fn ask(plugin: &LoadedPlugin) -> HealthCheck {
+    let timeout = HEALTH_TIMEOUT.min(plugin.limits().timeout);
+    let Some(invoked) = plugin.run_health(Instant::now() + timeout).await else {
+        // Every slot is serving calls: what was known before is still the
+        // best answer.
+        let state = plugin
+            .health
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        return state
+            .last
+            .as_ref()
+            .map_or(HealthCheck::Busy, |(_, check)| check.clone());
+    };
+    match invoked.result {
+        Ok(None) => HealthCheck::NoCheck,
+        Ok(Some(Ok(()))) => HealthCheck::Healthy,
+        Ok(Some(Err(reason))) => HealthCheck::Unhealthy {
+            reason: bounded(&reason),
+        },
+        Err(failure) => HealthCheck::Failed {
+            kind: failure.kind().as_str().to_owned(),
+            message: bounded(&failure.to_string()),
+        },
     }
 }
 
@@ -145,7 +204,9 @@ pub struct PluginHealth {
     /// `ok`, `degraded` (its circuit is open or its check failed) or
     /// `paused` (by an operator: not counted against readiness).
     pub state: PluginHealthState,
-    /// Whether its circuit breaker is open.
+    /// Whether its circuit breaker refuses calls now (open within its
+    /// cooldown, or waiting for a probe; past the cooldown the next call
+    /// probes, so it does not count).
     pub circuit_open: bool,
     /// What its own check said.
     pub check: HealthCheck,
@@ -193,11 +254,11 @@ impl Host {
         let checks = slots.iter().map(|slot| async move {
             let current = slot.current();
             let paused = slot.paused.load(std::sync::atomic::Ordering::Acquire);
-            let circuit_open = slot.breaker.is_open();
+            let circuit_open = slot.breaker.refusing();
             let check = if paused || circuit_open {
                 HealthCheck::NotAsked
             } else {
-                current.health().await
+                health(&current).await
             };
             let state = if paused {
                 PluginHealthState::Paused

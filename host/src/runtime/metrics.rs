@@ -133,12 +133,12 @@ impl Default for Metrics {
         let host_call_time = ServiceHistograms::new_with_constructor(host_call_histogram);
         registry.register(
             "capsule_host_calls",
-            "Calls plugins made into host services, by service",
+            "Calls into host services made by plugin calls (not event deliveries), by service",
             host_calls.clone(),
         );
         registry.register(
             "capsule_host_call_duration_seconds",
-            "Time one plugin call spent in one host service, waits included",
+            "Time one plugin call (not an event delivery) spent in one host service, waits included",
             host_call_time.clone(),
         );
         Metrics {

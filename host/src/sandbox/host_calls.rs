@@ -32,9 +32,13 @@ fn micros<S: serde::Serializer>(time: &Duration, s: S) -> Result<S::Ok, S::Error
 /// service list however many calls a plugin makes.
 #[derive(Debug, Default)]
 pub(crate) struct HostCallMeter {
-    /// When the host call in progress entered the host.
+    /// How deep in host calls the store is: a host function that hands the
+    /// plugin a string runs the plugin's allocator, which may grow memory
+    /// (a host call of its own) before the outer call returns.
+    depth: u32,
+    /// When the outermost host call in progress entered the host.
     entered: Option<Instant>,
-    /// The service that claimed the host call in progress.
+    /// The service that claimed it.
     claimed: Option<&'static str>,
     per_service: Vec<ServiceCalls>,
 }
@@ -42,19 +46,27 @@ pub(crate) struct HostCallMeter {
 impl HostCallMeter {
     /// A plugin's code called into the host.
     pub(crate) fn enter(&mut self) {
-        self.entered = Some(Instant::now());
-        self.claimed = None;
+        self.depth += 1;
+        if self.depth == 1 {
+            self.entered = Some(Instant::now());
+            self.claimed = None;
+        }
     }
 
-    /// The host function being called belongs to `service`.
+    /// The host function being called belongs to `service` (the first
+    /// claim of the outermost call counts).
     pub(crate) fn claim(&mut self, service: &'static str) {
-        if self.entered.is_some() {
+        if self.entered.is_some() && self.claimed.is_none() {
             self.claimed = Some(service);
         }
     }
 
-    /// The host call returned to the plugin's code.
+    /// A host call returned to the plugin's code.
     pub(crate) fn leave(&mut self) {
+        self.depth = self.depth.saturating_sub(1);
+        if self.depth > 0 {
+            return;
+        }
         let (Some(entered), Some(service)) = (self.entered.take(), self.claimed.take()) else {
             return;
         };
@@ -74,6 +86,7 @@ impl HostCallMeter {
 
     /// Starts counting a new call.
     pub(crate) fn reset(&mut self) {
+        self.depth = 0;
         self.entered = None;
         self.claimed = None;
         self.per_service.clear();
@@ -103,9 +116,16 @@ mod tests {
         // A claim outside a host call counts nothing.
         meter.claim("kv");
         meter.leave();
+        // A kv read whose answer grows memory while it is handed over: one
+        // kv call, its time until the outer return.
+        meter.enter();
+        meter.claim("kv");
+        meter.enter();
+        meter.leave();
+        meter.leave();
         let report = meter.report();
         let calls: Vec<_> = report.iter().map(|s| (s.service, s.calls)).collect();
-        assert_eq!(calls, [("kv", 2), ("log", 1)]);
+        assert_eq!(calls, [("kv", 3), ("log", 1)]);
         meter.reset();
         assert!(meter.report().is_empty());
     }

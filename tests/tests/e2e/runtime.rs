@@ -269,6 +269,11 @@ async fn the_circuit_opens_after_repeated_failures_and_a_probe_closes_it() {
     assert_eq!(hello.check, HealthCheck::NotAsked);
 
     tokio::time::sleep(Duration::from_millis(250)).await;
+    // Past its cooldown the next call probes it: readiness does not wait
+    // for traffic it would keep away.
+    let readiness = host.readiness().await;
+    assert!(readiness.ready, "{readiness:?}");
+    assert!(!readiness.plugins[0].circuit_open);
     host.call(HELLO, greet("Ada"))
         .await
         .expect("the probe goes through and succeeds");

@@ -67,6 +67,15 @@ async fn a_sick_check_degrades_its_plugin_within_the_health_budget() {
     load_sick(&host, "flooder", "flood").await;
     load_sick(&host, "fine", "ok").await;
 
+    // An asker who gives up (a client hanging up) cancels nothing: the
+    // check goes on, and the next asker gets its answer, not a second run.
+    let impatient = tokio::spawn({
+        let host = host.clone();
+        async move { host.readiness().await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    impatient.abort();
+
     // Twenty askers at once: one check each, all answered by the timeout.
     let started = Instant::now();
     let mut askers = tokio::task::JoinSet::new();
