@@ -34,6 +34,16 @@ async fn counts_persist_across_host_restarts() {
     std::fs::remove_dir_all(data).ok();
 }
 
+/// The services a call used, with how many calls each.
+fn services_called(outcome: &capsule_host::CallOutcome) -> Vec<(&'static str, u32)> {
+    outcome
+        .stats
+        .host_calls
+        .iter()
+        .map(|used| (used.service, used.calls))
+        .collect()
+}
+
 #[tokio::test]
 async fn a_call_reports_its_calls_into_each_host_service() {
     let host = crate::host();
@@ -43,25 +53,13 @@ async fn a_call_reports_its_calls_into_each_host_service() {
     let request = Request::new("increment", json!({"key": "k"}).to_string());
     let outcome = host.call(KV_COUNTER, request).await.unwrap();
     // `increment`: two log lines and one kv increment, in that order first.
-    let calls: Vec<(&str, u32)> = outcome
-        .stats
-        .host_calls
-        .iter()
-        .map(|used| (used.service, used.calls))
-        .collect();
-    assert_eq!(calls, [("log", 2), ("kv", 1)]);
+    assert_eq!(services_called(&outcome), [("log", 2), ("kv", 1)]);
     let in_services: Duration = outcome.stats.host_calls.iter().map(|s| s.time).sum();
     assert!(in_services <= outcome.stats.duration);
     // Each call counts afresh on the warm instance.
     let request = Request::new("get", json!({"key": "k"}).to_string());
     let outcome = host.call(KV_COUNTER, request).await.unwrap();
-    let calls: Vec<(&str, u32)> = outcome
-        .stats
-        .host_calls
-        .iter()
-        .map(|used| (used.service, used.calls))
-        .collect();
-    assert_eq!(calls, [("log", 1), ("kv", 2)]);
+    assert_eq!(services_called(&outcome), [("log", 1), ("kv", 2)]);
     assert!(!outcome.stats.fresh_instance);
 }
 
