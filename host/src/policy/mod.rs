@@ -211,6 +211,10 @@ pub struct PluginPolicy {
     /// Whether requests are checked against the input schemas the plugin's
     /// manifest declares before the plugin runs (`validate_input = true`).
     pub validate_input: bool,
+    /// Whether the plugin being degraded makes the host not ready
+    /// (`readiness = false`: it is still shown in `/readyz`, and does not
+    /// decide it).
+    pub readiness: bool,
     /// Where each `config` value and secret is written (line, column), to
     /// point at it when the plugin's config schema refuses it.
     pub config_at: BTreeMap<String, (usize, usize)>,
@@ -1069,6 +1073,7 @@ impl Locator<'_> {
             limits,
             grants,
             validate_input: raw.validate_input,
+            readiness: raw.readiness,
             config_at,
         })
     }

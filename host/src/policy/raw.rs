@@ -61,6 +61,9 @@ macro_rules! define_raw_plugin {
             /// schema before the plugin runs.
             #[serde(default)]
             pub(super) validate_input: bool,
+            /// Whether the plugin's health decides the host's readiness.
+            #[serde(default = "counts_for_readiness")]
+            pub(super) readiness: bool,
             /// `[plugins.NAME.secrets]`: configuration values read from the
             /// environment or files, never shown.
             #[serde(default)]
@@ -76,6 +79,7 @@ macro_rules! define_raw_plugin {
                     signature: None,
                     limits: unspanned(),
                     validate_input: false,
+                    readiness: true,
                     secrets: BTreeMap::new(),
                     $($field: None,)*
                 }
@@ -188,6 +192,12 @@ pub(super) fn default_host() -> RawHost {
 }
 
 /// A section the file leaves out: its defaults, located nowhere.
+/// A plugin's health decides the host's readiness unless the policy says
+/// `readiness = false`.
+fn counts_for_readiness() -> bool {
+    true
+}
+
 pub(super) fn unspanned<T: Default>() -> Spanned<T> {
     Spanned::new(0..0, T::default())
 }

@@ -44,12 +44,23 @@ http = {{ allow = ["https://api.example.com", "https://*.example.org:8443"], max
 env = {{ LANG = "en" }}
 config = {{ greeting = "Hi" }}
 events = {{ publish = ["counter.*"], subscribe = ["orders.>"] }}
+readiness = false
 [plugins.counter.limits]
 fuel = 1_000_000
+
+[plugins.other]
+path = "{wasm}"
+[plugins.other.limits]
+max_instances = 1
 "#,
         dir = dir.display()
     );
     let policy = parse(&text).unwrap();
+    assert!(!policy.plugins["counter"].readiness);
+    assert!(
+        policy.plugins["other"].readiness,
+        "counts unless it says not"
+    );
     assert_eq!(policy.host.default_limits.timeout, Duration::from_secs(2));
     assert_eq!(policy.host.default_limits.fuel, None);
     let pool = policy.host.engine.pooling.as_ref().unwrap();

@@ -174,8 +174,8 @@ fn bounded(text: &str) -> String {
 /// Whether this host can serve, and why not.
 #[derive(Debug, Clone, Serialize)]
 pub struct Readiness {
-    /// Every plugin of the policy loaded, none degraded, the backend
-    /// reachable.
+    /// Every plugin of the policy loaded, none that counts degraded, the
+    /// backend reachable.
     pub ready: bool,
     /// Where shared state lives and whether it answers.
     pub backend: BackendHealth,
@@ -210,6 +210,9 @@ pub struct PluginHealth {
     pub circuit_open: bool,
     /// What its own check said.
     pub check: HealthCheck,
+    /// Whether its being degraded makes the host not ready (the policy's
+    /// `readiness`, `true` unless it says `false`).
+    pub counts: bool,
 }
 
 /// A plugin's state as readiness sees it.
@@ -273,6 +276,7 @@ impl Host {
                 state,
                 circuit_open,
                 check,
+                counts: slot.spec().readiness,
             }
         });
         let plugins = futures_util::future::join_all(checks).await;
@@ -286,7 +290,7 @@ impl Host {
             && not_loaded.is_empty()
             && plugins
                 .iter()
-                .all(|plugin| plugin.state != PluginHealthState::Degraded);
+                .all(|plugin| !plugin.counts || plugin.state != PluginHealthState::Degraded);
         Readiness {
             ready,
             backend,

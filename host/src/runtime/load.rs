@@ -118,6 +118,8 @@ async fn prepare(context: &Loader, spec: PluginSpec) -> Result<LoadedPlugin, Loa
         mut grants,
         limits,
         validate_input,
+        // Read from the slot's spec by readiness, not by the load.
+        readiness: _,
         config_origin,
     } = spec;
     let fail = |cause| LoadError::new(name.clone(), cause);

@@ -35,6 +35,7 @@ pub struct PluginSpec {
     pub(crate) grants: Grants,
     pub(crate) limits: Option<Limits>,
     pub(crate) validate_input: bool,
+    pub(crate) readiness: bool,
     /// Where a policy wrote the plugin's config, for errors to point at.
     pub(crate) config_origin: Option<ConfigOrigin>,
 }
@@ -49,6 +50,7 @@ impl PartialEq for PluginSpec {
             && self.grants == other.grants
             && self.limits == other.limits
             && self.validate_input == other.validate_input
+            && self.readiness == other.readiness
     }
 }
 
@@ -68,6 +70,7 @@ impl PluginSpec {
             grants: Grants::default(),
             limits: None,
             validate_input: false,
+            readiness: true,
             config_origin: None,
         }
     }
@@ -80,7 +83,8 @@ impl PluginSpec {
             .with_name(name)
             .grants(plugin.grants.clone())
             .limits(plugin.limits.clone())
-            .validate_input(plugin.validate_input);
+            .validate_input(plugin.validate_input)
+            .readiness(plugin.readiness);
         if let Some(signature) = &plugin.signature {
             spec = spec.detached_signature(PluginSource::Path(signature.clone()));
         }
@@ -101,6 +105,7 @@ impl PluginSpec {
             grants: Grants::default(),
             limits: None,
             validate_input: false,
+            readiness: true,
             config_origin: None,
         }
     }
@@ -111,6 +116,16 @@ impl PluginSpec {
     /// `invalid_input`. Loading fails if the plugin has no manifest.
     pub fn validate_input(mut self, validate: bool) -> Self {
         self.validate_input = validate;
+        self
+    }
+
+    /// Whether this plugin being degraded (its circuit open, its `health`
+    /// check failing) makes the host not ready; `true` by default. With
+    /// `false` it is still shown in [`Host::readiness`](crate::Host::readiness)
+    /// but does not decide it: an operator's way to keep one plugin from
+    /// taking its neighbours out of a load balancer.
+    pub fn readiness(mut self, counts: bool) -> Self {
+        self.readiness = counts;
         self
     }
 

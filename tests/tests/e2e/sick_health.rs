@@ -144,3 +144,29 @@ async fn a_sick_check_degrades_its_plugin_within_the_health_budget() {
     );
     assert_eq!(plugin(&readiness, "spinner").check, HealthCheck::NotAsked);
 }
+
+#[tokio::test]
+async fn a_plugin_the_policy_keeps_out_of_readiness_is_shown_but_does_not_decide_it() {
+    let host = crate::host();
+    host.load(PluginSpec::from_path(plugin_path(HELLO)))
+        .await
+        .unwrap();
+    let grants = Grants {
+        metrics: Some(MetricsGrant::default()),
+        ..Grants::default()
+    };
+    host.load(
+        PluginSpec::from_path(plugin_path(SICK_HEALTH))
+            .grants(grants)
+            .config("health", "flood")
+            .readiness(false),
+    )
+    .await
+    .unwrap();
+    let readiness = host.readiness().await;
+    assert!(readiness.ready, "{readiness:?}");
+    let sick = plugin(&readiness, SICK_HEALTH);
+    assert_eq!(sick.state, PluginHealthState::Degraded);
+    assert!(!sick.counts);
+    assert!(plugin(&readiness, HELLO).counts);
+}
