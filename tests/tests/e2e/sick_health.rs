@@ -14,20 +14,24 @@ use capsule_host::{
 use capsule_tests::plugin_path;
 use capsule_tests::plugins::{HELLO, HELLO_V0_1, SICK_HEALTH};
 
+/// The grant its check counts itself with.
+fn counting() -> Grants {
+    Grants {
+        metrics: Some(MetricsGrant::default()),
+        ..Grants::default()
+    }
+}
+
 async fn load_sick(host: &Host, name: &str, mode: &str) {
     // Without fuel metering only the clock stops a spinning check.
     let limits = Limits {
         fuel: None,
         ..Limits::default()
     };
-    let grants = Grants {
-        metrics: Some(MetricsGrant::default()),
-        ..Grants::default()
-    };
     host.load(
         PluginSpec::from_path(plugin_path(SICK_HEALTH))
             .with_name(name)
-            .grants(grants)
+            .grants(counting())
             .config("health", mode)
             .limits(limits),
     )
@@ -151,13 +155,9 @@ async fn a_plugin_the_policy_keeps_out_of_readiness_is_shown_but_does_not_decide
     host.load(PluginSpec::from_path(plugin_path(HELLO)))
         .await
         .unwrap();
-    let grants = Grants {
-        metrics: Some(MetricsGrant::default()),
-        ..Grants::default()
-    };
     host.load(
         PluginSpec::from_path(plugin_path(SICK_HEALTH))
-            .grants(grants)
+            .grants(counting())
             .config("health", "flood")
             .readiness(false),
     )
