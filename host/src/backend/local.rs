@@ -37,17 +37,26 @@ impl NatsServer {
 
     fn spawn(&mut self) -> Result<(), String> {
         let binary = std::env::var("CAPSULE_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
+        // JetStream counts every stream's `max_bytes` as reserved and, left
+        // to itself, allows 75% of the free disk: a machine with 20 GB free
+        // then refuses the twentieth deployment's event stream (1 GiB each)
+        // although nothing is written. The limit is bookkeeping, not space,
+        // so a private server states a generous one.
+        let config = self.dir.join("nats.conf");
+        let store = self.dir.join("store");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: \"127.0.0.1:{port}\"\n\
+                 jetstream {{\n  store_dir: {store:?}\n  max_file_store: 1TB\n  max_memory_store: 1GB\n}}\n",
+                port = self.port,
+            ),
+        )
+        .map_err(|err| format!("{}: {err}", config.display()))?;
         let mut command = Command::new(&binary);
         command
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
-            .arg(&self.dir)
+            .arg("-c")
+            .arg(&config)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
