@@ -44,6 +44,7 @@ mod secret;
 #[cfg(feature = "serve")]
 pub mod serve;
 pub mod services;
+pub mod telemetry;
 #[cfg(test)]
 mod test_support;
 pub mod text;

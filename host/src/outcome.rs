@@ -92,4 +92,8 @@ pub struct PublishedEvent {
     pub topic: String,
     /// The payload.
     pub payload: Vec<u8>,
+    /// The span of the call that published it, when the host traces: the
+    /// parent of its deliveries' spans.
+    #[serde(skip)]
+    pub(crate) trace: Option<crate::telemetry::TraceParent>,
 }

@@ -40,6 +40,8 @@ pub(crate) const CONSUMER_INACTIVE: Duration = Duration::from_secs(24 * 3600);
 const SOURCE: &str = "Capsule-Source";
 /// How many plugins reacted to each other's events before this one.
 const HOPS: &str = "Capsule-Hops";
+/// Header carrying the publishing span's W3C trace context.
+const TRACEPARENT: &str = "traceparent";
 
 /// An event as the shared stream carries it.
 #[derive(Debug, Clone)]
@@ -48,6 +50,8 @@ pub(crate) struct SharedEvent {
     pub(crate) payload: Vec<u8>,
     pub(crate) source: String,
     pub(crate) hops: u32,
+    /// The W3C `traceparent` of the span that published it.
+    pub(crate) traceparent: Option<String>,
 }
 
 /// The deployment's event and dead-letter streams.
@@ -204,6 +208,9 @@ impl NatsEvents {
         let mut headers = HeaderMap::new();
         headers.insert(SOURCE, event.source.as_str());
         headers.insert(HOPS, event.hops.to_string().as_str());
+        if let Some(traceparent) = &event.traceparent {
+            headers.insert(TRACEPARENT, traceparent.as_str());
+        }
         let payload = event.payload.clone();
         let jetstream = self.connection.jetstream.clone();
         self.connection
@@ -469,6 +476,10 @@ fn received(
         payload: message.payload.to_vec(),
         source: header(SOURCE).unwrap_or("nats").to_owned(),
         hops: header(HOPS).and_then(|h| h.parse().ok()).unwrap_or(0),
+        // Anyone may publish to the stream: only a well-formed value is kept.
+        traceparent: header(TRACEPARENT)
+            .and_then(crate::telemetry::TraceParent::parse)
+            .map(|parent| parent.to_string()),
     };
     let delivered = message
         .info()

@@ -27,6 +27,9 @@
 //! file = "audit.jsonl"
 //! max_file_size = "16MiB"
 //! keep_files = 4
+//! [host.telemetry]                 # traces over OTLP/HTTP; none by default
+//! otlp = "http://127.0.0.1:4318"
+//! sample = 0.1                     # of new traces; a traceparent's decision is kept
 //!
 //! [plugins.counter]
 //! path = "plugins/kv-counter.wasm"
@@ -195,6 +198,8 @@ pub struct HostPolicy {
     pub api_keys: Vec<ApiKey>,
     /// Where the audit log goes (`[host.audit]`).
     pub audit: AuditOptions,
+    /// Where traces go (`[host.telemetry]`).
+    pub telemetry: crate::telemetry::TelemetryOptions,
 }
 
 /// One `[plugins.NAME]` section.
@@ -664,6 +669,7 @@ impl Locator<'_> {
         let backend = self.backend(raw.backend.as_ref());
         let api_keys = self.api_keys(&raw.api_keys);
         let audit = self.audit(raw.audit.as_ref());
+        let telemetry = self.telemetry(raw.telemetry.as_ref());
         if let Err(invalid) = validate::bus(&bus) {
             self.invalid(raw.events.span(), "host.events", invalid);
         }
@@ -708,7 +714,38 @@ impl Locator<'_> {
             backend,
             api_keys,
             audit,
+            telemetry,
         }
+    }
+
+    /// Reads `[host.telemetry]`.
+    fn telemetry(
+        &mut self,
+        raw: Option<&Spanned<raw::RawTelemetry>>,
+    ) -> crate::telemetry::TelemetryOptions {
+        let mut options = crate::telemetry::TelemetryOptions::default();
+        let Some(raw) = raw else {
+            return options;
+        };
+        let span = raw.span();
+        let raw = raw.get_ref();
+        options.otlp = raw.otlp.clone();
+        if let Some(name) = &raw.service_name {
+            options.service_name = name.clone();
+        }
+        if let Some(sample) = raw.sample {
+            options.sample = sample;
+        }
+        if let Some(interval) = &raw.interval {
+            options.interval = interval.0;
+        }
+        if let Some(queue) = raw.max_queue {
+            options.max_queue = queue;
+        }
+        if let Err(why) = options.validate() {
+            self.error(span, "host.telemetry", why);
+        }
+        options
     }
 
     /// Reads `[host.audit]`.

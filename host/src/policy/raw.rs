@@ -224,6 +224,18 @@ pub(super) struct RawHost {
     #[serde(default)]
     pub(super) api_keys: Vec<Spanned<RawApiKey>>,
     pub(super) audit: Option<Spanned<RawAudit>>,
+    pub(super) telemetry: Option<Spanned<RawTelemetry>>,
+}
+
+/// `[host.telemetry]`: where traces go (see [`crate::telemetry`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTelemetry {
+    pub(super) otlp: Option<String>,
+    pub(super) service_name: Option<String>,
+    pub(super) sample: Option<f64>,
+    pub(super) interval: Option<Time>,
+    pub(super) max_queue: Option<usize>,
 }
 
 /// `[host.audit]`: where the audit log goes (see [`crate::audit`]).

@@ -420,5 +420,8 @@ fn host_sections_changed(before: &HostPolicy, after: &HostPolicy) -> Vec<&'stati
     if before.audit != after.audit {
         changed.push("[host.audit]");
     }
+    if before.telemetry != after.telemetry {
+        changed.push("[host.telemetry]");
+    }
     changed
 }

@@ -40,6 +40,10 @@ pub struct BusEvent {
     /// event: 0 for an event published by the embedder or by a plugin's
     /// call, one more for every delivery in between.
     pub hops: u32,
+    /// The W3C `traceparent` of the span that published it, when the host
+    /// traces: its deliveries' spans are that span's children.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// Bytes every event costs in a queue on top of its topic, source and
@@ -49,7 +53,11 @@ const EVENT_OVERHEAD: usize = 64;
 impl BusEvent {
     /// What the event costs in a queue's byte budget.
     pub(crate) fn cost(&self) -> usize {
-        self.topic.len() + self.source.len() + self.payload.len() + EVENT_OVERHEAD
+        self.topic.len()
+            + self.source.len()
+            + self.payload.len()
+            + self.traceparent.as_ref().map_or(0, String::len)
+            + EVENT_OVERHEAD
     }
 }
 
@@ -345,6 +353,7 @@ mod tests {
             payload: vec![b'x'; payload],
             source: "s".into(),
             hops: 0,
+            traceparent: None,
         }
     }
 

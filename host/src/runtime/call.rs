@@ -22,6 +22,7 @@ use crate::error::{CallError, CallFailure};
 use crate::outcome::CallOutcome;
 use crate::services::calls::{CallScope, propagated};
 use crate::services::transaction::{SharedTransaction, Transaction, lock};
+use crate::telemetry::{self, Span, SpanKind, Value};
 use crate::text::log_field;
 
 /// What surrounds every call: the embedder's middleware and the metrics.
@@ -85,6 +86,12 @@ impl Host {
             }
             return Err(CallError::new(plugin, CallFailure::UnknownPlugin));
         };
+        // A plugin's call hands on its caller's span, made on this host.
+        let mut traced = self.call_span(&slot.name, &request, scope.chain.is_none());
+        let scope = CallScope {
+            span: traced.as_ref().map(Span::context),
+            ..scope
+        };
         // The request is kept for the middleware's `after`/`on-error` hooks
         // only when there are hooks to run.
         let (result, kept) = if self.inner.dispatch.middleware.is_empty() {
@@ -104,6 +111,10 @@ impl Host {
                 span.record("fuel", fuel);
             }
         }
+        if let Some(span) = &mut traced {
+            telemetry::record_call(span, result.as_ref().err(), stats);
+        }
+        drop(traced);
         slot.metrics.host_calls(&stats.host_calls);
         match &result {
             Ok(_) => slot.metrics.ok(stats.duration, stats.fuel_used),
@@ -132,6 +143,23 @@ impl Host {
                 Err(err)
             }
         }
+    }
+
+    /// The span of a call to `plugin`, when the host traces: a child of the
+    /// request's `traceparent` (`remote`: from outside this host), or the
+    /// root of a new trace.
+    fn call_span(&self, plugin: &str, request: &Request, remote: bool) -> Option<Span> {
+        let tracing = self.inner.loader.services.tracing.as_deref()?;
+        let parent = telemetry::parent_of(&request.metadata);
+        let mut span = tracing.span(format!("call {plugin}"), SpanKind::Server, parent, remote);
+        if span.recording() {
+            span.set("capsule.plugin", Value::from(plugin));
+            span.set(
+                "capsule.operation",
+                Value::from(telemetry::bounded(&request.operation)),
+            );
+        }
+        Some(span)
     }
 
     /// Runs the `before` hooks, then the call; hands back the request for
@@ -245,7 +273,7 @@ impl Host {
         // What the call hands on to the plugins it calls, after the
         // middleware (which may have given it a request id).
         let scope = CallScope {
-            propagated: propagated(&request),
+            propagated: propagated(&request, scope.span),
             ..scope
         };
         let enclosing = scope.enclosing.clone();
@@ -362,6 +390,58 @@ impl Host {
         let together = defined.transaction.then(SharedTransaction::default);
         let started = Instant::now();
         let mut request = request;
+        // The stages' spans are children of the pipeline's.
+        let mut traced = self
+            .inner
+            .loader
+            .services
+            .tracing
+            .as_deref()
+            .map(|tracing| {
+                let parent = telemetry::parent_of(&request.metadata);
+                let mut span = tracing.span(
+                    format!("pipeline {pipeline}"),
+                    SpanKind::Server,
+                    parent,
+                    true,
+                );
+                span.set("capsule.pipeline", Value::from(pipeline));
+                span.set("capsule.stages", Value::from(stages.len() as u64));
+                request
+                    .metadata
+                    .retain(|(key, _)| key != telemetry::TRACEPARENT);
+                request.metadata.push((
+                    telemetry::TRACEPARENT.to_owned(),
+                    span.context().to_string(),
+                ));
+                span
+            });
+        let result = self
+            .run_pipeline(pipeline, &defined, together, started, request)
+            .await;
+        if let Some(span) = &mut traced {
+            match &result {
+                Ok(_) => span.set("capsule.outcome", Value::from("ok")),
+                Err(err) => {
+                    span.set("capsule.outcome", Value::from("error"));
+                    span.fail(telemetry::bounded(&err.to_string()));
+                }
+            }
+        }
+        result
+    }
+
+    /// Runs a pipeline's stages in order, then commits them together if it
+    /// is transactional.
+    async fn run_pipeline(
+        &self,
+        pipeline: &str,
+        defined: &super::Pipeline,
+        together: Option<SharedTransaction>,
+        started: Instant,
+        mut request: Request,
+    ) -> Result<CallOutcome, PipelineError> {
+        let stages = &defined.stages;
         let mut logs = Vec::new();
         let mut events = Vec::new();
         let mut fuel: Option<u64> = Some(0);

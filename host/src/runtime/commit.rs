@@ -306,6 +306,7 @@ impl Host {
                 payload: event.payload.clone(),
                 source: source.to_string(),
                 hops,
+                traceparent: event.trace.map(|span| span.to_string()),
             };
             // Only the NATS stream can refuse. The writes are committed and
             // the events before this one stored: the call fails as

@@ -15,6 +15,7 @@ use super::{Host, HostInner};
 use crate::contract::{Event, EventOutcome};
 use crate::error::CallFailure;
 use crate::services::events::{TopicPattern, validate_topic};
+use crate::telemetry::{self, Span, SpanKind, TRACEPARENT, TraceParent, Value};
 
 /// The source name of events the embedder publishes.
 const HOST_SOURCE: &str = "host";
@@ -47,6 +48,7 @@ impl Host {
             payload: payload.into(),
             source: HOST_SOURCE.to_owned(),
             hops: 0,
+            traceparent: None,
         };
         self.publish_event(event, Publisher::Host).await
     }
@@ -312,16 +314,82 @@ impl Host {
         event: &BusEvent,
         attempt: u32,
     ) -> Settlement {
+        // The publisher's span, if the event names a well-formed one (an
+        // event from NATS may come from anyone).
+        let parent = event.traceparent.as_deref().and_then(TraceParent::parse);
+        let mut traced = self
+            .inner
+            .loader
+            .services
+            .tracing
+            .as_deref()
+            .map(|tracing| {
+                let mut span = tracing.span(
+                    format!("deliver {}", slot.name),
+                    SpanKind::Consumer,
+                    parent,
+                    true,
+                );
+                if span.recording() {
+                    span.set("capsule.plugin", Value::from(&*slot.name));
+                    span.set(
+                        "capsule.topic",
+                        Value::from(telemetry::bounded(&event.topic)),
+                    );
+                    span.set(
+                        "capsule.source",
+                        Value::from(telemetry::bounded(&event.source)),
+                    );
+                    span.set("capsule.attempt", Value::from(u64::from(attempt)));
+                    span.set("capsule.hops", Value::from(u64::from(event.hops)));
+                }
+                span
+            });
+        let span = traced.as_ref().map(Span::context);
+        let settlement = self
+            .handle_event_in(slot, event, attempt, span.or(parent), span)
+            .await;
+        if let Some(span) = &mut traced {
+            match &settlement {
+                Settlement::Done => span.set("capsule.outcome", Value::from("done")),
+                Settlement::Retry { reason, .. } => {
+                    span.set("capsule.outcome", Value::from("retry"));
+                    span.fail(telemetry::bounded(reason));
+                }
+                Settlement::DeadLetter(reason) => {
+                    span.set("capsule.outcome", Value::from("dead_letter"));
+                    span.fail(telemetry::bounded(reason));
+                }
+            }
+        }
+        settlement
+    }
+
+    /// [`Host::handle_event`] within the delivery's span (`span`, when the
+    /// host traces), whose `traceparent` (or the publisher's) the plugin
+    /// sees.
+    async fn handle_event_in(
+        &self,
+        slot: &Arc<Slot>,
+        event: &BusEvent,
+        attempt: u32,
+        traceparent: Option<TraceParent>,
+        span: Option<TraceParent>,
+    ) -> Settlement {
         let name = slot.name.to_string();
         let plugin = slot.current();
+        let mut metadata = vec![
+            ("source".into(), event.source.clone()),
+            ("attempt".into(), attempt.to_string()),
+            ("hops".into(), event.hops.to_string()),
+        ];
+        if let Some(traceparent) = traceparent {
+            metadata.push((TRACEPARENT.into(), traceparent.to_string()));
+        }
         let on_event = Event {
             topic: event.topic.clone(),
             payload: event.payload.clone(),
-            metadata: vec![
-                ("source".into(), event.source.clone()),
-                ("attempt".into(), attempt.to_string()),
-                ("hops".into(), event.hops.to_string()),
-            ],
+            metadata,
         };
         // What this plugin publishes in reaction is one hop further along.
         let hops = event.hops.saturating_add(1);
@@ -334,7 +402,7 @@ impl Host {
         let mut held: Option<Exclusive> = None;
         let mut run = 1;
         let outcome = loop {
-            let delivered = plugin.deliver(on_event.clone()).await;
+            let delivered = plugin.deliver(on_event.clone(), span).await;
             let mut transaction = delivered.transaction;
             match delivered.outcome {
                 // Whatever `on-event` answered, its writes commit (a plugin
@@ -404,6 +472,7 @@ impl Host {
                     payload: forward.payload,
                     source: name.clone(),
                     hops,
+                    traceparent: traceparent.map(|span| span.to_string()),
                 };
                 match self.publish_event(forwarded, Publisher::Plugin).await {
                     Ok(_) => {

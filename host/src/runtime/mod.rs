@@ -99,6 +99,9 @@ pub enum HostError {
     /// The audit log's file cannot be opened.
     #[error("{0}")]
     Audit(String),
+    /// The trace exporter (`[host.telemetry]`) cannot start.
+    #[error("telemetry: {0}")]
+    Telemetry(String),
 }
 
 /// Configures and builds a [`Host`].
@@ -129,6 +132,7 @@ pub struct HostBuilder {
     middleware: Vec<Arc<dyn Middleware>>,
     audit: crate::audit::AuditOptions,
     api_keys: Vec<crate::access::ApiKey>,
+    telemetry: crate::telemetry::TelemetryOptions,
 }
 
 impl std::fmt::Debug for HostBuilder {
@@ -175,6 +179,13 @@ impl HostBuilder {
             .backend(host.backend.clone())
             .audit(host.audit.clone())
             .api_keys(host.api_keys.clone())
+            .telemetry(host.telemetry.clone())
+    }
+
+    /// Where traces go (`[host.telemetry]`); none by default.
+    pub fn telemetry(mut self, options: crate::telemetry::TelemetryOptions) -> Self {
+        self.telemetry = options;
+        self
     }
 
     /// Who may use the HTTP API (`[[host.api_keys]]`) from the start;
@@ -290,6 +301,9 @@ impl HostBuilder {
         store::add_to_linker(&mut linker).map_err(|err| HostError::Link(chain(&err)))?;
         let audit =
             Arc::new(crate::audit::AuditLog::new(self.audit.clone()).map_err(HostError::Audit)?);
+        let tracing = crate::telemetry::Tracing::start(&self.telemetry)
+            .map_err(HostError::Telemetry)?
+            .map(Arc::new);
         let cache = match &self.cache_dir {
             Some(dir) => Some(CompileCache::open(
                 dir,
@@ -344,6 +358,7 @@ impl HostBuilder {
                         caller: Arc::new(nested::HostCaller(inner.clone())),
                         audit: Arc::clone(&audit),
                         metric_catalog: Arc::default(),
+                        tracing,
                     },
                     persistent_kv: self.data_dir.is_some()
                         || matches!(self.backend, Backend::Nats(_)),

@@ -490,7 +490,11 @@ impl LoadedPlugin {
     }
 
     /// Delivers one event to `on-event`, under the same limits as a call.
-    pub(crate) async fn deliver(&self, event: Event) -> Delivered {
+    pub(crate) async fn deliver(
+        &self,
+        event: Event,
+        span: Option<crate::telemetry::TraceParent>,
+    ) -> Delivered {
         let _slot = match self.admit().await {
             Ok(slot) => slot,
             Err(failure) => {
@@ -500,7 +504,10 @@ impl LoadedPlugin {
                 };
             }
         };
-        let scope = CallScope::default();
+        let scope = CallScope {
+            span,
+            ..CallScope::default()
+        };
         let invoked = self.run(OnEvent(event), scope).await;
         let outcome = match invoked.result {
             Ok(Ok(outcome)) => self.check_event_outcome(outcome),

@@ -498,6 +498,11 @@ impl Host {
             retiring.spawn(async move { plugin.retire(until).await });
         }
         while retiring.join_next().await.is_some() {}
+        // The last spans go out before the process ends (on the blocking
+        // pool: the exporter's final send blocks).
+        if let Some(tracing) = self.inner.loader.services.tracing.clone() {
+            let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
+        }
     }
 }
 

@@ -51,6 +51,7 @@ pub(super) async fn publish(shared: &NatsEvents, event: &BusEvent) -> Result<(),
             payload: event.payload.clone(),
             source: event.source.clone(),
             hops: event.hops,
+            traceparent: event.traceparent.clone(),
         })
         .await
 }
@@ -307,6 +308,7 @@ impl Host {
             payload: received.event.payload.clone(),
             source: received.event.source.clone(),
             hops: received.event.hops,
+            traceparent: received.event.traceparent.clone(),
         };
         if validate_topic(&event.topic).is_err() {
             let reason = "not a topic (published to NATS by something other than Capsule?)";

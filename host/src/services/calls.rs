@@ -125,6 +125,10 @@ pub(crate) struct CallScope {
     /// fails, never forwarded again.
     #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) forwarded: bool,
+    /// The call's own span, when the host traces: the parent of the spans
+    /// of what the call does (the calls it makes, the events it publishes,
+    /// the plugin's own spans).
+    pub(crate) span: Option<crate::telemetry::TraceParent>,
 }
 
 impl CallScope {
@@ -134,15 +138,24 @@ impl CallScope {
     }
 }
 
-/// The metadata of `request` that calls hand on.
-pub(crate) fn propagated(request: &Request) -> Vec<(String, String)> {
-    request
+/// The metadata of `request` that calls hand on; when the call has a span
+/// of its own, that span is the `traceparent` handed on.
+pub(crate) fn propagated(
+    request: &Request,
+    span: Option<crate::telemetry::TraceParent>,
+) -> Vec<(String, String)> {
+    let mut handed: Vec<(String, String)> = request
         .metadata
         .iter()
         .filter(|(key, _)| PROPAGATED.contains(&key.as_str()))
+        .filter(|(key, _)| span.is_none() || key != crate::telemetry::TRACEPARENT)
         .take(PROPAGATED.len())
         .cloned()
-        .collect()
+        .collect();
+    if let Some(span) = span {
+        handed.push((crate::telemetry::TRACEPARENT.to_owned(), span.to_string()));
+    }
+    handed
 }
 
 /// A call's future, boxed: calls nest, so their futures do too.
@@ -257,6 +270,7 @@ impl CallsState {
             // `init` is not a call: what it calls commits on its own.
             enclosing: self.in_call.then(|| Arc::clone(&self.transaction)),
             forwarded: false,
+            span: None,
         };
         let result = self.caller.call(scope, target, request).await;
         let stats = match &result {

@@ -150,6 +150,8 @@ pub(crate) struct EventsState {
     pub(crate) budget: usize,
     /// Whether a call is running: what `init` publishes is dropped.
     in_call: bool,
+    /// The running call's span, which its events name as their parent.
+    trace: Option<crate::telemetry::TraceParent>,
 }
 
 impl interfaces_v0_2::events::Host for EventsState {
@@ -174,7 +176,14 @@ impl interfaces::events::Host for EventsState {
         self.budget -= payload.len();
         self.published += 1;
         if self.in_call {
-            lock(&self.transaction).publish(&self.plugin, PublishedEvent { topic, payload });
+            lock(&self.transaction).publish(
+                &self.plugin,
+                PublishedEvent {
+                    topic,
+                    payload,
+                    trace: self.trace,
+                },
+            );
         }
         Ok(())
     }
@@ -240,10 +249,12 @@ impl Service for Events {
             published: 0,
             budget: store.limits.max_response_bytes,
             in_call: false,
+            trace: None,
         })
     }
 
-    fn begin_call(state: &mut EventsState, limits: &Limits, _scope: &super::calls::CallScope) {
+    fn begin_call(state: &mut EventsState, limits: &Limits, scope: &super::calls::CallScope) {
+        state.trace = scope.span;
         state.published = 0;
         state.budget = limits.max_response_bytes;
         state.in_call = true;

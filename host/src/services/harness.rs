@@ -118,6 +118,7 @@ impl<S: Service> Harness<S> {
             caller: Arc::new(NoPlugins),
             audit: Arc::new(crate::audit::AuditLog::in_memory()),
             metric_catalog: Arc::default(),
+            tracing: None,
         };
         let denials = Arc::new(super::Denials::new(PLUGIN, Arc::clone(&shared.audit)));
         let transaction = SharedTransaction::default();

@@ -177,6 +177,8 @@ pub(crate) struct HostShared {
     /// The metrics every loaded plugin declared, to refuse a plugin whose
     /// declarations clash with another's.
     pub(crate) metric_catalog: Arc<metrics::MetricCatalog>,
+    /// The host's tracer, when it exports traces.
+    pub(crate) tracing: Option<Arc<crate::telemetry::Tracing>>,
 }
 
 /// What a service prepares a plugin version's grant with: the plugin's
