@@ -113,6 +113,22 @@ mod routes {
         raw::metrics::histogram_observe(name, labels, value)
     }
 
+    pub(crate) fn trace_start_span(name: &str, parent: Option<u32>) -> Result<u32, ServiceError> {
+        raw::trace::start_span(name, parent)
+    }
+
+    pub(crate) fn trace_set_attribute(
+        span: u32,
+        key: &str,
+        value: &str,
+    ) -> Result<(), ServiceError> {
+        raw::trace::set_attribute(span, key, value)
+    }
+
+    pub(crate) fn trace_end_span(span: u32, error: Option<&str>) -> Result<(), ServiceError> {
+        raw::trace::end_span(span, error)
+    }
+
     pub(crate) fn call(
         target: &str,
         request: &crate::Request,
@@ -237,6 +253,22 @@ mod routes {
         value: f64,
     ) -> Result<(), ServiceError> {
         with_host(|host| host.metric(Kind::Histogram, name, labels, value))
+    }
+
+    pub(crate) fn trace_start_span(name: &str, parent: Option<u32>) -> Result<u32, ServiceError> {
+        with_host(|host| host.start_span(name, parent))
+    }
+
+    pub(crate) fn trace_set_attribute(
+        span: u32,
+        key: &str,
+        value: &str,
+    ) -> Result<(), ServiceError> {
+        with_host(|host| host.set_attribute(span, key, value))
+    }
+
+    pub(crate) fn trace_end_span(span: u32, error: Option<&str>) -> Result<(), ServiceError> {
+        with_host(|host| host.end_span(span, error))
     }
 
     pub(crate) fn call(

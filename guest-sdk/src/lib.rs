@@ -34,7 +34,7 @@
 //! export_plugin!(Hello);
 //! ```
 //!
-//! Host services ([`log`], [`config`], [`kv`], [`events`], [`metrics`]) only work when the
+//! Host services ([`log`], [`config`], [`kv`], [`events`], [`metrics`], [`trace`]) only work when the
 //! operator granted them; otherwise they return [`ServiceError::Denied`],
 //! which converts into [`PluginError::Denied`] with `?`. The environment
 //! (`std::env`) holds only the variables the operator granted.
@@ -66,6 +66,7 @@ pub mod metrics;
 pub mod plugins;
 #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
 pub mod testing;
+pub mod trace;
 
 pub use dispatch::Dispatch;
 

@@ -66,6 +66,24 @@ pub enum Service {
     Plugins,
     /// `metrics`.
     Metrics,
+    /// `trace`.
+    Trace,
+}
+
+/// A span the plugin started (see [`crate::trace`]), as the mock recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedSpan {
+    /// Its name.
+    pub name: String,
+    /// The span it is a child of, as an index into [`MockHost::spans`];
+    /// `None`: the call's span.
+    pub parent: Option<usize>,
+    /// Its attributes, in the order set.
+    pub attributes: Vec<(String, String)>,
+    /// The message it failed with, if it did.
+    pub error: Option<String>,
+    /// Whether it ended (every span has once its call returned).
+    pub ended: bool,
 }
 
 /// A kv namespace's quotas, as an operator grants them. The defaults are
@@ -168,6 +186,12 @@ pub(crate) struct State {
     /// The metrics the plugin under test declares ([`Plugin::metrics`]).
     declared: Vec<Metric>,
     series: BTreeMap<(String, Vec<String>), Series>,
+    /// The spans-per-call cap of the trace grant, if granted.
+    trace: Option<usize>,
+    /// Every span started, across calls.
+    spans: Vec<RecordedSpan>,
+    /// The current call's spans: its span numbers' indexes into `spans`.
+    call_spans: Vec<usize>,
 }
 
 /// One metric series the plugin updated.
@@ -298,6 +322,17 @@ impl MockHost {
         self
     }
 
+    /// Grants tracing with Capsule's default of 32 spans per call.
+    pub fn trace(self) -> Self {
+        self.trace_with(32)
+    }
+
+    /// Grants tracing with at most `spans` spans per call.
+    pub fn trace_with(self, spans: usize) -> Self {
+        self.state.borrow_mut().trace = Some(spans);
+        self
+    }
+
     /// Denies `service` whatever else was granted: every call to it fails
     /// with [`ServiceError::Denied`] (for HTTP, [`HttpError::Denied`]).
     pub fn deny(self, service: Service) -> Self {
@@ -314,6 +349,7 @@ impl MockHost {
             state.call_logs = 0;
             state.call_published.clear();
             state.call_published_bytes = 0;
+            state.call_spans.clear();
         }
         struct Restore(Option<MockHost>);
         impl Drop for Restore {
@@ -324,7 +360,14 @@ impl MockHost {
         }
         let previous = CURRENT.with(|current| current.borrow_mut().replace(self.clone()));
         let _restore = Restore(previous);
-        f()
+        let answer = f();
+        // Like Capsule, spans still open end with the call.
+        let mut state = self.state.borrow_mut();
+        let open = std::mem::take(&mut state.call_spans);
+        for index in open {
+            state.spans[index].ended = true;
+        }
+        answer
     }
 
     /// Calls `P::handle(request)` as Capsule would. Like Capsule, the events
@@ -437,6 +480,11 @@ impl MockHost {
         self.state.borrow().calls.clone()
     }
 
+    /// Every span the plugin started, in order.
+    pub fn spans(&self) -> Vec<RecordedSpan> {
+        self.state.borrow().spans.clone()
+    }
+
     /// Every HTTP request the plugin sent to the responder, in order.
     pub fn requests(&self) -> Vec<HttpRequest> {
         self.state.borrow().requests.clone()
@@ -450,6 +498,83 @@ fn denied(service: &str) -> ServiceError {
 impl State {
     fn is_denied(&self, service: Service) -> bool {
         self.denied.contains(&service)
+    }
+
+    fn trace_cap(&self) -> Result<usize, ServiceError> {
+        self.trace
+            .filter(|_| !self.is_denied(Service::Trace))
+            .ok_or_else(|| denied("tracing"))
+    }
+
+    /// The index into `spans` of this call's open span `span`.
+    fn open_span(&self, span: u32) -> Result<usize, ServiceError> {
+        self.call_spans
+            .get(span as usize)
+            .copied()
+            .filter(|index| !self.spans[*index].ended)
+            .ok_or_else(|| ServiceError::Invalid(format!("span {span} is not open in this call")))
+    }
+
+    pub(crate) fn start_span(
+        &mut self,
+        name: &str,
+        parent: Option<u32>,
+    ) -> Result<u32, ServiceError> {
+        let cap = self.trace_cap()?;
+        if name.is_empty() || name.len() > 128 {
+            return Err(ServiceError::Invalid(format!(
+                "a span name of {} bytes: use 1 to 128 bytes",
+                name.len()
+            )));
+        }
+        let parent = parent.map(|parent| self.open_span(parent)).transpose()?;
+        if self.call_spans.len() >= cap {
+            return Err(ServiceError::QuotaExceeded(format!(
+                "a call may start at most {cap} spans (the `trace.spans` grant)"
+            )));
+        }
+        self.spans.push(RecordedSpan {
+            name: name.to_owned(),
+            parent,
+            attributes: Vec::new(),
+            error: None,
+            ended: false,
+        });
+        self.call_spans.push(self.spans.len() - 1);
+        Ok((self.call_spans.len() - 1) as u32)
+    }
+
+    pub(crate) fn set_attribute(
+        &mut self,
+        span: u32,
+        key: &str,
+        value: &str,
+    ) -> Result<(), ServiceError> {
+        self.trace_cap()?;
+        if key.is_empty() || key.len() > 64 || value.len() > 256 || key.starts_with("capsule.") {
+            return Err(ServiceError::Invalid(
+                "attribute keys are 1 to 64 bytes, not under `capsule.`; values at most 256 bytes"
+                    .into(),
+            ));
+        }
+        let index = self.open_span(span)?;
+        let attributes = &mut self.spans[index].attributes;
+        if attributes.len() >= 16 {
+            return Err(ServiceError::QuotaExceeded(
+                "a span carries at most 16 attributes".into(),
+            ));
+        }
+        attributes.push((key.to_owned(), value.to_owned()));
+        Ok(())
+    }
+
+    pub(crate) fn end_span(&mut self, span: u32, error: Option<&str>) -> Result<(), ServiceError> {
+        self.trace_cap()?;
+        let index = self.open_span(span)?;
+        let ended = &mut self.spans[index];
+        ended.ended = true;
+        ended.error = error.map(str::to_owned);
+        Ok(())
     }
 
     pub(crate) fn log(&mut self, level: Level, message: &str) -> Result<(), ServiceError> {
@@ -1158,6 +1283,42 @@ mod tests {
         });
         let denied = MockHost::new().call::<Shop>(Request::new("buy", "eu"));
         assert!(matches!(denied, Err(PluginError::Denied(_))), "{denied:?}");
+    }
+
+    #[test]
+    fn spans_nest_end_with_the_call_and_are_capped() {
+        use crate::trace::{Span, in_span};
+        let host = MockHost::new().trace_with(3);
+        host.run(|| {
+            let outer = Span::start("outer");
+            outer.set("items", 3).unwrap();
+            let inner = outer.child("inner");
+            let _left_open = Span::start("left open");
+            // The cap: a fourth span in this call is inert.
+            assert!(Span::try_start("fourth").is_err());
+            assert!(!inner.child("fifth").is_active());
+            inner.fail("it broke");
+            assert!(matches!(
+                outer.set("capsule.fuel", 1),
+                Err(ServiceError::Invalid(_))
+            ));
+        });
+        let spans = host.spans();
+        assert_eq!(spans.len(), 3);
+        assert_eq!(spans[0].attributes, vec![("items".into(), "3".into())]);
+        assert_eq!(spans[1].parent, Some(0));
+        assert_eq!(spans[1].error.as_deref(), Some("it broke"));
+        assert!(spans.iter().all(|span| span.ended));
+        // The next call starts afresh; `in_span` fails the span with the error.
+        let failed: Result<(), String> = host.run(|| in_span("work", |_| Err("no".to_owned())));
+        assert!(failed.is_err());
+        assert_eq!(host.spans()[3].error.as_deref(), Some("no"));
+        // Without the grant, spans are inert and `try_start` says why.
+        let ungranted = MockHost::new();
+        ungranted.run(|| {
+            assert!(matches!(Span::try_start("x"), Err(ServiceError::Denied(_))));
+            assert!(!Span::start("x").is_active());
+        });
     }
 
     #[test]

@@ -21,6 +21,9 @@
 //! `-memory-limit`, and `server-timing` with the time and count of its calls
 //! into each host service.
 //!
+//! W3C `traceparent` and `tracestate` headers become the request's trace
+//! context: with `[host.telemetry]`, the call's span is the caller's child.
+//!
 //! Request metadata comes from `x-capsule-meta-<key>` headers and response
 //! metadata goes back the same way, within a header budget that HTTP clients
 //! accept (64 entries, 16 KiB by default): a response whose metadata does not
@@ -560,6 +563,16 @@ fn request_from(op: Option<String>, headers: &HeaderMap, body: Bytes) -> Result<
             && let Ok(value) = value.to_str()
         {
             request.metadata.push((key.to_owned(), value.to_owned()));
+        }
+    }
+    // W3C trace context rides in its own headers: the call's span becomes a
+    // child of the caller's (tracestate is at most 512 bytes by the spec).
+    for name in [crate::telemetry::TRACEPARENT, "tracestate"] {
+        if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok())
+            && value.len() <= 512
+            && !request.metadata.iter().any(|(key, _)| key == name)
+        {
+            request.metadata.push((name.to_owned(), value.to_owned()));
         }
     }
     Ok(request)

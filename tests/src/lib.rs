@@ -7,6 +7,8 @@
 
 use std::path::PathBuf;
 
+pub mod otlp;
+
 /// Names of the example plugins, generated from `example-plugins/`.
 pub mod plugins {
     include!(concat!(env!("OUT_DIR"), "/plugins.rs"));

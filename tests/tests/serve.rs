@@ -2113,3 +2113,166 @@ async fn the_shipped_alerts_and_dashboard_use_only_exported_metrics() {
     }
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_follows_a_request_through_pipelines_plugin_calls_and_events() {
+    use capsule_host::services::calls::CallTarget;
+    use capsule_host::services::trace::TraceGrant;
+    use capsule_host::telemetry::TelemetryOptions;
+    use capsule_tests::otlp::{Collector, attribute};
+    use capsule_tests::plugins::ORDER_INTAKE;
+
+    let collector = Collector::start().await;
+    let host = capsule_tests::host_builder()
+        .telemetry(TelemetryOptions {
+            otlp: Some(collector.url.clone()),
+            service_name: "capsule-test".into(),
+            interval: Duration::from_millis(200),
+            ..TelemetryOptions::default()
+        })
+        .build()
+        .unwrap();
+    // hello provides `greeting`; the router calls it for `greet`, inside a
+    // `route` span of its own.
+    for plugin in [HELLO, THUMBNAIL] {
+        host.load(PluginSpec::from_path(plugin_path(plugin)))
+            .await
+            .unwrap();
+    }
+    let router = Grants {
+        calls: vec![CallTarget::parse("capability:greeting").unwrap()],
+        trace: Some(TraceGrant::default()),
+        ..Grants::default()
+    };
+    host.load(
+        PluginSpec::from_path(plugin_path(ROUTER))
+            .grants(router)
+            .config("routes", "greet=greeting"),
+    )
+    .await
+    .unwrap();
+    host.define_pipeline("front", vec!["router".into()]);
+    // order-intake publishes what order-audit receives.
+    let mut intake = Grants::default();
+    intake.events.publish = vec![TopicPattern::parse("orders.*").unwrap()];
+    host.load(PluginSpec::from_path(plugin_path(ORDER_INTAKE)).grants(intake))
+        .await
+        .unwrap();
+    let mut audit = Grants {
+        kv: Some(KvGrant::new("audit")),
+        ..Grants::default()
+    };
+    audit.events.subscribe = vec![TopicPattern::parse("orders.created").unwrap()];
+    host.load(PluginSpec::from_path(plugin_path(ORDER_AUDIT)).grants(audit))
+        .await
+        .unwrap();
+    let server = Server::serve(host, ServeOptions::default()).await;
+
+    // A caller's trace: its span is the parent of everything the host does.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller = "00f067aa0ba902b7";
+    let response = server
+        .client
+        .post(server.url("/v1/pipelines/front/call?op=greet"))
+        .header("traceparent", format!("00-{trace}-{caller}-01"))
+        .body(r#"{"name":"Otel"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let pipeline = collector.span("pipeline front").await;
+    let router = collector.span("call router").await;
+    let route = collector.span("route").await;
+    let hello = collector.span("call hello").await;
+    for span in [&pipeline, &router, &route, &hello] {
+        assert_eq!(hex(&span.trace_id), trace, "{}", span.name);
+    }
+    assert_eq!(hex(&pipeline.parent_span_id), caller);
+    assert_eq!(router.parent_span_id, pipeline.span_id);
+    // The plugin's own span and the call it made are the router call's.
+    assert_eq!(route.parent_span_id, router.span_id);
+    assert_eq!(hello.parent_span_id, router.span_id);
+    assert_eq!(attribute(&route, "capability").as_deref(), Some("greeting"));
+    assert_eq!(
+        attribute(&route, "capsule.plugin").as_deref(),
+        Some("router")
+    );
+    // What each call cost rides on its span.
+    assert_eq!(attribute(&router, "capsule.outcome").as_deref(), Some("ok"));
+    assert_eq!(
+        attribute(&router, "capsule.operation").as_deref(),
+        Some("greet")
+    );
+    assert_eq!(
+        attribute(&router, "capsule.host_calls.calls.count").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        attribute(&router, "capsule.host_calls.trace.count").as_deref(),
+        Some("3"),
+        "start, set-attribute, and the end when the span dropped"
+    );
+    let fuel: u64 = attribute(&hello, "capsule.fuel.used")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let limit: u64 = attribute(&hello, "capsule.fuel.limit")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(0 < fuel && fuel < limit, "{fuel} of {limit}");
+    assert!(attribute(&hello, "capsule.memory.bytes").is_some());
+
+    // An event carries its publisher's span to its delivery.
+    let order = json!({"order_id": "T-1", "item": "lamp", "quantity": 1});
+    let response = server
+        .client
+        .post(server.url("/v1/plugins/order-intake/call?op=place"))
+        .header("traceparent", format!("00-{}-{caller}-01", "1".repeat(32)))
+        .body(order.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let intake = collector.span("call order-intake").await;
+    let delivery = collector.span("deliver order-audit").await;
+    assert_eq!(delivery.trace_id, intake.trace_id);
+    assert_eq!(delivery.parent_span_id, intake.span_id);
+    assert_eq!(
+        attribute(&delivery, "capsule.topic").as_deref(),
+        Some("orders.created")
+    );
+    assert_eq!(
+        attribute(&delivery, "capsule.outcome").as_deref(),
+        Some("done")
+    );
+
+    // A call without trace context starts a trace of its own; a malformed
+    // one is ignored, not trusted.
+    let response = server
+        .client
+        .post(server.url("/v1/plugins/hello/call?op=greet"))
+        .header("traceparent", "00-zz-not-a-trace-01")
+        .body(r#"{"name":"Root"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let root = loop {
+        let roots: Vec<_> = collector
+            .spans()
+            .into_iter()
+            .filter(|(_, span)| span.name == "call hello" && span.parent_span_id.is_empty())
+            .collect();
+        if let Some((service, span)) = roots.into_iter().next() {
+            assert_eq!(service, "capsule-test");
+            break span;
+        }
+        assert!(std::time::Instant::now() < deadline, "no root span");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_ne!(hex(&root.trace_id), trace);
+    server.stop().await.unwrap();
+}

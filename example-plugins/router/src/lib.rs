@@ -11,10 +11,13 @@
 //! - It needs `calls = ["capability:greeting", "capability:thumbnail"]` (or
 //!   whatever its routes name): a route the operator did not grant answers
 //!   `denied`, and the callee runs under its own grants and limits.
+//! - With `trace = {}` granted, each routed call is a `route` span (with
+//!   the capability as an attribute) in the host's trace of the call.
 
 use std::collections::BTreeMap;
 
 use capsule_guest::manifest::Requirement;
+use capsule_guest::trace::Span;
 use capsule_guest::{
     Plugin, PluginError, PluginInfo, Request, Response, config, export_plugin, log, plugins,
 };
@@ -70,8 +73,15 @@ impl Plugin for Router {
         log::info!("routing `{}` to `{capability}`", request.operation);
         // `?` keeps the callee's own error as it was and a denied route
         // a denial.
-        let response = plugins::call_capability(capability, &request)?;
-        Ok(response.with_metadata("routed-to", capability.as_str()))
+        let span = Span::start("route");
+        let _ = span.set("capability", capability);
+        match plugins::call_capability(capability, &request) {
+            Ok(response) => Ok(response.with_metadata("routed-to", capability.as_str())),
+            Err(err) => {
+                span.fail(&err.to_string());
+                Err(err.into())
+            }
+        }
     }
 }
 
@@ -90,6 +100,7 @@ mod tests {
                 Ok(Response::bytes(format!("hello got {}", request.operation)))
             })
             .capability("greeting", "hello")
+            .trace()
     }
 
     #[test]
@@ -99,6 +110,10 @@ mod tests {
         assert_eq!(answer.payload, b"hello got greet");
         assert_eq!(answer.metadata, [("routed-to".into(), "greeting".into())]);
         assert_eq!(host.calls()[0].0, "hello");
+        let route = &host.spans()[0];
+        assert_eq!(route.name, "route");
+        assert_eq!(route.attributes, [("capability".into(), "greeting".into())]);
+        assert!(route.ended && route.error.is_none());
     }
 
     #[test]
@@ -106,6 +121,10 @@ mod tests {
         let host = host();
         let denied = host.call::<Router>(Request::new("make", "{}"));
         assert!(matches!(denied, Err(PluginError::Denied(_))), "{denied:?}");
+        assert!(
+            host.spans()[0].error.is_some(),
+            "the denied route's span failed"
+        );
         let unknown = host.call::<Router>(Request::new("fly", "{}"));
         assert!(
             matches!(unknown, Err(PluginError::Unsupported(_))),

@@ -680,6 +680,7 @@ impl LoadedPlugin {
             Ok(Ok((mut instance, Ok(returned)))) => {
                 let fuel = fuel_used(&instance.store, limits);
                 let state = instance.store.data_mut();
+                state.end_call();
                 memory_bytes = Some(state.limiter.held());
                 host_calls = state.host_calls.report();
                 let mut transaction = lock(&state.transaction).finish();

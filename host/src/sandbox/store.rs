@@ -106,6 +106,11 @@ macro_rules! define_store {
                 self.host_calls.reset();
                 $(<$service as Service>::begin_call(&mut self.$field, limits, scope);)*
             }
+
+            /// Ends every service's per-call state after a call returned.
+            pub(crate) fn end_call(&mut self) {
+                $(<$service as Service>::end_call(&mut self.$field);)*
+            }
         }
     };
 }

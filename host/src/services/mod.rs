@@ -26,6 +26,7 @@ pub mod http;
 pub mod kv;
 pub mod log;
 pub mod metrics;
+pub mod trace;
 pub(crate) mod transaction;
 pub(crate) mod wasi;
 
@@ -82,6 +83,9 @@ macro_rules! for_each_service {
             /// The series the plugin's declared metrics may have (`capsule:plugin/metrics`).
             metrics: $crate::services::metrics::Metrics
                 => Option<$crate::services::metrics::MetricsGrant>, Option<$crate::services::metrics::MetricsGrant>;
+            /// The spans the plugin may add to its calls' traces (`capsule:plugin/trace`).
+            trace: $crate::services::trace::Trace
+                => Option<$crate::services::trace::TraceGrant>, Option<$crate::services::trace::TraceGrant>;
         }
     };
 }
@@ -293,6 +297,10 @@ pub(crate) trait Service: 'static {
     /// Resets per-call state before every call; `scope` is where the call
     /// sits in a chain of plugins calling plugins.
     fn begin_call(_state: &mut Self::State, _limits: &Limits, _scope: &calls::CallScope) {}
+    /// Ends a call that returned (an instance that trapped or timed out is
+    /// dropped with its state): what the call left open is closed now, not
+    /// when the instance next serves.
+    fn end_call(_state: &mut Self::State) {}
     /// Adds the service's host functions to a linker whose stores hold its
     /// state (nothing for services that only configure WASI).
     fn add_to_linker<T: Holds<Self> + Views>(linker: &mut Linker<T>) -> wasmtime::Result<()>
