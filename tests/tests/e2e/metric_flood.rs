@@ -159,3 +159,68 @@ async fn a_reload_with_the_same_declarations_keeps_counting() {
     assert!(host.unload(HELLO).await);
     assert!(!host.metrics_text().contains("capsule_plugin_greetings"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_span_flood_ends_at_its_grant_and_exports_only_that() {
+    use capsule_host::services::trace::TraceGrant;
+    use capsule_host::telemetry::TelemetryOptions;
+    use capsule_tests::otlp::{Collector, attribute};
+
+    let collector = Collector::start().await;
+    let host = capsule_tests::host_builder()
+        .telemetry(TelemetryOptions {
+            otlp: Some(collector.url.clone()),
+            interval: std::time::Duration::from_millis(200),
+            ..TelemetryOptions::default()
+        })
+        .build()
+        .unwrap();
+    let grants = Grants {
+        trace: Some(TraceGrant { spans: 20 }),
+        ..Grants::default()
+    };
+    host.load(PluginSpec::from_path(plugin_path(METRIC_FLOOD)).grants(grants))
+        .await
+        .unwrap();
+    let message = refusal(&host, "spans").await;
+    assert!(message.contains("spans stopped after 20"), "{message}");
+    assert!(message.contains("trace.spans"), "{message}");
+    let message = refusal(&host, "attributes").await;
+    assert!(message.contains("attributes stopped after 16"), "{message}");
+    let message = refusal(&host, "long-span").await;
+    assert!(message.matches("Invalid").count() == 2, "{message}");
+    // Exported: the flood's 20 spans (each with its 16 attributes and the
+    // host's one, the last of them left open and ended with the call), the
+    // `wide` span and `short`, and the three calls — nothing more.
+    let call = collector.span("call metric-flood").await;
+    collector.span("short").await;
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let spans = collector.spans();
+    let floods: Vec<_> = spans.iter().filter(|(_, s)| s.name == "flood").collect();
+    assert_eq!(floods.len(), 20);
+    for (_, span) in &floods {
+        assert_eq!(
+            span.attributes.len(),
+            17,
+            "16 of its own and capsule.plugin"
+        );
+        assert_eq!(
+            attribute(span, "capsule.plugin").as_deref(),
+            Some("metric-flood")
+        );
+        assert_eq!(span.trace_id, call.trace_id);
+    }
+    assert_eq!(
+        spans.len(),
+        20 + 2 + 3,
+        "{:?}",
+        spans.iter().map(|(_, s)| &s.name).collect::<Vec<_>>()
+    );
+    // Each failed call's span says why.
+    let failed = spans
+        .iter()
+        .filter(|(_, s)| s.name == "call metric-flood")
+        .filter(|(_, s)| attribute(s, "capsule.outcome").as_deref() == Some("plugin_error"))
+        .count();
+    assert_eq!(failed, 3);
+}

@@ -1,6 +1,6 @@
-//! Hostile: tries to make the host keep unbounded metrics. Each operation
-//! keeps going until the host refuses, then fails with the refusal, so tests
-//! see which bound stopped it.
+//! Hostile: tries to make the host keep unbounded metrics and spans. Each
+//! operation keeps going until the host refuses, then fails with the
+//! refusal, so tests see which bound stopped it.
 //!
 //! - `series`: a new label value on every update — stopped by the
 //!   operator's `metrics.series` cap (`quota-exceeded`).
@@ -10,12 +10,20 @@
 //! - `long`: label values of 1 MiB — refused as `invalid` at once.
 //! - `undeclared`: updates 10,000 metric names it never declared — each
 //!   refused as `invalid`, none exported.
+//! - `spans`: starts spans named `flood`, each with as many 64-byte keys of
+//!   256-byte values as it may set, a child of the one before — stopped by
+//!   the operator's `trace.spans` cap (`quota-exceeded`).
+//! - `attributes`: one span, a new attribute after another — stopped at the
+//!   per-span cap (`quota-exceeded`).
+//! - `long-span`: a span named with 1 MiB, then a 1 MiB attribute value —
+//!   refused as `invalid` at once.
 //!
 //! It also declares `greetings` as a gauge, which `hello` exports as a
 //! counter: a host that grants metrics to both refuses whichever loads
 //! second.
 
 use capsule_guest::metrics::{self, Metric};
+use capsule_guest::trace::Span;
 use capsule_guest::{Plugin, PluginError, Request, Response, export_plugin};
 
 fn refused(what: &str, done: usize, err: impl std::fmt::Debug) -> PluginError {
@@ -82,6 +90,57 @@ impl Plugin for MetricFlood {
                     }
                 }
                 Ok(Response::bytes(format!("{refusals} refused")))
+            }
+            "spans" => {
+                // Left open on purpose: the host ends them with the call.
+                let mut open: Vec<Span> = Vec::new();
+                for i in 0.. {
+                    let span = match open.last() {
+                        None => Span::try_start("flood"),
+                        Some(parent) if parent.is_active() => {
+                            let child = parent.child("flood");
+                            if child.is_active() {
+                                Ok(child)
+                            } else {
+                                Span::try_start("flood")
+                            }
+                        }
+                        Some(_) => Span::try_start("flood"),
+                    };
+                    let span = match span {
+                        Ok(span) => span,
+                        Err(err) => return Err(refused("spans", i, err)),
+                    };
+                    for a in 0.. {
+                        if span.set(&format!("{a:0>64}"), "v".repeat(256)).is_err() {
+                            break;
+                        }
+                    }
+                    open.push(span);
+                }
+                unreachable!()
+            }
+            "attributes" => {
+                let span = Span::try_start("wide").map_err(|err| refused("a span", 0, err))?;
+                for i in 0.. {
+                    if let Err(err) = span.set(&format!("key_{i}"), i) {
+                        return Err(refused("attributes", i, err));
+                    }
+                }
+                unreachable!()
+            }
+            "long-span" => {
+                let long = "s".repeat(1 << 20);
+                if let Err(err) = Span::try_start(&long) {
+                    let span = Span::try_start("short").map_err(|err| refused("a span", 0, err))?;
+                    return match span.set("big", &long) {
+                        Ok(()) => Ok(Response::bytes("kept a 1 MiB attribute")),
+                        Err(value) => {
+                            Err(refused("a 1 MiB span name and attribute", 0, (err, value)))
+                        }
+                    };
+                }
+                Ok(Response::bytes("kept a 1 MiB span name"))
             }
             other => Err(PluginError::Unsupported(other.to_owned())),
         }
