@@ -110,6 +110,7 @@ pub(crate) enum SpanKind {
 
 /// A value of a span attribute.
 #[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "otlp"), allow(dead_code))]
 pub(crate) enum Value {
     Text(String),
     Number(i64),
