@@ -113,6 +113,23 @@ fn echo(c: &mut Criterion) {
             ..Limits::default()
         },
     );
+    // The same warm call with tracing on: every call makes, records and
+    // queues a sampled span. The exporter is pointed at a closed loopback
+    // port, so what is measured is what the call pays; exporting happens
+    // on the exporter's own thread (and fails there, dropping the batch).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let collector = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let traced = host_with(
+        &rt,
+        builder().telemetry(capsule_host::telemetry::TelemetryOptions {
+            otlp: Some(collector),
+            ..capsule_host::telemetry::TelemetryOptions::default()
+        }),
+        "echo",
+        "bench-echo",
+        Limits::default(),
+    );
     // `relay` reaches the same echo through a plugin-to-plugin call.
     let nested = host_with(&rt, builder(), "echo", "bench-echo", Limits::default());
     rt.block_on(
@@ -135,6 +152,15 @@ fn echo(c: &mut Criterion) {
     group.bench_function("capsule_warm", |b| {
         b.to_async(&rt).iter(|| async {
             let outcome = warm
+                .call("echo", Request::new("echo", PAYLOAD.to_vec()))
+                .await
+                .unwrap();
+            black_box(outcome.response.payload)
+        });
+    });
+    group.bench_function("capsule_warm_traced", |b| {
+        b.to_async(&rt).iter(|| async {
+            let outcome = traced
                 .call("echo", Request::new("echo", PAYLOAD.to_vec()))
                 .await
                 .unwrap();
