@@ -45,6 +45,10 @@ pub struct RunArgs {
     /// Print one JSON object with the result, the error and the call's cost.
     #[arg(long)]
     json: bool,
+    /// Write a profile of the plugin's guest code during the call to FILE
+    /// (the Firefox profiler's format: open it at https://profiler.firefox.com).
+    #[arg(long, value_name = "FILE")]
+    profile: Option<PathBuf>,
     /// Fuel per call (`none` for unlimited).
     #[arg(long, value_parser = parse_fuel)]
     fuel: Option<FuelBudget>,
@@ -377,10 +381,18 @@ async fn call_once(args: RunArgs) -> ExitCode {
         Ok(details) => details.name,
         Err(err) => return load_error(&args, &err),
     };
-    match host
-        .call(&name, Request::new(args.op.clone(), payload))
-        .await
-    {
+    let request = Request::new(args.op.clone(), payload);
+    let result = match &args.profile {
+        None => host.call(&name, request).await,
+        Some(file) => {
+            let (result, profile) = host.call_profiled(&name, request).await;
+            if let Err(code) = write_profile(&args, file, profile) {
+                return code;
+            }
+            result
+        }
+    };
+    match result {
         Ok(outcome) => {
             if args.json {
                 print_json(json!({
@@ -404,6 +416,28 @@ async fn call_once(args: RunArgs) -> ExitCode {
             exit::code(exit::OK)
         }
         Err(err) => call_error(&args, &err),
+    }
+}
+
+/// Writes the profile of a `--profile` run to `file`, saying where (on
+/// stderr, so stdout keeps the plugin's answer).
+fn write_profile(args: &RunArgs, file: &Path, profile: Option<Vec<u8>>) -> Result<(), ExitCode> {
+    let Some(profile) = profile else {
+        eprintln!("capsule: no profile: the call was stopped before it returned (or never ran)");
+        return Ok(());
+    };
+    match std::fs::write(file, profile) {
+        Ok(()) => {
+            eprintln!(
+                "capsule: profile written to {} (open it at https://profiler.firefox.com)",
+                file.display()
+            );
+            Ok(())
+        }
+        Err(err) => Err(usage_error(
+            args,
+            &format!("cannot write the profile to {}: {err}", file.display()),
+        )),
     }
 }
 

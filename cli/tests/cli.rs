@@ -74,6 +74,46 @@ fn run_json_reports_output_cost_and_logs() {
 }
 
 #[test]
+fn run_profile_writes_a_firefox_profile_of_the_guest() {
+    let compute = plugin("bench-compute");
+    let dir = std::env::temp_dir().join(format!("capsule-profile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("sieve.json");
+    let out = capsule(&[
+        "run",
+        compute.to_str().unwrap(),
+        "--op",
+        "sieve",
+        "--input",
+        "30000000",
+        "--fuel",
+        "none",
+        "--memory",
+        "64MiB",
+        "--profile",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1857859");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("profiler.firefox.com"), "{stderr}");
+    // The processed profile format: one thread with samples, whose
+    // functions are the plugin's own.
+    let profile: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert!(profile["meta"]["version"].as_u64().is_some(), "{profile}");
+    let thread = &profile["threads"][0];
+    let samples = thread["samples"]["length"].as_u64().unwrap();
+    assert!(samples >= 5, "{samples} samples");
+    let strings = thread["stringArray"].to_string();
+    assert!(
+        strings.contains("count_primes") || strings.contains("bench_compute"),
+        "{strings}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn input_file_is_read() {
     let hello = plugin("hello");
     let input = std::env::temp_dir().join(format!("capsule-cli-input-{}.json", std::process::id()));

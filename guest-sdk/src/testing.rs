@@ -327,8 +327,16 @@ impl MockHost {
         self.trace_with(32)
     }
 
-    /// Grants tracing with at most `spans` spans per call.
+    /// Grants tracing with at most `spans` spans per call (1 to 256, as a
+    /// policy may grant).
+    ///
+    /// # Panics
+    /// If `spans` is outside what a policy may grant.
     pub fn trace_with(self, spans: usize) -> Self {
+        assert!(
+            (1..=256).contains(&spans),
+            "a trace grant allows 1 to 256 spans per call, not {spans}"
+        );
         self.state.borrow_mut().trace = Some(spans);
         self
     }
@@ -570,6 +578,11 @@ impl State {
 
     pub(crate) fn end_span(&mut self, span: u32, error: Option<&str>) -> Result<(), ServiceError> {
         self.trace_cap()?;
+        if error.is_some_and(|error| error.len() > 256) {
+            return Err(ServiceError::Invalid(
+                "an error message of more than 256 bytes".into(),
+            ));
+        }
         let index = self.open_span(span)?;
         let ended = &mut self.spans[index];
         ended.ended = true;

@@ -101,6 +101,11 @@ impl<T: Send + 'static> PluginPre<T> {
     }
 
     /// Whether the component exports a `health` check.
+    /// The component, for a profiler to name its functions.
+    pub(crate) fn component(&self) -> &wasmtime::component::Component {
+        self.instance_pre.component()
+    }
+
     pub(crate) fn has_health(&self) -> bool {
         self.health.is_some()
     }

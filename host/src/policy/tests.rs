@@ -566,6 +566,43 @@ fn a_broken_backend_section_is_refused_at_its_line() {
 }
 
 #[test]
+fn the_telemetry_section_names_a_collector_and_bounds_the_export() {
+    let policy = parse(
+        "[host.telemetry]\notlp = \"http://127.0.0.1:4318\"\nsample = 0.25\n\
+         interval = \"1s\"\nmax_queue = 100\nservice_name = \"shop\"\n",
+    )
+    .unwrap();
+    let telemetry = &policy.host.telemetry;
+    assert_eq!(telemetry.otlp.as_deref(), Some("http://127.0.0.1:4318"));
+    assert_eq!(telemetry.sample, 0.25);
+    assert_eq!(telemetry.interval, std::time::Duration::from_secs(1));
+    assert_eq!(
+        (telemetry.max_queue, telemetry.service_name.as_str()),
+        (100, "shop")
+    );
+    assert_eq!(
+        parse("").unwrap().host.telemetry.otlp,
+        None,
+        "off by default"
+    );
+    for (text, why) in [
+        ("otlp = \"https://collector:4318\"", "http:// collector"),
+        ("otlp = \"127.0.0.1:4318\"", "http:// collector"),
+        ("otlp = \"http://x:4318/?a=b\"", "no query"),
+        ("sample = 1.5", "between 0 and 1"),
+        ("sample = nan", "between 0 and 1"),
+        ("interval = \"1ms\"", "interval"),
+        ("max_queue = 0", "max_queue"),
+        ("service_name = \"\"", "service_name"),
+        ("oltp = \"http://x\"", "oltp"),
+    ] {
+        let err = parse(&format!("[host.telemetry]\n{text}\n")).unwrap_err();
+        assert!(err.to_string().contains(why), "{text}: {err}");
+        assert!(err.position.is_some(), "{text}: {err}");
+    }
+}
+
+#[test]
 fn with_nats_a_key_quota_that_cannot_fit_a_subject_is_refused() {
     let (_, wasm) = wasm_file();
     let text = format!(

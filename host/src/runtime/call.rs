@@ -42,6 +42,28 @@ impl Host {
             .await
     }
 
+    /// Calls `plugin` like [`Host::call`] and profiles the guest while it
+    /// runs: the second value is the profile in the Firefox profiler's
+    /// processed format (JSON, open it at <https://profiler.firefox.com>),
+    /// sampled on the epoch tick; `None` when the call was stopped before it
+    /// returned (a timeout drops the instance and its samples), never ran
+    /// (refused, unknown, busy), or the engine has no epochs. Plugins it
+    /// calls are not profiled. Meant for one call at a time, by an operator
+    /// (`capsule run --profile`): a profile grows with the call's length.
+    pub async fn call_profiled(
+        &self,
+        plugin: &str,
+        request: Request,
+    ) -> (Result<CallOutcome, CallError>, Option<Vec<u8>>) {
+        let profile = Arc::new(crate::telemetry::profile::ProfileRequest::default());
+        let scope = CallScope {
+            profile: Some(Arc::clone(&profile)),
+            ..CallScope::default()
+        };
+        let result = self.call_scoped(plugin, request, scope).await;
+        (result, profile.into_json())
+    }
+
     /// A call within `scope`: from the host (the default scope) or from
     /// another plugin through the `calls` service.
     pub(crate) async fn call_scoped(
@@ -112,7 +134,7 @@ impl Host {
             }
         }
         if let Some(span) = &mut traced {
-            telemetry::record_call(span, result.as_ref().err(), stats);
+            record_call(span, result.as_ref().err(), stats);
         }
         drop(traced);
         slot.metrics.host_calls(&stats.host_calls);
@@ -499,5 +521,48 @@ impl Host {
         outcome.stats.fuel_used = fuel;
         outcome.stats.duration = started.elapsed();
         Ok(outcome)
+    }
+}
+
+/// Records on `span` how a call went and what it cost: its outcome, fuel
+/// against its limit, linear memory against its limit, whether it needed
+/// a fresh instance, and its host calls per service (count and time); a
+/// failed call's span is marked failed with the error.
+fn record_call(
+    span: &mut Span,
+    failure: Option<&crate::error::CallError>,
+    stats: &crate::outcome::CallStats,
+) {
+    if !span.recording() {
+        return;
+    }
+    let outcome = failure.map_or("ok", |err| err.kind().as_str());
+    span.set("capsule.outcome", Value::from(outcome));
+    if let Some(fuel) = stats.fuel_used {
+        span.set("capsule.fuel.used", Value::from(fuel));
+    }
+    if let Some(limit) = stats.fuel_limit {
+        span.set("capsule.fuel.limit", Value::from(limit));
+    }
+    if stats.callee_fuel > 0 {
+        span.set("capsule.fuel.callees", Value::from(stats.callee_fuel));
+    }
+    if let Some(memory) = stats.memory_bytes {
+        span.set("capsule.memory.bytes", Value::from(memory));
+    }
+    span.set("capsule.memory.limit", Value::from(stats.memory_limit));
+    span.set("capsule.fresh_instance", Value::from(stats.fresh_instance));
+    for service in &stats.host_calls {
+        span.set(
+            format!("capsule.host_calls.{}.count", service.service),
+            Value::from(u64::from(service.calls)),
+        );
+        span.set(
+            format!("capsule.host_calls.{}.time_us", service.service),
+            Value::from(u64::try_from(service.time.as_micros()).unwrap_or(u64::MAX)),
+        );
+    }
+    if let Some(err) = failure {
+        span.fail(telemetry::bounded(&err.to_string()));
     }
 }

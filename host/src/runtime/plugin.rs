@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -28,6 +28,7 @@ use crate::services::files::Access;
 use crate::services::log::LogSink;
 use crate::services::transaction::{Transaction, lock};
 use crate::services::{Grants, PreparedGrants};
+use crate::telemetry::profile::Sampler;
 
 /// Public facts about a loaded plugin.
 #[derive(Debug, Clone, Serialize)]
@@ -245,6 +246,10 @@ impl Instance {
         entry.call(&self.bindings, &mut self.store).await
     }
 }
+
+/// How often a profiled call is meant to be sampled: the default epoch
+/// tick, which is when samples are taken.
+const PROFILE_INTERVAL: Duration = Duration::from_millis(5);
 
 /// A compiled, linked, described plugin version ready to serve calls.
 pub(crate) struct LoadedPlugin {
@@ -490,6 +495,19 @@ impl LoadedPlugin {
     }
 
     /// Delivers one event to `on-event`, under the same limits as a call.
+    /// Puts a profiler in `instance`'s store for the call about to run.
+    fn start_profile(&self, instance: &mut Instance) {
+        match Sampler::new(
+            &self.engine,
+            &self.name,
+            PROFILE_INTERVAL,
+            self.pre.component(),
+        ) {
+            Ok(sampler) => instance.store.data_mut().profiler = Some(Box::new(sampler)),
+            Err(err) => tracing::warn!(plugin = %self.name, "cannot profile: {err}"),
+        }
+    }
+
     pub(crate) async fn deliver(
         &self,
         event: Event,
@@ -504,8 +522,11 @@ impl LoadedPlugin {
                 };
             }
         };
+        // What `on-event` hands on to the calls it makes: the delivery's
+        // span (or, when the host does not trace, the publisher's).
         let scope = CallScope {
             span,
+            propagated: crate::services::calls::propagated_from(&event.metadata, span),
             ..CallScope::default()
         };
         let invoked = self.run(OnEvent(event), scope).await;
@@ -667,7 +688,16 @@ impl LoadedPlugin {
                 },
             };
             instance.prepare(limits, &scope, deadline);
+            if scope.profile.is_some() {
+                self.start_profile(&mut instance);
+            }
             let result = instance.invoke(entry).await;
+            if let Some(request) = &scope.profile
+                && let Some(sampler) = instance.store.data_mut().profiler.take()
+            {
+                *request.finished.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(sampler.profiler);
+            }
             Ok::<_, SetupError>((instance, result))
         };
         // The epoch callback stops guest code at the deadline; this outer

@@ -498,10 +498,14 @@ impl Host {
             retiring.spawn(async move { plugin.retire(until).await });
         }
         while retiring.join_next().await.is_some() {}
-        // The last spans go out before the process ends (on the blocking
-        // pool: the exporter's final send blocks).
+        // The last spans go out before the process ends, within what is
+        // left of the deadline (on the blocking pool: the exporter's final
+        // send blocks).
         if let Some(tracing) = self.inner.loader.services.tracing.clone() {
-            let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
+            let wait = until
+                .saturating_duration_since(std::time::Instant::now())
+                .max(std::time::Duration::from_millis(100));
+            let _ = tokio::task::spawn_blocking(move || tracing.shutdown(wait)).await;
         }
     }
 }

@@ -39,6 +39,9 @@ macro_rules! define_store {
             pub(crate) transaction: SharedTransaction,
             /// The running call's host calls, per service.
             pub(crate) host_calls: HostCallMeter,
+            /// Samples the guest's stack on every epoch tick while a
+            /// profiled call runs (`Host::call_profiled`).
+            pub(crate) profiler: Option<Box<crate::telemetry::profile::Sampler>>,
         }
 
         /// Every name a host call is counted under (`host_calls`): WASI's,
@@ -97,6 +100,7 @@ macro_rules! define_store {
                 metering: setup.metering,
                 transaction,
                 host_calls: HostCallMeter::default(),
+                profiler: None,
             })
         }
 
@@ -177,7 +181,11 @@ pub(crate) fn new_store(
     if setup.metering.epoch {
         // Every epoch tick, either stop a call that ran past its deadline or
         // let other tasks on this thread run before continuing.
-        store.epoch_deadline_callback(|context| {
+        store.epoch_deadline_callback(|mut context| {
+            if let Some(mut sampler) = context.data_mut().profiler.take() {
+                sampler.sample(&context);
+                context.data_mut().profiler = Some(sampler);
+            }
             if Instant::now() >= context.data().deadline {
                 Err(wasmtime::Error::new(DeadlineExceeded))
             } else {

@@ -129,6 +129,9 @@ pub(crate) struct CallScope {
     /// of what the call does (the calls it makes, the events it publishes,
     /// the plugin's own spans).
     pub(crate) span: Option<crate::telemetry::TraceParent>,
+    /// A profile of this call's guest stack was asked for (the calls it
+    /// makes are not profiled).
+    pub(crate) profile: Option<Arc<crate::telemetry::profile::ProfileRequest>>,
 }
 
 impl CallScope {
@@ -144,11 +147,23 @@ pub(crate) fn propagated(
     request: &Request,
     span: Option<crate::telemetry::TraceParent>,
 ) -> Vec<(String, String)> {
-    let mut handed: Vec<(String, String)> = request
-        .metadata
+    propagated_from(&request.metadata, span)
+}
+
+/// [`propagated`] for any metadata (an event's, for its delivery). A span
+/// of the call's own replaces the incoming `traceparent`; when that span
+/// starts a new trace (no valid parent came in), the incoming `tracestate`
+/// belongs to no trace and is not handed on.
+pub(crate) fn propagated_from(
+    metadata: &[(String, String)],
+    span: Option<crate::telemetry::TraceParent>,
+) -> Vec<(String, String)> {
+    let new_trace = span.is_some() && crate::telemetry::parent_of(metadata).is_none();
+    let mut handed: Vec<(String, String)> = metadata
         .iter()
         .filter(|(key, _)| PROPAGATED.contains(&key.as_str()))
         .filter(|(key, _)| span.is_none() || key != crate::telemetry::TRACEPARENT)
+        .filter(|(key, _)| !(new_trace && key == "tracestate"))
         .take(PROPAGATED.len())
         .cloned()
         .collect();
@@ -271,6 +286,7 @@ impl CallsState {
             enclosing: self.in_call.then(|| Arc::clone(&self.transaction)),
             forwarded: false,
             span: None,
+            profile: None,
         };
         let result = self.caller.call(scope, target, request).await;
         let stats = match &result {

@@ -254,7 +254,11 @@ impl Service for Events {
     }
 
     fn begin_call(state: &mut EventsState, limits: &Limits, scope: &super::calls::CallScope) {
-        state.trace = scope.span;
+        // The call's span; when the host does not trace, the trace context
+        // the call came with, handed on unchanged.
+        state.trace = scope
+            .span
+            .or_else(|| crate::telemetry::parent_of(&scope.propagated));
         state.published = 0;
         state.budget = limits.max_response_bytes;
         state.in_call = true;

@@ -16,12 +16,16 @@
 //! SDK, never buffered without bound), exported in batches every
 //! `interval` by one thread. A span holds at most [`MAX_SPAN_ATTRIBUTES`]
 //! attributes; what a plugin adds is bounded per call by its `trace` grant.
+//!
+//! `profile.rs` looks inside one call instead: it samples the guest's stack
+//! for a profile (`capsule run --profile`).
 
 mod context;
 #[cfg(not(feature = "otlp"))]
 mod off;
 #[cfg(feature = "otlp")]
 mod otlp;
+pub(crate) mod profile;
 
 use std::time::Duration;
 
@@ -160,47 +164,4 @@ pub(crate) fn bounded(text: &str) -> String {
         end -= 1;
     }
     text[..end].to_owned()
-}
-
-/// Records on `span` how a call went and what it cost: its outcome, fuel
-/// against its limit, linear memory against its limit, whether it needed
-/// a fresh instance, and its host calls per service (count and time); a
-/// failed call's span is marked failed with the error.
-pub(crate) fn record_call(
-    span: &mut Span,
-    failure: Option<&crate::error::CallError>,
-    stats: &crate::outcome::CallStats,
-) {
-    if !span.recording() {
-        return;
-    }
-    let outcome = failure.map_or("ok", |err| err.kind().as_str());
-    span.set("capsule.outcome", Value::from(outcome));
-    if let Some(fuel) = stats.fuel_used {
-        span.set("capsule.fuel.used", Value::from(fuel));
-    }
-    if let Some(limit) = stats.fuel_limit {
-        span.set("capsule.fuel.limit", Value::from(limit));
-    }
-    if stats.callee_fuel > 0 {
-        span.set("capsule.fuel.callees", Value::from(stats.callee_fuel));
-    }
-    if let Some(memory) = stats.memory_bytes {
-        span.set("capsule.memory.bytes", Value::from(memory));
-    }
-    span.set("capsule.memory.limit", Value::from(stats.memory_limit));
-    span.set("capsule.fresh_instance", Value::from(stats.fresh_instance));
-    for service in &stats.host_calls {
-        span.set(
-            format!("capsule.host_calls.{}.count", service.service),
-            Value::from(u64::from(service.calls)),
-        );
-        span.set(
-            format!("capsule.host_calls.{}.time_us", service.service),
-            Value::from(u64::try_from(service.time.as_micros()).unwrap_or(u64::MAX)),
-        );
-    }
-    if let Some(err) = failure {
-        span.fail(bounded(&err.to_string()));
-    }
 }

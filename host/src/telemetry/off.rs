@@ -30,7 +30,7 @@ impl Tracing {
         Span(())
     }
 
-    pub(crate) fn shutdown(&self) {}
+    pub(crate) fn shutdown(&self, _wait: std::time::Duration) {}
 }
 
 /// No span: never made in this build.

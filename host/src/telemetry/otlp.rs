@@ -104,11 +104,27 @@ impl Tracing {
         Span { inner }
     }
 
-    /// Exports what waits and stops the exporter (at host shutdown).
-    pub(crate) fn shutdown(&self) {
-        if let Err(err) = self.provider.shutdown() {
+    /// Exports what waits and stops the exporter (at host shutdown),
+    /// waiting at most `wait`.
+    pub(crate) fn shutdown(&self, wait: Duration) {
+        if let Err(err) = self.provider.shutdown_with_timeout(wait) {
             tracing::debug!(%err, "trace exporter shutdown");
         }
+    }
+}
+
+impl Drop for Tracing {
+    // The SDK shuts the exporter down when its last handle goes, waiting
+    // for the final export; a host dropped inside async code (without
+    // `Host::shutdown`) must not block a runtime worker for that, so the
+    // wait happens on a thread of its own. After `shutdown` it is a no-op.
+    fn drop(&mut self) {
+        let provider = self.provider.clone();
+        let _ = std::thread::Builder::new()
+            .name("capsule-trace-shutdown".into())
+            .spawn(move || {
+                let _ = provider.shutdown_with_timeout(EXPORT_TIMEOUT);
+            });
     }
 }
 

@@ -849,3 +849,88 @@ async fn calls_from_other_hosts_run_within_the_plugins_own_concurrency() {
     // B's other plugins are served meanwhile and after.
     call_json(&a, HELLO, "greet", json!({"name": "Ada"})).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_crosses_hosts_with_events_and_forwarded_calls() {
+    use capsule_host::telemetry::TelemetryOptions;
+    use capsule_tests::otlp::Collector;
+
+    let server = NatsServer::shared();
+    let collector = Collector::start().await;
+    let traced_host = |name: &str, plugins: Vec<PluginSpec>| {
+        let options = NatsOptions::new(server.url())
+            .prefix("traced")
+            .host_name(name);
+        let host = host_builder()
+            .backend(Backend::Nats(options))
+            .telemetry(TelemetryOptions {
+                otlp: Some(collector.url.clone()),
+                service_name: name.to_owned(),
+                interval: Duration::from_millis(200),
+                ..TelemetryOptions::default()
+            })
+            .build()
+            .unwrap();
+        async move {
+            for spec in plugins {
+                host.load(spec).await.unwrap();
+            }
+            host
+        }
+    };
+    // Host a takes orders; host b audits them and greets.
+    let a = traced_host(
+        "host-a",
+        vec![
+            PluginSpec::from_path(plugin_path(ORDER_INTAKE)).grants(audit_grants(
+                "intake",
+                &[],
+                &["orders.*"],
+            )),
+        ],
+    )
+    .await;
+    let b = traced_host(
+        "host-b",
+        vec![
+            PluginSpec::from_path(plugin_path(ORDER_AUDIT)).grants(audit_grants(
+                "audit",
+                &["orders.created"],
+                &[],
+            )),
+            PluginSpec::from_path(plugin_path(HELLO)),
+        ],
+    )
+    .await;
+    let caller = format!("00-{}-{}-01", "2".repeat(32), "3".repeat(16));
+    let mut place = Request::new(
+        "place",
+        json!({"order_id": "X-1", "item": "lamp", "quantity": 1}).to_string(),
+    );
+    place.metadata.push(("traceparent".into(), caller.clone()));
+    a.call(ORDER_INTAKE, place).await.unwrap();
+    let intake = collector.span("call order-intake").await;
+    let delivery = collector.span("deliver order-audit").await;
+    // The event took host a's span to host b through the NATS stream.
+    assert_eq!(delivery.trace_id, intake.trace_id);
+    assert_eq!(delivery.parent_span_id, intake.span_id);
+    let services = |name: &str| {
+        collector
+            .spans()
+            .into_iter()
+            .filter(|(_, span)| span.name == name)
+            .map(|(service, _)| service)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(services("call order-intake"), ["host-a"]);
+    assert_eq!(services("deliver order-audit"), ["host-b"]);
+
+    // A call host a forwards to host b keeps the caller's trace context.
+    let mut greet = Request::new("greet", r#"{"name":"Nats"}"#);
+    greet.metadata.push(("traceparent".into(), caller));
+    a.call(HELLO, greet).await.unwrap();
+    let hello = collector.span("call hello").await;
+    assert_eq!(services("call hello"), ["host-b"]);
+    assert_eq!(hello.trace_id, intake.trace_id);
+    assert_eq!(hello.parent_span_id, vec![0x33; 8]);
+}
