@@ -270,3 +270,25 @@ async fn publishing_without_a_grant_is_denied() {
     assert!(matches!(err, PluginError::Denied(_)), "{err:?}");
     assert!(host.publish("bad topic", "x").await.is_err());
 }
+
+#[tokio::test]
+async fn without_tracing_an_events_trace_context_is_handed_on_unchanged() {
+    // No `[host.telemetry]`: no spans, but a caller's trace context still
+    // reaches the events its call publishes.
+    let host = crate::host();
+    host.load(PluginSpec::from_path(plugin_path(ORDER_INTAKE)).grants(intake_grants()))
+        .await
+        .unwrap();
+    let mut events = host.subscribe("orders.>").unwrap();
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let place =
+        Request::new("place", order("T-9", 1).to_string()).with_metadata("traceparent", caller);
+    host.call(ORDER_INTAKE, place).await.unwrap();
+    let event = events.try_recv().expect("the order was published");
+    assert_eq!(event.traceparent.as_deref(), Some(caller));
+    // A malformed one is not handed on.
+    let place = Request::new("place", order("T-10", 1).to_string())
+        .with_metadata("traceparent", "not-a-trace");
+    host.call(ORDER_INTAKE, place).await.unwrap();
+    assert_eq!(events.try_recv().unwrap().traceparent, None);
+}

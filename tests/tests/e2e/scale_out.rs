@@ -890,7 +890,7 @@ async fn a_trace_crosses_hosts_with_events_and_forwarded_calls() {
         ],
     )
     .await;
-    let b = traced_host(
+    let _b = traced_host(
         "host-b",
         vec![
             PluginSpec::from_path(plugin_path(ORDER_AUDIT)).grants(audit_grants(
