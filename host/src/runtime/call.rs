@@ -61,7 +61,7 @@ impl Host {
             ..CallScope::default()
         };
         let result = self.call_scoped(plugin, request, scope).await;
-        (result, profile.into_json())
+        (result, profile.take_json())
     }
 
     /// A call within `scope`: from the host (the default scope) or from

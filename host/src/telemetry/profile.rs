@@ -28,7 +28,7 @@ impl std::fmt::Debug for ProfileRequest {
 impl ProfileRequest {
     /// The profile in the Firefox profiler's format, if the call returned
     /// (or trapped) with a profiler in its store.
-    pub(crate) fn into_json(&self) -> Option<Vec<u8>> {
+    pub(crate) fn take_json(&self) -> Option<Vec<u8>> {
         let profiler = self
             .finished
             .lock()
