@@ -167,11 +167,16 @@ impl Host {
         }
     }
 
+    /// The host's tracer, when it exports traces (`[host.telemetry]`).
+    pub(crate) fn tracer(&self) -> Option<&crate::telemetry::Tracing> {
+        self.inner.loader.services.tracing.as_deref()
+    }
+
     /// The span of a call to `plugin`, when the host traces: a child of the
     /// request's `traceparent` (`remote`: from outside this host), or the
     /// root of a new trace.
     fn call_span(&self, plugin: &str, request: &Request, remote: bool) -> Option<Span> {
-        let tracing = self.inner.loader.services.tracing.as_deref()?;
+        let tracing = self.tracer()?;
         let parent = telemetry::parent_of(&request.metadata);
         let mut span = tracing.span(format!("call {plugin}"), SpanKind::Server, parent, remote);
         if span.recording() {
@@ -413,31 +418,25 @@ impl Host {
         let started = Instant::now();
         let mut request = request;
         // The stages' spans are children of the pipeline's.
-        let mut traced = self
-            .inner
-            .loader
-            .services
-            .tracing
-            .as_deref()
-            .map(|tracing| {
-                let parent = telemetry::parent_of(&request.metadata);
-                let mut span = tracing.span(
-                    format!("pipeline {pipeline}"),
-                    SpanKind::Server,
-                    parent,
-                    true,
-                );
-                span.set("capsule.pipeline", Value::from(pipeline));
-                span.set("capsule.stages", Value::from(stages.len() as u64));
-                request
-                    .metadata
-                    .retain(|(key, _)| key != telemetry::TRACEPARENT);
-                request.metadata.push((
-                    telemetry::TRACEPARENT.to_owned(),
-                    span.context().to_string(),
-                ));
-                span
-            });
+        let mut traced = self.tracer().map(|tracing| {
+            let parent = telemetry::parent_of(&request.metadata);
+            let mut span = tracing.span(
+                format!("pipeline {pipeline}"),
+                SpanKind::Server,
+                parent,
+                true,
+            );
+            span.set("capsule.pipeline", Value::from(pipeline));
+            span.set("capsule.stages", Value::from(stages.len() as u64));
+            request
+                .metadata
+                .retain(|(key, _)| key != telemetry::TRACEPARENT);
+            request.metadata.push((
+                telemetry::TRACEPARENT.to_owned(),
+                span.context().to_string(),
+            ));
+            span
+        });
         let result = self
             .run_pipeline(pipeline, &defined, together, started, request)
             .await;

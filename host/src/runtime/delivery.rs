@@ -317,34 +317,28 @@ impl Host {
         // The publisher's span, if the event names a well-formed one (an
         // event from NATS may come from anyone).
         let parent = event.traceparent.as_deref().and_then(TraceParent::parse);
-        let mut traced = self
-            .inner
-            .loader
-            .services
-            .tracing
-            .as_deref()
-            .map(|tracing| {
-                let mut span = tracing.span(
-                    format!("deliver {}", slot.name),
-                    SpanKind::Consumer,
-                    parent,
-                    true,
+        let mut traced = self.tracer().map(|tracing| {
+            let mut span = tracing.span(
+                format!("deliver {}", slot.name),
+                SpanKind::Consumer,
+                parent,
+                true,
+            );
+            if span.recording() {
+                span.set("capsule.plugin", Value::from(&*slot.name));
+                span.set(
+                    "capsule.topic",
+                    Value::from(telemetry::bounded(&event.topic)),
                 );
-                if span.recording() {
-                    span.set("capsule.plugin", Value::from(&*slot.name));
-                    span.set(
-                        "capsule.topic",
-                        Value::from(telemetry::bounded(&event.topic)),
-                    );
-                    span.set(
-                        "capsule.source",
-                        Value::from(telemetry::bounded(&event.source)),
-                    );
-                    span.set("capsule.attempt", Value::from(u64::from(attempt)));
-                    span.set("capsule.hops", Value::from(u64::from(event.hops)));
-                }
-                span
-            });
+                span.set(
+                    "capsule.source",
+                    Value::from(telemetry::bounded(&event.source)),
+                );
+                span.set("capsule.attempt", Value::from(u64::from(attempt)));
+                span.set("capsule.hops", Value::from(u64::from(event.hops)));
+            }
+            span
+        });
         let span = traced.as_ref().map(Span::context);
         let settlement = self
             .handle_event_in(slot, event, attempt, span.or(parent), span)
