@@ -139,13 +139,21 @@ impl Host {
         drop(traced);
         slot.metrics.host_calls(&stats.host_calls);
         match &result {
-            Ok(_) => slot.metrics.ok(stats.duration, stats.fuel_used),
-            Err(err) => self.inner.dispatch.metrics.call(
-                plugin,
-                err.kind().as_str(),
-                stats.duration.as_secs_f64(),
-                stats.fuel_used,
-            ),
+            Ok(_) => {
+                slot.metrics.ok(stats.duration, stats.fuel_used);
+                slot.history.record(stats.duration, stats.fuel_used, None);
+            }
+            Err(err) => {
+                let kind = err.kind().as_str();
+                self.inner.dispatch.metrics.call(
+                    plugin,
+                    kind,
+                    stats.duration.as_secs_f64(),
+                    stats.fuel_used,
+                );
+                slot.history
+                    .record(stats.duration, stats.fuel_used, Some((kind, &err.cause)));
+            }
         }
         match result {
             Ok(mut outcome) => {

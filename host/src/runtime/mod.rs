@@ -10,6 +10,7 @@ mod commit;
 mod delivery;
 pub(crate) mod dependencies;
 mod health;
+pub(crate) mod history;
 pub(crate) mod input_schema;
 pub(crate) mod load;
 mod metrics;
@@ -39,6 +40,7 @@ pub use health::{
     BackendHealth, HEALTH_TIMEOUT, HEALTH_TTL, HealthCheck, NotLoaded, PluginHealth,
     PluginHealthState, Readiness,
 };
+pub use history::{HistorySnapshot, LastError, Sample};
 pub use middleware::{CallContext, Middleware, REQUEST_ID, RequestId};
 pub use pipeline::{Pipeline, PipelineError};
 pub use plugin::PluginDetails;

@@ -15,6 +15,7 @@ use super::Host;
 use super::breaker::CircuitBreaker;
 use super::bus::DeliveryQueue;
 use super::dependencies;
+use super::history::HistorySnapshot;
 use super::metrics::PluginMetrics;
 use super::plugin::{LoadedPlugin, PluginDetails};
 use super::rollout::{Rollout, RolloutState, RolloutStatus};
@@ -74,6 +75,8 @@ pub(crate) struct Slot {
     pub(crate) queue: DeliveryQueue,
     /// The plugin's call metrics.
     pub(crate) metrics: PluginMetrics,
+    /// Its calls over the last hour, for the console.
+    pub(crate) history: super::history::CallHistory,
     /// A new version taking a share of the calls (`rollout.rs`).
     rollout: ArcSwapOption<Rollout>,
     /// How the last rollout ended.
@@ -96,6 +99,7 @@ impl Slot {
             generation: AtomicU64::new(0),
             queue,
             metrics,
+            history: super::history::CallHistory::default(),
             rollout: ArcSwapOption::empty(),
             last_rollout: Mutex::new(None),
         }
@@ -226,6 +230,12 @@ impl Host {
     /// Version, state and instances of every plugin, by name.
     pub fn statuses(&self) -> Vec<PluginStatus> {
         self.slots().iter().map(|slot| slot.status()).collect()
+    }
+
+    /// `plugin`'s calls over the last hour, window by window (`None` for a
+    /// plugin this host has not loaded).
+    pub fn history(&self, plugin: &str) -> Option<HistorySnapshot> {
+        self.slot(plugin).map(|slot| slot.history.snapshot())
     }
 
     /// Makes `plugin` the one that answers calls to `capability` when
