@@ -40,6 +40,11 @@ pub struct ServeArgs {
     /// this long at start (e.g. `60s`) instead of exiting at once.
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     wait_for_backend: Option<Duration>,
+    /// Serve the web console at `/console`: every plugin's state, grants,
+    /// calls, errors and refusals; sign in with a `view` or `admin` key (or
+    /// the admin token) to see it, and as `admin` to act.
+    #[arg(long)]
+    console: bool,
 }
 
 /// Runs `capsule serve` until SIGINT or SIGTERM.
@@ -110,6 +115,7 @@ pub fn serve_command(args: ServeArgs) -> ExitCode {
             max_body_bytes: usize::try_from(args.max_body).unwrap_or(usize::MAX),
             shutdown_deadline: args.shutdown_deadline,
             policy_file: Some(args.config.clone()),
+            console: args.console,
             ..ServeOptions::default()
         };
         let listener = match tokio::net::TcpListener::bind(args.listen).await {
@@ -120,7 +126,12 @@ pub fn serve_command(args: ServeArgs) -> ExitCode {
             }
         };
         match listener.local_addr() {
-            Ok(address) => println!("capsule serving on http://{address}"),
+            Ok(address) => {
+                println!("capsule serving on http://{address}");
+                if args.console {
+                    println!("console at http://{address}/console");
+                }
+            }
             Err(err) => eprintln!("warning: cannot read the bound address: {err}"),
         }
         match serve_on(listener, host, options, shutdown_signal()).await {

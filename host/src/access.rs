@@ -361,6 +361,12 @@ impl AccessTable {
         self.keys.get(&digest).cloned()
     }
 
+    /// The key whose digest is `digest`, if the policy still has it (a
+    /// console session keeps the digest, never the key).
+    pub fn find_digest(&self, digest: &[u8; 32]) -> Option<Arc<KeyState>> {
+        self.keys.get(digest).cloned()
+    }
+
     /// Names of the keys that differ between the two tables (added,
     /// changed or removed), sorted.
     pub fn changed_from(&self, before: &AccessTable) -> Vec<String> {

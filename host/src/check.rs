@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::admission::{Examined, TrustPolicy, check_memory, examine, io_failure};
+use crate::artifact::inspect::ComponentSummary;
 use crate::artifact::manifest::Manifest;
 use crate::error::ErrorKind;
 use crate::error::LoadFailure;
@@ -18,9 +19,9 @@ use crate::input::{self, MAX_COMPONENT_BYTES, MAX_SIGNATURE_BYTES};
 use crate::policy::{PluginPolicy, Policy};
 use crate::runtime::dependencies::{self, Pins, Provider};
 use crate::runtime::input_schema::InputSchemas;
-use crate::services::Availability;
 use crate::services::calls::CallTarget;
 use crate::services::config::{self, ConfigOrigin};
+use crate::services::{Availability, Grants};
 
 /// How an import of a plugin is served.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -177,6 +178,45 @@ pub fn check_policy(policy: &Policy) -> Vec<PluginCheck> {
     checks
 }
 
+/// Each import of a component next to the grant that serves it, and the
+/// grants no import can use: what `capsule check` reports for a file, and
+/// the console for a loaded plugin.
+pub fn imports_and_grants(
+    summary: &ComponentSummary,
+    grants: &Grants,
+) -> (Vec<ImportCheck>, Vec<String>) {
+    let imports = summary
+        .imports
+        .iter()
+        .map(|import| {
+            let status = match grants.serving(import) {
+                Some((name, Availability::Granted)) => ImportStatus::Granted(name),
+                Some((name, Availability::NotGranted)) => ImportStatus::NotGranted(name),
+                Some((_, Availability::Never)) => ImportStatus::NeverGranted,
+                // Admission refused anything no service answers.
+                Some((_, Availability::Always)) | None => ImportStatus::Provided,
+            };
+            ImportCheck {
+                import: import.name.clone(),
+                status,
+            }
+        })
+        .collect();
+    // A grant the operator gave that no import of the plugin can use.
+    let unused = grants
+        .granted()
+        .into_iter()
+        .filter(|(_, served)| {
+            !summary
+                .imports
+                .iter()
+                .any(|import| served.iter().any(|i| i.matches(import)))
+        })
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    (imports, unused)
+}
+
 fn call_edge(edge: &CallTarget, manifests: &BTreeMap<&str, Option<&Manifest>>) -> CallEdge {
     let callee = edge.plugin().and_then(|name| manifests.get(name));
     CallEdge {
@@ -321,31 +361,6 @@ fn check_plugin(
     check.signers = signers;
     check.manifest = manifest;
     check.contract_version = summary.contract_version().map(str::to_owned);
-    for import in &summary.imports {
-        let status = match plugin.grants.serving(import) {
-            Some((name, Availability::Granted)) => ImportStatus::Granted(name),
-            Some((name, Availability::NotGranted)) => ImportStatus::NotGranted(name),
-            Some((_, Availability::Never)) => ImportStatus::NeverGranted,
-            // Admission refused anything no service answers.
-            Some((_, Availability::Always)) | None => ImportStatus::Provided,
-        };
-        check.imports.push(ImportCheck {
-            import: import.name.clone(),
-            status,
-        });
-    }
-    // A grant the operator gave that no import of the plugin can use.
-    check.unused_grants = plugin
-        .grants
-        .granted()
-        .into_iter()
-        .filter(|(_, imports)| {
-            !summary
-                .imports
-                .iter()
-                .any(|import| imports.iter().any(|i| i.matches(import)))
-        })
-        .map(|(name, _)| name.to_owned())
-        .collect();
+    (check.imports, check.unused_grants) = imports_and_grants(&summary, &plugin.grants);
     check
 }

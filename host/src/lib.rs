@@ -66,11 +66,11 @@ pub use policy::{
 };
 pub use runtime::{
     ApplyError, BackendHealth, BusEvent, CallContext, Cluster, ClusterHost, DeadLetter,
-    FailedChange, HEALTH_TIMEOUT, HEALTH_TTL, HealthCheck, Host, HostBuilder, HostError,
-    Middleware, NotLoaded, Pipeline, PipelineError, PluginDetails, PluginHealth, PluginHealthState,
-    PluginSource, PluginSpec, PluginState, PluginStatus, PolicyChanges, REQUEST_ID, Readiness,
-    RequestId, RolloutError, RolloutPlan, RolloutState, RolloutStatus, ServedPlugin, Subscription,
-    TrackStats,
+    FailedChange, HEALTH_TIMEOUT, HEALTH_TTL, HealthCheck, HistorySnapshot, Host, HostBuilder,
+    HostError, LastError, Middleware, NotLoaded, Pipeline, PipelineError, PluginDetails,
+    PluginHealth, PluginHealthState, PluginSource, PluginSpec, PluginState, PluginStatus,
+    PolicyChanges, REQUEST_ID, Readiness, RequestId, RolloutError, RolloutPlan, RolloutState,
+    RolloutStatus, Sample, ServedPlugin, Subscription, TrackStats,
 };
 pub use sandbox::host_calls::ServiceCalls;
 pub use services::grants::{Grants, GrantsSummary};

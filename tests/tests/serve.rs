@@ -20,6 +20,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
+#[path = "serve/console.rs"]
+mod console;
+
 const TOKEN: &str = "test-admin-token";
 
 struct Server {

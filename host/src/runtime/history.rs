@@ -71,7 +71,7 @@ pub struct LastError {
 }
 
 /// What the console shows of one plugin's last hour.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct HistorySnapshot {
     /// Windows with calls, oldest first, within the last hour.
     pub samples: Vec<Sample>,

@@ -30,6 +30,7 @@ mod kv_hoarder;
 mod ledger;
 mod limits;
 mod malformed;
+mod markup;
 mod metric_flood;
 mod order_audit;
 mod order_intake;

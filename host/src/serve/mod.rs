@@ -45,6 +45,8 @@
 //! connection (a client that never reads cannot hold its place), and
 //! shutdown takes at most `shutdown_deadline` in all.
 
+pub mod console;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -99,6 +101,8 @@ pub struct ServeOptions {
     /// reads it again and applies what changed (`None`: the route answers
     /// that there is no file to apply).
     pub policy_file: Option<std::path::PathBuf>,
+    /// Serve the web console under `/console` ([`console`]).
+    pub console: bool,
 }
 
 impl Default for ServeOptions {
@@ -115,6 +119,7 @@ impl Default for ServeOptions {
             max_response_headers: 64,
             max_response_header_bytes: 16 << 10,
             policy_file: None,
+            console: false,
         }
     }
 }
@@ -125,6 +130,8 @@ struct AppState {
     policy_file: Option<Arc<std::path::Path>>,
     admin_token: Option<Arc<str>>,
     header_budget: HeaderBudget,
+    /// The console's sessions (empty unless the console is served).
+    console: Arc<console::session::Sessions>,
 }
 
 /// How much response metadata may become headers.
@@ -144,8 +151,9 @@ pub fn router(host: Host, options: &ServeOptions) -> Router {
             entries: options.max_response_headers,
             bytes: options.max_response_header_bytes,
         },
+        console: Arc::default(),
     };
-    Router::new()
+    let api = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -165,7 +173,13 @@ pub fn router(host: Host, options: &ServeOptions) -> Router {
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/cluster", get(cluster))
         .route("/v1/policy/apply", post(apply_policy))
-        .route("/v1/audit", get(audit))
+        .route("/v1/audit", get(audit));
+    let routes = if options.console {
+        api.merge(console::routes())
+    } else {
+        api
+    };
+    routes
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             BodyBudget {
@@ -1292,21 +1306,25 @@ async fn end_rollout(state: AppState, name: String, headers: HeaderMap, promote:
         Ok(caller) => caller,
         Err(err) => return err.into_response(),
     };
-    let ended = if promote {
-        state.host.promote_rollout(&name).await
-    } else {
-        state.host.abort_rollout(&name).await
-    };
-    let response = match ended {
-        Ok(status) => axum::Json(status).into_response(),
-        Err(err) => rollout_error(&err),
-    };
+    let response = end_rollout_now(&state, &name, promote).await;
     let action = if promote {
         "rollout promote"
     } else {
         "rollout abort"
     };
     audited(&state, &caller, action, &name, response)
+}
+
+async fn end_rollout_now(state: &AppState, name: &str, promote: bool) -> Response {
+    let ended = if promote {
+        state.host.promote_rollout(name).await
+    } else {
+        state.host.abort_rollout(name).await
+    };
+    match ended {
+        Ok(status) => axum::Json(status).into_response(),
+        Err(err) => rollout_error(&err),
+    }
 }
 
 async fn pause(
