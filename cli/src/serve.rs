@@ -128,8 +128,9 @@ pub fn serve_command(args: ServeArgs) -> ExitCode {
         match listener.local_addr() {
             Ok(address) => {
                 println!("capsule serving on http://{address}");
+                // stdout stays one line: scripts read the address from it.
                 if args.console {
-                    println!("console at http://{address}/console");
+                    tracing::info!("console at http://{address}/console");
                 }
             }
             Err(err) => eprintln!("warning: cannot read the bound address: {err}"),

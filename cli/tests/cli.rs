@@ -792,8 +792,15 @@ fn serve_answers_http_reloads_changed_files_and_stops_on_sigterm() {
             path_str(&served)
         ),
     );
-    let server = ServeProcess::start(&file, &["--watch"]);
+    let server = ServeProcess::start(&file, &["--watch", "--console"]);
     let address = server.address.clone();
+    // The console is served when asked: an open host's overview.
+    let (status, page) = http(&address, "GET", "/console", "");
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("<td><a href=\"/console/plugins/hello\">hello</a></td>"),
+        "{page}"
+    );
 
     assert_eq!(
         http(&address, "GET", "/healthz", ""),

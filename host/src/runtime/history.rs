@@ -8,7 +8,8 @@
 //! a few dozen bytes plus 8 bytes per error kind seen in it (kinds are a
 //! closed set); the latency histograms of the last [`RECENT_WINDOWS`]
 //! windows only; one last error message per kind, cut to
-//! [`MAX_MESSAGE_BYTES`] (control characters escaped). Recording takes one uncontended lock and no
+//! [`MAX_MESSAGE_BYTES`] after its control characters are escaped (and
+//! formatted no further than that, outside the lock). Recording takes one uncontended lock and no
 //! allocation on a successful call. The history lives with the plugin's
 //! name: it survives reloads and goes when the plugin is unloaded.
 
@@ -33,8 +34,9 @@ pub const RECENT_WINDOWS: usize = 6;
 pub const MAX_MESSAGE_BYTES: usize = 256;
 
 /// Latency buckets: bucket `i` counts calls that took less than `2^i` µs;
-/// the last one counts the rest (over ~67 s).
-const LATENCY_BUCKETS: usize = 27;
+/// the last one counts the rest (18 minutes and more, reported as "at most
+/// 36 minutes", past any sensible call timeout).
+const LATENCY_BUCKETS: usize = 32;
 
 /// One window of a plugin's calls.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -75,6 +77,9 @@ pub struct LastError {
 pub struct HistorySnapshot {
     /// Windows with calls, oldest first, within the last hour.
     pub samples: Vec<Sample>,
+    /// How many seconds the "last minute" figures cover: the last
+    /// [`RECENT_WINDOWS`] whole windows and the one in progress (60 to 70).
+    pub minute_secs: u64,
     /// Calls in the last minute.
     pub minute_calls: u64,
     /// Failures in the last minute.
@@ -138,6 +143,9 @@ impl CallHistory {
         error: Option<(&'static str, &dyn Display)>,
     ) {
         let secs = unix_secs(now);
+        // Formatted before the lock, and only as far as it is kept: a
+        // plugin chooses how long its error message is.
+        let error = error.map(|(kind, message)| (kind, bounded_message(message)));
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.roll(secs / SAMPLE_SECS);
         let window = &mut inner.current;
@@ -156,7 +164,6 @@ impl CallHistory {
             Some((_, count)) => *count = count.saturating_add(1),
             None => window.error_kinds.push((kind, 1)),
         }
-        let message = crate::text::for_log(&message.to_string(), MAX_MESSAGE_BYTES).into_owned();
         inner.last_errors.retain(|e| e.kind != kind);
         inner.last_errors.insert(
             0,
@@ -174,7 +181,8 @@ impl CallHistory {
     }
 
     fn snapshot_at(&self, now: SystemTime) -> HistorySnapshot {
-        let index = unix_secs(now) / SAMPLE_SECS;
+        let secs = unix_secs(now);
+        let index = secs / SAMPLE_SECS;
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.roll(index);
         // The window in progress counts toward the last minute as well.
@@ -213,6 +221,7 @@ impl CallHistory {
         }
         HistorySnapshot {
             samples,
+            minute_secs: secs - first_recent * SAMPLE_SECS,
             minute_calls,
             minute_errors,
             minute_p50_us: percentile(&merged, 0.50),
@@ -227,7 +236,19 @@ impl Inner {
     /// Moves on to window `index`: the current window, if it had calls,
     /// becomes a sample; samples older than an hour go.
     fn roll(&mut self, index: u64) {
-        // A clock that went back keeps counting in the current window.
+        // A clock that went back a little keeps counting in the current
+        // window; one that went back further starts again from there, so the
+        // windows stay in step with the clock the console draws them by.
+        if index + 1 < self.current.index {
+            self.samples.retain(|s| s.at / SAMPLE_SECS < index);
+            self.recent.retain(|(at, _)| *at < index);
+            self.last_errors.retain(|e| e.at / SAMPLE_SECS < index);
+            self.current = Window {
+                index,
+                ..Window::default()
+            };
+            return;
+        }
         if index <= self.current.index {
             return;
         }
@@ -281,6 +302,40 @@ impl Window {
             error_kinds: self.error_kinds.clone(),
         }
     }
+}
+
+/// `message` escaped like a log field and cut to [`MAX_MESSAGE_BYTES`]
+/// (with `…`), without formatting more of it than that.
+fn bounded_message(message: &dyn Display) -> String {
+    use std::fmt::Write as _;
+    struct Bounded(String);
+    impl std::fmt::Write for Bounded {
+        fn write_str(&mut self, text: &str) -> std::fmt::Result {
+            let room = MAX_MESSAGE_BYTES + 1 - self.0.len();
+            if text.len() < room {
+                self.0.push_str(text);
+                return Ok(());
+            }
+            let mut cut = room;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            self.0.push_str(&text[..cut]);
+            // Stops the formatting: the rest would not be kept.
+            Err(std::fmt::Error)
+        }
+    }
+    let mut out = Bounded(String::with_capacity(64));
+    let _ = write!(out, "{message}");
+    let escaped = crate::text::for_log(&out.0, usize::MAX);
+    if escaped.len() <= MAX_MESSAGE_BYTES {
+        return escaped.into_owned();
+    }
+    let mut cut = MAX_MESSAGE_BYTES;
+    while !escaped.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &escaped[..cut])
 }
 
 fn unix_secs(time: SystemTime) -> u64 {
@@ -407,17 +462,48 @@ mod tests {
         assert_eq!(snapshot.last_errors.len(), 2);
         assert_eq!(snapshot.last_errors[0].kind, "timeout");
         assert!(snapshot.last_errors[1].message.starts_with("999x"));
-        assert!(snapshot.last_errors[1].message.len() <= MAX_MESSAGE_BYTES + 32);
+        assert!(snapshot.last_errors[1].message.len() <= MAX_MESSAGE_BYTES + "…".len());
+        // Escaping counts toward the budget.
+        history.record_at(at(53), ms(1), None, Some(("trap", &"\n".repeat(10_000))));
+        let message = &history.snapshot_at(at(54)).last_errors[0].message;
+        assert!(message.starts_with("\\n\\n"), "{message}");
+        assert!(
+            message.len() <= MAX_MESSAGE_BYTES + "…".len(),
+            "{}",
+            message.len()
+        );
         assert_eq!(snapshot.hour_errors, vec![("trap", 1_000), ("timeout", 1)]);
     }
 
     #[test]
-    fn a_clock_that_goes_back_counts_in_the_current_window() {
+    fn a_clock_that_goes_back_a_little_counts_in_the_current_window() {
         let history = CallHistory::default();
-        history.record_at(at(1_000), ms(1), None, None);
-        history.record_at(at(900), ms(1), None, None);
-        let snapshot = history.snapshot_at(at(1_001));
+        history.record_at(at(1_005), ms(1), None, None);
+        history.record_at(at(999), ms(1), None, None);
+        let snapshot = history.snapshot_at(at(1_006));
         assert_eq!(snapshot.samples.len(), 1);
         assert_eq!(snapshot.samples[0].calls, 2);
+    }
+
+    #[test]
+    fn a_clock_that_goes_back_far_starts_the_windows_again_from_there() {
+        let history = CallHistory::default();
+        history.record_at(at(100_000), ms(1), None, None);
+        history.record_at(at(100_020), ms(1), None, Some(("timeout", &"slow")));
+        // An hour back: what came "later" cannot be drawn against this clock.
+        history.record_at(at(96_400), ms(1), None, None);
+        let snapshot = history.snapshot_at(at(96_401));
+        assert_eq!(snapshot.samples.len(), 1);
+        assert_eq!(snapshot.samples[0].at, 96_400);
+        assert!(snapshot.last_errors.is_empty());
+    }
+
+    #[test]
+    fn the_last_minute_says_how_long_it_is_and_slow_calls_are_not_rounded_down() {
+        let history = CallHistory::default();
+        history.record_at(at(1_000), Duration::from_secs(120), None, None);
+        let snapshot = history.snapshot_at(at(1_003));
+        assert_eq!(snapshot.minute_secs, 63);
+        assert!(snapshot.minute_p99_us.unwrap() >= 120_000_000);
     }
 }

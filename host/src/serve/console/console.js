@@ -11,7 +11,12 @@
     const busy = document.activeElement && document.activeElement.closest("form");
     if (document.hidden || busy) return;
     try {
-      const response = await fetch(location.href, { credentials: "same-origin", redirect: "error" });
+      // Marked as a refresh: it keeps no idle session alive.
+      const response = await fetch(location.href, {
+        credentials: "same-origin",
+        redirect: "error",
+        headers: { "x-capsule-console-refresh": "1" },
+      });
       if (!response.ok) return;
       const page = new DOMParser().parseFromString(await response.text(), "text/html");
       const fresh = page.querySelector("main[data-refresh]");

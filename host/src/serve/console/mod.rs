@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::extract::{Form, Path, State};
+use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -60,7 +60,10 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/console/plugins/{name}/confirm/{action}", get(confirm))
         .route("/console/plugins/{name}/{action}", post(act))
         .route("/console/events", get(events_page))
-        .route("/console/events/republish", post(republish))
+        .route(
+            "/console/events/republish",
+            get(confirm_republish).post(republish),
+        )
         .route("/console/graph", get(graph_page))
         .route("/console/static/console.css", get(stylesheet))
         .route("/console/static/console.js", get(script))
@@ -88,7 +91,7 @@ impl Viewer {
     fn chrome(&self) -> Chrome<'_> {
         let flash = self.flash.clone();
         Chrome {
-            who: self.session.as_ref().map(|(_, s)| s.who.as_str()),
+            who: self.session.as_ref().map(|_| &*self.caller.name),
             role: self.caller.role.map(Role::as_str).unwrap_or("anonymous"),
             csrf: self.session.as_ref().map(|(_, s)| s.csrf.as_str()),
             admin: self.caller.is_admin(),
@@ -102,6 +105,9 @@ impl Viewer {
             .is_some_and(|(_, s)| constant_time_eq(s.csrf.as_bytes(), presented.as_bytes()))
     }
 }
+
+/// The header the console's script sends with its refreshes.
+const REFRESH_HEADER: &str = "x-capsule-console-refresh";
 
 fn sessions(state: &AppState) -> &Sessions {
     &state.console
@@ -144,11 +150,18 @@ impl IntoResponse for Away {
 /// Who the request is from: a live session whose key still exists (its
 /// current role decides), or an open host's anonymous reader.
 fn viewer(state: &AppState, headers: &HeaderMap) -> Result<Viewer, Away> {
+    // The page's own refresh is not the person using it: it keeps no
+    // session alive.
+    let refresh = headers.contains_key(REFRESH_HEADER);
     if let Some(id) = session_id(headers)
-        && let Some(session) = sessions(state).get(&id)
+        && let Some(session) = sessions(state).get(&id, !refresh)
     {
-        let role = match &session.credential {
-            Credential::AdminToken => state.admin_token.as_ref().map(|_| Role::Admin),
+        // The key as the policy holds it now: its current role and name.
+        let current = match &session.credential {
+            Credential::AdminToken => state
+                .admin_token
+                .as_ref()
+                .map(|_| (Role::Admin, Arc::from("admin-token"))),
             Credential::Key(digest) => {
                 let access = state.host.access();
                 match access.find_digest(digest) {
@@ -156,18 +169,18 @@ fn viewer(state: &AppState, headers: &HeaderMap) -> Result<Viewer, Away> {
                         if let Err(wait) = key.take() {
                             return Err(Away::RateSpent(wait));
                         }
-                        Some(key.key.role)
+                        Some((key.key.role, Arc::from(key.key.name.as_str())))
                     }
                     None => None,
                 }
             }
         };
-        match role {
-            Some(role @ (Role::View | Role::Admin)) => {
+        match current {
+            Some((role @ (Role::View | Role::Admin), name)) => {
                 let flash = sessions(state).take_flash(&id);
                 return Ok(Viewer {
                     caller: Caller {
-                        name: Arc::from(session.who.as_str()),
+                        name,
                         role: Some(role),
                     },
                     session: Some((id, session)),
@@ -250,19 +263,31 @@ fn now_secs() -> u64 {
 /// The login form. Its CSRF token is also set as a cookie of its own
 /// (`SameSite=Strict`), and a login must present both: another site cannot
 /// sign a browser in with a key of its choosing.
-async fn login_form() -> Response {
-    login_page(StatusCode::OK, None)
+async fn login_form(headers: HeaderMap) -> Response {
+    login_page(&headers, StatusCode::OK, None)
+}
+
+/// `; Secure` when the browser reached the console over HTTPS through a
+/// proxy that says so: the cookies are then never sent in the clear. (The
+/// server itself speaks plain HTTP, for loopback or behind such a proxy.)
+fn secure(headers: &HeaderMap) -> &'static str {
+    let https = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|proto| proto.eq_ignore_ascii_case("https"));
+    if https { "; Secure" } else { "" }
 }
 
 /// The login page with a fresh CSRF token in the form and its cookie.
-fn login_page(status: StatusCode, problem: Option<&str>) -> Response {
+fn login_page(headers: &HeaderMap, status: StatusCode, problem: Option<&str>) -> Response {
     let token = match session::random_token() {
         Ok(token) => token,
         Err(problem) => return (StatusCode::INTERNAL_SERVER_ERROR, problem).into_response(),
     };
     let mut response = html(status, view::login(problem, &token));
     let cookie = format!(
-        "{LOGIN_COOKIE}={token}; Path=/console/login; HttpOnly; SameSite=Strict; Max-Age=3600"
+        "{LOGIN_COOKIE}={token}; Path=/console/login; HttpOnly; SameSite=Strict; Max-Age=3600{}",
+        secure(headers)
     );
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, value);
@@ -292,7 +317,7 @@ async fn login(
             .host
             .audit()
             .denied("anonymous", "console-login", "", "unauthorized", message);
-        login_page(StatusCode::UNAUTHORIZED, Some(message))
+        login_page(&headers, StatusCode::UNAUTHORIZED, Some(message))
     };
     let expected = cookie(&headers, LOGIN_COOKIE);
     if !expected.is_some_and(|token| constant_time_eq(token.as_bytes(), form.csrf.as_bytes())) {
@@ -330,8 +355,9 @@ async fn login(
     };
     state.host.audit().action(&who, "console login", "", "ok");
     let cookie = format!(
-        "{COOKIE}={id}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={}",
-        session::MAX_AGE.as_secs()
+        "{COOKIE}={id}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        session::MAX_AGE.as_secs(),
+        secure(&headers)
     );
     let mut response = Redirect::to("/console").into_response();
     if let Ok(value) = HeaderValue::from_str(&cookie) {
@@ -351,7 +377,7 @@ async fn logout(
     Form(form): Form<CsrfForm>,
 ) -> Response {
     if let Some(id) = session_id(&headers)
-        && let Some(session) = sessions(&state).get(&id)
+        && let Some(session) = sessions(&state).get(&id, true)
         && constant_time_eq(session.csrf.as_bytes(), form.csrf.as_bytes())
     {
         sessions(&state).end(&id);
@@ -482,7 +508,7 @@ async fn confirm(
         Ok(viewer) => viewer,
         Err(away) => return away.into_response(),
     };
-    let (Some((_, session)), true) = (&viewer.session, viewer.caller.is_admin()) else {
+    let Some(session) = admin_session(&viewer) else {
         return forbidden(&viewer, "administer the host");
     };
     let Some(what) = describe_action(&action, &name) else {
@@ -622,6 +648,72 @@ struct RepublishForm {
     id: String,
 }
 
+#[derive(Deserialize)]
+struct LetterQuery {
+    id: String,
+}
+
+/// The viewer's session if it is an admin's.
+fn admin_session(viewer: &Viewer) -> Option<&Session> {
+    match (&viewer.session, viewer.caller.is_admin()) {
+        (Some((_, session)), true) => Some(session),
+        _ => None,
+    }
+}
+
+/// Asks before re-publishing a dead letter, naming every plugin that will
+/// receive it: the event goes to the topic, not only to the plugin that
+/// gave up on it.
+async fn confirm_republish(
+    State(state): State<AppState>,
+    Query(query): Query<LetterQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let viewer = match viewer(&state, &headers) {
+        Ok(viewer) => viewer,
+        Err(away) => return away.into_response(),
+    };
+    let Some(session) = admin_session(&viewer) else {
+        return forbidden(&viewer, "re-publish events");
+    };
+    let letters = match state.host.deployment_dead_letters().await {
+        Ok(letters) => letters,
+        Err(problem) => {
+            let message = format!("The dead letters could not be read: {problem}");
+            return page(
+                &viewer,
+                "Dead letters unavailable",
+                StatusCode::SERVICE_UNAVAILABLE,
+                view::problem("Dead letters unavailable", &message),
+            );
+        }
+    };
+    let Some(letter) = letters.iter().find(|l| letter_id(l) == query.id) else {
+        return page(
+            &viewer,
+            "Not kept",
+            StatusCode::NOT_FOUND,
+            view::problem("Not kept", "That dead letter is no longer kept."),
+        );
+    };
+    let receivers: Vec<String> = state
+        .host
+        .statuses()
+        .into_iter()
+        .filter(|s| {
+            s.details
+                .grants
+                .events
+                .subscribe
+                .iter()
+                .any(|pattern| pattern.matches(&letter.event.topic))
+        })
+        .map(|s| s.details.name)
+        .collect();
+    let body = view::confirm_republish(letter, &query.id, &receivers, &session.csrf);
+    page(&viewer, "Confirm", StatusCode::OK, body)
+}
+
 /// Publishes a dead letter's event again on its topic (admin): every
 /// subscriber of the topic gets it, as with `POST /v1/events/{topic}`.
 async fn republish(
@@ -643,23 +735,23 @@ async fn republish(
         );
         return forbidden(&viewer, "re-publish events");
     }
-    let letters = state
-        .host
-        .deployment_dead_letters()
-        .await
-        .unwrap_or_default();
-    let message = match letters.iter().find(|l| letter_id(l) == form.id) {
-        None => "Failed: that dead letter is no longer kept.".to_owned(),
-        Some(letter) if letter.payload_truncated => {
-            "Failed: only the start of that payload was kept; it cannot be re-published.".to_owned()
-        }
-        Some(letter) => {
-            let topic = letter.event.topic.clone();
-            let response =
-                super::publish_now(&state, &topic, letter.event.payload.clone().into()).await;
-            let response = super::audited(&state, &viewer.caller, "republish", &topic, response);
-            outcome_message(response, &format!("re-publish on `{topic}`")).await
-        }
+    let message = match state.host.deployment_dead_letters().await {
+        Err(problem) => format!("Failed: the dead letters could not be read: {problem}"),
+        Ok(letters) => match letters.iter().find(|l| letter_id(l) == form.id) {
+            None => "Failed: that dead letter is no longer kept.".to_owned(),
+            Some(letter) if letter.payload_truncated => {
+                "Failed: only the start of that payload was kept; it cannot be re-published."
+                    .to_owned()
+            }
+            Some(letter) => {
+                let topic = letter.event.topic.clone();
+                let response =
+                    super::publish_now(&state, &topic, letter.event.payload.clone().into()).await;
+                let response =
+                    super::audited(&state, &viewer.caller, "republish", &topic, response);
+                outcome_message(response, &format!("re-publish on `{topic}`")).await
+            }
+        },
     };
     if let Some((id, _)) = &viewer.session {
         sessions(&state).flash(id, &message);

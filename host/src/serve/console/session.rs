@@ -20,6 +20,9 @@ use crate::access::Role;
 /// Sessions kept at once.
 pub const MAX_SESSIONS: usize = 256;
 
+/// Sessions one key (or the admin token) may hold at once.
+pub const MAX_PER_CREDENTIAL: usize = 8;
+
 /// A session unused this long ends.
 pub const IDLE: Duration = Duration::from_secs(30 * 60);
 
@@ -80,20 +83,36 @@ impl Sessions {
         };
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         sessions.retain(|_, s| live(s, now));
-        if sessions.len() >= MAX_SESSIONS
-            && let Some(oldest) = sessions
+        let own = sessions
+            .values()
+            .filter(|s| s.credential == session.credential)
+            .count();
+        // Past its own share a key ends its own oldest session; past the
+        // table's size, the least recently used of all goes.
+        let evict: Option<Option<&Credential>> = if own >= MAX_PER_CREDENTIAL {
+            Some(Some(&session.credential))
+        } else if sessions.len() >= MAX_SESSIONS {
+            Some(None)
+        } else {
+            None
+        };
+        if let Some(among) = evict {
+            let oldest = sessions
                 .iter()
+                .filter(|(_, s)| among.is_none_or(|c| &s.credential == c))
                 .min_by_key(|(_, s)| s.used)
-                .map(|(id, _)| id.clone())
-        {
-            sessions.remove(&oldest);
+                .map(|(id, _)| id.clone());
+            if let Some(oldest) = oldest {
+                sessions.remove(&oldest);
+            }
         }
         sessions.insert(id.clone(), session);
         Ok(id)
     }
 
-    /// The live session `id` names, marked as used now.
-    pub fn get(&self, id: &str) -> Option<Session> {
+    /// The live session `id` names; `touch` marks it used now (a page a
+    /// person asked for, not the page refreshing itself).
+    pub fn get(&self, id: &str, touch: bool) -> Option<Session> {
         let now = Instant::now();
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let session = sessions.get_mut(id)?;
@@ -101,7 +120,9 @@ impl Sessions {
             sessions.remove(id);
             return None;
         }
-        session.used = now;
+        if touch {
+            session.used = now;
+        }
         Some(session.clone())
     }
 
@@ -157,6 +178,12 @@ pub fn random_token() -> Result<String, String> {
 mod tests {
     use super::*;
 
+    fn many_key(n: usize) -> [u8; 32] {
+        let mut digest = [2u8; 32];
+        digest[..8].copy_from_slice(&(n as u64).to_le_bytes());
+        digest
+    }
+
     #[test]
     fn sessions_are_random_bounded_and_carry_one_flash() {
         let sessions = Sessions::default();
@@ -164,27 +191,35 @@ mod tests {
             .start("ops", Role::View, Credential::Key([7; 32]))
             .unwrap();
         assert_eq!(first.len(), 64);
-        let session = sessions.get(&first).unwrap();
+        let session = sessions.get(&first, true).unwrap();
         assert_eq!(session.who, "ops");
         assert_eq!(session.csrf.len(), 64);
         assert_ne!(session.csrf, first);
-        assert!(sessions.get("not-a-session").is_none());
+        assert!(sessions.get("not-a-session", true).is_none());
         sessions.flash(&first, &"x".repeat(10_000));
         let flash = sessions.take_flash(&first).unwrap();
         assert!(flash.len() <= MAX_FLASH_BYTES + 32, "{}", flash.len());
         assert!(sessions.take_flash(&first).is_none());
+        // One key logging in again and again ends only its own sessions.
         for _ in 0..(2 * MAX_SESSIONS) {
             sessions
-                .start("flood", Role::View, Credential::AdminToken)
+                .start("flood", Role::View, Credential::Key([1; 32]))
+                .unwrap();
+        }
+        assert_eq!(sessions.len(), MAX_PER_CREDENTIAL + 1);
+        assert!(sessions.get(&first, true).is_some());
+        // Many keys fill the table; then the least recently used goes.
+        for key in 0..=MAX_SESSIONS {
+            sessions
+                .start("many", Role::View, Credential::Key(many_key(key)))
                 .unwrap();
         }
         assert_eq!(sessions.len(), MAX_SESSIONS);
-        // The least recently used went first: the first login is long gone.
-        assert!(sessions.get(&first).is_none());
+        assert!(sessions.get(&first, true).is_none());
         let last = sessions
             .start("ops", Role::Admin, Credential::AdminToken)
             .unwrap();
         sessions.end(&last);
-        assert!(sessions.get(&last).is_none());
+        assert!(sessions.get(&last, true).is_none());
     }
 }

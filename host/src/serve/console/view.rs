@@ -190,14 +190,16 @@ pub fn overview(rows: &[Row<'_>], readiness: &Readiness, now_secs: u64) -> Marku
                     @let status = row.status;
                     @let history = row.history;
                     @let name = &status.details.name;
-                    @let fuel_max = history.samples.last().map(|s| s.fuel_max);
+                    @let fuel_max = history.samples.last()
+                        .filter(|s| s.at + history.minute_secs >= now_secs)
+                        .map(|s| s.fuel_max);
                     tr data-plugin=(name) {
                         td { a href=(format!("/console/plugins/{}", path_segment(name))) { (name) } }
                         td { (state_badge(status.state)) }
                         td { (status.details.info.version) }
                         td { code title=(status.details.digest) { (short_digest(&status.details.digest)) } }
                         td { (signers(status)) }
-                        td.num { (format!("{:.2}", history.minute_calls as f64 / 60.0)) }
+                        td.num { (format!("{:.2}", history.minute_calls as f64 / history.minute_secs.max(1) as f64)) }
                         td.num {
                             @if history.minute_calls > 0 {
                                 (format!("{:.1}%", 100.0 * history.minute_errors as f64 / history.minute_calls as f64))
@@ -215,7 +217,7 @@ pub fn overview(rows: &[Row<'_>], readiness: &Readiness, now_secs: u64) -> Marku
                 }
             }
         }
-        p.note { "Rates and percentiles cover the last minute; sparklines the last hour in 10-second windows." }
+        p.note { "Rates, percentiles and fuel cover the last minute; sparklines the last hour in 10-second windows." }
     }
 }
 
@@ -300,7 +302,9 @@ pub fn plugin(page: &PluginPage<'_>, chrome: &Chrome<'_>, now_secs: u64) -> Mark
                                 td { code { (kind) } }
                                 td.num { (count) }
                                 td.message {
-                                    @if let Some(last) = history.last_errors.iter().find(|e| e.kind == *kind) {
+                                    @if !chrome.admin {
+                                        span.muted { "shown to admin keys" }
+                                    } @else if let Some(last) = history.last_errors.iter().find(|e| e.kind == *kind) {
                                         (last.message)
                                     }
                                 }
@@ -395,6 +399,33 @@ pub fn confirm(plugin: &str, action: &str, what: &str, csrf: &str) -> Markup {
     }
 }
 
+/// The page that asks before a dead letter's event is published again.
+pub fn confirm_republish(
+    letter: &DeadLetter,
+    id: &str,
+    receivers: &[String],
+    csrf: &str,
+) -> Markup {
+    html! {
+        h1 { "Re-publish?" }
+        p { "Publish this event on " code { (letter.event.topic) } " again. It was given up on by "
+            strong { (letter.subscriber) } " (" (letter.reason) ")." }
+        pre { (payload_text(&letter.event.payload)) }
+        @if receivers.is_empty() {
+            p { "No loaded plugin subscribes to this topic now: nobody will receive it." }
+        } @else {
+            p #receivers { "Every plugin subscribed to the topic receives it: " (receivers.join(", ")) "." }
+        }
+        form method="post" action="/console/events/republish" {
+            input type="hidden" name="csrf" value=(csrf);
+            input type="hidden" name="id" value=(id);
+            button #confirm type="submit" { "Yes, re-publish" }
+            " "
+            a href="/console/events" { "Cancel" }
+        }
+    }
+}
+
 /// A dead letter as the events page lists it, with the id its re-publish
 /// form names.
 pub struct Letter<'a> {
@@ -450,14 +481,8 @@ pub fn events(
                                 td.message { (letter.reason) }
                                 td.payload { pre { (payload_text(&letter.event.payload)) @if letter.payload_truncated { "…" } } }
                                 td {
-                                    @if chrome.admin && !letter.payload_truncated {
-                                        @if let Some(csrf) = chrome.csrf {
-                                            form method="post" action="/console/events/republish" {
-                                                input type="hidden" name="csrf" value=(csrf);
-                                                input type="hidden" name="id" value=(id);
-                                                button.republish type="submit" { "Re-publish" }
-                                            }
-                                        }
+                                    @if chrome.admin && chrome.csrf.is_some() && !letter.payload_truncated {
+                                        a.button.republish href=(format!("/console/events/republish?id={id}")) { "Re-publish…" }
                                     }
                                 }
                             }
