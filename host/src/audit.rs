@@ -365,14 +365,7 @@ fn remove_beyond(file: &std::path::Path, keep: u32) {
 
 /// `text` cut to [`MAX_EXAMPLE_BYTES`] on a character boundary.
 fn cut(text: &str) -> String {
-    if text.len() <= MAX_EXAMPLE_BYTES {
-        return text.to_owned();
-    }
-    let mut end = MAX_EXAMPLE_BYTES;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
+    crate::text::cut(text, MAX_EXAMPLE_BYTES).into_owned()
 }
 
 fn rfc3339(time: SystemTime) -> String {

@@ -47,6 +47,25 @@ pub fn for_log(text: &str, max: usize) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// `text` cut to at most `max` bytes on a character boundary, with `…`
+/// after it when anything was cut.
+///
+/// ```
+/// # use capsule_host::text::cut;
+/// assert_eq!(cut("héllo", 2), "h…");
+/// assert_eq!(cut("short", 10), "short");
+/// ```
+pub fn cut(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}…", &text[..end]))
+}
+
 /// [`for_log`] with [`LOG_FIELD_BYTES`].
 pub fn log_field(text: &str) -> Cow<'_, str> {
     for_log(text, LOG_FIELD_BYTES)

@@ -328,14 +328,7 @@ fn bounded_message(message: &dyn Display) -> String {
     let mut out = Bounded(String::with_capacity(64));
     let _ = write!(out, "{message}");
     let escaped = crate::text::for_log(&out.0, usize::MAX);
-    if escaped.len() <= MAX_MESSAGE_BYTES {
-        return escaped.into_owned();
-    }
-    let mut cut = MAX_MESSAGE_BYTES;
-    while !escaped.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}…", &escaped[..cut])
+    crate::text::cut(&escaped, MAX_MESSAGE_BYTES).into_owned()
 }
 
 fn unix_secs(time: SystemTime) -> u64 {

@@ -240,6 +240,30 @@ async fn text_of(browser: &Client, css: &str) -> String {
         .unwrap()
 }
 
+/// The browser's console session cookie.
+async fn session_cookie(browser: &Client) -> String {
+    browser
+        .get_named_cookie("capsule_console")
+        .await
+        .unwrap()
+        .value()
+        .to_owned()
+}
+
+/// Posts a console form outside the browser, with `cookie` as the session.
+async fn post_form(server: &Server, path: &str, cookie: &str, form: &str) -> StatusCode {
+    server
+        .client
+        .post(server.url(path))
+        .header("cookie", format!("capsule_console={cookie}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form.to_owned())
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
 async fn no_script_ran(browser: &Client) {
     // An `alert()` would leave a dialog open; the injected `onerror` would
     // have set the title.
@@ -379,12 +403,7 @@ async fn the_console_shows_plugins_and_refusals_and_lets_an_admin_act_in_a_real_
 
     // Nor may it act by posting the forms itself, with its own session's
     // CSRF token.
-    let view_cookie = browser
-        .get_named_cookie("capsule_console")
-        .await
-        .unwrap()
-        .value()
-        .to_owned();
+    let view_cookie = session_cookie(&browser).await;
     let view_csrf = browser
         .find(Locator::Css("header .who input[name=csrf]"))
         .await
@@ -400,16 +419,11 @@ async fn the_console_shows_plugins_and_refusals_and_lets_an_admin_act_in_a_real_
             format!("csrf={view_csrf}&id=00"),
         ),
     ] {
-        let refused = server
-            .client
-            .post(server.url(path))
-            .header("cookie", format!("capsule_console={view_cookie}"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(form)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(refused.status(), StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(
+            post_form(&server, path, &view_cookie, &form).await,
+            StatusCode::FORBIDDEN,
+            "{path}"
+        );
     }
     assert_eq!(
         server.host.status("hello").unwrap().state,
@@ -519,22 +533,17 @@ async fn the_console_shows_plugins_and_refusals_and_lets_an_admin_act_in_a_real_
 
     // A form without the session's CSRF token is refused, even with the
     // session's cookie.
-    let cookie = browser
-        .get_named_cookie("capsule_console")
-        .await
-        .unwrap()
-        .value()
-        .to_owned();
-    let forged = server
-        .client
-        .post(server.url("/console/plugins/hello/resume"))
-        .header("cookie", format!("capsule_console={cookie}"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("csrf=0000")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    let cookie = session_cookie(&browser).await;
+    assert_eq!(
+        post_form(
+            &server,
+            "/console/plugins/hello/resume",
+            &cookie,
+            "csrf=0000"
+        )
+        .await,
+        StatusCode::FORBIDDEN
+    );
     assert_eq!(
         server.host.status("hello").unwrap().state,
         capsule_host::PluginState::Paused

@@ -523,6 +523,30 @@ async fn confirm(
     page(&viewer, "Confirm", StatusCode::OK, body)
 }
 
+/// The refusal of a form posted without an admin session or without its
+/// session's CSRF token (audited like the API's refusals), if it is one.
+fn refuse_unless_admin_form(
+    state: &AppState,
+    viewer: &Viewer,
+    csrf: &str,
+    target: &str,
+) -> Option<Response> {
+    if viewer.caller.is_admin() && viewer.csrf_ok(csrf) {
+        return None;
+    }
+    state.host.audit().denied(
+        &viewer.caller.name,
+        "console-action",
+        target,
+        "forbidden",
+        "a console form without an admin session or its CSRF token",
+    );
+    Some(forbidden(
+        viewer,
+        "do this (an admin session and its own form are needed)",
+    ))
+}
+
 /// Runs a confirmed action through the same code as the API's route, and
 /// audits it the same way.
 async fn act(
@@ -535,18 +559,8 @@ async fn act(
         Ok(viewer) => viewer,
         Err(away) => return away.into_response(),
     };
-    if !viewer.caller.is_admin() || !viewer.csrf_ok(&form.csrf) {
-        state.host.audit().denied(
-            &viewer.caller.name,
-            "console-action",
-            &name,
-            "forbidden",
-            "an action without an admin session or its CSRF token",
-        );
-        return forbidden(
-            &viewer,
-            "do this (an admin session and its form are needed)",
-        );
+    if let Some(refused) = refuse_unless_admin_form(&state, &viewer, &form.csrf, &name) {
+        return refused;
     }
     let response = match action.as_str() {
         "pause" => super::set_paused_now(&state, &name, true),
@@ -725,15 +739,8 @@ async fn republish(
         Ok(viewer) => viewer,
         Err(away) => return away.into_response(),
     };
-    if !viewer.caller.is_admin() || !viewer.csrf_ok(&form.csrf) {
-        state.host.audit().denied(
-            &viewer.caller.name,
-            "console-action",
-            "",
-            "forbidden",
-            "a re-publish without an admin session or its CSRF token",
-        );
-        return forbidden(&viewer, "re-publish events");
+    if let Some(refused) = refuse_unless_admin_form(&state, &viewer, &form.csrf, "republish") {
+        return refused;
     }
     let message = match state.host.deployment_dead_letters().await {
         Err(problem) => format!("Failed: the dead letters could not be read: {problem}"),
