@@ -17,7 +17,7 @@ use capsule_host::services::kv::KvGrant;
 use capsule_host::{Grants, PluginSpec};
 use capsule_tests::plugin_path;
 use capsule_tests::plugins::{
-    HELLO, INGEST_ENRICH, INGEST_TRANSFORM, MARKUP, ORDER_AUDIT, ROUTER, THUMBNAIL,
+    HELLO, HELLO_V0_1, INGEST_ENRICH, INGEST_TRANSFORM, MARKUP, ORDER_AUDIT, ROUTER, THUMBNAIL,
 };
 use fantoccini::{Client, ClientBuilder, Locator};
 use reqwest::StatusCode;
@@ -373,6 +373,10 @@ async fn the_console_shows_plugins_and_refusals_and_lets_an_admin_act_in_a_real_
             .await
             .contains("watcher (view)")
     );
+    assert_eq!(
+        text_of(&browser, "#dead-letter-count").await,
+        "dead letters here: 1"
+    );
     screenshot(&browser, "overview").await;
 
     // A plugin whose description, error and log are markup shows them as
@@ -561,6 +565,48 @@ async fn the_console_shows_plugins_and_refusals_and_lets_an_admin_act_in_a_real_
         capsule_host::PluginState::Active
     );
 
+    // A rollout: both versions side by side, and the admin aborts it. (The
+    // router requires hello's `greeting`, which the 0.1 version does not
+    // provide: it goes first, or the rollout would be refused.)
+    assert!(server.host.unload("router").await);
+    let started = server
+        .admin(
+            "/v1/plugins/hello/rollout",
+            serde_json::json!({ "path": plugin_path(HELLO_V0_1), "share": 30 }).to_string(),
+        )
+        .await;
+    assert_eq!(started.status(), StatusCode::OK);
+    for _ in 0..10 {
+        let greeted = server
+            .client
+            .post(server.url("/v1/plugins/hello/call?op=greet"))
+            .bearer_auth(CALL_KEY)
+            .body(r#"{"name":"Ada"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(greeted.status(), StatusCode::OK);
+    }
+    browser
+        .goto(&format!("{base}/console/plugins/hello"))
+        .await
+        .unwrap();
+    let stable = text_of(&browser, "#rollout-versions tr[data-track=stable]").await;
+    let canary = text_of(&browser, "#rollout-versions tr[data-track=canary]").await;
+    assert!(text_of(&browser, "#rollout").await.contains("takes 30%"));
+    let calls = |row: &str| -> u64 { row.split_whitespace().nth(3).unwrap().parse().unwrap() };
+    assert_eq!(calls(&stable) + calls(&canary), 10, "{stable} | {canary}");
+    assert!(calls(&canary) > 0, "{canary}");
+    screenshot(&browser, "plugin-hello-rollout").await;
+    click_and_load(&browser, Locator::Id("abort")).await;
+    click_and_load(&browser, Locator::Id("confirm")).await;
+    assert!(
+        text_of(&browser, "p.flash")
+            .await
+            .contains("Done: abort hello")
+    );
+    assert!(text_of(&browser, "#rollout").await.contains("aborted"));
+
     // Re-publishing the dead letter: order-audit rejects it again.
     browser
         .goto(&format!("{base}/console/events"))
@@ -661,6 +707,12 @@ async fn the_console_is_off_unless_asked_and_read_only_for_anonymous_readers() {
             .all(|c| !c.to_str().unwrap().starts_with("capsule_console=")),
         "{cookies:?}"
     );
+    // The cluster: an embedded host lists itself, serving its plugins.
+    let cluster = server.get("/console/cluster").await;
+    assert_eq!(cluster.status(), StatusCode::OK);
+    let cluster = cluster.text().await.unwrap();
+    assert!(cluster.contains("(this host)"), "{cluster}");
+    assert!(cluster.contains("hello-strict 0.1.0"), "{cluster}");
     // The static parts are served with the console.
     let script = server.get("/console/static/console.js").await;
     assert_eq!(script.status(), StatusCode::OK);

@@ -3,10 +3,11 @@
 //!
 //! | page | what | who |
 //! |------|------|-----|
-//! | `/console` | every plugin: state, version, digest, signer, calls/s, error rate, p50/p99, fuel vs limit, a sparkline of its last hour; readiness, open circuits, rollouts | view |
-//! | `/console/plugins/{name}` | its imports next to the grants that serve them, limits, last hour (calls, errors, p99, fuel), errors by kind with the latest message, rollout, refusals from the audit log (admin) and the actions | view |
-//! | `/console/events` | topics each plugin publishes to and subscribes to, its queue, dead letters with their payload and a re-publish button (admin) | view |
+//! | `/console` | every plugin: state, version, digest, signer, calls/s, error rate, p50/p99, fuel vs limit, a sparkline of its last hour; readiness, open circuits, rollouts, dead letters | view |
+//! | `/console/plugins/{name}` | its imports next to the grants that serve them, limits, last hour (calls, errors, p99, fuel), errors by kind (the latest message to admins), a rollout's two versions side by side, refusals from the audit log (admin) and the actions | view |
+//! | `/console/events` | topics each plugin publishes to and subscribes to, its queue, dead letters with their payload and a re-publish button (admin; it asks first, naming every subscriber the event will reach) | view |
 //! | `/console/graph` | who may call whom, pipelines and events as a picture | view |
+//! | `/console/cluster` | the deployment's hosts (with NATS) and what each serves | view |
 //! | `/console/login` | a form taking an API key (role `view` or `admin`) or the admin token | anyone |
 //!
 //! A login becomes a session cookie (`HttpOnly`, `SameSite=Strict`,
@@ -65,6 +66,7 @@ pub(super) fn routes() -> Router<AppState> {
             get(confirm_republish).post(republish),
         )
         .route("/console/graph", get(graph_page))
+        .route("/console/cluster", get(cluster_page))
         .route("/console/static/console.css", get(stylesheet))
         .route("/console/static/console.js", get(script))
 }
@@ -411,7 +413,12 @@ async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Response
         .map(|(status, history)| Row { status, history })
         .collect();
     let readiness = state.host.readiness().await;
-    let body = view::overview(&rows, &readiness, now_secs());
+    // This host's, from memory: the page refreshes every few seconds, and
+    // the deployment's (read from NATS) are on the events page.
+    let dead_letters = viewer
+        .may(&state, Action::Inspect)
+        .then(|| state.host.dead_letters().len());
+    let body = view::overview(&rows, &readiness, dead_letters, now_secs());
     page(&viewer, "Plugins", StatusCode::OK, body)
 }
 
@@ -440,14 +447,20 @@ async fn plugin_page(
     let (imports, unused_grants) =
         crate::check::imports_and_grants(&details.component, &details.grants);
     let mut grants = serde_json::to_value(details.grants.summary()).unwrap_or_default();
-    let mut rollout = status
-        .rollout
-        .as_ref()
-        .map(|r| serde_json::to_value(r).unwrap_or_default());
+    // Host paths (mounts, the new version's file) are for admins only, as
+    // in the API.
+    let mut rollout = status.rollout.clone().or_else(|| {
+        // How the last one ended, to whoever may inspect rollouts (as
+        // `GET /v1/plugins/{name}/rollout`).
+        viewer
+            .may(&state, Action::Inspect)
+            .then(|| state.host.rollout(&name))
+            .flatten()
+    });
     if viewer.caller.is_admin() {
         grants["files"] = serde_json::to_value(&details.grants.files).unwrap_or_default();
     } else if let Some(rollout) = &mut rollout {
-        super::hide_host_path(rollout);
+        rollout.path = std::path::PathBuf::new();
     }
     let audit = viewer.caller.is_admin().then(|| {
         let plugin_who = format!("plugin:{name}");
@@ -821,6 +834,19 @@ async fn graph_page(State(state): State<AppState>, headers: HeaderMap) -> Respon
     }
     let body = view::graph(&graph, &pipelines);
     page(&viewer, "Graph", StatusCode::OK, body)
+}
+
+async fn cluster_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let viewer = match viewer(&state, &headers) {
+        Ok(viewer) => viewer,
+        Err(away) => return away.into_response(),
+    };
+    if !viewer.may(&state, Action::Read) {
+        return forbidden(&viewer, "read what the host runs");
+    }
+    let cluster = state.host.cluster().await;
+    let body = view::cluster(&cluster, now_secs());
+    page(&viewer, "Cluster", StatusCode::OK, body)
 }
 
 async fn stylesheet() -> Response {

@@ -8,7 +8,7 @@ use super::chart::{self, Graph, format_number, path_segment};
 use crate::audit::AuditRecord;
 use crate::check::{ImportCheck, ImportStatus};
 use crate::runtime::{
-    DeadLetter, HistorySnapshot, PluginState, PluginStatus, Readiness, RolloutState,
+    DeadLetter, HistorySnapshot, PluginState, PluginStatus, Readiness, RolloutState, RolloutStatus,
 };
 
 /// Dead letters listed on the events page.
@@ -50,6 +50,7 @@ pub fn page(title: &str, chrome: &Chrome<'_>, body: Markup) -> Markup {
                         a href="/console" { "Plugins" }
                         a href="/console/events" { "Events" }
                         a href="/console/graph" { "Graph" }
+                        a href="/console/cluster" { "Cluster" }
                     }
                     div.who {
                         @match chrome.who {
@@ -147,7 +148,14 @@ pub struct Row<'a> {
 }
 
 /// The overview: every plugin with its state and last hour.
-pub fn overview(rows: &[Row<'_>], readiness: &Readiness, now_secs: u64) -> Markup {
+///
+/// `dead_letters` is how many this host holds, for viewers who may see them.
+pub fn overview(
+    rows: &[Row<'_>],
+    readiness: &Readiness,
+    dead_letters: Option<usize>,
+    now_secs: u64,
+) -> Markup {
     let open_circuits = rows
         .iter()
         .filter(|r| r.status.state == PluginState::CircuitOpen)
@@ -168,6 +176,9 @@ pub fn overview(rows: &[Row<'_>], readiness: &Readiness, now_secs: u64) -> Marku
             li { (rows.len()) " plugins loaded" }
             li { (open_circuits) " open circuits" }
             li { (rollouts.len()) " rollouts in progress" }
+            @if let Some(count) = dead_letters {
+                li #dead-letter-count { a href="/console/events" { "dead letters here: " (count) } }
+            }
             li { "backend " (readiness.backend.kind) ": "
                  @if readiness.backend.reachable { "reachable" } @else { span.bad { "unreachable" } } }
         }
@@ -231,8 +242,9 @@ pub struct PluginPage<'a> {
     pub imports: &'a [ImportCheck],
     /// Grants nothing imports.
     pub unused_grants: &'a [String],
-    /// The rollout, as JSON the viewer may see.
-    pub rollout: Option<serde_json::Value>,
+    /// The rollout running or last ended (its file path emptied for
+    /// non-admins).
+    pub rollout: Option<RolloutStatus>,
     /// Refusals and actions naming it (admin only: `None` otherwise).
     pub audit: Option<Vec<AuditRecord>>,
     /// The limits, as their JSON fields.
@@ -273,8 +285,8 @@ pub fn plugin(page: &PluginPage<'_>, chrome: &Chrome<'_>, now_secs: u64) -> Mark
                 }
                 a.button #reload href=(format!("/console/plugins/{segment}/confirm/reload")) { "Reload" }
                 @if status.rollout.as_ref().is_some_and(|r| r.state == RolloutState::Running) {
-                    a.button href=(format!("/console/plugins/{segment}/confirm/promote")) { "Promote rollout" }
-                    a.button href=(format!("/console/plugins/{segment}/confirm/abort")) { "Abort rollout" }
+                    a.button #promote href=(format!("/console/plugins/{segment}/confirm/promote")) { "Promote rollout" }
+                    a.button #abort href=(format!("/console/plugins/{segment}/confirm/abort")) { "Abort rollout" }
                 }
             }
         }
@@ -353,10 +365,7 @@ pub fn plugin(page: &PluginPage<'_>, chrome: &Chrome<'_>, now_secs: u64) -> Mark
             }
         }
         @if let Some(rollout) = &page.rollout {
-            section #rollout {
-                h2 { "Rollout" }
-                pre { (serde_json::to_string_pretty(rollout).unwrap_or_default()) }
-            }
+            (rollout_section(rollout))
         }
         section #denials {
             h2 { "Refusals and actions" }
@@ -377,6 +386,53 @@ pub fn plugin(page: &PluginPage<'_>, chrome: &Chrome<'_>, now_secs: u64) -> Mark
                                     td.message { (record.example.as_deref().unwrap_or("")) }
                                 }
                             }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A rollout: its state and share, then each version's calls side by side.
+fn rollout_section(rollout: &RolloutStatus) -> Markup {
+    let rate = |failures: u64, calls: u64| {
+        if calls == 0 {
+            "–".to_owned()
+        } else {
+            format!("{:.1}%", 100.0 * failures as f64 / calls as f64)
+        }
+    };
+    html! {
+        section #rollout {
+            h2 { "Rollout " span.badge { (rollout.state.as_str()) } }
+            p {
+                "The new version takes " strong { (format!("{:.0}%", rollout.share)) } " of the calls"
+                @if let (Some(step), Some(every)) = (rollout.step, &rollout.every) {
+                    ", " (format!("{step:.0}")) " points more every " (every)
+                }
+                "; rolled back above " (format!("{:.1}%", rollout.max_error_rate))
+                " failures within " (rollout.window) " (after " (rollout.min_calls) " calls)."
+                @if let Some(reason) = &rollout.reason { " " (reason) }
+            }
+            @if !rollout.path.as_os_str().is_empty() {
+                p.muted { "New version's file: " code { (rollout.path.display()) } }
+            }
+            table #rollout-versions {
+                thead { tr {
+                    th { "version" } th { "digest" } th { "calls" } th { "failures" }
+                    th { "in the window" } th { "failure rate (window)" } th { "mean latency" }
+                } }
+                tbody {
+                    @for (track, stats) in [("stable", &rollout.stable), ("canary", &rollout.canary)] {
+                        tr data-track=(track) {
+                            td { strong { (track) } " " (stats.version) }
+                            td { code title=(stats.digest) { (short_digest(&stats.digest)) } }
+                            td.num { (stats.calls) }
+                            td.num { (stats.failures) }
+                            td.num { (stats.window_failures) " / " (stats.window_calls) }
+                            td.num { (rate(stats.window_failures, stats.window_calls)) }
+                            td.num { (format!("{:.2} ms", stats.mean_duration_ms)) }
                         }
                     }
                 }
@@ -521,6 +577,53 @@ pub fn graph(graph: &Graph, pipelines: &[crate::runtime::Pipeline]) -> Markup {
                 }
             }
         }
+    }
+}
+
+/// The deployment's hosts and what each serves (this host alone without
+/// NATS).
+pub fn cluster(cluster: &Result<crate::runtime::Cluster, String>, now_secs: u64) -> Markup {
+    html! {
+        h1 { "Cluster" }
+        @match cluster {
+            Err(problem) => p.error { "The deployment's hosts could not be read: " (problem) },
+            Ok(cluster) => {
+                p { "Backend " code { (cluster.backend) } "; this host is " strong { (cluster.this_host) } "." }
+                table #hosts {
+                    thead { tr { th { "host" } th { "capsule" } th { "up for" } th { "last seen" } th { "plugins (version, digest, serving)" } } }
+                    tbody {
+                        @for host in &cluster.hosts {
+                            tr data-host=(host.host) {
+                                td { (host.host) @if host.host == cluster.this_host { " (this host)" } }
+                                td { (host.capsule) }
+                                td.num { (format_age(now_secs.saturating_sub(host.started_at))) }
+                                td.num { (format_age(now_secs.saturating_sub(host.updated_at))) " ago" }
+                                td {
+                                    @for plugin in &host.plugins {
+                                        span.served {
+                                            (plugin.name) " " (plugin.version) " "
+                                            code title=(plugin.digest) { (short_digest(&plugin.digest)) }
+                                            @if !plugin.serving { " " span.badge.warn { "paused" } }
+                                        }
+                                        " · "
+                                    }
+                                    @if host.more_plugins > 0 { "and " (host.more_plugins) " more" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn format_age(secs: u64) -> String {
+    match secs {
+        s if s >= 86_400 => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+        s if s >= 3600 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("{}m {}s", s / 60, s % 60),
+        s => format!("{s}s"),
     }
 }
 
