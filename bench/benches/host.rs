@@ -23,6 +23,10 @@
 //!   `throughput` (a burst, timed until the last is handled) and `latency`
 //!   (one at a time, publish to handled), on the in-process bus and through
 //!   JetStream with one and two hosts pulling.
+//! - `serve`: `hello` greetings over loopback HTTP/1.1 keep-alive from 16
+//!   client connections, through `capsule serve` (`serve_on`) and through a
+//!   plain axum handler doing the same JSON work natively; the servers on a
+//!   2-worker runtime, the client on another.
 //!
 //! The plugins come from `cargo xtask build-plugins` (`CAPSULE_PLUGIN_DIR`).
 
@@ -674,11 +678,119 @@ fn remote(c: &mut Criterion) {
     group.finish();
 }
 
+/// Requests one `serve` iteration sends, over [`HTTP_CONNECTIONS`]
+/// keep-alive connections (the same as `BATCH`: `cargo xtask bench` turns
+/// both into calls per second alike).
+const HTTP_BATCH: u64 = 2000;
+const HTTP_CONNECTIONS: u64 = 16;
+
+fn serve(c: &mut Criterion) {
+    let mut group = c.benchmark_group("serve");
+    group.throughput(Throughput::Elements(HTTP_BATCH));
+    group.sample_size(10);
+    // The servers on a 2-worker runtime of their own; the load generator on
+    // another (both share the machine's cores, for both servers alike).
+    let servers = runtime(2);
+    let clients = runtime(2);
+    let host = host_with(
+        &servers,
+        builder(),
+        "hello",
+        "hello",
+        Limits {
+            max_instances: 4,
+            max_queued: 10_000,
+            ..Limits::default()
+        },
+    );
+    // `capsule serve` as it runs: its own accept loop and connection
+    // budgets around the router.
+    let capsule = servers.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(capsule_host::serve::serve_on(
+            listener,
+            host,
+            capsule_host::serve::ServeOptions::default(),
+            std::future::pending(),
+        ));
+        address
+    });
+    // The same work natively: read the JSON name, answer the greeting.
+    let native = axum::Router::new().route(
+        "/v1/plugins/hello/call",
+        axum::routing::post(|body: axum::body::Bytes| async move {
+            let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let name = request["name"].as_str().unwrap_or("world");
+            axum::Json(serde_json::json!({ "greeting": format!("Hello, {name}!") }))
+        }),
+    );
+    let native = servers.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, native).await });
+        address
+    });
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(HTTP_CONNECTIONS as usize)
+        .build()
+        .unwrap();
+    for (id, address) in [("axum_native", native), ("capsule", capsule)] {
+        let url = format!("http://{address}/v1/plugins/hello/call?op=greet");
+        // Every answer is checked once, outside the timing.
+        let first = clients.block_on(greet(&client, &url));
+        assert_eq!(first, r#"{"greeting":"Hello, Ada!"}"#, "{id}");
+        group.bench_function(id, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    total += clients.block_on(http_batch(&client, &url));
+                }
+                total
+            });
+        });
+    }
+    group.finish();
+}
+
+async fn greet(client: &reqwest::Client, url: &str) -> String {
+    let response = client
+        .post(url)
+        .body(r#"{"name":"Ada"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    response.text().await.unwrap()
+}
+
+/// `HTTP_BATCH` greetings over `HTTP_CONNECTIONS` connections at once;
+/// returns the wall time.
+async fn http_batch(client: &reqwest::Client, url: &str) -> Duration {
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..HTTP_CONNECTIONS)
+        .map(|_| {
+            let client = client.clone();
+            let url = url.to_owned();
+            tokio::spawn(async move {
+                for _ in 0..HTTP_BATCH / HTTP_CONNECTIONS {
+                    black_box(greet(&client, &url).await);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    started.elapsed()
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
-    targets = echo, throughput, load, verify, compute, kv, backend, events, remote
+    targets = echo, throughput, serve, load, verify, compute, kv, backend, events, remote
 }
 criterion_main!(benches);

@@ -84,6 +84,8 @@ impl Summary {
             "throughput/warm/2_workers",
             "throughput/fresh/1_worker",
             "throughput/fresh/2_workers",
+            "serve/axum_native",
+            "serve/capsule",
             "load/cold",
             "load/cached",
             "verify/4MiB",
@@ -190,6 +192,21 @@ impl Summary {
                 "scaling ≥ 1.8×",
             );
         }
+        let (served, native_http) = (
+            self.calls_per_second("serve/capsule"),
+            self.calls_per_second("serve/axum_native"),
+        );
+        row(
+            "`capsule serve`, hello greet over loopback HTTP/1.1 keep-alive (16 connections), 2 workers",
+            served.map_or("—".into(), |s| format!("{s:.0}/s")),
+            native_http.map_or("—".into(), |n| {
+                format!("plain axum handler, same JSON work {n:.0}/s")
+            }),
+            served
+                .zip(native_http)
+                .map_or("—".into(), |(s, n)| format!("{:.0}%", 100.0 * s / n)),
+            "≥ 50%",
+        );
         let (cold, cached) = (self.ns("load/cold"), self.ns("load/cached"));
         row(
             "load a signed plugin from the compile cache (verify + deserialize)",
