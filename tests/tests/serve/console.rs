@@ -722,3 +722,144 @@ async fn the_console_is_off_unless_asked_and_read_only_for_anonymous_readers() {
     );
     server.stop().await.unwrap();
 }
+
+/// Signs in to the console with `key` outside a browser: the login form's
+/// token and cookie, then the form. The session cookie's value.
+async fn console_login(server: &Server, key: &str) -> String {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let form = client
+        .get(server.url("/console/login"))
+        .send()
+        .await
+        .unwrap();
+    let login_cookie = form.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = form.text().await.unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    let signed_in = client
+        .post(server.url("/console/login"))
+        .header("cookie", login_cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("key={key}&csrf={csrf}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
+    signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .strip_prefix("capsule_console=")
+        .unwrap()
+        .to_owned()
+}
+
+/// What `GET /console` answers the session `cookie`: its status, and where
+/// a redirect points.
+async fn overview_as(server: &Server, cookie: &str) -> (StatusCode, Option<String>) {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = client
+        .get(server.url("/console"))
+        .header("cookie", format!("capsule_console={cookie}"))
+        .send()
+        .await
+        .unwrap();
+    let location = response
+        .headers()
+        .get("location")
+        .map(|l| l.to_str().unwrap().to_owned());
+    (response.status(), location)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_removed_or_demoted_by_an_apply_ends_its_console_sessions_at_once() {
+    let dir = capsule_tests::temp_dir("console-rotation");
+    let (watcher, ops) = (
+        capsule_host::access::generate_key().unwrap(),
+        capsule_host::access::generate_key().unwrap(),
+    );
+    let hello = format!(
+        "[plugins.hello]\npath = \"{}\"\n",
+        super::plugin_file(HELLO)
+    );
+    let keys = |watcher_role: Option<&str>| {
+        let mut keys = vec![("ops", "admin", "", ops.as_str())];
+        if let Some(role) = watcher_role {
+            // Only a `call` key names what it may call.
+            let scope = if role == "call" {
+                "plugins = [\"*\"]"
+            } else {
+                ""
+            };
+            keys.push(("watcher", role, scope, watcher.as_str()));
+        }
+        super::api_keys(&keys)
+    };
+    let path = super::write_policy(&dir, &format!("{}\n{hello}", keys(Some("view"))));
+    let policy = capsule_host::Policy::load(&path).unwrap();
+    let host = capsule_host::HostBuilder::from_policy(&policy)
+        .build()
+        .unwrap();
+    assert!(host.load_policy(&policy).await.is_empty());
+    let server = Server::serve(
+        host,
+        ServeOptions {
+            policy_file: Some(path.clone()),
+            console: true,
+            ..ServeOptions::default()
+        },
+    )
+    .await;
+    let apply = |server: &Server| {
+        let request = server
+            .client
+            .post(server.url("/v1/policy/apply"))
+            .bearer_auth(&ops)
+            .send();
+        async move { request.await.unwrap().status() }
+    };
+
+    // Demoted to `call`: the session no longer sees the console.
+    let session = console_login(&server, &watcher).await;
+    assert_eq!(overview_as(&server, &session).await.0, StatusCode::OK);
+    super::write_policy(&dir, &format!("{}\n{hello}", keys(Some("call"))));
+    assert_eq!(apply(&server).await, StatusCode::OK);
+    assert_eq!(
+        overview_as(&server, &session).await,
+        (StatusCode::SEE_OTHER, Some("/console/login".to_owned()))
+    );
+
+    // Back to `view`, signed in again, then removed: the same.
+    super::write_policy(&dir, &format!("{}\n{hello}", keys(Some("view"))));
+    assert_eq!(apply(&server).await, StatusCode::OK);
+    let session = console_login(&server, &watcher).await;
+    assert_eq!(overview_as(&server, &session).await.0, StatusCode::OK);
+    super::write_policy(&dir, &format!("{}\n{hello}", keys(None)));
+    assert_eq!(apply(&server).await, StatusCode::OK);
+    assert_eq!(
+        overview_as(&server, &session).await,
+        (StatusCode::SEE_OTHER, Some("/console/login".to_owned()))
+    );
+    // The admin key's own session is untouched.
+    let admin = console_login(&server, &ops).await;
+    assert_eq!(overview_as(&server, &admin).await.0, StatusCode::OK);
+    server.stop().await.unwrap();
+}
