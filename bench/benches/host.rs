@@ -7,7 +7,8 @@
 //! - `throughput`: `hello` greetings from many tasks on 1 and 2 worker
 //!   threads, with warm instances and with a fresh instance per call;
 //! - `load`: loading a signed plugin cold (verify + compile) and from the
-//!   compile cache (verify + deserialize);
+//!   compile cache (verify + deserialize); and 1000 distinct plugins (1000
+//!   digests, each signed) into one host from the compile cache;
 //! - `verify`: signature verification of a 4 MiB component;
 //! - `compute`: a 4 MB prime sieve natively and in Capsule with fuel and
 //!   epoch interruption on and off;
@@ -321,6 +322,100 @@ fn load(c: &mut Criterion) {
             });
         });
     }
+    group.finish();
+    let _ = std::fs::remove_dir_all(cache);
+}
+
+/// Distinct plugins the `load/distinct_1000` row loads into one host.
+const DISTINCT: usize = 1000;
+
+/// 1000 different signed plugins (hello with a section naming its index,
+/// so each has its own digest and its own cache entry) loaded into one host
+/// from a filled compile cache: signature, cache MAC and deserialization
+/// each time, and whatever the registry costs as it grows. Instances are
+/// allocated on demand (a pool sized for 1000 plugins is its own budget).
+fn load_distinct(c: &mut Criterion) {
+    let rt = runtime(2);
+    let key = SecretKey::generate().unwrap();
+    let hello = std::fs::read(plugin("hello")).unwrap();
+    let variants: Vec<Arc<[u8]>> = (0..DISTINCT)
+        .map(|i| {
+            let mut variant = hello.clone();
+            variant.extend(encode_custom(
+                "capsule-bench-variant",
+                i.to_string().as_bytes(),
+            ));
+            signature::sign(&variant, &key).unwrap().embedded.into()
+        })
+        .collect();
+    let cache = std::env::temp_dir().join(format!("capsule-bench-many-{}", std::process::id()));
+    let host = || {
+        Host::builder()
+            .trust(key.public_key())
+            .cache_dir(&cache)
+            .engine_options(EngineOptions {
+                pooling: None,
+                ..EngineOptions::default()
+            })
+            .default_limits(Limits {
+                max_instances: 1,
+                ..Limits::default()
+            })
+            .build()
+            .unwrap()
+    };
+    let load_all = |host: Host, variants: Vec<Arc<[u8]>>| async move {
+        // Two loaders, as the policy loader would on two cores.
+        let halves: Vec<Vec<(usize, Arc<[u8]>)>> = {
+            let (even, odd): (Vec<_>, Vec<_>) = variants
+                .into_iter()
+                .enumerate()
+                .partition(|(i, _)| i % 2 == 0);
+            vec![even, odd]
+        };
+        let tasks: Vec<_> = halves
+            .into_iter()
+            .map(|half| {
+                let host = host.clone();
+                tokio::spawn(async move {
+                    let mut from_cache = 0;
+                    for (i, bytes) in half {
+                        let details = host
+                            .load(PluginSpec::from_bytes(format!("hello-{i}"), bytes))
+                            .await
+                            .unwrap();
+                        from_cache += usize::from(details.compiled_from_cache);
+                    }
+                    from_cache
+                })
+            })
+            .collect();
+        let mut from_cache = 0;
+        for task in tasks {
+            from_cache += task.await.unwrap();
+        }
+        from_cache
+    };
+    // Fill the cache (compiles every variant once).
+    rt.block_on(load_all(host(), variants.clone()));
+    let mut group = c.benchmark_group("load");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(DISTINCT as u64));
+    group.bench_function("distinct_1000", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let fresh = host();
+                let started = Instant::now();
+                let from_cache = rt.block_on(load_all(fresh.clone(), variants.clone()));
+                total += started.elapsed();
+                assert_eq!(from_cache, DISTINCT, "every variant came from the cache");
+                assert_eq!(fresh.statuses().len(), DISTINCT);
+                drop(fresh);
+            }
+            total
+        });
+    });
     group.finish();
     let _ = std::fs::remove_dir_all(cache);
 }
@@ -791,6 +886,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
-    targets = echo, throughput, serve, load, verify, compute, kv, backend, events, remote
+    targets = echo, throughput, serve, load, load_distinct, verify, compute, kv, backend, events, remote
 }
 criterion_main!(benches);
