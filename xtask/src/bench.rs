@@ -220,7 +220,10 @@ impl Summary {
         row(
             "1000 distinct signed plugins loaded into one host from the compile cache (2 loaders)",
             time(distinct),
-            format!("1000 × one cached load {}", time(cached.map(|c| c * 1000.0))),
+            format!(
+                "1000 × one cached load {}",
+                time(cached.map(|c| c * 1000.0))
+            ),
             ratio(distinct, cached.map(|c| c * 1000.0)),
             "≤ 2 s",
         );

@@ -240,6 +240,19 @@ async fn text_of(browser: &Client, css: &str) -> String {
         .unwrap()
 }
 
+/// Greets Ada through the API with the `call` key: the answer's status.
+async fn greet(server: &Server) -> StatusCode {
+    server
+        .client
+        .post(server.url("/v1/plugins/hello/call?op=greet"))
+        .bearer_auth(CALL_KEY)
+        .body(r#"{"name":"Ada"}"#)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
 /// The browser's console session cookie.
 async fn session_cookie(browser: &Client) -> String {
     browser
@@ -281,15 +294,7 @@ async fn the_console_shows_plugins_and_refusals_and_lets_an_admin_act_in_a_real_
     let base = server.base.clone();
     // Traffic for the pages to show: hello succeeds, markup always fails.
     for _ in 0..5 {
-        let response = server
-            .client
-            .post(server.url("/v1/plugins/hello/call?op=greet"))
-            .bearer_auth(CALL_KEY)
-            .body(r#"{"name":"Ada"}"#)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(greet(&server).await, StatusCode::OK);
         let response = server
             .client
             .post(server.url("/v1/plugins/markup/call?op=run"))
@@ -506,15 +511,7 @@ async fn the_console_shows_plugins_and_refusals_and_lets_an_admin_act_in_a_real_
             .contains("Done: pause hello")
     );
     assert!(text_of(&browser, "h1").await.contains("paused"));
-    let paused = server
-        .client
-        .post(server.url("/v1/plugins/hello/call?op=greet"))
-        .bearer_auth(CALL_KEY)
-        .body(r#"{"name":"Ada"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(paused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(greet(&server).await, StatusCode::SERVICE_UNAVAILABLE);
     // The admin sees error messages, as text.
     browser
         .goto(&format!("{base}/console/plugins/markup"))
@@ -577,15 +574,7 @@ async fn the_console_shows_plugins_and_refusals_and_lets_an_admin_act_in_a_real_
         .await;
     assert_eq!(started.status(), StatusCode::OK);
     for _ in 0..10 {
-        let greeted = server
-            .client
-            .post(server.url("/v1/plugins/hello/call?op=greet"))
-            .bearer_auth(CALL_KEY)
-            .body(r#"{"name":"Ada"}"#)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(greeted.status(), StatusCode::OK);
+        assert_eq!(greet(&server).await, StatusCode::OK);
     }
     browser
         .goto(&format!("{base}/console/plugins/hello"))
