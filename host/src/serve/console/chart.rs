@@ -117,7 +117,7 @@ pub struct Graph {
 /// Nodes past this are not drawn (the page says so).
 pub const MAX_NODES: usize = 400;
 
-const COLUMN: u32 = 230;
+const COLUMN: u32 = 300;
 const ROW: u32 = 56;
 const BOX_W: u32 = 180;
 const BOX_H: u32 = 34;
