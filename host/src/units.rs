@@ -12,14 +12,39 @@ use std::time::Duration;
 /// assert_eq!(capsule_host::units::parse_size("1000"), Ok(1000));
 /// ```
 pub fn parse_size(text: &str) -> Result<u64, String> {
+    let bad = || format!("`{text}` is not a size (try `64MiB` or `1048576`)");
+    let too_large = || format!("`{text}` is more bytes than 64 bits hold");
     let trimmed = text.trim();
-    if trimmed.is_empty() || trimmed.starts_with('-') {
-        return Err(format!("`{text}` is not a size (try `64MiB` or `1048576`)"));
+    let split = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    if number.is_empty() {
+        return Err(bad());
     }
-    trimmed
-        .parse::<bytesize::ByteSize>()
-        .map(|size| size.as_u64())
-        .map_err(|_| format!("`{text}` is not a size (try `64MiB` or `1048576`)"))
+    let unit = unit.trim_start();
+    // `Unit * 1` is the unit's factor (bytesize keeps `factor` private).
+    let factor: u64 = if unit.is_empty() {
+        1
+    } else {
+        unit.parse::<bytesize::Unit>().map_err(|_| bad())? * 1
+    };
+    // Exact arithmetic, refused rather than saturated when it does not fit:
+    // bytesize itself reads `17179869184GiB` as u64::MAX, a value some
+    // settings would then accept as "unlimited".
+    if number.contains('.') {
+        let value: f64 = number.parse().map_err(|_| bad())?;
+        let bytes = value * factor as f64;
+        // 2^64 is exact in f64; anything at or above it does not fit.
+        if bytes >= 18_446_744_073_709_551_616.0 {
+            return Err(too_large());
+        }
+        Ok(bytes as u64)
+    } else {
+        // Only digits: parsing fails on overflow alone.
+        let value: u64 = number.parse().map_err(|_| too_large())?;
+        value.checked_mul(factor).ok_or_else(too_large)
+    }
 }
 
 /// Parses a duration such as `500ms`, `2s` or `1m 30s`.
@@ -135,6 +160,20 @@ mod tests {
         assert!(parse_size("lots").is_err());
         assert!(parse_size("-1").is_err());
         assert!(parse_size("").is_err());
+        // Past 64 bits is refused, never saturated.
+        assert!(
+            parse_size("17179869184GiB")
+                .unwrap_err()
+                .contains("64 bits")
+        );
+        assert!(
+            parse_size("18446744073709551616")
+                .unwrap_err()
+                .contains("64 bits")
+        );
+        assert!(parse_size("99999999999999999999.5GiB").is_err());
+        assert_eq!(parse_size("18446744073709551615"), Ok(u64::MAX));
+        assert_eq!(parse_size("1.5KiB"), Ok(1536));
         assert_eq!(format_size(64 << 20), "64MiB");
         assert_eq!(format_size(1000), "1000");
     }

@@ -12,9 +12,7 @@
 //!   [`PRESENCE_EVERY`] and whenever its plugins change, so a host that dies
 //!   drops out of the listing by itself.
 //!
-//! Wire form of a call and of its reply: a 4-byte big-endian length, a JSON
-//! head of that length ([`CallHead`], [`ReplyHead`]), then the payload
-//! bytes as they are (no encoding of the payload, no header escaping).
+//! A call and its reply travel in the wire form of [`super::wire`].
 //!
 //! Budgets: a message is at most the server's `max_payload`, both ways; the
 //! serving connection buffers at most 64 calls per served plugin, 64 MiB of
@@ -31,9 +29,10 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::stream;
 use async_nats::{Client, Subscriber};
 use futures_util::TryStreamExt;
-use serde::{Deserialize, Serialize};
 
 use super::connection::REQUEST_TIMEOUT;
+#[cfg(test)]
+use super::wire::{CallHead, decode, encode};
 use super::{NatsConnection, host_token};
 
 /// How often a host rewrites its presence.
@@ -45,85 +44,6 @@ pub(crate) const PRESENCE_TTL: Duration = Duration::from_secs(15);
 
 /// Hosts `GET /v1/cluster` lists at most.
 pub(crate) const MAX_HOSTS: usize = 1024;
-
-/// What travels ahead of a call's payload.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct CallHead {
-    /// The operation requested.
-    pub(crate) operation: String,
-    /// The request's metadata.
-    pub(crate) metadata: Vec<(String, String)>,
-    /// How long the caller still waits, in milliseconds: the serving host
-    /// ends the call by then.
-    pub(crate) wait_ms: u64,
-    /// The calling host.
-    pub(crate) from: String,
-}
-
-/// What travels ahead of a reply's payload.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct ReplyHead {
-    /// The host that ran the call.
-    pub(crate) host: String,
-    /// The call's result.
-    pub(crate) result: ReplyResult,
-}
-
-/// How a call ended on the host that ran it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum ReplyResult {
-    /// It succeeded; the payload is the response's.
-    Ok {
-        metadata: Vec<(String, String)>,
-        fuel_used: Option<u64>,
-        callee_fuel: u64,
-        fresh_instance: bool,
-        // Absent from hosts older than the per-call resource report.
-        #[serde(default)]
-        fuel_limit: Option<u64>,
-        #[serde(default)]
-        memory_bytes: Option<u64>,
-        #[serde(default)]
-        memory_limit: u64,
-    },
-    /// It failed: the error's stable kind and message, and for a plugin's
-    /// own error its variant (`invalid_input`, `unsupported`, `denied`,
-    /// `failed`) with the plugin's message alone.
-    Err {
-        kind: String,
-        message: String,
-        plugin_error: Option<(String, String)>,
-    },
-}
-
-/// Frames `head` and `payload` as one message body.
-pub(crate) fn encode<H: Serialize>(head: &H, payload: &[u8]) -> Vec<u8> {
-    let head = serde_json::to_vec(head).expect("a head always serializes");
-    let mut body = Vec::with_capacity(4 + head.len() + payload.len());
-    body.extend_from_slice(&(head.len() as u32).to_be_bytes());
-    body.extend_from_slice(&head);
-    body.extend_from_slice(payload);
-    body
-}
-
-/// Splits a message body into its head and payload; a malformed body (from
-/// something that is not a Capsule host) is an error, never a panic.
-pub(crate) fn decode<H: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<(H, &[u8]), String> {
-    let Some((length, rest)) = body.split_first_chunk::<4>() else {
-        return Err(format!("a message of {} bytes has no head", body.len()));
-    };
-    let length = u32::from_be_bytes(*length) as usize;
-    if length > rest.len() {
-        return Err(format!(
-            "a head of {length} bytes in a message of {} bytes",
-            body.len()
-        ));
-    }
-    let (head, payload) = rest.split_at(length);
-    let head = serde_json::from_slice(head).map_err(|err| format!("a malformed head: {err}"))?;
-    Ok((head, payload))
-}
 
 /// Why a call could not be made on another host.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,6 +14,7 @@ pub(crate) mod connection;
 pub(crate) mod events;
 #[cfg(feature = "nats")]
 pub mod local;
+pub mod wire;
 
 #[cfg(feature = "nats")]
 pub use connection::NatsConnection;

@@ -29,10 +29,8 @@ use futures_util::StreamExt;
 
 use super::registry::Slot;
 use super::{Host, HostInner};
-use crate::backend::calls::{
-    CallHead, NatsCalls, PRESENCE_EVERY, ReplyHead, ReplyResult, RequestFailure, Worker, decode,
-    encode,
-};
+use crate::backend::calls::{NatsCalls, PRESENCE_EVERY, RequestFailure, Worker};
+use crate::backend::wire::{CallHead, ReplyHead, ReplyResult, decode, encode};
 use crate::contract::{PluginError, Request, Response};
 use crate::error::{CallError, CallFailure, ErrorKind};
 use crate::outcome::{CallOutcome, CallStats};

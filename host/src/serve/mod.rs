@@ -46,6 +46,7 @@
 //! shutdown takes at most `shutdown_deadline` in all.
 
 pub mod console;
+pub mod metadata;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -55,7 +56,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, RawQuery, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -67,8 +68,8 @@ use crate::error::{CallError, CallFailure, ErrorKind};
 use crate::outcome::CallOutcome;
 use crate::runtime::{Host, PipelineError};
 
-/// Prefix of headers that carry request and response metadata.
-pub const META_HEADER_PREFIX: &str = "x-capsule-meta-";
+use metadata::HeaderBudget;
+pub use metadata::META_HEADER_PREFIX;
 
 /// How the server behaves.
 #[derive(Debug, Clone)]
@@ -132,13 +133,6 @@ struct AppState {
     header_budget: HeaderBudget,
     /// The console's sessions (empty unless the console is served).
     console: Arc<console::session::Sessions>,
-}
-
-/// How much response metadata may become headers.
-#[derive(Debug, Clone, Copy)]
-struct HeaderBudget {
-    entries: usize,
-    bytes: usize,
 }
 
 /// The API as an axum router over `host`.
@@ -572,13 +566,7 @@ fn request_from(op: Option<String>, headers: &HeaderMap, body: Bytes) -> Result<
         ));
     };
     let mut request = Request::new(op, body.to_vec());
-    for (name, value) in headers {
-        if let Some(key) = name.as_str().strip_prefix(META_HEADER_PREFIX)
-            && let Ok(value) = value.to_str()
-        {
-            request.metadata.push((key.to_owned(), value.to_owned()));
-        }
-    }
+    request.metadata = metadata::request_metadata(headers);
     // W3C trace context rides in its own headers: the call's span becomes a
     // child of the caller's (tracestate is at most 512 bytes by the spec).
     for name in [crate::telemetry::TRACEPARENT, "tracestate"] {
@@ -593,7 +581,7 @@ fn request_from(op: Option<String>, headers: &HeaderMap, body: Bytes) -> Result<
 }
 
 fn call_response(outcome: CallOutcome, budget: HeaderBudget) -> Response {
-    let metadata = match metadata_headers(&outcome.response.metadata, budget) {
+    let metadata = match metadata::response_headers(&outcome.response.metadata, budget) {
         Ok(headers) => headers,
         Err(message) => {
             return error_response(
@@ -662,39 +650,6 @@ fn server_timing(host_calls: &[crate::ServiceCalls]) -> Option<HeaderValue> {
         })
         .collect();
     HeaderValue::from_str(&entries.join(", ")).ok()
-}
-
-/// Response metadata as `x-capsule-meta-*` headers, within `budget`. The
-/// budget is checked before any header is built, so no amount of metadata
-/// can grow a header map past what `http` (or any client) accepts. Entries
-/// whose key or value cannot be a header are left out.
-fn metadata_headers(
-    metadata: &[(String, String)],
-    budget: HeaderBudget,
-) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
-    let bytes: usize = metadata
-        .iter()
-        .map(|(key, value)| META_HEADER_PREFIX.len() + key.len() + value.len())
-        .sum();
-    if metadata.len() > budget.entries || bytes > budget.bytes {
-        return Err(format!(
-            "the response metadata ({} entries, {bytes} bytes as headers) does not fit in HTTP \
-             headers: at most {} entries and {} bytes",
-            metadata.len(),
-            budget.entries,
-            budget.bytes
-        ));
-    }
-    Ok(metadata
-        .iter()
-        .filter_map(|(key, value)| {
-            let name = HeaderName::from_bytes(format!("{META_HEADER_PREFIX}{key}").as_bytes());
-            match (name, HeaderValue::from_str(value)) {
-                (Ok(name), Ok(value)) => Some((name, value)),
-                _ => None,
-            }
-        })
-        .collect())
 }
 
 async fn call_plugin(

@@ -1,0 +1,57 @@
+//! `sections`: the section walker every component passes before anything
+//! is compiled — the framing signatures are defined over
+//! ([`sections::split`]), the top-level summary the loader reads
+//! ([`inspect::inspect`]) and the manifest section ([`manifest::read`]).
+
+use capsule_host::artifact::sections::{self, Reader};
+use capsule_host::artifact::{inspect, manifest};
+
+use crate::Target;
+
+/// The target.
+pub const TARGET: Target = Target {
+    name: "sections",
+    about: "split, inspect and read the manifest of any bytes: sections tile the file \
+            exactly, custom sections re-encode to the same name and data, and every file \
+            wasmparser reads as a component frames for the signature code too",
+    check,
+    seeds: || {
+        let mut seeds = crate::fixtures::samples();
+        seeds.push(b"\0asm\x0d\0\x01\0\x00\x80\x80\x80\x80\x10".to_vec());
+        seeds
+    },
+};
+
+fn check(data: &[u8]) {
+    let split = sections::split(data);
+    if let Ok(all) = &split {
+        let mut at = 8;
+        for section in all {
+            assert_eq!(section.range.start, at, "sections leave a gap or overlap");
+            assert!(section.range.end > section.range.start);
+            let whole = &data[section.range.clone()];
+            assert_eq!(whole[0], section.id);
+            assert!(whole.ends_with(section.payload));
+            at = section.range.end;
+            if let Some((name, custom)) = section.custom() {
+                let again = sections::encode_custom(name, custom);
+                let mut reader = Reader::new(&again[1..]);
+                let payload = reader.bytes().expect("an encoded section frames");
+                assert!(reader.is_empty());
+                assert_eq!(
+                    payload, section.payload,
+                    "a custom section re-encodes differently"
+                );
+            }
+        }
+        assert_eq!(at, data.len(), "sections do not reach the end of the file");
+    }
+    if inspect::inspect(data).is_ok() {
+        assert!(
+            split.is_ok(),
+            "wasmparser reads a component the signature framing cannot: {:?}",
+            split.err()
+        );
+    }
+    let _ = manifest::read(data);
+}

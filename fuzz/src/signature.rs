@@ -1,0 +1,208 @@
+//! The signature section: parsing and verifying on any bytes (`signature`),
+//! and signing arbitrary components then changing one byte (`sign`).
+
+use arbitrary::{Arbitrary, Unstructured};
+use capsule_host::artifact::inspect;
+use capsule_host::artifact::sections::{self, COMPONENT_HEADER, MODULE_HEADER};
+use capsule_host::artifact::signature::{self, DELIMITER_SECTION, SIGNATURE_SECTION, Verified};
+
+use crate::Target;
+use crate::fixtures::{self, positions, trusted, trusted_secret};
+
+/// `signature`: [`signature::verify`] and [`signature::list`] on any bytes.
+pub const TARGET: Target = Target {
+    name: "signature",
+    about: "verify and list on any file (first byte: allow partial signatures). A file that \
+            verifies names the trusted key, lists its signatures, and stops verifying when any \
+            covered byte changes",
+    check,
+    seeds: signed_samples,
+};
+
+/// `sign`: [`signature::sign`] on structured components, then one-byte
+/// changes.
+pub const SIGN_TARGET: Target = Target {
+    name: "sign",
+    about: "sign arbitrary components (embedded and detached, one or two signers): what is \
+            signed verifies, the unsigned content is unchanged, and no single changed byte of \
+            the covered content verifies",
+    check: check_sign,
+    seeds: || Vec::new(),
+};
+
+/// Where the covered content starts: after the embedded signature section,
+/// if the file has one.
+fn content_start(file: &[u8]) -> usize {
+    match sections::split(file) {
+        Ok(all) => match all.first().and_then(|first| first.custom()) {
+            Some((SIGNATURE_SECTION, _)) => all[0].range.end,
+            _ => 8,
+        },
+        Err(_) => 8,
+    }
+}
+
+/// Every single-byte change of a covered byte, at a sample of positions,
+/// must stop `file` from verifying — except a header turned into the other
+/// WebAssembly header, which the signature does not cover (as in
+/// wasmsign2) and which the loader refuses on its own when it is a module.
+fn assert_tamper_evident(
+    file: &[u8],
+    detached: Option<&[u8]>,
+    verified: &Verified,
+    allow_partial: bool,
+) {
+    let start = if detached.is_some() {
+        8
+    } else {
+        content_start(file)
+    };
+    let end = verified.covered_until.unwrap_or(file.len());
+    let mut at = positions(start..end, file, 12);
+    at.extend(positions(0..8, file, 3));
+    for position in at {
+        for flip in [0x01, 0x80, 0xff] {
+            let mut tampered = file.to_vec();
+            tampered[position] ^= flip;
+            let result = signature::verify(&tampered, detached, &[trusted()], allow_partial);
+            if position < 8 {
+                if result.is_ok() {
+                    let header = &tampered[..8];
+                    assert!(
+                        header == COMPONENT_HEADER || header == MODULE_HEADER,
+                        "a changed header byte {position} verified: {header:02x?}"
+                    );
+                    if header == MODULE_HEADER {
+                        assert!(inspect::check_header(&tampered).is_err());
+                    }
+                }
+                continue;
+            }
+            assert!(
+                result.is_err(),
+                "changing covered byte {position} (of {}) by {flip:#04x} still verifies: {result:?}",
+                file.len()
+            );
+        }
+    }
+}
+
+fn check(data: &[u8]) {
+    let Some((&flags, file)) = data.split_first() else {
+        return;
+    };
+    let allow_partial = flags & 1 != 0;
+    let verified = signature::verify(file, None, &[trusted()], allow_partial);
+    let listed = signature::list(file, None);
+    let Ok(verified) = verified else {
+        return;
+    };
+    assert_eq!(verified.signers, [trusted().key_id()]);
+    assert_eq!(verified.partial, verified.covered_until.is_some());
+    assert!(allow_partial || !verified.partial);
+    let listed = listed.expect("a file that verifies lists its signatures");
+    assert!(!listed.is_empty());
+    if !verified.partial {
+        assert!(listed.iter().any(|info| info.full));
+        // The content without the signature is exactly the bytes it covers.
+        let unsigned = signature::unsigned_content(file).expect("a verified file has content");
+        assert_eq!(&unsigned[8..], &file[content_start(file)..]);
+    }
+    assert_tamper_evident(file, None, &verified, allow_partial);
+}
+
+/// A section of a component the `sign` target builds.
+#[derive(Arbitrary, Debug)]
+enum Piece {
+    Custom { name: String, data: Vec<u8> },
+    Other { id: u8, payload: Vec<u8> },
+    Delimiter,
+}
+
+#[derive(Arbitrary, Debug)]
+struct Signing {
+    module: bool,
+    pieces: Vec<Piece>,
+    second_signer: bool,
+}
+
+fn check_sign(data: &[u8]) {
+    let Ok(input) = Signing::arbitrary_take_rest(Unstructured::new(data)) else {
+        return;
+    };
+    let framed: Vec<Vec<u8>> = input
+        .pieces
+        .iter()
+        .take(16)
+        .map(|piece| match piece {
+            Piece::Custom { name, data } => sections::encode_custom(name, data),
+            Piece::Other { id, payload } => fixtures::section((*id).max(1), payload),
+            Piece::Delimiter => sections::encode_custom(DELIMITER_SECTION, &[0; 16]),
+        })
+        .collect();
+    let file = if input.module {
+        fixtures::module(&framed)
+    } else {
+        fixtures::component(&framed)
+    };
+    let starts_signed = matches!(
+        input.pieces.first(),
+        Some(Piece::Custom { name, .. }) if name == SIGNATURE_SECTION
+    );
+    let signed = match signature::sign(&file, &trusted_secret()) {
+        Ok(signed) => signed,
+        Err(err) => {
+            // Only a first section that already claims to be a signature
+            // (and is not one) can stop signing.
+            assert!(starts_signed, "signing failed: {err}");
+            return;
+        }
+    };
+    let verified = signature::verify(&signed.embedded, None, &[trusted()], false)
+        .unwrap_or_else(|err| panic!("a file just signed does not verify: {err}"));
+    assert_eq!(verified.signers, [trusted().key_id()]);
+    assert!(!verified.partial);
+    let content = signature::unsigned_content(&signed.embedded).unwrap();
+    if !starts_signed {
+        assert_eq!(content, file, "signing changed the content");
+    }
+    // The detached payload verifies the content as it is.
+    let detached = signature::verify(&content, Some(&signed.signature), &[trusted()], false)
+        .unwrap_or_else(|err| panic!("a detached signature does not verify: {err}"));
+    assert_eq!(detached.signers, verified.signers);
+    assert_tamper_evident(&signed.embedded, None, &verified, false);
+    assert_tamper_evident(&content, Some(&signed.signature), &detached, false);
+
+    if input.second_signer {
+        let other = fixtures::other_secret();
+        let twice = signature::sign(&signed.embedded, &other).expect("a second signer signs");
+        let both = signature::verify(
+            &twice.embedded,
+            None,
+            &[trusted(), other.public_key()],
+            false,
+        )
+        .expect("both signatures verify");
+        let mut expected = vec![trusted().key_id(), other.public_key().key_id()];
+        expected.sort();
+        assert_eq!(both.signers, expected);
+        // Trusting only the first signer still verifies.
+        signature::verify(&twice.embedded, None, &[trusted()], false)
+            .expect("the first signature still verifies");
+    }
+}
+
+/// The sample components, each signed by the trusted test key, and one
+/// signed by another key; each with a flags byte in front.
+pub fn signed_samples() -> Vec<Vec<u8>> {
+    let mut seeds = Vec::new();
+    for sample in fixtures::samples() {
+        for key in [trusted_secret(), fixtures::other_secret()] {
+            let signed = signature::sign(&sample, &key)
+                .expect("samples sign")
+                .embedded;
+            seeds.push([&[0u8][..], &signed].concat());
+        }
+    }
+    seeds
+}
