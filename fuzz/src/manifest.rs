@@ -9,8 +9,8 @@ use crate::Target;
 pub const TARGET: Target = Target {
     name: "manifest",
     about: "parse any bytes as a manifest: an accepted one re-serializes to a document that \
-            parses to the same manifest, embeds into a component and reads back, and every \
-            schema it declares compiles (so validation at load cannot refuse it)",
+            parses to the same manifest; what signing embeds reads back the same, and every \
+            schema in it compiles (so no load refuses it for its schemas)",
     check,
     seeds: || {
         vec![
@@ -33,23 +33,24 @@ fn check(data: &[u8]) {
         "a manifest does not survive its own serialization"
     );
     assert_eq!(again.to_bytes(), bytes, "serialization is not stable");
+    let component = crate::fixtures::component(&[]);
+    // Signing embeds only manifests whose schemas compile, as loads compile
+    // them: what embed accepts, no load refuses for its schemas.
+    let Ok(embedded) = manifest::embed(&component, data) else {
+        assert!(
+            parsed.compile_schemas().is_err(),
+            "embed refuses a manifest whose schemas compile"
+        );
+        return;
+    };
     for operation in parsed.operations.iter().flatten() {
         for schema in [&operation.input, &operation.output].into_iter().flatten() {
-            if let Err(err) = manifest::compile_schema(schema) {
-                panic!(
-                    "operation `{}` has a schema parse accepts and load refuses: {err}",
-                    operation.name
-                );
-            }
+            assert!(manifest::compile_schema(schema).is_ok());
         }
     }
-    if let Some(schema) = &parsed.config
-        && let Err(err) = manifest::compile_schema(schema)
-    {
-        panic!("a config schema parse accepts and load refuses: {err}");
+    if let Some(schema) = &parsed.config {
+        assert!(manifest::compile_schema(schema).is_ok());
     }
-    let component = crate::fixtures::component(&[]);
-    let embedded = manifest::embed(&component, data).expect("an accepted manifest embeds");
     let read = manifest::read(&embedded).expect("an embedded manifest reads back");
     assert_eq!(read.as_ref(), Some(&parsed));
 }

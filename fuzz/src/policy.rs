@@ -38,7 +38,7 @@ pub const STRUCTURED_TARGET: Target = Target {
             (sizes, durations, counts, names, patterns): the same property as policy_text, \
             reached far more often",
     check: check_structured,
-    seeds: || Vec::new(),
+    seeds: crate::signature::structured_seeds,
 };
 
 /// Where the fuzzed policies say they are: a folder holding only

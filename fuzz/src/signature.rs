@@ -27,7 +27,7 @@ pub const SIGN_TARGET: Target = Target {
             signed verifies, the unsigned content is unchanged, and no single changed byte of \
             the covered content verifies",
     check: check_sign,
-    seeds: || Vec::new(),
+    seeds: structured_seeds,
 };
 
 /// Where the covered content starts: after the embedded signature section,
@@ -205,4 +205,14 @@ pub fn signed_samples() -> Vec<Vec<u8>> {
         }
     }
     seeds
+}
+
+/// Seeds for targets that build their input with `arbitrary`: any bytes
+/// make some input, and these make a few different ones.
+pub fn structured_seeds() -> Vec<Vec<u8>> {
+    vec![
+        vec![0; 64],
+        (0..=255).collect(),
+        (0..=255).rev().cycle().take(1024).collect(),
+    ]
 }

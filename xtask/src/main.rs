@@ -14,6 +14,8 @@
 //!   `--instructions` the instruction counts and their budgets;
 //! - `layers`: the host library's modules form no cycle (also run by
 //!   `test`);
+//! - `fuzz`: the libFuzzer targets of `fuzz/` with nightly, one or all,
+//!   for a while each (`--smoke`: briefly, as CI does);
 //! - `ci`: formatting, lints, then `test`.
 
 mod bench;
@@ -21,6 +23,7 @@ mod component;
 mod demo;
 mod demo_setup;
 mod discover;
+mod fuzz;
 mod instructions;
 mod layers;
 mod plugins;
@@ -60,6 +63,20 @@ enum Command {
     Ci,
     /// Check that the host library's top-level modules form no cycle.
     Layers,
+    /// Fuzz the parsers of untrusted input (docs/fuzzing.md): build the
+    /// libFuzzer targets with nightly (installed if missing, with
+    /// cargo-fuzz) and run one target or all, each for `--time`. An input
+    /// that breaks a property is kept in fuzz/regressions/ and fails the run.
+    Fuzz {
+        /// The target to run (all of them if omitted).
+        target: Option<String>,
+        /// How long each target runs: `90s`, `10m`, `2h`.
+        #[arg(long, default_value = "10m", value_parser = parse_time)]
+        time: std::time::Duration,
+        /// Every target briefly (20 s each), as CI runs them.
+        #[arg(long, conflicts_with_all = ["target", "time"])]
+        smoke: bool,
+    },
     /// Run the benchmarks (release) and print a summary table of ratios.
     Bench {
         /// Also benchmark the Extism peer (builds a second wasmtime, outside
@@ -91,6 +108,18 @@ fn main() -> Result<()> {
         Command::Test { cargo_args } => test(&workspace, &cargo_args)?,
         Command::Demo => demo::run(&workspace)?,
         Command::Layers => layers::check(&workspace.root.join("host/src"))?,
+        Command::Fuzz {
+            target,
+            time,
+            smoke,
+        } => {
+            let time = if smoke {
+                std::time::Duration::from_secs(20)
+            } else {
+                time
+            };
+            fuzz::fuzz(&workspace, &fuzz::Options { target, time })?;
+        }
         Command::Bench {
             instructions: true,
             update,
@@ -143,4 +172,22 @@ fn test(workspace: &shell::Workspace, extra: &[String]) -> Result<()> {
     // After the tests, so a failing test is reported first; instruction
     // counts catch a slower call path without a flaky timing test.
     instructions::check_after_tests(workspace, &built)
+}
+
+/// A duration on the command line: a number with `s`, `m` or `h`.
+fn parse_time(text: &str) -> Result<std::time::Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 90s, 10m or 2h"))?;
+    let seconds = match unit {
+        "" | "s" => number,
+        "m" => number * 60,
+        "h" => number * 3600,
+        _ => return Err(format!("`{text}` is not a duration such as 90s, 10m or 2h")),
+    };
+    Ok(std::time::Duration::from_secs(seconds))
 }

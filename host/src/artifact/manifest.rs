@@ -283,6 +283,31 @@ impl Manifest {
         Ok(())
     }
 
+    /// Compiles every schema the manifest declares, as a load does (input
+    /// schemas with `validate_input`, the config schema always): a schema
+    /// that [`Manifest::parse`] accepts can still name a type that does not
+    /// exist or a pattern the regex engine refuses. Signing calls this, so
+    /// no plugin is signed with a manifest its loads would refuse.
+    pub fn compile_schemas(&self) -> Result<(), String> {
+        for operation in self.operations.iter().flatten() {
+            for (which, schema) in [("input", &operation.input), ("output", &operation.output)] {
+                if let Some(schema) = schema {
+                    compile_schema(schema).map_err(|err| {
+                        format!(
+                            "the {which} schema of operation `{}` does not compile: {err}",
+                            operation.name
+                        )
+                    })?;
+                }
+            }
+        }
+        if let Some(schema) = &self.config {
+            compile_schema(schema)
+                .map_err(|err| format!("the config schema does not compile: {err}"))?;
+        }
+        Ok(())
+    }
+
     /// The declared operation named `name`.
     pub fn operation(&self, name: &str) -> Option<&Operation> {
         self.operations.iter().flatten().find(|op| op.name == name)
@@ -450,10 +475,11 @@ pub fn read(bytes: &[u8]) -> Result<Option<Manifest>, String> {
 
 /// `bytes` (an unsigned component without a manifest) with `document`
 /// appended as its `capsule-manifest` section, ready to be signed. The
-/// document is checked first, and embedded exactly as written: fields this
+/// document is checked first — every schema it declares must compile, as
+/// a load would compile it — and embedded exactly as written: fields this
 /// host does not know (from a newer SDK) are kept.
 pub fn embed(bytes: &[u8], document: &[u8]) -> Result<Vec<u8>, String> {
-    Manifest::parse(document)?;
+    Manifest::parse(document)?.compile_schemas()?;
     if read(bytes)?.is_some() {
         return Err(format!(
             "the component already has a `{MANIFEST_SECTION}` section"
@@ -525,6 +551,26 @@ mod tests {
         let newer = br#"{"format":1,"name":"x","version":"1.0.0","config_schema":{}}"#;
         let embedded = embed(EMPTY_COMPONENT, newer).unwrap();
         assert!(embedded.ends_with(newer));
+    }
+
+    /// Found by the `manifest` fuzz target: a schema naming a type that
+    /// does not exist passed `parse`, so a plugin could be signed with a
+    /// manifest every `validate_input` load refuses.
+    #[test]
+    fn signing_refuses_schemas_a_load_cannot_compile() {
+        let mut bad = manifest();
+        bad.operations.as_mut().unwrap()[0].input = Some(serde_json::json!({"type": "integep"}));
+        Manifest::parse(&bad.to_bytes()).unwrap();
+        let err = embed(EMPTY_COMPONENT, &bad.to_bytes()).unwrap_err();
+        assert!(
+            err.contains("input schema of operation `resize` does not compile"),
+            "{err}"
+        );
+
+        let mut config = manifest();
+        config.config = Some(serde_json::json!({"properties": {"x": {"pattern": "(?<=a)b"}}}));
+        let err = embed(EMPTY_COMPONENT, &config.to_bytes()).unwrap_err();
+        assert!(err.contains("config schema does not compile"), "{err}");
     }
 
     #[test]

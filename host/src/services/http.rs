@@ -80,7 +80,10 @@ impl OriginPattern {
             Some(domain) => (true, domain),
             None => (false, host),
         };
-        let host = host.to_ascii_lowercase();
+        // `example.com.` (the fully qualified form) is `example.com`, as
+        // `allows` reads the request's host: kept, the dot would make the
+        // pattern match nothing.
+        let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
         if host.is_empty() || host.contains('*') {
             return Err(bad("bad host; `*.` is only allowed as a prefix"));
         }
@@ -430,6 +433,13 @@ mod tests {
         assert!(!local.allows("http", "127.0.0.1", 18090));
         let v6 = OriginPattern::parse("http://[::1]:8080").unwrap();
         assert!(v6.allows("http", "::1", 8080));
+
+        // A fully qualified pattern (found by the `patterns` fuzz target:
+        // it used to match nothing at all).
+        let fqdn = OriginPattern::parse("https://api.example.com.").unwrap();
+        assert_eq!(fqdn, o);
+        assert!(fqdn.allows("https", "api.example.com.", 443));
+        assert!(OriginPattern::parse("https://.").is_err());
     }
 
     #[test]
