@@ -85,8 +85,9 @@ fn check(data: &[u8]) {
         ));
         let sample = fixtures::component(&[]);
         let signed = signature::sign(&sample, &secret).expect("an accepted key signs");
-        let verified = signature::verify(&signed.embedded, None, &[public.clone()], false)
-            .expect("what a key signs, its public half verifies");
+        let verified =
+            signature::verify(&signed.embedded, None, std::slice::from_ref(&public), false)
+                .expect("what a key signs, its public half verifies");
         assert_eq!(verified.signers, [public.key_id()]);
     }
 }

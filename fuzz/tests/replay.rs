@@ -32,7 +32,12 @@ fn replay(target: &Target, folder: &str) -> (usize, Vec<String>) {
     for path in &inputs {
         let data = std::fs::read(path).unwrap();
         if std::panic::catch_unwind(|| (target.check)(&data)).is_err() {
-            failed.push(format!("{} on {}", target.name, path.display()));
+            failed.push(format!(
+                "{} on {} (it checks: {})",
+                target.name,
+                path.display(),
+                target.about
+            ));
         }
     }
     (inputs.len(), failed)
@@ -110,6 +115,19 @@ fn every_target_has_a_libfuzzer_binary() {
             source.contains(&format!("\"{}\"", target.name)),
             "{} does not run target {}",
             path.display(),
+            target.name
+        );
+    }
+}
+
+/// docs/fuzzing.md describes every target.
+#[test]
+fn every_target_is_documented() {
+    let docs = std::fs::read_to_string(fuzz_dir().join("../docs/fuzzing.md")).unwrap();
+    for target in TARGETS {
+        assert!(
+            docs.contains(&format!("| `{}` |", target.name)),
+            "docs/fuzzing.md has no row for `{}`",
             target.name
         );
     }

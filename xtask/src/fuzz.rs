@@ -41,6 +41,10 @@ pub struct Options {
     pub target: Option<String>,
     /// How long each target runs.
     pub time: Duration,
+    /// A smoke run, as CI's: from the seeds alone (an empty working
+    /// corpus) with a fixed random seed, so the same commit makes the same
+    /// inputs here and in CI (a slower machine makes a prefix of them).
+    pub smoke: bool,
 }
 
 /// How one target's run went, from libFuzzer's final statistics.
@@ -72,7 +76,7 @@ pub fn fuzz(workspace: &Workspace, options: &Options) -> Result<()> {
 
     let mut runs = Vec::new();
     for target in targets {
-        runs.push(run_target(workspace, &cargo_fuzz, target, options.time)?);
+        runs.push(run_target(workspace, &cargo_fuzz, target, options)?);
     }
     println!();
     println!(
@@ -147,11 +151,17 @@ fn run_target(
     workspace: &Workspace,
     cargo_fuzz: &Path,
     target: &str,
-    time: Duration,
+    options: &Options,
 ) -> Result<Run> {
     let fuzz_dir = workspace.root.join("fuzz/libfuzzer");
     let target_dir = workspace.target.join("fuzz");
-    let work_corpus = target_dir.join("corpus").join(target);
+    let work_corpus = if options.smoke {
+        let dir = target_dir.join("smoke-corpus").join(target);
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    } else {
+        target_dir.join("corpus").join(target)
+    };
     let artifacts = target_dir.join("artifacts").join(target);
     std::fs::create_dir_all(&work_corpus)?;
     // A fresh artifact folder: whatever is in it afterwards is this run's.
@@ -166,13 +176,16 @@ fn run_target(
     }
     command
         .arg("--")
-        .arg(format!("-max_total_time={}", time.as_secs().max(1)))
+        .arg(format!("-max_total_time={}", options.time.as_secs().max(1)))
         .arg(format!("-artifact_prefix={}/", artifacts.display()))
         // An input that takes this long is a finding (a hang), as is one
         // that makes the checks use this much memory.
         .arg("-timeout=20")
         .arg("-rss_limit_mb=4096")
         .arg("-print_final_stats=1");
+    if options.smoke {
+        command.arg("-seed=1");
+    }
     eprintln!("$ {}", shell::describe(&command));
     let started = Instant::now();
     let output = command

@@ -118,7 +118,14 @@ fn main() -> Result<()> {
             } else {
                 time
             };
-            fuzz::fuzz(&workspace, &fuzz::Options { target, time })?;
+            fuzz::fuzz(
+                &workspace,
+                &fuzz::Options {
+                    target,
+                    time,
+                    smoke,
+                },
+            )?;
         }
         Command::Bench {
             instructions: true,
