@@ -15,6 +15,7 @@
 
 #![deny(missing_docs)]
 
+pub mod access;
 pub mod differential;
 pub mod fixtures;
 pub mod keys;
@@ -24,6 +25,7 @@ pub mod patterns;
 pub mod policy;
 pub mod sections;
 pub mod signature;
+pub mod trace;
 pub mod units;
 pub mod wire;
 
@@ -54,6 +56,8 @@ pub const TARGETS: &[Target] = &[
     metadata::TARGET,
     manifest::TARGET,
     wire::TARGET,
+    trace::TARGET,
+    access::TARGET,
 ];
 
 /// The target named `name`.

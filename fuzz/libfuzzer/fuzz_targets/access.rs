@@ -1,0 +1,7 @@
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    (capsule_fuzz::target("access")
+        .expect("a known target")
+        .check)(data);
+});
