@@ -283,22 +283,21 @@ impl Manifest {
         Ok(())
     }
 
-    /// Compiles every schema the manifest declares, as a load does (input
-    /// schemas with `validate_input`, the config schema always): a schema
-    /// that [`Manifest::parse`] accepts can still name a type that does not
-    /// exist or a pattern the regex engine refuses. Signing calls this, so
-    /// no plugin is signed with a manifest its loads would refuse.
+    /// Compiles the schemas a load compiles (input schemas with
+    /// `validate_input`, the config schema always; output schemas only
+    /// document): a schema that [`Manifest::parse`] accepts can still name
+    /// a type that does not exist or a pattern the regex engine refuses.
+    /// Signing calls this, so no plugin is signed with a manifest its loads
+    /// would refuse.
     pub fn compile_schemas(&self) -> Result<(), String> {
         for operation in self.operations.iter().flatten() {
-            for (which, schema) in [("input", &operation.input), ("output", &operation.output)] {
-                if let Some(schema) = schema {
-                    compile_schema(schema).map_err(|err| {
-                        format!(
-                            "the {which} schema of operation `{}` does not compile: {err}",
-                            operation.name
-                        )
-                    })?;
-                }
+            if let Some(schema) = &operation.input {
+                compile_schema(schema).map_err(|err| {
+                    format!(
+                        "the input schema of operation `{}` does not compile: {err}",
+                        operation.name
+                    )
+                })?;
             }
         }
         if let Some(schema) = &self.config {

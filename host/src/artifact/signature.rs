@@ -114,9 +114,18 @@ impl SignatureData {
                 .u32()
                 .ok_or_else(|| format!("truncated signature section ({what})"))
         };
-        let version = field(&mut reader, "version")?;
-        let content_type = field(&mut reader, "content type")?;
-        let hash_function = field(&mut reader, "hash function")?;
+        // One byte each (varuint7), as wasmsign2 reads them: a padded
+        // LEB128 (`81 00`) is not a version 1.
+        let byte = |reader: &mut Reader<'_>, what: &str| match reader.byte() {
+            Some(value) if value < 0x80 => Ok(u32::from(value)),
+            Some(value) => Err(format!(
+                "unsupported signature format ({what} byte {value:#04x})"
+            )),
+            None => Err(format!("truncated signature section ({what})")),
+        };
+        let version = byte(&mut reader, "version")?;
+        let content_type = byte(&mut reader, "content type")?;
+        let hash_function = byte(&mut reader, "hash function")?;
         if (version, content_type, hash_function) != (SPEC_VERSION, CONTENT_TYPE_WASM, HASH_SHA256)
         {
             return Err(format!(
@@ -508,6 +517,11 @@ pub fn sign(bytes: &[u8], key: &SecretKey) -> Result<SignedPlugin, String> {
         // No verifier would read the result.
         return Err(too_many_signatures());
     }
+    if data.signed_hashes_set.len() > MAX_HASHES {
+        return Err(format!(
+            "the plugin already carries {MAX_HASHES} signed hash sets, the most a verifier reads"
+        ));
+    }
     let payload = data.encode();
     let mut embedded = bytes[..8].to_vec();
     embedded.extend(sections::encode_custom(SIGNATURE_SECTION, &payload));
@@ -558,6 +572,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(unsigned_content(&signed.embedded).unwrap(), sample());
+    }
+
+    /// Signing never writes a section `verify` would refuse: neither a
+    /// 65th hash set nor a version written as padded LEB128.
+    #[test]
+    fn signing_stays_within_what_verify_reads() {
+        let data = SignatureData {
+            signed_hashes_set: (0..MAX_HASHES as u8)
+                .map(|i| SignedHashes {
+                    hashes: vec![[i; 32]],
+                    signatures: Vec::new(),
+                })
+                .collect(),
+        };
+        let mut full = COMPONENT_HEADER.to_vec();
+        full.extend(encode_custom(SIGNATURE_SECTION, &data.encode()));
+        full.extend_from_slice(&sample()[8..]);
+        let err = sign(&full, &SecretKey::generate().unwrap()).err().unwrap();
+        assert!(err.contains("signed hash sets"), "{err}");
+
+        let mut padded = COMPONENT_HEADER.to_vec();
+        padded.extend(encode_custom(SIGNATURE_SECTION, &[0x81, 0x00, 1, 1, 0]));
+        let err = list(&padded, None).unwrap_err();
+        assert!(err.contains("version byte 0x81"), "{err}");
     }
 
     #[test]

@@ -31,8 +31,6 @@ use async_nats::{Client, Subscriber};
 use futures_util::TryStreamExt;
 
 use super::connection::REQUEST_TIMEOUT;
-#[cfg(test)]
-use super::wire::{CallHead, decode, encode};
 use super::{NatsConnection, host_token};
 
 /// How often a host rewrites its presence.
@@ -492,34 +490,6 @@ fn host_name_for(machine: &str, random: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_call_round_trips_through_its_wire_form() {
-        let head = CallHead {
-            operation: "greet".into(),
-            metadata: vec![("request-id".into(), "a\r\nb".into())],
-            wait_ms: 1500,
-            from: "a-1".into(),
-        };
-        let payload = b"\x00\xffbinary\n";
-        let body = encode(&head, payload);
-        let (back, rest): (CallHead, &[u8]) = decode(&body).unwrap();
-        assert_eq!(back, head);
-        assert_eq!(rest, payload);
-    }
-
-    #[test]
-    fn a_malformed_message_is_an_error_not_a_panic() {
-        for body in [
-            &b""[..],
-            b"\x00\x00",
-            b"\x00\x00\x00\x10{}",
-            b"\xff\xff\xff\xff",
-            b"\x00\x00\x00\x02{]",
-        ] {
-            assert!(decode::<CallHead>(body).is_err(), "{body:?}");
-        }
-    }
 
     #[test]
     fn host_names_become_one_subject_token() {

@@ -83,7 +83,7 @@ impl OriginPattern {
         // `example.com.` (the fully qualified form) is `example.com`, as
         // `allows` reads the request's host: kept, the dot would make the
         // pattern match nothing.
-        let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
         if host.is_empty() || host.contains('*') {
             return Err(bad("bad host; `*.` is only allowed as a prefix"));
         }
@@ -440,6 +440,11 @@ mod tests {
         assert_eq!(fqdn, o);
         assert!(fqdn.allows("https", "api.example.com.", 443));
         assert!(OriginPattern::parse("https://.").is_err());
+        assert!(OriginPattern::parse("https://..").is_err());
+        assert_eq!(
+            OriginPattern::parse("http://a..").unwrap().to_string(),
+            "http://a:80"
+        );
     }
 
     #[test]
