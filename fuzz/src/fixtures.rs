@@ -13,6 +13,12 @@ const TRUSTED_SEED: [u8; 32] = [0x5e; 32];
 /// The seed of a second test key, for files signed twice.
 const OTHER_SEED: [u8; 32] = [0xa7; 32];
 
+/// The trusted test key as an `ed25519-dalek` key, to sign what
+/// [`capsule_host::artifact::signature::sign`] cannot (partial signatures).
+pub fn trusted_signing_key() -> SigningKey {
+    SigningKey::from_bytes(&TRUSTED_SEED)
+}
+
 fn secret(seed: [u8; 32]) -> SecretKey {
     let signing = SigningKey::from_bytes(&seed);
     let mut raw = vec![0x81];
@@ -95,5 +101,34 @@ pub fn positions(range: std::ops::Range<usize>, salt: &[u8], count: usize) -> Ve
     }
     out.sort_unstable();
     out.dedup();
+    out
+}
+
+/// The byte that separates the text fields of a target's input: never part
+/// of UTF-8, so any text can be a field and seeds read as what they are.
+pub const SEPARATOR: u8 = 0xff;
+
+/// An input's text fields (invalid UTF-8 read lossily), at least `count`
+/// (missing ones empty).
+pub fn fields(data: &[u8], count: usize) -> Vec<String> {
+    let mut fields: Vec<String> = data
+        .split(|&b| b == SEPARATOR)
+        .map(|field| String::from_utf8_lossy(field).into_owned())
+        .collect();
+    if fields.len() < count {
+        fields.resize(count, String::new());
+    }
+    fields
+}
+
+/// The input whose fields are `fields`: what [`fields`] reads back.
+pub fn join(fields: &[&str]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, field) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(SEPARATOR);
+        }
+        out.extend_from_slice(field.as_bytes());
+    }
     out
 }

@@ -102,9 +102,18 @@ fn seeds_are_committed() {
     );
 }
 
-/// Each target has a libFuzzer binary calling exactly its check.
+/// Each target has a libFuzzer binary calling exactly its check, and each
+/// binary is a target's.
 #[test]
 fn every_target_has_a_libfuzzer_binary() {
+    for path in files(&fuzz_dir().join("libfuzzer/fuzz_targets")) {
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        assert!(
+            capsule_fuzz::target(&name).is_some(),
+            "{} runs no target of capsule-fuzz",
+            path.display()
+        );
+    }
     for target in TARGETS {
         let path = fuzz_dir()
             .join("libfuzzer/fuzz_targets")
