@@ -127,19 +127,21 @@ pub fn fuzz(workspace: &Workspace, options: &Options) -> Result<()> {
     Ok(())
 }
 
-/// `cargo +nightly fuzz <verb>` with the settings every call shares:
-/// optimised, no sanitizer (the checks are safe Rust; libFuzzer's coverage
-/// guidance is what matters, and ASan would slow wasmtime's build and every
-/// execution several times over).
+/// `cargo fuzz <verb>` on the pinned nightly with the settings every call
+/// shares: optimised, with debug assertions and overflow checks (an
+/// arithmetic overflow in a parser is a finding), no sanitizer (the checks
+/// are safe Rust; libFuzzer's coverage guidance is what matters, and ASan
+/// would slow wasmtime's build and every execution several times over).
 fn fuzz_command(cargo_fuzz: &Path, verb: &str, fuzz_dir: &Path, target_dir: &Path) -> Command {
     let mut command = Command::new("rustup");
     command
-        .args(["run", "nightly"])
+        .args(["run", TOOLCHAIN])
         .arg(cargo_fuzz)
         .args([
             "fuzz",
             verb,
             "--release",
+            "--debug-assertions",
             "--sanitizer",
             "none",
             "--fuzz-dir",
