@@ -73,7 +73,7 @@ enum Command {
         /// How long each target runs: `90s`, `10m`, `2h`.
         #[arg(long, default_value = "10m", value_parser = parse_time)]
         time: std::time::Duration,
-        /// Every target briefly (20 s each), as CI runs them.
+        /// Every target briefly (15 s each), as CI runs them.
         #[arg(long, conflicts_with_all = ["target", "time"])]
         smoke: bool,
     },
@@ -114,7 +114,7 @@ fn main() -> Result<()> {
             smoke,
         } => {
             let time = if smoke {
-                std::time::Duration::from_secs(20)
+                std::time::Duration::from_secs(15)
             } else {
                 time
             };
