@@ -14,20 +14,30 @@ fn main() {
         "cargo:rerun-if-changed={}",
         root.join("example-plugins").display()
     );
-    println!(
-        "cargo:rerun-if-changed={}",
-        root.join("example-plugins/hostile").display()
-    );
-    let plugins = discover::plugin_crates(root).expect("cannot list example plugins");
+    for dir in [
+        "example-plugins/hostile",
+        "example-plugins/python",
+        "example-plugins/js",
+        "example-plugins/hostile/python",
+        "example-plugins/hostile/js",
+    ] {
+        println!("cargo:rerun-if-changed={}", root.join(dir).display());
+    }
+    let plugins = discover::example_plugins(root).expect("cannot list example plugins");
 
     let mut code = String::new();
     let mut all = Vec::new();
     let mut hostile = Vec::new();
     let mut idents = Vec::new();
     for plugin in &plugins {
+        let definition = match plugin.lang {
+            discover::Lang::Rust => "Cargo.toml",
+            discover::Lang::Python => "app.py",
+            discover::Lang::JavaScript => "app.js",
+        };
         println!(
             "cargo:rerun-if-changed={}",
-            plugin.dir.join("Cargo.toml").display()
+            plugin.dir.join(definition).display()
         );
         let ident = plugin.name.replace('-', "_");
         writeln!(code, "/// The `{}` example plugin.", plugin.name).unwrap();

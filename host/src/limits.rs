@@ -167,8 +167,11 @@ impl Default for Limits {
 /// held to these (the sandbox's limiter), so an instance of one plugin can
 /// never use up the share of others: a component that declares more fails
 /// with `budget_exceeded` (`component_parts`). A Rust component is one core
-/// module plus a few adapter shims, with one or two memories.
-pub const CORE_INSTANCES_PER_INSTANCE: u32 = 8;
+/// module plus a few adapter shims, with one or two memories; a Python one
+/// (componentize-py) links CPython and its libraries as 14 core modules
+/// sharing one memory. A core instance costs the pool no memory of its own
+/// (only memories and tables are reserved), so the count is generous.
+pub const CORE_INSTANCES_PER_INSTANCE: u32 = 32;
 /// See [`CORE_INSTANCES_PER_INSTANCE`].
 pub const MEMORIES_PER_INSTANCE: u32 = 2;
 /// See [`CORE_INSTANCES_PER_INSTANCE`].

@@ -1,7 +1,9 @@
 //! Project automation, run as `cargo xtask <command>`:
 //!
 //! - `build-plugins`: build every crate under `example-plugins/` for
-//!   `wasm32-wasip2` and copy the components to `target/plugins/`;
+//!   `wasm32-wasip2`, and the Python and JavaScript examples with their
+//!   pinned toolchains (installed under `target/tools/`), into
+//!   `target/plugins/`;
 //! - `build-component-plugins`: `build-plugins`, then build `hello` with
 //!   `cargo component build` too (installing cargo-component if missing);
 //! - `test`: build the plugins both ways, then run every test in the
@@ -27,6 +29,7 @@ mod fuzz;
 mod instructions;
 mod layers;
 mod plugins;
+mod polyglot;
 mod shell;
 
 use anyhow::Result;

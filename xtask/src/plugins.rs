@@ -1,13 +1,16 @@
-//! `cargo xtask build-plugins`: build every example plugin as a wasm32-wasip2
-//! component, once, in the `plugin` profile, and collect them in
-//! `target/plugins/<crate-name>.wasm`.
+//! `cargo xtask build-plugins`: build every example plugin crate as a
+//! wasm32-wasip2 component, once, in the `plugin` profile, and the Python
+//! and JavaScript examples with their pinned toolchains (`polyglot.rs`);
+//! collect them in `target/plugins/<name>.wasm` and sign them all with a
+//! fresh test key.
 
 use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::discover::plugin_crates;
+use crate::discover::{Lang, example_plugins};
+use crate::polyglot::Toolchains;
 use crate::shell::{Workspace, run};
 
 /// The target every plugin is built for.
@@ -42,7 +45,10 @@ pub enum Cli {
 pub fn build(workspace: &Workspace, cli: Cli) -> Result<Built> {
     ensure_target(TARGET)?;
     check_sdk_wit(workspace)?;
-    let crates = plugin_crates(&workspace.root).context("cannot list example plugins")?;
+    let plugins = example_plugins(&workspace.root).context("cannot list example plugins")?;
+    let (crates, others): (Vec<_>, Vec<_>) = plugins
+        .into_iter()
+        .partition(|plugin| plugin.lang == Lang::Rust);
     if crates.is_empty() {
         bail!("no plugin crates found under example-plugins/");
     }
@@ -63,6 +69,13 @@ pub fn build(workspace: &Workspace, cli: Cli) -> Result<Built> {
         let dest = out_dir.join(format!("{}.wasm", plugin.name));
         std::fs::copy(&artifact, &dest)
             .with_context(|| format!("cannot copy {} to {}", artifact.display(), dest.display()))?;
+        built.push((dest, plugin.manifest));
+    }
+    // Plugins in other languages, each with its pinned toolchain.
+    let toolchains = Toolchains::ensure(workspace, &others)?;
+    for plugin in &others {
+        let dest = out_dir.join(format!("{}.wasm", plugin.name));
+        toolchains.build(workspace, plugin, &dest)?;
         built.push((dest, plugin.manifest));
     }
 

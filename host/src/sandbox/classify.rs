@@ -21,8 +21,8 @@ pub(crate) struct FailureContext<'a> {
     /// What the invoked export returns, for a result too large to hand
     /// over: the response (or event outcome), or the description.
     pub(crate) result: (OutputStream, usize),
-    /// The last lines the plugin wrote to stderr, where a Rust panic message
-    /// ends up.
+    /// The last lines the plugin wrote to stderr, where a Rust panic message,
+    /// a Python traceback or a JavaScript exception ends up.
     pub(crate) stderr_tail: Option<&'a str>,
     pub(crate) max_instances: usize,
 }
@@ -119,7 +119,7 @@ pub(crate) fn classify(err: &wasmtime::Error, context: &FailureContext<'_>) -> C
             },
             other => CallFailure::Trap {
                 trap: trap_name(other),
-                detail: context.stderr_tail.and_then(panic_message),
+                detail: context.stderr_tail.and_then(failure_message),
             },
         };
     }
@@ -197,9 +197,42 @@ fn trap_name(trap: &Trap) -> String {
     name
 }
 
+/// What a plugin that trapped said about why, from what it wrote to stderr,
+/// whatever language it is written in: the exception line of a Python
+/// traceback (componentize-py prints the traceback, then its runtime
+/// panics), the error a JavaScript export threw (componentize-js names it
+/// while failing to convert it into the export's error type), or a Rust
+/// panic's message.
+pub(crate) fn failure_message(stderr: &str) -> Option<String> {
+    python_exception(stderr)
+        .or_else(|| javascript_exception(stderr))
+        .or_else(|| panic_message(stderr))
+}
+
+/// The last line of the last Python traceback: `RuntimeError: message`.
+fn python_exception(stderr: &str) -> Option<String> {
+    const HEADER: &str = "Traceback (most recent call last):";
+    let start = stderr.rfind(HEADER)? + HEADER.len();
+    // Frames are indented; the exception is the first line that is not.
+    stderr[start..]
+        .lines()
+        .find(|line| !line.is_empty() && !line.starts_with(char::is_whitespace))
+        .map(|line| line.trim().to_owned())
+}
+
+/// The error a componentize-js export threw that was not its result's
+/// error case: `… (received `TypeError: message`) specified for …`.
+fn javascript_exception(stderr: &str) -> Option<String> {
+    const OPEN: &str = "(received `";
+    let start = stderr.rfind(OPEN)? + OPEN.len();
+    let end = stderr[start..].find("`)")?;
+    let message = stderr[start..start + end].trim();
+    (!message.is_empty()).then(|| message.to_owned())
+}
+
 /// Extracts the message of a Rust panic from what the guest wrote to stderr:
 /// the text after `panicked at <location>:` up to the backtrace note.
-pub(crate) fn panic_message(stderr: &str) -> Option<String> {
+fn panic_message(stderr: &str) -> Option<String> {
     let start = stderr.rfind("panicked at ")?;
     let after = &stderr[start..];
     // The location ends at the first colon followed by a newline (Rust
@@ -232,6 +265,22 @@ mod tests {
     #[test]
     fn panic_message_absent_without_a_panic() {
         assert_eq!(panic_message("just some output\n"), None);
+        assert_eq!(failure_message("just some output\n"), None);
+    }
+
+    #[test]
+    fn a_python_traceback_gives_its_exception_line_not_the_runtime_panic() {
+        let stderr = "Traceback (most recent call last):\n  File \"/0/app.py\", line 7, in handle\n    raise RuntimeError(\"boom\")\nRuntimeError: boom\n\nthread '<unnamed>' panicked at src/lib.rs:1:1:\nPython function threw an unexpected exception\n";
+        assert_eq!(
+            failure_message(stderr).as_deref(),
+            Some("RuntimeError: boom")
+        );
+    }
+
+    #[test]
+    fn a_javascript_error_gives_its_text() {
+        let stderr = "invalid variant tag value `undefined` (received `TypeError: boom`) specified for `PluginError`\nStack:\n  handle@app.js:3:17\n";
+        assert_eq!(failure_message(stderr).as_deref(), Some("TypeError: boom"));
     }
 
     #[test]
