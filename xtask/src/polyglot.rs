@@ -57,6 +57,8 @@ impl Toolchains {
                 // The helper's directory is on the module path, as a copy of
                 // `capsule.py` next to `app.py` would be.
                 run(Command::new(tool)
+                    // Keep the source tree free of `__pycache__`.
+                    .env("PYTHONDONTWRITEBYTECODE", "1")
                     .arg("-d")
                     .arg(&wit)
                     .args(["-w", WORLD, "componentize", "-p"])
