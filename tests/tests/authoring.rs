@@ -561,6 +561,121 @@ fn a_capsule_new_scaffold_builds_both_ways_and_runs_signed() {
 // ---------------------------------------------------------------------------
 // Templates
 
+// ---------------------------------------------------------------------------
+// `capsule new --lang python|js`
+
+/// The toolchains `cargo xtask build-plugins` installed under
+/// `target/tools` for the Python and JavaScript examples.
+fn polyglot_tool(relative: &str) -> PathBuf {
+    let path = target_dir().join("tools").join(relative);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo xtask build-plugins` (or `cargo xtask test`), which \
+         installs the pinned Python and JavaScript toolchains",
+        path.display()
+    );
+    path
+}
+
+/// `capsule new NAME --lang LANG` out of tree, built with `build`, then
+/// signed, checked and run under its own policy.
+fn scaffold_in_language(lang: &str, name: &str, build: impl FnOnce(&Path)) {
+    let work = temp_dir(&format!("authoring-{lang}"));
+    let cache = work.join("cache");
+    let created = capsule_ok(args!["new", name, "--lang", lang, "--path", work], &cache);
+    assert!(created.contains("capsule sign"), "{created}");
+    let project = work.join(name);
+    build(&project);
+    let wasm = project.join(format!("{name}.wasm"));
+    assert!(wasm.is_file(), "the build wrote no {}", wasm.display());
+
+    capsule_ok(args!["keygen", "--out", project.join("dev")], &cache);
+    let signed = capsule_ok(
+        args!["sign", wasm, "--key", project.join("dev.key")],
+        &cache,
+    );
+    assert!(signed.contains("1 operation(s)"), "{signed}");
+    let policy = project.join("capsule.toml");
+    capsule_ok(args!["check", "--config", policy], &cache);
+    let greeted = capsule(
+        args![
+            "run",
+            name,
+            "--config",
+            policy,
+            "--op",
+            "greet",
+            "--input",
+            r#"{"name":"Ada"}"#,
+            "--json"
+        ],
+        &cache,
+    );
+    let result = stdout_json(&greeted);
+    assert_eq!(
+        result["output"],
+        json!({"greeting": "Hello, Ada!"}),
+        "{result}"
+    );
+    assert_eq!(result["logs"][0]["message"], "greeting Ada", "{result}");
+    let refused = stdout_json(&capsule(
+        args![
+            "run",
+            name,
+            "--config",
+            policy,
+            "--op",
+            "greet",
+            "--input",
+            r#"{"name":""}"#,
+            "--json"
+        ],
+        &cache,
+    ));
+    assert_eq!(refused["error"]["kind"], "plugin_error", "{refused}");
+    std::fs::remove_dir_all(work).ok();
+}
+
+#[test]
+fn capsule_new_lang_python_builds_and_runs_signed() {
+    let componentize_py = polyglot_tool("python/bin/componentize-py");
+    scaffold_in_language("python", "py-greeter", |project| {
+        // The README's build line, with the toolchain xtask installed.
+        let status = Command::new(&componentize_py)
+            .args([
+                "-d",
+                "wit",
+                "-w",
+                "plugin",
+                "componentize",
+                "app",
+                "-o",
+                "py-greeter.wasm",
+            ])
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .current_dir(project)
+            .status()
+            .unwrap();
+        assert!(status.success(), "componentize-py failed");
+    });
+}
+
+#[test]
+fn capsule_new_lang_js_builds_and_runs_signed() {
+    let modules = polyglot_tool("node/node_modules");
+    scaffold_in_language("js", "js-greeter", |project| {
+        // `npm run build` as the README says, with the pinned packages xtask
+        // installed in place of `npm install`.
+        std::os::unix::fs::symlink(&modules, project.join("node_modules")).unwrap();
+        let status = Command::new("npm")
+            .args(["run", "--silent", "build"])
+            .current_dir(project)
+            .status()
+            .unwrap();
+        assert!(status.success(), "npm run build failed");
+    });
+}
+
 /// One `capsule new --template` scaffold, made by a copy of the CLI alone
 /// in `work`, built for wasm32-wasip2, tested natively (its MockHost tests),
 /// signed with a fresh key in its folder as `NAME.wasm`, and checked

@@ -1,7 +1,11 @@
 //! `capsule new`: scaffold a plugin crate that builds on its own, outside this
 //! repository, with `cargo build` (wasm32-wasip2) or `cargo component build`,
 //! from one of a few templates, each with native tests against the SDK's
-//! `MockHost` and a policy (`capsule.toml`) granting what it needs.
+//! `MockHost` and a policy (`capsule.toml`) granting what it needs; or, with
+//! `--lang python|js`, a plugin in that language with the helper module, the
+//! contract and the pinned toolchain it builds with (`polyglot.rs`).
+
+mod polyglot;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -33,9 +37,24 @@ pub struct NewArgs {
     /// folder) by path instead of vendoring the SDK this `capsule` carries.
     #[arg(long, value_name = "PATH")]
     sdk: Option<PathBuf>,
-    /// What the plugin starts as.
+    /// What the plugin starts as (the Python and JavaScript scaffolds are
+    /// `handler`s).
     #[arg(long, value_enum, default_value_t = Template::Handler)]
     template: Template,
+    /// The language the plugin is written in.
+    #[arg(long, value_enum, default_value_t = Lang::Rust)]
+    lang: Lang,
+}
+
+/// The languages `capsule new` scaffolds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Lang {
+    /// A crate with the Rust guest SDK.
+    Rust,
+    /// `app.py` with the helper `capsule.py`, built by componentize-py.
+    Python,
+    /// `app.js` with the helper `capsule.js`, built by componentize-js.
+    Js,
 }
 
 /// The starting points `capsule new` offers.
@@ -85,6 +104,9 @@ pub fn new(args: NewArgs) -> ExitCode {
     if let Err(message) = validate_crate_name(&args.name) {
         return fail(exit::USAGE, "config", &message);
     }
+    if args.lang != Lang::Rust {
+        return polyglot::new(&args);
+    }
     let sdk = match &args.sdk {
         None => Sdk::embedded(),
         Some(path) => locate_sdk(path),
@@ -105,20 +127,8 @@ pub fn new(args: NewArgs) -> ExitCode {
         Ok(files) => files,
         Err(message) => return fail(exit::USAGE, "config", &message),
     };
-    match create(&args.path, &dest, &files) {
-        Ok(()) => {}
-        Err(CreateError::Exists) => {
-            return fail(
-                exit::USAGE,
-                "config",
-                &format!(
-                    "{} already exists; `capsule new` never overwrites anything \
-                     (choose another NAME or --path)",
-                    dest.display()
-                ),
-            );
-        }
-        Err(CreateError::Io(message)) => return fail(exit::HOST, "io", &message),
+    if let Err(code) = create_or_fail(&args.path, &dest, &files) {
+        return code;
     }
 
     let crate_file = args.name.replace('-', "_");
@@ -316,6 +326,23 @@ fn locate_sdk(path: &Path) -> Result<Sdk, String> {
     })
 }
 
+/// [`create`], with its failure reported as the command's exit.
+fn create_or_fail(parent: &Path, dest: &Path, files: &[(String, String)]) -> Result<(), ExitCode> {
+    match create(parent, dest, files) {
+        Ok(()) => Ok(()),
+        Err(CreateError::Exists) => Err(fail(
+            exit::USAGE,
+            "config",
+            &format!(
+                "{} already exists; `capsule new` never overwrites anything \
+                 (choose another NAME or --path)",
+                dest.display()
+            ),
+        )),
+        Err(CreateError::Io(message)) => Err(fail(exit::HOST, "io", &message)),
+    }
+}
+
 /// Why the crate could not be created.
 enum CreateError {
     /// The destination exists; nothing was touched.
@@ -382,6 +409,7 @@ fn render(name: &str, sdk: &Sdk, template: Template) -> Result<Vec<(String, Stri
             .replace("__WIT_TOML__", &toml_string(&sdk.wit))
             .replace("__SDK__", &sdk.describe)
             .replace("__CONTRACT__", &sdk.contract_version)
+            .replace("__MEMORY__", "32MiB")
     };
     let (lib, policy, usage) = template.files();
     let mut files: Vec<(String, String)> = [
