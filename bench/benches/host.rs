@@ -29,6 +29,11 @@
 //!   plain axum handler doing the same JSON work natively; the servers on a
 //!   2-worker runtime, the client on another.
 //!
+//! - `languages`: the hello example written in Rust, Python
+//!   (componentize-py) and JavaScript (componentize-js): loading it cold
+//!   (verify + compile) and from the compile cache, a greeting on a fresh
+//!   instance and on a warm one.
+//!
 //! The plugins come from `cargo xtask build-plugins` (`CAPSULE_PLUGIN_DIR`).
 
 use std::hint::black_box;
@@ -321,6 +326,72 @@ fn load(c: &mut Criterion) {
                 host.unload("hello").await;
             });
         });
+    }
+    group.finish();
+    let _ = std::fs::remove_dir_all(cache);
+}
+
+/// The hello example in each language `cargo xtask build-plugins` builds,
+/// by the name its rows carry.
+const LANGUAGES: [(&str, &str); 3] = [
+    ("rust", "hello"),
+    ("python", "hello-py"),
+    ("js", "hello-js"),
+];
+
+/// What a plugin's language costs: a cold load, a cached load, a greeting
+/// on a fresh instance and on a warm one, per language.
+fn languages(c: &mut Criterion) {
+    let rt = runtime(1);
+    let cache =
+        std::env::temp_dir().join(format!("capsule-bench-languages-{}", std::process::id()));
+    let greet = || Request::new("greet", r#"{"name":"Ada"}"#);
+    let mut group = c.benchmark_group("languages");
+    group.sample_size(10);
+    for (lang, name) in LANGUAGES {
+        let bytes: Arc<[u8]> = std::fs::read(plugin(name)).unwrap().into();
+        let cold = builder().build().unwrap();
+        let cached = builder().cache_dir(&cache).build().unwrap();
+        rt.block_on(cached.load(PluginSpec::from_bytes(name, Arc::clone(&bytes))))
+            .unwrap();
+        rt.block_on(cached.unload(name));
+        for (id, host) in [("cold", &cold), ("cached", &cached)] {
+            group.bench_function(format!("{lang}/{id}"), |b| {
+                b.to_async(&rt).iter(|| async {
+                    let details = host
+                        .load(PluginSpec::from_bytes(name, Arc::clone(&bytes)))
+                        .await
+                        .unwrap();
+                    assert_eq!(details.compiled_from_cache, id == "cached");
+                    host.unload(name).await;
+                });
+            });
+        }
+        let warm = host_with(
+            &rt,
+            builder().cache_dir(&cache),
+            name,
+            name,
+            Limits::default(),
+        );
+        let fresh = host_with(
+            &rt,
+            builder().cache_dir(&cache),
+            name,
+            name,
+            Limits {
+                recycle_after: 1,
+                ..Limits::default()
+            },
+        );
+        for (id, host) in [("fresh", &fresh), ("warm", &warm)] {
+            group.bench_function(format!("{lang}/{id}"), |b| {
+                b.to_async(&rt).iter(|| async {
+                    let outcome = host.call(name, greet()).await.unwrap();
+                    black_box(outcome.response.payload)
+                });
+            });
+        }
     }
     group.finish();
     let _ = std::fs::remove_dir_all(cache);
@@ -886,6 +957,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
-    targets = echo, throughput, serve, load, load_distinct, verify, compute, kv, backend, events, remote
+    targets = echo, throughput, serve, load, load_distinct, verify, compute, kv, backend, events, remote, languages
 }
 criterion_main!(benches);

@@ -102,6 +102,18 @@ impl Summary {
             "kv/direct/1",
             "kv/direct/10",
             "kv/direct/100",
+            "languages/rust/cold",
+            "languages/rust/cached",
+            "languages/rust/fresh",
+            "languages/rust/warm",
+            "languages/python/cold",
+            "languages/python/cached",
+            "languages/python/fresh",
+            "languages/python/warm",
+            "languages/js/cold",
+            "languages/js/cached",
+            "languages/js/fresh",
+            "languages/js/warm",
         ];
         let rows = ids
             .iter()
@@ -284,6 +296,22 @@ impl Summary {
                 time(atomic),
                 format!("writing through {}", time(direct)),
                 ratio(atomic, direct),
+                "—",
+            );
+        }
+        for (id, what) in [
+            ("warm", "hello greet, warm instance"),
+            ("fresh", "hello greet, fresh instance per call"),
+            ("cached", "load hello from the compile cache"),
+            ("cold", "load hello cold (verify + compile)"),
+        ] {
+            let [rust, python, js] =
+                ["rust", "python", "js"].map(|lang| self.ns(&format!("languages/{lang}/{id}")));
+            row(
+                &format!("{what}: Python, JavaScript"),
+                format!("{} · {}", time(python), time(js)),
+                format!("Rust {}", time(rust)),
+                format!("{} · {}", ratio(python, rust), ratio(js, rust)),
                 "—",
             );
         }

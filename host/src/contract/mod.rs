@@ -4,12 +4,16 @@
 //! exports whatever its version, and conveniences on the request/response
 //! types (shared by every version).
 
+mod standard;
 mod v0_1;
 mod v0_2;
 
 use wasmtime::Store;
 use wasmtime::component::{ComponentExportIndex, InstancePre, TypedFunc};
 
+/// The standard WASI proposals answered as adapters (`wasi:keyvalue`,
+/// `wasi:config`, `wasi:logging`).
+pub(crate) use standard::wasi as standard_interfaces;
 /// The host-service imports of contract 0.1.
 pub(crate) use v0_1::capsule::plugin as interfaces;
 /// The host-service imports of contract 0.2.

@@ -323,6 +323,25 @@ impl interfaces_v0_2::config::Host for ConfigState {
     }
 }
 
+/// `wasi:config@0.2.0-draft` (`store`): the same values as
+/// `capsule:plugin/config`, for components written against the standard
+/// interface. A key the operator did not set is `none`, as there.
+impl crate::contract::standard_interfaces::config::store::Host for ConfigState {
+    fn get(
+        &mut self,
+        key: String,
+    ) -> Result<Option<String>, crate::contract::standard_interfaces::config::store::Error> {
+        Ok(self.values.text.get(&key).cloned())
+    }
+
+    fn get_all(
+        &mut self,
+    ) -> Result<Vec<(String, String)>, crate::contract::standard_interfaces::config::store::Error>
+    {
+        Ok(interfaces::config::Host::get_all(self).unwrap_or_default())
+    }
+}
+
 impl interfaces::config::Host for ConfigState {
     fn get(&mut self, key: String) -> Result<Option<String>, ServiceError> {
         Ok(self.values.text.get(&key).cloned())
@@ -353,7 +372,10 @@ const MAX_CONFIG_BYTES: usize = 1 << 20;
 
 impl Service for Config {
     const NAME: &'static str = "config";
-    const IMPORTS: &'static [Import] = &[Import::contract("config")];
+    const IMPORTS: &'static [Import] = &[
+        Import::contract("config"),
+        Import::interface("wasi:config", "store"),
+    ];
     const BUDGETS: &'static str = "the operator's values and secrets, at most 1 MiB as JSON, \
         shared by every instance";
 
@@ -434,7 +456,11 @@ impl Service for Config {
 
     fn add_to_linker<T: Holds<Self> + Views>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
         interfaces::config::add_to_linker::<T, ConfigData>(linker, |store| store.state())?;
-        interfaces_v0_2::config::add_to_linker::<T, ConfigData>(linker, |store| store.state())
+        interfaces_v0_2::config::add_to_linker::<T, ConfigData>(linker, |store| store.state())?;
+        crate::contract::standard_interfaces::config::store::add_to_linker::<T, ConfigData>(
+            linker,
+            |store| store.state(),
+        )
     }
 }
 

@@ -277,6 +277,35 @@ impl interfaces_v0_2::log::Host for LogState {
     }
 }
 
+/// `wasi:logging@0.1.0-draft` (`logging`): a line in the same log, under the
+/// same grant and per-call budget as `capsule:plugin/log`. The standard
+/// function returns nothing, so a line refused (not granted, or past the
+/// budget) is dropped and counted as the contract's would be; `critical`
+/// is logged as `error`, and a non-empty `context` prefixes the message.
+impl crate::contract::standard_interfaces::logging::logging::Host for LogState {
+    fn log(
+        &mut self,
+        level: crate::contract::standard_interfaces::logging::logging::Level,
+        context: String,
+        message: String,
+    ) {
+        use crate::contract::standard_interfaces::logging::logging::Level;
+        let level = match level {
+            Level::Trace => LogLevel::Trace,
+            Level::Debug => LogLevel::Debug,
+            Level::Info => LogLevel::Info,
+            Level::Warn => LogLevel::Warn,
+            Level::Error | Level::Critical => LogLevel::Error,
+        };
+        let message = if context.is_empty() {
+            message
+        } else {
+            format!("{context}: {message}")
+        };
+        let _ = interfaces::log::Host::log(self, level, message);
+    }
+}
+
 impl interfaces::log::Host for LogState {
     fn log(&mut self, level: LogLevel, message: String) -> Result<(), ServiceError> {
         if !self.enabled {
@@ -299,7 +328,10 @@ impl HasData for LogData {
 
 impl Service for Log {
     const NAME: &'static str = "log";
-    const IMPORTS: &'static [Import] = &[Import::contract("log")];
+    const IMPORTS: &'static [Import] = &[
+        Import::contract("log"),
+        Import::interface("wasi:logging", "logging"),
+    ];
     const BUDGETS: &'static str = "per call: `max_log` bytes (32 more per line) and \
         `max_log_records` lines, stdout and stderr included; past them `log` answers \
         `quota-exceeded` and stdout/stderr trap as `output_too_large`";
@@ -340,7 +372,11 @@ impl Service for Log {
 
     fn add_to_linker<T: Holds<Self> + Views>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
         interfaces::log::add_to_linker::<T, LogData>(linker, |store| store.state())?;
-        interfaces_v0_2::log::add_to_linker::<T, LogData>(linker, |store| store.state())
+        interfaces_v0_2::log::add_to_linker::<T, LogData>(linker, |store| store.state())?;
+        crate::contract::standard_interfaces::logging::logging::add_to_linker::<T, LogData>(
+            linker,
+            |store| store.state(),
+        )
     }
 }
 

@@ -51,6 +51,7 @@ mod slow_host_calls;
 mod spin_loop;
 mod stubborn_shutdown;
 mod thumbnail;
+mod wasi_standard;
 
 use capsule_host::Host;
 

@@ -12,6 +12,7 @@ async fn every_misdeed_is_a_typed_error() {
         RUNAWAY_JS,
         "throw",
         "TypeError: runaway-js gave up on purpose",
+        "InternalError: too much recursion",
     )
     .await;
 }

@@ -12,6 +12,7 @@ async fn every_misdeed_is_a_typed_error() {
         RUNAWAY_PY,
         "raise",
         "RuntimeError: runaway-py gave up on purpose",
+        "RecursionError: maximum recursion depth exceeded",
     )
     .await;
 }

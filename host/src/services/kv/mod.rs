@@ -12,6 +12,7 @@
 mod embedded;
 #[cfg(feature = "nats")]
 pub(crate) mod nats;
+mod standard;
 pub(crate) mod store;
 
 use std::sync::Arc;
@@ -100,6 +101,8 @@ pub(crate) struct KvState {
     /// report why it failed (`unavailable`) instead of timing out: four
     /// fifths of the call's time, set when it begins.
     answer_by: Option<Instant>,
+    /// The `wasi:keyvalue` adapter's open buckets and cas handles.
+    standard: standard::StandardKv,
 }
 
 /// Runs a store operation on the blocking pool; a store found unreachable,
@@ -597,12 +600,19 @@ impl HasData for KvData {
 
 impl Service for Kv {
     const NAME: &'static str = "kv";
-    const IMPORTS: &'static [Import] = &[Import::contract("kv")];
+    const IMPORTS: &'static [Import] = &[
+        Import::contract("kv"),
+        Import::interface("wasi:keyvalue", "store"),
+        Import::interface("wasi:keyvalue", "atomics"),
+        Import::interface("wasi:keyvalue", "batch"),
+    ];
     const BUDGETS: &'static str = "per namespace: `max_key`, `max_value`, `max_keys`, \
         `max_total` (`quota-exceeded` past them; an atomic call's are checked on what its \
         commit would leave); per atomic call: `max_call_keys` distinct keys read or written \
         (4096) and `max_call_bytes` buffered (4 MiB); `list-keys` answers at most 1000 keys, \
-        a page at most 1000, `get-many`/`set-many` at most 256 keys";
+        a page at most 1000, `get-many`/`set-many` at most 256 keys; `wasi:keyvalue` (the \
+        same grant): 16 open buckets and 16 cas handles per instance, the values cas handles \
+        hold at most `max_call_bytes` together";
 
     type Grant = Option<KvGrant>;
     type Policy = KvPolicy;
@@ -684,6 +694,7 @@ impl Service for Kv {
             transaction: Arc::clone(store.transaction),
             in_call: false,
             answer_by: None,
+            standard: standard::StandardKv::default(),
         })
     }
 
@@ -696,7 +707,11 @@ impl Service for Kv {
 
     fn add_to_linker<T: Holds<Self> + Views>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
         interfaces::kv::add_to_linker::<T, KvData>(linker, |store| store.state())?;
-        interfaces_v0_2::kv::add_to_linker::<T, KvData>(linker, |store| store.state())
+        interfaces_v0_2::kv::add_to_linker::<T, KvData>(linker, |store| store.state())?;
+        use crate::contract::standard_interfaces::keyvalue;
+        keyvalue::store::add_to_linker::<T, KvData>(linker, |store| store.state())?;
+        keyvalue::atomics::add_to_linker::<T, KvData>(linker, |store| store.state())?;
+        keyvalue::batch::add_to_linker::<T, KvData>(linker, |store| store.state())
     }
 }
 
