@@ -119,6 +119,43 @@ pub fn run(workspace: &Workspace) -> Result<()> {
             Expect::Success,
         ),
         Step::new(
+            "hello-py, the same plugin written in Python (componentize-py), greets Ada",
+            &run(&plugin("hello-py"), &greet),
+            Expect::SuccessWith("Hello, Ada!"),
+        ),
+        Step::new(
+            "hello-js, written in JavaScript (componentize-js), greets Ada",
+            &run(&plugin("hello-js"), &greet),
+            Expect::SuccessWith("Hello, Ada!"),
+        ),
+        Step::new(
+            "a Python exception nothing catches is a trap naming it",
+            &attack("runaway-py", "raise", &[]),
+            Expect::RefusedWith("trap", "RuntimeError: runaway-py gave up on purpose"),
+        ),
+        Step::new(
+            "a JavaScript plugin that loops for ever is stopped at its deadline",
+            &attack(
+                "runaway-js",
+                "spin",
+                &["--fuel", "none", "--timeout", "300ms"],
+            ),
+            Expect::Refused("timeout"),
+        ),
+        Step::new(
+            "wasi-standard, written against wasi:keyvalue with no Capsule SDK, counts in the namespace it was granted",
+            &run(
+                &plugin("wasi-standard"),
+                &["--op", "count", "--kv", "default", "--json"],
+            ),
+            Expect::SuccessWith("\"hits\":1"),
+        ),
+        Step::new(
+            "the same component without a kv grant: its bucket is access-denied",
+            &run(&plugin("wasi-standard"), &["--op", "count", "--json"]),
+            Expect::RefusedWith("plugin_error", "access denied"),
+        ),
+        Step::new(
             "an unsigned build of hello is refused before it is compiled",
             &run(&samples.unsigned, &[&greet[..], &["--json"]].concat()),
             Expect::Refused("unsigned"),
