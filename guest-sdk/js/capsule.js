@@ -42,15 +42,19 @@ export const denied = (message) => new PluginError('denied', message);
 /** Anything else that went wrong inside the plugin (HTTP 500). */
 export const failed = (message) => new PluginError('failed', message);
 
-const SERVICE_ERRORS = ['denied', 'quota-exceeded', 'invalid', 'unavailable'];
+// The cases of `service-error` and of `plugins.call-error` an import throws.
+const IMPORT_ERRORS = [
+  'denied', 'quota-exceeded', 'invalid', 'unavailable',
+  'unknown-target', 'ambiguous', 'refused', 'plugin', 'failed',
+];
 
 /**
- * The service-error a host import threw, or null: the bindings throw the
+ * The error case a host import threw, or null: the bindings throw the
  * error case of a `result` (bare, or wrapped with it as `payload`).
  */
-export function serviceError(thrown) {
+export function importError(thrown) {
   for (const value of [thrown, thrown && thrown.payload]) {
-    if (value && typeof value === 'object' && SERVICE_ERRORS.includes(value.tag)) {
+    if (value && typeof value === 'object' && IMPORT_ERRORS.includes(value.tag)) {
       return value;
     }
   }
@@ -58,13 +62,25 @@ export function serviceError(thrown) {
 }
 
 /**
- * The plugin error a host service's refusal becomes: `denied` stays
- * `denied`; a quota, an invalid request or an unavailable service fails the
- * call, naming which.
+ * The plugin error (as the export returns it) an import's error becomes:
+ * `denied` stays `denied`; another plugin's own error passes through; a
+ * quota, an invalid request, an unavailable service or a callee that was
+ * stopped or never reached fails the call, naming which.
  */
-export function fromServiceError(error) {
-  if (error.tag === 'denied') return denied(error.val);
-  return failed(`${error.tag}: ${error.val}`);
+export function fromImportError(error) {
+  switch (error.tag) {
+    case 'denied':
+      return denied(error.val).toWit();
+    case 'plugin':
+      return error.val;
+    case 'failed':
+      if (error.val && typeof error.val === 'object') {
+        return failed(`the callee stopped (${error.val.kind}): ${error.val.message}`).toWit();
+      }
+      return failed(String(error.val)).toWit();
+    default:
+      return failed(`${error.tag}: ${error.val}`).toWit();
+  }
 }
 
 const encoder = new TextEncoder();
@@ -178,15 +194,16 @@ export class Plugin {
   }
 }
 
-// Runs `body`, turning a PluginError or a host service's refusal into the
-// error case of the export's result; anything else is rethrown (and traps).
+// Runs `body`, turning a PluginError or an import's error (a host service's
+// refusal, another plugin's failure) into the error case of the export's
+// result; anything else is rethrown (and traps).
 function guard(body) {
   try {
     return body();
   } catch (thrown) {
     if (thrown instanceof PluginError) throw thrown.toWit();
-    const refusal = serviceError(thrown);
-    if (refusal) throw fromServiceError(refusal).toWit();
+    const refusal = importError(thrown);
+    if (refusal) throw fromImportError(refusal);
     throw thrown;
   }
 }

@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from componentize_py_types import Err
 from wit_world import exports
-from wit_world.imports import types
+from wit_world.imports import plugins, types
 
 # The manifest format the host reads (`capsule-manifest` section).
 MANIFEST_FORMAT = 1
@@ -179,7 +179,8 @@ class Plugin:
         if operation is None:
             raise Err(types.PluginError_Unsupported(
                 f"`{self.name}` has no operation `{request.operation}`"))
-        try:
+
+        def run() -> types.Response:
             if operation.raw:
                 result = operation.function(request)
                 if isinstance(result, types.Response):
@@ -191,13 +192,8 @@ class Plugin:
                 raise InvalidInput(f"the payload is not JSON: {err}")
             result = operation.function(data)
             return types.Response(payload=json.dumps(result).encode(), metadata=[])
-        except PluginError as err:
-            raise Err(err.to_wit())
-        except Err as err:
-            # A host service refused: the import raised its service-error.
-            if _is_service_error(err.value):
-                raise Err(from_service_error(err).to_wit())
-            raise
+
+        return _answering(run)
 
     def handler(self) -> type:
         """The class componentize-py instantiates for the `handler` export:
@@ -215,10 +211,7 @@ class Plugin:
 
             def init(self) -> None:
                 if plugin._on_init is not None:
-                    try:
-                        plugin._on_init()
-                    except PluginError as err:
-                        raise Err(err.to_wit())
+                    _answering(plugin._on_init)
 
             def handle(self, request: types.Request) -> types.Response:
                 return plugin.handle(request)
@@ -226,10 +219,7 @@ class Plugin:
             def on_event(self, event: types.Event) -> types.EventOutcome:
                 if plugin._on_event is None:
                     return types.EventOutcome_Ack()
-                try:
-                    return plugin._on_event(event)
-                except PluginError as err:
-                    raise Err(err.to_wit())
+                return _answering(lambda: plugin._on_event(event))
 
             def shutdown(self) -> None:
                 pass
@@ -237,6 +227,36 @@ class Plugin:
         return Handler
 
 
-def _is_service_error(value: Any) -> bool:
-    return isinstance(value, (types.ServiceError_Denied, types.ServiceError_QuotaExceeded,
-                              types.ServiceError_Invalid, types.ServiceError_Unavailable))
+def _answering(body: Callable[[], Any]) -> Any:
+    """Runs an export's body: a `PluginError`, or the error an import raised
+    (a host service's refusal, another plugin's failure), becomes the
+    export's `plugin-error`; anything else propagates and traps."""
+    try:
+        return body()
+    except PluginError as err:
+        raise Err(err.to_wit())
+    except Err as err:
+        answer = _from_import_error(err.value)
+        if answer is None:
+            raise
+        raise Err(answer)
+
+
+def _from_import_error(value: Any) -> Optional[types.PluginError]:
+    """The plugin error an import's error case becomes, or None for a value
+    that is not one (an `Err` the plugin raised with a plugin error)."""
+    if isinstance(value, (types.ServiceError_Denied, types.ServiceError_QuotaExceeded,
+                          types.ServiceError_Invalid, types.ServiceError_Unavailable)):
+        return from_service_error(Err(value)).to_wit()
+    # `plugins.call`: the callee's own error passes through; a denied edge
+    # is `denied`; anything else fails the call, naming what happened.
+    if isinstance(value, plugins.CallError_Plugin):
+        return value.value
+    if isinstance(value, plugins.CallError_Denied):
+        return Denied(value.value).to_wit()
+    if isinstance(value, plugins.CallError_Failed):
+        return Failed(f"the callee stopped ({value.value.kind}): {value.value.message}").to_wit()
+    if isinstance(value, (plugins.CallError_UnknownTarget, plugins.CallError_Ambiguous,
+                          plugins.CallError_Refused)):
+        return Failed(f"the call was not made: {value.value}").to_wit()
+    return None

@@ -3,7 +3,8 @@
 //! `greet` handler), the helper module this binary carries
 //! (`guest-sdk/python/capsule.py`, `guest-sdk/js/capsule.js`), the contract
 //! (`wit/plugin.wit`), the toolchain pinned exactly as this repository's
-//! examples pin it, a policy and a README.
+//! examples pin it (`requirements.txt`; `package.json` with its lock file),
+//! a policy and a README.
 
 use std::process::ExitCode;
 
@@ -18,6 +19,8 @@ const PYTHON_REQUIREMENTS: &str = include_str!("../../../example-plugins/python/
 const JS_HELPER: &str = include_str!("../../../guest-sdk/js/capsule.js");
 /// componentize-js and what it needs, pinned as the examples pin them.
 const JS_PACKAGE: &str = include_str!("../../../example-plugins/js/package.json");
+/// The lock file that pins everything below them, for `npm ci`.
+const JS_LOCK: &str = include_str!("../../../example-plugins/js/package-lock.json");
 
 /// Runs `capsule new` for a language other than Rust.
 pub(super) fn new(args: &NewArgs) -> ExitCode {
@@ -60,10 +63,7 @@ pub(super) fn new(args: &NewArgs) -> ExitCode {
                 ),
             ],
         ),
-        _ => (
-            "JavaScript",
-            vec!["npm install && npm run build".to_owned()],
-        ),
+        _ => ("JavaScript", vec!["npm ci && npm run build".to_owned()]),
     };
     println!(
         "created {language} plugin `{}` in {} (contract {}@{})",
@@ -134,6 +134,7 @@ fn render(name: &str, sdk: &Sdk, lang: Lang) -> Result<Vec<(String, String)>, St
             ),
             ("capsule.js".to_owned(), JS_HELPER.to_owned()),
             ("package.json".to_owned(), package_json(name)?),
+            ("package-lock.json".to_owned(), package_lock(name)?),
             (
                 "README.md".to_owned(),
                 fill(include_str!("templates/js-README.md")),
@@ -165,6 +166,25 @@ fn package_json(name: &str) -> Result<String, String> {
         }),
     );
     let mut text = serde_json::to_string_pretty(&package).map_err(|err| err.to_string())?;
+    text.push('\n');
+    Ok(text)
+}
+
+/// The examples' lock file under the plugin's name, so `npm ci` installs
+/// exactly what the examples were built and tested with.
+fn package_lock(name: &str) -> Result<String, String> {
+    let mut lock: serde_json::Value = serde_json::from_str(JS_LOCK)
+        .map_err(|err| format!("the embedded package-lock.json does not parse: {err}"))?;
+    let name = serde_json::Value::from(name.to_ascii_lowercase());
+    lock["name"] = name.clone();
+    if let Some(root) = lock
+        .pointer_mut("/packages/")
+        .and_then(|root| root.as_object_mut())
+    {
+        root.insert("name".into(), name);
+        root.insert("version".into(), "0.1.0".into());
+    }
+    let mut text = serde_json::to_string_pretty(&lock).map_err(|err| err.to_string())?;
     text.push('\n');
     Ok(text)
 }
@@ -215,5 +235,13 @@ mod tests {
                 .contains("-o demo-plugin.wasm")
         );
         assert!(file(&files, "app.js").contains("capsule:plugin/config@0."));
+        let lock: serde_json::Value =
+            serde_json::from_str(file(&files, "package-lock.json")).unwrap();
+        assert_eq!(lock["name"], "demo-plugin");
+        assert_eq!(lock["packages"][""]["name"], "demo-plugin");
+        assert_eq!(
+            lock["packages"][""]["dependencies"], package["dependencies"],
+            "the lock pins what package.json asks for"
+        );
     }
 }

@@ -203,16 +203,39 @@ fn trap_name(trap: &Trap) -> String {
 /// panics), the error a JavaScript export threw (componentize-js names it
 /// while failing to convert it into the export's error type), or a Rust
 /// panic's message.
+///
+/// stderr is the plugin's to write, so the report written last wins: a Rust
+/// plugin that prints a traceback-like line before it panics still gets its
+/// panic message. componentize-py's own panic after a traceback (its
+/// message is [`PYTHON_RUNTIME_PANIC`]) defers to the traceback.
 pub(crate) fn failure_message(stderr: &str) -> Option<String> {
-    python_exception(stderr)
-        .or_else(|| javascript_exception(stderr))
-        .or_else(|| panic_message(stderr))
+    let python = stderr.rfind(PYTHON_TRACEBACK).zip(python_exception(stderr));
+    let javascript = stderr
+        .rfind(JAVASCRIPT_RECEIVED)
+        .zip(javascript_exception(stderr));
+    let rust = stderr
+        .rfind(RUST_PANIC)
+        .zip(panic_message(stderr))
+        .filter(|(_, message)| !(python.is_some() && message == PYTHON_RUNTIME_PANIC));
+    [python, javascript, rust]
+        .into_iter()
+        .flatten()
+        .max_by_key(|(at, _)| *at)
+        .map(|(_, message)| message)
 }
+
+/// How a Python traceback starts.
+const PYTHON_TRACEBACK: &str = "Traceback (most recent call last):";
+/// What componentize-py's runtime panics with after printing a traceback.
+const PYTHON_RUNTIME_PANIC: &str = "Python function threw an unexpected exception";
+/// Where componentize-js names the error an export threw.
+const JAVASCRIPT_RECEIVED: &str = "(received `";
+/// How a Rust panic message starts.
+const RUST_PANIC: &str = "panicked at ";
 
 /// The last line of the last Python traceback: `RuntimeError: message`.
 fn python_exception(stderr: &str) -> Option<String> {
-    const HEADER: &str = "Traceback (most recent call last):";
-    let start = stderr.rfind(HEADER)? + HEADER.len();
+    let start = stderr.rfind(PYTHON_TRACEBACK)? + PYTHON_TRACEBACK.len();
     // Frames are indented; the exception is the first line that is not.
     stderr[start..]
         .lines()
@@ -223,8 +246,7 @@ fn python_exception(stderr: &str) -> Option<String> {
 /// The error a componentize-js export threw that was not its result's
 /// error case: `… (received `TypeError: message`) specified for …`.
 fn javascript_exception(stderr: &str) -> Option<String> {
-    const OPEN: &str = "(received `";
-    let start = stderr.rfind(OPEN)? + OPEN.len();
+    let start = stderr.rfind(JAVASCRIPT_RECEIVED)? + JAVASCRIPT_RECEIVED.len();
     let end = stderr[start..].find("`)")?;
     let message = stderr[start..start + end].trim();
     (!message.is_empty()).then(|| message.to_owned())
@@ -233,7 +255,7 @@ fn javascript_exception(stderr: &str) -> Option<String> {
 /// Extracts the message of a Rust panic from what the guest wrote to stderr:
 /// the text after `panicked at <location>:` up to the backtrace note.
 fn panic_message(stderr: &str) -> Option<String> {
-    let start = stderr.rfind("panicked at ")?;
+    let start = stderr.rfind(RUST_PANIC)?;
     let after = &stderr[start..];
     // The location ends at the first colon followed by a newline (Rust
     // 1.73+: "panicked at src/lib.rs:10:5:\nmessage").
@@ -275,6 +297,12 @@ mod tests {
             failure_message(stderr).as_deref(),
             Some("RuntimeError: boom")
         );
+    }
+
+    #[test]
+    fn the_report_written_last_wins() {
+        let stderr = "Traceback (most recent call last):\nValueError: printed by the plugin\n\nthread '<unnamed>' panicked at src/lib.rs:3:5:\nthe real panic\n";
+        assert_eq!(failure_message(stderr).as_deref(), Some("the real panic"));
     }
 
     #[test]

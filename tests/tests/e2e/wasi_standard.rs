@@ -109,7 +109,8 @@ async fn keyvalue_is_the_granted_namespace_with_its_quotas_and_transactions() {
             json!({"hits": expected})
         );
     }
-    // Compare-and-swap appends, and a conflicting writer is retried.
+    // Compare-and-swap appends (the conflict path has a unit test of its own:
+    // services/kv/standard.rs).
     call_json(
         &host,
         WASI_STANDARD,

@@ -5,8 +5,8 @@
 // - `spin` loops for ever (`timeout`, or `out_of_fuel` under a fuel budget);
 // - `hoard` allocates without bound (`memory_limit`);
 // - `throw` throws an error nothing catches (`trap`, with the error's text);
-// - `recurse` recurses without bound (the engine's own stack check stops it
-//   with a `RangeError`, so this too is a `trap`).
+// - `recurse` recurses without bound (the engine's own recursion limit stops
+//   it with `InternalError: too much recursion`, so this too is a `trap`).
 
 import { Plugin } from './capsule.js';
 

@@ -611,8 +611,8 @@ impl Service for Kv {
         commit would leave); per atomic call: `max_call_keys` distinct keys read or written \
         (4096) and `max_call_bytes` buffered (4 MiB); `list-keys` answers at most 1000 keys, \
         a page at most 1000, `get-many`/`set-many` at most 256 keys; `wasi:keyvalue` (the \
-        same grant): 16 open buckets and 16 cas handles per instance, the values cas handles \
-        hold at most `max_call_bytes` together";
+        same grant): 16 open buckets and 16 cas handles per instance, each handle keeping its \
+        key and a digest of the value";
 
     type Grant = Option<KvGrant>;
     type Policy = KvPolicy;
