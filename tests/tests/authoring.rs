@@ -597,41 +597,22 @@ fn scaffold_in_language(lang: &str, name: &str, build: impl FnOnce(&Path)) {
     assert!(signed.contains("1 operation(s)"), "{signed}");
     let policy = project.join("capsule.toml");
     capsule_ok(args!["check", "--config", policy], &cache);
-    let greeted = capsule(
-        args![
-            "run",
-            name,
-            "--config",
-            policy,
-            "--op",
-            "greet",
-            "--input",
-            r#"{"name":"Ada"}"#,
-            "--json"
-        ],
-        &cache,
-    );
-    let result = stdout_json(&greeted);
+    let greet = |input: &str| {
+        stdout_json(&capsule(
+            args![
+                "run", name, "--config", policy, "--op", "greet", "--input", input, "--json"
+            ],
+            &cache,
+        ))
+    };
+    let result = greet(r#"{"name":"Ada"}"#);
     assert_eq!(
         result["output"],
         json!({"greeting": "Hello, Ada!"}),
         "{result}"
     );
     assert_eq!(result["logs"][0]["message"], "greeting Ada", "{result}");
-    let refused = stdout_json(&capsule(
-        args![
-            "run",
-            name,
-            "--config",
-            policy,
-            "--op",
-            "greet",
-            "--input",
-            r#"{"name":""}"#,
-            "--json"
-        ],
-        &cache,
-    ));
+    let refused = greet(r#"{"name":""}"#);
     assert_eq!(refused["error"]["kind"], "plugin_error", "{refused}");
     std::fs::remove_dir_all(work).ok();
 }

@@ -226,37 +226,19 @@ pub async fn runaway_is_contained(
     .await;
     assert!(err.to_string().contains("memory limit"), "{err}");
 
-    let (err, _) = assert_contained(
-        &host,
-        plugin,
-        exception_op,
-        ErrorKind::Trap,
-        Duration::from_secs(2),
-    )
-    .await;
-    match &err.cause {
-        CallFailure::Trap { detail, .. } => {
-            assert_eq!(detail.as_deref(), Some(exception), "{err}")
+    // An uncaught exception, and the language's own recursion limit: each a
+    // trap naming the exception, its traceback in the call's log.
+    for (op, exception) in [(exception_op, exception), ("recurse", recursion)] {
+        let (err, _) =
+            assert_contained(&host, plugin, op, ErrorKind::Trap, Duration::from_secs(2)).await;
+        match &err.cause {
+            CallFailure::Trap { detail, .. } => {
+                assert_eq!(detail.as_deref(), Some(exception), "{err}")
+            }
+            other => panic!("expected a trap, got {other:?}"),
         }
-        other => panic!("expected a trap, got {other:?}"),
-    }
-    assert!(err.to_string().contains(exception), "{err}");
-    assert!(err.logs.iter().any(|r| r.source == LogSource::Stderr));
-
-    let (err, _) = assert_contained(
-        &host,
-        plugin,
-        "recurse",
-        ErrorKind::Trap,
-        Duration::from_secs(2),
-    )
-    .await;
-    // The language's own recursion limit stops it, as an exception.
-    match &err.cause {
-        CallFailure::Trap { detail, .. } => {
-            assert_eq!(detail.as_deref(), Some(recursion), "{err}")
-        }
-        other => panic!("expected a trap, got {other:?}"),
+        assert!(err.to_string().contains(exception), "{err}");
+        assert!(err.logs.iter().any(|r| r.source == LogSource::Stderr));
     }
 
     // Under a fuel budget the loop ends as out of fuel instead.
