@@ -116,7 +116,7 @@ pub async fn hello_under_grants_and_denials(plugin: &str) {
     assert!(matches!(denied, PluginError::Denied(_)), "{denied:?}");
 
     // The same plugin with no grants: greeting still works (the count is
-    // skipped), the kv read is denied, metrics are dropped.
+    // left out), the kv read is denied, metrics are dropped.
     let bare = format!("{plugin}-bare");
     host.load(PluginSpec::from_path(plugin_path(plugin)).with_name(&bare))
         .await
