@@ -48,7 +48,8 @@ use capsule_host::backend::{Backend, NatsOptions};
 use capsule_host::services::calls::CallTarget;
 use capsule_host::services::kv::KvGrant;
 use capsule_host::{
-    EngineOptions, Grants, Host, HostBuilder, Limits, PluginSpec, PublicKey, Request, SecretKey,
+    EngineOptions, Grants, Host, HostBuilder, Interruption, Limits, PluginSpec, PublicKey, Request,
+    SecretKey,
 };
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
@@ -517,16 +518,21 @@ fn compute(c: &mut Criterion) {
         timeout: Duration::from_secs(60),
         ..Limits::default()
     };
-    let engine = |fuel: bool, epoch: bool| EngineOptions {
+    let engine = |fuel: bool, interruption: Interruption| EngineOptions {
         consume_fuel: fuel,
-        epoch_interruption: epoch,
+        interruption,
         ..EngineOptions::default()
     };
+    let yields = EngineOptions::default().interruption;
+    // The default (fuel, deadline at fuel yields); fuel with epochs (the
+    // default before 2026-12-05); epochs alone (the only deadline without
+    // fuel); fuel alone with nothing to stop it at its deadline; nothing.
     let variants = [
-        ("capsule", engine(true, true)),
-        ("capsule_nofuel", engine(false, true)),
-        ("capsule_noepoch", engine(true, false)),
-        ("capsule_bare", engine(false, false)),
+        ("capsule", engine(true, yields)),
+        ("capsule_epoch", engine(true, Interruption::epoch())),
+        ("capsule_nofuel", engine(false, Interruption::epoch())),
+        ("capsule_fuelonly", engine(true, Interruption::Off)),
+        ("capsule_bare", engine(false, Interruption::Off)),
     ];
     let input = sieve::LIMIT.to_string();
     let mut group = c.benchmark_group("compute");

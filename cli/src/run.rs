@@ -10,8 +10,8 @@ use capsule_host::services::files::Access;
 use capsule_host::services::http::OriginPattern;
 use capsule_host::units::{parse_duration, parse_size};
 use capsule_host::{
-    CacheKey, CallError, CallStats, ErrorKind, HostBuilder, HostError, LoadError, LogRecord,
-    PluginSource, PluginSpec, Policy, PublishedEvent, Request,
+    CacheKey, CallError, CallStats, EngineOptions, ErrorKind, HostBuilder, HostError, Interruption,
+    LoadError, LogRecord, PluginSource, PluginSpec, Policy, PublishedEvent, Request,
 };
 use clap::Args;
 use serde_json::{Value, json};
@@ -288,8 +288,17 @@ async fn call_once(args: RunArgs) -> ExitCode {
         Err(code) => return code,
     };
     let builder = || {
-        let base = HostBuilder::from_policy(&policy)
+        let mut base = HostBuilder::from_policy(&policy)
             .allow_unsigned(policy.host.allow_unsigned || args.allow_unsigned);
+        if args.profile.is_some() {
+            // Samples are taken on the epoch tick: a profiled run pays for
+            // epoch checks in the guest code, which the default fuel yields
+            // avoid.
+            base = base.engine_options(EngineOptions {
+                interruption: Interruption::epoch(),
+                ..policy.host.engine.clone()
+            });
+        }
         let base = keys
             .iter()
             .fold(base, |builder, key| builder.trust(key.clone()));

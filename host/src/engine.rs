@@ -1,6 +1,7 @@
 //! The wasmtime engine every plugin of a host shares: compilation settings,
-//! fuel and epoch interruption, the wasm stack limit, the pooling allocator,
-//! and the one epoch ticker that drives deadlines.
+//! fuel metering and how guest code is interrupted at its deadline, the wasm
+//! stack limit, the pooling allocator, and the epoch ticker when epochs are
+//! what interrupts.
 
 use std::time::Duration;
 
@@ -16,18 +17,60 @@ pub struct EngineOptions {
     /// Maximum wasm stack in bytes for every call (wasmtime's
     /// `max_wasm_stack`). Overflow is reported as `stack_overflow`.
     pub max_wasm_stack: usize,
-    /// How often the epoch advances. Deadlines are checked at this
-    /// granularity, and long-running guests yield to other tasks this often.
-    pub epoch_tick: Duration,
     /// Pooling-allocator sizing, or `None` to allocate instances on demand.
     pub pooling: Option<PoolingOptions>,
     /// Whether fuel is metered. Off, `Limits::fuel` is ignored and only the
     /// deadline bounds compute; meant for benchmarks and trusted code.
     pub consume_fuel: bool,
-    /// Whether guest code can be interrupted at its deadline. Off, only the
-    /// outer timeout applies, which cannot stop a guest that never calls the
-    /// host: never turn it off for untrusted plugins.
-    pub epoch_interruption: bool,
+    /// How guest code that never calls the host is stopped at its deadline
+    /// (and made to let other tasks run meanwhile).
+    pub interruption: Interruption,
+}
+
+/// How a call's deadline reaches guest code that is busy computing. Time
+/// blocked inside a host call is bounded by the call's outer timer either
+/// way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interruption {
+    /// Guest code yields to the host every `interval` units of fuel (about
+    /// one per wasm instruction); at each yield the call's timer stops a
+    /// call that is past its deadline, and other tasks get to run. It rides
+    /// on fuel's own checks, so it adds no code to the guest: the default,
+    /// and it needs `consume_fuel`.
+    FuelYield {
+        /// Fuel units between yields.
+        interval: u64,
+    },
+    /// The engine's epoch advances every `tick` on a background thread, and
+    /// compiled code checks it at every function entry and loop back-edge:
+    /// the only way to stop guest code when fuel is off, and what samples a
+    /// profile (`Host::call_profiled`). It costs compute about 1.4× (the
+    /// prime-sieve benchmark).
+    Epoch {
+        /// How often the epoch advances: deadlines are checked, guests
+        /// yield and profiles are sampled at this granularity.
+        tick: Duration,
+    },
+    /// Nothing interrupts guest code: only the outer timer applies, which
+    /// cannot stop a guest that never calls the host. Never for untrusted
+    /// plugins.
+    Off,
+}
+
+impl Interruption {
+    /// Fuel units between yields by default: about a millisecond of guest
+    /// code on this machine class, so a deadline is met within about a
+    /// millisecond and a yield (two fiber switches) costs well under 1%.
+    pub const DEFAULT_FUEL_INTERVAL: u64 = 1_000_000;
+    /// The epoch tick used when epochs are asked for without one.
+    pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(5);
+
+    /// Epoch interruption with the default tick.
+    pub fn epoch() -> Interruption {
+        Interruption::Epoch {
+            tick: Self::DEFAULT_EPOCH_TICK,
+        }
+    }
 }
 
 /// Which metering the engine compiles in, as every store needs to know.
@@ -35,13 +78,19 @@ pub struct EngineOptions {
 pub(crate) struct Metering {
     pub(crate) fuel: bool,
     pub(crate) epoch: bool,
+    /// Fuel units between yields, when fuel yields carry the deadline.
+    pub(crate) fuel_yield: Option<u64>,
 }
 
 impl EngineOptions {
     pub(crate) fn metering(&self) -> Metering {
         Metering {
             fuel: self.consume_fuel,
-            epoch: self.epoch_interruption,
+            epoch: matches!(self.interruption, Interruption::Epoch { .. }),
+            fuel_yield: match self.interruption {
+                Interruption::FuelYield { interval } if self.consume_fuel => Some(interval),
+                _ => None,
+            },
         }
     }
 }
@@ -50,10 +99,11 @@ impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             max_wasm_stack: 512 * 1024,
-            epoch_tick: Duration::from_millis(5),
             pooling: Some(PoolingOptions::default()),
             consume_fuel: true,
-            epoch_interruption: true,
+            interruption: Interruption::FuelYield {
+                interval: Interruption::DEFAULT_FUEL_INTERVAL,
+            },
         }
     }
 }
@@ -132,7 +182,7 @@ fn base_config(options: &EngineOptions) -> Config {
         // every call several times slower.
         .concurrency_support(false)
         .consume_fuel(options.consume_fuel)
-        .epoch_interruption(options.epoch_interruption)
+        .epoch_interruption(options.metering().epoch)
         .max_wasm_stack(options.max_wasm_stack)
         // Fibers need room for the wasm stack plus host frames below it.
         .async_stack_size(options.max_wasm_stack + 1024 * 1024)

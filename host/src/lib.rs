@@ -57,7 +57,7 @@ pub use contract::{
     Request, Response, ServiceError,
 };
 pub use contract::{Event, EventOutcome, ForwardedEvent};
-pub use engine::{AllocationMode, EngineOptions, PoolingOptions};
+pub use engine::{AllocationMode, EngineOptions, Interruption, PoolingOptions};
 pub use error::{Budget, CallError, CallFailure, ErrorKind, LoadError, LoadFailure, OutputStream};
 pub use limits::{BusOptions, Limits};
 pub use outcome::{CallOutcome, CallStats, LogRecord, LogSource, PublishedEvent};

@@ -92,8 +92,9 @@ impl Summary {
             "verify/4MiB",
             "compute/native",
             "compute/capsule",
+            "compute/capsule_epoch",
             "compute/capsule_nofuel",
-            "compute/capsule_noepoch",
+            "compute/capsule_fuelonly",
             "compute/capsule_bare",
             "compute/extism",
             "kv/atomic/1",
@@ -251,32 +252,47 @@ impl Summary {
             "—".into(),
             "—",
         );
-        let (c_native, c_all, c_nofuel, c_noepoch, c_bare) = (
+        let (c_native, c_all, c_epoch, c_nofuel, c_fuelonly, c_bare) = (
             self.ns("compute/native"),
             self.ns("compute/capsule"),
+            self.ns("compute/capsule_epoch"),
             self.ns("compute/capsule_nofuel"),
-            self.ns("compute/capsule_noepoch"),
+            self.ns("compute/capsule_fuelonly"),
             self.ns("compute/capsule_bare"),
         );
         row(
-            "4 MB prime sieve, fuel + epochs (the default)",
+            "4 MB prime sieve, fuel + deadline at fuel yields (the default)",
             time(c_all),
             format!("native {}", time(c_native)),
             ratio(c_all, c_native),
             "—",
         );
         row(
-            "fuel metering overhead (compute)",
+            "full protection (fuel + deadline) ÷ no metering (compute)",
             time(c_all),
-            format!("fuel off {}", time(c_nofuel)),
-            ratio(c_all, c_nofuel),
-            "< 1.3×",
+            format!("no metering {}", time(c_bare)),
+            ratio(c_all, c_bare),
+            "≤ 1.25×",
         );
         row(
-            "epoch interruption overhead (compute)",
+            "deadline at fuel yields ÷ fuel alone (compute)",
             time(c_all),
-            format!("epochs off {}", time(c_noepoch)),
-            ratio(c_all, c_noepoch),
+            format!("fuel alone {}", time(c_fuelonly)),
+            ratio(c_all, c_fuelonly),
+            "—",
+        );
+        row(
+            "fuel + epochs (the earlier default) ÷ fuel yields (compute)",
+            time(c_epoch),
+            format!("fuel yields {}", time(c_all)),
+            ratio(c_epoch, c_all),
+            "—",
+        );
+        row(
+            "epochs alone (no fuel) ÷ no metering (compute)",
+            time(c_nofuel),
+            format!("no metering {}", time(c_bare)),
+            ratio(c_nofuel, c_bare),
             "—",
         );
         row(

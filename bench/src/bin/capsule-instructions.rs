@@ -85,12 +85,10 @@ fn run() -> Result<(), String> {
                 total_instances: 4,
                 max_memory_bytes: Limits::default().memory_bytes,
             }),
-            // Each tick makes the running guest yield once. Valgrind runs
-            // code ~50× slower, so at the default 5 ms tick it would count
-            // ~50× more yields than a real call has, and how many would
-            // depend on the machine's speed. The checks compiled into guest
-            // code, which every loop pays, are the same at any tick.
-            epoch_tick: Duration::from_secs(1),
+            // The default interruption, fuel yields: they come every so
+            // many fuel units, so how many a call makes does not depend on
+            // valgrind's speed (epoch ticks would: valgrind runs code ~50×
+            // slower, so a 5 ms tick would count ~50× more yields).
             ..EngineOptions::default()
         })
         .build()

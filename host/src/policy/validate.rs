@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::Grants;
 use crate::bounds::{GIB, Invalid, KIB, MIB, PAGE, bytes, duration, range, show_bytes};
-use crate::engine::{EngineOptions, PoolingOptions};
+use crate::engine::{EngineOptions, Interruption, PoolingOptions};
 use crate::limits::{BusOptions, Limits};
 
 /// A plugin's limits, each within the range the host can honour.
@@ -105,7 +105,8 @@ pub fn limits_fit_pool(limits: &Limits, pool: Option<&PoolingOptions>) -> Result
     Ok(())
 }
 
-/// Engine settings: the wasm stack, the epoch tick and the pool.
+/// Engine settings: the wasm stack, how guest code is interrupted and the
+/// pool.
 pub fn engine(engine: &EngineOptions) -> Result<(), Invalid> {
     bytes(
         "max_wasm_stack",
@@ -113,11 +114,29 @@ pub fn engine(engine: &EngineOptions) -> Result<(), Invalid> {
         64 * KIB,
         64 * MIB,
     )?;
-    if engine.epoch_tick < Duration::from_millis(1) || engine.epoch_tick > Duration::from_secs(1) {
-        return Err(Invalid::new(
-            "epoch_tick",
-            format!("{:?} is out of range: use 1ms to 1s", engine.epoch_tick),
-        ));
+    match engine.interruption {
+        Interruption::Epoch { tick }
+            if tick < Duration::from_millis(1) || tick > Duration::from_secs(1) =>
+        {
+            return Err(Invalid::new(
+                "epoch_tick",
+                format!("{tick:?} is out of range: use 1ms to 1s"),
+            ));
+        }
+        Interruption::FuelYield { .. } if !engine.consume_fuel => {
+            return Err(Invalid::new(
+                "interruption",
+                "fuel yields need fuel metering: turn consume_fuel on, or interrupt with epochs",
+            ));
+        }
+        Interruption::FuelYield { interval } => range(
+            "fuel_yield_interval",
+            interval,
+            1_000,
+            1_000_000_000,
+            "fuel units",
+        )?,
+        Interruption::Epoch { .. } | Interruption::Off => {}
     }
     if let Some(pool) = &engine.pooling {
         range(
@@ -294,6 +313,24 @@ mod tests {
             ..EngineOptions::default()
         };
         assert_eq!(engine(&bad_engine).unwrap_err().field, "max_wasm_stack");
+        let unfuelled_yields = EngineOptions {
+            consume_fuel: false,
+            ..EngineOptions::default()
+        };
+        assert_eq!(engine(&unfuelled_yields).unwrap_err().field, "interruption");
+        let fast_epochs = EngineOptions {
+            interruption: Interruption::Epoch {
+                tick: Duration::from_micros(10),
+            },
+            ..EngineOptions::default()
+        };
+        assert_eq!(engine(&fast_epochs).unwrap_err().field, "epoch_tick");
+        let no_fuel_epochs = EngineOptions {
+            consume_fuel: false,
+            interruption: Interruption::epoch(),
+            ..EngineOptions::default()
+        };
+        engine(&no_fuel_epochs).unwrap();
     }
 
     #[test]

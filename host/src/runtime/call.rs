@@ -47,7 +47,9 @@ impl Host {
     /// processed format (JSON, open it at <https://profiler.firefox.com>),
     /// sampled on the epoch tick; `None` when the call was stopped before it
     /// returned (a timeout drops the instance and its samples), never ran
-    /// (refused, unknown, busy), or the engine has no epochs. Plugins it
+    /// (refused, unknown, busy), or the engine has no epochs (sampling
+    /// needs [`crate::Interruption::Epoch`]; the default fuel yields take no
+    /// samples, and `capsule run --profile` asks for epochs). Plugins it
     /// calls are not profiled. Meant for one call at a time, by an operator
     /// (`capsule run --profile`): a profile grows with the call's length.
     pub async fn call_profiled(

@@ -54,7 +54,7 @@ use crate::artifact::cache::{
     CacheError, CacheKey, CacheKeyError, CacheStats, CompileCache, KeySource,
 };
 use crate::backend::{Backend, BackendError};
-use crate::engine::{self, AllocationMode, EngineOptions};
+use crate::engine::{self, AllocationMode, EngineOptions, Interruption};
 use crate::error::{LoadError, LoadFailure};
 use crate::limits::BusOptions;
 use crate::limits::Limits;
@@ -285,14 +285,15 @@ impl HostBuilder {
         self
     }
 
-    /// Engine-wide settings: wasm stack, epoch tick, pooling.
+    /// Engine-wide settings: wasm stack, fuel, how guest code is
+    /// interrupted at its deadline, pooling.
     pub fn engine_options(mut self, options: EngineOptions) -> Self {
         self.engine = options;
         self
     }
 
     /// Builds the engine, links the host services and starts the epoch
-    /// ticker.
+    /// ticker when epochs interrupt guest code.
     pub fn build(self) -> Result<Host, HostError> {
         validate::engine(&self.engine).map_err(|err| err.within("pool"))?;
         validate::bus(&self.bus).map_err(|err| err.within("events"))?;
@@ -335,12 +336,12 @@ impl HostBuilder {
             (Backend::Embedded, None) => KvStore::in_memory(),
         });
         KvStore::start_sweeper(&kv_store);
-        if self.engine.epoch_interruption {
-            engine::start_epoch_ticker(&engine, self.engine.epoch_tick)?;
-        } else {
-            tracing::warn!(
-                "epoch interruption is off: guest code cannot be stopped at its deadline"
-            );
+        match self.engine.interruption {
+            Interruption::Epoch { tick } => engine::start_epoch_ticker(&engine, tick)?,
+            Interruption::FuelYield { .. } if self.engine.consume_fuel => {}
+            Interruption::FuelYield { .. } | Interruption::Off => tracing::warn!(
+                "nothing interrupts guest code: it cannot be stopped at its deadline"
+            ),
         }
         if self.trust.allow_unsigned {
             tracing::warn!("this host loads plugins without a valid trusted signature");

@@ -688,7 +688,8 @@ impl LoadedPlugin {
                 },
             };
             instance.prepare(limits, &scope, deadline);
-            if scope.profile.is_some() {
+            // Samples are taken on the epoch tick.
+            if scope.profile.is_some() && self.metering.epoch {
                 self.start_profile(&mut instance);
             }
             let result = instance.invoke(entry).await;
@@ -700,9 +701,10 @@ impl LoadedPlugin {
             }
             Ok::<_, SetupError>((instance, result))
         };
-        // The epoch callback stops guest code at the deadline; this outer
-        // timeout also bounds time spent blocked inside host calls. Dropping
-        // the future drops the instance with it.
+        // Guest code is stopped at its deadline at a fuel yield (this
+        // timer) or by the epoch callback; the timer also bounds time spent
+        // blocked inside host calls. Dropping the future drops the instance
+        // with it.
         let mut callee_fuel = 0;
         let mut memory_bytes = None;
         let mut host_calls = Vec::new();
@@ -816,8 +818,8 @@ impl LoadedPlugin {
                 arm_deadline(&mut instance.store);
                 refuel(&mut instance.store, &limits);
                 instance.store.set_hostcall_fuel(limits.host_call_bytes());
-                // The epoch callback stops guest code at `until`; this stops
-                // a `shutdown` blocked inside a host call.
+                // Stops a `shutdown` computing (at a fuel yield) or blocked
+                // inside a host call at `until`.
                 let shutdown = instance.bindings.shutdown(&mut instance.store);
                 match tokio::time::timeout_at(deadline, shutdown).await {
                     Ok(Ok(())) => true,

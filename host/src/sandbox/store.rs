@@ -168,6 +168,13 @@ pub(crate) fn new_store(
     // Handles in the component's own tables (every WASI handle it holds,
     // resources it defines, borrows it lends) share the same budget.
     store.set_max_component_handles(limits.max_handles);
+    if let Some(interval) = setup.metering.fuel_yield {
+        // Guest code yields every `interval` fuel units: the call's outer
+        // timeout (`runtime::plugin`) stops it there once past its deadline.
+        store
+            .fuel_async_yield_interval(Some(interval))
+            .map_err(|err| crate::text::chain(&err))?;
+    }
     refuel(&mut store, setup.limits);
     // Times each call into a host service (`host_calls`).
     store.call_hook(|mut context, hook| {

@@ -1,9 +1,11 @@
-//! `spin-loop` spins forever: the deadline stops it as `timeout`, a fuel
-//! budget as `out_of_fuel`, and neither starves other plugins.
+//! `spin-loop` spins forever: the deadline stops it as `timeout` (at a fuel
+//! yield by default, or on the epoch tick), a fuel budget as `out_of_fuel`,
+//! and neither starves other plugins.
 
 use std::time::Duration;
 
-use capsule_host::{ErrorKind, Limits, Request};
+use capsule_host::{EngineOptions, ErrorKind, Interruption, Limits, PluginSpec, Request};
+use capsule_tests::plugin_path;
 use capsule_tests::plugins::{HELLO, SPIN_LOOP};
 
 use crate::sandbox::{assert_contained, host_with, tight_limits};
@@ -19,6 +21,33 @@ async fn deadline_stops_it_as_timeout() {
         assert_contained(&host, SPIN_LOOP, "run", ErrorKind::Timeout, limits.timeout).await;
     assert!(elapsed >= limits.timeout, "stopped early: {elapsed:?}");
     assert!(err.to_string().contains("timed out"), "{err}");
+}
+
+/// Epoch interruption (what `capsule run --profile` uses, and the only
+/// deadline without fuel) stops it too, with fuel metering off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn epochs_stop_it_without_fuel() {
+    let limits = Limits {
+        fuel: None,
+        ..tight_limits()
+    };
+    let host = capsule_tests::host_builder()
+        .engine_options(EngineOptions {
+            consume_fuel: false,
+            interruption: Interruption::epoch(),
+            ..EngineOptions::default()
+        })
+        .build()
+        .unwrap();
+    host.load(PluginSpec::from_path(plugin_path(HELLO)))
+        .await
+        .unwrap();
+    host.load(PluginSpec::from_path(plugin_path(SPIN_LOOP)).limits(limits.clone()))
+        .await
+        .unwrap();
+    let (_, elapsed) =
+        assert_contained(&host, SPIN_LOOP, "run", ErrorKind::Timeout, limits.timeout).await;
+    assert!(elapsed >= limits.timeout, "stopped early: {elapsed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
