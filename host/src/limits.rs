@@ -34,6 +34,13 @@ pub struct Limits {
     /// every call a fresh instance (the strongest isolation). An instance
     /// that traps is always discarded at once.
     pub recycle_after: u32,
+    /// Instances started (instantiated, `init` run) when the plugin loads or
+    /// a new version rolls out, so that many concurrent first calls find a
+    /// warm instance; at most `max_instances`. They are idle instances like
+    /// any other: recycled after `recycle_after` calls, and dropped with all
+    /// idle instances when the pool runs out. 0 starts only the one that
+    /// answers `describe`.
+    pub prewarm: usize,
     /// Consecutive failures (traps, timeouts, limits) that open the circuit
     /// breaker; 0 disables it.
     pub circuit_failures: u32,
@@ -152,6 +159,7 @@ impl Default for Limits {
             max_queued: 64,
             queue_timeout: Duration::from_secs(5),
             recycle_after: 1000,
+            prewarm: 0,
             circuit_failures: 5,
             circuit_cooldown: Duration::from_secs(30),
             max_handles: 256,

@@ -330,6 +330,7 @@ pub(super) struct RawLimits {
     pub(super) max_queued: Option<usize>,
     pub(super) queue_timeout: Option<Time>,
     pub(super) recycle_after: Option<u32>,
+    pub(super) prewarm: Option<usize>,
     pub(super) circuit_failures: Option<u32>,
     pub(super) circuit_cooldown: Option<Time>,
     pub(super) max_handles: Option<usize>,
@@ -371,6 +372,9 @@ impl RawLimits {
         }
         if let Some(calls) = self.recycle_after {
             limits.recycle_after = calls;
+        }
+        if let Some(count) = self.prewarm {
+            limits.prewarm = count;
         }
         if let Some(failures) = self.circuit_failures {
             limits.circuit_failures = failures;

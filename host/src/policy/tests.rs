@@ -233,6 +233,12 @@ fn values_the_host_would_refuse_are_refused_here_with_their_key() {
             format!("[plugins.a]\npath = \"{wasm}\"\n[plugins.a.limits]\nrecycle_after = 0\n"),
             "plugins.a.limits.recycle_after",
         ),
+        (
+            format!(
+                "[plugins.a]\npath = \"{wasm}\"\n[plugins.a.limits]\nmax_instances = 2\nprewarm = 3\n"
+            ),
+            "plugins.a.limits.prewarm",
+        ),
     ];
     for (text, key) in cases {
         let err = parse(&text).expect_err(&text);

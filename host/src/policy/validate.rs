@@ -43,6 +43,15 @@ pub fn limits(limits: &Limits) -> Result<(), Invalid> {
         u64::from(u32::MAX),
         "calls",
     )?;
+    if limits.prewarm > limits.max_instances {
+        return Err(Invalid::new(
+            "prewarm",
+            format!(
+                "{} instances is more than max_instances ({})",
+                limits.prewarm, limits.max_instances
+            ),
+        ));
+    }
     duration("circuit_cooldown", limits.circuit_cooldown, Duration::ZERO)?;
     range(
         "max_handles",
@@ -284,6 +293,14 @@ mod tests {
                     ..Limits::default()
                 },
                 "recycle_after",
+            ),
+            (
+                Limits {
+                    max_instances: 4,
+                    prewarm: 5,
+                    ..Limits::default()
+                },
+                "prewarm",
             ),
             (
                 Limits {

@@ -70,6 +70,12 @@ impl Loader {
         let mut plugin = prepare(self, spec).await?;
         admit(&plugin.details).map_err(|cause| LoadError::new(plugin.name.to_string(), cause))?;
         describe(&mut plugin).await?;
+        plugin.prewarm().await.map_err(|failure| {
+            LoadError::new(
+                plugin.name.to_string(),
+                LoadFailure::InitFailed(Box::new(failure)),
+            )
+        })?;
         let plugin = Arc::new(plugin);
         self.pool_mates.register(&plugin);
         Ok(plugin)

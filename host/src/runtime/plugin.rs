@@ -586,6 +586,57 @@ impl LoadedPlugin {
         }
     }
 
+    /// Starts instances (instantiated, `init` run, each under the plugin's
+    /// timeout) until [`Limits::prewarm`] are idle, and returns how many it
+    /// started. Stops early, with a warning, when the instance pool has no
+    /// room left: warm instances are a cache that the pool reclaims under
+    /// pressure anyway. An `init` that fails, traps or outlasts the timeout
+    /// fails the load, as it would have failed the first calls.
+    pub(crate) async fn prewarm(&self) -> Result<usize, CallFailure> {
+        let limits = self.limits();
+        let wanted = limits.prewarm.min(limits.max_instances);
+        let mut started = 0;
+        while self.idle_count() < wanted && !self.retired.load(Ordering::Acquire) {
+            let sink = Arc::new(LogSink::new(
+                Arc::clone(&self.name),
+                limits.max_log_bytes,
+                limits.max_log_records,
+            ));
+            let deadline = Instant::now() + limits.timeout;
+            let starting = self.instantiate(&sink, deadline, true);
+            let instance = match tokio::time::timeout(limits.timeout, starting).await {
+                Ok(Ok(instance)) => instance,
+                Ok(Err(SetupError::Wasm(err)))
+                    if err.downcast_ref::<PoolConcurrencyLimitError>().is_some() =>
+                {
+                    tracing::warn!(
+                        plugin = %self.name,
+                        wanted,
+                        started,
+                        "the instance pool is full: fewer warm instances than `prewarm` asks for"
+                    );
+                    break;
+                }
+                Ok(Err(SetupError::Wasm(err))) => return Err(self.classify(&err, &sink, false)),
+                Ok(Err(SetupError::Init(err))) => return Err(init_failed(err)),
+                Ok(Err(SetupError::Host(reason))) => return Err(CallFailure::Host(reason)),
+                Err(_elapsed) => {
+                    return Err(CallFailure::Timeout {
+                        limit: limits.timeout,
+                    });
+                }
+            };
+            self.recycle(instance);
+            started += 1;
+        }
+        Ok(started)
+    }
+
+    /// Instances kept warm for the next calls.
+    pub(crate) fn idle_count(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     fn take_idle(&self) -> Option<Instance> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
     }

@@ -28,6 +28,32 @@ async fn hello_with(limits: Limits) -> Host {
     host
 }
 
+/// `prewarm` starts that many instances at load: with `recycle_after = 1`
+/// each serves one call, so exactly the first `prewarm` calls are warm
+/// (without it, only the instance that answered `describe` is).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prewarm_starts_instances_at_load() {
+    for prewarm in [0, 3] {
+        let host = hello_with(Limits {
+            recycle_after: 1,
+            max_instances: 4,
+            prewarm,
+            ..Limits::default()
+        })
+        .await;
+        let warm = prewarm.max(1);
+        assert_eq!(host.status(HELLO).unwrap().live_instances, warm);
+        for call in 0..warm + 2 {
+            let outcome = host.call(HELLO, greet("Ada")).await.unwrap();
+            assert_eq!(
+                outcome.stats.fresh_instance,
+                call >= warm,
+                "prewarm {prewarm}: call {call}"
+            );
+        }
+    }
+}
+
 async fn calls_seen(host: &Host) -> u64 {
     let outcome = host.call(HELLO, Request::new("calls", "")).await.unwrap();
     json_of(&outcome.response)["calls"].as_u64().unwrap()
