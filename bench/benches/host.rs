@@ -10,8 +10,9 @@
 //!   compile cache (verify + deserialize); and 1000 distinct plugins (1000
 //!   digests, each signed) into one host from the compile cache;
 //! - `verify`: signature verification of a 4 MiB component;
-//! - `compute`: a 4 MB prime sieve natively and in Capsule with fuel and
-//!   epoch interruption on and off;
+//! - `compute`: a 4 MB prime sieve natively and in Capsule with each way of
+//!   metering it: fuel with the deadline at fuel yields (the default), fuel
+//!   with epochs, epochs alone, fuel alone, nothing;
 //! - `kv`: a call that increments 1, 10 or 100 counters in an on-disk
 //!   store, as one atomic transaction (the default) and writing through
 //!   (`kv.atomic = false`).

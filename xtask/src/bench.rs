@@ -29,10 +29,18 @@ pub fn bench(workspace: &Workspace, peers: bool) -> Result<()> {
         .env("CAPSULE_PLUGIN_DIR", &built.dir)
         .env("CRITERION_HOME", &criterion);
     run(&mut command)?;
+    // Memory, measured once in a process of its own.
+    let density_file = workspace.target.join("bench/density.json");
+    let _ = std::fs::remove_file(&density_file);
+    run(Command::new(cargo())
+        .args(["bench", "--package", "capsule-bench", "--bench", "density"])
+        .current_dir(&workspace.root)
+        .env("CAPSULE_PLUGIN_DIR", &built.dir))?;
     if peers {
         run_extism(workspace, &criterion)?;
     }
-    let table = Summary::read(&criterion)?;
+    let mut table = Summary::read(&criterion)?;
+    table.density = Density::read(&density_file)?;
     let markdown = table.markdown(peers);
     println!();
     println!("{markdown}");
@@ -68,6 +76,42 @@ fn run_extism(workspace: &Workspace, criterion: &Path) -> Result<()> {
 struct Summary {
     criterion: PathBuf,
     rows: Vec<(String, Option<f64>)>,
+    density: Option<Density>,
+}
+
+/// What `bench/benches/density.rs` measured.
+struct Density {
+    instances: u64,
+    load_seconds: f64,
+    resident_before: f64,
+    resident_after: f64,
+    per_instance_bytes: f64,
+    json: serde_json::Value,
+}
+
+impl Density {
+    fn read(path: &Path) -> Result<Option<Density>> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(err).with_context(|| format!("read {}", path.display())),
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+        let number = |field: &str| {
+            json[field]
+                .as_f64()
+                .with_context(|| format!("{} has no number `{field}`", path.display()))
+        };
+        Ok(Some(Density {
+            instances: number("instances")? as u64,
+            load_seconds: number("load_seconds")?,
+            resident_before: number("resident_before")?,
+            resident_after: number("resident_after")?,
+            per_instance_bytes: number("per_instance_bytes")?,
+            json: json.clone(),
+        }))
+    }
 }
 
 impl Summary {
@@ -123,6 +167,7 @@ impl Summary {
         Ok(Summary {
             criterion: criterion.to_owned(),
             rows,
+            density: None,
         })
     }
 
@@ -147,6 +192,7 @@ impl Summary {
             "mean_ns": means,
             "throughput_batch_calls": BATCH,
             "verify_mib": VERIFY_MIB,
+            "density": self.density.as_ref().map(|density| density.json.clone()),
             "criterion": self.criterion.display().to_string(),
         });
         serde_json::to_string_pretty(&summary).expect("a JSON value always serialises")
@@ -302,6 +348,35 @@ impl Summary {
             ratio(c_bare, c_native),
             "—",
         );
+        match &self.density {
+            Some(density) => {
+                row(
+                    "warm instances of hello held by one host (`prewarm`)",
+                    format!("{}", density.instances),
+                    format!("started in {:.2} s", density.load_seconds),
+                    "—".into(),
+                    "≥ 10,000",
+                );
+                row(
+                    "resident memory per idle instance",
+                    format!("{:.1} KiB", density.per_instance_bytes / 1024.0),
+                    format!(
+                        "host {:.0} MiB → {:.0} MiB",
+                        density.resident_before / f64::from(1 << 20),
+                        density.resident_after / f64::from(1 << 20)
+                    ),
+                    "—".into(),
+                    "≤ 256 KiB",
+                );
+            }
+            None => row(
+                "warm instances of hello held by one host (`prewarm`)",
+                "—".into(),
+                "—".into(),
+                "—".into(),
+                "≥ 10,000",
+            ),
+        }
         for writes in [1, 10, 100] {
             let (atomic, direct) = (
                 self.ns(&format!("kv/atomic/{writes}")),
