@@ -58,10 +58,14 @@ pub enum Interruption {
 }
 
 impl Interruption {
-    /// Fuel units between yields by default: about a millisecond of guest
-    /// code on this machine class, so a deadline is met within about a
-    /// millisecond and a yield (two fiber switches) costs well under 1%.
-    pub const DEFAULT_FUEL_INTERVAL: u64 = 1_000_000;
+    /// Fuel units between yields by default. Compiled code burns fuel fast
+    /// (a prime sieve, 21 units a nanosecond on a 2-vCPU EPYC: most wasm
+    /// operators cost no machine instruction), so this is about half a
+    /// millisecond of such code and a few of slower code, about the epoch
+    /// tick it replaces. A yield goes out of the fiber, through tokio and
+    /// back in: at a million units the sieve ran 9% slower than with fuel
+    /// alone, at ten million 5% (docs/benchmarks.md).
+    pub const DEFAULT_FUEL_INTERVAL: u64 = 10_000_000;
     /// The epoch tick used when epochs are asked for without one.
     pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(5);
 
