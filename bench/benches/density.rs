@@ -67,9 +67,10 @@ fn main() {
             .trust(key)
             .cache_dir(&cache)
             .engine_options(EngineOptions {
-                // Only the pool's instance count raised: its slots keep
-                // the default 4 GiB of address space each (40 TiB for all,
-                // reserved, never resident).
+                // Only the pool's instance count raised: its memory slots
+                // (two per instance) keep the default 4 GiB of address
+                // space each (about 80 TiB in all, reserved, never
+                // resident).
                 pooling: Some(PoolingOptions {
                     total_instances: u32::try_from(instances + 1).unwrap(),
                     ..PoolingOptions::default()

@@ -262,6 +262,7 @@ enum LimitKey {
     MaxMetadataEntries,
     MaxCalls,
     MaxCallDepth,
+    Prewarm,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -295,6 +296,7 @@ fn limits(values: &[LimitValue]) -> toml::Table {
             LimitKey::MaxMetadataEntries => ("max_metadata_entries", value.count.toml()),
             LimitKey::MaxCalls => ("max_calls", value.count.toml()),
             LimitKey::MaxCallDepth => ("max_call_depth", value.count.toml()),
+            LimitKey::Prewarm => ("prewarm", value.count.toml()),
         };
         table.insert(key.into(), value);
     }

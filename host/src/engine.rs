@@ -20,16 +20,18 @@ pub struct EngineOptions {
     /// Pooling-allocator sizing, or `None` to allocate instances on demand.
     pub pooling: Option<PoolingOptions>,
     /// Whether fuel is metered. Off, `Limits::fuel` is ignored and only the
-    /// deadline bounds compute; meant for benchmarks and trusted code.
+    /// deadline bounds compute; meant for benchmarks and trusted code. The
+    /// default interruption rides on fuel: with fuel off, set
+    /// `interruption` to [`Interruption::Epoch`] (or `Off`).
     pub consume_fuel: bool,
     /// How guest code that never calls the host is stopped at its deadline
     /// (and made to let other tasks run meanwhile).
     pub interruption: Interruption,
 }
 
-/// How a call's deadline reaches guest code that is busy computing. Time
-/// blocked inside a host call is bounded by the call's outer timer either
-/// way.
+/// How a call's deadline reaches guest code that is busy computing. Either
+/// way, the call's timer bounds time blocked inside a host call, and a call
+/// past its deadline is stopped as it returns from any host call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Interruption {
     /// Guest code yields to the host every `interval` units of fuel (about

@@ -1,12 +1,13 @@
-//! The epoch ticker is one thread per engine and stops when the host (and so
-//! the engine) is dropped. Kept in its own test binary so no other host
+//! The epoch ticker is one thread per engine with epoch interruption (none
+//! with the default fuel yields) and stops when the host (and so the engine)
+//! is dropped. Kept in its own test binary so no other host
 //! starts or stops tickers while this counts them.
 
 #![cfg(target_os = "linux")]
 
 use std::time::{Duration, Instant};
 
-use capsule_host::Host;
+use capsule_host::{EngineOptions, Host, Interruption};
 
 fn ticker_threads() -> usize {
     std::fs::read_dir("/proc/self/task")
@@ -32,10 +33,29 @@ fn wait_for_tickers(expected: usize) -> bool {
     true
 }
 
+/// A host whose guest code is interrupted by epochs (not the default).
+fn epoch_host() -> Host {
+    Host::builder()
+        .engine_options(EngineOptions {
+            interruption: Interruption::epoch(),
+            ..EngineOptions::default()
+        })
+        .build()
+        .unwrap()
+}
+
 #[test]
 fn one_ticker_per_host_stopped_when_the_host_is_dropped() {
-    assert_eq!(ticker_threads(), 0);
-    let host = Host::builder().build().unwrap();
+    // The default, fuel yields, needs no ticker.
+    let default = Host::builder().build().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        ticker_threads(),
+        0,
+        "a host without epochs starts no ticker"
+    );
+    drop(default);
+    let host = epoch_host();
     let clone = host.clone();
     assert!(wait_for_tickers(1), "one ticker starts with the host");
     drop(host);
@@ -43,7 +63,7 @@ fn one_ticker_per_host_stopped_when_the_host_is_dropped() {
     assert_eq!(ticker_threads(), 1, "a clone still holds the engine");
     drop(clone);
     assert!(wait_for_tickers(0), "the ticker outlived its engine");
-    let second = Host::builder().build().unwrap();
+    let second = epoch_host();
     assert!(wait_for_tickers(1), "a new host has its own ticker");
     drop(second);
     assert!(wait_for_tickers(0));

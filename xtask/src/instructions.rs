@@ -233,7 +233,7 @@ struct Counts {
 
 impl Counts {
     /// The lowest round: a round can only gain instructions from events
-    /// outside the workload (an epoch tick landing in it), never lose any.
+    /// outside the workload (a timer or yield landing in it), never lose any.
     fn per_call(&self) -> u64 {
         self.rounds
             .iter()

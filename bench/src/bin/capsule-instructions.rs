@@ -80,7 +80,7 @@ fn run() -> Result<(), String> {
         .trust(key)
         .engine_options(EngineOptions {
             // A pool small enough for valgrind's address space; the call
-            // path is the default one (pooling, fuel, epochs).
+            // path is the default one (pooling, fuel, the deadline at fuel yields).
             pooling: Some(PoolingOptions {
                 total_instances: 4,
                 max_memory_bytes: Limits::default().memory_bytes,

@@ -22,6 +22,7 @@ use crate::limits::{Limits, MAX_DESCRIBE_BYTES};
 use crate::outcome::{CallOutcome, CallStats, LogRecord};
 use crate::runtime::input_schema::InputSchemas;
 use crate::sandbox::classify::{FailureContext, classify};
+use crate::sandbox::deadline;
 use crate::sandbox::store::{StoreSetup, StoreState, arm_deadline, fuel_used, new_store, refuel};
 use crate::services::calls::CallScope;
 use crate::services::files::Access;
@@ -249,7 +250,7 @@ impl Instance {
 
 /// How often a profiled call is meant to be sampled: the default epoch
 /// tick, which is when samples are taken.
-const PROFILE_INTERVAL: Duration = Duration::from_millis(5);
+const PROFILE_INTERVAL: Duration = crate::engine::Interruption::DEFAULT_EPOCH_TICK;
 
 /// A compiled, linked, described plugin version ready to serve calls.
 pub(crate) struct LoadedPlugin {
@@ -604,7 +605,7 @@ impl LoadedPlugin {
             ));
             let deadline = Instant::now() + limits.timeout;
             let starting = self.instantiate(&sink, deadline, true);
-            let instance = match tokio::time::timeout(limits.timeout, starting).await {
+            let instance = match deadline::within(deadline, starting).await {
                 Ok(Ok(instance)) => instance,
                 Ok(Err(SetupError::Wasm(err)))
                     if err.downcast_ref::<PoolConcurrencyLimitError>().is_some() =>
@@ -753,13 +754,14 @@ impl LoadedPlugin {
             Ok::<_, SetupError>((instance, result))
         };
         // Guest code is stopped at its deadline at a fuel yield (this
-        // timer) or by the epoch callback; the timer also bounds time spent
-        // blocked inside host calls. Dropping the future drops the instance
-        // with it.
+        // timer, which reads the clock at every yield), by the epoch
+        // callback, or on its way back from a host call (the store's call
+        // hook); the timer also bounds time spent blocked inside host calls.
+        // Dropping the future drops the instance with it.
         let mut callee_fuel = 0;
         let mut memory_bytes = None;
         let mut host_calls = Vec::new();
-        let (result, fuel, transaction) = match tokio::time::timeout(allowed, work).await {
+        let (result, fuel, transaction) = match deadline::within(deadline, work).await {
             Ok(Ok((mut instance, Ok(returned)))) => {
                 let fuel = fuel_used(&instance.store, limits);
                 let state = instance.store.data_mut();
@@ -872,7 +874,7 @@ impl LoadedPlugin {
                 // Stops a `shutdown` computing (at a fuel yield) or blocked
                 // inside a host call at `until`.
                 let shutdown = instance.bindings.shutdown(&mut instance.store);
-                match tokio::time::timeout_at(deadline, shutdown).await {
+                match deadline::within(until, shutdown).await {
                     Ok(Ok(())) => true,
                     Ok(Err(_)) | Err(_) => false,
                 }

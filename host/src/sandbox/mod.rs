@@ -4,6 +4,7 @@
 //! typed [`crate::CallFailure`], and the count and time of its host calls.
 
 pub(crate) mod classify;
+pub(crate) mod deadline;
 pub(crate) mod host_calls;
 pub(crate) mod limiter;
 pub(crate) mod store;

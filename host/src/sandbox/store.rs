@@ -31,7 +31,9 @@ macro_rules! define_store {
             pub(crate) http_ctx: WasiHttpCtx,
             $(pub(crate) $field: <$service as Service>::State,)*
             pub(crate) limiter: MemoryLimiter,
-            /// When the running call must stop; checked on every epoch tick.
+            /// When the running call must stop: checked at every fuel yield
+            /// (by the call's timer) or epoch tick, and on every return from
+            /// a host call.
             pub(crate) deadline: Instant,
             /// Which metering the engine has.
             pub(crate) metering: Metering,
@@ -169,18 +171,26 @@ pub(crate) fn new_store(
     // resources it defines, borrows it lends) share the same budget.
     store.set_max_component_handles(limits.max_handles);
     if let Some(interval) = setup.metering.fuel_yield {
-        // Guest code yields every `interval` fuel units: the call's outer
-        // timeout (`runtime::plugin`) stops it there once past its deadline.
+        // Guest code yields every `interval` fuel units: the call's timer
+        // (`deadline::within`) stops it there once past its deadline.
         store
             .fuel_async_yield_interval(Some(interval))
             .map_err(|err| crate::text::chain(&err))?;
     }
     refuel(&mut store, setup.limits);
-    // Times each call into a host service (`host_calls`).
+    // Times each call into a host service (`host_calls`), and stops a call
+    // past its deadline as it comes back from one: time inside the host
+    // burns no fuel, so a loop of quick host calls could otherwise run far
+    // past its deadline before its next fuel yield.
     store.call_hook(|mut context, hook| {
         match hook {
             CallHook::CallingHost => context.data_mut().host_calls.enter(),
-            CallHook::ReturningFromHost => context.data_mut().host_calls.leave(),
+            CallHook::ReturningFromHost => {
+                context.data_mut().host_calls.leave();
+                if Instant::now() >= context.data().deadline {
+                    return Err(wasmtime::Error::new(DeadlineExceeded));
+                }
+            }
             CallHook::CallingWasm | CallHook::ReturningFromWasm => {}
         }
         Ok(())

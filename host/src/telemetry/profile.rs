@@ -1,6 +1,8 @@
 //! Sampling a call's guest stack (`capsule run --profile`, `Host::call_profiled`)
-//! with wasmtime's `GuestProfiler`: the store's epoch tick, which already
-//! checks the deadline, takes a sample while a profiler rides in the store.
+//! with wasmtime's `GuestProfiler`: on an engine with epoch interruption (not
+//! the default; `capsule run --profile` asks for it), the store's epoch
+//! tick, which also checks the deadline, takes a sample while a profiler
+//! rides in the store.
 //! The result is the Firefox profiler's processed format (JSON), which
 //! <https://profiler.firefox.com> opens.
 //!

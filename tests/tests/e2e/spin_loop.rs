@@ -50,6 +50,39 @@ async fn epochs_stop_it_without_fuel() {
     assert!(elapsed >= limits.timeout, "stopped early: {elapsed:?}");
 }
 
+/// A loop of host calls burns little fuel a turn: with nothing else to
+/// interrupt the guest (no fuel yields, no epochs), the host still stops it
+/// as it returns from a host call past the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_of_host_calls_stops_at_its_deadline() {
+    let limits = Limits {
+        fuel: None,
+        ..tight_limits()
+    };
+    let host = capsule_tests::host_builder()
+        .engine_options(EngineOptions {
+            interruption: Interruption::Off,
+            ..EngineOptions::default()
+        })
+        .build()
+        .unwrap();
+    host.load(PluginSpec::from_path(plugin_path(HELLO)))
+        .await
+        .unwrap();
+    host.load(PluginSpec::from_path(plugin_path(SPIN_LOOP)).limits(limits.clone()))
+        .await
+        .unwrap();
+    let (_, elapsed) = assert_contained(
+        &host,
+        SPIN_LOOP,
+        "host-calls",
+        ErrorKind::Timeout,
+        limits.timeout,
+    )
+    .await;
+    assert!(elapsed >= limits.timeout, "stopped early: {elapsed:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fuel_budget_stops_it_as_out_of_fuel() {
     let limits = Limits {

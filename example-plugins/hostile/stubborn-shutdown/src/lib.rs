@@ -1,5 +1,5 @@
 //! Hostile: its `shutdown` export never returns. With the config value
-//! `shutdown = "spin"` it loops in guest code (only the epoch deadline can
+//! `shutdown = "spin"` it loops in guest code (only the deadline can
 //! stop it); with `shutdown = "sleep"` (the default) it waits an hour inside
 //! a host call (only the host's outer timeout can stop it). A host shutting
 //! down many such instances must still finish within its one deadline.
