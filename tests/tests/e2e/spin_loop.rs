@@ -23,20 +23,15 @@ async fn deadline_stops_it_as_timeout() {
     assert!(err.to_string().contains("timed out"), "{err}");
 }
 
-/// Epoch interruption (what `capsule run --profile` uses, and the only
-/// deadline without fuel) stops it too, with fuel metering off.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn epochs_stop_it_without_fuel() {
+/// Calls `op` on spin-loop, with no fuel limit, on a host built with
+/// `engine`: it must stop as `timeout`, not before its deadline.
+async fn stopped_at_deadline(engine: EngineOptions, op: &str) {
     let limits = Limits {
         fuel: None,
         ..tight_limits()
     };
     let host = capsule_tests::host_builder()
-        .engine_options(EngineOptions {
-            consume_fuel: false,
-            interruption: Interruption::epoch(),
-            ..EngineOptions::default()
-        })
+        .engine_options(engine)
         .build()
         .unwrap();
     host.load(PluginSpec::from_path(plugin_path(HELLO)))
@@ -46,8 +41,23 @@ async fn epochs_stop_it_without_fuel() {
         .await
         .unwrap();
     let (_, elapsed) =
-        assert_contained(&host, SPIN_LOOP, "run", ErrorKind::Timeout, limits.timeout).await;
-    assert!(elapsed >= limits.timeout, "stopped early: {elapsed:?}");
+        assert_contained(&host, SPIN_LOOP, op, ErrorKind::Timeout, limits.timeout).await;
+    assert!(
+        elapsed >= limits.timeout,
+        "{op}: stopped early: {elapsed:?}"
+    );
+}
+
+/// Epoch interruption (what `capsule run --profile` uses, and the only
+/// deadline without fuel) stops it too, with fuel metering off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn epochs_stop_it_without_fuel() {
+    let engine = EngineOptions {
+        consume_fuel: false,
+        interruption: Interruption::epoch(),
+        ..EngineOptions::default()
+    };
+    stopped_at_deadline(engine, "run").await;
 }
 
 /// A loop of host calls burns little fuel a turn: with nothing else to
@@ -55,32 +65,11 @@ async fn epochs_stop_it_without_fuel() {
 /// as it returns from a host call past the deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loop_of_host_calls_stops_at_its_deadline() {
-    let limits = Limits {
-        fuel: None,
-        ..tight_limits()
+    let engine = EngineOptions {
+        interruption: Interruption::Off,
+        ..EngineOptions::default()
     };
-    let host = capsule_tests::host_builder()
-        .engine_options(EngineOptions {
-            interruption: Interruption::Off,
-            ..EngineOptions::default()
-        })
-        .build()
-        .unwrap();
-    host.load(PluginSpec::from_path(plugin_path(HELLO)))
-        .await
-        .unwrap();
-    host.load(PluginSpec::from_path(plugin_path(SPIN_LOOP)).limits(limits.clone()))
-        .await
-        .unwrap();
-    let (_, elapsed) = assert_contained(
-        &host,
-        SPIN_LOOP,
-        "host-calls",
-        ErrorKind::Timeout,
-        limits.timeout,
-    )
-    .await;
-    assert!(elapsed >= limits.timeout, "stopped early: {elapsed:?}");
+    stopped_at_deadline(engine, "host-calls").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
