@@ -17,7 +17,7 @@ fn main() {
     );
 
     let mut files = BTreeMap::new();
-    for dir in ["src", "wit"] {
+    for dir in ["src", "wit", "macros"] {
         collect(&sdk, &sdk.join(dir), &mut files);
     }
     let manifest = standalone_manifest(&root, &sdk);

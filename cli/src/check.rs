@@ -23,13 +23,22 @@ pub struct CheckArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Resolve `source = "oci://…"` plugins from the local store only,
+    /// asking no registry.
+    #[arg(long)]
+    offline: bool,
 }
 
 /// Runs `capsule check`: exit 0 when every plugin would load (and, with
 /// `--strict`, nothing was flagged), 2 for an invalid policy, 3 when a
 /// plugin would be refused or `--strict` found warnings.
 pub fn check(args: CheckArgs) -> ExitCode {
-    let policy = match exit::policy_or_usage(&args.config) {
+    let fetch = if args.offline {
+        capsule_host::distribution::Fetch::Offline
+    } else {
+        capsule_host::distribution::Fetch::Online
+    };
+    let policy = match exit::policy_fetching(&args.config, fetch) {
         Ok(policy) => policy,
         Err(code) => return code,
     };
@@ -42,12 +51,19 @@ pub fn check(args: CheckArgs) -> ExitCode {
             .map(|check| json!({
                 "name": check.name,
                 "path": check.path,
+                "source": check.origin.as_ref().map(|origin| json!({
+                    "reference": origin.reference.to_string(),
+                    "manifest_digest": origin.resolved.as_ref().map(|r| &r.manifest_digest),
+                    "component_digest": origin.resolved.as_ref().map(|r| &r.component_digest),
+                    "fallback": origin.fallback,
+                })),
                 "ok": check.refused.is_none(),
                 "refused": check.refused.as_ref().map(|(kind, message)| json!({"kind": kind, "message": message})),
                 "signers": check.signers,
                 "contract_version": check.contract_version,
                 "imports": check.imports,
                 "unused_grants": check.unused_grants,
+                "missing_grants": check.missing_grants,
                 "calls": check.calls,
                 "manifest": check.manifest,
                 "warnings": check.warnings(),
@@ -75,6 +91,16 @@ pub fn check(args: CheckArgs) -> ExitCode {
 fn print_check(check: &PluginCheck) {
     println!();
     println!("{}  ({})", check.name, check.path.display());
+    if let Some(origin) = &check.origin {
+        let resolved = origin
+            .resolved
+            .as_ref()
+            .map_or("unresolved".to_owned(), |r| r.manifest_digest.clone());
+        println!("  source:    oci://{} → {resolved}", origin.reference);
+        if let Some(why) = &origin.fallback {
+            println!("  source:    the local store's copy ({why})");
+        }
+    }
     if let Some((kind, message)) = &check.refused {
         println!("  REFUSED [{kind}]: {message}");
         return;
@@ -149,6 +175,9 @@ fn print_check(check: &PluginCheck) {
     }
     for unmet in &check.uncertain {
         println!("  requires:  MAYBE UNMET: {unmet} (plugins without a manifest may provide it)");
+    }
+    for grant in &check.missing_grants {
+        println!("  grant `{grant}`: MISSING, the plugin says it needs it to be useful");
     }
     for grant in &check.unused_grants {
         println!("  grant `{grant}`: UNUSED, no import of the plugin can use it");

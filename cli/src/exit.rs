@@ -22,6 +22,9 @@ pub const PLUGIN_ERROR: u8 = 4;
 pub const LIMIT: u8 = 5;
 /// The plugin trapped (a panic or another fault) or is unknown.
 pub const TRAP: u8 = 6;
+/// A registry could not be reached, refused the request, or does not have
+/// the plugin.
+pub const REGISTRY: u8 = 7;
 
 /// The exit code for a failure of `kind`.
 pub fn code_for(kind: ErrorKind) -> u8 {
@@ -57,10 +60,29 @@ pub fn code(code: u8) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// The exit code for a registry or local store failure of `kind` (see
+/// [`capsule_host::distribution::DistributionError::kind`]).
+pub fn code_for_distribution(kind: &str) -> u8 {
+    match kind {
+        "bad_reference" | "insecure_registry" => USAGE,
+        "registry_unreachable" | "not_found" | "registry_refused" | "not_stored" => REGISTRY,
+        "too_large" | "malformed_artifact" | "digest_mismatch" => LOAD_REFUSED,
+        _ => HOST,
+    }
+}
+
 /// The validated policy at `path`, or (after printing every problem, one
 /// line each) the usage exit code.
 pub fn policy_or_usage(path: &std::path::Path) -> Result<Policy, ExitCode> {
-    Policy::load(path).map_err(|errors| {
+    policy_fetching(path, capsule_host::distribution::Fetch::Online)
+}
+
+/// [`policy_or_usage`], resolving OCI sources as `fetch` says.
+pub fn policy_fetching(
+    path: &std::path::Path,
+    fetch: capsule_host::distribution::Fetch,
+) -> Result<Policy, ExitCode> {
+    Policy::load_fetching(path, None, fetch).map_err(|errors| {
         for error in &errors.0 {
             eprintln!("error [config]: {error}");
         }

@@ -117,6 +117,33 @@ pub fn inspect(args: InspectArgs) -> ExitCode {
     exit::code(exit::OK)
 }
 
+/// The distribution metadata, one line per field it has.
+fn print_metadata(metadata: &capsule_host::artifact::metadata::Metadata) {
+    let mut rows: Vec<(&str, String)> = vec![
+        ("authors:", metadata.authors.join(", ")),
+        ("license:", metadata.license.clone().unwrap_or_default()),
+        ("homepage:", metadata.homepage.clone().unwrap_or_default()),
+        ("source:", metadata.repository.clone().unwrap_or_default()),
+        ("docs:", metadata.documentation.clone().unwrap_or_default()),
+        ("tags:", metadata.tags.join(", ")),
+        ("category:", metadata.categories.join(", ")),
+    ];
+    if !metadata.grants.is_empty() {
+        rows.push(("needs:", format!("grants {}", metadata.grants.join(", "))));
+    }
+    if let Some(version) = &metadata.min_contract {
+        rows.push((
+            "needs:",
+            format!("contract {version} or later on its track"),
+        ));
+    }
+    for (label, value) in rows {
+        if !value.is_empty() {
+            println!("  {label:<10} {value}");
+        }
+    }
+}
+
 /// The manifest's facts and operations, one line each; schemas are in
 /// `--json`.
 fn print_manifest(manifest: &capsule_host::artifact::manifest::Manifest) {
@@ -126,6 +153,9 @@ fn print_manifest(manifest: &capsule_host::artifact::manifest::Manifest) {
     }
     for requirement in &manifest.requires {
         println!("  requires:  {requirement}");
+    }
+    if let Some(metadata) = &manifest.metadata {
+        print_metadata(metadata);
     }
     println!("  operations:");
     match &manifest.operations {

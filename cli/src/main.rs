@@ -8,6 +8,7 @@ mod exit;
 mod inspect;
 mod keys;
 mod new;
+mod registry;
 mod run;
 mod serve;
 mod watch;
@@ -48,6 +49,12 @@ enum Command {
     New(new::NewArgs),
     /// Build, sign, serve and reload a plugin crate on every change.
     Dev(dev::DevArgs),
+    /// Push a signed plugin to an OCI registry (signature verified first).
+    Push(registry::PushArgs),
+    /// Pull a plugin from an OCI registry into the local store.
+    Pull(registry::PullArgs),
+    /// List the plugins of an OCI registry with their metadata.
+    Search(registry::SearchArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +74,9 @@ fn main() -> ExitCode {
         Command::ApiKey(args) => api_key::api_key(args),
         Command::New(args) => new::new(args),
         Command::Dev(args) => dev::dev(args),
+        Command::Push(args) => registry::push(args),
+        Command::Pull(args) => registry::pull(args),
+        Command::Search(args) => registry::search(args),
     }
 }
 

@@ -425,7 +425,10 @@ macro_rules! export_plugin {
                 }
 
                 fn manifest() -> ::std::string::String {
-                    $crate::manifest::document::<$plugin>(from_cargo())
+                    $crate::manifest::document_with::<$plugin>(
+                        from_cargo(),
+                        $crate::__private::cargo_metadata!(),
+                    )
                 }
 
                 fn init() -> ::core::result::Result<(), $crate::PluginError> {
@@ -469,5 +472,6 @@ macro_rules! export_plugin {
 
 #[doc(hidden)]
 pub mod __private {
+    pub use capsule_guest_macros::cargo_metadata;
     pub use wit_bindgen;
 }

@@ -114,6 +114,9 @@ struct Document {
     /// The metrics the plugin keeps.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     metrics: Vec<crate::metrics::Metric>,
+    /// Distribution metadata: authors, license, links, tags, the grants the
+    /// plugin needs, the contract it needs.
+    metadata: serde_json::Value,
 }
 
 /// What a probe of `handle` collected.
@@ -181,6 +184,30 @@ pub(crate) fn describe_last(description: &str) {
 /// call fails). A `handle` that builds no `Dispatch` leaves `operations`
 /// out: unknown, which hosts tell from "none".
 pub fn document<P: Plugin>(from_cargo: PluginInfo) -> String {
+    document_with::<P>(from_cargo, "{}")
+}
+
+/// [`document`] with distribution `metadata` (a JSON object, as
+/// `export_plugin!` reads it from the plugin's `Cargo.toml`: authors,
+/// license, homepage, repository, documentation, tags, categories, grants,
+/// `min_contract`). `min_contract` defaults to [`CONTRACT_VERSION`].
+///
+/// ```
+/// # use capsule_guest::{Plugin, PluginError, PluginInfo, Request, Response};
+/// # struct Echo;
+/// # impl Plugin for Echo {
+/// #     fn handle(r: Request) -> Result<Response, PluginError> { Ok(Response::bytes(r.payload)) }
+/// # }
+/// # let info = PluginInfo { name: "echo".into(), version: "1.0.0".into(),
+/// #     description: String::new(), capabilities: Vec::new() };
+/// let doc = capsule_guest::manifest::document_with::<Echo>(info, r#"{"tags": ["demo"]}"#);
+/// let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+/// assert_eq!(doc["metadata"]["tags"][0], "demo");
+/// assert_eq!(doc["metadata"]["min_contract"], capsule_guest::CONTRACT_VERSION);
+/// ```
+///
+/// [`CONTRACT_VERSION`]: crate::CONTRACT_VERSION
+pub fn document_with<P: Plugin>(from_cargo: PluginInfo, metadata: &str) -> String {
     let probed = {
         PROBE.with(|probe| *probe.borrow_mut() = Some(Probe::default()));
         let _end = ProbeGuard;
@@ -199,8 +226,22 @@ pub fn document<P: Plugin>(from_cargo: PluginInfo) -> String {
         requires: P::requires(),
         config: P::config_schema(),
         metrics: P::metrics(),
+        metadata: with_contract(metadata),
     };
     serde_json::to_string(&document).unwrap_or_default()
+}
+
+/// `metadata` (a JSON object) with `min_contract` set to the SDK's contract
+/// when it does not name one.
+fn with_contract(metadata: &str) -> serde_json::Value {
+    let mut metadata = match serde_json::from_str(metadata) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    metadata
+        .entry("min_contract")
+        .or_insert_with(|| crate::CONTRACT_VERSION.into());
+    serde_json::Value::Object(metadata)
 }
 
 /// The JSON Schema of `T`, as the manifest carries it.

@@ -55,6 +55,9 @@ pub struct PluginCheck {
     pub name: String,
     /// Its component file.
     pub path: PathBuf,
+    /// The OCI reference it came from and what that resolved to, for a
+    /// `source = "oci://…"` plugin.
+    pub origin: Option<crate::policy::OciOrigin>,
     /// Why it would be refused at load, if it would be.
     pub refused: Option<(ErrorKind, String)>,
     /// Trusted signers' key ids.
@@ -65,6 +68,9 @@ pub struct PluginCheck {
     pub imports: Vec<ImportCheck>,
     /// Grants that no import of the plugin can use.
     pub unused_grants: Vec<String>,
+    /// Services the plugin's metadata says it needs to be useful that this
+    /// policy does not grant it.
+    pub missing_grants: Vec<String>,
     /// The plugin's edges in the call graph (its `calls` grant) and what
     /// each one reaches in this policy.
     pub calls: Vec<CallEdge>,
@@ -109,6 +115,11 @@ impl PluginCheck {
             .collect();
         warnings.extend(self.unused_grants.iter().map(|grant| {
             format!("the `{grant}` grant is unused: no import of the plugin can use it")
+        }));
+        warnings.extend(self.missing_grants.iter().map(|grant| {
+            format!(
+                "the plugin says it needs the `{grant}` grant to be useful, and this policy does not grant it"
+            )
         }));
         warnings.extend(self.calls.iter().filter(|edge| !edge.reaches).map(|edge| {
             format!(
@@ -309,11 +320,13 @@ fn check_plugin(
     let mut check = PluginCheck {
         name: name.to_owned(),
         path: plugin.path.clone(),
+        origin: plugin.origin.clone(),
         refused: None,
         signers: Vec::new(),
         contract_version: None,
         imports: Vec::new(),
         unused_grants: Vec::new(),
+        missing_grants: Vec::new(),
         calls: Vec::new(),
         manifest: None,
         uncertain: Vec::new(),
@@ -362,5 +375,13 @@ fn check_plugin(
     check.manifest = manifest;
     check.contract_version = summary.contract_version().map(str::to_owned);
     (check.imports, check.unused_grants) = imports_and_grants(&summary, &plugin.grants);
+    check.missing_grants = check
+        .manifest
+        .iter()
+        .filter_map(|manifest| manifest.metadata.as_ref())
+        .flat_map(|metadata| &metadata.grants)
+        .filter(|grant| !plugin.grants.allows(grant))
+        .cloned()
+        .collect();
     check
 }

@@ -32,10 +32,13 @@ pub mod backend;
 pub mod bounds;
 pub mod check;
 mod contract;
+pub mod distribution;
 mod engine;
 mod error;
 pub mod input;
 mod limits;
+#[cfg(any(feature = "nats", feature = "oci"))]
+mod local_server;
 mod outcome;
 mod policy;
 mod runtime;
@@ -62,7 +65,8 @@ pub use error::{Budget, CallError, CallFailure, ErrorKind, LoadError, LoadFailur
 pub use limits::{BusOptions, Limits};
 pub use outcome::{CallOutcome, CallStats, LogRecord, LogSource, PublishedEvent};
 pub use policy::{
-    HostPolicy, Overrides, PipelinePolicy, PluginPolicy, Policy, PolicyError, PolicyErrors,
+    HostPolicy, OciOrigin, Overrides, PipelinePolicy, PluginPolicy, Policy, PolicyError,
+    PolicyErrors,
 };
 pub use runtime::{
     ApplyError, BackendHealth, BusEvent, CallContext, Cluster, ClusterHost, DeadLetter,

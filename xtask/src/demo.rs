@@ -461,6 +461,28 @@ pub fn run(workspace: &Workspace) -> Result<()> {
         failures.push("the scale-out tour".to_owned());
     }
 
+    // Distribution needs an OCI registry: the tour starts its own when
+    // `docker-registry` is installed, and says how to install it when it
+    // is not.
+    println!();
+    println!(
+        "── distribution: push to an OCI registry, search, run by reference (host/examples/registry_tour.rs)"
+    );
+    let tour = workspace
+        .target
+        .join("debug/examples")
+        .join(format!("registry_tour{}", std::env::consts::EXE_SUFFIX));
+    let ran = crate::shell::run(
+        Command::new(tour)
+            .arg(&capsule)
+            .arg(&built.dir)
+            .arg(&demo_dir),
+    );
+    if let Err(err) = ran {
+        println!("   !! {err:#}");
+        failures.push("the registry tour".to_owned());
+    }
+
     println!();
     if failures.is_empty() {
         println!("demo: all {} steps behaved as expected", steps.len());

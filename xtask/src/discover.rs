@@ -38,7 +38,8 @@ pub struct ExamplePlugin {
     /// Whether `capsule sign` embeds its manifest: every plugin but the
     /// hostile ones, whose `handle` is the attack the manifest probe would
     /// run — unless one says `manifest = true` under
-    /// `[package.metadata.capsule]` in its `Cargo.toml`.
+    /// `[package.metadata.capsule-examples]` in its `Cargo.toml` (`[package.metadata.capsule]`
+    /// is the distribution metadata the SDK reads).
     pub manifest: bool,
 }
 
@@ -60,9 +61,9 @@ pub fn example_plugins(root: &Path) -> std::io::Result<Vec<ExamplePlugin>> {
             let name = table_value(&text, "package", "name").ok_or_else(|| {
                 std::io::Error::other(format!("{} has no package name", manifest.display()))
             })?;
-            let wants_manifest = table_value(&text, "package.metadata.capsule", "manifest")
-                .as_deref()
-                == Some("true");
+            let wants_manifest =
+                table_value(&text, "package.metadata.capsule-examples", "manifest").as_deref()
+                    == Some("true");
             found.push(ExamplePlugin {
                 name,
                 dir: path,

@@ -100,6 +100,8 @@ pub fn build(workspace: &Workspace, cli: Cli) -> Result<Built> {
             "runtime_tour",
             "--example",
             "scale_out_tour",
+            "--example",
+            "registry_tour",
         ])?,
     }
     let capsule = workspace

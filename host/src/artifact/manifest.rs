@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::artifact::declared_metrics::{self, MetricDeclaration};
+use crate::artifact::metadata::Metadata;
 use crate::artifact::sections;
 
 /// The name of the custom section that holds the manifest.
@@ -84,6 +85,10 @@ pub struct Manifest {
     /// declared with its kind and labels (see [`declared_metrics`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub metrics: Vec<MetricDeclaration>,
+    /// Distribution metadata (authors, license, links, tags, the grants it
+    /// needs), for registries and marketplaces; see [`Metadata`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
 }
 
 /// One operation a plugin offers.
@@ -257,6 +262,9 @@ impl Manifest {
             }
         }
         declared_metrics::check(&self.metrics)?;
+        if let Some(metadata) = &self.metadata {
+            metadata.check()?;
+        }
         if self.requires.len() > MAX_REQUIREMENTS {
             return Err(format!(
                 "{} requirements declared; at most {MAX_REQUIREMENTS} are allowed",
@@ -534,6 +542,11 @@ mod tests {
             }],
             config: None,
             metrics: Vec::new(),
+            metadata: Some(Metadata {
+                license: Some("MIT".into()),
+                tags: vec!["images".into()],
+                ..Metadata::default()
+            }),
         }
     }
 
@@ -612,6 +625,10 @@ mod tests {
             (
                 Box::new(|m| m.description = "x".repeat(MAX_DESCRIPTION_BYTES + 1)),
                 "longer than",
+            ),
+            (
+                Box::new(|m| m.metadata.as_mut().unwrap().tags[0] = "Big Images".into()),
+                "metadata.tags",
             ),
         ];
         for (change, expected) in cases {

@@ -9,6 +9,7 @@ pub mod declared_metrics;
 pub mod inspect;
 pub(crate) mod keys;
 pub mod manifest;
+pub mod metadata;
 pub mod sections;
 pub mod signature;
 

@@ -2,10 +2,10 @@
 //! tests and the demo: never a shared daemon, its data in a temporary
 //! directory removed when it stops.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+
+use crate::local_server::{free_port, spawn_tied, wait_listening};
 
 /// A `nats-server -js` this process started; stopped when dropped.
 #[derive(Debug)]
@@ -62,23 +62,8 @@ impl NatsServer {
             .stderr(Stdio::null());
         let child = spawn_tied(command)
             .map_err(|err| format!("cannot start `{binary}`: {err}; {INSTALL_HINT}"))?;
-        self.child = Some(child);
-        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
-                return Ok(());
-            }
-            if let Some(child) = &mut self.child
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                return Err(format!("`{binary}` exited at start: {status}"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Err(format!(
-            "`{binary}` did not listen on {address} within 10 s"
-        ))
+        let child = self.child.insert(child);
+        wait_listening(child, self.port, &binary)
     }
 
     /// One server for the whole process, started on first use (tests of
@@ -117,42 +102,4 @@ impl Drop for NatsServer {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port())
-}
-
-/// Spawns `command` so that it dies with this process, even when nothing
-/// drops its [`NatsServer`] (a `static` is never dropped): on Linux the
-/// child asks for SIGKILL when the thread that spawned it ends, so it is
-/// spawned from a thread that lives as long as the process.
-fn spawn_tied(mut command: Command) -> std::io::Result<Child> {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::process::CommandExt as _;
-        // SAFETY: prctl is async-signal-safe; nothing else runs between
-        // fork and exec.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    }
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    std::thread::Builder::new()
-        .name("capsule-nats-parent".into())
-        .spawn(move || {
-            let _ = tx.send(command.spawn());
-            loop {
-                std::thread::park();
-            }
-        })?;
-    rx.recv()
-        .unwrap_or_else(|_| Err(std::io::Error::other("the spawning thread ended")))
 }

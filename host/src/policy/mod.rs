@@ -200,13 +200,21 @@ pub struct HostPolicy {
     pub audit: AuditOptions,
     /// Where traces go (`[host.telemetry]`).
     pub telemetry: crate::telemetry::TelemetryOptions,
+    /// Where plugins named by OCI reference are kept and how registries
+    /// are reached (`[host.oci]`).
+    pub oci: crate::distribution::OciOptions,
 }
 
 /// One `[plugins.NAME]` section.
 #[derive(Debug, Clone)]
 pub struct PluginPolicy {
-    /// The component file.
+    /// The component file: the policy's `path`, or for a `source = "oci://…"`
+    /// plugin its file in the local store once [resolved](Policy::resolve_sources)
+    /// (before, a name that says it was not).
     pub path: PathBuf,
+    /// The OCI reference the component comes from, when the policy names
+    /// one, with what it resolved to.
+    pub origin: Option<OciOrigin>,
     /// A detached signature file, if the signature is not embedded.
     pub signature: Option<PathBuf>,
     /// The plugin's limits (host defaults with its overrides applied).
@@ -223,6 +231,18 @@ pub struct PluginPolicy {
     /// Where each `config` value and secret is written (line, column), to
     /// point at it when the plugin's config schema refuses it.
     pub config_at: BTreeMap<String, (usize, usize)>,
+}
+
+/// Where a `source = "oci://…"` plugin comes from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OciOrigin {
+    /// The reference as the policy writes it.
+    pub reference: crate::distribution::OciReference,
+    /// What it resolved to (manifest and component digests), once resolved.
+    pub resolved: Option<crate::distribution::StoredRef>,
+    /// Why the registry was not asked and the store's last answer was used,
+    /// if it was (the registry was down, or `--offline`).
+    pub fallback: Option<String>,
 }
 
 /// Changes to one plugin's section, applied after parsing and before
@@ -267,6 +287,97 @@ impl Policy {
 
     /// [`Policy::load`] with `overrides` applied to the plugin they name.
     pub fn load_with(
+        path: &Path,
+        overrides: Option<(&str, &Overrides)>,
+    ) -> Result<Policy, PolicyErrors> {
+        Self::load_fetching(path, overrides, crate::distribution::Fetch::Online)
+    }
+
+    /// [`Policy::load_with`], resolving `source = "oci://…"` plugins as
+    /// `fetch` says (`Offline`: from the local store only).
+    pub fn load_fetching(
+        path: &Path,
+        overrides: Option<(&str, &Overrides)>,
+        fetch: crate::distribution::Fetch,
+    ) -> Result<Policy, PolicyErrors> {
+        let mut policy = Self::read_file(path, overrides)?;
+        policy.resolve_sources(fetch)?;
+        Ok(policy)
+    }
+
+    /// Pulls every `source = "oci://…"` plugin into the local store (or
+    /// finds it there) and points its `path` at the stored component. Each
+    /// reference that cannot be resolved is an error at its `source` key.
+    /// Blocks while registries answer; a policy without such plugins
+    /// returns at once.
+    pub fn resolve_sources(
+        &mut self,
+        fetch: crate::distribution::Fetch,
+    ) -> Result<(), PolicyErrors> {
+        let pending: Vec<(String, crate::distribution::OciReference)> = self
+            .plugins
+            .iter()
+            .filter_map(|(name, plugin)| {
+                let origin = plugin.origin.as_ref()?;
+                origin
+                    .resolved
+                    .is_none()
+                    .then(|| (name.clone(), origin.reference.clone()))
+            })
+            .collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let error = |name: &str, message: String| PolicyError {
+            file: self.file.clone(),
+            position: None,
+            key: Some(format!("plugins.{name}.source")),
+            message,
+        };
+        #[cfg(not(feature = "oci"))]
+        {
+            let _ = fetch;
+            return Err(PolicyErrors(
+                pending
+                    .iter()
+                    .map(|(name, _)| {
+                        error(
+                            name,
+                            "this host was built without OCI support (the `oci` feature)".into(),
+                        )
+                    })
+                    .collect(),
+            ));
+        }
+        #[cfg(feature = "oci")]
+        {
+            let references: Vec<_> = pending.iter().map(|(_, r)| r.clone()).collect();
+            let results =
+                crate::distribution::resolve::resolve_blocking(&self.host.oci, &references, fetch);
+            let mut errors = Vec::new();
+            for ((name, _), result) in pending.iter().zip(results) {
+                match result {
+                    Ok(resolved) => {
+                        let plugin = self.plugins.get_mut(name).expect("listed above");
+                        plugin.path = resolved.path;
+                        if let Some(origin) = &mut plugin.origin {
+                            origin.resolved = Some(resolved.stored);
+                            origin.fallback = resolved.fallback;
+                        }
+                    }
+                    Err(err) => errors.push(error(name, format!("{} [{}]", err, err.kind()))),
+                }
+            }
+            if errors.is_empty() {
+                Ok(())
+            } else {
+                Err(PolicyErrors(errors))
+            }
+        }
+    }
+
+    /// Reads and parses the policy file at `path`, with `overrides`.
+    fn read_file(
         path: &Path,
         overrides: Option<(&str, &Overrides)>,
     ) -> Result<Policy, PolicyErrors> {
@@ -384,6 +495,18 @@ impl Policy {
         }
         .resolve(raw)
     }
+}
+
+/// The reference of a `source` value: `oci://` and an OCI reference.
+fn source_reference(source: &str) -> Result<crate::distribution::OciReference, String> {
+    if !source.starts_with("oci://") {
+        return Err(format!(
+            "`{}` is not a source this host fetches from: write `oci://REGISTRY/REPOSITORY:TAG` \
+             (or `…@sha256:DIGEST`), or use `path` for a file",
+            source.escape_debug()
+        ));
+    }
+    crate::distribution::OciReference::parse(source).map_err(|err| err.to_string())
 }
 
 /// Applies command-line overrides to a parsed plugin section. A whole
@@ -670,6 +793,7 @@ impl Locator<'_> {
         let api_keys = self.api_keys(&raw.api_keys);
         let audit = self.audit(raw.audit.as_ref());
         let telemetry = self.telemetry(raw.telemetry.as_ref());
+        let oci = self.oci(raw.oci.as_ref());
         if let Err(invalid) = validate::bus(&bus) {
             self.invalid(raw.events.span(), "host.events", invalid);
         }
@@ -715,7 +839,50 @@ impl Locator<'_> {
             api_keys,
             audit,
             telemetry,
+            oci,
         }
+    }
+
+    /// Reads `[host.oci]`.
+    fn oci(&mut self, raw: Option<&Spanned<raw::RawOci>>) -> crate::distribution::OciOptions {
+        let mut options = crate::distribution::OciOptions::default();
+        let Some(raw) = raw else {
+            return options;
+        };
+        let raw = raw.get_ref();
+        options.store = raw.store.as_ref().map(|dir| {
+            let path = self.path(dir.get_ref());
+            if path.exists() && !path.is_dir() {
+                self.error(
+                    dir.span(),
+                    "host.oci.store",
+                    format!("{} is not a directory", path.display()),
+                );
+            }
+            path
+        });
+        if let Some(size) = &raw.max_store {
+            options.max_store = size.0;
+        }
+        if let Some(time) = &raw.timeout {
+            options.timeout = time.0;
+        }
+        for registry in &raw.insecure {
+            let text = registry.get_ref();
+            if text.is_empty() || text.contains(['/', ' ']) {
+                self.error(
+                    registry.span(),
+                    "host.oci.insecure",
+                    format!(
+                        "`{}` is not a registry (`host` or `host:port`)",
+                        text.escape_debug()
+                    ),
+                );
+            } else {
+                options.insecure.push(text.clone());
+            }
+        }
+        options
     }
 
     /// Reads `[host.telemetry]`.
@@ -1032,10 +1199,42 @@ impl Locator<'_> {
         if let Err(message) = plugin_name(name.get_ref()) {
             self.error(name.span(), &section, message);
         }
-        let path = if self.from_file {
-            self.existing_file(&raw.path, &key("path"))
-        } else {
-            Some(self.path(raw.path.get_ref()))
+        let (path, origin) = match (&raw.path, &raw.source) {
+            (Some(path), None) if self.from_file => (self.existing_file(path, &key("path")), None),
+            (Some(path), None) => (Some(self.path(path.get_ref())), None),
+            (None, Some(source)) => match source_reference(source.get_ref()) {
+                // Named so that loading an unresolved policy fails saying why.
+                Ok(reference) => (
+                    Some(PathBuf::from(format!(
+                        "oci://{reference} (not pulled: Policy::resolve_sources was not called)"
+                    ))),
+                    Some(OciOrigin {
+                        reference,
+                        resolved: None,
+                        fallback: None,
+                    }),
+                ),
+                Err(message) => {
+                    self.error(source.span(), &key("source"), message);
+                    (None, None)
+                }
+            },
+            (Some(_), Some(source)) => {
+                self.error(
+                    source.span(),
+                    &key("source"),
+                    "`path` and `source` are exclusive: name the component by one of them",
+                );
+                (None, None)
+            }
+            (None, None) => {
+                self.error(
+                    name.span(),
+                    &section,
+                    "a plugin needs `path` (a component file) or `source` (`oci://REGISTRY/REPOSITORY:TAG`)",
+                );
+                (None, None)
+            }
         };
         let signature = raw
             .signature
@@ -1106,6 +1305,7 @@ impl Locator<'_> {
         }
         Some(PluginPolicy {
             path: path?,
+            origin,
             signature: signature.flatten(),
             limits,
             grants,

@@ -53,7 +53,11 @@ macro_rules! define_raw_plugin {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         pub(super) struct RawPlugin {
-            pub(super) path: Spanned<String>,
+            /// The component file (exclusive with `source`).
+            pub(super) path: Option<Spanned<String>>,
+            /// Where to fetch the component: `oci://REGISTRY/REPO:TAG` or
+            /// `…@sha256:…` (exclusive with `path`).
+            pub(super) source: Option<Spanned<String>>,
             pub(super) signature: Option<Spanned<String>>,
             #[serde(default = "unspanned")]
             pub(super) limits: Spanned<RawLimits>,
@@ -75,7 +79,8 @@ macro_rules! define_raw_plugin {
             /// A section with just a component path (from the command line).
             pub(super) fn for_path(path: String) -> RawPlugin {
                 RawPlugin {
-                    path: Spanned::new(0..0, path),
+                    path: Some(Spanned::new(0..0, path)),
+                    source: None,
                     signature: None,
                     limits: unspanned(),
                     validate_input: false,
@@ -225,6 +230,19 @@ pub(super) struct RawHost {
     pub(super) api_keys: Vec<Spanned<RawApiKey>>,
     pub(super) audit: Option<Spanned<RawAudit>>,
     pub(super) telemetry: Option<Spanned<RawTelemetry>>,
+    pub(super) oci: Option<Spanned<RawOci>>,
+}
+
+/// `[host.oci]`: where plugins named by `source = "oci://…"` are kept, and
+/// how registries are reached (see [`crate::distribution`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOci {
+    pub(super) store: Option<Spanned<String>>,
+    pub(super) max_store: Option<Size>,
+    #[serde(default)]
+    pub(super) insecure: Vec<Spanned<String>>,
+    pub(super) timeout: Option<Time>,
 }
 
 /// `[host.telemetry]`: where traces go (see [`crate::telemetry`]).

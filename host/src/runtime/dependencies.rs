@@ -292,6 +292,7 @@ mod tests {
                 .collect(),
             config: None,
             metrics: Vec::new(),
+            metadata: None,
         }
     }
 

@@ -177,6 +177,7 @@ mod tests {
             requires: Vec::new(),
             config: None,
             metrics: Vec::new(),
+            metadata: None,
         }))
         .unwrap()
     }

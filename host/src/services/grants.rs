@@ -77,6 +77,15 @@ macro_rules! define_grants {
                     .map(|(_, availability)| ("wasi", *availability))
             }
 
+            /// Whether the plugin may use the service `name` (granted, or
+            /// given to every plugin); `false` for a name no service has.
+            pub fn allows(&self, name: &str) -> bool {
+                $(if name == <$service as Service>::NAME {
+                    return <$service as Service>::availability(&self.$field) != Availability::NotGranted;
+                })*
+                false
+            }
+
             /// The services the operator granted this plugin beyond what
             /// every plugin gets, by name, with the imports each answers.
             pub fn granted(&self) -> Vec<(&'static str, &'static [Import])> {

@@ -11,6 +11,7 @@ mod bench_echo;
 mod call_bomb;
 mod deep_recursion;
 mod dependencies;
+mod distribution;
 mod event_storm;
 mod file_reader;
 mod forbidden_host;
