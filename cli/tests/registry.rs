@@ -143,7 +143,7 @@ fn a_pushed_plugin_is_pulled_searched_checked_run_and_served_by_reference() {
     let out = capsule(&["search", &registry.address()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("cli/hello:0.1.0  hello 0.1.0"), "{text}");
-    assert!(text.contains("needs:       config,log"), "{text}");
+    assert!(text.contains("needs:       events"), "{text}");
 
     let file = policy(
         "oci-policy.toml",
@@ -159,11 +159,10 @@ fn a_pushed_plugin_is_pulled_searched_checked_run_and_served_by_reference() {
         checked["plugins"][0]["source"]["manifest_digest"],
         digest.as_str()
     );
-    // hello's metadata says it needs `config` and `log`; this policy grants
-    // no config (log every plugin has).
+    // hello's metadata says it needs `events`; this policy does not grant it.
     assert_eq!(
         checked["plugins"][0]["missing_grants"],
-        serde_json::json!(["config"])
+        serde_json::json!(["events"])
     );
     // Offline, from the store the first check filled.
     let out = capsule(&["check", "--config", path_str(&file), "--offline"]);
@@ -209,5 +208,5 @@ fn a_pushed_plugin_is_pulled_searched_checked_run_and_served_by_reference() {
         serde_json::json!(["greeting", "example"]),
         "{listed}"
     );
-    assert_eq!(metadata["grants"], serde_json::json!(["config", "log"]));
+    assert_eq!(metadata["grants"], serde_json::json!(["events"]));
 }

@@ -110,15 +110,18 @@ impl Store {
         serde_json::from_slice(&bytes).ok()
     }
 
-    /// Records what `record.reference` resolved to.
+    /// Records what `reference` resolved to, under the reference and under
+    /// its manifest digest (so the same plugin named by digest is found
+    /// without asking the registry).
     pub fn remember(
         &self,
         reference: &OciReference,
         record: &StoredRef,
     ) -> Result<(), DistributionError> {
-        let path = self.record_path(reference);
         let bytes = serde_json::to_vec_pretty(record).unwrap_or_default();
-        self.write_atomically(&path, &bytes)
+        self.write_atomically(&self.record_path(reference), &bytes)?;
+        let by_digest = reference.pinned(&record.manifest_digest);
+        self.write_atomically(&self.record_path(&by_digest), &bytes)
     }
 
     /// Starts writing a component of (at most) `size` bytes that should
@@ -224,8 +227,15 @@ impl Store {
             .collect()
     }
 
+    /// Where the record of `reference` is: keyed by registry, repository
+    /// and digest when it has one (a tag beside a digest changes nothing),
+    /// else by its tag.
     fn record_path(&self, reference: &OciReference) -> PathBuf {
-        let key = sha256_digest(reference.to_string().as_bytes());
+        let key = match &reference.digest {
+            Some(digest) => format!("{}/{}@{digest}", reference.registry, reference.repository),
+            None => reference.to_string(),
+        };
+        let key = sha256_digest(key.as_bytes());
         self.dir
             .join("refs")
             .join(format!("{}.json", &key["sha256:".len()..]))

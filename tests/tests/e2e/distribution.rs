@@ -110,7 +110,7 @@ async fn a_plugin_pushed_by_tag_pulls_by_tag_and_by_digest_byte_for_byte() {
         "Apache-2.0"
     );
     assert_eq!(annotations[keys::TAGS], "greeting,example");
-    assert_eq!(annotations[keys::GRANTS], "config,log");
+    assert_eq!(annotations[keys::GRANTS], "events");
     assert_eq!(annotations[keys::CONTRACT], "0.2.0");
 
     let by_digest = client.pull(&pushed.reference, &store).await.unwrap();
