@@ -327,7 +327,8 @@ mod tests {
             "layers": [{"mediaType": WASM_LAYER, "digest": digest, "size": 10}],
         });
         assert!(parse_manifest("r", base.to_string().as_bytes(), 100).is_ok());
-        let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut serde_json::Value)>;
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(|m| m["schemaVersion"] = 1.into()), "schemaVersion"),
             (
                 Box::new(|m| m["mediaType"] = "application/vnd.oci.image.index.v1+json".into()),
