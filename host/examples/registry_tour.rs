@@ -49,6 +49,9 @@ async fn main() -> Result<()> {
         }
         Err(err) => return Err(anyhow!(err)),
     };
+    // The policy resolves relative paths against its own folder.
+    let plugins = std::path::absolute(&plugins)?;
+    let work = std::path::absolute(&work)?;
     let hello = plugins.join("hello.wasm");
     let key = plugins.join("test-key.pub");
     let text = |p: &Path| p.display().to_string();
