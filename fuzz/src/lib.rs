@@ -21,6 +21,7 @@ pub mod fixtures;
 pub mod keys;
 pub mod manifest;
 pub mod metadata;
+pub mod oci;
 pub mod patterns;
 pub mod policy;
 pub mod sections;
@@ -58,6 +59,7 @@ pub const TARGETS: &[Target] = &[
     wire::TARGET,
     trace::TARGET,
     access::TARGET,
+    oci::TARGET,
 ];
 
 /// The target named `name`.
