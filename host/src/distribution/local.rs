@@ -2,10 +2,9 @@
 //! the CNCF distribution registry) on a free loopback port, for tests and
 //! the demo: its storage in a temporary directory removed when it stops.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 
-use crate::local_server::{free_port, spawn_tied, wait_listening};
+use crate::local_server::{Launcher, LocalServer};
 
 /// How to get the registry when it is missing.
 pub const INSTALL_HINT: &str = "install it with `apt-get install -y docker-registry` \
@@ -14,57 +13,39 @@ pub const INSTALL_HINT: &str = "install it with `apt-get install -y docker-regis
 /// A registry this process started; stopped when dropped.
 #[derive(Debug)]
 pub struct RegistryServer {
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
+    server: LocalServer,
+}
+
+const LAUNCHER: Launcher = Launcher {
+    name: "registry",
+    binary: || std::env::var("CAPSULE_OCI_REGISTRY").unwrap_or_else(|_| "docker-registry".into()),
+    arguments,
+    install_hint: INSTALL_HINT,
+};
+
+/// Writes the registry's config into `dir`. Deletes are on so tests can
+/// re-point tags; nothing else differs from the registry's defaults.
+fn arguments(dir: &Path, port: u16) -> Result<Vec<String>, String> {
+    let config = dir.join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\n\
+             log:\n  level: error\n  accesslog:\n    disabled: true\n\
+             storage:\n  filesystem:\n    rootdirectory: {:?}\n  delete:\n    enabled: true\n\
+             http:\n  addr: 127.0.0.1:{port}\n",
+            dir.join("storage"),
+        ),
+    )
+    .map_err(|err| format!("{}: {err}", config.display()))?;
+    Ok(vec!["serve".into(), config.display().to_string()])
 }
 
 impl RegistryServer {
     /// Starts a registry on a free loopback port with empty storage and
     /// waits until it accepts connections.
     pub fn start() -> Result<RegistryServer, String> {
-        let port = free_port().map_err(|err| format!("no free loopback port: {err}"))?;
-        let dir =
-            std::env::temp_dir().join(format!("capsule-registry-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|err| format!("{}: {err}", dir.display()))?;
-        let mut server = RegistryServer {
-            child: None,
-            port,
-            dir,
-        };
-        server.spawn()?;
-        Ok(server)
-    }
-
-    fn spawn(&mut self) -> Result<(), String> {
-        let binary =
-            std::env::var("CAPSULE_OCI_REGISTRY").unwrap_or_else(|_| "docker-registry".into());
-        let config = self.dir.join("config.yml");
-        // Deletes are on so tests can re-point tags; nothing else differs
-        // from the registry's defaults.
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\n\
-                 log:\n  level: error\n  accesslog:\n    disabled: true\n\
-                 storage:\n  filesystem:\n    rootdirectory: {:?}\n  delete:\n    enabled: true\n\
-                 http:\n  addr: 127.0.0.1:{}\n",
-                self.dir.join("storage"),
-                self.port
-            ),
-        )
-        .map_err(|err| format!("{}: {err}", config.display()))?;
-        let mut command = Command::new(&binary);
-        command
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = spawn_tied(command)
-            .map_err(|err| format!("cannot start `{binary}`: {err}; {INSTALL_HINT}"))?;
-        let child = self.child.insert(child);
-        wait_listening(child, self.port, &binary)
+        LocalServer::start(LAUNCHER).map(|server| RegistryServer { server })
     }
 
     /// One registry for the whole process, started on first use (tests of
@@ -79,27 +60,16 @@ impl RegistryServer {
 
     /// `127.0.0.1:PORT`, the registry part of references to it.
     pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.server.port)
     }
 
     /// Stops the registry (its storage stays, for [`RegistryServer::restart`]).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.server.stop();
     }
 
     /// Starts the registry again on the same port, with the same storage.
     pub fn restart(&mut self) -> Result<(), String> {
-        self.stop();
-        self.spawn()
-    }
-}
-
-impl Drop for RegistryServer {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.server.restart()
     }
 }

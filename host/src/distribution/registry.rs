@@ -309,22 +309,9 @@ impl Registry {
             if let Some(last) = &last {
                 url.push_str(&format!("&last={}", query_escape(last)));
             }
-            let body = self
-                .get_bounded(
-                    reference,
-                    &url,
-                    "application/json",
-                    auth.as_ref(),
-                    MAX_LISTING_BYTES,
-                    "catalog",
-                )
+            let page: Catalog = self
+                .get_json(reference, &url, auth.as_ref(), "catalog")
                 .await?;
-            let page: Catalog =
-                serde_json::from_slice(&body).map_err(|err| DistributionError::Malformed {
-                    reference: reference.registry.clone(),
-                    what: "catalog",
-                    cause: err.to_string(),
-                })?;
             let page = page.repositories.unwrap_or_default();
             let done = page.len() < 100;
             last = page.last().cloned();
@@ -354,22 +341,9 @@ impl Registry {
             reference.repository
         );
         let auth = self.authorization(reference).await?;
-        let body = self
-            .get_bounded(
-                reference,
-                &url,
-                "application/json",
-                auth.as_ref(),
-                MAX_LISTING_BYTES,
-                "tag list",
-            )
+        let tags: Tags = self
+            .get_json(reference, &url, auth.as_ref(), "tag list")
             .await?;
-        let tags: Tags =
-            serde_json::from_slice(&body).map_err(|err| DistributionError::Malformed {
-                reference: reference.to_string(),
-                what: "tag list",
-                cause: err.to_string(),
-            })?;
         let mut tags = tags.tags.unwrap_or_default();
         tags.truncate(max);
         Ok(tags)
@@ -533,6 +507,31 @@ impl Registry {
             body.extend_from_slice(&chunk);
         }
         Ok(Bytes::from(body))
+    }
+
+    /// A listing (catalog or tags): JSON of at most [`MAX_LISTING_BYTES`].
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        reference: &OciReference,
+        url: &str,
+        auth: Option<&HeaderValue>,
+        what: &'static str,
+    ) -> Result<T, DistributionError> {
+        let body = self
+            .get_bounded(
+                reference,
+                url,
+                "application/json",
+                auth,
+                MAX_LISTING_BYTES,
+                what,
+            )
+            .await?;
+        serde_json::from_slice(&body).map_err(|err| DistributionError::Malformed {
+            reference: reference.to_string(),
+            what,
+            cause: err.to_string(),
+        })
     }
 
     fn transport(&self, reference: &OciReference, err: reqwest::Error) -> DistributionError {
