@@ -904,6 +904,8 @@ fn serve(c: &mut Criterion) {
         tokio::spawn(async move { axum::serve(listener, native).await });
         address
     });
+    // reqwest shares the host's TLS build, which needs a provider.
+    capsule_host::tls::install_provider();
     let client = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(HTTP_CONNECTIONS as usize)

@@ -64,7 +64,7 @@ pub fn code(code: u8) -> ExitCode {
 /// [`capsule_host::distribution::DistributionError::kind`]).
 pub fn code_for_distribution(kind: &str) -> u8 {
     match kind {
-        "bad_reference" | "insecure_registry" => USAGE,
+        "bad_reference" => USAGE,
         "registry_unreachable" | "not_found" | "registry_refused" | "not_stored" => REGISTRY,
         "too_large" | "malformed_artifact" | "digest_mismatch" => LOAD_REFUSED,
         _ => HOST,

@@ -58,6 +58,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    capsule_host::tls::install_provider();
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve(_) | Command::Dev(_)) {
         end_quietly_on_closed_stdout();

@@ -51,6 +51,7 @@ pub mod telemetry;
 #[cfg(test)]
 mod test_support;
 pub mod text;
+pub mod tls;
 pub mod units;
 
 pub use artifact::cache::{CacheError, CacheKey, CacheKeyError, CacheStats};

@@ -672,6 +672,8 @@ async fn an_abandoned_request_does_not_pin_an_instance() {
         )
         .await
         .unwrap();
+    // reqwest shares the host's TLS build, which needs a provider.
+    capsule_host::tls::install_provider();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_millis(100))
         .build()

@@ -169,16 +169,6 @@ pub enum DistributionError {
         /// The digest it has.
         actual: String,
     },
-    /// Plain HTTP was asked for a registry that is neither on loopback nor
-    /// listed as insecure.
-    #[error(
-        "the registry {registry} would be reached over plain HTTP; only loopback registries \
-         and those listed in [host.oci] insecure (or --insecure) may be"
-    )]
-    Insecure {
-        /// `host[:port]`.
-        registry: String,
-    },
     /// Offline, and the store has no copy of the reference.
     #[error("{reference} is not in the local store {store} (and registries are not asked)")]
     NotStored {
@@ -222,7 +212,6 @@ impl DistributionError {
             DistributionError::TooLarge { .. } => "too_large",
             DistributionError::Malformed { .. } => "malformed_artifact",
             DistributionError::DigestMismatch { .. } => "digest_mismatch",
-            DistributionError::Insecure { .. } => "insecure_registry",
             DistributionError::NotStored { .. } => "not_stored",
             DistributionError::StoreFull { .. } => "store_full",
             DistributionError::Store { .. } => "store",

@@ -92,9 +92,7 @@ impl Registry {
     /// A client with `options` (plain HTTP for loopback and `insecure`
     /// registries, HTTPS for every other).
     pub fn new(options: &OciOptions) -> Result<Registry, DistributionError> {
-        // reqwest is built without a default crypto provider; ring is the
-        // one this workspace already builds. A second install is a no-op.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::tls::install_provider();
         let oci = Client::new(ClientConfig {
             // Loopback registries are recognised per request
             // (`scheme`); oci-client needs them listed by name.

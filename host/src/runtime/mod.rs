@@ -295,6 +295,7 @@ impl HostBuilder {
     /// Builds the engine, links the host services and starts the epoch
     /// ticker when epochs interrupt guest code.
     pub fn build(self) -> Result<Host, HostError> {
+        crate::tls::install_provider();
         validate::engine(&self.engine).map_err(|err| err.within("pool"))?;
         validate::bus(&self.bus).map_err(|err| err.within("events"))?;
         validate::limits(&self.default_limits).map_err(|err| err.within("limits"))?;

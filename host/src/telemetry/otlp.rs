@@ -33,6 +33,8 @@ impl Tracing {
         };
         options.validate()?;
         let endpoint = format!("{}/v1/traces", base.trim_end_matches('/'));
+        // The exporter's reqwest client panics without a crypto provider.
+        crate::tls::install_provider();
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_protocol(Protocol::HttpBinary)

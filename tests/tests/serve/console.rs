@@ -122,6 +122,8 @@ impl Driver {
             child,
             url: format!("http://127.0.0.1:{port}"),
         };
+        // reqwest shares the host's TLS build, which needs a provider.
+        capsule_host::tls::install_provider();
         let client = reqwest::Client::new();
         for _ in 0..100 {
             if let Ok(response) = client.get(format!("{}/status", driver.url)).send().await
@@ -715,6 +717,8 @@ async fn the_console_is_off_unless_asked_and_read_only_for_anonymous_readers() {
 /// Signs in to the console with `key` outside a browser: the login form's
 /// token and cookie, then the form. The session cookie's value.
 async fn console_login(server: &Server, key: &str) -> String {
+    // reqwest shares the host's TLS build, which needs a provider.
+    capsule_host::tls::install_provider();
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -761,6 +765,8 @@ async fn console_login(server: &Server, key: &str) -> String {
 /// What `GET /console` answers the session `cookie`: its status, and where
 /// a redirect points.
 async fn overview_as(server: &Server, cookie: &str) -> (StatusCode, Option<String>) {
+    // reqwest shares the host's TLS build, which needs a provider.
+    capsule_host::tls::install_provider();
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
