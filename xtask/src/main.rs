@@ -7,8 +7,8 @@
 //! - `build-component-plugins`: `build-plugins`, then build `hello` with
 //!   `cargo component build` too (installing cargo-component if missing);
 //! - `test`: build the plugins both ways, then run every test in the
-//!   workspace, check that `capsule-guest` packages for publishing
-//!   (`cargo publish --dry-run`), then check the instruction budgets
+//!   workspace, check that `capsule-guest` (with `capsule-guest-macros`)
+//!   packages for publishing (`cargo publish --dry-run`), then check the instruction budgets
 //!   (`bench/instructions.toml`) under callgrind;
 //! - `demo`: build the plugins and the CLI, then run the examples and show
 //!   what they did and what the sandbox stopped;
@@ -171,11 +171,14 @@ fn test(workspace: &shell::Workspace, extra: &[String]) -> Result<()> {
     workspace.cargo_with_env(&args, &[("CAPSULE_PLUGIN_DIR", built.dir.as_os_str())])?;
     // The guest SDK is publishable as it is (authors can switch from the
     // vendored copy to the published crate); uncommitted changes are part
-    // of what is checked.
+    // of what is checked. Its metadata macros go with it: cargo packages
+    // the two together, the SDK against the macros it just packaged.
     workspace.cargo(&[
         "publish",
         "--dry-run",
         "--allow-dirty",
+        "-p",
+        "capsule-guest-macros",
         "-p",
         "capsule-guest",
     ])?;
