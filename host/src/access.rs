@@ -296,6 +296,13 @@ impl KeyState {
     /// Takes one request from the key's rate; `Err` says when the next one
     /// will be allowed.
     pub fn take(&self) -> Result<(), Duration> {
+        self.take_many(1)
+    }
+
+    /// Takes `count` requests' worth of the key's rate at once (a batch's
+    /// items), or none of it; when there is not enough, how long until
+    /// there is. A count beyond the burst can never be taken.
+    pub fn take_many(&self, count: u32) -> Result<(), Duration> {
         let (Some(rate), Some(bucket)) = (self.key.rate, &self.bucket) else {
             return Ok(());
         };
@@ -305,11 +312,14 @@ impl KeyState {
         let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * per_second).min(f64::from(rate.burst));
         bucket.refilled = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+        let wanted = f64::from(count);
+        if bucket.tokens >= wanted {
+            bucket.tokens -= wanted;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / per_second))
+            Err(Duration::from_secs_f64(
+                (wanted - bucket.tokens) / per_second,
+            ))
         }
     }
 }

@@ -464,6 +464,15 @@ pub enum CallFailure {
         /// The limit in bytes.
         limit: usize,
     },
+    /// A batch carried more requests than the plugin's `max_batch`; none
+    /// of them ran.
+    #[error("batch of {items} requests exceeds the limit of {limit} (max_batch)")]
+    BatchTooLarge {
+        /// The requests in the batch.
+        items: usize,
+        /// The plugin's `max_batch`.
+        limit: usize,
+    },
     /// The plugin returned an error value.
     #[error("{}", describe_plugin_error(.0))]
     Plugin(PluginError),
@@ -542,7 +551,9 @@ impl CallFailure {
             CallFailure::BudgetExceeded { .. } => ErrorKind::BudgetExceeded,
             CallFailure::Trap { .. } => ErrorKind::Trap,
             CallFailure::OutputTooLarge { .. } => ErrorKind::OutputTooLarge,
-            CallFailure::InputTooLarge { .. } => ErrorKind::InputTooLarge,
+            CallFailure::InputTooLarge { .. } | CallFailure::BatchTooLarge { .. } => {
+                ErrorKind::InputTooLarge
+            }
             CallFailure::Plugin(_) => ErrorKind::PluginError,
             CallFailure::Busy { .. } => ErrorKind::Busy,
             CallFailure::UnknownPlugin => ErrorKind::UnknownPlugin,

@@ -30,6 +30,11 @@ pub struct Limits {
     pub max_queued: usize,
     /// How long a queued call waits for an instance before failing as `busy`.
     pub queue_timeout: Duration,
+    /// Requests one batch (`Host::call_batch`, `POST …/batch`) may carry;
+    /// a larger batch is refused whole as `input_too_large`. The host
+    /// holds every item's response until the batch ends, so this times
+    /// `max_response_bytes` bounds what one batch keeps.
+    pub max_batch: usize,
     /// Calls an instance serves before it is replaced by a fresh one; 1 gives
     /// every call a fresh instance (the strongest isolation). An instance
     /// that traps is always discarded at once.
@@ -158,6 +163,7 @@ impl Default for Limits {
             max_instances: 16,
             max_queued: 64,
             queue_timeout: Duration::from_secs(5),
+            max_batch: 100,
             recycle_after: 1000,
             prewarm: 0,
             circuit_failures: 5,

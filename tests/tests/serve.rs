@@ -587,6 +587,72 @@ async fn listing_metrics_health_events_and_reload() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_answers_every_request_in_order() {
+    let server = Server::start().await;
+    let batch = json!({ "requests": [
+        { "op": "greet", "payload": { "name": "Ada" }, "metadata": [["x-note", "one"]] },
+        { "op": "calls" },
+        { "op": "no-such-op", "payload": {} },
+        { "op": "greet", "payload_base64": "bm90IGpzb24=" },
+        { "op": "calls" },
+    ]});
+    let response = server
+        .post("/v1/plugins/hello/batch", batch.to_string())
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 5, "{body}");
+    assert_eq!(results[0]["ok"], true, "{body}");
+    assert!(
+        results[0]["payload"]["greeting"]
+            .as_str()
+            .unwrap()
+            .contains("Ada"),
+        "{body}"
+    );
+    assert!(results[0]["duration_us"].as_u64().is_some());
+    assert!(results[0]["fuel"].as_u64().unwrap() > 0);
+    // Each item is the error a single call would have been, with its
+    // status; the others ran.
+    assert_eq!(results[2]["ok"], false);
+    assert_eq!(results[2]["status"], 404, "{body}");
+    assert_eq!(results[2]["error"]["kind"], "plugin_error");
+    assert_eq!(results[2]["error"]["plugin"], "hello");
+    assert_eq!(results[3]["status"], 400, "{body}");
+    // One instance served the batch, in order.
+    let first = results[1]["payload"]["calls"].as_u64().unwrap();
+    assert_eq!(results[4]["payload"]["calls"].as_u64(), Some(first + 3));
+
+    // Malformed and oversized batches run nothing.
+    let (status, error) = error_of(server.post("/v1/plugins/hello/batch", "[1,2]").await).await;
+    assert_eq!(
+        (status, error["kind"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("bad_request"))
+    );
+    let many: Vec<Value> = (0..101).map(|_| json!({ "op": "calls" })).collect();
+    let oversized = json!({ "requests": many }).to_string();
+    let (status, error) = error_of(server.post("/v1/plugins/hello/batch", oversized).await).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(error["kind"], "input_too_large");
+    assert!(
+        error["message"].as_str().unwrap().contains("max_batch"),
+        "{error}"
+    );
+    let (status, error) = error_of(
+        server
+            .post("/v1/plugins/nobody/batch", r#"{"requests":[]}"#)
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, error["kind"].as_str()),
+        (StatusCode::NOT_FOUND, Some("unknown_plugin"))
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_calls_over_http_are_all_answered() {
     let server = Server::start().await;
     let calls: Vec<_> = (0..100)
@@ -1443,6 +1509,16 @@ async fn api_keys_have_roles_scopes_and_rates_and_rotate_by_apply() {
     )
     .await;
     assert_eq!(published.status(), StatusCode::OK);
+    // A batch takes one request of the rate per item, all or none: two
+    // do not fit in the one left, and nothing runs.
+    let two = r#"{"requests":[{"op":"greet","payload":{"name":"A"}},{"op":"greet","payload":{"name":"B"}}]}"#;
+    let batch = "/v1/plugins/hello/batch";
+    let (status, error) =
+        error_of(with_key(&server, Method::POST, batch, &caller, two).await).await;
+    assert_eq!(
+        (status, error["kind"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited"))
+    );
     // Its rate (3 an hour) counts what it was allowed to do: the third
     // request passes, the fourth is refused with when to come back.
     assert_eq!(

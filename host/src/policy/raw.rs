@@ -347,6 +347,7 @@ pub(super) struct RawLimits {
     pub(super) max_instances: Option<usize>,
     pub(super) max_queued: Option<usize>,
     pub(super) queue_timeout: Option<Time>,
+    pub(super) max_batch: Option<usize>,
     pub(super) recycle_after: Option<u32>,
     pub(super) prewarm: Option<usize>,
     pub(super) circuit_failures: Option<u32>,
@@ -387,6 +388,9 @@ impl RawLimits {
         }
         if let Some(time) = &self.queue_timeout {
             limits.queue_timeout = time.0;
+        }
+        if let Some(count) = self.max_batch {
+            limits.max_batch = count;
         }
         if let Some(calls) = self.recycle_after {
             limits.recycle_after = calls;

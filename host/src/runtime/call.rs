@@ -14,7 +14,7 @@ use super::commit::{Exclusive, MAX_ATTEMPTS};
 use super::metrics::Metrics;
 use super::middleware::{CallContext, Middleware};
 use super::pipeline::PipelineError;
-use super::plugin::LoadedPlugin;
+use super::plugin::{Held, LoadedPlugin};
 use super::registry::Slot;
 use super::rollout::{Track, judged};
 use crate::contract::Request;
@@ -40,6 +40,48 @@ impl Host {
     pub async fn call(&self, plugin: &str, request: Request) -> Result<CallOutcome, CallError> {
         self.call_scoped(plugin, request, CallScope::default())
             .await
+    }
+
+    /// Calls `plugin`'s `handle` once per request, in order, on one
+    /// instance: one admission to an instance slot for the whole batch, and
+    /// the instance that served one item serves the next (an item that
+    /// traps or times out loses it; the next gets a fresh one). Each item is
+    /// otherwise its own call: its own fuel, deadline and output limits, its
+    /// own transaction committed before the next item runs (so an item sees
+    /// the writes of those before it), its own middleware, metrics and span,
+    /// and its own result; one item failing does not stop the others. The
+    /// batch counts as one use of the instance toward `recycle_after`.
+    /// More than the plugin's `max_batch` requests are refused whole
+    /// (`input_too_large`), as is a plugin this host has not loaded
+    /// (`unknown_plugin`; batches are not forwarded to other hosts).
+    pub async fn call_batch(
+        &self,
+        plugin: &str,
+        requests: Vec<Request>,
+    ) -> Result<Vec<Result<CallOutcome, CallError>>, CallError> {
+        let Some(slot) = self.slot(plugin) else {
+            return Err(CallError::new(plugin, CallFailure::UnknownPlugin));
+        };
+        let limit = slot.current().limits().max_batch;
+        if requests.len() > limit {
+            return Err(CallError::new(
+                plugin,
+                CallFailure::BatchTooLarge {
+                    items: requests.len(),
+                    limit,
+                },
+            ));
+        }
+        drop(slot);
+        let mut held = Held::default();
+        let mut results = Vec::with_capacity(requests.len());
+        for request in requests {
+            let result = self
+                .call_traced(plugin, request, CallScope::default(), Some(&mut held))
+                .await;
+            results.push(result);
+        }
+        Ok(results)
     }
 
     /// Calls `plugin` like [`Host::call`] and profiles the guest while it
@@ -74,6 +116,18 @@ impl Host {
         request: Request,
         scope: CallScope,
     ) -> Result<CallOutcome, CallError> {
+        self.call_traced(plugin, request, scope, None).await
+    }
+
+    /// A call in its log span; a batch's item runs on the instance slot
+    /// `held` keeps.
+    async fn call_traced(
+        &self,
+        plugin: &str,
+        request: Request,
+        scope: CallScope,
+        held: Option<&mut Held>,
+    ) -> Result<CallOutcome, CallError> {
         // Both come from the caller: escaped and truncated for the log.
         let span = tracing::info_span!(
             "plugin_call",
@@ -87,7 +141,7 @@ impl Host {
         // Boxed, like the plugin's own call below: a caller moves this
         // future (into a task, a timeout, `block_on`) and would otherwise
         // copy all of it.
-        Box::pin(self.call_in_span(plugin, request, scope))
+        Box::pin(self.call_in_span(plugin, request, scope, held))
             .instrument(span)
             .await
     }
@@ -97,6 +151,7 @@ impl Host {
         plugin: &str,
         request: Request,
         scope: CallScope,
+        held: Option<&mut Held>,
     ) -> Result<CallOutcome, CallError> {
         let Some(slot) = self.slot(plugin) else {
             // A plugin this host has not loaded may be served by another
@@ -122,9 +177,9 @@ impl Host {
         // The request is kept for the middleware's `after`/`on-error` hooks
         // only when there are hooks to run.
         let (result, kept) = if self.inner.dispatch.middleware.is_empty() {
-            (self.call_slot(&slot, request, scope).await, None)
+            (self.call_slot(&slot, request, scope, held).await, None)
         } else {
-            self.call_with_middleware(&slot, request, scope).await
+            self.call_with_middleware(&slot, request, scope, held).await
         };
         let (outcome, stats) = match &result {
             Ok(outcome) => ("ok", &outcome.stats),
@@ -209,6 +264,7 @@ impl Host {
         slot: &Slot,
         mut request: Request,
         scope: CallScope,
+        held: Option<&mut Held>,
     ) -> (Result<CallOutcome, CallError>, Option<Request>) {
         let started = Instant::now();
         for middleware in &self.inner.dispatch.middleware {
@@ -222,7 +278,7 @@ impl Host {
                 return (Err(err), Some(request));
             }
         }
-        let result = self.call_slot(slot, request.clone(), scope).await;
+        let result = self.call_slot(slot, request.clone(), scope, held).await;
         (result, Some(request))
     }
 
@@ -234,26 +290,27 @@ impl Host {
         slot: &Slot,
         request: Request,
         scope: CallScope,
+        held: Option<&mut Held>,
     ) -> Result<CallOutcome, CallError> {
         if slot.paused.load(Ordering::Acquire) {
             return Err(CallError::new(slot.name.to_string(), CallFailure::Paused));
         }
         let Some(rollout) = slot.rollout() else {
             return self
-                .call_version(slot, slot.current(), request, scope)
+                .call_version(slot, slot.current(), request, scope, held)
                 .await;
         };
         let track = rollout.track_for(&request);
         let result = match track {
             Track::Stable => {
-                self.call_version(slot, slot.current(), request, scope)
+                self.call_version(slot, slot.current(), request, scope, held)
                     .await
             }
             // The new version is judged by the rollout, not the breaker: its
             // failures roll it back instead of closing the plugin.
             Track::Canary => {
                 let canary = Arc::clone(&rollout.canary);
-                self.call_unguarded(&canary, request, scope).await
+                self.call_unguarded(&canary, request, scope, held).await
             }
         };
         let (kind, duration) = match &result {
@@ -281,6 +338,7 @@ impl Host {
         version: Arc<LoadedPlugin>,
         request: Request,
         scope: CallScope,
+        held: Option<&mut Held>,
     ) -> Result<CallOutcome, CallError> {
         let limits = version.limits();
         // The ticket reports the call's end; if this future is dropped first
@@ -294,7 +352,7 @@ impl Host {
                 ));
             }
         };
-        let result = self.call_unguarded(&version, request, scope).await;
+        let result = self.call_unguarded(&version, request, scope, held).await;
         ticket.record(
             result.as_ref().map(|_| ()).map_err(CallError::kind),
             limits.circuit_failures,
@@ -306,9 +364,10 @@ impl Host {
     /// Runs the call on `version` and settles what it buffered.
     async fn call_unguarded(
         &self,
-        version: &LoadedPlugin,
+        version: &Arc<LoadedPlugin>,
         request: Request,
         scope: CallScope,
+        mut held: Option<&mut Held>,
     ) -> Result<CallOutcome, CallError> {
         // What the call hands on to the plugins it calls, after the
         // middleware (which may have given it a request id).
@@ -327,10 +386,14 @@ impl Host {
         // by 23% (the allocations cost some back). Wall-clock time in
         // release did not move measurably; each call in flight (a task in
         // `capsule serve`) now holds kilobytes, not 94 KB.
-        match Box::pin(version.call(request, scope)).await {
+        let first = match held.as_deref_mut() {
+            Some(held) => Box::pin(version.call_held(held, request, scope)).await,
+            None => Box::pin(version.call(request, scope)).await,
+        };
+        match first {
             // Most calls change nothing: nothing to join or commit.
             Ok((outcome, transaction)) if transaction.is_empty() => Ok(outcome),
-            first => Box::pin(self.settle(version, first, enclosing, again)).await,
+            first => Box::pin(self.settle(version, first, enclosing, again, held)).await,
         }
     }
 
@@ -342,10 +405,11 @@ impl Host {
     /// transaction.
     async fn settle(
         &self,
-        plugin: &LoadedPlugin,
+        plugin: &Arc<LoadedPlugin>,
         first: Result<(CallOutcome, Transaction), CallError>,
         enclosing: Option<SharedTransaction>,
         again: Option<(Request, CallScope)>,
+        mut batch: Option<&mut Held>,
     ) -> Result<CallOutcome, CallError> {
         let mut result = first;
         let mut held = None;
@@ -405,7 +469,10 @@ impl Host {
                         // hold off.
                         Some(held) => held.hold_in_store(store, namespaces, wait).await,
                     }
-                    result = plugin.call(request, scope).await;
+                    result = match batch.as_deref_mut() {
+                        Some(batch) => plugin.call_held(batch, request, scope).await,
+                        None => plugin.call(request, scope).await,
+                    };
                 }
             }
         }

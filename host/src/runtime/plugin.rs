@@ -388,6 +388,54 @@ impl LoadedPlugin {
             }));
         }
         let _slot = self.admit().await.map_err(|cause| self.error(cause))?;
+        self.call_admitted(request, scope, None).await
+    }
+
+    /// Serves one request of a batch on the instance slot `held` keeps
+    /// between items (taken now when it holds none, or holds another
+    /// version's): the instance that served the last item serves this one.
+    pub(crate) async fn call_held(
+        self: &Arc<Self>,
+        held: &mut Held,
+        request: Request,
+        scope: CallScope,
+    ) -> Result<(CallOutcome, Transaction), CallError> {
+        let limits = self.limits();
+        let size = request.size();
+        if size > limits.max_request_bytes {
+            return Err(self.error(CallFailure::InputTooLarge {
+                size,
+                limit: limits.max_request_bytes,
+            }));
+        }
+        let lease = match held.0.take() {
+            Some(lease) if Arc::ptr_eq(&lease.plugin, self) => lease,
+            other => {
+                // Another version's slot is given back before this one's
+                // is waited for.
+                drop(other);
+                let permit = self.admit().await.map_err(|cause| self.error(cause))?;
+                permit.forget();
+                Lease {
+                    plugin: Arc::clone(self),
+                    instance: None,
+                }
+            }
+        };
+        let lease = held.0.insert(lease);
+        self.call_admitted(request, scope, Some(&mut lease.instance))
+            .await
+    }
+
+    /// A call that holds an instance slot: the input check, the call on
+    /// `kept`'s instance (when given; the instance stays there unless it
+    /// trapped) or a pooled one, the response check.
+    async fn call_admitted(
+        &self,
+        request: Request,
+        scope: CallScope,
+        kept: Option<&mut Option<Instance>>,
+    ) -> Result<(CallOutcome, Transaction), CallError> {
         // After admission, so checks run within the plugin's own
         // concurrency; on the blocking pool, so a costly one (bounded by
         // MAX_VALIDATION_VISITS) does not hold an async worker.
@@ -408,7 +456,7 @@ impl LoadedPlugin {
             None => request,
         };
         let enclosing = scope.enclosing.clone();
-        let invoked = self.run(Handle(request), scope).await;
+        let invoked = self.run_kept(Handle(request), scope, kept).await;
         let failure = match invoked.result {
             Ok(Ok(response)) => match self.check_response(&response) {
                 Ok(()) => {
@@ -697,6 +745,21 @@ impl LoadedPlugin {
     /// Runs one export on a warm instance, or on a fresh one, under the
     /// plugin's deadline. A trapped or timed-out instance is dropped.
     pub(crate) async fn run<E: Entry>(&self, entry: E, scope: CallScope) -> Invoked<E::Output> {
+        self.run_kept(entry, scope, None).await
+    }
+
+    /// [`LoadedPlugin::run`] on `kept`'s instance when given (a batch's):
+    /// one is taken from the pool or made when it holds none, and an
+    /// instance that returned goes back there, not to the pool, without
+    /// counting toward `recycle_after` (the batch counts once when its
+    /// [`Lease`] ends). One that trapped or timed out is dropped, so the
+    /// next item gets another.
+    async fn run_kept<E: Entry>(
+        &self,
+        entry: E,
+        scope: CallScope,
+        mut kept: Option<&mut Option<Instance>>,
+    ) -> Invoked<E::Output> {
         let limits = self.limits();
         let started = Instant::now();
         // A call made by another plugin ends by its caller's deadline.
@@ -709,7 +772,11 @@ impl LoadedPlugin {
             deadline: Some(deadline),
             ..scope
         };
-        let pooled = if E::BARE { None } else { self.take_idle() };
+        let pooled = match kept.as_deref_mut().and_then(Option::take) {
+            Some(instance) => Some(instance),
+            None if E::BARE => None,
+            None => self.take_idle(),
+        };
         let fresh = pooled.is_none();
         // `describe` at load is not a call; it does not count toward
         // `recycle_after`.
@@ -771,10 +838,16 @@ impl LoadedPlugin {
                 let mut transaction = lock(&state.transaction).finish();
                 transaction.escaped |= !self.retry_safe;
                 callee_fuel = state.calls.callee_fuel;
-                instance.calls += u32::from(counts);
-                // An instance that never ran `init` must not serve calls.
-                if !E::BARE {
-                    self.recycle(instance);
+                match kept {
+                    Some(kept) if !E::BARE => *kept = Some(instance),
+                    _ => {
+                        instance.calls += u32::from(counts);
+                        // An instance that never ran `init` must not serve
+                        // calls.
+                        if !E::BARE {
+                            self.recycle(instance);
+                        }
+                    }
                 }
                 (Ok(returned), fuel, transaction)
             }
@@ -935,6 +1008,31 @@ fn init_failed(err: PluginError) -> CallFailure {
         PluginError::Denied(msg) => PluginError::Denied(mark(msg)),
         PluginError::Failed(msg) => PluginError::Failed(mark(msg)),
     })
+}
+
+/// What a batch keeps between its items: the instance slot it was
+/// admitted to and the instance serving it. Dropping it hands both back.
+#[derive(Default)]
+pub(crate) struct Held(Option<Lease>);
+
+/// One version's instance slot, held across several calls, and the
+/// instance that served the last of them (none after a trap). When it
+/// ends, the instance goes back to the pool counted as one use toward
+/// `recycle_after`, and the slot is freed.
+pub(crate) struct Lease {
+    plugin: Arc<LoadedPlugin>,
+    instance: Option<Instance>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(mut instance) = self.instance.take() {
+            instance.calls += 1;
+            self.plugin.recycle(instance);
+        }
+        // The permit was forgotten when the lease was taken.
+        self.plugin.slots.add_permits(1);
+    }
 }
 
 /// Leaves the wait queue when dropped, however the wait ended.

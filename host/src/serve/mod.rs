@@ -3,6 +3,7 @@
 //! | route | what |
 //! |-------|------|
 //! | `POST /v1/plugins/{name}/call?op=OP` | body = request payload; answers the plugin's payload |
+//! | `POST /v1/plugins/{name}/batch` | body = `{"requests":[{"op","payload"},…]}`; the requests run in order on one instance, each answered in `{"results":[…]}` ([`batch`]) |
 //! | `POST /v1/pipelines/{name}/call?op=OP` | the same through a pipeline |
 //! | `GET /v1/plugins` | every plugin: version, digest, signers, capabilities, grants (names only; mounts' host paths to `admin`), state, limits |
 //! | `GET /metrics` | Prometheus text (OpenMetrics when the `Accept` header asks) |
@@ -45,6 +46,7 @@
 //! connection (a client that never reads cannot hold its place), and
 //! shutdown takes at most `shutdown_deadline` in all.
 
+mod batch;
 pub mod console;
 pub mod metadata;
 
@@ -153,6 +155,7 @@ pub fn router(host: Host, options: &ServeOptions) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/plugins", get(list_plugins))
         .route("/v1/plugins/{name}/call", post(call_plugin))
+        .route("/v1/plugins/{name}/batch", post(batch::call_batch))
         .route("/v1/pipelines/{name}/call", post(call_pipeline))
         .route("/v1/plugins/{name}/reload", post(reload))
         .route("/v1/plugins/{name}/pause", post(pause))
@@ -526,9 +529,26 @@ fn error_response(status: StatusCode, kind: &str, plugin: &str, message: &str) -
 }
 
 fn call_error(err: &CallError) -> Response {
+    let mut response = error_response(
+        status_for(&err.cause),
+        err.kind().as_str(),
+        &err.plugin,
+        &error_message(err),
+    );
+    if let CallFailure::CircuitOpen { retry_in } = err.cause {
+        let seconds = retry_in.as_secs().max(1).to_string();
+        if let Ok(value) = HeaderValue::from_str(&seconds) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+    }
+    response
+}
+
+/// What the caller is told of a failed call.
+fn error_message(err: &CallError) -> String {
     // A host fault's message can name host paths or internals: the server's
     // log gets it, the (possibly unauthenticated) caller does not.
-    let message = if let CallFailure::Host(_) = err.cause {
+    if let CallFailure::Host(_) = err.cause {
         tracing::error!(
             plugin = %crate::text::log_field(&err.plugin),
             error = %crate::text::log_field(&err.to_string()),
@@ -540,20 +560,7 @@ fn call_error(err: &CallError) -> Response {
         )
     } else {
         err.to_string()
-    };
-    let mut response = error_response(
-        status_for(&err.cause),
-        err.kind().as_str(),
-        &err.plugin,
-        &message,
-    );
-    if let CallFailure::CircuitOpen { retry_in } = err.cause {
-        let seconds = retry_in.as_secs().max(1).to_string();
-        if let Ok(value) = HeaderValue::from_str(&seconds) {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
-        }
     }
-    response
 }
 
 fn request_from(op: Option<String>, headers: &HeaderMap, body: Bytes) -> Result<Request, ApiError> {
@@ -881,7 +888,7 @@ async fn readyz(State(state): State<AppState>, headers: HeaderMap) -> Response {
     };
     // Not `authorize`: an anonymous probe is expected, not a refusal to
     // audit.
-    if decide(&state, &headers, Action::Read).is_ok() {
+    if decide(&state, &headers, Action::Read, 1).is_ok() {
         (status, axum::Json(readiness)).into_response()
     } else {
         (status, axum::Json(json!({ "ready": readiness.ready }))).into_response()
@@ -944,7 +951,18 @@ fn authorize(
     headers: &HeaderMap,
     action: Action<'_>,
 ) -> Result<Caller, ApiError> {
-    let decided = decide(state, headers, action);
+    authorize_many(state, headers, action, 1)
+}
+
+/// [`authorize`] for `count` actions at once (a batch's calls): they take
+/// `count` requests of the key's rate, all or none.
+fn authorize_many(
+    state: &AppState,
+    headers: &HeaderMap,
+    action: Action<'_>,
+    count: u32,
+) -> Result<Caller, ApiError> {
+    let decided = decide(state, headers, action, count);
     if let Err((who, err)) = &decided {
         let (name, target) = match action {
             Action::CallPlugin(name) => ("call", name),
@@ -969,6 +987,7 @@ fn decide(
     state: &AppState,
     headers: &HeaderMap,
     action: Action<'_>,
+    count: u32,
 ) -> Result<Caller, (String, ApiError)> {
     // Whoever presented no valid credential is anonymous (what they
     // presented is never written anywhere).
@@ -1036,7 +1055,7 @@ fn decide(
             ),
         ));
     }
-    if let Err(wait) = key.take() {
+    if let Err(wait) = key.take_many(count) {
         let rate = entry.rate.map(|rate| rate.describe()).unwrap_or_default();
         return Err((
             entry.name.clone(),

@@ -6,6 +6,7 @@
 
 mod alloc_bomb;
 mod amplifier;
+mod batch;
 mod bench_compute;
 mod bench_echo;
 mod call_bomb;
