@@ -170,6 +170,11 @@ fn print_manifest(manifest: &capsule_host::artifact::manifest::Manifest) {
             (None, Some(_)) => "  [output schema]",
             (None, None) => "",
         };
+        let schemas = if operation.pure {
+            format!("{schemas}  [pure: cached, no writes]")
+        } else {
+            schemas.to_owned()
+        };
         if operation.description.is_empty() {
             println!("    {}{schemas}", operation.name);
         } else {

@@ -30,6 +30,7 @@ pub const TARGET: Target = Target {
                 fuel_limit: Some(100),
                 memory_bytes: Some(65536),
                 memory_limit: 1 << 20,
+                cached: false,
             },
         };
         let err = ReplyHead {

@@ -63,6 +63,7 @@ impl Dispatch {
             description: String::new(),
             input,
             output,
+            pure: false,
         });
         true
     }
@@ -85,6 +86,32 @@ impl Dispatch {
     pub fn about(self, description: &str) -> Self {
         if matches!(self.state, State::Probe) {
             crate::manifest::describe_last(description);
+        }
+        self
+    }
+
+    /// Declares the operation registered just before pure: its answer
+    /// depends on the operation and payload alone (and on the plugin's
+    /// version and configuration), never on time, randomness or stored
+    /// state. The host may then answer a repeated request from its response
+    /// cache without running the plugin, and runs the operation with
+    /// key-value writes and publishing denied. Has no effect on calls here.
+    ///
+    /// ```
+    /// # use capsule_guest::{PluginError, Request, Response};
+    /// fn handle(request: Request) -> Result<Response, PluginError> {
+    ///     request
+    ///         .dispatch()
+    ///         .json("double", |n: i64| Ok(n * 2))
+    ///         .pure()
+    ///         .finish()
+    /// }
+    /// assert_eq!(handle(Request::new("double", "21"))?.payload, b"42");
+    /// # Ok::<(), PluginError>(())
+    /// ```
+    pub fn pure(self) -> Self {
+        if matches!(self.state, State::Probe) {
+            crate::manifest::mark_last_pure();
         }
         self
     }

@@ -94,6 +94,8 @@ pub(crate) struct Operation {
     pub(crate) input: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) output: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) pure: bool,
 }
 
 #[derive(Serialize)]
@@ -165,13 +167,22 @@ pub(crate) fn record(operation: Operation) {
 
 /// Sets the description of the operation recorded last during a probe.
 pub(crate) fn describe_last(description: &str) {
+    change_last(|last| last.description = description.to_owned());
+}
+
+/// Marks the operation recorded last during a probe as pure.
+pub(crate) fn mark_last_pure() {
+    change_last(|last| last.pure = true);
+}
+
+fn change_last(change: impl FnOnce(&mut Operation)) {
     PROBE.with(|probe| {
         if let Some(last) = probe
             .borrow_mut()
             .as_mut()
             .and_then(|probe| probe.operations.last_mut())
         {
-            last.description = description.to_owned();
+            change(last);
         }
     });
 }

@@ -35,6 +35,13 @@ pub struct Limits {
     /// holds every item's response until the batch ends, so this times
     /// `max_response_bytes` bounds what one batch keeps.
     pub max_batch: usize,
+    /// Bytes of answers to pure operations the host keeps for the plugin
+    /// (responses with their keys), least recently used dropped first; 0
+    /// caches nothing. Only operations the manifest or the policy declares
+    /// pure are cached.
+    pub cache_bytes: usize,
+    /// How long a cached answer is served before the operation runs again.
+    pub cache_ttl: Duration,
     /// Calls an instance serves before it is replaced by a fresh one; 1 gives
     /// every call a fresh instance (the strongest isolation). An instance
     /// that traps is always discarded at once.
@@ -164,6 +171,8 @@ impl Default for Limits {
             max_queued: 64,
             queue_timeout: Duration::from_secs(5),
             max_batch: 100,
+            cache_bytes: 1 << 20,
+            cache_ttl: Duration::from_secs(60),
             recycle_after: 1000,
             prewarm: 0,
             circuit_failures: 5,

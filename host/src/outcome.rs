@@ -51,6 +51,10 @@ pub struct CallStats {
     /// Whether the call ran on a fresh instance (instantiated and `init`ed
     /// for it) rather than a warm one from the pool.
     pub fresh_instance: bool,
+    /// Whether the answer came from the plugin's response cache (a pure
+    /// operation asked again): the plugin did not run, so no fuel, memory
+    /// or host calls are reported.
+    pub cached: bool,
     /// Its calls into host services, per service, in the order first made
     /// (after a trap, those made before it; empty when the instance is
     /// gone, after a timeout).

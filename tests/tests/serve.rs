@@ -14,7 +14,7 @@ use capsule_host::{Grants, Host, Limits, PluginSpec, RequestId};
 use capsule_tests::plugin_path;
 use capsule_tests::plugins::{
     AMPLIFIER, HELLO, HELLO_V0_1, HUGE_OUTPUT, INGEST_ENRICH, INGEST_TRANSFORM, INGEST_VALIDATE,
-    KV_COUNTER, ORDER_AUDIT, ROUTER, SLOW_HOST_CALLS, SPIN_LOOP, THUMBNAIL,
+    KV_COUNTER, ORDER_AUDIT, ORDER_INTAKE, ROUTER, SLOW_HOST_CALLS, SPIN_LOOP, THUMBNAIL,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -639,6 +639,35 @@ async fn a_batch_answers_every_request_in_order() {
         error["message"].as_str().unwrap().contains("max_batch"),
         "{error}"
     );
+    // A pure operation's repeated answer comes from the cache, said in a
+    // header on a call and in the item of a batch.
+    server
+        .host
+        .load(PluginSpec::from_path(plugin_path(ORDER_INTAKE)))
+        .await
+        .unwrap();
+    let price = "/v1/plugins/order-intake/call?op=price";
+    let teapot = r#"{"item":"teapot","quantity":1}"#;
+    let first = server.post(price, teapot).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert!(first.headers().get("x-capsule-cache").is_none());
+    let again = server.post(price, teapot).await;
+    assert_eq!(again.headers()["x-capsule-cache"], "hit");
+    assert!(again.headers().get("x-capsule-fuel").is_none());
+    let cups = json!({ "requests": [
+        { "op": "price", "payload": { "item": "cup", "quantity": 1 } },
+        { "op": "price", "payload": { "item": "cup", "quantity": 1 } },
+    ]});
+    let body: Value = server
+        .post("/v1/plugins/order-intake/batch", cups.to_string())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["results"][0]["cached"], false, "{body}");
+    assert_eq!(body["results"][1]["cached"], true, "{body}");
+    assert_eq!(body["results"][1]["payload"]["total_cents"], 800);
+
     let (status, error) = error_of(
         server
             .post("/v1/plugins/nobody/batch", r#"{"requests":[]}"#)

@@ -14,6 +14,13 @@
 //!
 //! `flaky` asks `order-audit` to answer `retry-after` twice before it stores
 //! the order, which shows redelivery.
+//!
+//! - `price` with `{"item": "teapot", "quantity": 2}` answers
+//!   `{"item", "quantity", "unit_cents", "total_cents"}` from the catalogue
+//!   below (an unknown item or a quantity below 1 is `invalid-input`). It is
+//!   declared pure (`.pure()`): its answer depends on the request alone, so
+//!   the host answers a repeated request from its response cache without
+//!   running the plugin, and would deny it key-value writes and publishing.
 
 use capsule_guest::{Plugin, PluginError, Request, Response, events, export_plugin, log};
 use serde::{Deserialize, Serialize};
@@ -70,12 +77,69 @@ fn place(order: Order) -> Result<Accepted, PluginError> {
     })
 }
 
+/// What `price` takes.
+#[derive(Deserialize)]
+struct PriceIn {
+    item: String,
+    quantity: i64,
+}
+
+/// What `price` answers.
+#[derive(Serialize)]
+struct PriceOut {
+    item: String,
+    quantity: i64,
+    unit_cents: i64,
+    total_cents: i64,
+}
+
+/// The catalogue: item and unit price in cents.
+const CATALOGUE: &[(&str, i64)] = &[("teapot", 2_500), ("cup", 800), ("saucer", 450)];
+
+/// The unit and total price of `quantity` of `item`.
+fn quote(item: &str, quantity: i64) -> Result<(i64, i64), PluginError> {
+    let Some(&(_, unit_cents)) = CATALOGUE.iter().find(|(name, _)| *name == item) else {
+        return Err(PluginError::InvalidInput(format!("no price for `{item}`")));
+    };
+    if quantity < 1 {
+        return Err(PluginError::InvalidInput(
+            "`quantity` must be at least 1".into(),
+        ));
+    }
+    let total_cents = unit_cents
+        .checked_mul(quantity)
+        .ok_or_else(|| PluginError::InvalidInput("`quantity` is too large".into()))?;
+    Ok((unit_cents, total_cents))
+}
+
+fn price(input: PriceIn) -> Result<PriceOut, PluginError> {
+    let (unit_cents, total_cents) = quote(&input.item, input.quantity)?;
+    log::info!(
+        "priced {} x {} at {total_cents} cents",
+        input.quantity,
+        input.item
+    );
+    Ok(PriceOut {
+        item: input.item,
+        quantity: input.quantity,
+        unit_cents,
+        total_cents,
+    })
+}
+
 struct OrderIntake;
 
 impl Plugin for OrderIntake {
     fn handle(request: Request) -> Result<Response, PluginError> {
         log::info!("handling `{}`", request.operation);
-        request.dispatch().json("place", place).finish()
+        request
+            .dispatch()
+            .json("place", place)
+            .about("Checks an order and publishes it on orders.created")
+            .json("price", price)
+            .about("Prices a quantity of a catalogue item")
+            .pure()
+            .finish()
     }
 }
 
@@ -97,6 +161,14 @@ mod tests {
             serde_json::to_value(&placed).unwrap(),
             serde_json::json!({"order_id": "A-1", "item": "teapot", "quantity": 2, "flaky": false})
         );
+    }
+
+    #[test]
+    fn prices_come_from_the_catalogue() {
+        assert_eq!(quote("cup", 3).unwrap(), (800, 2_400));
+        assert!(quote("anvil", 1).is_err());
+        assert!(quote("cup", 0).is_err());
+        assert!(quote("cup", i64::MAX).is_err());
     }
 
     #[test]

@@ -105,6 +105,12 @@ pub struct Operation {
     /// The JSON Schema of the response payload, when it is JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
+    /// Whether the answer depends on the operation and payload alone (and
+    /// the plugin's version and configuration): the host may answer a
+    /// repeated request from its response cache, and runs the operation
+    /// with key-value writes and publishing denied.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pure: bool,
 }
 
 /// Something a plugin needs loaded beside it: a plugin (by the name the
@@ -534,6 +540,7 @@ mod tests {
                     "required": ["width"]
                 })),
                 output: None,
+                pure: false,
             }]),
             requires: vec![Requirement {
                 plugin: None,

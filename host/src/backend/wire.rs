@@ -54,6 +54,10 @@ pub enum ReplyResult {
         /// The plugin's memory limit.
         #[serde(default)]
         memory_limit: u64,
+        /// Whether the answer came from the response cache (absent from
+        /// hosts older than the cache).
+        #[serde(default)]
+        cached: bool,
     },
     /// It failed: the error's stable kind and message, and for a plugin's
     /// own error its variant (`invalid_input`, `unsupported`, `denied`,

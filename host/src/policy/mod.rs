@@ -224,6 +224,9 @@ pub struct PluginPolicy {
     /// Whether requests are checked against the input schemas the plugin's
     /// manifest declares before the plugin runs (`validate_input = true`).
     pub validate_input: bool,
+    /// Operations the policy declares pure (`pure = ["price"]`), beside
+    /// those the plugin's manifest declares.
+    pub pure_operations: Vec<String>,
     /// Whether the plugin being degraded makes the host not ready
     /// (`readiness = false`: it is still shown in `/readyz`, and does not
     /// decide it).
@@ -1300,6 +1303,16 @@ impl Locator<'_> {
                 );
             }
         }
+        let pure_operations = match &raw.pure {
+            Some(pure) => match check_operation_names(pure.get_ref()) {
+                Ok(()) => pure.get_ref().clone(),
+                Err(message) => {
+                    self.error(pure.span(), &key("pure"), message);
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
         if self.errors.len() > errors_before {
             return None;
         }
@@ -1310,6 +1323,7 @@ impl Locator<'_> {
             limits,
             grants,
             validate_input: raw.validate_input,
+            pure_operations,
             readiness: raw.readiness,
             config_at,
         })
@@ -1384,3 +1398,30 @@ impl Locator<'_> {
 
 #[cfg(test)]
 mod tests;
+
+/// The most operations a policy may declare pure for one plugin.
+const MAX_PURE_OPERATIONS: usize = 256;
+
+/// Operation names a policy declares pure: at most
+/// [`MAX_PURE_OPERATIONS`], each 1 to 256 bytes, none twice.
+fn check_operation_names(names: &[String]) -> Result<(), String> {
+    if names.len() > MAX_PURE_OPERATIONS {
+        return Err(format!(
+            "{} operations: at most {MAX_PURE_OPERATIONS} may be declared pure",
+            names.len()
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for name in names {
+        if name.is_empty() || name.len() > 256 {
+            return Err(format!(
+                "`{}` is not an operation name: 1 to 256 bytes",
+                crate::text::log_field(name)
+            ));
+        }
+        if !seen.insert(name) {
+            return Err(format!("`{name}` is declared pure twice"));
+        }
+    }
+    Ok(())
+}

@@ -65,6 +65,10 @@ macro_rules! define_raw_plugin {
             /// schema before the plugin runs.
             #[serde(default)]
             pub(super) validate_input: bool,
+            /// Operations the operator declares pure, beside those the
+            /// manifest does: cached, and run with writes denied.
+            #[serde(default)]
+            pub(super) pure: Option<Spanned<Vec<String>>>,
             /// Whether the plugin's health decides the host's readiness.
             #[serde(default = "counts_for_readiness")]
             pub(super) readiness: bool,
@@ -84,6 +88,7 @@ macro_rules! define_raw_plugin {
                     signature: None,
                     limits: unspanned(),
                     validate_input: false,
+                    pure: None,
                     readiness: true,
                     secrets: BTreeMap::new(),
                     $($field: None,)*
@@ -348,6 +353,8 @@ pub(super) struct RawLimits {
     pub(super) max_queued: Option<usize>,
     pub(super) queue_timeout: Option<Time>,
     pub(super) max_batch: Option<usize>,
+    pub(super) cache: Option<Size>,
+    pub(super) cache_ttl: Option<Time>,
     pub(super) recycle_after: Option<u32>,
     pub(super) prewarm: Option<usize>,
     pub(super) circuit_failures: Option<u32>,
@@ -391,6 +398,12 @@ impl RawLimits {
         }
         if let Some(count) = self.max_batch {
             limits.max_batch = count;
+        }
+        if let Some(size) = &self.cache {
+            limits.cache_bytes = bytes(size);
+        }
+        if let Some(time) = &self.cache_ttl {
+            limits.cache_ttl = time.0;
         }
         if let Some(calls) = self.recycle_after {
             limits.recycle_after = calls;

@@ -239,6 +239,22 @@ fn values_the_host_would_refuse_are_refused_here_with_their_key() {
             ),
             "plugins.a.limits.prewarm",
         ),
+        (
+            format!("[plugins.a]\npath = \"{wasm}\"\n[plugins.a.limits]\nmax_batch = 0\n"),
+            "plugins.a.limits.max_batch",
+        ),
+        (
+            format!("[plugins.a]\npath = \"{wasm}\"\n[plugins.a.limits]\ncache = \"2GiB\"\n"),
+            "plugins.a.limits.cache",
+        ),
+        (
+            format!("[plugins.a]\npath = \"{wasm}\"\npure = [\"price\", \"price\"]\n"),
+            "plugins.a.pure",
+        ),
+        (
+            format!("[plugins.a]\npath = \"{wasm}\"\npure = [\"\"]\n"),
+            "plugins.a.pure",
+        ),
     ];
     for (text, key) in cases {
         let err = parse(&text).expect_err(&text);
@@ -734,4 +750,25 @@ fn a_broken_api_key_is_refused_at_its_line() {
         messages.contains(&"another key has this digest"),
         "{messages:?}"
     );
+}
+
+#[test]
+fn pure_operations_and_the_response_cache_and_batches_are_set_per_plugin() {
+    let (_dir, wasm) = wasm_file();
+    let text = format!(
+        "[plugins.shop]\npath = \"{wasm}\"\npure = [\"price\", \"tax\"]\n\
+         [plugins.shop.limits]\ncache = \"4MiB\"\ncache_ttl = \"5m\"\nmax_batch = 20\n\
+         [plugins.plain]\npath = \"{wasm}\"\n"
+    );
+    let policy = parse(&text).unwrap();
+    let shop = &policy.plugins["shop"];
+    assert_eq!(shop.pure_operations, ["price", "tax"]);
+    assert_eq!(shop.limits.cache_bytes, 4 << 20);
+    assert_eq!(shop.limits.cache_ttl, std::time::Duration::from_secs(300));
+    assert_eq!(shop.limits.max_batch, 20);
+    let plain = &policy.plugins["plain"];
+    assert!(plain.pure_operations.is_empty());
+    assert_eq!(plain.limits, Limits::default());
+    let spec = crate::PluginSpec::from_policy(&policy, "shop").unwrap();
+    assert_eq!(spec.pure_operations, ["price", "tax"]);
 }

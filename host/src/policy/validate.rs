@@ -37,6 +37,8 @@ pub fn limits(limits: &Limits) -> Result<(), Invalid> {
     range("max_queued", limits.max_queued as u64, 0, 100_000, "calls")?;
     duration("queue_timeout", limits.queue_timeout, Duration::ZERO)?;
     range("max_batch", limits.max_batch as u64, 1, 10_000, "requests")?;
+    bytes("cache", limits.cache_bytes as u64, 0, GIB)?;
+    duration("cache_ttl", limits.cache_ttl, Duration::from_millis(1))?;
     range(
         "recycle_after",
         u64::from(limits.recycle_after),

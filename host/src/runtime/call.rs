@@ -15,6 +15,7 @@ use super::metrics::Metrics;
 use super::middleware::{CallContext, Middleware};
 use super::pipeline::PipelineError;
 use super::plugin::{Held, LoadedPlugin};
+use super::pure::Lookup;
 use super::registry::Slot;
 use super::rollout::{Track, judged};
 use crate::contract::Request;
@@ -375,6 +376,32 @@ impl Host {
             propagated: propagated(&request, scope.span),
             ..scope
         };
+        // A pure operation asked again is answered from the cache.
+        let started = Instant::now();
+        let remember = match version.pure.lookup(&request) {
+            Ok(response) => {
+                self.inner
+                    .dispatch
+                    .metrics
+                    .cache_lookup(&version.name, true);
+                return Ok(cached(version, response, started));
+            }
+            Err(Lookup::Miss(key)) => {
+                self.inner
+                    .dispatch
+                    .metrics
+                    .cache_lookup(&version.name, false);
+                Some(key)
+            }
+            Err(Lookup::Off) => {
+                self.inner
+                    .dispatch
+                    .metrics
+                    .cache_lookup(&version.name, false);
+                None
+            }
+            Err(Lookup::NotPure) => None,
+        };
         let enclosing = scope.enclosing.clone();
         let again = (enclosing.is_none() && version.may_conflict())
             .then(|| (request.clone(), scope.clone()));
@@ -390,11 +417,16 @@ impl Host {
             Some(held) => Box::pin(version.call_held(held, request, scope)).await,
             None => Box::pin(version.call(request, scope)).await,
         };
-        match first {
+        let result = match first {
             // Most calls change nothing: nothing to join or commit.
             Ok((outcome, transaction)) if transaction.is_empty() => Ok(outcome),
             first => Box::pin(self.settle(version, first, enclosing, again, held)).await,
+        };
+        // Only answers are kept, never errors.
+        if let (Some(key), Ok(outcome)) = (remember, &result) {
+            version.pure.remember(*key, &outcome.response);
         }
+        result
     }
 
     /// Settles what a call buffered: joined to the enclosing transaction,
@@ -608,6 +640,28 @@ impl Host {
         outcome.stats.fuel_used = fuel;
         outcome.stats.duration = started.elapsed();
         Ok(outcome)
+    }
+}
+
+/// The outcome of a call answered from `version`'s response cache: the
+/// plugin did not run.
+fn cached(
+    version: &LoadedPlugin,
+    response: crate::contract::Response,
+    started: Instant,
+) -> CallOutcome {
+    let limits = version.limits();
+    CallOutcome {
+        response,
+        logs: Vec::new(),
+        events: Vec::new(),
+        stats: crate::outcome::CallStats {
+            duration: started.elapsed(),
+            fuel_limit: limits.fuel.filter(|_| version.metering().fuel),
+            memory_limit: limits.memory_bytes,
+            cached: true,
+            ..crate::outcome::CallStats::default()
+        },
     }
 }
 

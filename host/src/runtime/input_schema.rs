@@ -166,12 +166,14 @@ mod tests {
                         "required": ["name"]
                     })),
                     output: None,
+                    pure: false,
                 },
                 Operation {
                     name: "echo".into(),
                     description: String::new(),
                     input: None,
                     output: None,
+                    pure: false,
                 },
             ]),
             requires: Vec::new(),

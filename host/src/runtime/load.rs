@@ -124,6 +124,7 @@ async fn prepare(context: &Loader, spec: PluginSpec) -> Result<LoadedPlugin, Loa
         mut grants,
         limits,
         validate_input,
+        pure_operations,
         // Read from the slot's spec by readiness, not by the load.
         readiness: _,
         config_origin,
@@ -223,6 +224,7 @@ async fn prepare(context: &Loader, spec: PluginSpec) -> Result<LoadedPlugin, Loa
         limits,
         manifest,
         validate_input,
+        pure_operations,
     };
     let grants = PreparedGrants::new(
         Arc::from(name.as_str()),

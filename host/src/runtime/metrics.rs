@@ -73,6 +73,7 @@ pub(crate) struct Metrics {
     rollouts: Family<OutcomeLabels, Counter>,
     host_calls: Family<ServiceLabels, Counter>,
     host_call_time: ServiceHistograms,
+    response_cache: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -141,7 +142,14 @@ impl Default for Metrics {
             "Time one plugin call (not an event delivery) spent in one host service, waits included",
             host_call_time.clone(),
         );
+        let response_cache = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "capsule_response_cache",
+            "Calls of pure operations by how the response cache answered (hit, miss)",
+            response_cache.clone(),
+        );
         Metrics {
+            response_cache,
             host_calls,
             host_call_time,
             registry,
@@ -243,6 +251,15 @@ impl Metrics {
         }
     }
 
+    /// Records whether a pure operation's call was answered from the
+    /// response cache.
+    pub(crate) fn cache_lookup(&self, name: &str, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.response_cache
+            .get_or_create(&outcome(name, result))
+            .inc();
+    }
+
     /// Records a reload attempt.
     pub(crate) fn reload(&self, name: &str, ok: bool) {
         let result = if ok { "ok" } else { "failed" };
@@ -319,6 +336,8 @@ pub(crate) struct PluginGauges {
     pub(crate) circuit_open: bool,
     /// Its fuel per call, if fuel is metered.
     pub(crate) fuel_limit: Option<u64>,
+    /// Bytes its response cache holds, when it has one.
+    pub(crate) cache_bytes: Option<usize>,
 }
 
 /// The per-plugin gauges of one scrape, in a registry of their own.
@@ -327,6 +346,7 @@ fn gauges(now: &[PluginGauges]) -> Registry {
     let instances = Family::<PluginLabel, Gauge>::default();
     let circuit_open = Family::<PluginLabel, Gauge>::default();
     let fuel_limit = Family::<PluginLabel, Gauge>::default();
+    let cache_bytes = Family::<PluginLabel, Gauge>::default();
     let int = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
     for gauges in now {
         let label = plugin(&gauges.name);
@@ -338,6 +358,9 @@ fn gauges(now: &[PluginGauges]) -> Registry {
             .set(i64::from(gauges.circuit_open));
         if let Some(limit) = gauges.fuel_limit {
             fuel_limit.get_or_create(&label).set(int(limit));
+        }
+        if let Some(bytes) = gauges.cache_bytes {
+            cache_bytes.get_or_create(&label).set(int(bytes as u64));
         }
     }
     registry.register(
@@ -354,6 +377,11 @@ fn gauges(now: &[PluginGauges]) -> Registry {
         "capsule_fuel_limit",
         "The fuel one call of a plugin may burn (absent when fuel is not metered)",
         fuel_limit,
+    );
+    registry.register(
+        "capsule_response_cache_bytes",
+        "Bytes a plugin's response cache of pure operations holds (absent without pure operations)",
+        cache_bytes,
     );
     registry
 }
@@ -403,11 +431,13 @@ mod tests {
         metrics.call("hello", "timeout", 0.5, None);
         metrics.reload("hello", true);
         metrics.event("audit", "ack");
+        metrics.cache_lookup("hello", true);
         let now = [PluginGauges {
             name: "hello".into(),
             instances: 3,
             circuit_open: true,
             fuel_limit: Some(1_000_000),
+            cache_bytes: Some(4096),
         }];
         let text = metrics.render(&now, Vec::new());
         assert!(
@@ -420,6 +450,8 @@ mod tests {
         assert!(text.contains(r#"capsule_instances{plugin="hello"} 3"#));
         assert!(text.contains(r#"capsule_circuit_open{plugin="hello"} 1"#));
         assert!(text.contains(r#"capsule_fuel_limit{plugin="hello"} 1000000"#));
+        assert!(text.contains(r#"capsule_response_cache_bytes{plugin="hello"} 4096"#));
+        assert!(text.contains(r#"capsule_response_cache_total{plugin="hello",outcome="hit"} 1"#));
         // A plugin gone by the next scrape is gone from it.
         assert!(
             !metrics

@@ -18,6 +18,7 @@ mod middleware;
 mod nested;
 mod pipeline;
 mod plugin;
+mod pure;
 mod queue;
 mod registry;
 #[cfg(feature = "nats")]
@@ -664,6 +665,7 @@ impl Host {
                     instances: current.live_instances(),
                     circuit_open: slot.breaker.is_open(),
                     fuel_limit: current.limits().fuel.filter(|_| metering.fuel),
+                    cache_bytes: current.pure.cache_bytes(),
                 }
             })
             .collect();

@@ -21,6 +21,7 @@ use crate::error::{CallError, CallFailure, OutputStream};
 use crate::limits::{Limits, MAX_DESCRIBE_BYTES};
 use crate::outcome::{CallOutcome, CallStats, LogRecord};
 use crate::runtime::input_schema::InputSchemas;
+use crate::runtime::pure::PureOperations;
 use crate::sandbox::classify::{FailureContext, classify};
 use crate::sandbox::deadline;
 use crate::sandbox::store::{StoreSetup, StoreState, arm_deadline, fuel_used, new_store, refuel};
@@ -58,6 +59,10 @@ pub struct PluginDetails {
     pub manifest: Option<Arc<Manifest>>,
     /// Whether requests are checked against the declared input schemas.
     pub validate_input: bool,
+    /// The operations that are pure (the manifest's and the policy's):
+    /// answered from the response cache when asked again, and run with
+    /// key-value writes and publishing denied.
+    pub pure_operations: Vec<String>,
 }
 
 fn serialize_info<S: serde::Serializer>(info: &PluginInfo, s: S) -> Result<S::Ok, S::Error> {
@@ -279,6 +284,8 @@ pub(crate) struct LoadedPlugin {
     pub(crate) retry_safe: bool,
     /// The last answer of its `health` check, reused for a while.
     pub(crate) health: super::health::HealthCache,
+    /// Its pure operations and the cache of their answers.
+    pub(crate) pure: PureOperations,
 }
 
 /// The idle instances of every loaded plugin version. Idle instances are a
@@ -319,7 +326,7 @@ impl LoadedPlugin {
     pub(crate) fn new(
         engine: Engine,
         pre: PluginPre<StoreState>,
-        details: PluginDetails,
+        mut details: PluginDetails,
         grants: Arc<PreparedGrants>,
         metering: Metering,
         pool_mates: Arc<IdleInstances>,
@@ -330,7 +337,14 @@ impl LoadedPlugin {
                 .iter()
                 .all(|mount| mount.access == Access::ReadOnly)
             && grants.kv.as_ref().is_none_or(|(kv, _)| kv.atomic);
+        let pure = PureOperations::new(
+            details.manifest.as_deref(),
+            &details.pure_operations,
+            &details.limits,
+        );
+        details.pure_operations = pure.names().map(str::to_owned).collect();
         LoadedPlugin {
+            pure,
             metering,
             name: Arc::clone(&grants.plugin),
             grants,
@@ -351,6 +365,11 @@ impl LoadedPlugin {
 
     pub(crate) fn limits(&self) -> &Limits {
         &self.details.limits
+    }
+
+    /// What the engine meters.
+    pub(crate) fn metering(&self) -> Metering {
+        self.metering
     }
 
     /// Instances alive now (idle in the pool or serving a call).
@@ -456,6 +475,10 @@ impl LoadedPlugin {
             None => request,
         };
         let enclosing = scope.enclosing.clone();
+        let scope = CallScope {
+            pure: scope.pure || self.pure.is_pure(&request.operation),
+            ..scope
+        };
         let invoked = self.run_kept(Handle(request), scope, kept).await;
         let failure = match invoked.result {
             Ok(Ok(response)) => match self.check_response(&response) {
@@ -897,6 +920,7 @@ impl LoadedPlugin {
                 memory_limit: limits.memory_bytes,
                 logs_refused: log.refused,
                 fresh_instance: fresh,
+                cached: false,
                 host_calls,
             },
         }

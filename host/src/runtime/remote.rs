@@ -104,6 +104,7 @@ impl Host {
                 fuel_limit,
                 memory_bytes,
                 memory_limit,
+                cached,
             } => Ok(CallOutcome {
                 response: Response {
                     payload: payload.to_vec(),
@@ -120,6 +121,7 @@ impl Host {
                     memory_limit,
                     logs_refused: 0,
                     fresh_instance,
+                    cached,
                     // The other host's store is not seen from here.
                     host_calls: Vec::new(),
                 },
@@ -256,6 +258,7 @@ fn reply_body(host: &str, result: Result<CallOutcome, CallError>) -> Vec<u8> {
                     fuel_limit: outcome.stats.fuel_limit,
                     memory_bytes: outcome.stats.memory_bytes,
                     memory_limit: outcome.stats.memory_limit,
+                    cached: outcome.stats.cached,
                 },
             },
             &outcome.response.payload,

@@ -35,6 +35,7 @@ pub struct PluginSpec {
     pub(crate) grants: Grants,
     pub(crate) limits: Option<Limits>,
     pub(crate) validate_input: bool,
+    pub(crate) pure_operations: Vec<String>,
     pub(crate) readiness: bool,
     /// Where a policy wrote the plugin's config, for errors to point at.
     pub(crate) config_origin: Option<ConfigOrigin>,
@@ -50,6 +51,7 @@ impl PartialEq for PluginSpec {
             && self.grants == other.grants
             && self.limits == other.limits
             && self.validate_input == other.validate_input
+            && self.pure_operations == other.pure_operations
             && self.readiness == other.readiness
     }
 }
@@ -70,6 +72,7 @@ impl PluginSpec {
             grants: Grants::default(),
             limits: None,
             validate_input: false,
+            pure_operations: Vec::new(),
             readiness: true,
             config_origin: None,
         }
@@ -84,6 +87,7 @@ impl PluginSpec {
             .grants(plugin.grants.clone())
             .limits(plugin.limits.clone())
             .validate_input(plugin.validate_input)
+            .pure_operations(plugin.pure_operations.clone())
             .readiness(plugin.readiness);
         if let Some(signature) = &plugin.signature {
             spec = spec.detached_signature(PluginSource::Path(signature.clone()));
@@ -105,6 +109,7 @@ impl PluginSpec {
             grants: Grants::default(),
             limits: None,
             validate_input: false,
+            pure_operations: Vec::new(),
             readiness: true,
             config_origin: None,
         }
@@ -116,6 +121,16 @@ impl PluginSpec {
     /// `invalid_input`. Loading fails if the plugin has no manifest.
     pub fn validate_input(mut self, validate: bool) -> Self {
         self.validate_input = validate;
+        self
+    }
+
+    /// Declares `operations` pure, beside those the plugin's manifest
+    /// declares: their answers are cached (within the plugin's `cache_bytes`
+    /// and `cache_ttl`) and they run with key-value writes and publishing
+    /// denied. For an operator who knows an operation is pure when its
+    /// author did not say so.
+    pub fn pure_operations(mut self, operations: Vec<String>) -> Self {
+        self.pure_operations = operations;
         self
     }
 

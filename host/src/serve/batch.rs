@@ -7,7 +7,7 @@
 //! added to the `x-capsule-meta-*` and trace headers every item gets. The
 //! answer is `200 {"results":[RESULT,…]}`, one per item in order:
 //! `{"ok":true,"payload":<JSON>|"payload_base64":"…","metadata":[…],
-//! "duration_us","fuel"}` or `{"ok":false,"status":<the status a single
+//! "duration_us","fuel","cached"}` or `{"ok":false,"status":<the status a single
 //! call would have had>,"error":{"kind","plugin","message"}}`.
 //!
 //! Budgets: the body is within the server's `max_body_bytes`; at most the
@@ -108,6 +108,7 @@ fn item_result(result: &Result<CallOutcome, CallError>) -> Value {
                 "metadata": outcome.response.metadata,
                 "duration_us": outcome.stats.duration.as_micros() as u64,
                 "fuel": outcome.stats.fuel_used,
+                "cached": outcome.stats.cached,
             });
             match serde_json::from_slice::<Value>(payload) {
                 Ok(value) => answer["payload"] = value,

@@ -20,7 +20,9 @@
 //! A successful call's cost comes back in headers: `x-capsule-duration-us`,
 //! `x-capsule-fuel` and `-fuel-limit`, `x-capsule-memory-bytes` and
 //! `-memory-limit`, and `server-timing` with the time and count of its calls
-//! into each host service.
+//! into each host service. An answer from the response cache of a pure
+//! operation says `x-capsule-cache: hit` (and reports no fuel or memory:
+//! the plugin did not run).
 //!
 //! W3C `traceparent` and `tracestate` headers become the request's trace
 //! context: with `[host.telemetry]`, the call's span is the caller's child.
@@ -632,6 +634,9 @@ fn call_response(outcome: CallOutcome, budget: HeaderBudget) -> Response {
     }
     if let Some(timing) = server_timing(&stats.host_calls) {
         headers.insert(header::HeaderName::from_static("server-timing"), timing);
+    }
+    if stats.cached {
+        headers.insert("x-capsule-cache", HeaderValue::from_static("hit"));
     }
     response
 }

@@ -132,6 +132,9 @@ pub(crate) struct CallScope {
     /// A profile of this call's guest stack was asked for (the calls it
     /// makes are not profiled).
     pub(crate) profile: Option<Arc<crate::telemetry::profile::ProfileRequest>>,
+    /// The call runs a pure operation, or was made by one: key-value
+    /// writes and publishing are denied to it and to the calls it makes.
+    pub(crate) pure: bool,
 }
 
 impl CallScope {
@@ -287,6 +290,7 @@ impl CallsState {
             forwarded: false,
             span: None,
             profile: None,
+            pure: self.scope.pure,
         };
         let result = self.caller.call(scope, target, request).await;
         let stats = match &result {

@@ -150,6 +150,8 @@ pub(crate) struct EventsState {
     pub(crate) budget: usize,
     /// Whether a call is running: what `init` publishes is dropped.
     in_call: bool,
+    /// The call runs a pure operation: it may not publish.
+    pure: bool,
     /// The running call's span, which its events name as their parent.
     trace: Option<crate::telemetry::TraceParent>,
 }
@@ -163,6 +165,11 @@ impl interfaces_v0_2::events::Host for EventsState {
 impl interfaces::events::Host for EventsState {
     fn publish(&mut self, topic: String, payload: Vec<u8>) -> Result<(), ServiceError> {
         validate_topic(&topic).map_err(ServiceError::Invalid)?;
+        if self.pure {
+            let message = "the operation is declared pure: it may not publish events";
+            self.denials.record("events", message);
+            return Err(ServiceError::Denied(message.into()));
+        }
         if !self.grant.may_publish(&topic) {
             let message = format!("publishing to `{topic}` was not granted to this plugin");
             self.denials.record("events", &message);
@@ -249,6 +256,7 @@ impl Service for Events {
             published: 0,
             budget: store.limits.max_response_bytes,
             in_call: false,
+            pure: false,
             trace: None,
         })
     }
@@ -262,6 +270,11 @@ impl Service for Events {
         state.published = 0;
         state.budget = limits.max_response_bytes;
         state.in_call = true;
+        state.pure = scope.pure;
+    }
+
+    fn end_call(state: &mut EventsState) {
+        state.pure = false;
     }
 
     fn add_to_linker<T: Holds<Self> + Views>(linker: &mut Linker<T>) -> wasmtime::Result<()> {

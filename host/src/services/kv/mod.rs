@@ -97,6 +97,8 @@ pub(crate) struct KvState {
     /// Whether a call is running: `init` is not a call, so what it writes
     /// is applied at once.
     in_call: bool,
+    /// The call runs a pure operation: it may read, never write.
+    pure: bool,
     /// When a store operation must have answered for the call to still
     /// report why it failed (`unavailable`) instead of timing out: four
     /// fifths of the call's time, set when it begins.
@@ -194,6 +196,16 @@ impl KvState {
         }
     }
 
+    /// [`KvState::access`] for a write: denied to a pure operation.
+    fn access_to_write(&self) -> Result<(Arc<KvGrant>, Arc<KvStore>), ServiceError> {
+        if self.pure {
+            let message = "the operation is declared pure: it may not write to key-value storage";
+            self.denials.record("kv", message);
+            return Err(ServiceError::Denied(message.into()));
+        }
+        self.access()
+    }
+
     /// What the call sees under `key`: its transaction's own write (or an
     /// enclosing one's), else the store's entry, whose version is recorded.
     async fn read(
@@ -244,7 +256,7 @@ impl KvState {
         value: Vec<u8>,
         expires_at: Option<u64>,
     ) -> Result<(), ServiceError> {
-        let (grant, store) = self.access()?;
+        let (grant, store) = self.access_to_write()?;
         check_key(&grant, &key)?;
         check_value(&grant, value.len())?;
         let write = Write::Put { value, expires_at };
@@ -258,7 +270,7 @@ impl KvState {
     }
 
     async fn delete(&mut self, key: String) -> Result<bool, ServiceError> {
-        let (grant, store) = self.access()?;
+        let (grant, store) = self.access_to_write()?;
         check_key(&grant, &key)?;
         if !grant.atomic {
             return blocking(self.waits(), move || store.delete(&grant, &key)).await;
@@ -271,7 +283,7 @@ impl KvState {
     }
 
     async fn increment(&mut self, key: String, delta: i64) -> Result<i64, ServiceError> {
-        let (grant, store) = self.access()?;
+        let (grant, store) = self.access_to_write()?;
         check_key(&grant, &key)?;
         if !grant.atomic {
             return blocking(self.waits(), move || store.increment(&grant, &key, delta)).await;
@@ -292,7 +304,7 @@ impl KvState {
         expected: Option<Vec<u8>>,
         new: Vec<u8>,
     ) -> Result<bool, ServiceError> {
-        let (grant, store) = self.access()?;
+        let (grant, store) = self.access_to_write()?;
         check_key(&grant, &key)?;
         check_value(&grant, new.len())?;
         let write = Write::Put {
@@ -389,7 +401,7 @@ impl KvState {
     }
 
     async fn set_many(&mut self, entries: Vec<(String, Vec<u8>)>) -> Result<(), ServiceError> {
-        let (grant, store) = self.access()?;
+        let (grant, store) = self.access_to_write()?;
         if entries.len() > MANY_LIMIT {
             return Err(ServiceError::QuotaExceeded(format!(
                 "set-many writes at most {MANY_LIMIT} keys"
@@ -693,6 +705,7 @@ impl Service for Kv {
             denials: Arc::clone(store.denials),
             transaction: Arc::clone(store.transaction),
             in_call: false,
+            pure: false,
             answer_by: None,
             standard: standard::StandardKv::default(),
         })
@@ -700,9 +713,15 @@ impl Service for Kv {
 
     fn begin_call(state: &mut KvState, limits: &crate::limits::Limits, scope: &CallScope) {
         state.in_call = true;
+        state.pure = scope.pure;
         let now = Instant::now();
         let deadline = (now + limits.timeout).min(scope.deadline.unwrap_or(now + limits.timeout));
         state.answer_by = Some(now + deadline.saturating_duration_since(now) * 4 / 5);
+    }
+
+    fn end_call(state: &mut KvState) {
+        // `shutdown` after a pure call may write again.
+        state.pure = false;
     }
 
     fn add_to_linker<T: Holds<Self> + Views>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
