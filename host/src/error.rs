@@ -323,6 +323,10 @@ pub enum OutputStream {
     /// What `describe` returned (name, version, description,
     /// capabilities), in bytes.
     Describe,
+    /// The answers of one batch together, in bytes: once they pass the
+    /// plugin's `max_response_bytes`, the batch's remaining requests are
+    /// answered with this instead of run.
+    Batch,
 }
 
 impl OutputStream {
@@ -345,6 +349,7 @@ impl fmt::Display for OutputStream {
             OutputStream::LogRecords => "log lines (log calls, stdout and stderr)",
             OutputStream::Error => "error message",
             OutputStream::Describe => "describe output",
+            OutputStream::Batch => "the batch's answers together",
         })
     }
 }

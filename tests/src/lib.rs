@@ -54,6 +54,15 @@ pub fn host_builder() -> capsule_host::HostBuilder {
     capsule_host::Host::builder().trust(test_key())
 }
 
+/// The process's peak resident memory (`VmHWM`), in bytes: what a test
+/// compares before and after an attack on the host's memory.
+pub fn peak_resident() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
 /// A fresh, empty directory under the system temp dir for one test.
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("capsule-test-{name}-{}", std::process::id()));

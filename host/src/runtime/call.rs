@@ -52,6 +52,10 @@ impl Host {
     /// the writes of those before it), its own middleware, metrics and span,
     /// and its own result; one item failing does not stop the others. The
     /// batch counts as one use of the instance toward `recycle_after`.
+    /// The answers together are bounded by the plugin's
+    /// `max_response_bytes`: once they pass it, the remaining requests are
+    /// not run and each is answered `output_too_large` (stream `batch`), so
+    /// a batch holds at most twice one answer's limit whatever its size.
     /// More than the plugin's `max_batch` requests are refused whole
     /// (`input_too_large`), as is a plugin this host has not loaded
     /// (`unknown_plugin`; batches are not forwarded to other hosts).
@@ -73,13 +77,33 @@ impl Host {
                 },
             ));
         }
+        let budget = slot.current().limits().max_response_bytes;
         drop(slot);
         let mut held = Held::default();
+        let mut answered = 0usize;
         let mut results = Vec::with_capacity(requests.len());
         for request in requests {
+            if answered > budget {
+                let spent = CallFailure::OutputTooLarge {
+                    stream: crate::error::OutputStream::Batch,
+                    limit: budget,
+                };
+                results.push(Err(CallError::new(plugin, spent)));
+                continue;
+            }
             let result = self
                 .call_traced(plugin, request, CallScope::default(), Some(&mut held))
                 .await;
+            // A plugin's own error message is an answer too, as large.
+            let size = match &result {
+                Ok(outcome) => outcome.response.size(),
+                Err(CallError {
+                    cause: CallFailure::Plugin(error),
+                    ..
+                }) => error.message().len(),
+                Err(_) => 0,
+            };
+            answered = answered.saturating_add(size);
             results.push(result);
         }
         Ok(results)

@@ -2,9 +2,9 @@
 //! its own call (fuel, transaction, result), the batch one instance use.
 
 use capsule_host::services::kv::KvGrant;
-use capsule_host::{CallFailure, ErrorKind, Grants, Limits, PluginSpec, Request};
+use capsule_host::{CallFailure, ErrorKind, Grants, Limits, OutputStream, PluginSpec, Request};
 use capsule_tests::plugin_path;
-use capsule_tests::plugins::{HELLO, KV_COUNTER};
+use capsule_tests::plugins::{HELLO, HUGE_OUTPUT, KV_COUNTER};
 use serde_json::{Value, json};
 
 use crate::grants::{call_json, json_of};
@@ -114,4 +114,41 @@ async fn each_item_commits_or_fails_on_its_own_and_a_trap_costs_only_the_instanc
     assert_eq!(fresh, [false, false, true, false]);
     let stored = call_json(&host, KV_COUNTER, "get", json!({"key": "k"})).await;
     assert_eq!(stored["count"], 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_huge_answers_holds_at_most_twice_one_answers_limit() {
+    let host = crate::host();
+    // 16 MiB answers are allowed one at a time; a hundred would be 1.6 GB.
+    let limits = Limits {
+        max_response_bytes: 32 << 20,
+        ..Limits::default()
+    };
+    host.load(PluginSpec::from_path(plugin_path(HUGE_OUTPUT)).limits(limits))
+        .await
+        .unwrap();
+    let before = capsule_tests::peak_resident();
+    let batch = (0..100).map(|_| request("flood", json!({}))).collect();
+    let results = host.call_batch(HUGE_OUTPUT, batch).await.unwrap();
+    let grown = capsule_tests::peak_resident().saturating_sub(before);
+    // Three answers pass 32 MiB; the rest never ran.
+    let ran = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ran, 3);
+    for refused in &results[3..] {
+        let err = refused.as_ref().unwrap_err();
+        assert_eq!(err.plugin, HUGE_OUTPUT);
+        assert!(
+            matches!(
+                err.cause,
+                CallFailure::OutputTooLarge {
+                    stream: OutputStream::Batch,
+                    limit
+                } if limit == 32 << 20
+            ),
+            "{err}"
+        );
+        assert_eq!(err.kind(), ErrorKind::OutputTooLarge);
+    }
+    drop(results);
+    assert!(grown < 400 << 20, "peak memory grew by {grown} bytes");
 }

@@ -339,14 +339,6 @@ fn hostile_registry() -> (String, Arc<AtomicU64>) {
     (address, sent)
 }
 
-/// The process's peak resident memory (`VmHWM`), in bytes.
-fn peak_resident() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_registrys_oversized_or_malformed_answers_are_refused_unread() {
     let (address, sent) = hostile_registry();
@@ -360,7 +352,7 @@ async fn a_hostile_registrys_oversized_or_malformed_answers_are_refused_unread()
         async move { client.pull(&reference, store).await.unwrap_err() }
     };
 
-    let peak_before = peak_resident();
+    let peak_before = capsule_tests::peak_resident();
     let err = pull("endless").await;
     assert!(
         matches!(err, DistributionError::TooLarge { what: "manifest", limit, .. } if limit == capsule_host::distribution::MAX_OCI_MANIFEST_BYTES),
@@ -373,7 +365,7 @@ async fn a_hostile_registrys_oversized_or_malformed_answers_are_refused_unread()
         sent < 64 << 20,
         "the registry sent {sent} bytes before the client hung up"
     );
-    let grown = peak_resident().saturating_sub(peak_before);
+    let grown = capsule_tests::peak_resident().saturating_sub(peak_before);
     assert!(grown < 64 << 20, "peak memory grew by {grown} bytes");
 
     let err = pull("declared").await;
