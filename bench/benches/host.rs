@@ -961,11 +961,87 @@ async fn http_batch(client: &reqwest::Client, url: &str) -> Duration {
     started.elapsed()
 }
 
+/// Requests per sample in the `long_work` group's batch rows.
+const BATCH_ITEMS: usize = 100;
+
+/// Many small requests: one at a time through `Host::call` against one
+/// `Host::call_batch`, on warm instances and with a fresh instance per call
+/// (`recycle_after = 1`, where a batch still uses one); and a pure
+/// operation answered from the response cache against the same call run.
+fn long_work(c: &mut Criterion) {
+    let rt = runtime(1);
+    let warm = host_with(&rt, builder(), "echo", "bench-echo", Limits::default());
+    let fresh = host_with(
+        &rt,
+        builder(),
+        "echo",
+        "bench-echo",
+        Limits {
+            recycle_after: 1,
+            ..Limits::default()
+        },
+    );
+    let requests = || -> Vec<Request> {
+        (0..BATCH_ITEMS)
+            .map(|_| Request::new("echo", PAYLOAD.to_vec()))
+            .collect()
+    };
+    let mut group = c.benchmark_group("long_work");
+    group.throughput(Throughput::Elements(BATCH_ITEMS as u64));
+    for (id, host) in [("warm", &warm), ("fresh", &fresh)] {
+        group.bench_function(format!("{id}/single_calls"), |b| {
+            b.to_async(&rt).iter(|| async {
+                for request in requests() {
+                    black_box(host.call("echo", request).await.unwrap());
+                }
+            });
+        });
+        group.bench_function(format!("{id}/batch"), |b| {
+            b.to_async(&rt).iter(|| async {
+                let results = host.call_batch("echo", requests()).await.unwrap();
+                assert!(results.iter().all(Result::is_ok));
+                black_box(results)
+            });
+        });
+    }
+    group.finish();
+    // The operator declares `echo` pure: the same request is answered from
+    // the cache after the first.
+    let cached = rt.block_on(async {
+        let host = builder().build().unwrap();
+        host.load(
+            PluginSpec::from_path(plugin("bench-echo"))
+                .with_name("echo")
+                .pure_operations(vec!["echo".into()]),
+        )
+        .await
+        .unwrap();
+        // The first call is the miss that fills the cache.
+        host.call("echo", Request::new("echo", PAYLOAD.to_vec()))
+            .await
+            .unwrap();
+        host
+    });
+    let mut group = c.benchmark_group("cache");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("hit", |b| {
+        b.to_async(&rt).iter(|| async {
+            let outcome = cached
+                .call("echo", Request::new("echo", PAYLOAD.to_vec()))
+                .await
+                .unwrap();
+            assert!(outcome.stats.cached);
+            black_box(outcome.response.payload)
+        });
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
-    targets = echo, throughput, serve, load, load_distinct, verify, compute, kv, backend, events, remote, languages
+    targets = echo, throughput, serve, load, load_distinct, verify, compute, kv, backend, events, remote, languages, long_work
 }
 criterion_main!(benches);

@@ -15,6 +15,8 @@ use crate::shell::{Workspace, cargo, run};
 
 /// Calls per sample in the `throughput` group (bench/benches/host.rs).
 const BATCH: f64 = 2000.0;
+/// Requests per sample in the `long_work` group's batch rows.
+const BATCH_ITEMS: f64 = 100.0;
 /// Bytes verified per sample in the `verify` group.
 const VERIFY_MIB: f64 = 4.0;
 
@@ -159,6 +161,11 @@ impl Summary {
             "languages/js/cached",
             "languages/js/fresh",
             "languages/js/warm",
+            "long_work/warm/single_calls",
+            "long_work/warm/batch",
+            "long_work/fresh/single_calls",
+            "long_work/fresh/batch",
+            "cache/hit",
         ];
         let rows = ids
             .iter()
@@ -266,6 +273,29 @@ impl Summary {
                 .zip(native_http)
                 .map_or("—".into(), |(s, n)| format!("{:.0}%", 100.0 * s / n)),
             "≥ 50%",
+        );
+        for kind in ["warm", "fresh"] {
+            let single = self.ns(&format!("long_work/{kind}/single_calls"));
+            let batch = self.ns(&format!("long_work/{kind}/batch"));
+            let per_second = |ns: Option<f64>| {
+                ns.map_or("—".into(), |ns| {
+                    format!("{:.0}/s", BATCH_ITEMS / (ns / 1e9))
+                })
+            };
+            row(
+                &format!("100 small requests in one batch, {kind} instances"),
+                per_second(batch),
+                format!("one call at a time {}", per_second(single)),
+                ratio(single, batch).replace('×', "× faster"),
+                "—",
+            );
+        }
+        row(
+            "16-byte echo declared pure, answered from the response cache",
+            time(self.ns("cache/hit")),
+            format!("the call run, warm {}", time(warm)),
+            ratio(warm, self.ns("cache/hit")).replace('×', "× faster"),
+            "—",
         );
         let (cold, cached) = (self.ns("load/cold"), self.ns("load/cached"));
         row(

@@ -91,9 +91,11 @@ impl Host {
                 results.push(Err(CallError::new(plugin, spent)));
                 continue;
             }
-            let result = self
-                .call_traced(plugin, request, CallScope::default(), Some(&mut held))
-                .await;
+            let span = log_span(plugin, &request);
+            let result =
+                Box::pin(self.call_in_span(plugin, request, CallScope::default(), Some(&mut held)))
+                    .instrument(span)
+                    .await;
             // A plugin's own error message is an answer too, as large.
             let size = match &result {
                 Ok(outcome) => outcome.response.size(),
@@ -141,32 +143,12 @@ impl Host {
         request: Request,
         scope: CallScope,
     ) -> Result<CallOutcome, CallError> {
-        self.call_traced(plugin, request, scope, None).await
-    }
-
-    /// A call in its log span; a batch's item runs on the instance slot
-    /// `held` keeps.
-    async fn call_traced(
-        &self,
-        plugin: &str,
-        request: Request,
-        scope: CallScope,
-        held: Option<&mut Held>,
-    ) -> Result<CallOutcome, CallError> {
-        // Both come from the caller: escaped and truncated for the log.
-        let span = tracing::info_span!(
-            "plugin_call",
-            plugin = %log_field(plugin),
-            operation = %log_field(&request.operation),
-            outcome = tracing::field::Empty,
-            duration_us = tracing::field::Empty,
-            fuel = tracing::field::Empty,
-            request_id = tracing::field::Empty,
-        );
+        let span = log_span(plugin, &request);
         // Boxed, like the plugin's own call below: a caller moves this
         // future (into a task, a timeout, `block_on`) and would otherwise
-        // copy all of it.
-        Box::pin(self.call_in_span(plugin, request, scope, held))
+        // copy all of it. (No `async fn` in between either: each layer
+        // would copy the boxed future's parent again.)
+        Box::pin(self.call_in_span(plugin, request, scope, None))
             .instrument(span)
             .await
     }
@@ -401,30 +383,18 @@ impl Host {
             ..scope
         };
         // A pure operation asked again is answered from the cache.
-        let started = Instant::now();
-        let remember = match version.pure.lookup(&request) {
-            Ok(response) => {
-                self.inner
-                    .dispatch
-                    .metrics
-                    .cache_lookup(&version.name, true);
-                return Ok(cached(version, response, started));
+        let remember = if version.pure.is_pure(&request.operation) {
+            let started = Instant::now();
+            let lookup = version.pure.lookup(&request);
+            let metrics = &self.inner.dispatch.metrics;
+            metrics.cache_lookup(&version.name, lookup.is_ok());
+            match lookup {
+                Ok(response) => return Ok(cached(version, response, started)),
+                Err(Lookup::Miss(key)) => Some(key),
+                Err(Lookup::Off | Lookup::NotPure) => None,
             }
-            Err(Lookup::Miss(key)) => {
-                self.inner
-                    .dispatch
-                    .metrics
-                    .cache_lookup(&version.name, false);
-                Some(key)
-            }
-            Err(Lookup::Off) => {
-                self.inner
-                    .dispatch
-                    .metrics
-                    .cache_lookup(&version.name, false);
-                None
-            }
-            Err(Lookup::NotPure) => None,
+        } else {
+            None
         };
         let enclosing = scope.enclosing.clone();
         let again = (enclosing.is_none() && version.may_conflict())
@@ -437,10 +407,7 @@ impl Host {
         // by 23% (the allocations cost some back). Wall-clock time in
         // release did not move measurably; each call in flight (a task in
         // `capsule serve`) now holds kilobytes, not 94 KB.
-        let first = match held.as_deref_mut() {
-            Some(held) => Box::pin(version.call_held(held, request, scope)).await,
-            None => Box::pin(version.call(request, scope)).await,
-        };
+        let first = Box::pin(version.call(request, scope, held.as_deref_mut())).await;
         let result = match first {
             // Most calls change nothing: nothing to join or commit.
             Ok((outcome, transaction)) if transaction.is_empty() => Ok(outcome),
@@ -525,10 +492,7 @@ impl Host {
                         // hold off.
                         Some(held) => held.hold_in_store(store, namespaces, wait).await,
                     }
-                    result = match batch.as_deref_mut() {
-                        Some(batch) => plugin.call_held(batch, request, scope).await,
-                        None => plugin.call(request, scope).await,
-                    };
+                    result = plugin.call(request, scope, batch.as_deref_mut()).await;
                 }
             }
         }
@@ -665,6 +629,20 @@ impl Host {
         outcome.stats.duration = started.elapsed();
         Ok(outcome)
     }
+}
+
+/// The log span of one call to `plugin`.
+fn log_span(plugin: &str, request: &Request) -> tracing::Span {
+    // Both come from the caller: escaped and truncated for the log.
+    tracing::info_span!(
+        "plugin_call",
+        plugin = %log_field(plugin),
+        operation = %log_field(&request.operation),
+        outcome = tracing::field::Empty,
+        duration_us = tracing::field::Empty,
+        fuel = tracing::field::Empty,
+        request_id = tracing::field::Empty,
+    )
 }
 
 /// The outcome of a call answered from `version`'s response cache: the

@@ -393,31 +393,14 @@ impl LoadedPlugin {
 
     /// Serves one request; what the call buffered comes back with its
     /// outcome, for the caller to commit or join to its own transaction.
+    /// A batch's request runs on the instance slot `held` keeps between
+    /// items (taken now when it holds none, or holds another version's):
+    /// the instance that served the last item serves this one.
     pub(crate) async fn call(
-        &self,
-        request: Request,
-        scope: CallScope,
-    ) -> Result<(CallOutcome, Transaction), CallError> {
-        let limits = self.limits();
-        let size = request.size();
-        if size > limits.max_request_bytes {
-            return Err(self.error(CallFailure::InputTooLarge {
-                size,
-                limit: limits.max_request_bytes,
-            }));
-        }
-        let _slot = self.admit().await.map_err(|cause| self.error(cause))?;
-        self.call_admitted(request, scope, None).await
-    }
-
-    /// Serves one request of a batch on the instance slot `held` keeps
-    /// between items (taken now when it holds none, or holds another
-    /// version's): the instance that served the last item serves this one.
-    pub(crate) async fn call_held(
         self: &Arc<Self>,
-        held: &mut Held,
         request: Request,
         scope: CallScope,
+        held: Option<&mut Held>,
     ) -> Result<(CallOutcome, Transaction), CallError> {
         let limits = self.limits();
         let size = request.size();
@@ -427,34 +410,32 @@ impl LoadedPlugin {
                 limit: limits.max_request_bytes,
             }));
         }
-        let lease = match held.0.take() {
-            Some(lease) if Arc::ptr_eq(&lease.plugin, self) => lease,
-            other => {
-                // Another version's slot is given back before this one's
-                // is waited for.
-                drop(other);
-                let permit = self.admit().await.map_err(|cause| self.error(cause))?;
-                permit.forget();
-                Lease {
-                    plugin: Arc::clone(self),
-                    instance: None,
-                }
+        // One function for both, not a helper each calls: the call's future
+        // holds the instance's, kilobytes that every extra `async fn` layer
+        // would copy again (memcpy is a quarter of a warm call).
+        let (_slot, kept) = match held {
+            None => {
+                let slot = self.admit().await.map_err(|cause| self.error(cause))?;
+                (Some(slot), None)
+            }
+            Some(held) => {
+                let lease = match held.0.take() {
+                    Some(lease) if Arc::ptr_eq(&lease.plugin, self) => lease,
+                    other => {
+                        // Another version's slot is given back before this
+                        // one's is waited for.
+                        drop(other);
+                        let permit = self.admit().await.map_err(|cause| self.error(cause))?;
+                        permit.forget();
+                        Lease {
+                            plugin: Arc::clone(self),
+                            instance: None,
+                        }
+                    }
+                };
+                (None, Some(&mut held.0.insert(lease).instance))
             }
         };
-        let lease = held.0.insert(lease);
-        self.call_admitted(request, scope, Some(&mut lease.instance))
-            .await
-    }
-
-    /// A call that holds an instance slot: the input check, the call on
-    /// `kept`'s instance (when given; the instance stays there unless it
-    /// trapped) or a pooled one, the response check.
-    async fn call_admitted(
-        &self,
-        request: Request,
-        scope: CallScope,
-        kept: Option<&mut Option<Instance>>,
-    ) -> Result<(CallOutcome, Transaction), CallError> {
         // After admission, so checks run within the plugin's own
         // concurrency; on the blocking pool, so a costly one (bounded by
         // MAX_VALIDATION_VISITS) does not hold an async worker.
