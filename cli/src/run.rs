@@ -11,7 +11,7 @@ use capsule_host::services::http::OriginPattern;
 use capsule_host::units::{parse_duration, parse_size};
 use capsule_host::{
     CacheKey, CallError, CallStats, EngineOptions, ErrorKind, HostBuilder, HostError, Interruption,
-    LoadError, LogRecord, PluginSource, PluginSpec, Policy, PublishedEvent, Request,
+    LoadError, LogRecord, PluginSource, PluginSpec, Policy, PublishedEvent, Request, StreamItem,
 };
 use clap::Args;
 use serde_json::{Value, json};
@@ -392,6 +392,12 @@ async fn call_once(args: RunArgs) -> ExitCode {
     };
     let request = Request::new(args.op.clone(), payload);
     let result = match &args.profile {
+        // Printed as it comes: chunks the plugin writes (`response.write`)
+        // reach stdout before the call ends.
+        None if !args.json => match stream_payload(host.call_stream(&name, request)).await {
+            Ok(()) => return exit::code(exit::OK),
+            Err(err) => Err(err),
+        },
         None => host.call(&name, request).await,
         Some(file) => {
             let (result, profile) = host.call_profiled(&name, request).await;
@@ -492,6 +498,42 @@ fn events_json(events: &[PublishedEvent]) -> Value {
         .iter()
         .map(|event| json!({ "topic": event.topic, "payload": payload_json(&event.payload) }))
         .collect()
+}
+
+/// Writes each chunk of a streaming call to stdout as it arrives, then
+/// the payload `handle` returned, ending with a newline.
+async fn stream_payload(mut call: capsule_host::CallStream) -> Result<(), CallError> {
+    use std::io::Write;
+    // The last byte written, to end the output with a newline.
+    fn write(bytes: &[u8], last: &mut Option<u8>) {
+        if let Some(byte) = bytes.last() {
+            *last = Some(*byte);
+        }
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(bytes);
+        let _ = stdout.flush();
+    }
+    let mut last = None;
+    while let Some(item) = call.next().await {
+        match item {
+            StreamItem::Chunk(chunk) => write(&chunk, &mut last),
+            StreamItem::End(Ok(outcome)) => {
+                write(&outcome.response.payload, &mut last);
+                if last != Some(b'\n') {
+                    write(b"\n", &mut last);
+                }
+                return Ok(());
+            }
+            StreamItem::End(Err(err)) => {
+                // The error goes to stderr on a line of its own.
+                if last.is_some_and(|byte| byte != b'\n') {
+                    write(b"\n", &mut last);
+                }
+                return Err(err);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn print_payload(payload: &[u8]) {

@@ -129,6 +129,10 @@ mod routes {
         raw::trace::end_span(span, error)
     }
 
+    pub(crate) fn response_write(chunk: &[u8]) -> Result<(), ServiceError> {
+        raw::response::write(chunk)
+    }
+
     pub(crate) fn call(
         target: &str,
         request: &crate::Request,
@@ -269,6 +273,10 @@ mod routes {
 
     pub(crate) fn trace_end_span(span: u32, error: Option<&str>) -> Result<(), ServiceError> {
         with_host(|host| host.end_span(span, error))
+    }
+
+    pub(crate) fn response_write(chunk: &[u8]) -> Result<(), ServiceError> {
+        with_host(|host| host.write_response(chunk))
     }
 
     pub(crate) fn call(

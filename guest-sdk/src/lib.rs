@@ -64,6 +64,7 @@ pub mod log;
 pub mod manifest;
 pub mod metrics;
 pub mod plugins;
+pub mod response;
 #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
 pub mod testing;
 pub mod trace;

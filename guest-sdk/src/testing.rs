@@ -192,6 +192,11 @@ pub(crate) struct State {
     spans: Vec<RecordedSpan>,
     /// The current call's spans: its span numbers' indexes into `spans`.
     call_spans: Vec<usize>,
+    /// Whether `handle` is running (the only entry point that writes a
+    /// response).
+    handling: bool,
+    /// The chunks the last call wrote with `response::write`.
+    chunks: Vec<Vec<u8>>,
 }
 
 /// One metric series the plugin updated.
@@ -358,6 +363,7 @@ impl MockHost {
             state.call_published.clear();
             state.call_published_bytes = 0;
             state.call_spans.clear();
+            state.chunks.clear();
         }
         struct Restore(Option<MockHost>);
         impl Drop for Restore {
@@ -382,12 +388,29 @@ impl MockHost {
     /// it published count as published only if the call succeeded.
     /// Its kv writes, too, are kept only if it succeeded (unless the
     /// operator would set `kv.atomic = false`).
+    ///
+    /// What it wrote with [`crate::response::write`] comes first in the
+    /// response, as Capsule gives it to a caller that does not stream;
+    /// [`MockHost::chunks`] has the chunks one by one.
     pub fn call<P: Plugin>(&self, request: Request) -> Result<Response, PluginError> {
         self.state.borrow_mut().declared = P::metrics();
         let before = self.kv_snapshot();
+        self.state.borrow_mut().handling = true;
         let answer = self.run(|| P::handle(request));
+        self.state.borrow_mut().handling = false;
         self.settle(answer.is_ok(), answer.is_ok(), before);
-        answer
+        answer.map(|mut response| {
+            let mut whole: Vec<u8> = self.chunks().concat();
+            whole.append(&mut response.payload);
+            response.payload = whole;
+            response
+        })
+    }
+
+    /// The chunks the last call wrote with [`crate::response::write`], in
+    /// order.
+    pub fn chunks(&self) -> Vec<Vec<u8>> {
+        self.state.borrow().chunks.clone()
     }
 
     /// Delivers `event` to `P::on_event` as Capsule would; what it published
@@ -573,6 +596,18 @@ impl State {
             ));
         }
         attributes.push((key.to_owned(), value.to_owned()));
+        Ok(())
+    }
+
+    pub(crate) fn write_response(&mut self, chunk: &[u8]) -> Result<(), ServiceError> {
+        if !self.handling {
+            return Err(ServiceError::Invalid(
+                "a response is written only while `handle` runs".into(),
+            ));
+        }
+        if !chunk.is_empty() {
+            self.chunks.push(chunk.to_vec());
+        }
         Ok(())
     }
 

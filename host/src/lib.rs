@@ -70,12 +70,12 @@ pub use policy::{
     PolicyErrors,
 };
 pub use runtime::{
-    ApplyError, BackendHealth, BusEvent, CallContext, Cluster, ClusterHost, DeadLetter,
+    ApplyError, BackendHealth, BusEvent, CallContext, CallStream, Cluster, ClusterHost, DeadLetter,
     FailedChange, HEALTH_TIMEOUT, HEALTH_TTL, HealthCheck, HistorySnapshot, Host, HostBuilder,
     HostError, LastError, Middleware, NotLoaded, Pipeline, PipelineError, PluginDetails,
     PluginHealth, PluginHealthState, PluginSource, PluginSpec, PluginState, PluginStatus,
     PolicyChanges, REQUEST_ID, Readiness, RequestId, RolloutError, RolloutPlan, RolloutState,
-    RolloutStatus, Sample, ServedPlugin, Subscription, TrackStats,
+    RolloutStatus, Sample, ServedPlugin, StreamItem, Subscription, TrackStats,
 };
 pub use sandbox::host_calls::ServiceCalls;
 pub use services::grants::{Grants, GrantsSummary};

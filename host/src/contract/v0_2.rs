@@ -7,10 +7,12 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "plugin",
-    // As 0.1; calls to other plugins wait for the callee, so they are async.
+    // As 0.1; calls to other plugins wait for the callee, and a response
+    // chunk waits for room in the caller's buffer, so they are async.
     imports: {
         "capsule:plugin/kv": async,
         "capsule:plugin/plugins": async,
+        "capsule:plugin/response": async,
     },
     exports: { default: async },
     with: {

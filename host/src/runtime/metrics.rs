@@ -74,6 +74,7 @@ pub(crate) struct Metrics {
     host_calls: Family<ServiceLabels, Counter>,
     host_call_time: ServiceHistograms,
     response_cache: Family<OutcomeLabels, Counter>,
+    streams_cancelled: Family<PluginLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -148,7 +149,14 @@ impl Default for Metrics {
             "Calls of pure operations by how the response cache answered (hit, miss)",
             response_cache.clone(),
         );
+        let streams_cancelled = Family::<PluginLabel, Counter>::default();
+        registry.register(
+            "capsule_streams_cancelled",
+            "Streaming calls cancelled because their caller went away before the end",
+            streams_cancelled.clone(),
+        );
         Metrics {
+            streams_cancelled,
             response_cache,
             host_calls,
             host_call_time,
@@ -258,6 +266,11 @@ impl Metrics {
         self.response_cache
             .get_or_create(&outcome(name, result))
             .inc();
+    }
+
+    /// Records a streaming call whose caller went away before its end.
+    pub(crate) fn stream_cancelled(&self, name: &str) {
+        self.streams_cancelled.get_or_create(&plugin(name)).inc();
     }
 
     /// Records a reload attempt.

@@ -27,6 +27,7 @@ mod rollout;
 #[cfg(feature = "nats")]
 mod shared_bus;
 pub(crate) mod spec;
+mod stream;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -48,6 +49,7 @@ pub use plugin::PluginDetails;
 pub use registry::{PluginState, PluginStatus};
 pub use rollout::{RolloutError, RolloutPlan, RolloutState, RolloutStatus, TrackStats};
 pub use spec::{PluginSource, PluginSpec};
+pub use stream::{CallStream, StreamItem};
 
 use crate::admission::TrustPolicy;
 use crate::artifact::PublicKey;

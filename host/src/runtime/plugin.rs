@@ -28,6 +28,7 @@ use crate::sandbox::store::{StoreSetup, StoreState, arm_deadline, fuel_used, new
 use crate::services::calls::CallScope;
 use crate::services::files::Access;
 use crate::services::log::LogSink;
+use crate::services::response::{ResponseTo, Written};
 use crate::services::transaction::{Transaction, lock};
 use crate::services::{Grants, PreparedGrants};
 use crate::telemetry::profile::Sampler;
@@ -182,6 +183,8 @@ pub(crate) struct Invoked<T> {
     /// What the call buffered (kv changes and events), when it returned.
     pub(crate) transaction: Transaction,
     pub(crate) stats: CallStats,
+    /// What the call wrote with `response.write`, when it returned.
+    pub(crate) written: Written,
 }
 
 /// How an event delivery ended.
@@ -456,23 +459,43 @@ impl LoadedPlugin {
             None => request,
         };
         let enclosing = scope.enclosing.clone();
+        let pure = scope.pure || self.pure.is_pure(&request.operation);
+        // A pure operation's answer is kept whole for the cache, so it is
+        // given whole to a streaming caller too.
+        let response = match scope.response {
+            ResponseTo::Stream(sink) if !pure => ResponseTo::Stream(sink),
+            _ => ResponseTo::Whole,
+        };
         let scope = CallScope {
-            pure: scope.pure || self.pure.is_pure(&request.operation),
+            pure,
+            response,
             ..scope
         };
-        let invoked = self.run_kept(Handle(request), scope, kept).await;
+        let mut invoked = self.run_kept(Handle(request), scope, kept).await;
+        let mut written = std::mem::take(&mut invoked.written);
         let failure = match invoked.result {
-            Ok(Ok(response)) => match self.check_response(&response) {
-                Ok(()) => {
+            Ok(Ok(response)) => match self.complete_response(response, &mut written) {
+                Ok(response) => {
+                    let mut transaction = invoked.transaction;
+                    // Chunks already with the caller cannot be taken back:
+                    // a conflicting commit fails rather than run it again.
+                    if written.streamed && !transaction.is_empty() {
+                        transaction.escaped = true;
+                    }
                     let outcome = CallOutcome {
                         response,
                         logs: invoked.logs,
                         events: Vec::new(),
                         stats: invoked.stats,
                     };
-                    return Ok((outcome, invoked.transaction));
+                    return Ok((outcome, transaction));
                 }
                 Err(too_large) => too_large,
+            },
+            // The plugin gave up because its response passed the limit.
+            Ok(Err(_)) if written.over => CallFailure::OutputTooLarge {
+                stream: OutputStream::Response,
+                limit: self.limits().max_response_bytes,
             },
             Ok(Err(plugin_error)) => match &invoked.transaction.unavailable {
                 // The plugin gave up because a service's backend was down.
@@ -495,6 +518,31 @@ impl LoadedPlugin {
             logs: invoked.logs,
             stats: invoked.stats,
         })
+    }
+
+    /// The response `handle` returned after what it wrote
+    /// (`response.write`): the chunks a caller takes whole go before the
+    /// payload, and everything together must fit the response budget.
+    fn complete_response(
+        &self,
+        mut response: Response,
+        written: &mut Written,
+    ) -> Result<Response, CallFailure> {
+        let limits = self.limits();
+        let streamed = if written.streamed { written.bytes } else { 0 };
+        if written.over || response.size().saturating_add(streamed) > limits.max_response_bytes {
+            return Err(CallFailure::OutputTooLarge {
+                stream: OutputStream::Response,
+                limit: limits.max_response_bytes,
+            });
+        }
+        if !written.whole.is_empty() {
+            let mut whole = std::mem::take(&mut written.whole);
+            whole.append(&mut response.payload);
+            response.payload = whole;
+        }
+        self.check_response(&response)?;
+        Ok(response)
     }
 
     /// A response must fit the response budget: bytes (metadata entries
@@ -832,6 +880,7 @@ impl LoadedPlugin {
         let mut callee_fuel = 0;
         let mut memory_bytes = None;
         let mut host_calls = Vec::new();
+        let mut written = Written::default();
         let (result, fuel, transaction) = match deadline::within(deadline, work).await {
             Ok(Ok((mut instance, Ok(returned)))) => {
                 let fuel = fuel_used(&instance.store, limits);
@@ -839,6 +888,7 @@ impl LoadedPlugin {
                 state.end_call();
                 memory_bytes = Some(state.limiter.held());
                 host_calls = state.host_calls.report();
+                written = state.response.take();
                 let mut transaction = lock(&state.transaction).finish();
                 transaction.escaped |= !self.retry_safe;
                 callee_fuel = state.calls.callee_fuel;
@@ -892,6 +942,7 @@ impl LoadedPlugin {
             result,
             logs: log.records,
             transaction,
+            written,
             stats: CallStats {
                 duration: started.elapsed(),
                 fuel_used: fuel,

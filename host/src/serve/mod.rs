@@ -51,6 +51,7 @@
 mod batch;
 pub mod console;
 pub mod metadata;
+mod stream;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -70,7 +71,7 @@ use crate::access::{Action, Role};
 use crate::contract::{PluginError, Request};
 use crate::error::{CallError, CallFailure, ErrorKind};
 use crate::outcome::CallOutcome;
-use crate::runtime::{Host, PipelineError};
+use crate::runtime::{Host, PipelineError, StreamItem};
 
 use metadata::HeaderBudget;
 pub use metadata::META_HEADER_PREFIX;
@@ -678,11 +679,22 @@ async fn call_plugin(
         Ok(request) => request,
         Err(err) => return err.into_response(),
     };
-    // If the client goes away, axum drops this future, and with it the call
-    // and the instance running it.
-    match state.host.call(&name, request).await {
-        Ok(outcome) => call_response(outcome, state.header_budget),
-        Err(err) => call_error(&err),
+    // If the client goes away, axum drops this future (or hyper the
+    // streamed body), and with it the call and the instance running it.
+    let delivery = stream::Delivery::asked(&headers);
+    let mut call = state.host.call_stream(&name, request);
+    match call.next().await {
+        Some(StreamItem::End(Ok(outcome))) if delivery != stream::Delivery::Events => {
+            call_response(outcome, state.header_budget)
+        }
+        Some(StreamItem::End(Err(err))) => call_error(&err),
+        Some(first) => stream::respond(first, call, delivery),
+        None => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Host.as_str(),
+            &name,
+            "the call ended without an answer",
+        ),
     }
 }
 

@@ -135,6 +135,10 @@ pub(crate) struct CallScope {
     /// The call runs a pure operation, or was made by one: key-value
     /// writes and publishing are denied to it and to the calls it makes.
     pub(crate) pure: bool,
+    /// Where the chunks `handle` writes go (`response` service): set by
+    /// the plugin's call for its caller, never inherited by the calls it
+    /// makes (their responses come back whole).
+    pub(crate) response: super::response::ResponseTo,
 }
 
 impl CallScope {
@@ -291,6 +295,7 @@ impl CallsState {
             span: None,
             profile: None,
             pure: self.scope.pure,
+            response: super::response::ResponseTo::Whole,
         };
         let result = self.caller.call(scope, target, request).await;
         let stats = match &result {

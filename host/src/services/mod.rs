@@ -26,6 +26,7 @@ pub mod http;
 pub mod kv;
 pub mod log;
 pub mod metrics;
+pub mod response;
 pub mod trace;
 pub(crate) mod transaction;
 pub(crate) mod wasi;
@@ -86,6 +87,9 @@ macro_rules! for_each_service {
             /// The spans the plugin may add to its calls' traces (`capsule:plugin/trace`).
             trace: $crate::services::trace::Trace
                 => Option<$crate::services::trace::TraceGrant>, Option<$crate::services::trace::TraceGrant>;
+            /// The buffer of a streaming caller's unread response chunks (`capsule:plugin/response`).
+            response: $crate::services::response::ResponseService
+                => $crate::services::response::ResponseGrant, $crate::services::response::ResponseGrant;
         }
     };
 }

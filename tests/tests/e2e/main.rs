@@ -40,6 +40,7 @@ mod order_audit;
 mod order_intake;
 mod panic;
 mod polyglot;
+mod report;
 mod response_cache;
 mod rollout;
 mod router;
