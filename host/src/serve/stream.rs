@@ -130,6 +130,11 @@ impl Streaming {
     async fn next_frame(&mut self) -> Option<FrameResult> {
         loop {
             if let Some(frame) = self.queued.pop_front() {
+                if frame.is_err() {
+                    // Pending once, so hyper flushes what was already sent
+                    // before the error ends the connection.
+                    tokio::task::yield_now().await;
+                }
                 return Some(frame);
             }
             if self.done {
