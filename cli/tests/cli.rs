@@ -134,6 +134,46 @@ fn input_file_is_read() {
 }
 
 #[test]
+fn run_prints_a_streamed_report_chunk_by_chunk() {
+    let report = plugin("report");
+    let run = |input: &str| {
+        capsule(&[
+            "run",
+            report.to_str().unwrap(),
+            "--op",
+            "sales",
+            "--input",
+            input,
+        ])
+    };
+    let out = run(r#"{"rows":3,"chunk_rows":1}"#);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("day,region,product,units,revenue_cents\n"));
+    assert_eq!(stdout.lines().count(), 4, "{stdout}");
+    // What was written before a failure is printed; the error follows on
+    // stderr.
+    let out = run(r#"{"rows":10,"chunk_rows":2,"fail_after":5}"#);
+    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 5);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("[plugin_error]"), "{stderr}");
+    // Past the default 1 MiB response limit the call fails, and the
+    // megabyte written before it has already been printed: nothing waited
+    // for the end.
+    let out = run(r#"{"rows":100000,"chunk_rows":100}"#);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("[output_too_large]"), "{stderr}");
+    let printed = out.stdout.len();
+    assert!((900 << 10..=1 << 20).contains(&printed), "{printed} bytes");
+}
+
+#[test]
 fn plugin_error_exits_4_with_kind() {
     let hello = plugin("hello");
     let out = capsule(&["run", hello.to_str().unwrap(), "--op", "nope", "--json"]);

@@ -238,6 +238,25 @@ pub fn run(workspace: &Workspace) -> Result<()> {
             Expect::SuccessWith(r#""count":2"#),
         ),
         Step::new(
+            "report streams a CSV: each chunk is printed as the plugin writes it",
+            &[
+                "run",
+                "report",
+                "--config",
+                &policy,
+                "--op",
+                "sales",
+                "--input",
+                r#"{"rows":6,"chunk_rows":2}"#,
+            ],
+            Expect::SuccessWith("day,region,product,units,revenue_cents"),
+        ),
+        Step::new(
+            "report streams 100,000 rows against its 256 KiB response limit: the chunks past it are refused and the call fails",
+            &granted("report", "sales", r#"{"rows":100000}"#),
+            Expect::Refused("output_too_large"),
+        ),
+        Step::new(
             "ledger opens two accounts with compare-and-swap…",
             &granted("ledger", "open", r#"{"account":"ada","cents":1000}"#),
             Expect::SuccessWith(r#""cents":1000"#),
