@@ -36,7 +36,9 @@
 //!
 //! Host services ([`log`], [`config`], [`kv`], [`events`], [`metrics`], [`trace`]) only work when the
 //! operator granted them; otherwise they return [`ServiceError::Denied`],
-//! which converts into [`PluginError::Denied`] with `?`. The environment
+//! which converts into [`PluginError::Denied`] with `?`. [`response`]
+//! (writing the answer in chunks that a streaming caller receives as they
+//! are written) needs no grant. The environment
 //! (`std::env`) holds only the variables the operator granted.
 //!
 //! [`http`] is a small blocking HTTP client over standard `wasi:http`
