@@ -1037,11 +1037,75 @@ fn long_work(c: &mut Criterion) {
     group.finish();
 }
 
+/// A streamed report (`report`, 100,000 CSV rows in chunks of 1,000, about
+/// 3 MB): how long until the caller holds the first chunk, against the
+/// whole report streamed and the same report taken whole.
+fn stream(c: &mut Criterion) {
+    let rt = runtime(1);
+    let host = host_with(
+        &rt,
+        builder(),
+        "report",
+        "report",
+        Limits {
+            max_response_bytes: 64 << 20,
+            ..Limits::default()
+        },
+    );
+    let sales = || Request::new("sales", r#"{"rows":100000,"chunk_rows":1000}"#);
+    let mut group = c.benchmark_group("stream");
+    group.sample_size(20);
+    group.bench_function("first_chunk", |b| {
+        // Timed to the first chunk only; the rest is read untimed, so every
+        // call ends normally and keeps its instance warm.
+        b.to_async(&rt).iter_custom(|iters| {
+            let host = &host;
+            async move {
+                let mut waited = Duration::ZERO;
+                for _ in 0..iters {
+                    let started = std::time::Instant::now();
+                    let mut stream = host.call_stream("report", sales());
+                    let first = stream.next().await;
+                    waited += started.elapsed();
+                    assert!(matches!(first, Some(capsule_host::StreamItem::Chunk(_))));
+                    while let Some(item) = stream.next().await {
+                        if let capsule_host::StreamItem::End(end) = item {
+                            end.unwrap();
+                        }
+                    }
+                }
+                waited
+            }
+        });
+    });
+    group.bench_function("whole_streamed", |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut stream = host.call_stream("report", sales());
+            let mut bytes = 0;
+            while let Some(item) = stream.next().await {
+                match item {
+                    capsule_host::StreamItem::Chunk(chunk) => bytes += chunk.len(),
+                    capsule_host::StreamItem::End(end) => {
+                        end.unwrap();
+                    }
+                }
+            }
+            black_box(bytes)
+        });
+    });
+    group.bench_function("whole_call", |b| {
+        b.to_async(&rt).iter(|| async {
+            black_box(host.call("report", sales()).await.unwrap().response.payload)
+        });
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
-    targets = echo, throughput, serve, load, load_distinct, verify, compute, kv, backend, events, remote, languages, long_work
+    targets = echo, throughput, serve, load, load_distinct, verify, compute, kv, backend, events, remote, languages, long_work, stream
 }
 criterion_main!(benches);

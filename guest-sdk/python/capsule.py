@@ -13,7 +13,9 @@ WIT (world `plugin`) and the standard library; copy it next to your plugin
     componentize-py -d wit -w plugin componentize app -o NAME.wasm
 
 Everything else — `log`, `config`, `kv`, `events`, `metrics`, `plugins`,
-`trace` — is used through the generated bindings (`wit_world.imports`).
+`trace`, `response` (chunks a streaming caller receives as they are
+written: `response.write(b"...")`) — is used through the generated
+bindings (`wit_world.imports`).
 
 An exception that is not a `PluginError` (a bug, a `KeyError`) is not
 caught: the call traps, and the host reports it as a `trap` carrying the
