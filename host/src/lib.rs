@@ -72,10 +72,11 @@ pub use policy::{
 pub use runtime::{
     ApplyError, BackendHealth, BusEvent, CallContext, CallStream, Cluster, ClusterHost, DeadLetter,
     FailedChange, HEALTH_TIMEOUT, HEALTH_TTL, HealthCheck, HistorySnapshot, Host, HostBuilder,
-    HostError, LastError, Middleware, NotLoaded, Pipeline, PipelineError, PluginDetails,
-    PluginHealth, PluginHealthState, PluginSource, PluginSpec, PluginState, PluginStatus,
-    PolicyChanges, REQUEST_ID, Readiness, RequestId, RolloutError, RolloutPlan, RolloutState,
-    RolloutStatus, Sample, ServedPlugin, StreamItem, Subscription, TrackStats,
+    HostError, Job, JobError, JobFailure, JobResult, JobRunner, JobState, JobSubmission, LastError,
+    Middleware, NotLoaded, Pipeline, PipelineError, PluginDetails, PluginHealth, PluginHealthState,
+    PluginSource, PluginSpec, PluginState, PluginStatus, PolicyChanges, REQUEST_ID, Readiness,
+    RequestId, RolloutError, RolloutPlan, RolloutState, RolloutStatus, Sample, ServedPlugin,
+    StreamItem, Subscription, TrackStats,
 };
 pub use sandbox::host_calls::ServiceCalls;
 pub use services::grants::{Grants, GrantsSummary};

@@ -42,6 +42,18 @@ pub struct Limits {
     pub cache_bytes: usize,
     /// How long a cached answer is served before the operation runs again.
     pub cache_ttl: Duration,
+    /// Background jobs of the plugin the store holds at once (queued,
+    /// running, or finished and kept for `job_ttl`); a submit past it is
+    /// refused as `quota_exceeded`. 0 turns jobs off for the plugin.
+    pub max_jobs: usize,
+    /// Jobs of the plugin one host runs at once.
+    pub job_concurrency: usize,
+    /// Attempts a job gets: a failed one is retried (after 1 s, 2 s, 4 s …,
+    /// at most 60 s) until this many ran, unless the request itself was
+    /// refused.
+    pub job_attempts: u32,
+    /// How long a finished job (its result or error) is kept.
+    pub job_ttl: Duration,
     /// Calls an instance serves before it is replaced by a fresh one; 1 gives
     /// every call a fresh instance (the strongest isolation). An instance
     /// that traps is always discarded at once.
@@ -173,6 +185,10 @@ impl Default for Limits {
             max_batch: 100,
             cache_bytes: 1 << 20,
             cache_ttl: Duration::from_secs(60),
+            max_jobs: 1000,
+            job_concurrency: 2,
+            job_attempts: 3,
+            job_ttl: Duration::from_secs(24 * 60 * 60),
             recycle_after: 1000,
             prewarm: 0,
             circuit_failures: 5,

@@ -355,6 +355,10 @@ pub(super) struct RawLimits {
     pub(super) max_batch: Option<usize>,
     pub(super) cache: Option<Size>,
     pub(super) cache_ttl: Option<Time>,
+    pub(super) max_jobs: Option<usize>,
+    pub(super) job_concurrency: Option<usize>,
+    pub(super) job_attempts: Option<u32>,
+    pub(super) job_ttl: Option<Time>,
     pub(super) recycle_after: Option<u32>,
     pub(super) prewarm: Option<usize>,
     pub(super) circuit_failures: Option<u32>,
@@ -404,6 +408,18 @@ impl RawLimits {
         }
         if let Some(time) = &self.cache_ttl {
             limits.cache_ttl = time.0;
+        }
+        if let Some(count) = self.max_jobs {
+            limits.max_jobs = count;
+        }
+        if let Some(count) = self.job_concurrency {
+            limits.job_concurrency = count;
+        }
+        if let Some(count) = self.job_attempts {
+            limits.job_attempts = count;
+        }
+        if let Some(time) = &self.job_ttl {
+            limits.job_ttl = time.0;
         }
         if let Some(calls) = self.recycle_after {
             limits.recycle_after = calls;

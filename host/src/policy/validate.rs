@@ -39,6 +39,22 @@ pub fn limits(limits: &Limits) -> Result<(), Invalid> {
     range("max_batch", limits.max_batch as u64, 1, 10_000, "requests")?;
     bytes("cache", limits.cache_bytes as u64, 0, GIB)?;
     duration("cache_ttl", limits.cache_ttl, Duration::from_millis(1))?;
+    range("max_jobs", limits.max_jobs as u64, 0, 1_000_000, "jobs")?;
+    range(
+        "job_concurrency",
+        limits.job_concurrency as u64,
+        1,
+        10_000,
+        "jobs",
+    )?;
+    range(
+        "job_attempts",
+        u64::from(limits.job_attempts),
+        1,
+        100,
+        "attempts",
+    )?;
+    duration("job_ttl", limits.job_ttl, Duration::from_secs(1))?;
     range(
         "recycle_after",
         u64::from(limits.recycle_after),

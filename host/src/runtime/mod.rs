@@ -12,6 +12,7 @@ pub(crate) mod dependencies;
 mod health;
 pub(crate) mod history;
 pub(crate) mod input_schema;
+mod jobs;
 pub(crate) mod load;
 mod metrics;
 mod middleware;
@@ -43,6 +44,7 @@ pub use health::{
     PluginHealthState, Readiness,
 };
 pub use history::{HistorySnapshot, LastError, Sample};
+pub use jobs::{Job, JobError, JobFailure, JobResult, JobRunner, JobState, JobSubmission};
 pub use middleware::{CallContext, Middleware, REQUEST_ID, RequestId};
 pub use pipeline::{Pipeline, PipelineError};
 pub use plugin::PluginDetails;
@@ -394,6 +396,7 @@ impl HostBuilder {
                 commits: commit::Gates::default(),
                 stopped: std::sync::atomic::AtomicBool::new(false),
                 not_loaded: std::sync::Mutex::default(),
+                jobs: jobs::Jobs::default(),
             }),
         };
         #[cfg(feature = "nats")]
@@ -484,6 +487,9 @@ struct HostInner {
     /// What the last policy loaded or applied could not load
     /// ([`Host::readiness`]): one entry per plugin it names, at most.
     not_loaded: std::sync::Mutex<Vec<NotLoaded>>,
+    /// Background jobs: the runner's wake-up and the attempts running here
+    /// (`jobs.rs`).
+    jobs: jobs::Jobs,
 }
 
 impl Host {

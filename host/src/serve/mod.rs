@@ -50,6 +50,7 @@
 
 mod batch;
 pub mod console;
+mod jobs;
 pub mod metadata;
 mod stream;
 
@@ -159,6 +160,8 @@ pub fn router(host: Host, options: &ServeOptions) -> Router {
         .route("/v1/plugins", get(list_plugins))
         .route("/v1/plugins/{name}/call", post(call_plugin))
         .route("/v1/plugins/{name}/batch", post(batch::call_batch))
+        .route("/v1/plugins/{name}/jobs", post(jobs::submit))
+        .route("/v1/jobs/{id}", get(jobs::read).delete(jobs::cancel))
         .route("/v1/pipelines/{name}/call", post(call_pipeline))
         .route("/v1/plugins/{name}/reload", post(reload))
         .route("/v1/plugins/{name}/pause", post(pause))
@@ -349,6 +352,8 @@ pub async fn serve_on(
 ) -> std::io::Result<()> {
     tracing::info!(address = %listener.local_addr()?, "capsule serving");
     let app = router(host.clone(), &options);
+    // Background jobs of the plugins loaded here run while this serves.
+    let _jobs = host.start_jobs();
     let connections = Arc::new(tokio::sync::Semaphore::new(
         options
             .max_connections

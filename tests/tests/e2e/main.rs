@@ -29,6 +29,7 @@ mod ingest_enrich;
 mod ingest_store;
 mod ingest_transform;
 mod ingest_validate;
+mod jobs;
 mod kv_counter;
 mod kv_hoarder;
 mod ledger;
