@@ -22,6 +22,8 @@ use tokio::sync::oneshot;
 
 #[path = "serve/console.rs"]
 mod console;
+#[path = "serve/jobs.rs"]
+mod jobs;
 #[path = "serve/stream.rs"]
 mod stream;
 
