@@ -17,7 +17,10 @@
 //! attempt is retried after 1 s, 2 s, 4 s … (at most 60 s) up to the
 //! plugin's `job_attempts`, except when the request itself was refused
 //! (invalid input, an unsupported operation, a denial). Finished jobs are
-//! kept `job_ttl`, then expire.
+//! kept `job_ttl`, then expire. A job may start later (`run_at`) or recur
+//! on a cron schedule (croner; UTC): each run's outcome is kept on the
+//! record, which is then queued for the pattern's next time until it is
+//! cancelled.
 //!
 //! Budgets, per plugin: at most `max_jobs` records (queued, running or
 //! finished and not yet expired; 0 turns jobs off), each a request within
@@ -112,6 +115,13 @@ pub struct Job {
     pub result: Option<JobResult>,
     /// Why the last attempt failed (kept while it is retried).
     pub error: Option<JobFailure>,
+    /// A recurring job's cron pattern (UTC): after each run it is queued
+    /// again for the pattern's next time, until cancelled.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// Runs of a recurring job finished so far.
+    #[serde(default)]
+    pub runs: u64,
 }
 
 /// What a successful job answered.
@@ -146,6 +156,11 @@ pub struct JobSubmission {
     pub run_at: Option<SystemTime>,
     /// Who submits it (an API key's name).
     pub owner: Option<String>,
+    /// Runs it again and again at the times this cron pattern names, in
+    /// UTC: `*/5 * * * *` (minute, hour, day of month, month, day of week),
+    /// a sixth leading field for seconds, or `@hourly` and the like. The
+    /// first run is the pattern's first time after `run_at` (or now).
+    pub schedule: Option<String>,
 }
 
 /// Why a job could not be submitted, read or cancelled.
@@ -180,6 +195,14 @@ pub enum JobError {
         /// Its `max_request`.
         limit: usize,
     },
+    /// The schedule is not a cron pattern.
+    #[error("`{pattern}` is not a cron schedule: {reason}")]
+    Schedule {
+        /// The pattern.
+        pattern: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The store failed.
     #[error("the job store failed: {0}")]
     Store(String),
@@ -194,6 +217,7 @@ impl JobError {
             JobError::NotPersistent => ErrorKind::Config,
             JobError::TooMany { .. } => ErrorKind::QuotaExceeded,
             JobError::InputTooLarge { .. } => ErrorKind::InputTooLarge,
+            JobError::Schedule { .. } => ErrorKind::Config,
             JobError::Store(_) => ErrorKind::Unavailable,
         }
     }
@@ -268,6 +292,26 @@ fn millis(time: SystemTime) -> u64 {
         .map_or(0, |since| since.as_millis() as u64)
 }
 
+/// The first time after `after_ms` (Unix milliseconds) that `pattern`
+/// names, in Unix milliseconds.
+fn next_time(pattern: &str, after_ms: u64) -> Result<u64, JobError> {
+    let refused = |reason: String| JobError::Schedule {
+        pattern: pattern.to_owned(),
+        reason,
+    };
+    let cron = croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .build()
+        .parse(pattern)
+        .map_err(|err| refused(err.to_string()))?;
+    let after = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(after_ms as i64)
+        .ok_or_else(|| refused("the time is out of range".into()))?;
+    let next = cron
+        .find_next_occurrence(&after, false)
+        .map_err(|err| refused(err.to_string()))?;
+    Ok(next.timestamp_millis().max(0) as u64)
+}
+
 fn decode(bytes: &[u8]) -> Result<Job, JobError> {
     serde_json::from_slice(bytes).map_err(|err| JobError::Store(format!("a job record: {err}")))
 }
@@ -335,6 +379,10 @@ impl Host {
             });
         }
         let now = now_ms();
+        let mut run_at_ms = submission.run_at.map_or(now, millis).max(now);
+        if let Some(pattern) = &submission.schedule {
+            run_at_ms = next_time(pattern, run_at_ms)?;
+        }
         let random = random_hex();
         let job = Job {
             id: format!("{plugin}.{random}"),
@@ -347,12 +395,14 @@ impl Host {
             max_attempts: limits.job_attempts,
             owner: submission.owner,
             created_ms: now,
-            run_at_ms: submission.run_at.map_or(now, millis).max(now),
+            run_at_ms,
             finished_ms: None,
             lease_until_ms: None,
             holder: None,
             result: None,
             error: None,
+            schedule: submission.schedule,
+            runs: 0,
         };
         let stored = job.clone();
         let plugin = plugin.to_owned();
@@ -697,6 +747,17 @@ fn finish(
                     }
                 }
             }
+            // A recurring job's run is over: queued again for its next
+            // time, its last result or error kept.
+            if let (Some(pattern), true) = (&job.schedule, job.state.is_finished()) {
+                if let Ok(next) = next_time(pattern, now) {
+                    job.runs += 1;
+                    job.state = JobState::Queued;
+                    job.attempts = 0;
+                    job.run_at_ms = next;
+                    expires_at = None;
+                }
+            }
             let write = Write::Put {
                 value: encode(&job),
                 expires_at,
@@ -748,6 +809,21 @@ mod tests {
     }
 
     #[test]
+    fn schedules_are_cron_patterns_in_utc() {
+        // 2026-12-06T10:00:00.500Z
+        let at = 1_796_551_200_500;
+        assert_eq!(next_time("*/5 * * * *", at).unwrap(), 1_796_551_500_000);
+        assert_eq!(next_time("*/10 * * * * *", at).unwrap(), 1_796_551_210_000);
+        assert_eq!(next_time("@hourly", at).unwrap(), 1_796_554_800_000);
+        for bad in ["", "every day", "61 * * * *", "* * * *"] {
+            assert!(
+                matches!(next_time(bad, at), Err(JobError::Schedule { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn a_record_round_trips_with_its_bytes_as_base64() {
         let job = Job {
             id: "a.0123456789abcdef0123456789abcdef".into(),
@@ -766,6 +842,8 @@ mod tests {
             holder: None,
             result: None,
             error: None,
+            schedule: Some("*/5 * * * *".into()),
+            runs: 0,
         };
         let bytes = encode(&job);
         assert!(String::from_utf8_lossy(&bytes).contains("\"payload\":\"AJ//\""));

@@ -1,6 +1,7 @@
 //! Background jobs over HTTP:
 //!
-//! - `POST /v1/plugins/{name}/jobs?op=OP[&delay=30s|&run_at=RFC3339]` with
+//! - `POST /v1/plugins/{name}/jobs?op=OP[&delay=30s|&run_at=RFC3339]
+//!   [&schedule=CRON]` with
 //!   the payload as the body (metadata from `x-capsule-meta-*` headers, as
 //!   for a call) stores a job and answers `202` with it (`id`, `state`, …)
 //!   and its `Location`;
@@ -38,6 +39,8 @@ pub(super) struct SubmitQuery {
     delay: Option<String>,
     /// Run it at this time (RFC 3339, e.g. `2026-12-24T18:00:00Z`).
     run_at: Option<String>,
+    /// Run it again and again at the times of this cron pattern (UTC).
+    schedule: Option<String>,
 }
 
 /// `POST /v1/plugins/{name}/jobs`.
@@ -77,6 +80,7 @@ pub(super) async fn submit(
         metadata: request.metadata,
         run_at,
         owner: Some(caller.name.to_string()),
+        schedule: query.schedule,
     };
     match state.host.submit_job(&name, submission).await {
         Ok(job) => (
@@ -143,6 +147,7 @@ fn job_error(err: &JobError, plugin: &str) -> Response {
         JobError::NotPersistent | JobError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         JobError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
         JobError::InputTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        JobError::Schedule { .. } => StatusCode::BAD_REQUEST,
     };
     ApiError::new(status, err.kind().as_str(), plugin, err.to_string()).into_response()
 }
@@ -164,6 +169,8 @@ fn view(job: &Job) -> Value {
         "created_at": time(job.created_ms),
         "run_at": time(job.run_at_ms),
         "finished_at": job.finished_ms.map(time),
+        "schedule": job.schedule,
+        "runs": job.runs,
     });
     if let Some(result) = &job.result {
         let mut answer = json!({ "metadata": result.metadata });

@@ -361,3 +361,48 @@ async fn a_job_survives_its_host_and_a_running_one_runs_again() {
     assert_eq!((done.state, done.attempts), (JobState::Failed, 2));
     assert_eq!(done.error.unwrap().kind, "timeout");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_job_recurs_until_cancelled() {
+    let dir = capsule_tests::temp_dir("jobs-schedule");
+    let host = host_in(&dir);
+    host.load(PluginSpec::from_path(plugin_path(HELLO)))
+        .await
+        .unwrap();
+    let _runner = host.start_jobs();
+    let every_second = JobSubmission {
+        schedule: Some("* * * * * *".into()),
+        ..job("greet", json!({"name": "Ada"}))
+    };
+    let submitted = host.submit_job(HELLO, every_second).await.unwrap();
+    assert_eq!(submitted.state, JobState::Queued);
+    // Its first time is the next whole second.
+    assert_eq!(submitted.run_at_ms % 1000, 0);
+    let until = Instant::now() + Duration::from_secs(15);
+    let ran = loop {
+        let job = host.job(&submitted.id).await.unwrap();
+        if job.runs >= 2 {
+            break job;
+        }
+        assert!(Instant::now() < until, "{job:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Between runs it waits for its next time, its last result kept.
+    assert!(matches!(ran.state, JobState::Queued | JobState::Running));
+    assert!(ran.result.is_some());
+    let cancelled = host.cancel_job(&submitted.id).await.unwrap();
+    assert_eq!(cancelled.state, JobState::Cancelled);
+    let runs = cancelled.runs;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let after = host.job(&submitted.id).await.unwrap();
+    assert_eq!((after.state, after.runs), (JobState::Cancelled, runs));
+    // A pattern that is not one is refused before anything is stored.
+    let bad = JobSubmission {
+        schedule: Some("every day".into()),
+        ..job("greet", json!({"name": "Ada"}))
+    };
+    assert!(matches!(
+        host.submit_job(HELLO, bad).await.unwrap_err(),
+        JobError::Schedule { .. }
+    ));
+}
