@@ -244,6 +244,18 @@ fn values_the_host_would_refuse_are_refused_here_with_their_key() {
             "plugins.a.limits.max_batch",
         ),
         (
+            format!("[plugins.a]\npath = \"{wasm}\"\n[plugins.a.limits]\njob_attempts = 0\n"),
+            "plugins.a.limits.job_attempts",
+        ),
+        (
+            format!("[plugins.a]\npath = \"{wasm}\"\n[plugins.a.limits]\njob_ttl = \"2d\"\n"),
+            "plugins.a.limits.job_ttl",
+        ),
+        (
+            format!("[plugins.a]\npath = \"{wasm}\"\nresponse = {{ buffer = \"100B\" }}\n"),
+            "plugins.a.response.buffer",
+        ),
+        (
             format!("[plugins.a]\npath = \"{wasm}\"\n[plugins.a.limits]\ncache = \"2GiB\"\n"),
             "plugins.a.limits.cache",
         ),
@@ -758,6 +770,7 @@ fn pure_operations_and_the_response_cache_and_batches_are_set_per_plugin() {
     let text = format!(
         "[plugins.shop]\npath = \"{wasm}\"\npure = [\"price\", \"tax\"]\n\
          [plugins.shop.limits]\ncache = \"4MiB\"\ncache_ttl = \"5m\"\nmax_batch = 20\n\
+         max_jobs = 50\njob_concurrency = 4\njob_attempts = 5\njob_ttl = \"1h\"\n\
          [plugins.plain]\npath = \"{wasm}\"\n"
     );
     let policy = parse(&text).unwrap();
@@ -766,6 +779,15 @@ fn pure_operations_and_the_response_cache_and_batches_are_set_per_plugin() {
     assert_eq!(shop.limits.cache_bytes, 4 << 20);
     assert_eq!(shop.limits.cache_ttl, std::time::Duration::from_secs(300));
     assert_eq!(shop.limits.max_batch, 20);
+    assert_eq!(
+        (
+            shop.limits.max_jobs,
+            shop.limits.job_concurrency,
+            shop.limits.job_attempts
+        ),
+        (50, 4, 5)
+    );
+    assert_eq!(shop.limits.job_ttl, std::time::Duration::from_secs(3600));
     let plain = &policy.plugins["plain"];
     assert!(plain.pure_operations.is_empty());
     assert_eq!(plain.limits, Limits::default());

@@ -683,11 +683,15 @@ fn start_attempt(host: &Host, job: Job) {
                 key_of(&job.id).expect("a stored job's id"),
             );
             let holder = host.inner.jobs.holder.clone();
+            let plugin = job.plugin.clone();
             let written = host
                 .job_store(move |store| finish(store, &key, &holder, &job, result, limits_ttl))
                 .await;
-            if let Err(err) = written {
-                tracing::warn!(job = %id, error = %err, "a job's outcome could not be stored");
+            match written {
+                Ok(outcome) => host.inner.dispatch.metrics.job(&plugin, outcome),
+                Err(err) => {
+                    tracing::warn!(job = %id, error = %err, "a job's outcome could not be stored");
+                }
             }
             lock(&host.inner.jobs.running).remove(&id);
             host.inner.jobs.wake.notify_one();
@@ -696,7 +700,9 @@ fn start_attempt(host: &Host, job: Job) {
     lock(&host.inner.jobs.running).insert(id, task.abort_handle());
 }
 
-/// Writes an attempt's outcome, if the record is still `claimed`'s claim.
+/// Writes an attempt's outcome, if the record is still `claimed`'s claim;
+/// returns how the attempt ended: `succeeded`, `failed`, `retried`, or
+/// `discarded` (the job was cancelled or claimed again meanwhile).
 fn finish(
     store: &crate::services::kv::KvStore,
     key: &str,
@@ -704,17 +710,17 @@ fn finish(
     claimed: &Job,
     result: Result<crate::CallOutcome, CallError>,
     ttl: u64,
-) -> Result<(), JobError> {
+) -> Result<&'static str, JobError> {
     store
         .update(&grant(), key, |current| {
             let Some(mut job) = current.and_then(|entry| decode(&entry.value).ok()) else {
-                return Ok((None, ()));
+                return Ok((None, "discarded"));
             };
             let still_ours = job.state == JobState::Running
                 && job.holder.as_deref() == Some(holder)
                 && job.attempts == claimed.attempts;
             if !still_ours {
-                return Ok((None, ()));
+                return Ok((None, "discarded"));
             }
             let now = now_ms();
             job.lease_until_ms = None;
@@ -747,6 +753,11 @@ fn finish(
                     }
                 }
             }
+            let outcome = match job.state {
+                JobState::Succeeded => "succeeded",
+                JobState::Queued => "retried",
+                _ => "failed",
+            };
             // A recurring job's run is over: queued again for its next
             // time, its last result or error kept.
             if let (Some(pattern), true) = (&job.schedule, job.state.is_finished()) {
@@ -762,7 +773,7 @@ fn finish(
                 value: encode(&job),
                 expires_at,
             };
-            Ok((Some(write), ()))
+            Ok((Some(write), outcome))
         })
         .map_err(store_error)
 }

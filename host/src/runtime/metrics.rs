@@ -75,6 +75,7 @@ pub(crate) struct Metrics {
     host_call_time: ServiceHistograms,
     response_cache: Family<OutcomeLabels, Counter>,
     streams_cancelled: Family<PluginLabel, Counter>,
+    jobs: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -155,7 +156,14 @@ impl Default for Metrics {
             "Streaming calls cancelled because their caller went away before the end",
             streams_cancelled.clone(),
         );
+        let jobs = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "capsule_jobs",
+            "Background job attempts by how they ended (succeeded, failed, retried, discarded)",
+            jobs.clone(),
+        );
         Metrics {
+            jobs,
             streams_cancelled,
             response_cache,
             host_calls,
@@ -266,6 +274,11 @@ impl Metrics {
         self.response_cache
             .get_or_create(&outcome(name, result))
             .inc();
+    }
+
+    /// Records how a job's attempt ended.
+    pub(crate) fn job(&self, name: &str, ended: &str) {
+        self.jobs.get_or_create(&outcome(name, ended)).inc();
     }
 
     /// Records a streaming call whose caller went away before its end.

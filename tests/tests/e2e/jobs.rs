@@ -156,6 +156,12 @@ async fn failed_attempts_are_retried_with_backoff_and_refused_requests_are_not()
         .await
         .unwrap();
     assert!(count.response.text().unwrap().contains(r#""count":0"#));
+    let metrics = host.metrics_text();
+    for (outcome, n) in [("retried", 2), ("failed", 1)] {
+        let line =
+            format!("capsule_jobs_total{{plugin=\"{KV_COUNTER}\",outcome=\"{outcome}\"}} {n}");
+        assert!(metrics.contains(&line), "{line}\n{metrics}");
+    }
 
     // A request the plugin refuses as invalid is not tried again.
     let refused = host
