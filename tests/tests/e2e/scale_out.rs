@@ -934,3 +934,53 @@ async fn a_trace_crosses_hosts_with_events_and_forwarded_calls() {
     assert_eq!(hello.trace_id, intake.trace_id);
     assert_eq!(hello.parent_span_id, vec![0x33; 8]);
 }
+
+/// The number in `host`'s metrics line that starts with `prefix`.
+fn metric(host: &Host, prefix: &str) -> u64 {
+    host.metrics_text()
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix))
+        .map_or(0, |rest| rest.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_jobs_are_shared_and_each_runs_once_across_hosts() {
+    let server = NatsServer::shared();
+    let hosts = [
+        counter_host(&server.url(), "jobs").await,
+        counter_host(&server.url(), "jobs").await,
+    ];
+    let runners: Vec<_> = hosts.iter().map(Host::start_jobs).collect();
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let job = hosts[0]
+            .submit_job(
+                KV_COUNTER,
+                capsule_host::JobSubmission {
+                    operation: "increment".into(),
+                    payload: br#"{"key":"jobbed"}"#.to_vec(),
+                    ..capsule_host::JobSubmission::default()
+                },
+            )
+            .await
+            .unwrap();
+        ids.push(job.id);
+    }
+    for id in &ids {
+        // Either host reads any job.
+        let job = within_30s("a job to finish", || async {
+            let job = hosts[1].job(id).await.unwrap();
+            job.state.is_finished().then_some(job)
+        })
+        .await;
+        assert_eq!(job.state, capsule_host::JobState::Succeeded, "{job:?}");
+        assert_eq!(job.attempts, 1);
+    }
+    // Claimed by compare-and-swap: every job ran exactly once.
+    let out = call_json(&hosts[0], KV_COUNTER, "get", json!({"key": "jobbed"})).await;
+    assert_eq!(out["count"], 20);
+    let succeeded = format!("capsule_jobs_total{{plugin=\"{KV_COUNTER}\",outcome=\"succeeded\"}} ");
+    let ran: u64 = hosts.iter().map(|host| metric(host, &succeeded)).sum();
+    assert_eq!(ran, 20);
+    drop(runners);
+}
