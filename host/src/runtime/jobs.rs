@@ -760,14 +760,14 @@ fn finish(
             };
             // A recurring job's run is over: queued again for its next
             // time, its last result or error kept.
-            if let (Some(pattern), true) = (&job.schedule, job.state.is_finished()) {
-                if let Ok(next) = next_time(pattern, now) {
-                    job.runs += 1;
-                    job.state = JobState::Queued;
-                    job.attempts = 0;
-                    job.run_at_ms = next;
-                    expires_at = None;
-                }
+            if let (Some(pattern), true) = (&job.schedule, job.state.is_finished())
+                && let Ok(next) = next_time(pattern, now)
+            {
+                job.runs += 1;
+                job.state = JobState::Queued;
+                job.attempts = 0;
+                job.run_at_ms = next;
+                expires_at = None;
             }
             let write = Write::Put {
                 value: encode(&job),
