@@ -25,8 +25,10 @@
 //! Budgets, per plugin: at most `max_jobs` records (queued, running or
 //! finished and not yet expired; 0 turns jobs off), each a request within
 //! `max_request` and a result within `max_response`; at most
-//! `job_concurrency` running at once on each host. Each runner reads every
-//! record once per poll (250 ms, or at once after a submit on this host).
+//! `job_concurrency` running at once on each host. Each runner lists the
+//! records once per poll (250 ms, or at once after a submit on this host)
+//! and reads only those that may be due: it remembers until when a queued
+//! job waits, a running one is leased, and that a finished one is done.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -229,6 +231,11 @@ pub(crate) struct Jobs {
     wake: Notify,
     holder: String,
     running: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    /// Records the runner need not read before a time (Unix ms): a queued
+    /// job until its time, a running one until its lease ends, a finished
+    /// one never. A poll then reads only what may be due, not every
+    /// record a plugin keeps for `job_ttl`.
+    not_before: Mutex<HashMap<String, u64>>,
 }
 
 impl Default for Jobs {
@@ -237,8 +244,17 @@ impl Default for Jobs {
             wake: Notify::new(),
             holder: random_hex(),
             running: Mutex::default(),
+            not_before: Mutex::default(),
         }
     }
+}
+
+/// What looking at a record for a claim found.
+enum Claim {
+    /// It was due and is now this host's.
+    Claimed(Box<Job>),
+    /// Not due before this time (Unix ms; `u64::MAX`: never again).
+    NotBefore(u64),
 }
 
 /// The host's runner of jobs. Dropping it stops the runner and the
@@ -574,7 +590,19 @@ async fn claim_due(host: &Host) -> Result<(), JobError> {
             *running_here.entry(plugin.to_owned()).or_default() += 1;
         }
     }
+    let now = now_ms();
+    {
+        // Forget records that are gone (expired, or never to be seen again).
+        let listed: std::collections::HashSet<&String> = keys.iter().collect();
+        lock(&host.inner.jobs.not_before).retain(|key, _| listed.contains(key));
+    }
     for key in keys {
+        if lock(&host.inner.jobs.not_before)
+            .get(&key)
+            .is_some_and(|until| *until > now)
+        {
+            continue;
+        }
         let Some(plugin) = key.split('/').nth(1).map(str::to_owned) else {
             continue;
         };
@@ -590,12 +618,19 @@ async fn claim_due(host: &Host) -> Result<(), JobError> {
         let lease = (limits.queue_timeout + limits.timeout).as_millis() as u64 + LEASE_MARGIN_MS;
         let ttl = limits.job_ttl.as_millis() as u64;
         let holder = host.inner.jobs.holder.clone();
+        let looked = key.clone();
         let claimed = host
-            .job_store(move |store| claim(store, &key, &holder, lease, ttl))
+            .job_store(move |store| claim(store, &looked, &holder, lease, ttl))
             .await?;
-        if let Some(job) = claimed {
-            *busy += 1;
-            start_attempt(host, job);
+        match claimed {
+            Claim::Claimed(job) => {
+                lock(&host.inner.jobs.not_before).remove(&key);
+                *busy += 1;
+                start_attempt(host, *job);
+            }
+            Claim::NotBefore(until) => {
+                lock(&host.inner.jobs.not_before).insert(key, until);
+            }
         }
     }
     Ok(())
@@ -610,26 +645,28 @@ fn claim(
     holder: &str,
     lease: u64,
     ttl: u64,
-) -> Result<Option<Job>, JobError> {
+) -> Result<Claim, JobError> {
     let now = now_ms();
-    let due = |job: &Job| match job.state {
-        JobState::Queued => job.run_at_ms <= now,
-        JobState::Running => job.lease_until_ms.is_some_and(|until| until <= now),
-        _ => false,
+    // When the job is due: now or earlier means it is.
+    let due_at = |job: &Job| match job.state {
+        JobState::Queued => job.run_at_ms,
+        JobState::Running => job.lease_until_ms.unwrap_or(u64::MAX),
+        _ => u64::MAX,
     };
     // A read first: most records are not due, and a read costs no write.
     let Some(bytes) = store.get(NAMESPACE, key).map_err(store_error)? else {
-        return Ok(None);
+        return Ok(Claim::NotBefore(u64::MAX));
     };
-    if !decode(&bytes).is_ok_and(|job| due(&job)) {
-        return Ok(None);
+    let at = decode(&bytes).map_or(u64::MAX, |job| due_at(&job));
+    if at > now {
+        return Ok(Claim::NotBefore(at));
     }
-    store
+    let claimed = store
         .update(&grant(), key, |current| {
             let Some(mut job) = current.and_then(|entry| decode(&entry.value).ok()) else {
                 return Ok((None, None));
             };
-            if !due(&job) {
+            if due_at(&job) > now {
                 return Ok((None, None));
             }
             if job.attempts >= job.max_attempts {
@@ -659,7 +696,10 @@ fn claim(
             };
             Ok((Some(write), Some(job)))
         })
-        .map_err(store_error)
+        .map_err(store_error)?;
+    // Not claimed: another host was first, or it changed; look again at
+    // the next poll.
+    Ok(claimed.map_or(Claim::NotBefore(0), |job| Claim::Claimed(Box::new(job))))
 }
 
 /// Runs one claimed attempt as a task; its outcome is written back only if
@@ -694,6 +734,11 @@ fn start_attempt(host: &Host, job: Job) {
                 }
             }
             lock(&host.inner.jobs.running).remove(&id);
+            // A retry or the next run of a recurring job is looked at
+            // again at once, not when the lease would have ended.
+            if let Some(key) = key_of(&id) {
+                lock(&host.inner.jobs.not_before).remove(&key);
+            }
             host.inner.jobs.wake.notify_one();
         }
     });
