@@ -1,8 +1,9 @@
 //! A tour of the Capsule runtime as an embedder uses it: load a policy, run
 //! a pipeline, watch an event flow from a producer plugin to a consumer
 //! plugin, reload a plugin while it serves, roll new versions out (one that
-//! fails and rolls back by itself, one that steps up and is promoted), ask
-//! whether the host is ready, and read the metrics.
+//! fails and rolls back by itself, one that steps up and is promoted),
+//! stream a report, run background jobs, ask whether the host is ready,
+//! and read the metrics.
 //!
 //! `cargo xtask demo` runs it against `example-plugins/capsule.toml`:
 //!
@@ -17,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use capsule_host::{
-    Host, HostBuilder, PluginSpec, Policy, Request, RequestId, RolloutPlan, RolloutState,
+    Host, HostBuilder, JobState, JobSubmission, PluginSpec, Policy, Request, RequestId,
+    RolloutPlan, RolloutState, StreamItem,
 };
 use serde_json::{Value, json};
 
@@ -319,6 +321,92 @@ async fn main() -> Result<()> {
     let greeted = host.call("greeter", Request::new("greet", "Ada")).await?;
     show("now", payload(&greeted.response.payload));
 
+    section(
+        "streaming: report writes a CSV in chunks; the caller holds the first before the call ends",
+    );
+    let started = Instant::now();
+    let mut stream = host.call_stream(
+        "report",
+        Request::new("sales", r#"{"rows":5000,"chunk_rows":1000}"#),
+    );
+    let mut first = None;
+    let mut chunks = 0;
+    let ended = loop {
+        match stream.next().await {
+            Some(StreamItem::Chunk(chunk)) => {
+                chunks += 1;
+                if first.is_none() {
+                    first = Some(started.elapsed());
+                    let text = String::from_utf8_lossy(&chunk);
+                    show(
+                        "first rows",
+                        text.lines().take(3).collect::<Vec<_>>().join(" | "),
+                    );
+                }
+            }
+            Some(StreamItem::End(end)) => break end?,
+            None => bail!("a stream ends with its end"),
+        }
+    };
+    let first = first.context("report wrote chunks")?;
+    show(
+        "chunks",
+        format!(
+            "{chunks}, the first after {first:?}; the call took {:?}",
+            ended.stats.duration
+        ),
+    );
+    ensure!(chunks == 5, "5,000 rows in chunks of 1,000");
+
+    section("background jobs: thumbnail scales an image as a job; a greeting recurs every second");
+    let _runner = host.start_jobs();
+    let side = 64usize;
+    let pixels: Vec<u8> = (0..side * side).map(|i| (i % 251) as u8).collect();
+    let image = json!({"image": {"width": side, "height": side, "pixels": pixels}, "max": 8});
+    let submitted = host
+        .submit_job(
+            "thumbnail",
+            JobSubmission {
+                operation: "make".into(),
+                payload: image.to_string().into_bytes(),
+                ..JobSubmission::default()
+            },
+        )
+        .await?;
+    show(
+        "submitted",
+        format!("{} ({:?})", submitted.id, submitted.state),
+    );
+    let done = wait_for_job(&host, &submitted.id, |job| job.state.is_finished()).await?;
+    let result = done.result.context("the job succeeded")?;
+    let thumbnail = payload(&result.payload);
+    show(
+        "finished",
+        format!(
+            "{:?} after {} attempt(s): {}×{}",
+            done.state, done.attempts, thumbnail["width"], thumbnail["height"]
+        ),
+    );
+    ensure!(done.state == JobState::Succeeded && thumbnail["width"] == 8);
+    let recurring = host
+        .submit_job(
+            "hello",
+            JobSubmission {
+                operation: "greet".into(),
+                payload: br#"{"name":"Ada"}"#.to_vec(),
+                schedule: Some("* * * * * *".into()),
+                ..JobSubmission::default()
+            },
+        )
+        .await?;
+    let ran = wait_for_job(&host, &recurring.id, |job| job.runs >= 2).await?;
+    show(
+        "recurring",
+        format!("`* * * * * *`: {} runs so far", ran.runs),
+    );
+    let cancelled = host.cancel_job(&recurring.id).await?;
+    show("cancelled", format!("{:?}", cancelled.state));
+
     section("readiness (`capsule serve` answers it at /readyz: 200, or 503 with what is wrong)");
     let readiness = host.readiness().await;
     for plugin in &readiness.plugins {
@@ -357,6 +445,22 @@ async fn main() -> Result<()> {
     println!();
     println!("runtime tour: every step behaved as expected");
     Ok(())
+}
+
+async fn wait_for_job(
+    host: &Host,
+    id: &str,
+    done: impl Fn(&capsule_host::Job) -> bool,
+) -> Result<capsule_host::Job> {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let job = host.job(id).await?;
+        if done(&job) {
+            return Ok(job);
+        }
+        ensure!(Instant::now() < until, "job {id} is still {:?}", job.state);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn wait_for_count(host: &Host, at_least: i64) -> Result<i64> {
