@@ -177,10 +177,6 @@ async fn failed_attempts_are_retried_with_backoff_and_refused_requests_are_not()
 async fn cancelled_jobs_never_run_or_stop_running() {
     let dir = capsule_tests::temp_dir("jobs-cancel");
     let host = host_in(&dir);
-    let grants = Grants {
-        kv: Some(KvGrant::new("jobs-cancel")),
-        ..Grants::default()
-    };
     let limits = Limits {
         max_instances: 1,
         max_response_bytes: 512 << 20,
@@ -188,13 +184,7 @@ async fn cancelled_jobs_never_run_or_stop_running() {
         queue_timeout: Duration::from_secs(20),
         ..Limits::default()
     };
-    host.load(
-        PluginSpec::from_path(plugin_path(REPORT))
-            .grants(grants)
-            .limits(limits),
-    )
-    .await
-    .unwrap();
+    crate::report::load_report(&host, limits).await;
     let _runner = host.start_jobs();
     // A job for a minute from now, cancelled while it waits.
     let later = host

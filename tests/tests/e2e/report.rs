@@ -55,13 +55,8 @@ fn with_kv() -> Grants {
     }
 }
 
-#[tokio::test]
-async fn chunks_arrive_while_the_report_is_still_being_written() {
-    let host = crate::host();
-    let limits = Limits {
-        max_response_bytes: 64 << 20,
-        ..Limits::default()
-    };
+/// Loads `report` into `host` under `limits`, counting its reports in kv.
+pub(crate) async fn load_report(host: &capsule_host::Host, limits: Limits) {
     host.load(
         PluginSpec::from_path(plugin_path(REPORT))
             .grants(with_kv())
@@ -69,6 +64,16 @@ async fn chunks_arrive_while_the_report_is_still_being_written() {
     )
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn chunks_arrive_while_the_report_is_still_being_written() {
+    let host = crate::host();
+    let limits = Limits {
+        max_response_bytes: 64 << 20,
+        ..Limits::default()
+    };
+    load_report(&host, limits).await;
     let input = json!({"rows": 200_000, "chunk_rows": 1_000});
     let (chunks, first, end) = drain(host.call_stream(REPORT, sales(input.clone()))).await;
     let outcome = end.expect("the report succeeds");
@@ -169,14 +174,8 @@ async fn dropping_the_stream_cancels_the_call_and_frees_its_instance() {
         queue_timeout: Duration::from_secs(20),
         ..Limits::default()
     };
-    host.load(
-        PluginSpec::from_path(plugin_path(REPORT))
-            .grants(with_kv())
-            .limits(limits),
-    )
-    .await
-    .unwrap();
-    // Five million rows: far longer than this test waits.
+    load_report(&host, limits).await;
+    // Five million rows: seconds of work, which the drop cuts short.
     let mut stream = host.call_stream(REPORT, sales(json!({"rows": 5_000_000, "chunk_rows": 100})));
     match stream.next().await {
         Some(StreamItem::Chunk(chunk)) => assert!(chunk.starts_with(HEADER.as_bytes())),
