@@ -1103,7 +1103,7 @@ fn grants_can_be_given_on_the_command_line() {
     for (bad, says) in [
         (
             "nosuch=1",
-            "no service `nosuch` (services: log, config, env, kv, events, files, http, calls, metrics, trace)",
+            "no service `nosuch` (services: log, config, env, kv, events, files, http, calls, metrics, trace, response)",
         ),
         ("kv={ max_keys = -1 }", "--grant kv:"),
     ] {
