@@ -289,6 +289,10 @@ pub(crate) struct LoadedPlugin {
     pub(crate) health: super::health::HealthCache,
     /// Its pure operations and the cache of their answers.
     pub(crate) pure: PureOperations,
+    /// Whether the component imports `capsule:plugin/response`: only then
+    /// can a call write chunks, so only then does a streaming caller need
+    /// the call on a task of its own.
+    pub(crate) can_stream: bool,
 }
 
 /// The idle instances of every loaded plugin version. Idle instances are a
@@ -346,8 +350,14 @@ impl LoadedPlugin {
             &details.limits,
         );
         details.pure_operations = pure.names().map(str::to_owned).collect();
+        let can_stream = details
+            .component
+            .imports
+            .iter()
+            .any(|import| import.is_contract() && import.item == "response");
         LoadedPlugin {
             pure,
+            can_stream,
             metering,
             name: Arc::clone(&grants.plugin),
             grants,

@@ -159,6 +159,17 @@ impl Slot {
         std::iter::once(self.current()).chain(rolling).collect()
     }
 
+    /// Whether a call may write chunks: the current version, or one rolling
+    /// out, imports `capsule:plugin/response`.
+    pub(crate) fn can_stream(&self) -> bool {
+        self.current.load().can_stream
+            || self
+                .rollout
+                .load()
+                .as_ref()
+                .is_some_and(|r| r.canary.can_stream)
+    }
+
     /// What the current version was loaded from.
     pub(crate) fn spec(&self) -> std::sync::MutexGuard<'_, PluginSpec> {
         self.spec.lock().unwrap_or_else(|p| p.into_inner())

@@ -2,12 +2,16 @@
 //! the plugin writes with `response.write` as it is written, then how the
 //! call ended.
 //!
-//! The call runs on a task of its own, so its deadline holds whatever the
-//! caller does: a caller that stops reading leaves the plugin waiting in
-//! `write` once the buffer is full (`response.buffer`), and the call times
-//! out at its deadline; a caller that drops the stream cancels the call
-//! (its instance is dropped mid-call and its kv writes and events with it,
-//! as for any call whose future is dropped).
+//! A plugin that can write chunks (its component imports
+//! `capsule:plugin/response`) is called on a task of its own, so its
+//! deadline holds whatever the caller does: a caller that stops reading
+//! leaves the plugin waiting in `write` once the buffer is full
+//! (`response.buffer`), and the call times out at its deadline. Any other
+//! plugin's call runs inline, as the stream is read, like a `Host::call`
+//! future: a task per call halved `capsule serve`'s throughput for the
+//! plugins that never stream. Either way a caller that drops the stream
+//! cancels the call (its instance is dropped mid-call and its kv writes
+//! and events with it, as for any call whose future is dropped).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -42,14 +46,33 @@ pub enum StreamItem {
 pub struct CallStream {
     plugin: Arc<str>,
     host: Host,
-    chunks: ChunkReceiver,
-    end: oneshot::Receiver<Result<CallOutcome, CallError>>,
+    running: Running,
     /// The call's result, once it came, while chunks sent before it are
     /// still being read.
     ended: Option<Result<CallOutcome, CallError>>,
     /// Whether the end was handed out.
     done: bool,
-    task: tokio::task::JoinHandle<()>,
+    /// Whether the stream was read: an inline call starts then.
+    polled: bool,
+}
+
+/// The boxed call of a plugin that cannot stream.
+type InlineCall = Pin<Box<dyn Future<Output = Result<CallOutcome, CallError>> + Send>>;
+
+/// Where the call runs.
+enum Running {
+    /// The plugin can write chunks: the call runs on a task of its own,
+    /// its chunks and its end sent to this stream.
+    Task {
+        chunks: ChunkReceiver,
+        end: oneshot::Receiver<Result<CallOutcome, CallError>>,
+        task: tokio::task::JoinHandle<()>,
+    },
+    /// The plugin's component does not import `capsule:plugin/response`,
+    /// so the only item is the end: the call runs as this stream is read,
+    /// like [`Host::call`], without the task, the channel and the wake-up
+    /// on another worker a task costs.
+    Inline(InlineCall),
 }
 
 impl Host {
@@ -61,30 +84,44 @@ impl Host {
     /// [`Host::call`]: limits, middleware, metrics, transaction (committed
     /// when the call succeeds; a call that streamed a chunk is not run again
     /// on a conflict). Must be called within a tokio runtime.
+    ///
+    /// A plugin that can write chunks (its component imports
+    /// `capsule:plugin/response`) is called on a task of its own, so its
+    /// deadline holds whatever the reader does. Any other plugin's call
+    /// yields only its end and runs as the stream is read, as a
+    /// [`Host::call`] future does.
     pub fn call_stream(&self, plugin: &str, request: Request) -> CallStream {
-        let (sink, chunks) = chunk_channel();
-        let (answer, end) = oneshot::channel();
-        let host = self.clone();
         let name: Arc<str> = Arc::from(plugin);
-        let task = {
+        let host = self.clone();
+        let can_stream = self.slot(plugin).is_some_and(|slot| slot.can_stream());
+        let running = if can_stream {
+            let (sink, chunks) = chunk_channel();
+            let (answer, end) = oneshot::channel();
             let name = Arc::clone(&name);
-            tokio::spawn(async move {
+            let task = tokio::spawn(async move {
                 let scope = CallScope {
                     response: ResponseTo::Stream(sink),
                     ..CallScope::default()
                 };
                 let result = host.call_scoped(&name, request, scope).await;
                 let _ = answer.send(result);
-            })
+            });
+            Running::Task { chunks, end, task }
+        } else {
+            // A plugin this host has not loaded lands here too: its call
+            // fails, or another host answers it whole.
+            let name = Arc::clone(&name);
+            Running::Inline(Box::pin(async move {
+                host.call_scoped(&name, request, CallScope::default()).await
+            }))
         };
         CallStream {
             plugin: name,
             host: self.clone(),
-            chunks,
-            end,
+            running,
             ended: None,
             done: false,
-            task,
+            polled: false,
         }
     }
 }
@@ -104,17 +141,26 @@ impl CallStream {
         if self.done {
             return Poll::Ready(None);
         }
-        if let Poll::Ready(Some(chunk)) = self.chunks.poll_recv(cx) {
+        self.polled = true;
+        let (chunks, end) = match &mut self.running {
+            Running::Inline(call) => {
+                let result = std::task::ready!(call.as_mut().poll(cx));
+                self.done = true;
+                return Poll::Ready(Some(StreamItem::End(result)));
+            }
+            Running::Task { chunks, end, .. } => (chunks, end),
+        };
+        if let Poll::Ready(Some(chunk)) = chunks.poll_recv(cx) {
             return Poll::Ready(Some(StreamItem::Chunk(chunk.bytes)));
         }
         if self.ended.is_none() {
-            match Pin::new(&mut self.end).poll(cx) {
+            match Pin::new(end).poll(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(result)) => {
                     self.ended = Some(result);
                     // Every chunk was in the channel before the call
                     // returned: the ones not read yet come first.
-                    if let Poll::Ready(Some(chunk)) = self.chunks.poll_recv(cx) {
+                    if let Poll::Ready(Some(chunk)) = chunks.poll_recv(cx) {
                         return Poll::Ready(Some(StreamItem::Chunk(chunk.bytes)));
                     }
                 }
@@ -126,7 +172,7 @@ impl CallStream {
                 }
             }
         }
-        match self.chunks.try_recv() {
+        match chunks.try_recv() {
             Ok(chunk) => Poll::Ready(Some(StreamItem::Chunk(chunk.bytes))),
             Err(_) => {
                 self.done = true;
@@ -146,8 +192,16 @@ impl futures_util::Stream for CallStream {
 
 impl Drop for CallStream {
     fn drop(&mut self) {
-        if !self.done && self.ended.is_none() && !self.task.is_finished() {
-            self.task.abort();
+        let running = match &self.running {
+            Running::Task { task, .. } => !task.is_finished(),
+            // Dropping the boxed call drops it where it stands; one never
+            // read never started.
+            Running::Inline(_) => self.polled,
+        };
+        if !self.done && self.ended.is_none() && running {
+            if let Running::Task { task, .. } = &self.running {
+                task.abort();
+            }
             self.host
                 .inner
                 .dispatch

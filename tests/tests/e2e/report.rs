@@ -12,7 +12,7 @@ use capsule_host::{
     Request, StreamItem,
 };
 use capsule_tests::plugin_path;
-use capsule_tests::plugins::REPORT;
+use capsule_tests::plugins::{HELLO, REPORT};
 use serde_json::json;
 
 const HEADER: &str = "day,region,product,units,revenue_cents\n";
@@ -223,4 +223,58 @@ async fn a_pure_report_is_answered_whole_and_from_the_cache() {
             2_001
         );
     }
+}
+
+/// A plugin whose component does not import `capsule:plugin/response` can
+/// never write a chunk: its streaming call runs inline as the stream is
+/// read, with no task of its own (a task per call cost `capsule serve` a
+/// third of its throughput); `report`, which can, gets one.
+#[tokio::test]
+async fn only_a_plugin_that_can_stream_is_called_on_a_task_of_its_own() {
+    let host = crate::host();
+    load_report(&host, Limits::default()).await;
+    host.load(PluginSpec::from_path(plugin_path(HELLO)))
+        .await
+        .unwrap();
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let greet = Request::new("greet", r#"{"name":"Ada"}"#);
+
+    let before = tasks();
+    let mut stream = host.call_stream(HELLO, greet.clone());
+    assert_eq!(tasks(), before, "no task for a plugin that cannot stream");
+    match stream.next().await {
+        Some(StreamItem::End(Ok(outcome))) => {
+            assert!(String::from_utf8_lossy(&outcome.response.payload).contains("Ada"));
+        }
+        other => panic!("expected the end at once, got {other:?}"),
+    }
+    assert!(stream.next().await.is_none());
+
+    let before = tasks();
+    let stream = host.call_stream(REPORT, sales(json!({"rows": 10, "chunk_rows": 5})));
+    assert_eq!(tasks(), before + 1, "a task for a plugin that can stream");
+    let (chunks, _, end) = drain(stream).await;
+    assert_eq!(chunks.len(), 2);
+    end.unwrap();
+
+    // Dropped before it is read, the inline call never ran: nothing to
+    // cancel, nothing counted.
+    drop(host.call_stream(HELLO, greet));
+    let metrics = host.metrics_text();
+    assert!(
+        metrics.contains(&format!(
+            "capsule_calls_total{{plugin=\"{HELLO}\",outcome=\"ok\"}} 1"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains(&format!(
+            "capsule_streams_cancelled_total{{plugin=\"{HELLO}\"}}"
+        )),
+        "{metrics}"
+    );
 }
