@@ -170,6 +170,19 @@ fn echo(c: &mut Criterion) {
             black_box(outcome.response.payload)
         });
     });
+    // The same call read as a stream (`capsule serve` calls every plugin
+    // so): `bench-echo` cannot write chunks, so it runs inline.
+    group.bench_function("capsule_warm_stream", |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut stream = warm.call_stream("echo", Request::new("echo", PAYLOAD.to_vec()));
+            match stream.next().await {
+                Some(capsule_host::StreamItem::End(end)) => {
+                    black_box(end.unwrap().response.payload)
+                }
+                other => panic!("expected the end, got {other:?}"),
+            }
+        });
+    });
     group.bench_function("capsule_warm_traced", |b| {
         b.to_async(&rt).iter(|| async {
             let outcome = traced

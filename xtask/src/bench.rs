@@ -121,6 +121,7 @@ impl Summary {
         let ids = [
             "echo/native",
             "echo/capsule_warm",
+            "echo/capsule_warm_stream",
             "echo/capsule_fresh",
             "echo/extism_warm",
             "echo/extism_fresh",
@@ -242,6 +243,14 @@ impl Summary {
             format!("warm {}", time(warm)),
             ratio(fresh, warm),
             "< 25 µs",
+        );
+        let streamed = self.ns("echo/capsule_warm_stream");
+        row(
+            "16-byte echo, warm, read through `Host::call_stream` (it cannot stream: inline)",
+            time(streamed),
+            format!("`Host::call` {}", time(warm)),
+            ratio(streamed, warm),
+            "—",
         );
         for kind in ["native", "warm", "fresh"] {
             let one = self.calls_per_second(&format!("throughput/{kind}/1_worker"));
