@@ -22,6 +22,11 @@ const VERIFY_MIB: f64 = 4.0;
 
 /// Runs the benchmarks and prints the summary.
 pub fn bench(workspace: &Workspace, peers: bool) -> Result<()> {
+    run_benchmarks(workspace, peers)?;
+    table(workspace, peers)
+}
+
+fn run_benchmarks(workspace: &Workspace, peers: bool) -> Result<()> {
     let built = plugins::build(workspace, plugins::Cli::WithTests)?;
     let criterion = workspace.target.join("criterion");
     let mut command = Command::new(cargo());
@@ -41,6 +46,14 @@ pub fn bench(workspace: &Workspace, peers: bool) -> Result<()> {
     if peers {
         run_extism(workspace, &criterion)?;
     }
+    Ok(())
+}
+
+/// Prints (and writes) the table of what the last run measured, from
+/// criterion's estimates and the density file, without running anything.
+pub fn table(workspace: &Workspace, peers: bool) -> Result<()> {
+    let criterion = workspace.target.join("criterion");
+    let density_file = workspace.target.join("bench/density.json");
     let mut table = Summary::read(&criterion)?;
     table.density = Density::read(&density_file)?;
     let markdown = table.markdown(peers);
@@ -489,13 +502,63 @@ fn format_time(ns: f64) -> String {
 
 /// The mean of a benchmark from criterion's `estimates.json`, if it ran.
 fn mean_ns(criterion: &Path, id: &str) -> Result<Option<f64>> {
-    let path = criterion.join(id).join("new/estimates.json");
-    if !path.is_file() {
+    let Some(path) = estimates_path(criterion, id) else {
         return Ok(None);
-    }
+    };
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
     let estimates: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
     Ok(estimates["mean"]["point_estimate"].as_f64())
+}
+
+/// Where criterion keeps the estimates of `group/function[/parameter]`.
+/// A `BenchmarkId`'s parameter is a directory of its own
+/// (`throughput/warm/1_worker`), but a `/` inside a function name is
+/// written as `_` (`bench_function("js/cold")` in group `languages` lands
+/// in `languages/js_cold`), so both spellings are tried.
+fn estimates_path(criterion: &Path, id: &str) -> Option<PathBuf> {
+    let estimates = |dir: &str| criterion.join(dir).join("new/estimates.json");
+    let as_given = estimates(id);
+    if as_given.is_file() {
+        return Some(as_given);
+    }
+    let (group, function) = id.split_once('/')?;
+    let flattened = estimates(&format!("{group}/{}", function.replace('/', "_")));
+    flattened.is_file().then_some(flattened)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn estimate(criterion: &Path, dir: &str, mean: f64) {
+        let dir = criterion.join(dir).join("new");
+        std::fs::create_dir_all(&dir).unwrap();
+        let json = serde_json::json!({ "mean": { "point_estimate": mean } });
+        std::fs::write(dir.join("estimates.json"), json.to_string()).unwrap();
+    }
+
+    #[test]
+    fn estimates_are_found_under_both_of_criterions_spellings() {
+        let criterion =
+            std::env::temp_dir().join(format!("xtask-criterion-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&criterion);
+        // A BenchmarkId's parameter is a directory; a `/` in a function
+        // name becomes `_`.
+        estimate(&criterion, "throughput/warm/1_worker", 1.0);
+        estimate(&criterion, "languages/js_cold", 2.0);
+        estimate(&criterion, "long_work/warm_batch", 3.0);
+        assert_eq!(
+            mean_ns(&criterion, "throughput/warm/1_worker").unwrap(),
+            Some(1.0)
+        );
+        assert_eq!(mean_ns(&criterion, "languages/js/cold").unwrap(), Some(2.0));
+        assert_eq!(
+            mean_ns(&criterion, "long_work/warm/batch").unwrap(),
+            Some(3.0)
+        );
+        assert_eq!(mean_ns(&criterion, "languages/js/warm").unwrap(), None);
+        std::fs::remove_dir_all(&criterion).unwrap();
+    }
 }

@@ -94,6 +94,10 @@ enum Command {
         /// With --instructions: record the counts as the new budgets.
         #[arg(long, requires = "instructions")]
         update: bool,
+        /// Run nothing: print the table of the last run again (with
+        /// --peers, its Extism rows too).
+        #[arg(long, conflicts_with = "instructions")]
+        table: bool,
     },
 }
 
@@ -143,6 +147,9 @@ fn main() -> Result<()> {
             };
             instructions::instructions(&workspace, &built, mode)?;
         }
+        Command::Bench {
+            peers, table: true, ..
+        } => bench::table(&workspace, peers)?,
         Command::Bench { peers, .. } => bench::bench(&workspace, peers)?,
         Command::Ci => {
             workspace.cargo(&["fmt", "--all", "--", "--check"])?;
