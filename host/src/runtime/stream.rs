@@ -8,8 +8,9 @@
 //! leaves the plugin waiting in `write` once the buffer is full
 //! (`response.buffer`), and the call times out at its deadline. Any other
 //! plugin's call runs inline, as the stream is read, like a `Host::call`
-//! future: a task per call halved `capsule serve`'s throughput for the
-//! plugins that never stream. Either way a caller that drops the stream
+//! future: a task per call cost a caller outside the runtime's workers a
+//! wake-up (61.7 against 2.5 µs on the warm echo) for plugins that never
+//! stream. Either way a caller that drops the stream
 //! cancels the call (its instance is dropped mid-call and its kv writes
 //! and events with it, as for any call whose future is dropped).
 
